@@ -1,0 +1,70 @@
+// Package cli is pgtopo's command line: thin cobra commands over the library
+// packages.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes, shared by every command.
+const (
+	ExitOK      = 0
+	ExitError   = 1
+	ExitChanges = 2
+)
+
+// exitCode is an error that carries the process exit code. A command
+// returns it after it has already said what went wrong.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// env is what commands need from the process, passed in so tests can run
+// commands in-process.
+type env struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// Main runs pgtopo with the process's arguments and returns the exit code.
+func Main() int {
+	return Run(os.Args[1:], env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
+}
+
+// Run runs pgtopo with args.
+func Run(args []string, e env) int {
+	root := newRoot(e)
+	root.SetArgs(args)
+	err := root.Execute()
+	var code exitCode
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &code):
+		return int(code)
+	default:
+		fmt.Fprintf(e.stderr, "pgtopo: %v\n", err)
+		return ExitError
+	}
+}
+
+func newRoot(e env) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "pgtopo",
+		Short: "Declarative GitOps reconciler for PostgreSQL standby topologies across Kubernetes clusters",
+		Long: `pgtopo reads one topology file (sites, PostgreSQL clusters, which one is
+primary), validates it, compares it with every kube context, and applies
+ordered, idempotent steps, including a safe two-phase switchover.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.AddCommand(newVersionCmd(e), newValidateCmd(e))
+	return root
+}

@@ -1,0 +1,99 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtopo/pgtopo/schema"
+)
+
+func newValidateCmd(e env) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "validate FILE...",
+		Short: "Check topology files against the CUE schema and the JSON Schema",
+		Long: `Check topology files with both validators and report every problem at once,
+each as file:line:col: field.path: message. Warnings are printed but do not
+fail. Exit status: 0 valid, 1 invalid or unreadable.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, files []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("--output %q: use text or json", output)
+			}
+			return runValidate(e, files, output)
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+// validateResult is the -o json document; version it so scripts can rely on it.
+type validateResult struct {
+	APIVersion string           `json:"apiVersion"`
+	Valid      bool             `json:"valid"`
+	Files      []string         `json:"files"`
+	Findings   []schema.Finding `json:"findings"`
+}
+
+func runValidate(e env, files []string, output string) error {
+	v, err := schema.NewValidator()
+	if err != nil {
+		return err
+	}
+	var all schema.Findings
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			all = append(all, schema.Finding{File: file, Line: 0, Column: 0, Severity: schema.SeverityError,
+				Rule: schema.RuleSyntax, Message: readErrorMessage(err), Validators: []string{schema.ByPgtopo}})
+			continue
+		}
+		_, fs, err := v.Load(file, data)
+		if err != nil {
+			return err
+		}
+		all = append(all, fs...)
+	}
+	switch output {
+	case "json":
+		res := validateResult{APIVersion: "pgtopo.dev/v1alpha1", Valid: !all.HasErrors(), Files: files, Findings: all}
+		if res.Findings == nil {
+			res.Findings = []schema.Finding{}
+		}
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	default:
+		for _, f := range all {
+			if f.Line == 0 {
+				fmt.Fprintf(e.stdout, "%s: %s\n", f.File, f.Message)
+				continue
+			}
+			fmt.Fprintln(e.stdout, f.String())
+		}
+		if !all.HasErrors() {
+			for _, file := range files {
+				fmt.Fprintf(e.stdout, "%s: valid\n", file)
+			}
+		}
+	}
+	if e.getenv("GITHUB_ACTIONS") == "true" {
+		writeAnnotations(e, all)
+	}
+	if all.HasErrors() {
+		return exitCode(ExitError)
+	}
+	return nil
+}
+
+func readErrorMessage(err error) string {
+	if os.IsNotExist(err) {
+		return "cannot read: no such file"
+	}
+	return fmt.Sprintf("cannot read: %v", err)
+}

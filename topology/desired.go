@@ -1,0 +1,145 @@
+package topology
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+)
+
+// Role of a cluster in the group.
+type Role string
+
+// Roles.
+const (
+	RolePrimary Role = "primary"
+	RoleStandby Role = "standby"
+)
+
+// Desired is what the live world should look like once a topology is applied.
+type Desired struct {
+	Name        string
+	Flavor      string
+	ServiceType string
+	MaxLagBytes int64
+	// Clusters in file order; the primary is also at Clusters[PrimaryIndex].
+	Clusters     []DesiredCluster
+	PrimaryIndex int
+}
+
+// DesiredCluster is the desired state of one cluster.
+type DesiredCluster struct {
+	Name      string
+	Site      Site
+	Namespace string
+	Role      Role
+	// Instances is what the CR should run now: the declared count for the
+	// primary, 1 for a standby (the operator's limit).
+	Instances int
+	// DeclaredInstances is the count the cluster runs once it is primary.
+	DeclaredInstances int
+	Version           string
+	TeamID            string
+	Parameters        map[string]string
+	VolumeSize        string
+	Endpoint          *Endpoint
+	// Peer is the cluster a standby streams from; empty for the primary.
+	Peer string
+}
+
+// Primary returns the desired primary.
+func (d *Desired) Primary() DesiredCluster { return d.Clusters[d.PrimaryIndex] }
+
+// Standbys returns the desired standbys in file order.
+func (d *Desired) Standbys() []DesiredCluster {
+	var out []DesiredCluster
+	for i, c := range d.Clusters {
+		if i != d.PrimaryIndex {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Desired derives the per-cluster desired state. It expects a validated
+// topology with defaults applied and reports what it cannot resolve.
+func (t *Topology) Desired() (*Desired, error) {
+	params, err := t.Spec.Postgres.StringParameters()
+	if err != nil {
+		return nil, fmt.Errorf("topology %s: %w", t.Metadata.Name, err)
+	}
+	d := &Desired{
+		Name:         t.Metadata.Name,
+		Flavor:       t.Spec.Flavor,
+		ServiceType:  t.Spec.Replication.ServiceType,
+		PrimaryIndex: -1,
+	}
+	if q := t.Spec.Replication.MaxLagBytes; q != nil {
+		d.MaxLagBytes = q.Value()
+	}
+	for i, c := range t.Spec.Clusters {
+		if c.Name == t.Spec.Primary {
+			d.PrimaryIndex = i
+		}
+	}
+	if d.PrimaryIndex < 0 {
+		return nil, fmt.Errorf("topology %s: primary %q is not a cluster of the topology", t.Metadata.Name, t.Spec.Primary)
+	}
+	for i, c := range t.Spec.Clusters {
+		site, ok := t.Site(c.Site)
+		if !ok {
+			return nil, fmt.Errorf("cluster %s: site %q is not declared", c.Name, c.Site)
+		}
+		dc := DesiredCluster{
+			Name:              c.Name,
+			Site:              site,
+			Namespace:         c.Namespace,
+			Role:              RolePrimary,
+			Instances:         c.Instances,
+			DeclaredInstances: c.Instances,
+			Version:           t.Spec.Postgres.Version,
+			TeamID:            t.Spec.Postgres.TeamID,
+			Parameters:        params,
+			Endpoint:          c.Endpoint,
+		}
+		if c.Volume != nil {
+			dc.VolumeSize = c.Volume.Size.String()
+		}
+		if i != d.PrimaryIndex {
+			dc.Role = RoleStandby
+			dc.Instances = 1
+			dc.Peer = t.Spec.Primary
+		}
+		d.Clusters = append(d.Clusters, dc)
+	}
+	return d, nil
+}
+
+// StringParameters renders the parameters as the strings the CR expects.
+func (p Postgres) StringParameters() (map[string]string, error) {
+	if len(p.Parameters) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, 0, len(p.Parameters))
+	for k := range p.Parameters {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make(map[string]string, len(keys))
+	for _, k := range keys {
+		switch v := p.Parameters[k].(type) {
+		case string:
+			out[k] = v
+		case bool:
+			out[k] = map[bool]string{true: "on", false: "off"}[v]
+		case float64:
+			out[k] = strconv.FormatFloat(v, 'f', -1, 64)
+		case int64:
+			out[k] = strconv.FormatInt(v, 10)
+		case int:
+			out[k] = strconv.Itoa(v)
+		default:
+			return nil, fmt.Errorf("parameter %s: %T is not a string, number or boolean", k, v)
+		}
+	}
+	return out, nil
+}

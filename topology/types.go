@@ -1,0 +1,123 @@
+// Package topology holds the pgtopo topology file: its Go types, parsing with
+// positions, defaults, and the desired per-cluster state derived from it.
+package topology
+
+import (
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// APIVersion and Kind identify a topology file.
+const (
+	APIVersion = "pgtopo.dev/v1alpha1"
+	Kind       = "Topology"
+)
+
+// InCluster is the site context that means "the pod's own service account".
+const InCluster = "in-cluster"
+
+// Defaults applied when the file leaves a field out.
+const (
+	DefaultFlavor      = "alauda"
+	DefaultTeamID      = "ACID"
+	DefaultServiceType = "ClusterIP"
+	DefaultMaxLagBytes = "16Mi"
+	DefaultInstances   = 1
+)
+
+// Topology is one v1alpha1 topology file.
+type Topology struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Metadata   Metadata `json:"metadata"`
+	Spec       Spec     `json:"spec"`
+}
+
+// Metadata names the topology; the name labels the lease and the annotations.
+type Metadata struct {
+	Name string `json:"name"`
+}
+
+// Spec is the desired shape of the replication group.
+type Spec struct {
+	Flavor      string      `json:"flavor,omitempty"`
+	Postgres    Postgres    `json:"postgres"`
+	Replication Replication `json:"replication,omitempty"`
+	Sites       []Site      `json:"sites"`
+	Clusters    []Cluster   `json:"clusters"`
+	Primary     string      `json:"primary"`
+}
+
+// Postgres settings shared by every cluster: a standby must match its primary.
+type Postgres struct {
+	Version string `json:"version"`
+	TeamID  string `json:"teamId,omitempty"`
+	// Parameters accepts YAML scalars; the CR wants strings, see Desired.
+	Parameters map[string]any `json:"parameters,omitempty"`
+}
+
+// Replication settings of the group.
+type Replication struct {
+	ServiceType string             `json:"serviceType,omitempty"`
+	MaxLagBytes *resource.Quantity `json:"maxLagBytes,omitempty"`
+}
+
+// Site is one Kubernetes cluster, reached through a kubeconfig context.
+type Site struct {
+	Name    string `json:"name"`
+	Context string `json:"context"`
+}
+
+// Cluster is one PostgreSQL cluster (one CR) in a site.
+type Cluster struct {
+	Name      string    `json:"name"`
+	Site      string    `json:"site"`
+	Namespace string    `json:"namespace"`
+	Instances int       `json:"instances,omitempty"`
+	Volume    *Volume   `json:"volume,omitempty"`
+	Endpoint  *Endpoint `json:"endpoint,omitempty"`
+}
+
+// Volume of each instance.
+type Volume struct {
+	Size resource.Quantity `json:"size"`
+}
+
+// Endpoint overrides the address peers use to reach a cluster, e.g. a DNS
+// name in front of a LoadBalancer.
+type Endpoint struct {
+	Host string `json:"host"`
+	Port int    `json:"port"`
+}
+
+// ApplyDefaults fills in what the file left out.
+func (t *Topology) ApplyDefaults() {
+	s := &t.Spec
+	if s.Flavor == "" {
+		s.Flavor = DefaultFlavor
+	}
+	if s.Postgres.TeamID == "" {
+		s.Postgres.TeamID = DefaultTeamID
+	}
+	if s.Replication.ServiceType == "" {
+		s.Replication.ServiceType = DefaultServiceType
+	}
+	if s.Replication.MaxLagBytes == nil {
+		q := resource.MustParse(DefaultMaxLagBytes)
+		s.Replication.MaxLagBytes = &q
+	}
+	for i := range s.Clusters {
+		if s.Clusters[i].Instances == 0 {
+			s.Clusters[i].Instances = DefaultInstances
+		}
+	}
+}
+
+// Site returns the named site.
+func (t *Topology) Site(name string) (Site, bool) {
+	for _, s := range t.Spec.Sites {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Site{}, false
+}
