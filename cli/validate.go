@@ -44,18 +44,16 @@ func runValidate(e env, files []string, output string) error {
 		return err
 	}
 	var all schema.Findings
-	for _, file := range files {
+	perFile := make([]schema.Findings, len(files))
+	for i, file := range files {
 		data, err := os.ReadFile(file)
 		if err != nil {
-			all = append(all, schema.Finding{File: file, Line: 0, Column: 0, Severity: schema.SeverityError,
-				Rule: schema.RuleSyntax, Message: readErrorMessage(err), Validators: []string{schema.ByPgtopo}})
-			continue
-		}
-		_, fs, err := v.Load(file, data)
-		if err != nil {
+			perFile[i] = schema.Findings{{File: file, Severity: schema.SeverityError, Rule: schema.RuleSyntax,
+				Message: readErrorMessage(err), Validators: []string{schema.ByPgtopo}}}
+		} else if _, perFile[i], err = v.Load(file, data); err != nil {
 			return err
 		}
-		all = append(all, fs...)
+		all = append(all, perFile[i]...)
 	}
 	switch output {
 	case "json":
@@ -69,15 +67,15 @@ func runValidate(e env, files []string, output string) error {
 			return err
 		}
 	default:
-		for _, f := range all {
-			if f.Line == 0 {
-				fmt.Fprintf(e.stdout, "%s: %s\n", f.File, f.Message)
-				continue
+		for i, file := range files {
+			for _, f := range perFile[i] {
+				if f.Line == 0 {
+					fmt.Fprintf(e.stdout, "%s: %s\n", f.File, f.Message)
+				} else {
+					fmt.Fprintln(e.stdout, f.String())
+				}
 			}
-			fmt.Fprintln(e.stdout, f.String())
-		}
-		if !all.HasErrors() {
-			for _, file := range files {
+			if !perFile[i].HasErrors() {
 				fmt.Fprintf(e.stdout, "%s: valid\n", file)
 			}
 		}

@@ -1,0 +1,198 @@
+package topology
+
+import (
+	"errors"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestPathString(t *testing.T) {
+	for _, tc := range []struct {
+		path Path
+		want string
+	}{
+		{nil, ""},
+		{Path{}.Child("spec").Child("clusters").Index(1).Child("site"), "spec.clusters[1].site"},
+		{Path{}.Child("spec").Child("parameters").Child("a.b"), `spec.parameters["a.b"]`},
+		{Path{}.Index(0), "[0]"},
+	} {
+		if got := tc.path.String(); got != tc.want {
+			t.Errorf("%#v.String() = %q, want %q", tc.path, got, tc.want)
+		}
+	}
+}
+
+func TestParseDocumentPositions(t *testing.T) {
+	doc, err := ParseDocument("t.yaml", []byte("a:\n  b: [x, {c: 1}]\n  \"1\": y\nl:\n  - z\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		segs []string
+		want string
+		pos  Pos
+	}{
+		{[]string{"a", "b", "1", "c"}, "a.b[1].c", Pos{2, 14}},
+		{[]string{"a", "b", "0"}, "a.b[0]", Pos{2, 7}},
+		{[]string{"a", "1"}, `a["1"]`, Pos{3, 8}}, // a mapping key that looks like an index
+		{[]string{"l", "0"}, "l[0]", Pos{5, 5}},
+		{[]string{"a", "missing"}, "a.missing", Pos{2, 3}}, // falls back to the parent mapping
+	} {
+		p := doc.Resolve(tc.segs)
+		if p.String() != tc.want {
+			t.Errorf("Resolve(%v) = %s, want %s", tc.segs, p, tc.want)
+		}
+		if got := doc.Position(p); got != tc.pos {
+			t.Errorf("Position(%s) = %v, want %v", p, got, tc.pos)
+		}
+	}
+	if got := doc.KeyPosition(Path{}.Child("a").Child("b")); got != (Pos{2, 3}) {
+		t.Errorf("KeyPosition(a.b) = %v", got)
+	}
+}
+
+func TestParseDocumentRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name, in, want string
+	}{
+		{"empty", "", "t.yaml:1:1: file is empty"},
+		{"comment only", "# hi\n", "t.yaml:1:1: file is empty"},
+		{"two docs", "a: 1\n---\nb: 2\n", "t.yaml:2:1: a second YAML document"},
+		{"duplicate key", "a:\n  b: 1\n  b: 2\n", `t.yaml:3:3: a.b: duplicate key "b" (first at line 2)`},
+		{"tab", "a:\n\tb: 1\n", "t.yaml:2:1: not valid YAML"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseDocument("t.yaml", []byte(tc.in))
+			var se *SyntaxError
+			if !errors.As(err, &se) || !strings.HasPrefix(se.Error(), tc.want) {
+				t.Fatalf("error = %v, want prefix %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseDocumentDepthLimit(t *testing.T) {
+	in := strings.Repeat("[", 200) + strings.Repeat("]", 200)
+	_, err := ParseDocument("t.yaml", []byte(in))
+	if err == nil || !strings.Contains(err.Error(), "nested deeper") {
+		t.Fatalf("error = %v", err)
+	}
+}
+
+func load(t *testing.T, name string) *Topology {
+	t.Helper()
+	data, err := os.ReadFile("../examples/topologies/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := ParseDocument(name, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, err := doc.Decode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return top
+}
+
+func TestDesired(t *testing.T) {
+	type row struct {
+		Name, Site, Context, Namespace string
+		Role                           Role
+		Instances, Declared            int
+		Peer                           string
+	}
+	for _, tc := range []struct {
+		file        string
+		serviceType string
+		maxLag      int64
+		rows        []row
+		params      map[string]string
+	}{
+		{"two-sites-nodeport.yaml", "NodePort", 16 << 20, []row{
+			{"orders-east", "east", "prod-east", "db", RolePrimary, 2, 2, ""},
+			{"orders-west", "west", "prod-west", "db", RoleStandby, 1, 2, "orders-east"},
+		}, map[string]string{"max_slot_wal_keep_size": "10GB", "max_connections": "200"}},
+		{"three-sites.yaml", "NodePort", 16 << 20, []row{
+			{"ledger-east", "east", "prod-east", "ledger", RolePrimary, 2, 2, ""},
+			{"ledger-west", "west", "prod-west", "ledger", RoleStandby, 1, 2, "ledger-east"},
+			{"ledger-south", "south", "prod-south", "ledger", RoleStandby, 1, 2, "ledger-east"},
+		}, map[string]string{"max_slot_wal_keep_size": "10GB"}},
+		{"two-sites-loadbalancer.yaml", "LoadBalancer", 8 << 20, []row{
+			{"payments-fra", "fra", "gke-fra", "payments", RolePrimary, 3, 3, ""},
+			{"payments-ams", "ams", "gke-ams", "payments", RoleStandby, 1, 3, "payments-fra"},
+		}, map[string]string{"max_slot_wal_keep_size": "20GB"}},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			d, err := load(t, tc.file).Desired()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.ServiceType != tc.serviceType || d.MaxLagBytes != tc.maxLag || d.Flavor != "alauda" {
+				t.Errorf("group = %s %d %s", d.ServiceType, d.MaxLagBytes, d.Flavor)
+			}
+			var got []row
+			for _, c := range d.Clusters {
+				got = append(got, row{c.Name, c.Site.Name, c.Site.Context, c.Namespace, c.Role, c.Instances, c.DeclaredInstances, c.Peer})
+				if !reflect.DeepEqual(c.Parameters, tc.params) {
+					t.Errorf("%s parameters = %v", c.Name, c.Parameters)
+				}
+				if c.Version != "15" || c.TeamID != "ACID" {
+					t.Errorf("%s version/team = %s/%s", c.Name, c.Version, c.TeamID)
+				}
+			}
+			if !reflect.DeepEqual(got, tc.rows) {
+				t.Errorf("clusters\n got  %+v\n want %+v", got, tc.rows)
+			}
+			if d.Primary().Name != tc.rows[0].Name || len(d.Standbys()) != len(tc.rows)-1 {
+				t.Errorf("primary %s, %d standbys", d.Primary().Name, len(d.Standbys()))
+			}
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	doc, err := ParseDocument("t.yaml", []byte(`apiVersion: pgtopo.dev/v1alpha1
+kind: Topology
+metadata: {name: x}
+spec:
+  postgres: {version: "15", parameters: {hot_standby: true, work_mem: 4096, ratio: 0.5}}
+  sites: [{name: a, context: in-cluster}]
+  clusters: [{name: x1, site: a, namespace: db}, {name: x2, site: a, namespace: db2}]
+  primary: x2
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, err := doc.Decode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := top.Desired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.ServiceType != "ClusterIP" || d.MaxLagBytes != 16<<20 || d.Primary().Name != "x2" || d.PrimaryIndex != 1 {
+		t.Errorf("defaults: %+v", d)
+	}
+	if c := d.Clusters[0]; c.Instances != 1 || c.Role != RoleStandby || c.Peer != "x2" || c.Site.Context != InCluster {
+		t.Errorf("standby: %+v", c)
+	}
+	want := map[string]string{"hot_standby": "on", "work_mem": "4096", "ratio": "0.5"}
+	if !reflect.DeepEqual(d.Clusters[0].Parameters, want) {
+		t.Errorf("parameters = %v", d.Clusters[0].Parameters)
+	}
+}
+
+func TestDecodeRejectsUnknownFields(t *testing.T) {
+	doc, err := ParseDocument("t.yaml", []byte("apiVersion: pgtopo.dev/v1alpha1\nkind: Topology\nspec: {primry: x}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := doc.Decode(); err == nil || !strings.Contains(err.Error(), `unknown field "primry"`) {
+		t.Fatalf("Decode error = %v", err)
+	}
+}
