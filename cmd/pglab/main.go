@@ -1,0 +1,104 @@
+// Command pglab runs the lab: real kube-apiservers, Patroni and PostgreSQL
+// on one machine, one "site" per Kubernetes cluster.
+//
+//	pglab up --dir DIR --sites east,west
+//	pglab status --dir DIR
+//	pglab down --dir DIR
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/operator"
+)
+
+func main() {
+	root := &cobra.Command{Use: "pglab", Short: "A multi-site Kubernetes + Patroni + PostgreSQL lab on one machine",
+		SilenceUsage: true, SilenceErrors: true}
+	var dir string
+	root.PersistentFlags().StringVar(&dir, "dir", ".lab", "lab directory")
+
+	var sites, namespaces string
+	up := &cobra.Command{Use: "up", Short: "Start etcd, one kube-apiserver and lab operator per site",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			st, err := lab.Up(ctx, lab.Config{Dir: dir, Sites: split(sites), Namespaces: split(namespaces),
+				BinDir: binDir(), Progress: os.Stderr})
+			if err != nil {
+				return err
+			}
+			kc := lab.Paths{Dir: st.Dir}.Kubeconfig()
+			fmt.Printf("lab is up in %s\n\n  export KUBECONFIG=%s\n", st.Dir, kc)
+			for _, s := range st.Sites {
+				fmt.Printf("  kubectl --context %s get postgresql -A\n", s.Context)
+			}
+			fmt.Printf("\n  pglab status --dir %s\n  pglab down --dir %s\n", dir, dir)
+			return nil
+		}}
+	up.Flags().StringVar(&sites, "sites", "east,west", "comma-separated site names")
+	up.Flags().StringVar(&namespaces, "namespaces", "db", "namespaces to create in every site")
+
+	down := &cobra.Command{Use: "down", Short: "Stop every process of the lab",
+		RunE: func(*cobra.Command, []string) error {
+			if err := lab.Down(dir); err != nil {
+				return err
+			}
+			fmt.Printf("lab %s is down\n", dir)
+			return nil
+		}}
+
+	status := &cobra.Command{Use: "status", Short: "Show sites, processes and clusters",
+		RunE: func(*cobra.Command, []string) error {
+			return lab.PrintStatus(context.Background(), os.Stdout, dir)
+		}}
+
+	var site string
+	op := &cobra.Command{Use: "operator", Short: "Run one site's lab operator (pglab up starts these)", Hidden: true,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("site", site)
+			o, err := operator.New(dir, site, log)
+			if err != nil {
+				return err
+			}
+			return o.Run(ctx)
+		}}
+	op.Flags().StringVar(&site, "site", "", "site to run")
+
+	root.AddCommand(up, down, status, op)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(os.Stderr, "pglab: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func split(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// binDir is where pglab itself lives: kube-apiserver is built next to it.
+func binDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "bin"
+	}
+	return filepath.Dir(exe)
+}

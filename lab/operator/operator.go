@@ -1,0 +1,721 @@
+package operator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/proc"
+)
+
+// Operator runs one site of a lab.
+type Operator struct {
+	state    *lab.State
+	site     lab.SiteState
+	addrs    lab.SiteAddrs
+	kube     kubernetes.Interface
+	dyn      dynamic.Interface
+	log      *slog.Logger
+	patroni  patroniClient
+	proxies  *proxies
+	clusters map[string]*cluster
+	ips      *ipAllocator
+}
+
+// cluster is what the operator knows of one CR between passes.
+type cluster struct {
+	spec       crSpec
+	dir        string
+	members    map[int]memberView
+	leaderIP   string
+	replicaIPs []string
+	// routes is what the proxies read, from their own goroutines.
+	routes     atomic.Pointer[routes]
+	deaths     map[int]int
+	registered string // the peer endpoint this standby registered at
+}
+
+type memberView struct {
+	ip     string
+	status memberStatus
+	err    error
+}
+
+// New connects an operator to its site.
+func New(dir, site string, log *slog.Logger) (*Operator, error) {
+	st, err := lab.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := st.Site(site)
+	if !ok {
+		return nil, fmt.Errorf("lab %s has no site %q", dir, site)
+	}
+	cfg, err := lab.RESTConfig(dir, site)
+	if err != nil {
+		return nil, err
+	}
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dc, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Operator{
+		state: st, site: s, addrs: st.Addrs(s), kube: kc, dyn: dc, log: log,
+		patroni: newPatroniClient(), proxies: newProxies(log), clusters: map[string]*cluster{},
+		ips: &ipAllocator{path: filepath.Join(lab.Paths{Dir: dir}.Site(site), "ips.json"), addrs: st.Addrs(s)},
+	}, nil
+}
+
+// Run reconciles every second until ctx ends. Members keep running when the
+// operator stops, like pods when the real operator restarts.
+func (o *Operator) Run(ctx context.Context) error {
+	defer o.proxies.closeAll()
+	o.log.Info("operator started", "site", o.site.Name, "node", o.addrs.NodeIP())
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		o.pass(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func (o *Operator) pass(ctx context.Context) {
+	list, err := o.dyn.Resource(GVR).Namespace("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		o.log.Warn("list postgresqls", "err", err)
+		return
+	}
+	seen := map[string]bool{}
+	wantProxies := map[string]bool{}
+	for i := range list.Items {
+		cr := &list.Items[i]
+		key := cr.GetNamespace() + "/" + cr.GetName()
+		seen[key] = true
+		addrs, err := o.reconcile(ctx, cr)
+		for _, a := range addrs {
+			wantProxies[a] = true
+		}
+		if err != nil {
+			o.log.Warn("reconcile", "cluster", key, "err", err)
+		}
+	}
+	for key, c := range o.clusters {
+		if !seen[key] {
+			o.teardown(ctx, c)
+			delete(o.clusters, key)
+		}
+	}
+	o.proxies.keep(wantProxies)
+}
+
+// reconcile makes one CR real and returns the proxy addresses it serves.
+func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured) ([]string, error) {
+	spec, err := parseSpec(cr)
+	if err != nil {
+		o.setStatus(ctx, cr, StatusFailed, err.Error())
+		return nil, err
+	}
+	c := o.clusters[spec.key()]
+	if c == nil {
+		c = &cluster{members: map[int]memberView{}, deaths: map[int]int{},
+			dir: filepath.Join(lab.Paths{Dir: o.state.Dir}.Site(o.site.Name), "clusters", spec.Namespace, spec.Name)}
+		o.clusters[spec.key()] = c
+	}
+	c.spec = spec
+
+	svcAddrs, endpoint, err := o.ensureServices(ctx, c)
+	if err != nil {
+		return svcAddrs, err
+	}
+	password, err := o.ensureCredentials(ctx, c)
+	if err != nil {
+		o.setStatus(ctx, cr, StatusCreating, err.Error())
+		return svcAddrs, err
+	}
+	if spec.Replication.Enabled && spec.Replication.IsReplica {
+		if err := o.register(ctx, c, endpoint, password); err != nil {
+			o.log.Info("standby registration pending", "cluster", spec.key(), "err", err)
+		}
+	}
+	if err := o.ensureMembers(ctx, c, password); err != nil {
+		o.setStatus(ctx, cr, StatusFailed, err.Error())
+		return svcAddrs, err
+	}
+	o.observeMembers(ctx, c)
+	if err := o.ensurePods(ctx, c); err != nil {
+		o.log.Warn("pods", "cluster", spec.key(), "err", err)
+	}
+	var slots []string
+	if spec.Replication.Enabled && !spec.Replication.IsReplica && c.leaderIP != "" {
+		if slots, err = o.catalogue(ctx, c, endpoint, password); err != nil {
+			o.log.Info("catalogue pending", "cluster", spec.key(), "err", err)
+		}
+	}
+	if err := o.ensureDynamicConfig(ctx, c, slots); err != nil {
+		o.log.Info("dynamic config pending", "cluster", spec.key(), "err", err)
+	}
+	status, msg := o.clusterStatus(c)
+	o.setStatus(ctx, cr, status, msg)
+	return svcAddrs, nil
+}
+
+// ensureServices creates the master and replica Services, assigns
+// LoadBalancer addresses, and returns the proxy addresses and the cluster's
+// own endpoint as a peer would reach it.
+func (o *Operator) ensureServices(ctx context.Context, c *cluster) ([]string, string, error) {
+	spec := c.spec
+	var addrs []string
+	var endpoint string
+	for _, role := range []string{"master", "replica"} {
+		name := spec.Name
+		if role == "replica" {
+			name += "-repl"
+		}
+		svcType := corev1.ServiceType(spec.Replication.ServiceType)
+		svc, err := o.kube.CoreV1().Services(spec.Namespace).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			svc, err = o.kube.CoreV1().Services(spec.Namespace).Create(ctx, &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"cluster-name": spec.Name, "spilo-role": role, "application": "spilo"}},
+				Spec: corev1.ServiceSpec{Type: svcType, Ports: []corev1.ServicePort{{Name: "postgresql", Port: 5432, TargetPort: intstr.FromInt32(5432)}},
+					Selector: map[string]string{"cluster-name": spec.Name, "spilo-role": role}},
+			}, metav1.CreateOptions{})
+		} else if err == nil && svc.Spec.Type != svcType {
+			svc.Spec.Type = svcType
+			if svcType == corev1.ServiceTypeClusterIP {
+				for i := range svc.Spec.Ports {
+					svc.Spec.Ports[i].NodePort = 0
+				}
+			}
+			svc, err = o.kube.CoreV1().Services(spec.Namespace).Update(ctx, svc, metav1.UpdateOptions{})
+		}
+		if err != nil {
+			return addrs, "", fmt.Errorf("service %s: %w", name, err)
+		}
+		if svc.Spec.Type == corev1.ServiceTypeLoadBalancer && len(svc.Status.LoadBalancer.Ingress) == 0 {
+			ip, err := o.ips.loadBalancer(spec.Namespace + "/" + name)
+			if err != nil {
+				return addrs, "", err
+			}
+			svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip}}
+			if svc, err = o.kube.CoreV1().Services(spec.Namespace).UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
+				return addrs, "", fmt.Errorf("service %s: load balancer status: %w", name, err)
+			}
+		}
+		target := func() string { return c.leaderAddr() }
+		if role == "replica" {
+			target = func() string { return c.replicaAddr() }
+		}
+		var listen []string
+		if svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != "None" {
+			listen = append(listen, svc.Spec.ClusterIP+":5432")
+		}
+		nodePort := 0
+		if len(svc.Spec.Ports) > 0 {
+			nodePort = int(svc.Spec.Ports[0].NodePort)
+		}
+		if nodePort != 0 {
+			listen = append(listen, fmt.Sprintf("%s:%d", o.addrs.NodeIP(), nodePort))
+		}
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			if ing.IP != "" && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+				listen = append(listen, ing.IP+":5432")
+			}
+		}
+		for _, a := range listen {
+			if err := o.proxies.ensure(a, target); err != nil {
+				return addrs, "", fmt.Errorf("service %s: proxy %s: %w", name, a, err)
+			}
+			addrs = append(addrs, a)
+		}
+		if role == "master" {
+			switch svc.Spec.Type {
+			case corev1.ServiceTypeNodePort:
+				endpoint = fmt.Sprintf("%s:%d", o.addrs.NodeIP(), nodePort)
+			case corev1.ServiceTypeLoadBalancer:
+				if len(svc.Status.LoadBalancer.Ingress) > 0 {
+					endpoint = svc.Status.LoadBalancer.Ingress[0].IP + ":5432"
+				}
+			default:
+				endpoint = svc.Spec.ClusterIP + ":5432"
+			}
+		}
+	}
+	return addrs, endpoint, nil
+}
+
+type routes struct {
+	leader   string
+	replicas []string
+}
+
+func (c *cluster) leaderAddr() string {
+	r := c.routes.Load()
+	if r == nil || r.leader == "" {
+		return ""
+	}
+	return r.leader + ":5432"
+}
+
+func (c *cluster) replicaAddr() string {
+	r := c.routes.Load()
+	if r == nil || len(r.replicas) == 0 {
+		return ""
+	}
+	return r.replicas[time.Now().Nanosecond()%len(r.replicas)] + ":5432"
+}
+
+// ensureCredentials returns the admin password, creating the credentials
+// Secret when missing: a copy of the bootstrap secret for a cluster born a
+// standby (its data, and so its passwords, are the primary's), a fresh
+// random password otherwise.
+func (o *Operator) ensureCredentials(ctx context.Context, c *cluster) (string, error) {
+	spec := c.spec
+	name := CredentialsSecret(spec.Name)
+	sec, err := o.kube.CoreV1().Secrets(spec.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err == nil {
+		return string(sec.Data["password"]), nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return "", err
+	}
+	user, password := "postgres", ""
+	if spec.Replication.IsReplica {
+		if spec.Replication.BootstrapSecret == "" {
+			return "", fmt.Errorf("standby needs clusterReplication.bootstrapSecret")
+		}
+		bs, err := o.kube.CoreV1().Secrets(spec.Namespace).Get(ctx, spec.Replication.BootstrapSecret, metav1.GetOptions{})
+		if err != nil {
+			return "", fmt.Errorf("bootstrap secret %s: %w", spec.Replication.BootstrapSecret, err)
+		}
+		user, password = string(bs.Data["username"]), string(bs.Data["password"])
+		if user == "" || password == "" {
+			return "", fmt.Errorf("bootstrap secret %s: needs username and password", spec.Replication.BootstrapSecret)
+		}
+	} else {
+		raw := make([]byte, 16)
+		if _, err := rand.Read(raw); err != nil {
+			return "", err
+		}
+		password = hex.EncodeToString(raw)
+	}
+	_, err = o.kube.CoreV1().Secrets(spec.Namespace).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"cluster-name": spec.Name, "application": "spilo"}},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{"username": []byte(user), "password": []byte(password)},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("secret %s: %w", name, err)
+	}
+	return password, nil
+}
+
+// register records a standby in its primary's catalogue, through the peer
+// endpoint with the bootstrap credentials. For a LoadBalancer standby the
+// external IP is left empty, as the real operator sometimes does.
+func (o *Operator) register(ctx context.Context, c *cluster, endpoint, password string) error {
+	r := c.spec.Replication
+	peer := fmt.Sprintf("%s:%d", r.PeerHost, r.PeerPort)
+	if c.registered == peer {
+		return nil
+	}
+	conn, err := connect(ctx, r.PeerHost, r.PeerPort, "postgres", password)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var inRecovery bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+		return err
+	}
+	if inRecovery {
+		return fmt.Errorf("peer %s is not writable yet", peer)
+	}
+	reg := registration{Cluster: c.spec.Name, ServiceType: r.ServiceType, Slot: SlotName(c.spec.Name)}
+	host, port := splitHostPort(endpoint)
+	reg.ExternalPort = port
+	if r.ServiceType != string(corev1.ServiceTypeLoadBalancer) {
+		reg.ExternalIP = host
+	}
+	if err := upsertRegistration(ctx, conn, reg); err != nil {
+		return err
+	}
+	c.registered = peer
+	o.log.Info("registered standby", "cluster", c.spec.key(), "peer", peer)
+	return nil
+}
+
+// catalogue keeps the primary's own row and returns the slots its standbys
+// need.
+func (o *Operator) catalogue(ctx context.Context, c *cluster, endpoint, password string) ([]string, error) {
+	conn, err := connect(ctx, c.leaderIP, 5432, "postgres", password)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	var inRecovery bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil || inRecovery {
+		return nil, fmt.Errorf("leader not writable yet")
+	}
+	host, port := splitHostPort(endpoint)
+	if err := upsertRegistration(ctx, conn, registration{Cluster: c.spec.Name, ExternalIP: host, ExternalPort: port,
+		ServiceType: c.spec.Replication.ServiceType, Slot: SlotName(c.spec.Name)}); err != nil {
+		return nil, err
+	}
+	rows, err := listRegistrations(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	var slots []string
+	for _, r := range rows {
+		if r.Cluster != c.spec.Name {
+			slots = append(slots, SlotName(r.Cluster))
+		}
+	}
+	return slots, nil
+}
+
+// ensureDynamicConfig makes Patroni's dynamic configuration follow the CR:
+// standby_cluster set to the peer or removed (the isReplica flip), the
+// permanent slots of a primary, and the CR's parameters.
+func (o *Operator) ensureDynamicConfig(ctx context.Context, c *cluster, slots []string) error {
+	if c.leaderIP == "" {
+		return fmt.Errorf("no leader yet")
+	}
+	cur, err := o.patroni.config(ctx, c.leaderIP)
+	if err != nil {
+		return err
+	}
+	patch := map[string]any{}
+	r := c.spec.Replication
+	var wantStandby map[string]any
+	if r.IsReplica {
+		wantStandby = standbyConfig(r.PeerHost, r.PeerPort, SlotName(c.spec.Name))
+	}
+	if !sameJSON(cur["standby_cluster"], wantStandby) {
+		patch["standby_cluster"] = wantStandby
+		o.log.Info("standby_cluster", "cluster", c.spec.key(), "isReplica", r.IsReplica, "peer", fmt.Sprintf("%s:%d", r.PeerHost, r.PeerPort))
+	}
+	var wantSlots map[string]any
+	if !r.IsReplica && len(slots) > 0 {
+		wantSlots = map[string]any{}
+		for _, s := range slots {
+			wantSlots[s] = map[string]any{"type": "physical"}
+		}
+	}
+	if !sameJSON(cur["slots"], wantSlots) {
+		patch["slots"] = wantSlots
+	}
+	curParams, _ := nested(cur, "postgresql", "parameters").(map[string]any)
+	changed := map[string]any{}
+	for _, k := range sortedKeys(c.spec.Parameters) {
+		if fmt.Sprint(curParams[k]) != c.spec.Parameters[k] {
+			changed[k] = c.spec.Parameters[k]
+		}
+	}
+	if len(changed) > 0 {
+		patch["postgresql"] = map[string]any{"parameters": changed}
+	}
+	if len(patch) == 0 {
+		return nil
+	}
+	return o.patroni.patchConfig(ctx, c.leaderIP, patch)
+}
+
+func nested(m map[string]any, keys ...string) any {
+	var cur any = m
+	for _, k := range keys {
+		mm, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = mm[k]
+	}
+	return cur
+}
+
+func sameJSON(a any, b map[string]any) bool {
+	if b == nil {
+		return a == nil
+	}
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	var x, y any
+	_ = json.Unmarshal(ja, &x)
+	_ = json.Unmarshal(jb, &y)
+	return reflect.DeepEqual(x, y)
+}
+
+// ensureMembers starts members 0..n-1 and removes the ones beyond.
+func (o *Operator) ensureMembers(ctx context.Context, c *cluster, password string) error {
+	spec := c.spec
+	for i := 0; i < spec.Instances; i++ {
+		if err := o.ensureMember(c, i, password); err != nil {
+			return err
+		}
+	}
+	entries, _ := os.ReadDir(c.dir)
+	for _, e := range entries {
+		i, err := strconv.Atoi(e.Name())
+		if err != nil || i < spec.Instances {
+			continue
+		}
+		o.removeMember(ctx, c, i)
+	}
+	return nil
+}
+
+func (o *Operator) memberName(c *cluster, i int) string { return fmt.Sprintf("%s-%d", c.spec.Name, i) }
+
+func (o *Operator) ensureMember(c *cluster, i int, password string) error {
+	dir := filepath.Join(c.dir, strconv.Itoa(i))
+	pidFile := filepath.Join(dir, "patroni.pid")
+	if proc.Alive(proc.ReadPid(pidFile)) {
+		return nil
+	}
+	if proc.ReadPid(pidFile) != 0 {
+		c.deaths[i]++
+		o.log.Warn("member died; restarting", "member", o.memberName(c, i), "deaths", c.deaths[i])
+	}
+	ip, err := o.ips.pod(c.spec.key() + "/" + strconv.Itoa(i))
+	if err != nil {
+		return err
+	}
+	sock := filepath.Join(lab.SocketRoot(o.state.Slot), ip)
+	for _, d := range []string{dir, sock} {
+		// Parents must be searchable by postgres; the member's own
+		// directory is private to it.
+		if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil {
+			return err
+		}
+		if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
+			return err
+		}
+		if err := chownPostgres(d); err != nil {
+			return err
+		}
+	}
+	mc := memberConfig{
+		Scope:      c.spec.Name,
+		Namespace:  fmt.Sprintf("/pglab-%d/%s/%s/", o.state.Slot, o.site.Name, c.spec.Namespace),
+		Name:       o.memberName(c, i),
+		IP:         ip,
+		Etcd:       o.state.EtcdEndpoint(),
+		DataDir:    filepath.Join(dir, "data"),
+		PgPass:     filepath.Join(dir, "pgpass"),
+		SocketDir:  sock,
+		Password:   password,
+		Parameters: c.spec.Parameters,
+	}
+	if r := c.spec.Replication; r.IsReplica {
+		mc.Standby = standbyConfig(r.PeerHost, r.PeerPort, SlotName(c.spec.Name))
+	}
+	cfg, err := mc.render()
+	if err != nil {
+		return err
+	}
+	cfgPath := filepath.Join(dir, "patroni.yml")
+	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
+		return err
+	}
+	if err := chownPostgres(cfgPath); err != nil {
+		return err
+	}
+	_, err = proc.Start(proc.Spec{Name: mc.Name, Path: lab.PatroniBinary, Args: []string{cfgPath}, Dir: dir,
+		LogFile: filepath.Join(dir, "patroni.log"), PidFile: pidFile, User: lab.PostgresUser})
+	if err == nil {
+		o.log.Info("member started", "member", mc.Name, "ip", ip, "standby", mc.Standby != nil)
+	}
+	return err
+}
+
+func (o *Operator) removeMember(ctx context.Context, c *cluster, i int) {
+	dir := filepath.Join(c.dir, strconv.Itoa(i))
+	proc.Stop(proc.ReadPid(filepath.Join(dir, "patroni.pid")), 30*time.Second)
+	_ = os.RemoveAll(dir)
+	o.ips.release(c.spec.key() + "/" + strconv.Itoa(i))
+	delete(c.members, i)
+	err := o.kube.CoreV1().Pods(c.spec.Namespace).Delete(ctx, o.memberName(c, i), metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	if err != nil && !apierrors.IsNotFound(err) {
+		o.log.Warn("delete pod", "pod", o.memberName(c, i), "err", err)
+	}
+	o.log.Info("member removed", "member", o.memberName(c, i))
+}
+
+func (o *Operator) observeMembers(ctx context.Context, c *cluster) {
+	c.leaderIP, c.replicaIPs = "", nil
+	for i := 0; i < c.spec.Instances; i++ {
+		ip, err := o.ips.pod(c.spec.key() + "/" + strconv.Itoa(i))
+		if err != nil {
+			continue
+		}
+		st, err := o.patroni.status(ctx, ip)
+		c.members[i] = memberView{ip: ip, status: st, err: err}
+		if err != nil || st.State != "running" {
+			continue
+		}
+		if st.IsLeader() {
+			c.leaderIP = ip
+		} else {
+			c.replicaIPs = append(c.replicaIPs, ip)
+		}
+	}
+	c.routes.Store(&routes{leader: c.leaderIP, replicas: c.replicaIPs})
+}
+
+func (o *Operator) clusterStatus(c *cluster) (string, string) {
+	for i, n := range c.deaths {
+		if n >= 5 && i < c.spec.Instances {
+			return StatusFailed, fmt.Sprintf("member %s died %d times; see its patroni.log", o.memberName(c, i), n)
+		}
+	}
+	if c.leaderIP == "" {
+		return StatusCreating, "no leader yet"
+	}
+	for i := 0; i < c.spec.Instances; i++ {
+		m := c.members[i]
+		if m.err != nil || m.status.State != "running" {
+			return StatusCreating, fmt.Sprintf("member %s not running yet", o.memberName(c, i))
+		}
+	}
+	return StatusRunning, ""
+}
+
+// ensurePods keeps a pod object per member with the spilo-role label of
+// what Patroni says the member is.
+func (o *Operator) ensurePods(ctx context.Context, c *cluster) error {
+	var errs []error
+	for i := 0; i < c.spec.Instances; i++ {
+		m, ok := c.members[i]
+		if !ok {
+			continue
+		}
+		role := "replica"
+		if m.err == nil && m.status.IsLeader() {
+			role = "master"
+		}
+		name := o.memberName(c, i)
+		pods := o.kube.CoreV1().Pods(c.spec.Namespace)
+		pod, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			pod, err = pods.Create(ctx, &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"application": "spilo", "cluster-name": c.spec.Name, "spilo-role": role}},
+				Spec: corev1.PodSpec{NodeName: lab.NodeName(o.site.Name), AutomountServiceAccountToken: new(bool),
+					Containers: []corev1.Container{{Name: "postgres", Image: "pglab/patroni:15",
+						Ports: []corev1.ContainerPort{{Name: "postgresql", ContainerPort: 5432}, {Name: "patroni", ContainerPort: 8008}}}}},
+			}, metav1.CreateOptions{})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %w", name, err))
+			continue
+		}
+		if pod.Labels["spilo-role"] != role {
+			pod.Labels["spilo-role"] = role
+			if pod, err = pods.Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
+				errs = append(errs, fmt.Errorf("pod %s: label: %w", name, err))
+				continue
+			}
+		}
+		ready := corev1.ConditionFalse
+		if m.err == nil && m.status.State == "running" {
+			ready = corev1.ConditionTrue
+		}
+		if pod.Status.PodIP != m.ip || pod.Status.Phase != corev1.PodRunning || len(pod.Status.Conditions) == 0 || pod.Status.Conditions[0].Status != ready {
+			pod.Status.Phase = corev1.PodRunning
+			pod.Status.PodIP = m.ip
+			pod.Status.PodIPs = []corev1.PodIP{{IP: m.ip}}
+			pod.Status.HostIP = o.addrs.NodeIP().String()
+			pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: ready, LastTransitionTime: metav1.Now()}}
+			pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "postgres", Image: "pglab/patroni:15", Ready: ready == corev1.ConditionTrue,
+				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}}}
+			if _, err := pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+				errs = append(errs, fmt.Errorf("pod %s: status: %w", name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (o *Operator) setStatus(ctx context.Context, cr *unstructured.Unstructured, status, msg string) {
+	cur, _, _ := unstructured.NestedString(cr.Object, "status", "PostgresClusterStatus")
+	curMsg, _, _ := unstructured.NestedString(cr.Object, "status", "message")
+	if cur == status && curMsg == msg {
+		return
+	}
+	u := cr.DeepCopy()
+	_ = unstructured.SetNestedField(u.Object, status, "status", "PostgresClusterStatus")
+	_ = unstructured.SetNestedField(u.Object, msg, "status", "message")
+	if _, err := o.dyn.Resource(GVR).Namespace(cr.GetNamespace()).UpdateStatus(ctx, u, metav1.UpdateOptions{}); err != nil {
+		o.log.Warn("status", "cluster", cr.GetNamespace()+"/"+cr.GetName(), "err", err)
+		return
+	}
+	o.log.Info("status", "cluster", cr.GetNamespace()+"/"+cr.GetName(), "status", status, "message", msg)
+}
+
+// teardown removes what a deleted CR had, as the real operator does.
+func (o *Operator) teardown(ctx context.Context, c *cluster) {
+	spec := c.spec
+	o.log.Info("cluster deleted; tearing down", "cluster", spec.key())
+	entries, _ := os.ReadDir(c.dir)
+	for _, e := range entries {
+		if i, err := strconv.Atoi(e.Name()); err == nil {
+			o.removeMember(ctx, c, i)
+		}
+	}
+	_ = os.RemoveAll(c.dir)
+	for _, name := range []string{spec.Name, spec.Name + "-repl"} {
+		_ = o.kube.CoreV1().Services(spec.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
+		o.ips.release(spec.Namespace + "/" + name)
+	}
+	_ = o.kube.CoreV1().Secrets(spec.Namespace).Delete(ctx, CredentialsSecret(spec.Name), metav1.DeleteOptions{})
+}
+
+func splitHostPort(hp string) (string, int) {
+	i := strings.LastIndexByte(hp, ':')
+	if i < 0 {
+		return hp, 0
+	}
+	p, _ := strconv.Atoi(hp[i+1:])
+	return hp[:i], p
+}
+
+func chownPostgres(path string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup(lab.PostgresUser)
+	if err != nil {
+		return err
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return os.Chown(path, uid, gid)
+}

@@ -1,0 +1,178 @@
+package operator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// baseParameters are what every lab cluster runs with; the CR's parameters
+// are laid over them.
+var baseParameters = map[string]string{
+	"wal_level":             "replica",
+	"hot_standby":           "on",
+	"wal_log_hints":         "on",
+	"max_wal_senders":       "10",
+	"max_replication_slots": "10",
+	"wal_keep_size":         "128MB",
+	"shared_buffers":        "32MB",
+	"max_connections":       "50",
+	"fsync":                 "on",
+	"synchronous_commit":    "on",
+}
+
+// memberConfig is everything that goes into one member's patroni.yml.
+type memberConfig struct {
+	Scope, Namespace, Name string
+	IP                     string
+	Etcd                   string
+	DataDir, PgPass        string
+	SocketDir              string
+	Password               string
+	Parameters             map[string]string
+	Standby                map[string]any // bootstrap standby_cluster; nil for a primary
+}
+
+// render writes the Patroni configuration. Passwords sit in this file, as
+// with any Patroni deployment; it is written 0600 for the postgres user.
+func (m memberConfig) render() ([]byte, error) {
+	params := map[string]string{}
+	for k, v := range baseParameters {
+		params[k] = v
+	}
+	for k, v := range m.Parameters {
+		params[k] = v
+	}
+	dcs := map[string]any{
+		"ttl": 10, "loop_wait": 2, "retry_timeout": 4,
+		"maximum_lag_on_failover": 1 << 20,
+		"postgresql": map[string]any{
+			"use_pg_rewind": true,
+			"use_slots":     true,
+			"parameters":    params,
+		},
+	}
+	if m.Standby != nil {
+		dcs["standby_cluster"] = m.Standby
+	}
+	auth := map[string]any{"username": "postgres", "password": m.Password}
+	cfg := map[string]any{
+		"scope":     m.Scope,
+		"namespace": m.Namespace,
+		"name":      m.Name,
+		"log":       map[string]any{"level": "INFO"},
+		"restapi":   map[string]any{"listen": m.IP + ":8008", "connect_address": m.IP + ":8008"},
+		"etcd3":     map[string]any{"host": m.Etcd},
+		"bootstrap": map[string]any{
+			"dcs":    dcs,
+			"initdb": []any{map[string]any{"encoding": "UTF8"}, "data-checksums"},
+		},
+		"postgresql": map[string]any{
+			"listen":          m.IP + ":5432",
+			"connect_address": m.IP + ":5432",
+			"data_dir":        m.DataDir,
+			"bin_dir":         "/usr/lib/postgresql/15/bin",
+			"pgpass":          m.PgPass,
+			"authentication":  map[string]any{"superuser": auth, "replication": auth, "rewind": auth},
+			"parameters":      map[string]any{"unix_socket_directories": m.SocketDir},
+			"pg_hba": []string{
+				"local all all trust",
+				"host all all 127.0.0.0/8 scram-sha-256",
+				"host replication all 127.0.0.0/8 scram-sha-256",
+			},
+			"create_replica_methods": []string{"basebackup"},
+			"basebackup":             []any{map[string]any{"checkpoint": "fast"}},
+		},
+	}
+	return yaml.Marshal(cfg)
+}
+
+// standbyConfig is Patroni's standby_cluster section for a peer.
+func standbyConfig(host string, port int, slot string) map[string]any {
+	return map[string]any{
+		"host":                   host,
+		"port":                   port,
+		"create_replica_methods": []string{"basebackup"},
+		"primary_slot_name":      slot,
+	}
+}
+
+// memberStatus is the part of Patroni's GET /patroni answer the lab uses.
+type memberStatus struct {
+	State    string `json:"state"`
+	Role     string `json:"role"`
+	Timeline int    `json:"timeline"`
+	Xlog     struct {
+		Location         int64 `json:"location"`
+		ReceivedLocation int64 `json:"received_location"`
+		ReplayedLocation int64 `json:"replayed_location"`
+	} `json:"xlog"`
+	ReplicationState string `json:"replication_state"`
+	SystemID         string `json:"database_system_identifier"`
+}
+
+// IsLeader reports whether the member holds its cluster's leader lock.
+// Patroni 3.0 calls a primary "master".
+func (s memberStatus) IsLeader() bool {
+	return s.Role == "master" || s.Role == "primary" || s.Role == "standby_leader"
+}
+
+// patroniClient talks to members' REST APIs.
+type patroniClient struct{ http *http.Client }
+
+func newPatroniClient() patroniClient {
+	return patroniClient{http: &http.Client{Timeout: 2 * time.Second}}
+}
+
+func (c patroniClient) status(ctx context.Context, ip string) (memberStatus, error) {
+	var s memberStatus
+	err := c.do(ctx, http.MethodGet, ip, "/patroni", nil, &s)
+	return s, err
+}
+
+func (c patroniClient) config(ctx context.Context, ip string) (map[string]any, error) {
+	var cfg map[string]any
+	err := c.do(ctx, http.MethodGet, ip, "/config", nil, &cfg)
+	return cfg, err
+}
+
+func (c patroniClient) patchConfig(ctx context.Context, ip string, patch map[string]any) error {
+	return c.do(ctx, http.MethodPatch, ip, "/config", patch, nil)
+}
+
+func (c patroniClient) do(ctx context.Context, method, ip, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+ip+":8008"+path, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	// GET /patroni answers 503 on a member that is not running yet, with
+	// the same body; the body is what matters.
+	if resp.StatusCode >= 300 && !(method == http.MethodGet && len(b) > 0 && b[0] == '{') {
+		return fmt.Errorf("patroni %s %s %s: HTTP %d: %s", ip, method, path, resp.StatusCode, bytes.TrimSpace(b))
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}

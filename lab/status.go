@@ -1,0 +1,73 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"text/tabwriter"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/pgtopo/pgtopo/lab/proc"
+)
+
+var postgresqlGVR = schema.GroupVersionResource{Group: "acid.zalan.do", Version: "v1", Resource: "postgresqls"}
+
+// PrintStatus writes the lab's processes and the clusters of every site.
+func PrintStatus(ctx context.Context, w io.Writer, dir string) error {
+	st, err := Load(dir)
+	if err != nil {
+		return err
+	}
+	p := Paths{st.Dir}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "PROCESS\tPID\tSTATE\n")
+	names := []string{"etcd"}
+	for _, s := range st.Sites {
+		names = append(names, "apiserver-"+s.Name, "operator-"+s.Name)
+	}
+	for _, n := range names {
+		pid := proc.ReadPid(p.Pid(n))
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", n, pid, aliveWord(pid))
+	}
+	for _, f := range MemberPidFiles(st.Dir) {
+		pid := proc.ReadPid(f)
+		rel, _ := filepath.Rel(st.Dir, filepath.Dir(f))
+		fmt.Fprintf(tw, "patroni %s\t%d\t%s\n", rel, pid, aliveWord(pid))
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "SITE\tCONTEXT\tNAMESPACE\tCLUSTER\tINSTANCES\tREPLICA\tSTATUS\n")
+	for _, s := range st.Sites {
+		cfg, err := RESTConfig(st.Dir, s.Name)
+		if err != nil {
+			return err
+		}
+		dc, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		list, err := dc.Resource(postgresqlGVR).Namespace("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\tunreachable: %v\n", s.Name, s.Context, err)
+			continue
+		}
+		for _, cr := range list.Items {
+			n, _, _ := unstructured.NestedInt64(cr.Object, "spec", "numberOfInstances")
+			rep, _, _ := unstructured.NestedBool(cr.Object, "spec", "clusterReplication", "isReplica")
+			status, _, _ := unstructured.NestedString(cr.Object, "status", "PostgresClusterStatus")
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%v\t%s\n", s.Name, s.Context, cr.GetNamespace(), cr.GetName(), n, rep, status)
+		}
+	}
+	return tw.Flush()
+}
+
+func aliveWord(pid int) string {
+	if proc.Alive(pid) {
+		return "running"
+	}
+	return "stopped"
+}
