@@ -7,24 +7,37 @@ LDFLAGS := -X github.com/pgtopo/pgtopo/cli.version=$(VERSION) -X github.com/pgto
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 60s
 
-.PHONY: help build test unit lint deps fuzz demo bench clean
+APT_PACKAGES := etcd-server patroni postgresql-15
+
+.PHONY: help build test lint deps apt-deps lab-bin fuzz demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
-build: ## build bin/pgtopo
+build: ## build bin/pgtopo and bin/pglab
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/pgtopo .
+	$(GO) build -o bin/pglab ./cmd/pglab
 
-test: build ## run every test (unit, validators' agreement, testscripts)
-	$(GO) test -count=1 ./...
+test: build lab-bin ## run every test (unit, agreement, testscripts, the lab end to end)
+	$(GO) test -count=1 -timeout 30m ./...
 
 lint: bin/staticcheck ## gofmt check, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	bin/staticcheck ./...
 
-deps: bin/staticcheck ## install what the tests and lint need (idempotent)
+deps: apt-deps bin/staticcheck lab-bin ## install what the tests and lint need (idempotent)
 	$(GO) mod download
+
+apt-deps: ## Debian packages of the lab: etcd, Patroni, PostgreSQL 15
+	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then echo "apt packages present: $(APT_PACKAGES)"; else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES); fi
+
+lab-bin: bin/kube-apiserver ## build the lab's kube-apiserver (once; ~4 min cold)
+
+bin/kube-apiserver: lab/apiserver/go.mod lab/apiserver/go.sum lab/apiserver/main.go
+	cd lab/apiserver && $(GO) build -o ../../bin/kube-apiserver .
 
 bin/staticcheck:
 	GOBIN=$(CURDIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
