@@ -22,7 +22,6 @@ type proxies struct {
 type proxy struct {
 	ln     net.Listener
 	target func() string // "" refuses the connection
-	conns  sync.WaitGroup
 }
 
 func newProxies(log *slog.Logger) *proxies {
