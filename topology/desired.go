@@ -1,6 +1,9 @@
 package topology
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -17,7 +20,10 @@ const (
 
 // Desired is what the live world should look like once a topology is applied.
 type Desired struct {
-	Name        string
+	Name string
+	// Digest fingerprints the whole topology (after defaults); record
+	// writes it so a later run can tell what was applied.
+	Digest      string
 	Flavor      string
 	ServiceType string
 	MaxLagBytes int64
@@ -49,6 +55,29 @@ type DesiredCluster struct {
 // Primary returns the desired primary.
 func (d *Desired) Primary() DesiredCluster { return d.Clusters[d.PrimaryIndex] }
 
+// Cluster returns the named cluster.
+func (d *Desired) Cluster(name string) (DesiredCluster, bool) {
+	for _, c := range d.Clusters {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return DesiredCluster{}, false
+}
+
+// Sites returns every site that holds a cluster, in file order.
+func (d *Desired) Sites() []Site {
+	var out []Site
+	seen := map[string]bool{}
+	for _, c := range d.Clusters {
+		if !seen[c.Site.Name] {
+			seen[c.Site.Name] = true
+			out = append(out, c.Site)
+		}
+	}
+	return out
+}
+
 // Standbys returns the desired standbys in file order.
 func (d *Desired) Standbys() []DesiredCluster {
 	var out []DesiredCluster
@@ -69,6 +98,7 @@ func (t *Topology) Desired() (*Desired, error) {
 	}
 	d := &Desired{
 		Name:         t.Metadata.Name,
+		Digest:       t.Digest(),
 		Flavor:       t.Spec.Flavor,
 		ServiceType:  t.Spec.Replication.ServiceType,
 		PrimaryIndex: -1,
@@ -112,6 +142,13 @@ func (t *Topology) Desired() (*Desired, error) {
 		d.Clusters = append(d.Clusters, dc)
 	}
 	return d, nil
+}
+
+// Digest is a short fingerprint of the topology with defaults applied.
+func (t *Topology) Digest() string {
+	b, _ := json.Marshal(t)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])[:16]
 }
 
 // StringParameters renders the parameters as the strings the CR expects.

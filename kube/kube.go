@@ -1,0 +1,114 @@
+// Package kube connects to the sites: kubeconfig loading as kubectl does it
+// (--kubeconfig, then KUBECONFIG, then ~/.kube/config), one context per
+// site, and "in-cluster" for the pod's own service account.
+package kube
+
+import (
+	"context"
+	"fmt"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// InCluster is the context name that selects the pod's service account.
+const InCluster = "in-cluster"
+
+// PostgresqlGVR is the operator's postgresql resource.
+var PostgresqlGVR = schema.GroupVersionResource{Group: "acid.zalan.do", Version: "v1", Resource: "postgresqls"}
+
+// Loader builds clients for kubeconfig contexts.
+type Loader struct {
+	// Kubeconfig is an explicit file (the --kubeconfig flag); empty follows
+	// KUBECONFIG and the default location.
+	Kubeconfig string
+}
+
+// RESTConfig returns the client configuration of one context.
+func (l Loader) RESTConfig(contextName string) (*rest.Config, error) {
+	if contextName == InCluster {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("context in-cluster: %w", err)
+		}
+		return cfg, nil
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = l.Kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: contextName}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("context %s: %w", contextName, err)
+	}
+	return cfg, nil
+}
+
+// Site is one site's API access: typed clients for the core objects and a
+// dynamic client for the operator's CRs.
+type Site struct {
+	Typed   kubernetes.Interface
+	Dynamic dynamic.Interface
+}
+
+// Connect returns the clients of one context.
+func (l Loader) Connect(contextName string) (*Site, error) {
+	cfg, err := l.RESTConfig(contextName)
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = 50, 100
+	typed, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("context %s: %w", contextName, err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("context %s: %w", contextName, err)
+	}
+	return &Site{Typed: typed, Dynamic: dyn}, nil
+}
+
+// GetPostgresql reads one CR.
+func (s *Site) GetPostgresql(ctx context.Context, ns, name string) (*unstructured.Unstructured, error) {
+	return s.Dynamic.Resource(PostgresqlGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
+// ListPostgresqls lists CRs in a namespace matching a label selector.
+func (s *Site) ListPostgresqls(ctx context.Context, ns, selector string) ([]unstructured.Unstructured, error) {
+	l, err := s.Dynamic.Resource(PostgresqlGVR).Namespace(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
+}
+
+// GetService reads one Service.
+func (s *Site) GetService(ctx context.Context, ns, name string) (*corev1.Service, error) {
+	return s.Typed.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
+// ListNodes lists the site's Nodes.
+func (s *Site) ListNodes(ctx context.Context) ([]corev1.Node, error) {
+	l, err := s.Typed.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
+}
+
+// GetSecret reads one Secret.
+func (s *Site) GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error) {
+	return s.Typed.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
+// GetLease reads one Lease.
+func (s *Site) GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error) {
+	return s.Typed.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})
+}

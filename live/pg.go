@@ -1,0 +1,145 @@
+package live
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// PgxProber reads PostgreSQL facts with pgx.
+type PgxProber struct {
+	// ConnectTimeout bounds each connection attempt (default 5s).
+	ConnectTimeout time.Duration
+}
+
+// Connect opens a connection as pgtopo does everywhere: to the postgres
+// database, with a bounded connect time and an application_name that
+// shows up in pg_stat_activity.
+func Connect(ctx context.Context, ep Endpoint, user, password string, timeout time.Duration) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig("")
+	if err != nil {
+		return nil, err
+	}
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = ep.Host, uint16(ep.Port), user, password, "postgres"
+	cfg.ConnectTimeout = timeout
+	cfg.RuntimeParams["application_name"] = "pgtopo"
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		// pgx errors can carry the connection string; say only where.
+		return nil, fmt.Errorf("connect %s as %s: %s", ep, user, redact(err, password))
+	}
+	return c, nil
+}
+
+func redact(err error, secret string) string {
+	if secret == "" {
+		return err.Error()
+	}
+	return strings.ReplaceAll(err.Error(), secret, "[redacted]")
+}
+
+const factsSQL = `
+SELECT pg_is_in_recovery(),
+       (SELECT system_identifier::text FROM pg_control_system()),
+       CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_current_wal_lsn()::text END,
+       coalesce(pg_last_wal_receive_lsn()::text, ''),
+       coalesce(pg_last_wal_replay_lsn()::text, ''),
+       current_setting('server_version_num')::int,
+       CASE WHEN pg_is_in_recovery()
+            THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
+                          (SELECT timeline_id FROM pg_control_checkpoint()))
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+       END,
+       to_regclass('sys_operator.multi_cluster_info') IS NOT NULL`
+
+// Probe reads the facts of one server.
+func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string) (*PGState, error) {
+	c, err := Connect(ctx, ep, user, password, p.ConnectTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close(context.Background())
+	var s PGState
+	var cur, recv, replay string
+	if err := c.QueryRow(ctx, factsSQL).Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay,
+		&s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable); err != nil {
+		return nil, fmt.Errorf("%s: read facts: %w", ep, err)
+	}
+	for _, f := range []struct {
+		in  string
+		out *LSN
+	}{{cur, &s.CurrentLSN}, {recv, &s.ReceiveLSN}, {replay, &s.ReplayLSN}} {
+		if f.in == "" {
+			continue
+		}
+		v, err := ParseLSN(f.in)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", ep, err)
+		}
+		*f.out = v
+	}
+	var status, host string
+	var port, tli int
+	err = c.QueryRow(ctx, `SELECT status, coalesce(sender_host, ''), coalesce(sender_port, 0), coalesce(received_tli, 0) FROM pg_stat_wal_receiver`).Scan(&status, &host, &port, &tli)
+	if err == nil {
+		s.WalReceiver = &WalReceiver{Status: status, SenderHost: host, SenderPort: port, Timeline: tli}
+	} else if err != pgx.ErrNoRows {
+		return nil, fmt.Errorf("%s: pg_stat_wal_receiver: %w", ep, err)
+	}
+	rows, err := c.Query(ctx, `SELECT slot_name, active, coalesce(restart_lsn::text, '') FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name`)
+	if err != nil {
+		return nil, fmt.Errorf("%s: pg_replication_slots: %w", ep, err)
+	}
+	s.Slots, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Slot, error) {
+		var sl Slot
+		var lsn string
+		if err := r.Scan(&sl.Name, &sl.Active, &lsn); err != nil {
+			return sl, err
+		}
+		if lsn != "" {
+			sl.RestartLSN, _ = ParseLSN(lsn)
+		}
+		return sl, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	rows, err = c.Query(ctx, `SELECT application_name, coalesce(client_addr::text, ''), state, coalesce(replay_lsn::text, '') FROM pg_stat_replication ORDER BY application_name`)
+	if err != nil {
+		return nil, fmt.Errorf("%s: pg_stat_replication: %w", ep, err)
+	}
+	s.Replication, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ReplicationPeer, error) {
+		var p ReplicationPeer
+		var lsn string
+		if err := r.Scan(&p.ApplicationName, &p.ClientAddr, &p.State, &lsn); err != nil {
+			return p, err
+		}
+		if lsn != "" {
+			p.ReplayLSN, _ = ParseLSN(lsn)
+		}
+		return p, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.HasMultiClusterTable {
+		rows, err = c.Query(ctx, `SELECT cluster_name, coalesce(external_ip, '') FROM sys_operator.multi_cluster_info ORDER BY cluster_name`)
+		if err != nil {
+			return nil, fmt.Errorf("%s: multi_cluster_info: %w", ep, err)
+		}
+		s.MultiCluster, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (MultiClusterInfo, error) {
+			var m MultiClusterInfo
+			return m, r.Scan(&m.Cluster, &m.ExternalIP)
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &s, nil
+}

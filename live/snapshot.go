@@ -1,0 +1,194 @@
+// Package live observes the world a topology describes: for every site its
+// CRs, Services, Nodes, Secrets (presence and a hash, never values) and
+// Leases, and for every cluster the PostgreSQL facts read through its
+// Service. An unreachable site or database is a fact in the snapshot.
+package live
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/pgtopo/pgtopo/flavor/alauda"
+)
+
+// Snapshot is the observed state of every site of a topology.
+type Snapshot struct {
+	Topology string          `json:"topology"`
+	Sites    []SiteState     `json:"sites"`
+	Clusters []ClusterState  `json:"clusters"`
+	Orphans  []OrphanCluster `json:"orphans,omitempty"`
+}
+
+// SiteState is one site as observed.
+type SiteState struct {
+	Name      string     `json:"name"`
+	Context   string     `json:"context"`
+	Reachable bool       `json:"reachable"`
+	Error     string     `json:"error,omitempty"`
+	NodeIPs   []string   `json:"nodeIPs,omitempty"`
+	Lease     *LeaseInfo `json:"lease,omitempty"`
+}
+
+// LeaseInfo is the pgtopo lock as observed.
+type LeaseInfo struct {
+	Holder    string `json:"holder"`
+	RenewedAt string `json:"renewedAt,omitempty"`
+	Seconds   int    `json:"durationSeconds,omitempty"`
+}
+
+// ClusterState is one cluster of the topology as observed.
+type ClusterState struct {
+	Name      string `json:"name"`
+	Site      string `json:"site"`
+	Namespace string `json:"namespace"`
+	// Exists is false when the CR is absent.
+	Exists          bool        `json:"exists"`
+	CR              *alauda.CR  `json:"cr,omitempty"`
+	Service         *Service    `json:"service,omitempty"`
+	Endpoint        *Endpoint   `json:"endpoint,omitempty"`
+	Credentials     SecretState `json:"credentials"`
+	BootstrapSecret SecretState `json:"bootstrapSecret"`
+	PG              *PGState    `json:"pg,omitempty"`
+	PGError         string      `json:"pgError,omitempty"`
+	// Error is a failure to observe the cluster's Kubernetes objects.
+	Error string `json:"error,omitempty"`
+}
+
+// Service is the cluster's master Service.
+type Service struct {
+	Type      string `json:"type"`
+	ClusterIP string `json:"clusterIP,omitempty"`
+	NodePort  int    `json:"nodePort,omitempty"`
+	Ingress   string `json:"ingress,omitempty"`
+}
+
+// Endpoint is host:port a peer (and pgtopo) uses to reach a cluster.
+type Endpoint struct {
+	Host string `json:"host"`
+	Port int    `json:"port"`
+}
+
+func (e Endpoint) String() string { return e.Host + ":" + strconv.Itoa(e.Port) }
+
+// SecretState says whether a Secret exists, and its fingerprint.
+type SecretState struct {
+	Name   string `json:"name,omitempty"`
+	Exists bool   `json:"exists"`
+	Hash   string `json:"hash,omitempty"`
+}
+
+// PGState is what PostgreSQL says about itself.
+type PGState struct {
+	InRecovery           bool               `json:"inRecovery"`
+	SystemID             string             `json:"systemIdentifier"`
+	Timeline             int                `json:"timeline"`
+	CurrentLSN           LSN                `json:"currentLSN,omitempty"`
+	ReceiveLSN           LSN                `json:"receiveLSN,omitempty"`
+	ReplayLSN            LSN                `json:"replayLSN,omitempty"`
+	ServerVersion        int                `json:"serverVersion"`
+	WalReceiver          *WalReceiver       `json:"walReceiver,omitempty"`
+	Slots                []Slot             `json:"slots,omitempty"`
+	Replication          []ReplicationPeer  `json:"replication,omitempty"`
+	MultiCluster         []MultiClusterInfo `json:"multiClusterInfo,omitempty"`
+	HasMultiClusterTable bool               `json:"hasMultiClusterTable"`
+}
+
+// EndOfWAL is the furthest WAL position the server has: its write position
+// when primary, what it replayed when standby.
+func (p *PGState) EndOfWAL() LSN {
+	if !p.InRecovery {
+		return p.CurrentLSN
+	}
+	return p.ReplayLSN
+}
+
+// WalReceiver is pg_stat_wal_receiver.
+type WalReceiver struct {
+	Status     string `json:"status"`
+	SenderHost string `json:"senderHost"`
+	SenderPort int    `json:"senderPort"`
+	Timeline   int    `json:"receivedTimeline"`
+}
+
+// Slot is a physical replication slot.
+type Slot struct {
+	Name       string `json:"name"`
+	Active     bool   `json:"active"`
+	RestartLSN LSN    `json:"restartLSN,omitempty"`
+}
+
+// ReplicationPeer is a row of pg_stat_replication.
+type ReplicationPeer struct {
+	ApplicationName string `json:"applicationName"`
+	ClientAddr      string `json:"clientAddr"`
+	State           string `json:"state"`
+	ReplayLSN       LSN    `json:"replayLSN,omitempty"`
+}
+
+// MultiClusterInfo is a row of sys_operator.multi_cluster_info.
+type MultiClusterInfo struct {
+	Cluster    string `json:"cluster"`
+	ExternalIP string `json:"externalIP"`
+}
+
+// OrphanCluster is a CR labelled with this topology that the file no
+// longer lists. pgtopo reports it and never deletes it.
+type OrphanCluster struct {
+	Name, Site, Namespace string
+}
+
+// Cluster returns the named cluster's state.
+func (s *Snapshot) Cluster(name string) (*ClusterState, bool) {
+	for i := range s.Clusters {
+		if s.Clusters[i].Name == name {
+			return &s.Clusters[i], true
+		}
+	}
+	return nil, false
+}
+
+// Site returns the named site's state.
+func (s *Snapshot) Site(name string) (*SiteState, bool) {
+	for i := range s.Sites {
+		if s.Sites[i].Name == name {
+			return &s.Sites[i], true
+		}
+	}
+	return nil, false
+}
+
+// Writable reports whether the cluster's database answered and accepts writes.
+func (c *ClusterState) Writable() bool { return c.PG != nil && !c.PG.InRecovery }
+
+// LSN is a PostgreSQL WAL position.
+type LSN uint64
+
+// ParseLSN reads the X/Y form.
+func ParseLSN(s string) (LSN, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, fmt.Errorf("LSN %q: want X/Y", s)
+	}
+	h, err := strconv.ParseUint(hi, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("LSN %q: %w", s, err)
+	}
+	l, err := strconv.ParseUint(lo, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("LSN %q: %w", s, err)
+	}
+	return LSN(h<<32 | l), nil
+}
+
+func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint64(l)>>32, uint64(l)&0xFFFFFFFF) }
+
+// MarshalText writes the X/Y form.
+func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText reads the X/Y form.
+func (l *LSN) UnmarshalText(b []byte) error {
+	v, err := ParseLSN(string(b))
+	*l = v
+	return err
+}
