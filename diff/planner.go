@@ -109,7 +109,7 @@ func (p *planner) run() {
 		if !contains(writable, want.Name) {
 			livePrimary = writable[0]
 		}
-		p.refuse(nil, "split brain: %s are all writable (live says primary is %s, file says %s); CR isReplica edited by hand? Fence one of them before running pgtopo again",
+		p.refuse(nil, "split brain: %s are writable at once (live says primary is %s, file says %s); CR isReplica edited by hand? Fence one of them before running pgtopo again",
 			strings.Join(writable, " and "), livePrimary, want.Name)
 		p.roles("", "")
 		return

@@ -1,0 +1,157 @@
+package diff
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func loadDesired(t *testing.T, file string) *topology.Desired {
+	t.Helper()
+	v, err := schema.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, fs, err := v.Load(file, data)
+	if err != nil || top == nil {
+		t.Fatalf("%s: %v %v", file, err, fs)
+	}
+	d, err := top.Desired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// loadSnapshot reads a fixture; "@digest@" stands for the topology's digest,
+// so fixtures describe "recorded the current file" without pinning a hash.
+func loadSnapshot(t *testing.T, file string, d *topology.Desired) *live.Snapshot {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = bytes.ReplaceAll(data, []byte("@digest@"), []byte(d.Digest))
+	var s live.Snapshot
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return &s
+}
+
+func golden(t *testing.T, file string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(file, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("%v (run go test ./diff -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs (go test ./diff -update rewrites it):\n--- got\n%s\n--- want\n%s", file, got, want)
+	}
+}
+
+// TestPlans runs the planner over every fixture pair and compares the
+// rendered plans with the golden files; expectations that matter are also
+// asserted directly so a careless -update cannot bless a wrong plan.
+func TestPlans(t *testing.T) {
+	expect := map[string]struct {
+		inSync, refused bool
+		actions         []Action
+		mention         string
+	}{
+		"fresh-bring-up":            {actions: []Action{ActionLock, ActionEnsurePrimary, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord, ActionRecord}},
+		"in-sync":                   {inSync: true},
+		"primary-changed":           {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "switchover orders-east → orders-west"},
+		"standby-missing":           {actions: []Action{ActionLock, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord}},
+		"secret-missing":            {actions: []Action{ActionLock, ActionBootstrapSecret}},
+		"lagging-target":            {refused: true, mention: "switchover to orders-west refused: lag 48 MiB > maxLagBytes 16 MiB"},
+		"sysid-mismatch":            {refused: true, mention: "orders-west system identifier 7702118734059123321 differs from primary orders-east (7710640626635289495): not a standby of this primary"},
+		"sysid-mismatch-switchover": {refused: true, mention: "not a standby of this primary"},
+		"unreachable-site":          {refused: true, mention: "site west unreachable"},
+		"hand-edited-two-writable":  {refused: true, mention: "live says primary is orders-west, file says orders-east"},
+		"cluster-removed-from-file": {inSync: true, mention: "orders-old (west/db): labelled for topology orders but no longer in the file: left alone"},
+		"drift-and-repoint":         {actions: []Action{ActionLock, ActionRepoint, ActionUpdate}},
+		"target-not-streaming":      {refused: true, mention: "it is not streaming (wal receiver: waiting)"},
+		"resume-journal":            {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "resume switchover orders-east → orders-west from phase gated"},
+		"three-sites-switchover":    {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover, ActionRepoint}},
+		"lb-empty-external-ip":      {actions: []Action{ActionLock, ActionFillExternalIP, ActionFillExternalIP}},
+	}
+	dirs, _ := filepath.Glob("testdata/*/snapshot.json")
+	if len(dirs) != len(expect) {
+		t.Fatalf("%d fixtures, %d expectations", len(dirs), len(expect))
+	}
+	for _, snapFile := range dirs {
+		dir := filepath.Dir(snapFile)
+		name := filepath.Base(dir)
+		t.Run(name, func(t *testing.T) {
+			ref, err := os.ReadFile(filepath.Join(dir, "topology"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := loadDesired(t, filepath.Join("testdata", strings.TrimSpace(string(ref))))
+			snap := loadSnapshot(t, snapFile, d)
+			p := Compute(d, snap, Options{})
+			again := Compute(d, snap, Options{})
+			var text, js, md, text2 bytes.Buffer
+			for _, w := range []func() error{
+				func() error { return p.WriteText(&text) }, func() error { return p.WriteJSON(&js) },
+				func() error { return p.WriteMarkdown(&md) }, func() error { return again.WriteText(&text2) },
+			} {
+				if err := w(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if text.String() != text2.String() {
+				t.Fatalf("planning twice gave different plans")
+			}
+			golden(t, filepath.Join(dir, "plan.txt"), text.Bytes())
+			golden(t, filepath.Join(dir, "plan.json"), js.Bytes())
+			golden(t, filepath.Join(dir, "plan.md"), md.Bytes())
+
+			e := expect[name]
+			if p.InSync() != e.inSync || p.Refused() != e.refused {
+				t.Errorf("inSync=%v refused=%v, want %v %v", p.InSync(), p.Refused(), e.inSync, e.refused)
+			}
+			var actions []Action
+			for _, s := range p.Steps {
+				actions = append(actions, s.Action)
+			}
+			if strings.Join(actionStrings(actions), ",") != strings.Join(actionStrings(e.actions), ",") {
+				t.Errorf("actions = %v, want %v", actions, e.actions)
+			}
+			if e.mention != "" && !strings.Contains(text.String(), e.mention) {
+				t.Errorf("plan does not say %q:\n%s", e.mention, text.String())
+			}
+		})
+	}
+}
+
+func actionStrings(as []Action) []string {
+	var out []string
+	for _, a := range as {
+		out = append(out, string(a))
+	}
+	return out
+}

@@ -1,0 +1,172 @@
+package diff
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// PlanAPIVersion versions the JSON form of a plan.
+const PlanAPIVersion = "pgtopo.dev/v1alpha1"
+
+var symbols = map[Action]string{
+	ActionLock: "*", ActionEnsurePrimary: "+", ActionCheckpoint: "*", ActionBootstrapSecret: "+",
+	ActionCreateStandby: "+", ActionSwitchover: "<>", ActionRepoint: "~", ActionUpdate: "~",
+	ActionFillExternalIP: "~", ActionRecord: "~",
+}
+
+// Summary is the closing line of a text plan.
+func (p *Plan) Summary() string {
+	if p.InSync() {
+		return "No changes. The live topology matches the file."
+	}
+	c := p.Count()
+	return fmt.Sprintf("Plan: %d switchover, %d to create, %d to update, %d refused.", c.Switchovers, c.Create, c.Update, c.Refused)
+}
+
+// Headline says in words what applying the plan does to the roles.
+func (p *Plan) Headline() string {
+	var now, after string
+	for _, c := range p.Clusters {
+		if c.Now == RolePrimary {
+			now = c.Name
+		}
+		if c.After == RolePrimary {
+			after = c.Name
+		}
+	}
+	switch {
+	case p.Refused():
+		return fmt.Sprintf("topology %s: refused", p.Topology)
+	case now == "" && after != "":
+		return fmt.Sprintf("topology %s: bring up with primary %s", p.Topology, after)
+	case now != after && after != "":
+		return fmt.Sprintf("topology %s: switchover %s → %s", p.Topology, now, after)
+	default:
+		return fmt.Sprintf("topology %s: primary %s", p.Topology, now)
+	}
+}
+
+// WriteText renders the plan for a terminal, grouped by site.
+func (p *Plan) WriteText(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n", p.Headline())
+	if p.Revision != "" {
+		fmt.Fprintf(&b, "revision %s, digest %s\n", p.Revision, p.Digest)
+	}
+	// Grouped by site; the numbers keep the order apply runs them in.
+	var sites []string
+	bySite := map[string][]int{}
+	for i, s := range p.Steps {
+		if _, ok := bySite[s.Subject.Site]; !ok {
+			sites = append(sites, s.Subject.Site)
+		}
+		bySite[s.Subject.Site] = append(bySite[s.Subject.Site], i)
+	}
+	for _, site := range sites {
+		fmt.Fprintf(&b, "\nsite %s\n", site)
+		for _, i := range bySite[site] {
+			s := p.Steps[i]
+			name := s.Subject.Cluster
+			if name == "" {
+				name = "(" + s.Subject.Namespace + ")"
+			} else {
+				name += " (" + s.Subject.Namespace + ")"
+			}
+			fmt.Fprintf(&b, "  %2d. %-2s %-16s %s\n", i+1, symbols[s.Action], s.Action, name)
+			fmt.Fprintf(&b, "          %s\n", s.Reason)
+			for _, c := range s.Changes {
+				fmt.Fprintf(&b, "          %s: %s → %s\n", c.Field, show(c.Before), show(c.After))
+			}
+		}
+	}
+	if len(p.Refusals) > 0 {
+		fmt.Fprintf(&b, "\nRefused:\n")
+		for _, r := range p.Refusals {
+			fmt.Fprintf(&b, "  ! %s\n", r.Reason)
+		}
+	}
+	if len(p.Notes) > 0 {
+		fmt.Fprintf(&b, "\nNotes:\n")
+		for _, n := range p.Notes {
+			if n.Subject != nil {
+				fmt.Fprintf(&b, "  - %s: %s\n", n.Subject, n.Message)
+			} else {
+				fmt.Fprintf(&b, "  - %s\n", n.Message)
+			}
+		}
+	}
+	fmt.Fprintf(&b, "\n%s\n", p.Summary())
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func show(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// jsonPlan is the stable, versioned JSON document.
+type jsonPlan struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	InSync     bool   `json:"inSync"`
+	Refused    bool   `json:"refused"`
+	Summary    string `json:"summary"`
+	Plan
+}
+
+// WriteJSON renders the plan for machines.
+func (p *Plan) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(jsonPlan{APIVersion: PlanAPIVersion, Kind: "Plan", InSync: p.InSync(), Refused: p.Refused(), Summary: p.Summary(), Plan: *p})
+}
+
+// WriteMarkdown renders the plan as a pull-request comment.
+func (p *Plan) WriteMarkdown(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "### pgtopo: %s\n\n", p.Headline())
+	fmt.Fprintf(&b, "| cluster | site | namespace | role now | role after |\n|---|---|---|---|---|\n")
+	for _, c := range p.Clusters {
+		after := c.After
+		if after != c.Now {
+			after = "**" + after + "**"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", c.Name, c.Site, c.Namespace, c.Now, after)
+	}
+	if len(p.Steps) > 0 {
+		fmt.Fprintf(&b, "\n**Steps**\n\n")
+		for i, s := range p.Steps {
+			fmt.Fprintf(&b, "%d. `%s` %s: %s\n", i+1, s.Action, s.Subject, s.Reason)
+			for _, c := range s.Changes {
+				fmt.Fprintf(&b, "   - `%s`: %s → %s\n", c.Field, mdValue(c.Before), mdValue(c.After))
+			}
+		}
+	}
+	if len(p.Refusals) > 0 {
+		fmt.Fprintf(&b, "\n**Refused**\n\n")
+		for _, r := range p.Refusals {
+			fmt.Fprintf(&b, "- :no_entry: %s\n", r.Reason)
+		}
+	}
+	if len(p.Notes) > 0 {
+		fmt.Fprintf(&b, "\n**Notes**\n\n")
+		for _, n := range p.Notes {
+			fmt.Fprintf(&b, "- %s\n", n.Message)
+		}
+	}
+	fmt.Fprintf(&b, "\n%s\n", p.Summary())
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func mdValue(s string) string {
+	if s == "" {
+		return "_(none)_"
+	}
+	return "`" + s + "`"
+}
