@@ -5,6 +5,7 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -112,3 +114,47 @@ func (s *Site) GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, 
 func (s *Site) GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error) {
 	return s.Typed.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})
 }
+
+// ApplyPostgresql server-side-applies a CR as field manager pgtopo, taking
+// over the fields it sends (from a hand edit, say) and no others.
+func (s *Site) ApplyPostgresql(ctx context.Context, u *unstructured.Unstructured) error {
+	data, err := json.Marshal(u.Object)
+	if err != nil {
+		return err
+	}
+	force := true
+	_, err = s.Dynamic.Resource(PostgresqlGVR).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, data,
+		metav1.PatchOptions{FieldManager: FieldManager, Force: &force})
+	return err
+}
+
+// ApplySecret server-side-applies a Secret as field manager pgtopo.
+func (s *Site) ApplySecret(ctx context.Context, sec *corev1.Secret) error {
+	sec.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}
+	data, err := json.Marshal(sec)
+	if err != nil {
+		return err
+	}
+	force := true
+	_, err = s.Typed.CoreV1().Secrets(sec.Namespace).Patch(ctx, sec.Name, types.ApplyPatchType, data,
+		metav1.PatchOptions{FieldManager: FieldManager, Force: &force})
+	return err
+}
+
+// DeleteSecret removes a Secret (to change its immutable type).
+func (s *Site) DeleteSecret(ctx context.Context, ns, name string) error {
+	return s.Typed.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{})
+}
+
+// CreateLease creates a Lease.
+func (s *Site) CreateLease(ctx context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	return s.Typed.CoordinationV1().Leases(l.Namespace).Create(ctx, l, metav1.CreateOptions{FieldManager: FieldManager})
+}
+
+// UpdateLease updates a Lease; the resourceVersion makes it a compare-and-swap.
+func (s *Site) UpdateLease(ctx context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	return s.Typed.CoordinationV1().Leases(l.Namespace).Update(ctx, l, metav1.UpdateOptions{FieldManager: FieldManager})
+}
+
+// FieldManager is pgtopo's server-side apply identity.
+const FieldManager = "pgtopo"

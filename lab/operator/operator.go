@@ -174,7 +174,7 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 	if err := o.ensurePods(ctx, c); err != nil {
 		o.log.Warn("pods", "cluster", spec.key(), "err", err)
 	}
-	var slots []string
+	var slots []string // nil: unknown, leave Patroni's slots alone
 	if spec.Replication.Enabled && !spec.Replication.IsReplica && c.leaderIP != "" {
 		if slots, err = o.catalogue(ctx, c, endpoint, password); err != nil {
 			o.log.Info("catalogue pending", "cluster", spec.key(), "err", err)
@@ -394,7 +394,7 @@ func (o *Operator) catalogue(ctx context.Context, c *cluster, endpoint, password
 	if err != nil {
 		return nil, err
 	}
-	var slots []string
+	slots := []string{}
 	for _, r := range rows {
 		if r.Cluster != c.spec.Name {
 			slots = append(slots, SlotName(r.Cluster))
@@ -424,15 +424,21 @@ func (o *Operator) ensureDynamicConfig(ctx context.Context, c *cluster, slots []
 		patch["standby_cluster"] = wantStandby
 		o.log.Info("standby_cluster", "cluster", c.spec.key(), "isReplica", r.IsReplica, "peer", fmt.Sprintf("%s:%d", r.PeerHost, r.PeerPort))
 	}
-	var wantSlots map[string]any
-	if !r.IsReplica && len(slots) > 0 {
-		wantSlots = map[string]any{}
+	// Permanent slots follow the catalogue while the cluster is primary.
+	// A demoted cluster keeps them: its standbys still stream through them
+	// (cascading) until the new primary takes over, and the switchover gate
+	// depends on that.
+	if !r.IsReplica && slots != nil {
+		wantSlots := map[string]any{}
 		for _, s := range slots {
 			wantSlots[s] = map[string]any{"type": "physical"}
 		}
-	}
-	if !sameJSON(cur["slots"], wantSlots) {
-		patch["slots"] = wantSlots
+		if len(wantSlots) == 0 {
+			wantSlots = nil
+		}
+		if !sameJSON(cur["slots"], wantSlots) {
+			patch["slots"] = wantSlots
+		}
 	}
 	curParams, _ := nested(cur, "postgresql", "parameters").(map[string]any)
 	changed := map[string]any{}

@@ -1,0 +1,157 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// leaseSeconds is how long a holder that stopped renewing keeps the lock.
+const leaseSeconds = 30
+
+// lease is a held pgtopo lock, renewed in the background until released.
+type lease struct {
+	w      SiteWriter
+	ns     string
+	name   string
+	holder string
+	stop   chan struct{}
+	done   chan struct{}
+	mu     sync.Mutex
+	lost   error
+}
+
+// acquire takes the topology's Lease, waiting up to LockTimeout while
+// another live holder has it.
+func (r *Runner) acquire(ctx context.Context, d *topology.Desired, step diff.Step, start time.Time) (*lease, error) {
+	primary := d.Primary()
+	w, err := r.Writer(primary.Site.Context)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	name := live.LeaseName(d.Name)
+	deadline := time.Now().Add(r.LockTimeout)
+	announced := false
+	for {
+		holder, err := tryLock(ctx, w, step.Subject.Namespace, name, r.Holder)
+		if err != nil {
+			return nil, fmt.Errorf("lock %s/%s: %w", step.Subject.Namespace, name, err)
+		}
+		if holder == "" {
+			r.progress(start, "lock: holding Lease %s/%s in site %s as %s", step.Subject.Namespace, name, primary.Site.Name, r.Holder)
+			l := &lease{w: w, ns: step.Subject.Namespace, name: name, holder: r.Holder, stop: make(chan struct{}), done: make(chan struct{})}
+			go l.renew()
+			return l, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("lock %s/%s is held by %s; another pgtopo run is applying this topology (waited %s; --lock-timeout)",
+				step.Subject.Namespace, name, holder, r.LockTimeout)
+		}
+		if !announced {
+			r.progress(start, "lock: Lease %s/%s is held by %s; waiting up to %s", step.Subject.Namespace, name, holder, r.LockTimeout)
+			announced = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// tryLock takes the Lease if it is free or expired and returns "", or
+// returns the live holder. Updates carry the resourceVersion, so two runs
+// racing for an expired Lease cannot both win.
+func tryLock(ctx context.Context, w SiteWriter, ns, name, me string) (string, error) {
+	now := metav1.NewMicroTime(time.Now())
+	secs := int32(leaseSeconds)
+	l, err := w.GetLease(ctx, ns, name)
+	if apierrors.IsNotFound(err) {
+		_, err = w.CreateLease(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &me, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
+		})
+		if apierrors.IsAlreadyExists(err) {
+			return "another run (just now)", nil
+		}
+		return "", err
+	}
+	if err != nil {
+		return "", err
+	}
+	holder := ""
+	if l.Spec.HolderIdentity != nil {
+		holder = *l.Spec.HolderIdentity
+	}
+	if holder != "" && holder != me && !expired(l) {
+		return holder, nil
+	}
+	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = &me, &secs, &now, &now
+	if _, err := w.UpdateLease(ctx, l); err != nil {
+		if apierrors.IsConflict(err) {
+			return "another run (just now)", nil
+		}
+		return "", err
+	}
+	return "", nil
+}
+
+func expired(l *coordinationv1.Lease) bool {
+	if l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+		return true
+	}
+	return time.Since(l.Spec.RenewTime.Time) > time.Duration(*l.Spec.LeaseDurationSeconds)*time.Second
+}
+
+func (l *lease) renew() {
+	defer close(l.done)
+	t := time.NewTicker(leaseSeconds * time.Second / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			holder, err := tryLock(ctx, l.w, l.ns, l.name, l.holder)
+			cancel()
+			if err == nil && holder != "" {
+				err = fmt.Errorf("lock %s/%s was taken by %s", l.ns, l.name, holder)
+			}
+			if err != nil {
+				l.mu.Lock()
+				l.lost = err
+				l.mu.Unlock()
+			}
+		}
+	}
+}
+
+func (l *lease) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lost
+}
+
+// release frees the Lease for the next run (holder cleared, not deleted,
+// so its history stays visible).
+func (l *lease) release(ctx context.Context) {
+	close(l.stop)
+	<-l.done
+	cur, err := l.w.GetLease(ctx, l.ns, l.name)
+	if err != nil || cur.Spec.HolderIdentity == nil || *cur.Spec.HolderIdentity != l.holder {
+		return
+	}
+	empty := ""
+	cur.Spec.HolderIdentity = &empty
+	_, _ = l.w.UpdateLease(ctx, cur)
+}

@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtopo/pgtopo/flavor/alauda"
+	"github.com/pgtopo/pgtopo/live"
+)
+
+func newStatusCmd(e env) *cobra.Command {
+	var src sourceFlags
+	cmd := &cobra.Command{
+		Use:   "status -f FILE",
+		Short: "Show every cluster of the topology across all sites, like patronictl list",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			d, err := loadDesired(e, src.file)
+			if err != nil {
+				return err
+			}
+			snap := src.observer().Observe(context.Background(), d)
+			writeStatus(e, snap)
+			for _, s := range snap.Sites {
+				if !s.Reachable {
+					return exitCode(ExitError)
+				}
+			}
+			return nil
+		},
+	}
+	src.register(cmd)
+	return cmd
+}
+
+func writeStatus(e env, snap *live.Snapshot) {
+	var primary *live.ClusterState
+	for i := range snap.Clusters {
+		if snap.Clusters[i].Writable() {
+			primary = &snap.Clusters[i]
+		}
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLUSTER\tSITE\tNAMESPACE\tROLE\tSTATE\tTL\tLAG\tENDPOINT\tREVISION")
+	for _, c := range snap.Clusters {
+		role, state, tl, lag, endpoint, rev := "-", "-", "-", "-", "-", "-"
+		site, _ := snap.Site(c.Site)
+		switch {
+		case site != nil && !site.Reachable:
+			state = "site unreachable"
+		case !c.Exists:
+			role, state = "absent", "no CR"
+		default:
+			state = c.CR.Status
+			if c.CR.Annotations[alauda.AnnotationRevision] != "" {
+				rev = c.CR.Annotations[alauda.AnnotationRevision]
+			} else if c.CR.Annotations[alauda.AnnotationDigest] != "" {
+				rev = "digest " + c.CR.Annotations[alauda.AnnotationDigest]
+			}
+		}
+		if c.Endpoint != nil {
+			endpoint = c.Endpoint.String()
+		}
+		if c.PG != nil {
+			tl = fmt.Sprint(c.PG.Timeline)
+			if c.PG.InRecovery {
+				role = "standby"
+				if c.PG.WalReceiver != nil {
+					state = c.PG.WalReceiver.Status
+				} else {
+					state = "not streaming"
+				}
+				if primary != nil && primary.PG.SystemID == c.PG.SystemID {
+					var n int64
+					if end := primary.PG.EndOfWAL(); end > c.PG.ReplayLSN {
+						n = int64(end - c.PG.ReplayLSN)
+					}
+					lag = fmt.Sprintf("%d B", n)
+				}
+			} else {
+				role = "primary"
+			}
+		} else if c.PGError != "" && c.Exists {
+			state = "db unreachable"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Site, c.Namespace, role, state, tl, lag, endpoint, rev)
+	}
+	tw.Flush()
+	for _, s := range snap.Sites {
+		if !s.Reachable {
+			fmt.Fprintf(e.stderr, "%s\n", s.Error)
+		}
+	}
+	for _, c := range snap.Clusters {
+		if c.PGError != "" && c.Exists {
+			fmt.Fprintf(e.stderr, "%s (%s/%s): %s\n", c.Name, c.Site, c.Namespace, c.PGError)
+		}
+	}
+}
