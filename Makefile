@@ -45,9 +45,22 @@ bin/staticcheck:
 fuzz: ## fuzz parse+validate for FUZZTIME (default 60s)
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) ./schema
 
-demo: build ## the end-to-end demo on the built-in lab
-	@echo "make demo arrives with the lab (issue: the lab); for now try:"
-	bin/pgtopo validate examples/topologies/*.yaml
+LAB ?= .lab
+LABENV := KUBECONFIG=$(LAB)/kubeconfig
+
+demo: deps build ## the main job end to end on the built-in lab: bring-up, then a switchover
+	-bin/pglab down --dir $(LAB) >/dev/null 2>&1
+	bin/pglab up --dir $(LAB) --sites east,west
+	$(LABENV) bin/pgtopo apply -f examples/topologies/lab-two-sites.yaml
+	$(LABENV) bin/pgtopo status -f examples/topologies/lab-two-sites.yaml
+	sed 's/  primary: orders-east/  primary: orders-west/' examples/topologies/lab-two-sites.yaml > $(LAB)/topology-west.yaml
+	$(LABENV) bin/pgtopo diff -f $(LAB)/topology-west.yaml || true
+	$(LABENV) bin/pgtopo apply -f $(LAB)/topology-west.yaml
+	$(LABENV) bin/pgtopo status -f $(LAB)/topology-west.yaml
+	@echo
+	@echo "Look around:  export KUBECONFIG=$(LAB)/kubeconfig; kubectl --context lab-west get postgresql -A"
+	@echo "              bin/pgtopo status -f $(LAB)/topology-west.yaml"
+	@echo "Tear down:    bin/pglab down --dir $(LAB)"
 
 clean: ## remove build output
 	rm -rf bin

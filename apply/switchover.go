@@ -83,6 +83,15 @@ func (x *exec) switchover(ctx context.Context, snap *live.Snapshot) error {
 	}); err != nil {
 		return err
 	}
+	// A checkpoint writes WAL on the new timeline, so followers see the
+	// timeline at once; without writes they report the old one for as long
+	// as checkpoint_timeout.
+	snap = x.r.Observer.Observe(ctx, x.d)
+	if tOb, _ = snap.Cluster(to.Name); tOb.Writable() {
+		if err := x.sql(ctx, tOb, "CHECKPOINT"); err != nil {
+			return err
+		}
+	}
 	if err := x.waitStreaming(ctx, from.Name, to.Name); err != nil {
 		return fmt.Errorf("%s does not follow the new primary %s and needs a rebuild (delete its CR and volumes; pgtopo recreates it as a standby): %w", from.Name, to.Name, err)
 	}
@@ -100,16 +109,26 @@ func (x *exec) switchover(ctx context.Context, snap *live.Snapshot) error {
 	return nil
 }
 
-// demote turns the old primary into a standby of the target and returns its
-// end of WAL: the replay position once it is in recovery and has stopped
-// moving (Patroni before 4.1 shuts down immediately, so the WAL it flushed
-// but had not streamed is replayed locally after the restart).
+// demote fences the old primary, waits until the target has everything it
+// wrote, turns it into a standby of the target, and returns its end of WAL
+// (its replay position once in recovery and settled) for the gate.
+//
+// The fence exists because a standby cluster that streams through a slot
+// connects only to a read-write peer (Patroni adds
+// target_session_attrs=read-write), so WAL the old primary flushed but had
+// not streamed when it was demoted could never reach the target.
 func (x *exec) demote(ctx context.Context, j alauda.Journal, from, to topology.DesiredCluster) (live.LSN, error) {
 	snap := x.r.Observer.Observe(ctx, x.d)
 	fo, _ := snap.Cluster(from.Name)
 	tOb, _ := snap.Cluster(to.Name)
 	if tOb.Endpoint == nil {
 		return 0, fmt.Errorf("%s has no endpoint", to.Name)
+	}
+	if fo.Writable() {
+		if err := x.fence(ctx, fo, to); err != nil {
+			_ = x.unfence(context.Background(), from.Name)
+			return 0, err
+		}
 	}
 	ann := keepAnnotations(fo)
 	ann[alauda.AnnotationSwitchover] = j.Encode()
@@ -128,18 +147,66 @@ func (x *exec) demote(ctx context.Context, j alauda.Journal, from, to topology.D
 		if cs.PG.SystemID != j.SystemID {
 			return false, fmt.Sprintf("system identifier %s, journal says %s", cs.PG.SystemID, j.SystemID)
 		}
-		end := cs.PG.ReplayLSN
-		if cs.PG.ReceiveLSN > end {
-			end = cs.PG.ReceiveLSN
-		}
-		if end == last {
+		// The replay position, not the receive position: a restarted WAL
+		// receiver reports the segment it asks for, which is no WAL at all.
+		if end := cs.PG.ReplayLSN; end == last {
 			stable++
 		} else {
 			stable, last = 0, end
 		}
-		return stable >= 3, fmt.Sprintf("in recovery, end of WAL %s", end)
+		return stable >= 3, fmt.Sprintf("in recovery, replayed up to %s", last)
 	})
-	return last, err
+	if err != nil {
+		return 0, err
+	}
+	return last, x.unfence(ctx, from.Name)
+}
+
+// fence makes the old primary refuse new writes (new sessions default to
+// read-only, open sessions are ended, so no transaction commits after it),
+// then waits until the target replayed everything the old primary flushed.
+func (x *exec) fence(ctx context.Context, fo *live.ClusterState, to topology.DesiredCluster) error {
+	for _, stmt := range []string{
+		"ALTER SYSTEM SET default_transaction_read_only = on",
+		"SELECT pg_reload_conf()",
+		"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+	} {
+		if err := x.sql(ctx, fo, stmt); err != nil {
+			return fmt.Errorf("fence %s: %w", fo.Name, err)
+		}
+	}
+	snap := x.r.Observer.Observe(ctx, x.d)
+	fo, _ = snap.Cluster(fo.Name)
+	if fo.PG == nil || fo.PG.InRecovery {
+		return fmt.Errorf("fence %s: cannot read its end of WAL", fo.Name)
+	}
+	end := fo.PG.CurrentLSN
+	x.progress("fence: %s refuses new writes; %s must replay up to %s", fo.Name, to.Name, end)
+	return x.wait(ctx, fmt.Sprintf("%s replay >= %s", to.Name, end), func(s *live.Snapshot) (bool, string) {
+		cs, _ := s.Cluster(to.Name)
+		if cs.PG == nil {
+			return false, statusWords(cs)
+		}
+		if cs.PG.ReplayLSN < end {
+			return false, fmt.Sprintf("%s replay %s, %s behind", to.Name, cs.PG.ReplayLSN, diff.HumanBytes(int64(end-cs.PG.ReplayLSN)))
+		}
+		return true, fmt.Sprintf("%s replay %s", to.Name, cs.PG.ReplayLSN)
+	})
+}
+
+// unfence removes the fence; ALTER SYSTEM works on a standby too, and the
+// setting must not outlive the switchover (it would make the cluster
+// read-only the next time it is primary).
+func (x *exec) unfence(ctx context.Context, name string) error {
+	snap := x.r.Observer.Observe(ctx, x.d)
+	o, _ := snap.Cluster(name)
+	if o.PG == nil {
+		return fmt.Errorf("unfence %s: cannot connect: %s", name, o.PGError)
+	}
+	if err := x.sql(ctx, o, "ALTER SYSTEM RESET default_transaction_read_only"); err != nil {
+		return fmt.Errorf("unfence %s: %w", name, err)
+	}
+	return x.sql(ctx, o, "SELECT pg_reload_conf()")
 }
 
 // waitGate waits until the target has replayed the old primary's end of WAL
@@ -153,14 +220,30 @@ func (x *exec) waitGate(ctx context.Context, j alauda.Journal, gate live.LSN, fr
 		if !cs.PG.InRecovery {
 			return false, fmt.Sprintf("%s is writable before the gate passed", to.Name)
 		}
-		if cs.PG.SystemID != j.SystemID || cs.PG.Timeline != j.Timeline {
+		if cs.PG.SystemID != j.SystemID || cs.PG.Timeline > j.Timeline {
 			return false, fmt.Sprintf("system identifier %s timeline %d, journal says %s timeline %d", cs.PG.SystemID, cs.PG.Timeline, j.SystemID, j.Timeline)
+		}
+		// A standby reports the timeline of its last checkpoint until WAL
+		// flows, and a demoted primary writes none. An older timeline is
+		// fine while it streams from the old primary: streaming refuses a
+		// history that forked off.
+		if cs.PG.Timeline < j.Timeline && !streamsFrom(cs, s, from.Name) {
+			return false, fmt.Sprintf("timeline %d and not streaming from %s (wal receiver %s)", cs.PG.Timeline, from.Name, describeReceiver(cs.PG.WalReceiver))
 		}
 		if cs.PG.ReplayLSN < gate {
 			return false, fmt.Sprintf("%s replay %s, %s behind", to.Name, cs.PG.ReplayLSN, diff.HumanBytes(int64(gate-cs.PG.ReplayLSN)))
 		}
 		return true, fmt.Sprintf("%s replay %s", to.Name, cs.PG.ReplayLSN)
 	})
+}
+
+// streamsFrom reports whether a standby's WAL receiver streams from the
+// named cluster's endpoint.
+func streamsFrom(cs *live.ClusterState, s *live.Snapshot, from string) bool {
+	src, _ := s.Cluster(from)
+	w := cs.PG.WalReceiver
+	return w != nil && w.Status == "streaming" && src != nil && src.Endpoint != nil &&
+		w.SenderHost == src.Endpoint.Host && w.SenderPort == src.Endpoint.Port
 }
 
 // journal writes the journal annotation on both CRs, each keeping its

@@ -83,8 +83,8 @@ func check(c Precondition, snap *live.Snapshot) error {
 			return fmt.Errorf("system identifiers differ: %s %s, %s %s", c.Cluster, to.PG.SystemID, c.Other, from.PG.SystemID)
 		}
 	case CondSameTimeline:
-		if to.PG.Timeline != from.PG.Timeline {
-			return fmt.Errorf("timelines differ: %s %d, %s %d", c.Cluster, to.PG.Timeline, c.Other, from.PG.Timeline)
+		if to.PG.Timeline > from.PG.Timeline {
+			return fmt.Errorf("%s timeline %d is ahead of %s's %d", c.Cluster, to.PG.Timeline, c.Other, from.PG.Timeline)
 		}
 	case CondLagAtMost:
 		if lag := lagBytes(from.PG, to.PG); lag > c.Bytes {

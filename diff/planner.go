@@ -258,8 +258,10 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 		if ot.PG.SystemID != of.PG.SystemID {
 			reason("%s system identifier %s differs from primary %s (%s): not a standby of this primary", to.Name, ot.PG.SystemID, from, of.PG.SystemID)
 		}
-		if ot.PG.Timeline != of.PG.Timeline {
-			reason("timeline %d differs from the primary's %d", ot.PG.Timeline, of.PG.Timeline)
+		// A lower timeline on a standby streaming from the primary is only
+		// stale reporting (no WAL since the switch); a higher one forked off.
+		if ot.PG.Timeline > of.PG.Timeline {
+			reason("timeline %d is ahead of the primary's %d: its history forked off", ot.PG.Timeline, of.PG.Timeline)
 		}
 		if lag := lagBytes(of.PG, ot.PG); lag > p.d.MaxLagBytes {
 			reason("lag %s > maxLagBytes %s", humanBytes(lag), humanBytes(p.d.MaxLagBytes))

@@ -44,6 +44,10 @@ func redact(err error, secret string) string {
 	return strings.ReplaceAll(err.Error(), secret, "[redacted]")
 }
 
+// On a standby the timeline is what the WAL receiver streams: received_tli
+// only moves once WAL of a new timeline arrives, receive_start_tli as soon
+// as streaming (re)starts on it, so the greater of the two is current even
+// when nothing is being written.
 const factsSQL = `
 SELECT pg_is_in_recovery(),
        (SELECT system_identifier::text FROM pg_control_system()),
@@ -52,7 +56,7 @@ SELECT pg_is_in_recovery(),
        coalesce(pg_last_wal_replay_lsn()::text, ''),
        current_setting('server_version_num')::int,
        CASE WHEN pg_is_in_recovery()
-            THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
+            THEN coalesce((SELECT greatest(received_tli, receive_start_tli) FROM pg_stat_wal_receiver),
                           (SELECT timeline_id FROM pg_control_checkpoint()))
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        END,
@@ -86,7 +90,7 @@ func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string
 	}
 	var status, host string
 	var port, tli int
-	err = c.QueryRow(ctx, `SELECT status, coalesce(sender_host, ''), coalesce(sender_port, 0), coalesce(received_tli, 0) FROM pg_stat_wal_receiver`).Scan(&status, &host, &port, &tli)
+	err = c.QueryRow(ctx, `SELECT status, coalesce(sender_host, ''), coalesce(sender_port, 0), coalesce(greatest(received_tli, receive_start_tli), 0) FROM pg_stat_wal_receiver`).Scan(&status, &host, &port, &tli)
 	if err == nil {
 		s.WalReceiver = &WalReceiver{Status: status, SenderHost: host, SenderPort: port, Timeline: tli}
 	} else if err != pgx.ErrNoRows {

@@ -171,6 +171,12 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 		return svcAddrs, err
 	}
 	o.observeMembers(ctx, c)
+	// Scale down only once Patroni's role matches the CR: removing the
+	// leader of a primary that is being demoted would fail over inside the
+	// old cluster and promote a member on a new timeline.
+	if o.roleSettled(c) {
+		o.scaleDown(ctx, c)
+	}
 	if err := o.ensurePods(ctx, c); err != nil {
 		o.log.Warn("pods", "cluster", spec.key(), "err", err)
 	}
@@ -488,15 +494,29 @@ func (o *Operator) ensureMembers(ctx context.Context, c *cluster, password strin
 			return err
 		}
 	}
+	return nil
+}
+
+// roleSettled reports whether the leader's role is the one the CR asks for.
+func (o *Operator) roleSettled(c *cluster) bool {
+	for _, m := range c.members {
+		if m.err == nil && m.ip == c.leaderIP {
+			return (m.status.Role == "standby_leader") == c.spec.Replication.IsReplica
+		}
+	}
+	return false
+}
+
+// scaleDown removes the members beyond numberOfInstances.
+func (o *Operator) scaleDown(ctx context.Context, c *cluster) {
 	entries, _ := os.ReadDir(c.dir)
 	for _, e := range entries {
 		i, err := strconv.Atoi(e.Name())
-		if err != nil || i < spec.Instances {
+		if err != nil || i < c.spec.Instances {
 			continue
 		}
 		o.removeMember(ctx, c, i)
 	}
-	return nil
 }
 
 func (o *Operator) memberName(c *cluster, i int) string { return fmt.Sprintf("%s-%d", c.spec.Name, i) }
@@ -578,7 +598,11 @@ func (o *Operator) removeMember(ctx context.Context, c *cluster, i int) {
 
 func (o *Operator) observeMembers(ctx context.Context, c *cluster) {
 	c.leaderIP, c.replicaIPs = "", nil
-	for i := 0; i < c.spec.Instances; i++ {
+	n := c.spec.Instances
+	if entries, _ := os.ReadDir(c.dir); len(entries) > n {
+		n = len(entries)
+	}
+	for i := 0; i < n; i++ {
 		ip, err := o.ips.pod(c.spec.key() + "/" + strconv.Itoa(i))
 		if err != nil {
 			continue

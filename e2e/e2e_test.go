@@ -1,0 +1,297 @@
+// Package e2e drives bin/pgtopo as a user would against the lab: real
+// kube-apiservers, Patroni and PostgreSQL.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/labtest"
+	"github.com/pgtopo/pgtopo/lab/proc"
+)
+
+type run struct {
+	code           int
+	stdout, stderr string
+}
+
+type harness struct {
+	t      *testing.T
+	lab    *labtest.Lab
+	bin    string
+	dir    string
+	mu     sync.Mutex
+	output []string // everything pgtopo printed, for the secrets check
+}
+
+func newHarness(t *testing.T, sites ...string) *harness {
+	root, err := labtest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(root, "bin", "pgtopo")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("%s missing: run make build", bin)
+	}
+	h := &harness{t: t, lab: labtest.Start(t, sites...), bin: bin, dir: t.TempDir()}
+	return h
+}
+
+// topology writes the lab topology with the given primary and returns its path.
+func (h *harness) topology(primary string) string {
+	src, err := os.ReadFile("../examples/topologies/lab-two-sites.yaml")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	path := filepath.Join(h.dir, primary+".yaml")
+	data := strings.Replace(string(src), "primary: orders-east", "primary: "+primary, 1)
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	return path
+}
+
+func (h *harness) pgtopo(args ...string) run {
+	h.t.Helper()
+	cmd := exec.Command(h.bin, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := run{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		h.t.Fatal(err)
+	}
+	h.mu.Lock()
+	h.output = append(h.output, r.stdout, r.stderr)
+	h.mu.Unlock()
+	return r
+}
+
+func (h *harness) expect(r run, code int, want ...string) {
+	h.t.Helper()
+	if r.code != code {
+		h.t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+	for _, w := range want {
+		if !strings.Contains(r.stdout, w) {
+			h.t.Fatalf("stdout lacks %q:\n%s\nstderr:\n%s", w, r.stdout, r.stderr)
+		}
+	}
+}
+
+func (h *harness) conn(site, cluster string) (*pgx.Conn, error) {
+	host, port := h.lab.Endpoint(h.t, site, "db", cluster)
+	pw := h.lab.Password(h.t, site, "db", cluster)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=disable&connect_timeout=3", pw, host, port))
+}
+
+func (h *harness) writable(site, cluster string) (bool, error) {
+	c, err := h.conn(site, cluster)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close(context.Background())
+	var rec bool
+	err = c.QueryRow(context.Background(), "SELECT pg_is_in_recovery()").Scan(&rec)
+	return err == nil && !rec, err
+}
+
+// writer commits a row every few milliseconds through whichever cluster is
+// writable, recording each acknowledged id, and samples both clusters for
+// being writable at once.
+type writer struct {
+	acked     []int64
+	bothSeen  atomic.Int64
+	samples   atomic.Int64
+	stop      chan struct{}
+	done      sync.WaitGroup
+	longestMs atomic.Int64
+}
+
+func (h *harness) startWriter() *writer {
+	w := &writer{stop: make(chan struct{})}
+	sites := map[string]string{"orders-east": "east", "orders-west": "west"}
+	w.done.Add(2)
+	go func() {
+		defer w.done.Done()
+		var c *pgx.Conn
+		id := int64(0)
+		last := time.Now()
+		for {
+			select {
+			case <-w.stop:
+				if c != nil {
+					c.Close(context.Background())
+				}
+				return
+			default:
+			}
+			if c == nil {
+				for name, site := range sites {
+					if ok, _ := h.writable(site, name); ok {
+						c, _ = h.conn(site, name)
+						break
+					}
+				}
+				if c == nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+			}
+			id++
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := c.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id)
+			cancel()
+			if err != nil {
+				c.Close(context.Background())
+				c = nil
+				continue
+			}
+			w.acked = append(w.acked, id)
+			if gap := time.Since(last).Milliseconds(); gap > w.longestMs.Load() {
+				w.longestMs.Store(gap)
+			}
+			last = time.Now()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	go func() {
+		defer w.done.Done()
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			e, _ := h.writable("east", "orders-east")
+			ww, _ := h.writable("west", "orders-west")
+			w.samples.Add(1)
+			if e && ww {
+				w.bothSeen.Add(1)
+			}
+		}
+	}()
+	return w
+}
+
+func (w *writer) finish() { close(w.stop); w.done.Wait() }
+
+func TestApplyEndToEnd(t *testing.T) {
+	h := newHarness(t, "east", "west")
+	east, west := h.topology("orders-east"), h.topology("orders-west")
+
+	r := h.pgtopo("diff", "-f", east)
+	h.expect(r, 2, "topology orders: bring up with primary orders-east", "Plan: 0 switchover, 3 to create, 2 to update, 0 refused.")
+
+	start := time.Now()
+	h.expect(h.pgtopo("apply", "-f", east), 0, "Apply complete")
+	t.Logf("bring-up took %s", time.Since(start).Round(100*time.Millisecond))
+	h.expect(h.pgtopo("diff", "-f", east), 0, "No changes.")
+	h.expect(h.pgtopo("apply", "-f", east), 0, "No changes.")
+	st := h.pgtopo("status", "-f", east)
+	h.expect(st, 0)
+	for _, line := range []string{"orders-east  east  db         primary", "orders-west  west  db         standby  streaming"} {
+		if !strings.Contains(st.stdout, line) {
+			t.Fatalf("status lacks %q:\n%s", line, st.stdout)
+		}
+	}
+
+	c, err := h.conn("east", "orders-east")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(context.Background(), "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(context.Background())
+
+	for i, target := range []struct{ file, primary, site, old, oldSite string }{
+		{west, "orders-west", "west", "orders-east", "east"},
+		{east, "orders-east", "east", "orders-west", "west"},
+	} {
+		w := h.startWriter()
+		time.Sleep(time.Second)
+		start := time.Now()
+		r := h.pgtopo("apply", "-f", target.file)
+		took := time.Since(start)
+		time.Sleep(2 * time.Second)
+		w.finish()
+		h.expect(r, 0, "Apply complete", "switchover")
+		t.Logf("switchover %d to %s took %s; %d rows acknowledged; longest gap between commits %d ms; %d samples, both writable in %d",
+			i+1, target.primary, took.Round(100*time.Millisecond), len(w.acked), w.longestMs.Load(), w.samples.Load(), w.bothSeen.Load())
+		if w.bothSeen.Load() != 0 {
+			t.Fatalf("two clusters were writable at once in %d samples", w.bothSeen.Load())
+		}
+		if ok, err := h.writable(target.site, target.primary); !ok {
+			t.Fatalf("%s not writable after the switchover: %v", target.primary, err)
+		}
+		nc, err := h.conn(target.site, target.primary)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var missing int64
+		err = nc.QueryRow(context.Background(), "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM acked WHERE acked.id = a.id)", w.acked).Scan(&missing)
+		nc.Close(context.Background())
+		if err != nil || missing != 0 {
+			t.Fatalf("%d acknowledged rows missing on %s (%v)", missing, target.primary, err)
+		}
+		if len(w.acked) == 0 {
+			t.Fatalf("the writer committed nothing")
+		}
+		h.expect(h.pgtopo("diff", "-f", target.file), 0, "No changes.")
+		st := h.pgtopo("status", "-f", target.file)
+		if !strings.Contains(st.stdout, target.old) || !strings.Contains(st.stdout, "standby  streaming") {
+			t.Fatalf("old primary not streaming:\n%s", st.stdout)
+		}
+	}
+
+	t.Run("a refused plan changes nothing: unreachable site", func(t *testing.T) {
+		pid := proc.ReadPid(lab.Paths{Dir: h.lab.Dir}.Pid("apiserver-west"))
+		proc.Stop(pid, 10*time.Second)
+		before, _ := h.lab.Dyn["east"].Resource(postgresqlGVR).Namespace("db").Get(context.Background(), "orders-east", metav1.GetOptions{})
+		r := h.pgtopo("diff", "-f", west)
+		h.expect(r, 1, "site west unreachable", "1 refused.")
+		r = h.pgtopo("apply", "-f", west)
+		h.expect(r, 1, "site west unreachable")
+		after, _ := h.lab.Dyn["east"].Resource(postgresqlGVR).Namespace("db").Get(context.Background(), "orders-east", metav1.GetOptions{})
+		if before.GetResourceVersion() != after.GetResourceVersion() {
+			t.Fatalf("a refused apply changed orders-east")
+		}
+	})
+
+	t.Run("no output contains a password", func(t *testing.T) {
+		pw := h.lab.Password(t, "east", "db", "orders-east")
+		if len(pw) < 8 {
+			t.Fatalf("implausible password length %d", len(pw))
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, out := range h.output {
+			if strings.Contains(out, pw) {
+				t.Fatalf("a pgtopo output contains the admin password")
+			}
+		}
+		t.Logf("checked %d outputs", len(h.output))
+	})
+}

@@ -1,0 +1,5 @@
+package e2e
+
+import "github.com/pgtopo/pgtopo/kube"
+
+var postgresqlGVR = kube.PostgresqlGVR
