@@ -30,7 +30,7 @@ type run struct {
 }
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	lab    *labtest.Lab
 	bin    string
 	dir    string
@@ -38,7 +38,7 @@ type harness struct {
 	output []string // everything pgtopo printed, for the secrets check
 }
 
-func newHarness(t *testing.T, sites ...string) *harness {
+func newHarness(t testing.TB, sites ...string) *harness {
 	root, err := labtest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -237,6 +237,9 @@ func TestApplyEndToEnd(t *testing.T) {
 		took := time.Since(start)
 		time.Sleep(2 * time.Second)
 		w.finish()
+		if took > time.Minute {
+			t.Logf("slow switchover; its progress:\n%s", r.stderr)
+		}
 		h.expect(r, 0, "Apply complete", "switchover")
 		t.Logf("switchover %d to %s took %s; %d rows acknowledged; longest gap between commits %d ms; %d samples, both writable in %d",
 			i+1, target.primary, took.Round(100*time.Millisecond), len(w.acked), w.longestMs.Load(), w.samples.Load(), w.bothSeen.Load())

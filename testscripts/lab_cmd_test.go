@@ -1,0 +1,136 @@
+package testscripts
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/pgtopo/pgtopo/flavor/alauda"
+	"github.com/pgtopo/pgtopo/kube"
+	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/labtest"
+	"github.com/pgtopo/pgtopo/lab/proc"
+	"github.com/pgtopo/pgtopo/live"
+)
+
+// cmdLab drives the lab from a script:
+//
+//	lab up SITE...                       start a lab; sets KUBECONFIG; stopped when the script ends
+//	lab stop-apiserver SITE              make a site unreachable
+//	lab patch SITE CLUSTER JSON          merge-patch a postgresql CR (namespace db), as a hand edit
+//	lab sql SITE CLUSTER SQL             run SQL on a cluster through its Service as admin
+//	lab wait-writable SITE CLUSTER       wait up to 60s until the cluster accepts writes
+func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) == 0 {
+		ts.Fatalf("usage: lab up|stop-apiserver|patch|sql|wait-writable ...")
+	}
+	dir := ts.Getenv("PGLAB_DIR")
+	switch args[0] {
+	case "up":
+		root, err := labtest.RepoRoot()
+		ts.Check(err)
+		bin := filepath.Join(root, "bin")
+		ts.Check(lab.Preflight(bin))
+		dir, err = os.MkdirTemp("", "pglab-script-")
+		ts.Check(err)
+		ts.Check(os.Chmod(dir, 0o755))
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		_, err = lab.Up(ctx, lab.Config{Dir: dir, Sites: args[1:], BinDir: bin})
+		ts.Check(err)
+		ts.Defer(func() {
+			if err := lab.Down(dir); err != nil {
+				ts.Logf("lab down: %v", err)
+			}
+			_ = os.RemoveAll(dir)
+		})
+		ts.Setenv("PGLAB_DIR", dir)
+		ts.Setenv("KUBECONFIG", lab.Paths{Dir: dir}.Kubeconfig())
+	case "stop-apiserver":
+		proc.Stop(proc.ReadPid(lab.Paths{Dir: dir}.Pid("apiserver-"+args[1])), 10*time.Second)
+	case "patch":
+		dyn, _ := clients(ts, dir, args[1])
+		_, err := dyn.Resource(kube.PostgresqlGVR).Namespace("db").Patch(context.Background(), args[2], types.MergePatchType, []byte(args[3]), metav1.PatchOptions{})
+		ts.Check(err)
+	case "sql":
+		c := connect(ts, dir, args[1], args[2])
+		defer c.Close(context.Background())
+		_, err := c.Exec(context.Background(), strings.Join(args[3:], " "))
+		ts.Check(err)
+	case "wait-writable":
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			c, err := tryConnect(dir, args[1], args[2])
+			if err == nil {
+				var rec bool
+				err = c.QueryRow(context.Background(), "SELECT pg_is_in_recovery()").Scan(&rec)
+				c.Close(context.Background())
+				if err == nil && !rec {
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				ts.Fatalf("%s not writable after 60s: %v", args[2], err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	default:
+		ts.Fatalf("lab: unknown subcommand %q", args[0])
+	}
+}
+
+func clients(ts *testscript.TestScript, dir, site string) (dynamic.Interface, kubernetes.Interface) {
+	cfg, err := lab.RESTConfig(dir, site)
+	ts.Check(err)
+	return dynamic.NewForConfigOrDie(cfg), kubernetes.NewForConfigOrDie(cfg)
+}
+
+func connect(ts *testscript.TestScript, dir, site, cluster string) *pgx.Conn {
+	c, err := tryConnect(dir, site, cluster)
+	ts.Check(err)
+	return c
+}
+
+// tryConnect reaches a cluster the way pgtopo does: its Service endpoint
+// and the credentials Secret.
+func tryConnect(dir, site, cluster string) (*pgx.Conn, error) {
+	cfg, err := lab.RESTConfig(dir, site)
+	if err != nil {
+		return nil, err
+	}
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	sec, err := kc.CoreV1().Secrets("db").Get(ctx, alauda.CredentialsSecret(cluster), metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	svc, err := kc.CoreV1().Services("db").Get(ctx, cluster, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	st, err := lab.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	s, _ := st.Site(site)
+	ep := live.Endpoint{Host: svc.Spec.ClusterIP, Port: 5432}
+	if svc.Spec.Type == "NodePort" {
+		ep = live.Endpoint{Host: st.Addrs(s).NodeIP().String(), Port: int(svc.Spec.Ports[0].NodePort)}
+	}
+	c, err := live.Connect(ctx, ep, string(sec.Data["username"]), string(sec.Data["password"]), 3*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cluster, err)
+	}
+	return c, nil
+}
