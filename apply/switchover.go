@@ -190,7 +190,10 @@ func (x *exec) fence(ctx context.Context, fo *live.ClusterState, to topology.Des
 		if cs.PG.ReplayLSN < end {
 			return false, fmt.Sprintf("%s replay %s, %s behind", to.Name, cs.PG.ReplayLSN, diff.HumanBytes(int64(end-cs.PG.ReplayLSN)))
 		}
-		return true, fmt.Sprintf("%s replay %s", to.Name, cs.PG.ReplayLSN)
+		if !streamsFrom(cs, s, fo.Name) {
+			return false, fmt.Sprintf("%s caught up but does not stream from %s (wal receiver %s)", to.Name, fo.Name, describeReceiver(cs.PG.WalReceiver))
+		}
+		return true, fmt.Sprintf("%s replay %s, streaming from %s", to.Name, cs.PG.ReplayLSN, fo.Name)
 	})
 }
 
@@ -220,15 +223,13 @@ func (x *exec) waitGate(ctx context.Context, j alauda.Journal, gate live.LSN, fr
 		if !cs.PG.InRecovery {
 			return false, fmt.Sprintf("%s is writable before the gate passed", to.Name)
 		}
+		// A standby reports the timeline of its last checkpoint until WAL of
+		// a newer one arrives, and a demoted primary sends none, so an older
+		// timeline is expected here; the shared history was proven by the
+		// fence, where the target caught up while streaming from the old
+		// primary. Only a newer timeline means it forked off.
 		if cs.PG.SystemID != j.SystemID || cs.PG.Timeline > j.Timeline {
 			return false, fmt.Sprintf("system identifier %s timeline %d, journal says %s timeline %d", cs.PG.SystemID, cs.PG.Timeline, j.SystemID, j.Timeline)
-		}
-		// A standby reports the timeline of its last checkpoint until WAL
-		// flows, and a demoted primary writes none. An older timeline is
-		// fine while it streams from the old primary: streaming refuses a
-		// history that forked off.
-		if cs.PG.Timeline < j.Timeline && !streamsFrom(cs, s, from.Name) {
-			return false, fmt.Sprintf("timeline %d and not streaming from %s (wal receiver %s)", cs.PG.Timeline, from.Name, describeReceiver(cs.PG.WalReceiver))
 		}
 		if cs.PG.ReplayLSN < gate {
 			return false, fmt.Sprintf("%s replay %s, %s behind", to.Name, cs.PG.ReplayLSN, diff.HumanBytes(int64(gate-cs.PG.ReplayLSN)))

@@ -36,6 +36,7 @@ type harness struct {
 	dir    string
 	mu     sync.Mutex
 	output []string // everything pgtopo printed, for the secrets check
+	nextID atomic.Int64
 }
 
 func newHarness(t testing.TB, sites ...string) *harness {
@@ -136,7 +137,6 @@ func (h *harness) startWriter() *writer {
 	go func() {
 		defer w.done.Done()
 		var c *pgx.Conn
-		id := int64(0)
 		last := time.Now()
 		for {
 			select {
@@ -159,7 +159,7 @@ func (h *harness) startWriter() *writer {
 					continue
 				}
 			}
-			id++
+			id := h.nextID.Add(1)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			_, err := c.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id)
 			cancel()
