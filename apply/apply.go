@@ -78,15 +78,18 @@ func (r *Runner) Apply(ctx context.Context, d *topology.Desired) (*Result, error
 			r.progress(start, "converged: %s", plan.Headline())
 			return res, nil
 		}
+		if lock == nil {
+			l, err := r.acquire(ctx, d, plan.Steps[0], start)
+			if err != nil {
+				return res, err
+			}
+			lock = l
+			// Another run may have changed the world while we waited.
+			round--
+			continue
+		}
 		for _, step := range plan.Steps {
 			if step.Action == diff.ActionLock {
-				if lock == nil {
-					l, err := r.acquire(ctx, d, step, start)
-					if err != nil {
-						return res, err
-					}
-					lock = l
-				}
 				continue
 			}
 			if err := r.runStep(ctx, d, step, start); err != nil {
