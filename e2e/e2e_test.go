@@ -5,8 +5,11 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -297,4 +300,18 @@ func TestApplyEndToEnd(t *testing.T) {
 		}
 		t.Logf("checked %d outputs", len(h.output))
 	})
+}
+
+func getJSON(url string, out any) (string, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	return string(b), json.Unmarshal(b, out)
 }

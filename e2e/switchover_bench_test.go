@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// window measures a steady writer across a role swap: the longest gap
+// between acknowledged commits, and acknowledged rows missing afterwards.
+func (h *harness) window(b *testing.B, newPrimary, site string, swap func()) (time.Duration, int64, int) {
+	w := h.startWriter()
+	time.Sleep(2 * time.Second)
+	w.longestMs.Store(0)
+	swap()
+	time.Sleep(3 * time.Second)
+	w.finish()
+	nc, err := h.conn(site, newPrimary)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close(context.Background())
+	var missing int64
+	if err := nc.QueryRow(context.Background(), "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM acked WHERE acked.id = a.id)", w.acked).Scan(&missing); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(w.longestMs.Load()) * time.Millisecond, missing, len(w.acked)
+}
+
+// runbookSwap is seed 000's two phases as a script that goes as fast as it
+// can: patch the primary to a standby, poll until it is standby leader,
+// patch the standby to primary.
+func (h *harness) runbookSwap(b *testing.B, from, fromSite, to, toSite string) {
+	host, port := h.lab.Endpoint(b, toSite, "db", to)
+	ctx := context.Background()
+	patch := func(site, name, body string) {
+		if _, err := h.lab.Dyn[site].Resource(postgresqlGVR).Namespace("db").Patch(ctx, name, types.MergePatchType, []byte(body), metav1.PatchOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	patch(fromSite, from, fmt.Sprintf(`{"spec":{"numberOfInstances":1,"clusterReplication":{"isReplica":true,"peerHost":%q,"peerPort":%d}}}`, host, port))
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		pod, err := h.lab.Kube[fromSite].CoreV1().Pods("db").Get(ctx, from+"-0", metav1.GetOptions{})
+		if err == nil && pod.Status.PodIP != "" {
+			var m struct{ Role, State string }
+			if _, err := getJSON("http://"+pod.Status.PodIP+":8008/patroni", &m); err == nil && m.Role == "standby_leader" && m.State == "running" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%s never became standby leader", from)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	patch(toSite, to, `{"spec":{"numberOfInstances":2,"clusterReplication":{"isReplica":false}}}`)
+	for ok := false; !ok; {
+		ok, _ = h.writable(toSite, to)
+		if time.Now().After(deadline) {
+			b.Fatalf("%s never became writable", to)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// BenchmarkSwitchover compares pgtopo's switchover with the runbook run by
+// a script, in the same lab and run: write-unavailability window and rows
+// lost (goal: pgtopo within 1.2x of the runbook's window, zero rows lost).
+func BenchmarkSwitchover(b *testing.B) {
+	h := newHarness(b, "east", "west")
+	east, west := h.topology("orders-east"), h.topology("orders-west")
+	if r := h.pgtopo("apply", "-f", east); r.code != 0 {
+		b.Fatalf("bring-up: %s %s", r.stdout, r.stderr)
+	}
+	c, err := h.conn("east", "orders-east")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.Exec(context.Background(), "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
+		b.Fatal(err)
+	}
+	c.Close(context.Background())
+	b.ResetTimer()
+	var pg, rb time.Duration
+	var pgLost, rbLost int64
+	for i := 0; i < b.N; i++ {
+		gap, lost, n := h.window(b, "orders-west", "west", func() {
+			if r := h.pgtopo("apply", "-f", west); r.code != 0 {
+				b.Fatalf("apply: %s %s", r.stdout, r.stderr)
+			}
+		})
+		pg, pgLost = pg+gap, pgLost+lost
+		b.Logf("pgtopo: window %s, %d of %d rows lost", gap, lost, n)
+		gap, lost, n = h.window(b, "orders-east", "east", func() { h.runbookSwap(b, "orders-west", "west", "orders-east", "east") })
+		rb, rbLost = rb+gap, rbLost+lost
+		b.Logf("runbook: window %s, %d of %d rows lost", gap, lost, n)
+		// Bring the CRs back under pgtopo's record before the next round.
+		if r := h.pgtopo("apply", "-f", east); r.code != 0 {
+			b.Fatalf("re-apply: %s %s", r.stdout, r.stderr)
+		}
+	}
+	n := time.Duration(b.N)
+	ratio := float64(pg) / float64(rb)
+	b.ReportMetric(float64((pg / n).Milliseconds()), "ms-window/pgtopo")
+	b.ReportMetric(float64((rb / n).Milliseconds()), "ms-window/runbook")
+	b.ReportMetric(ratio, "pgtopo/runbook")
+	fmt.Printf("switchover write window: pgtopo %s (%d rows lost), runbook script %s (%d rows lost), ratio %.2f (goal <= 1.2, 0 lost)\n",
+		(pg / n).Round(time.Millisecond), pgLost, (rb / n).Round(time.Millisecond), rbLost, ratio)
+}
