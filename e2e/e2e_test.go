@@ -272,6 +272,11 @@ func TestApplyEndToEnd(t *testing.T) {
 		}
 	}
 
+	// Every output format, including while changes are pending.
+	h.expect(h.pgtopo("diff", "-f", west, "-o", "json"), 2, `"kind": "Plan"`)
+	h.expect(h.pgtopo("diff", "-f", west, "-o", "markdown"), 2, "| cluster | site |")
+	h.expect(h.pgtopo("apply", "-f", east, "--dry-run"), 0, "No changes.")
+
 	t.Run("a refused plan changes nothing: unreachable site", func(t *testing.T) {
 		pid := proc.ReadPid(lab.Paths{Dir: h.lab.Dir}.Pid("apiserver-west"))
 		proc.Stop(pid, 10*time.Second)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -31,6 +32,10 @@ import (
 //	lab patch SITE CLUSTER JSON          merge-patch a postgresql CR (namespace db), as a hand edit
 //	lab sql SITE CLUSTER SQL             run SQL on a cluster through its Service as admin
 //	lab wait-writable SITE CLUSTER       wait up to 60s until the cluster accepts writes
+//	lab wait-recovery SITE CLUSTER       wait up to 60s until the cluster is in recovery
+//	lab delete SITE CLUSTER              delete a postgresql CR (namespace db)
+//	lab create-primary SITE CLUSTER      create a new, independent primary CR (NodePort)
+//	lab wait-running SITE CLUSTER        wait up to 90s for status Running
 func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) == 0 {
 		ts.Fatalf("usage: lab up|stop-apiserver|patch|sql|wait-writable ...")
@@ -68,7 +73,8 @@ func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 		defer c.Close(context.Background())
 		_, err := c.Exec(context.Background(), strings.Join(args[3:], " "))
 		ts.Check(err)
-	case "wait-writable":
+	case "wait-writable", "wait-recovery":
+		wantRecovery := args[0] == "wait-recovery"
 		deadline := time.Now().Add(60 * time.Second)
 		for {
 			c, err := tryConnect(dir, args[1], args[2])
@@ -76,12 +82,40 @@ func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 				var rec bool
 				err = c.QueryRow(context.Background(), "SELECT pg_is_in_recovery()").Scan(&rec)
 				c.Close(context.Background())
-				if err == nil && !rec {
+				if err == nil && rec == wantRecovery {
 					return
 				}
 			}
 			if time.Now().After(deadline) {
-				ts.Fatalf("%s not writable after 60s: %v", args[2], err)
+				ts.Fatalf("%s: %s did not happen within 60s: %v", args[2], args[0], err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	case "delete":
+		dyn, _ := clients(ts, dir, args[1])
+		ts.Check(dyn.Resource(kube.PostgresqlGVR).Namespace("db").Delete(context.Background(), args[2], metav1.DeleteOptions{}))
+	case "create-primary":
+		dyn, _ := clients(ts, dir, args[1])
+		cr := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": alauda.APIVersion, "kind": alauda.Kind,
+			"metadata": map[string]any{"name": args[2], "namespace": "db"},
+			"spec": map[string]any{"teamId": "ACID", "numberOfInstances": int64(1), "postgresql": map[string]any{"version": "15"},
+				"clusterReplication": map[string]any{"enabled": true, "replSvcType": "NodePort"}},
+		}}
+		_, err := dyn.Resource(kube.PostgresqlGVR).Namespace("db").Create(context.Background(), cr, metav1.CreateOptions{})
+		ts.Check(err)
+	case "wait-running":
+		dyn, _ := clients(ts, dir, args[1])
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			u, err := dyn.Resource(kube.PostgresqlGVR).Namespace("db").Get(context.Background(), args[2], metav1.GetOptions{})
+			if err == nil {
+				if st, _, _ := unstructured.NestedString(u.Object, "status", "PostgresClusterStatus"); st == "Running" {
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				ts.Fatalf("%s not Running after 90s: %v", args[2], err)
 			}
 			time.Sleep(500 * time.Millisecond)
 		}

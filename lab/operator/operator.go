@@ -45,6 +45,7 @@ type Operator struct {
 
 // cluster is what the operator knows of one CR between passes.
 type cluster struct {
+	uid        string
 	spec       crSpec
 	dir        string
 	members    map[int]memberView
@@ -145,8 +146,13 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 		return nil, err
 	}
 	c := o.clusters[spec.key()]
+	if c != nil && c.uid != string(cr.GetUID()) {
+		// Deleted and created again between two passes: a new cluster.
+		o.teardown(ctx, c)
+		c = nil
+	}
 	if c == nil {
-		c = &cluster{members: map[int]memberView{}, deaths: map[int]int{},
+		c = &cluster{uid: string(cr.GetUID()), members: map[int]memberView{}, deaths: map[int]int{},
 			dir: filepath.Join(lab.Paths{Dir: o.state.Dir}.Site(o.site.Name), "clusters", spec.Namespace, spec.Name)}
 		o.clusters[spec.key()] = c
 	}
@@ -519,6 +525,11 @@ func (o *Operator) scaleDown(ctx context.Context, c *cluster) {
 	}
 }
 
+// dcsNamespace is Patroni's namespace in etcd for a cluster's namespace.
+func (o *Operator) dcsNamespace(s crSpec) string {
+	return fmt.Sprintf("/pglab-%d/%s/%s/", o.state.Slot, o.site.Name, s.Namespace)
+}
+
 func (o *Operator) memberName(c *cluster, i int) string { return fmt.Sprintf("%s-%d", c.spec.Name, i) }
 
 func (o *Operator) ensureMember(c *cluster, i int, password string) error {
@@ -551,7 +562,7 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 	}
 	mc := memberConfig{
 		Scope:      c.spec.Name,
-		Namespace:  fmt.Sprintf("/pglab-%d/%s/%s/", o.state.Slot, o.site.Name, c.spec.Namespace),
+		Namespace:  o.dcsNamespace(c.spec),
 		Name:       o.memberName(c, i),
 		IP:         ip,
 		Etcd:       o.state.EtcdEndpoint(),
@@ -721,6 +732,9 @@ func (o *Operator) teardown(ctx context.Context, c *cluster) {
 		}
 	}
 	_ = os.RemoveAll(c.dir)
+	if err := deleteScope(ctx, o.state.EtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/"); err != nil {
+		o.log.Warn("dcs", "cluster", spec.key(), "err", err)
+	}
 	for _, name := range []string{spec.Name, spec.Name + "-repl"} {
 		_ = o.kube.CoreV1().Services(spec.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
 		o.ips.release(spec.Namespace + "/" + name)
