@@ -5,11 +5,8 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -200,6 +197,35 @@ func (h *harness) startWriter() *writer {
 
 func (w *writer) finish() { close(w.stop); w.done.Wait() }
 
+// createAcked makes the writer's table on the current primary.
+func (h *harness) createAcked(site, cluster string) {
+	h.t.Helper()
+	c, err := h.conn(site, cluster)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	if _, err := c.Exec(context.Background(), "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// missing counts acknowledged ids absent on a cluster.
+func (h *harness) missing(site, cluster string, acked []int64) int64 {
+	h.t.Helper()
+	c, err := h.conn(site, cluster)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	var n int64
+	err = c.QueryRow(context.Background(), "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM acked WHERE acked.id = a.id)", acked).Scan(&n)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return n
+}
+
 func TestApplyEndToEnd(t *testing.T) {
 	h := newHarness(t, "east", "west")
 	east, west := h.topology("orders-east"), h.topology("orders-west")
@@ -220,14 +246,7 @@ func TestApplyEndToEnd(t *testing.T) {
 		}
 	}
 
-	c, err := h.conn("east", "orders-east")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(context.Background(), "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	c.Close(context.Background())
+	h.createAcked("east", "orders-east")
 
 	for i, target := range []struct{ file, primary, site, old, oldSite string }{
 		{west, "orders-west", "west", "orders-east", "east"},
@@ -252,15 +271,8 @@ func TestApplyEndToEnd(t *testing.T) {
 		if ok, err := h.writable(target.site, target.primary); !ok {
 			t.Fatalf("%s not writable after the switchover: %v", target.primary, err)
 		}
-		nc, err := h.conn(target.site, target.primary)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var missing int64
-		err = nc.QueryRow(context.Background(), "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM acked WHERE acked.id = a.id)", w.acked).Scan(&missing)
-		nc.Close(context.Background())
-		if err != nil || missing != 0 {
-			t.Fatalf("%d acknowledged rows missing on %s (%v)", missing, target.primary, err)
+		if missing := h.missing(target.site, target.primary, w.acked); missing != 0 {
+			t.Fatalf("%d acknowledged rows missing on %s", missing, target.primary)
 		}
 		if len(w.acked) == 0 {
 			t.Fatalf("the writer committed nothing")
@@ -305,18 +317,4 @@ func TestApplyEndToEnd(t *testing.T) {
 		}
 		t.Logf("checked %d outputs", len(h.output))
 	})
-}
-
-func getJSON(url string, out any) (string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	return string(b), json.Unmarshal(b, out)
 }

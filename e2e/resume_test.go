@@ -36,14 +36,7 @@ func TestKillAndResume(t *testing.T) {
 	h := newHarness(t, "east", "west")
 	east, west := h.topology("orders-east"), h.topology("orders-west")
 	h.expect(h.pgtopo("apply", "-f", east), 0, "Apply complete")
-	c, err := h.conn("east", "orders-east")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(context.Background(), "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	c.Close(context.Background())
+	h.createAcked("east", "orders-east")
 
 	cases := []struct {
 		phase, file, primary, site string
@@ -80,15 +73,8 @@ func TestKillAndResume(t *testing.T) {
 		if w.bothSeen.Load() != 0 {
 			t.Fatalf("two clusters writable at once in %d samples", w.bothSeen.Load())
 		}
-		nc, err := h.conn(tc.site, tc.primary)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var missing int64
-		err = nc.QueryRow(context.Background(), "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM acked WHERE acked.id = a.id)", w.acked).Scan(&missing)
-		nc.Close(context.Background())
-		if err != nil || missing != 0 || len(w.acked) == 0 {
-			t.Fatalf("phase %s: %d of %d acknowledged rows missing (%v)", tc.phase, missing, len(w.acked), err)
+		if missing := h.missing(tc.site, tc.primary, w.acked); missing != 0 || len(w.acked) == 0 {
+			t.Fatalf("phase %s: %d of %d acknowledged rows missing", tc.phase, missing, len(w.acked))
 		}
 		h.expect(h.pgtopo("diff", "-f", tc.file), 0, "No changes.")
 		t.Logf("phase %s: resumed and converged; %d rows acknowledged, none lost", tc.phase, len(w.acked))

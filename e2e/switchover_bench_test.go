@@ -8,6 +8,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/pgtopo/pgtopo/lab/labtest"
 )
 
 // window measures a steady writer across a role swap: the longest gap
@@ -19,16 +21,7 @@ func (h *harness) window(b *testing.B, newPrimary, site string, swap func()) (ti
 	swap()
 	time.Sleep(3 * time.Second)
 	w.finish()
-	nc, err := h.conn(site, newPrimary)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close(context.Background())
-	var missing int64
-	if err := nc.QueryRow(context.Background(), "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM acked WHERE acked.id = a.id)", w.acked).Scan(&missing); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(w.longestMs.Load()) * time.Millisecond, missing, len(w.acked)
+	return time.Duration(w.longestMs.Load()) * time.Millisecond, h.missing(site, newPrimary, w.acked), len(w.acked)
 }
 
 // runbookSwap is seed 000's two phases as a script that goes as fast as it
@@ -48,7 +41,7 @@ func (h *harness) runbookSwap(b *testing.B, from, fromSite, to, toSite string) {
 		pod, err := h.lab.Kube[fromSite].CoreV1().Pods("db").Get(ctx, from+"-0", metav1.GetOptions{})
 		if err == nil && pod.Status.PodIP != "" {
 			var m struct{ Role, State string }
-			if _, err := getJSON("http://"+pod.Status.PodIP+":8008/patroni", &m); err == nil && m.Role == "standby_leader" && m.State == "running" {
+			if err := labtest.GetJSON("http://"+pod.Status.PodIP+":8008/patroni", &m); err == nil && m.Role == "standby_leader" && m.State == "running" {
 				break
 			}
 		}
@@ -76,14 +69,7 @@ func BenchmarkSwitchover(b *testing.B) {
 	if r := h.pgtopo("apply", "-f", east); r.code != 0 {
 		b.Fatalf("bring-up: %s %s", r.stdout, r.stderr)
 	}
-	c, err := h.conn("east", "orders-east")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := c.Exec(context.Background(), "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
-		b.Fatal(err)
-	}
-	c.Close(context.Background())
+	h.createAcked("east", "orders-east")
 	b.ResetTimer()
 	var pg, rb time.Duration
 	var pgLost, rbLost int64

@@ -93,11 +93,7 @@ func patroniMember(l *labtest.Lab, site, cluster string, i int) (member, error) 
 		return member{}, fmt.Errorf("pod %s has no IP yet", pod.Name)
 	}
 	var m member
-	out, err := httpGetJSON("http://"+pod.Status.PodIP+":8008/patroni", &m)
-	if err != nil {
-		return m, fmt.Errorf("%v %s", err, out)
-	}
-	return m, nil
+	return m, labtest.GetJSON("http://"+pod.Status.PodIP+":8008/patroni", &m)
 }
 
 // TestLab drives the lab as seed 000 describes the operator: a primary, a

@@ -5,7 +5,10 @@ package labtest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -163,4 +166,19 @@ func (l *Lab) Endpoint(t testing.TB, site, ns, cluster string) (string, int) {
 		return svc.Status.LoadBalancer.Ingress[0].IP, 5432
 	}
 	return svc.Spec.ClusterIP, 5432
+}
+
+// GetJSON fetches url (a Patroni REST endpoint, say) and decodes it.
+func GetJSON(url string, out any) error {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, out)
 }
