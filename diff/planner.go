@@ -2,7 +2,8 @@ package diff
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -92,7 +93,7 @@ func (p *planner) run() {
 		}
 	}
 	if p.plan.Refused() {
-		p.roles("", "")
+		p.roles("")
 		return
 	}
 
@@ -106,12 +107,12 @@ func (p *planner) run() {
 	if len(writable) > 1 {
 		others := without(writable, want.Name)
 		livePrimary := others[0]
-		if !contains(writable, want.Name) {
+		if !slices.Contains(writable, want.Name) {
 			livePrimary = writable[0]
 		}
 		p.refuse(nil, "split brain: %s are writable at once (live says primary is %s, file says %s); CR isReplica edited by hand? Fence one of them before running pgtopo again",
 			strings.Join(writable, " and "), livePrimary, want.Name)
-		p.roles("", "")
+		p.roles("")
 		return
 	}
 	livePrimary := ""
@@ -131,13 +132,13 @@ func (p *planner) run() {
 		p.switchover(livePrimary, want)
 	}
 	if p.plan.Refused() {
-		p.roles(livePrimary, "")
+		p.roles("")
 		return
 	}
 	p.standbys(want)
 	p.fillExternalIPs(want, livePrimary)
 	p.record()
-	p.roles(livePrimary, want.Name)
+	p.roles(want.Name)
 }
 
 // journal finds an unfinished switchover recorded on any CR.
@@ -406,7 +407,7 @@ func (p *planner) record() {
 	}
 }
 
-func (p *planner) roles(livePrimary, afterPrimary string) {
+func (p *planner) roles(afterPrimary string) {
 	for _, c := range p.d.Clusters {
 		o := p.observed(c.Name)
 		now := RoleUnknown
@@ -429,7 +430,6 @@ func (p *planner) roles(livePrimary, afterPrimary string) {
 		}
 		p.plan.Clusters = append(p.plan.Clusters, ClusterRoles{Name: c.Name, Site: c.Site.Name, Namespace: c.Namespace, Now: now, After: after})
 	}
-	_ = livePrimary
 }
 
 func (p *planner) hasAction(a Action) bool { return p.indexOf(a) >= 0 }
@@ -468,7 +468,7 @@ func crChanges(cr *alauda.CR, c topology.DesiredCluster, d *topology.Desired, pe
 		add("teamId", "", c.TeamID)
 		add("postgresql.version", "", c.Version)
 	}
-	for _, k := range sortedKeys(c.Parameters) {
+	for _, k := range slices.Sorted(maps.Keys(c.Parameters)) {
 		add("postgresql.parameters."+k, cur.Parameters[k], c.Parameters[k])
 	}
 	if c.VolumeSize != "" {
@@ -541,24 +541,6 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%d %s", int64(f), units[i])
 	}
 	return fmt.Sprintf("%.1f %s", f, units[i])
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 func without(xs []string, x string) []string {

@@ -142,8 +142,9 @@ func (o *Observer) observeCluster(ctx context.Context, api SiteAPI, d *topology.
 		parsed := alauda.Parse(cr)
 		c.Exists, c.CR = true, &parsed
 	}
-	c.Credentials = secretState(ctx, api, c.Namespace, alauda.CredentialsSecret(c.Name))
-	c.BootstrapSecret = secretState(ctx, api, c.Namespace, alauda.BootstrapSecret(d.Name))
+	var creds *corev1.Secret
+	c.Credentials, creds = secretState(ctx, api, c.Namespace, alauda.CredentialsSecret(c.Name))
+	c.BootstrapSecret, _ = secretState(ctx, api, c.Namespace, alauda.BootstrapSecret(d.Name))
 	if !c.Exists {
 		return
 	}
@@ -161,9 +162,8 @@ func (o *Observer) observeCluster(ctx context.Context, api SiteAPI, d *topology.
 		c.PGError = "no endpoint yet (the Service has no address)"
 		return
 	}
-	creds, err := api.GetSecret(ctx, c.Namespace, alauda.CredentialsSecret(c.Name))
-	if err != nil {
-		c.PGError = fmt.Sprintf("credentials: %v", err)
+	if creds == nil {
+		c.PGError = fmt.Sprintf("credentials Secret %s not found", alauda.CredentialsSecret(c.Name))
 		return
 	}
 	pg, err := o.Prober.Probe(ctx, *c.Endpoint, string(creds.Data["username"]), string(creds.Data["password"]))
@@ -196,12 +196,14 @@ func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired
 	return out
 }
 
-func secretState(ctx context.Context, api SiteAPI, ns, name string) SecretState {
+// secretState reads a Secret once: its fingerprint for the snapshot, and the
+// object for the caller that needs its credentials (never stored).
+func secretState(ctx context.Context, api SiteAPI, ns, name string) (SecretState, *corev1.Secret) {
 	s, err := api.GetSecret(ctx, ns, name)
 	if err != nil {
-		return SecretState{Name: name}
+		return SecretState{Name: name}, nil
 	}
-	return SecretState{Name: name, Exists: true, Hash: alauda.HashSecretData(s.Data)}
+	return SecretState{Name: name, Exists: true, Hash: alauda.HashSecretData(s.Data)}, s
 }
 
 func serviceInfo(svc *corev1.Service) *Service {

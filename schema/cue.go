@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -146,7 +147,7 @@ func classifyCUE(doc *topology.Document, p topology.Path, msgs []string) (Findin
 			// CUE names the two types in either order; the wanted one is
 			// whichever is not the document's own.
 			for _, t := range sm[1:] {
-				if w := typeWord(t); w != typeName(got) && !contains(wantTypes, w) && !(w == "a number" && typeName(got) == "an integer") {
+				if w := typeWord(t); w != typeName(got) && !slices.Contains(wantTypes, w) && !(w == "a number" && typeName(got) == "an integer") {
 					wantTypes = append(wantTypes, w)
 				}
 			}
@@ -163,7 +164,7 @@ func classifyCUE(doc *topology.Document, p topology.Path, msgs []string) (Findin
 		case reConflict.MatchString(m):
 			sm := reConflict.FindStringSubmatch(m)
 			for _, v := range sm[1:] {
-				if v != quoteValue(got) && !contains(allowed, v) {
+				if v != quoteValue(got) && !slices.Contains(allowed, v) {
 					allowed = append(allowed, v)
 				}
 			}

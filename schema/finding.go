@@ -2,6 +2,7 @@ package schema
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/pgtopo/pgtopo/topology"
@@ -93,7 +94,7 @@ func merge(lists ...[]Finding) Findings {
 			key := f.Path + "\x00" + string(f.Rule)
 			if i, ok := index[key]; ok {
 				for _, v := range f.Validators {
-					if !contains(out[i].Validators, v) {
+					if !slices.Contains(out[i].Validators, v) {
 						out[i].Validators = append(out[i].Validators, v)
 					}
 				}
@@ -120,13 +121,4 @@ func merge(lists ...[]Finding) Findings {
 		return a.Path < b.Path
 	})
 	return out
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/santhosh-tekuri/jsonschema/v5"
@@ -102,7 +102,7 @@ func classifyJSONSchema(doc *topology.Document, e *jsonschema.ValidationError) [
 				want = append(want, typeWord(t))
 			}
 		}
-		return []Finding{newFinding(doc, p, RuleType, typeMessage(p, sortedCopy(want), got), ByJSONSchema)}
+		return []Finding{newFinding(doc, p, RuleType, typeMessage(p, slices.Sorted(slices.Values(want)), got), ByJSONSchema)}
 	case "pattern":
 		return []Finding{newFinding(doc, p, RuleFormat, formatMessage(patternOf(e.Message), got), ByJSONSchema)}
 	case "enum", "const":
@@ -145,10 +145,4 @@ func pointerSegments(ptr string) []string {
 		parts[i] = strings.ReplaceAll(strings.ReplaceAll(s, "~1", "/"), "~0", "~")
 	}
 	return parts
-}
-
-func sortedCopy(xs []string) []string {
-	out := append([]string(nil), xs...)
-	sort.Strings(out)
-	return out
 }

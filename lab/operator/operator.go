@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/user"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -454,7 +456,7 @@ func (o *Operator) ensureDynamicConfig(ctx context.Context, c *cluster, slots []
 	}
 	curParams, _ := nested(cur, "postgresql", "parameters").(map[string]any)
 	changed := map[string]any{}
-	for _, k := range sortedKeys(c.spec.Parameters) {
+	for _, k := range slices.Sorted(maps.Keys(c.spec.Parameters)) {
 		if fmt.Sprint(curParams[k]) != c.spec.Parameters[k] {
 			changed[k] = c.spec.Parameters[k]
 		}

@@ -6,7 +6,6 @@ package operator
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -76,14 +75,4 @@ func parseSpec(u *unstructured.Unstructured) (crSpec, error) {
 		return s, fmt.Errorf("clusterReplication.isReplica needs peerHost and peerPort")
 	}
 	return s, nil
-}
-
-// sortedKeys returns m's keys in order, for stable output.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
