@@ -7,7 +7,7 @@ LDFLAGS := -X github.com/pgtopo/pgtopo/cli.version=$(VERSION) -X github.com/pgto
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 60s
 
-APT_PACKAGES := etcd-server patroni postgresql-15
+APT_PACKAGES := git etcd-server patroni postgresql-15
 
 .PHONY: help build test lint deps apt-deps lab-bin fuzz demo bench clean
 

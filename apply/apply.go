@@ -43,13 +43,20 @@ type Runner struct {
 	// StepTimeout bounds each step's wait for its postcondition.
 	StepTimeout time.Duration
 	Options     diff.Options
+	// Drain, once closed, stops the run before its next step. A step under
+	// way (a whole switchover included) finishes first, so a shutdown never
+	// leaves a primary fenced waiting for a resume.
+	Drain <-chan struct{}
 }
 
 // Result says what a run did.
 type Result struct {
-	Plan      diff.Plan // the first plan
-	Completed []string  // steps done, in order
+	Plan      diff.Plan   // the plan executed (after taking the lock)
+	Completed []diff.Step // steps done, in order
 }
+
+// ErrDrained is returned when Drain stopped a run between steps.
+var ErrDrained = errors.New("stopped between steps: shutdown requested; the next run resumes from live state")
 
 // maxRounds bounds plan→execute rounds; one normally suffices, a second
 // picks up what only shows once earlier steps are done.
@@ -92,10 +99,14 @@ func (r *Runner) Apply(ctx context.Context, d *topology.Desired) (*Result, error
 			if step.Action == diff.ActionLock {
 				continue
 			}
+			if r.draining() {
+				r.progress(start, "shutdown requested: stopping before %s %s", step.Action, step.Subject)
+				return res, ErrDrained
+			}
 			if err := r.runStep(ctx, d, step, start); err != nil {
 				return res, fmt.Errorf("%s %s: %w", step.Action, step.Subject, err)
 			}
-			res.Completed = append(res.Completed, fmt.Sprintf("%s %s", step.Action, step.Subject))
+			res.Completed = append(res.Completed, step)
 			if lock != nil {
 				if err := lock.err(); err != nil {
 					return res, err
@@ -150,6 +161,15 @@ func (r *Runner) runStep(ctx context.Context, d *topology.Desired, step diff.Ste
 		return x.record(ctx, snap)
 	}
 	return fmt.Errorf("unknown action %q", step.Action)
+}
+
+func (r *Runner) draining() bool {
+	select {
+	case <-r.Drain:
+		return true
+	default:
+		return false
+	}
 }
 
 func (r *Runner) progress(start time.Time, format string, args ...any) {

@@ -2,15 +2,16 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/pgtopo/pgtopo/schema"
 )
 
 // writeAnnotations prints GitHub Actions workflow commands so findings show
-// up on the pull request's lines. They go to stdout, where the runner reads
-// workflow commands.
-func writeAnnotations(e env, fs schema.Findings) {
+// up on the pull request's lines. validate writes them to stdout; commands
+// whose stdout is a plan write them to stderr, which the runner also reads.
+func writeAnnotations(w io.Writer, fs schema.Findings) {
 	for _, f := range fs {
 		level := "error"
 		if f.Severity == schema.SeverityWarning {
@@ -24,7 +25,7 @@ func writeAnnotations(e env, fs schema.Findings) {
 		if f.Path != "" {
 			msg = f.Path + ": " + msg
 		}
-		fmt.Fprintf(e.stdout, "::%s %s::%s\n", level, strings.Join(props, ","), escapeData(msg))
+		fmt.Fprintf(w, "::%s %s::%s\n", level, strings.Join(props, ","), escapeData(msg))
 	}
 }
 

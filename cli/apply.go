@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,64 +18,69 @@ import (
 
 func newApplyCmd(e env) *cobra.Command {
 	var src sourceFlags
-	var dryRun bool
+	var dryRun, allowRollback bool
 	var timeout, lockTimeout, stepTimeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "apply -f FILE",
+		Use:   "apply (-f FILE | --repo URL|PATH [--ref REV] [--path FILE])",
 		Short: "Make the live topology match the file: ordered, idempotent steps and a safe switchover",
 		Long: `Print the plan, then execute it one step at a time: each step re-observes its
 subject, re-checks its preconditions (a stale plan is refused), acts, and waits
 for its postcondition, with progress on stderr. A second apply after success
-plans nothing. Exit status: 0 converged, 1 error or refusal.`,
+plans nothing.
+
+With --repo, the commit read is recorded on every CR; applying a commit older
+than the one recorded (or from another line of history) is refused unless
+--allow-rollback is given.
+
+SIGTERM or SIGINT lets the step under way finish (a switchover included) and
+stops before the next; a second signal stops at once, and the next run resumes
+from the switchover journal. Exit status: 0 converged, 1 error or refusal.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			d, err := loadDesired(e, src.file)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, drain, stop := withShutdown(context.Background(), e)
 			defer stop()
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
+			in, err := src.load(ctx, e)
+			if err != nil {
+				return err
+			}
 			obs := src.observer()
-			plan := diff.Compute(d, obs.Observe(ctx, d), diff.Options{})
+			snap := obs.Observe(ctx, in.Desired)
+			opt, err := in.PlanOptions(snap, allowRollback)
+			if err != nil {
+				return err
+			}
+			plan := diff.Compute(in.Desired, snap, opt)
 			if err := plan.WriteText(e.stdout); err != nil {
 				return err
 			}
-			if dryRun || plan.Refused() {
-				if plan.Refused() {
-					return exitCode(ExitError)
-				}
+			if plan.Refused() {
+				return exitCode(ExitError)
+			}
+			if dryRun || plan.InSync() {
 				return nil
 			}
-			if plan.InSync() {
-				return nil
-			}
-			loader := kube.Loader{Kubeconfig: src.kubeconfig}
 			r := &apply.Runner{
-				Observer: obs,
-				Writer: func(c string) (apply.SiteWriter, error) {
-					s, err := loader.Connect(c)
-					if err != nil {
-						return nil, err
-					}
-					return s, nil
-				},
+				Observer:    obs,
+				Writer:      siteWriter(src.kubeconfig),
 				Progress:    e.stderr,
 				Holder:      holderIdentity(),
 				LockTimeout: lockTimeout,
 				StepTimeout: stepTimeout,
+				Options:     opt,
+				Drain:       drain,
 			}
-			res, err := r.Apply(ctx, d)
+			res, err := r.Apply(ctx, in.Desired)
 			fmt.Fprintln(e.stdout)
 			if err != nil {
 				var refused *apply.RefusedError
 				if errors.As(err, &refused) {
 					_ = refused.Plan.WriteText(e.stdout)
 				}
-				fmt.Fprintf(e.stdout, "Apply failed after %d step(s):\n", len(res.Completed))
+				fmt.Fprintf(e.stdout, "Apply stopped after %d step(s):\n", len(res.Completed))
 				for _, s := range res.Completed {
-					fmt.Fprintf(e.stdout, "  done: %s\n", s)
+					fmt.Fprintf(e.stdout, "  done: %s %s\n", s.Action, s.Subject)
 				}
 				fmt.Fprintf(e.stderr, "pgtopo: %v\n", err)
 				return exitCode(ExitError)
@@ -88,10 +91,23 @@ plans nothing. Exit status: 0 converged, 1 error or refusal.`,
 	}
 	src.register(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
+	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "apply a revision older than the one recorded as applied")
 	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Minute, "give up after this long")
 	cmd.Flags().DurationVar(&lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
 	cmd.Flags().DurationVar(&stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
 	return cmd
+}
+
+// siteWriter opens sites for changes through the kubeconfig.
+func siteWriter(kubeconfig string) func(string) (apply.SiteWriter, error) {
+	loader := kube.Loader{Kubeconfig: kubeconfig}
+	return func(c string) (apply.SiteWriter, error) {
+		s, err := loader.Connect(c)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 }
 
 // holderIdentity names this run in the Lease: host, pid and a nonce.

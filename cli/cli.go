@@ -65,6 +65,6 @@ ordered, idempotent steps, including a safe two-phase switchover.`,
 	}
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
-	root.AddCommand(newVersionCmd(e), newValidateCmd(e), newDiffCmd(e), newStatusCmd(e), newApplyCmd(e))
+	root.AddCommand(newVersionCmd(e), newValidateCmd(e), newDiffCmd(e), newStatusCmd(e), newApplyCmd(e), newReconcileCmd(e))
 	return root
 }

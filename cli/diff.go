@@ -2,22 +2,32 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/gitsource"
+	"github.com/pgtopo/pgtopo/reconcile"
+	"github.com/pgtopo/pgtopo/schema"
 )
 
 func newDiffCmd(e env) *cobra.Command {
 	var src sourceFlags
-	var output string
+	var output, base, head string
+	var allowRollback, observeLive bool
 	detailed := true
 	cmd := &cobra.Command{
-		Use:   "diff -f FILE",
+		Use:   "diff (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | --repo PATH --base REV [--head REV])",
 		Short: "Show what apply would do: a plan of ordered steps, or the refusals that stop it",
 		Long: `Observe every site of the topology and print the plan that would make the
 live world match the file. Nothing is changed.
+
+Pull-request mode (--base): compare the topology at two revisions of a
+repository, say in words what merging does (a switchover, a new standby, ...),
+then show the live plan for the head revision. -o markdown is ready to post
+as a pull-request comment.
 
 Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 1 error or refusal. With --detailed-exitcode=false, pending changes exit 0.`,
@@ -26,29 +36,134 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 			if output != "text" && output != "json" && output != "markdown" {
 				return fmt.Errorf("--output %q: use text, json or markdown", output)
 			}
-			d, err := loadDesired(e, src.file)
+			ctx := context.Background()
+			if base != "" {
+				return pullRequest(ctx, e, &src, prFlags{base: base, head: head, output: output, live: observeLive, allowRollback: allowRollback, detailed: detailed})
+			}
+			if cmd.Flags().Changed("head") {
+				return fmt.Errorf("--head needs --base: pull-request mode compares two revisions")
+			}
+			in, err := src.load(ctx, e)
 			if err != nil {
 				return err
 			}
-			snap := src.observer().Observe(context.Background(), d)
-			plan := diff.Compute(d, snap, diff.Options{})
+			plan, err := livePlan(ctx, &src, in, allowRollback)
+			if err != nil {
+				return err
+			}
 			if err := writePlan(e, &plan, output); err != nil {
 				return err
 			}
-			switch {
-			case plan.Refused():
-				return exitCode(ExitError)
-			case !plan.InSync() && detailed:
-				return exitCode(ExitChanges)
-			}
-			return nil
+			return planExit(&plan, !plan.InSync(), detailed)
 		},
 	}
 	src.register(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or markdown")
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 2 when changes are pending")
+	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "plan a revision older than the one recorded as applied")
+	cmd.Flags().StringVar(&base, "base", "", "pull-request mode: the revision merged into (e.g. origin/main)")
+	cmd.Flags().StringVar(&head, "head", "HEAD", "pull-request mode: the revision being merged")
+	cmd.Flags().BoolVar(&observeLive, "live", true, "pull-request mode: also observe the sites and show the live plan for the head")
 	return cmd
 }
+
+// livePlan observes the sites of in and plans.
+func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool) (diff.Plan, error) {
+	snap := src.observer().Observe(ctx, in.Desired)
+	opt, err := in.PlanOptions(snap, allowRollback)
+	if err != nil {
+		return diff.Plan{}, err
+	}
+	return diff.Compute(in.Desired, snap, opt), nil
+}
+
+func planExit(plan *diff.Plan, changes, detailed bool) error {
+	switch {
+	case plan != nil && plan.Refused():
+		return exitCode(ExitError)
+	case changes && detailed:
+		return exitCode(ExitChanges)
+	}
+	return nil
+}
+
+type prFlags struct {
+	base, head, output            string
+	live, allowRollback, detailed bool
+}
+
+// pullRequest describes what merging head into base does to the topology,
+// then plans the head against the live world.
+func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error {
+	if src.repo == "" || src.file != "" {
+		return fmt.Errorf("--base needs --repo (the repository of the pull request, e.g. --repo .) and --path, not -f")
+	}
+	repo, err := src.openRepo(ctx, e)
+	if err != nil {
+		return err
+	}
+	v, err := schema.NewValidator()
+	if err != nil {
+		return err
+	}
+	gs := reconcile.NewGitSource(repo, f.head, src.path, v)
+	baseCommit, err := repo.Resolve(f.base)
+	if err != nil {
+		return fmt.Errorf("--base: %w", err)
+	}
+	headCommit, err := repo.Resolve(f.head)
+	if err != nil {
+		return fmt.Errorf("--head: %w", err)
+	}
+	head, err := loadFrom(ctx, e, loadAt{gs, headCommit})
+	if err != nil {
+		return err
+	}
+	pr := diff.PullRequest{Base: baseCommit.Hash, Head: headCommit.Hash, Path: src.path}
+	baseIn, err := gs.At(baseCommit)
+	switch {
+	case errors.Is(err, gitsource.ErrNoFile):
+		pr.Intents = diff.Describe(nil, head.Desired)
+	case err != nil:
+		// The base is what is deployed; a base that no longer validates
+		// (an older schema) should not block reviewing the head.
+		fmt.Fprintf(e.stderr, "pgtopo: base %s: %v; describing the head alone\n", baseCommit.Short(), err)
+		pr.Intents = diff.Describe(nil, head.Desired)
+	default:
+		pr.Intents = diff.Describe(baseIn.Desired, head.Desired)
+	}
+	if f.live {
+		plan, err := livePlan(ctx, src, head, f.allowRollback)
+		if err != nil {
+			return err
+		}
+		pr.Plan = &plan
+	}
+	switch f.output {
+	case "json":
+		err = pr.WriteJSON(e.stdout)
+	case "markdown":
+		err = pr.WriteMarkdown(e.stdout)
+	default:
+		err = pr.WriteText(e.stdout)
+	}
+	if err != nil {
+		return err
+	}
+	changes := len(pr.Intents) > 0
+	if pr.Plan != nil {
+		changes = !pr.Plan.InSync()
+	}
+	return planExit(pr.Plan, changes, f.detailed)
+}
+
+// loadAt is a Source fixed at one commit.
+type loadAt struct {
+	src    *reconcile.GitSource
+	commit gitsource.Commit
+}
+
+func (l loadAt) Load(context.Context) (*reconcile.Input, error) { return l.src.At(l.commit) }
 
 func writePlan(e env, p *diff.Plan, output string) error {
 	switch output {

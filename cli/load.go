@@ -1,57 +1,106 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtopo/pgtopo/gitsource"
 	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/schema"
-	"github.com/pgtopo/pgtopo/topology"
 )
+
+// defaultPath is the topology's path inside a repository when --path is
+// not given.
+const defaultPath = "topology.yaml"
 
 // sourceFlags are the flags of every command that reads a topology and the
 // live world.
 type sourceFlags struct {
 	file        string
+	repo        string
+	ref         string
+	path        string
 	kubeconfig  string
 	siteTimeout time.Duration
 }
 
 func (f *sourceFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVarP(&f.file, "file", "f", "", "topology file")
+	cmd.Flags().StringVarP(&f.file, "file", "f", "", "topology file (or read it from git with --repo)")
+	cmd.Flags().StringVar(&f.repo, "repo", "", "git repository holding the topology: a local path (opened in place) or a URL (fetched into memory)")
+	cmd.Flags().StringVar(&f.ref, "ref", "HEAD", "with --repo: branch, tag or commit to read")
+	cmd.Flags().StringVar(&f.path, "path", defaultPath, "with --repo: the topology's path inside the repository")
 	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	cmd.Flags().DurationVar(&f.siteTimeout, "site-timeout", 10*time.Second, "how long to wait for each site")
 }
 
-// loadDesired reads, validates and resolves the topology. Findings go to
-// stderr; an invalid file returns exitCode(1).
-func loadDesired(e env, file string) (*topology.Desired, error) {
-	if file == "" {
-		return nil, fmt.Errorf("-f FILE: which topology?")
-	}
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
-	}
+// source opens where the topology comes from: a file, or a repository at
+// --ref. Credentials for a URL come from the environment (PGTOPO_GIT_*).
+func (f *sourceFlags) source(ctx context.Context, e env) (reconcile.Source, *gitsource.Repository, error) {
 	v, err := schema.NewValidator()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	top, fs, err := v.Load(file, data)
+	switch {
+	case f.repo != "" && f.file != "":
+		return nil, nil, fmt.Errorf("-f and --repo: give one; with --repo, --path names the file inside the repository")
+	case f.repo == "" && f.file == "":
+		return nil, nil, fmt.Errorf("which topology? give -f FILE, or --repo URL|PATH [--ref REV] [--path FILE]")
+	case f.file != "":
+		return &reconcile.FileSource{Path: f.file, Validator: v}, nil, nil
+	}
+	repo, err := f.openRepo(ctx, e)
+	if err != nil {
+		return nil, nil, err
+	}
+	return reconcile.NewGitSource(repo, f.ref, f.path, v), repo, nil
+}
+
+func (f *sourceFlags) openRepo(ctx context.Context, e env) (*gitsource.Repository, error) {
+	auth, err := gitsource.AuthFromEnv(f.repo, e.getenv)
 	if err != nil {
 		return nil, err
 	}
+	return gitsource.Open(ctx, f.repo, auth)
+}
+
+// load reads and validates the topology once. Findings go to stderr (and
+// as GitHub annotations in Actions); an invalid file returns exitCode(1).
+func (f *sourceFlags) load(ctx context.Context, e env) (*reconcile.Input, error) {
+	src, _, err := f.source(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	return loadFrom(ctx, e, src)
+}
+
+func loadFrom(ctx context.Context, e env, src reconcile.Source) (*reconcile.Input, error) {
+	in, err := src.Load(ctx)
+	var invalid *reconcile.InvalidError
+	if errors.As(err, &invalid) {
+		reportFindings(e, invalid.Findings)
+		fmt.Fprintf(e.stderr, "pgtopo: %v\n", err)
+		return nil, exitCode(ExitError)
+	}
+	if err != nil {
+		return nil, err
+	}
+	reportFindings(e, in.Findings)
+	return in, nil
+}
+
+func reportFindings(e env, fs schema.Findings) {
 	for _, f := range fs {
 		fmt.Fprintln(e.stderr, f.String())
 	}
-	if top == nil {
-		return nil, exitCode(ExitError)
+	if e.getenv("GITHUB_ACTIONS") == "true" {
+		writeAnnotations(e.stderr, fs)
 	}
-	return top.Desired()
 }
 
 // observer builds the live observer from the kubeconfig flags.

@@ -14,15 +14,15 @@ import (
 func newStatusCmd(e env) *cobra.Command {
 	var src sourceFlags
 	cmd := &cobra.Command{
-		Use:   "status -f FILE",
+		Use:   "status (-f FILE | --repo URL|PATH [--ref REV] [--path FILE])",
 		Short: "Show every cluster of the topology across all sites, like patronictl list",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			d, err := loadDesired(e, src.file)
+			in, err := src.load(context.Background(), e)
 			if err != nil {
 				return err
 			}
-			snap := src.observer().Observe(context.Background(), d)
+			snap := src.observer().Observe(context.Background(), in.Desired)
 			writeStatus(e, snap)
 			for _, s := range snap.Sites {
 				if !s.Reachable {
@@ -56,7 +56,7 @@ func writeStatus(e env, snap *live.Snapshot) {
 		default:
 			state = c.CR.Status
 			if c.CR.Annotations[alauda.AnnotationRevision] != "" {
-				rev = c.CR.Annotations[alauda.AnnotationRevision]
+				rev = shortRevision(c.CR.Annotations[alauda.AnnotationRevision])
 			} else if c.CR.Annotations[alauda.AnnotationDigest] != "" {
 				rev = "digest " + c.CR.Annotations[alauda.AnnotationDigest]
 			}
@@ -99,4 +99,13 @@ func writeStatus(e env, snap *live.Snapshot) {
 			fmt.Fprintf(e.stderr, "%s (%s/%s): %s\n", c.Name, c.Site, c.Namespace, c.PGError)
 		}
 	}
+}
+
+// shortRevision abbreviates a commit hash as git log --oneline does (a
+// little longer, to stay unambiguous in big repositories).
+func shortRevision(rev string) string {
+	if len(rev) == 40 {
+		return rev[:12]
+	}
+	return rev
 }

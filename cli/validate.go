@@ -81,7 +81,7 @@ func runValidate(e env, files []string, output string) error {
 		}
 	}
 	if e.getenv("GITHUB_ACTIONS") == "true" {
-		writeAnnotations(e, all)
+		writeAnnotations(e.stdout, all)
 	}
 	if all.HasErrors() {
 		return exitCode(ExitError)

@@ -3,6 +3,7 @@ package diff
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -97,6 +98,10 @@ func TestPlans(t *testing.T) {
 		"resume-journal":            {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "resume switchover orders-east → orders-west from phase gated"},
 		"three-sites-switchover":    {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover, ActionRepoint}},
 		"lb-empty-external-ip":      {actions: []Action{ActionLock, ActionFillExternalIP, ActionFillExternalIP}},
+		"revision-forward":          {actions: []Action{ActionLock, ActionRecord, ActionRecord}},
+		"revision-rollback-refused": {refused: true, mention: "orders-east, orders-west last applied revision 2b7e1c09f4d3; revision 5d41402abc4b is older than 2b7e1c09f4d3 (an ancestor of it): applying it rolls back. Pass --allow-rollback"},
+		"revision-rollback-allowed": {actions: []Action{ActionLock, ActionRecord, ActionRecord}, mention: "(allowed by --allow-rollback)"},
+		"revision-unknown-refused":  {refused: true, mention: "which this repository does not have"},
 	}
 	dirs, _ := filepath.Glob("testdata/*/snapshot.json")
 	if len(dirs) != len(expect) {
@@ -112,8 +117,9 @@ func TestPlans(t *testing.T) {
 			}
 			d := loadDesired(t, filepath.Join("testdata", strings.TrimSpace(string(ref))))
 			snap := loadSnapshot(t, snapFile, d)
-			p := Compute(d, snap, Options{})
-			again := Compute(d, snap, Options{})
+			opt := loadOptions(t, dir)
+			p := Compute(d, snap, opt)
+			again := Compute(d, snap, opt)
 			var text, js, md, text2 bytes.Buffer
 			for _, w := range []func() error{
 				func() error { return p.WriteText(&text) }, func() error { return p.WriteJSON(&js) },
@@ -154,4 +160,21 @@ func actionStrings(as []Action) []string {
 		out = append(out, string(a))
 	}
 	return out
+}
+
+// loadOptions reads the fixture's options.json, if it has one.
+func loadOptions(t *testing.T, dir string) Options {
+	t.Helper()
+	var opt Options
+	data, err := os.ReadFile(filepath.Join(dir, "options.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return opt
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &opt); err != nil {
+		t.Fatalf("%s/options.json: %v", dir, err)
+	}
+	return opt
 }

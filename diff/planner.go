@@ -16,6 +16,11 @@ import (
 type Options struct {
 	// Revision is the git commit the topology was read from, if any.
 	Revision string
+	// History relates each revision recorded on a CR to Revision; a
+	// recorded revision missing here counts as HistoryUnknown.
+	History map[string]History
+	// AllowRollback lets a plan move the recorded revision backwards.
+	AllowRollback bool
 }
 
 // Roles as the plan shows them.
@@ -92,6 +97,7 @@ func (p *planner) run() {
 			p.refuse(&subj, "cannot observe %s: %s", c.Name, o.Error)
 		}
 	}
+	p.checkRevisions()
 	if p.plan.Refused() {
 		p.roles("")
 		return

@@ -6,6 +6,7 @@ package live
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -191,4 +192,20 @@ func (l *LSN) UnmarshalText(b []byte) error {
 	v, err := ParseLSN(string(b))
 	*l = v
 	return err
+}
+
+// RecordedRevisions lists the distinct revisions the clusters' CRs say
+// were last applied, sorted.
+func (s *Snapshot) RecordedRevisions() []string {
+	var out []string
+	for _, c := range s.Clusters {
+		if !c.Exists || c.CR == nil {
+			continue
+		}
+		if rev := c.CR.Annotations[alauda.AnnotationRevision]; rev != "" && !slices.Contains(out, rev) {
+			out = append(out, rev)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

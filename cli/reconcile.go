@@ -1,0 +1,180 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/gitsource"
+	"github.com/pgtopo/pgtopo/reconcile"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+func newReconcileCmd(e env) *cobra.Command {
+	var src sourceFlags
+	var interval, cycleTimeout, lockTimeout, stepTimeout time.Duration
+	var listen, logFormat, logLevel string
+	var allowRollback bool
+	cmd := &cobra.Command{
+		Use:   "reconcile (--repo URL|PATH [--ref REV] [--path FILE] | -f FILE) [--interval D]",
+		Short: "Loop: pull, plan, and apply whenever the revision or the live world drifted",
+		Long: `Every --interval: fetch the repository (or re-read the file), observe every
+site, plan, and apply when the plan has steps and no refusal. One log line
+per cycle on stderr; apply's progress lines at --log-level debug.
+
+/healthz answers 200 while cycles keep ending, 503 when the loop is stuck;
+/metrics serves Prometheus metrics (last applied revision, last success time,
+steps applied, refusals, cycles by result) on --listen.
+
+SIGTERM or SIGINT: the step under way finishes (a switchover included), then
+the loop exits 0; a second signal stops at once (a journaled switchover
+resumes on the next run).`,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			log, err := newLogger(e.stderr, logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			if interval <= 0 {
+				return fmt.Errorf("--interval %v: must be positive", interval)
+			}
+			ctx, drain, stop := withShutdown(context.Background(), e)
+			defer stop()
+			source, _, err := src.source(ctx, e)
+			if err != nil {
+				return err
+			}
+			runner := &apply.Runner{
+				Observer:    src.observer(),
+				Writer:      siteWriter(src.kubeconfig),
+				Progress:    &logLines{log: log},
+				Holder:      holderIdentity(),
+				LockTimeout: lockTimeout,
+				StepTimeout: stepTimeout,
+				Drain:       drain,
+			}
+			metrics := reconcile.NewMetrics()
+			loop := &reconcile.Loop{
+				Source:   source,
+				Observer: runner.Observer,
+				Apply: func(ctx context.Context, d *topology.Desired, opt diff.Options) (*apply.Result, error) {
+					ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
+					defer cancel()
+					runner.Options = opt
+					return runner.Apply(ctx, d)
+				},
+				Interval:      interval,
+				AllowRollback: allowRollback,
+				Log:           log,
+				Metrics:       metrics,
+			}
+			if listen != "" {
+				srv, addr, err := serve(listen, loop, metrics, interval+cycleTimeout+time.Minute, log)
+				if err != nil {
+					return err
+				}
+				log.Info("serving", "address", addr, "paths", "/healthz /metrics")
+				defer func() {
+					shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					_ = srv.Shutdown(shutdownCtx)
+				}()
+			}
+			log.Info("starting", "source", describeSource(&src), "interval", interval.String())
+			loop.Run(ctx, drain)
+			return nil
+		},
+	}
+	src.register(cmd)
+	cmd.Flags().DurationVar(&interval, "interval", time.Minute, "time between the end of one cycle and the start of the next")
+	cmd.Flags().DurationVar(&cycleTimeout, "timeout", 30*time.Minute, "give up on one cycle's apply after this long")
+	cmd.Flags().DurationVar(&lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
+	cmd.Flags().DurationVar(&stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
+	cmd.Flags().StringVar(&listen, "listen", ":8080", "address for /healthz and /metrics (empty: do not serve)")
+	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug (apply progress too), info, warn, error")
+	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "apply revisions older than the one recorded as applied")
+	return cmd
+}
+
+func describeSource(f *sourceFlags) string {
+	if f.file != "" {
+		return f.file
+	}
+	return fmt.Sprintf("%s@%s:%s", gitsource.Redact(f.repo), f.ref, f.path)
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+// logLines turns apply's progress lines into debug log records.
+type logLines struct {
+	log *slog.Logger
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	for {
+		line, err := l.buf.ReadString('\n')
+		if err != nil {
+			l.buf.WriteString(line) // incomplete: keep for the next write
+			return len(p), nil
+		}
+		l.log.Debug("progress", "step", strings.TrimSpace(line))
+	}
+}
+
+// serve starts the /healthz and /metrics server and returns the address it
+// listens on (useful with port 0).
+func serve(listen string, loop *reconcile.Loop, m *reconcile.Metrics, maxAge time.Duration, log *slog.Logger) (*http.Server, string, error) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, "", fmt.Errorf("--listen %s: %w", listen, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, last := loop.Healthy(time.Now(), maxAge)
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "stuck: no cycle started or ended since %s\n", last.Format(time.RFC3339))
+			return
+		}
+		fmt.Fprintf(w, "ok: last cycle started or ended %s\n", last.Format(time.RFC3339))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serving /healthz and /metrics", "error", err.Error())
+		}
+	}()
+	return srv, ln.Addr().String(), nil
+}

@@ -1,0 +1,39 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// withShutdown turns SIGINT and SIGTERM into a graceful stop: the first
+// closes drain (finish the step under way, start no other), the second
+// cancels ctx (stop now; a journaled switchover resumes on the next run).
+func withShutdown(parent context.Context, e env) (ctx context.Context, drain <-chan struct{}, stop func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	drainCh := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			fmt.Fprintf(e.stderr, "pgtopo: %v: finishing the step under way, then stopping (signal again to stop at once)\n", s)
+			close(drainCh)
+		case <-done:
+			return
+		}
+		select {
+		case s := <-sigs:
+			cancel(fmt.Errorf("stopped by a second %v", s))
+		case <-done:
+		}
+	}()
+	return ctx, drainCh, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel(nil)
+	}
+}

@@ -1,0 +1,354 @@
+package gitsource_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/cgi"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
+
+	"github.com/pgtopo/pgtopo/gitsource"
+)
+
+// gitRepo is a real repository made with the git command line, so the
+// tests check that go-git reads what git writes.
+type gitRepo struct {
+	t   *testing.T
+	dir string
+}
+
+func newGitRepo(t *testing.T) *gitRepo {
+	t.Helper()
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Fatal("git is not installed: apt-get install git (or run `make deps`)")
+	}
+	r := &gitRepo{t: t, dir: t.TempDir()}
+	r.git("init", "-q", "-b", "main")
+	return r
+}
+
+func (r *gitRepo) git(args ...string) string {
+	r.t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = r.dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com",
+		"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com", "GIT_CONFIG_GLOBAL=/dev/null")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		r.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// commit writes files and commits them, returning the new hash.
+func (r *gitRepo) commit(msg string, files map[string]string) string {
+	r.t.Helper()
+	for name, content := range files {
+		p := filepath.Join(r.dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			r.t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			r.t.Fatal(err)
+		}
+		r.git("add", name)
+	}
+	r.git("commit", "-q", "--allow-empty", "-m", msg)
+	return r.git("rev-parse", "HEAD")
+}
+
+type history struct {
+	repo                 *gitRepo
+	c1, c2, c3, feature1 string
+}
+
+// makeHistory: main c1 → c2 → c3, tags v1 (lightweight, c1) and v2
+// (annotated, c2), branch feature off c1.
+func makeHistory(t *testing.T) history {
+	r := newGitRepo(t)
+	h := history{repo: r}
+	h.c1 = r.commit("first", map[string]string{"deploy/topology.yaml": "primary: east\n"})
+	r.git("tag", "v1")
+	h.c2 = r.commit("switch to west", map[string]string{"deploy/topology.yaml": "primary: west\n"})
+	r.git("tag", "-a", "v2", "-m", "release 2")
+	h.c3 = r.commit("unrelated", map[string]string{"README": "hi\n"})
+	r.git("checkout", "-q", "-b", "feature", h.c1)
+	h.feature1 = r.commit("feature work", map[string]string{"deploy/topology.yaml": "primary: south\n"})
+	r.git("checkout", "-q", "main")
+	return h
+}
+
+func TestResolveAndRead(t *testing.T) {
+	h := makeHistory(t)
+	bare := filepath.Join(t.TempDir(), "topology.git")
+	h.repo.git("clone", "-q", "--bare", h.repo.dir, bare)
+
+	locations := map[string]string{
+		"local work tree":    h.repo.dir,
+		"local subdirectory": filepath.Join(h.repo.dir, "deploy"),
+		"bare over file://":  "file://" + bare,
+	}
+	cases := []struct {
+		rev, want, content string
+	}{
+		{"main", h.c3, "primary: west\n"},
+		{"feature", h.feature1, "primary: south\n"},
+		{"v1", h.c1, "primary: east\n"},
+		{"v2", h.c2, "primary: west\n"},
+		{h.c1, h.c1, "primary: east\n"},
+		{h.c2[:8], h.c2, "primary: west\n"},
+		{"main~2", h.c1, "primary: east\n"},
+		{"", h.c3, "primary: west\n"},
+	}
+	for name, loc := range locations {
+		t.Run(name, func(t *testing.T) {
+			repo, err := gitsource.Open(context.Background(), loc, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range cases {
+				got, err := repo.Resolve(c.rev)
+				if err != nil {
+					t.Errorf("Resolve(%q): %v", c.rev, err)
+					continue
+				}
+				if got.Hash != c.want {
+					t.Errorf("Resolve(%q) = %s, want %s", c.rev, got.Hash, c.want)
+				}
+				data, err := repo.ReadFile(got, "deploy/topology.yaml")
+				if err != nil {
+					t.Errorf("ReadFile at %q: %v", c.rev, err)
+				} else if string(data) != c.content {
+					t.Errorf("ReadFile at %q = %q, want %q", c.rev, data, c.content)
+				}
+			}
+			if _, err := repo.Resolve("no-such-branch"); err == nil || !strings.Contains(err.Error(), `revision "no-such-branch" not found`) {
+				t.Errorf("Resolve(no-such-branch) error = %v", err)
+			}
+			c, _ := repo.Resolve("main")
+			if _, err := repo.ReadFile(c, "topology.yaml"); !errors.Is(err, gitsource.ErrNoFile) || !strings.Contains(err.Error(), "check --path") {
+				t.Errorf("ReadFile(missing) error = %v, want ErrNoFile naming --path", err)
+			}
+		})
+	}
+}
+
+func TestOpenNotARepository(t *testing.T) {
+	_, err := gitsource.Open(context.Background(), t.TempDir(), nil)
+	if err == nil || !strings.Contains(err.Error(), "not a git repository") {
+		t.Fatalf("error = %v, want 'not a git repository'", err)
+	}
+	_, err = gitsource.Open(context.Background(), "file://"+filepath.Join(t.TempDir(), "missing.git"), nil)
+	if err == nil || !strings.Contains(err.Error(), "fetch") {
+		t.Fatalf("error = %v, want a fetch error", err)
+	}
+}
+
+// TestRefreshSeesNewCommits covers the loop mode: a commit pushed to the
+// remote, or made in a local repository (also after git gc packs it), is
+// seen after Refresh.
+func TestRefreshSeesNewCommits(t *testing.T) {
+	h := makeHistory(t)
+	bare := filepath.Join(t.TempDir(), "topology.git")
+	h.repo.git("clone", "-q", "--bare", h.repo.dir, bare)
+	h.repo.git("remote", "add", "origin", bare)
+
+	remote, err := gitsource.Open(context.Background(), "file://"+bare, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := gitsource.Open(context.Background(), h.repo.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c4 := h.repo.commit("back to east", map[string]string{"deploy/topology.yaml": "primary: east\n"})
+	h.repo.git("gc", "-q")
+	h.repo.git("push", "-q", "origin", "main")
+
+	if got, _ := remote.Resolve("main"); got.Hash != h.c3 {
+		t.Fatalf("before Refresh, remote main = %s, want the old %s", got.Hash, h.c3)
+	}
+	for name, repo := range map[string]*gitsource.Repository{"remote": remote, "local": local} {
+		if err := repo.Refresh(context.Background()); err != nil {
+			t.Fatalf("%s: Refresh: %v", name, err)
+		}
+		got, err := repo.Resolve("main")
+		if err != nil || got.Hash != c4 {
+			t.Fatalf("%s: after Refresh main = %s (%v), want %s", name, got.Hash, err, c4)
+		}
+		if got.Subject != "back to east" {
+			t.Errorf("%s: subject = %q", name, got.Subject)
+		}
+		data, err := repo.ReadFile(got, "deploy/topology.yaml")
+		if err != nil || string(data) != "primary: east\n" {
+			t.Errorf("%s: ReadFile = %q, %v", name, data, err)
+		}
+	}
+}
+
+func TestRelate(t *testing.T) {
+	h := makeHistory(t)
+	repo, err := gitsource.Open(context.Background(), h.repo.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name               string
+		recorded, applying string
+		want               gitsource.Relation
+	}{
+		{"same", h.c2, h.c2, gitsource.Same},
+		{"forward", h.c1, h.c3, gitsource.Forward},
+		{"rollback", h.c3, h.c1, gitsource.Rollback},
+		{"diverged", h.c3, h.feature1, gitsource.Diverged},
+		{"recorded not in repository", strings.Repeat("ab", 20), h.c3, gitsource.Unknown},
+		{"recorded not a hash", "v1.0-handmade", h.c3, gitsource.Unknown},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := repo.Relate(c.recorded, c.applying)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != c.want {
+				t.Errorf("Relate = %s, want %s", got, c.want)
+			}
+		})
+	}
+}
+
+// TestHTTPSTokenAuth serves a bare repository with git's own smart HTTP
+// backend behind basic auth, and fetches it with and without the token.
+func TestHTTPSTokenAuth(t *testing.T) {
+	h := makeHistory(t)
+	root := t.TempDir()
+	h.repo.git("clone", "-q", "--bare", h.repo.dir, filepath.Join(root, "topology.git"))
+	execPath := h.repo.git("--exec-path")
+	const token = "s3cr3t-token-value"
+	backend := &cgi.Handler{
+		Path:   filepath.Join(execPath, "git-http-backend"),
+		Env:    []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"},
+		Stderr: io.Discard,
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pass, ok := r.BasicAuth(); !ok || pass != token {
+			w.Header().Set("WWW-Authenticate", `Basic realm="git"`)
+			http.Error(w, "authentication required", http.StatusUnauthorized)
+			return
+		}
+		backend.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	url := srv.URL + "/topology.git"
+
+	_, err := gitsource.Open(context.Background(), url, nil)
+	if err == nil || !strings.Contains(err.Error(), "authentication required") {
+		t.Fatalf("without a token: error = %v, want authentication required", err)
+	}
+
+	env := map[string]string{gitsource.EnvToken: token}
+	auth, err := gitsource.AuthFromEnv(url, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := gitsource.Open(context.Background(), url, auth)
+	if err != nil {
+		t.Fatalf("with the token: %v", err)
+	}
+	c, err := repo.Resolve("v2")
+	if err != nil || c.Hash != h.c2 {
+		t.Fatalf("Resolve(v2) = %s, %v", c.Hash, err)
+	}
+
+	// A token embedded in the URL never shows in errors or the location.
+	withCreds := strings.Replace(srv.URL, "http://", "http://user:"+token+"@", 1) + "/missing.git"
+	_, err = gitsource.Open(context.Background(), withCreds, nil)
+	if err == nil {
+		t.Fatal("missing repository: no error")
+	}
+	if strings.Contains(err.Error(), token) {
+		t.Fatalf("error shows the token: %v", err)
+	}
+}
+
+func TestAuthFromEnv(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
+	if err := os.WriteFile(keyFile, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name     string
+		location string
+		env      map[string]string
+		wantUser string // for BasicAuth
+		wantNil  bool
+		wantErr  string
+	}{
+		{name: "https with token", location: "https://git.example.com/org/topology.git",
+			env: map[string]string{gitsource.EnvToken: "zz-token-zz"}, wantUser: "x-access-token"},
+		{name: "https with token and user", location: "https://git.example.com/org/topology.git",
+			env: map[string]string{gitsource.EnvToken: "zz-token-zz", gitsource.EnvUsername: "oauth2"}, wantUser: "oauth2"},
+		{name: "https anonymous", location: "https://git.example.com/org/topology.git", wantNil: true},
+		{name: "local path", location: "/srv/topology", env: map[string]string{gitsource.EnvToken: "tok"}, wantNil: true},
+		{name: "file URL", location: "file:///srv/topology.git", env: map[string]string{gitsource.EnvToken: "tok"}, wantNil: true},
+		{name: "ssh agent", location: "git@github.com:org/topology.git", wantNil: true},
+		{name: "ssh bad key", location: "git@github.com:org/topology.git",
+			env:     map[string]string{gitsource.EnvSSHKey: keyFile, gitsource.EnvSSHPassphrase: "hunter2"},
+			wantErr: gitsource.EnvSSHKey + "=" + keyFile},
+		{name: "ssh URL bad key", location: "ssh://deploy@git.example.com/topology.git",
+			env:     map[string]string{gitsource.EnvSSHKey: keyFile},
+			wantErr: "cannot use the SSH key"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			auth, err := gitsource.AuthFromEnv(c.location, func(k string) string { return c.env[k] })
+			switch {
+			case c.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("error = %v, want it to contain %q", err, c.wantErr)
+				}
+				if strings.Contains(err.Error(), "hunter2") {
+					t.Fatalf("error shows the passphrase: %v", err)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case c.wantNil:
+				if auth != nil {
+					t.Fatalf("auth = %T, want none", auth)
+				}
+			default:
+				basic, ok := auth.(*githttp.BasicAuth)
+				if !ok || basic.Username != c.wantUser || basic.Password != c.env[gitsource.EnvToken] {
+					t.Fatalf("auth = %#v, want basic auth as %s", auth, c.wantUser)
+				}
+				if strings.Contains(basic.String(), basic.Password) {
+					t.Fatalf("auth String() shows the token: %s", basic)
+				}
+			}
+		})
+	}
+}
+
+func TestRedact(t *testing.T) {
+	cases := map[string]string{
+		"https://user:tok@git.example.com/org/t.git": "https://user:REDACTED@git.example.com/org/t.git",
+		"https://tok@git.example.com/org/t.git":      "https://REDACTED@git.example.com/org/t.git",
+		"https://git.example.com/org/t.git":          "https://git.example.com/org/t.git",
+		"ssh://git@git.example.com/t.git":            "ssh://git@git.example.com/t.git",
+		"git@github.com:org/t.git":                   "git@github.com:org/t.git",
+		"/srv/topology":                              "/srv/topology",
+	}
+	for in, want := range cases {
+		if got := gitsource.Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

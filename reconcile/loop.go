@@ -1,0 +1,182 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// Observer observes the live world of a topology.
+type Observer interface {
+	Observe(ctx context.Context, d *topology.Desired) *live.Snapshot
+}
+
+// Applier executes plans for d with opt until converged.
+type Applier func(ctx context.Context, d *topology.Desired, opt diff.Options) (*apply.Result, error)
+
+// Outcome names how a cycle ended.
+type Outcome string
+
+// Outcomes, also the values of the metrics' result label.
+const (
+	OutcomeInSync  Outcome = "in-sync"
+	OutcomeApplied Outcome = "applied"
+	OutcomeRefused Outcome = "refused"
+	OutcomeError   Outcome = "error"
+	OutcomeStopped Outcome = "stopped"
+)
+
+// Cycle is what one pass did.
+type Cycle struct {
+	Outcome  Outcome
+	Revision string
+	Plan     *diff.Plan
+	Applied  []diff.Step
+	Err      error
+	Duration time.Duration
+}
+
+// Loop repeats cycles every Interval until ctx ends or Drain closes.
+type Loop struct {
+	Source        Source
+	Observer      Observer
+	Apply         Applier
+	Interval      time.Duration
+	AllowRollback bool
+	Log           *slog.Logger
+	Metrics       *Metrics
+
+	mu   sync.Mutex
+	last time.Time // when Run started or the last cycle ended, for /healthz
+}
+
+// Run cycles until ctx is done or drain is closed. A drain stops the loop
+// at the next step boundary; the cycle's own apply sees drain too.
+func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
+	l.mu.Lock()
+	l.last = time.Now()
+	l.mu.Unlock()
+	for {
+		c := l.Once(ctx)
+		l.logCycle(c)
+		if c.Outcome == OutcomeStopped {
+			l.Log.Info("stopped", "reason", "shutdown requested")
+			return
+		}
+		timer := time.NewTimer(l.Interval)
+		select {
+		case <-drain:
+			timer.Stop()
+			l.Log.Info("stopped", "reason", "shutdown requested")
+			return
+		case <-ctx.Done():
+			timer.Stop()
+			l.Log.Info("stopped", "reason", context.Cause(ctx).Error())
+			return
+		case <-timer.C:
+		}
+	}
+}
+
+// Once reads the topology, observes, plans, and applies when the plan has
+// steps and no refusal.
+func (l *Loop) Once(ctx context.Context) Cycle {
+	start := time.Now()
+	l.mu.Lock()
+	l.last = start
+	l.mu.Unlock()
+	c := l.once(ctx)
+	c.Duration = time.Since(start)
+	l.mu.Lock()
+	l.last = time.Now()
+	l.mu.Unlock()
+	if l.Metrics != nil {
+		l.Metrics.observe(c, time.Now())
+	}
+	return c
+}
+
+func (l *Loop) once(ctx context.Context) Cycle {
+	in, err := l.Source.Load(ctx)
+	if err != nil {
+		return Cycle{Outcome: OutcomeError, Err: err}
+	}
+	c := Cycle{Revision: in.Revision}
+	snap := l.Observer.Observe(ctx, in.Desired)
+	opt, err := in.PlanOptions(snap, l.AllowRollback)
+	if err != nil {
+		c.Outcome, c.Err = OutcomeError, err
+		return c
+	}
+	plan := diff.Compute(in.Desired, snap, opt)
+	c.Plan = &plan
+	switch {
+	case plan.Refused():
+		c.Outcome = OutcomeRefused
+		return c
+	case plan.InSync():
+		c.Outcome = OutcomeInSync
+		return c
+	}
+	res, err := l.Apply(ctx, in.Desired, opt)
+	if res != nil {
+		c.Applied = res.Completed
+		c.Plan = &res.Plan
+	}
+	switch {
+	case errors.Is(err, apply.ErrDrained):
+		c.Outcome = OutcomeStopped
+	case apply.IsRefused(err):
+		var refused *apply.RefusedError
+		errors.As(err, &refused)
+		c.Plan = &refused.Plan
+		c.Outcome = OutcomeRefused
+	case err != nil:
+		c.Outcome, c.Err = OutcomeError, err
+	default:
+		c.Outcome = OutcomeApplied
+	}
+	return c
+}
+
+func (l *Loop) logCycle(c Cycle) {
+	attrs := []any{"result", string(c.Outcome), "revision", short(c.Revision), "duration", c.Duration.Round(time.Millisecond).String()}
+	if c.Plan != nil {
+		attrs = append(attrs, "plan", c.Plan.Headline(), "steps", len(c.Applied))
+	}
+	switch c.Outcome {
+	case OutcomeRefused:
+		attrs = append(attrs, "refusal", c.Plan.Refusals[0].Reason)
+		l.Log.Warn("cycle", attrs...)
+	case OutcomeError:
+		attrs = append(attrs, "error", c.Err.Error())
+		l.Log.Error("cycle", attrs...)
+	default:
+		l.Log.Info("cycle", attrs...)
+	}
+}
+
+// Healthy reports whether the loop started or ended a cycle within maxAge;
+// a loop stuck longer than that is unhealthy.
+func (l *Loop) Healthy(now time.Time, maxAge time.Duration) (bool, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.last.IsZero() && now.Sub(l.last) <= maxAge, l.last
+}
+
+func short(rev string) string {
+	if len(rev) > 12 {
+		return rev[:12]
+	}
+	if rev == "" {
+		return "-"
+	}
+	return rev
+}

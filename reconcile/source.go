@@ -1,0 +1,158 @@
+// Package reconcile is one GitOps cycle (read the topology, observe, plan,
+// apply) and the loop that repeats it, with the metrics it exports.
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/gitsource"
+	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// Input is a validated topology and where it came from.
+type Input struct {
+	Desired *topology.Desired
+	// Revision is the commit read, empty for a plain file.
+	Revision string
+	// Commit describes Revision (zero for a plain file).
+	Commit gitsource.Commit
+	// Findings are the validator's warnings (errors make Load fail).
+	Findings schema.Findings
+	// relate orders a recorded revision against Revision; nil for files.
+	relate func(recorded string) (gitsource.Relation, error)
+}
+
+// InvalidError is a topology the validator rejected; Findings say where.
+type InvalidError struct {
+	Name     string
+	Findings schema.Findings
+}
+
+func (e *InvalidError) Error() string {
+	n := 0
+	for _, f := range e.Findings {
+		if f.Severity != schema.SeverityWarning {
+			n++
+		}
+	}
+	return fmt.Sprintf("%s: invalid topology (%d problem(s)); run pgtopo validate for details", e.Name, n)
+}
+
+// Source produces the desired topology, fresh on every call.
+type Source interface {
+	Load(ctx context.Context) (*Input, error)
+}
+
+// FileSource reads a plain file.
+type FileSource struct {
+	Path      string
+	Validator *schema.Validator
+}
+
+// Load reads and validates the file.
+func (s *FileSource) Load(context.Context) (*Input, error) {
+	data, err := os.ReadFile(s.Path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Path, err)
+	}
+	return validate(s.Validator, s.Path, data)
+}
+
+// GitSource reads a file at a revision of a repository, refreshing the
+// repository (fetch, or reopen) on every Load.
+type GitSource struct {
+	Repo      *gitsource.Repository
+	Ref       string
+	Path      string
+	Validator *schema.Validator
+	// fresh skips the refresh on the first Load after Open.
+	fresh bool
+}
+
+// NewGitSource wraps an opened repository.
+func NewGitSource(repo *gitsource.Repository, ref, path string, v *schema.Validator) *GitSource {
+	return &GitSource{Repo: repo, Ref: ref, Path: path, Validator: v, fresh: true}
+}
+
+// Load refreshes the repository and reads the file at Ref.
+func (s *GitSource) Load(ctx context.Context) (*Input, error) {
+	if !s.fresh {
+		if err := s.Repo.Refresh(ctx); err != nil {
+			return nil, err
+		}
+	}
+	s.fresh = false
+	c, err := s.Repo.Resolve(s.Ref)
+	if err != nil {
+		return nil, err
+	}
+	return s.At(c)
+}
+
+// At reads and validates the file at commit c.
+func (s *GitSource) At(c gitsource.Commit) (*Input, error) {
+	data, err := s.Repo.ReadFile(c, s.Path)
+	if err != nil {
+		return nil, err
+	}
+	in, err := validate(s.Validator, s.Path, data)
+	if err != nil {
+		var invalid *InvalidError
+		if errors.As(err, &invalid) {
+			invalid.Name = fmt.Sprintf("%s at %s", s.Path, c.Short())
+			return nil, invalid
+		}
+		return nil, fmt.Errorf("%s at %s: %w", s.Path, c.Short(), err)
+	}
+	in.Revision, in.Commit = c.Hash, c
+	in.relate = func(recorded string) (gitsource.Relation, error) { return s.Repo.Relate(recorded, c.Hash) }
+	return in, nil
+}
+
+func validate(v *schema.Validator, name string, data []byte) (*Input, error) {
+	top, fs, err := v.Load(name, data)
+	if err != nil {
+		return nil, err
+	}
+	if top == nil {
+		return nil, &InvalidError{Name: name, Findings: fs}
+	}
+	d, err := top.Desired()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &Input{Desired: d, Findings: fs}, nil
+}
+
+// PlanOptions orders every revision recorded in snap against the input's
+// revision, so the plan can refuse a rollback.
+func (in *Input) PlanOptions(snap *live.Snapshot, allowRollback bool) (diff.Options, error) {
+	opt := diff.Options{Revision: in.Revision, AllowRollback: allowRollback}
+	if in.relate == nil {
+		return opt, nil
+	}
+	opt.History = map[string]diff.History{}
+	for _, rec := range snap.RecordedRevisions() {
+		rel, err := in.relate(rec)
+		if err != nil {
+			return opt, err
+		}
+		switch rel {
+		case gitsource.Forward, gitsource.Same:
+			opt.History[rec] = diff.HistoryForward
+		case gitsource.Rollback:
+			opt.History[rec] = diff.HistoryRollback
+		case gitsource.Diverged:
+			opt.History[rec] = diff.HistoryDiverged
+		default:
+			opt.History[rec] = diff.HistoryUnknown
+		}
+	}
+	return opt, nil
+}
