@@ -37,7 +37,7 @@ stops before the next; a second signal stops at once, and the next run resumes
 from the switchover journal. Exit status: 0 converged, 1 error or refusal.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			ctx, drain, stop := withShutdown(context.Background(), e)
+			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { fmt.Fprintf(e.stderr, "pgtopo: %s\n", msg) })
 			defer stop()
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()

@@ -50,7 +50,7 @@ resumes on the next run).`,
 			if interval <= 0 {
 				return fmt.Errorf("--interval %v: must be positive", interval)
 			}
-			ctx, drain, stop := withShutdown(context.Background(), e)
+			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { log.Info("signal", "action", msg) })
 			defer stop()
 			source, _, err := src.source(ctx, e)
 			if err != nil {

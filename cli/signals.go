@@ -11,7 +11,8 @@ import (
 // withShutdown turns SIGINT and SIGTERM into a graceful stop: the first
 // closes drain (finish the step under way, start no other), the second
 // cancels ctx (stop now; a journaled switchover resumes on the next run).
-func withShutdown(parent context.Context, e env) (ctx context.Context, drain <-chan struct{}, stop func()) {
+// say reports the first signal (the loop logs it; apply prints it).
+func withShutdown(parent context.Context, say func(string)) (ctx context.Context, drain <-chan struct{}, stop func()) {
 	ctx, cancel := context.WithCancelCause(parent)
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -20,7 +21,7 @@ func withShutdown(parent context.Context, e env) (ctx context.Context, drain <-c
 	go func() {
 		select {
 		case s := <-sigs:
-			fmt.Fprintf(e.stderr, "pgtopo: %v: finishing the step under way, then stopping (signal again to stop at once)\n", s)
+			say(fmt.Sprintf("%v: finishing the step under way, then stopping (signal again to stop at once)", s))
 			close(drainCh)
 		case <-done:
 			return

@@ -8,7 +8,6 @@ import (
 	"net/http/cgi"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,84 +15,38 @@ import (
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 
 	"github.com/pgtopo/pgtopo/gitsource"
+	"github.com/pgtopo/pgtopo/gitsource/gittest"
 )
 
-// gitRepo is a real repository made with the git command line, so the
-// tests check that go-git reads what git writes.
-type gitRepo struct {
-	t   *testing.T
-	dir string
-}
-
-func newGitRepo(t *testing.T) *gitRepo {
-	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Fatal("git is not installed: apt-get install git (or run `make deps`)")
-	}
-	r := &gitRepo{t: t, dir: t.TempDir()}
-	r.git("init", "-q", "-b", "main")
-	return r
-}
-
-func (r *gitRepo) git(args ...string) string {
-	r.t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = r.dir
-	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com",
-		"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com", "GIT_CONFIG_GLOBAL=/dev/null")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		r.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-// commit writes files and commits them, returning the new hash.
-func (r *gitRepo) commit(msg string, files map[string]string) string {
-	r.t.Helper()
-	for name, content := range files {
-		p := filepath.Join(r.dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			r.t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			r.t.Fatal(err)
-		}
-		r.git("add", name)
-	}
-	r.git("commit", "-q", "--allow-empty", "-m", msg)
-	return r.git("rev-parse", "HEAD")
-}
-
 type history struct {
-	repo                 *gitRepo
+	repo                 *gittest.Repo
 	c1, c2, c3, feature1 string
 }
 
 // makeHistory: main c1 → c2 → c3, tags v1 (lightweight, c1) and v2
 // (annotated, c2), branch feature off c1.
 func makeHistory(t *testing.T) history {
-	r := newGitRepo(t)
+	r := gittest.New(t)
 	h := history{repo: r}
-	h.c1 = r.commit("first", map[string]string{"deploy/topology.yaml": "primary: east\n"})
-	r.git("tag", "v1")
-	h.c2 = r.commit("switch to west", map[string]string{"deploy/topology.yaml": "primary: west\n"})
-	r.git("tag", "-a", "v2", "-m", "release 2")
-	h.c3 = r.commit("unrelated", map[string]string{"README": "hi\n"})
-	r.git("checkout", "-q", "-b", "feature", h.c1)
-	h.feature1 = r.commit("feature work", map[string]string{"deploy/topology.yaml": "primary: south\n"})
-	r.git("checkout", "-q", "main")
+	h.c1 = r.Commit("first", map[string]string{"deploy/topology.yaml": "primary: east\n"})
+	r.Git("tag", "v1")
+	h.c2 = r.Commit("switch to west", map[string]string{"deploy/topology.yaml": "primary: west\n"})
+	r.Git("tag", "-a", "v2", "-m", "release 2")
+	h.c3 = r.Commit("unrelated", map[string]string{"README": "hi\n"})
+	r.Git("checkout", "-q", "-b", "feature", h.c1)
+	h.feature1 = r.Commit("feature work", map[string]string{"deploy/topology.yaml": "primary: south\n"})
+	r.Git("checkout", "-q", "main")
 	return h
 }
 
 func TestResolveAndRead(t *testing.T) {
 	h := makeHistory(t)
 	bare := filepath.Join(t.TempDir(), "topology.git")
-	h.repo.git("clone", "-q", "--bare", h.repo.dir, bare)
+	h.repo.Git("clone", "-q", "--bare", h.repo.Dir, bare)
 
 	locations := map[string]string{
-		"local work tree":    h.repo.dir,
-		"local subdirectory": filepath.Join(h.repo.dir, "deploy"),
+		"local work tree":    h.repo.Dir,
+		"local subdirectory": filepath.Join(h.repo.Dir, "deploy"),
 		"bare over file://":  "file://" + bare,
 	}
 	cases := []struct {
@@ -158,20 +111,20 @@ func TestOpenNotARepository(t *testing.T) {
 func TestRefreshSeesNewCommits(t *testing.T) {
 	h := makeHistory(t)
 	bare := filepath.Join(t.TempDir(), "topology.git")
-	h.repo.git("clone", "-q", "--bare", h.repo.dir, bare)
-	h.repo.git("remote", "add", "origin", bare)
+	h.repo.Git("clone", "-q", "--bare", h.repo.Dir, bare)
+	h.repo.Git("remote", "add", "origin", bare)
 
 	remote, err := gitsource.Open(context.Background(), "file://"+bare, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	local, err := gitsource.Open(context.Background(), h.repo.dir, nil)
+	local, err := gitsource.Open(context.Background(), h.repo.Dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c4 := h.repo.commit("back to east", map[string]string{"deploy/topology.yaml": "primary: east\n"})
-	h.repo.git("gc", "-q")
-	h.repo.git("push", "-q", "origin", "main")
+	c4 := h.repo.Commit("back to east", map[string]string{"deploy/topology.yaml": "primary: east\n"})
+	h.repo.Git("gc", "-q")
+	h.repo.Git("push", "-q", "origin", "main")
 
 	if got, _ := remote.Resolve("main"); got.Hash != h.c3 {
 		t.Fatalf("before Refresh, remote main = %s, want the old %s", got.Hash, h.c3)
@@ -196,7 +149,7 @@ func TestRefreshSeesNewCommits(t *testing.T) {
 
 func TestRelate(t *testing.T) {
 	h := makeHistory(t)
-	repo, err := gitsource.Open(context.Background(), h.repo.dir, nil)
+	repo, err := gitsource.Open(context.Background(), h.repo.Dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,8 +183,8 @@ func TestRelate(t *testing.T) {
 func TestHTTPSTokenAuth(t *testing.T) {
 	h := makeHistory(t)
 	root := t.TempDir()
-	h.repo.git("clone", "-q", "--bare", h.repo.dir, filepath.Join(root, "topology.git"))
-	execPath := h.repo.git("--exec-path")
+	h.repo.Git("clone", "-q", "--bare", h.repo.Dir, filepath.Join(root, "topology.git"))
+	execPath := h.repo.Git("--exec-path")
 	const token = "s3cr3t-token-value"
 	backend := &cgi.Handler{
 		Path:   filepath.Join(execPath, "git-http-backend"),

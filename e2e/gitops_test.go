@@ -1,0 +1,281 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pgtopo/pgtopo/flavor/alauda"
+	"github.com/pgtopo/pgtopo/gitsource/gittest"
+	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/labtest"
+)
+
+// recorded reads the revision annotation pgtopo wrote on a CR.
+func (h *harness) recorded(site, cluster string) string {
+	h.t.Helper()
+	u, err := h.lab.Dyn[site].Resource(postgresqlGVR).Namespace("db").Get(context.Background(), cluster, metav1.GetOptions{})
+	if err != nil {
+		h.t.Fatalf("%s/%s: %v", site, cluster, err)
+	}
+	return u.GetAnnotations()[alauda.AnnotationRevision]
+}
+
+func (h *harness) expectRecorded(rev string) {
+	h.t.Helper()
+	for site, cluster := range map[string]string{"east": "orders-east", "west": "orders-west"} {
+		if got := h.recorded(site, cluster); got != rev {
+			h.t.Fatalf("%s records revision %q, want %s", cluster, got, rev)
+		}
+	}
+}
+
+func (h *harness) expectPrimary(site, cluster string) {
+	h.t.Helper()
+	labtest.Eventually(h.t, 30*time.Second, cluster+" writable", func() error {
+		ok, err := h.writable(site, cluster)
+		if err != nil || !ok {
+			return fmt.Errorf("not writable (%v)", err)
+		}
+		return nil
+	})
+}
+
+// logRecord is one JSON log line of pgtopo reconcile.
+type logRecord struct {
+	Time     time.Time `json:"time"`
+	Msg      string    `json:"msg"`
+	Result   string    `json:"result"`
+	Revision string    `json:"revision"`
+	Duration string    `json:"duration"`
+	Address  string    `json:"address"`
+	Step     string    `json:"step"`
+	Refusal  string    `json:"refusal"`
+	Error    string    `json:"error"`
+}
+
+// loop is a running pgtopo reconcile whose log lines are parsed as they
+// come.
+type loop struct {
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	records []logRecord
+	raw     []string
+	done    chan error
+}
+
+func (h *harness) startLoop(args ...string) *loop {
+	h.t.Helper()
+	cmd := exec.Command(h.bin, append([]string{"reconcile", "--log-format", "json", "--log-level", "debug", "--listen", "127.0.0.1:0"}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	l := &loop{cmd: cmd, done: make(chan error, 1)}
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var r logRecord
+			line := sc.Text()
+			l.mu.Lock()
+			l.raw = append(l.raw, line)
+			if json.Unmarshal([]byte(line), &r) == nil {
+				l.records = append(l.records, r)
+			}
+			l.mu.Unlock()
+		}
+	}()
+	go func() {
+		<-scanned
+		l.done <- cmd.Wait()
+	}()
+	h.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		h.mu.Lock()
+		h.output = append(h.output, strings.Join(l.raw, "\n"))
+		h.mu.Unlock()
+	})
+	return l
+}
+
+// waitFor returns the first record after index from that matches.
+func (l *loop) waitFor(t testing.TB, timeout time.Duration, what string, from int, match func(logRecord) bool) (logRecord, int) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		l.mu.Lock()
+		for i := from; i < len(l.records); i++ {
+			if match(l.records[i]) {
+				r := l.records[i]
+				l.mu.Unlock()
+				return r, i + 1
+			}
+		}
+		l.mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t.Fatalf("reconcile: no %s within %v; log:\n%s", what, timeout, strings.Join(l.raw, "\n"))
+	return logRecord{}, 0
+}
+
+func (l *loop) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.records)
+}
+
+func httpGet(t testing.TB, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestGitOpsEndToEnd: the topology lives in a git repository. A commit is
+// applied from the repository and recorded; a pull request is described in
+// words; the loop picks up a merged commit changing primary: within one
+// interval and switches over; SIGTERM in the middle of a switchover lets
+// it finish and exits 0; an older commit is refused as a rollback.
+func TestGitOpsEndToEnd(t *testing.T) {
+	h := newHarness(t, "east", "west")
+	topoEast, err := os.ReadFile(h.topology("orders-east"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	topoWest, err := os.ReadFile(h.topology("orders-west"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := gittest.New(t)
+	c1 := repo.Commit("orders: east is primary", map[string]string{"deploy/topology.yaml": string(topoEast)})
+	bare := repo.Bare()
+	url := "file://" + bare
+
+	// 1. A commit applied from the repository is recorded on every CR.
+	h.expect(h.pgtopo("apply", "--repo", url, "--ref", "main", "--path", "deploy/topology.yaml"), 0,
+		"revision "+c1, "Apply complete")
+	h.expectRecorded(c1)
+	st := h.pgtopo("status", "--repo", repo.Dir, "--path", "deploy/topology.yaml")
+	h.expect(st, 0, c1[:12])
+
+	// 2. Pull-request mode says in words what merging does, then the live plan.
+	repo.Git("checkout", "-q", "-b", "switch-west")
+	c2 := repo.Commit("orders: switch to west", map[string]string{"deploy/topology.yaml": string(topoWest)})
+	pr := h.pgtopo("diff", "--repo", repo.Dir, "--path", "deploy/topology.yaml", "--base", "main", "--head", "switch-west")
+	h.expect(pr, 2, "What merging does:", "switchover: primary orders-east → orders-west (site east → west)",
+		"Live plan for "+c2[:12], "Plan: 1 switchover")
+	md := h.pgtopo("diff", "--repo", repo.Dir, "--path", "deploy/topology.yaml", "--base", "main", "--head", "switch-west", "-o", "markdown")
+	h.expect(md, 2, "## pgtopo: merging "+c2[:12]+": switchover", "| orders-west | west | db | standby | **primary** |")
+
+	// 3. The loop, running on main, picks up the merge within one interval.
+	const interval = 3 * time.Second
+	l := h.startLoop("--repo", url, "--ref", "main", "--path", "deploy/topology.yaml", "--interval", interval.String())
+	serving, next := l.waitFor(t, 20*time.Second, "serving line", 0, func(r logRecord) bool { return r.Msg == "serving" })
+	_, next = l.waitFor(t, 20*time.Second, "first in-sync cycle", next, func(r logRecord) bool {
+		return r.Msg == "cycle" && r.Result == "in-sync" && r.Revision == c1[:12]
+	})
+	repo.Git("checkout", "-q", "main")
+	repo.Git("merge", "-q", "--ff-only", "switch-west")
+	repo.Git("push", "-q", "origin", "main")
+	pushed := time.Now()
+	applied, next := l.waitFor(t, 90*time.Second, "applied cycle for the merge", next, func(r logRecord) bool {
+		return r.Msg == "cycle" && r.Revision == c2[:12]
+	})
+	if applied.Result != "applied" {
+		t.Fatalf("cycle for %s: result %s (%s%s)", c2[:12], applied.Result, applied.Refusal, applied.Error)
+	}
+	took, err := time.ParseDuration(applied.Duration)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if started := applied.Time.Add(-took); started.Sub(pushed) > interval+time.Second {
+		t.Fatalf("the cycle that applied %s started %v after the push; the interval is %v", c2[:12], started.Sub(pushed), interval)
+	}
+	h.expectPrimary("west", "orders-west")
+	h.expectRecorded(c2)
+
+	// /healthz and /metrics tell the same story.
+	if code, body := httpGet(t, "http://"+serving.Address+"/healthz"); code != 200 || !strings.HasPrefix(body, "ok") {
+		t.Fatalf("/healthz: %d %s", code, body)
+	}
+	_, metrics := httpGet(t, "http://"+serving.Address+"/metrics")
+	for _, want := range []string{
+		fmt.Sprintf("pgtopo_last_applied_revision_info{revision=%q} 1", c2),
+		`pgtopo_steps_applied_total{action="switchover"} 1`,
+		`pgtopo_cycles_total{result="applied"} 1`,
+		"pgtopo_in_sync 1",
+		"pgtopo_last_success_timestamp_seconds 1.",
+		"pgtopo_refusals_total 0",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("/metrics lacks %q:\n%s", want, metrics)
+		}
+	}
+
+	// 4. SIGTERM while a switchover runs: it finishes, then the loop exits 0.
+	c3 := repo.Commit("orders: back to east", map[string]string{"deploy/topology.yaml": string(topoEast)})
+	repo.Git("push", "-q", "origin", "main")
+	_, _ = l.waitFor(t, 30*time.Second, "switchover start", next, func(r logRecord) bool {
+		return r.Msg == "progress" && strings.HasPrefix(strings.SplitN(r.Step, "] ", 2)[len(strings.SplitN(r.Step, "] ", 2))-1], "switchover ")
+	})
+	signalled := l.count()
+	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-l.done:
+		if err != nil {
+			t.Fatalf("reconcile after SIGTERM: %v\n%s", err, strings.Join(l.raw, "\n"))
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("reconcile did not exit within 90s of SIGTERM:\n%s", strings.Join(l.raw, "\n"))
+	}
+	stopped, _ := l.waitFor(t, time.Second, "stopped cycle", signalled, func(r logRecord) bool { return r.Msg == "cycle" })
+	if stopped.Result != "stopped" {
+		t.Fatalf("cycle after SIGTERM: %s, want stopped", stopped.Result)
+	}
+	h.expectPrimary("east", "orders-east")
+	for site, cluster := range map[string]string{"east": "orders-east", "west": "orders-west"} {
+		if p := h.journalPhase(site, cluster); p != "" {
+			t.Fatalf("%s still has a switchover journal (phase %s) after a graceful stop", cluster, p)
+		}
+	}
+	// The steps after the switchover (record) were left for the next run.
+	h.expect(h.pgtopo("apply", "--repo", url, "--path", "deploy/topology.yaml"), 0, "Apply complete")
+	h.expectRecorded(c3)
+
+	// 5. An older commit is a rollback: refused, nothing changes, unless allowed.
+	rb := h.pgtopo("apply", "--repo", url, "--ref", c1, "--path", "deploy/topology.yaml")
+	h.expect(rb, 1, "applying it rolls back", "--allow-rollback")
+	h.expectRecorded(c3)
+	h.expect(h.pgtopo("apply", "--repo", url, "--ref", c1, "--path", "deploy/topology.yaml", "--allow-rollback"), 0,
+		"(allowed by --allow-rollback)", "Apply complete")
+	h.expectRecorded(c1)
+	h.expectPrimary("east", "orders-east")
+
+	h.noSecretsInOutput()
+}
