@@ -35,13 +35,16 @@ type InvalidError struct {
 }
 
 func (e *InvalidError) Error() string {
-	n := 0
+	var errs []schema.Finding
 	for _, f := range e.Findings {
 		if f.Severity != schema.SeverityWarning {
-			n++
+			errs = append(errs, f)
 		}
 	}
-	return fmt.Sprintf("%s: invalid topology (%d problem(s)); run pgtopo validate for details", e.Name, n)
+	if len(errs) == 0 {
+		return fmt.Sprintf("%s: invalid topology", e.Name)
+	}
+	return fmt.Sprintf("%s: invalid topology, %d problem(s), the first: %s", e.Name, len(errs), errs[0])
 }
 
 // Source produces the desired topology, fresh on every call.
