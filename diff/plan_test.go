@@ -82,8 +82,10 @@ func TestPlans(t *testing.T) {
 		actions         []Action
 		mention         string
 	}{
-		"fresh-bring-up":            {actions: []Action{ActionLock, ActionEnsurePrimary, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord, ActionRecord}},
-		"in-sync":                   {inSync: true},
+		"fresh-bring-up": {actions: []Action{ActionLock, ActionEnsurePrimary, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord, ActionRecord}},
+		"in-sync":        {inSync: true},
+		"fresh-bring-up-stale-secret": {actions: []Action{ActionLock, ActionEnsurePrimary, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord, ActionRecord},
+			mention: "secret orders-bootstrap: fingerprint 0badc0ffee0badc0 → copy of"},
 		"primary-changed":           {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "switchover orders-east → orders-west"},
 		"standby-missing":           {actions: []Action{ActionLock, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord}},
 		"secret-missing":            {actions: []Action{ActionLock, ActionBootstrapSecret}},

@@ -310,7 +310,11 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 	for _, c := range p.d.Standbys() {
 		o := p.observed(c.Name)
 		subj := subjectOf(c)
-		if !o.BootstrapSecret.Exists || (primary.Credentials.Exists && o.BootstrapSecret.Hash != primary.Credentials.Hash) {
+		// Before the primary exists, a bootstrap secret already there cannot
+		// be a copy of its credentials: someone else made it.
+		stale := o.BootstrapSecret.Exists && (!primary.Exists ||
+			(primary.Credentials.Exists && o.BootstrapSecret.Hash != primary.Credentials.Hash))
+		if !o.BootstrapSecret.Exists || stale {
 			before := "absent"
 			if o.BootstrapSecret.Exists {
 				before = "fingerprint " + o.BootstrapSecret.Hash

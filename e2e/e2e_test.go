@@ -68,8 +68,14 @@ func (h *harness) topology(primary string) string {
 
 func (h *harness) pgtopo(args ...string) run {
 	h.t.Helper()
+	return h.pgtopoEnv([]string{"KUBECONFIG=" + lab.Paths{Dir: h.lab.Dir}.Kubeconfig()}, args...)
+}
+
+// pgtopoEnv runs pgtopo with extra environment variables.
+func (h *harness) pgtopoEnv(env []string, args ...string) run {
+	h.t.Helper()
 	cmd := exec.Command(h.bin, args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
+	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -202,6 +202,9 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := os.WriteFile(p.AuditPolicy(), []byte(auditPolicy), 0o644); err != nil {
+		return nil, err
+	}
 
 	fmt.Fprintf(progress, "lab: etcd on %s\n", st.EtcdEndpoint())
 	if err := startEtcd(st); err != nil {
@@ -234,6 +237,18 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	return st, nil
 }
 
+// auditPolicy records, at Metadata level, every request of a service
+// account (the identity an in-cluster pgtopo Job uses) and nothing else, so
+// tests can compare what was called with the RBAC that allowed it.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+`
+
 func startSite(ctx context.Context, st *State, site SiteState, k pki, caPEM []byte, token string, namespaces []string, progress io.Writer) error {
 	p := Paths{st.Dir}
 	if err := os.MkdirAll(p.Site(site.Name), 0o755); err != nil {
@@ -263,6 +278,9 @@ func startSite(ctx context.Context, st *State, site SiteState, k pki, caPEM []by
 		"--disable-admission-plugins=ServiceAccount",
 		"--enable-priority-and-fairness=false",
 		"--cert-dir=" + p.SiteCerts(site.Name),
+		"--audit-policy-file=" + p.AuditPolicy(),
+		"--audit-log-path=" + p.AuditLog(site.Name),
+		"--audit-log-format=json",
 	}
 	name := "apiserver-" + site.Name
 	if _, err := proc.Start(proc.Spec{Name: name, Path: filepath.Join(st.BinDir, "kube-apiserver"), Args: args,

@@ -69,3 +69,10 @@ func (p Paths) PKI() string                  { return filepath.Join(p.Dir, "pki"
 func (p Paths) Etcd() string                 { return filepath.Join(p.Dir, "etcd") }
 func (p Paths) Site(site string) string      { return filepath.Join(p.Dir, "sites", site) }
 func (p Paths) SiteCerts(site string) string { return filepath.Join(p.Dir, "sites", site, "certs") }
+
+// AuditLog is where a site's kube-apiserver writes the audit events of
+// service accounts: what a workload like pgtopo's Job actually called.
+func (p Paths) AuditLog(site string) string { return filepath.Join(p.Dir, "sites", site, "audit.log") }
+
+// AuditPolicy is the lab's audit policy file.
+func (p Paths) AuditPolicy() string { return filepath.Join(p.Dir, "audit-policy.yaml") }
