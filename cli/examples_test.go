@@ -1,0 +1,202 @@
+package cli
+
+import (
+	"bytes"
+	"debug/elf"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+const deployDir = "../examples/deploy"
+
+// deployFiles lists every file of examples/deploy.
+func deployFiles(t *testing.T) []string {
+	t.Helper()
+	var files []string
+	err := filepath.WalkDir(deployDir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, p)
+		}
+		return err
+	})
+	if err != nil || len(files) == 0 {
+		t.Fatalf("examples/deploy: %v (%d files)", err, len(files))
+	}
+	return files
+}
+
+// TestDeployExamplesSayWhatTheyAreFor: each file opens with a comment of at
+// least two lines saying what it is for.
+func TestDeployExamplesSayWhatTheyAreFor(t *testing.T) {
+	for _, f := range deployFiles(t) {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(data), "\n")
+		n := 0
+		for n < len(lines) && strings.HasPrefix(lines[n], "#") {
+			n++
+		}
+		if n < 2 {
+			t.Errorf("%s: starts with %d comment line(s); say in a header what the file is for", f, n)
+		}
+	}
+}
+
+// pgtopoCommands finds the pgtopo command lines in the deploy examples:
+// container args of images named pgtopo, and `pgtopo ...` in workflow steps.
+func pgtopoCommands(t *testing.T) map[string][][]string {
+	t.Helper()
+	out := map[string][][]string{}
+	inRun := regexp.MustCompile(`pgtopo ((?:diff|apply|reconcile|status|validate)[^>|\n]*)`)
+	for _, f := range deployFiles(t) {
+		if !strings.HasSuffix(f, ".yaml") {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		for {
+			var doc any
+			if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			walk(doc, func(m map[string]any) {
+				if img, _ := m["image"].(string); strings.Contains(img, "pgtopo") {
+					var args []string
+					for _, a := range m["args"].([]any) {
+						args = append(args, a.(string))
+					}
+					out[f] = append(out[f], args)
+				}
+				if run, _ := m["run"].(string); run != "" {
+					for _, match := range inRun.FindAllStringSubmatch(run, -1) {
+						var args []string
+						for _, a := range strings.Fields(match[1]) {
+							args = append(args, strings.Trim(a, `"'`))
+						}
+						out[f] = append(out[f], args)
+					}
+				}
+			})
+		}
+	}
+	return out
+}
+
+func walk(v any, visit func(map[string]any)) {
+	switch x := v.(type) {
+	case map[string]any:
+		visit(x)
+		for _, c := range x {
+			walk(c, visit)
+		}
+	case []any:
+		for _, c := range x {
+			walk(c, visit)
+		}
+	}
+}
+
+// TestDeployExamplesCommandLines: every pgtopo command line in the deploy
+// examples names a real command with flags it accepts.
+func TestDeployExamplesCommandLines(t *testing.T) {
+	cmds := pgtopoCommands(t)
+	want := map[string]int{
+		"../examples/deploy/argocd/presync-job.yaml":   1,
+		"../examples/deploy/flux/pgtopo/job.yaml":      1,
+		"../examples/deploy/github/pgtopo.yaml":        2,
+		"../examples/deploy/reconcile-deployment.yaml": 1,
+	}
+	for f, n := range want {
+		if len(cmds[f]) != n {
+			t.Errorf("%s: found %d pgtopo command line(s), want %d: %q", f, len(cmds[f]), n, cmds[f])
+		}
+	}
+	for f, lines := range cmds {
+		for _, args := range lines {
+			var stdout, stderr bytes.Buffer
+			code := Run(append(args, "--help"), env{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }})
+			if code != 0 || !strings.Contains(stdout.String(), "Usage:") {
+				t.Errorf("%s: pgtopo %s: exit %d: %s", f, strings.Join(args, " "), code, stderr.String())
+			}
+		}
+	}
+}
+
+// TestDockerfileBuildsAStaticBinary runs the Dockerfile's build command and
+// checks that the binary needs no dynamic loader, so it runs on distroless
+// static.
+func TestDockerfileBuildsAStaticBinary(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(deployDir, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^RUN (CGO_ENABLED=0 go build .*) -o /out/pgtopo \.$`).FindStringSubmatch(string(data))
+	if m == nil {
+		t.Fatal("Dockerfile: no `RUN CGO_ENABLED=0 go build ... -o /out/pgtopo .` line")
+	}
+	out := filepath.Join(t.TempDir(), "pgtopo")
+	cmd := exec.Command("sh", "-c", m[1]+" -o "+out+" .")
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "VERSION=test")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", m[1], err, b)
+	}
+	bin, err := elf.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bin.Close()
+	for _, p := range bin.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Fatal("the binary asks for a dynamic loader: it would not start on distroless static")
+		}
+	}
+	if libs, _ := bin.ImportedLibraries(); len(libs) > 0 {
+		t.Fatalf("the binary links shared libraries: %v", libs)
+	}
+	st, _ := os.Stat(out)
+	t.Logf("static binary: %.1f MiB", float64(st.Size())/(1<<20))
+}
+
+// TestDeployKustomizationsResolve: the resources a kustomization lists exist.
+func TestDeployKustomizationsResolve(t *testing.T) {
+	n := 0
+	for _, f := range deployFiles(t) {
+		if filepath.Base(f) != "kustomization.yaml" {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k struct{ Resources []string }
+		if err := yaml.Unmarshal(data, &k); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, r := range k.Resources {
+			n++
+			if _, err := os.Stat(filepath.Join(filepath.Dir(f), r)); err != nil {
+				t.Errorf("%s: resource %s: %v", f, r, err)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no kustomization resources found")
+	}
+}
