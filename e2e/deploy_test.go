@@ -173,7 +173,7 @@ func TestDeployRBAC(t *testing.T) {
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			var ev struct {
-				Verb      string `json:"verb"`
+				Verb      string                    `json:"verb"`
 				User      struct{ Username string } `json:"user"`
 				ObjectRef *struct {
 					Resource, APIGroup, Namespace, Name string

@@ -309,7 +309,8 @@ func TestApplyEndToEnd(t *testing.T) {
 		}
 	})
 
-	h.noSecretsInOutput()}
+	h.noSecretsInOutput()
+}
 
 // noSecretsInOutput fails when anything pgtopo printed contains the admin
 // password of the lab's clusters.

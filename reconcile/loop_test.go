@@ -1,0 +1,148 @@
+package reconcile
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// These are narrow tests of the loop's bookkeeping with fake parts; the
+// loop against a real repository and the lab is e2e.TestGitOpsEndToEnd.
+
+type fakeSource struct {
+	in  *Input
+	err error
+}
+
+func (s fakeSource) Load(context.Context) (*Input, error) { return s.in, s.err }
+
+type fakeObserver struct{ reachable bool }
+
+func (o fakeObserver) Observe(_ context.Context, d *topology.Desired) *live.Snapshot {
+	snap := &live.Snapshot{Topology: d.Name}
+	for _, s := range d.Sites() {
+		st := live.SiteState{Name: s.Name, Context: s.Context, Reachable: o.reachable, NodeIPs: []string{"127.0.0.1"}}
+		if !o.reachable {
+			st.Error = "site " + s.Name + " unreachable: connection refused"
+		}
+		snap.Sites = append(snap.Sites, st)
+	}
+	for _, c := range d.Clusters {
+		snap.Clusters = append(snap.Clusters, live.ClusterState{Name: c.Name, Site: c.Site.Name, Namespace: c.Namespace})
+	}
+	return snap
+}
+
+func input(t *testing.T) *Input {
+	t.Helper()
+	v, err := schema.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := (&FileSource{Path: "../examples/topologies/lab-two-sites.yaml", Validator: v}).Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Revision = strings.Repeat("c", 40)
+	return in
+}
+
+func scrape(t *testing.T, m *Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
+}
+
+func TestLoopOutcomes(t *testing.T) {
+	rev := strings.Repeat("c", 40)
+	applied := func(_ context.Context, d *topology.Desired, opt diff.Options) (*apply.Result, error) {
+		if opt.Revision != rev {
+			t.Errorf("apply got revision %q, want %q", opt.Revision, rev)
+		}
+		return &apply.Result{Completed: []diff.Step{{Action: diff.ActionEnsurePrimary}, {Action: diff.ActionCreateStandby}, {Action: diff.ActionRecord}, {Action: diff.ActionRecord}}}, nil
+	}
+	cases := []struct {
+		name    string
+		source  Source
+		obs     Observer
+		apply   Applier
+		want    Outcome
+		metrics []string
+	}{
+		{name: "source fails", source: fakeSource{err: errors.New("repo: fetch: connection refused")}, obs: fakeObserver{true},
+			want: OutcomeError, metrics: []string{`pgtopo_cycles_total{result="error"} 1`, "pgtopo_in_sync 0"}},
+		{name: "site unreachable", source: fakeSource{in: input(t)}, obs: fakeObserver{false},
+			want: OutcomeRefused, metrics: []string{`pgtopo_cycles_total{result="refused"} 1`, "pgtopo_refusals_total 2"}},
+		{name: "bring-up applied", source: fakeSource{in: input(t)}, obs: fakeObserver{true}, apply: applied,
+			want: OutcomeApplied, metrics: []string{
+				`pgtopo_cycles_total{result="applied"} 1`, `pgtopo_steps_applied_total{action="record"} 2`,
+				`pgtopo_steps_applied_total{action="create-standby"} 1`, `pgtopo_last_applied_revision_info{revision="` + rev + `"} 1`,
+				"pgtopo_in_sync 1"}},
+		{name: "drained between steps", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
+			apply: func(context.Context, *topology.Desired, diff.Options) (*apply.Result, error) {
+				return &apply.Result{Completed: []diff.Step{{Action: diff.ActionEnsurePrimary}}}, apply.ErrDrained
+			},
+			want: OutcomeStopped, metrics: []string{`pgtopo_cycles_total{result="stopped"} 1`, `pgtopo_steps_applied_total{action="ensure-primary"} 1`}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			l := &Loop{Source: c.source, Observer: c.obs, Apply: c.apply, Interval: time.Hour,
+				Log: slog.New(slog.NewTextHandler(&logs, nil)), Metrics: NewMetrics()}
+			got := l.Once(context.Background())
+			if got.Outcome != c.want {
+				t.Fatalf("outcome %s (%v), want %s", got.Outcome, got.Err, c.want)
+			}
+			m := scrape(t, l.Metrics)
+			for _, w := range c.metrics {
+				if !strings.Contains(m, w+"\n") {
+					t.Errorf("metrics lack %q", w)
+				}
+			}
+			l.logCycle(got)
+			if !strings.Contains(logs.String(), "result="+string(c.want)) {
+				t.Errorf("log line lacks the result: %s", logs.String())
+			}
+		})
+	}
+}
+
+// TestRunStopsOnDrain: a loop whose apply is drained returns at once, and a
+// loop waiting for its next interval returns when drain closes.
+func TestRunStopsOnDrain(t *testing.T) {
+	var logs bytes.Buffer
+	drain := make(chan struct{})
+	l := &Loop{Source: fakeSource{err: errors.New("no repo")}, Observer: fakeObserver{true}, Interval: time.Hour,
+		Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	done := make(chan struct{})
+	go func() { l.Run(context.Background(), drain); close(done) }()
+	time.Sleep(50 * time.Millisecond)
+	close(drain)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after drain")
+	}
+	if !strings.Contains(logs.String(), `msg=stopped reason="shutdown requested"`) {
+		t.Fatalf("no stop line:\n%s", logs.String())
+	}
+	if ok, _ := l.Healthy(time.Now(), time.Minute); !ok {
+		t.Fatal("a loop that just cycled is not healthy")
+	}
+	if ok, _ := l.Healthy(time.Now().Add(2*time.Minute), time.Minute); ok {
+		t.Fatal("a loop idle for longer than maxAge is healthy")
+	}
+}
+
