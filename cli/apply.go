@@ -63,7 +63,7 @@ from the switchover journal. Exit status: 0 converged, 1 error or refusal.`,
 			}
 			r := &apply.Runner{
 				Observer:    obs,
-				Writer:      siteWriter(src.kubeconfig),
+				Writer:      siteWriter(src.sites()),
 				Progress:    e.stderr,
 				Holder:      holderIdentity(),
 				LockTimeout: lockTimeout,
@@ -98,11 +98,10 @@ from the switchover journal. Exit status: 0 converged, 1 error or refusal.`,
 	return cmd
 }
 
-// siteWriter opens sites for changes through the kubeconfig.
-func siteWriter(kubeconfig string) func(string) (apply.SiteWriter, error) {
-	loader := kube.Loader{Kubeconfig: kubeconfig}
+// siteWriter opens sites for changes, sharing the observer's clients.
+func siteWriter(sites *kube.Sites) func(string) (apply.SiteWriter, error) {
 	return func(c string) (apply.SiteWriter, error) {
-		s, err := loader.Connect(c)
+		s, err := sites.Connect(c)
 		if err != nil {
 			return nil, err
 		}

@@ -28,6 +28,7 @@ type sourceFlags struct {
 	path        string
 	kubeconfig  string
 	siteTimeout time.Duration
+	siteCache   *kube.Sites
 }
 
 func (f *sourceFlags) register(cmd *cobra.Command) {
@@ -103,12 +104,20 @@ func reportFindings(e env, fs schema.Findings) {
 	}
 }
 
+// sites returns the run's shared site clients, built on first use.
+func (f *sourceFlags) sites() *kube.Sites {
+	if f.siteCache == nil {
+		f.siteCache = &kube.Sites{Loader: kube.Loader{Kubeconfig: f.kubeconfig}}
+	}
+	return f.siteCache
+}
+
 // observer builds the live observer from the kubeconfig flags.
 func (f *sourceFlags) observer() *live.Observer {
-	loader := kube.Loader{Kubeconfig: f.kubeconfig}
+	sites := f.sites()
 	return &live.Observer{
 		Connect: func(ctx string) (live.SiteAPI, error) {
-			s, err := loader.Connect(ctx)
+			s, err := sites.Connect(ctx)
 			if err != nil {
 				return nil, err
 			}

@@ -58,7 +58,7 @@ resumes on the next run).`,
 			}
 			runner := &apply.Runner{
 				Observer:    src.observer(),
-				Writer:      siteWriter(src.kubeconfig),
+				Writer:      siteWriter(src.sites()),
 				Progress:    &logLines{log: log},
 				Holder:      holderIdentity(),
 				LockTimeout: lockTimeout,

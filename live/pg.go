@@ -29,6 +29,9 @@ func Connect(ctx context.Context, ep Endpoint, user, password string, timeout ti
 	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = ep.Host, uint16(ep.Port), user, password, "postgres"
 	cfg.ConnectTimeout = timeout
 	cfg.RuntimeParams["application_name"] = "pgtopo"
+	// Connections live for a handful of statements: preparing and caching
+	// them would cost a round trip each and never pay off.
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		// pgx errors can carry the connection string; say only where.
@@ -62,7 +65,9 @@ SELECT pg_is_in_recovery(),
        END,
        to_regclass('sys_operator.multi_cluster_info') IS NOT NULL`
 
-// Probe reads the facts of one server.
+// Probe reads the facts of one server in two round trips: the facts, WAL
+// receiver, slots and replication peers pipelined in one batch, then
+// multi_cluster_info where it exists.
 func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string) (*PGState, error) {
 	c, err := Connect(ctx, ep, user, password, p.ConnectTimeout)
 	if err != nil {
@@ -71,9 +76,61 @@ func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string
 	defer c.Close(context.Background())
 	var s PGState
 	var cur, recv, replay string
-	if err := c.QueryRow(ctx, factsSQL).Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay,
-		&s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable); err != nil {
-		return nil, fmt.Errorf("%s: read facts: %w", ep, err)
+	b := &pgx.Batch{}
+	b.Queue(factsSQL).QueryRow(func(r pgx.Row) error {
+		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable); err != nil {
+			return fmt.Errorf("read facts: %w", err)
+		}
+		return nil
+	})
+	b.Queue(`SELECT status, coalesce(sender_host, ''), coalesce(sender_port, 0), coalesce(greatest(received_tli, receive_start_tli), 0) FROM pg_stat_wal_receiver`).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var w WalReceiver
+			if err := rows.Scan(&w.Status, &w.SenderHost, &w.SenderPort, &w.Timeline); err != nil {
+				return fmt.Errorf("pg_stat_wal_receiver: %w", err)
+			}
+			s.WalReceiver = &w
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT slot_name, active, coalesce(restart_lsn::text, '') FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name`).Query(func(rows pgx.Rows) error {
+		var err error
+		s.Slots, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Slot, error) {
+			var sl Slot
+			var lsn string
+			if err := r.Scan(&sl.Name, &sl.Active, &lsn); err != nil {
+				return sl, err
+			}
+			if lsn != "" {
+				sl.RestartLSN, _ = ParseLSN(lsn)
+			}
+			return sl, nil
+		})
+		if err != nil {
+			return fmt.Errorf("pg_replication_slots: %w", err)
+		}
+		return nil
+	})
+	b.Queue(`SELECT application_name, coalesce(client_addr::text, ''), state, coalesce(replay_lsn::text, '') FROM pg_stat_replication ORDER BY application_name`).Query(func(rows pgx.Rows) error {
+		var err error
+		s.Replication, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ReplicationPeer, error) {
+			var p ReplicationPeer
+			var lsn string
+			if err := r.Scan(&p.ApplicationName, &p.ClientAddr, &p.State, &lsn); err != nil {
+				return p, err
+			}
+			if lsn != "" {
+				p.ReplayLSN, _ = ParseLSN(lsn)
+			}
+			return p, nil
+		})
+		if err != nil {
+			return fmt.Errorf("pg_stat_replication: %w", err)
+		}
+		return nil
+	})
+	if err := c.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("%s: %w", ep, err)
 	}
 	for _, f := range []struct {
 		in  string
@@ -88,52 +145,8 @@ func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string
 		}
 		*f.out = v
 	}
-	var status, host string
-	var port, tli int
-	err = c.QueryRow(ctx, `SELECT status, coalesce(sender_host, ''), coalesce(sender_port, 0), coalesce(greatest(received_tli, receive_start_tli), 0) FROM pg_stat_wal_receiver`).Scan(&status, &host, &port, &tli)
-	if err == nil {
-		s.WalReceiver = &WalReceiver{Status: status, SenderHost: host, SenderPort: port, Timeline: tli}
-	} else if err != pgx.ErrNoRows {
-		return nil, fmt.Errorf("%s: pg_stat_wal_receiver: %w", ep, err)
-	}
-	rows, err := c.Query(ctx, `SELECT slot_name, active, coalesce(restart_lsn::text, '') FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name`)
-	if err != nil {
-		return nil, fmt.Errorf("%s: pg_replication_slots: %w", ep, err)
-	}
-	s.Slots, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Slot, error) {
-		var sl Slot
-		var lsn string
-		if err := r.Scan(&sl.Name, &sl.Active, &lsn); err != nil {
-			return sl, err
-		}
-		if lsn != "" {
-			sl.RestartLSN, _ = ParseLSN(lsn)
-		}
-		return sl, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	rows, err = c.Query(ctx, `SELECT application_name, coalesce(client_addr::text, ''), state, coalesce(replay_lsn::text, '') FROM pg_stat_replication ORDER BY application_name`)
-	if err != nil {
-		return nil, fmt.Errorf("%s: pg_stat_replication: %w", ep, err)
-	}
-	s.Replication, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ReplicationPeer, error) {
-		var p ReplicationPeer
-		var lsn string
-		if err := r.Scan(&p.ApplicationName, &p.ClientAddr, &p.State, &lsn); err != nil {
-			return p, err
-		}
-		if lsn != "" {
-			p.ReplayLSN, _ = ParseLSN(lsn)
-		}
-		return p, nil
-	})
-	if err != nil {
-		return nil, err
-	}
 	if s.HasMultiClusterTable {
-		rows, err = c.Query(ctx, `SELECT cluster_name, coalesce(external_ip, '') FROM sys_operator.multi_cluster_info ORDER BY cluster_name`)
+		rows, err := c.Query(ctx, `SELECT cluster_name, coalesce(external_ip, '') FROM sys_operator.multi_cluster_info ORDER BY cluster_name`)
 		if err != nil {
 			return nil, fmt.Errorf("%s: multi_cluster_info: %w", ep, err)
 		}
@@ -142,7 +155,7 @@ func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string
 			return m, r.Scan(&m.Cluster, &m.ExternalIP)
 		})
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: multi_cluster_info: %w", ep, err)
 		}
 	}
 	return &s, nil

@@ -145,4 +145,3 @@ func TestRunStopsOnDrain(t *testing.T) {
 		t.Fatal("a loop idle for longer than maxAge is healthy")
 	}
 }
-
