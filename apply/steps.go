@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,6 +22,9 @@ type exec struct {
 	d     *topology.Desired
 	step  diff.Step
 	start time.Time
+	// last is the snapshot that satisfied the latest wait: fresh enough to
+	// build the next write from without observing again.
+	last *live.Snapshot
 }
 
 func (x *exec) progress(format string, args ...any) { x.r.progress(x.start, "  "+format, args...) }
@@ -91,6 +95,14 @@ func (x *exec) checkpoint(ctx context.Context, snap *live.Snapshot) error {
 
 // sql runs a statement on a cluster as its admin user.
 func (x *exec) sql(ctx context.Context, o *live.ClusterState, stmt string, args ...any) error {
+	return x.session(ctx, o, func(conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, stmt, args...)
+		return err
+	})
+}
+
+// session runs fn on one connection to a cluster's endpoint as its admin.
+func (x *exec) session(ctx context.Context, o *live.ClusterState, fn func(*pgx.Conn) error) error {
 	c := x.cluster(o.Name)
 	w, err := x.writer(c)
 	if err != nil {
@@ -108,7 +120,7 @@ func (x *exec) sql(ctx context.Context, o *live.ClusterState, stmt string, args 
 		return err
 	}
 	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, stmt, args...); err != nil {
+	if err := fn(conn); err != nil {
 		return fmt.Errorf("%s: %w", o.Name, err)
 	}
 	return nil
@@ -258,6 +270,7 @@ func (x *exec) wait(ctx context.Context, what string, cond func(*live.Snapshot) 
 		ok, d := cond(snap)
 		detail = d
 		if ok {
+			x.last = snap
 			x.progress("%s after %.1fs (%s)", what, time.Since(began).Seconds(), detail)
 			return nil
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/flavor/alauda"
 	"github.com/pgtopo/pgtopo/live"
@@ -44,7 +46,7 @@ func (x *exec) switchover(ctx context.Context, snap *live.Snapshot) error {
 			return err
 		}
 		j.Phase, j.GateLSN = alauda.PhaseGated, gate.String()
-		if err := x.journal(ctx, x.r.Observer.Observe(ctx, x.d), j, from, to); err != nil {
+		if err := x.journal(ctx, x.last, j, from, to); err != nil {
 			return err
 		}
 		x.progress("journal: gate recorded: %s must replay up to %s", to.Name, gate)
@@ -60,17 +62,19 @@ func (x *exec) switchover(ctx context.Context, snap *live.Snapshot) error {
 			return err
 		}
 		j.Phase = alauda.PhasePromoted
-		snap := x.r.Observer.Observe(ctx, x.d)
-		if err := x.journal(ctx, snap, j, from, to); err != nil {
+		if err := x.journal(ctx, x.last, j, from, to); err != nil {
 			return err
 		}
 		phase = alauda.PhasePromoted
+	} else {
+		// Resuming at promoted: nothing observed yet in this run.
+		x.last = x.r.Observer.Observe(ctx, x.d)
 	}
 
 	// Promote (idempotent when resuming), then wait for the new timeline and
-	// for the old primary to follow.
-	snap = x.r.Observer.Observe(ctx, x.d)
-	tOb, _ := snap.Cluster(to.Name)
+	// for the old primary to follow. The gate's snapshot is fresh: the
+	// journal write since changed only the annotation set again here.
+	tOb, _ := x.last.Cluster(to.Name)
 	ann := keepAnnotations(tOb)
 	ann[alauda.AnnotationSwitchover] = j.Encode()
 	if err := x.applyCR(ctx, to, alauda.Shape{IsReplica: false, Instances: to.DeclaredInstances, Annotations: ann}); err != nil {
@@ -95,6 +99,7 @@ func (x *exec) switchover(ctx context.Context, snap *live.Snapshot) error {
 	if err := x.waitStreaming(ctx, from.Name, to.Name); err != nil {
 		return fmt.Errorf("%s does not follow the new primary %s and needs a rebuild (delete its CR and volumes; pgtopo recreates it as a standby): %w", from.Name, to.Name, err)
 	}
+
 	// Done: clear the journal on both CRs.
 	snap = x.r.Observer.Observe(ctx, x.d)
 	for _, c := range []topology.DesiredCluster{from, to} {
@@ -126,7 +131,8 @@ func (x *exec) demote(ctx context.Context, j alauda.Journal, from, to topology.D
 	}
 	if fo.Writable() {
 		if err := x.fence(ctx, fo, to); err != nil {
-			_ = x.unfence(context.Background(), from.Name)
+			// Not demoted: writes must resume at once.
+			_ = x.unfence(context.Background(), x.r.Observer.Observe(context.Background(), x.d), from.Name)
 			return 0, err
 		}
 	}
@@ -154,33 +160,52 @@ func (x *exec) demote(ctx context.Context, j alauda.Journal, from, to topology.D
 		} else {
 			stable, last = 0, end
 		}
-		return stable >= 3, fmt.Sprintf("in recovery, replayed up to %s", last)
+		// A cleanly demoted primary replays nothing after its shutdown
+		// checkpoint; two equal reads rule out crash recovery in progress.
+		return stable >= 1, fmt.Sprintf("in recovery, replayed up to %s", last)
 	})
 	if err != nil {
 		return 0, err
 	}
-	return last, x.unfence(ctx, from.Name)
+	// Lift the fence now that it is a standby (ALTER SYSTEM works in
+	// recovery): left in place, it would make the cluster read-only the
+	// next time it is primary, even after a switchover abandoned here.
+	if err := x.unfence(ctx, x.last, from.Name); err != nil {
+		return 0, err
+	}
+	return last, nil
 }
 
 // fence makes the old primary refuse new writes (new sessions default to
 // read-only, open sessions are ended, so no transaction commits after it),
 // then waits until the target replayed everything the old primary flushed.
 func (x *exec) fence(ctx context.Context, fo *live.ClusterState, to topology.DesiredCluster) error {
-	for _, stmt := range []string{
-		"ALTER SYSTEM SET default_transaction_read_only = on",
-		"SELECT pg_reload_conf()",
-		"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-	} {
-		if err := x.sql(ctx, fo, stmt); err != nil {
-			return fmt.Errorf("fence %s: %w", fo.Name, err)
+	var end live.LSN
+	err := x.session(ctx, fo, func(c *pgx.Conn) error {
+		for _, stmt := range []string{
+			"ALTER SYSTEM SET default_transaction_read_only = on",
+			"SELECT pg_reload_conf()",
+			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+		} {
+			if _, err := c.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("fence: %w", err)
+			}
 		}
+		var inRecovery bool
+		var lsn string
+		if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_current_wal_lsn()::text END").Scan(&inRecovery, &lsn); err != nil {
+			return fmt.Errorf("fence: end of WAL: %w", err)
+		}
+		if inRecovery {
+			return fmt.Errorf("fence: in recovery already, not the primary")
+		}
+		var err error
+		end, err = live.ParseLSN(lsn)
+		return err
+	})
+	if err != nil {
+		return err
 	}
-	snap := x.r.Observer.Observe(ctx, x.d)
-	fo, _ = snap.Cluster(fo.Name)
-	if fo.PG == nil || fo.PG.InRecovery {
-		return fmt.Errorf("fence %s: cannot read its end of WAL", fo.Name)
-	}
-	end := fo.PG.CurrentLSN
 	x.progress("fence: %s refuses new writes; %s must replay up to %s", fo.Name, to.Name, end)
 	return x.wait(ctx, fmt.Sprintf("%s replay >= %s", to.Name, end), func(s *live.Snapshot) (bool, string) {
 		cs, _ := s.Cluster(to.Name)
@@ -200,16 +225,19 @@ func (x *exec) fence(ctx context.Context, fo *live.ClusterState, to topology.Des
 // unfence removes the fence; ALTER SYSTEM works on a standby too, and the
 // setting must not outlive the switchover (it would make the cluster
 // read-only the next time it is primary).
-func (x *exec) unfence(ctx context.Context, name string) error {
-	snap := x.r.Observer.Observe(ctx, x.d)
+func (x *exec) unfence(ctx context.Context, snap *live.Snapshot, name string) error {
 	o, _ := snap.Cluster(name)
 	if o.PG == nil {
 		return fmt.Errorf("unfence %s: cannot connect: %s", name, o.PGError)
 	}
-	if err := x.sql(ctx, o, "ALTER SYSTEM RESET default_transaction_read_only"); err != nil {
-		return fmt.Errorf("unfence %s: %w", name, err)
-	}
-	return x.sql(ctx, o, "SELECT pg_reload_conf()")
+	return x.session(ctx, o, func(c *pgx.Conn) error {
+		for _, stmt := range []string{"ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"} {
+			if _, err := c.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("unfence: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 // waitGate waits until the target has replayed the old primary's end of WAL
