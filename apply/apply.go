@@ -66,12 +66,8 @@ const maxRounds = 3
 func (r *Runner) Apply(ctx context.Context, d *topology.Desired) (*Result, error) {
 	res := &Result{}
 	start := time.Now()
-	var lock *lease
-	defer func() {
-		if lock != nil {
-			lock.release(context.Background())
-		}
-	}()
+	var lock locks
+	defer func() { lock.release(context.Background()) }()
 	for round := 0; round < maxRounds; round++ {
 		snap := r.Observer.Observe(ctx, d)
 		plan := diff.Compute(d, snap, r.Options)
@@ -85,7 +81,7 @@ func (r *Runner) Apply(ctx context.Context, d *topology.Desired) (*Result, error
 			r.progress(start, "converged: %s", plan.Headline())
 			return res, nil
 		}
-		if lock == nil {
+		if len(lock) == 0 {
 			l, err := r.acquire(ctx, d, plan.Steps[0], start)
 			if err != nil {
 				return res, err
@@ -107,10 +103,8 @@ func (r *Runner) Apply(ctx context.Context, d *topology.Desired) (*Result, error
 				return res, fmt.Errorf("%s %s: %w", step.Action, step.Subject, err)
 			}
 			res.Completed = append(res.Completed, step)
-			if lock != nil {
-				if err := lock.err(); err != nil {
-					return res, err
-				}
+			if err := lock.err(); err != nil {
+				return res, err
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,34 +31,64 @@ type lease struct {
 	lost   error
 }
 
-// acquire takes the topology's Lease, waiting up to LockTimeout while
-// another live holder has it.
-func (r *Runner) acquire(ctx context.Context, d *topology.Desired, step diff.Step, start time.Time) (*lease, error) {
-	primary := d.Primary()
-	w, err := r.Writer(primary.Site.Context)
+// locks are the Leases a run holds, in the order taken.
+type locks []*lease
+
+// acquire takes the topology's Lease in every site the lock step names, in
+// its order, waiting up to LockTimeout in all while another live holder
+// has one. On failure it releases what it took.
+func (r *Runner) acquire(ctx context.Context, d *topology.Desired, step diff.Step, start time.Time) (locks, error) {
+	where := step.Locks
+	if len(where) == 0 {
+		for _, l := range d.LockSites() {
+			where = append(where, diff.Subject{Site: l.Site.Name, Namespace: l.Namespace})
+		}
+	}
+	contexts := map[string]string{}
+	for _, s := range d.Sites() {
+		contexts[s.Name] = s.Context
+	}
+	deadline := time.Now().Add(r.LockTimeout)
+	var held locks
+	for _, at := range where {
+		l, err := r.acquireOne(ctx, d, at, contexts[at.Site], deadline, start)
+		if err != nil {
+			held.release(context.Background())
+			return nil, err
+		}
+		held = append(held, l)
+	}
+	var names []string
+	for _, at := range where {
+		names = append(names, at.Site+"/"+at.Namespace)
+	}
+	r.progress(start, "lock: holding Lease %s in %s as %s", live.LeaseName(d.Name), strings.Join(names, ", "), r.Holder)
+	return held, nil
+}
+
+func (r *Runner) acquireOne(ctx context.Context, d *topology.Desired, at diff.Subject, kubeContext string, deadline, start time.Time) (*lease, error) {
+	w, err := r.Writer(kubeContext)
 	if err != nil {
-		return nil, fmt.Errorf("lock: %w", err)
+		return nil, fmt.Errorf("lock in site %s: %w", at.Site, err)
 	}
 	name := live.LeaseName(d.Name)
-	deadline := time.Now().Add(r.LockTimeout)
 	announced := false
 	for {
-		holder, err := tryLock(ctx, w, step.Subject.Namespace, name, r.Holder)
+		holder, err := tryLock(ctx, w, at.Namespace, name, r.Holder)
 		if err != nil {
-			return nil, fmt.Errorf("lock %s/%s: %w", step.Subject.Namespace, name, err)
+			return nil, fmt.Errorf("lock %s/%s in site %s: %w", at.Namespace, name, at.Site, err)
 		}
 		if holder == "" {
-			r.progress(start, "lock: holding Lease %s/%s in site %s as %s", step.Subject.Namespace, name, primary.Site.Name, r.Holder)
-			l := &lease{w: w, ns: step.Subject.Namespace, name: name, holder: r.Holder, stop: make(chan struct{}), done: make(chan struct{})}
+			l := &lease{w: w, ns: at.Namespace, name: name, holder: r.Holder, stop: make(chan struct{}), done: make(chan struct{})}
 			go l.renew()
 			return l, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("lock %s/%s is held by %s; another pgtopo run is applying this topology (waited %s; --lock-timeout)",
-				step.Subject.Namespace, name, holder, r.LockTimeout)
+			return nil, fmt.Errorf("lock %s/%s in site %s is held by %s; another pgtopo run is applying this topology (waited %s; --lock-timeout)",
+				at.Namespace, name, at.Site, holder, r.LockTimeout)
 		}
 		if !announced {
-			r.progress(start, "lock: Lease %s/%s is held by %s; waiting up to %s", step.Subject.Namespace, name, holder, r.LockTimeout)
+			r.progress(start, "lock: Lease %s/%s in site %s is held by %s; waiting up to %s", at.Namespace, name, at.Site, holder, r.LockTimeout)
 			announced = true
 		}
 		select {
@@ -65,6 +96,23 @@ func (r *Runner) acquire(ctx context.Context, d *topology.Desired, step diff.Ste
 			return nil, ctx.Err()
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// err is the first lost Lease, if any.
+func (ls locks) err() error {
+	for _, l := range ls {
+		if err := l.err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// release frees every Lease, last taken first.
+func (ls locks) release(ctx context.Context) {
+	for i := len(ls) - 1; i >= 0; i-- {
+		ls[i].release(ctx)
 	}
 }
 

@@ -90,6 +90,8 @@ type Step struct {
 	Preconditions []Precondition `json:"preconditions,omitempty"`
 	// Switchover names both ends of a role swap.
 	Switchover *Switchover `json:"switchover,omitempty"`
+	// Locks are the Leases a lock step takes, in order.
+	Locks []Subject `json:"locks,omitempty"`
 }
 
 // Switchover is the two clusters of a role swap.

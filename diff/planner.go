@@ -46,9 +46,15 @@ func Compute(d *topology.Desired, snap *live.Snapshot, opt Options) Plan {
 	p.run()
 	sortSteps(p.plan.Steps)
 	if len(p.plan.Steps) > 0 && !p.plan.Refused() {
-		primary := d.Primary()
-		p.plan.Steps = append([]Step{{Action: ActionLock, Subject: Subject{Site: primary.Site.Name, Namespace: primary.Namespace},
-			Reason: fmt.Sprintf("hold Lease %s so no other run changes this topology meanwhile", live.LeaseName(d.Name))}}, p.plan.Steps...)
+		var locks []Subject
+		var where []string
+		for _, l := range d.LockSites() {
+			locks = append(locks, Subject{Site: l.Site.Name, Namespace: l.Namespace})
+			where = append(where, l.Site.Name+"/"+l.Namespace)
+		}
+		p.plan.Steps = append([]Step{{Action: ActionLock, Subject: locks[0], Locks: locks,
+			Reason: fmt.Sprintf("hold Lease %s in every site (%s, in this order) so no other run changes this topology meanwhile",
+				live.LeaseName(d.Name), strings.Join(where, ", "))}}, p.plan.Steps...)
 	}
 	if p.plan.Refused() {
 		// A refused plan changes nothing; listing steps would suggest it might.

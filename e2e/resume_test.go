@@ -117,8 +117,9 @@ func TestConcurrentApplies(t *testing.T) {
 		t.Fatalf("orders-east still writable")
 	}
 	// A holder that keeps the Lease: apply gives up naming it and changes
-	// nothing. The Lease sits in the site of the file's primary (east here).
-	leases := h.lab.Kube["east"].CoordinationV1().Leases("db")
+	// nothing. A run holds the Lease in every site, so a holder in west
+	// blocks a run whose file names east as primary, too.
+	leases := h.lab.Kube["west"].CoordinationV1().Leases("db")
 	l, err := leases.Get(context.Background(), "pgtopo-orders", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -129,8 +130,16 @@ func TestConcurrentApplies(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := h.pgtopo("apply", "-f", east, "--lock-timeout", "2s")
-	if r.code != 1 || !strings.Contains(r.stderr, "is held by ci-runner-42") {
+	if r.code != 1 || !strings.Contains(r.stderr, "lock db/pgtopo-orders in site west is held by ci-runner-42") {
 		t.Fatalf("exit %d, want 1 naming the holder:\n%s", r.code, r.stderr)
+	}
+	// The Lease it took in east on the way was given back.
+	el, err := h.lab.Kube["east"].CoordinationV1().Leases("db").Get(context.Background(), "pgtopo-orders", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if holder := el.Spec.HolderIdentity; holder != nil && *holder != "" {
+		t.Fatalf("east's Lease is still held by %s after a failed lock", *holder)
 	}
 	if ok, _ := h.writable("west", "orders-west"); !ok {
 		t.Fatalf("a run without the lock changed the primary")

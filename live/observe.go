@@ -106,9 +106,11 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	}
 	st.Reachable = true
 	st.NodeIPs = nodeIPs(nodes)
-	primary := d.Primary()
-	if primary.Site.Name == site.Name {
-		lease, err := api.GetLease(ctx, primary.Namespace, LeaseName(d.Name))
+	for _, l := range d.LockSites() {
+		if l.Site.Name != site.Name {
+			continue
+		}
+		lease, err := api.GetLease(ctx, l.Namespace, LeaseName(d.Name))
 		if err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "" {
 			st.Lease = &LeaseInfo{Holder: *lease.Spec.HolderIdentity}
 			if lease.Spec.RenewTime != nil {

@@ -180,3 +180,29 @@ func (p Postgres) StringParameters() (map[string]string, error) {
 	}
 	return out, nil
 }
+
+// LockSite is where a run holds the topology's Lease in one site.
+type LockSite struct {
+	Site      Site
+	Namespace string
+}
+
+// LockSites lists where a run holds the topology's Lease: every site, in
+// name order, each in the namespace of its cluster that sorts first. Two
+// runs whose files differ (another primary, one site more) still share the
+// Leases of the sites they have in common, and taking them in one order
+// cannot deadlock.
+func (d *Desired) LockSites() []LockSite {
+	first := map[string]DesiredCluster{}
+	for _, c := range d.Clusters {
+		if f, ok := first[c.Site.Name]; !ok || c.Name < f.Name {
+			first[c.Site.Name] = c
+		}
+	}
+	out := make([]LockSite, 0, len(first))
+	for _, c := range first {
+		out = append(out, LockSite{Site: c.Site, Namespace: c.Namespace})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Site.Name < out[j].Site.Name })
+	return out
+}

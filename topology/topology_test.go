@@ -2,6 +2,7 @@ package topology
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
@@ -194,5 +195,31 @@ func TestDecodeRejectsUnknownFields(t *testing.T) {
 	}
 	if _, err := doc.Decode(); err == nil || !strings.Contains(err.Error(), `unknown field "primry"`) {
 		t.Fatalf("Decode error = %v", err)
+	}
+}
+
+// TestLockSitesIgnorePrimary: the Leases a run takes depend on the sites
+// and clusters, not on which cluster is primary, so runs of files that
+// name different primaries contend for the same Leases.
+func TestLockSitesIgnorePrimary(t *testing.T) {
+	top := load(t, "three-sites.yaml")
+	var got [][]LockSite
+	for _, primary := range []string{"ledger-east", "ledger-west", "ledger-south"} {
+		top.Spec.Primary = primary
+		d, err := top.Desired()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, d.LockSites())
+	}
+	want := []LockSite{
+		{Site: Site{Name: "east", Context: "prod-east"}, Namespace: "ledger"},
+		{Site: Site{Name: "south", Context: "prod-south"}, Namespace: "ledger"},
+		{Site: Site{Name: "west", Context: "prod-west"}, Namespace: "ledger"},
+	}
+	for i, g := range got {
+		if fmt.Sprint(g) != fmt.Sprint(want) {
+			t.Errorf("primary #%d: LockSites = %v, want %v", i, g, want)
+		}
 	}
 }
