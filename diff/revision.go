@@ -62,7 +62,7 @@ func (p *planner) checkRevisions() {
 		case HistoryDiverged:
 			what = fmt.Sprintf("revision %s is not a descendant of %s: the history diverged", short(p.opt.Revision), short(rec))
 		default:
-			what = fmt.Sprintf("revision %s cannot be ordered against %s, which this repository does not have", short(p.opt.Revision), short(rec))
+			what = fmt.Sprintf("revision %s cannot be ordered against %s, which this repository does not have (a shallow clone? fetch the full history)", short(p.opt.Revision), short(rec))
 		}
 		where := strings.Join(onCluster[rec], ", ")
 		if p.opt.AllowRollback {
