@@ -49,7 +49,7 @@ LAB ?= .lab
 LABENV := KUBECONFIG=$(LAB)/kubeconfig
 
 demo: deps build ## the main job end to end on the built-in lab: bring-up, then a switchover
-	-bin/pglab down --dir $(LAB) >/dev/null 2>&1
+	-bin/pglab down --dir $(LAB) >/dev/null 2>&1; rm -rf $(LAB)
 	bin/pglab up --dir $(LAB) --sites east,west
 	$(LABENV) bin/pgtopo apply -f examples/topologies/lab-two-sites.yaml
 	$(LABENV) bin/pgtopo status -f examples/topologies/lab-two-sites.yaml
