@@ -40,9 +40,7 @@ type locks []*lease
 func (r *Runner) acquire(ctx context.Context, d *topology.Desired, step diff.Step, start time.Time) (locks, error) {
 	where := step.Locks
 	if len(where) == 0 {
-		for _, l := range d.LockSites() {
-			where = append(where, diff.Subject{Site: l.Site.Name, Namespace: l.Namespace})
-		}
+		return nil, fmt.Errorf("lock: the plan's lock step names no site")
 	}
 	contexts := map[string]string{}
 	for _, s := range d.Sites() {

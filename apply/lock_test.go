@@ -87,7 +87,9 @@ func TestLocksEverySiteInOrder(t *testing.T) {
 	r := &Runner{Holder: "me", LockTimeout: time.Second, Writer: func(c string) (SiteWriter, error) { return sites[c], nil }}
 	d := threeSites()
 
-	held, err := r.acquire(context.Background(), d, diff.Step{Action: diff.ActionLock}, time.Now())
+	step := diff.Step{Action: diff.ActionLock, Locks: []diff.Subject{
+		{Site: "east", Namespace: "db"}, {Site: "south", Namespace: "ledger"}, {Site: "west", Namespace: "db"}}}
+	held, err := r.acquire(context.Background(), d, step, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func TestLocksEverySiteInOrder(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "pgtopo-orders", Namespace: "db"},
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &secs, RenewTime: &now},
 	}
-	_, err = r.acquire(context.Background(), d, diff.Step{Action: diff.ActionLock}, time.Now())
+	_, err = r.acquire(context.Background(), d, step, time.Now())
 	if err == nil || !strings.Contains(err.Error(), "lock db/pgtopo-orders in site west is held by ci-runner-7") {
 		t.Fatalf("error = %v, want the holder named", err)
 	}

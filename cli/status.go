@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/flavor/alauda"
 	"github.com/pgtopo/pgtopo/live"
 )
@@ -56,7 +57,7 @@ func writeStatus(e env, snap *live.Snapshot) {
 		default:
 			state = c.CR.Status
 			if c.CR.Annotations[alauda.AnnotationRevision] != "" {
-				rev = shortRevision(c.CR.Annotations[alauda.AnnotationRevision])
+				rev = diff.ShortRevision(c.CR.Annotations[alauda.AnnotationRevision])
 			} else if c.CR.Annotations[alauda.AnnotationDigest] != "" {
 				rev = "digest " + c.CR.Annotations[alauda.AnnotationDigest]
 			}
@@ -99,13 +100,4 @@ func writeStatus(e env, snap *live.Snapshot) {
 			fmt.Fprintf(e.stderr, "%s (%s/%s): %s\n", c.Name, c.Site, c.Namespace, c.PGError)
 		}
 	}
-}
-
-// shortRevision abbreviates a commit hash as git log --oneline does (a
-// little longer, to stay unambiguous in big repositories).
-func shortRevision(rev string) string {
-	if len(rev) == 40 {
-		return rev[:12]
-	}
-	return rev
 }

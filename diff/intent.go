@@ -102,7 +102,7 @@ func Describe(base, head *topology.Desired) []Intent {
 // Roles are left out: the switchover intent says them.
 func clusterChanges(old, c topology.DesiredCluster) []string {
 	var out []string
-	diff := func(what, a, b string) {
+	changed := func(what, a, b string) {
 		if a != b {
 			out = append(out, fmt.Sprintf("%s %s → %s", what, show(a), show(b)))
 		}
@@ -111,17 +111,17 @@ func clusterChanges(old, c topology.DesiredCluster) []string {
 		out = append(out, fmt.Sprintf("moved from %s/%s to %s/%s: pgtopo creates it anew there and leaves the old CR alone",
 			old.Site.Name, old.Namespace, c.Site.Name, c.Namespace))
 	}
-	diff("instances", fmt.Sprint(old.DeclaredInstances), fmt.Sprint(c.DeclaredInstances))
-	diff("PostgreSQL version", old.Version, c.Version)
-	diff("volume size", old.VolumeSize, c.VolumeSize)
-	diff("team", old.TeamID, c.TeamID)
-	diff("endpoint", endpointText(old.Endpoint), endpointText(c.Endpoint))
+	changed("instances", fmt.Sprint(old.DeclaredInstances), fmt.Sprint(c.DeclaredInstances))
+	changed("PostgreSQL version", old.Version, c.Version)
+	changed("volume size", old.VolumeSize, c.VolumeSize)
+	changed("team", old.TeamID, c.TeamID)
+	changed("endpoint", endpointText(old.Endpoint), endpointText(c.Endpoint))
 	if old.Role == c.Role && old.Role == topology.RoleStandby {
-		diff("streams from", old.Peer, c.Peer)
+		changed("streams from", old.Peer, c.Peer)
 	}
 	keys := slices.Sorted(maps.Keys(mergeKeys(old.Parameters, c.Parameters)))
 	for _, k := range keys {
-		diff("parameter "+k, old.Parameters[k], c.Parameters[k])
+		changed("parameter "+k, old.Parameters[k], c.Parameters[k])
 	}
 	return out
 }
@@ -157,14 +157,14 @@ type PullRequest struct {
 // Headline says in one line what merging does.
 func (pr *PullRequest) Headline() string {
 	if len(pr.Intents) == 0 {
-		return fmt.Sprintf("merging %s changes nothing in %s", short(pr.Head), pr.Path)
+		return fmt.Sprintf("merging %s changes nothing in %s", ShortRevision(pr.Head), pr.Path)
 	}
 	for _, in := range pr.Intents {
 		if in.Kind == IntentSwitchover || in.Kind == IntentNewTopology {
-			return "merging " + short(pr.Head) + ": " + in.Text
+			return "merging " + ShortRevision(pr.Head) + ": " + in.Text
 		}
 	}
-	return fmt.Sprintf("merging %s: %d change(s) to %s", short(pr.Head), len(pr.Intents), pr.Path)
+	return fmt.Sprintf("merging %s: %d change(s) to %s", ShortRevision(pr.Head), len(pr.Intents), pr.Path)
 }
 
 var intentSymbols = map[IntentKind]string{
@@ -176,7 +176,7 @@ var intentSymbols = map[IntentKind]string{
 func (pr *PullRequest) WriteText(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n", pr.Headline())
-	fmt.Fprintf(&b, "%s: base %s, head %s\n", pr.Path, short(pr.Base), short(pr.Head))
+	fmt.Fprintf(&b, "%s: base %s, head %s\n", pr.Path, ShortRevision(pr.Base), ShortRevision(pr.Head))
 	if len(pr.Intents) > 0 {
 		fmt.Fprintf(&b, "\nWhat merging does:\n")
 		for _, in := range pr.Intents {
@@ -184,7 +184,7 @@ func (pr *PullRequest) WriteText(w io.Writer) error {
 		}
 	}
 	if pr.Plan != nil {
-		fmt.Fprintf(&b, "\nLive plan for %s:\n", short(pr.Head))
+		fmt.Fprintf(&b, "\nLive plan for %s:\n", ShortRevision(pr.Head))
 	}
 	if _, err := w.Write([]byte(b.String())); err != nil {
 		return err
@@ -199,7 +199,7 @@ func (pr *PullRequest) WriteText(w io.Writer) error {
 func (pr *PullRequest) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## pgtopo: %s\n\n", pr.Headline())
-	fmt.Fprintf(&b, "`%s`, base `%s`, head `%s`\n\n", pr.Path, short(pr.Base), short(pr.Head))
+	fmt.Fprintf(&b, "`%s`, base `%s`, head `%s`\n\n", pr.Path, ShortRevision(pr.Base), ShortRevision(pr.Head))
 	if len(pr.Intents) == 0 {
 		fmt.Fprintf(&b, "The topology is the same at both revisions.\n")
 	}

@@ -58,23 +58,24 @@ func (p *planner) checkRevisions() {
 		var what string
 		switch h {
 		case HistoryRollback:
-			what = fmt.Sprintf("revision %s is older than %s (an ancestor of it): applying it rolls back", short(p.opt.Revision), short(rec))
+			what = fmt.Sprintf("revision %s is older than %s (an ancestor of it): applying it rolls back", ShortRevision(p.opt.Revision), ShortRevision(rec))
 		case HistoryDiverged:
-			what = fmt.Sprintf("revision %s is not a descendant of %s: the history diverged", short(p.opt.Revision), short(rec))
+			what = fmt.Sprintf("revision %s is not a descendant of %s: the history diverged", ShortRevision(p.opt.Revision), ShortRevision(rec))
 		default:
-			what = fmt.Sprintf("revision %s cannot be ordered against %s, which this repository does not have (a shallow clone? fetch the full history)", short(p.opt.Revision), short(rec))
+			what = fmt.Sprintf("revision %s cannot be ordered against %s, which this repository does not have (a shallow clone? fetch the full history)", ShortRevision(p.opt.Revision), ShortRevision(rec))
 		}
 		where := strings.Join(onCluster[rec], ", ")
 		if p.opt.AllowRollback {
-			p.note(nil, "%s last applied revision %s; %s (allowed by --allow-rollback)", where, short(rec), what)
+			p.note(nil, "%s last applied revision %s; %s (allowed by --allow-rollback)", where, ShortRevision(rec), what)
 			continue
 		}
-		p.refuse(nil, "%s last applied revision %s; %s. Pass --allow-rollback if that is intended", where, short(rec), what)
+		p.refuse(nil, "%s last applied revision %s; %s. Pass --allow-rollback if that is intended", where, ShortRevision(rec), what)
 	}
 }
 
-// short abbreviates a commit hash for messages; the JSON keeps it whole.
-func short(rev string) string {
+// ShortRevision abbreviates a commit hash for people (a little longer than
+// git's default, to stay unambiguous); JSON keeps it whole.
+func ShortRevision(rev string) string {
 	if len(rev) == 40 {
 		return rev[:12]
 	}

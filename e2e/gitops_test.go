@@ -240,7 +240,8 @@ func TestGitOpsEndToEnd(t *testing.T) {
 	c3 := repo.Commit("orders: back to east", map[string]string{"deploy/topology.yaml": string(topoEast)})
 	repo.Git("push", "-q", "origin", "main")
 	_, _ = l.waitFor(t, 30*time.Second, "switchover start", next, func(r logRecord) bool {
-		return r.Msg == "progress" && strings.HasPrefix(strings.SplitN(r.Step, "] ", 2)[len(strings.SplitN(r.Step, "] ", 2))-1], "switchover ")
+		_, step, _ := strings.Cut(r.Step, "] ") // after the elapsed-time prefix
+		return r.Msg == "progress" && strings.HasPrefix(step, "switchover ")
 	})
 	signalled := l.count()
 	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {

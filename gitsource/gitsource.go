@@ -79,6 +79,9 @@ func Open(ctx context.Context, location string, auth transport.AuthMethod) (*Rep
 	if err := r.Refresh(ctx); err != nil {
 		return nil, err
 	}
+	if err := r.followRemoteHEAD(ctx); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -107,11 +110,13 @@ func (r *Repository) Refresh(ctx context.Context) error {
 	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
 		return fmt.Errorf("%s: fetch: %s", r.location, redactText(err.Error()))
 	}
-	return r.followRemoteHEAD(ctx)
+	return nil
 }
 
 // followRemoteHEAD points HEAD where the remote's HEAD points, so an empty
-// --ref means the remote's default branch, as after git clone.
+// --ref means the remote's default branch, as after git clone. Done once at
+// Open: a default branch rarely moves, and asking on every Refresh would
+// cost the loop a round trip each cycle.
 func (r *Repository) followRemoteHEAD(ctx context.Context) error {
 	origin, err := r.repo.Remote("origin")
 	if err != nil {

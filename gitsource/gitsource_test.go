@@ -41,8 +41,7 @@ func makeHistory(t *testing.T) history {
 
 func TestResolveAndRead(t *testing.T) {
 	h := makeHistory(t)
-	bare := filepath.Join(t.TempDir(), "topology.git")
-	h.repo.Git("clone", "-q", "--bare", h.repo.Dir, bare)
+	bare := h.repo.Bare()
 
 	locations := map[string]string{
 		"local work tree":    h.repo.Dir,
@@ -110,9 +109,7 @@ func TestOpenNotARepository(t *testing.T) {
 // seen after Refresh.
 func TestRefreshSeesNewCommits(t *testing.T) {
 	h := makeHistory(t)
-	bare := filepath.Join(t.TempDir(), "topology.git")
-	h.repo.Git("clone", "-q", "--bare", h.repo.Dir, bare)
-	h.repo.Git("remote", "add", "origin", bare)
+	bare := h.repo.Bare()
 
 	remote, err := gitsource.Open(context.Background(), "file://"+bare, nil)
 	if err != nil {

@@ -147,7 +147,7 @@ func (l *Loop) once(ctx context.Context) Cycle {
 }
 
 func (l *Loop) logCycle(c Cycle) {
-	attrs := []any{"result", string(c.Outcome), "revision", short(c.Revision), "duration", c.Duration.Round(time.Millisecond).String()}
+	attrs := []any{"result", string(c.Outcome), "revision", orDash(diff.ShortRevision(c.Revision)), "duration", c.Duration.Round(time.Millisecond).String()}
 	if c.Plan != nil {
 		attrs = append(attrs, "plan", c.Plan.Headline(), "steps", len(c.Applied))
 	}
@@ -171,12 +171,9 @@ func (l *Loop) Healthy(now time.Time, maxAge time.Duration) (bool, time.Time) {
 	return !l.last.IsZero() && now.Sub(l.last) <= maxAge, l.last
 }
 
-func short(rev string) string {
-	if len(rev) > 12 {
-		return rev[:12]
-	}
-	if rev == "" {
+func orDash(s string) string {
+	if s == "" {
 		return "-"
 	}
-	return rev
+	return s
 }
