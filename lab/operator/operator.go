@@ -495,14 +495,25 @@ func sameJSON(a any, b map[string]any) bool {
 }
 
 // ensureMembers starts members 0..n-1 and removes the ones beyond.
+// ensureMembers starts missing members in order, each only once the one
+// before it runs, as a StatefulSet's OrderedReady pod management does. So
+// member 0 bootstraps and leads a new cluster; started together, members
+// race for the leader lock and a later scale-down could remove the leader.
 func (o *Operator) ensureMembers(ctx context.Context, c *cluster, password string) error {
 	spec := c.spec
 	for i := 0; i < spec.Instances; i++ {
+		if i > 0 && !o.memberRunning(c, i) && c.members[i-1].status.State != "running" {
+			return nil // the next pass starts it, once member i-1 runs
+		}
 		if err := o.ensureMember(c, i, password); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func (o *Operator) memberRunning(c *cluster, i int) bool {
+	return proc.Alive(proc.ReadPid(filepath.Join(c.dir, strconv.Itoa(i), "patroni.pid")))
 }
 
 // roleSettled reports whether the leader's role is the one the CR asks for.
@@ -521,6 +532,12 @@ func (o *Operator) scaleDown(ctx context.Context, c *cluster) {
 	for _, e := range entries {
 		i, err := strconv.Atoi(e.Name())
 		if err != nil || i < c.spec.Instances {
+			continue
+		}
+		if m, ok := c.members[i]; ok && m.ip != "" && m.ip == c.leaderIP {
+			// Removing the leader would fail over to a member that may not
+			// have caught up; keep it until leadership moves.
+			o.log.Info("scale-down waits: member leads the cluster", "member", o.memberName(c, i))
 			continue
 		}
 		o.removeMember(ctx, c, i)
