@@ -256,8 +256,19 @@ func (x *exec) record(ctx context.Context, snap *live.Snapshot) error {
 	return x.applyCR(ctx, c, s)
 }
 
+// Poll intervals of waits: a switchover's writes are blocked while it waits,
+// so its waits poll more often than the others.
+const (
+	pollEvery      = 300 * time.Millisecond
+	pollSwitchover = 100 * time.Millisecond
+)
+
 // wait re-observes until cond holds, printing progress every few seconds.
 func (x *exec) wait(ctx context.Context, what string, cond func(*live.Snapshot) (bool, string)) error {
+	return x.waitEvery(ctx, pollEvery, what, cond)
+}
+
+func (x *exec) waitEvery(ctx context.Context, every time.Duration, what string, cond func(*live.Snapshot) (bool, string)) error {
 	timeout := x.r.StepTimeout
 	if timeout == 0 {
 		timeout = 5 * time.Minute
@@ -284,7 +295,7 @@ func (x *exec) wait(ctx context.Context, what string, cond func(*live.Snapshot) 
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(300 * time.Millisecond):
+		case <-time.After(every):
 		}
 	}
 }

@@ -40,6 +40,7 @@ func (x *exec) switchover(ctx context.Context, snap *live.Snapshot) error {
 		x.progress("resuming switchover %s → %s at phase %s", from.Name, to.Name, phase)
 	}
 
+	var demoted *live.Snapshot // the snapshot that read the end of WAL, in this run
 	if phase == alauda.PhaseDemoting {
 		gate, err := x.demote(ctx, j, from, to)
 		if err != nil {
@@ -50,7 +51,7 @@ func (x *exec) switchover(ctx context.Context, snap *live.Snapshot) error {
 			return err
 		}
 		x.progress("journal: gate recorded: %s must replay up to %s", to.Name, gate)
-		phase = alauda.PhaseGated
+		phase, demoted = alauda.PhaseGated, x.last
 	}
 
 	if phase == alauda.PhaseGated {
@@ -58,7 +59,7 @@ func (x *exec) switchover(ctx context.Context, snap *live.Snapshot) error {
 		if err != nil {
 			return fmt.Errorf("journal: %w", err)
 		}
-		if err := x.waitGate(ctx, j, gate, from, to); err != nil {
+		if err := x.waitGate(ctx, j, gate, to, demoted); err != nil {
 			return err
 		}
 		j.Phase = alauda.PhasePromoted
@@ -81,7 +82,7 @@ func (x *exec) switchover(ctx context.Context, snap *live.Snapshot) error {
 		return err
 	}
 	x.progress("promote: %s isReplica false, numberOfInstances %d", to.Name, to.DeclaredInstances)
-	if err := x.wait(ctx, fmt.Sprintf("%s writable on timeline %d", to.Name, j.Timeline+1), func(s *live.Snapshot) (bool, string) {
+	if err := x.waitEvery(ctx, pollSwitchover, fmt.Sprintf("%s writable on timeline %d", to.Name, j.Timeline+1), func(s *live.Snapshot) (bool, string) {
 		cs, _ := s.Cluster(to.Name)
 		return cs.Writable() && cs.PG.Timeline > j.Timeline, statusWords(cs)
 	}); err != nil {
@@ -142,27 +143,24 @@ func (x *exec) demote(ctx context.Context, j alauda.Journal, from, to topology.D
 		return 0, err
 	}
 	x.progress("demote: %s isReplica true, numberOfInstances 1, peer %s", from.Name, tOb.Endpoint)
-	var last live.LSN
-	stable := 0
-	err := x.wait(ctx, fmt.Sprintf("%s in recovery with a settled end of WAL", from.Name), func(s *live.Snapshot) (bool, string) {
+	var end live.LSN
+	err := x.waitEvery(ctx, pollSwitchover, fmt.Sprintf("%s in recovery, for its end of WAL", from.Name), func(s *live.Snapshot) (bool, string) {
 		cs, _ := s.Cluster(from.Name)
 		if cs.PG == nil || !cs.PG.InRecovery {
-			stable = 0
 			return false, statusWords(cs)
 		}
 		if cs.PG.SystemID != j.SystemID {
 			return false, fmt.Sprintf("system identifier %s, journal says %s", cs.PG.SystemID, j.SystemID)
 		}
-		// The replay position, not the receive position: a restarted WAL
-		// receiver reports the segment it asks for, which is no WAL at all.
-		if end := cs.PG.ReplayLSN; end == last {
-			stable++
-		} else {
-			stable, last = 0, end
-		}
-		// A cleanly demoted primary replays nothing after its shutdown
-		// checkpoint; two equal reads rule out crash recovery in progress.
-		return stable >= 1, fmt.Sprintf("in recovery, replayed up to %s", last)
+		// One read is final. A demoted primary that PostgreSQL finds shut
+		// down replays nothing after its shutdown checkpoint; one that was
+		// stopped with an immediate shutdown first replays all of pg_wal
+		// (crash recovery) and admits no connection until it has. Its
+		// upstream, the target, has no WAL it lacks. The replay position,
+		// not the receive position: a restarted WAL receiver reports the
+		// segment it asks for, which is no WAL at all.
+		end = cs.PG.ReplayLSN
+		return true, fmt.Sprintf("in recovery, replayed up to %s", end)
 	})
 	if err != nil {
 		return 0, err
@@ -173,11 +171,12 @@ func (x *exec) demote(ctx context.Context, j alauda.Journal, from, to topology.D
 	if err := x.unfence(ctx, x.last, from.Name); err != nil {
 		return 0, err
 	}
-	return last, nil
+	return end, nil
 }
 
 // fence makes the old primary refuse new writes (new sessions default to
-// read-only, open sessions are ended, so no transaction commits after it),
+// read-only, open sessions but Patroni's are ended, so no transaction
+// commits after it; what Patroni might still write, the gate covers),
 // then waits until the target replayed everything the old primary flushed.
 func (x *exec) fence(ctx context.Context, fo *live.ClusterState, to topology.DesiredCluster) error {
 	var end live.LSN
@@ -185,7 +184,9 @@ func (x *exec) fence(ctx context.Context, fo *live.ClusterState, to topology.Des
 		for _, stmt := range []string{
 			"ALTER SYSTEM SET default_transaction_read_only = on",
 			"SELECT pg_reload_conf()",
-			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+			// Patroni's own session is spared: ended, it costs Patroni a
+			// loop and delays the demotion this fence precedes.
+			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name NOT LIKE 'Patroni%'",
 		} {
 			if _, err := c.Exec(ctx, stmt); err != nil {
 				return fmt.Errorf("fence: %w", err)
@@ -241,9 +242,12 @@ func (x *exec) unfence(ctx context.Context, snap *live.Snapshot, name string) er
 }
 
 // waitGate waits until the target has replayed the old primary's end of WAL
-// on the same system and timeline: the zero-data-loss gate.
-func (x *exec) waitGate(ctx context.Context, j alauda.Journal, gate live.LSN, from, to topology.DesiredCluster) error {
-	return x.wait(ctx, fmt.Sprintf("gate: %s replay >= %s", to.Name, gate), func(s *live.Snapshot) (bool, string) {
+// on the same system and timeline: the zero-data-loss gate. Replay only
+// moves forward, so seen, the snapshot that read that end of WAL, is
+// evidence enough when it already shows the target past it.
+func (x *exec) waitGate(ctx context.Context, j alauda.Journal, gate live.LSN, to topology.DesiredCluster, seen *live.Snapshot) error {
+	what := fmt.Sprintf("gate: %s replay >= %s", to.Name, gate)
+	cond := func(s *live.Snapshot) (bool, string) {
 		cs, _ := s.Cluster(to.Name)
 		if cs.PG == nil {
 			return false, statusWords(cs)
@@ -263,7 +267,14 @@ func (x *exec) waitGate(ctx context.Context, j alauda.Journal, gate live.LSN, fr
 			return false, fmt.Sprintf("%s replay %s, %s behind", to.Name, cs.PG.ReplayLSN, diff.HumanBytes(int64(gate-cs.PG.ReplayLSN)))
 		}
 		return true, fmt.Sprintf("%s replay %s", to.Name, cs.PG.ReplayLSN)
-	})
+	}
+	if seen != nil {
+		if ok, detail := cond(seen); ok {
+			x.progress("%s (%s)", what, detail)
+			return nil
+		}
+	}
+	return x.waitEvery(ctx, pollSwitchover, what, cond)
 }
 
 // streamsFrom reports whether a standby's WAL receiver streams from the

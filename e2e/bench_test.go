@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -70,13 +71,17 @@ func BenchmarkObserve(b *testing.B) {
 		}}
 	}
 	var parBusy, seqBusy machineTime
-	measure := func(o *live.Observer, d *topology.Desired, busy *machineTime) time.Duration {
-		before := readMachineTime(b)
+	parByProc := processTime{}
+	measure := func(o *live.Observer, d *topology.Desired, busy *machineTime, byProc processTime) time.Duration {
+		before, procsBefore := readMachineTime(b), readProcessTime()
 		start := time.Now()
 		snap := o.Observe(context.Background(), d)
 		took := time.Since(start)
 		if busy != nil {
 			busy.add(readMachineTime(b).since(before))
+		}
+		if byProc != nil {
+			byProc.add(readProcessTime().since(procsBefore))
 		}
 		for _, c := range snap.Clusters {
 			if c.PG == nil {
@@ -86,14 +91,14 @@ func BenchmarkObserve(b *testing.B) {
 		return took
 	}
 	parallel, sequential := obs(false), obs(true)
-	measure(parallel, d, nil) // build the clients outside the measurement
-	measure(sequential, d, nil)
+	measure(parallel, d, nil, nil) // build the clients outside the measurement
+	measure(sequential, d, nil, nil)
 	b.ResetTimer()
 	var par, seq time.Duration
 	for i := 0; i < b.N; i++ {
 		for j := 0; j < 5; j++ {
-			par += measure(parallel, d, &parBusy)
-			seq += measure(sequential, d, &seqBusy)
+			par += measure(parallel, d, &parBusy, parByProc)
+			seq += measure(sequential, d, &seqBusy, nil)
 		}
 	}
 	ratio := float64(par) / float64(seq)
@@ -106,6 +111,78 @@ func BenchmarkObserve(b *testing.B) {
 	// parallel cannot beat sequential by more than the core count allows.
 	fmt.Printf("observe 4 sites: machine busy %.0f%% while parallel, %.0f%% while sequential (%d CPUs, all processes: apiservers, etcd, PostgreSQL, proxies, pgtopo)\n",
 		parBusy.percent(), seqBusy.percent(), runtime.NumCPU())
+	fmt.Printf("observe 4 sites: CPU per parallel snapshot by process: %s\n", parByProc.per(5*b.N))
+}
+
+// processTime is CPU time (user + system, in clock ticks) by command name,
+// summed over every process of the machine.
+type processTime map[string]int64
+
+func readProcessTime() processTime {
+	out := processTime{}
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// comm is in parentheses and may hold spaces; the fields after it
+		// are numbered from state (field 3): utime is 14, stime 15.
+		open, close := strings.IndexByte(string(data), '('), strings.LastIndexByte(string(data), ')')
+		if open < 0 || close < open {
+			continue
+		}
+		f := strings.Fields(string(data[close+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		out[string(data[open+1:close])] += u + st
+	}
+	return out
+}
+
+// since is the CPU each command used between o and p; a process that
+// exited in between is not counted.
+func (p processTime) since(o processTime) processTime {
+	d := processTime{}
+	for k, v := range p {
+		if v > o[k] {
+			d[k] = v - o[k]
+		}
+	}
+	return d
+}
+
+func (p processTime) add(o processTime) {
+	for k, v := range o {
+		p[k] += v
+	}
+}
+
+// per renders milliseconds of CPU per snapshot, the largest first.
+func (p processTime) per(n int) string {
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	names := make([]string, 0, len(p))
+	for k := range p {
+		names = append(names, k)
+	}
+	sort.Slice(names, func(i, j int) bool { return p[names[i]] > p[names[j]] })
+	var parts []string
+	var total int64
+	for _, k := range names {
+		total += p[k]
+	}
+	for _, k := range names {
+		if ms := time.Duration(p[k]) * tick / time.Duration(n); ms >= time.Millisecond {
+			parts = append(parts, fmt.Sprintf("%s %dms", k, ms.Milliseconds()))
+		}
+	}
+	return fmt.Sprintf("%dms in all: %s", (time.Duration(total) * tick / time.Duration(n)).Milliseconds(), strings.Join(parts, ", "))
 }
 
 // machineTime is busy and total CPU time of the whole machine, from

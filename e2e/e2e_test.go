@@ -134,6 +134,7 @@ type writer struct {
 	stop      chan struct{}
 	done      sync.WaitGroup
 	longestMs atomic.Int64
+	gapFrom   atomic.Int64 // unix nanoseconds of the last commit before the longest gap
 }
 
 func (h *harness) startWriter() *writer {
@@ -177,6 +178,7 @@ func (h *harness) startWriter() *writer {
 			w.acked = append(w.acked, id)
 			if gap := time.Since(last).Milliseconds(); gap > w.longestMs.Load() {
 				w.longestMs.Store(gap)
+				w.gapFrom.Store(last.UnixNano())
 			}
 			last = time.Now()
 			time.Sleep(5 * time.Millisecond)

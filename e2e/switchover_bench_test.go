@@ -18,9 +18,12 @@ func (h *harness) window(b *testing.B, newPrimary, site string, swap func()) (ti
 	w := h.startWriter()
 	time.Sleep(2 * time.Second)
 	w.longestMs.Store(0)
+	began := time.Now()
 	swap()
 	time.Sleep(3 * time.Second)
 	w.finish()
+	from := time.Unix(0, w.gapFrom.Load()).Sub(began)
+	b.Logf("writes stopped %.2fs after the swap began, resumed %.2fs after", from.Seconds(), (from + time.Duration(w.longestMs.Load())*time.Millisecond).Seconds())
 	return time.Duration(w.longestMs.Load()) * time.Millisecond, h.missing(site, newPrimary, w.acked), len(w.acked)
 }
 
@@ -75,9 +78,11 @@ func BenchmarkSwitchover(b *testing.B) {
 	var pgLost, rbLost int64
 	for i := 0; i < b.N; i++ {
 		gap, lost, n := h.window(b, "orders-west", "west", func() {
-			if r := h.pgtopo("apply", "-f", west); r.code != 0 {
+			r := h.pgtopo("apply", "-f", west)
+			if r.code != 0 {
 				b.Fatalf("apply: %s %s", r.stdout, r.stderr)
 			}
+			b.Logf("pgtopo apply progress:\n%s", r.stderr)
 		})
 		pg, pgLost = pg+gap, pgLost+lost
 		b.Logf("pgtopo: window %s, %d of %d rows lost", gap, lost, n)

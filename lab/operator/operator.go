@@ -23,7 +23,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
@@ -94,11 +96,14 @@ func New(dir, site string, log *slog.Logger) (*Operator, error) {
 	}, nil
 }
 
-// Run reconciles every second until ctx ends. Members keep running when the
-// operator stops, like pods when the real operator restarts.
+// Run reconciles when a CR's spec changes, as an informer-driven operator
+// does, and every second besides, to follow Patroni. Members keep running
+// when the operator stops, like pods when the real operator restarts.
 func (o *Operator) Run(ctx context.Context) error {
 	defer o.proxies.closeAll()
 	o.log.Info("operator started", "site", o.site.Name, "node", o.addrs.NodeIP())
+	changed := make(chan struct{}, 1)
+	go o.watchSpecs(ctx, changed)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -107,7 +112,40 @@ func (o *Operator) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-changed:
 		}
+	}
+}
+
+// watchSpecs signals changed when a CR is added, deleted or has a new spec
+// (a new generation); status and annotation writes do not count, so the
+// operator's own status updates do not wake it.
+func (o *Operator) watchSpecs(ctx context.Context, changed chan<- struct{}) {
+	generations := map[types.UID]int64{}
+	for ctx.Err() == nil {
+		w, err := o.dyn.Resource(GVR).Namespace("").Watch(ctx, metav1.ListOptions{})
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for ev := range w.ResultChan() {
+			cr, ok := ev.Object.(*unstructured.Unstructured)
+			if !ok {
+				continue
+			}
+			if ev.Type == watch.Modified && generations[cr.GetUID()] == cr.GetGeneration() {
+				continue
+			}
+			generations[cr.GetUID()] = cr.GetGeneration()
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+		w.Stop()
 	}
 }
 
@@ -632,6 +670,11 @@ func (o *Operator) observeMembers(ctx context.Context, c *cluster) {
 	if entries, _ := os.ReadDir(c.dir); len(entries) > n {
 		n = len(entries)
 	}
+	routeLeader := ""
+	if r := c.routes.Load(); r != nil {
+		routeLeader = r.leader
+	}
+	present := false
 	for i := 0; i < n; i++ {
 		ip, err := o.ips.pod(c.spec.key() + "/" + strconv.Itoa(i))
 		if err != nil {
@@ -639,6 +682,9 @@ func (o *Operator) observeMembers(ctx context.Context, c *cluster) {
 		}
 		st, err := o.patroni.status(ctx, ip)
 		c.members[i] = memberView{ip: ip, status: st, err: err}
+		if ip == routeLeader && o.memberRunning(c, i) {
+			present = true
+		}
 		if err != nil || st.State != "running" {
 			continue
 		}
@@ -648,7 +694,14 @@ func (o *Operator) observeMembers(ctx context.Context, c *cluster) {
 			c.replicaIPs = append(c.replicaIPs, ip)
 		}
 	}
-	c.routes.Store(&routes{leader: c.leaderIP, replicas: c.replicaIPs})
+	// The master Service follows the leader lock, as Patroni keeps the
+	// Endpoints of the real one: a leader that restarts (a demotion to
+	// standby leader) keeps its route, which moves only when another
+	// member becomes leader or the member is gone.
+	if c.leaderIP != "" || !present {
+		routeLeader = c.leaderIP
+	}
+	c.routes.Store(&routes{leader: routeLeader, replicas: c.replicaIPs})
 }
 
 func (o *Operator) clusterStatus(c *cluster) (string, string) {
