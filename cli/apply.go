@@ -45,7 +45,8 @@ from the switchover journal. Exit status: 0 converged, 1 error or refusal.`,
 			if err != nil {
 				return err
 			}
-			obs := src.observer()
+			obs, closeConns := src.keepingObserver()
+			defer closeConns()
 			snap := obs.Observe(ctx, in.Desired)
 			opt, err := in.PlanOptions(snap, allowRollback)
 			if err != nil {

@@ -112,8 +112,17 @@ func (f *sourceFlags) sites() *kube.Sites {
 	return f.siteCache
 }
 
-// observer builds the live observer from the kubeconfig flags.
-func (f *sourceFlags) observer() *live.Observer {
+// observer builds the live observer from the kubeconfig flags; one that
+// keeps database sessions between snapshots, for runs that observe again
+// and again, also returns what ends them.
+func (f *sourceFlags) observer() *live.Observer { return f.newObserver(nil) }
+
+func (f *sourceFlags) keepingObserver() (*live.Observer, func()) {
+	keep := &live.Conns{}
+	return f.newObserver(keep), keep.Close
+}
+
+func (f *sourceFlags) newObserver(keep *live.Conns) *live.Observer {
 	sites := f.sites()
 	return &live.Observer{
 		Connect: func(ctx string) (live.SiteAPI, error) {
@@ -123,7 +132,7 @@ func (f *sourceFlags) observer() *live.Observer {
 			}
 			return s, nil
 		},
-		Prober:      live.PgxProber{},
+		Prober:      live.PgxProber{Keep: keep},
 		SiteTimeout: f.siteTimeout,
 	}
 }

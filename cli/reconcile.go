@@ -56,8 +56,10 @@ resumes on the next run).`,
 			if err != nil {
 				return err
 			}
+			obs, closeConns := src.keepingObserver()
+			defer closeConns()
 			runner := &apply.Runner{
-				Observer:    src.observer(),
+				Observer:    obs,
 				Writer:      siteWriter(src.sites()),
 				Progress:    &logLines{log: log},
 				Holder:      holderIdentity(),

@@ -86,6 +86,10 @@ func (o *Observer) Observe(ctx context.Context, d *topology.Desired) *Snapshot {
 	return snap
 }
 
+// observeSite reads a site in two rounds, so a distant site costs about
+// three round trips whatever it holds: every Kubernetes read at once (nodes,
+// the Lease, orphans, and each cluster's CR, Secrets and Service), then the
+// database probes, which need the Service, the nodes and the credentials.
 func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site topology.Site) (SiteState, []ClusterState, []OrphanCluster) {
 	st := SiteState{Name: site.Name, Context: site.Context}
 	var clusters []ClusterState
@@ -99,76 +103,109 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		st.Error = err.Error()
 		return st, clusters, nil
 	}
-	nodes, err := api.ListNodes(ctx)
-	if err != nil {
-		st.Error = fmt.Sprintf("site %s (context %s) unreachable: %v", site.Name, site.Context, err)
+	var (
+		wg       sync.WaitGroup
+		nodes    []corev1.Node
+		nodesErr error
+		lease    *LeaseInfo
+		orphans  []OrphanCluster
+		reads    = make([]clusterReads, len(clusters))
+	)
+	wg.Go(func() { nodes, nodesErr = api.ListNodes(ctx) })
+	wg.Go(func() { lease = o.lease(ctx, api, d, site) })
+	wg.Go(func() { orphans = o.orphans(ctx, api, d, site) })
+	for i, c := range clusters {
+		reads[i].start(ctx, &wg, api, c.Namespace, c.Name, alauda.BootstrapSecret(d.Name))
+	}
+	wg.Wait()
+	if nodesErr != nil {
+		st.Error = fmt.Sprintf("site %s (context %s) unreachable: %v", site.Name, site.Context, nodesErr)
 		return st, clusters, nil
 	}
-	st.Reachable = true
-	st.NodeIPs = nodeIPs(nodes)
+	st.Reachable, st.NodeIPs, st.Lease = true, nodeIPs(nodes), lease
+	for i := range clusters {
+		wg.Go(func() { o.observeCluster(ctx, d, &st, &clusters[i], &reads[i]) })
+	}
+	wg.Wait()
+	return st, clusters, orphans
+}
+
+// lease reads the topology's lock in this site, if the site holds one.
+func (o *Observer) lease(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) *LeaseInfo {
 	for _, l := range d.LockSites() {
 		if l.Site.Name != site.Name {
 			continue
 		}
 		lease, err := api.GetLease(ctx, l.Namespace, LeaseName(d.Name))
-		if err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "" {
-			st.Lease = &LeaseInfo{Holder: *lease.Spec.HolderIdentity}
-			if lease.Spec.RenewTime != nil {
-				st.Lease.RenewedAt = lease.Spec.RenewTime.UTC().Format(time.RFC3339)
-			}
-			if lease.Spec.LeaseDurationSeconds != nil {
-				st.Lease.Seconds = int(*lease.Spec.LeaseDurationSeconds)
-			}
+		if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+			return nil
 		}
+		info := &LeaseInfo{Holder: *lease.Spec.HolderIdentity}
+		if lease.Spec.RenewTime != nil {
+			info.RenewedAt = lease.Spec.RenewTime.UTC().Format(time.RFC3339)
+		}
+		if lease.Spec.LeaseDurationSeconds != nil {
+			info.Seconds = int(*lease.Spec.LeaseDurationSeconds)
+		}
+		return info
 	}
-	var wg sync.WaitGroup
-	for i := range clusters {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			o.observeCluster(ctx, api, d, &st, &clusters[i])
-		}()
-	}
-	wg.Wait()
-	return st, clusters, o.orphans(ctx, api, d, site)
+	return nil
 }
 
-func (o *Observer) observeCluster(ctx context.Context, api SiteAPI, d *topology.Desired, site *SiteState, c *ClusterState) {
-	cr, err := api.GetPostgresql(ctx, c.Namespace, c.Name)
+// clusterReads is what one cluster's Kubernetes objects read. The
+// credentials Secret is kept for the probe only, never in the snapshot.
+type clusterReads struct {
+	cr          *unstructured.Unstructured
+	crErr       error
+	svc         *corev1.Service
+	svcErr      error
+	credentials SecretState
+	creds       *corev1.Secret
+	bootstrap   SecretState
+}
+
+// start reads the CR, both Secrets and the Service, each on its own.
+func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, ns, name, bootstrap string) {
+	wg.Go(func() { r.cr, r.crErr = api.GetPostgresql(ctx, ns, name) })
+	wg.Go(func() { r.credentials, r.creds = secretState(ctx, api, ns, alauda.CredentialsSecret(name)) })
+	wg.Go(func() { r.bootstrap, _ = secretState(ctx, api, ns, bootstrap) })
+	wg.Go(func() { r.svc, r.svcErr = api.GetService(ctx, ns, name) })
+}
+
+// observeCluster fills a cluster's state from its reads and probes its
+// database through the resolved endpoint.
+func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site *SiteState, c *ClusterState, r *clusterReads) {
 	switch {
-	case apierrors.IsNotFound(err):
-	case err != nil:
-		c.Error = fmt.Sprintf("read CR: %v", err)
+	case apierrors.IsNotFound(r.crErr):
+	case r.crErr != nil:
+		c.Error = fmt.Sprintf("read CR: %v", r.crErr)
 		return
 	default:
-		parsed := alauda.Parse(cr)
+		parsed := alauda.Parse(r.cr)
 		c.Exists, c.CR = true, &parsed
 	}
-	var creds *corev1.Secret
-	c.Credentials, creds = secretState(ctx, api, c.Namespace, alauda.CredentialsSecret(c.Name))
-	c.BootstrapSecret, _ = secretState(ctx, api, c.Namespace, alauda.BootstrapSecret(d.Name))
+	c.Credentials, c.BootstrapSecret = r.credentials, r.bootstrap
 	if !c.Exists {
 		return
 	}
-	svc, err := api.GetService(ctx, c.Namespace, c.Name)
-	if err != nil {
-		if !apierrors.IsNotFound(err) {
-			c.Error = fmt.Sprintf("read Service: %v", err)
+	if r.svcErr != nil {
+		if !apierrors.IsNotFound(r.svcErr) {
+			c.Error = fmt.Sprintf("read Service: %v", r.svcErr)
 		}
 		return
 	}
-	c.Service = serviceInfo(svc)
+	c.Service = serviceInfo(r.svc)
 	desired, _ := d.Cluster(c.Name)
 	c.Endpoint = resolveEndpoint(c.Service, site.NodeIPs, desired.Endpoint)
 	if c.Endpoint == nil {
 		c.PGError = "no endpoint yet (the Service has no address)"
 		return
 	}
-	if creds == nil {
+	if r.creds == nil {
 		c.PGError = fmt.Sprintf("credentials Secret %s not found", alauda.CredentialsSecret(c.Name))
 		return
 	}
-	pg, err := o.Prober.Probe(ctx, *c.Endpoint, string(creds.Data["username"]), string(creds.Data["password"]))
+	pg, err := o.Prober.Probe(ctx, *c.Endpoint, string(r.creds.Data["username"]), string(r.creds.Data["password"]))
 	if err != nil {
 		c.PGError = err.Error()
 		return

@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"strings"
 	"time"
@@ -13,6 +14,9 @@ import (
 type PgxProber struct {
 	// ConnectTimeout bounds each connection attempt (default 5s).
 	ConnectTimeout time.Duration
+	// Keep, when set, keeps connections between probes; without it each
+	// probe opens and closes its own.
+	Keep *Conns
 }
 
 // Connect opens a connection as pgtopo does everywhere: to the postgres
@@ -69,11 +73,39 @@ SELECT pg_is_in_recovery(),
 // receiver, slots and replication peers pipelined in one batch, then
 // multi_cluster_info where it exists.
 func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string) (*PGState, error) {
+	if p.Keep == nil {
+		c, err := Connect(ctx, ep, user, password, p.ConnectTimeout)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close(context.Background())
+		return probe(ctx, c, ep)
+	}
+	key := connKey{ep: ep, user: user, password: sha256.Sum256([]byte(password))}
+	if kept := p.Keep.take(key); kept != nil {
+		s, err := probe(ctx, kept.conn, ep)
+		if err == nil && !kept.conn.IsClosed() {
+			p.Keep.put(key, kept)
+			return s, nil
+		}
+		// Most likely the server restarted or ended the session: what a
+		// fresh connection says is the answer.
+		kept.conn.Close(context.Background())
+	}
 	c, err := Connect(ctx, ep, user, password, p.ConnectTimeout)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close(context.Background())
+	s, err := probe(ctx, c, ep)
+	if err != nil || c.IsClosed() {
+		c.Close(context.Background())
+		return s, err
+	}
+	p.Keep.put(key, &keptConn{conn: c, opened: time.Now()})
+	return s, nil
+}
+
+func probe(ctx context.Context, c *pgx.Conn, ep Endpoint) (*PGState, error) {
 	var s PGState
 	var cur, recv, replay string
 	b := &pgx.Batch{}

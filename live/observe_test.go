@@ -1,0 +1,226 @@
+package live
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/pgtopo/pgtopo/flavor/alauda"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// fakeSite answers from fixed objects; fail makes one kind of read fail.
+type fakeSite struct {
+	fail  string // "nodes", "cr", "service"
+	noCR  bool
+	noSvc bool
+}
+
+var notFound = apierrors.NewNotFound(schema.GroupResource{Resource: "x"}, "x")
+
+func (f *fakeSite) GetPostgresql(_ context.Context, ns, name string) (*unstructured.Unstructured, error) {
+	switch {
+	case f.fail == "cr":
+		return nil, errors.New("etcdserver: request timed out")
+	case f.noCR:
+		return nil, notFound
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{"spec": map[string]any{"numberOfInstances": int64(2)}}}
+	u.SetName(name)
+	u.SetNamespace(ns)
+	return u, nil
+}
+
+func (f *fakeSite) ListPostgresqls(context.Context, string, string) ([]unstructured.Unstructured, error) {
+	return nil, nil
+}
+
+func (f *fakeSite) GetService(context.Context, string, string) (*corev1.Service, error) {
+	switch {
+	case f.fail == "service":
+		return nil, errors.New("connection refused")
+	case f.noSvc:
+		return nil, notFound
+	}
+	return &corev1.Service{Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{{NodePort: 31000}}}}, nil
+}
+
+func (f *fakeSite) ListNodes(context.Context) ([]corev1.Node, error) {
+	if f.fail == "nodes" {
+		return nil, errors.New("dial tcp 10.0.0.1:6443: i/o timeout")
+	}
+	return []corev1.Node{{Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.1.0.5"}}}}}, nil
+}
+
+func (f *fakeSite) GetSecret(_ context.Context, _, name string) (*corev1.Secret, error) {
+	return &corev1.Secret{Data: map[string][]byte{"username": []byte("postgres"), "password": []byte("s3cret-" + name)}}, nil
+}
+
+func (f *fakeSite) GetLease(context.Context, string, string) (*coordinationv1.Lease, error) {
+	holder := "ci-run-7"
+	return &coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &metav1.MicroTime{}}}, nil
+}
+
+type fakeProber struct{ got atomic.Pointer[Endpoint] }
+
+func (p *fakeProber) Probe(_ context.Context, ep Endpoint, user, password string) (*PGState, error) {
+	p.got.Store(&ep)
+	if user != "postgres" || !strings.HasPrefix(password, "s3cret-") {
+		return nil, errors.New("wrong credentials passed")
+	}
+	return &PGState{SystemID: "7710"}, nil
+}
+
+func desired(t *testing.T) *topology.Desired {
+	t.Helper()
+	data, err := os.ReadFile("../examples/topologies/two-sites-nodeport.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := topology.ParseDocument("two-sites-nodeport.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, err := doc.Decode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := top.Desired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestObserveSiteCombinesReads covers how one site's concurrent reads become
+// its state: which failure is reported where, and what is left out.
+func TestObserveSiteCombinesReads(t *testing.T) {
+	d := desired(t)
+	for _, tc := range []struct {
+		name                       string
+		site                       fakeSite
+		reachable, exists, probed  bool
+		siteErr, clusterErr, pgErr string
+		lease                      bool
+	}{
+		{name: "everything read", reachable: true, exists: true, probed: true, lease: true},
+		{name: "nodes fail: unreachable, nothing else kept", site: fakeSite{fail: "nodes"}, siteErr: "site east (context prod-east) unreachable: dial tcp 10.0.0.1:6443: i/o timeout"},
+		{name: "CR read fails", site: fakeSite{fail: "cr"}, reachable: true, clusterErr: "read CR: etcdserver: request timed out", lease: true},
+		{name: "no CR: secrets only", site: fakeSite{noCR: true}, reachable: true, lease: true},
+		{name: "Service read fails", site: fakeSite{fail: "service"}, reachable: true, exists: true, clusterErr: "read Service: connection refused", lease: true},
+		{name: "no Service yet", site: fakeSite{noSvc: true}, reachable: true, exists: true, lease: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prober := &fakeProber{}
+			o := &Observer{Prober: prober, Connect: func(string) (SiteAPI, error) { return &tc.site, nil }}
+			east := d.Sites()[0]
+			st, clusters, _ := o.observeSite(context.Background(), d, east)
+			if st.Reachable != tc.reachable || st.Error != tc.siteErr || (st.Lease != nil) != tc.lease {
+				t.Fatalf("site: reachable %v error %q lease %v; want %v %q %v", st.Reachable, st.Error, st.Lease != nil, tc.reachable, tc.siteErr, tc.lease)
+			}
+			if len(clusters) != 1 || clusters[0].Name != "orders-east" {
+				t.Fatalf("clusters %+v", clusters)
+			}
+			c := clusters[0]
+			if c.Exists != tc.exists || c.Error != tc.clusterErr || c.PGError != tc.pgErr || (c.PG != nil) != tc.probed {
+				t.Fatalf("cluster: exists %v error %q pgError %q probed %v; want %v %q %q %v", c.Exists, c.Error, c.PGError, c.PG != nil, tc.exists, tc.clusterErr, tc.pgErr, tc.probed)
+			}
+			if tc.probed {
+				if ep := prober.got.Load(); ep == nil || *ep != (Endpoint{Host: "10.1.0.5", Port: 31000}) {
+					t.Fatalf("probed %v, want the node address and nodePort", ep)
+				}
+			}
+			readSecrets := tc.reachable && tc.clusterErr != "read CR: etcdserver: request timed out"
+			if c.Credentials.Exists != readSecrets || c.BootstrapSecret.Exists != readSecrets {
+				t.Fatalf("secrets in state: %+v %+v, want exists=%v", c.Credentials, c.BootstrapSecret, readSecrets)
+			}
+			if c.BootstrapSecret.Exists && c.BootstrapSecret.Name != alauda.BootstrapSecret("orders") {
+				t.Fatalf("bootstrap secret %q", c.BootstrapSecret.Name)
+			}
+		})
+	}
+}
+
+// barrierSite holds every read until want reads are in flight at once (or
+// a second passed), and remembers the most it saw together.
+type barrierSite struct {
+	fakeSite
+	want    int32
+	now     atomic.Int32
+	most    atomic.Int32
+	release chan struct{}
+	once    sync.Once
+}
+
+func (b *barrierSite) enter() {
+	n := b.now.Add(1)
+	for m := b.most.Load(); n > m && !b.most.CompareAndSwap(m, n); m = b.most.Load() {
+	}
+	if n >= b.want {
+		b.once.Do(func() { close(b.release) })
+	}
+	select {
+	case <-b.release:
+	case <-time.After(time.Second):
+	}
+	b.now.Add(-1)
+}
+
+func (b *barrierSite) GetPostgresql(ctx context.Context, ns, name string) (*unstructured.Unstructured, error) {
+	b.enter()
+	return b.fakeSite.GetPostgresql(ctx, ns, name)
+}
+
+func (b *barrierSite) ListPostgresqls(ctx context.Context, ns, sel string) ([]unstructured.Unstructured, error) {
+	b.enter()
+	return b.fakeSite.ListPostgresqls(ctx, ns, sel)
+}
+
+func (b *barrierSite) GetService(ctx context.Context, ns, name string) (*corev1.Service, error) {
+	b.enter()
+	return b.fakeSite.GetService(ctx, ns, name)
+}
+
+func (b *barrierSite) ListNodes(ctx context.Context) ([]corev1.Node, error) {
+	b.enter()
+	return b.fakeSite.ListNodes(ctx)
+}
+
+func (b *barrierSite) GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error) {
+	b.enter()
+	return b.fakeSite.GetSecret(ctx, ns, name)
+}
+
+func (b *barrierSite) GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error) {
+	b.enter()
+	return b.fakeSite.GetLease(ctx, ns, name)
+}
+
+// TestObserveSiteReadsAtOnce: a distant site costs one round trip of
+// Kubernetes reads, not one per object, so all seven of a one-cluster
+// site's reads (nodes, Lease, orphans, CR, two Secrets, Service) are in
+// flight together.
+func TestObserveSiteReadsAtOnce(t *testing.T) {
+	d := desired(t)
+	site := &barrierSite{want: 7, release: make(chan struct{})}
+	o := &Observer{Prober: &fakeProber{}, Connect: func(string) (SiteAPI, error) { return site, nil }}
+	st, clusters, _ := o.observeSite(context.Background(), d, d.Sites()[0])
+	if !st.Reachable || clusters[0].PG == nil {
+		t.Fatalf("site %+v cluster %+v", st, clusters[0])
+	}
+	if got := site.most.Load(); got != 7 {
+		t.Fatalf("at most %d reads in flight together, want all 7", got)
+	}
+}
