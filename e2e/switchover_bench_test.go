@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,6 +77,7 @@ func BenchmarkSwitchover(b *testing.B) {
 	b.ResetTimer()
 	var pg, rb time.Duration
 	var pgLost, rbLost int64
+	var pgRounds, rbRounds []string
 	for i := 0; i < b.N; i++ {
 		gap, lost, n := h.window(b, "orders-west", "west", func() {
 			r := h.pgtopo("apply", "-f", west)
@@ -85,9 +87,11 @@ func BenchmarkSwitchover(b *testing.B) {
 			b.Logf("pgtopo apply progress:\n%s", r.stderr)
 		})
 		pg, pgLost = pg+gap, pgLost+lost
+		pgRounds = append(pgRounds, fmt.Sprintf("%.2f", gap.Seconds()))
 		b.Logf("pgtopo: window %s, %d of %d rows lost", gap, lost, n)
 		gap, lost, n = h.window(b, "orders-east", "east", func() { h.runbookSwap(b, "orders-west", "west", "orders-east", "east") })
 		rb, rbLost = rb+gap, rbLost+lost
+		rbRounds = append(rbRounds, fmt.Sprintf("%.2f", gap.Seconds()))
 		b.Logf("runbook: window %s, %d of %d rows lost", gap, lost, n)
 		// Bring the CRs back under pgtopo's record before the next round.
 		if r := h.pgtopo("apply", "-f", east); r.code != 0 {
@@ -101,4 +105,5 @@ func BenchmarkSwitchover(b *testing.B) {
 	b.ReportMetric(ratio, "pgtopo/runbook")
 	fmt.Printf("switchover write window: pgtopo %s (%d rows lost), runbook script %s (%d rows lost), ratio %.2f (goal <= 1.2, 0 lost)\n",
 		(pg / n).Round(time.Millisecond), pgLost, (rb / n).Round(time.Millisecond), rbLost, ratio)
+	fmt.Printf("  rounds (s): pgtopo %s; runbook %s\n", strings.Join(pgRounds, ", "), strings.Join(rbRounds, ", "))
 }
