@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"os"
 	"os/exec"
@@ -29,9 +30,15 @@ func (h *harness) journalPhase(site, cluster string) string {
 	return j.Phase
 }
 
-// TestKillAndResume kills apply with SIGKILL at each journaled phase of a
-// switchover, re-runs it, and checks that it converges with no acknowledged
-// row lost and never two writable clusters.
+// TestKillAndResume kills apply with SIGKILL inside the switchover (after
+// the demote patch, right after the gate is journaled, after the promote
+// patch, after the fence), re-runs it, and checks that it converges with no acknowledged row
+// lost and never two writable clusters.
+//
+// The kill follows apply's own progress line for the moment, read from its
+// stderr as it is written: a phase can last a few milliseconds (the gate is
+// often already passed when it is journaled), far less than polling the CRs
+// could catch, while the next journal write takes an API round trip.
 func TestKillAndResume(t *testing.T) {
 	h := newHarness(t, "east", "west")
 	east, west := h.topology("orders-east"), h.topology("orders-west")
@@ -39,36 +46,48 @@ func TestKillAndResume(t *testing.T) {
 	h.createAcked("east", "orders-east")
 
 	cases := []struct {
-		phase, file, primary, site string
+		after, phase, file, primary, site string
 	}{
-		{alauda.PhaseDemoting, west, "orders-west", "west"},
-		{alauda.PhaseGated, east, "orders-east", "east"},
-		{alauda.PhasePromoted, west, "orders-west", "west"},
+		{"  demote: ", alauda.PhaseDemoting, west, "orders-west", "west"},
+		{"  journal: gate recorded", alauda.PhaseGated, east, "orders-east", "east"},
+		{"  promote: ", alauda.PhasePromoted, west, "orders-west", "west"},
+		// Fenced (new writes refused) but not yet demoted.
+		{"  fence: ", alauda.PhaseDemoting, east, "orders-east", "east"},
 	}
 	for _, tc := range cases {
 		w := h.startWriter()
 		cmd := exec.Command(h.bin, "apply", "-f", tc.file)
 		cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(2 * time.Minute)
-		for h.journalPhase("east", "orders-east") != tc.phase && h.journalPhase("west", "orders-west") != tc.phase {
-			if time.Now().After(deadline) {
-				_ = cmd.Process.Kill()
-				t.Fatalf("journal never reached phase %s", tc.phase)
+		var progress []string
+		lines := bufio.NewScanner(stderr)
+		for lines.Scan() {
+			progress = append(progress, lines.Text())
+			if strings.Contains(lines.Text(), tc.after) {
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				break
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
-		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
-		t.Logf("killed apply at phase %s", tc.phase)
+		if !strings.Contains(strings.Join(progress, "\n"), tc.after) {
+			t.Fatalf("apply ended before %q:\n%s", tc.after, strings.Join(progress, "\n"))
+		}
+		if a, b := h.journalPhase("east", "orders-east"), h.journalPhase("west", "orders-west"); a != tc.phase && b != tc.phase {
+			t.Fatalf("killed after %q, but the journal says %q and %q, want %s", tc.after, a, b, tc.phase)
+		}
+		t.Logf("killed apply after %q, journal at phase %s", strings.TrimSpace(tc.after), tc.phase)
 		r := h.pgtopo("apply", "-f", tc.file, "--lock-timeout", "90s")
 		time.Sleep(2 * time.Second)
 		w.finish()
 		h.expect(r, 0, "Apply complete")
-		if !strings.Contains(r.stderr, "resuming switchover") {
-			t.Errorf("the re-run did not resume from the journal:\n%s", r.stderr)
+		if !strings.Contains(r.stderr, "resuming switchover") || !strings.Contains(r.stderr, "at phase "+tc.phase) {
+			t.Errorf("the re-run did not resume from the journal at phase %s:\n%s", tc.phase, r.stderr)
 		}
 		if w.bothSeen.Load() != 0 {
 			t.Fatalf("two clusters writable at once in %d samples", w.bothSeen.Load())
