@@ -169,7 +169,7 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	if err := reachableByPostgres(cfg.Dir); err != nil {
 		return nil, err
 	}
-	slot, err := claimSlot(cfg.Dir)
+	slot, err := claimSlot(slotDir, cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -494,17 +494,19 @@ func freePorts(n int) ([]int, error) {
 // slotDir records which lab holds which address slot.
 const slotDir = "/tmp/pglab-slots"
 
-// claimSlot takes the first address slot that no live lab holds.
-func claimSlot(dir string) (int, error) {
-	if err := os.MkdirAll(slotDir, 0o755); err != nil {
+// claimSlot takes the first address slot that no live lab holds. A slot
+// file names the lab directory and the process that claimed it: until the
+// lab's etcd runs, the claimer being alive is what keeps the slot, so two
+// labs starting at once (test packages run in parallel) never share one.
+func claimSlot(slots, dir string) (int, error) {
+	if err := os.MkdirAll(slots, 0o755); err != nil {
 		return 0, err
 	}
 	for s := 0; s < MaxSlots; s++ {
-		path := filepath.Join(slotDir, strconv.Itoa(s))
+		path := filepath.Join(slots, strconv.Itoa(s))
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 		if errors.Is(err, os.ErrExist) {
-			owner, _ := os.ReadFile(path)
-			if string(owner) != dir && !labAlive(string(owner)) {
+			if slotStale(path, dir) {
 				_ = os.Remove(path)
 				s--
 			}
@@ -513,11 +515,31 @@ func claimSlot(dir string) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		_, err = f.WriteString(dir)
+		_, err = fmt.Fprintf(f, "%s\n%d\n", dir, os.Getpid())
 		f.Close()
 		return s, err
 	}
 	return 0, fmt.Errorf("lab: all %d address slots are taken; run pglab down on labs you no longer need", MaxSlots)
+}
+
+// slotStale reports whether a slot file's lab is gone: neither its etcd nor
+// the process that claimed it runs. A file still being written (empty and
+// new) is not stale.
+func slotStale(path, dir string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	owner, claimer, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	if owner == "" {
+		info, err := os.Stat(path)
+		return err == nil && time.Since(info.ModTime()) > 10*time.Second
+	}
+	if owner == dir || labAlive(owner) {
+		return false
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(claimer))
+	return pid == 0 || !proc.Alive(pid)
 }
 
 func labAlive(dir string) bool {
@@ -526,7 +548,7 @@ func labAlive(dir string) bool {
 
 func releaseSlot(st *State) {
 	path := filepath.Join(slotDir, strconv.Itoa(st.Slot))
-	if owner, _ := os.ReadFile(path); string(owner) == st.Dir {
+	if data, _ := os.ReadFile(path); strings.SplitN(string(data), "\n", 2)[0] == st.Dir {
 		_ = os.Remove(path)
 	}
 }
