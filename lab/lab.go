@@ -530,7 +530,7 @@ func slotStale(path, dir string) bool {
 	if err != nil {
 		return false
 	}
-	owner, claimer, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	owner, claimer := slotOwner(data)
 	if owner == "" {
 		info, err := os.Stat(path)
 		return err == nil && time.Since(info.ModTime()) > 10*time.Second
@@ -538,8 +538,14 @@ func slotStale(path, dir string) bool {
 	if owner == dir || labAlive(owner) {
 		return false
 	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(claimer))
-	return pid == 0 || !proc.Alive(pid)
+	return claimer == 0 || !proc.Alive(claimer)
+}
+
+// slotOwner reads a slot file: the lab directory, then the claimer's pid.
+func slotOwner(data []byte) (dir string, claimer int) {
+	dir, pid, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	claimer, _ = strconv.Atoi(strings.TrimSpace(pid))
+	return dir, claimer
 }
 
 func labAlive(dir string) bool {
@@ -548,7 +554,8 @@ func labAlive(dir string) bool {
 
 func releaseSlot(st *State) {
 	path := filepath.Join(slotDir, strconv.Itoa(st.Slot))
-	if data, _ := os.ReadFile(path); strings.SplitN(string(data), "\n", 2)[0] == st.Dir {
+	data, _ := os.ReadFile(path)
+	if owner, _ := slotOwner(data); owner == st.Dir {
 		_ = os.Remove(path)
 	}
 }

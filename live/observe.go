@@ -155,19 +155,19 @@ func (o *Observer) lease(ctx context.Context, api SiteAPI, d *topology.Desired, 
 // clusterReads is what one cluster's Kubernetes objects read. The
 // credentials Secret is kept for the probe only, never in the snapshot.
 type clusterReads struct {
-	cr          *unstructured.Unstructured
-	crErr       error
-	svc         *corev1.Service
-	svcErr      error
-	credentials SecretState
-	creds       *corev1.Secret
-	bootstrap   SecretState
+	cr                *unstructured.Unstructured
+	crErr             error
+	svc               *corev1.Service
+	svcErr            error
+	credentials       SecretState
+	credentialsSecret *corev1.Secret
+	bootstrap         SecretState
 }
 
 // start reads the CR, both Secrets and the Service, each on its own.
 func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, ns, name, bootstrap string) {
 	wg.Go(func() { r.cr, r.crErr = api.GetPostgresql(ctx, ns, name) })
-	wg.Go(func() { r.credentials, r.creds = secretState(ctx, api, ns, alauda.CredentialsSecret(name)) })
+	wg.Go(func() { r.credentials, r.credentialsSecret = secretState(ctx, api, ns, alauda.CredentialsSecret(name)) })
 	wg.Go(func() { r.bootstrap, _ = secretState(ctx, api, ns, bootstrap) })
 	wg.Go(func() { r.svc, r.svcErr = api.GetService(ctx, ns, name) })
 }
@@ -201,11 +201,12 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 		c.PGError = "no endpoint yet (the Service has no address)"
 		return
 	}
-	if r.creds == nil {
+	creds := r.credentialsSecret
+	if creds == nil {
 		c.PGError = fmt.Sprintf("credentials Secret %s not found", alauda.CredentialsSecret(c.Name))
 		return
 	}
-	pg, err := o.Prober.Probe(ctx, *c.Endpoint, string(r.creds.Data["username"]), string(r.creds.Data["password"]))
+	pg, err := o.Prober.Probe(ctx, *c.Endpoint, string(creds.Data["username"]), string(creds.Data["password"]))
 	if err != nil {
 		c.PGError = err.Error()
 		return

@@ -73,31 +73,26 @@ SELECT pg_is_in_recovery(),
 // receiver, slots and replication peers pipelined in one batch, then
 // multi_cluster_info where it exists.
 func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string) (*PGState, error) {
-	if p.Keep == nil {
-		c, err := Connect(ctx, ep, user, password, p.ConnectTimeout)
-		if err != nil {
-			return nil, err
+	var key connKey
+	if p.Keep != nil {
+		key = connKey{ep: ep, user: user, password: sha256.Sum256([]byte(password))}
+		if kept := p.Keep.take(key); kept != nil {
+			s, err := probe(ctx, kept.conn, ep)
+			if err == nil && !kept.conn.IsClosed() {
+				p.Keep.put(key, kept)
+				return s, nil
+			}
+			// Most likely the server restarted or ended the session: what
+			// a fresh connection says is the answer.
+			kept.conn.Close(context.Background())
 		}
-		defer c.Close(context.Background())
-		return probe(ctx, c, ep)
-	}
-	key := connKey{ep: ep, user: user, password: sha256.Sum256([]byte(password))}
-	if kept := p.Keep.take(key); kept != nil {
-		s, err := probe(ctx, kept.conn, ep)
-		if err == nil && !kept.conn.IsClosed() {
-			p.Keep.put(key, kept)
-			return s, nil
-		}
-		// Most likely the server restarted or ended the session: what a
-		// fresh connection says is the answer.
-		kept.conn.Close(context.Background())
 	}
 	c, err := Connect(ctx, ep, user, password, p.ConnectTimeout)
 	if err != nil {
 		return nil, err
 	}
 	s, err := probe(ctx, c, ep)
-	if err != nil || c.IsClosed() {
+	if err != nil || c.IsClosed() || p.Keep == nil {
 		c.Close(context.Background())
 		return s, err
 	}

@@ -24,6 +24,7 @@ const pgBin = "/usr/lib/postgresql/15/bin"
 type server struct {
 	ep       Endpoint
 	password string
+	admin    *pgx.Conn // the test's own session, to look at pgtopo's
 }
 
 func startPostgres(t *testing.T) server {
@@ -83,9 +84,10 @@ func startPostgres(t *testing.T) server {
 	s := server{ep: Endpoint{Host: "127.0.0.1", Port: port}, password: password}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := Connect(context.Background(), s.ep, "postgres", password, time.Second)
+		c, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://postgres:%s@%s/postgres?application_name=admin", password, s.ep))
 		if err == nil {
-			c.Close(context.Background())
+			t.Cleanup(func() { c.Close(context.Background()) })
+			s.admin = c
 			return s
 		}
 		if time.Now().After(deadline) {
@@ -96,16 +98,10 @@ func startPostgres(t *testing.T) server {
 	}
 }
 
-// probeSessions lists the backend pids of pgtopo's sessions, seen from an
-// administrative session of its own.
+// probeSessions lists the backend pids of pgtopo's sessions.
 func (s server) probeSessions(t *testing.T) []int {
 	t.Helper()
-	c, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://postgres:%s@%s/postgres?application_name=admin", s.password, s.ep))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(context.Background())
-	rows, _ := c.Query(context.Background(), "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgtopo' ORDER BY pid")
+	rows, _ := s.admin.Query(context.Background(), "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgtopo' ORDER BY pid")
 	pids, err := pgx.CollectRows(rows, pgx.RowTo[int])
 	if err != nil {
 		t.Fatal(err)
@@ -115,12 +111,7 @@ func (s server) probeSessions(t *testing.T) []int {
 
 func (s server) terminate(t *testing.T, pid int) {
 	t.Helper()
-	c, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://postgres:%s@%s/postgres?application_name=admin", s.password, s.ep))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(context.Background())
-	if _, err := c.Exec(context.Background(), "SELECT pg_terminate_backend($1, 5000)", pid); err != nil {
+	if _, err := s.admin.Exec(context.Background(), "SELECT pg_terminate_backend($1, 5000)", pid); err != nil {
 		t.Fatal(err)
 	}
 }
