@@ -1,27 +1,34 @@
-// Package apply executes a plan: one step at a time it re-observes, re-checks
-// the step's preconditions, acts, and waits for the step's postcondition,
-// reporting progress. It never decides what to do; diff does.
+// Package apply executes a plan exactly as computed: for each step it
+// re-observes, re-checks the step's preconditions, runs the step's executor
+// from the step catalogue on the step's payload, and waits for the step's
+// postcondition, emitting typed progress events. It never decides what to
+// do and never reads the topology; diff does (docs/architecture.md).
 package apply
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/pgtopo/pgtopo/diff"
-	"github.com/pgtopo/pgtopo/live"
-	"github.com/pgtopo/pgtopo/topology"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
-// SiteWriter is what apply needs to change one site.
+// Observer observes the live world of the plan's topology.
+type Observer interface {
+	Observe(ctx context.Context) *snapshot.Snapshot
+}
+
+// SiteWriter is what apply needs to change one site: cluster objects in
+// the flavor's terms, Secrets, and the Leases of the lock.
 type SiteWriter interface {
-	ApplyPostgresql(ctx context.Context, u *unstructured.Unstructured) error
+	WriteSpec(ctx context.Context, ns, name string, s snapshot.Spec) error
+	WriteMarks(ctx context.Context, ns, name string, m snapshot.Marks) error
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
 	ApplySecret(ctx context.Context, s *corev1.Secret) error
 	DeleteSecret(ctx context.Context, ns, name string) error
@@ -30,88 +37,77 @@ type SiteWriter interface {
 	UpdateLease(ctx context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error)
 }
 
-// Runner applies plans.
+// Database opens sessions to a cluster's PostgreSQL as its admin user.
+type Database interface {
+	Open(ctx context.Context, c *snapshot.ClusterState) (Session, error)
+}
+
+// Session is one database session.
+type Session interface {
+	Exec(ctx context.Context, sql string, args ...any) error
+	QueryRow(ctx context.Context, sql string, args ...any) Row
+	Close(ctx context.Context) error
+}
+
+// Row is one result row (an alias, so a driver's row type fits).
+type Row = interface{ Scan(dest ...any) error }
+
+// Runner executes plans.
 type Runner struct {
-	Observer *live.Observer
-	// Writer opens a site for changes, by kubeconfig context.
-	Writer func(context string) (SiteWriter, error)
-	// Progress receives progress lines (stderr by default in the CLI).
-	Progress io.Writer
+	Observer Observer
+	// Sites opens a site for changes, by the site's name in the plan.
+	Sites    func(site string) (SiteWriter, error)
+	Database Database
+	// Progress receives events; nil drops them.
+	Progress func(Event)
 	// Holder identifies this run in the Lease.
 	Holder      string
 	LockTimeout time.Duration
 	// StepTimeout bounds each step's wait for its postcondition.
 	StepTimeout time.Duration
-	Options     diff.Options
+	// Replan plans again from a fresh snapshot: after the lock, to find
+	// out whether the world changed while this run waited, and after the
+	// last step, for what only shows once earlier steps are done.
+	Replan func(*snapshot.Snapshot) diff.Plan
+	// Changed decides what a changed plan means. It is told the new plan
+	// and why it differs; returning nil runs the new plan (after saying
+	// so), an error stops the run with it. Nil refuses: a saved plan runs
+	// as saved or not at all.
+	Changed func(now diff.Plan, why []string) error
+	// FollowUps is how many follow-up plans may run after the plan's last
+	// step (0: none; a saved plan runs only itself).
+	FollowUps int
 	// Drain, once closed, stops the run before its next step. A step under
 	// way (a whole switchover included) finishes first, so a shutdown never
 	// leaves a primary fenced waiting for a resume.
 	Drain <-chan struct{}
+	// Poll intervals; zero means the defaults (300 ms, 100 ms during a
+	// switchover, when writes are refused).
+	PollEvery, PollSwitchover time.Duration
+
+	held  locks
+	start time.Time
 }
 
 // Result says what a run did.
 type Result struct {
-	Plan      diff.Plan   // the plan executed (after taking the lock)
-	Completed []diff.Step // steps done, in order
+	Plan      diff.Plan       // the plan executed last
+	Completed []CompletedStep // steps done, in order
+	// Remaining is what the live world still needs once the plan and its
+	// follow-ups are done (nil when converged or not known).
+	Remaining *diff.Plan
+}
+
+// CompletedStep is a step done and how long it took.
+type CompletedStep struct {
+	diff.Step
+	Seconds float64 `json:"seconds"`
 }
 
 // ErrDrained is returned when Drain stopped a run between steps.
 var ErrDrained = errors.New("stopped between steps: shutdown requested; the next run resumes from live state")
 
-// maxRounds bounds plan→execute rounds; one normally suffices, a second
-// picks up what only shows once earlier steps are done.
-const maxRounds = 3
-
-// Apply plans and executes until the live world matches d.
-func (r *Runner) Apply(ctx context.Context, d *topology.Desired) (*Result, error) {
-	res := &Result{}
-	start := time.Now()
-	var lock locks
-	defer func() { lock.release(context.Background()) }()
-	for round := 0; round < maxRounds; round++ {
-		snap := r.Observer.Observe(ctx, d)
-		plan := diff.Compute(d, snap, r.Options)
-		if round == 0 {
-			res.Plan = plan
-		}
-		if plan.Refused() {
-			return res, &RefusedError{Plan: plan}
-		}
-		if plan.InSync() {
-			r.progress(start, "converged: %s", plan.Headline())
-			return res, nil
-		}
-		if len(lock) == 0 {
-			l, err := r.acquire(ctx, d, plan.Steps[0], start)
-			if err != nil {
-				return res, err
-			}
-			lock = l
-			// Another run may have changed the world while we waited.
-			round--
-			continue
-		}
-		for _, step := range plan.Steps {
-			if step.Action == diff.ActionLock {
-				continue
-			}
-			if r.draining() {
-				r.progress(start, "shutdown requested: stopping before %s %s", step.Action, step.Subject)
-				return res, ErrDrained
-			}
-			if err := r.runStep(ctx, d, step, start); err != nil {
-				return res, fmt.Errorf("%s %s: %w", step.Action, step.Subject, err)
-			}
-			res.Completed = append(res.Completed, step)
-			if err := lock.err(); err != nil {
-				return res, err
-			}
-		}
-	}
-	return res, fmt.Errorf("not converged after %d rounds; run diff to see what remains", maxRounds)
-}
-
-// RefusedError is a plan with refusals: nothing was changed.
+// RefusedError is a plan with refusals: nothing was changed by it.
 type RefusedError struct{ Plan diff.Plan }
 
 func (e *RefusedError) Error() string {
@@ -127,34 +123,118 @@ func IsRefused(err error) bool {
 	return errors.As(err, &re)
 }
 
-func (r *Runner) runStep(ctx context.Context, d *topology.Desired, step diff.Step, start time.Time) error {
-	snap := r.Observer.Observe(ctx, d)
+// StaleError is a saved plan the live world no longer matches.
+type StaleError struct {
+	Why []string
+	Now diff.Plan
+}
+
+func (e *StaleError) Error() string {
+	return "stale plan: " + strings.Join(e.Why, "; ") + "; run diff again"
+}
+
+// Execute runs plan, computed from a snapshot whose basis is basis.
+func (r *Runner) Execute(ctx context.Context, plan diff.Plan, basis diff.Basis) (*Result, error) {
+	r.start = time.Now()
+	res := &Result{Plan: plan}
+	defer func() {
+		r.held.release(context.Background())
+		r.held = nil
+	}()
+	for round := 0; ; round++ {
+		if plan.Refused() {
+			return res, &RefusedError{Plan: plan}
+		}
+		next, err := r.run(ctx, plan, basis, res)
+		if err != nil || next == nil {
+			return res, err
+		}
+		if next.InSync() {
+			r.emit(Event{Phase: PhaseConverged, Message: "converged: " + next.Headline()})
+			return res, nil
+		}
+		if round >= r.FollowUps {
+			res.Remaining = next
+			return res, nil
+		}
+		r.emit(Event{Phase: PhaseReplan, Message: "follow-up plan (what only shows once the earlier steps are done): " + next.Summary()})
+		plan, basis = *next, diff.Basis{}
+		res.Plan = plan
+	}
+}
+
+// run executes the steps of plan; it returns the plan the world needs
+// afterwards, or nil when it cannot tell (no Replan).
+func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, res *Result) (*diff.Plan, error) {
+	for i := 0; i < len(plan.Steps); i++ {
+		step := plan.Steps[i]
+		if r.draining() {
+			r.emit(Event{Phase: PhaseStopped, Message: fmt.Sprintf("shutdown requested: stopping before %s %s", step.Action, step.Subject)})
+			return nil, ErrDrained
+		}
+		began := time.Now()
+		if err := r.runStep(ctx, step, i+1, len(plan.Steps)); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", step.Action, step.Subject, err)
+		}
+		res.Completed = append(res.Completed, CompletedStep{Step: step, Seconds: time.Since(began).Seconds()})
+		if err := r.held.err(); err != nil {
+			return nil, err
+		}
+		if !diff.Catalogue[step.Action].Recheck || r.Replan == nil {
+			continue
+		}
+		snap := r.Observer.Observe(ctx)
+		now := r.Replan(snap)
+		if diff.Same(plan, now) {
+			continue
+		}
+		why := diff.Staleness(plan, basis, now, diff.BasisOf(snap))
+		if r.Changed == nil {
+			return nil, &StaleError{Why: why, Now: now}
+		}
+		if err := r.Changed(now, why); err != nil {
+			return nil, err
+		}
+		if now.Refused() {
+			return nil, &RefusedError{Plan: now}
+		}
+		res.Plan, plan, basis = now, now, diff.BasisOf(snap)
+		if now.InSync() {
+			return &now, nil
+		}
+		i = indexAfter(now, step.Action)
+	}
+	if r.Replan == nil {
+		return nil, nil
+	}
+	next := r.Replan(r.Observer.Observe(ctx))
+	return &next, nil
+}
+
+// indexAfter is the index of the last step of the plan with the action
+// just done (the lock, held already), so the loop resumes after it.
+func indexAfter(p diff.Plan, a diff.Action) int {
+	last := -1
+	for i, s := range p.Steps {
+		if s.Action == a {
+			last = i
+		}
+	}
+	return last
+}
+
+func (r *Runner) runStep(ctx context.Context, step diff.Step, n, total int) error {
+	snap := r.Observer.Observe(ctx)
 	if err := diff.Check(step, snap); err != nil {
 		return err
 	}
-	r.progress(start, "%s %s: %s", step.Action, step.Subject, step.Reason)
-	x := &exec{r: r, d: d, step: step, start: start}
-	switch step.Action {
-	case diff.ActionEnsurePrimary:
-		return x.ensurePrimary(ctx, snap)
-	case diff.ActionCheckpoint:
-		return x.checkpoint(ctx, snap)
-	case diff.ActionBootstrapSecret:
-		return x.bootstrapSecret(ctx, snap)
-	case diff.ActionCreateStandby:
-		return x.createStandby(ctx, snap)
-	case diff.ActionSwitchover:
-		return x.switchover(ctx, snap)
-	case diff.ActionRepoint:
-		return x.repoint(ctx, snap)
-	case diff.ActionUpdate:
-		return x.update(ctx, snap)
-	case diff.ActionFillExternalIP:
-		return x.fillExternalIP(ctx, snap)
-	case diff.ActionRecord:
-		return x.record(ctx, snap)
+	x := &stepRun{r: r, step: step, n: n, total: total, last: snap}
+	x.emit(Event{Phase: PhaseStep, Message: fmt.Sprintf("%s %s: %s", step.Action, step.Subject, step.Reason)})
+	kind, ok := diff.Catalogue[step.Action]
+	if !ok {
+		return fmt.Errorf("unknown action %q", step.Action)
 	}
-	return fmt.Errorf("unknown action %q", step.Action)
+	return kind.Execute(x, ctx, step)
 }
 
 func (r *Runner) draining() bool {
@@ -166,9 +246,11 @@ func (r *Runner) draining() bool {
 	}
 }
 
-func (r *Runner) progress(start time.Time, format string, args ...any) {
+func (r *Runner) emit(e Event) {
 	if r.Progress == nil {
 		return
 	}
-	fmt.Fprintf(r.Progress, "[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	e.Time = time.Now()
+	e.Elapsed = time.Since(r.start).Seconds()
+	r.Progress(e)
 }

@@ -12,8 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pgtopo/pgtopo/diff"
-	"github.com/pgtopo/pgtopo/live"
-	"github.com/pgtopo/pgtopo/topology"
 )
 
 // leaseSeconds is how long a holder that stopped renewing keeps the lock.
@@ -34,22 +32,18 @@ type lease struct {
 // locks are the Leases a run holds, in the order taken.
 type locks []*lease
 
-// acquire takes the topology's Lease in every site the lock step names, in
-// its order, waiting up to LockTimeout in all while another live holder
-// has one. On failure it releases what it took.
-func (r *Runner) acquire(ctx context.Context, d *topology.Desired, step diff.Step, start time.Time) (locks, error) {
+// acquire takes the step's Lease in every site it names, in its order,
+// waiting up to LockTimeout in all while another live holder has one. On
+// failure it releases what it took.
+func (r *Runner) acquire(ctx context.Context, step diff.Step, x *stepRun) (locks, error) {
 	where := step.Locks
-	if len(where) == 0 {
-		return nil, fmt.Errorf("lock: the plan's lock step names no site")
-	}
-	contexts := map[string]string{}
-	for _, s := range d.Sites() {
-		contexts[s.Name] = s.Context
+	if len(where) == 0 || step.Lease == "" {
+		return nil, fmt.Errorf("lock: the plan's lock step names no site or Lease")
 	}
 	deadline := time.Now().Add(r.LockTimeout)
 	var held locks
 	for _, at := range where {
-		l, err := r.acquireOne(ctx, d, at, contexts[at.Site], deadline, start)
+		l, err := r.acquireOne(ctx, step.Lease, at, deadline, x)
 		if err != nil {
 			held.release(context.Background())
 			return nil, err
@@ -60,16 +54,15 @@ func (r *Runner) acquire(ctx context.Context, d *topology.Desired, step diff.Ste
 	for _, at := range where {
 		names = append(names, at.Site+"/"+at.Namespace)
 	}
-	r.progress(start, "lock: holding Lease %s in %s as %s", live.LeaseName(d.Name), strings.Join(names, ", "), r.Holder)
+	x.say(PhaseLock, "lock: holding Lease %s in %s as %s", step.Lease, strings.Join(names, ", "), r.Holder)
 	return held, nil
 }
 
-func (r *Runner) acquireOne(ctx context.Context, d *topology.Desired, at diff.Subject, kubeContext string, deadline, start time.Time) (*lease, error) {
-	w, err := r.Writer(kubeContext)
+func (r *Runner) acquireOne(ctx context.Context, name string, at diff.Subject, deadline time.Time, x *stepRun) (*lease, error) {
+	w, err := r.Sites(at.Site)
 	if err != nil {
 		return nil, fmt.Errorf("lock in site %s: %w", at.Site, err)
 	}
-	name := live.LeaseName(d.Name)
 	announced := false
 	for {
 		holder, err := tryLock(ctx, w, at.Namespace, name, r.Holder)
@@ -86,7 +79,7 @@ func (r *Runner) acquireOne(ctx context.Context, d *topology.Desired, at diff.Su
 				at.Namespace, name, at.Site, holder, r.LockTimeout)
 		}
 		if !announced {
-			r.progress(start, "lock: Lease %s/%s in site %s is held by %s; waiting up to %s", at.Namespace, name, at.Site, holder, r.LockTimeout)
+			x.say(PhaseLock, "lock: Lease %s/%s in site %s is held by %s; waiting up to %s", at.Namespace, name, at.Site, holder, r.LockTimeout)
 			announced = true
 		}
 		select {

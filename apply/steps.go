@@ -5,289 +5,292 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pgtopo/pgtopo/diff"
-	"github.com/pgtopo/pgtopo/flavor/alauda"
-	"github.com/pgtopo/pgtopo/live"
-	"github.com/pgtopo/pgtopo/topology"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
-// exec runs one step.
-type exec struct {
-	r     *Runner
-	d     *topology.Desired
-	step  diff.Step
-	start time.Time
-	// last is the snapshot that satisfied the latest wait: fresh enough to
-	// build the next write from without observing again.
-	last *live.Snapshot
+// stepRun executes one step; it implements diff.Executor. Every executor
+// reads its step's payload and live state, never the topology.
+type stepRun struct {
+	r        *Runner
+	step     diff.Step
+	n, total int
+	// last is the snapshot that satisfied the latest wait (or the one the
+	// preconditions were checked on): fresh enough to act on without
+	// observing again.
+	last *snapshot.Snapshot
 }
 
-func (x *exec) progress(format string, args ...any) { x.r.progress(x.start, "  "+format, args...) }
+var _ diff.Executor = (*stepRun)(nil)
 
-func (x *exec) cluster(name string) topology.DesiredCluster {
-	c, _ := x.d.Cluster(name)
-	return c
-}
-
-func (x *exec) writer(c topology.DesiredCluster) (SiteWriter, error) {
-	return x.r.Writer(c.Site.Context)
-}
-
-// keepAnnotations returns the pgtopo annotations a CR has now, so that a
-// step that does not mean to change them sends them unchanged.
-func keepAnnotations(o *live.ClusterState) map[string]string {
-	out := map[string]string{}
-	if o != nil && o.Exists {
-		for k, v := range o.CR.Annotations {
-			out[k] = v
-		}
+func (x *stepRun) emit(e Event) {
+	e.Step, e.Steps, e.Action = x.n, x.total, x.step.Action
+	if e.Subject == "" {
+		e.Subject = x.step.Subject.Cluster
 	}
-	return out
+	x.r.emit(e)
 }
 
-// shapeNow is the CR shape a cluster should have given its role in the
-// file and the primary's endpoint.
-func (x *exec) shapeNow(c topology.DesiredCluster, o *live.ClusterState, primaryEP *live.Endpoint) alauda.Shape {
-	s := alauda.Shape{Instances: c.Instances, Annotations: keepAnnotations(o)}
-	if c.Role == topology.RoleStandby {
-		s.IsReplica = true
-		if primaryEP != nil {
-			s.PeerHost, s.PeerPort = primaryEP.Host, primaryEP.Port
-		} else if o != nil && o.Exists {
-			s.PeerHost, s.PeerPort = o.CR.Replication.PeerHost, o.CR.Replication.PeerPort
-		}
+func (x *stepRun) say(phase Phase, format string, args ...any) {
+	x.emit(Event{Phase: phase, Message: fmt.Sprintf(format, args...)})
+}
+
+// cluster is a cluster's state in the latest snapshot.
+func (x *stepRun) cluster(name string) *snapshot.ClusterState {
+	if c, ok := x.last.Cluster(name); ok {
+		return c
 	}
-	return s
+	return &snapshot.ClusterState{Name: name}
 }
 
-func (x *exec) applyCR(ctx context.Context, c topology.DesiredCluster, s alauda.Shape) error {
-	w, err := x.writer(c)
+func (x *stepRun) writer(site string) (SiteWriter, error) {
+	w, err := x.r.Sites(site)
+	if err != nil {
+		return nil, fmt.Errorf("site %s: %w", site, err)
+	}
+	return w, nil
+}
+
+// writeSpec writes a cluster's owned spec.
+func (x *stepRun) writeSpec(ctx context.Context, s diff.Subject, spec snapshot.Spec) error {
+	w, err := x.writer(s.Site)
 	if err != nil {
 		return err
 	}
-	if err := w.ApplyPostgresql(ctx, alauda.Build(x.d, c, s)); err != nil {
-		return fmt.Errorf("apply CR %s/%s: %w", c.Namespace, c.Name, err)
+	if err := w.WriteSpec(ctx, s.Namespace, s.Cluster, spec); err != nil {
+		return fmt.Errorf("write %s/%s: %w", s.Namespace, s.Cluster, err)
+	}
+	x.say(PhaseWrite, "wrote %s (%s/%s)", s.Cluster, s.Site, s.Namespace)
+	return nil
+}
+
+// writeMarks writes a cluster's marks.
+func (x *stepRun) writeMarks(ctx context.Context, s diff.Subject, m snapshot.Marks) error {
+	w, err := x.writer(s.Site)
+	if err != nil {
+		return err
+	}
+	if err := w.WriteMarks(ctx, s.Namespace, s.Cluster, m); err != nil {
+		return fmt.Errorf("mark %s/%s: %w", s.Namespace, s.Cluster, err)
 	}
 	return nil
 }
 
-func (x *exec) ensurePrimary(ctx context.Context, snap *live.Snapshot) error {
-	c := x.cluster(x.step.Subject.Cluster)
-	o, _ := snap.Cluster(c.Name)
-	if err := x.applyCR(ctx, c, x.shapeNow(c, o, nil)); err != nil {
+// marksOf is a cluster's marks as last observed.
+func (x *stepRun) marksOf(name string) snapshot.Marks {
+	if c := x.cluster(name); c.Exists && c.Object != nil {
+		return c.Object.Marks
+	}
+	return snapshot.Marks{}
+}
+
+// Lock takes the step's Leases (idempotent: a run holding them already
+// takes nothing).
+func (x *stepRun) Lock(ctx context.Context, s diff.Step) error {
+	if len(x.r.held) > 0 {
+		return nil
+	}
+	held, err := x.r.acquire(ctx, s, x)
+	if err != nil {
 		return err
 	}
-	return x.wait(ctx, fmt.Sprintf("%s Running and writable", c.Name), func(s *live.Snapshot) (bool, string) {
-		cs, _ := s.Cluster(c.Name)
-		return cs.Exists && cs.CR.Status == alauda.StatusRunning && cs.Writable(), statusWords(cs)
+	x.r.held = held
+	return nil
+}
+
+// EnsurePrimary writes the primary's spec and waits until it is ready and
+// writable.
+func (x *stepRun) EnsurePrimary(ctx context.Context, s diff.Step) error {
+	if err := x.writeSpec(ctx, s.Subject, *s.Spec); err != nil {
+		return err
+	}
+	name := s.Subject.Cluster
+	return x.wait(ctx, name+" Running and writable", func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(name)
+		return cs.Exists && cs.Object.Ready && cs.Writable(), statusWords(cs)
 	})
 }
 
-func (x *exec) checkpoint(ctx context.Context, snap *live.Snapshot) error {
-	o, _ := snap.Cluster(x.step.Subject.Cluster)
-	return x.sql(ctx, o, "CHECKPOINT")
+// Checkpoint runs CHECKPOINT on the subject.
+func (x *stepRun) Checkpoint(ctx context.Context, s diff.Step) error {
+	return x.sql(ctx, x.cluster(s.Subject.Cluster), "CHECKPOINT")
 }
 
-// sql runs a statement on a cluster as its admin user.
-func (x *exec) sql(ctx context.Context, o *live.ClusterState, stmt string, args ...any) error {
-	return x.session(ctx, o, func(conn *pgx.Conn) error {
-		_, err := conn.Exec(ctx, stmt, args...)
-		return err
-	})
+// sql runs statements on a cluster as its admin user, in one session.
+func (x *stepRun) sql(ctx context.Context, c *snapshot.ClusterState, stmt string, args ...any) error {
+	return x.session(ctx, c, func(s Session) error { return s.Exec(ctx, stmt, args...) })
 }
 
-// session runs fn on one connection to a cluster's endpoint as its admin.
-func (x *exec) session(ctx context.Context, o *live.ClusterState, fn func(*pgx.Conn) error) error {
-	c := x.cluster(o.Name)
-	w, err := x.writer(c)
+// session runs fn on one session to a cluster.
+func (x *stepRun) session(ctx context.Context, c *snapshot.ClusterState, fn func(Session) error) error {
+	s, err := x.r.Database.Open(ctx, c)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", c.Name, err)
 	}
-	if o.Endpoint == nil {
-		return fmt.Errorf("%s has no endpoint", o.Name)
-	}
-	sec, err := w.GetSecret(ctx, c.Namespace, alauda.CredentialsSecret(c.Name))
-	if err != nil {
-		return fmt.Errorf("credentials of %s: %w", c.Name, err)
-	}
-	conn, err := live.Connect(ctx, *o.Endpoint, string(sec.Data["username"]), string(sec.Data["password"]), 0)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	if err := fn(conn); err != nil {
-		return fmt.Errorf("%s: %w", o.Name, err)
+	defer func() { _ = s.Close(context.Background()) }()
+	if err := fn(s); err != nil {
+		return fmt.Errorf("%s: %w", c.Name, err)
 	}
 	return nil
 }
 
-// bootstrapSecret copies the primary's admin credentials into the standby's
+// BootstrapSecret copies the primary's admin credentials into the standby's
 // namespace as a basic-auth Secret. The values pass from one API server to
 // the other and are never printed.
-func (x *exec) bootstrapSecret(ctx context.Context, snap *live.Snapshot) error {
-	primary := x.d.Primary()
-	standby := x.cluster(x.step.Subject.Cluster)
-	pw, err := x.writer(primary)
+func (x *stepRun) BootstrapSecret(ctx context.Context, s diff.Step) error {
+	c := s.Secret
+	from, err := x.writer(c.From.Site)
 	if err != nil {
 		return err
 	}
-	src, err := pw.GetSecret(ctx, primary.Namespace, alauda.CredentialsSecret(primary.Name))
+	src, err := from.GetSecret(ctx, c.From.Namespace, c.FromName)
 	if err != nil {
-		return fmt.Errorf("credentials of %s: %w", primary.Name, err)
+		return fmt.Errorf("credentials %s/%s: %w", c.From.Namespace, c.FromName, err)
 	}
-	sw, err := x.writer(standby)
+	to, err := x.writer(s.Subject.Site)
 	if err != nil {
 		return err
 	}
-	name := alauda.BootstrapSecret(x.d.Name)
-	if cur, err := sw.GetSecret(ctx, standby.Namespace, name); err == nil && cur.Type != corev1.SecretTypeBasicAuth {
+	ns := s.Subject.Namespace
+	if cur, err := to.GetSecret(ctx, ns, c.Name); err == nil && cur.Type != corev1.SecretTypeBasicAuth {
 		// The type of a Secret cannot change in place.
-		if err := sw.DeleteSecret(ctx, standby.Namespace, name); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("replace secret %s: %w", name, err)
+		if err := to.DeleteSecret(ctx, ns, c.Name); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("replace secret %s/%s: %w", ns, c.Name, err)
 		}
 	}
 	sec := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: standby.Namespace, Labels: map[string]string{alauda.LabelTopology: x.d.Name}},
+		ObjectMeta: metav1.ObjectMeta{Name: c.Name, Namespace: ns, Labels: map[string]string{snapshot.TopologyLabel: c.Topology}},
 		Type:       corev1.SecretTypeBasicAuth,
 		Data: map[string][]byte{
 			corev1.BasicAuthUsernameKey: src.Data["username"],
 			corev1.BasicAuthPasswordKey: src.Data["password"],
 		},
 	}
-	if err := sw.ApplySecret(ctx, sec); err != nil {
-		return fmt.Errorf("secret %s/%s: %w", standby.Namespace, name, err)
+	if err := to.ApplySecret(ctx, sec); err != nil {
+		return fmt.Errorf("secret %s/%s: %w", ns, c.Name, err)
 	}
-	x.progress("secret %s/%s in site %s: copy of %s (fingerprint %s)", standby.Namespace, name, standby.Site.Name,
-		alauda.CredentialsSecret(primary.Name), alauda.HashSecretData(sec.Data))
+	x.say(PhaseSecret, "secret %s/%s in site %s: copy of %s", ns, c.Name, s.Subject.Site, c.FromName)
 	return nil
 }
 
-func (x *exec) createStandby(ctx context.Context, snap *live.Snapshot) error {
-	c := x.cluster(x.step.Subject.Cluster)
-	primary, _ := snap.Cluster(x.d.Primary().Name)
-	if primary.Endpoint == nil {
-		return fmt.Errorf("the primary %s has no endpoint yet", primary.Name)
-	}
-	o, _ := snap.Cluster(c.Name)
-	if err := x.applyCR(ctx, c, x.shapeNow(c, o, primary.Endpoint)); err != nil {
+// CreateStandby writes the standby's spec, its peer filled in from the
+// primary's endpoint when the plan could not know it, and waits until it
+// streams from the primary with the same system identifier.
+func (x *stepRun) CreateStandby(ctx context.Context, s diff.Step) error {
+	spec, err := x.resolvePeer(s)
+	if err != nil {
 		return err
 	}
-	return x.waitStreaming(ctx, c.Name, primary.Name)
+	if err := x.writeSpec(ctx, s.Subject, spec); err != nil {
+		return err
+	}
+	return x.waitStreaming(ctx, s.Subject.Cluster, s.Follows)
+}
+
+// resolvePeer is the step's spec with a peer the plan left to be known.
+func (x *stepRun) resolvePeer(s diff.Step) (snapshot.Spec, error) {
+	spec := *s.Spec
+	if s.PeerOf == "" {
+		return spec, nil
+	}
+	ep := x.cluster(s.PeerOf).Endpoint
+	if ep == nil {
+		return spec, fmt.Errorf("%s has no endpoint yet", s.PeerOf)
+	}
+	x.say(PhaseWrite, "peer of %s: %s, the endpoint of %s", s.Subject.Cluster, ep, s.PeerOf)
+	return spec.WithPeer(*ep), nil
 }
 
 // waitStreaming waits until a standby streams from the primary with the
 // same system identifier.
-func (x *exec) waitStreaming(ctx context.Context, standby, primary string) error {
-	return x.wait(ctx, fmt.Sprintf("%s streaming from %s", standby, primary), func(s *live.Snapshot) (bool, string) {
-		sb, _ := s.Cluster(standby)
-		pr, _ := s.Cluster(primary)
+func (x *stepRun) waitStreaming(ctx context.Context, standby, primary string) error {
+	return x.wait(ctx, fmt.Sprintf("%s streaming from %s", standby, primary), func(snap *snapshot.Snapshot) (bool, string) {
+		sb, _ := snap.Cluster(standby)
+		pr, _ := snap.Cluster(primary)
 		if sb.PG == nil || pr.PG == nil {
 			return false, statusWords(sb)
 		}
 		if sb.PG.SystemID != pr.PG.SystemID {
 			return false, fmt.Sprintf("system identifier %s, primary's %s", sb.PG.SystemID, pr.PG.SystemID)
 		}
-		w := sb.PG.WalReceiver
-		if w == nil || w.Status != "streaming" || pr.Endpoint == nil || w.SenderHost != pr.Endpoint.Host || w.SenderPort != pr.Endpoint.Port {
-			return false, fmt.Sprintf("wal receiver %s", describeReceiver(w))
+		if !sb.StreamsFrom(pr.Endpoint) {
+			return false, "wal receiver " + sb.Receiver()
 		}
-		return true, fmt.Sprintf("replay %s, %s behind", sb.PG.ReplayLSN, diff.HumanBytes(behind(pr.PG, sb.PG)))
+		return true, fmt.Sprintf("replay %s, %s behind", sb.PG.ReplayLSN, snapshot.HumanBytes(snapshot.Lag(pr.PG, sb.PG)))
 	})
 }
 
-func (x *exec) repoint(ctx context.Context, snap *live.Snapshot) error {
-	c := x.cluster(x.step.Subject.Cluster)
-	primary, _ := snap.Cluster(x.d.Primary().Name)
-	if primary.Endpoint == nil || !primary.Writable() {
-		return fmt.Errorf("the primary %s is not writable yet", primary.Name)
+// Repoint writes the standby's spec with its new peer and waits until it
+// streams from the primary.
+func (x *stepRun) Repoint(ctx context.Context, s diff.Step) error {
+	if p := x.cluster(s.Follows); !p.Writable() {
+		return fmt.Errorf("the primary %s is not writable", s.Follows)
 	}
-	o, _ := snap.Cluster(c.Name)
-	if err := x.applyCR(ctx, c, x.shapeNow(c, o, primary.Endpoint)); err != nil {
+	if err := x.writeSpec(ctx, s.Subject, *s.Spec); err != nil {
 		return err
 	}
-	return x.waitStreaming(ctx, c.Name, primary.Name)
+	return x.waitStreaming(ctx, s.Subject.Cluster, s.Follows)
 }
 
-func (x *exec) update(ctx context.Context, snap *live.Snapshot) error {
-	c := x.cluster(x.step.Subject.Cluster)
-	o, _ := snap.Cluster(c.Name)
-	var ep *live.Endpoint
-	if c.Role == topology.RoleStandby {
-		if p, _ := snap.Cluster(x.d.Primary().Name); p.Endpoint != nil {
-			ep = p.Endpoint
-		}
-	}
-	if err := x.applyCR(ctx, c, x.shapeNow(c, o, ep)); err != nil {
+// Update writes the subject's spec and waits until the operator has it
+// ready with the spec's instances.
+func (x *stepRun) Update(ctx context.Context, s diff.Step) error {
+	if err := x.writeSpec(ctx, s.Subject, *s.Spec); err != nil {
 		return err
 	}
-	return x.wait(ctx, c.Name+" Running", func(s *live.Snapshot) (bool, string) {
-		cs, _ := s.Cluster(c.Name)
-		return cs.Exists && cs.CR.Status == alauda.StatusRunning && cs.CR.Instances == c.Instances, statusWords(cs)
+	name, want := s.Subject.Cluster, s.Spec.Instances
+	return x.wait(ctx, name+" Running", func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(name)
+		return cs.Exists && cs.Object.Ready && cs.Object.Spec.Instances == want, statusWords(cs)
 	})
 }
 
-func (x *exec) fillExternalIP(ctx context.Context, snap *live.Snapshot) error {
-	primary, _ := snap.Cluster(x.d.Primary().Name)
-	standby, _ := snap.Cluster(x.step.Subject.Cluster)
-	if standby.Endpoint == nil {
-		return fmt.Errorf("%s has no load balancer address yet", standby.Name)
-	}
-	return x.sql(ctx, primary, "UPDATE sys_operator.multi_cluster_info SET external_ip = $1 WHERE cluster_name = $2 AND external_ip = ''",
-		standby.Endpoint.Host, standby.Name)
+// FillExternalIP completes the standby's row in the primary's
+// multi_cluster_info.
+func (x *stepRun) FillExternalIP(ctx context.Context, s diff.Step) error {
+	e := s.ExternalIP
+	return x.sql(ctx, x.cluster(e.Primary), "UPDATE sys_operator.multi_cluster_info SET external_ip = $1 WHERE cluster_name = $2 AND external_ip = ''",
+		e.Host, e.Cluster)
 }
 
-func (x *exec) record(ctx context.Context, snap *live.Snapshot) error {
-	c := x.cluster(x.step.Subject.Cluster)
-	o, _ := snap.Cluster(c.Name)
-	if !o.Exists {
-		return fmt.Errorf("%s has no CR to record on", c.Name)
+// Record writes the step's marks, keeping a journal if one is there.
+func (x *stepRun) Record(ctx context.Context, s diff.Step) error {
+	c := x.cluster(s.Subject.Cluster)
+	if !c.Exists {
+		return fmt.Errorf("%s has no object to record on", c.Name)
 	}
-	s := alauda.Shape{IsReplica: o.CR.Replication.IsReplica, Instances: o.CR.Instances, Annotations: keepAnnotations(o),
-		PeerHost: o.CR.Replication.PeerHost, PeerPort: o.CR.Replication.PeerPort}
-	s.Annotations[alauda.AnnotationDigest] = x.d.Digest
-	if x.r.Options.Revision != "" {
-		s.Annotations[alauda.AnnotationRevision] = x.r.Options.Revision
-	}
-	return x.applyCR(ctx, c, s)
+	m := *s.Marks
+	m.Journal = x.marksOf(c.Name).Journal
+	return x.writeMarks(ctx, s.Subject, m)
 }
 
-// Poll intervals of waits: a switchover's writes are blocked while it waits,
-// so its waits poll more often than the others.
-const (
-	pollEvery      = 300 * time.Millisecond
-	pollSwitchover = 100 * time.Millisecond
-)
-
-// wait re-observes until cond holds, printing progress every few seconds.
-func (x *exec) wait(ctx context.Context, what string, cond func(*live.Snapshot) (bool, string)) error {
-	return x.waitEvery(ctx, pollEvery, what, cond)
+// wait re-observes until cond holds, reporting every few seconds.
+func (x *stepRun) wait(ctx context.Context, what string, cond func(*snapshot.Snapshot) (bool, string)) error {
+	return x.waitEvery(ctx, x.r.pollEvery(), what, cond)
 }
 
-func (x *exec) waitEvery(ctx context.Context, every time.Duration, what string, cond func(*live.Snapshot) (bool, string)) error {
+func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what string, cond func(*snapshot.Snapshot) (bool, string)) error {
 	timeout := x.r.StepTimeout
 	if timeout == 0 {
 		timeout = 5 * time.Minute
 	}
 	began := time.Now()
-	var lastPrint time.Time
-	var detail string
+	var lastReport time.Time
 	for {
-		snap := x.r.Observer.Observe(ctx, x.d)
-		ok, d := cond(snap)
-		detail = d
+		snap := x.r.Observer.Observe(ctx)
+		ok, detail := cond(snap)
 		if ok {
 			x.last = snap
-			x.progress("%s after %.1fs (%s)", what, time.Since(began).Seconds(), detail)
+			x.emit(Event{Phase: PhaseReached, Message: fmt.Sprintf("%s after %.1fs (%s)", what, time.Since(began).Seconds(), detail), Waited: time.Since(began).Seconds()})
 			return nil
 		}
-		if time.Since(lastPrint) > 2*time.Second {
-			x.progress("waiting for %s: %s (%.0fs)", what, detail, time.Since(began).Seconds())
-			lastPrint = time.Now()
+		if time.Since(lastReport) > 2*time.Second {
+			x.emit(Event{Phase: PhaseWaiting, Message: fmt.Sprintf("waiting for %s: %s (%.0fs)", what, detail, time.Since(began).Seconds()), Waited: time.Since(began).Seconds()})
+			lastReport = time.Now()
 		}
 		if time.Since(began) > timeout {
 			return fmt.Errorf("waited %s for %s: %s", timeout, what, detail)
@@ -300,31 +303,32 @@ func (x *exec) waitEvery(ctx context.Context, every time.Duration, what string, 
 	}
 }
 
-func statusWords(c *live.ClusterState) string {
+func (r *Runner) pollEvery() time.Duration {
+	if r.PollEvery > 0 {
+		return r.PollEvery
+	}
+	return 300 * time.Millisecond
+}
+
+// pollSwitchover is the poll interval of a switchover's waits: writes are
+// refused while it waits, so it polls more often than the others.
+func (r *Runner) pollSwitchover() time.Duration {
+	if r.PollSwitchover > 0 {
+		return r.PollSwitchover
+	}
+	return 100 * time.Millisecond
+}
+
+func statusWords(c *snapshot.ClusterState) string {
 	switch {
 	case c == nil || !c.Exists:
 		return "no CR yet"
 	case c.PG == nil:
-		return fmt.Sprintf("status %q, database: %s", c.CR.Status, orDash(c.PGError))
+		return fmt.Sprintf("status %q, database: %s", c.Object.Status, orDash(c.PGError))
 	case c.PG.InRecovery:
-		return fmt.Sprintf("status %q, in recovery", c.CR.Status)
+		return fmt.Sprintf("status %q, in recovery", c.Object.Status)
 	}
-	return fmt.Sprintf("status %q, writable, timeline %d", c.CR.Status, c.PG.Timeline)
-}
-
-func describeReceiver(w *live.WalReceiver) string {
-	if w == nil {
-		return "not running"
-	}
-	return fmt.Sprintf("%s from %s:%d", w.Status, w.SenderHost, w.SenderPort)
-}
-
-func behind(primary, standby *live.PGState) int64 {
-	end := primary.EndOfWAL()
-	if standby.ReplayLSN >= end {
-		return 0
-	}
-	return int64(end - standby.ReplayLSN)
+	return fmt.Sprintf("status %q, writable, timeline %d", c.Object.Status, c.PG.Timeline)
 }
 
 func orDash(s string) string {

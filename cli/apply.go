@@ -7,26 +7,41 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/diff"
-	"github.com/pgtopo/pgtopo/kube"
+	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/reconcile"
+	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
+
+type applyFlags struct {
+	dryRun, allowRollback             bool
+	timeout, lockTimeout, stepTimeout time.Duration
+	progressFormat                    string
+}
 
 func newApplyCmd(e env) *cobra.Command {
 	var src sourceFlags
-	var dryRun, allowRollback bool
-	var timeout, lockTimeout, stepTimeout time.Duration
+	var f applyFlags
 	cmd := &cobra.Command{
-		Use:   "apply (-f FILE | --repo URL|PATH [--ref REV] [--path FILE])",
+		Use:   "apply (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | PLAN.json)",
 		Short: "Make the live topology match the file: ordered, idempotent steps and a safe switchover",
-		Long: `Print the plan, then execute it one step at a time: each step re-observes its
-subject, re-checks its preconditions (a stale plan is refused), acts, and waits
-for its postcondition, with progress on stderr. A second apply after success
-plans nothing.
+		Long: `Print the plan, take the lock, then execute exactly that plan one step at a
+time: each step re-checks its preconditions on a fresh look at the sites,
+acts on the step's payload, and waits for its postcondition, with progress
+on stderr (--progress-format json for JSON lines).
+
+With -f or --repo, apply plans once, prints, takes the lock and looks again:
+if the world changed while it waited, it prints the new plan and why, and
+runs that. With PLAN.json (written by diff --out), it runs exactly that plan,
+or refuses, changing nothing, when the live world no longer matches what the
+plan relied on ("stale plan: ...").
 
 With --repo, the commit read is recorded on every CR; applying a commit older
 than the one recorded (or from another line of history) is refused unless
@@ -34,80 +49,187 @@ than the one recorded (or from another line of history) is refused unless
 
 SIGTERM or SIGINT lets the step under way finish (a switchover included) and
 stops before the next; a second signal stops at once, and the next run resumes
-from the switchover journal. Exit status: 0 converged, 1 error or refusal.`,
-		Args: cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
+from the switchover journal. Exit status: 0 converged, 1 error, refusal or
+stale plan.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if f.progressFormat != "text" && f.progressFormat != "json" {
+				return fmt.Errorf("--progress-format %q: use text or json", f.progressFormat)
+			}
 			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { fmt.Fprintf(e.stderr, "pgtopo: %s\n", msg) })
 			defer stop()
-			ctx, cancel := context.WithTimeout(ctx, timeout)
+			ctx, cancel := context.WithTimeout(ctx, f.timeout)
 			defer cancel()
-			in, err := src.load(ctx, e)
-			if err != nil {
-				return err
-			}
-			obs, closeConns := src.keepingObserver()
-			defer closeConns()
-			snap := obs.Observe(ctx, in.Desired)
-			opt, err := in.PlanOptions(snap, allowRollback)
-			if err != nil {
-				return err
-			}
-			plan := diff.Compute(in.Desired, snap, opt)
-			if err := plan.WriteText(e.stdout); err != nil {
-				return err
-			}
-			if plan.Refused() {
-				return exitCode(ExitError)
-			}
-			if dryRun || plan.InSync() {
-				return nil
-			}
-			r := &apply.Runner{
-				Observer:    obs,
-				Writer:      siteWriter(src.sites()),
-				Progress:    e.stderr,
-				Holder:      holderIdentity(),
-				LockTimeout: lockTimeout,
-				StepTimeout: stepTimeout,
-				Options:     opt,
-				Drain:       drain,
-			}
-			res, err := r.Apply(ctx, in.Desired)
-			fmt.Fprintln(e.stdout)
-			if err != nil {
-				var refused *apply.RefusedError
-				if errors.As(err, &refused) {
-					_ = refused.Plan.WriteText(e.stdout)
+			if len(args) == 1 {
+				if src.file != "" || src.repo != "" {
+					return fmt.Errorf("apply %s: a saved plan carries its topology; give it alone, without -f or --repo", args[0])
 				}
-				fmt.Fprintf(e.stdout, "Apply stopped after %d step(s):\n", len(res.Completed))
-				for _, s := range res.Completed {
-					fmt.Fprintf(e.stdout, "  done: %s %s\n", s.Action, s.Subject)
-				}
-				fmt.Fprintf(e.stderr, "pgtopo: %v\n", err)
-				return exitCode(ExitError)
+				return applySaved(ctx, e, &src, f, args[0], drain)
 			}
-			fmt.Fprintf(e.stdout, "Apply complete: %d step(s) done. %s\n", len(res.Completed), res.Plan.Headline())
-			return nil
+			return applyLive(ctx, e, &src, f, drain)
 		},
 	}
 	src.register(cmd)
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
-	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "apply a revision older than the one recorded as applied")
-	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Minute, "give up after this long")
-	cmd.Flags().DurationVar(&lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
-	cmd.Flags().DurationVar(&stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
+	cmd.Flags().BoolVar(&f.dryRun, "dry-run", false, "print the plan and change nothing")
+	cmd.Flags().BoolVar(&f.allowRollback, "allow-rollback", false, "apply a revision older than the one recorded as applied")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 30*time.Minute, "give up after this long")
+	cmd.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
+	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
+	cmd.Flags().StringVar(&f.progressFormat, "progress-format", "text", "progress on stderr: text or json (one event per line)")
 	return cmd
 }
 
-// siteWriter opens sites for changes, sharing the observer's clients.
-func siteWriter(sites *kube.Sites) func(string) (apply.SiteWriter, error) {
-	return func(c string) (apply.SiteWriter, error) {
-		s, err := sites.Connect(c)
-		if err != nil {
-			return nil, err
-		}
-		return s, nil
+// applyLive plans from the file, prints, and executes, re-planning after
+// the lock and for follow-ups.
+func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain <-chan struct{}) error {
+	in, err := src.load(ctx, e)
+	if err != nil {
+		return err
 	}
+	obs, closeConns, err := src.keepingObserver(in.Desired)
+	if err != nil {
+		return err
+	}
+	defer closeConns()
+	snap := obs.Observe(ctx, in.Desired)
+	opt, err := in.PlanOptions(snap, f.allowRollback)
+	if err != nil {
+		return err
+	}
+	plan := diff.Compute(in.Desired, snap, opt)
+	if err := plan.WriteText(e.stdout); err != nil {
+		return err
+	}
+	if plan.Refused() {
+		return exitCode(ExitError)
+	}
+	if f.dryRun || plan.InSync() {
+		return nil
+	}
+	r, err := newRunner(e, src, f, in, obs, plan, opt, drain)
+	if err != nil {
+		return err
+	}
+	r.FollowUps = 2
+	r.Changed = func(now diff.Plan, why []string) error {
+		fmt.Fprintf(e.stdout, "\nThe live world changed while this run waited for the lock (%s). The plan now is:\n\n", strings.Join(why, "; "))
+		return now.WriteText(e.stdout)
+	}
+	res, err := r.Execute(ctx, plan, diff.BasisOf(snap))
+	if err == nil && res.Remaining != nil {
+		err = fmt.Errorf("not converged after the plan and %d follow-up plans (%s); run diff to see what remains", r.FollowUps, res.Remaining.Summary())
+	}
+	return finish(e, res, err)
+}
+
+// applySaved executes a plan written by diff --out, or refuses it stale.
+func applySaved(ctx context.Context, e env, src *sourceFlags, f applyFlags, file string, drain <-chan struct{}) error {
+	fh, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	saved, err := diff.LoadSaved(file, fh)
+	fh.Close()
+	if err != nil {
+		return err
+	}
+	v, err := schema.NewValidator()
+	if err != nil {
+		return err
+	}
+	in, err := loadFrom(ctx, e, savedSource{v: v, saved: saved, file: file})
+	if err != nil {
+		return err
+	}
+	if in.Desired.Digest != saved.Plan.Digest {
+		return fmt.Errorf("%s: the topology it carries has digest %s, the plan says %s: the file was edited by hand", file, in.Desired.Digest, saved.Plan.Digest)
+	}
+	obs, closeConns, err := src.keepingObserver(in.Desired)
+	if err != nil {
+		return err
+	}
+	defer closeConns()
+	snap := obs.Observe(ctx, in.Desired)
+	now := diff.Compute(in.Desired, snap, saved.Options)
+	if !diff.Same(saved.Plan, now) {
+		stale := &apply.StaleError{Why: diff.Staleness(saved.Plan, saved.Basis, now, diff.BasisOf(snap)), Now: now}
+		fmt.Fprintf(e.stderr, "pgtopo: %s: %v\n", file, stale)
+		return exitCode(ExitError)
+	}
+	if err := saved.Plan.WriteText(e.stdout); err != nil {
+		return err
+	}
+	if f.dryRun || saved.Plan.InSync() {
+		return nil
+	}
+	r, err := newRunner(e, src, f, in, obs, saved.Plan, saved.Options, drain)
+	if err != nil {
+		return err
+	}
+	res, err := r.Execute(ctx, saved.Plan, saved.Basis)
+	if err == nil && res.Remaining != nil {
+		fmt.Fprintf(e.stdout, "\nThe saved plan is done; the live world still needs more (%s): run diff again.\n", res.Remaining.Summary())
+	}
+	return finish(e, res, err)
+}
+
+// savedSource reads the topology a saved plan carries.
+type savedSource struct {
+	v     *schema.Validator
+	saved *diff.SavedPlan
+	file  string
+}
+
+func (s savedSource) Load(context.Context) (*reconcile.Input, error) {
+	in, err := reconcile.Validate(s.v, s.file+": "+s.saved.Source.Name, []byte(s.saved.Source.Content))
+	if err != nil {
+		return nil, err
+	}
+	in.Revision = s.saved.Plan.Revision
+	return in, nil
+}
+
+func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *live.Observer, plan diff.Plan, opt diff.Options, drain <-chan struct{}) (*apply.Runner, error) {
+	sites, err := src.flavorSites(in.Desired, plan)
+	if err != nil {
+		return nil, err
+	}
+	progress := apply.TextProgress(e.stderr)
+	if f.progressFormat == "json" {
+		progress = apply.JSONProgress(e.stderr)
+	}
+	return &apply.Runner{
+		Observer: boundObserver{obs: obs, d: in.Desired},
+		Sites:    sites,
+		Database: adminDB{live.Admin{Sites: func(site string) (live.SecretReader, error) { return sites(site) }}},
+		Progress: progress,
+		Holder:   holderIdentity(),
+		Replan: func(s *snapshot.Snapshot) diff.Plan {
+			return diff.Compute(in.Desired, s, opt)
+		},
+		LockTimeout: f.lockTimeout,
+		StepTimeout: f.stepTimeout,
+		Drain:       drain,
+	}, nil
+}
+
+// finish prints how a run ended.
+func finish(e env, res *apply.Result, err error) error {
+	fmt.Fprintln(e.stdout)
+	if err != nil {
+		var refused *apply.RefusedError
+		if errors.As(err, &refused) {
+			_ = refused.Plan.WriteText(e.stdout)
+		}
+		fmt.Fprintf(e.stdout, "Apply stopped after %d step(s):\n", len(res.Completed))
+		for _, s := range res.Completed {
+			fmt.Fprintf(e.stdout, "  done: %s %s (%.1fs)\n", s.Action, s.Subject, s.Seconds)
+		}
+		fmt.Fprintf(e.stderr, "pgtopo: %v\n", err)
+		return exitCode(ExitError)
+	}
+	fmt.Fprintf(e.stdout, "Apply complete: %d step(s) done. %s\n", len(res.Completed), res.Plan.Headline())
+	return nil
 }
 
 // holderIdentity names this run in the Lease: host, pid and a nonce.

@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -15,7 +17,7 @@ import (
 
 func newDiffCmd(e env) *cobra.Command {
 	var src sourceFlags
-	var output, base, head string
+	var output, base, head, out string
 	var allowRollback, observeLive bool
 	detailed := true
 	cmd := &cobra.Command{
@@ -47,12 +49,18 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 			if err != nil {
 				return err
 			}
-			plan, err := livePlan(ctx, &src, in, allowRollback)
+			plan, basis, opt, err := livePlan(ctx, &src, in, allowRollback)
 			if err != nil {
 				return err
 			}
 			if err := writePlan(e, &plan, output); err != nil {
 				return err
+			}
+			if out != "" {
+				if err := savePlan(out, plan, basis, opt, in); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stderr, "pgtopo: plan saved to %s; run it with: pgtopo apply %s\n", out, out)
 			}
 			return planExit(&plan, !plan.InSync(), detailed)
 		},
@@ -60,6 +68,7 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 	src.register(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or markdown")
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 2 when changes are pending")
+	cmd.Flags().StringVar(&out, "out", "", "also save the plan, with what it relied on, for pgtopo apply PLAN.json")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "plan a revision older than the one recorded as applied")
 	cmd.Flags().StringVar(&base, "base", "", "pull-request mode: the revision merged into (e.g. origin/main)")
 	cmd.Flags().StringVar(&head, "head", "HEAD", "pull-request mode: the revision being merged")
@@ -67,14 +76,35 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 	return cmd
 }
 
-// livePlan observes the sites of in and plans.
-func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool) (diff.Plan, error) {
-	snap := src.observer().Observe(ctx, in.Desired)
+// livePlan observes the sites of in and plans; it also returns what the
+// plan relied on and the options, for a saved plan.
+func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool) (diff.Plan, diff.Basis, diff.Options, error) {
+	obs, err := src.observer(in.Desired)
+	if err != nil {
+		return diff.Plan{}, diff.Basis{}, diff.Options{}, err
+	}
+	snap := obs.Observe(ctx, in.Desired)
 	opt, err := in.PlanOptions(snap, allowRollback)
 	if err != nil {
-		return diff.Plan{}, err
+		return diff.Plan{}, diff.Basis{}, opt, err
 	}
-	return diff.Compute(in.Desired, snap, opt), nil
+	return diff.Compute(in.Desired, snap, opt), diff.BasisOf(snap), opt, nil
+}
+
+// savePlan writes a saved plan to path, for apply PLAN.json; a refused
+// plan is not saved.
+func savePlan(path string, plan diff.Plan, basis diff.Basis, opt diff.Options, in *reconcile.Input) error {
+	if plan.Refused() {
+		return fmt.Errorf("--out %s: a refused plan is not saved", path)
+	}
+	var b bytes.Buffer
+	if err := diff.Save(&b, plan, basis, opt, in.Source); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	return nil
 }
 
 func planExit(plan *diff.Plan, changes, detailed bool) error {
@@ -133,7 +163,7 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 		pr.Intents = diff.Describe(baseIn.Desired, head.Desired)
 	}
 	if f.live {
-		plan, err := livePlan(ctx, src, head, f.allowRollback)
+		plan, _, _, err := livePlan(ctx, src, head, f.allowRollback)
 		if err != nil {
 			return err
 		}

@@ -8,11 +8,16 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/gitsource"
 	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 // defaultPath is the topology's path inside a repository when --path is
@@ -112,17 +117,24 @@ func (f *sourceFlags) sites() *kube.Sites {
 	return f.siteCache
 }
 
-// observer builds the live observer from the kubeconfig flags; one that
-// keeps database sessions between snapshots, for runs that observe again
-// and again, also returns what ends them.
-func (f *sourceFlags) observer() *live.Observer { return f.newObserver(nil) }
-
-func (f *sourceFlags) keepingObserver() (*live.Observer, func()) {
-	keep := &live.Conns{}
-	return f.newObserver(keep), keep.Close
+// observer builds the live observer of d's flavor from the kubeconfig
+// flags; one that keeps database sessions between snapshots, for runs that
+// observe again and again, also returns what ends them.
+func (f *sourceFlags) observer(d *topology.Desired) (*live.Observer, error) {
+	return f.newObserver(d, nil)
 }
 
-func (f *sourceFlags) newObserver(keep *live.Conns) *live.Observer {
+func (f *sourceFlags) keepingObserver(d *topology.Desired) (*live.Observer, func(), error) {
+	keep := &live.Conns{}
+	o, err := f.newObserver(d, keep)
+	return o, keep.Close, err
+}
+
+func (f *sourceFlags) newObserver(d *topology.Desired, keep *live.Conns) (*live.Observer, error) {
+	op, err := flavor.Lookup(d.Flavor)
+	if err != nil {
+		return nil, err
+	}
 	sites := f.sites()
 	return &live.Observer{
 		Connect: func(ctx string) (live.SiteAPI, error) {
@@ -130,9 +142,56 @@ func (f *sourceFlags) newObserver(keep *live.Conns) *live.Observer {
 			if err != nil {
 				return nil, err
 			}
-			return s, nil
+			return flavor.Site{Site: s, Op: op}, nil
 		},
+		Names:       op.Names,
 		Prober:      live.PgxProber{Keep: keep},
 		SiteTimeout: f.siteTimeout,
+	}, nil
+}
+
+// flavorSites opens the plan's sites for changes, by site name, through
+// the topology's flavor and the run's shared clients.
+func (f *sourceFlags) flavorSites(d *topology.Desired, plan diff.Plan) (func(string) (apply.SiteWriter, error), error) {
+	op, err := flavor.Lookup(d.Flavor)
+	if err != nil {
+		return nil, err
 	}
+	contexts := map[string]string{}
+	for _, s := range plan.Sites {
+		contexts[s.Name] = s.Context
+	}
+	sites := f.sites()
+	return func(site string) (apply.SiteWriter, error) {
+		ctx, ok := contexts[site]
+		if !ok {
+			return nil, fmt.Errorf("site %s is not in the plan", site)
+		}
+		s, err := sites.Connect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return flavor.Site{Site: s, Op: op}, nil
+	}, nil
+}
+
+// boundObserver observes one topology, for apply.
+type boundObserver struct {
+	obs *live.Observer
+	d   *topology.Desired
+}
+
+func (b boundObserver) Observe(ctx context.Context) *snapshot.Snapshot {
+	return b.obs.Observe(ctx, b.d)
+}
+
+// adminDB opens admin sessions for apply.
+type adminDB struct{ live.Admin }
+
+func (a adminDB) Open(ctx context.Context, c *snapshot.ClusterState) (apply.Session, error) {
+	s, err := a.Admin.Open(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,7 +16,9 @@ import (
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/gitsource"
+	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/reconcile"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
@@ -56,26 +56,42 @@ resumes on the next run).`,
 			if err != nil {
 				return err
 			}
-			obs, closeConns := src.keepingObserver()
-			defer closeConns()
-			runner := &apply.Runner{
-				Observer:    obs,
-				Writer:      siteWriter(src.sites()),
-				Progress:    &logLines{log: log},
-				Holder:      holderIdentity(),
-				LockTimeout: lockTimeout,
-				StepTimeout: stepTimeout,
-				Drain:       drain,
-			}
+			keep := &live.Conns{}
+			defer keep.Close()
+			obs := flavorObserver{src: &src, keep: keep}
+			holder := holderIdentity()
 			metrics := reconcile.NewMetrics()
 			loop := &reconcile.Loop{
 				Source:   source,
-				Observer: runner.Observer,
-				Apply: func(ctx context.Context, d *topology.Desired, opt diff.Options) (*apply.Result, error) {
+				Observer: obs,
+				Apply: func(ctx context.Context, d *topology.Desired, plan diff.Plan, basis diff.Basis, opt diff.Options) (*apply.Result, error) {
 					ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
 					defer cancel()
-					runner.Options = opt
-					return runner.Apply(ctx, d)
+					o, err := src.newObserver(d, keep)
+					if err != nil {
+						return nil, err
+					}
+					sites, err := src.flavorSites(d, plan)
+					if err != nil {
+						return nil, err
+					}
+					r := &apply.Runner{
+						Observer:    boundObserver{obs: o, d: d},
+						Sites:       sites,
+						Database:    adminDB{live.Admin{Sites: func(site string) (live.SecretReader, error) { return sites(site) }}},
+						Progress:    apply.LogProgress(log),
+						Holder:      holder,
+						LockTimeout: lockTimeout,
+						StepTimeout: stepTimeout,
+						Drain:       drain,
+						Replan:      func(s *snapshot.Snapshot) diff.Plan { return diff.Compute(d, s, opt) },
+						FollowUps:   2,
+						Changed: func(now diff.Plan, why []string) error {
+							log.Info("replanned", "plan", now.Headline(), "why", strings.Join(why, "; "))
+							return nil
+						},
+					}
+					return r.Execute(ctx, plan, basis)
 				},
 				Interval:      interval,
 				AllowRollback: allowRollback,
@@ -133,25 +149,18 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: use text or json", format)
 }
 
-// logLines turns apply's progress lines into debug log records.
-type logLines struct {
-	log *slog.Logger
-	mu  sync.Mutex
-	buf bytes.Buffer
+// flavorObserver observes each topology through its own flavor.
+type flavorObserver struct {
+	src  *sourceFlags
+	keep *live.Conns
 }
 
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	for {
-		line, err := l.buf.ReadString('\n')
-		if err != nil {
-			l.buf.WriteString(line) // incomplete: keep for the next write
-			return len(p), nil
-		}
-		l.log.Debug("progress", "step", strings.TrimSpace(line))
+func (f flavorObserver) Observe(ctx context.Context, d *topology.Desired) (*snapshot.Snapshot, error) {
+	o, err := f.src.newObserver(d, f.keep)
+	if err != nil {
+		return nil, err
 	}
+	return o.Observe(ctx, d), nil
 }
 
 // serve starts the /healthz and /metrics server and returns the address it

@@ -8,8 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/diff"
-	"github.com/pgtopo/pgtopo/flavor/alauda"
-	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 func newStatusCmd(e env) *cobra.Command {
@@ -23,7 +22,11 @@ func newStatusCmd(e env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			snap := src.observer().Observe(context.Background(), in.Desired)
+			obs, err := src.observer(in.Desired)
+			if err != nil {
+				return err
+			}
+			snap := obs.Observe(context.Background(), in.Desired)
 			writeStatus(e, snap)
 			for _, s := range snap.Sites {
 				if !s.Reachable {
@@ -37,8 +40,8 @@ func newStatusCmd(e env) *cobra.Command {
 	return cmd
 }
 
-func writeStatus(e env, snap *live.Snapshot) {
-	var primary *live.ClusterState
+func writeStatus(e env, snap *snapshot.Snapshot) {
+	var primary *snapshot.ClusterState
 	for i := range snap.Clusters {
 		if snap.Clusters[i].Writable() {
 			primary = &snap.Clusters[i]
@@ -55,11 +58,11 @@ func writeStatus(e env, snap *live.Snapshot) {
 		case !c.Exists:
 			role, state = "absent", "no CR"
 		default:
-			state = c.CR.Status
-			if c.CR.Annotations[alauda.AnnotationRevision] != "" {
-				rev = diff.ShortRevision(c.CR.Annotations[alauda.AnnotationRevision])
-			} else if c.CR.Annotations[alauda.AnnotationDigest] != "" {
-				rev = "digest " + c.CR.Annotations[alauda.AnnotationDigest]
+			state = c.Object.Status
+			if m := c.Object.Marks; m.Revision != "" {
+				rev = diff.ShortRevision(m.Revision)
+			} else if m.Digest != "" {
+				rev = "digest " + m.Digest
 			}
 		}
 		if c.Endpoint != nil {
@@ -75,11 +78,7 @@ func writeStatus(e env, snap *live.Snapshot) {
 					state = "not streaming"
 				}
 				if primary != nil && primary.PG.SystemID == c.PG.SystemID {
-					var n int64
-					if end := primary.PG.EndOfWAL(); end > c.PG.ReplayLSN {
-						n = int64(end - c.PG.ReplayLSN)
-					}
-					lag = fmt.Sprintf("%d B", n)
+					lag = fmt.Sprintf("%d B", snapshot.Lag(primary.PG, c.PG))
 				}
 			} else {
 				role = "primary"

@@ -3,51 +3,56 @@ package diff
 import (
 	"fmt"
 
-	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
+
+// ConditionKind names a precondition.
+type ConditionKind string
+
+// Condition kinds: the planner refuses a step whose preconditions fail, and
+// apply re-checks them on a fresh snapshot right before acting.
+const (
+	CondSiteReachable  ConditionKind = "site-reachable"
+	CondCRAbsent       ConditionKind = "cr-absent"
+	CondCRPresent      ConditionKind = "cr-present"
+	CondReadable       ConditionKind = "database-readable"
+	CondWritable       ConditionKind = "writable"
+	CondOnlyPrimary    ConditionKind = "only-writable"
+	CondStandby        ConditionKind = "standby"
+	CondStreamingFrom  ConditionKind = "streaming-from"
+	CondSameSystemID   ConditionKind = "same-system-identifier"
+	CondSameTimeline   ConditionKind = "same-timeline"
+	CondLagAtMost      ConditionKind = "lag-at-most"
+	CondSameMajor      ConditionKind = "same-major-version"
+	CondNoOtherJournal ConditionKind = "no-other-journal"
+)
+
+// Precondition is a condition on a cluster (and sometimes a second one).
+type Precondition struct {
+	Kind    ConditionKind `json:"kind"`
+	Cluster string        `json:"cluster,omitempty"`
+	Other   string        `json:"other,omitempty"`
+	Site    string        `json:"site,omitempty"`
+	Bytes   int64         `json:"bytes,omitempty"`
+}
 
 // Check re-evaluates a step's preconditions on a fresh snapshot. apply calls
 // it right before acting, so a plan that went stale is refused, not forced.
-func Check(step Step, snap *live.Snapshot) error {
+func Check(step Step, snap *snapshot.Snapshot) error {
 	for _, c := range step.Preconditions {
-		if err := check(c, snap); err != nil {
-			return fmt.Errorf("%s %s: precondition %s no longer holds: %w", step.Action, step.Subject, c.Kind, err)
+		if err := c.Holds(snap); err != nil {
+			return fmt.Errorf("precondition %s no longer holds: %w", c.Kind, err)
 		}
 	}
 	return nil
 }
 
-func check(c Precondition, snap *live.Snapshot) error {
-	cluster := func(name string) (*live.ClusterState, error) {
-		cs, ok := snap.Cluster(name)
-		if !ok {
-			return nil, fmt.Errorf("%s is not observed", name)
-		}
-		return cs, nil
-	}
+// Holds reports why the condition fails on snap, or nil.
+func (c Precondition) Holds(snap *snapshot.Snapshot) error {
 	switch c.Kind {
 	case CondSiteReachable:
-		s, ok := snap.Site(c.Site)
-		if !ok || !s.Reachable {
+		if s, ok := snap.Site(c.Site); !ok || !s.Reachable {
 			return fmt.Errorf("site %s unreachable", c.Site)
-		}
-		return nil
-	case CondCRAbsent, CondCRPresent:
-		cs, err := cluster(c.Cluster)
-		if err != nil {
-			return err
-		}
-		if cs.Exists != (c.Kind == CondCRPresent) {
-			return fmt.Errorf("%s CR exists: %v", c.Cluster, cs.Exists)
-		}
-		return nil
-	case CondWritable:
-		cs, err := cluster(c.Cluster)
-		if err != nil {
-			return err
-		}
-		if !cs.Writable() {
-			return fmt.Errorf("%s is not writable (%s)", c.Cluster, orNone(cs.PGError))
 		}
 		return nil
 	case CondOnlyPrimary:
@@ -57,42 +62,77 @@ func check(c Precondition, snap *live.Snapshot) error {
 			}
 		}
 		return nil
+	case CondNoOtherJournal:
+		for _, cs := range snap.Clusters {
+			if j := cs.Journal(); j != nil && j.From != c.Cluster && j.To != c.Cluster {
+				return fmt.Errorf("%s has an unfinished switchover %s → %s", cs.Name, j.From, j.To)
+			}
+		}
+		return nil
 	}
-	to, err := cluster(c.Cluster)
-	if err != nil {
-		return err
+	cs, ok := snap.Cluster(c.Cluster)
+	if !ok {
+		return fmt.Errorf("%s is not observed", c.Cluster)
 	}
-	from, err := cluster(c.Other)
-	if err != nil {
-		return err
+	switch c.Kind {
+	case CondCRAbsent:
+		if cs.Exists {
+			return fmt.Errorf("%s exists already", c.Cluster)
+		}
+		return nil
+	case CondCRPresent:
+		if !cs.Exists {
+			return fmt.Errorf("%s does not exist", c.Cluster)
+		}
+		return nil
+	case CondReadable:
+		if cs.PG == nil {
+			return fmt.Errorf("cannot read %s's database: %s", c.Cluster, orNone(cs.PGError))
+		}
+		return nil
+	case CondWritable:
+		if !cs.Writable() {
+			return fmt.Errorf("%s is not writable (%s)", c.Cluster, orNone(cs.PGError))
+		}
+		return nil
 	}
-	if to.PG == nil || from.PG == nil {
+	other, ok := snap.Cluster(c.Other)
+	if !ok {
+		return fmt.Errorf("%s is not observed", c.Other)
+	}
+	to, from := cs.PG, other.PG
+	if to == nil || from == nil {
 		return fmt.Errorf("cannot read %s or %s", c.Cluster, c.Other)
 	}
 	switch c.Kind {
-	case CondStreamingFrom:
-		w := to.PG.WalReceiver
-		if w == nil || w.Status != "streaming" {
-			return fmt.Errorf("%s is not streaming (wal receiver: %s)", c.Cluster, walStatus(w))
+	case CondStandby:
+		if !to.InRecovery {
+			return fmt.Errorf("%s is not a standby", c.Cluster)
 		}
-		if from.Endpoint != nil && (w.SenderHost != from.Endpoint.Host || w.SenderPort != from.Endpoint.Port) {
-			return fmt.Errorf("%s streams from %s:%d, not %s", c.Cluster, w.SenderHost, w.SenderPort, from.Endpoint)
+	case CondStreamingFrom:
+		if w := to.WalReceiver; w == nil || w.Status != "streaming" {
+			return fmt.Errorf("%s is not streaming (wal receiver: %s)", c.Cluster, cs.Receiver())
+		}
+		if other.Endpoint != nil && !cs.StreamsFrom(other.Endpoint) {
+			return fmt.Errorf("%s streams from %s:%d, not from %s at %s", c.Cluster, to.WalReceiver.SenderHost, to.WalReceiver.SenderPort, c.Other, other.Endpoint)
 		}
 	case CondSameSystemID:
-		if to.PG.SystemID != from.PG.SystemID {
-			return fmt.Errorf("system identifiers differ: %s %s, %s %s", c.Cluster, to.PG.SystemID, c.Other, from.PG.SystemID)
+		if to.SystemID != from.SystemID {
+			return fmt.Errorf("%s system identifier %s differs from %s's (%s): not a standby of it", c.Cluster, to.SystemID, c.Other, from.SystemID)
 		}
 	case CondSameTimeline:
-		if to.PG.Timeline > from.PG.Timeline {
-			return fmt.Errorf("%s timeline %d is ahead of %s's %d", c.Cluster, to.PG.Timeline, c.Other, from.PG.Timeline)
+		// A lower timeline on a standby streaming from the primary is only
+		// stale reporting (no WAL since the switch); a higher one forked off.
+		if to.Timeline > from.Timeline {
+			return fmt.Errorf("%s timeline %d is ahead of %s's %d: its history forked off", c.Cluster, to.Timeline, c.Other, from.Timeline)
 		}
 	case CondLagAtMost:
-		if lag := lagBytes(from.PG, to.PG); lag > c.Bytes {
-			return fmt.Errorf("lag %s > %s", humanBytes(lag), humanBytes(c.Bytes))
+		if lag := snapshot.Lag(from, to); lag > c.Bytes {
+			return fmt.Errorf("%s lag %s > maxLagBytes %s", c.Cluster, snapshot.HumanBytes(lag), snapshot.HumanBytes(c.Bytes))
 		}
 	case CondSameMajor:
-		if to.PG.ServerVersion/10000 != from.PG.ServerVersion/10000 {
-			return fmt.Errorf("versions differ")
+		if to.ServerVersion/10000 != from.ServerVersion/10000 {
+			return fmt.Errorf("%s runs PostgreSQL %d, %s %d", c.Cluster, to.ServerVersion/10000, c.Other, from.ServerVersion/10000)
 		}
 	default:
 		return fmt.Errorf("unknown precondition %q", c.Kind)
@@ -100,5 +140,9 @@ func check(c Precondition, snap *live.Snapshot) error {
 	return nil
 }
 
-// HumanBytes formats a byte count for progress output.
-func HumanBytes(n int64) string { return humanBytes(n) }
+func orNone(s string) string {
+	if s == "" {
+		return "no error reported"
+	}
+	return s
+}

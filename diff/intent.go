@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
@@ -90,7 +91,7 @@ func Describe(base, head *topology.Desired) []Intent {
 		}
 	}
 	if base.MaxLagBytes != head.MaxLagBytes {
-		add(IntentSetting, nil, "maxLagBytes %s → %s: the most a switchover target may lag", humanBytes(base.MaxLagBytes), humanBytes(head.MaxLagBytes))
+		add(IntentSetting, nil, "maxLagBytes %s → %s: the most a switchover target may lag", snapshot.HumanBytes(base.MaxLagBytes), snapshot.HumanBytes(head.MaxLagBytes))
 	}
 	if base.ServiceType != head.ServiceType {
 		add(IntentSetting, nil, "service type %s → %s: standbys reach their peer another way", base.ServiceType, head.ServiceType)

@@ -1,36 +1,14 @@
 // Package diff computes a Plan from the desired state and a snapshot. It is
-// pure: no I/O, no clock; the same inputs give the same plan. Renderers are
-// separate from planning.
+// pure: no I/O, no clock; the same inputs give the same plan. Each step
+// carries the payload apply executes (docs/architecture.md, "The plan").
+// Renderers are separate from planning.
 package diff
 
 import (
 	"fmt"
-	"sort"
+
+	"github.com/pgtopo/pgtopo/snapshot"
 )
-
-// Action is what a step does.
-type Action string
-
-// Actions, in the order apply runs them (see order).
-const (
-	ActionLock            Action = "lock"
-	ActionEnsurePrimary   Action = "ensure-primary"
-	ActionCheckpoint      Action = "checkpoint"
-	ActionBootstrapSecret Action = "bootstrap-secret"
-	ActionCreateStandby   Action = "create-standby"
-	ActionSwitchover      Action = "switchover"
-	ActionRepoint         Action = "repoint"
-	ActionUpdate          Action = "update"
-	ActionFillExternalIP  Action = "fill-external-ip"
-	ActionRecord          Action = "record"
-)
-
-// order is the rank of each action: steps run by rank, then by cluster name.
-var order = map[Action]int{
-	ActionLock: 0, ActionEnsurePrimary: 1, ActionCheckpoint: 2, ActionBootstrapSecret: 3,
-	ActionCreateStandby: 4, ActionSwitchover: 5, ActionRepoint: 6, ActionUpdate: 7,
-	ActionFillExternalIP: 8, ActionRecord: 9,
-}
 
 // Subject is the object a step acts on.
 type Subject struct {
@@ -46,60 +24,80 @@ func (s Subject) String() string {
 	return fmt.Sprintf("%s (%s/%s)", s.Cluster, s.Site, s.Namespace)
 }
 
-// Change is one field-level difference, before → after. Values are never
-// secrets: a Secret change is described by name and fingerprint.
+// Change is one field-level difference, before → after, computed from a
+// step's payload and the live object. Values are never secrets: a Secret
+// change is described by name and fingerprint.
 type Change struct {
 	Field  string `json:"field"`
 	Before string `json:"before"`
 	After  string `json:"after"`
 }
 
-// Condition kinds apply re-checks on a fresh snapshot before a step.
-type ConditionKind string
-
-// Condition kinds.
-const (
-	CondSiteReachable  ConditionKind = "site-reachable"
-	CondCRAbsent       ConditionKind = "cr-absent"
-	CondCRPresent      ConditionKind = "cr-present"
-	CondWritable       ConditionKind = "writable"
-	CondStreamingFrom  ConditionKind = "streaming-from"
-	CondSameSystemID   ConditionKind = "same-system-identifier"
-	CondSameTimeline   ConditionKind = "same-timeline"
-	CondLagAtMost      ConditionKind = "lag-at-most"
-	CondSameMajor      ConditionKind = "same-major-version"
-	CondOnlyPrimary    ConditionKind = "only-writable"
-	CondNoOtherJournal ConditionKind = "no-other-journal"
-)
-
-// Precondition is a condition on a cluster (and sometimes a second one).
-type Precondition struct {
-	Kind    ConditionKind `json:"kind"`
-	Cluster string        `json:"cluster,omitempty"`
-	Other   string        `json:"other,omitempty"`
-	Site    string        `json:"site,omitempty"`
-	Bytes   int64         `json:"bytes,omitempty"`
-}
-
-// Step is one ordered, idempotent unit of work.
+// Step is one ordered, idempotent unit of work and its payload: exactly
+// what apply writes.
 type Step struct {
 	Action        Action         `json:"action"`
 	Subject       Subject        `json:"subject"`
 	Reason        string         `json:"reason"`
 	Changes       []Change       `json:"changes,omitempty"`
 	Preconditions []Precondition `json:"preconditions,omitempty"`
-	// Switchover names both ends of a role swap.
+
+	// Spec is the owned part of the subject's object that the step writes
+	// (ensure-primary, create-standby, repoint, update).
+	Spec *snapshot.Spec `json:"spec,omitempty"`
+	// PeerOf names the cluster whose endpoint becomes Spec's peer when it
+	// is not known yet (a standby planned with its primary): apply fills
+	// it in from what that cluster's creation produced.
+	PeerOf string `json:"peerOf,omitempty"`
+	// Follows is the primary a standby step waits to stream from.
+	Follows string `json:"follows,omitempty"`
+	// Marks are what a record step writes.
+	Marks *snapshot.Marks `json:"marks,omitempty"`
+	// Secret is what a bootstrap-secret step copies.
+	Secret *SecretCopy `json:"secret,omitempty"`
+	// ExternalIP is the row a fill-external-ip step completes.
+	ExternalIP *ExternalIP `json:"externalIP,omitempty"`
+	// Switchover is the role swap's payload.
 	Switchover *Switchover `json:"switchover,omitempty"`
 	// Locks are the Leases a lock step takes, in order.
 	Locks []Subject `json:"locks,omitempty"`
+	Lease string    `json:"lease,omitempty"`
 }
 
-// Switchover is the two clusters of a role swap.
+// SecretCopy copies a cluster's admin credentials into a standby's
+// namespace as a basic-auth Secret.
+type SecretCopy struct {
+	From     Subject `json:"from"`
+	FromName string  `json:"fromName"`
+	Name     string  `json:"name"`
+	Topology string  `json:"topology"`
+}
+
+// ExternalIP fills a standby's empty external_ip in the primary's
+// sys_operator.multi_cluster_info.
+type ExternalIP struct {
+	Primary string `json:"primary"`
+	Cluster string `json:"cluster"`
+	Host    string `json:"host"`
+}
+
+// Switchover is the role swap's payload: both ends, their endpoints, the
+// specs each gets, and the gate's inputs.
 type Switchover struct {
-	From        string `json:"from"`
-	To          string `json:"to"`
+	From         Subject            `json:"from"`
+	To           Subject            `json:"to"`
+	FromEndpoint *snapshot.Endpoint `json:"fromEndpoint,omitempty"`
+	ToEndpoint   *snapshot.Endpoint `json:"toEndpoint,omitempty"`
+	// Demoted is the old primary's spec as a standby of the target;
+	// Promoted the target's spec as primary.
+	Demoted  snapshot.Spec `json:"demoted"`
+	Promoted snapshot.Spec `json:"promoted"`
+	// SystemID and Timeline are the old primary's: the gate compares the
+	// target's against them. Zero when resuming (the journal has them).
+	SystemID    string `json:"systemIdentifier,omitempty"`
+	Timeline    int    `json:"timeline,omitempty"`
 	MaxLagBytes int64  `json:"maxLagBytes"`
-	// Resume is set when a journal shows an interrupted switchover.
+	// Resume is the journaled phase of an interrupted switchover.
 	Resume string `json:"resume,omitempty"`
 }
 
@@ -125,11 +123,19 @@ type ClusterRoles struct {
 	After     string `json:"after"`
 }
 
+// Site is a site of the plan and the kubeconfig context that reaches it,
+// so a saved plan can be executed without the topology file.
+type Site struct {
+	Name    string `json:"name"`
+	Context string `json:"context"`
+}
+
 // Plan is the ordered work that makes the live world match the file.
 type Plan struct {
 	Topology string         `json:"topology"`
 	Revision string         `json:"revision,omitempty"`
 	Digest   string         `json:"digest"`
+	Sites    []Site         `json:"sites"`
 	Clusters []ClusterRoles `json:"clusters"`
 	Steps    []Step         `json:"steps"`
 	Refusals []Refusal      `json:"refusals"`
@@ -142,17 +148,6 @@ func (p *Plan) InSync() bool { return len(p.Steps) == 0 && len(p.Refusals) == 0 
 // Refused reports whether the plan must not be applied.
 func (p *Plan) Refused() bool { return len(p.Refusals) > 0 }
 
-// sortSteps orders steps by action rank, then cluster name.
-func sortSteps(steps []Step) {
-	sort.SliceStable(steps, func(i, j int) bool {
-		a, b := steps[i], steps[j]
-		if order[a.Action] != order[b.Action] {
-			return order[a.Action] < order[b.Action]
-		}
-		return a.Subject.Cluster < b.Subject.Cluster
-	})
-}
-
 // Count summarises steps the way the closing line of a plan says them.
 type Count struct {
 	Switchovers, Create, Update, Refused int
@@ -162,12 +157,12 @@ type Count struct {
 func (p *Plan) Count() Count {
 	var c Count
 	for _, s := range p.Steps {
-		switch s.Action {
-		case ActionSwitchover:
+		switch Catalogue[s.Action].Bucket {
+		case BucketSwitchover:
 			c.Switchovers++
-		case ActionEnsurePrimary, ActionCreateStandby, ActionBootstrapSecret:
+		case BucketCreate:
 			c.Create++
-		case ActionUpdate, ActionRepoint, ActionRecord, ActionFillExternalIP:
+		case BucketUpdate:
 			c.Update++
 		}
 	}

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
@@ -40,14 +40,14 @@ func loadDesired(t *testing.T, file string) *topology.Desired {
 
 // loadSnapshot reads a fixture; "@digest@" stands for the topology's digest,
 // so fixtures describe "recorded the current file" without pinning a hash.
-func loadSnapshot(t *testing.T, file string, d *topology.Desired) *live.Snapshot {
+func loadSnapshot(t *testing.T, file string, d *topology.Desired) *snapshot.Snapshot {
 	t.Helper()
 	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	data = bytes.ReplaceAll(data, []byte("@digest@"), []byte(d.Digest))
-	var s live.Snapshot
+	var s snapshot.Snapshot
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
@@ -89,14 +89,14 @@ func TestPlans(t *testing.T) {
 		"primary-changed":           {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "switchover orders-east → orders-west"},
 		"standby-missing":           {actions: []Action{ActionLock, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord}},
 		"secret-missing":            {actions: []Action{ActionLock, ActionBootstrapSecret}},
-		"lagging-target":            {refused: true, mention: "switchover to orders-west refused: lag 48 MiB > maxLagBytes 16 MiB"},
+		"lagging-target":            {refused: true, mention: "switchover to orders-west refused: orders-west lag 48 MiB > maxLagBytes 16 MiB"},
 		"sysid-mismatch":            {refused: true, mention: "orders-west system identifier 7702118734059123321 differs from primary orders-east (7710640626635289495): not a standby of this primary"},
-		"sysid-mismatch-switchover": {refused: true, mention: "not a standby of this primary"},
+		"sysid-mismatch-switchover": {refused: true, mention: "orders-west system identifier 7702118734059123321 differs from orders-east's (7710640626635289495)"},
 		"unreachable-site":          {refused: true, mention: "site west unreachable"},
 		"hand-edited-two-writable":  {refused: true, mention: "live says primary is orders-west, file says orders-east"},
 		"cluster-removed-from-file": {inSync: true, mention: "orders-old (west/db): labelled for topology orders but no longer in the file: left alone"},
 		"drift-and-repoint":         {actions: []Action{ActionLock, ActionRepoint, ActionUpdate}},
-		"target-not-streaming":      {refused: true, mention: "it is not streaming (wal receiver: waiting)"},
+		"target-not-streaming":      {refused: true, mention: "orders-west is not streaming (wal receiver: waiting from 127.100.10.1:31388)"},
 		"resume-journal":            {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "resume switchover orders-east → orders-west from phase gated"},
 		"three-sites-switchover":    {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover, ActionRepoint}},
 		"lb-empty-external-ip":      {actions: []Action{ActionLock, ActionFillExternalIP, ActionFillExternalIP}},

@@ -2,25 +2,22 @@ package diff
 
 import (
 	"fmt"
-	"maps"
 	"slices"
-	"strconv"
 	"strings"
 
-	"github.com/pgtopo/pgtopo/flavor/alauda"
-	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
 // Options carry what the plan records but does not decide on.
 type Options struct {
 	// Revision is the git commit the topology was read from, if any.
-	Revision string
+	Revision string `json:"revision,omitempty"`
 	// History relates each revision recorded on a CR to Revision; a
 	// recorded revision missing here counts as HistoryUnknown.
-	History map[string]History
+	History map[string]History `json:"history,omitempty"`
 	// AllowRollback lets a plan move the recorded revision backwards.
-	AllowRollback bool
+	AllowRollback bool `json:"allowRollback,omitempty"`
 }
 
 // Roles as the plan shows them.
@@ -34,33 +31,42 @@ const (
 // planner holds the inputs while a plan is computed.
 type planner struct {
 	d    *topology.Desired
-	snap *live.Snapshot
+	snap *snapshot.Snapshot
 	opt  Options
 	plan Plan
+	// switching is the planned switchover, if any.
+	switching *Switchover
 }
 
 // Compute plans the steps that make snap match d.
-func Compute(d *topology.Desired, snap *live.Snapshot, opt Options) Plan {
+func Compute(d *topology.Desired, snap *snapshot.Snapshot, opt Options) Plan {
 	p := &planner{d: d, snap: snap, opt: opt,
 		plan: Plan{Topology: d.Name, Revision: opt.Revision, Digest: d.Digest, Steps: []Step{}, Refusals: []Refusal{}, Notes: []Note{}}}
+	for _, s := range d.Sites() {
+		p.plan.Sites = append(p.plan.Sites, Site{Name: s.Name, Context: s.Context})
+	}
 	p.run()
 	sortSteps(p.plan.Steps)
-	if len(p.plan.Steps) > 0 && !p.plan.Refused() {
-		var locks []Subject
-		var where []string
-		for _, l := range d.LockSites() {
-			locks = append(locks, Subject{Site: l.Site.Name, Namespace: l.Namespace})
-			where = append(where, l.Site.Name+"/"+l.Namespace)
-		}
-		p.plan.Steps = append([]Step{{Action: ActionLock, Subject: locks[0], Locks: locks,
-			Reason: fmt.Sprintf("hold Lease %s in every site (%s, in this order) so no other run changes this topology meanwhile",
-				live.LeaseName(d.Name), strings.Join(where, ", "))}}, p.plan.Steps...)
-	}
 	if p.plan.Refused() {
 		// A refused plan changes nothing; listing steps would suggest it might.
 		p.plan.Steps = []Step{}
 	}
+	if len(p.plan.Steps) > 0 {
+		p.plan.Steps = append([]Step{p.lockStep()}, p.plan.Steps...)
+	}
 	return p.plan
+}
+
+func (p *planner) lockStep() Step {
+	var locks []Subject
+	var where []string
+	for _, l := range p.d.LockSites() {
+		locks = append(locks, Subject{Site: l.Site.Name, Namespace: l.Namespace})
+		where = append(where, l.Site.Name+"/"+l.Namespace)
+	}
+	return Step{Action: ActionLock, Subject: locks[0], Locks: locks, Lease: p.d.LeaseName(),
+		Reason: fmt.Sprintf("hold Lease %s in every site (%s, in this order) so no other run changes this topology meanwhile",
+			p.d.LeaseName(), strings.Join(where, ", "))}
 }
 
 func (p *planner) refuse(subj *Subject, format string, args ...any) {
@@ -77,12 +83,20 @@ func subjectOf(c topology.DesiredCluster) Subject {
 	return Subject{Site: c.Site.Name, Namespace: c.Namespace, Cluster: c.Name}
 }
 
-func (p *planner) observed(name string) *live.ClusterState {
+func (p *planner) observed(name string) *snapshot.ClusterState {
 	c, ok := p.snap.Cluster(name)
 	if !ok {
-		return &live.ClusterState{Name: name}
+		return &snapshot.ClusterState{Name: name}
 	}
 	return c
+}
+
+// object is the cluster's live object, nil when it does not exist.
+func (p *planner) object(name string) *snapshot.Object {
+	if o := p.observed(name); o.Exists {
+		return o.Object
+	}
+	return nil
 }
 
 func (p *planner) run() {
@@ -101,6 +115,9 @@ func (p *planner) run() {
 		if o := p.observed(c.Name); o.Error != "" {
 			subj := subjectOf(c)
 			p.refuse(&subj, "cannot observe %s: %s", c.Name, o.Error)
+		} else if o.Exists && o.Object.MarksError != "" {
+			subj := subjectOf(c)
+			p.refuse(&subj, "%s: %s; fix or remove the annotation by hand", c.Name, o.Object.MarksError)
 		}
 	}
 	p.checkRevisions()
@@ -117,10 +134,9 @@ func (p *planner) run() {
 	}
 	want := d.Primary()
 	if len(writable) > 1 {
-		others := without(writable, want.Name)
-		livePrimary := others[0]
-		if !slices.Contains(writable, want.Name) {
-			livePrimary = writable[0]
+		livePrimary := writable[0]
+		if others := without(writable, want.Name); slices.Contains(writable, want.Name) {
+			livePrimary = others[0]
 		}
 		p.refuse(nil, "split brain: %s are writable at once (live says primary is %s, file says %s); CR isReplica edited by hand? Fence one of them before running pgtopo again",
 			strings.Join(writable, " and "), livePrimary, want.Name)
@@ -132,14 +148,13 @@ func (p *planner) run() {
 		livePrimary = writable[0]
 	}
 
-	journal, journalOn := p.journal()
-	switch {
-	case journalOn != "":
-		p.resumeSwitchover(journal, journalOn)
+	switch j, on := p.journal(); {
+	case j != nil:
+		p.resumeSwitchover(*j, on)
 	case livePrimary == "":
 		p.noLivePrimary(want)
 	case livePrimary == want.Name:
-		p.primaryDrift(want, p.observed(want.Name))
+		p.primaryDrift(want)
 	default:
 		p.switchover(livePrimary, want)
 	}
@@ -153,27 +168,35 @@ func (p *planner) run() {
 	p.roles(want.Name)
 }
 
-// journal finds an unfinished switchover recorded on any CR.
-func (p *planner) journal() (alauda.Journal, string) {
+// journal finds an unfinished switchover recorded on any cluster.
+func (p *planner) journal() (*snapshot.Journal, string) {
 	for _, c := range p.d.Clusters {
-		o := p.observed(c.Name)
-		if !o.Exists {
-			continue
-		}
-		j, ok, err := alauda.ParseJournal(o.CR.Annotations)
-		if err != nil {
-			subj := subjectOf(c)
-			p.refuse(&subj, "%s: %v; fix or remove the annotation by hand", c.Name, err)
-			continue
-		}
-		if ok {
+		if j := p.observed(c.Name).Journal(); j != nil {
 			return j, c.Name
 		}
 	}
-	return alauda.Journal{}, ""
+	return nil, ""
 }
 
-func (p *planner) resumeSwitchover(j alauda.Journal, on string) {
+// desiredSpec is the spec a cluster should have in its role in the file.
+// A standby's peer is the primary's endpoint when known.
+func (p *planner) desiredSpec(c topology.DesiredCluster, primaryEP *snapshot.Endpoint) snapshot.Spec {
+	s := snapshot.Spec{
+		Topology: p.d.Name, Instances: c.Instances, TeamID: c.TeamID, Version: c.Version,
+		Parameters: c.Parameters, VolumeSize: c.VolumeSize,
+		Replication: snapshot.Replication{Enabled: true, ServiceType: p.d.ServiceType},
+	}
+	if c.Role == topology.RoleStandby {
+		s.Replication.IsReplica = true
+		s.Replication.BootstrapSecret = p.observed(c.Name).BootstrapSecret.Name
+		if primaryEP != nil {
+			s = s.WithPeer(*primaryEP)
+		}
+	}
+	return s
+}
+
+func (p *planner) resumeSwitchover(j snapshot.Journal, on string) {
 	to, okTo := p.d.Cluster(j.To)
 	from, okFrom := p.d.Cluster(j.From)
 	if !okTo || !okFrom {
@@ -185,9 +208,18 @@ func (p *planner) resumeSwitchover(j alauda.Journal, on string) {
 			j.From, j.To, j.Phase, p.d.Primary().Name)
 		return
 	}
+	fo, ot := p.observed(from.Name), p.observed(to.Name)
+	if ot.Endpoint == nil {
+		p.refuse(nil, "cannot resume switchover %s → %s: %s has no endpoint", j.From, j.To, to.Name)
+		return
+	}
+	sw := &Switchover{From: subjectOf(from), To: subjectOf(to), FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
+		Demoted: p.desiredSpec(from, ot.Endpoint), Promoted: p.desiredSpec(to, nil), MaxLagBytes: p.d.MaxLagBytes, Resume: j.Phase}
+	p.switching = sw
 	p.add(Step{Action: ActionSwitchover, Subject: subjectOf(to),
 		Reason:        fmt.Sprintf("resume switchover %s → %s from phase %s (journal on %s)", j.From, j.To, j.Phase, on),
-		Switchover:    &Switchover{From: from.Name, To: to.Name, MaxLagBytes: p.d.MaxLagBytes, Resume: j.Phase},
+		Changes:       p.switchoverChanges(sw),
+		Switchover:    sw,
 		Preconditions: []Precondition{{Kind: CondSiteReachable, Site: from.Site.Name}, {Kind: CondSiteReachable, Site: to.Site.Name}},
 	})
 }
@@ -196,24 +228,22 @@ func (p *planner) resumeSwitchover(j alauda.Journal, on string) {
 // deployment, or a primary still coming up.
 func (p *planner) noLivePrimary(want topology.DesiredCluster) {
 	o := p.observed(want.Name)
-	anyExists := false
-	for _, c := range p.d.Clusters {
-		if p.observed(c.Name).Exists {
-			anyExists = true
-		}
-	}
+	anyExists := slices.ContainsFunc(p.d.Clusters, func(c topology.DesiredCluster) bool { return p.observed(c.Name).Exists })
+	spec := p.desiredSpec(want, nil)
 	switch {
 	case !o.Exists && !anyExists:
 		p.add(Step{Action: ActionEnsurePrimary, Subject: subjectOf(want),
 			Reason:        "create the primary CR and wait until it is Running and writable",
-			Changes:       crChanges(nil, want, p.d, ""),
+			Spec:          &spec,
+			Changes:       specChanges(nil, spec, ""),
 			Preconditions: []Precondition{{Kind: CondCRAbsent, Cluster: want.Name}}})
-	case o.Exists && !o.CR.Replication.IsReplica:
+	case o.Exists && !o.Object.Spec.Replication.IsReplica:
 		// Created by an earlier run and still coming up: wait for it.
-		step := Step{Action: ActionEnsurePrimary, Subject: subjectOf(want),
-			Reason:  fmt.Sprintf("wait until %s is Running and writable (status %q; %s)", want.Name, o.CR.Status, orNone(o.PGError)),
-			Changes: crChanges(o.CR, want, p.d, "")}
-		p.add(step)
+		p.add(Step{Action: ActionEnsurePrimary, Subject: subjectOf(want),
+			Reason:        fmt.Sprintf("wait until %s is Running and writable (status %q; %s)", want.Name, o.Object.Status, orNone(o.PGError)),
+			Spec:          &spec,
+			Changes:       specChanges(o.Object, spec, ""),
+			Preconditions: []Precondition{{Kind: CondCRPresent, Cluster: want.Name}}})
 	case !o.Exists:
 		p.refuse(nil, "no cluster is writable and %s, the primary in the file, does not exist, while other clusters do: is the primary's site down? This needs a failover, which pgtopo does only when asked", want.Name)
 	default:
@@ -222,18 +252,37 @@ func (p *planner) noLivePrimary(want topology.DesiredCluster) {
 }
 
 // primaryDrift plans an update of the primary's CR when it differs.
-func (p *planner) primaryDrift(want topology.DesiredCluster, o *live.ClusterState) {
-	if ch := crChanges(o.CR, want, p.d, ""); len(ch) > 0 {
+func (p *planner) primaryDrift(want topology.DesiredCluster) {
+	obj := p.object(want.Name)
+	spec := p.desiredSpec(want, nil)
+	if ch := specChanges(obj, spec, ""); len(ch) > 0 {
 		p.add(Step{Action: ActionUpdate, Subject: subjectOf(want), Reason: "the primary's CR differs from the file",
-			Changes: ch, Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
+			Spec: &spec, Changes: ch, Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
 	}
-	p.versionCheck(want, o)
+	p.versionCheck(want)
 }
 
-func (p *planner) versionCheck(c topology.DesiredCluster, o *live.ClusterState) {
-	if o.Exists && o.CR.Version != "" && o.CR.Version != c.Version {
+func (p *planner) versionCheck(c topology.DesiredCluster) {
+	if obj := p.object(c.Name); obj != nil && obj.Spec.Version != "" && obj.Spec.Version != c.Version {
 		subj := subjectOf(c)
-		p.refuse(&subj, "%s runs PostgreSQL %s but the file says %s: major upgrades are not something pgtopo does", c.Name, o.CR.Version, c.Version)
+		p.refuse(&subj, "%s runs PostgreSQL %s but the file says %s: major upgrades are not something pgtopo does", c.Name, obj.Spec.Version, c.Version)
+	}
+}
+
+// switchoverPreconditions is the switchover's preflight: the planner
+// refuses with every one that fails, and apply re-checks them all.
+func switchoverPreconditions(from, to topology.DesiredCluster, maxLag int64) []Precondition {
+	return []Precondition{
+		{Kind: CondSiteReachable, Site: from.Site.Name}, {Kind: CondSiteReachable, Site: to.Site.Name},
+		{Kind: CondCRPresent, Cluster: to.Name},
+		{Kind: CondReadable, Cluster: to.Name}, {Kind: CondReadable, Cluster: from.Name},
+		{Kind: CondOnlyPrimary, Cluster: from.Name},
+		{Kind: CondStandby, Cluster: to.Name, Other: from.Name},
+		{Kind: CondStreamingFrom, Cluster: to.Name, Other: from.Name},
+		{Kind: CondSameSystemID, Cluster: to.Name, Other: from.Name},
+		{Kind: CondSameTimeline, Cluster: to.Name, Other: from.Name},
+		{Kind: CondLagAtMost, Cluster: to.Name, Other: from.Name, Bytes: maxLag},
+		{Kind: CondSameMajor, Cluster: to.Name, Other: from.Name},
 	}
 }
 
@@ -245,74 +294,57 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 		p.refuse(nil, "the writable cluster %s is not in the file; pgtopo will not switch over from a cluster it does not manage", from)
 		return
 	}
-	of, ot := p.observed(from), p.observed(to.Name)
 	subj := subjectOf(to)
-	refusals := len(p.plan.Refusals)
-	reason := func(format string, args ...any) {
-		p.refuse(&subj, "switchover to %s refused: %s", to.Name, fmt.Sprintf(format, args...))
-	}
-	switch {
-	case !ot.Exists:
-		reason("its CR does not exist; add it as a standby first (keep primary: %s), then switch over", from)
-	case ot.PG == nil:
-		reason("cannot read its database: %s", orNone(ot.PGError))
-	case of.PG == nil:
-		reason("cannot read the primary %s: %s", from, orNone(of.PGError))
-	default:
-		wr := ot.PG.WalReceiver
-		switch {
-		case !ot.PG.InRecovery:
-			reason("it is not a standby")
-		case wr == nil || wr.Status != "streaming":
-			reason("it is not streaming (wal receiver: %s)", walStatus(wr))
-		case of.Endpoint != nil && (wr.SenderHost != of.Endpoint.Host || wr.SenderPort != of.Endpoint.Port):
-			reason("it streams from %s:%d, not from the primary %s at %s", wr.SenderHost, wr.SenderPort, from, of.Endpoint)
-		}
-		if ot.PG.SystemID != of.PG.SystemID {
-			reason("%s system identifier %s differs from primary %s (%s): not a standby of this primary", to.Name, ot.PG.SystemID, from, of.PG.SystemID)
-		}
-		// A lower timeline on a standby streaming from the primary is only
-		// stale reporting (no WAL since the switch); a higher one forked off.
-		if ot.PG.Timeline > of.PG.Timeline {
-			reason("timeline %d is ahead of the primary's %d: its history forked off", ot.PG.Timeline, of.PG.Timeline)
-		}
-		if lag := lagBytes(of.PG, ot.PG); lag > p.d.MaxLagBytes {
-			reason("lag %s > maxLagBytes %s", humanBytes(lag), humanBytes(p.d.MaxLagBytes))
-		}
-		if ot.PG.ServerVersion/10000 != of.PG.ServerVersion/10000 {
-			reason("PostgreSQL %d differs from the primary's %d", ot.PG.ServerVersion/10000, of.PG.ServerVersion/10000)
+	pre := switchoverPreconditions(fromC, to, p.d.MaxLagBytes)
+	failed := false
+	for _, c := range pre {
+		if err := c.Holds(p.snap); err != nil {
+			p.refuse(&subj, "switchover to %s refused: %v", to.Name, err)
+			failed = true
+			if c.Kind == CondCRPresent || c.Kind == CondReadable {
+				return // the rest cannot be judged
+			}
 		}
 	}
-	if len(p.plan.Refusals) > refusals {
+	if failed {
 		return
 	}
+	fo, ot := p.observed(from), p.observed(to.Name)
+	sw := &Switchover{From: subjectOf(fromC), To: subj, FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
+		Demoted: p.desiredSpec(fromC, ot.Endpoint), Promoted: p.desiredSpec(to, nil),
+		SystemID: fo.PG.SystemID, Timeline: fo.PG.Timeline, MaxLagBytes: p.d.MaxLagBytes}
+	p.switching = sw
 	p.add(Step{Action: ActionSwitchover, Subject: subj,
-		Reason: fmt.Sprintf("switchover: primary %s → %s (demote %s, wait until %s has replayed all of its WAL, then promote)", from, to.Name, from, to.Name),
-		Changes: []Change{
-			{Field: from + ": clusterReplication.isReplica", Before: "false", After: "true"},
-			{Field: from + ": numberOfInstances", Before: strconv.Itoa(of.CR.Instances), After: "1"},
-			{Field: from + ": clusterReplication.peer", Before: peerOf(of.CR), After: endpointOf(ot)},
-			{Field: to.Name + ": clusterReplication.isReplica", Before: "true", After: "false"},
-			{Field: to.Name + ": numberOfInstances", Before: strconv.Itoa(ot.CR.Instances), After: strconv.Itoa(to.DeclaredInstances)},
-		},
-		Switchover: &Switchover{From: from, To: to.Name, MaxLagBytes: p.d.MaxLagBytes},
-		Preconditions: []Precondition{
-			{Kind: CondSiteReachable, Site: fromC.Site.Name}, {Kind: CondSiteReachable, Site: to.Site.Name},
-			{Kind: CondOnlyPrimary, Cluster: from},
-			{Kind: CondStreamingFrom, Cluster: to.Name, Other: from},
-			{Kind: CondSameSystemID, Cluster: to.Name, Other: from},
-			{Kind: CondSameTimeline, Cluster: to.Name, Other: from},
-			{Kind: CondLagAtMost, Cluster: to.Name, Other: from, Bytes: p.d.MaxLagBytes},
-			{Kind: CondSameMajor, Cluster: to.Name, Other: from},
-		}})
+		Reason:        fmt.Sprintf("switchover: primary %s → %s (demote %s, wait until %s has replayed all of its WAL, then promote)", from, to.Name, from, to.Name),
+		Changes:       p.switchoverChanges(sw),
+		Switchover:    sw,
+		Preconditions: pre})
+}
+
+// switchoverChanges shows what the switchover writes on both ends.
+func (p *planner) switchoverChanges(sw *Switchover) []Change {
+	var out []Change
+	for _, end := range []struct {
+		name string
+		spec snapshot.Spec
+	}{{sw.From.Cluster, sw.Demoted}, {sw.To.Cluster, sw.Promoted}} {
+		for _, c := range specChanges(p.object(end.name), end.spec, "") {
+			c.Field = end.name + ": " + c.Field
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // standbys plans secrets, creation, repointing and drift of every standby
 // of the file's primary.
 func (p *planner) standbys(want topology.DesiredCluster) {
 	primary := p.observed(want.Name)
+	primaryEP := primary.Endpoint
+	if p.switching != nil {
+		primaryEP = p.switching.ToEndpoint
+	}
 	needCheckpoint := false
-	switching := p.hasAction(ActionSwitchover)
 	for _, c := range p.d.Standbys() {
 		o := p.observed(c.Name)
 		subj := subjectOf(c)
@@ -326,19 +358,27 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 				before = "fingerprint " + o.BootstrapSecret.Hash
 			}
 			p.add(Step{Action: ActionBootstrapSecret, Subject: subj,
-				Reason:  fmt.Sprintf("the standby needs the primary's admin credentials to bootstrap (copied from %s)", alauda.CredentialsSecret(want.Name)),
-				Changes: []Change{{Field: "secret " + alauda.BootstrapSecret(p.d.Name), Before: before, After: "copy of " + alauda.CredentialsSecret(want.Name)}}})
+				Reason:  fmt.Sprintf("the standby needs the primary's admin credentials to bootstrap (copied from %s)", primary.Credentials.Name),
+				Secret:  &SecretCopy{From: subjectOf(want), FromName: primary.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name},
+				Changes: []Change{{Field: "secret " + o.BootstrapSecret.Name, Before: before, After: "copy of " + primary.Credentials.Name}}})
 		}
+		spec := p.desiredSpec(c, primaryEP)
 		if !o.Exists {
 			needCheckpoint = true
-			p.add(Step{Action: ActionCreateStandby, Subject: subj,
+			step := Step{Action: ActionCreateStandby, Subject: subj, Spec: &spec, Follows: want.Name,
 				Reason:        fmt.Sprintf("create %s as a standby of %s from birth and wait until it streams with the same system identifier", c.Name, want.Name),
-				Changes:       crChanges(nil, c, p.d, endpointOf(primary)),
-				Preconditions: []Precondition{{Kind: CondCRAbsent, Cluster: c.Name}, {Kind: CondWritable, Cluster: want.Name}}})
+				Changes:       specChanges(nil, spec, want.Name),
+				Preconditions: []Precondition{{Kind: CondCRAbsent, Cluster: c.Name}}}
+			if primaryEP == nil {
+				step.PeerOf = want.Name
+			} else {
+				step.Preconditions = append(step.Preconditions, Precondition{Kind: CondWritable, Cluster: want.Name})
+			}
+			p.add(step)
 			continue
 		}
-		p.versionCheck(c, o)
-		if switching && p.plan.Steps[p.indexOf(ActionSwitchover)].Switchover.From == c.Name {
+		p.versionCheck(c)
+		if p.switching != nil && p.switching.From.Cluster == c.Name {
 			continue // the switchover turns it into a standby of the new primary
 		}
 		if o.PG != nil && primary.PG != nil && o.PG.SystemID != primary.PG.SystemID {
@@ -349,26 +389,32 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		if o.PG != nil && !o.PG.InRecovery {
 			continue // writable: handled as split brain or switchover above
 		}
-		wantPeer := endpointOf(primary)
-		if !switching && primary.Endpoint != nil && peerOf(o.CR) != wantPeer {
-			p.add(Step{Action: ActionRepoint, Subject: subj, Reason: fmt.Sprintf("follow the primary %s", want.Name),
-				Changes:       []Change{{Field: "clusterReplication.peer", Before: peerOf(o.CR), After: wantPeer}},
-				Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
-		} else if switching {
-			p.add(Step{Action: ActionRepoint, Subject: subj, Reason: fmt.Sprintf("follow the new primary %s after the switchover", want.Name),
-				Changes: []Change{{Field: "clusterReplication.peer", Before: peerOf(o.CR), After: endpointOf(primary)}}})
+		if primaryEP == nil {
+			spec.Replication.PeerHost, spec.Replication.PeerPort = o.Object.Spec.Replication.PeerHost, o.Object.Spec.Replication.PeerPort
 		}
-		if ch := crChanges(o.CR, c, p.d, "-"); len(ch) > 0 {
-			p.add(Step{Action: ActionUpdate, Subject: subj, Reason: "the standby's CR differs from the file", Changes: ch})
+		ch := specChanges(o.Object, spec, "")
+		repeer := primaryEP != nil && o.Object.Spec.Replication.Peer() != primaryEP.String()
+		switch {
+		case repeer:
+			step := Step{Action: ActionRepoint, Subject: subj, Spec: &spec, Follows: want.Name, Changes: ch,
+				Reason: fmt.Sprintf("follow the primary %s", want.Name)}
+			if p.switching != nil {
+				step.Reason = fmt.Sprintf("follow the new primary %s after the switchover", want.Name)
+			} else {
+				step.Preconditions = []Precondition{{Kind: CondWritable, Cluster: want.Name}}
+			}
+			p.add(step)
+		case len(ch) > 0:
+			p.add(Step{Action: ActionUpdate, Subject: subj, Reason: "the standby's CR differs from the file", Spec: &spec, Changes: ch})
 		}
-		if o.PG != nil && (o.PG.WalReceiver == nil || o.PG.WalReceiver.Status != "streaming") && !switching {
-			p.note(&subj, "%s is not streaming (wal receiver: %s)", c.Name, walStatus(o.PG.WalReceiver))
+		if o.PG != nil && (o.PG.WalReceiver == nil || o.PG.WalReceiver.Status != "streaming") && p.switching == nil {
+			p.note(&subj, "%s is not streaming (wal receiver: %s)", c.Name, o.Receiver())
 		}
 		if o.PG == nil && o.PGError != "" {
 			p.note(&subj, "cannot read %s's database: %s", c.Name, o.PGError)
 		}
 	}
-	if needCheckpoint && !switching {
+	if needCheckpoint && p.switching == nil {
 		p.add(Step{Action: ActionCheckpoint, Subject: subjectOf(want),
 			Reason:        "CHECKPOINT on the primary before a standby is created, so its base backup starts from a fresh checkpoint",
 			Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
@@ -397,31 +443,41 @@ func (p *planner) fillExternalIPs(want topology.DesiredCluster, livePrimary stri
 		}
 		p.add(Step{Action: ActionFillExternalIP, Subject: subjectOf(c),
 			Reason:        fmt.Sprintf("multi_cluster_info on %s lists %s with an empty external_ip", want.Name, c.Name),
+			ExternalIP:    &ExternalIP{Primary: want.Name, Cluster: c.Name, Host: o.Endpoint.Host},
 			Changes:       []Change{{Field: "sys_operator.multi_cluster_info.external_ip", Before: "", After: o.Endpoint.Host}},
 			Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
 	}
 }
 
-// record annotates every CR with the applied digest and revision.
+// record marks every cluster's object with the applied digest and revision.
 func (p *planner) record() {
 	for _, c := range p.d.Clusters {
-		o := p.observed(c.Name)
-		var ann map[string]string
-		if o.Exists {
-			ann = o.CR.Annotations
+		var now snapshot.Marks
+		if obj := p.object(c.Name); obj != nil {
+			now = obj.Marks
+		}
+		want := snapshot.Marks{Digest: p.d.Digest, Revision: now.Revision}
+		if p.opt.Revision != "" {
+			want.Revision = p.opt.Revision
 		}
 		var ch []Change
-		if ann[alauda.AnnotationDigest] != p.d.Digest {
-			ch = append(ch, Change{Field: "annotation " + alauda.AnnotationDigest, Before: ann[alauda.AnnotationDigest], After: p.d.Digest})
+		if now.Digest != want.Digest {
+			ch = append(ch, Change{Field: MarkDigest, Before: now.Digest, After: want.Digest})
 		}
-		if p.opt.Revision != "" && ann[alauda.AnnotationRevision] != p.opt.Revision {
-			ch = append(ch, Change{Field: "annotation " + alauda.AnnotationRevision, Before: ann[alauda.AnnotationRevision], After: p.opt.Revision})
+		if now.Revision != want.Revision {
+			ch = append(ch, Change{Field: MarkRevision, Before: now.Revision, After: want.Revision})
 		}
 		if len(ch) > 0 {
-			p.add(Step{Action: ActionRecord, Subject: subjectOf(c), Reason: "remember what was applied", Changes: ch})
+			p.add(Step{Action: ActionRecord, Subject: subjectOf(c), Reason: "remember what was applied", Marks: &want, Changes: ch})
 		}
 	}
 }
+
+// Names of the marks as plans show them.
+const (
+	MarkDigest   = "mark pgtopo.dev/digest"
+	MarkRevision = "mark pgtopo.dev/revision"
+)
 
 func (p *planner) roles(afterPrimary string) {
 	for _, c := range p.d.Clusters {
@@ -434,7 +490,7 @@ func (p *planner) roles(afterPrimary string) {
 			now = RolePrimary
 		case o.PG != nil:
 			now = RoleStandby
-		case o.Exists && o.CR.Replication.IsReplica:
+		case o.Exists && o.Object.Spec.Replication.IsReplica:
 			now = RoleStandby
 		}
 		after := now
@@ -448,115 +504,29 @@ func (p *planner) roles(afterPrimary string) {
 	}
 }
 
-func (p *planner) hasAction(a Action) bool { return p.indexOf(a) >= 0 }
-
-func (p *planner) indexOf(a Action) int {
-	for i, s := range p.plan.Steps {
-		if s.Action == a {
-			return i
+// specChanges lists the owned fields whose payload value differs from the
+// live object's (all of them when live is nil: creation). peerOf names the
+// cluster whose endpoint becomes the peer once it is known.
+func specChanges(live *snapshot.Object, want snapshot.Spec, peerOf string) []Change {
+	before := map[string]string{}
+	if live != nil {
+		for _, f := range live.Spec.Fields() {
+			before[f.Path] = f.Value
 		}
 	}
-	return -1
-}
-
-// crChanges lists the CR fields pgtopo owns that differ from the desired
-// cluster. With cr nil it lists what creation sets. peer is the standby's
-// desired peer ("" for a primary, "-" to leave the peer to repoint).
-func crChanges(cr *alauda.CR, c topology.DesiredCluster, d *topology.Desired, peer string) []Change {
-	var ch []Change
-	add := func(field, before, after string) {
-		if before != after {
-			ch = append(ch, Change{Field: field, Before: before, After: after})
+	var out []Change
+	for _, f := range want.Fields() {
+		if f.Path == "clusterReplication.peer" && f.Value == "" && peerOf != "" && want.Replication.IsReplica {
+			f.Value = "endpoint of " + peerOf + " (known once it exists)"
+		}
+		if f.Path == "volume.size" && f.Value == "" {
+			continue // not written: left to whoever set it
+		}
+		if b := before[f.Path]; b != f.Value && !(live == nil && f.Value == "") {
+			out = append(out, Change{Field: f.Path, Before: b, After: f.Value})
 		}
 	}
-	var cur alauda.CR
-	if cr != nil {
-		cur = *cr
-	}
-	before := func(s string) string {
-		if cr == nil {
-			return ""
-		}
-		return s
-	}
-	add("numberOfInstances", before(strconv.Itoa(cur.Instances)), strconv.Itoa(c.Instances))
-	if cr == nil {
-		add("teamId", "", c.TeamID)
-		add("postgresql.version", "", c.Version)
-	}
-	for _, k := range slices.Sorted(maps.Keys(c.Parameters)) {
-		add("postgresql.parameters."+k, cur.Parameters[k], c.Parameters[k])
-	}
-	if c.VolumeSize != "" {
-		add("volume.size", cur.VolumeSize, c.VolumeSize)
-	}
-	add("clusterReplication.enabled", before(strconv.FormatBool(cur.Replication.Enabled)), "true")
-	add("clusterReplication.replSvcType", cur.Replication.ServiceType, d.ServiceType)
-	if c.Role == topology.RolePrimary {
-		if cr != nil && cur.Replication.IsReplica {
-			add("clusterReplication.isReplica", "true", "false")
-		}
-		return ch
-	}
-	add("clusterReplication.isReplica", before(strconv.FormatBool(cur.Replication.IsReplica)), "true")
-	add("clusterReplication.bootstrapSecret", cur.Replication.BootstrapSecret, alauda.BootstrapSecret(d.Name))
-	if peer != "-" {
-		add("clusterReplication.peer", peerOf(cr), peer)
-	}
-	return ch
-}
-
-func peerOf(cr *alauda.CR) string {
-	if cr == nil || cr.Replication.PeerHost == "" {
-		return ""
-	}
-	return fmt.Sprintf("%s:%d", cr.Replication.PeerHost, cr.Replication.PeerPort)
-}
-
-// endpointOf is a cluster's peer endpoint, or a description of it when it
-// does not exist yet (apply resolves it when it gets there).
-func endpointOf(o *live.ClusterState) string {
-	if o.Endpoint != nil {
-		return o.Endpoint.String()
-	}
-	return "endpoint of " + o.Name
-}
-
-func lagBytes(primary, standby *live.PGState) int64 {
-	end := primary.EndOfWAL()
-	if standby.ReplayLSN >= end {
-		return 0
-	}
-	return int64(end - standby.ReplayLSN)
-}
-
-func walStatus(w *live.WalReceiver) string {
-	if w == nil {
-		return "none"
-	}
-	return w.Status
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "no error reported"
-	}
-	return s
-}
-
-// humanBytes prints sizes as the file writes them (16 MiB).
-func humanBytes(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	f := float64(n)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	if f == float64(int64(f)) {
-		return fmt.Sprintf("%d %s", int64(f), units[i])
-	}
-	return fmt.Sprintf("%.1f %s", f, units[i])
+	return out
 }
 
 func without(xs []string, x string) []string {

@@ -10,12 +10,6 @@ import (
 // PlanAPIVersion versions the JSON form of a plan.
 const PlanAPIVersion = "pgtopo.dev/v1alpha1"
 
-var symbols = map[Action]string{
-	ActionLock: "*", ActionEnsurePrimary: "+", ActionCheckpoint: "*", ActionBootstrapSecret: "+",
-	ActionCreateStandby: "+", ActionSwitchover: "<>", ActionRepoint: "~", ActionUpdate: "~",
-	ActionFillExternalIP: "~", ActionRecord: "~",
-}
-
 // Summary is the closing line of a text plan.
 func (p *Plan) Summary() string {
 	if p.InSync() {
@@ -74,7 +68,7 @@ func (p *Plan) WriteText(w io.Writer) error {
 			} else {
 				name += " (" + s.Subject.Namespace + ")"
 			}
-			fmt.Fprintf(&b, "  %2d. %-2s %-16s %s\n", i+1, symbols[s.Action], s.Action, name)
+			fmt.Fprintf(&b, "  %2d. %-2s %-16s %s\n", i+1, Catalogue[s.Action].Symbol, s.Action, name)
 			fmt.Fprintf(&b, "          %s\n", s.Reason)
 			for _, c := range s.Changes {
 				fmt.Fprintf(&b, "          %s: %s → %s\n", c.Field, show(c.Before), show(c.After))

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-
-	"github.com/pgtopo/pgtopo/flavor/alauda"
 )
 
 // History is how a revision recorded on a CR relates to Options.Revision,
@@ -32,11 +30,11 @@ func (p *planner) checkRevisions() {
 	}
 	onCluster := map[string][]string{}
 	for _, c := range p.d.Clusters {
-		o := p.observed(c.Name)
-		if !o.Exists {
+		obj := p.object(c.Name)
+		if obj == nil {
 			continue
 		}
-		rec := o.CR.Annotations[alauda.AnnotationRevision]
+		rec := obj.Marks.Revision
 		if rec == "" || rec == p.opt.Revision {
 			continue
 		}
@@ -74,9 +72,10 @@ func (p *planner) checkRevisions() {
 }
 
 // ShortRevision abbreviates a commit hash for people (a little longer than
-// git's default, to stay unambiguous); JSON keeps it whole.
+// git's default, to stay unambiguous); JSON keeps it whole. It is the one
+// rule: gitsource abbreviates with it too.
 func ShortRevision(rev string) string {
-	if len(rev) == 40 {
+	if len(rev) > 12 {
 		return rev[:12]
 	}
 	return rev

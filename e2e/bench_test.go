@@ -14,12 +14,13 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 const fourSites = `apiVersion: pgtopo.dev/v1alpha1
@@ -75,13 +76,21 @@ func BenchmarkObserve(b *testing.B) {
 		sites := &kube.Sites{Loader: kube.Loader{Kubeconfig: lab.Paths{Dir: h.lab.Dir}.Kubeconfig()}}
 		keep := &live.Conns{}
 		b.Cleanup(keep.Close)
-		return &live.Observer{Prober: distantProber{live.PgxProber{Keep: keep}, rtt}, Sequential: sequential, Connect: func(c string) (live.SiteAPI, error) {
+		op, err := flavor.Lookup(d.Flavor)
+		if err != nil {
+			b.Fatal(err)
+		}
+		o := &live.Observer{Prober: distantProber{live.PgxProber{Keep: keep}, rtt}, Names: op.Names, Connect: func(c string) (live.SiteAPI, error) {
 			s, err := sites.Connect(c)
 			if err != nil {
 				return nil, err
 			}
-			return distantSite{s, rtt}, nil
+			return distantSite{flavor.Site{Site: s, Op: op}, rtt}, nil
 		}}
+		if sequential {
+			o.Run = inTurn
+		}
+		return o
 	}
 	var parBusy, seqBusy machineTime
 	parByProc := processTime{}
@@ -135,6 +144,14 @@ func BenchmarkObserve(b *testing.B) {
 		wanRTT, (wanPar / n).Round(100*time.Microsecond), (wanSeq / n).Round(100*time.Microsecond), wanRatio)
 }
 
+// inTurn observes one site after another: the sequential side of the
+// comparison.
+func inTurn(fns []func()) {
+	for _, fn := range fns {
+		fn()
+	}
+}
+
 // distantSite is a site's API as if the site were rtt away: each request
 // (one round trip on the kept HTTP/2 connection) waits rtt before it goes.
 type distantSite struct {
@@ -144,14 +161,14 @@ type distantSite struct {
 
 func (s distantSite) far() { time.Sleep(s.rtt) }
 
-func (s distantSite) GetPostgresql(ctx context.Context, ns, name string) (*unstructured.Unstructured, error) {
+func (s distantSite) ReadCluster(ctx context.Context, ns, name string) (*snapshot.Object, error) {
 	s.far()
-	return s.SiteAPI.GetPostgresql(ctx, ns, name)
+	return s.SiteAPI.ReadCluster(ctx, ns, name)
 }
 
-func (s distantSite) ListPostgresqls(ctx context.Context, ns, selector string) ([]unstructured.Unstructured, error) {
+func (s distantSite) ListClusters(ctx context.Context, ns, topology string) ([]string, error) {
 	s.far()
-	return s.SiteAPI.ListPostgresqls(ctx, ns, selector)
+	return s.SiteAPI.ListClusters(ctx, ns, topology)
 }
 
 func (s distantSite) GetService(ctx context.Context, ns, name string) (*corev1.Service, error) {
@@ -181,7 +198,7 @@ type distantProber struct {
 	rtt time.Duration
 }
 
-func (p distantProber) Probe(ctx context.Context, ep live.Endpoint, user, password string) (*live.PGState, error) {
+func (p distantProber) Probe(ctx context.Context, ep snapshot.Endpoint, user, password string) (*snapshot.PGState, error) {
 	time.Sleep(2 * p.rtt)
 	return p.Prober.Probe(ctx, ep, user, password)
 }

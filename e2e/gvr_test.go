@@ -1,5 +1,5 @@
 package e2e
 
-import "github.com/pgtopo/pgtopo/kube"
+import "github.com/pgtopo/pgtopo/flavor/alauda"
 
-var postgresqlGVR = kube.PostgresqlGVR
+var postgresqlGVR = alauda.Resource

@@ -3,8 +3,10 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -13,8 +15,10 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/flavor/alauda"
 	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 // journalPhase reads the switchover journal phase on a CR ("" when none).
@@ -23,11 +27,11 @@ func (h *harness) journalPhase(site, cluster string) string {
 	if err != nil {
 		return ""
 	}
-	j, ok, _ := alauda.ParseJournal(u.GetAnnotations())
-	if !ok {
+	obj := alauda.Parse(u)
+	if obj.Marks.Journal == nil {
 		return ""
 	}
-	return j.Phase
+	return obj.Marks.Journal.Phase
 }
 
 // TestKillAndResume kills apply with SIGKILL inside the switchover (after
@@ -35,10 +39,11 @@ func (h *harness) journalPhase(site, cluster string) string {
 // patch, after the fence), re-runs it, and checks that it converges with no acknowledged row
 // lost and never two writable clusters.
 //
-// The kill follows apply's own progress line for the moment, read from its
-// stderr as it is written: a phase can last a few milliseconds (the gate is
-// often already passed when it is journaled), far less than polling the CRs
-// could catch, while the next journal write takes an API round trip.
+// The kill follows apply's own progress events for the moment
+// (--progress-format json, read from its stderr as they are written): a
+// phase can last a few milliseconds (the gate is often already passed when
+// it is journaled), far less than polling the CRs could catch, while the
+// next journal write takes an API round trip.
 func TestKillAndResume(t *testing.T) {
 	h := newHarness(t, "east", "west")
 	east, west := h.topology("orders-east"), h.topology("orders-west")
@@ -46,17 +51,21 @@ func TestKillAndResume(t *testing.T) {
 	h.createAcked("east", "orders-east")
 
 	cases := []struct {
-		after, phase, file, primary, site string
+		after   apply.Phase
+		phase   string
+		file    string
+		primary string
+		site    string
 	}{
-		{"  demote: ", alauda.PhaseDemoting, west, "orders-west", "west"},
-		{"  journal: gate recorded", alauda.PhaseGated, east, "orders-east", "east"},
-		{"  promote: ", alauda.PhasePromoted, west, "orders-west", "west"},
+		{apply.PhaseDemote, snapshot.PhaseDemoting, west, "orders-west", "west"},
+		{apply.PhaseGateSet, snapshot.PhaseGated, east, "orders-east", "east"},
+		{apply.PhasePromote, snapshot.PhasePromoted, west, "orders-west", "west"},
 		// Fenced (new writes refused) but not yet demoted.
-		{"  fence: ", alauda.PhaseDemoting, east, "orders-east", "east"},
+		{apply.PhaseFence, snapshot.PhaseDemoting, east, "orders-east", "east"},
 	}
 	for _, tc := range cases {
 		w := h.startWriter()
-		cmd := exec.Command(h.bin, "apply", "-f", tc.file)
+		cmd := exec.Command(h.bin, "apply", "-f", tc.file, "--progress-format", "json")
 		cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
 		stderr, err := cmd.StderrPipe()
 		if err != nil {
@@ -66,27 +75,33 @@ func TestKillAndResume(t *testing.T) {
 			t.Fatal(err)
 		}
 		var progress []string
+		killed := false
 		lines := bufio.NewScanner(stderr)
 		for lines.Scan() {
 			progress = append(progress, lines.Text())
-			if strings.Contains(lines.Text(), tc.after) {
+			if ev, ok := parseEvent(lines.Text()); ok && ev.Phase == tc.after {
 				_ = cmd.Process.Signal(syscall.SIGKILL)
+				killed = true
 				break
 			}
 		}
 		_ = cmd.Wait()
-		if !strings.Contains(strings.Join(progress, "\n"), tc.after) {
-			t.Fatalf("apply ended before %q:\n%s", tc.after, strings.Join(progress, "\n"))
+		if !killed {
+			t.Fatalf("apply ended before a %q event:\n%s", tc.after, strings.Join(progress, "\n"))
 		}
 		if a, b := h.journalPhase("east", "orders-east"), h.journalPhase("west", "orders-west"); a != tc.phase && b != tc.phase {
 			t.Fatalf("killed after %q, but the journal says %q and %q, want %s", tc.after, a, b, tc.phase)
 		}
-		t.Logf("killed apply after %q, journal at phase %s", strings.TrimSpace(tc.after), tc.phase)
-		r := h.pgtopo("apply", "-f", tc.file, "--lock-timeout", "90s")
+		t.Logf("killed apply after %q, journal at phase %s", tc.after, tc.phase)
+		r := h.pgtopo("apply", "-f", tc.file, "--lock-timeout", "90s", "--progress-format", "json")
 		time.Sleep(2 * time.Second)
 		w.finish()
 		h.expect(r, 0, "Apply complete")
-		if !strings.Contains(r.stderr, "resuming switchover") || !strings.Contains(r.stderr, "at phase "+tc.phase) {
+		resumed := slices.ContainsFunc(strings.Split(r.stderr, "\n"), func(line string) bool {
+			ev, ok := parseEvent(line)
+			return ok && ev.Phase == apply.PhaseResume && ev.Journal == tc.phase
+		})
+		if !resumed {
 			t.Errorf("the re-run did not resume from the journal at phase %s:\n%s", tc.phase, r.stderr)
 		}
 		if w.bothSeen.Load() != 0 {
@@ -98,6 +113,13 @@ func TestKillAndResume(t *testing.T) {
 		h.expect(h.pgtopo("diff", "-f", tc.file), 0, "No changes.")
 		t.Logf("phase %s: resumed and converged; %d rows acknowledged, none lost", tc.phase, len(w.acked))
 	}
+}
+
+// parseEvent reads one JSON progress event.
+func parseEvent(line string) (apply.Event, bool) {
+	var ev apply.Event
+	err := json.Unmarshal([]byte(line), &ev)
+	return ev, err == nil && ev.Phase != ""
 }
 
 // TestConcurrentApplies starts two switchovers at once: one holds the Lease,

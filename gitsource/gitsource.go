@@ -20,6 +20,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/go-git/go-git/v5/storage/memory"
+
+	"github.com/pgtopo/pgtopo/diff"
 )
 
 // Commit is the commit a topology was read from.
@@ -30,12 +32,7 @@ type Commit struct {
 }
 
 // Short is the abbreviated hash people read.
-func (c Commit) Short() string {
-	if len(c.Hash) > 12 {
-		return c.Hash[:12]
-	}
-	return c.Hash
-}
+func (c Commit) Short() string { return diff.ShortRevision(c.Hash) }
 
 // Repository is an opened topology repository.
 type Repository struct {

@@ -23,9 +23,6 @@ import (
 // InCluster is the context name that selects the pod's service account.
 const InCluster = "in-cluster"
 
-// PostgresqlGVR is the operator's postgresql resource.
-var PostgresqlGVR = schema.GroupVersionResource{Group: "acid.zalan.do", Version: "v1", Resource: "postgresqls"}
-
 // Loader builds clients for kubeconfig contexts.
 type Loader struct {
 	// Kubeconfig is an explicit file (the --kubeconfig flag); empty follows
@@ -77,14 +74,14 @@ func (l Loader) Connect(contextName string) (*Site, error) {
 	return &Site{Typed: typed, Dynamic: dyn}, nil
 }
 
-// GetPostgresql reads one CR.
-func (s *Site) GetPostgresql(ctx context.Context, ns, name string) (*unstructured.Unstructured, error) {
-	return s.Dynamic.Resource(PostgresqlGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+// GetObject reads one custom resource.
+func (s *Site) GetObject(ctx context.Context, gvr schema.GroupVersionResource, ns, name string) (*unstructured.Unstructured, error) {
+	return s.Dynamic.Resource(gvr).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
 }
 
-// ListPostgresqls lists CRs in a namespace matching a label selector.
-func (s *Site) ListPostgresqls(ctx context.Context, ns, selector string) ([]unstructured.Unstructured, error) {
-	l, err := s.Dynamic.Resource(PostgresqlGVR).Namespace(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+// ListObjects lists custom resources in a namespace matching a label selector.
+func (s *Site) ListObjects(ctx context.Context, gvr schema.GroupVersionResource, ns, selector string) ([]unstructured.Unstructured, error) {
+	l, err := s.Dynamic.Resource(gvr).Namespace(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
 	if err != nil {
 		return nil, err
 	}
@@ -115,16 +112,17 @@ func (s *Site) GetLease(ctx context.Context, ns, name string) (*coordinationv1.L
 	return s.Typed.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})
 }
 
-// ApplyPostgresql server-side-applies a CR as field manager pgtopo, taking
-// over the fields it sends (from a hand edit, say) and no others.
-func (s *Site) ApplyPostgresql(ctx context.Context, u *unstructured.Unstructured) error {
+// ApplyObject server-side-applies a custom resource as the given field
+// manager, taking over the fields it sends (from a hand edit, say) and no
+// others; fields the manager owned and the request leaves out are removed.
+func (s *Site) ApplyObject(ctx context.Context, gvr schema.GroupVersionResource, manager string, u *unstructured.Unstructured) error {
 	data, err := json.Marshal(u.Object)
 	if err != nil {
 		return err
 	}
 	force := true
-	_, err = s.Dynamic.Resource(PostgresqlGVR).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, data,
-		metav1.PatchOptions{FieldManager: FieldManager, Force: &force})
+	_, err = s.Dynamic.Resource(gvr).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, data,
+		metav1.PatchOptions{FieldManager: manager, Force: &force})
 	return err
 }
 
@@ -156,5 +154,9 @@ func (s *Site) UpdateLease(ctx context.Context, l *coordinationv1.Lease) (*coord
 	return s.Typed.CoordinationV1().Leases(l.Namespace).Update(ctx, l, metav1.UpdateOptions{FieldManager: FieldManager})
 }
 
-// FieldManager is pgtopo's server-side apply identity.
-const FieldManager = "pgtopo"
+// FieldManager is pgtopo's server-side apply identity for what it owns in
+// objects; MarksFieldManager owns its marks (annotations), written apart.
+const (
+	FieldManager      = "pgtopo"
+	MarksFieldManager = "pgtopo-marks"
+)

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 // Conns keeps probe connections open between the snapshots of one run, so
@@ -31,7 +33,7 @@ type Conns struct {
 // connKey tells connections apart by where and as whom; the password is
 // part of it only as a digest, so a rotated password opens a new session.
 type connKey struct {
-	ep       Endpoint
+	ep       snapshot.Endpoint
 	user     string
 	password [sha256.Size]byte
 }

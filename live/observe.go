@@ -2,7 +2,11 @@ package live
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -10,16 +14,17 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/pgtopo/pgtopo/flavor/alauda"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
-// SiteAPI is what observing needs from one site's Kubernetes API.
+// SiteAPI is what observing needs from one site's Kubernetes API, with
+// cluster objects already read through the topology's flavor.
 type SiteAPI interface {
-	GetPostgresql(ctx context.Context, ns, name string) (*unstructured.Unstructured, error)
-	ListPostgresqls(ctx context.Context, ns, selector string) ([]unstructured.Unstructured, error)
+	// ReadCluster returns nil without error when the object does not exist.
+	ReadCluster(ctx context.Context, ns, name string) (*snapshot.Object, error)
+	ListClusters(ctx context.Context, ns, topology string) ([]string, error)
 	GetService(ctx context.Context, ns, name string) (*corev1.Service, error)
 	ListNodes(ctx context.Context) ([]corev1.Node, error)
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
@@ -31,48 +36,53 @@ type Connector func(context string) (SiteAPI, error)
 
 // Prober reads PostgreSQL facts from a server.
 type Prober interface {
-	Probe(ctx context.Context, ep Endpoint, user, password string) (*PGState, error)
+	Probe(ctx context.Context, ep snapshot.Endpoint, user, password string) (*snapshot.PGState, error)
+}
+
+// Names are the operator's names of a cluster's companions (its flavor's).
+type Names interface {
+	CredentialsSecret(cluster string) string
+	BootstrapSecret(topology string) string
+	MasterService(cluster string) string
+	PostgresPort() int
 }
 
 // Observer takes snapshots.
 type Observer struct {
 	Connect Connector
+	Names   Names
 	Prober  Prober
 	// SiteTimeout bounds each site's observation (default 10s).
 	SiteTimeout time.Duration
-	// Sequential observes one site after another; for benchmarks.
-	Sequential bool
+	// Run runs the sites' observations; nil runs them all at once. A
+	// benchmark passes one that runs them in turn, to compare.
+	Run func(sites []func())
 }
 
-// LeaseName is the lock of a topology.
-func LeaseName(topology string) string { return "pgtopo-" + topology }
-
 // Observe takes a snapshot of every site of the desired state, in parallel.
-func (o *Observer) Observe(ctx context.Context, d *topology.Desired) *Snapshot {
+func (o *Observer) Observe(ctx context.Context, d *topology.Desired) *snapshot.Snapshot {
 	timeout := o.SiteTimeout
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
 	sites := d.Sites()
-	snap := &Snapshot{Topology: d.Name, Sites: make([]SiteState, len(sites))}
-	perSite := make([][]ClusterState, len(sites))
-	orphans := make([][]OrphanCluster, len(sites))
-	var wg sync.WaitGroup
+	snap := &snapshot.Snapshot{Topology: d.Name, Sites: make([]snapshot.SiteState, len(sites))}
+	perSite := make([][]snapshot.ClusterState, len(sites))
+	orphans := make([][]snapshot.OrphanCluster, len(sites))
+	runs := make([]func(), len(sites))
 	for i, site := range sites {
-		run := func() {
+		runs[i] = func() {
 			sctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			snap.Sites[i], perSite[i], orphans[i] = o.observeSite(sctx, d, site)
 		}
-		if o.Sequential {
-			run()
-			continue
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); run() }()
 	}
-	wg.Wait()
-	byName := map[string]ClusterState{}
+	run := o.Run
+	if run == nil {
+		run = allAtOnce
+	}
+	run(runs)
+	byName := map[string]snapshot.ClusterState{}
 	for i := range sites {
 		for _, c := range perSite[i] {
 			byName[c.Name] = c
@@ -86,16 +96,26 @@ func (o *Observer) Observe(ctx context.Context, d *topology.Desired) *Snapshot {
 	return snap
 }
 
+func allAtOnce(fns []func()) {
+	var wg sync.WaitGroup
+	for _, fn := range fns {
+		wg.Go(fn)
+	}
+	wg.Wait()
+}
+
 // observeSite reads a site in two rounds, so a distant site costs about
 // three round trips whatever it holds: every Kubernetes read at once (nodes,
 // the Lease, orphans, and each cluster's CR, Secrets and Service), then the
 // database probes, which need the Service, the nodes and the credentials.
-func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site topology.Site) (SiteState, []ClusterState, []OrphanCluster) {
-	st := SiteState{Name: site.Name, Context: site.Context}
-	var clusters []ClusterState
+func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site topology.Site) (snapshot.SiteState, []snapshot.ClusterState, []snapshot.OrphanCluster) {
+	st := snapshot.SiteState{Name: site.Name, Context: site.Context}
+	var clusters []snapshot.ClusterState
 	for _, c := range d.Clusters {
 		if c.Site.Name == site.Name {
-			clusters = append(clusters, ClusterState{Name: c.Name, Site: site.Name, Namespace: c.Namespace})
+			clusters = append(clusters, snapshot.ClusterState{Name: c.Name, Site: site.Name, Namespace: c.Namespace,
+				Credentials:     snapshot.SecretState{Name: o.Names.CredentialsSecret(c.Name)},
+				BootstrapSecret: snapshot.SecretState{Name: o.Names.BootstrapSecret(d.Name)}})
 		}
 	}
 	api, err := o.Connect(site.Context)
@@ -107,15 +127,15 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		wg       sync.WaitGroup
 		nodes    []corev1.Node
 		nodesErr error
-		lease    *LeaseInfo
-		orphans  []OrphanCluster
+		lease    *snapshot.LeaseInfo
+		orphans  []snapshot.OrphanCluster
 		reads    = make([]clusterReads, len(clusters))
 	)
 	wg.Go(func() { nodes, nodesErr = api.ListNodes(ctx) })
 	wg.Go(func() { lease = o.lease(ctx, api, d, site) })
 	wg.Go(func() { orphans = o.orphans(ctx, api, d, site) })
 	for i, c := range clusters {
-		reads[i].start(ctx, &wg, api, c.Namespace, c.Name, alauda.BootstrapSecret(d.Name))
+		reads[i].start(ctx, &wg, api, c, o.Names.MasterService(c.Name))
 	}
 	wg.Wait()
 	if nodesErr != nil {
@@ -131,16 +151,16 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 }
 
 // lease reads the topology's lock in this site, if the site holds one.
-func (o *Observer) lease(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) *LeaseInfo {
+func (o *Observer) lease(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) *snapshot.LeaseInfo {
 	for _, l := range d.LockSites() {
 		if l.Site.Name != site.Name {
 			continue
 		}
-		lease, err := api.GetLease(ctx, l.Namespace, LeaseName(d.Name))
+		lease, err := api.GetLease(ctx, l.Namespace, d.LeaseName())
 		if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
 			return nil
 		}
-		info := &LeaseInfo{Holder: *lease.Spec.HolderIdentity}
+		info := &snapshot.LeaseInfo{Holder: *lease.Spec.HolderIdentity}
 		if lease.Spec.RenewTime != nil {
 			info.RenewedAt = lease.Spec.RenewTime.UTC().Format(time.RFC3339)
 		}
@@ -155,35 +175,33 @@ func (o *Observer) lease(ctx context.Context, api SiteAPI, d *topology.Desired, 
 // clusterReads is what one cluster's Kubernetes objects read. The
 // credentials Secret is kept for the probe only, never in the snapshot.
 type clusterReads struct {
-	cr                *unstructured.Unstructured
-	crErr             error
+	obj               *snapshot.Object
+	objErr            error
 	svc               *corev1.Service
 	svcErr            error
-	credentials       SecretState
+	credentials       snapshot.SecretState
 	credentialsSecret *corev1.Secret
-	bootstrap         SecretState
+	bootstrap         snapshot.SecretState
 }
 
-// start reads the CR, both Secrets and the Service, each on its own.
-func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, ns, name, bootstrap string) {
-	wg.Go(func() { r.cr, r.crErr = api.GetPostgresql(ctx, ns, name) })
-	wg.Go(func() { r.credentials, r.credentialsSecret = secretState(ctx, api, ns, alauda.CredentialsSecret(name)) })
-	wg.Go(func() { r.bootstrap, _ = secretState(ctx, api, ns, bootstrap) })
-	wg.Go(func() { r.svc, r.svcErr = api.GetService(ctx, ns, name) })
+// start reads the cluster's object, both Secrets and the Service, each on
+// its own.
+func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, c snapshot.ClusterState, service string) {
+	ns := c.Namespace
+	wg.Go(func() { r.obj, r.objErr = api.ReadCluster(ctx, ns, c.Name) })
+	wg.Go(func() { r.credentials, r.credentialsSecret = secretState(ctx, api, ns, c.Credentials.Name) })
+	wg.Go(func() { r.bootstrap, _ = secretState(ctx, api, ns, c.BootstrapSecret.Name) })
+	wg.Go(func() { r.svc, r.svcErr = api.GetService(ctx, ns, service) })
 }
 
 // observeCluster fills a cluster's state from its reads and probes its
 // database through the resolved endpoint.
-func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site *SiteState, c *ClusterState, r *clusterReads) {
-	switch {
-	case apierrors.IsNotFound(r.crErr):
-	case r.crErr != nil:
-		c.Error = fmt.Sprintf("read CR: %v", r.crErr)
+func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site *snapshot.SiteState, c *snapshot.ClusterState, r *clusterReads) {
+	if r.objErr != nil {
+		c.Error = fmt.Sprintf("read CR: %v", r.objErr)
 		return
-	default:
-		parsed := alauda.Parse(r.cr)
-		c.Exists, c.CR = true, &parsed
 	}
+	c.Exists, c.Object = r.obj != nil, r.obj
 	c.Credentials, c.BootstrapSecret = r.credentials, r.bootstrap
 	if !c.Exists {
 		return
@@ -196,14 +214,14 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 	}
 	c.Service = serviceInfo(r.svc)
 	desired, _ := d.Cluster(c.Name)
-	c.Endpoint = resolveEndpoint(c.Service, site.NodeIPs, desired.Endpoint)
+	c.Endpoint = resolveEndpoint(c.Service, site.NodeIPs, desired.Endpoint, o.Names.PostgresPort())
 	if c.Endpoint == nil {
 		c.PGError = "no endpoint yet (the Service has no address)"
 		return
 	}
 	creds := r.credentialsSecret
 	if creds == nil {
-		c.PGError = fmt.Sprintf("credentials Secret %s not found", alauda.CredentialsSecret(c.Name))
+		c.PGError = fmt.Sprintf("credentials Secret %s not found", c.Credentials.Name)
 		return
 	}
 	pg, err := o.Prober.Probe(ctx, *c.Endpoint, string(creds.Data["username"]), string(creds.Data["password"]))
@@ -214,22 +232,22 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 	c.PG = pg
 }
 
-func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) []OrphanCluster {
+func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) []snapshot.OrphanCluster {
 	namespaces := map[string]bool{}
 	for _, c := range d.Clusters {
 		if c.Site.Name == site.Name {
 			namespaces[c.Namespace] = true
 		}
 	}
-	var out []OrphanCluster
+	var out []snapshot.OrphanCluster
 	for ns := range namespaces {
-		items, err := api.ListPostgresqls(ctx, ns, alauda.LabelTopology+"="+d.Name)
+		names, err := api.ListClusters(ctx, ns, d.Name)
 		if err != nil {
 			continue
 		}
-		for _, it := range items {
-			if dc, ok := d.Cluster(it.GetName()); !ok || dc.Site.Name != site.Name || dc.Namespace != ns {
-				out = append(out, OrphanCluster{Name: it.GetName(), Site: site.Name, Namespace: ns})
+		for _, name := range names {
+			if dc, ok := d.Cluster(name); !ok || dc.Site.Name != site.Name || dc.Namespace != ns {
+				out = append(out, snapshot.OrphanCluster{Name: name, Site: site.Name, Namespace: ns})
 			}
 		}
 	}
@@ -238,16 +256,29 @@ func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired
 
 // secretState reads a Secret once: its fingerprint for the snapshot, and the
 // object for the caller that needs its credentials (never stored).
-func secretState(ctx context.Context, api SiteAPI, ns, name string) (SecretState, *corev1.Secret) {
+func secretState(ctx context.Context, api SiteAPI, ns, name string) (snapshot.SecretState, *corev1.Secret) {
 	s, err := api.GetSecret(ctx, ns, name)
 	if err != nil {
-		return SecretState{Name: name}, nil
+		return snapshot.SecretState{Name: name}, nil
 	}
-	return SecretState{Name: name, Exists: true, Hash: alauda.HashSecretData(s.Data)}, s
+	return snapshot.SecretState{Name: name, Exists: true, Hash: HashSecretData(s.Data), ResourceVersion: s.ResourceVersion}, s
 }
 
-func serviceInfo(svc *corev1.Service) *Service {
-	s := &Service{Type: string(svc.Spec.Type), ClusterIP: svc.Spec.ClusterIP}
+// HashSecretData fingerprints a Secret's data without revealing it, so
+// drift can be seen without the value ever leaving the API server response.
+func HashSecretData(data map[string][]byte) string {
+	h := sha256.New()
+	for _, k := range slices.Sorted(maps.Keys(data)) {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+		h.Write(data[k])
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func serviceInfo(svc *corev1.Service) *snapshot.Service {
+	s := &snapshot.Service{Type: string(svc.Spec.Type), ClusterIP: svc.Spec.ClusterIP}
 	if s.Type == "" {
 		s.Type = string(corev1.ServiceTypeClusterIP)
 	}
@@ -287,28 +318,28 @@ func nodeIPs(nodes []corev1.Node) []string {
 	return out
 }
 
-// resolveEndpoint applies DESIGN.md section 3: ClusterIP → clusterIP:5432;
+// resolveEndpoint follows the operator's Service types: ClusterIP → clusterIP:5432;
 // NodePort → a node's address and the nodePort; LoadBalancer → the ingress
 // and 5432. An override in the topology wins.
-func resolveEndpoint(s *Service, nodeIPs []string, override *topology.Endpoint) *Endpoint {
+func resolveEndpoint(s *snapshot.Service, nodeIPs []string, override *topology.Endpoint, port int) *snapshot.Endpoint {
 	if override != nil {
-		return &Endpoint{Host: override.Host, Port: override.Port}
+		return &snapshot.Endpoint{Host: override.Host, Port: override.Port}
 	}
 	switch s.Type {
 	case string(corev1.ServiceTypeNodePort):
 		if len(nodeIPs) == 0 || s.NodePort == 0 {
 			return nil
 		}
-		return &Endpoint{Host: nodeIPs[0], Port: s.NodePort}
+		return &snapshot.Endpoint{Host: nodeIPs[0], Port: s.NodePort}
 	case string(corev1.ServiceTypeLoadBalancer):
 		if s.Ingress == "" {
 			return nil
 		}
-		return &Endpoint{Host: s.Ingress, Port: alauda.PostgresPort}
+		return &snapshot.Endpoint{Host: s.Ingress, Port: port}
 	default:
 		if s.ClusterIP == "" || s.ClusterIP == "None" {
 			return nil
 		}
-		return &Endpoint{Host: s.ClusterIP, Port: alauda.PostgresPort}
+		return &snapshot.Endpoint{Host: s.ClusterIP, Port: port}
 	}
 }

@@ -14,10 +14,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/flavor/alauda"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
@@ -30,20 +31,17 @@ type fakeSite struct {
 
 var notFound = apierrors.NewNotFound(schema.GroupResource{Resource: "x"}, "x")
 
-func (f *fakeSite) GetPostgresql(_ context.Context, ns, name string) (*unstructured.Unstructured, error) {
+func (f *fakeSite) ReadCluster(_ context.Context, ns, name string) (*snapshot.Object, error) {
 	switch {
 	case f.fail == "cr":
 		return nil, errors.New("etcdserver: request timed out")
 	case f.noCR:
-		return nil, notFound
+		return nil, nil
 	}
-	u := &unstructured.Unstructured{Object: map[string]any{"spec": map[string]any{"numberOfInstances": int64(2)}}}
-	u.SetName(name)
-	u.SetNamespace(ns)
-	return u, nil
+	return &snapshot.Object{Spec: snapshot.Spec{Instances: 2}}, nil
 }
 
-func (f *fakeSite) ListPostgresqls(context.Context, string, string) ([]unstructured.Unstructured, error) {
+func (f *fakeSite) ListClusters(context.Context, string, string) ([]string, error) {
 	return nil, nil
 }
 
@@ -73,14 +71,14 @@ func (f *fakeSite) GetLease(context.Context, string, string) (*coordinationv1.Le
 	return &coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &metav1.MicroTime{}}}, nil
 }
 
-type fakeProber struct{ got atomic.Pointer[Endpoint] }
+type fakeProber struct{ got atomic.Pointer[snapshot.Endpoint] }
 
-func (p *fakeProber) Probe(_ context.Context, ep Endpoint, user, password string) (*PGState, error) {
+func (p *fakeProber) Probe(_ context.Context, ep snapshot.Endpoint, user, password string) (*snapshot.PGState, error) {
 	p.got.Store(&ep)
 	if user != "postgres" || !strings.HasPrefix(password, "s3cret-") {
 		return nil, errors.New("wrong credentials passed")
 	}
-	return &PGState{SystemID: "7710"}, nil
+	return &snapshot.PGState{SystemID: "7710"}, nil
 }
 
 func desired(t *testing.T) *topology.Desired {
@@ -124,7 +122,7 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			prober := &fakeProber{}
-			o := &Observer{Prober: prober, Connect: func(string) (SiteAPI, error) { return &tc.site, nil }}
+			o := &Observer{Prober: prober, Names: alaudaNames(t), Connect: func(string) (SiteAPI, error) { return &tc.site, nil }}
 			east := d.Sites()[0]
 			st, clusters, _ := o.observeSite(context.Background(), d, east)
 			if st.Reachable != tc.reachable || st.Error != tc.siteErr || (st.Lease != nil) != tc.lease {
@@ -138,7 +136,7 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 				t.Fatalf("cluster: exists %v error %q pgError %q probed %v; want %v %q %q %v", c.Exists, c.Error, c.PGError, c.PG != nil, tc.exists, tc.clusterErr, tc.pgErr, tc.probed)
 			}
 			if tc.probed {
-				if ep := prober.got.Load(); ep == nil || *ep != (Endpoint{Host: "10.1.0.5", Port: 31000}) {
+				if ep := prober.got.Load(); ep == nil || *ep != (snapshot.Endpoint{Host: "10.1.0.5", Port: 31000}) {
 					t.Fatalf("probed %v, want the node address and nodePort", ep)
 				}
 			}
@@ -178,14 +176,14 @@ func (b *barrierSite) enter() {
 	b.now.Add(-1)
 }
 
-func (b *barrierSite) GetPostgresql(ctx context.Context, ns, name string) (*unstructured.Unstructured, error) {
+func (b *barrierSite) ReadCluster(ctx context.Context, ns, name string) (*snapshot.Object, error) {
 	b.enter()
-	return b.fakeSite.GetPostgresql(ctx, ns, name)
+	return b.fakeSite.ReadCluster(ctx, ns, name)
 }
 
-func (b *barrierSite) ListPostgresqls(ctx context.Context, ns, sel string) ([]unstructured.Unstructured, error) {
+func (b *barrierSite) ListClusters(ctx context.Context, ns, topology string) ([]string, error) {
 	b.enter()
-	return b.fakeSite.ListPostgresqls(ctx, ns, sel)
+	return b.fakeSite.ListClusters(ctx, ns, topology)
 }
 
 func (b *barrierSite) GetService(ctx context.Context, ns, name string) (*corev1.Service, error) {
@@ -215,7 +213,7 @@ func (b *barrierSite) GetLease(ctx context.Context, ns, name string) (*coordinat
 func TestObserveSiteReadsAtOnce(t *testing.T) {
 	d := desired(t)
 	site := &barrierSite{want: 7, release: make(chan struct{})}
-	o := &Observer{Prober: &fakeProber{}, Connect: func(string) (SiteAPI, error) { return site, nil }}
+	o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(string) (SiteAPI, error) { return site, nil }}
 	st, clusters, _ := o.observeSite(context.Background(), d, d.Sites()[0])
 	if !st.Reachable || clusters[0].PG == nil {
 		t.Fatalf("site %+v cluster %+v", st, clusters[0])
@@ -223,4 +221,13 @@ func TestObserveSiteReadsAtOnce(t *testing.T) {
 	if got := site.most.Load(); got != 7 {
 		t.Fatalf("at most %d reads in flight together, want all 7", got)
 	}
+}
+
+func alaudaNames(t *testing.T) Names {
+	t.Helper()
+	op, err := flavor.Lookup("alauda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return op.Names
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 // PgxProber reads PostgreSQL facts with pgx.
@@ -22,7 +24,7 @@ type PgxProber struct {
 // Connect opens a connection as pgtopo does everywhere: to the postgres
 // database, with a bounded connect time and an application_name that
 // shows up in pg_stat_activity.
-func Connect(ctx context.Context, ep Endpoint, user, password string, timeout time.Duration) (*pgx.Conn, error) {
+func Connect(ctx context.Context, ep snapshot.Endpoint, user, password string, timeout time.Duration) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig("")
 	if err != nil {
 		return nil, err
@@ -72,7 +74,7 @@ SELECT pg_is_in_recovery(),
 // Probe reads the facts of one server in two round trips: the facts, WAL
 // receiver, slots and replication peers pipelined in one batch, then
 // multi_cluster_info where it exists.
-func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string) (*PGState, error) {
+func (p PgxProber) Probe(ctx context.Context, ep snapshot.Endpoint, user, password string) (*snapshot.PGState, error) {
 	var key connKey
 	if p.Keep != nil {
 		key = connKey{ep: ep, user: user, password: sha256.Sum256([]byte(password))}
@@ -100,8 +102,8 @@ func (p PgxProber) Probe(ctx context.Context, ep Endpoint, user, password string
 	return s, nil
 }
 
-func probe(ctx context.Context, c *pgx.Conn, ep Endpoint) (*PGState, error) {
-	var s PGState
+func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PGState, error) {
+	var s snapshot.PGState
 	var cur, recv, replay string
 	b := &pgx.Batch{}
 	b.Queue(factsSQL).QueryRow(func(r pgx.Row) error {
@@ -112,7 +114,7 @@ func probe(ctx context.Context, c *pgx.Conn, ep Endpoint) (*PGState, error) {
 	})
 	b.Queue(`SELECT status, coalesce(sender_host, ''), coalesce(sender_port, 0), coalesce(greatest(received_tli, receive_start_tli), 0) FROM pg_stat_wal_receiver`).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
-			var w WalReceiver
+			var w snapshot.WalReceiver
 			if err := rows.Scan(&w.Status, &w.SenderHost, &w.SenderPort, &w.Timeline); err != nil {
 				return fmt.Errorf("pg_stat_wal_receiver: %w", err)
 			}
@@ -122,14 +124,14 @@ func probe(ctx context.Context, c *pgx.Conn, ep Endpoint) (*PGState, error) {
 	})
 	b.Queue(`SELECT slot_name, active, coalesce(restart_lsn::text, '') FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name`).Query(func(rows pgx.Rows) error {
 		var err error
-		s.Slots, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Slot, error) {
-			var sl Slot
+		s.Slots, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (snapshot.Slot, error) {
+			var sl snapshot.Slot
 			var lsn string
 			if err := r.Scan(&sl.Name, &sl.Active, &lsn); err != nil {
 				return sl, err
 			}
 			if lsn != "" {
-				sl.RestartLSN, _ = ParseLSN(lsn)
+				sl.RestartLSN, _ = snapshot.ParseLSN(lsn)
 			}
 			return sl, nil
 		})
@@ -140,14 +142,14 @@ func probe(ctx context.Context, c *pgx.Conn, ep Endpoint) (*PGState, error) {
 	})
 	b.Queue(`SELECT application_name, coalesce(client_addr::text, ''), state, coalesce(replay_lsn::text, '') FROM pg_stat_replication ORDER BY application_name`).Query(func(rows pgx.Rows) error {
 		var err error
-		s.Replication, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ReplicationPeer, error) {
-			var p ReplicationPeer
+		s.Replication, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (snapshot.ReplicationPeer, error) {
+			var p snapshot.ReplicationPeer
 			var lsn string
 			if err := r.Scan(&p.ApplicationName, &p.ClientAddr, &p.State, &lsn); err != nil {
 				return p, err
 			}
 			if lsn != "" {
-				p.ReplayLSN, _ = ParseLSN(lsn)
+				p.ReplayLSN, _ = snapshot.ParseLSN(lsn)
 			}
 			return p, nil
 		})
@@ -161,12 +163,12 @@ func probe(ctx context.Context, c *pgx.Conn, ep Endpoint) (*PGState, error) {
 	}
 	for _, f := range []struct {
 		in  string
-		out *LSN
+		out *snapshot.LSN
 	}{{cur, &s.CurrentLSN}, {recv, &s.ReceiveLSN}, {replay, &s.ReplayLSN}} {
 		if f.in == "" {
 			continue
 		}
-		v, err := ParseLSN(f.in)
+		v, err := snapshot.ParseLSN(f.in)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", ep, err)
 		}
@@ -177,8 +179,8 @@ func probe(ctx context.Context, c *pgx.Conn, ep Endpoint) (*PGState, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: multi_cluster_info: %w", ep, err)
 		}
-		s.MultiCluster, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (MultiClusterInfo, error) {
-			var m MultiClusterInfo
+		s.MultiCluster, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (snapshot.MultiClusterInfo, error) {
+			var m snapshot.MultiClusterInfo
 			return m, r.Scan(&m.Cluster, &m.ExternalIP)
 		})
 		if err != nil {

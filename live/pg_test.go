@@ -3,6 +3,7 @@ package live
 import (
 	"context"
 	"fmt"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"net"
 	"os"
 	"os/exec"
@@ -22,7 +23,7 @@ const pgBin = "/usr/lib/postgresql/15/bin"
 // server is a throwaway PostgreSQL 15 with SCRAM authentication on a free
 // local port.
 type server struct {
-	ep       Endpoint
+	ep       snapshot.Endpoint
 	password string
 	admin    *pgx.Conn // the test's own session, to look at pgtopo's
 }
@@ -81,7 +82,7 @@ func startPostgres(t *testing.T) server {
 		_ = cmd.Process.Signal(os.Interrupt)
 		_ = cmd.Wait()
 	})
-	s := server{ep: Endpoint{Host: "127.0.0.1", Port: port}, password: password}
+	s := server{ep: snapshot.Endpoint{Host: "127.0.0.1", Port: port}, password: password}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://postgres:%s@%s/postgres?application_name=admin", password, s.ep))
@@ -116,7 +117,7 @@ func (s server) terminate(t *testing.T, pid int) {
 	}
 }
 
-func (s server) probe(t *testing.T, p PgxProber) *PGState {
+func (s server) probe(t *testing.T, p PgxProber) *snapshot.PGState {
 	t.Helper()
 	st, err := p.Probe(context.Background(), s.ep, "postgres", s.password)
 	if err != nil {

@@ -3,23 +3,26 @@ package reconcile
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/diff"
-	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
-// Observer observes the live world of a topology.
+// Observer observes the live world of a topology; it fails only when it
+// cannot observe at all (an unknown flavor), not for unreachable sites.
 type Observer interface {
-	Observe(ctx context.Context, d *topology.Desired) *live.Snapshot
+	Observe(ctx context.Context, d *topology.Desired) (*snapshot.Snapshot, error)
 }
 
-// Applier executes plans for d with opt until converged.
-type Applier func(ctx context.Context, d *topology.Desired, opt diff.Options) (*apply.Result, error)
+// Applier executes the cycle's plan, computed with opt from a snapshot
+// whose basis is basis.
+type Applier func(ctx context.Context, d *topology.Desired, plan diff.Plan, basis diff.Basis, opt diff.Options) (*apply.Result, error)
 
 // Outcome names how a cycle ended.
 type Outcome string
@@ -38,7 +41,7 @@ type Cycle struct {
 	Outcome  Outcome
 	Revision string
 	Plan     *diff.Plan
-	Applied  []diff.Step
+	Applied  []apply.CompletedStep
 	Err      error
 	Duration time.Duration
 }
@@ -109,7 +112,11 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		return Cycle{Outcome: OutcomeError, Err: err}
 	}
 	c := Cycle{Revision: in.Revision}
-	snap := l.Observer.Observe(ctx, in.Desired)
+	snap, err := l.Observer.Observe(ctx, in.Desired)
+	if err != nil {
+		c.Outcome, c.Err = OutcomeError, err
+		return c
+	}
 	opt, err := in.PlanOptions(snap, l.AllowRollback)
 	if err != nil {
 		c.Outcome, c.Err = OutcomeError, err
@@ -125,7 +132,7 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		c.Outcome = OutcomeInSync
 		return c
 	}
-	res, err := l.Apply(ctx, in.Desired, opt)
+	res, err := l.Apply(ctx, in.Desired, plan, diff.BasisOf(snap), opt)
 	if res != nil {
 		c.Applied = res.Completed
 		c.Plan = &res.Plan
@@ -140,6 +147,8 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		c.Outcome = OutcomeRefused
 	case err != nil:
 		c.Outcome, c.Err = OutcomeError, err
+	case res != nil && res.Remaining != nil:
+		c.Outcome, c.Err = OutcomeError, fmt.Errorf("not converged after the plan and its follow-ups: %s", res.Remaining.Summary())
 	default:
 		c.Outcome = OutcomeApplied
 	}

@@ -12,8 +12,8 @@ import (
 
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/diff"
-	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
@@ -29,19 +29,19 @@ func (s fakeSource) Load(context.Context) (*Input, error) { return s.in, s.err }
 
 type fakeObserver struct{ reachable bool }
 
-func (o fakeObserver) Observe(_ context.Context, d *topology.Desired) *live.Snapshot {
-	snap := &live.Snapshot{Topology: d.Name}
+func (o fakeObserver) Observe(_ context.Context, d *topology.Desired) (*snapshot.Snapshot, error) {
+	snap := &snapshot.Snapshot{Topology: d.Name}
 	for _, s := range d.Sites() {
-		st := live.SiteState{Name: s.Name, Context: s.Context, Reachable: o.reachable, NodeIPs: []string{"127.0.0.1"}}
+		st := snapshot.SiteState{Name: s.Name, Context: s.Context, Reachable: o.reachable, NodeIPs: []string{"127.0.0.1"}}
 		if !o.reachable {
 			st.Error = "site " + s.Name + " unreachable: connection refused"
 		}
 		snap.Sites = append(snap.Sites, st)
 	}
 	for _, c := range d.Clusters {
-		snap.Clusters = append(snap.Clusters, live.ClusterState{Name: c.Name, Site: c.Site.Name, Namespace: c.Namespace})
+		snap.Clusters = append(snap.Clusters, snapshot.ClusterState{Name: c.Name, Site: c.Site.Name, Namespace: c.Namespace})
 	}
-	return snap
+	return snap, nil
 }
 
 func input(t *testing.T) *Input {
@@ -67,11 +67,11 @@ func scrape(t *testing.T, m *Metrics) string {
 
 func TestLoopOutcomes(t *testing.T) {
 	rev := strings.Repeat("c", 40)
-	applied := func(_ context.Context, d *topology.Desired, opt diff.Options) (*apply.Result, error) {
+	applied := func(_ context.Context, d *topology.Desired, _ diff.Plan, _ diff.Basis, opt diff.Options) (*apply.Result, error) {
 		if opt.Revision != rev {
 			t.Errorf("apply got revision %q, want %q", opt.Revision, rev)
 		}
-		return &apply.Result{Completed: []diff.Step{{Action: diff.ActionEnsurePrimary}, {Action: diff.ActionCreateStandby}, {Action: diff.ActionRecord}, {Action: diff.ActionRecord}}}, nil
+		return &apply.Result{Completed: completed(diff.ActionEnsurePrimary, diff.ActionCreateStandby, diff.ActionRecord, diff.ActionRecord)}, nil
 	}
 	cases := []struct {
 		name    string
@@ -91,8 +91,8 @@ func TestLoopOutcomes(t *testing.T) {
 				`pgtopo_steps_applied_total{action="create-standby"} 1`, `pgtopo_last_applied_revision_info{revision="` + rev + `"} 1`,
 				"pgtopo_in_sync 1"}},
 		{name: "drained between steps", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
-			apply: func(context.Context, *topology.Desired, diff.Options) (*apply.Result, error) {
-				return &apply.Result{Completed: []diff.Step{{Action: diff.ActionEnsurePrimary}}}, apply.ErrDrained
+			apply: func(context.Context, *topology.Desired, diff.Plan, diff.Basis, diff.Options) (*apply.Result, error) {
+				return &apply.Result{Completed: completed(diff.ActionEnsurePrimary)}, apply.ErrDrained
 			},
 			want: OutcomeStopped, metrics: []string{`pgtopo_cycles_total{result="stopped"} 1`, `pgtopo_steps_applied_total{action="ensure-primary"} 1`}},
 	}
@@ -144,4 +144,12 @@ func TestRunStopsOnDrain(t *testing.T) {
 	if ok, _ := l.Healthy(time.Now().Add(2*time.Minute), time.Minute); ok {
 		t.Fatal("a loop idle for longer than maxAge is healthy")
 	}
+}
+
+func completed(actions ...diff.Action) []apply.CompletedStep {
+	var out []apply.CompletedStep
+	for _, a := range actions {
+		out = append(out, apply.CompletedStep{Step: diff.Step{Action: a}})
+	}
+	return out
 }

@@ -7,6 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pgtopo/pgtopo/diff"
 )
 
 // Metrics are the loop's Prometheus metrics, on a registry of their own.
@@ -52,7 +54,7 @@ func (m *Metrics) observe(c Cycle, now time.Time) {
 	m.cycles.WithLabelValues(string(c.Outcome)).Inc()
 	m.duration.Observe(c.Duration.Seconds())
 	for _, s := range c.Applied {
-		m.steps.WithLabelValues(string(s.Action)).Inc()
+		m.steps.WithLabelValues(diff.Catalogue[s.Action].Metric).Inc()
 	}
 	switch c.Outcome {
 	case OutcomeInSync, OutcomeApplied:

@@ -10,8 +10,8 @@ import (
 
 	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/gitsource"
-	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
@@ -24,6 +24,8 @@ type Input struct {
 	Commit gitsource.Commit
 	// Findings are the validator's warnings (errors make Load fail).
 	Findings schema.Findings
+	// Source is the file as read, for a saved plan.
+	Source diff.Source
 	// relate orders a recorded revision against Revision; nil for files.
 	relate func(recorded string) (gitsource.Relation, error)
 }
@@ -118,6 +120,11 @@ func (s *GitSource) At(c gitsource.Commit) (*Input, error) {
 	return in, nil
 }
 
+// Validate reads a topology from bytes, as a saved plan carries it.
+func Validate(v *schema.Validator, name string, data []byte) (*Input, error) {
+	return validate(v, name, data)
+}
+
 func validate(v *schema.Validator, name string, data []byte) (*Input, error) {
 	top, fs, err := v.Load(name, data)
 	if err != nil {
@@ -130,12 +137,12 @@ func validate(v *schema.Validator, name string, data []byte) (*Input, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return &Input{Desired: d, Findings: fs}, nil
+	return &Input{Desired: d, Findings: fs, Source: diff.Source{Name: name, Content: string(data)}}, nil
 }
 
 // PlanOptions orders every revision recorded in snap against the input's
 // revision, so the plan can refuse a rollback.
-func (in *Input) PlanOptions(snap *live.Snapshot, allowRollback bool) (diff.Options, error) {
+func (in *Input) PlanOptions(snap *snapshot.Snapshot, allowRollback bool) (diff.Options, error) {
 	opt := diff.Options{Revision: in.Revision, AllowRollback: allowRollback}
 	if in.relate == nil {
 		return opt, nil

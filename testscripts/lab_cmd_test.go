@@ -18,11 +18,11 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/pgtopo/pgtopo/flavor/alauda"
-	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/labtest"
 	"github.com/pgtopo/pgtopo/lab/proc"
 	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 // cmdLab drives the lab from a script:
@@ -66,7 +66,7 @@ func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 		proc.Stop(proc.ReadPid(lab.Paths{Dir: dir}.Pid("apiserver-"+args[1])), 10*time.Second)
 	case "patch":
 		dyn, _ := clients(ts, dir, args[1])
-		_, err := dyn.Resource(kube.PostgresqlGVR).Namespace("db").Patch(context.Background(), args[2], types.MergePatchType, []byte(args[3]), metav1.PatchOptions{})
+		_, err := dyn.Resource(alauda.Resource).Namespace("db").Patch(context.Background(), args[2], types.MergePatchType, []byte(args[3]), metav1.PatchOptions{})
 		ts.Check(err)
 	case "sql":
 		c := connect(ts, dir, args[1], args[2])
@@ -93,7 +93,7 @@ func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 		}
 	case "delete":
 		dyn, _ := clients(ts, dir, args[1])
-		ts.Check(dyn.Resource(kube.PostgresqlGVR).Namespace("db").Delete(context.Background(), args[2], metav1.DeleteOptions{}))
+		ts.Check(dyn.Resource(alauda.Resource).Namespace("db").Delete(context.Background(), args[2], metav1.DeleteOptions{}))
 	case "create-primary":
 		dyn, _ := clients(ts, dir, args[1])
 		cr := &unstructured.Unstructured{Object: map[string]any{
@@ -102,13 +102,13 @@ func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 			"spec": map[string]any{"teamId": "ACID", "numberOfInstances": int64(1), "postgresql": map[string]any{"version": "15"},
 				"clusterReplication": map[string]any{"enabled": true, "replSvcType": "NodePort"}},
 		}}
-		_, err := dyn.Resource(kube.PostgresqlGVR).Namespace("db").Create(context.Background(), cr, metav1.CreateOptions{})
+		_, err := dyn.Resource(alauda.Resource).Namespace("db").Create(context.Background(), cr, metav1.CreateOptions{})
 		ts.Check(err)
 	case "wait-running":
 		dyn, _ := clients(ts, dir, args[1])
 		deadline := time.Now().Add(90 * time.Second)
 		for {
-			u, err := dyn.Resource(kube.PostgresqlGVR).Namespace("db").Get(context.Background(), args[2], metav1.GetOptions{})
+			u, err := dyn.Resource(alauda.Resource).Namespace("db").Get(context.Background(), args[2], metav1.GetOptions{})
 			if err == nil {
 				if st, _, _ := unstructured.NestedString(u.Object, "status", "PostgresClusterStatus"); st == "Running" {
 					return
@@ -158,9 +158,9 @@ func tryConnect(dir, site, cluster string) (*pgx.Conn, error) {
 		return nil, err
 	}
 	s, _ := st.Site(site)
-	ep := live.Endpoint{Host: svc.Spec.ClusterIP, Port: 5432}
+	ep := snapshot.Endpoint{Host: svc.Spec.ClusterIP, Port: 5432}
 	if svc.Spec.Type == "NodePort" {
-		ep = live.Endpoint{Host: st.Addrs(s).NodeIP().String(), Port: int(svc.Spec.Ports[0].NodePort)}
+		ep = snapshot.Endpoint{Host: st.Addrs(s).NodeIP().String(), Port: int(svc.Spec.Ports[0].NodePort)}
 	}
 	c, err := live.Connect(ctx, ep, string(sec.Data["username"]), string(sec.Data["password"]), 3*time.Second)
 	if err != nil {

@@ -206,3 +206,6 @@ func (d *Desired) LockSites() []LockSite {
 	sort.Slice(out, func(i, j int) bool { return out[i].Site.Name < out[j].Site.Name })
 	return out
 }
+
+// LeaseName is the Lease that locks the topology in every site.
+func (d *Desired) LeaseName() string { return "pgtopo-" + d.Name }

@@ -1,15 +1,23 @@
-// Package alauda expresses a cluster as the Zalando-based operator's
-// postgresql CR with the clusterReplication extension (flavor "alauda"),
-// and reads such CRs back.
+// Package alauda is the flavor of the Zalando-based operator with the
+// clusterReplication extension: a cluster is a postgresql CR
+// (acid.zalan.do/v1), its admin credentials and Services follow the
+// operator's names, and pgtopo's marks are annotations on the CR. It maps
+// the flavor-neutral snapshot.Spec and snapshot.Marks to that CR and back;
+// it does no I/O.
 package alauda
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"sort"
+	"encoding/json"
+	"fmt"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/pgtopo/pgtopo/snapshot"
 )
+
+// Name is the flavor's name in spec.flavor.
+const Name = "alauda"
 
 // Operator conventions.
 const (
@@ -19,13 +27,15 @@ const (
 	PostgresPort  = 5432
 )
 
+// Resource is the CR's resource.
+var Resource = schema.GroupVersionResource{Group: "acid.zalan.do", Version: "v1", Resource: "postgresqls"}
+
 // Labels and annotations pgtopo writes on the CRs it manages.
 const (
-	LabelTopology        = "pgtopo.dev/topology"
+	LabelTopology        = snapshot.TopologyLabel
 	AnnotationRevision   = "pgtopo.dev/revision"
 	AnnotationDigest     = "pgtopo.dev/digest"
 	AnnotationSwitchover = "pgtopo.dev/switchover"
-	FieldManager         = "pgtopo"
 )
 
 // CredentialsSecret names a cluster's admin credentials Secret.
@@ -36,40 +46,21 @@ func CredentialsSecret(cluster string) string {
 // BootstrapSecret names the Secret pgtopo creates in a standby's namespace.
 func BootstrapSecret(topology string) string { return topology + "-bootstrap" }
 
-// CR is what pgtopo reads from a live postgresql CR.
-type CR struct {
-	Instances   int               `json:"instances"`
-	TeamID      string            `json:"teamId,omitempty"`
-	Version     string            `json:"version,omitempty"`
-	Parameters  map[string]string `json:"parameters,omitempty"`
-	VolumeSize  string            `json:"volumeSize,omitempty"`
-	Replication Replication       `json:"replication"`
-	Status      string            `json:"status,omitempty"`
-	Labels      map[string]string `json:"labels,omitempty"`
-	Annotations map[string]string `json:"annotations,omitempty"`
-}
+// MasterService names the Service in front of a cluster's leader.
+func MasterService(cluster string) string { return cluster }
 
-// Replication is spec.clusterReplication.
-type Replication struct {
-	Enabled         bool   `json:"enabled"`
-	IsReplica       bool   `json:"isReplica"`
-	PeerHost        string `json:"peerHost,omitempty"`
-	PeerPort        int    `json:"peerPort,omitempty"`
-	ServiceType     string `json:"replSvcType,omitempty"`
-	BootstrapSecret string `json:"bootstrapSecret,omitempty"`
-}
-
-// Parse reads a CR.
-func Parse(u *unstructured.Unstructured) CR {
+// Parse reads a CR into the flavor-neutral object.
+func Parse(u *unstructured.Unstructured) snapshot.Object {
 	o := u.Object
-	var c CR
+	var s snapshot.Spec
 	n, _, _ := unstructured.NestedInt64(o, "spec", "numberOfInstances")
-	c.Instances = int(n)
-	c.TeamID, _, _ = unstructured.NestedString(o, "spec", "teamId")
-	c.Version, _, _ = unstructured.NestedString(o, "spec", "postgresql", "version")
-	c.Parameters, _, _ = unstructured.NestedStringMap(o, "spec", "postgresql", "parameters")
-	c.VolumeSize, _, _ = unstructured.NestedString(o, "spec", "volume", "size")
-	r := &c.Replication
+	s.Instances = int(n)
+	s.Topology = u.GetLabels()[LabelTopology]
+	s.TeamID, _, _ = unstructured.NestedString(o, "spec", "teamId")
+	s.Version, _, _ = unstructured.NestedString(o, "spec", "postgresql", "version")
+	s.Parameters, _, _ = unstructured.NestedStringMap(o, "spec", "postgresql", "parameters")
+	s.VolumeSize, _, _ = unstructured.NestedString(o, "spec", "volume", "size")
+	r := &s.Replication
 	r.Enabled, _, _ = unstructured.NestedBool(o, "spec", "clusterReplication", "enabled")
 	r.IsReplica, _, _ = unstructured.NestedBool(o, "spec", "clusterReplication", "isReplica")
 	r.PeerHost, _, _ = unstructured.NestedString(o, "spec", "clusterReplication", "peerHost")
@@ -77,41 +68,80 @@ func Parse(u *unstructured.Unstructured) CR {
 	r.PeerPort = int(p)
 	r.ServiceType, _, _ = unstructured.NestedString(o, "spec", "clusterReplication", "replSvcType")
 	r.BootstrapSecret, _, _ = unstructured.NestedString(o, "spec", "clusterReplication", "bootstrapSecret")
-	c.Status, _, _ = unstructured.NestedString(o, "status", "PostgresClusterStatus")
-	c.Labels = u.GetLabels()
-	c.Annotations = pgtopoAnnotations(u.GetAnnotations())
-	return c
-}
-
-// pgtopoAnnotations keeps only pgtopo's own annotations: the snapshot holds
-// what pgtopo reasons about, and nothing a user may have put there.
-func pgtopoAnnotations(in map[string]string) map[string]string {
-	var out map[string]string
-	for _, k := range []string{AnnotationRevision, AnnotationDigest, AnnotationSwitchover} {
-		if v, ok := in[k]; ok {
-			if out == nil {
-				out = map[string]string{}
-			}
-			out[k] = v
+	obj := snapshot.Object{Spec: s, ResourceVersion: u.GetResourceVersion()}
+	obj.Status, _, _ = unstructured.NestedString(o, "status", "PostgresClusterStatus")
+	obj.Ready = obj.Status == StatusRunning
+	ann := u.GetAnnotations()
+	obj.Marks.Digest, obj.Marks.Revision = ann[AnnotationDigest], ann[AnnotationRevision]
+	if raw := ann[AnnotationSwitchover]; raw != "" {
+		var j snapshot.Journal
+		if err := json.Unmarshal([]byte(raw), &j); err != nil {
+			obj.MarksError = fmt.Sprintf("annotation %s: %v", AnnotationSwitchover, err)
+		} else {
+			obj.Marks.Journal = &j
 		}
 	}
-	return out
+	return obj
 }
 
-// HashSecretData fingerprints a Secret's data without revealing it, so
-// drift can be seen without the value ever leaving the API server response.
-func HashSecretData(data map[string][]byte) string {
-	keys := make([]string, 0, len(data))
-	for k := range data {
-		keys = append(keys, k)
+// BuildSpec returns the CR with exactly the fields pgtopo owns set from s,
+// for server-side apply: fields it leaves out stay with their managers.
+func BuildSpec(ns, name string, s snapshot.Spec) *unstructured.Unstructured {
+	pg := map[string]any{"version": s.Version}
+	if len(s.Parameters) > 0 {
+		params := map[string]any{}
+		for k, v := range s.Parameters {
+			params[k] = v
+		}
+		pg["parameters"] = params
 	}
-	sort.Strings(keys)
-	h := sha256.New()
-	for _, k := range keys {
-		h.Write([]byte(k))
-		h.Write([]byte{0})
-		h.Write(data[k])
-		h.Write([]byte{0})
+	r := s.Replication
+	repl := map[string]any{"enabled": r.Enabled, "replSvcType": r.ServiceType, "isReplica": r.IsReplica}
+	if r.PeerHost != "" {
+		repl["peerHost"] = r.PeerHost
+		repl["peerPort"] = int64(r.PeerPort)
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
+	if r.BootstrapSecret != "" {
+		repl["bootstrapSecret"] = r.BootstrapSecret
+	}
+	spec := map[string]any{
+		"teamId":             s.TeamID,
+		"numberOfInstances":  int64(s.Instances),
+		"postgresql":         pg,
+		"clusterReplication": repl,
+	}
+	if s.VolumeSize != "" {
+		spec["volume"] = map[string]any{"size": s.VolumeSize}
+	}
+	meta := map[string]any{"name": name, "namespace": ns}
+	if s.Topology != "" {
+		meta["labels"] = map[string]any{LabelTopology: s.Topology}
+	}
+	return object(meta, spec)
+}
+
+// BuildMarks returns the CR with only pgtopo's annotations set from m, for
+// server-side apply under a field manager of their own: a mark left out
+// (the journal, once a switchover is done) is removed.
+func BuildMarks(ns, name string, m snapshot.Marks) *unstructured.Unstructured {
+	ann := map[string]any{}
+	if m.Digest != "" {
+		ann[AnnotationDigest] = m.Digest
+	}
+	if m.Revision != "" {
+		ann[AnnotationRevision] = m.Revision
+	}
+	if m.Journal != nil {
+		b, _ := json.Marshal(m.Journal)
+		ann[AnnotationSwitchover] = string(b)
+	}
+	return object(map[string]any{"name": name, "namespace": ns, "annotations": ann}, nil)
+}
+
+func object(meta, spec map[string]any) *unstructured.Unstructured {
+	o := map[string]any{"apiVersion": APIVersion, "kind": Kind, "metadata": meta}
+	if spec != nil {
+		o["spec"] = spec
+	}
+	return &unstructured.Unstructured{Object: o}
 }

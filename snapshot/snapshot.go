@@ -1,16 +1,15 @@
-// Package live observes the world a topology describes: for every site its
-// CRs, Services, Nodes, Secrets (presence and a hash, never values) and
-// Leases, and for every cluster the PostgreSQL facts read through its
-// Service. An unreachable site or database is a fact in the snapshot.
-package live
+// Package snapshot holds the values the planner reasons about: what every
+// site of a topology looked like when observed (its cluster objects in
+// flavor-neutral terms, Services, Secrets by presence, Leases, PostgreSQL
+// facts), and the owned part of a cluster object that plans carry as their
+// payload. It does no I/O: live fills it, diff reads it, apply writes Specs.
+package snapshot
 
 import (
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
-
-	"github.com/pgtopo/pgtopo/flavor/alauda"
 )
 
 // Snapshot is the observed state of every site of a topology.
@@ -45,7 +44,7 @@ type ClusterState struct {
 	Namespace string `json:"namespace"`
 	// Exists is false when the CR is absent.
 	Exists          bool        `json:"exists"`
-	CR              *alauda.CR  `json:"cr,omitempty"`
+	Object          *Object     `json:"object,omitempty"`
 	Service         *Service    `json:"service,omitempty"`
 	Endpoint        *Endpoint   `json:"endpoint,omitempty"`
 	Credentials     SecretState `json:"credentials"`
@@ -74,9 +73,10 @@ func (e Endpoint) String() string { return e.Host + ":" + strconv.Itoa(e.Port) }
 
 // SecretState says whether a Secret exists, and its fingerprint.
 type SecretState struct {
-	Name   string `json:"name,omitempty"`
-	Exists bool   `json:"exists"`
-	Hash   string `json:"hash,omitempty"`
+	Name            string `json:"name,omitempty"`
+	Exists          bool   `json:"exists"`
+	Hash            string `json:"hash,omitempty"`
+	ResourceVersion string `json:"resourceVersion,omitempty"`
 }
 
 // PGState is what PostgreSQL says about itself.
@@ -199,13 +199,63 @@ func (l *LSN) UnmarshalText(b []byte) error {
 func (s *Snapshot) RecordedRevisions() []string {
 	var out []string
 	for _, c := range s.Clusters {
-		if !c.Exists || c.CR == nil {
+		if !c.Exists || c.Object == nil {
 			continue
 		}
-		if rev := c.CR.Annotations[alauda.AnnotationRevision]; rev != "" && !slices.Contains(out, rev) {
+		if rev := c.Object.Marks.Revision; rev != "" && !slices.Contains(out, rev) {
 			out = append(out, rev)
 		}
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Lag is how far a standby's replay is behind a primary's end of WAL.
+func Lag(primary, standby *PGState) int64 {
+	end := primary.EndOfWAL()
+	if standby.ReplayLSN >= end {
+		return 0
+	}
+	return int64(end - standby.ReplayLSN)
+}
+
+// StreamsFrom reports whether the cluster's WAL receiver streams from ep.
+func (c *ClusterState) StreamsFrom(ep *Endpoint) bool {
+	if c.PG == nil || ep == nil {
+		return false
+	}
+	w := c.PG.WalReceiver
+	return w != nil && w.Status == "streaming" && w.SenderHost == ep.Host && w.SenderPort == ep.Port
+}
+
+// Receiver describes the cluster's WAL receiver for people.
+func (c *ClusterState) Receiver() string {
+	if c.PG == nil || c.PG.WalReceiver == nil {
+		return "none"
+	}
+	w := c.PG.WalReceiver
+	return fmt.Sprintf("%s from %s:%d", w.Status, w.SenderHost, w.SenderPort)
+}
+
+// HumanBytes prints sizes as the file writes them (16 MiB).
+func HumanBytes(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
+	f := float64(n)
+	i := 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if f == float64(int64(f)) {
+		return fmt.Sprintf("%d %s", int64(f), units[i])
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
+}
+
+// Journal is the unfinished switchover recorded on the cluster's object.
+func (c *ClusterState) Journal() *Journal {
+	if !c.Exists || c.Object == nil {
+		return nil
+	}
+	return c.Object.Marks.Journal
 }

@@ -1,0 +1,476 @@
+package apply
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+var (
+	eastEP = endpoint("127.100.10.1", 31388)
+	westEP = endpoint("127.100.20.1", 32601)
+)
+
+func subject(site, cluster string) diff.Subject {
+	return diff.Subject{Site: site, Namespace: "db", Cluster: cluster}
+}
+
+// runner is a Runner over w with fast polls and short waits.
+func runner(w *world) (*Runner, *[]Event) {
+	var events []Event
+	return &Runner{Observer: w, Sites: w.Sites, Database: w, Holder: "test", LockTimeout: time.Second,
+		StepTimeout: 400 * time.Millisecond, PollEvery: time.Millisecond, PollSwitchover: time.Millisecond,
+		Progress: func(e Event) { events = append(events, e) }}, &events
+}
+
+// run executes one step through the catalogue, as Execute does.
+func run(t *testing.T, r *Runner, step diff.Step) error {
+	t.Helper()
+	r.start = time.Now()
+	return r.runStep(context.Background(), step, 1, 1)
+}
+
+func specJSON(s snapshot.Spec) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+func wantWrites(t *testing.T, w *world, want ...string) {
+	t.Helper()
+	got := w.writes()
+	if !slices.Equal(got, want) {
+		t.Fatalf("writes:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+}
+
+func phases(events []Event) []Phase {
+	var out []Phase
+	for _, e := range events {
+		if e.Phase != PhaseWaiting && e.Phase != PhaseReached && e.Phase != PhaseWrite {
+			out = append(out, e.Phase)
+		}
+	}
+	return out
+}
+
+var standbySpec = snapshot.Spec{Topology: "orders", Instances: 1, Version: "15", TeamID: "ACID",
+	Replication: snapshot.Replication{Enabled: true, IsReplica: true, ServiceType: "NodePort", BootstrapSecret: "orders-bootstrap"}}
+
+func TestEnsurePrimaryWritesThePayloadAndWaits(t *testing.T) {
+	w := newWorld()
+	w.snap.Sites = []snapshot.SiteState{{Name: "east", Reachable: true}}
+	w.snap.Clusters = []snapshot.ClusterState{{Name: "orders-east", Site: "east", Namespace: "db"}}
+	w.react = func(w *world, what, name string) {
+		c := w.cluster(name)
+		c.Object.Ready, c.Object.Status = true, "Running"
+		c.Endpoint, c.PG = eastEP, &snapshot.PGState{SystemID: sysID, Timeline: 1}
+	}
+	spec := snapshot.Spec{Topology: "orders", Instances: 2, Version: "15", Replication: snapshot.Replication{Enabled: true}}
+	r, _ := runner(w)
+	step := diff.Step{Action: diff.ActionEnsurePrimary, Subject: subject("east", "orders-east"), Spec: &spec,
+		Preconditions: []diff.Precondition{{Kind: diff.CondCRAbsent, Cluster: "orders-east"}}}
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "spec orders-east "+specJSON(spec))
+
+	// Run again: the CR exists now, so the precondition refuses and nothing is written.
+	w.log = nil
+	err := run(t, r, step)
+	if err == nil || !strings.Contains(err.Error(), "precondition cr-absent no longer holds: orders-east exists already") {
+		t.Fatalf("error %v, want the cr-absent precondition", err)
+	}
+	wantWrites(t, w)
+}
+
+func TestEnsurePrimaryTimesOutNamingWhatItWaitedFor(t *testing.T) {
+	w := newWorld()
+	w.snap.Sites = []snapshot.SiteState{{Name: "east", Reachable: true}}
+	w.snap.Clusters = []snapshot.ClusterState{{Name: "orders-east", Site: "east", Namespace: "db"}}
+	spec := snapshot.Spec{Instances: 2}
+	r, _ := runner(w)
+	err := run(t, r, diff.Step{Action: diff.ActionEnsurePrimary, Subject: subject("east", "orders-east"), Spec: &spec})
+	if err == nil || !strings.Contains(err.Error(), "for orders-east Running and writable: status \"\", database: -") {
+		t.Fatalf("error %v, want the wait named", err)
+	}
+}
+
+func TestCreateStandbyFillsThePeerAndWaitsForStreaming(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	w.snap.Clusters = append(w.snap.Clusters, snapshot.ClusterState{Name: "orders-west", Site: "west", Namespace: "db", Endpoint: westEP})
+	w.snap.Sites = append(w.snap.Sites, snapshot.SiteState{Name: "west", Reachable: true})
+	w.react = operator
+	r, events := runner(w)
+	step := diff.Step{Action: diff.ActionCreateStandby, Subject: subject("west", "orders-west"), Spec: &standbySpec, PeerOf: "orders-east", Follows: "orders-east"}
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "spec orders-west "+specJSON(standbySpec.WithPeer(*eastEP)))
+	if !slices.ContainsFunc(*events, func(e Event) bool { return strings.Contains(e.Message, "orders-west streaming from orders-east after") }) {
+		t.Fatalf("no event says the standby streams: %+v", *events)
+	}
+
+	// Without the primary's endpoint the peer cannot be filled: nothing is written.
+	w2 := newWorld(primaryState("orders-east", "east", nil, 0, 1))
+	r2, _ := runner(w2)
+	if err := run(t, r2, step); err == nil || !strings.Contains(err.Error(), "orders-east has no endpoint yet") {
+		t.Fatalf("error %v, want the missing endpoint", err)
+	}
+	wantWrites(t, w2)
+}
+
+func TestCreateStandbyWaitsForTheSameSystemIdentifier(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	w.snap.Clusters = append(w.snap.Clusters, snapshot.ClusterState{Name: "orders-west", Site: "west", Namespace: "db", Endpoint: westEP})
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		w.cluster(name).PG.SystemID = "7000000000000000001" // initialised on its own
+	}
+	r, _ := runner(w)
+	spec := standbySpec.WithPeer(*eastEP)
+	err := run(t, r, diff.Step{Action: diff.ActionCreateStandby, Subject: subject("west", "orders-west"), Spec: &spec, Follows: "orders-east"})
+	if err == nil || !strings.Contains(err.Error(), "system identifier 7000000000000000001, primary's "+sysID) {
+		t.Fatalf("error %v, want the mismatched system identifier", err)
+	}
+}
+
+func TestRepointNeedsAWritablePrimary(t *testing.T) {
+	south := standbyState("orders-south", "south", endpoint("127.100.30.1", 30001), eastEP, 0x5000000, 1)
+	w := newWorld(standbyState("orders-west", "west", westEP, eastEP, 0x5000000, 1), south)
+	w.react = operator
+	r, _ := runner(w)
+	spec := standbySpec.WithPeer(*westEP)
+	step := diff.Step{Action: diff.ActionRepoint, Subject: subject("south", "orders-south"), Spec: &spec, Follows: "orders-west"}
+	if err := run(t, r, step); err == nil || !strings.Contains(err.Error(), "the primary orders-west is not writable") {
+		t.Fatalf("error %v, want the primary not writable", err)
+	}
+	wantWrites(t, w)
+
+	w = newWorld(primaryState("orders-west", "west", westEP, 0x6000000, 2), south)
+	w.react = operator
+	r, _ = runner(w)
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "spec orders-south "+specJSON(spec))
+	if up := w.cluster("orders-south").PG.WalReceiver; up.SenderHost != westEP.Host {
+		t.Fatalf("south streams from %s", up.SenderHost)
+	}
+}
+
+func TestUpdateWaitsForTheInstances(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r, _ := runner(w)
+	spec := w.cluster("orders-east").Object.Spec
+	spec.Instances = 3
+	step := diff.Step{Action: diff.ActionUpdate, Subject: subject("east", "orders-east"), Spec: &spec}
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err) // the fake applies the spec's instances at once
+	}
+	wantWrites(t, w, "spec orders-east "+specJSON(spec))
+
+	w.react = func(w *world, _, name string) { w.cluster(name).Object.Ready = false }
+	if err := run(t, r, step); err == nil || !strings.Contains(err.Error(), "orders-east Running") {
+		t.Fatalf("error %v, want the wait for Running", err)
+	}
+}
+
+func TestCheckpointAndFillExternalIPRunOnThePrimary(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r, _ := runner(w)
+	if err := run(t, r, diff.Step{Action: diff.ActionCheckpoint, Subject: subject("east", "orders-east")}); err != nil {
+		t.Fatal(err)
+	}
+	step := diff.Step{Action: diff.ActionFillExternalIP, Subject: subject("west", "orders-west"),
+		ExternalIP: &diff.ExternalIP{Primary: "orders-east", Cluster: "orders-west", Host: "127.100.20.100"}}
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "sql orders-east CHECKPOINT", "sql orders-east fill-external-ip [127.100.20.100 orders-west]")
+
+	w.fail["open orders-east"] = errors.New("connect 127.100.10.1:31388 as postgres: refused")
+	if err := run(t, r, step); err == nil || !strings.HasPrefix(err.Error(), "orders-east: connect") {
+		t.Fatalf("error %v, want the cluster named first", err)
+	}
+}
+
+func TestBootstrapSecretCopiesTheCredentialsOnly(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	w.secrets["east/db/postgres.orders-east.credentials"] = &corev1.Secret{Data: map[string][]byte{"username": []byte("postgres"), "password": []byte("s3cret"), "extra": []byte("x")}}
+	// A Secret of another type is in the way: the type cannot change in place.
+	w.secrets["west/db/orders-bootstrap"] = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "orders-bootstrap"}, Type: corev1.SecretTypeOpaque}
+	r, events := runner(w)
+	step := diff.Step{Action: diff.ActionBootstrapSecret, Subject: subject("west", "orders-west"),
+		Secret: &diff.SecretCopy{From: subject("east", "orders-east"), FromName: "postgres.orders-east.credentials", Name: "orders-bootstrap", Topology: "orders"}}
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "delete secret west/db/orders-bootstrap", "secret west/db/orders-bootstrap type=kubernetes.io/basic-auth")
+	got := w.secrets["west/db/orders-bootstrap"]
+	if string(got.Data["username"]) != "postgres" || string(got.Data["password"]) != "s3cret" || len(got.Data) != 2 || got.Labels[snapshot.TopologyLabel] != "orders" {
+		t.Fatalf("bootstrap secret %+v", got)
+	}
+	for _, e := range *events {
+		if strings.Contains(e.Message, "s3cret") {
+			t.Fatalf("an event shows the password: %s", e.Message)
+		}
+	}
+
+	delete(w.secrets, "east/db/postgres.orders-east.credentials")
+	if err := run(t, r, step); err == nil || !strings.Contains(err.Error(), "credentials db/postgres.orders-east.credentials") {
+		t.Fatalf("error %v, want the missing credentials named", err)
+	}
+}
+
+func TestRecordKeepsTheJournal(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	j := &snapshot.Journal{From: "orders-east", To: "orders-west", Phase: snapshot.PhaseGated}
+	w.cluster("orders-east").Object.Marks = snapshot.Marks{Digest: "old", Journal: j}
+	r, _ := runner(w)
+	step := diff.Step{Action: diff.ActionRecord, Subject: subject("east", "orders-east"), Marks: &snapshot.Marks{Digest: "d1", Revision: "r1"}}
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "marks orders-east digest=d1 revision=r1 journal=gated")
+
+	w2 := newWorld(snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db"})
+	r2, _ := runner(w2)
+	if err := run(t, r2, step); err == nil || !strings.Contains(err.Error(), "orders-east has no object to record on") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+// switchoverWorld is a primary east streaming to west, all caught up.
+func switchoverWorld() *world {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5027AD8, 1), standbyState("orders-west", "west", westEP, eastEP, 0x5027AD8, 1))
+	w.cluster("orders-east").Object.Marks.Digest = "d0"
+	w.cluster("orders-west").Object.Marks.Digest = "d0"
+	w.react = operator
+	return w
+}
+
+func switchoverStep(resume string) diff.Step {
+	demoted := standbySpec.WithPeer(*westEP)
+	promoted := snapshot.Spec{Topology: "orders", Instances: 2, Version: "15", TeamID: "ACID", Replication: snapshot.Replication{Enabled: true, ServiceType: "NodePort"}}
+	sw := &diff.Switchover{From: subject("east", "orders-east"), To: subject("west", "orders-west"), FromEndpoint: eastEP, ToEndpoint: westEP,
+		Demoted: demoted, Promoted: promoted, MaxLagBytes: 16 << 20, Resume: resume}
+	if resume == "" {
+		sw.SystemID, sw.Timeline = sysID, 1
+	}
+	return diff.Step{Action: diff.ActionSwitchover, Subject: subject("west", "orders-west"), Switchover: sw}
+}
+
+func TestSwitchoverPhasesInOrder(t *testing.T) {
+	w := switchoverWorld()
+	r, events := runner(w)
+	step := switchoverStep("")
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w,
+		"marks orders-east digest=d0 revision= journal=demoting",
+		"marks orders-west digest=d0 revision= journal=demoting",
+		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
+		"spec orders-east "+specJSON(step.Switchover.Demoted),
+		"sql orders-east fence-off", "sql orders-east reload",
+		"marks orders-east digest=d0 revision= journal=gated 0/5027AD8",
+		"marks orders-west digest=d0 revision= journal=gated 0/5027AD8",
+		"marks orders-east digest=d0 revision= journal=promoted 0/5027AD8",
+		"marks orders-west digest=d0 revision= journal=promoted 0/5027AD8",
+		"spec orders-west "+specJSON(step.Switchover.Promoted),
+		"sql orders-west CHECKPOINT",
+		"marks orders-east digest=d0 revision= journal=-",
+		"marks orders-west digest=d0 revision= journal=-",
+	)
+	want := []Phase{PhaseStep, PhaseJournal, PhaseFence, PhaseDemote, PhaseUnfence, PhaseGateSet, PhaseGate, PhasePromote, PhaseSwitched}
+	if got := phases(*events); !slices.Equal(got, want) {
+		t.Fatalf("phases %v, want %v", got, want)
+	}
+	if c := w.cluster("orders-west"); !c.Writable() || c.PG.Timeline != 2 {
+		t.Fatalf("west not primary on timeline 2: %+v", c.PG)
+	}
+}
+
+// The gate: a target that has not replayed the old primary's end of WAL is
+// never promoted; the run fails naming the gate and the journal stays.
+func TestSwitchoverGateHoldsBackThePromotion(t *testing.T) {
+	w := switchoverWorld()
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if name == "orders-east" && what == "spec" {
+			// Demoted, its end of WAL is past what west replayed.
+			w.cluster("orders-east").PG.ReplayLSN = 0x5030000
+		}
+	}
+	r, _ := runner(w)
+	err := run(t, r, switchoverStep(""))
+	if err == nil || !strings.Contains(err.Error(), "gate: orders-west replay >= 0/5030000") {
+		t.Fatalf("error %v, want the gate named", err)
+	}
+	for _, l := range w.writes() {
+		if strings.HasPrefix(l, "spec orders-west") || strings.Contains(l, "journal=promoted") {
+			t.Fatalf("promoted past the gate: %s", l)
+		}
+	}
+	if j := w.cluster("orders-west").Journal(); j == nil || j.Phase != snapshot.PhaseGated || j.GateLSN != "0/5030000" {
+		t.Fatalf("journal %+v, want gated at 0/5030000", j)
+	}
+}
+
+// The gate also refuses a target on another system or a newer timeline.
+func TestSwitchoverGateChecksSystemAndTimeline(t *testing.T) {
+	for name, spoil := range map[string]func(*snapshot.PGState){
+		"system identifier": func(pg *snapshot.PGState) { pg.SystemID = "1" },
+		"newer timeline":    func(pg *snapshot.PGState) { pg.Timeline = 3 },
+		"writable early":    func(pg *snapshot.PGState) { pg.InRecovery = false },
+	} {
+		t.Run(name, func(t *testing.T) {
+			w := switchoverWorld()
+			gate := snapshot.Journal{From: "orders-east", To: "orders-west", Phase: snapshot.PhaseGated, SystemID: sysID, Timeline: 1, GateLSN: "0/5027AD8"}
+			for _, c := range []string{"orders-east", "orders-west"} {
+				w.cluster(c).Object.Marks.Journal = &gate
+			}
+			east := w.cluster("orders-east")
+			east.PG.InRecovery, east.PG.ReplayLSN = true, 0x5027AD8
+			spoil(w.cluster("orders-west").PG)
+			r, _ := runner(w)
+			err := run(t, r, switchoverStep(snapshot.PhaseGated))
+			if err == nil || !strings.Contains(err.Error(), "gate: orders-west") {
+				t.Fatalf("error %v, want the gate", err)
+			}
+			for _, l := range w.writes() {
+				if strings.HasPrefix(l, "spec orders-west") {
+					t.Fatalf("promoted past the gate: %s", l)
+				}
+			}
+		})
+	}
+}
+
+// A fence that fails is lifted at once and nothing is demoted.
+func TestSwitchoverFenceFailureUnfences(t *testing.T) {
+	w := switchoverWorld()
+	w.fail["query orders-east"] = errors.New("connection reset")
+	r, _ := runner(w)
+	err := run(t, r, switchoverStep(""))
+	if err == nil || !strings.Contains(err.Error(), "fence: end of WAL: connection reset") {
+		t.Fatalf("error %v", err)
+	}
+	got := w.writes()
+	if slices.ContainsFunc(got, func(l string) bool { return strings.HasPrefix(l, "spec ") }) {
+		t.Fatalf("demoted after a failed fence: %v", got)
+	}
+	if !slices.Contains(got, "sql orders-east fence-off") {
+		t.Fatalf("fence not lifted: %v", got)
+	}
+}
+
+// The fence waits until the target replayed the old primary's end of WAL
+// while streaming from it; a target that does not catch up is never
+// demoted to.
+func TestSwitchoverFenceWaitsForTheTarget(t *testing.T) {
+	w := switchoverWorld()
+	w.endOfWAL["orders-east"] = 0x6000000 // west replayed only 0/5027AD8
+	r, _ := runner(w)
+	err := run(t, r, switchoverStep(""))
+	if err == nil || !strings.Contains(err.Error(), "orders-west replay >= 0/6000000") {
+		t.Fatalf("error %v", err)
+	}
+	if slices.ContainsFunc(w.writes(), func(l string) bool { return strings.HasPrefix(l, "spec ") }) {
+		t.Fatalf("demoted though the target never caught up: %v", w.writes())
+	}
+
+	// Caught up, but streaming from elsewhere: no proof of shared history.
+	w = switchoverWorld()
+	w.cluster("orders-west").PG.WalReceiver.SenderHost = "10.9.9.9"
+	r, _ = runner(w)
+	if err := run(t, r, switchoverStep("")); err == nil || !strings.Contains(err.Error(), "caught up but does not stream from orders-east") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+// Resuming at each phase does only what is left.
+func TestSwitchoverResumes(t *testing.T) {
+	for _, tc := range []struct {
+		name, phase string
+		demoted     bool   // the old primary is a standby already
+		first       string // the first write of the resumed run
+	}{
+		{"demoting, fenced or not yet", snapshot.PhaseDemoting, false, "sql orders-east fence-on"},
+		{"demoting, demoted", snapshot.PhaseDemoting, true, "spec orders-east "},
+		{"gated", snapshot.PhaseGated, true, "marks orders-east digest=d0 revision= journal=promoted 0/5027AD8"},
+		{"promoted", snapshot.PhasePromoted, true, "spec orders-west "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := switchoverWorld()
+			j := snapshot.Journal{From: "orders-east", To: "orders-west", Phase: tc.phase, SystemID: sysID, Timeline: 1}
+			east := w.cluster("orders-east")
+			if tc.phase != snapshot.PhaseDemoting {
+				j.GateLSN = "0/5027AD8"
+			}
+			if tc.demoted {
+				east.PG.InRecovery, east.PG.ReplayLSN = true, 0x5027AD8
+				east.Object.Spec = standbySpec.WithPeer(*westEP)
+			}
+			for _, c := range []string{"orders-east", "orders-west"} {
+				jj := j
+				w.cluster(c).Object.Marks.Journal = &jj
+			}
+			r, events := runner(w)
+			if err := run(t, r, switchoverStep(tc.phase)); err != nil {
+				t.Fatal(err)
+			}
+			got := w.writes()
+			if len(got) == 0 || !strings.HasPrefix(got[0], tc.first) {
+				t.Fatalf("resumed at %s with writes %v, want first %q", tc.phase, got, tc.first)
+			}
+			if slices.ContainsFunc(got, func(l string) bool { return strings.Contains(l, "journal=demoting") }) {
+				t.Fatalf("the resumed run started the switchover over: %v", got)
+			}
+			if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseResume && e.Journal == tc.phase }) {
+				t.Fatalf("no resume event at %s", tc.phase)
+			}
+			if c := w.cluster("orders-west"); !c.Writable() || w.cluster("orders-east").Journal() != nil {
+				t.Fatalf("not converged: west writable %v, east journal %+v", c.Writable(), w.cluster("orders-east").Journal())
+			}
+		})
+	}
+}
+
+// A resume whose journal is gone (another run finished it) does nothing.
+func TestSwitchoverResumeWithoutJournalRefuses(t *testing.T) {
+	w := switchoverWorld()
+	r, _ := runner(w)
+	err := run(t, r, switchoverStep(snapshot.PhaseGated))
+	if err == nil || !strings.Contains(err.Error(), "the journal on orders-east and orders-west is gone") {
+		t.Fatalf("error %v", err)
+	}
+	wantWrites(t, w)
+}
+
+// An old primary that does not follow the new one is reported as needing a
+// rebuild.
+func TestSwitchoverOldPrimaryMustFollow(t *testing.T) {
+	w := switchoverWorld()
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if name == "orders-west" && what == "spec" {
+			w.cluster("orders-east").PG.WalReceiver = nil
+		}
+	}
+	r, _ := runner(w)
+	err := run(t, r, switchoverStep(""))
+	if err == nil || !strings.Contains(err.Error(), "orders-east does not follow the new primary orders-west and needs a rebuild") {
+		t.Fatalf("error %v", err)
+	}
+}

@@ -1,0 +1,90 @@
+package diff
+
+import (
+	"context"
+	"sort"
+)
+
+// Action is what a step does.
+type Action string
+
+// Actions; their order, rendering and execution are in Catalogue.
+const (
+	ActionLock            Action = "lock"
+	ActionEnsurePrimary   Action = "ensure-primary"
+	ActionCheckpoint      Action = "checkpoint"
+	ActionBootstrapSecret Action = "bootstrap-secret"
+	ActionCreateStandby   Action = "create-standby"
+	ActionSwitchover      Action = "switchover"
+	ActionRepoint         Action = "repoint"
+	ActionUpdate          Action = "update"
+	ActionFillExternalIP  Action = "fill-external-ip"
+	ActionRecord          Action = "record"
+)
+
+// Bucket is where a step counts in a plan's closing line.
+type Bucket int
+
+// Buckets.
+const (
+	BucketNone Bucket = iota
+	BucketSwitchover
+	BucketCreate
+	BucketUpdate
+)
+
+// Executor runs steps; apply implements it. Catalogue names which method
+// runs which action, so an action cannot exist without its executor.
+type Executor interface {
+	Lock(ctx context.Context, s Step) error
+	EnsurePrimary(ctx context.Context, s Step) error
+	Checkpoint(ctx context.Context, s Step) error
+	BootstrapSecret(ctx context.Context, s Step) error
+	CreateStandby(ctx context.Context, s Step) error
+	Switchover(ctx context.Context, s Step) error
+	Repoint(ctx context.Context, s Step) error
+	Update(ctx context.Context, s Step) error
+	FillExternalIP(ctx context.Context, s Step) error
+	Record(ctx context.Context, s Step) error
+}
+
+// Kind is everything pgtopo knows about an action in one place.
+type Kind struct {
+	// Rank orders steps: by rank, then by cluster name.
+	Rank int
+	// Symbol marks the step in a text plan.
+	Symbol string
+	Bucket Bucket
+	// Metric is the action label of pgtopo_steps_applied_total.
+	Metric string
+	// Recheck: once this step is done, apply observes again and goes on
+	// only with the plan unchanged (the lock: another run may have changed
+	// the world while this one waited for it).
+	Recheck bool
+	Execute func(Executor, context.Context, Step) error
+}
+
+// Catalogue is the step catalogue: one entry per action.
+var Catalogue = map[Action]Kind{
+	ActionLock:            {Rank: 0, Symbol: "*", Bucket: BucketNone, Metric: "lock", Recheck: true, Execute: Executor.Lock},
+	ActionEnsurePrimary:   {Rank: 1, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary", Execute: Executor.EnsurePrimary},
+	ActionCheckpoint:      {Rank: 2, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint", Execute: Executor.Checkpoint},
+	ActionBootstrapSecret: {Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret", Execute: Executor.BootstrapSecret},
+	ActionCreateStandby:   {Rank: 4, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
+	ActionSwitchover:      {Rank: 5, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
+	ActionRepoint:         {Rank: 6, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
+	ActionUpdate:          {Rank: 7, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
+	ActionFillExternalIP:  {Rank: 8, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
+	ActionRecord:          {Rank: 9, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
+}
+
+// sortSteps orders steps by action rank, then cluster name.
+func sortSteps(steps []Step) {
+	sort.SliceStable(steps, func(i, j int) bool {
+		a, b := steps[i], steps[j]
+		if ra, rb := Catalogue[a.Action].Rank, Catalogue[b.Action].Rank; ra != rb {
+			return ra < rb
+		}
+		return a.Subject.Cluster < b.Subject.Cluster
+	})
+}

@@ -1,0 +1,118 @@
+// Package flavor is the registry of operator flavors: spec.flavor names
+// one, and Lookup returns what the rest of pgtopo needs of it. It is the
+// only package outside flavor/ that knows a flavor's implementation; live
+// and apply see a flavor only through the interfaces they define.
+package flavor
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/pgtopo/pgtopo/flavor/alauda"
+	"github.com/pgtopo/pgtopo/kube"
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+// Operator is one flavor of an operator in Kubernetes: how its cluster
+// object looks both ways, and the names of what it makes.
+type Operator struct {
+	Name      string
+	Resource  schema.GroupVersionResource
+	Parse     func(*unstructured.Unstructured) snapshot.Object
+	BuildSpec func(ns, name string, s snapshot.Spec) *unstructured.Unstructured
+	// BuildMarks writes pgtopo's marks alone, under their own field manager.
+	BuildMarks    func(ns, name string, m snapshot.Marks) *unstructured.Unstructured
+	TopologyLabel string
+	Names         Names
+}
+
+// Names are the operator's names of a cluster's companions.
+type Names struct {
+	credentials func(cluster string) string
+	bootstrap   func(topology string) string
+	service     func(cluster string) string
+	port        int
+}
+
+// CredentialsSecret names a cluster's admin credentials Secret.
+func (n Names) CredentialsSecret(cluster string) string { return n.credentials(cluster) }
+
+// BootstrapSecret names the Secret a standby bootstraps with.
+func (n Names) BootstrapSecret(topology string) string { return n.bootstrap(topology) }
+
+// MasterService names the Service in front of a cluster's leader.
+func (n Names) MasterService(cluster string) string { return n.service(cluster) }
+
+// PostgresPort is the port of the cluster's Services.
+func (n Names) PostgresPort() int { return n.port }
+
+var registry = map[string]*Operator{
+	alauda.Name: {
+		Name: alauda.Name, Resource: alauda.Resource, Parse: alauda.Parse,
+		BuildSpec: alauda.BuildSpec, BuildMarks: alauda.BuildMarks, TopologyLabel: alauda.LabelTopology,
+		Names: Names{credentials: alauda.CredentialsSecret, bootstrap: alauda.BootstrapSecret, service: alauda.MasterService, port: alauda.PostgresPort},
+	},
+}
+
+// Lookup returns the flavor spec.flavor names ("" is the default, alauda).
+func Lookup(name string) (*Operator, error) {
+	if name == "" {
+		name = alauda.Name
+	}
+	op, ok := registry[name]
+	if !ok {
+		return nil, fmt.Errorf("flavor %q is not known (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(registry)), ", "))
+	}
+	return op, nil
+}
+
+// Site is one site's Kubernetes API seen through a flavor: it reads and
+// writes cluster objects as snapshot values and passes everything else
+// (Services, Nodes, Secrets, Leases) through.
+type Site struct {
+	*kube.Site
+	Op *Operator
+}
+
+// ReadCluster reads a cluster's object; nil without error when absent.
+func (s Site) ReadCluster(ctx context.Context, ns, name string) (*snapshot.Object, error) {
+	u, err := s.GetObject(ctx, s.Op.Resource, ns, name)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	o := s.Op.Parse(u)
+	return &o, nil
+}
+
+// ListClusters names the cluster objects in ns labelled for topology.
+func (s Site) ListClusters(ctx context.Context, ns, topology string) ([]string, error) {
+	items, err := s.ListObjects(ctx, s.Op.Resource, ns, s.Op.TopologyLabel+"="+topology)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(items))
+	for _, it := range items {
+		out = append(out, it.GetName())
+	}
+	return out, nil
+}
+
+// WriteSpec writes the fields pgtopo owns of a cluster's object.
+func (s Site) WriteSpec(ctx context.Context, ns, name string, spec snapshot.Spec) error {
+	return s.ApplyObject(ctx, s.Op.Resource, kube.FieldManager, s.Op.BuildSpec(ns, name, spec))
+}
+
+// WriteMarks writes pgtopo's marks on a cluster's object.
+func (s Site) WriteMarks(ctx context.Context, ns, name string, m snapshot.Marks) error {
+	return s.ApplyObject(ctx, s.Op.Resource, kube.MarksFieldManager, s.Op.BuildMarks(ns, name, m))
+}

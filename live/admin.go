@@ -1,0 +1,61 @@
+package live
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+// SecretReader reads Secrets of one site.
+type SecretReader interface {
+	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
+}
+
+// Admin opens sessions to a cluster's PostgreSQL as its admin user, with
+// the credentials from the cluster's credentials Secret, read at each open
+// and never kept.
+type Admin struct {
+	// Sites opens a site's Secrets by the site's name.
+	Sites func(site string) (SecretReader, error)
+}
+
+// Open connects to the cluster's endpoint.
+func (a Admin) Open(ctx context.Context, c *snapshot.ClusterState) (*Session, error) {
+	if c.Endpoint == nil {
+		return nil, fmt.Errorf("no endpoint")
+	}
+	site, err := a.Sites(c.Site)
+	if err != nil {
+		return nil, err
+	}
+	sec, err := site.GetSecret(ctx, c.Namespace, c.Credentials.Name)
+	if err != nil {
+		return nil, fmt.Errorf("credentials %s/%s: %w", c.Namespace, c.Credentials.Name, err)
+	}
+	conn, err := Connect(ctx, *c.Endpoint, string(sec.Data["username"]), string(sec.Data["password"]), 0)
+	if err != nil {
+		return nil, err
+	}
+	return &Session{conn: conn}, nil
+}
+
+// Session is one admin session.
+type Session struct{ conn *pgx.Conn }
+
+// Exec runs one statement.
+func (s *Session) Exec(ctx context.Context, sql string, args ...any) error {
+	_, err := s.conn.Exec(ctx, sql, args...)
+	return err
+}
+
+// QueryRow runs a query for one row.
+func (s *Session) QueryRow(ctx context.Context, sql string, args ...any) interface{ Scan(dest ...any) error } {
+	return s.conn.QueryRow(ctx, sql, args...)
+}
+
+// Close ends the session.
+func (s *Session) Close(ctx context.Context) error { return s.conn.Close(ctx) }

@@ -1,0 +1,122 @@
+package snapshot
+
+import (
+	"maps"
+	"slices"
+	"strconv"
+)
+
+// Object is a cluster's object as observed, in flavor-neutral terms: the
+// fields pgtopo owns, pgtopo's own marks on it, and what the operator
+// reports. The flavor reads it from and writes it to the real object.
+type Object struct {
+	Spec  Spec  `json:"spec"`
+	Marks Marks `json:"marks,omitempty"`
+	// Status is the operator's word for the cluster's state, as shown to
+	// people; Ready is the flavor's reading of it.
+	Status string `json:"status,omitempty"`
+	Ready  bool   `json:"ready"`
+	// ResourceVersion is the object's version as the API server gave it.
+	ResourceVersion string `json:"resourceVersion,omitempty"`
+	// MarksError is set when a mark cannot be read (a hand-edited journal).
+	MarksError string `json:"marksError,omitempty"`
+}
+
+// Spec is the part of a cluster's object that pgtopo owns and writes as a
+// whole. A plan's CR steps carry the exact Spec apply writes.
+type Spec struct {
+	// Topology is the topology the object belongs to (a label).
+	Topology    string            `json:"topology,omitempty"`
+	Instances   int               `json:"instances"`
+	TeamID      string            `json:"teamId,omitempty"`
+	Version     string            `json:"version,omitempty"`
+	Parameters  map[string]string `json:"parameters,omitempty"`
+	VolumeSize  string            `json:"volumeSize,omitempty"`
+	Replication Replication       `json:"replication"`
+}
+
+// Replication is how the cluster takes part in cross-cluster replication.
+type Replication struct {
+	Enabled     bool   `json:"enabled"`
+	IsReplica   bool   `json:"isReplica"`
+	PeerHost    string `json:"peerHost,omitempty"`
+	PeerPort    int    `json:"peerPort,omitempty"`
+	ServiceType string `json:"replSvcType,omitempty"`
+	// BootstrapSecret names the Secret a standby bootstraps with.
+	BootstrapSecret string `json:"bootstrapSecret,omitempty"`
+}
+
+// Peer is the endpoint a standby streams from, "" when none is set.
+func (r Replication) Peer() string {
+	if r.PeerHost == "" {
+		return ""
+	}
+	return Endpoint{Host: r.PeerHost, Port: r.PeerPort}.String()
+}
+
+// WithPeer returns the spec streaming from ep.
+func (s Spec) WithPeer(ep Endpoint) Spec {
+	s.Replication.PeerHost, s.Replication.PeerPort = ep.Host, ep.Port
+	return s
+}
+
+// Marks are pgtopo's own records on a cluster's object: what was applied
+// and an unfinished switchover. They are written apart from the Spec.
+type Marks struct {
+	Digest   string   `json:"digest,omitempty"`
+	Revision string   `json:"revision,omitempty"`
+	Journal  *Journal `json:"journal,omitempty"`
+}
+
+// Switchover phases recorded in the journal.
+const (
+	PhaseDemoting = "demoting" // the old primary is being turned into a standby
+	PhaseGated    = "gated"    // the target replayed the old primary's end of WAL
+	PhasePromoted = "promoted" // the target was told to become primary
+)
+
+// Journal is the switchover record kept on both clusters' objects, so that
+// a run killed at any point can be resumed from it and live state, and
+// never promotes without the gate (docs/architecture.md, "Switchover").
+type Journal struct {
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Phase    string `json:"phase"`
+	SystemID string `json:"systemIdentifier,omitempty"`
+	Timeline int    `json:"timeline,omitempty"`
+	// GateLSN is the old primary's end of WAL once demoted; the target must
+	// replay up to it before promotion.
+	GateLSN string `json:"gateLSN,omitempty"`
+}
+
+// Field is one owned field of a Spec, named as the plan shows it.
+type Field struct {
+	Path  string
+	Value string
+}
+
+// Fields lists the spec's fields in a fixed order; the plan's field-level
+// changes are computed from these, so what is shown is what is written.
+func (s Spec) Fields() []Field {
+	out := []Field{
+		{"numberOfInstances", strconv.Itoa(s.Instances)},
+		{"teamId", s.TeamID},
+		{"postgresql.version", s.Version},
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.Parameters)) {
+		out = append(out, Field{"postgresql.parameters." + k, s.Parameters[k]})
+	}
+	r := s.Replication
+	return append(out,
+		Field{"volume.size", s.VolumeSize},
+		Field{"clusterReplication.enabled", strconv.FormatBool(r.Enabled)},
+		Field{"clusterReplication.replSvcType", r.ServiceType},
+		Field{"clusterReplication.isReplica", strconv.FormatBool(r.IsReplica)},
+		Field{"clusterReplication.bootstrapSecret", r.BootstrapSecret},
+		Field{"clusterReplication.peer", r.Peer()},
+	)
+}
+
+// TopologyLabel marks the objects and Secrets pgtopo makes with their
+// topology's name.
+const TopologyLabel = "pgtopo.dev/topology"
