@@ -5,11 +5,12 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/pgtopo/pgtopo/cli.version=$(VERSION) -X github.com/pgtopo/pgtopo/cli.revision=$(REVISION)
 STATICCHECK_VERSION := v0.8.2
+GREMLINS_VERSION := v0.6.0
 FUZZTIME ?= 60s
 
 APT_PACKAGES := git etcd-server patroni postgresql-15
 
-.PHONY: help build test lint deps apt-deps lab-bin fuzz demo bench clean
+.PHONY: help build test lint deps apt-deps lab-bin fuzz demo bench mutate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -41,6 +42,12 @@ bin/kube-apiserver: lab/apiserver/go.mod lab/apiserver/go.sum lab/apiserver/main
 
 bin/staticcheck:
 	GOBIN=$(CURDIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+mutate: bin/gremlins ## mutation scores of diff/ and apply/ (killed / all mutants; goals 85% and 70%)
+	GREMLINS=bin/gremlins scripts/mutate.sh
+
+bin/gremlins:
+	GOBIN=$(CURDIR)/bin $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
 
 fuzz: ## fuzz parse+validate for FUZZTIME (default 60s)
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) ./schema

@@ -29,7 +29,7 @@ func subject(site, cluster string) diff.Subject {
 func runner(w *world) (*Runner, *[]Event) {
 	var events []Event
 	return &Runner{Observer: w, Sites: w.Sites, Database: w, Holder: "test", LockTimeout: time.Second,
-		StepTimeout: 400 * time.Millisecond, PollEvery: time.Millisecond, PollSwitchover: time.Millisecond,
+		StepTimeout: 150 * time.Millisecond, PollEvery: time.Millisecond, PollSwitchover: time.Millisecond,
 		Progress: func(e Event) { events = append(events, e) }}, &events
 }
 

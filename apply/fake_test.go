@@ -288,8 +288,8 @@ func endpoint(host string, port int) *snapshot.Endpoint {
 // primaryState is a running, writable primary at lsn on timeline tl.
 func primaryState(name, site string, ep *snapshot.Endpoint, lsn snapshot.LSN, tl int) snapshot.ClusterState {
 	return snapshot.ClusterState{Name: name, Site: site, Namespace: "db", Exists: true, Endpoint: ep,
-		Object: &snapshot.Object{Ready: true, Status: "Running", Spec: snapshot.Spec{Instances: 2, Replication: snapshot.Replication{Enabled: true}}},
-		PG:     &snapshot.PGState{SystemID: sysID, Timeline: tl, CurrentLSN: lsn},
+		Object:      &snapshot.Object{Ready: true, Status: "Running", Spec: snapshot.Spec{Instances: 2, Replication: snapshot.Replication{Enabled: true}}},
+		PG:          &snapshot.PGState{SystemID: sysID, Timeline: tl, CurrentLSN: lsn},
 		Credentials: snapshot.SecretState{Name: "postgres." + name + ".credentials", Exists: true}}
 }
 

@@ -17,6 +17,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/flavor/alauda"
 	"github.com/pgtopo/pgtopo/gitsource/gittest"
 	"github.com/pgtopo/pgtopo/lab"
@@ -62,6 +64,8 @@ type logRecord struct {
 	Duration string    `json:"duration"`
 	Address  string    `json:"address"`
 	Step     string    `json:"step"`
+	Phase    string    `json:"phase"`
+	Action   string    `json:"action"`
 	Refusal  string    `json:"refusal"`
 	Error    string    `json:"error"`
 }
@@ -240,8 +244,7 @@ func TestGitOpsEndToEnd(t *testing.T) {
 	c3 := repo.Commit("orders: back to east", map[string]string{"deploy/topology.yaml": string(topoEast)})
 	repo.Git("push", "-q", "origin", "main")
 	_, _ = l.waitFor(t, 30*time.Second, "switchover start", next, func(r logRecord) bool {
-		_, step, _ := strings.Cut(r.Step, "] ") // after the elapsed-time prefix
-		return r.Msg == "progress" && strings.HasPrefix(step, "switchover ")
+		return r.Phase == string(apply.PhaseStep) && r.Action == string(diff.ActionSwitchover)
 	})
 	signalled := l.count()
 	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {

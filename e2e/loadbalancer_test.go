@@ -20,7 +20,7 @@ func (h *harness) externalIP(site, primary, standby string) (string, error) {
 	return ip, err
 }
 
-// TestLoadBalancerExternalIP is the seed runbook's multi_cluster_info check:
+// TestLoadBalancerExternalIP is the operator's hot-standby runbook's multi_cluster_info check:
 // with LoadBalancer Services the operator registers a standby with an
 // empty external_ip, and pgtopo fills it with the standby's load balancer
 // address, after bring-up, after a switchover, and after someone blanked it.

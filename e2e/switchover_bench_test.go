@@ -28,7 +28,7 @@ func (h *harness) window(b *testing.B, newPrimary, site string, swap func()) (ti
 	return time.Duration(w.longestMs.Load()) * time.Millisecond, h.missing(site, newPrimary, w.acked), len(w.acked)
 }
 
-// runbookSwap is seed 000's two phases as a script that goes as fast as it
+// runbookSwap is the operator's hot-standby runbook's two phases as a script that goes as fast as it
 // can: patch the primary to a standby, poll until it is standby leader,
 // patch the standby to primary.
 func (h *harness) runbookSwap(b *testing.B, from, fromSite, to, toSite string) {

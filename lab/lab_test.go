@@ -96,7 +96,7 @@ func patroniMember(l *labtest.Lab, site, cluster string, i int) (member, error) 
 	return m, labtest.GetJSON("http://"+pod.Status.PodIP+":8008/patroni", &m)
 }
 
-// TestLab drives the lab as seed 000 describes the operator: a primary, a
+// TestLab drives the lab as the operator's hot-standby runbook describes the operator: a primary, a
 // standby born as a standby in another site, and the runbook's two-phase
 // switchover through the CRs alone.
 func TestLab(t *testing.T) {

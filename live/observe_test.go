@@ -71,7 +71,9 @@ func (f *fakeSite) GetLease(context.Context, string, string) (*coordinationv1.Le
 	return &coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &metav1.MicroTime{}}}, nil
 }
 
-type fakeProber struct{ got atomic.Pointer[snapshot.Endpoint] }
+type fakeProber struct {
+	got atomic.Pointer[snapshot.Endpoint]
+}
 
 func (p *fakeProber) Probe(_ context.Context, ep snapshot.Endpoint, user, password string) (*snapshot.PGState, error) {
 	p.got.Store(&ep)

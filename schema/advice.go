@@ -9,7 +9,7 @@ import (
 	"github.com/pgtopo/pgtopo/topology"
 )
 
-// minWALKeep is the seed runbook's advice for max_slot_wal_keep_size.
+// minWALKeep is the operator's hot-standby runbook's advice for max_slot_wal_keep_size.
 const minWALKeep = 10 << 30
 
 // advise returns warnings: things that are valid but unwise.

@@ -1,0 +1,225 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+func lockStep() diff.Step {
+	return diff.Step{Action: diff.ActionLock, Subject: diff.Subject{Site: "east", Namespace: "db"}, Lease: "pgtopo-orders",
+		Locks: []diff.Subject{{Site: "east", Namespace: "db"}}}
+}
+
+func recordStep(digest string) diff.Step {
+	return diff.Step{Action: diff.ActionRecord, Subject: subject("east", "orders-east"), Marks: &snapshot.Marks{Digest: digest}}
+}
+
+func planOf(steps ...diff.Step) diff.Plan { return diff.Plan{Topology: "orders", Digest: "d1", Steps: steps} }
+
+func TestExecuteRunsThePlanAsPrinted(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r, events := runner(w)
+	plan := planOf(lockStep(), recordStep("d1"))
+	replans := 0
+	r.Replan = func(*snapshot.Snapshot) diff.Plan {
+		replans++
+		if replans == 1 {
+			return plan // after the lock: unchanged
+		}
+		return planOf() // after the last step: in sync
+	}
+	res, err := r.Execute(context.Background(), plan, diff.Basis{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "lease east/db/pgtopo-orders create", "marks orders-east digest=d1 revision= journal=-")
+	if len(res.Completed) != 2 || res.Remaining != nil || replans != 2 {
+		t.Fatalf("completed %d, remaining %v, replans %d", len(res.Completed), res.Remaining, replans)
+	}
+	if h := w.leases["east/db/pgtopo-orders"].Spec.HolderIdentity; h == nil || *h != "" {
+		t.Fatal("the Lease was not released")
+	}
+	var steps []int
+	for _, e := range *events {
+		if e.Phase == PhaseStep {
+			steps = append(steps, e.Step)
+			if e.Steps != 2 {
+				t.Fatalf("event %+v: steps %d, want 2", e, e.Steps)
+			}
+		}
+	}
+	if !slices.Equal(steps, []int{1, 2}) || (*events)[len(*events)-1].Phase != PhaseConverged {
+		t.Fatalf("events %+v", *events)
+	}
+}
+
+// A saved plan (no Changed) whose world changed while it waited for the
+// lock is refused as stale, with nothing written but the lock.
+func TestExecuteRefusesAStalePlanAfterTheLock(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r, _ := runner(w)
+	plan := planOf(lockStep(), recordStep("d1"))
+	basis := diff.BasisOf(w.Observe(context.Background()))
+	w.cluster("orders-east").Object.Spec.Instances = 5 // a hand edit meanwhile
+	r.Replan = func(*snapshot.Snapshot) diff.Plan { return planOf(lockStep(), recordStep("d2")) }
+	_, err := r.Execute(context.Background(), plan, basis)
+	var stale *StaleError
+	if !errors.As(err, &stale) || !strings.Contains(err.Error(), "stale plan: orders-east: resourceVersion  → : numberOfInstances 2 → 5; run diff again") {
+		t.Fatalf("error %v, want a stale plan naming orders-east", err)
+	}
+	wantWrites(t, w, "lease east/db/pgtopo-orders create")
+}
+
+// A live run prints the new plan and why, then runs that.
+func TestExecuteRunsTheChangedPlanAfterSayingSo(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r, _ := runner(w)
+	var told []string
+	r.Changed = func(now diff.Plan, why []string) error { told = why; return nil }
+	changed := planOf(lockStep(), recordStep("d2"))
+	r.Replan = func(*snapshot.Snapshot) diff.Plan {
+		if len(told) == 0 {
+			return changed
+		}
+		return planOf()
+	}
+	res, err := r.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), diff.Basis{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "lease east/db/pgtopo-orders create", "marks orders-east digest=d2 revision= journal=-")
+	if len(told) == 0 || !diff.Same(res.Plan, changed) {
+		t.Fatalf("told %q; result plan %+v", told, res.Plan)
+	}
+
+	// Changed can stop the run instead.
+	w2 := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r2, _ := runner(w2)
+	r2.Replan = func(*snapshot.Snapshot) diff.Plan { return changed }
+	r2.Changed = func(diff.Plan, []string) error { return errors.New("no") }
+	if _, err := r2.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), diff.Basis{}); err == nil || err.Error() != "no" {
+		t.Fatalf("error %v", err)
+	}
+	wantWrites(t, w2, "lease east/db/pgtopo-orders create")
+
+	// A changed plan that is refused stops with the refusal.
+	w3 := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r3, _ := runner(w3)
+	r3.Changed = func(diff.Plan, []string) error { return nil }
+	r3.Replan = func(*snapshot.Snapshot) diff.Plan {
+		return diff.Plan{Refusals: []diff.Refusal{{Reason: "site west unreachable"}}}
+	}
+	if _, err := r3.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), diff.Basis{}); !IsRefused(err) {
+		t.Fatalf("error %v, want a refusal", err)
+	}
+
+	// A changed plan with nothing left converges.
+	w4 := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r4, _ := runner(w4)
+	r4.Changed = func(diff.Plan, []string) error { return nil }
+	r4.Replan = func(*snapshot.Snapshot) diff.Plan { return planOf() }
+	if res, err := r4.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), diff.Basis{}); err != nil || len(res.Completed) != 1 {
+		t.Fatalf("error %v, completed %d", err, len(res.Completed))
+	}
+	wantWrites(t, w4, "lease east/db/pgtopo-orders create")
+}
+
+func TestExecuteFollowUps(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r, events := runner(w)
+	r.FollowUps = 1
+	n := 0
+	r.Replan = func(*snapshot.Snapshot) diff.Plan {
+		n++
+		if n == 1 {
+			return planOf(recordStep("d2")) // what only shows once the first plan is done
+		}
+		return planOf()
+	}
+	if _, err := r.Execute(context.Background(), planOf(recordStep("d1")), diff.Basis{}); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "marks orders-east digest=d1 revision= journal=-", "marks orders-east digest=d2 revision= journal=-")
+	if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseReplan }) {
+		t.Fatal("the follow-up plan was not announced")
+	}
+
+	// Without follow-ups, what remains is reported, not run.
+	w2 := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r2, _ := runner(w2)
+	r2.Replan = func(*snapshot.Snapshot) diff.Plan { return planOf(recordStep("d2")) }
+	res, err := r2.Execute(context.Background(), planOf(recordStep("d1")), diff.Basis{})
+	if err != nil || res.Remaining == nil || len(res.Remaining.Steps) != 1 {
+		t.Fatalf("error %v, remaining %+v", err, res.Remaining)
+	}
+	wantWrites(t, w2, "marks orders-east digest=d1 revision= journal=-")
+}
+
+func TestExecuteStopsOnRefusalDrainAndFailure(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r, _ := runner(w)
+	if _, err := r.Execute(context.Background(), diff.Plan{Refusals: []diff.Refusal{{Reason: "split brain"}}}, diff.Basis{}); !IsRefused(err) || err.Error() != "refused: split brain" {
+		t.Fatalf("error %v", err)
+	}
+
+	drain := make(chan struct{})
+	close(drain)
+	r.Drain = drain
+	if _, err := r.Execute(context.Background(), planOf(recordStep("d1")), diff.Basis{}); !errors.Is(err, ErrDrained) {
+		t.Fatalf("error %v", err)
+	}
+	r.Drain = nil
+	wantWrites(t, w)
+
+	// A precondition that fails stops the run before that step, naming it.
+	bad := recordStep("d1")
+	bad.Preconditions = []diff.Precondition{{Kind: diff.CondSiteReachable, Site: "west"}}
+	res, err := r.Execute(context.Background(), planOf(recordStep("d0"), bad, recordStep("d2")), diff.Basis{})
+	if err == nil || err.Error() != "record orders-east (east/db): precondition site-reachable no longer holds: site west unreachable" {
+		t.Fatalf("error %v", err)
+	}
+	if len(res.Completed) != 1 {
+		t.Fatalf("completed %d, want 1", len(res.Completed))
+	}
+	wantWrites(t, w, "marks orders-east digest=d0 revision= journal=-")
+
+	if _, err := r.Execute(context.Background(), planOf(diff.Step{Action: "teleport"}), diff.Basis{}); err == nil || !strings.Contains(err.Error(), `unknown action "teleport"`) {
+		t.Fatalf("error %v", err)
+	}
+	if (&RefusedError{}).Error() != "refused" {
+		t.Fatal("an empty refusal")
+	}
+}
+
+func TestProgressRenderers(t *testing.T) {
+	ev := Event{Elapsed: 2.34, Step: 3, Steps: 5, Action: diff.ActionSwitchover, Phase: PhaseFence, Message: "fence: orders-east refuses new writes", LSN: "0/5"}
+	var text bytes.Buffer
+	TextProgress(&text)(ev)
+	TextProgress(&text)(Event{Elapsed: 2.4, Step: 3, Phase: PhaseStep, Message: "switchover orders-west"})
+	if got := text.String(); got != "[   2.3s]   fence: orders-east refuses new writes\n[   2.4s] switchover orders-west\n" {
+		t.Fatalf("text %q", got)
+	}
+	var js bytes.Buffer
+	JSONProgress(&js)(ev)
+	var back Event
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.Phase != PhaseFence || back.LSN != "0/5" || back.Step != 3 {
+		t.Fatalf("json %s: %v", js.String(), err)
+	}
+	var logs bytes.Buffer
+	lag := int64(42)
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	LogProgress(log)(Event{Step: 1, Steps: 2, Phase: PhaseWaiting, Message: "waiting"})
+	LogProgress(log)(Event{Step: 1, Steps: 2, Action: diff.ActionSwitchover, Phase: PhaseGate, Message: "gate passed", LagBytes: &lag})
+	if got := logs.String(); strings.Contains(got, "waiting") || !strings.Contains(got, `msg="gate passed" phase=gate`) || !strings.Contains(got, "step=1/2") || !strings.Contains(got, "lagBytes=42") {
+		t.Fatalf("logs %q", got)
+	}
+}
