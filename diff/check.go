@@ -132,7 +132,7 @@ func (c Precondition) Holds(snap *snapshot.Snapshot) error {
 		}
 	case CondSameMajor:
 		if to.ServerVersion/10000 != from.ServerVersion/10000 {
-			return fmt.Errorf("%s runs PostgreSQL %d, %s %d", c.Cluster, to.ServerVersion/10000, c.Other, from.ServerVersion/10000)
+			return fmt.Errorf("%s runs PostgreSQL %d, %s runs %d: a switchover needs one major version", c.Cluster, to.ServerVersion/10000, c.Other, from.ServerVersion/10000)
 		}
 	default:
 		return fmt.Errorf("unknown precondition %q", c.Kind)

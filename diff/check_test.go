@@ -75,7 +75,7 @@ func TestPreconditions(t *testing.T) {
 		{Precondition{Kind: CondLagAtMost, Cluster: pair, Other: "orders-east", Bytes: 1 << 20},
 			func(s *snapshot.Snapshot) { west(s).PG.ReplayLSN-- }, "orders-west lag 1.0 MiB > maxLagBytes 1 MiB"},
 		{Precondition{Kind: CondSameMajor, Cluster: pair, Other: "orders-east"},
-			func(s *snapshot.Snapshot) { west(s).PG.ServerVersion = 160002 }, "orders-west runs PostgreSQL 16, orders-east 15"},
+			func(s *snapshot.Snapshot) { west(s).PG.ServerVersion = 160002 }, "orders-west runs PostgreSQL 16, orders-east runs 15: a switchover"},
 		{Precondition{Kind: CondSameMajor, Cluster: "orders-gone", Other: "orders-east"}, nil, "orders-gone is not observed"},
 		{Precondition{Kind: CondSameMajor, Cluster: pair, Other: "orders-gone"}, nil, "orders-gone is not observed"},
 		{Precondition{Kind: CondSameMajor, Cluster: pair, Other: "orders-east"},

@@ -148,14 +148,13 @@ func (p *planner) run() {
 		livePrimary = writable[0]
 	}
 
-	switch j, on := p.journal(); {
-	case j != nil:
+	if j, on := p.journal(); j != nil {
 		p.resumeSwitchover(*j, on)
-	case livePrimary == "":
+	} else if livePrimary == "" {
 		p.noLivePrimary(want)
-	case livePrimary == want.Name:
+	} else if livePrimary == want.Name {
 		p.primaryDrift(want)
-	default:
+	} else {
 		p.switchover(livePrimary, want)
 	}
 	if p.plan.Refused() {
@@ -386,16 +385,12 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 				c.Name, o.PG.SystemID, want.Name, primary.PG.SystemID)
 			continue
 		}
-		if o.PG != nil && !o.PG.InRecovery {
-			continue // writable: handled as split brain or switchover above
-		}
 		if primaryEP == nil {
 			spec.Replication.PeerHost, spec.Replication.PeerPort = o.Object.Spec.Replication.PeerHost, o.Object.Spec.Replication.PeerPort
 		}
 		ch := specChanges(o.Object, spec, "")
 		repeer := primaryEP != nil && o.Object.Spec.Replication.Peer() != primaryEP.String()
-		switch {
-		case repeer:
+		if repeer {
 			step := Step{Action: ActionRepoint, Subject: subj, Spec: &spec, Follows: want.Name, Changes: ch,
 				Reason: fmt.Sprintf("follow the primary %s", want.Name)}
 			if p.switching != nil {
@@ -404,7 +399,7 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 				step.Preconditions = []Precondition{{Kind: CondWritable, Cluster: want.Name}}
 			}
 			p.add(step)
-		case len(ch) > 0:
+		} else if len(ch) > 0 {
 			p.add(Step{Action: ActionUpdate, Subject: subj, Reason: "the standby's CR differs from the file", Spec: &spec, Changes: ch})
 		}
 		if o.PG != nil && (o.PG.WalReceiver == nil || o.PG.WalReceiver.Status != "streaming") && p.switching == nil {
@@ -481,18 +476,7 @@ const (
 
 func (p *planner) roles(afterPrimary string) {
 	for _, c := range p.d.Clusters {
-		o := p.observed(c.Name)
-		now := RoleUnknown
-		switch {
-		case !o.Exists && o.Error == "":
-			now = RoleAbsent
-		case o.PG != nil && !o.PG.InRecovery:
-			now = RolePrimary
-		case o.PG != nil:
-			now = RoleStandby
-		case o.Exists && o.Object.Spec.Replication.IsReplica:
-			now = RoleStandby
-		}
+		now := roleNow(p.observed(c.Name))
 		after := now
 		if !p.plan.Refused() && afterPrimary != "" {
 			after = RoleStandby
@@ -502,6 +486,24 @@ func (p *planner) roles(afterPrimary string) {
 		}
 		p.plan.Clusters = append(p.plan.Clusters, ClusterRoles{Name: c.Name, Site: c.Site.Name, Namespace: c.Namespace, Now: now, After: after})
 	}
+}
+
+// roleNow is a cluster's role as observed: what its database says, else
+// what its object says, else unknown.
+func roleNow(o *snapshot.ClusterState) string {
+	if !o.Exists && o.Error == "" {
+		return RoleAbsent
+	}
+	if o.PG != nil {
+		if o.PG.InRecovery {
+			return RoleStandby
+		}
+		return RolePrimary
+	}
+	if o.Exists && o.Object.Spec.Replication.IsReplica {
+		return RoleStandby
+	}
+	return RoleUnknown
 }
 
 // specChanges lists the owned fields whose payload value differs from the

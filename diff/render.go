@@ -30,16 +30,16 @@ func (p *Plan) Headline() string {
 			after = c.Name
 		}
 	}
-	switch {
-	case p.Refused():
+	if p.Refused() {
 		return fmt.Sprintf("topology %s: refused", p.Topology)
-	case now == "" && after != "":
-		return fmt.Sprintf("topology %s: bring up with primary %s", p.Topology, after)
-	case now != after && after != "":
-		return fmt.Sprintf("topology %s: switchover %s → %s", p.Topology, now, after)
-	default:
-		return fmt.Sprintf("topology %s: primary %s", p.Topology, now)
 	}
+	if after != "" && now == "" {
+		return fmt.Sprintf("topology %s: bring up with primary %s", p.Topology, after)
+	}
+	if after != "" && now != after {
+		return fmt.Sprintf("topology %s: switchover %s → %s", p.Topology, now, after)
+	}
+	return fmt.Sprintf("topology %s: primary %s", p.Topology, now)
 }
 
 // WriteText renders the plan for a terminal, grouped by site.

@@ -101,10 +101,9 @@ func (was ClusterBasis) since(is ClusterBasis) []string {
 	add := func(format string, args ...any) {
 		out = append(out, was.Name+": "+fmt.Sprintf(format, args...))
 	}
-	switch {
-	case was.Exists != is.Exists:
+	if was.Exists != is.Exists {
 		add("exists %v → %v", was.Exists, is.Exists)
-	case was.Exists:
+	} else if was.Exists {
 		var fields []string
 		for _, c := range specChanges(&snapshot.Object{Spec: *was.Spec}, *is.Spec, "") {
 			fields = append(fields, fmt.Sprintf("%s %s → %s", c.Field, show(c.Before), show(c.After)))
@@ -217,12 +216,13 @@ func Staleness(was Plan, wasBasis Basis, now Plan, nowBasis Basis) []string {
 		return reasons
 	}
 	for i := range max(len(was.Steps), len(now.Steps)) {
-		switch {
-		case i >= len(was.Steps):
+		if i >= len(was.Steps) {
 			return []string{fmt.Sprintf("a step was added: %s %s", now.Steps[i].Action, now.Steps[i].Subject)}
-		case i >= len(now.Steps):
+		}
+		if i >= len(now.Steps) {
 			return []string{fmt.Sprintf("step %d %s %s is no longer needed", i+1, was.Steps[i].Action, was.Steps[i].Subject)}
-		case !Same(Plan{Steps: was.Steps[i : i+1]}, Plan{Steps: now.Steps[i : i+1]}):
+		}
+		if !Same(Plan{Steps: was.Steps[i : i+1]}, Plan{Steps: now.Steps[i : i+1]}) {
 			return []string{fmt.Sprintf("step %d %s %s changed", i+1, was.Steps[i].Action, was.Steps[i].Subject)}
 		}
 	}

@@ -10,9 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 gremlins=${GREMLINS:-bin/gremlins}
 status=0
-for spec in "diff 85" "apply 70"; do
-  set -- $spec
-  pkg=$1 goal=$2
+# Goals by package; arguments pick packages (default: both).
+declare -A goals=([diff]=85 [apply]=70)
+pkgs=("$@")
+[ ${#pkgs[@]} -gt 0 ] || pkgs=(diff apply)
+for pkg in "${pkgs[@]}"; do
+  goal=${goals[$pkg]:?no goal for package $pkg}
   out=$(mktemp)
   "$gremlins" unleash --workers 2 --timeout-coefficient 3 "./$pkg" >"$out" 2>&1 || true
   killed=$(grep -cE '^ *(KILLED|TIMED OUT) ' "$out" || true)

@@ -1,0 +1,189 @@
+package diff
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+// inSync is the in-sync fixture: primary east, standby west streaming.
+func inSync(t *testing.T) (func(*snapshot.Snapshot) Plan, *snapshot.Snapshot) {
+	t.Helper()
+	d := loadDesired(t, "testdata/two-sites.yaml")
+	snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
+	return func(s *snapshot.Snapshot) Plan { return Compute(d, s, Options{}) }, snap
+}
+
+func TestPlannerEdges(t *testing.T) {
+	cases := []struct {
+		name     string
+		edit     func(s *snapshot.Snapshot)
+		refusals []string // each in one refusal, and no more refusals
+		notes    []string
+		actions  []Action
+	}{
+		{name: "in sync"},
+		{name: "another major version live", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Object.Spec.Version = "14" },
+			refusals: []string{"orders-west runs PostgreSQL 14 but the file says 15: major upgrades are not something pgtopo does"}},
+		{name: "no version on the CR is no refusal", edit: func(s *snapshot.Snapshot) { cs(s, "orders-east").Object.Spec.Version = "" },
+			actions: []Action{ActionLock, ActionUpdate}},
+		{name: "a standby not streaming", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").PG.WalReceiver.Status = "waiting" },
+			notes: []string{"orders-west is not streaming (wal receiver: waiting from 127.100.10.1:31388)"}},
+		{name: "a standby without a receiver", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").PG.WalReceiver = nil },
+			notes: []string{"orders-west is not streaming (wal receiver: none)"}},
+		{name: "a standby that cannot be read", edit: func(s *snapshot.Snapshot) {
+			w := cs(s, "orders-west")
+			w.PG, w.PGError = nil, "connection refused"
+		}, notes: []string{"cannot read orders-west's database: connection refused"}},
+		{name: "a standby CR edited by hand", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Object.Spec.Instances = 3 },
+			actions: []Action{ActionLock, ActionUpdate}},
+		{name: "a hand-edited journal", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Object.MarksError = "annotation pgtopo.dev/switchover: invalid character" },
+			refusals: []string{"orders-west: annotation pgtopo.dev/switchover: invalid character; fix or remove the annotation by hand"}},
+		{name: "a cluster that cannot be observed", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Error = "read CR: timeout" },
+			refusals: []string{"cannot observe orders-west: read CR: timeout"}},
+		{name: "nothing writable, the primary a standby", edit: func(s *snapshot.Snapshot) {
+			e := cs(s, "orders-east")
+			e.PG.InRecovery, e.Object.Spec.Replication.IsReplica = true, true
+		}, refusals: []string{"no cluster is writable: orders-east is a standby (isReplica true) and no pgtopo journal explains it"}},
+		{name: "nothing writable, the primary gone", edit: func(s *snapshot.Snapshot) {
+			e := cs(s, "orders-east")
+			e.Exists, e.Object, e.PG = false, nil, nil
+		}, refusals: []string{"no cluster is writable and orders-east, the primary in the file, does not exist, while other clusters do"}},
+		{name: "the primary coming up", edit: func(s *snapshot.Snapshot) {
+			e := cs(s, "orders-east")
+			e.PG, e.PGError, e.Object.Status = nil, "connection refused", "Creating"
+		}, actions: []Action{ActionLock, ActionEnsurePrimary}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			plan, snap := inSync(t)
+			if tc.edit != nil {
+				tc.edit(snap)
+			}
+			p := plan(snap)
+			if len(p.Refusals) != len(tc.refusals) {
+				t.Fatalf("refusals %+v, want %q", p.Refusals, tc.refusals)
+			}
+			for i, want := range tc.refusals {
+				if !strings.Contains(p.Refusals[i].Reason, want) {
+					t.Errorf("refusal %q, want %q", p.Refusals[i].Reason, want)
+				}
+			}
+			var notes []string
+			for _, n := range p.Notes {
+				notes = append(notes, n.Message)
+			}
+			if !slices.Equal(notes, tc.notes) {
+				t.Errorf("notes %q, want %q", notes, tc.notes)
+			}
+			var actions []Action
+			for _, s := range p.Steps {
+				actions = append(actions, s.Action)
+			}
+			if !slices.Equal(actions, tc.actions) {
+				t.Errorf("actions %v, want %v", actions, tc.actions)
+			}
+		})
+	}
+}
+
+// A switchover whose target does not exist is refused once: the rest of
+// the preflight cannot be judged.
+func TestSwitchoverToAnAbsentTarget(t *testing.T) {
+	d := loadDesired(t, "testdata/two-sites-west.yaml")
+	snap := loadSnapshot(t, "testdata/primary-changed/snapshot.json", d)
+	w := cs(snap, "orders-west")
+	w.Exists, w.Object, w.PG = false, nil, nil
+	p := Compute(d, snap, Options{})
+	if len(p.Refusals) != 1 || !strings.Contains(p.Refusals[0].Reason, "switchover to orders-west refused: precondition") && !strings.Contains(p.Refusals[0].Reason, "orders-west does not exist") {
+		t.Fatalf("refusals %+v", p.Refusals)
+	}
+	snap = loadSnapshot(t, "testdata/primary-changed/snapshot.json", d)
+	cs(snap, "orders-west").PG = nil
+	if p := Compute(d, snap, Options{}); len(p.Refusals) != 1 || !strings.Contains(p.Refusals[0].Reason, "cannot read orders-west's database") {
+		t.Fatalf("refusals %+v", p.Refusals)
+	}
+}
+
+func TestSinceASiteGone(t *testing.T) {
+	_, snap := inSync(t)
+	was := BasisOf(snap)
+	now := was
+	now.Sites = now.Sites[1:]
+	if got := was.Since(now); len(got) != 1 || got[0] != "site east: reachable true → false" {
+		t.Fatalf("%q", got)
+	}
+	// The first site coming back says so.
+	down := was
+	down.Sites = slices.Clone(was.Sites)
+	down.Sites[0].Reachable = false
+	if got := down.Since(was); len(got) != 1 || got[0] != "site east: reachable false → true" {
+		t.Fatalf("%q", got)
+	}
+	now = was
+	now.Clusters = now.Clusters[:1]
+	if got := was.Since(now); len(got) != 1 || got[0] != "orders-west: no longer observed" {
+		t.Fatalf("%q", got)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+func TestPullRequestHeadlinesAndErrors(t *testing.T) {
+	head := strings.Repeat("a", 40)
+	cases := []struct {
+		intents []Intent
+		want    string
+	}{
+		{nil, "merging aaaaaaaaaaaa changes nothing in topology.yaml"},
+		{[]Intent{{Kind: IntentChange, Text: "x"}, {Kind: IntentNewCluster, Text: "y"}}, "merging aaaaaaaaaaaa: 2 change(s) to topology.yaml"},
+		{[]Intent{{Kind: IntentChange, Text: "x"}, {Kind: IntentSwitchover, Text: "switchover: primary a → b"}}, "merging aaaaaaaaaaaa: switchover: primary a → b"},
+		{[]Intent{{Kind: IntentNewTopology, Text: "new topology orders"}}, "merging aaaaaaaaaaaa: new topology orders"},
+	}
+	for _, tc := range cases {
+		pr := &PullRequest{Head: head, Path: "topology.yaml", Intents: tc.intents}
+		if got := pr.Headline(); got != tc.want {
+			t.Errorf("headline %q, want %q", got, tc.want)
+		}
+		var b bytes.Buffer
+		if err := pr.WriteText(&b); err != nil {
+			t.Fatal(err)
+		}
+		if has := strings.Contains(b.String(), "What merging does:"); has != (len(tc.intents) > 0) {
+			t.Errorf("%q: says what merging does: %v", b.String(), has)
+		}
+		if err := pr.WriteText(failingWriter{}); err == nil {
+			t.Error("text: a failed write is no error")
+		}
+		if err := pr.WriteMarkdown(failingWriter{}); err == nil {
+			t.Error("markdown: a failed write is no error")
+		}
+	}
+}
+
+// A standby that stays a standby but follows another primary says so.
+func TestDescribeStandbyFollowsTheNewPrimary(t *testing.T) {
+	three := strings.NewReplacer(
+		"    - {name: west, context: lab-west}\n", "    - {name: west, context: lab-west}\n    - {name: south, context: lab-south}\n",
+		"  primary: orders-east", "    - {name: orders-south, site: south, namespace: db, instances: 1}\n  primary: orders-east",
+	).Replace(baseTopology)
+	moved := strings.Replace(three, "primary: orders-east", "primary: orders-west", 1)
+	var texts []string
+	for _, in := range Describe(desiredFrom(t, three), desiredFrom(t, moved)) {
+		texts = append(texts, in.Text)
+	}
+	if !slices.Contains(texts, "orders-south: streams from orders-east → orders-west") {
+		t.Fatalf("intents %q", texts)
+	}
+	for _, txt := range texts {
+		if strings.HasPrefix(txt, "orders-east: streams from") || strings.HasPrefix(txt, "orders-west: streams from") {
+			t.Fatalf("a cluster changing role is described as a standby: %q", txt)
+		}
+	}
+}
