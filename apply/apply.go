@@ -65,6 +65,12 @@ type Runner struct {
 	LockTimeout time.Duration
 	// StepTimeout bounds each step's wait for its postcondition.
 	StepTimeout time.Duration
+	// MaxWritePause, when set, replaces the plan's write-outage budget of
+	// a switchover.
+	MaxWritePause time.Duration
+	// StallAfter, when set, replaces how long a switchover's wait may see
+	// no progress (a third of the budget, 3 to 15 s).
+	StallAfter time.Duration
 	// Replan plans again from a fresh snapshot: after the lock, to find
 	// out whether the world changed while this run waited, and after the
 	// last step, for what only shows once earlier steps are done.

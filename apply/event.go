@@ -18,24 +18,26 @@ type Phase string
 // next step's; the switchover's phases follow its protocol
 // (docs/architecture.md, "Switchover").
 const (
-	PhaseStep      Phase = "step"      // a step begins
-	PhaseWaiting   Phase = "waiting"   // a wait goes on (every few seconds)
-	PhaseReached   Phase = "reached"   // a wait is over
-	PhaseLock      Phase = "lock"      // the lock is held, or waited for
-	PhaseSecret    Phase = "secret"    // a bootstrap secret was written
-	PhaseWrite     Phase = "write"     // a cluster's object was written
-	PhaseJournal   Phase = "journal"   // a switchover begins: journaled
-	PhaseResume    Phase = "resume"    // an interrupted switchover resumes
-	PhaseFence     Phase = "fence"     // the old primary refuses new writes
-	PhaseDemote    Phase = "demote"    // the old primary was told to become a standby
-	PhaseUnfence   Phase = "unfence"   // the fence was lifted
-	PhaseGateSet   Phase = "gate-set"  // the gate's LSN is journaled
-	PhaseGate      Phase = "gate"      // the target replayed the gate's LSN
-	PhasePromote   Phase = "promote"   // the target was told to become primary
-	PhaseSwitched  Phase = "switched"  // the switchover is done, journal cleared
-	PhaseReplan    Phase = "replan"    // a new plan replaces the one running
-	PhaseConverged Phase = "converged" // nothing is left to do
-	PhaseStopped   Phase = "stopped"   // a shutdown stopped the run
+	PhaseStep      Phase = "step"       // a step begins
+	PhaseWaiting   Phase = "waiting"    // a wait goes on (every few seconds)
+	PhaseReached   Phase = "reached"    // a wait is over
+	PhaseLock      Phase = "lock"       // the lock is held, or waited for
+	PhaseSecret    Phase = "secret"     // a bootstrap secret was written
+	PhaseWrite     Phase = "write"      // a cluster's object was written
+	PhaseJournal   Phase = "journal"    // a switchover begins: journaled
+	PhaseResume    Phase = "resume"     // an interrupted switchover resumes
+	PhaseFence     Phase = "fence"      // the old primary refuses new writes
+	PhaseDemote    Phase = "demote"     // the old primary was told to become a standby
+	PhaseUnfence   Phase = "unfence"    // the fence was lifted
+	PhaseGateSet   Phase = "gate-set"   // the gate's LSN is journaled
+	PhaseGate      Phase = "gate"       // the target replayed the gate's LSN
+	PhasePromote   Phase = "promote"    // the target was told to become primary
+	PhaseSwitched  Phase = "switched"   // the switchover is done, journal cleared
+	PhaseBackOut   Phase = "back-out"   // the budget ran out or a wait stalled: backing out
+	PhaseBackedOut Phase = "backed-out" // the old primary takes writes again
+	PhaseReplan    Phase = "replan"     // a new plan replaces the one running
+	PhaseConverged Phase = "converged"  // nothing is left to do
+	PhaseStopped   Phase = "stopped"    // a shutdown stopped the run
 )
 
 // Event is one progress report of a run.

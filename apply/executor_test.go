@@ -474,3 +474,109 @@ func TestSwitchoverOldPrimaryMustFollow(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+// A target whose replay is frozen stalls the fence's wait: the switchover
+// backs out (no demotion), the old primary takes writes again, and the
+// error says how long writes were refused.
+func TestSwitchoverBacksOutOfAStalledFence(t *testing.T) {
+	w := switchoverWorld()
+	w.endOfWAL["orders-east"] = 0x6000000 // west never gets there
+	r, events := runner(w)
+	r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 10*time.Second, 50*time.Millisecond
+	err := run(t, r, switchoverStep(""))
+	var out *BackedOutError
+	if !errors.As(err, &out) || !strings.Contains(err.Error(), "stalled: orders-west replay >= 0/6000000 made no progress") ||
+		!strings.Contains(err.Error(), "orders-east is primary again") || out.Refused <= 0 || out.Refused > time.Second {
+		t.Fatalf("error %v, want a back-out after a stall", err)
+	}
+	wantWrites(t, w,
+		"marks orders-east digest=d0 revision= journal=demoting",
+		"marks orders-west digest=d0 revision= journal=demoting",
+		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
+		"sql orders-east fence-off", "sql orders-east reload",
+		"marks orders-east digest=d0 revision= journal=aborting",
+		"marks orders-west digest=d0 revision= journal=aborting",
+		"sql orders-east fence-off", "sql orders-east reload",
+		"marks orders-east digest=d0 revision= journal=-",
+		"marks orders-west digest=d0 revision= journal=-",
+	)
+	if !slices.Contains(phases(*events), PhaseBackedOut) {
+		t.Fatalf("phases %v", phases(*events))
+	}
+}
+
+// Past the budget while waiting for the gate (the old primary demoted),
+// the old primary's own spec is written back and it is primary again; the
+// target is never promoted.
+func TestSwitchoverBacksOutOfTheGateWithinTheBudget(t *testing.T) {
+	w := switchoverWorld()
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if name == "orders-east" && what == "spec" && w.cluster(name).PG.InRecovery {
+			w.cluster(name).PG.ReplayLSN = 0x5030000 // past what west replayed
+		}
+	}
+	r, _ := runner(w)
+	r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 200*time.Millisecond, 5*time.Second
+	step := switchoverStep("")
+	step.Switchover.Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+	err := run(t, r, step)
+	var out *BackedOutError
+	if !errors.As(err, &out) || !strings.Contains(err.Error(), "write-outage budget of 0.2s exceeded waiting for gate: orders-west replay >= 0/5030000") {
+		t.Fatalf("error %v, want a back-out past the budget", err)
+	}
+	got := w.writes()
+	if slices.ContainsFunc(got, func(l string) bool {
+		return strings.HasPrefix(l, "spec orders-west") || strings.Contains(l, "journal=promoted")
+	}) {
+		t.Fatalf("the target was promoted: %v", got)
+	}
+	if !slices.Contains(got, "spec orders-east "+specJSON(step.Switchover.Restore)) {
+		t.Fatalf("the old primary's spec was not restored: %v", got)
+	}
+	if e := w.cluster("orders-east"); !e.Writable() || e.Journal() != nil {
+		t.Fatalf("east writable %v, journal %+v", e.Writable(), e.Journal())
+	}
+}
+
+// After the promote is written there is no backing out: the budget no
+// longer applies, and the wait is the step's.
+func TestSwitchoverNeverBacksOutAfterPromoting(t *testing.T) {
+	w := switchoverWorld()
+	w.react = func(w *world, what, name string) {
+		if name == "orders-west" && what == "spec" {
+			return // the target's Patroni is stopped: the promotion never happens
+		}
+		operator(w, what, name)
+	}
+	r, _ := runner(w)
+	r.StepTimeout, r.MaxWritePause, r.StallAfter = 300*time.Millisecond, 50*time.Millisecond, 20*time.Millisecond
+	err := run(t, r, switchoverStep(""))
+	var out *BackedOutError
+	if errors.As(err, &out) || err == nil || !strings.Contains(err.Error(), "waited 300ms for orders-west writable on timeline 2") {
+		t.Fatalf("error %v, want the promotion wait, no back-out", err)
+	}
+	if j := w.cluster("orders-east").Journal(); j == nil || j.Phase != snapshot.PhasePromoted {
+		t.Fatalf("journal %+v, want it kept at promoted", j)
+	}
+}
+
+// A run killed while backing out finishes the back-out when resumed.
+func TestSwitchoverResumesABackOut(t *testing.T) {
+	w := switchoverWorld()
+	east := w.cluster("orders-east")
+	east.PG.InRecovery, east.PG.ReplayLSN = true, 0x5027AD8
+	east.Object.Spec = standbySpec.WithPeer(*westEP)
+	for _, c := range []string{"orders-east", "orders-west"} {
+		w.cluster(c).Object.Marks.Journal = &snapshot.Journal{From: "orders-east", To: "orders-west", Phase: snapshot.PhaseAborting}
+	}
+	r, _ := runner(w)
+	step := switchoverStep(snapshot.PhaseAborting)
+	step.Switchover.Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	if e := w.cluster("orders-east"); !e.Writable() || e.Journal() != nil || w.cluster("orders-west").Writable() {
+		t.Fatalf("east writable %v journal %+v; west writable %v", e.Writable(), e.Journal(), w.cluster("orders-west").Writable())
+	}
+}

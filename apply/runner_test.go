@@ -23,7 +23,9 @@ func recordStep(digest string) diff.Step {
 	return diff.Step{Action: diff.ActionRecord, Subject: subject("east", "orders-east"), Marks: &snapshot.Marks{Digest: digest}}
 }
 
-func planOf(steps ...diff.Step) diff.Plan { return diff.Plan{Topology: "orders", Digest: "d1", Steps: steps} }
+func planOf(steps ...diff.Step) diff.Plan {
+	return diff.Plan{Topology: "orders", Digest: "d1", Steps: steps}
+}
 
 func TestExecuteRunsThePlanAsPrinted(t *testing.T) {
 	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))

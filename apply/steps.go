@@ -23,6 +23,9 @@ type stepRun struct {
 	// preconditions were checked on): fresh enough to act on without
 	// observing again.
 	last *snapshot.Snapshot
+	// outage, while set, bounds every wait by the switchover's
+	// write-outage budget and ends waits that stall.
+	outage *outage
 }
 
 var _ diff.Executor = (*stepRun)(nil)
@@ -280,9 +283,13 @@ func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what strin
 	}
 	began := time.Now()
 	var lastReport time.Time
+	lastDetail, changed := "", began
 	for {
 		snap := x.r.Observer.Observe(ctx)
 		ok, detail := cond(snap)
+		if detail != lastDetail {
+			lastDetail, changed = detail, time.Now()
+		}
 		if ok {
 			x.last = snap
 			x.emit(Event{Phase: PhaseReached, Message: fmt.Sprintf("%s after %.1fs (%s)", what, time.Since(began).Seconds(), detail), Waited: time.Since(began).Seconds()})
@@ -294,6 +301,14 @@ func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what strin
 		}
 		if time.Since(began) > timeout {
 			return fmt.Errorf("waited %s for %s: %s", timeout, what, detail)
+		}
+		if o := x.outage; o != nil {
+			if time.Since(o.began) > o.limit {
+				return &errOutage{what: what, detail: detail, after: o.limit}
+			}
+			if time.Since(changed) > o.stall {
+				return &errOutage{what: what, detail: detail, stalled: true, after: time.Since(changed)}
+			}
 		}
 		select {
 		case <-ctx.Done():

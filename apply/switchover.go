@@ -2,11 +2,73 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
+
+// outage is the write-outage budget of a running switchover: from the fence
+// on, writes are refused; a wait that outlasts the budget, or whose watched
+// position does not move for stall, ends it.
+type outage struct {
+	began time.Time
+	limit time.Duration
+	stall time.Duration
+}
+
+// errOutage is a budget exceeded or a stall, inside a switchover's wait.
+type errOutage struct {
+	what, detail string
+	stalled      bool
+	after        time.Duration
+}
+
+func (e *errOutage) Error() string {
+	if e.stalled {
+		return fmt.Sprintf("stalled: %s made no progress for %.1fs (%s)", e.what, e.after.Seconds(), e.detail)
+	}
+	return fmt.Sprintf("write-outage budget of %.1fs exceeded waiting for %s (%s)", e.after.Seconds(), e.what, e.detail)
+}
+
+// BackedOutError is a switchover that backed out before the point of no
+// return: the old primary is primary again, writes resumed.
+type BackedOutError struct {
+	From, To string
+	Cause    error
+	// Refused is how long writes were refused.
+	Refused time.Duration
+}
+
+func (e *BackedOutError) Error() string {
+	return fmt.Sprintf("switchover %s → %s backed out: %v; writes were refused for %.1fs; %s is primary again, the journal is cleared",
+		e.From, e.To, e.Cause, e.Refused.Seconds(), e.From)
+}
+
+// pauseLimits are the budget's bounds: the stall threshold is a third of
+// the budget, within these, so that a normal demotion (a Patroni restart,
+// a few seconds without visible change) is not taken for one.
+const (
+	minStall = 3 * time.Second
+	maxStall = 15 * time.Second
+)
+
+func (x *stepRun) startOutage(sw *diff.Switchover) {
+	limit := x.r.MaxWritePause
+	if limit <= 0 {
+		limit = time.Duration(sw.MaxWritePauseSeconds * float64(time.Second))
+	}
+	if limit <= 0 {
+		limit = 30 * time.Second
+	}
+	stall := min(max(limit/3, minStall), maxStall)
+	if x.r.StallAfter > 0 {
+		stall = x.r.StallAfter
+	}
+	x.outage = &outage{began: time.Now(), limit: limit, stall: stall}
+}
 
 // Switchover runs the two-phase role swap of docs/architecture.md
 // ("Switchover"): journal, fence, demote, gate, promote, follow. Every phase
@@ -19,6 +81,10 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 	from, to := sw.From.Cluster, sw.To.Cluster
 	var j snapshot.Journal
 	phase := sw.Resume
+	if phase == snapshot.PhaseAborting {
+		x.emit(Event{Phase: PhaseResume, Journal: phase, Message: fmt.Sprintf("backing out switchover %s → %s: restoring %s as primary", from, to, from)})
+		return x.restore(ctx, sw)
+	}
 	if phase == "" {
 		j = snapshot.Journal{From: from, To: to, Phase: snapshot.PhaseDemoting, SystemID: sw.SystemID, Timeline: sw.Timeline}
 		if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
@@ -35,11 +101,23 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 		x.emit(Event{Phase: PhaseResume, Journal: phase, Message: fmt.Sprintf("resuming switchover %s → %s at phase %s", from, to, phase)})
 	}
 
+	// Writes are refused from the fence (or, resuming, from now) until the
+	// target is promoted; before that, the switchover backs out when the
+	// budget runs out or a wait stalls.
+	x.startOutage(sw)
+	backOut := func(err error) error {
+		var o *errOutage
+		if !errors.As(err, &o) {
+			return err
+		}
+		return x.backOut(ctx, sw, j, err)
+	}
+
 	var demoted *snapshot.Snapshot // the snapshot that read the end of WAL, in this run
 	if phase == snapshot.PhaseDemoting {
 		gate, err := x.demote(ctx, j, sw)
 		if err != nil {
-			return err
+			return backOut(err)
 		}
 		j.Phase, j.GateLSN = snapshot.PhaseGated, gate.String()
 		if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
@@ -55,7 +133,7 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 			return fmt.Errorf("journal: %w", err)
 		}
 		if err := x.waitGate(ctx, j, gate, to, demoted); err != nil {
-			return err
+			return backOut(err)
 		}
 		j.Phase = snapshot.PhasePromoted
 		if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
@@ -69,6 +147,9 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 	if j.Phase != snapshot.PhasePromoted {
 		return fmt.Errorf("promote %s: the journal is at phase %q, not %s: the gate has not passed", to, j.Phase, snapshot.PhasePromoted)
 	}
+	// The point of no return: once the target is told to become primary,
+	// backing out could make two.
+	x.outage = nil
 	if err := x.writeSpec(ctx, sw.To, sw.Promoted); err != nil {
 		return err
 	}
@@ -94,6 +175,50 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 		return err
 	}
 	x.emit(Event{Phase: PhaseSwitched, Message: fmt.Sprintf("switchover %s → %s done; journal cleared", from, to)})
+	return nil
+}
+
+// backOut ends a switchover before the point of no return: journal
+// "aborting", then restore the old primary.
+func (x *stepRun) backOut(ctx context.Context, sw *diff.Switchover, j snapshot.Journal, cause error) error {
+	began := x.outage.began
+	x.outage = nil
+	x.emit(Event{Phase: PhaseBackOut, Journal: snapshot.PhaseAborting, Message: fmt.Sprintf("backing out: %v", cause)})
+	j.Phase = snapshot.PhaseAborting
+	x.last = x.r.Observer.Observe(ctx)
+	if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
+		return fmt.Errorf("back out after %v: journal: %w", cause, err)
+	}
+	if err := x.restore(ctx, sw); err != nil {
+		return fmt.Errorf("back out after %v: %w (the journal says %s; the next run finishes the back-out)", cause, err, snapshot.PhaseAborting)
+	}
+	return &BackedOutError{From: sw.From.Cluster, To: sw.To.Cluster, Cause: cause, Refused: time.Since(began)}
+}
+
+// restore makes the old primary primary again (its spec as before, if it
+// was demoted), lifts the fence and clears the journal. Safe only while the
+// target was never promoted, which the callers ensure.
+func (x *stepRun) restore(ctx context.Context, sw *diff.Switchover) error {
+	from := sw.From.Cluster
+	x.last = x.r.Observer.Observe(ctx)
+	if fo := x.cluster(from); !fo.Writable() || fo.Object.Spec.Replication.IsReplica {
+		if err := x.writeSpec(ctx, sw.From, sw.Restore); err != nil {
+			return err
+		}
+		if err := x.waitEvery(ctx, x.r.pollSwitchover(), from+" writable again", func(snap *snapshot.Snapshot) (bool, string) {
+			cs, _ := snap.Cluster(from)
+			return cs.Writable(), statusWords(cs)
+		}); err != nil {
+			return err
+		}
+	}
+	if err := x.unfence(ctx, x.last, from); err != nil {
+		return err
+	}
+	if err := x.journal(ctx, nil, sw.From, sw.To); err != nil {
+		return err
+	}
+	x.emit(Event{Phase: PhaseBackedOut, Message: fmt.Sprintf("backed out: %s is primary and takes writes; journal cleared", from)})
 	return nil
 }
 
@@ -189,7 +314,7 @@ func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to strin
 		return err
 	}
 	x.emit(Event{Phase: PhaseFence, Journal: snapshot.PhaseDemoting, LSN: end.String(), Message: fmt.Sprintf("fence: %s refuses new writes; %s must replay up to %s", fo.Name, to, end)})
-	return x.wait(ctx, fmt.Sprintf("%s replay >= %s", to, end), func(snap *snapshot.Snapshot) (bool, string) {
+	return x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s replay >= %s", to, end), func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		if cs.PG == nil {
 			return false, statusWords(cs)

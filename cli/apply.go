@@ -23,6 +23,7 @@ import (
 type applyFlags struct {
 	dryRun, allowRollback             bool
 	timeout, lockTimeout, stepTimeout time.Duration
+	maxWritePause                     time.Duration
 	progressFormat                    string
 }
 
@@ -46,6 +47,16 @@ plan relied on ("stale plan: ...").
 With --repo, the commit read is recorded on every CR; applying a commit older
 than the one recorded (or from another line of history) is refused unless
 --allow-rollback is given.
+
+A switchover refuses writes from the fence until the target is promoted;
+if that lasts longer than the budget (spec.replication.maxWritePause, or
+--max-write-pause), or a wait inside it makes no progress for a third of the
+budget (3 to 15 s), it backs out while the target is not promoted: the old
+primary is primary again, writes resume, exit 1 saying how long they were
+refused. Once the target was told to become primary there is no backing out;
+the journal stays and the error says what it waited for. Applying the file
+that names the old primary while a switchover is unfinished and not promoted
+backs it out too.
 
 SIGTERM or SIGINT lets the step under way finish (a switchover included) and
 stops before the next; a second signal stops at once, and the next run resumes
@@ -76,6 +87,7 @@ stale plan.`,
 	cmd.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
 	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
 	cmd.Flags().StringVar(&f.progressFormat, "progress-format", "text", "progress on stderr: text or json (one event per line)")
+	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
 	return cmd
 }
 
@@ -207,9 +219,10 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 		Replan: func(s *snapshot.Snapshot) diff.Plan {
 			return diff.Compute(in.Desired, s, opt)
 		},
-		LockTimeout: f.lockTimeout,
-		StepTimeout: f.stepTimeout,
-		Drain:       drain,
+		LockTimeout:   f.lockTimeout,
+		StepTimeout:   f.stepTimeout,
+		MaxWritePause: f.maxWritePause,
+		Drain:         drain,
 	}, nil
 }
 

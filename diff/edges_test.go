@@ -41,7 +41,9 @@ func TestPlannerEdges(t *testing.T) {
 		}, notes: []string{"cannot read orders-west's database: connection refused"}},
 		{name: "a standby CR edited by hand", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Object.Spec.Instances = 3 },
 			actions: []Action{ActionLock, ActionUpdate}},
-		{name: "a hand-edited journal", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Object.MarksError = "annotation pgtopo.dev/switchover: invalid character" },
+		{name: "a hand-edited journal", edit: func(s *snapshot.Snapshot) {
+			cs(s, "orders-west").Object.MarksError = "annotation pgtopo.dev/switchover: invalid character"
+		},
 			refusals: []string{"orders-west: annotation pgtopo.dev/switchover: invalid character; fix or remove the annotation by hand"}},
 		{name: "a cluster that cannot be observed", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Error = "read CR: timeout" },
 			refusals: []string{"cannot observe orders-west: read CR: timeout"}},
@@ -185,5 +187,55 @@ func TestDescribeStandbyFollowsTheNewPrimary(t *testing.T) {
 		if strings.HasPrefix(txt, "orders-east: streams from") || strings.HasPrefix(txt, "orders-west: streams from") {
 			t.Fatalf("a cluster changing role is described as a standby: %q", txt)
 		}
+	}
+}
+
+// Going back to the old file while a switchover is unfinished backs it out
+// when the target was not promoted, and is refused once it was.
+func TestGoingBackDuringASwitchover(t *testing.T) {
+	east := loadDesired(t, "testdata/two-sites.yaml")
+	for _, tc := range []struct {
+		phase, want string
+		abort       bool
+	}{
+		{snapshot.PhaseDemoting, "back out switchover orders-east → orders-west (phase demoting, the target not promoted): the file names orders-east as primary again", true},
+		{snapshot.PhaseGated, "back out switchover orders-east → orders-west (phase gated", true},
+		{snapshot.PhaseAborting, "finish backing out switchover orders-east → orders-west", true},
+		{snapshot.PhasePromoted, "past the point of no return: orders-west was told to become primary", false},
+	} {
+		t.Run(tc.phase, func(t *testing.T) {
+			snap := loadSnapshot(t, "testdata/resume-journal/snapshot.json", east)
+			for _, c := range []string{"orders-east", "orders-west"} {
+				cs(snap, c).Object.Marks.Journal.Phase = tc.phase
+			}
+			p := Compute(east, snap, Options{})
+			if !tc.abort {
+				if len(p.Refusals) != 1 || !strings.Contains(p.Refusals[0].Reason, tc.want) {
+					t.Fatalf("refusals %+v", p.Refusals)
+				}
+				return
+			}
+			i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Action == ActionSwitchover })
+			if p.Refused() || i < 0 {
+				t.Fatalf("plan %+v", p)
+			}
+			s := p.Steps[i]
+			if s.Switchover.Resume != snapshot.PhaseAborting || !strings.Contains(s.Reason, tc.want) || s.Subject.Cluster != "orders-east" {
+				t.Fatalf("step %+v", s)
+			}
+			if s.Switchover.Restore.Replication.IsReplica || s.Switchover.Restore.Instances != 2 {
+				t.Fatalf("restore spec %+v", s.Switchover.Restore)
+			}
+			if p.Headline() != "topology orders: primary orders-east" && !strings.Contains(p.Headline(), "orders-east") {
+				t.Fatalf("headline %q", p.Headline())
+			}
+		})
+	}
+	// The file that started it resumes it, whatever its budget says.
+	west := loadDesired(t, "testdata/two-sites-west.yaml")
+	snap := loadSnapshot(t, "testdata/resume-journal/snapshot.json", west)
+	p := Compute(west, snap, Options{})
+	if i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Action == ActionSwitchover }); i < 0 || p.Steps[i].Switchover.Resume != snapshot.PhaseGated || p.Steps[i].Switchover.MaxWritePauseSeconds != 30 {
+		t.Fatalf("plan %+v", p.Steps)
 	}
 }

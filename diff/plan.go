@@ -89,15 +89,22 @@ type Switchover struct {
 	FromEndpoint *snapshot.Endpoint `json:"fromEndpoint,omitempty"`
 	ToEndpoint   *snapshot.Endpoint `json:"toEndpoint,omitempty"`
 	// Demoted is the old primary's spec as a standby of the target;
-	// Promoted the target's spec as primary.
+	// Promoted the target's spec as primary; Restore the old primary's
+	// spec as it was, written back if the switchover backs out.
 	Demoted  snapshot.Spec `json:"demoted"`
 	Promoted snapshot.Spec `json:"promoted"`
+	Restore  snapshot.Spec `json:"restore"`
 	// SystemID and Timeline are the old primary's: the gate compares the
 	// target's against them. Zero when resuming (the journal has them).
 	SystemID    string `json:"systemIdentifier,omitempty"`
 	Timeline    int    `json:"timeline,omitempty"`
 	MaxLagBytes int64  `json:"maxLagBytes"`
-	// Resume is the journaled phase of an interrupted switchover.
+	// MaxWritePauseSeconds bounds how long writes may be refused, from
+	// the fence on; past it (or when a wait stalls) the switchover backs
+	// out while the target is not promoted.
+	MaxWritePauseSeconds float64 `json:"maxWritePauseSeconds"`
+	// Resume is the journaled phase of an interrupted switchover;
+	// "aborting" backs it out.
 	Resume string `json:"resume,omitempty"`
 }
 

@@ -202,25 +202,49 @@ func (p *planner) resumeSwitchover(j snapshot.Journal, on string) {
 		p.refuse(nil, "a switchover journal on %s names %s → %s, which are not both in the file; finish or undo it by hand", on, j.From, j.To)
 		return
 	}
-	if p.d.Primary().Name != to.Name {
-		p.refuse(nil, "a switchover %s → %s is unfinished (phase %s) but the file now names %s as primary; apply the file that started it first",
-			j.From, j.To, j.Phase, p.d.Primary().Name)
+	resume, reason := j.Phase, fmt.Sprintf("resume switchover %s → %s from phase %s (journal on %s)", j.From, j.To, j.Phase, on)
+	switch want := p.d.Primary().Name; {
+	case j.Phase == snapshot.PhaseAborting:
+		reason = fmt.Sprintf("finish backing out switchover %s → %s (journal on %s): restore %s as primary", j.From, j.To, on, j.From)
+	case want == from.Name && j.Phase != snapshot.PhasePromoted:
+		// The file went back before the target was promoted: backing out
+		// is safe, and is what the file now asks for.
+		resume = snapshot.PhaseAborting
+		reason = fmt.Sprintf("back out switchover %s → %s (phase %s, the target not promoted): the file names %s as primary again", j.From, j.To, j.Phase, j.From)
+	case want != to.Name:
+		p.refuse(nil, "a switchover %s → %s is unfinished (phase %s, past the point of no return: %s was told to become primary) but the file names %s as primary; apply the file that started it first",
+			j.From, j.To, j.Phase, j.To, want)
 		return
 	}
 	fo, ot := p.observed(from.Name), p.observed(to.Name)
-	if ot.Endpoint == nil {
-		p.refuse(nil, "cannot resume switchover %s → %s: %s has no endpoint", j.From, j.To, to.Name)
+	if ot.Endpoint == nil || fo.Endpoint == nil {
+		p.refuse(nil, "cannot resume switchover %s → %s: %s or %s has no endpoint", j.From, j.To, from.Name, to.Name)
 		return
 	}
 	sw := &Switchover{From: subjectOf(from), To: subjectOf(to), FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
-		Demoted: p.desiredSpec(from, ot.Endpoint), Promoted: p.desiredSpec(to, nil), MaxLagBytes: p.d.MaxLagBytes, Resume: j.Phase}
+		Demoted: p.desiredSpec(from, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(from),
+		MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds(), Resume: resume}
 	p.switching = sw
-	p.add(Step{Action: ActionSwitchover, Subject: subjectOf(to),
-		Reason:        fmt.Sprintf("resume switchover %s → %s from phase %s (journal on %s)", j.From, j.To, j.Phase, on),
-		Changes:       p.switchoverChanges(sw),
-		Switchover:    sw,
-		Preconditions: []Precondition{{Kind: CondSiteReachable, Site: from.Site.Name}, {Kind: CondSiteReachable, Site: to.Site.Name}},
-	})
+	step := Step{Action: ActionSwitchover, Subject: subjectOf(to), Reason: reason, Switchover: sw,
+		Preconditions: []Precondition{{Kind: CondSiteReachable, Site: from.Site.Name}, {Kind: CondSiteReachable, Site: to.Site.Name}}}
+	if resume == snapshot.PhaseAborting {
+		step.Subject = subjectOf(from)
+		step.Changes = specChanges(p.object(from.Name), sw.Restore, "")
+		for i := range step.Changes {
+			step.Changes[i].Field = from.Name + ": " + step.Changes[i].Field
+		}
+		p.switching = nil // the old primary stays primary
+	} else {
+		step.Changes = p.switchoverChanges(sw)
+	}
+	p.add(step)
+}
+
+// restoreSpec is the old primary's spec as primary again, should a
+// switchover back out: its role in the file that started it.
+func (p *planner) restoreSpec(c topology.DesiredCluster) snapshot.Spec {
+	c.Role, c.Instances, c.Peer = topology.RolePrimary, c.DeclaredInstances, ""
+	return p.desiredSpec(c, nil)
 }
 
 // noLivePrimary handles a world where nothing is writable: a fresh
@@ -310,8 +334,8 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 	}
 	fo, ot := p.observed(from), p.observed(to.Name)
 	sw := &Switchover{From: subjectOf(fromC), To: subj, FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
-		Demoted: p.desiredSpec(fromC, ot.Endpoint), Promoted: p.desiredSpec(to, nil),
-		SystemID: fo.PG.SystemID, Timeline: fo.PG.Timeline, MaxLagBytes: p.d.MaxLagBytes}
+		Demoted: p.desiredSpec(fromC, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(fromC),
+		SystemID: fo.PG.SystemID, Timeline: fo.PG.Timeline, MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds()}
 	p.switching = sw
 	p.add(Step{Action: ActionSwitchover, Subject: subj,
 		Reason:        fmt.Sprintf("switchover: primary %s → %s (demote %s, wait until %s has replayed all of its WAL, then promote)", from, to.Name, from, to.Name),

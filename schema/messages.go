@@ -14,9 +14,10 @@ import (
 var formats = map[string]string{
 	`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`:                                    "is not a DNS label: use lowercase letters, digits and '-', start and end with a letter or digit, at most 63 characters",
 	`^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[KMGTPE]i|[kMGTPE])?$`: "is not a Kubernetes quantity (e.g. 50Gi, 16Mi, 500M)",
-	`^[1-9][0-9]*$`:              `is not a PostgreSQL major version such as "15"`,
-	`^[A-Za-z0-9][-A-Za-z0-9]*$`: "is not a team id: use letters, digits and '-'",
-	`^[^\s]+$`:                   "must not be empty or contain spaces",
+	`^[1-9][0-9]*$`:                     `is not a PostgreSQL major version such as "15"`,
+	`^[A-Za-z0-9][-A-Za-z0-9]*$`:        "is not a team id: use letters, digits and '-'",
+	`^[^\s]+$`:                          "must not be empty or contain spaces",
+	`^([1-9][0-9]{0,3}s|[1-9][0-9]?m)$`: `is not a write pause: seconds or minutes from 1s to 99m, e.g. "30s" or "2m"`,
 }
 
 func formatMessage(pattern string, got any) string {

@@ -73,6 +73,9 @@ const (
 	PhaseDemoting = "demoting" // the old primary is being turned into a standby
 	PhaseGated    = "gated"    // the target replayed the old primary's end of WAL
 	PhasePromoted = "promoted" // the target was told to become primary
+	// PhaseAborting: the switchover is being backed out; the old primary
+	// is being restored. Only reached before promotion.
+	PhaseAborting = "aborting"
 )
 
 // Journal is the switchover record kept on both clusters' objects, so that

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"time"
 )
 
 // Role of a cluster in the group.
@@ -27,6 +28,8 @@ type Desired struct {
 	Flavor      string
 	ServiceType string
 	MaxLagBytes int64
+	// MaxWritePause is the switchover's write-outage budget.
+	MaxWritePause time.Duration
 	// Clusters in file order; the primary is also at Clusters[PrimaryIndex].
 	Clusters     []DesiredCluster
 	PrimaryIndex int
@@ -105,6 +108,14 @@ func (t *Topology) Desired() (*Desired, error) {
 	}
 	if q := t.Spec.Replication.MaxLagBytes; q != nil {
 		d.MaxLagBytes = q.Value()
+	}
+	d.MaxWritePause = DefaultMaxWritePause
+	if s := t.Spec.Replication.MaxWritePause; s != "" {
+		pause, err := time.ParseDuration(s)
+		if err != nil {
+			return nil, fmt.Errorf("topology %s: spec.replication.maxWritePause %q: %w", t.Metadata.Name, s, err)
+		}
+		d.MaxWritePause = pause
 	}
 	for i, c := range t.Spec.Clusters {
 		if c.Name == t.Spec.Primary {

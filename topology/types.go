@@ -3,6 +3,8 @@
 package topology
 
 import (
+	"time"
+
 	"k8s.io/apimachinery/pkg/api/resource"
 )
 
@@ -21,7 +23,9 @@ const (
 	DefaultTeamID      = "ACID"
 	DefaultServiceType = "ClusterIP"
 	DefaultMaxLagBytes = "16Mi"
-	DefaultInstances   = 1
+	// DefaultMaxWritePause is the write-outage budget of a switchover.
+	DefaultMaxWritePause = 30 * time.Second
+	DefaultInstances     = 1
 )
 
 // Topology is one v1alpha1 topology file.
@@ -59,6 +63,11 @@ type Postgres struct {
 type Replication struct {
 	ServiceType string             `json:"serviceType,omitempty"`
 	MaxLagBytes *resource.Quantity `json:"maxLagBytes,omitempty"`
+	// MaxWritePause bounds how long a switchover may refuse writes
+	// ("30s", "2m"); past it, or when the target stalls, the switchover
+	// backs out while that is safe. Its default is applied in Desired, so
+	// files that leave it out keep their digest.
+	MaxWritePause string `json:"maxWritePause,omitempty"`
 }
 
 // Site is one Kubernetes cluster, reached through a kubeconfig context.

@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSwitchoverBacksOutOfAStalledTarget freezes the target's replay
+// (pg_wal_replay_pause: it still streams, replays nothing) with a writer on
+// the primary, and switches over with a 12 s write-outage budget. The fence
+// waits for the target to catch up, sees no progress for a third of the
+// budget, and backs out: the old primary takes writes again, the journal is
+// cleared, no acknowledged row is lost, and the writer's longest gap stays
+// within the budget plus a second.
+func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
+	h := newHarness(t, "east", "west")
+	east := h.topology("orders-east")
+	h.expect(h.pgtopo("apply", "-f", east), 0, "Apply complete")
+	h.createAcked("east", "orders-east")
+	src, err := os.ReadFile(h.topology("orders-west"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const budget = 12 * time.Second
+	west := filepath.Join(h.dir, "west-budget.yaml")
+	text := strings.Replace(string(src), "    serviceType: NodePort\n", "    serviceType: NodePort\n    maxWritePause: 12s\n", 1)
+	if text == string(src) {
+		t.Fatal("the lab topology has no serviceType line to put the budget after")
+	}
+	if err := os.WriteFile(west, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	w := h.startWriter()
+	time.Sleep(time.Second)
+	h.sql("west", "orders-west", "SELECT pg_wal_replay_pause()")
+	time.Sleep(500 * time.Millisecond) // rows the target will never replay
+	began := time.Now()
+	r := h.pgtopo("apply", "-f", west, "--progress-format", "json")
+	took := time.Since(began)
+	time.Sleep(2 * time.Second) // writes resume
+	w.finish()
+	h.sql("west", "orders-west", "SELECT pg_wal_replay_resume()")
+
+	if r.code != 1 || !strings.Contains(r.stderr, "backed out: stalled: orders-west replay >= ") || !strings.Contains(r.stderr, "orders-east is primary again") {
+		t.Fatalf("apply exit %d, want 1 with a back-out after a stall\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if ok, err := h.writable("east", "orders-east"); !ok {
+		t.Fatalf("orders-east is not writable after the back-out: %v", err)
+	}
+	if a, b := h.journalPhase("east", "orders-east"), h.journalPhase("west", "orders-west"); a != "" || b != "" {
+		t.Fatalf("journal left: %q %q", a, b)
+	}
+	gap := time.Duration(w.longestMs.Load()) * time.Millisecond
+	t.Logf("apply backed out after %s; %d rows acknowledged; longest gap between commits %s (budget %s)", took.Round(100*time.Millisecond), len(w.acked), gap, budget)
+	if gap > budget+time.Second {
+		t.Fatalf("writes stopped for %s, more than the budget %s plus a second", gap, budget)
+	}
+	if missing := h.missing("east", "orders-east", w.acked); missing != 0 || len(w.acked) == 0 {
+		t.Fatalf("%d of %d acknowledged rows missing", missing, len(w.acked))
+	}
+	if w.bothSeen.Load() != 0 {
+		t.Fatalf("two clusters writable at once in %d samples", w.bothSeen.Load())
+	}
+	// The file that names orders-east is in sync: nothing was left behind.
+	h.expect(h.pgtopo("diff", "-f", east), 0, "No changes.")
+	h.noSecretsInOutput()
+}
+
+// sql runs one statement on a cluster as its admin.
+func (h *harness) sql(site, cluster, stmt string) {
+	h.t.Helper()
+	c, err := h.conn(site, cluster)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	if _, err := c.Exec(context.Background(), stmt); err != nil {
+		h.t.Fatalf("%s: %s: %v", cluster, stmt, err)
+	}
+}
