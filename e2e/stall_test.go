@@ -1,17 +1,20 @@
 package e2e
 
 import (
-	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
 
-// TestSwitchoverBacksOutOfAStalledTarget freezes the target's replay
-// (pg_wal_replay_pause: it still streams, replays nothing) with a writer on
-// the primary, and switches over with a 12 s write-outage budget. The fence
+// TestSwitchoverBacksOutOfAStalledTarget freezes the target's replay (its
+// startup process stopped with SIGSTOP: it still answers queries and
+// streams, replays nothing; Patroni resumes a replay paused by SQL) with a
+// writer on the primary, and switches over with a 12 s write-outage budget. The fence
 // waits for the target to catch up, sees no progress for a third of the
 // budget, and backs out: the old primary takes writes again, the journal is
 // cleared, no acknowledged row is lost, and the writer's longest gap stays
@@ -37,14 +40,14 @@ func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
 
 	w := h.startWriter()
 	time.Sleep(time.Second)
-	h.sql("west", "orders-west", "SELECT pg_wal_replay_pause()")
+	startup := h.signalStartup("orders-west", syscall.SIGSTOP)
+	defer func() { _ = syscall.Kill(startup, syscall.SIGCONT) }()
 	time.Sleep(500 * time.Millisecond) // rows the target will never replay
 	began := time.Now()
 	r := h.pgtopo("apply", "-f", west, "--progress-format", "json")
 	took := time.Since(began)
 	time.Sleep(2 * time.Second) // writes resume
 	w.finish()
-	h.sql("west", "orders-west", "SELECT pg_wal_replay_resume()")
 
 	if r.code != 1 || !strings.Contains(r.stderr, "backed out: stalled: orders-west replay >= ") || !strings.Contains(r.stderr, "orders-east is primary again") {
 		t.Fatalf("apply exit %d, want 1 with a back-out after a stall\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
@@ -66,20 +69,26 @@ func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
 	if w.bothSeen.Load() != 0 {
 		t.Fatalf("two clusters writable at once in %d samples", w.bothSeen.Load())
 	}
+	h.signalStartup("orders-west", syscall.SIGCONT)
 	// The file that names orders-east is in sync: nothing was left behind.
 	h.expect(h.pgtopo("diff", "-f", east), 0, "No changes.")
 	h.noSecretsInOutput()
 }
 
-// sql runs one statement on a cluster as its admin.
-func (h *harness) sql(site, cluster, stmt string) {
+// signalStartup signals the startup (WAL replay) process of a standby
+// cluster's PostgreSQL and returns its pid.
+func (h *harness) signalStartup(cluster string, sig syscall.Signal) int {
 	h.t.Helper()
-	c, err := h.conn(site, cluster)
+	out, err := exec.Command("pgrep", "-f", "postgres: "+cluster+": startup").Output()
+	if err != nil {
+		h.t.Fatalf("no startup process of %s: %v", cluster, err)
+	}
+	pid, err := strconv.Atoi(strings.Fields(string(out))[0])
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	defer c.Close(context.Background())
-	if _, err := c.Exec(context.Background(), stmt); err != nil {
-		h.t.Fatalf("%s: %s: %v", cluster, stmt, err)
+	if err := syscall.Kill(pid, sig); err != nil {
+		h.t.Fatalf("signal %s's startup process %d: %v", cluster, pid, err)
 	}
+	return pid
 }
