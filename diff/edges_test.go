@@ -55,6 +55,15 @@ func TestPlannerEdges(t *testing.T) {
 			e := cs(s, "orders-east")
 			e.Exists, e.Object, e.PG = false, nil, nil
 		}, refusals: []string{"no cluster is writable and orders-east, the primary in the file, does not exist, while other clusters do"}},
+		{name: "the primary's credentials fail", edit: func(s *snapshot.Snapshot) {
+			e := cs(s, "orders-east")
+			e.PG, e.PGError, e.AuthFailed = nil, "password authentication failed", true
+		}, refusals: []string{"credentials Secret postgres.orders-east.credentials.postgresql.acid.zalan.do (east/db) fails to authenticate to orders-east"}},
+		{name: "a standby's credentials fail", edit: func(s *snapshot.Snapshot) {
+			w := cs(s, "orders-west")
+			w.PG, w.PGError, w.AuthFailed = nil, "password authentication failed", true
+		}, notes: []string{"credentials Secret postgres.orders-west.credentials.postgresql.acid.zalan.do (west/db) fails to authenticate to orders-west: fix the Secret's password (or the role's); pgtopo copies it to no standby meanwhile",
+			"cannot read orders-west's database: password authentication failed"}},
 		{name: "the primary coming up", edit: func(s *snapshot.Snapshot) {
 			e := cs(s, "orders-east")
 			e.PG, e.PGError, e.Object.Status = nil, "connection refused", "Creating"

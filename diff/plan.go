@@ -26,7 +26,7 @@ func (s Subject) String() string {
 
 // Change is one field-level difference, before → after, computed from a
 // step's payload and the live object. Values are never secrets: a Secret
-// change is described by name and fingerprint.
+// change is described by name, presence and resourceVersion.
 type Change struct {
 	Field  string `json:"field"`
 	Before string `json:"before"`

@@ -85,7 +85,7 @@ func TestPlans(t *testing.T) {
 		"fresh-bring-up": {actions: []Action{ActionLock, ActionEnsurePrimary, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord, ActionRecord}},
 		"in-sync":        {inSync: true},
 		"fresh-bring-up-stale-secret": {actions: []Action{ActionLock, ActionEnsurePrimary, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord, ActionRecord},
-			mention: "secret orders-bootstrap: fingerprint 0badc0ffee0badc0 → copy of"},
+			mention: "secret orders-bootstrap: present, not a copy of postgres.orders-east.credentials.postgresql.acid.zalan.do → copy of"},
 		"primary-changed":           {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "switchover orders-east → orders-west"},
 		"standby-missing":           {actions: []Action{ActionLock, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord}},
 		"secret-missing":            {actions: []Action{ActionLock, ActionBootstrapSecret}},

@@ -120,6 +120,7 @@ func (p *planner) run() {
 			p.refuse(&subj, "%s: %s; fix or remove the annotation by hand", c.Name, o.Object.MarksError)
 		}
 	}
+	p.checkCredentials()
 	p.checkRevisions()
 	if p.plan.Refused() {
 		p.roles("")
@@ -165,6 +166,28 @@ func (p *planner) run() {
 	p.fillExternalIPs(want, livePrimary)
 	p.record()
 	p.roles(want.Name)
+}
+
+// checkCredentials refuses when the primary's credentials Secret does not
+// authenticate: a plan would otherwise take it for a cluster still coming
+// up, and copy the bad credentials to the standbys as their bootstrap
+// Secret. Another cluster's failing Secret is a note: it cannot be read.
+func (p *planner) checkCredentials() {
+	want := p.d.Primary().Name
+	for _, c := range p.d.Clusters {
+		o := p.observed(c.Name)
+		if !o.AuthFailed {
+			continue
+		}
+		subj := subjectOf(c)
+		msg := fmt.Sprintf("credentials Secret %s (%s/%s) fails to authenticate to %s: fix the Secret's password (or the role's); pgtopo copies it to no standby meanwhile",
+			o.Credentials.Name, c.Site.Name, c.Namespace, c.Name)
+		if c.Name == want || o.Exists && !o.Object.Spec.Replication.IsReplica {
+			p.refuse(&subj, "%s", msg)
+		} else {
+			p.note(&subj, "%s", msg)
+		}
+	}
 }
 
 // journal finds an unfinished switchover recorded on any cluster.
@@ -374,11 +397,14 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		// Before the primary exists, a bootstrap secret already there cannot
 		// be a copy of its credentials: someone else made it.
 		stale := o.BootstrapSecret.Exists && (!primary.Exists ||
-			(primary.Credentials.Exists && o.BootstrapSecret.Hash != primary.Credentials.Hash))
+			(primary.Credentials.Exists && o.BootstrapSecret.KeyedDigest != primary.Credentials.KeyedDigest))
 		if !o.BootstrapSecret.Exists || stale {
 			before := "absent"
 			if o.BootstrapSecret.Exists {
-				before = "fingerprint " + o.BootstrapSecret.Hash
+				before = "present, not a copy of " + primary.Credentials.Name
+				if v := o.BootstrapSecret.ResourceVersion; v != "" {
+					before = fmt.Sprintf("present (resourceVersion %s), not a copy of %s", v, primary.Credentials.Name)
+				}
 			}
 			p.add(Step{Action: ActionBootstrapSecret, Subject: subj,
 				Reason:  fmt.Sprintf("the standby needs the primary's admin credentials to bootstrap (copied from %s)", primary.Credentials.Name),

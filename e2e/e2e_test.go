@@ -5,6 +5,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -315,18 +317,29 @@ func TestApplyEndToEnd(t *testing.T) {
 }
 
 // noSecretsInOutput fails when anything pgtopo printed contains the admin
-// password of the lab's clusters.
+// password of the lab's clusters, or an unkeyed digest of it (a
+// fingerprint anyone could test guesses against).
 func (h *harness) noSecretsInOutput() {
 	h.t.Helper()
 	pw := h.lab.Password(h.t, "east", "db", "orders-east")
 	if len(pw) < 8 {
 		h.t.Fatalf("implausible password length %d", len(pw))
 	}
+	digests := []string{}
+	for _, data := range []string{pw, "password\x00" + pw + "\x00username\x00postgres\x00"} {
+		sum := sha256.Sum256([]byte(data))
+		digests = append(digests, hex.EncodeToString(sum[:])[:16])
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, out := range h.output {
 		if strings.Contains(out, pw) {
 			h.t.Fatalf("a pgtopo output contains the admin password")
+		}
+		for _, d := range digests {
+			if strings.Contains(out, d) {
+				h.t.Fatalf("a pgtopo output contains an unkeyed digest of the admin password")
+			}
 		}
 	}
 	h.t.Logf("checked %d outputs for the password", len(h.output))

@@ -2,8 +2,11 @@ package live
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -57,6 +60,9 @@ type Observer struct {
 	// Run runs the sites' observations; nil runs them all at once. A
 	// benchmark passes one that runs them in turn, to compare.
 	Run func(sites []func())
+
+	keyOnce sync.Once
+	key     []byte
 }
 
 // Observe takes a snapshot of every site of the desired state, in parallel.
@@ -135,7 +141,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	wg.Go(func() { lease = o.lease(ctx, api, d, site) })
 	wg.Go(func() { orphans = o.orphans(ctx, api, d, site) })
 	for i, c := range clusters {
-		reads[i].start(ctx, &wg, api, c, o.Names.MasterService(c.Name))
+		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name))
 	}
 	wg.Wait()
 	if nodesErr != nil {
@@ -186,11 +192,11 @@ type clusterReads struct {
 
 // start reads the cluster's object, both Secrets and the Service, each on
 // its own.
-func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, c snapshot.ClusterState, service string) {
+func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string) {
 	ns := c.Namespace
 	wg.Go(func() { r.obj, r.objErr = api.ReadCluster(ctx, ns, c.Name) })
-	wg.Go(func() { r.credentials, r.credentialsSecret = secretState(ctx, api, ns, c.Credentials.Name) })
-	wg.Go(func() { r.bootstrap, _ = secretState(ctx, api, ns, c.BootstrapSecret.Name) })
+	wg.Go(func() { r.credentials, r.credentialsSecret = secretState(ctx, api, key, ns, c.Credentials.Name) })
+	wg.Go(func() { r.bootstrap, _ = secretState(ctx, api, key, ns, c.BootstrapSecret.Name) })
 	wg.Go(func() { r.svc, r.svcErr = api.GetService(ctx, ns, service) })
 }
 
@@ -226,7 +232,8 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 	}
 	pg, err := o.Prober.Probe(ctx, *c.Endpoint, string(creds.Data["username"]), string(creds.Data["password"]))
 	if err != nil {
-		c.PGError = err.Error()
+		var auth *AuthError
+		c.PGError, c.AuthFailed = err.Error(), errors.As(err, &auth)
 		return
 	}
 	c.PG = pg
@@ -254,27 +261,39 @@ func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired
 	return out
 }
 
-// secretState reads a Secret once: its fingerprint for the snapshot, and the
+// secretState reads a Secret once: its keyed digest for the snapshot, and the
 // object for the caller that needs its credentials (never stored).
-func secretState(ctx context.Context, api SiteAPI, ns, name string) (snapshot.SecretState, *corev1.Secret) {
+func secretState(ctx context.Context, api SiteAPI, key []byte, ns, name string) (snapshot.SecretState, *corev1.Secret) {
 	s, err := api.GetSecret(ctx, ns, name)
 	if err != nil {
 		return snapshot.SecretState{Name: name}, nil
 	}
-	return snapshot.SecretState{Name: name, Exists: true, Hash: HashSecretData(s.Data), ResourceVersion: s.ResourceVersion}, s
+	return snapshot.SecretState{Name: name, Exists: true, KeyedDigest: keyedDigest(key, s.Data), ResourceVersion: s.ResourceVersion}, s
 }
 
-// HashSecretData fingerprints a Secret's data without revealing it, so
-// drift can be seen without the value ever leaving the API server response.
-func HashSecretData(data map[string][]byte) string {
-	h := sha256.New()
+// digestKey keys the digests of Secrets' data: drawn at random once per
+// observer and never shown, so a digest compares two Secrets within a run
+// and says nothing to anyone who sees it.
+func (o *Observer) digestKey() []byte {
+	o.keyOnce.Do(func() {
+		o.key = make([]byte, 32)
+		if _, err := rand.Read(o.key); err != nil {
+			panic("crypto/rand: " + err.Error()) // the system has no randomness: nothing is safe
+		}
+	})
+	return o.key
+}
+
+// keyedDigest is an HMAC of a Secret's data under key.
+func keyedDigest(key []byte, data map[string][]byte) string {
+	h := hmac.New(sha256.New, key)
 	for _, k := range slices.Sorted(maps.Keys(data)) {
 		h.Write([]byte(k))
 		h.Write([]byte{0})
 		h.Write(data[k])
 		h.Write([]byte{0})
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func serviceInfo(svc *corev1.Service) *snapshot.Service {

@@ -2,6 +2,8 @@ package live
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
 	"strings"
@@ -232,4 +234,32 @@ func alaudaNames(t *testing.T) Names {
 		t.Fatal(err)
 	}
 	return op.Names
+}
+
+// A Secret's digest is keyed per observer: equal data compare equal within
+// one observer, and nothing about the digest lets one test a password
+// guess offline (it is not the unkeyed hash, and another run's differs).
+func TestSecretDigestsAreKeyed(t *testing.T) {
+	data := map[string][]byte{"username": []byte("postgres"), "password": []byte("s3cret-1")}
+	a, b := &Observer{}, &Observer{}
+	da, db := keyedDigest(a.digestKey(), data), keyedDigest(b.digestKey(), data)
+	if da != keyedDigest(a.digestKey(), map[string][]byte{"password": []byte("s3cret-1"), "username": []byte("postgres")}) {
+		t.Fatal("the same data digests differently in one observer")
+	}
+	if da == db {
+		t.Fatal("two observers share a digest key")
+	}
+	if da == keyedDigest(a.digestKey(), map[string][]byte{"username": []byte("postgres"), "password": []byte("s3cret-2")}) {
+		t.Fatal("different passwords digest alike")
+	}
+	unkeyed := sha256.New()
+	for _, k := range []string{"password", "username"} {
+		unkeyed.Write([]byte(k))
+		unkeyed.Write([]byte{0})
+		unkeyed.Write(data[k])
+		unkeyed.Write([]byte{0})
+	}
+	if strings.HasPrefix(hex.EncodeToString(unkeyed.Sum(nil)), da[:16]) {
+		t.Fatal("the digest is the unkeyed hash")
+	}
 }

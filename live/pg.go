@@ -3,11 +3,13 @@ package live
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtopo/pgtopo/snapshot"
 )
@@ -41,10 +43,21 @@ func Connect(ctx context.Context, ep snapshot.Endpoint, user, password string, t
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		// pgx errors can carry the connection string; say only where.
-		return nil, fmt.Errorf("connect %s as %s: %s", ep, user, redact(err, password))
+		msg := fmt.Sprintf("connect %s as %s: %s", ep, user, redact(err, password))
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000") {
+			return nil, &AuthError{msg: msg}
+		}
+		return nil, errors.New(msg)
 	}
 	return c, nil
 }
+
+// AuthError is a server that refused the credentials (SQLSTATE 28P01
+// invalid_password or 28000 invalid_authorization_specification).
+type AuthError struct{ msg string }
+
+func (e *AuthError) Error() string { return e.msg }
 
 func redact(err error, secret string) string {
 	if secret == "" {

@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"net"
@@ -183,6 +184,8 @@ func TestProbeKeepsSessions(t *testing.T) {
 	})
 
 	t.Run("an idle session is closed after MaxIdle", func(t *testing.T) {
+		// The sessions of the subtests before end asynchronously.
+		eventually(t, func() bool { return len(s.probeSessions(t)) == 0 }, "no session left from before")
 		keep := &Conns{MaxIdle: 100 * time.Millisecond}
 		defer keep.Close()
 		s.probe(t, PgxProber{Keep: keep})
@@ -202,6 +205,15 @@ func TestProbeKeepsSessions(t *testing.T) {
 			if strings.Contains(err.Error(), secret) {
 				t.Fatalf("error shows a password: %v", err)
 			}
+		}
+		var auth *AuthError
+		if !errors.As(err, &auth) {
+			t.Fatalf("a refused password is not an AuthError: %v", err)
+		}
+		// A server that is not there is no authentication failure.
+		_, err = PgxProber{}.Probe(context.Background(), snapshot.Endpoint{Host: "127.0.0.1", Port: 1}, "postgres", wrong)
+		if err == nil || errors.As(err, &auth) {
+			t.Fatalf("connection refused: %v", err)
 		}
 	})
 }

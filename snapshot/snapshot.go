@@ -51,6 +51,8 @@ type ClusterState struct {
 	BootstrapSecret SecretState `json:"bootstrapSecret"`
 	PG              *PGState    `json:"pg,omitempty"`
 	PGError         string      `json:"pgError,omitempty"`
+	// AuthFailed: the server refused the credentials Secret's password.
+	AuthFailed bool `json:"authFailed,omitempty"`
 	// Error is a failure to observe the cluster's Kubernetes objects.
 	Error string `json:"error,omitempty"`
 }
@@ -71,11 +73,14 @@ type Endpoint struct {
 
 func (e Endpoint) String() string { return e.Host + ":" + strconv.Itoa(e.Port) }
 
-// SecretState says whether a Secret exists, and its fingerprint.
+// SecretState says whether a Secret exists. KeyedDigest tells two Secrets'
+// data apart within one run: an HMAC under a key the observer drew at
+// random and never shows, so it cannot be tested against guesses offline.
+// Plans show presence and resourceVersion, never a digest.
 type SecretState struct {
 	Name            string `json:"name,omitempty"`
 	Exists          bool   `json:"exists"`
-	Hash            string `json:"hash,omitempty"`
+	KeyedDigest     string `json:"keyedDigest,omitempty"`
 	ResourceVersion string `json:"resourceVersion,omitempty"`
 }
 

@@ -30,6 +30,7 @@ import (
 //	lab up SITE...                       start a lab; sets KUBECONFIG; stopped when the script ends
 //	lab stop-apiserver SITE              make a site unreachable
 //	lab patch SITE CLUSTER JSON          merge-patch a postgresql CR (namespace db), as a hand edit
+//	lab set-password SITE CLUSTER PW     put a password in a cluster's credentials Secret (namespace db)
 //	lab sql SITE CLUSTER SQL             run SQL on a cluster through its Service as admin
 //	lab wait-writable SITE CLUSTER       wait up to 60s until the cluster accepts writes
 //	lab wait-recovery SITE CLUSTER       wait up to 60s until the cluster is in recovery
@@ -67,6 +68,11 @@ func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 	case "patch":
 		dyn, _ := clients(ts, dir, args[1])
 		_, err := dyn.Resource(alauda.Resource).Namespace("db").Patch(context.Background(), args[2], types.MergePatchType, []byte(args[3]), metav1.PatchOptions{})
+		ts.Check(err)
+	case "set-password":
+		_, kc := clients(ts, dir, args[1])
+		patch := fmt.Sprintf(`{"stringData":{"password":%q}}`, args[3])
+		_, err := kc.CoreV1().Secrets("db").Patch(context.Background(), alauda.CredentialsSecret(args[2]), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 		ts.Check(err)
 	case "sql":
 		c := connect(ts, dir, args[1], args[2])
