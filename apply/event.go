@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/printable"
 )
 
 // Phase says what an event reports.
@@ -70,7 +71,7 @@ func TextProgress(w io.Writer) func(Event) {
 		if e.Step > 0 && e.Phase != PhaseStep {
 			indent = "  "
 		}
-		fmt.Fprintf(w, "[%6.1fs] %s%s\n", e.Elapsed, indent, e.Message)
+		fmt.Fprintf(w, "[%6.1fs] %s%s\n", e.Elapsed, indent, printable.String(e.Message))
 	}
 }
 

@@ -539,8 +539,8 @@ func TestSwitchoverBacksOutOfTheGateWithinTheBudget(t *testing.T) {
 	}
 }
 
-// After the promote is written there is no backing out: the budget no
-// longer applies, and the wait is the step's.
+// After the promote is written there is no backing out: the budget ends
+// the wait with the journal kept and what to do.
 func TestSwitchoverNeverBacksOutAfterPromoting(t *testing.T) {
 	w := switchoverWorld()
 	w.react = func(w *world, what, name string) {
@@ -550,11 +550,17 @@ func TestSwitchoverNeverBacksOutAfterPromoting(t *testing.T) {
 		operator(w, what, name)
 	}
 	r, _ := runner(w)
-	r.StepTimeout, r.MaxWritePause, r.StallAfter = 300*time.Millisecond, 50*time.Millisecond, 20*time.Millisecond
+	r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 300*time.Millisecond, 5*time.Second
 	err := run(t, r, switchoverStep(""))
 	var out *BackedOutError
-	if errors.As(err, &out) || err == nil || !strings.Contains(err.Error(), "waited 300ms for orders-west writable on timeline 2") {
-		t.Fatalf("error %v, want the promotion wait, no back-out", err)
+	if errors.As(err, &out) || err == nil || !strings.Contains(err.Error(), "waiting for orders-west writable on timeline 2") ||
+		!strings.Contains(err.Error(), "pgtopo will not make orders-east primary again") {
+		t.Fatalf("error %v, want the promotion wait ended by the budget, no back-out", err)
+	}
+	for _, l := range w.writes() {
+		if strings.HasPrefix(l, "spec orders-east") && !strings.Contains(l, `"isReplica":true`) {
+			t.Fatalf("the old primary was made primary again: %s", l)
+		}
 	}
 	if j := w.cluster("orders-east").Journal(); j == nil || j.Phase != snapshot.PhasePromoted {
 		t.Fatalf("journal %+v, want it kept at promoted", j)
@@ -578,5 +584,29 @@ func TestSwitchoverResumesABackOut(t *testing.T) {
 	}
 	if e := w.cluster("orders-east"); !e.Writable() || e.Journal() != nil || w.cluster("orders-west").Writable() {
 		t.Fatalf("east writable %v journal %+v; west writable %v", e.Writable(), e.Journal(), w.cluster("orders-west").Writable())
+	}
+}
+
+// A run killed between the two journal writes of one phase leaves the ends
+// a phase apart: the resume goes on from the further one.
+func TestSwitchoverResumesFromTheFurtherJournal(t *testing.T) {
+	w := switchoverWorld()
+	east := w.cluster("orders-east")
+	east.PG.InRecovery, east.PG.ReplayLSN = true, 0x5027AD8
+	east.Object.Spec = standbySpec.WithPeer(*westEP)
+	j := snapshot.Journal{From: "orders-east", To: "orders-west", Phase: snapshot.PhaseGated, SystemID: sysID, Timeline: 1, GateLSN: "0/5027AD8"}
+	promoted := j
+	promoted.Phase = snapshot.PhasePromoted
+	w.cluster("orders-east").Object.Marks.Journal = &j
+	w.cluster("orders-west").Object.Marks.Journal = &promoted
+	r, events := runner(w)
+	if err := run(t, r, switchoverStep(snapshot.PhaseGated)); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.writes(); len(got) == 0 || !strings.HasPrefix(got[0], "spec orders-west ") {
+		t.Fatalf("writes %v, want the promotion first", got)
+	}
+	if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseResume && e.Journal == snapshot.PhasePromoted }) {
+		t.Fatal("did not resume at promoted")
 	}
 }

@@ -148,8 +148,10 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 		return fmt.Errorf("promote %s: the journal is at phase %q, not %s: the gate has not passed", to, j.Phase, snapshot.PhasePromoted)
 	}
 	// The point of no return: once the target is told to become primary,
-	// backing out could make two.
-	x.outage = nil
+	// its operator or Patroni may act on it at any later moment (a queued
+	// reconcile, a stopped Patroni that resumes), so making the old primary
+	// primary again could make two. The budget still bounds the wait, but
+	// ends it with the journal kept and what to do, never with a back-out.
 	if err := x.writeSpec(ctx, sw.To, sw.Promoted); err != nil {
 		return err
 	}
@@ -158,8 +160,14 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 		cs, _ := snap.Cluster(to)
 		return cs.Writable() && cs.PG.Timeline > j.Timeline, statusWords(cs)
 	}); err != nil {
+		var o *errOutage
+		if errors.As(err, &o) {
+			return fmt.Errorf("%w: %s was told to become primary and has not; its operator or Patroni is not acting on it. pgtopo will not make %s primary again, which could leave two primaries. The journal stays at %s: once %s's operator and Patroni run, apply the same file again to finish",
+				err, to, from, snapshot.PhasePromoted, to)
+		}
 		return err
 	}
+	x.outage = nil
 	// A checkpoint writes WAL on the new timeline, so followers see the
 	// timeline at once; without writes they report the old one for as long
 	// as checkpoint_timeout.
@@ -410,12 +418,17 @@ func (x *stepRun) journal(ctx context.Context, j *snapshot.Journal, ends ...diff
 	return nil
 }
 
-// journalOf is the journal on either end, as last observed.
+// journalOf is the journal on either end, as last observed. A run killed
+// between the two writes of one phase leaves the ends one phase apart; each
+// phase is written only once the one before is done, so the further one is
+// where to resume (a back-out, once begun, wins).
 func (x *stepRun) journalOf(names ...string) *snapshot.Journal {
+	rank := map[string]int{snapshot.PhaseDemoting: 1, snapshot.PhaseGated: 2, snapshot.PhasePromoted: 3, snapshot.PhaseAborting: 4}
+	var best *snapshot.Journal
 	for _, n := range names {
-		if j := x.cluster(n).Journal(); j != nil {
-			return j
+		if j := x.cluster(n).Journal(); j != nil && (best == nil || rank[j.Phase] > rank[best.Phase]) {
+			best = j
 		}
 	}
-	return nil
+	return best
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/schema"
 )
 
@@ -34,5 +35,5 @@ var (
 	propertyEscaper = strings.NewReplacer("%", "%25", "\r", "%0D", "\n", "%0A", ":", "%3A", ",", "%2C")
 )
 
-func escapeData(s string) string     { return dataEscaper.Replace(s) }
-func escapeProperty(s string) string { return propertyEscaper.Replace(s) }
+func escapeData(s string) string     { return dataEscaper.Replace(printable.String(s)) }
+func escapeProperty(s string) string { return propertyEscaper.Replace(printable.String(s)) }

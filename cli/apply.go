@@ -15,6 +15,7 @@ import (
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -165,7 +166,7 @@ func applySaved(ctx context.Context, e env, src *sourceFlags, f applyFlags, file
 	now := diff.Compute(in.Desired, snap, saved.Options)
 	if !diff.Same(saved.Plan, now) {
 		stale := &apply.StaleError{Why: diff.Staleness(saved.Plan, saved.Basis, now, diff.BasisOf(snap)), Now: now}
-		fmt.Fprintf(e.stderr, "pgtopo: %s: %v\n", file, stale)
+		fmt.Fprintf(e.stderr, "pgtopo: %s: %s\n", file, printable.String(stale.Error()))
 		return exitCode(ExitError)
 	}
 	if err := saved.Plan.WriteText(e.stdout); err != nil {
@@ -238,7 +239,7 @@ func finish(e env, res *apply.Result, err error) error {
 		for _, s := range res.Completed {
 			fmt.Fprintf(e.stdout, "  done: %s %s (%.1fs)\n", s.Action, s.Subject, s.Seconds)
 		}
-		fmt.Fprintf(e.stderr, "pgtopo: %v\n", err)
+		fmt.Fprintf(e.stderr, "pgtopo: %s\n", printable.String(err.Error()))
 		return exitCode(ExitError)
 	}
 	fmt.Fprintf(e.stdout, "Apply complete: %d step(s) done. %s\n", len(res.Completed), res.Plan.Headline())

@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pgtopo/pgtopo/printable"
 )
 
 // Exit codes, shared by every command.
@@ -48,7 +50,7 @@ func Run(args []string, e env) int {
 	case errors.As(err, &code):
 		return int(code)
 	default:
-		fmt.Fprintf(e.stderr, "pgtopo: %v\n", err)
+		fmt.Fprintf(e.stderr, "pgtopo: %s\n", printable.String(err.Error()))
 		return ExitError
 	}
 }

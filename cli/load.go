@@ -14,6 +14,7 @@ import (
 	"github.com/pgtopo/pgtopo/gitsource"
 	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -90,7 +91,7 @@ func loadFrom(ctx context.Context, e env, src reconcile.Source) (*reconcile.Inpu
 	var invalid *reconcile.InvalidError
 	if errors.As(err, &invalid) {
 		reportFindings(e, invalid.Findings)
-		fmt.Fprintf(e.stderr, "pgtopo: %v\n", err)
+		fmt.Fprintf(e.stderr, "pgtopo: %s\n", printable.String(err.Error()))
 		return nil, exitCode(ExitError)
 	}
 	if err != nil {

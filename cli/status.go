@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -86,17 +87,17 @@ func writeStatus(e env, snap *snapshot.Snapshot) {
 		} else if c.PGError != "" && c.Exists {
 			state = "db unreachable"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Site, c.Namespace, role, state, tl, lag, endpoint, rev)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Site, c.Namespace, role, printable.String(state), tl, lag, printable.String(endpoint), printable.String(rev))
 	}
 	tw.Flush()
 	for _, s := range snap.Sites {
 		if !s.Reachable {
-			fmt.Fprintf(e.stderr, "%s\n", s.Error)
+			fmt.Fprintf(e.stderr, "%s\n", printable.String(s.Error))
 		}
 	}
 	for _, c := range snap.Clusters {
 		if c.PGError != "" && c.Exists {
-			fmt.Fprintf(e.stderr, "%s (%s/%s): %s\n", c.Name, c.Site, c.Namespace, c.PGError)
+			fmt.Fprintf(e.stderr, "%s (%s/%s): %s\n", c.Name, c.Site, c.Namespace, printable.String(c.PGError))
 		}
 	}
 }

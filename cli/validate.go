@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 func newValidateCmd(e env) *cobra.Command {
@@ -46,7 +47,7 @@ func runValidate(e env, files []string, output string) error {
 	var all schema.Findings
 	perFile := make([]schema.Findings, len(files))
 	for i, file := range files {
-		data, err := os.ReadFile(file)
+		data, err := topology.ReadFile(file)
 		if err != nil {
 			perFile[i] = schema.Findings{{File: file, Severity: schema.SeverityError, Rule: schema.RuleSyntax,
 				Message: readErrorMessage(err), Validators: []string{schema.ByPgtopo}}}

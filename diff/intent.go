@@ -176,16 +176,16 @@ var intentSymbols = map[IntentKind]string{
 // WriteText renders the pull request for a terminal or a CI log.
 func (pr *PullRequest) WriteText(w io.Writer) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n", pr.Headline())
-	fmt.Fprintf(&b, "%s: base %s, head %s\n", pr.Path, ShortRevision(pr.Base), ShortRevision(pr.Head))
+	put(&b, "%s\n", pr.Headline())
+	put(&b, "%s: base %s, head %s\n", pr.Path, ShortRevision(pr.Base), ShortRevision(pr.Head))
 	if len(pr.Intents) > 0 {
-		fmt.Fprintf(&b, "\nWhat merging does:\n")
+		put(&b, "\nWhat merging does:\n")
 		for _, in := range pr.Intents {
-			fmt.Fprintf(&b, "  %-2s %s\n", intentSymbols[in.Kind], in.Text)
+			put(&b, "  %-2s %s\n", intentSymbols[in.Kind], in.Text)
 		}
 	}
 	if pr.Plan != nil {
-		fmt.Fprintf(&b, "\nLive plan for %s:\n", ShortRevision(pr.Head))
+		put(&b, "\nLive plan for %s:\n", ShortRevision(pr.Head))
 	}
 	if _, err := w.Write([]byte(b.String())); err != nil {
 		return err
@@ -199,18 +199,18 @@ func (pr *PullRequest) WriteText(w io.Writer) error {
 // WriteMarkdown renders the pull request as a comment to post on it.
 func (pr *PullRequest) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "## pgtopo: %s\n\n", pr.Headline())
-	fmt.Fprintf(&b, "`%s`, base `%s`, head `%s`\n\n", pr.Path, ShortRevision(pr.Base), ShortRevision(pr.Head))
+	put(&b, "## pgtopo: %s\n\n", pr.Headline())
+	put(&b, "`%s`, base `%s`, head `%s`\n\n", pr.Path, ShortRevision(pr.Base), ShortRevision(pr.Head))
 	if len(pr.Intents) == 0 {
-		fmt.Fprintf(&b, "The topology is the same at both revisions.\n")
+		put(&b, "The topology is the same at both revisions.\n")
 	}
 	for _, in := range pr.Intents {
-		fmt.Fprintf(&b, "- %s\n", in.Text)
+		put(&b, "- %s\n", in.Text)
 	}
 	if pr.Plan == nil {
-		fmt.Fprintf(&b, "\n_Live state was not observed (--live=false)._\n")
+		put(&b, "\n_Live state was not observed (--live=false)._\n")
 	} else {
-		fmt.Fprintf(&b, "\n")
+		put(&b, "\n")
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/pgtopo/pgtopo/printable"
 )
 
 // PlanAPIVersion versions the JSON form of a plan.
@@ -45,9 +47,9 @@ func (p *Plan) Headline() string {
 // WriteText renders the plan for a terminal, grouped by site.
 func (p *Plan) WriteText(w io.Writer) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n", p.Headline())
+	put(&b, "%s\n", p.Headline())
 	if p.Revision != "" {
-		fmt.Fprintf(&b, "revision %s, digest %s\n", p.Revision, p.Digest)
+		put(&b, "revision %s, digest %s\n", p.Revision, p.Digest)
 	}
 	// Grouped by site; the numbers keep the order apply runs them in.
 	var sites []string
@@ -59,7 +61,7 @@ func (p *Plan) WriteText(w io.Writer) error {
 		bySite[s.Subject.Site] = append(bySite[s.Subject.Site], i)
 	}
 	for _, site := range sites {
-		fmt.Fprintf(&b, "\nsite %s\n", site)
+		put(&b, "\nsite %s\n", site)
 		for _, i := range bySite[site] {
 			s := p.Steps[i]
 			name := s.Subject.Cluster
@@ -68,30 +70,30 @@ func (p *Plan) WriteText(w io.Writer) error {
 			} else {
 				name += " (" + s.Subject.Namespace + ")"
 			}
-			fmt.Fprintf(&b, "  %2d. %-2s %-16s %s\n", i+1, Catalogue[s.Action].Symbol, s.Action, name)
-			fmt.Fprintf(&b, "          %s\n", s.Reason)
+			put(&b, "  %2d. %-2s %-16s %s\n", i+1, Catalogue[s.Action].Symbol, s.Action, name)
+			put(&b, "          %s\n", s.Reason)
 			for _, c := range s.Changes {
-				fmt.Fprintf(&b, "          %s: %s → %s\n", c.Field, show(c.Before), show(c.After))
+				put(&b, "          %s: %s → %s\n", c.Field, show(c.Before), show(c.After))
 			}
 		}
 	}
 	if len(p.Refusals) > 0 {
-		fmt.Fprintf(&b, "\nRefused:\n")
+		put(&b, "\nRefused:\n")
 		for _, r := range p.Refusals {
-			fmt.Fprintf(&b, "  ! %s\n", r.Reason)
+			put(&b, "  ! %s\n", r.Reason)
 		}
 	}
 	if len(p.Notes) > 0 {
-		fmt.Fprintf(&b, "\nNotes:\n")
+		put(&b, "\nNotes:\n")
 		for _, n := range p.Notes {
 			if n.Subject != nil {
-				fmt.Fprintf(&b, "  - %s: %s\n", n.Subject, n.Message)
+				put(&b, "  - %s: %s\n", n.Subject, n.Message)
 			} else {
-				fmt.Fprintf(&b, "  - %s\n", n.Message)
+				put(&b, "  - %s\n", n.Message)
 			}
 		}
 	}
-	fmt.Fprintf(&b, "\n%s\n", p.Summary())
+	put(&b, "\n%s\n", p.Summary())
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -123,37 +125,37 @@ func (p *Plan) WriteJSON(w io.Writer) error {
 // WriteMarkdown renders the plan as a pull-request comment.
 func (p *Plan) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "### pgtopo: %s\n\n", p.Headline())
-	fmt.Fprintf(&b, "| cluster | site | namespace | role now | role after |\n|---|---|---|---|---|\n")
+	put(&b, "### pgtopo: %s\n\n", p.Headline())
+	put(&b, "| cluster | site | namespace | role now | role after |\n|---|---|---|---|---|\n")
 	for _, c := range p.Clusters {
 		after := c.After
 		if after != c.Now {
 			after = "**" + after + "**"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", c.Name, c.Site, c.Namespace, c.Now, after)
+		put(&b, "| %s | %s | %s | %s | %s |\n", c.Name, c.Site, c.Namespace, c.Now, after)
 	}
 	if len(p.Steps) > 0 {
-		fmt.Fprintf(&b, "\n**Steps**\n\n")
+		put(&b, "\n**Steps**\n\n")
 		for i, s := range p.Steps {
-			fmt.Fprintf(&b, "%d. `%s` %s: %s\n", i+1, s.Action, s.Subject, s.Reason)
+			put(&b, "%d. `%s` %s: %s\n", i+1, s.Action, s.Subject, s.Reason)
 			for _, c := range s.Changes {
-				fmt.Fprintf(&b, "   - `%s`: %s → %s\n", c.Field, mdValue(c.Before), mdValue(c.After))
+				put(&b, "   - `%s`: %s → %s\n", c.Field, mdValue(c.Before), mdValue(c.After))
 			}
 		}
 	}
 	if len(p.Refusals) > 0 {
-		fmt.Fprintf(&b, "\n**Refused**\n\n")
+		put(&b, "\n**Refused**\n\n")
 		for _, r := range p.Refusals {
-			fmt.Fprintf(&b, "- :no_entry: %s\n", r.Reason)
+			put(&b, "- :no_entry: %s\n", r.Reason)
 		}
 	}
 	if len(p.Notes) > 0 {
-		fmt.Fprintf(&b, "\n**Notes**\n\n")
+		put(&b, "\n**Notes**\n\n")
 		for _, n := range p.Notes {
-			fmt.Fprintf(&b, "- %s\n", n.Message)
+			put(&b, "- %s\n", n.Message)
 		}
 	}
-	fmt.Fprintf(&b, "\n%s\n", p.Summary())
+	put(&b, "\n%s\n", p.Summary())
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -163,4 +165,18 @@ func mdValue(s string) string {
 		return "_(none)_"
 	}
 	return "`" + s + "`"
+}
+
+// put writes a line of a rendering with every string argument made
+// printable: a value from the file, a CR or a server never adds a line.
+func put(b *strings.Builder, format string, args ...any) {
+	for i, a := range args {
+		switch v := a.(type) {
+		case string:
+			args[i] = printable.String(v)
+		case fmt.Stringer:
+			args[i] = printable.String(v.String())
+		}
+	}
+	fmt.Fprintf(b, format, args...)
 }

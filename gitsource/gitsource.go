@@ -157,6 +157,10 @@ func commitOf(c *object.Commit) Commit {
 	return Commit{Hash: c.Hash.String(), Time: c.Committer.When, Subject: subject}
 }
 
+// MaxFileBytes is the largest topology file read from a repository (as
+// topology.MaxFileBytes for files).
+const MaxFileBytes = 1 << 20
+
 // ErrNoFile is returned by ReadFile when the commit has no such file.
 var ErrNoFile = errors.New("no such file")
 
@@ -173,6 +177,9 @@ func (r *Repository) ReadFile(c Commit, file string) ([]byte, error) {
 			return nil, fmt.Errorf("%s at %s: %s: %w (check --path)", r.location, c.Short(), clean, ErrNoFile)
 		}
 		return nil, fmt.Errorf("%s at %s: %s: %w", r.location, c.Short(), clean, err)
+	}
+	if f.Size > MaxFileBytes {
+		return nil, fmt.Errorf("%s at %s: %s: %d bytes, more than the %d a topology file may hold", r.location, c.Short(), clean, f.Size, MaxFileBytes)
 	}
 	s, err := f.Contents()
 	if err != nil {

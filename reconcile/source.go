@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 
 	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/gitsource"
@@ -62,7 +61,7 @@ type FileSource struct {
 
 // Load reads and validates the file.
 func (s *FileSource) Load(context.Context) (*Input, error) {
-	data, err := os.ReadFile(s.Path)
+	data, err := topology.ReadFile(s.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.Path, err)
 	}

@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -84,7 +85,7 @@ func (c *cueChecker) structural(doc *topology.Document) ([]Finding, error) {
 }
 
 func (c *cueChecker) unify(data any) ([]cueerrors.Error, error) {
-	js, err := json.Marshal(data)
+	js, err := cueJSON(data)
 	if err != nil {
 		return nil, err
 	}
@@ -96,9 +97,20 @@ func (c *cueChecker) unify(data any) ([]cueerrors.Error, error) {
 	return cueerrors.Errors(err), nil
 }
 
+// cueJSON is data as JSON that CUE's parser takes: CUE rejects a byte
+// order mark anywhere in its input, even inside a string, so it is written
+// as the escape \ufeff (JSON strings hold nothing else CUE refuses).
+func cueJSON(data any) ([]byte, error) {
+	js, err := json.Marshal(data)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.ReplaceAll(js, []byte("\ufeff"), []byte(`\ufeff`)), nil
+}
+
 // relational evaluates the problems list of topology.cue for the document.
 func (c *cueChecker) relational(doc *topology.Document) ([]Finding, error) {
-	js, err := json.Marshal(doc.Value)
+	js, err := cueJSON(doc.Value)
 	if err != nil {
 		return nil, err
 	}

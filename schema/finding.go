@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
@@ -64,10 +65,13 @@ func (f Finding) String() string {
 	if path == "" {
 		path = "(document)"
 	}
+	// Values quoted from the file can hold anything; printed, they must
+	// not start lines of their own (a CI log runs some as commands).
+	loc, path, msg := printable.String(loc), printable.String(path), printable.String(f.Message)
 	if f.Severity == SeverityWarning {
-		return fmt.Sprintf("%s: %s: warning: %s", loc, path, f.Message)
+		return fmt.Sprintf("%s: %s: warning: %s", loc, path, msg)
 	}
-	return fmt.Sprintf("%s: %s: %s", loc, path, f.Message)
+	return fmt.Sprintf("%s: %s: %s", loc, path, msg)
 }
 
 // Findings of one or more files.

@@ -85,7 +85,10 @@ func (v *Validator) Load(file string, data []byte) (*topology.Topology, Findings
 	}
 	r, err := v.Check(doc)
 	if err != nil {
-		return nil, nil, err
+		// Whatever a validator could not take is this file's problem, not
+		// the run's: say where, and go on with the other files.
+		return nil, Findings{{File: file, Line: 1, Column: 1, Severity: SeverityError, Rule: RuleSyntax,
+			Message: fmt.Sprintf("cannot be checked: %v; remove unusual characters (a byte order mark, control characters) from its values", err), Validators: []string{ByPgtopo}}}, nil
 	}
 	fs := merge(r.JSONSchema, r.CUEStructural, r.CUERelational)
 	if fs.HasErrors() {
@@ -95,6 +98,9 @@ func (v *Validator) Load(file string, data []byte) (*topology.Topology, Findings
 	if err != nil {
 		return nil, append(fs, Finding{File: file, Line: 1, Column: 1, Severity: SeverityError, Rule: RuleType,
 			Message: err.Error(), Validators: []string{ByPgtopo}}), nil
+	}
+	if b := bounds(doc, t); len(b) > 0 {
+		return nil, merge(fs, b), nil
 	}
 	fs = merge(fs, advise(doc, t))
 	return t, fs, nil

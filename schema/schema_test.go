@@ -117,6 +117,9 @@ func FuzzLoad(f *testing.F) {
 			if x.Line < 1 || x.Column < 1 {
 				t.Fatalf("finding without a position: %v", x)
 			}
+			if i := strings.IndexFunc(x.String(), func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\u2028' || r == '\u2029' || r == '\ufeff' }); i >= 0 {
+				t.Fatalf("finding prints a raw control character: %q", x.String())
+			}
 		}
 		if top != nil {
 			if _, err := top.Desired(); err != nil {

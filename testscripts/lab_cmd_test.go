@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -31,6 +34,8 @@ import (
 //	lab stop-apiserver SITE              make a site unreachable
 //	lab patch SITE CLUSTER JSON          merge-patch a postgresql CR (namespace db), as a hand edit
 //	lab set-password SITE CLUSTER PW     put a password in a cluster's credentials Secret (namespace db)
+//	lab stop-replay SITE CLUSTER         stop a standby's WAL replay (SIGSTOP its startup process)
+//	lab resume-replay SITE CLUSTER       resume it (SIGCONT)
 //	lab sql SITE CLUSTER SQL             run SQL on a cluster through its Service as admin
 //	lab wait-writable SITE CLUSTER       wait up to 60s until the cluster accepts writes
 //	lab wait-recovery SITE CLUSTER       wait up to 60s until the cluster is in recovery
@@ -69,6 +74,21 @@ func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 		dyn, _ := clients(ts, dir, args[1])
 		_, err := dyn.Resource(alauda.Resource).Namespace("db").Patch(context.Background(), args[2], types.MergePatchType, []byte(args[3]), metav1.PatchOptions{})
 		ts.Check(err)
+	case "stop-replay", "resume-replay":
+		// The startup process replays WAL; stopped, the standby still
+		// streams and answers, and replays nothing. (pg_wal_replay_pause
+		// does not hold: Patroni resumes a paused replay.)
+		sig := syscall.SIGSTOP
+		if args[0] == "resume-replay" {
+			sig = syscall.SIGCONT
+		}
+		out, err := exec.Command("pgrep", "-f", "postgres: "+args[2]+": startup").Output()
+		ts.Check(err)
+		for _, f := range strings.Fields(string(out)) {
+			pid, err := strconv.Atoi(f)
+			ts.Check(err)
+			ts.Check(syscall.Kill(pid, sig))
+		}
 	case "set-password":
 		_, kc := clients(ts, dir, args[1])
 		patch := fmt.Sprintf(`{"stringData":{"password":%q}}`, args[3])

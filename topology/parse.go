@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"regexp"
 	"strconv"
 
@@ -47,9 +48,29 @@ func (e *SyntaxError) Error() string {
 
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
+// MaxFileBytes is the most a topology file may hold: far more than any
+// real topology, far less than what would make validation slow.
+const MaxFileBytes = 1 << 20
+
+// ReadFile reads a topology file without reading more than MaxFileBytes
+// and one byte: a larger file (or /dev/zero) is refused by ParseDocument,
+// never buffered whole.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+}
+
 // ParseDocument reads one YAML document and indexes its positions. It
-// rejects empty files, several documents in one file and duplicate keys.
+// rejects files over MaxFileBytes, empty files, several documents in one
+// file and duplicate keys.
 func ParseDocument(file string, data []byte) (*Document, error) {
+	if len(data) > MaxFileBytes {
+		return nil, &SyntaxError{File: file, Pos: Pos{1, 1}, Msg: fmt.Sprintf("more than %d bytes (1 MiB), the most a topology file may hold; is this the right file?", MaxFileBytes)}
+	}
 	dec := yamlv3.NewDecoder(bytes.NewReader(data))
 	var root yamlv3.Node
 	if err := dec.Decode(&root); err != nil {
