@@ -61,7 +61,11 @@ type Runner struct {
 	// Progress receives events; nil drops them.
 	Progress func(Event)
 	// Holder identifies this run in the Lease.
-	Holder      string
+	Holder string
+	// HolderGone, when set, says whether another holder is known to be
+	// gone (a process of this host that no longer runs): its Lease is taken
+	// over at once instead of after it expires.
+	HolderGone  func(holder string) bool
 	LockTimeout time.Duration
 	// StepTimeout bounds each step's wait for its postcondition.
 	StepTimeout time.Duration

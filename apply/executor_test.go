@@ -610,3 +610,40 @@ func TestSwitchoverResumesFromTheFurtherJournal(t *testing.T) {
 		t.Fatal("did not resume at promoted")
 	}
 }
+
+// A shutdown ends a wait at once outside the fenced stretch, and lets the
+// fenced stretch finish.
+func TestDrainStopsWaitsButNotTheFence(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	w.react = func(w *world, _, name string) { w.cluster(name).Object.Ready = false }
+	r, _ := runner(w)
+	r.StepTimeout = 5 * time.Second
+	drain := make(chan struct{})
+	close(drain)
+	r.Drain = drain
+	spec := w.cluster("orders-east").Object.Spec
+	began := time.Now()
+	err := run(t, r, diff.Step{Action: diff.ActionUpdate, Subject: subject("east", "orders-east"), Spec: &spec})
+	if !errors.Is(err, ErrDrained) || time.Since(began) > time.Second {
+		t.Fatalf("error %v after %s, want a prompt drain", err, time.Since(began))
+	}
+
+	// Inside the switchover the fenced stretch goes on to the promotion,
+	// and the wait after it stops, the journal left at promoted.
+	w = switchoverWorld()
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if name == "orders-west" && what == "spec" {
+			w.cluster("orders-east").PG.WalReceiver = nil // the old primary is slow to follow
+		}
+	}
+	r, _ = runner(w)
+	r.StepTimeout, r.Drain = 5*time.Second, drain
+	err = run(t, r, switchoverStep(""))
+	if !errors.Is(err, ErrDrained) || !strings.Contains(err.Error(), "orders-east streaming from orders-west") || strings.Contains(err.Error(), "rebuild") {
+		t.Fatalf("error %v", err)
+	}
+	if !w.cluster("orders-west").Writable() || w.cluster("orders-west").Journal().Phase != snapshot.PhasePromoted {
+		t.Fatalf("the fenced stretch did not finish: west writable %v, journal %+v", w.cluster("orders-west").Writable(), w.cluster("orders-west").Journal())
+	}
+}

@@ -14,8 +14,22 @@ import (
 	"github.com/pgtopo/pgtopo/diff"
 )
 
-// leaseSeconds is how long a holder that stopped renewing keeps the lock.
-const leaseSeconds = 30
+// leaseSeconds is how long a holder that stopped renewing keeps the lock;
+// it renews every third of it. A holder known to be gone (Runner.HolderGone)
+// is taken over at once.
+const leaseSeconds = 15
+
+// LockHeldError is a Lease another live run holds past the lock timeout:
+// the topology is busy, not broken.
+type LockHeldError struct {
+	Lease, Namespace, Site, Holder string
+	Waited                         time.Duration
+}
+
+func (e *LockHeldError) Error() string {
+	return fmt.Sprintf("lock %s/%s in site %s is held by %s; another pgtopo run is applying this topology (waited %s; --lock-timeout)",
+		e.Namespace, e.Lease, e.Site, e.Holder, e.Waited)
+}
 
 // lease is a held pgtopo lock, renewed in the background until released.
 type lease struct {
@@ -65,7 +79,7 @@ func (r *Runner) acquireOne(ctx context.Context, name string, at diff.Subject, d
 	}
 	announced := false
 	for {
-		holder, err := tryLock(ctx, w, at.Namespace, name, r.Holder)
+		holder, err := tryLock(ctx, w, at.Namespace, name, r.Holder, r.HolderGone)
 		if err != nil {
 			return nil, fmt.Errorf("lock %s/%s in site %s: %w", at.Namespace, name, at.Site, err)
 		}
@@ -75,8 +89,7 @@ func (r *Runner) acquireOne(ctx context.Context, name string, at diff.Subject, d
 			return l, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("lock %s/%s in site %s is held by %s; another pgtopo run is applying this topology (waited %s; --lock-timeout)",
-				at.Namespace, name, at.Site, holder, r.LockTimeout)
+			return nil, &LockHeldError{Lease: name, Namespace: at.Namespace, Site: at.Site, Holder: holder, Waited: r.LockTimeout}
 		}
 		if !announced {
 			x.say(PhaseLock, "lock: Lease %s/%s in site %s is held by %s; waiting up to %s", at.Namespace, name, at.Site, holder, r.LockTimeout)
@@ -110,7 +123,7 @@ func (ls locks) release(ctx context.Context) {
 // tryLock takes the Lease if it is free or expired and returns "", or
 // returns the live holder. Updates carry the resourceVersion, so two runs
 // racing for an expired Lease cannot both win.
-func tryLock(ctx context.Context, w SiteWriter, ns, name, me string) (string, error) {
+func tryLock(ctx context.Context, w SiteWriter, ns, name, me string, gone func(holder string) bool) (string, error) {
 	now := metav1.NewMicroTime(time.Now())
 	secs := int32(leaseSeconds)
 	l, err := w.GetLease(ctx, ns, name)
@@ -131,7 +144,7 @@ func tryLock(ctx context.Context, w SiteWriter, ns, name, me string) (string, er
 	if l.Spec.HolderIdentity != nil {
 		holder = *l.Spec.HolderIdentity
 	}
-	if holder != "" && holder != me && !expired(l) {
+	if holder != "" && holder != me && !expired(l) && (gone == nil || !gone(holder)) {
 		return holder, nil
 	}
 	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = &me, &secs, &now, &now
@@ -161,7 +174,7 @@ func (l *lease) renew() {
 			return
 		case <-t.C:
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			holder, err := tryLock(ctx, l.w, l.ns, l.name, l.holder)
+			holder, err := tryLock(ctx, l.w, l.ns, l.name, l.holder, nil)
 			cancel()
 			if err == nil && holder != "" {
 				err = fmt.Errorf("lock %s/%s was taken by %s", l.ns, l.name, holder)

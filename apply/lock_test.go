@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -61,5 +62,32 @@ func TestLocksEverySiteInOrder(t *testing.T) {
 		if h := holder(k); h != "" {
 			t.Fatalf("%s still held by %q after a failed lock", k, h)
 		}
+	}
+}
+
+// A holder known to be gone (a killed run of this host) is taken over at
+// once; one that is not is waited for.
+func TestLockTakesOverAGoneHolder(t *testing.T) {
+	w := newWorld()
+	other, secs, now := "host-4242-dead00", int32(15), metav1.NewMicroTime(time.Now())
+	w.leases["east/db/pgtopo-orders"] = &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: "pgtopo-orders", Namespace: "db"},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &secs, RenewTime: &now},
+	}
+	step := diff.Step{Action: diff.ActionLock, Lease: "pgtopo-orders", Locks: []diff.Subject{{Site: "east", Namespace: "db"}}}
+	r := &Runner{Holder: "me", LockTimeout: 100 * time.Millisecond, Sites: w.Sites, HolderGone: func(h string) bool { return false }}
+	_, err := r.acquire(context.Background(), step, &stepRun{r: r, step: step})
+	var held *LockHeldError
+	if !errors.As(err, &held) || held.Holder != other {
+		t.Fatalf("error %v, want the live holder named", err)
+	}
+	r.HolderGone = func(h string) bool { return h == other }
+	locks, err := r.acquire(context.Background(), step, &stepRun{r: r, step: step})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locks.release(context.Background())
+	if h := *w.leases["east/db/pgtopo-orders"].Spec.HolderIdentity; h != "me" {
+		t.Fatalf("holder %q", h)
 	}
 }

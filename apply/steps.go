@@ -302,6 +302,12 @@ func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what strin
 		if time.Since(began) > timeout {
 			return fmt.Errorf("waited %s for %s: %s", timeout, what, detail)
 		}
+		// A shutdown stops a wait at once, but not while writes are
+		// refused: that stretch ends, bounded by the budget, with writes
+		// back (promoted or backed out) and the journal resumable.
+		if x.outage == nil && x.r.draining() {
+			return fmt.Errorf("%w (while waiting for %s: %s)", ErrDrained, what, detail)
+		}
 		if o := x.outage; o != nil {
 			if time.Since(o.began) > o.limit {
 				return &errOutage{what: what, detail: detail, after: o.limit}

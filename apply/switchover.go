@@ -174,7 +174,9 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 	if err := x.sql(ctx, x.cluster(to), "CHECKPOINT"); err != nil {
 		return err
 	}
-	if err := x.waitStreaming(ctx, from, to); err != nil {
+	if err := x.waitStreaming(ctx, from, to); errors.Is(err, ErrDrained) {
+		return err // the journal stays at promoted: the next run resumes here
+	} else if err != nil {
 		return fmt.Errorf("%s does not follow the new primary %s and needs a rebuild (delete its CR and volumes; pgtopo recreates it as a standby): %w", from, to, err)
 	}
 

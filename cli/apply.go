@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -212,11 +214,12 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 		progress = apply.JSONProgress(e.stderr)
 	}
 	return &apply.Runner{
-		Observer: boundObserver{obs: obs, d: in.Desired},
-		Sites:    sites,
-		Database: adminDB{live.Admin{Sites: func(site string) (live.SecretReader, error) { return sites(site) }}},
-		Progress: progress,
-		Holder:   holderIdentity(),
+		Observer:   boundObserver{obs: obs, d: in.Desired},
+		Sites:      sites,
+		Database:   adminDB{live.Admin{Sites: func(site string) (live.SecretReader, error) { return sites(site) }}},
+		Progress:   progress,
+		Holder:     holderIdentity(),
+		HolderGone: holderGone,
 		Replan: func(s *snapshot.Snapshot) diff.Plan {
 			return diff.Compute(in.Desired, s, opt)
 		},
@@ -252,4 +255,21 @@ func holderIdentity() string {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// holderGone reports whether a Lease holder named by holderIdentity was a
+// process of this host that runs no more (killed, crashed): then its Lease
+// need not be waited out. Holders of other hosts are never judged gone.
+func holderGone(holder string) bool {
+	host, _ := os.Hostname()
+	rest, ok := strings.CutPrefix(holder, host+"-")
+	if !ok || host == "" {
+		return false
+	}
+	pidText, _, ok := strings.Cut(rest, "-")
+	pid, err := strconv.Atoi(pidText)
+	if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }

@@ -34,7 +34,14 @@ const (
 	OutcomeRefused Outcome = "refused"
 	OutcomeError   Outcome = "error"
 	OutcomeStopped Outcome = "stopped"
+	// OutcomeBusy: another run holds the topology's Lease; the loop tries
+	// again soon. Not a refusal: nothing is wrong with the topology.
+	OutcomeBusy Outcome = "busy"
 )
+
+// busyRetry is how soon a busy cycle is tried again (or the interval, when
+// that is shorter).
+const busyRetry = 5 * time.Second
 
 // Cycle is what one pass did.
 type Cycle struct {
@@ -73,7 +80,11 @@ func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
 			l.Log.Info("stopped", "reason", "shutdown requested")
 			return
 		}
-		timer := time.NewTimer(l.Interval)
+		wait := l.Interval
+		if c.Outcome == OutcomeBusy {
+			wait = min(wait, busyRetry)
+		}
+		timer := time.NewTimer(wait)
 		select {
 		case <-drain:
 			timer.Stop()
@@ -125,6 +136,11 @@ func (l *Loop) once(ctx context.Context) Cycle {
 	plan := diff.Compute(in.Desired, snap, opt)
 	c.Plan = &plan
 	switch {
+	case plan.Refused() && heldByAnother(snap, time.Now()):
+		// Another run is at work (its switchover journal may be what the
+		// plan refuses): wait for it rather than report the topology.
+		c.Outcome = OutcomeBusy
+		return c
 	case plan.Refused():
 		c.Outcome = OutcomeRefused
 		return c
@@ -137,9 +153,12 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		c.Applied = res.Completed
 		c.Plan = &res.Plan
 	}
+	var held *apply.LockHeldError
 	switch {
 	case errors.Is(err, apply.ErrDrained):
 		c.Outcome = OutcomeStopped
+	case errors.As(err, &held):
+		c.Outcome, c.Err = OutcomeBusy, err
 	case apply.IsRefused(err):
 		var refused *apply.RefusedError
 		errors.As(err, &refused)
@@ -155,6 +174,22 @@ func (l *Loop) once(ctx context.Context) Cycle {
 	return c
 }
 
+// heldByAnother reports whether a site shows the topology's Lease held
+// and renewed within its duration: another run holds it (this loop's own
+// run releases it before a cycle ends).
+func heldByAnother(snap *snapshot.Snapshot, now time.Time) bool {
+	for _, s := range snap.Sites {
+		if s.Lease == nil || s.Lease.Holder == "" {
+			continue
+		}
+		renewed, err := time.Parse(time.RFC3339, s.Lease.RenewedAt)
+		if err == nil && now.Sub(renewed) <= time.Duration(s.Lease.Seconds)*time.Second {
+			return true
+		}
+	}
+	return false
+}
+
 func (l *Loop) logCycle(c Cycle) {
 	attrs := []any{"result", string(c.Outcome), "revision", orDash(diff.ShortRevision(c.Revision)), "duration", c.Duration.Round(time.Millisecond).String()}
 	if c.Plan != nil {
@@ -167,6 +202,8 @@ func (l *Loop) logCycle(c Cycle) {
 	case OutcomeError:
 		attrs = append(attrs, "error", c.Err.Error())
 		l.Log.Error("cycle", attrs...)
+	case OutcomeBusy:
+		l.Log.Info("cycle", append(attrs, "retry", "another run holds the topology's Lease")...)
 	default:
 		l.Log.Info("cycle", attrs...)
 	}

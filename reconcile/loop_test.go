@@ -90,6 +90,15 @@ func TestLoopOutcomes(t *testing.T) {
 				`pgtopo_cycles_total{result="applied"} 1`, `pgtopo_steps_applied_total{action="record"} 2`,
 				`pgtopo_steps_applied_total{action="create-standby"} 1`, `pgtopo_last_applied_revision_info{revision="` + rev + `"} 1`,
 				"pgtopo_in_sync 1"}},
+		{name: "another run's Lease: busy, not refused", source: fakeSource{in: input(t)}, obs: leasedObserver{fakeObserver{false}, time.Now()},
+			want: OutcomeBusy, metrics: []string{`pgtopo_cycles_total{result="busy"} 1`, "pgtopo_refusals_total 0", `pgtopo_cycles_total{result="refused"} 0`}},
+		{name: "a stale Lease is no one's: refused", source: fakeSource{in: input(t)}, obs: leasedObserver{fakeObserver{false}, time.Now().Add(-time.Hour)},
+			want: OutcomeRefused, metrics: []string{"pgtopo_refusals_total 2"}},
+		{name: "the Lease held past the lock timeout: busy", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
+			apply: func(context.Context, *topology.Desired, diff.Plan, diff.Basis, diff.Options) (*apply.Result, error) {
+				return &apply.Result{}, &apply.LockHeldError{Lease: "pgtopo-orders", Namespace: "db", Site: "east", Holder: "ci-7"}
+			},
+			want: OutcomeBusy, metrics: []string{`pgtopo_cycles_total{result="busy"} 1`, "pgtopo_refusals_total 0"}},
 		{name: "drained between steps", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
 			apply: func(context.Context, *topology.Desired, diff.Plan, diff.Basis, diff.Options) (*apply.Result, error) {
 				return &apply.Result{Completed: completed(diff.ActionEnsurePrimary)}, apply.ErrDrained
@@ -152,4 +161,19 @@ func completed(actions ...diff.Action) []apply.CompletedStep {
 		out = append(out, apply.CompletedStep{Step: diff.Step{Action: a}})
 	}
 	return out
+}
+
+// leasedObserver shows the topology's Lease held by another run, renewed at
+// renewed.
+type leasedObserver struct {
+	fakeObserver
+	renewed time.Time
+}
+
+func (o leasedObserver) Observe(ctx context.Context, d *topology.Desired) (*snapshot.Snapshot, error) {
+	snap, err := o.fakeObserver.Observe(ctx, d)
+	for i := range snap.Sites {
+		snap.Sites[i].Lease = &snapshot.LeaseInfo{Holder: "ci-runner-7", RenewedAt: o.renewed.UTC().Format(time.RFC3339), Seconds: 15}
+	}
+	return snap, err
 }

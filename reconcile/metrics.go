@@ -34,7 +34,7 @@ func NewMetrics() *Metrics {
 		inSync: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgtopo_in_sync",
 			Help: "1 when the last cycle ended with the live topology matching the file."}),
 		cycles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgtopo_cycles_total",
-			Help: "Reconcile cycles, by result (in-sync, applied, refused, error, stopped)."}, []string{"result"}),
+			Help: "Reconcile cycles, by result (in-sync, applied, refused, error, stopped, busy)."}, []string{"result"}),
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgtopo_steps_applied_total",
 			Help: "Steps applied, by action."}, []string{"action"}),
 		refusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "pgtopo_refusals_total",
@@ -44,7 +44,7 @@ func NewMetrics() *Metrics {
 	}
 	m.registry.MustRegister(m.revision, m.lastSuccess, m.inSync, m.cycles, m.steps, m.refusals, m.duration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, o := range []Outcome{OutcomeInSync, OutcomeApplied, OutcomeRefused, OutcomeError, OutcomeStopped} {
+	for _, o := range []Outcome{OutcomeInSync, OutcomeApplied, OutcomeRefused, OutcomeError, OutcomeStopped, OutcomeBusy} {
 		m.cycles.WithLabelValues(string(o)) // show zeros before the first of each
 	}
 	return m
