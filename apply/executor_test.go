@@ -647,3 +647,42 @@ func TestDrainStopsWaitsButNotTheFence(t *testing.T) {
 		t.Fatalf("the fenced stretch did not finish: west writable %v, journal %+v", w.cluster("orders-west").Writable(), w.cluster("orders-west").Journal())
 	}
 }
+
+// A break-glass fence records its mark first, then fences; unfence lifts
+// the fence, then removes the mark; both keep the other marks.
+func TestFenceAndUnfence(t *testing.T) {
+	w := newWorld(primaryState("orders-west", "west", westEP, 0x5000000, 1))
+	w.cluster("orders-west").Object.Marks.Digest = "d0"
+	r, events := runner(w)
+	mark := &snapshot.Fence{By: "dba@host", At: "2026-12-01T12:00:00Z"}
+	if err := run(t, r, diff.Step{Action: diff.ActionFence, Subject: subject("west", "orders-west"), Fence: mark}); err != nil {
+		t.Fatal(err)
+	}
+	if f := w.cluster("orders-west").Object.Marks.Fence; f == nil || *f != *mark {
+		t.Fatalf("mark %+v", f)
+	}
+	if err := run(t, r, diff.Step{Action: diff.ActionUnfence, Subject: subject("west", "orders-west")}); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w,
+		"marks orders-west digest=d0 revision= journal=-",
+		"sql orders-west fence-on", "sql orders-west reload", "sql orders-west terminate",
+		"sql orders-west fence-off", "sql orders-west reload",
+		"marks orders-west digest=d0 revision= journal=-")
+	if m := w.cluster("orders-west").Object.Marks; m.Fence != nil || m.Digest != "d0" {
+		t.Fatalf("marks after unfence %+v", m)
+	}
+	if !slices.ContainsFunc(*events, func(e Event) bool {
+		return e.Phase == PhaseFence && strings.Contains(e.Message, "3 client session(s) ended")
+	}) {
+		t.Fatal("no fence event counts the sessions ended")
+	}
+	// A fence that cannot reach the database leaves the mark as a trace.
+	w.fail["sql fence-on"] = errors.New("connection reset")
+	if err := run(t, r, diff.Step{Action: diff.ActionFence, Subject: subject("west", "orders-west"), Fence: mark}); err == nil || !strings.Contains(err.Error(), "fence: connection reset") {
+		t.Fatalf("error %v", err)
+	}
+	if w.cluster("orders-west").Object.Marks.Fence == nil {
+		t.Fatal("the mark was not written first")
+	}
+}

@@ -243,6 +243,10 @@ func sqlName(sql string) string {
 func (s *fakeSession) QueryRow(_ context.Context, sql string, _ ...any) Row {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
+	if sqlName(sql) == "terminate" {
+		s.w.record("sql %s terminate", s.cluster)
+		return fakeRow{vals: []any{3}}
+	}
 	if err := s.w.fail["query "+s.cluster]; err != nil {
 		return fakeRow{err: err}
 	}
@@ -272,6 +276,8 @@ func (r fakeRow) Scan(dest ...any) error {
 			*p = r.vals[i].(bool)
 		case *string:
 			*p = r.vals[i].(string)
+		case *int:
+			*p = r.vals[i].(int)
 		}
 	}
 	return nil

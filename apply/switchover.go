@@ -342,6 +342,43 @@ func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to strin
 
 var unfenceSQL = []string{"ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"}
 
+// Fence is the break-glass fence (pgtopo fence): record the mark, then make
+// the cluster refuse new writes. The mark comes first so that a run killed
+// between the two leaves a trace.
+func (x *stepRun) Fence(ctx context.Context, s diff.Step) error {
+	c := x.cluster(s.Subject.Cluster)
+	m := x.marksOf(c.Name)
+	m.Fence = s.Fence
+	if err := x.writeMarks(ctx, s.Subject, m); err != nil {
+		return err
+	}
+	var ended int
+	err := x.session(ctx, c, func(sess Session) error {
+		for _, stmt := range fenceSQL[:2] {
+			if err := sess.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("fence: %w", err)
+			}
+		}
+		return sess.QueryRow(ctx, fenceSQL[2]).Scan(&ended)
+	})
+	if err != nil {
+		return err
+	}
+	x.say(PhaseFence, "fence: %s refuses new writes; %d client session(s) ended", c.Name, ended)
+	return nil
+}
+
+// Unfence lifts a break-glass fence, then removes its mark.
+func (x *stepRun) Unfence(ctx context.Context, s diff.Step) error {
+	name := s.Subject.Cluster
+	if err := x.unfence(ctx, x.last, name); err != nil {
+		return err
+	}
+	m := x.marksOf(name)
+	m.Fence = nil
+	return x.writeMarks(ctx, s.Subject, m)
+}
+
 // unfence removes the fence; ALTER SYSTEM works on a standby too, and the
 // setting must not outlive the switchover (it would make the cluster
 // read-only the next time it is primary).

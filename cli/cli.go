@@ -18,6 +18,8 @@ const (
 	ExitOK      = 0
 	ExitError   = 1
 	ExitChanges = 2
+	// ExitSplitBrain: status found more than one cluster taking writes.
+	ExitSplitBrain = 3
 )
 
 // exitCode is an error that carries the process exit code. A command
@@ -67,6 +69,6 @@ ordered, idempotent steps, including a safe two-phase switchover.`,
 	}
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
-	root.AddCommand(newVersionCmd(e), newValidateCmd(e), newDiffCmd(e), newStatusCmd(e), newApplyCmd(e), newReconcileCmd(e))
+	root.AddCommand(newVersionCmd(e), newValidateCmd(e), newDiffCmd(e), newStatusCmd(e), newApplyCmd(e), newReconcileCmd(e), newFenceCmd(e, true), newFenceCmd(e, false))
 	return root
 }

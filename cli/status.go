@@ -17,7 +17,12 @@ func newStatusCmd(e env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status (-f FILE | --repo URL|PATH [--ref REV] [--path FILE])",
 		Short: "Show every cluster of the topology across all sites, like patronictl list",
-		Args:  cobra.NoArgs,
+		Long: `Show every cluster of the topology across all sites: role, state, timeline,
+lag, endpoint and the revision applied.
+
+Exit status: 0 healthy, 1 error or a site unreachable, 3 split brain (more than
+one cluster takes writes; a fenced one does not count).`,
+		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			in, err := src.load(context.Background(), e)
 			if err != nil {
@@ -29,6 +34,16 @@ func newStatusCmd(e env) *cobra.Command {
 			}
 			snap := obs.Observe(context.Background(), in.Desired)
 			writeStatus(e, snap)
+			writable := 0
+			for _, c := range snap.Clusters {
+				if c.Writable() && !c.Fenced() {
+					writable++
+				}
+			}
+			if writable > 1 {
+				fmt.Fprintf(e.stderr, "pgtopo: split brain: %d clusters take writes; fence all but one (pgtopo fence CLUSTER)\n", writable)
+				return exitCode(ExitSplitBrain)
+			}
 			for _, s := range snap.Sites {
 				if !s.Reachable {
 					return exitCode(ExitError)
@@ -83,6 +98,9 @@ func writeStatus(e env, snap *snapshot.Snapshot) {
 				}
 			} else {
 				role = "primary"
+				if c.Fenced() {
+					state = "fenced"
+				}
 			}
 		} else if c.PGError != "" && c.Exists {
 			state = "db unreachable"

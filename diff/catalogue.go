@@ -20,6 +20,9 @@ const (
 	ActionUpdate          Action = "update"
 	ActionFillExternalIP  Action = "fill-external-ip"
 	ActionRecord          Action = "record"
+	// Break-glass steps, planned only by pgtopo fence and unfence.
+	ActionFence   Action = "fence"
+	ActionUnfence Action = "unfence"
 )
 
 // Bucket is where a step counts in a plan's closing line.
@@ -46,6 +49,8 @@ type Executor interface {
 	Update(ctx context.Context, s Step) error
 	FillExternalIP(ctx context.Context, s Step) error
 	Record(ctx context.Context, s Step) error
+	Fence(ctx context.Context, s Step) error
+	Unfence(ctx context.Context, s Step) error
 }
 
 // Kind is everything pgtopo knows about an action in one place.
@@ -76,6 +81,8 @@ var Catalogue = map[Action]Kind{
 	ActionUpdate:          {Rank: 7, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
 	ActionFillExternalIP:  {Rank: 8, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
 	ActionRecord:          {Rank: 9, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
+	ActionFence:           {Rank: 10, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
+	ActionUnfence:         {Rank: 11, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
 }
 
 // sortSteps orders steps by action rank, then cluster name.

@@ -59,6 +59,8 @@ type Step struct {
 	ExternalIP *ExternalIP `json:"externalIP,omitempty"`
 	// Switchover is the role swap's payload.
 	Switchover *Switchover `json:"switchover,omitempty"`
+	// Fence is the mark a fence step records (nil for unfence).
+	Fence *snapshot.Fence `json:"fence,omitempty"`
 	// Locks are the Leases a lock step takes, in order.
 	Locks []Subject `json:"locks,omitempty"`
 	Lease string    `json:"lease,omitempty"`

@@ -120,6 +120,13 @@ func (p *planner) run() {
 			p.refuse(&subj, "%s: %s; fix or remove the annotation by hand", c.Name, o.Object.MarksError)
 		}
 	}
+	for _, c := range d.Clusters {
+		if o := p.observed(c.Name); o.Fenced() {
+			subj := subjectOf(c)
+			f := o.Object.Marks.Fence
+			p.note(&subj, "%s is fenced (by %s at %s%s): it refuses new writes until pgtopo unfence %s", c.Name, f.By, f.At, reasonSuffix(f.Reason), c.Name)
+		}
+	}
 	p.checkCredentials()
 	p.checkRevisions()
 	if p.plan.Refused() {
@@ -166,6 +173,13 @@ func (p *planner) run() {
 	p.fillExternalIPs(want, livePrimary)
 	p.record()
 	p.roles(want.Name)
+}
+
+func reasonSuffix(r string) string {
+	if r == "" {
+		return ""
+	}
+	return ": " + r
 }
 
 // checkCredentials refuses when the primary's credentials Secret does not

@@ -168,7 +168,7 @@ func TestSavedPlanRoundTrip(t *testing.T) {
 // the plan and no bucket for bookkeeping steps.
 func TestCatalogue(t *testing.T) {
 	order := []Action{ActionLock, ActionEnsurePrimary, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby,
-		ActionSwitchover, ActionRepoint, ActionUpdate, ActionFillExternalIP, ActionRecord}
+		ActionSwitchover, ActionRepoint, ActionUpdate, ActionFillExternalIP, ActionRecord, ActionFence, ActionUnfence}
 	if len(Catalogue) != len(order) {
 		t.Fatalf("%d actions in the catalogue, want %d", len(Catalogue), len(order))
 	}

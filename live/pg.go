@@ -82,7 +82,8 @@ SELECT pg_is_in_recovery(),
                           (SELECT timeline_id FROM pg_control_checkpoint()))
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        END,
-       to_regclass('sys_operator.multi_cluster_info') IS NOT NULL`
+       to_regclass('sys_operator.multi_cluster_info') IS NOT NULL,
+       current_setting('default_transaction_read_only')::bool`
 
 // Probe reads the facts of one server in two round trips: the facts, WAL
 // receiver, slots and replication peers pipelined in one batch, then
@@ -120,7 +121,7 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 	var cur, recv, replay string
 	b := &pgx.Batch{}
 	b.Queue(factsSQL).QueryRow(func(r pgx.Row) error {
-		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable); err != nil {
+		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault); err != nil {
 			return fmt.Errorf("read facts: %w", err)
 		}
 		return nil

@@ -66,6 +66,15 @@ type Marks struct {
 	Digest   string   `json:"digest,omitempty"`
 	Revision string   `json:"revision,omitempty"`
 	Journal  *Journal `json:"journal,omitempty"`
+	// Fence records a break-glass fence (pgtopo fence) until unfenced.
+	Fence *Fence `json:"fence,omitempty"`
+}
+
+// Fence is who fenced a cluster, when and why.
+type Fence struct {
+	By     string `json:"by"`
+	At     string `json:"at"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // Switchover phases recorded in the journal.

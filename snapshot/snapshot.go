@@ -98,6 +98,8 @@ type PGState struct {
 	Replication          []ReplicationPeer  `json:"replication,omitempty"`
 	MultiCluster         []MultiClusterInfo `json:"multiClusterInfo,omitempty"`
 	HasMultiClusterTable bool               `json:"hasMultiClusterTable"`
+	// ReadOnlyDefault: new sessions start read-only (a fence).
+	ReadOnlyDefault bool `json:"readOnlyDefault,omitempty"`
 }
 
 // EndOfWAL is the furthest WAL position the server has: its write position
@@ -164,8 +166,16 @@ func (s *Snapshot) Site(name string) (*SiteState, bool) {
 	return nil, false
 }
 
-// Writable reports whether the cluster's database answered and accepts writes.
+// Writable reports whether the cluster's database answered and is not in
+// recovery: it could take writes (a fence makes new sessions read-only, see
+// Fenced, but any session can still turn that off).
 func (c *ClusterState) Writable() bool { return c.PG != nil && !c.PG.InRecovery }
+
+// Fenced reports whether the cluster is fenced by pgtopo fence: marked so,
+// and its new sessions are read-only.
+func (c *ClusterState) Fenced() bool {
+	return c.Exists && c.Object != nil && c.Object.Marks.Fence != nil && c.PG != nil && c.PG.ReadOnlyDefault
+}
 
 // LSN is a PostgreSQL WAL position.
 type LSN uint64

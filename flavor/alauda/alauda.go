@@ -36,6 +36,7 @@ const (
 	AnnotationRevision   = "pgtopo.dev/revision"
 	AnnotationDigest     = "pgtopo.dev/digest"
 	AnnotationSwitchover = "pgtopo.dev/switchover"
+	AnnotationFence      = "pgtopo.dev/fenced"
 )
 
 // CredentialsSecret names a cluster's admin credentials Secret.
@@ -79,6 +80,14 @@ func Parse(u *unstructured.Unstructured) snapshot.Object {
 			obj.MarksError = fmt.Sprintf("annotation %s: %v", AnnotationSwitchover, err)
 		} else {
 			obj.Marks.Journal = &j
+		}
+	}
+	if raw := ann[AnnotationFence]; raw != "" {
+		var f snapshot.Fence
+		if err := json.Unmarshal([]byte(raw), &f); err != nil {
+			obj.MarksError = fmt.Sprintf("annotation %s: %v", AnnotationFence, err)
+		} else {
+			obj.Marks.Fence = &f
 		}
 	}
 	return obj
@@ -134,6 +143,10 @@ func BuildMarks(ns, name string, m snapshot.Marks) *unstructured.Unstructured {
 	if m.Journal != nil {
 		b, _ := json.Marshal(m.Journal)
 		ann[AnnotationSwitchover] = string(b)
+	}
+	if m.Fence != nil {
+		b, _ := json.Marshal(m.Fence)
+		ann[AnnotationFence] = string(b)
 	}
 	return object(map[string]any{"name": name, "namespace": ns, "annotations": ann}, nil)
 }

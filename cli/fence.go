@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+// newFenceCmd is pgtopo fence (fence true) or pgtopo unfence.
+func newFenceCmd(e env, fence bool) *cobra.Command {
+	var src sourceFlags
+	var f applyFlags
+	var force bool
+	var reason string
+	use, short := "fence CLUSTER (-f FILE | --repo URL|PATH ...)", "Break glass: make a cluster refuse new writes, recorded on its CR"
+	long := `Make CLUSTER refuse new writes: new sessions start read-only
+(default_transaction_read_only), open client sessions are ended, and the fence
+is recorded on the cluster's CR (pgtopo.dev/fenced: who, when, why). For split
+brain (two clusters writable: fence the one to give up), and before giving up a
+primary by hand. It takes the topology's Lease like apply. Fencing a fenced
+cluster changes nothing. Fencing the only writable cluster stops every write,
+and is refused unless --force is given. Undo it with pgtopo unfence.
+
+Exit status: 0 fenced (or already), 1 error or refusal.`
+	if !fence {
+		use, short = "unfence CLUSTER (-f FILE | --repo URL|PATH ...)", "Lift a fence: new sessions may write again, the fence mark is removed"
+		long = `Lift a fence set by pgtopo fence (or left by an interrupted switchover):
+reset default_transaction_read_only, reload, and remove the pgtopo.dev/fenced
+mark. Unfencing a cluster that is not fenced changes nothing.
+
+Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
+	}
+	cmd := &cobra.Command{
+		Use: use, Short: short, Long: long,
+		Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { fmt.Fprintf(e.stderr, "pgtopo: %s\n", msg) })
+			defer stop()
+			ctx, cancel := context.WithTimeout(ctx, f.timeout)
+			defer cancel()
+			in, err := src.load(ctx, e)
+			if err != nil {
+				return err
+			}
+			obs, closeConns, err := src.keepingObserver(in.Desired)
+			if err != nil {
+				return err
+			}
+			defer closeConns()
+			opt := diff.FenceOptions{Force: force, Mark: snapshot.Fence{By: fenceAuthor(), At: time.Now().UTC().Format(time.RFC3339), Reason: reason}}
+			plan := func(s *snapshot.Snapshot) diff.Plan {
+				if fence {
+					return diff.PlanFence(in.Desired, s, args[0], opt)
+				}
+				return diff.PlanUnfence(in.Desired, s, args[0])
+			}
+			snap := obs.Observe(ctx, in.Desired)
+			p := plan(snap)
+			if err := p.WriteText(e.stdout); err != nil {
+				return err
+			}
+			if p.Refused() {
+				return exitCode(ExitError)
+			}
+			if p.InSync() {
+				return nil
+			}
+			r, err := newRunner(e, &src, f, in, obs, p, diff.Options{}, drain)
+			if err != nil {
+				return err
+			}
+			r.Replan = plan
+			r.Changed = func(now diff.Plan, why []string) error {
+				fmt.Fprintf(e.stdout, "\nThe live world changed while this run waited for the lock; the plan now is:\n\n")
+				return now.WriteText(e.stdout)
+			}
+			res, err := r.Execute(ctx, p, diff.BasisOf(snap))
+			return finish(e, res, err)
+		},
+	}
+	src.register(cmd)
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
+	cmd.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
+	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", time.Minute, "how long each step may wait")
+	f.progressFormat = "text"
+	if fence {
+		cmd.Flags().BoolVar(&force, "force", false, "fence the only writable cluster, stopping every write")
+		cmd.Flags().StringVar(&reason, "reason", "", "why, recorded with the fence")
+	}
+	return cmd
+}
+
+// fenceAuthor names who fenced: the user and host.
+func fenceAuthor() string {
+	host, _ := os.Hostname()
+	user := os.Getenv("USER")
+	if user == "" {
+		user = "pgtopo"
+	}
+	return user + "@" + host
+}

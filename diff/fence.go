@@ -1,0 +1,107 @@
+package diff
+
+import (
+	"fmt"
+
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// FenceOptions are a break-glass fence's inputs.
+type FenceOptions struct {
+	// Force fences the only writable cluster (stopping all writes).
+	Force bool
+	// Mark is recorded on the cluster: who, when, why.
+	Mark snapshot.Fence
+}
+
+// PlanFence plans pgtopo fence CLUSTER: make it refuse new writes (new
+// sessions read-only, open ones ended), recorded on its object, for split
+// brain and for a primary about to be given up. Fencing a fenced cluster
+// plans nothing; fencing the only writable cluster is refused unless
+// forced.
+func PlanFence(d *topology.Desired, snap *snapshot.Snapshot, cluster string, opt FenceOptions) Plan {
+	p := fencePlan(d, snap, cluster)
+	c, ok := d.Cluster(cluster)
+	o, seen := snap.Cluster(cluster)
+	switch {
+	case !ok || !seen:
+		p.refuse(nil, "%s is not a cluster of topology %s", cluster, d.Name)
+	case o.Error != "":
+		p.refuse(nil, "cannot fence %s: %s", cluster, o.Error)
+	case !o.Exists:
+		p.refuse(nil, "cannot fence %s: its CR does not exist", cluster)
+	case o.PG == nil:
+		p.refuse(nil, "cannot fence %s: cannot read its database: %s", cluster, orNone(o.PGError))
+	case !o.Writable():
+		p.note(nil, "%s is a standby (in recovery): it takes no writes, nothing to fence", cluster)
+	case o.Fenced():
+		p.note(nil, "%s is fenced already (by %s at %s)", cluster, o.Object.Marks.Fence.By, o.Object.Marks.Fence.At)
+	default:
+		others := 0
+		for _, x := range snap.Clusters {
+			if x.Name != cluster && x.Writable() && !x.Fenced() {
+				others++
+			}
+		}
+		if others == 0 && !opt.Force {
+			p.refuse(nil, "%s is the only writable cluster: fencing it stops every write to the database; pass --force if that is what you want", cluster)
+			break
+		}
+		mark := opt.Mark
+		subj := subjectOf(c)
+		p.add(Step{Action: ActionFence, Subject: subj, Fence: &mark,
+			Reason:        fmt.Sprintf("fence %s: new sessions read-only, open client sessions ended, recorded on its CR", cluster),
+			Changes:       []Change{{Field: "default_transaction_read_only", Before: "off", After: "on"}, {Field: "mark pgtopo.dev/fenced", Before: "", After: mark.By + " at " + mark.At}},
+			Preconditions: []Precondition{{Kind: CondSiteReachable, Site: c.Site.Name}, {Kind: CondWritable, Cluster: cluster}}})
+	}
+	return p.finish()
+}
+
+// PlanUnfence plans pgtopo unfence CLUSTER: lift a fence and its mark.
+func PlanUnfence(d *topology.Desired, snap *snapshot.Snapshot, cluster string) Plan {
+	p := fencePlan(d, snap, cluster)
+	c, ok := d.Cluster(cluster)
+	o, seen := snap.Cluster(cluster)
+	switch {
+	case !ok || !seen:
+		p.refuse(nil, "%s is not a cluster of topology %s", cluster, d.Name)
+	case !o.Exists:
+		p.refuse(nil, "cannot unfence %s: its CR does not exist", cluster)
+	case o.PG == nil:
+		p.refuse(nil, "cannot unfence %s: cannot read its database: %s", cluster, orNone(o.PGError))
+	case !o.PG.ReadOnlyDefault && o.Object.Marks.Fence == nil:
+		p.note(nil, "%s is not fenced", cluster)
+	default:
+		p.add(Step{Action: ActionUnfence, Subject: subjectOf(c),
+			Reason:        fmt.Sprintf("unfence %s: new sessions may write again; the fence mark is removed", cluster),
+			Changes:       []Change{{Field: "default_transaction_read_only", Before: "on", After: "off"}},
+			Preconditions: []Precondition{{Kind: CondSiteReachable, Site: c.Site.Name}, {Kind: CondReadable, Cluster: cluster}}})
+	}
+	return p.finish()
+}
+
+func fencePlan(d *topology.Desired, snap *snapshot.Snapshot, cluster string) *planner {
+	p := &planner{d: d, snap: snap, plan: Plan{Topology: d.Name, Digest: d.Digest, Steps: []Step{}, Refusals: []Refusal{}, Notes: []Note{}}}
+	for _, s := range d.Sites() {
+		p.plan.Sites = append(p.plan.Sites, Site{Name: s.Name, Context: s.Context})
+	}
+	for _, s := range snap.Sites {
+		if c, ok := d.Cluster(cluster); ok && s.Name == c.Site.Name && !s.Reachable {
+			p.refuse(nil, "site %s unreachable: %s", s.Name, s.Error)
+		}
+	}
+	return p
+}
+
+// finish puts the lock first, as in every plan that changes something.
+func (p *planner) finish() Plan {
+	if p.plan.Refused() {
+		p.plan.Steps = []Step{}
+	}
+	if len(p.plan.Steps) > 0 {
+		p.plan.Steps = append([]Step{p.lockStep()}, p.plan.Steps...)
+	}
+	p.roles("")
+	return p.plan
+}

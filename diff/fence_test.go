@@ -1,0 +1,115 @@
+package diff
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+func TestPlanFence(t *testing.T) {
+	mark := FenceOptions{Mark: snapshot.Fence{By: "dba@host", At: "2026-12-01T12:00:00Z", Reason: "split brain"}}
+	splitBrain := func(s *snapshot.Snapshot) { cs(s, "orders-west").PG.InRecovery = false }
+	cases := []struct {
+		name    string
+		edit    func(s *snapshot.Snapshot)
+		cluster string
+		opt     FenceOptions
+		steps   []Action
+		refusal string
+		note    string
+	}{
+		{name: "one of two writable", edit: splitBrain, cluster: "orders-west", opt: mark, steps: []Action{ActionLock, ActionFence}},
+		{name: "the only writable", cluster: "orders-east", opt: mark, refusal: "orders-east is the only writable cluster: fencing it stops every write to the database; pass --force"},
+		{name: "the only writable, forced", cluster: "orders-east", opt: FenceOptions{Force: true, Mark: mark.Mark}, steps: []Action{ActionLock, ActionFence}},
+		{name: "the other one fenced already counts as not writable", edit: func(s *snapshot.Snapshot) {
+			splitBrain(s)
+			w := cs(s, "orders-west")
+			w.PG.ReadOnlyDefault, w.Object.Marks.Fence = true, &mark.Mark
+		}, cluster: "orders-east", opt: mark, refusal: "orders-east is the only writable cluster"},
+		{name: "fenced already", edit: func(s *snapshot.Snapshot) {
+			splitBrain(s)
+			w := cs(s, "orders-west")
+			w.PG.ReadOnlyDefault, w.Object.Marks.Fence = true, &mark.Mark
+		}, cluster: "orders-west", opt: mark, note: "orders-west is fenced already (by dba@host at 2026-12-01T12:00:00Z)"},
+		{name: "a standby", cluster: "orders-west", opt: mark, note: "orders-west is a standby (in recovery): it takes no writes, nothing to fence"},
+		{name: "not in the file", cluster: "orders-north", opt: mark, refusal: "orders-north is not a cluster of topology orders"},
+		{name: "unreadable", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").PG = nil }, cluster: "orders-west", opt: mark, refusal: "cannot fence orders-west: cannot read its database"},
+		{name: "no CR", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Exists = false }, cluster: "orders-west", opt: mark, refusal: "cannot fence orders-west: its CR does not exist"},
+		{name: "site unreachable", edit: func(s *snapshot.Snapshot) { s.Sites[1].Reachable, s.Sites[1].Error = false, "timeout" }, cluster: "orders-west", opt: mark, refusal: "site west unreachable: timeout"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, snap := inSync(t)
+			d := loadDesired(t, "testdata/two-sites.yaml")
+			if tc.edit != nil {
+				tc.edit(snap)
+			}
+			p := PlanFence(d, snap, tc.cluster, tc.opt)
+			var actions []Action
+			for _, s := range p.Steps {
+				actions = append(actions, s.Action)
+			}
+			if !slices.Equal(actions, tc.steps) {
+				t.Fatalf("steps %v, want %v (refusals %+v)", actions, tc.steps, p.Refusals)
+			}
+			if tc.refusal != "" && (len(p.Refusals) != 1 || !strings.Contains(p.Refusals[0].Reason, tc.refusal)) {
+				t.Fatalf("refusals %+v, want %q", p.Refusals, tc.refusal)
+			}
+			if tc.refusal == "" && p.Refused() {
+				t.Fatalf("refused: %+v", p.Refusals)
+			}
+			if tc.note != "" && (len(p.Notes) == 0 || p.Notes[0].Message != tc.note) {
+				t.Fatalf("notes %+v, want %q", p.Notes, tc.note)
+			}
+			if len(tc.steps) > 0 {
+				s := p.Steps[1]
+				if *s.Fence != tc.opt.Mark || s.Subject.Cluster != tc.cluster || !slices.ContainsFunc(s.Preconditions, func(c Precondition) bool { return c.Kind == CondWritable }) {
+					t.Fatalf("fence step %+v", s)
+				}
+			}
+		})
+	}
+}
+
+func TestPlanUnfence(t *testing.T) {
+	d := loadDesired(t, "testdata/two-sites.yaml")
+	_, snap := inSync(t)
+	if p := PlanUnfence(d, snap, "orders-east"); !p.InSync() || p.Notes[0].Message != "orders-east is not fenced" {
+		t.Fatalf("plan %+v", p)
+	}
+	for name, edit := range map[string]func(c *snapshot.ClusterState){
+		"fenced": func(c *snapshot.ClusterState) {
+			c.PG.ReadOnlyDefault, c.Object.Marks.Fence = true, &snapshot.Fence{By: "x"}
+		},
+		"a mark only":        func(c *snapshot.ClusterState) { c.Object.Marks.Fence = &snapshot.Fence{By: "x"} },
+		"read-only, no mark": func(c *snapshot.ClusterState) { c.PG.ReadOnlyDefault = true },
+	} {
+		_, snap := inSync(t)
+		edit(cs(snap, "orders-east"))
+		p := PlanUnfence(d, snap, "orders-east")
+		if len(p.Steps) != 2 || p.Steps[1].Action != ActionUnfence {
+			t.Errorf("%s: steps %+v", name, p.Steps)
+		}
+	}
+	_, snap = inSync(t)
+	cs(snap, "orders-east").PG = nil
+	if p := PlanUnfence(d, snap, "orders-east"); !p.Refused() {
+		t.Fatal("unfencing an unreadable cluster is not refused")
+	}
+	if p := PlanUnfence(d, snap, "orders-north"); !p.Refused() {
+		t.Fatal("unfencing a cluster not in the file is not refused")
+	}
+}
+
+// A fenced cluster is said in every plan.
+func TestPlansNoteAFence(t *testing.T) {
+	plan, snap := inSync(t)
+	e := cs(snap, "orders-east")
+	e.PG.ReadOnlyDefault, e.Object.Marks.Fence = true, &snapshot.Fence{By: "dba@host", At: "2026-12-01T12:00:00Z", Reason: "drill"}
+	p := plan(snap)
+	if len(p.Notes) != 1 || p.Notes[0].Message != "orders-east is fenced (by dba@host at 2026-12-01T12:00:00Z: drill): it refuses new writes until pgtopo unfence orders-east" {
+		t.Fatalf("notes %+v", p.Notes)
+	}
+}
