@@ -248,3 +248,32 @@ func TestGoingBackDuringASwitchover(t *testing.T) {
 		t.Fatalf("plan %+v", p.Steps)
 	}
 }
+
+// Whatever a plan carries from the file, a CR or a server is printed with
+// its control characters escaped, in text and markdown alike.
+func TestRenderersEscapeValues(t *testing.T) {
+	p := Plan{Topology: "orders", Steps: []Step{{Action: ActionUpdate, Subject: Subject{Site: "east", Namespace: "db", Cluster: "orders-east"},
+		Reason:  "x\n::error file=a::INJECTED",
+		Changes: []Change{{Field: "postgresql.parameters.work_mem", Before: "4MB\narchive_command = 'x'", After: "8MB"}}}},
+		Refusals: []Refusal{}, Notes: []Note{{Message: "note\r\nforged"}}}
+	for name, render := range map[string]func(*bytes.Buffer) error{
+		"text":     func(b *bytes.Buffer) error { return p.WriteText(b) },
+		"markdown": func(b *bytes.Buffer) error { return p.WriteMarkdown(b) },
+		"pr": func(b *bytes.Buffer) error {
+			return (&PullRequest{Head: "h", Path: "t.yaml\n::x", Plan: &p}).WriteText(b)
+		},
+	} {
+		var b bytes.Buffer
+		if err := render(&b); err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(b.String(), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "::") || strings.HasPrefix(line, "archive_command") || strings.HasPrefix(line, "forged") || strings.Contains(line, "\r") {
+				t.Fatalf("%s: a value made a line of its own: %q\n%s", name, line, b.String())
+			}
+		}
+		if !strings.Contains(b.String(), `x\n::error file=a::INJECTED`) {
+			t.Fatalf("%s: the reason is not shown escaped:\n%s", name, b.String())
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -221,5 +222,25 @@ func TestLockSitesIgnorePrimary(t *testing.T) {
 		if fmt.Sprint(g) != fmt.Sprint(want) {
 			t.Errorf("primary #%d: LockSites = %v, want %v", i, g, want)
 		}
+	}
+}
+
+// A file over the cap is refused without being read whole: /dev/zero ends
+// at the cap and a byte.
+func TestFileSizeCap(t *testing.T) {
+	data, err := ReadFile("/dev/zero")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) != MaxFileBytes+1 {
+		t.Fatalf("read %d bytes of /dev/zero, want %d", len(data), MaxFileBytes+1)
+	}
+	_, err = ParseDocument("zero", data)
+	var se *SyntaxError
+	if !errors.As(err, &se) || se.Pos != (Pos{1, 1}) || !strings.Contains(se.Msg, "the most a topology file may hold") {
+		t.Fatalf("error %v, want a positioned refusal", err)
+	}
+	if _, err := ParseDocument("ok", bytes.Repeat([]byte("#"), MaxFileBytes)); errors.As(err, &se) && strings.Contains(se.Msg, "most a topology file") {
+		t.Fatal("a file of exactly the cap is refused")
 	}
 }
