@@ -56,12 +56,18 @@ func TestKillAndResume(t *testing.T) {
 		file    string
 		primary string
 		site    string
+		// rerun is the file of the re-run when it is not file: going back
+		// to the old primary's file backs the switchover out.
+		rerun string
 	}{
-		{apply.PhaseDemote, snapshot.PhaseDemoting, west, "orders-west", "west"},
-		{apply.PhaseGateSet, snapshot.PhaseGated, east, "orders-east", "east"},
-		{apply.PhasePromote, snapshot.PhasePromoted, west, "orders-west", "west"},
+		{apply.PhaseDemote, snapshot.PhaseDemoting, west, "orders-west", "west", ""},
+		{apply.PhaseGateSet, snapshot.PhaseGated, east, "orders-east", "east", ""},
+		{apply.PhasePromote, snapshot.PhasePromoted, west, "orders-west", "west", ""},
 		// Fenced (new writes refused) but not yet demoted.
-		{apply.PhaseFence, snapshot.PhaseDemoting, east, "orders-east", "east"},
+		{apply.PhaseFence, snapshot.PhaseDemoting, east, "orders-east", "east", ""},
+		// Killed after the demote patch, then the old file (a reverted PR):
+		// backed out, the old primary primary again.
+		{apply.PhaseDemote, snapshot.PhaseDemoting, west, "orders-east", "east", east},
 	}
 	for _, tc := range cases {
 		w := h.startWriter()
@@ -94,7 +100,11 @@ func TestKillAndResume(t *testing.T) {
 			t.Fatalf("killed after %q, but the journal says %q and %q, want %s", tc.after, a, b, tc.phase)
 		}
 		t.Logf("killed apply after %q, journal at phase %s", tc.after, tc.phase)
-		r := h.pgtopo("apply", "-f", tc.file, "--lock-timeout", "90s", "--progress-format", "json")
+		rerun := tc.file
+		if tc.rerun != "" {
+			rerun = tc.rerun
+		}
+		r := h.pgtopo("apply", "-f", rerun, "--lock-timeout", "90s", "--progress-format", "json")
 		time.Sleep(2 * time.Second)
 		w.finish()
 		h.expect(r, 0, "Apply complete")
@@ -102,6 +112,9 @@ func TestKillAndResume(t *testing.T) {
 		// one phase apart; the re-run resumes at the further one.
 		resumed := slices.ContainsFunc(strings.Split(r.stderr, "\n"), func(line string) bool {
 			ev, ok := parseEvent(line)
+			if tc.rerun != "" {
+				return ok && ev.Phase == apply.PhaseResume && ev.Journal == snapshot.PhaseAborting
+			}
 			return ok && ev.Phase == apply.PhaseResume && (ev.Journal == a || ev.Journal == b)
 		})
 		if !resumed {
@@ -113,7 +126,7 @@ func TestKillAndResume(t *testing.T) {
 		if missing := h.missing(tc.site, tc.primary, w.acked); missing != 0 || len(w.acked) == 0 {
 			t.Fatalf("phase %s: %d of %d acknowledged rows missing", tc.phase, missing, len(w.acked))
 		}
-		h.expect(h.pgtopo("diff", "-f", tc.file), 0, "No changes.")
+		h.expect(h.pgtopo("diff", "-f", rerun), 0, "No changes.")
 		t.Logf("phase %s: resumed and converged; %d rows acknowledged, none lost", tc.phase, len(w.acked))
 	}
 }
