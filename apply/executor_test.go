@@ -686,3 +686,18 @@ func TestFenceAndUnfence(t *testing.T) {
 		t.Fatal("the mark was not written first")
 	}
 }
+
+// A journal at a phase pgtopo does not know (edited by hand) never leads to
+// a promotion: only a journal at promoted does.
+func TestSwitchoverNeverPromotesFromAnUnknownPhase(t *testing.T) {
+	w := switchoverWorld()
+	for _, c := range []string{"orders-east", "orders-west"} {
+		w.cluster(c).Object.Marks.Journal = &snapshot.Journal{From: "orders-east", To: "orders-west", Phase: "gate-passed-trust-me", SystemID: sysID, Timeline: 1}
+	}
+	r, _ := runner(w)
+	err := run(t, r, switchoverStep(snapshot.PhaseGated))
+	if err == nil || !strings.Contains(err.Error(), `the journal is at phase "gate-passed-trust-me", not promoted: the gate has not passed`) {
+		t.Fatalf("error %v", err)
+	}
+	wantWrites(t, w)
+}

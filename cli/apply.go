@@ -97,16 +97,11 @@ stale plan.`,
 // applyLive plans from the file, prints, and executes, re-planning after
 // the lock and for follow-ups.
 func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain <-chan struct{}) error {
-	in, err := src.load(ctx, e)
-	if err != nil {
-		return err
-	}
-	obs, closeConns, err := src.keepingObserver(in.Desired)
+	in, obs, snap, closeConns, err := src.loadAndObserve(ctx, e)
 	if err != nil {
 		return err
 	}
 	defer closeConns()
-	snap := obs.Observe(ctx, in.Desired)
 	opt, err := in.PlanOptions(snap, f.allowRollback)
 	if err != nil {
 		return err
@@ -135,6 +130,20 @@ func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain
 		err = fmt.Errorf("not converged after the plan and %d follow-up plans (%s); run diff to see what remains", r.FollowUps, res.Remaining.Summary())
 	}
 	return finish(e, res, err)
+}
+
+// loadAndObserve reads the topology and takes a first look with an
+// observer that keeps its sessions for the run; close ends them.
+func (f *sourceFlags) loadAndObserve(ctx context.Context, e env) (*reconcile.Input, *live.Observer, *snapshot.Snapshot, func(), error) {
+	in, err := f.load(ctx, e)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	obs, closeConns, err := f.keepingObserver(in.Desired)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return in, obs, obs.Observe(ctx, in.Desired), closeConns, nil
 }
 
 // applySaved executes a plan written by diff --out, or refuses it stale.

@@ -44,11 +44,7 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 			defer stop()
 			ctx, cancel := context.WithTimeout(ctx, f.timeout)
 			defer cancel()
-			in, err := src.load(ctx, e)
-			if err != nil {
-				return err
-			}
-			obs, closeConns, err := src.keepingObserver(in.Desired)
+			in, obs, snap, closeConns, err := src.loadAndObserve(ctx, e)
 			if err != nil {
 				return err
 			}
@@ -60,7 +56,6 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 				}
 				return diff.PlanUnfence(in.Desired, s, args[0])
 			}
-			snap := obs.Observe(ctx, in.Desired)
 			p := plan(snap)
 			if err := p.WriteText(e.stdout); err != nil {
 				return err

@@ -22,17 +22,9 @@ type FenceOptions struct {
 // forced.
 func PlanFence(d *topology.Desired, snap *snapshot.Snapshot, cluster string, opt FenceOptions) Plan {
 	p := fencePlan(d, snap, cluster)
-	c, ok := d.Cluster(cluster)
-	o, seen := snap.Cluster(cluster)
+	c, o, ok := p.fenceSubject(cluster, "fence")
 	switch {
-	case !ok || !seen:
-		p.refuse(nil, "%s is not a cluster of topology %s", cluster, d.Name)
-	case o.Error != "":
-		p.refuse(nil, "cannot fence %s: %s", cluster, o.Error)
-	case !o.Exists:
-		p.refuse(nil, "cannot fence %s: its CR does not exist", cluster)
-	case o.PG == nil:
-		p.refuse(nil, "cannot fence %s: cannot read its database: %s", cluster, orNone(o.PGError))
+	case !ok:
 	case !o.Writable():
 		p.note(nil, "%s is a standby (in recovery): it takes no writes, nothing to fence", cluster)
 	case o.Fenced():
@@ -61,15 +53,9 @@ func PlanFence(d *topology.Desired, snap *snapshot.Snapshot, cluster string, opt
 // PlanUnfence plans pgtopo unfence CLUSTER: lift a fence and its mark.
 func PlanUnfence(d *topology.Desired, snap *snapshot.Snapshot, cluster string) Plan {
 	p := fencePlan(d, snap, cluster)
-	c, ok := d.Cluster(cluster)
-	o, seen := snap.Cluster(cluster)
+	c, o, ok := p.fenceSubject(cluster, "unfence")
 	switch {
-	case !ok || !seen:
-		p.refuse(nil, "%s is not a cluster of topology %s", cluster, d.Name)
-	case !o.Exists:
-		p.refuse(nil, "cannot unfence %s: its CR does not exist", cluster)
-	case o.PG == nil:
-		p.refuse(nil, "cannot unfence %s: cannot read its database: %s", cluster, orNone(o.PGError))
+	case !ok:
 	case !o.PG.ReadOnlyDefault && o.Object.Marks.Fence == nil:
 		p.note(nil, "%s is not fenced", cluster)
 	default:
@@ -92,6 +78,27 @@ func fencePlan(d *topology.Desired, snap *snapshot.Snapshot, cluster string) *pl
 		}
 	}
 	return p
+}
+
+// fenceSubject finds the cluster a fence or unfence acts on, refusing one
+// it cannot act on: not in the file, not observed, no CR, database
+// unreadable.
+func (p *planner) fenceSubject(cluster, verb string) (topology.DesiredCluster, *snapshot.ClusterState, bool) {
+	c, inFile := p.d.Cluster(cluster)
+	o, seen := p.snap.Cluster(cluster)
+	switch {
+	case !inFile || !seen:
+		p.refuse(nil, "%s is not a cluster of topology %s", cluster, p.d.Name)
+	case o.Error != "":
+		p.refuse(nil, "cannot %s %s: %s", verb, cluster, o.Error)
+	case !o.Exists:
+		p.refuse(nil, "cannot %s %s: its CR does not exist", verb, cluster)
+	case o.PG == nil:
+		p.refuse(nil, "cannot %s %s: cannot read its database: %s", verb, cluster, orNone(o.PGError))
+	default:
+		return c, o, true
+	}
+	return c, o, false
 }
 
 // finish puts the lock first, as in every plan that changes something.
