@@ -42,6 +42,8 @@ func Down(dir string) error {
 	stopAll(operators, 5*time.Second)
 	stopAll(MemberPidFiles(dir), 20*time.Second)
 	apiservers, _ := filepath.Glob(p.Pid("apiserver-*"))
+	gateways, _ := filepath.Glob(p.Pid("gateway-*"))
+	apiservers = append(apiservers, gateways...)
 	stopAll(apiservers, 10*time.Second)
 	stopAll([]string{p.Pid("etcd")}, 10*time.Second)
 	for _, pid := range proc.Mentioning(dir) {

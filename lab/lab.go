@@ -76,7 +76,11 @@ type SiteState struct {
 	Name          string `json:"name"`
 	Index         int    `json:"index"`
 	Context       string `json:"context"`
-	APIServerPort int    `json:"apiServerPort"`
+	// APIServerPort is the site's gateway, which the kubeconfig names;
+	// APIServerInternalPort the apiserver itself, for the site's own
+	// operator (see Cutoff).
+	APIServerPort         int `json:"apiServerPort"`
+	APIServerInternalPort int `json:"apiServerInternalPort"`
 }
 
 // Addrs returns the site's address block.
@@ -183,13 +187,13 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	for i, name := range cfg.Sites {
 		st.Sites = append(st.Sites, SiteState{Name: name, Index: i, Context: ContextName(name)})
 	}
-	ports, err := freePorts(2 + len(cfg.Sites))
+	ports, err := freePorts(2 + 2*len(cfg.Sites))
 	if err != nil {
 		return nil, err
 	}
 	st.EtcdClientPort, st.EtcdPeerPort = ports[0], ports[1]
 	for i := range st.Sites {
-		st.Sites[i].APIServerPort = ports[2+i]
+		st.Sites[i].APIServerPort, st.Sites[i].APIServerInternalPort = ports[2+2*i], ports[3+2*i]
 	}
 	if err := writeState(st); err != nil {
 		return nil, err
@@ -255,13 +259,44 @@ func startSite(ctx context.Context, st *State, site SiteState, k pki, caPEM []by
 		return err
 	}
 	addrs := st.Addrs(site)
-	fmt.Fprintf(progress, "lab: site %s: kube-apiserver on 127.0.0.1:%d, services in %s, node %s\n",
+	fmt.Fprintf(progress, "lab: site %s: kube-apiserver on 127.0.0.1:%d (gateway), services in %s, node %s\n",
 		site.Name, site.APIServerPort, addrs.ServiceCIDR(), addrs.NodeIP())
+	if err := startAPIServer(ctx, st, site, k, caPEM, token); err != nil {
+		return err
+	}
+	cfg, err := RESTConfig(st.Dir, site.Name)
+	if err != nil {
+		return err
+	}
+	if err := installCRD(ctx, cfg); err != nil {
+		return fmt.Errorf("site %s: %w", site.Name, err)
+	}
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	if err := ensureNode(ctx, kc, site, addrs); err != nil {
+		return fmt.Errorf("site %s: node: %w", site.Name, err)
+	}
+	for _, ns := range namespaces {
+		_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("site %s: namespace %s: %w", site.Name, ns, err)
+		}
+	}
+	return startOperator(st, site)
+}
+
+// startAPIServer starts a site's kube-apiserver on its internal port and
+// the gateway in front of it, and waits until both serve.
+func startAPIServer(ctx context.Context, st *State, site SiteState, k pki, caPEM []byte, token string) error {
+	p := Paths{st.Dir}
+	addrs := st.Addrs(site)
 	args := []string{
 		"--etcd-servers=http://" + st.EtcdEndpoint(),
 		fmt.Sprintf("--etcd-prefix=/pglab-%d/%s", st.Slot, site.Name),
 		"--bind-address=127.0.0.1",
-		fmt.Sprintf("--secure-port=%d", site.APIServerPort),
+		fmt.Sprintf("--secure-port=%d", site.APIServerInternalPort),
 		"--advertise-address=" + addrs.NodeIP().String(),
 		"--tls-cert-file=" + k.serverCert(),
 		"--tls-private-key-file=" + k.serverKey(),
@@ -287,32 +322,27 @@ func startSite(ctx context.Context, st *State, site SiteState, k pki, caPEM []by
 		LogFile: p.Log(name), PidFile: p.Pid(name)}); err != nil {
 		return err
 	}
-	url := fmt.Sprintf("https://127.0.0.1:%d/readyz", site.APIServerPort)
+	url := fmt.Sprintf("https://127.0.0.1:%d/readyz", site.APIServerInternalPort)
 	if err := waitHTTP(ctx, url, caPEM, token, 90*time.Second); err != nil {
 		return fmt.Errorf("site %s: kube-apiserver: %w (log: %s)", site.Name, err, p.Log(name))
 	}
-	cfg, err := RESTConfig(st.Dir, site.Name)
-	if err != nil {
+	gw := "gateway-" + site.Name
+	if _, err := proc.Start(proc.Spec{Name: gw, Path: filepath.Join(st.BinDir, "pglab"),
+		Args:    []string{"gateway", "--dir", st.Dir, "--site", site.Name},
+		LogFile: p.Log(gw), PidFile: p.Pid(gw)}); err != nil {
 		return err
 	}
-	if err := installCRD(ctx, cfg); err != nil {
-		return fmt.Errorf("site %s: %w", site.Name, err)
+	url = fmt.Sprintf("https://127.0.0.1:%d/readyz", site.APIServerPort)
+	if err := waitHTTP(ctx, url, caPEM, token, 30*time.Second); err != nil {
+		return fmt.Errorf("site %s: gateway: %w (log: %s)", site.Name, err, p.Log(gw))
 	}
-	kc, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	if err := ensureNode(ctx, kc, site, addrs); err != nil {
-		return fmt.Errorf("site %s: node: %w", site.Name, err)
-	}
-	for _, ns := range namespaces {
-		_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("site %s: namespace %s: %w", site.Name, ns, err)
-		}
-	}
+	return nil
+}
+
+func startOperator(st *State, site SiteState) error {
+	p := Paths{st.Dir}
 	opName := "operator-" + site.Name
-	_, err = proc.Start(proc.Spec{Name: opName, Path: filepath.Join(st.BinDir, "pglab"),
+	_, err := proc.Start(proc.Spec{Name: opName, Path: filepath.Join(st.BinDir, "pglab"),
 		Args:    []string{"operator", "--dir", st.Dir, "--site", site.Name},
 		LogFile: p.Log(opName), PidFile: p.Pid(opName)})
 	return err
@@ -424,6 +454,22 @@ func RESTConfig(dir, site string) (*rest.Config, error) {
 		return nil, fmt.Errorf("lab site %s: %w", site, err)
 	}
 	cfg.QPS, cfg.Burst = 100, 200
+	return cfg, nil
+}
+
+// InternalRESTConfig reaches a site's apiserver from inside the site,
+// past its gateway: what the site's own operator uses, so that a partition
+// cuts off only the outside.
+func InternalRESTConfig(dir, site string) (*rest.Config, error) {
+	cfg, err := RESTConfig(dir, site)
+	if err != nil {
+		return nil, err
+	}
+	_, s, err := loadSite(dir, site)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host = fmt.Sprintf("https://127.0.0.1:%d", s.APIServerInternalPort)
 	return cfg, nil
 }
 

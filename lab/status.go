@@ -6,6 +6,7 @@ import (
 	"io"
 	"path/filepath"
 	"text/tabwriter"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -28,7 +29,7 @@ func PrintStatus(ctx context.Context, w io.Writer, dir string) error {
 	fmt.Fprintf(tw, "PROCESS\tPID\tSTATE\n")
 	names := []string{"etcd"}
 	for _, s := range st.Sites {
-		names = append(names, "apiserver-"+s.Name, "operator-"+s.Name)
+		names = append(names, "apiserver-"+s.Name, "gateway-"+s.Name, "operator-"+s.Name)
 	}
 	for _, n := range names {
 		pid := proc.ReadPid(p.Pid(n))
@@ -40,12 +41,29 @@ func PrintStatus(ctx context.Context, w io.Writer, dir string) error {
 		fmt.Fprintf(tw, "patroni %s\t%d\t%s\n", rel, pid, aliveWord(pid))
 	}
 	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "SITE\tFAULT\tSINCE\n")
+	for _, s := range st.Sites {
+		f := ReadFault(st.Dir, s.Name)
+		kind, since := "none", "-"
+		if f.Kind != FaultNone {
+			kind, since = f.Kind, f.Since.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, kind, since)
+	}
+	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "SITE\tCONTEXT\tNAMESPACE\tCLUSTER\tINSTANCES\tREPLICA\tSTATUS\n")
 	for _, s := range st.Sites {
-		cfg, err := RESTConfig(st.Dir, s.Name)
+		if ReadFault(st.Dir, s.Name).Kind == FaultFailed {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\tsite failed\n", s.Name, s.Context)
+			continue
+		}
+		// The lab's own view, past the gateway: a partitioned site's
+		// clusters still show.
+		cfg, err := InternalRESTConfig(st.Dir, s.Name)
 		if err != nil {
 			return err
 		}
+		cfg.Timeout = 5 * time.Second
 		dc, err := dynamic.NewForConfig(cfg)
 		if err != nil {
 			return err

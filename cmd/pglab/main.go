@@ -4,6 +4,7 @@
 //	pglab up --dir DIR --sites east,west
 //	pglab status --dir DIR
 //	pglab down --dir DIR
+//	pglab fail|partition|heal --dir DIR SITE
 package main
 
 import (
@@ -77,7 +78,45 @@ func main() {
 		}}
 	op.Flags().StringVar(&site, "site", "", "site to run")
 
-	root.AddCommand(up, down, status, op)
+	gateway := &cobra.Command{Use: "gateway", Short: "Run one site's apiserver gateway (pglab up starts these)", Hidden: true,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return lab.ServeGateway(ctx, dir, site)
+		}}
+	gateway.Flags().StringVar(&site, "site", "", "site to serve")
+
+	fail := &cobra.Command{Use: "fail SITE", Short: "Lose a site: kill its apiserver and every Patroni and PostgreSQL process of it",
+		Example: "  pglab fail --dir .lab east", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if err := lab.Fail(dir, args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("site %s failed: its processes are killed, its addresses refuse connections; pglab heal --dir %s %s restarts it on its data\n", args[0], dir, args[0])
+			return nil
+		}}
+	partition := &cobra.Command{Use: "partition SITE", Short: "Cut a site off: it keeps running, nothing outside reaches its apiserver or databases",
+		Example: "  pglab partition --dir .lab east", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if err := lab.Partition(dir, args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("site %s partitioned: it runs, but its apiserver and database addresses no longer answer from outside; pglab heal --dir %s %s ends it\n", args[0], dir, args[0])
+			return nil
+		}}
+	heal := &cobra.Command{Use: "heal SITE", Short: "End a site's fault: restart a failed site on its data, or end a partition",
+		Example: "  pglab heal --dir .lab east", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := lab.Heal(ctx, dir, args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("site %s healed\n", args[0])
+			return nil
+		}}
+
+	root.AddCommand(up, down, status, op, gateway, fail, partition, heal)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "pglab: %v\n", err)
 		os.Exit(1)

@@ -88,7 +88,7 @@ func Start(t testing.TB, sites ...string) *Lab {
 	})
 	l := &Lab{State: st, Kube: map[string]kubernetes.Interface{}, Dyn: map[string]dynamic.Interface{}}
 	for _, s := range sites {
-		cfg, err := lab.RESTConfig(dir, s)
+		cfg, err := lab.InternalRESTConfig(dir, s)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -45,6 +45,8 @@ type Operator struct {
 	proxies  *proxies
 	clusters map[string]*cluster
 	ips      *ipAllocator
+	// cut says whether the site is partitioned (pglab partition).
+	cut *lab.Cutoff
 }
 
 // cluster is what the operator knows of one CR between passes.
@@ -77,7 +79,7 @@ func New(dir, site string, log *slog.Logger) (*Operator, error) {
 	if !ok {
 		return nil, fmt.Errorf("lab %s has no site %q", dir, site)
 	}
-	cfg, err := lab.RESTConfig(dir, site)
+	cfg, err := lab.InternalRESTConfig(dir, site)
 	if err != nil {
 		return nil, err
 	}
@@ -101,6 +103,8 @@ func New(dir, site string, log *slog.Logger) (*Operator, error) {
 // when the operator stops, like pods when the real operator restarts.
 func (o *Operator) Run(ctx context.Context) error {
 	defer o.proxies.closeAll()
+	o.cut = lab.WatchCutoff(ctx, o.state.Dir, o.site.Name)
+	o.proxies.cut = o.cut
 	o.log.Info("operator started", "site", o.site.Name, "node", o.addrs.NodeIP())
 	changed := make(chan struct{}, 1)
 	go o.watchSpecs(ctx, changed)
@@ -398,6 +402,9 @@ func (o *Operator) register(ctx context.Context, c *cluster, endpoint, password 
 	peer := fmt.Sprintf("%s:%d", r.PeerHost, r.PeerPort)
 	if c.registered == peer {
 		return nil
+	}
+	if o.cut.Cut() {
+		return fmt.Errorf("site partitioned: peer %s unreachable", peer)
 	}
 	conn, err := connect(ctx, r.PeerHost, r.PeerPort, "postgres", password)
 	if err != nil {

@@ -1,12 +1,11 @@
 package operator
 
 import (
-	"context"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
-	"time"
+
+	"github.com/pgtopo/pgtopo/lab"
 )
 
 // proxies makes Service addresses reachable: one TCP listener per address
@@ -15,6 +14,8 @@ import (
 // or HAProxy in front of Patroni. Open connections keep their backend.
 type proxies struct {
 	log *slog.Logger
+	// cut holds and freezes connections while the site is partitioned.
+	cut *lab.Cutoff
 	mu  sync.Mutex
 	by  map[string]*proxy // listen address → proxy
 }
@@ -75,29 +76,7 @@ func (ps *proxies) serve(p *proxy) {
 			c.Close()
 			continue
 		}
-		go forward(c, to)
+		go ps.cut.Forward(c, to)
 	}
 }
 
-func forward(client net.Conn, to string) {
-	defer client.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	backend, err := (&net.Dialer{}).DialContext(ctx, "tcp", to)
-	cancel()
-	if err != nil {
-		return
-	}
-	defer backend.Close()
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}
-	go pipe(backend, client)
-	go pipe(client, backend)
-	<-done
-	<-done
-}

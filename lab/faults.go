@@ -1,0 +1,291 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/pgtopo/pgtopo/lab/proc"
+)
+
+// Site faults, for disaster-recovery drills (docs/disaster-recovery.md).
+//
+// A failed site is lost: its kube-apiserver, gateway, operator and every
+// Patroni and PostgreSQL process are killed, so its addresses refuse
+// connections. A partitioned site keeps running (its Patroni keeps its
+// leader lock in the site's own DCS and a client inside the site can still
+// write to its primary's pod address), but nothing outside reaches its
+// apiserver or database addresses: the lab's gateway and Service proxies,
+// which are the only way in, hold new connections and freeze open ones, as
+// dropped packets would. The lab stands in for the network here; see
+// Cutoff for what it does not cut.
+const (
+	FaultNone        = ""
+	FaultFailed      = "failed"
+	FaultPartitioned = "partitioned"
+)
+
+// Fault is what a site suffers now.
+type Fault struct {
+	Kind  string    `json:"kind"`
+	Since time.Time `json:"since"`
+}
+
+// FaultFile is where a site's fault is recorded.
+func (p Paths) FaultFile(site string) string { return filepath.Join(p.Site(site), "fault.json") }
+
+// ReadFault returns a site's fault; the zero Fault when it has none.
+func ReadFault(dir, site string) Fault {
+	var f Fault
+	b, err := os.ReadFile(Paths{dir}.FaultFile(site))
+	if err == nil {
+		_ = json.Unmarshal(b, &f)
+	}
+	return f
+}
+
+func writeFault(dir, site string, f Fault) error {
+	path := Paths{dir}.FaultFile(site)
+	if f.Kind == FaultNone {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	b, _ := json.Marshal(f)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func loadSite(dir, site string) (*State, SiteState, error) {
+	st, err := Load(dir)
+	if err != nil {
+		return nil, SiteState{}, err
+	}
+	s, ok := st.Site(site)
+	if !ok {
+		var names []string
+		for _, x := range st.Sites {
+			names = append(names, x.Name)
+		}
+		return nil, SiteState{}, fmt.Errorf("lab %s has no site %q (sites: %s)", dir, site, strings.Join(names, ", "))
+	}
+	return st, s, nil
+}
+
+// Fail loses a site: every process of it is killed at once (SIGKILL, no
+// shutdown), as a power loss would. Data directories stay for Heal.
+func Fail(dir, site string) error {
+	st, s, err := loadSite(dir, site)
+	if err != nil {
+		return err
+	}
+	if f := ReadFault(st.Dir, s.Name); f.Kind == FaultFailed {
+		return fmt.Errorf("site %s failed already (since %s); pglab heal --dir %s %s brings it back", s.Name, f.Since.UTC().Format(time.RFC3339), dir, s.Name)
+	}
+	p := Paths{st.Dir}
+	// The operator first, so that nothing restarts a member meanwhile.
+	for _, name := range []string{"operator-" + s.Name, "gateway-" + s.Name, "apiserver-" + s.Name} {
+		kill(proc.ReadPid(p.Pid(name)))
+	}
+	siteDir := p.Site(s.Name) + "/"
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := processesUnder(siteDir)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("site %s: processes %v still run 10s after SIGKILL", s.Name, left)
+		}
+		for _, pid := range left {
+			kill(pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return writeFault(st.Dir, s.Name, Fault{Kind: FaultFailed, Since: time.Now().UTC()})
+}
+
+func kill(pid int) {
+	if proc.Alive(pid) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// processesUnder lists the processes whose command line names a path
+// under dir (apiserver certificates, Patroni configurations) or whose
+// working directory is under it (PostgreSQL, in its data directory).
+func processesUnder(dir string) []int {
+	var out []int
+	for _, pid := range proc.Mentioning(strings.TrimSuffix(dir, "/")) {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if strings.Contains(string(cmdline), dir) || strings.HasPrefix(cwd+"/", dir) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// Partition cuts a site off from everything outside it.
+func Partition(dir, site string) error {
+	st, s, err := loadSite(dir, site)
+	if err != nil {
+		return err
+	}
+	switch f := ReadFault(st.Dir, s.Name); f.Kind {
+	case FaultFailed:
+		return fmt.Errorf("site %s is failed, not running: pglab heal --dir %s %s first", s.Name, dir, s.Name)
+	case FaultPartitioned:
+		return nil
+	}
+	return writeFault(st.Dir, s.Name, Fault{Kind: FaultPartitioned, Since: time.Now().UTC()})
+}
+
+// Heal ends a site's fault: a partition ends at once (the gateway and
+// proxies pass traffic again within CutoffPoll); a failed site restarts its
+// apiserver, gateway and operator, and the operator restarts the members on
+// their existing data, as a site coming back from a power loss does.
+func Heal(ctx context.Context, dir, site string) error {
+	st, s, err := loadSite(dir, site)
+	if err != nil {
+		return err
+	}
+	f := ReadFault(st.Dir, s.Name)
+	if f.Kind != FaultFailed {
+		return writeFault(st.Dir, s.Name, Fault{})
+	}
+	k := pki{dir: Paths{st.Dir}.PKI()}
+	caPEM, err := os.ReadFile(k.caCert())
+	if err != nil {
+		return err
+	}
+	token, err := adminToken(Paths{st.Dir})
+	if err != nil {
+		return err
+	}
+	if err := startAPIServer(ctx, st, s, k, caPEM, token); err != nil {
+		return err
+	}
+	if err := writeFault(st.Dir, s.Name, Fault{}); err != nil {
+		return err
+	}
+	return startOperator(st, s)
+}
+
+// CutoffPoll is how often gateways and proxies look at their site's fault.
+const CutoffPoll = 100 * time.Millisecond
+
+// Cutoff tells a site's entry points (its apiserver gateway, its Service
+// proxies) whether the site is partitioned. What the lab does not cut: a
+// partitioned site's own Patroni streaming out to another site's proxy (it
+// cannot tell one caller from another on a shared loopback), so partition
+// the site whose primary it is, as the drills do.
+type Cutoff struct {
+	cut atomic.Bool
+}
+
+// WatchCutoff follows a site's fault file until ctx ends.
+func WatchCutoff(ctx context.Context, dir, site string) *Cutoff {
+	c := &Cutoff{}
+	c.cut.Store(ReadFault(dir, site).Kind == FaultPartitioned)
+	go func() {
+		t := time.NewTicker(CutoffPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				c.cut.Store(ReadFault(dir, site).Kind == FaultPartitioned)
+			}
+		}
+	}()
+	return c
+}
+
+// Cut reports whether the site is cut off now.
+func (c *Cutoff) Cut() bool { return c != nil && c.cut.Load() }
+
+// hold waits while the site is cut off.
+func (c *Cutoff) hold() {
+	for c.Cut() {
+		time.Sleep(CutoffPoll / 2)
+	}
+}
+
+// Forward carries one accepted connection to backend, holding it while the
+// site is cut off and freezing it whenever the site is cut off later.
+func (c *Cutoff) Forward(client net.Conn, backend string) {
+	defer client.Close()
+	c.hold()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	b, err := (&net.Dialer{}).DialContext(ctx, "tcp", backend)
+	cancel()
+	if err != nil {
+		return
+	}
+	defer b.Close()
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				c.hold()
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go pipe(b, client)
+	go pipe(client, b)
+	<-done
+	<-done
+}
+
+// ServeGateway is a site's apiserver gateway: what every client outside the
+// site (pgtopo, kubectl) reaches through the kubeconfig; the site's own
+// operator uses the apiserver's internal port.
+func ServeGateway(ctx context.Context, dir, site string) error {
+	st, s, err := loadSite(dir, site)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", s.APIServerPort))
+	if err != nil {
+		return fmt.Errorf("site %s gateway: %w", s.Name, err)
+	}
+	go func() { <-ctx.Done(); ln.Close() }()
+	cut := WatchCutoff(ctx, st.Dir, s.Name)
+	backend := fmt.Sprintf("127.0.0.1:%d", s.APIServerInternalPort)
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go cut.Forward(conn, backend)
+	}
+}
