@@ -73,9 +73,9 @@ type State struct {
 
 // SiteState is one site of a running lab.
 type SiteState struct {
-	Name          string `json:"name"`
-	Index         int    `json:"index"`
-	Context       string `json:"context"`
+	Name    string `json:"name"`
+	Index   int    `json:"index"`
+	Context string `json:"context"`
 	// APIServerPort is the site's gateway, which the kubeconfig names;
 	// APIServerInternalPort the apiserver itself, for the site's own
 	// operator (see Cutoff).

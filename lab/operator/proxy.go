@@ -79,4 +79,3 @@ func (ps *proxies) serve(p *proxy) {
 		go ps.cut.Forward(c, to)
 	}
 }
-
