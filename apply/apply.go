@@ -29,6 +29,9 @@ type Observer interface {
 type SiteWriter interface {
 	WriteSpec(ctx context.Context, ns, name string, s snapshot.Spec) error
 	WriteMarks(ctx context.Context, ns, name string, m snapshot.Marks) error
+	// DeleteCluster removes a cluster's object, and with it its data (a
+	// rebuild).
+	DeleteCluster(ctx context.Context, ns, name string) error
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
 	ApplySecret(ctx context.Context, s *corev1.Secret) error
 	DeleteSecret(ctx context.Context, ns, name string) error

@@ -367,3 +367,14 @@ func peerCluster(w *world, spec snapshot.Spec) string {
 	}
 	return ""
 }
+
+func (s *fakeSite) DeleteCluster(_ context.Context, _, name string) error {
+	w := s.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.record("delete %s", name)
+	if c, ok := w.snap.Cluster(name); ok {
+		*c = snapshot.ClusterState{Name: name, Site: c.Site, Namespace: c.Namespace}
+	}
+	return nil
+}

@@ -145,7 +145,12 @@ func (x *stepRun) session(ctx context.Context, c *snapshot.ClusterState, fn func
 // namespace as a basic-auth Secret. The values pass from one API server to
 // the other and are never printed.
 func (x *stepRun) BootstrapSecret(ctx context.Context, s diff.Step) error {
-	c := s.Secret
+	return x.copySecret(ctx, s.Subject, *s.Secret)
+}
+
+// copySecret copies a cluster's admin credentials into subject's namespace
+// as a basic-auth Secret.
+func (x *stepRun) copySecret(ctx context.Context, subject diff.Subject, c diff.SecretCopy) error {
 	from, err := x.writer(c.From.Site)
 	if err != nil {
 		return err
@@ -154,11 +159,11 @@ func (x *stepRun) BootstrapSecret(ctx context.Context, s diff.Step) error {
 	if err != nil {
 		return fmt.Errorf("credentials %s/%s: %w", c.From.Namespace, c.FromName, err)
 	}
-	to, err := x.writer(s.Subject.Site)
+	to, err := x.writer(subject.Site)
 	if err != nil {
 		return err
 	}
-	ns := s.Subject.Namespace
+	ns := subject.Namespace
 	if cur, err := to.GetSecret(ctx, ns, c.Name); err == nil && cur.Type != corev1.SecretTypeBasicAuth {
 		// The type of a Secret cannot change in place.
 		if err := to.DeleteSecret(ctx, ns, c.Name); err != nil && !apierrors.IsNotFound(err) {
@@ -176,7 +181,7 @@ func (x *stepRun) BootstrapSecret(ctx context.Context, s diff.Step) error {
 	if err := to.ApplySecret(ctx, sec); err != nil {
 		return fmt.Errorf("secret %s/%s: %w", ns, c.Name, err)
 	}
-	x.say(PhaseSecret, "secret %s/%s in site %s: copy of %s", ns, c.Name, s.Subject.Site, c.FromName)
+	x.say(PhaseSecret, "secret %s/%s in site %s: copy of %s", ns, c.Name, subject.Site, c.FromName)
 	return nil
 }
 
@@ -266,8 +271,9 @@ func (x *stepRun) Record(ctx context.Context, s diff.Step) error {
 	if !c.Exists {
 		return fmt.Errorf("%s has no object to record on", c.Name)
 	}
-	m := *s.Marks
-	m.Journal = x.marksOf(c.Name).Journal
+	// Record owns the digest and revision; the other marks stay.
+	m := x.marksOf(c.Name)
+	m.Digest, m.Revision = s.Marks.Digest, s.Marks.Revision
 	return x.writeMarks(ctx, s.Subject, m)
 }
 

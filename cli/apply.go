@@ -28,6 +28,8 @@ type applyFlags struct {
 	timeout, lockTimeout, stepTimeout time.Duration
 	maxWritePause                     time.Duration
 	progressFormat                    string
+	// acceptDataLoss is break-glass consent to a failover.
+	acceptDataLoss string
 }
 
 func newApplyCmd(e env) *cobra.Command {
@@ -61,6 +63,13 @@ the journal stays and the error says what it waited for. Applying the file
 that names the old primary while a switchover is unfinished and not promoted
 backs it out too.
 
+When the primary's site is lost, a file naming a standby as primary plans a
+failover, refused without consent to lose the lost primary's writes that the
+standby never received: spec.acceptDataLoss in the file (the reviewed path),
+or --accept-data-loss CLUSTER for a run by hand. The plan says what may be
+lost. When the lost primary answers again, it is fenced and demoted before
+anything else (docs/disaster-recovery.md).
+
 SIGTERM or SIGINT lets the step under way finish (a switchover included) and
 stops before the next; a second signal stops at once, and the next run resumes
 from the switchover journal. Exit status: 0 converged, 1 error, refusal or
@@ -90,6 +99,7 @@ stale plan.`,
 	cmd.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
 	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
 	cmd.Flags().StringVar(&f.progressFormat, "progress-format", "text", "progress on stderr: text or json (one event per line)")
+	cmd.Flags().StringVar(&f.acceptDataLoss, "accept-data-loss", "", "break-glass consent to a failover: the lost primary CLUSTER whose unreplicated writes may be lost")
 	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
 	return cmd
 }
@@ -106,6 +116,7 @@ func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain
 	if err != nil {
 		return err
 	}
+	opt.AcceptDataLoss = f.acceptDataLoss
 	plan := diff.Compute(in.Desired, snap, opt)
 	if err := plan.WriteText(e.stdout); err != nil {
 		return err

@@ -19,6 +19,7 @@ func newDiffCmd(e env) *cobra.Command {
 	var src sourceFlags
 	var output, base, head, out string
 	var allowRollback, observeLive bool
+	var acceptDataLoss string
 	detailed := true
 	cmd := &cobra.Command{
 		Use:   "diff (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | --repo PATH --base REV [--head REV])",
@@ -49,7 +50,7 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 			if err != nil {
 				return err
 			}
-			plan, basis, opt, err := livePlan(ctx, &src, in, allowRollback)
+			plan, basis, opt, err := livePlan(ctx, &src, in, allowRollback, acceptDataLoss)
 			if err != nil {
 				return err
 			}
@@ -70,6 +71,7 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 2 when changes are pending")
 	cmd.Flags().StringVar(&out, "out", "", "also save the plan, with what it relied on, for pgtopo apply PLAN.json")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "plan a revision older than the one recorded as applied")
+	cmd.Flags().StringVar(&acceptDataLoss, "accept-data-loss", "", "plan a failover with break-glass consent: the lost primary CLUSTER whose unreplicated writes may be lost (saved with --out)")
 	cmd.Flags().StringVar(&base, "base", "", "pull-request mode: the revision merged into (e.g. origin/main)")
 	cmd.Flags().StringVar(&head, "head", "HEAD", "pull-request mode: the revision being merged")
 	cmd.Flags().BoolVar(&observeLive, "live", true, "pull-request mode: also observe the sites and show the live plan for the head")
@@ -78,7 +80,7 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 
 // livePlan observes the sites of in and plans; it also returns what the
 // plan relied on and the options, for a saved plan.
-func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool) (diff.Plan, diff.Basis, diff.Options, error) {
+func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool, acceptDataLoss string) (diff.Plan, diff.Basis, diff.Options, error) {
 	obs, err := src.observer(in.Desired)
 	if err != nil {
 		return diff.Plan{}, diff.Basis{}, diff.Options{}, err
@@ -88,6 +90,7 @@ func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowR
 	if err != nil {
 		return diff.Plan{}, diff.Basis{}, opt, err
 	}
+	opt.AcceptDataLoss = acceptDataLoss
 	return diff.Compute(in.Desired, snap, opt), diff.BasisOf(snap), opt, nil
 }
 
@@ -163,7 +166,7 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 		pr.Intents = diff.Describe(baseIn.Desired, head.Desired)
 	}
 	if f.live {
-		plan, _, _, err := livePlan(ctx, src, head, f.allowRollback)
+		plan, _, _, err := livePlan(ctx, src, head, f.allowRollback, "")
 		if err != nil {
 			return err
 		}

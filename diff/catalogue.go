@@ -16,6 +16,8 @@ const (
 	ActionBootstrapSecret Action = "bootstrap-secret"
 	ActionCreateStandby   Action = "create-standby"
 	ActionSwitchover      Action = "switchover"
+	ActionFailover        Action = "failover"
+	ActionRejoin          Action = "rejoin"
 	ActionRepoint         Action = "repoint"
 	ActionUpdate          Action = "update"
 	ActionFillExternalIP  Action = "fill-external-ip"
@@ -45,6 +47,8 @@ type Executor interface {
 	BootstrapSecret(ctx context.Context, s Step) error
 	CreateStandby(ctx context.Context, s Step) error
 	Switchover(ctx context.Context, s Step) error
+	Failover(ctx context.Context, s Step) error
+	Rejoin(ctx context.Context, s Step) error
 	Repoint(ctx context.Context, s Step) error
 	Update(ctx context.Context, s Step) error
 	FillExternalIP(ctx context.Context, s Step) error
@@ -72,17 +76,19 @@ type Kind struct {
 // Catalogue is the step catalogue: one entry per action.
 var Catalogue = map[Action]Kind{
 	ActionLock:            {Rank: 0, Symbol: "*", Bucket: BucketNone, Metric: "lock", Recheck: true, Execute: Executor.Lock},
-	ActionEnsurePrimary:   {Rank: 1, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary", Execute: Executor.EnsurePrimary},
-	ActionCheckpoint:      {Rank: 2, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint", Execute: Executor.Checkpoint},
-	ActionBootstrapSecret: {Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret", Execute: Executor.BootstrapSecret},
-	ActionCreateStandby:   {Rank: 4, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
-	ActionSwitchover:      {Rank: 5, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
-	ActionRepoint:         {Rank: 6, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
-	ActionUpdate:          {Rank: 7, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
-	ActionFillExternalIP:  {Rank: 8, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
-	ActionRecord:          {Rank: 9, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
-	ActionFence:           {Rank: 10, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
-	ActionUnfence:         {Rank: 11, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
+	ActionRejoin:          {Rank: 1, Symbol: "!", Bucket: BucketSwitchover, Metric: "rejoin", Execute: Executor.Rejoin},
+	ActionEnsurePrimary:   {Rank: 2, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary", Execute: Executor.EnsurePrimary},
+	ActionCheckpoint:      {Rank: 3, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint", Execute: Executor.Checkpoint},
+	ActionBootstrapSecret: {Rank: 4, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret", Execute: Executor.BootstrapSecret},
+	ActionCreateStandby:   {Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
+	ActionSwitchover:      {Rank: 6, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
+	ActionFailover:        {Rank: 7, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover", Execute: Executor.Failover},
+	ActionRepoint:         {Rank: 8, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
+	ActionUpdate:          {Rank: 9, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
+	ActionFillExternalIP:  {Rank: 10, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
+	ActionRecord:          {Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
+	ActionFence:           {Rank: 12, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
+	ActionUnfence:         {Rank: 13, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
 }
 
 // sortSteps orders steps by action rank, then cluster name.

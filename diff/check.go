@@ -12,19 +12,22 @@ type ConditionKind string
 // Condition kinds: the planner refuses a step whose preconditions fail, and
 // apply re-checks them on a fresh snapshot right before acting.
 const (
-	CondSiteReachable  ConditionKind = "site-reachable"
-	CondCRAbsent       ConditionKind = "cr-absent"
-	CondCRPresent      ConditionKind = "cr-present"
-	CondReadable       ConditionKind = "database-readable"
-	CondWritable       ConditionKind = "writable"
-	CondOnlyPrimary    ConditionKind = "only-writable"
-	CondStandby        ConditionKind = "standby"
-	CondStreamingFrom  ConditionKind = "streaming-from"
-	CondSameSystemID   ConditionKind = "same-system-identifier"
-	CondSameTimeline   ConditionKind = "same-timeline"
-	CondLagAtMost      ConditionKind = "lag-at-most"
-	CondSameMajor      ConditionKind = "same-major-version"
-	CondNoOtherJournal ConditionKind = "no-other-journal"
+	CondSiteReachable ConditionKind = "site-reachable"
+	// CondSiteUnreachable: a lost primary's site, before a failover.
+	CondSiteUnreachable ConditionKind = "site-unreachable"
+	CondInRecovery      ConditionKind = "in-recovery"
+	CondCRAbsent        ConditionKind = "cr-absent"
+	CondCRPresent       ConditionKind = "cr-present"
+	CondReadable        ConditionKind = "database-readable"
+	CondWritable        ConditionKind = "writable"
+	CondOnlyPrimary     ConditionKind = "only-writable"
+	CondStandby         ConditionKind = "standby"
+	CondStreamingFrom   ConditionKind = "streaming-from"
+	CondSameSystemID    ConditionKind = "same-system-identifier"
+	CondSameTimeline    ConditionKind = "same-timeline"
+	CondLagAtMost       ConditionKind = "lag-at-most"
+	CondSameMajor       ConditionKind = "same-major-version"
+	CondNoOtherJournal  ConditionKind = "no-other-journal"
 )
 
 // Precondition is a condition on a cluster (and sometimes a second one).
@@ -53,6 +56,11 @@ func (c Precondition) Holds(snap *snapshot.Snapshot) error {
 	case CondSiteReachable:
 		if s, ok := snap.Site(c.Site); !ok || !s.Reachable {
 			return fmt.Errorf("site %s unreachable", c.Site)
+		}
+		return nil
+	case CondSiteUnreachable:
+		if s, ok := snap.Site(c.Site); ok && s.Reachable {
+			return fmt.Errorf("site %s answers again: not lost", c.Site)
 		}
 		return nil
 	case CondOnlyPrimary:
@@ -93,6 +101,11 @@ func (c Precondition) Holds(snap *snapshot.Snapshot) error {
 	case CondWritable:
 		if !cs.Writable() {
 			return fmt.Errorf("%s is not writable (%s)", c.Cluster, orNone(cs.PGError))
+		}
+		return nil
+	case CondInRecovery:
+		if cs.PG == nil || !cs.PG.InRecovery {
+			return fmt.Errorf("%s is not a standby (%s)", c.Cluster, orNone(cs.PGError))
 		}
 		return nil
 	}

@@ -59,6 +59,9 @@ type Step struct {
 	ExternalIP *ExternalIP `json:"externalIP,omitempty"`
 	// Switchover is the role swap's payload.
 	Switchover *Switchover `json:"switchover,omitempty"`
+	// Failover is a failover's payload; Rejoin a returned lost primary's.
+	Failover *Failover `json:"failover,omitempty"`
+	Rejoin   *Rejoin   `json:"rejoin,omitempty"`
 	// Fence is the mark a fence step records (nil for unfence).
 	Fence *snapshot.Fence `json:"fence,omitempty"`
 	// Locks are the Leases a lock step takes, in order.

@@ -18,6 +18,9 @@ type Options struct {
 	History map[string]History `json:"history,omitempty"`
 	// AllowRollback lets a plan move the recorded revision backwards.
 	AllowRollback bool `json:"allowRollback,omitempty"`
+	// AcceptDataLoss is break-glass consent to a failover (pgtopo apply
+	// --accept-data-loss CLUSTER): the lost primary whose writes may go.
+	AcceptDataLoss string `json:"acceptDataLoss,omitempty"`
 }
 
 // Roles as the plan shows them.
@@ -26,6 +29,8 @@ const (
 	RoleStandby = "standby"
 	RoleAbsent  = "absent"
 	RoleUnknown = "unknown"
+	// RoleUnreachable: the cluster's site did not answer.
+	RoleUnreachable = "unreachable"
 )
 
 // planner holds the inputs while a plan is computed.
@@ -36,6 +41,10 @@ type planner struct {
 	plan Plan
 	// switching is the planned switchover, if any.
 	switching *Switchover
+	// failingOver is the planned failover, if any.
+	failingOver *Failover
+	// lost is the lost primary whose site the plan does without.
+	lost *lostPrimary
 }
 
 // Compute plans the steps that make snap match d.
@@ -61,6 +70,9 @@ func (p *planner) lockStep() Step {
 	var locks []Subject
 	var where []string
 	for _, l := range p.d.LockSites() {
+		if s, ok := p.snap.Site(l.Site.Name); ok && !s.Reachable {
+			continue // a lost primary's site: the failover fences it on return
+		}
 		locks = append(locks, Subject{Site: l.Site.Name, Namespace: l.Namespace})
 		where = append(where, l.Site.Name+"/"+l.Namespace)
 	}
@@ -105,12 +117,15 @@ func (p *planner) run() {
 		s := Subject{Site: o.Site, Namespace: o.Namespace, Cluster: o.Name}
 		p.note(&s, "labelled for topology %s but no longer in the file: left alone (pgtopo never deletes clusters)", d.Name)
 	}
-	// Without every site, split brain cannot be ruled out: refuse outright.
+	// Without every site, split brain cannot be ruled out: refuse outright,
+	// unless the site is a lost primary's (a failover is how to go on).
+	p.lost = p.findLost()
 	for _, s := range p.snap.Sites {
-		if !s.Reachable {
+		if !s.Reachable && (p.lost == nil || s.Name != p.lost.cluster.Site.Name) {
 			p.refuse(nil, "site %s unreachable: %s", s.Name, s.Error)
 		}
 	}
+	p.spentConsent()
 	for _, c := range d.Clusters {
 		if o := p.observed(c.Name); o.Error != "" {
 			subj := subjectOf(c)
@@ -130,6 +145,12 @@ func (p *planner) run() {
 	p.checkCredentials()
 	p.checkRevisions()
 	if p.plan.Refused() {
+		p.lostHint()
+		p.roles("")
+		return
+	}
+	// A lost primary that answers again is fenced before anything else.
+	if p.rejoin() {
 		p.roles("")
 		return
 	}
@@ -158,6 +179,10 @@ func (p *planner) run() {
 
 	if j, on := p.journal(); j != nil {
 		p.resumeSwitchover(*j, on)
+	} else if l := p.lost; l != nil && l.record != nil && l.record.Phase == snapshot.FailoverPromoting {
+		p.resumeFailover(*l.record)
+	} else if l != nil && l.record == nil {
+		p.failover(l)
 	} else if livePrimary == "" {
 		p.noLivePrimary(want)
 	} else if livePrimary == want.Name {
@@ -168,6 +193,9 @@ func (p *planner) run() {
 	if p.plan.Refused() {
 		p.roles("")
 		return
+	}
+	if l := p.lost; l != nil && l.record != nil && l.record.Phase == snapshot.FailoverDone {
+		p.lostNote(l)
 	}
 	p.standbys(want)
 	p.fillExternalIPs(want, livePrimary)
@@ -404,10 +432,16 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 	if p.switching != nil {
 		primaryEP = p.switching.ToEndpoint
 	}
+	if p.failingOver != nil {
+		primaryEP = p.failingOver.ToEndpoint
+	}
 	needCheckpoint := false
 	for _, c := range p.d.Standbys() {
 		o := p.observed(c.Name)
 		subj := subjectOf(c)
+		if p.snap.SiteDown(c.Name) {
+			continue // the lost primary: fenced and rejoined when it returns
+		}
 		// Before the primary exists, a bootstrap secret already there cannot
 		// be a copy of its credentials: someone else made it.
 		stale := o.BootstrapSecret.Exists && (!primary.Exists ||
@@ -459,6 +493,8 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 				Reason: fmt.Sprintf("follow the primary %s", want.Name)}
 			if p.switching != nil {
 				step.Reason = fmt.Sprintf("follow the new primary %s after the switchover", want.Name)
+			} else if p.failingOver != nil {
+				step.Reason = fmt.Sprintf("follow the new primary %s after the failover", want.Name)
 			} else {
 				step.Preconditions = []Precondition{{Kind: CondWritable, Cluster: want.Name}}
 			}
@@ -466,14 +502,14 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		} else if len(ch) > 0 {
 			p.add(Step{Action: ActionUpdate, Subject: subj, Reason: "the standby's CR differs from the file", Spec: &spec, Changes: ch})
 		}
-		if o.PG != nil && (o.PG.WalReceiver == nil || o.PG.WalReceiver.Status != "streaming") && p.switching == nil {
+		if o.PG != nil && (o.PG.WalReceiver == nil || o.PG.WalReceiver.Status != "streaming") && p.switching == nil && p.failingOver == nil {
 			p.note(&subj, "%s is not streaming (wal receiver: %s)", c.Name, o.Receiver())
 		}
 		if o.PG == nil && o.PGError != "" {
 			p.note(&subj, "cannot read %s's database: %s", c.Name, o.PGError)
 		}
 	}
-	if needCheckpoint && p.switching == nil {
+	if needCheckpoint && p.switching == nil && p.failingOver == nil {
 		p.add(Step{Action: ActionCheckpoint, Subject: subjectOf(want),
 			Reason:        "CHECKPOINT on the primary before a standby is created, so its base backup starts from a fresh checkpoint",
 			Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
@@ -511,6 +547,9 @@ func (p *planner) fillExternalIPs(want topology.DesiredCluster, livePrimary stri
 // record marks every cluster's object with the applied digest and revision.
 func (p *planner) record() {
 	for _, c := range p.d.Clusters {
+		if p.snap.SiteDown(c.Name) {
+			continue
+		}
 		var now snapshot.Marks
 		if obj := p.object(c.Name); obj != nil {
 			now = obj.Marks
@@ -541,6 +580,9 @@ const (
 func (p *planner) roles(afterPrimary string) {
 	for _, c := range p.d.Clusters {
 		now := roleNow(p.observed(c.Name))
+		if p.snap.SiteDown(c.Name) {
+			now = RoleUnreachable
+		}
 		after := now
 		if !p.plan.Refused() && afterPrimary != "" {
 			after = RoleStandby

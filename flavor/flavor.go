@@ -116,3 +116,9 @@ func (s Site) WriteSpec(ctx context.Context, ns, name string, spec snapshot.Spec
 func (s Site) WriteMarks(ctx context.Context, ns, name string, m snapshot.Marks) error {
 	return s.ApplyObject(ctx, s.Op.Resource, kube.MarksFieldManager, s.Op.BuildMarks(ns, name, m))
 }
+
+// DeleteCluster removes a cluster's object; the operator removes its
+// members and data.
+func (s Site) DeleteCluster(ctx context.Context, ns, name string) error {
+	return s.DeleteObject(ctx, s.Op.Resource, ns, name)
+}

@@ -10,6 +10,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -123,6 +124,15 @@ func (s *Site) ApplyObject(ctx context.Context, gvr schema.GroupVersionResource,
 	force := true
 	_, err = s.Dynamic.Resource(gvr).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, data,
 		metav1.PatchOptions{FieldManager: manager, Force: &force})
+	return err
+}
+
+// DeleteObject removes a custom resource; one already gone is no error.
+func (s *Site) DeleteObject(ctx context.Context, gvr schema.GroupVersionResource, ns, name string) error {
+	err := s.Dynamic.Resource(gvr).Namespace(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
 	return err
 }
 

@@ -83,7 +83,11 @@ SELECT pg_is_in_recovery(),
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        END,
        to_regclass('sys_operator.multi_cluster_info') IS NOT NULL,
-       current_setting('default_transaction_read_only')::bool`
+       current_setting('default_transaction_read_only')::bool,
+       coalesce(to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ''),
+       CASE WHEN NOT pg_is_in_recovery() AND current_setting('track_commit_timestamp')::bool
+            THEN coalesce(to_char((pg_last_committed_xact()).timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), '')
+            ELSE '' END`
 
 // Probe reads the facts of one server in two round trips: the facts, WAL
 // receiver, slots and replication peers pipelined in one batch, then
@@ -121,15 +125,16 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 	var cur, recv, replay string
 	b := &pgx.Batch{}
 	b.Queue(factsSQL).QueryRow(func(r pgx.Row) error {
-		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault); err != nil {
+		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit); err != nil {
 			return fmt.Errorf("read facts: %w", err)
 		}
 		return nil
 	})
-	b.Queue(`SELECT status, coalesce(sender_host, ''), coalesce(sender_port, 0), coalesce(greatest(received_tli, receive_start_tli), 0) FROM pg_stat_wal_receiver`).Query(func(rows pgx.Rows) error {
+	b.Queue(`SELECT status, coalesce(sender_host, ''), coalesce(sender_port, 0), coalesce(greatest(received_tli, receive_start_tli), 0),
+	                coalesce(to_char(last_msg_receipt_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), '') FROM pg_stat_wal_receiver`).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var w snapshot.WalReceiver
-			if err := rows.Scan(&w.Status, &w.SenderHost, &w.SenderPort, &w.Timeline); err != nil {
+			if err := rows.Scan(&w.Status, &w.SenderHost, &w.SenderPort, &w.Timeline, &w.LastMessage); err != nil {
 				return fmt.Errorf("pg_stat_wal_receiver: %w", err)
 			}
 			s.WalReceiver = &w

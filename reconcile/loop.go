@@ -43,6 +43,11 @@ const (
 // that is shorter).
 const busyRetry = 5 * time.Second
 
+// LostRetry is how soon the loop looks again while a failed-over primary's
+// site is away: when it answers, the first cycle fences it, so the time it
+// can take writes is this, not the interval.
+const LostRetry = 3 * time.Second
+
 // Cycle is what one pass did.
 type Cycle struct {
 	Outcome  Outcome
@@ -51,6 +56,9 @@ type Cycle struct {
 	Applied  []apply.CompletedStep
 	Err      error
 	Duration time.Duration
+	// LostAway: a failed-over primary has not returned (or not been
+	// fenced) yet; the loop looks again within LostRetry.
+	LostAway bool
 }
 
 // Loop repeats cycles every Interval until ctx ends or Drain closes.
@@ -83,6 +91,9 @@ func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
 		wait := l.Interval
 		if c.Outcome == OutcomeBusy {
 			wait = min(wait, busyRetry)
+		}
+		if c.LostAway {
+			wait = min(wait, LostRetry)
 		}
 		timer := time.NewTimer(wait)
 		select {
@@ -135,6 +146,7 @@ func (l *Loop) once(ctx context.Context) Cycle {
 	}
 	plan := diff.Compute(in.Desired, snap, opt)
 	c.Plan = &plan
+	c.LostAway = lostAway(snap)
 	switch {
 	case plan.Refused() && heldByAnother(snap, time.Now()):
 		// Another run is at work (its switchover journal may be what the
@@ -172,6 +184,24 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		c.Outcome = OutcomeApplied
 	}
 	return c
+}
+
+// lostAway reports whether the last failover's lost primary is away, or
+// back and not yet fenced and rejoined.
+func lostAway(snap *snapshot.Snapshot) bool {
+	rec := snap.LastFailover()
+	if rec == nil || rec.Phase != snapshot.FailoverDone {
+		return false
+	}
+	if snap.SiteDown(rec.From) {
+		return true
+	}
+	c, ok := snap.Cluster(rec.From)
+	if !ok || !c.Exists || c.Object == nil {
+		return false
+	}
+	own := c.Object.Marks.Failover
+	return own == nil || own.Epoch < rec.Epoch || own.Returned == nil || !own.Returned.Done
 }
 
 // heldByAnother reports whether a site shows the topology's Lease held

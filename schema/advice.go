@@ -29,6 +29,13 @@ func advise(doc *topology.Document, t *topology.Topology) []Finding {
 			out = append(out, f)
 		}
 	}
+	if c := t.Spec.AcceptDataLoss; c != nil {
+		f := newFinding(doc, topology.Path{}.Child("spec").Child("acceptDataLoss"), RuleAdvice,
+			fmt.Sprintf("consent to lose the writes of %s (system identifier %s, timeline %d) that did not reach %s: it authorises one failover from that timeline and is spent once carried out (pgtopo diff says whether it is); remove it in a follow-up change",
+				c.Cluster, c.SystemIdentifier, c.Timeline, t.Spec.Primary), ByPgtopo)
+		f.Severity = SeverityWarning
+		out = append(out, f)
+	}
 	return out
 }
 

@@ -68,6 +68,60 @@ type Marks struct {
 	Journal  *Journal `json:"journal,omitempty"`
 	// Fence records a break-glass fence (pgtopo fence) until unfenced.
 	Fence *Fence `json:"fence,omitempty"`
+	// Failover is the last failover of the topology, kept on every
+	// cluster pgtopo could reach (the lost primary's once it returns).
+	Failover *FailoverRecord `json:"failover,omitempty"`
+}
+
+// Failover phases.
+const (
+	// FailoverPromoting: consent recorded, the target is being promoted.
+	FailoverPromoting = "promoting"
+	// FailoverDone: the target is primary on a new timeline.
+	FailoverDone = "done"
+)
+
+// FailoverRecord is a failover as carried out: who was lost, who took
+// over, on what consent, and where their histories part. It stays after
+// the failover: it is what fences the lost primary when it returns, and
+// what makes the same consent void.
+type FailoverRecord struct {
+	Epoch int    `json:"epoch"`
+	From  string `json:"from"`
+	To    string `json:"to"`
+	Phase string `json:"phase"`
+	// SystemID and FromTimeline are the lost primary's, as the target
+	// last saw them: the consent is bound to them.
+	SystemID     string `json:"systemIdentifier"`
+	FromTimeline int    `json:"fromTimeline"`
+	// ForkLSN is the target's replay position when it was promoted: the
+	// lost primary's WAL past it never reached the new primary.
+	ForkLSN LSN `json:"forkLSN"`
+	// LastReplayedCommit is the commit time of the last transaction the
+	// target replayed: writes committed after it may be lost.
+	LastReplayedCommit string `json:"lastReplayedCommit,omitempty"`
+	// Consent says where the consent came from (the file, or the flag
+	// and who ran it).
+	Consent string `json:"consent"`
+	At      string `json:"at"`
+	// Returned describes the lost primary once it came back and was fenced.
+	Returned *Returned `json:"returned,omitempty"`
+}
+
+// Returned is what pgtopo found on a lost primary when it came back.
+type Returned struct {
+	At string `json:"at"`
+	// EndLSN is its end of WAL when fenced; Diverged the bytes past the
+	// fork (0: it wrote nothing the new primary lacks).
+	EndLSN   LSN   `json:"endLSN"`
+	Diverged int64 `json:"divergedBytes"`
+	// LastCommit is its last commit time, where track_commit_timestamp
+	// allowed reading it.
+	LastCommit string `json:"lastCommit,omitempty"`
+	Rejoin     string `json:"rejoin"`
+	// Done: it is a standby of the new primary again (or, with the
+	// manual policy, fenced and demoted): it is no longer stale.
+	Done bool `json:"done,omitempty"`
 }
 
 // Fence is who fenced a cluster, when and why.

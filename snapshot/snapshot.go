@@ -7,6 +7,7 @@ package snapshot
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -100,6 +101,12 @@ type PGState struct {
 	HasMultiClusterTable bool               `json:"hasMultiClusterTable"`
 	// ReadOnlyDefault: new sessions start read-only (a fence).
 	ReadOnlyDefault bool `json:"readOnlyDefault,omitempty"`
+	// LastReplayedCommit is when the last transaction a standby replayed
+	// committed (pg_last_xact_replay_timestamp, RFC 3339), "" if none.
+	LastReplayedCommit string `json:"lastReplayedCommit,omitempty"`
+	// LastCommit is when the last transaction committed on a primary,
+	// where track_commit_timestamp is on; "" otherwise.
+	LastCommit string `json:"lastCommit,omitempty"`
 }
 
 // EndOfWAL is the furthest WAL position the server has: its write position
@@ -117,6 +124,8 @@ type WalReceiver struct {
 	SenderHost string `json:"senderHost"`
 	SenderPort int    `json:"senderPort"`
 	Timeline   int    `json:"receivedTimeline"`
+	// LastMessage is when the receiver last heard from its sender (RFC 3339).
+	LastMessage string `json:"lastMessage,omitempty"`
 }
 
 // Slot is a physical replication slot.
@@ -266,6 +275,48 @@ func HumanBytes(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %s", f, units[i])
 }
+
+// SiteDown reports whether the cluster's site was observed and did not
+// answer.
+func (s *Snapshot) SiteDown(cluster string) bool {
+	c, ok := s.Cluster(cluster)
+	if !ok {
+		return false
+	}
+	site, ok := s.Site(c.Site)
+	return ok && !site.Reachable
+}
+
+// Failovers lists the failover records on the clusters' objects, one per
+// epoch (the furthest phase of each), oldest first.
+func (s *Snapshot) Failovers() []FailoverRecord {
+	by := map[int]FailoverRecord{}
+	for _, c := range s.Clusters {
+		if !c.Exists || c.Object == nil || c.Object.Marks.Failover == nil {
+			continue
+		}
+		f := *c.Object.Marks.Failover
+		if cur, ok := by[f.Epoch]; !ok || failoverRank[f.Phase] > failoverRank[cur.Phase] {
+			by[f.Epoch] = f
+		}
+	}
+	out := make([]FailoverRecord, 0, len(by))
+	for _, e := range slices.Sorted(maps.Keys(by)) {
+		out = append(out, by[e])
+	}
+	return out
+}
+
+// LastFailover is the newest failover record, nil when there is none.
+func (s *Snapshot) LastFailover() *FailoverRecord {
+	all := s.Failovers()
+	if len(all) == 0 {
+		return nil
+	}
+	return &all[len(all)-1]
+}
+
+var failoverRank = map[string]int{FailoverPromoting: 1, FailoverDone: 2}
 
 // Journal is the unfinished switchover recorded on the cluster's object.
 func (c *ClusterState) Journal() *Journal {

@@ -33,6 +33,8 @@ type Desired struct {
 	// Clusters in file order; the primary is also at Clusters[PrimaryIndex].
 	Clusters     []DesiredCluster
 	PrimaryIndex int
+	// AcceptDataLoss is the file's consent to a failover, if any.
+	AcceptDataLoss *Consent
 }
 
 // DesiredCluster is the desired state of one cluster.
@@ -51,6 +53,8 @@ type DesiredCluster struct {
 	Parameters        map[string]string
 	VolumeSize        string
 	Endpoint          *Endpoint
+	// Rejoin is how the cluster rejoins after it was a lost primary.
+	Rejoin string
 	// Peer is the cluster a standby streams from; empty for the primary.
 	Peer string
 }
@@ -100,11 +104,12 @@ func (t *Topology) Desired() (*Desired, error) {
 		return nil, fmt.Errorf("topology %s: %w", t.Metadata.Name, err)
 	}
 	d := &Desired{
-		Name:         t.Metadata.Name,
-		Digest:       t.Digest(),
-		Flavor:       t.Spec.Flavor,
-		ServiceType:  t.Spec.Replication.ServiceType,
-		PrimaryIndex: -1,
+		Name:           t.Metadata.Name,
+		Digest:         t.Digest(),
+		Flavor:         t.Spec.Flavor,
+		ServiceType:    t.Spec.Replication.ServiceType,
+		PrimaryIndex:   -1,
+		AcceptDataLoss: t.Spec.AcceptDataLoss,
 	}
 	if q := t.Spec.Replication.MaxLagBytes; q != nil {
 		d.MaxLagBytes = q.Value()
@@ -141,6 +146,13 @@ func (t *Topology) Desired() (*Desired, error) {
 			TeamID:            t.Spec.Postgres.TeamID,
 			Parameters:        params,
 			Endpoint:          c.Endpoint,
+			Rejoin:            RejoinRewind,
+		}
+		if r := t.Spec.Replication.Rejoin; r != "" {
+			dc.Rejoin = r
+		}
+		if c.Rejoin != "" {
+			dc.Rejoin = c.Rejoin
 		}
 		if c.Volume != nil {
 			dc.VolumeSize = c.Volume.Size.String()

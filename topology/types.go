@@ -49,7 +49,27 @@ type Spec struct {
 	Sites       []Site      `json:"sites"`
 	Clusters    []Cluster   `json:"clusters"`
 	Primary     string      `json:"primary"`
+	// AcceptDataLoss is the reviewed consent to a failover
+	// (docs/disaster-recovery.md).
+	AcceptDataLoss *Consent `json:"acceptDataLoss,omitempty"`
 }
+
+// Consent to lose the writes of a lost primary that did not reach the new
+// one. It is bound to the lost primary's system identifier and timeline,
+// so it authorises one failover and is spent once that is carried out.
+type Consent struct {
+	Cluster          string `json:"cluster"`
+	SystemIdentifier string `json:"systemIdentifier"`
+	Timeline         int    `json:"timeline"`
+}
+
+// Rejoin policies: how a lost primary rejoins once its site returns and
+// pgtopo has fenced and demoted it.
+const (
+	RejoinRewind  = "rewind"  // pg_rewind; a rebuild when that fails
+	RejoinRebuild = "rebuild" // its data removed, recreated as a standby
+	RejoinManual  = "manual"  // fenced and demoted, the rest left to a DBA
+)
 
 // Postgres settings shared by every cluster: a standby must match its primary.
 type Postgres struct {
@@ -68,6 +88,8 @@ type Replication struct {
 	// backs out while that is safe. Its default is applied in Desired, so
 	// files that leave it out keep their digest.
 	MaxWritePause string `json:"maxWritePause,omitempty"`
+	// Rejoin is the topology's rejoin policy (default rewind).
+	Rejoin string `json:"rejoin,omitempty"`
 }
 
 // Site is one Kubernetes cluster, reached through a kubeconfig context.
@@ -78,12 +100,14 @@ type Site struct {
 
 // Cluster is one PostgreSQL cluster (one CR) in a site.
 type Cluster struct {
-	Name      string    `json:"name"`
-	Site      string    `json:"site"`
-	Namespace string    `json:"namespace"`
-	Instances int       `json:"instances,omitempty"`
-	Volume    *Volume   `json:"volume,omitempty"`
-	Endpoint  *Endpoint `json:"endpoint,omitempty"`
+	Name      string `json:"name"`
+	Site      string `json:"site"`
+	Namespace string `json:"namespace"`
+	Instances int    `json:"instances,omitempty"`
+	// Rejoin overrides the topology's rejoin policy for this cluster.
+	Rejoin   string    `json:"rejoin,omitempty"`
+	Volume   *Volume   `json:"volume,omitempty"`
+	Endpoint *Endpoint `json:"endpoint,omitempty"`
 }
 
 // Volume of each instance.

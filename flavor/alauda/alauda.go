@@ -37,6 +37,7 @@ const (
 	AnnotationDigest     = "pgtopo.dev/digest"
 	AnnotationSwitchover = "pgtopo.dev/switchover"
 	AnnotationFence      = "pgtopo.dev/fenced"
+	AnnotationFailover   = "pgtopo.dev/failover"
 )
 
 // CredentialsSecret names a cluster's admin credentials Secret.
@@ -88,6 +89,14 @@ func Parse(u *unstructured.Unstructured) snapshot.Object {
 			obj.MarksError = fmt.Sprintf("annotation %s: %v", AnnotationFence, err)
 		} else {
 			obj.Marks.Fence = &f
+		}
+	}
+	if raw := ann[AnnotationFailover]; raw != "" {
+		var f snapshot.FailoverRecord
+		if err := json.Unmarshal([]byte(raw), &f); err != nil || f.Epoch < 1 || f.From == "" || f.To == "" {
+			obj.MarksError = fmt.Sprintf("annotation %s: not a failover record (%v)", AnnotationFailover, err)
+		} else {
+			obj.Marks.Failover = &f
 		}
 	}
 	return obj
@@ -147,6 +156,10 @@ func BuildMarks(ns, name string, m snapshot.Marks) *unstructured.Unstructured {
 	if m.Fence != nil {
 		b, _ := json.Marshal(m.Fence)
 		ann[AnnotationFence] = string(b)
+	}
+	if m.Failover != nil {
+		b, _ := json.Marshal(m.Failover)
+		ann[AnnotationFailover] = string(b)
 	}
 	return object(map[string]any{"name": name, "namespace": ns, "annotations": ann}, nil)
 }

@@ -1,0 +1,285 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+// Failover promotes the target after its primary's site was lost
+// (docs/disaster-recovery.md): confirm the old primary unreachable through
+// Kubernetes (the step's precondition) and PostgreSQL, record the failover
+// with its consent and fork point on every reachable cluster, promote,
+// wait for the new timeline, record it done. A run killed anywhere resumes
+// from the record; no promotion happens without it.
+func (x *stepRun) Failover(ctx context.Context, s diff.Step) error {
+	f := s.Failover
+	from, to := f.From.Cluster, f.To.Cluster
+	var rec snapshot.FailoverRecord
+	if f.Resume == "" {
+		t := x.cluster(to)
+		if err := x.confirmLost(ctx, f, t); err != nil {
+			return err
+		}
+		if t.PG.SystemID != f.SystemID || t.PG.Timeline != f.FromTimeline {
+			return fmt.Errorf("%s is on system %s timeline %d, but the consent is for system %s timeline %d: plan again",
+				to, t.PG.SystemID, t.PG.Timeline, f.SystemID, f.FromTimeline)
+		}
+		consent := "spec.acceptDataLoss in the file"
+		if f.Consent == diff.ConsentFlag {
+			consent = "--accept-data-loss, run by " + x.r.Holder
+		}
+		rec = snapshot.FailoverRecord{Epoch: f.Epoch, From: from, To: to, Phase: snapshot.FailoverPromoting,
+			SystemID: f.SystemID, FromTimeline: f.FromTimeline, ForkLSN: t.PG.ReplayLSN,
+			LastReplayedCommit: t.PG.LastReplayedCommit, Consent: consent, At: time.Now().UTC().Format(time.RFC3339)}
+		if err := x.recordFailover(ctx, rec, to); err != nil {
+			return err
+		}
+		x.emit(Event{Phase: PhaseJournal, Journal: rec.Phase, LSN: rec.ForkLSN.String(), Message: fmt.Sprintf(
+			"failover recorded (epoch %d, consent: %s): %s forks from %s at %s on timeline %d; %s's writes past it are lost to the new primary",
+			rec.Epoch, consent, to, from, rec.ForkLSN, rec.FromTimeline, from)})
+	} else {
+		cur := x.last.LastFailover()
+		if cur == nil || cur.Epoch != f.Epoch || cur.To != to {
+			return fmt.Errorf("resume failover %s → %s: its record (epoch %d) is gone or names another failover", from, to, f.Epoch)
+		}
+		rec = *cur
+		x.emit(Event{Phase: PhaseResume, Journal: rec.Phase, Message: fmt.Sprintf("resuming failover %s → %s (epoch %d, consent: %s)", from, to, rec.Epoch, rec.Consent)})
+	}
+	if rec.Phase != snapshot.FailoverPromoting && rec.Phase != snapshot.FailoverDone {
+		return fmt.Errorf("promote %s: the failover record is at phase %q: no recorded consent", to, rec.Phase)
+	}
+	if err := x.writeSpec(ctx, f.To, f.Promoted); err != nil {
+		return err
+	}
+	x.emit(Event{Phase: PhasePromote, Journal: rec.Phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to, f.Promoted.Instances)})
+	if err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable on a timeline after %d", to, rec.FromTimeline), func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(to)
+		return cs.Writable() && cs.PG.Timeline > rec.FromTimeline, statusWords(cs)
+	}); err != nil {
+		return err
+	}
+	newTL := x.cluster(to).PG.Timeline
+	// WAL on the new timeline at once, so followers see it.
+	if err := x.sql(ctx, x.cluster(to), "CHECKPOINT"); err != nil {
+		return err
+	}
+	rec.Phase = snapshot.FailoverDone
+	if err := x.recordFailover(ctx, rec, to); err != nil {
+		return err
+	}
+	x.emit(Event{Phase: PhaseSwitched, Message: fmt.Sprintf("failover %s → %s done: %s writable on timeline %d; %s is fenced and demoted when it answers again", from, to, to, newTL, from)})
+	return nil
+}
+
+// confirmLost proves the old primary unreachable through PostgreSQL too:
+// nothing answers at the address the target streamed from.
+func (x *stepRun) confirmLost(ctx context.Context, f *diff.Failover, t *snapshot.ClusterState) error {
+	site, _ := x.last.Site(f.From.Site)
+	kubeWhy := "site not observed"
+	if site != nil {
+		kubeWhy = site.Error
+	}
+	if f.FromEndpoint == nil {
+		x.say(PhaseStep, "confirmed: %s unreachable through Kubernetes (%s); %s has no peer address to try it through PostgreSQL", f.From.Cluster, kubeWhy, f.To.Cluster)
+		return nil
+	}
+	probe := &snapshot.ClusterState{Name: f.From.Cluster, Site: t.Site, Namespace: t.Namespace, Credentials: t.Credentials, Endpoint: f.FromEndpoint}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	sess, err := x.r.Database.Open(cctx, probe)
+	if err == nil {
+		_ = sess.Close(context.Background())
+		return fmt.Errorf("%s answers through PostgreSQL at %s: it is not lost; refusing to fail over (fence it with pgtopo fence, or wait for its site)", f.From.Cluster, f.FromEndpoint)
+	}
+	x.say(PhaseStep, "confirmed: %s unreachable through Kubernetes (%s) and through PostgreSQL at %s (%v)", f.From.Cluster, kubeWhy, f.FromEndpoint, err)
+	return nil
+}
+
+// recordFailover writes the record on every reachable cluster, first
+// cluster first, keeping their other marks.
+func (x *stepRun) recordFailover(ctx context.Context, rec snapshot.FailoverRecord, first string) error {
+	var order []snapshot.ClusterState
+	for _, c := range x.last.Clusters {
+		if !c.Exists || x.last.SiteDown(c.Name) {
+			continue
+		}
+		if c.Name == first {
+			order = append([]snapshot.ClusterState{c}, order...)
+		} else {
+			order = append(order, c)
+		}
+	}
+	for _, c := range order {
+		m := x.marksOf(c.Name)
+		r := rec
+		m.Failover = &r
+		if err := x.writeMarks(ctx, diff.Subject{Site: c.Site, Namespace: c.Namespace, Cluster: c.Name}, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rewindBound is how long a demoted lost primary may take to stream from
+// the new primary (pg_rewind included) before it is rebuilt instead.
+const rewindBound = 3 * time.Minute
+
+// Rejoin fences a lost primary that answers again, reports what it wrote
+// after the fork, and makes it a standby of the new primary: by rewind, a
+// rebuild, or (policy manual) leaves it demoted for a DBA.
+func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
+	r := s.Rejoin
+	name, rec := s.Subject.Cluster, r.Record
+	o := x.cluster(name)
+	ret := snapshot.Returned{At: time.Now().UTC().Format(time.RFC3339), Rejoin: r.Policy}
+	if own := x.marksOf(name).Failover; own != nil && own.Epoch == rec.Epoch && own.Returned != nil {
+		ret = *own.Returned // resumed: keep what was measured at the fence
+	}
+	if o.Writable() {
+		end, last, ended, err := x.fenceReturned(ctx, o)
+		if err != nil {
+			return err
+		}
+		x.say(PhaseFence, "fence on return: %s refuses new writes; %d client session(s) ended", name, ended)
+		ret.EndLSN, ret.LastCommit = end, last
+		if end > rec.ForkLSN {
+			ret.Diverged = int64(end - rec.ForkLSN)
+		}
+		x.emit(Event{Phase: PhaseFence, LSN: end.String(), Message: divergenceWords(name, rec, ret)})
+	}
+	rec.Returned = &ret
+	if err := x.markReturned(ctx, s.Subject, rec); err != nil {
+		return err
+	}
+	if r.Secret != nil {
+		if err := x.copySecret(ctx, s.Subject, *r.Secret); err != nil {
+			return err
+		}
+	}
+	if r.Rebuild {
+		return x.rebuild(ctx, s, rec)
+	}
+	if err := x.writeSpec(ctx, s.Subject, r.Demoted); err != nil {
+		return err
+	}
+	x.emit(Event{Phase: PhaseDemote, Message: fmt.Sprintf("demote: %s isReplica true, peer %s (%s)", name, r.Demoted.Replication.Peer(), r.Primary.Cluster)})
+	if err := x.wait(ctx, name+" in recovery", func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(name)
+		return cs.PG != nil && cs.PG.InRecovery, statusWords(cs)
+	}); err != nil {
+		return err
+	}
+	if r.Policy == "manual" {
+		rec.Returned.Done = true
+		x.say(PhaseSwitched, "%s is fenced and demoted; rejoin policy manual: rewinding or rebuilding it is left to a DBA", name)
+		return x.markReturned(ctx, s.Subject, rec)
+	}
+	bounded, cancel := context.WithTimeout(ctx, rewindBound)
+	err := x.waitStreaming(bounded, name, r.Primary.Cluster)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		x.say(PhaseBackOut, "%s did not rejoin by pg_rewind within %s (%v): rebuilding it", name, rewindBound, err)
+		return x.rebuild(ctx, s, rec)
+	}
+	rec.Returned.Done = true
+	x.say(PhaseSwitched, "%s rejoined as a standby of %s", name, r.Primary.Cluster)
+	return x.markReturned(ctx, s.Subject, rec)
+}
+
+// rebuild removes the lost primary's object (and, with it, its data) and
+// creates it again as a standby from birth.
+func (x *stepRun) rebuild(ctx context.Context, s diff.Step, rec snapshot.FailoverRecord) error {
+	r, name := s.Rejoin, s.Subject.Cluster
+	w, err := x.writer(s.Subject.Site)
+	if err != nil {
+		return err
+	}
+	if err := w.DeleteCluster(ctx, s.Subject.Namespace, name); err != nil {
+		return fmt.Errorf("rebuild %s: delete: %w", name, err)
+	}
+	x.say(PhaseWrite, "rebuild: %s deleted with its data", name)
+	if err := x.wait(ctx, name+" gone", func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(name)
+		return !cs.Exists && cs.Error == "", statusWords(cs)
+	}); err != nil {
+		return err
+	}
+	if err := x.writeSpec(ctx, s.Subject, r.Demoted); err != nil {
+		return err
+	}
+	x.say(PhaseWrite, "rebuild: %s created as a standby of %s from birth", name, r.Primary.Cluster)
+	if err := x.waitStreaming(ctx, name, r.Primary.Cluster); err != nil {
+		return err
+	}
+	rec.Returned.Done = true
+	rec.Returned.Rejoin = "rebuild"
+	return x.markReturned(ctx, s.Subject, rec)
+}
+
+// markReturned records the failover, with what was found on return, on
+// the returned cluster's own object: from then on it is known handled.
+func (x *stepRun) markReturned(ctx context.Context, s diff.Subject, rec snapshot.FailoverRecord) error {
+	x.last = x.r.Observer.Observe(ctx)
+	m := x.marksOf(s.Cluster)
+	m.Failover = &rec
+	return x.writeMarks(ctx, s, m)
+}
+
+// fenceReturned fences a returned primary in one session and reads its end
+// of WAL and last commit time.
+func (x *stepRun) fenceReturned(ctx context.Context, o *snapshot.ClusterState) (snapshot.LSN, string, int, error) {
+	var end snapshot.LSN
+	var last string
+	var ended int
+	err := x.session(ctx, o, func(sess Session) error {
+		for _, stmt := range fenceSQL[:2] {
+			if err := sess.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("fence: %w", err)
+			}
+		}
+		if err := sess.QueryRow(ctx, fenceSQL[2]).Scan(&ended); err != nil {
+			return fmt.Errorf("fence: %w", err)
+		}
+		var inRecovery bool
+		var lsn string
+		if err := sess.QueryRow(ctx, endOfWALSQL).Scan(&inRecovery, &lsn); err != nil {
+			return fmt.Errorf("fence: end of WAL: %w", err)
+		}
+		if inRecovery {
+			return errors.New("fence: in recovery already")
+		}
+		var err error
+		if end, err = snapshot.ParseLSN(lsn); err != nil {
+			return err
+		}
+		return sess.QueryRow(ctx, lastCommitSQL).Scan(&last)
+	})
+	return end, last, ended, err
+}
+
+const lastCommitSQL = `SELECT CASE WHEN current_setting('track_commit_timestamp')::bool
+  THEN coalesce(to_char((pg_last_committed_xact()).timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), '') ELSE '' END`
+
+// divergenceWords says what a returned lost primary wrote that the new
+// primary never had.
+func divergenceWords(name string, rec snapshot.FailoverRecord, ret snapshot.Returned) string {
+	if ret.Diverged == 0 {
+		return fmt.Sprintf("divergence: none: %s's end of WAL %s is not past the fork at %s", name, ret.EndLSN, rec.ForkLSN)
+	}
+	span := fmt.Sprintf("commits after %s (the last one %s replayed)", orDash(rec.LastReplayedCommit), rec.To)
+	if ret.LastCommit != "" {
+		span += " up to " + ret.LastCommit + " (its last commit)"
+	} else {
+		span += "; its last commit time is unknown (track_commit_timestamp is off)"
+	}
+	return fmt.Sprintf("divergence: %s wrote %s..%s (%s) after the fork at %s on timeline %d that %s never received: %s; they are not merged, and leave with its rejoin",
+		name, rec.ForkLSN, ret.EndLSN, snapshot.HumanBytes(ret.Diverged), rec.ForkLSN, rec.FromTimeline, rec.To, span)
+}
