@@ -83,8 +83,12 @@ func (p *planner) findLost() *lostPrimary {
 	if len(sites) > 1 {
 		return nil
 	}
+	// A recorded failover from the cluster that is away: being promoted
+	// (resume), or done and its target the primary (still away). One whose
+	// target is not writable is history: the cluster was lost again.
 	if rec := p.snap.LastFailover(); rec != nil {
-		if c, ok := p.d.Cluster(rec.From); ok && p.snap.SiteDown(c.Name) && len(away) == 1 {
+		if c, ok := p.d.Cluster(rec.From); ok && p.snap.SiteDown(c.Name) && len(away) == 1 &&
+			(rec.Phase == snapshot.FailoverPromoting || p.observed(rec.To).Writable()) {
 			return &lostPrimary{cluster: c, record: rec}
 		}
 	}

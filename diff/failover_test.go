@@ -1,0 +1,190 @@
+package diff
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// lostEast is the in-sync fixture with east's site lost: its cluster
+// unobserved, west's receiver gone.
+func lostEast(t *testing.T) (*topology.Desired, *snapshot.Snapshot) {
+	t.Helper()
+	d := loadDesired(t, "testdata/two-sites-west.yaml")
+	snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
+	site, _ := snap.Site("east")
+	site.Reachable, site.Error, site.NodeIPs = false, "site east (context lab-east) unreachable: connection refused", nil
+	*cs(snap, "orders-east") = snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db"}
+	w := cs(snap, "orders-west")
+	w.PG.WalReceiver, w.PG.LastReplayedCommit = nil, "2026-12-02T12:03:11.000Z"
+	return d, snap
+}
+
+func consentFor(snap *snapshot.Snapshot) *topology.Consent {
+	w := cs(snap, "orders-west")
+	return &topology.Consent{Cluster: "orders-east", SystemIdentifier: w.PG.SystemID, Timeline: w.PG.Timeline}
+}
+
+// Consent is the failover's gate: each case that does not consent, or
+// consents to another failover, is refused and plans no step.
+func TestFailoverConsent(t *testing.T) {
+	cases := []struct {
+		name    string
+		edit    func(d *topology.Desired, s *snapshot.Snapshot, o *Options)
+		refusal string // "" plans the failover
+	}{
+		{name: "no consent", refusal: "failover to orders-west needs consent to lose orders-east's writes"},
+		{name: "the file consents", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) { d.AcceptDataLoss = consentFor(s) }},
+		{name: "the flag consents", edit: func(_ *topology.Desired, _ *snapshot.Snapshot, o *Options) { o.AcceptDataLoss = "orders-east" }},
+		{name: "the flag names another cluster", edit: func(_ *topology.Desired, _ *snapshot.Snapshot, o *Options) { o.AcceptDataLoss = "orders-west" },
+			refusal: "--accept-data-loss names orders-west, but the lost primary is orders-east"},
+		{name: "consent for another timeline", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) {
+			d.AcceptDataLoss = consentFor(s)
+			d.AcceptDataLoss.Timeline++
+		}, refusal: "spec.acceptDataLoss does not consent to this failover: timeline 2, but orders-west last streamed orders-east's timeline 1"},
+		{name: "consent for another system", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) {
+			d.AcceptDataLoss = consentFor(s)
+			d.AcceptDataLoss.SystemIdentifier = "1"
+		}, refusal: "system identifier 1, but orders-west's is"},
+		{name: "consent naming another cluster", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) {
+			d.AcceptDataLoss = consentFor(s)
+			d.AcceptDataLoss.Cluster = "orders-west"
+		}, refusal: "it names orders-west, but the lost primary is orders-east"},
+		{name: "spent consent", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) {
+			d.AcceptDataLoss = consentFor(s)
+			c := consentFor(s)
+			cs(s, "orders-west").Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west",
+				Phase: snapshot.FailoverDone, SystemID: c.SystemIdentifier, FromTimeline: c.Timeline, At: "2026-12-01T00:00:00Z"}
+		}, refusal: "spec.acceptDataLoss is spent: failover orders-east → orders-west (epoch 1)"},
+		{name: "the lost site answers", edit: func(_ *topology.Desired, s *snapshot.Snapshot, o *Options) {
+			o.AcceptDataLoss = "orders-east"
+			site, _ := s.Site("east")
+			site.Reachable = true
+		}, refusal: "no cluster is writable: orders-west is a standby"},
+		{name: "a reachable primary", edit: func(_ *topology.Desired, s *snapshot.Snapshot, o *Options) {
+			o.AcceptDataLoss = "orders-east"
+			w := cs(s, "orders-west")
+			w.PG.InRecovery = false
+		}, refusal: "site east unreachable"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d, snap := lostEast(t)
+			var opt Options
+			if tc.edit != nil {
+				tc.edit(d, snap, &opt)
+			}
+			p := Compute(d, snap, opt)
+			if tc.refusal == "" {
+				if p.Refused() {
+					t.Fatalf("refused: %+v", p.Refusals)
+				}
+				var f *Step
+				for i := range p.Steps {
+					if p.Steps[i].Action == ActionFailover {
+						f = &p.Steps[i]
+					}
+				}
+				if f == nil || f.Failover.From.Cluster != "orders-east" || f.Failover.SystemID == "" || f.Failover.Epoch != 1 {
+					t.Fatalf("no failover step: %+v", p.Steps)
+				}
+				for _, s := range p.Steps {
+					if s.Subject.Cluster == "orders-east" || s.Action == ActionLock && len(s.Locks) != 1 {
+						t.Fatalf("a step touches the lost site: %+v", s)
+					}
+				}
+				return
+			}
+			if len(p.Steps) != 0 {
+				t.Fatalf("a refused plan has steps: %+v", p.Steps)
+			}
+			var all []string
+			for _, r := range p.Refusals {
+				all = append(all, r.Reason)
+			}
+			if !strings.Contains(strings.Join(all, "\n"), tc.refusal) {
+				t.Fatalf("refusals %q lack %q", all, tc.refusal)
+			}
+		})
+	}
+}
+
+// The plan says in words what a failover loses, whether it runs or not.
+func TestFailoverWords(t *testing.T) {
+	d, snap := lostEast(t)
+	p := Compute(d, snap, Options{})
+	var b strings.Builder
+	if err := p.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"orders-east (site east) is unreachable: site east (context lab-east) unreachable: connection refused",
+		"orders-west received orders-east's WAL up to 0/5027AD8 and replayed up to 0/5027AD8",
+		"its WAL receiver is not running",
+		"writes to orders-east committed after 2026-12-02T12:03:11.000Z",
+		"two primaries can exist until then",
+		`spec.acceptDataLoss: {cluster: orders-east, systemIdentifier: "7710640626635289495", timeline: 1}`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("plan lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// A lost primary that answers again is fenced and rejoined before any
+// other step; a rejoined one, or one back on another timeline, is not
+// rewound blindly.
+func TestRejoinOnReturn(t *testing.T) {
+	returned := func(t *testing.T) (*topology.Desired, *snapshot.Snapshot) {
+		d := loadDesired(t, "testdata/two-sites-west.yaml")
+		snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
+		e, w := cs(snap, "orders-east"), cs(snap, "orders-west")
+		w.PG.InRecovery, w.PG.Timeline, w.PG.CurrentLSN = false, 2, w.PG.ReplayLSN+100
+		w.Object.Spec.Replication = snapshot.Replication{Enabled: true, ServiceType: "NodePort"}
+		w.Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverDone,
+			SystemID: w.PG.SystemID, FromTimeline: 1, ForkLSN: w.PG.ReplayLSN, At: "2026-12-02T12:03:12Z"}
+		e.PG.Timeline = 1
+		return d, snap
+	}
+	t.Run("stale primary back on its timeline: rejoin by rewind, first", func(t *testing.T) {
+		d, snap := returned(t)
+		p := Compute(d, snap, Options{})
+		if p.Refused() || len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin || p.Steps[1].Rejoin.Rebuild {
+			t.Fatalf("want lock, rejoin (rewind): %+v %+v", p.Steps, p.Refusals)
+		}
+		if got := p.Steps[1].Rejoin.Demoted.Replication; !got.IsReplica || got.PeerHost != "127.100.20.1" {
+			t.Fatalf("demoted spec %+v", got)
+		}
+	})
+	t.Run("back on another timeline: rebuilt", func(t *testing.T) {
+		d, snap := returned(t)
+		cs(snap, "orders-east").PG.Timeline = 2
+		p := Compute(d, snap, Options{})
+		if len(p.Steps) != 2 || !p.Steps[1].Rejoin.Rebuild {
+			t.Fatalf("want a rebuild: %+v", p.Steps)
+		}
+	})
+	t.Run("rejoined: left alone", func(t *testing.T) {
+		d, snap := returned(t)
+		e := cs(snap, "orders-east")
+		rec := *cs(snap, "orders-west").Object.Marks.Failover
+		rec.Returned = &snapshot.Returned{Done: true, Rejoin: "rewind"}
+		e.Object.Marks.Failover = &rec
+		p := Compute(d, snap, Options{})
+		for _, s := range p.Steps {
+			if s.Action == ActionRejoin {
+				t.Fatalf("a rejoined cluster rejoins again: %+v", p.Steps)
+			}
+		}
+	})
+	t.Run("no failover record: split brain refused", func(t *testing.T) {
+		d, snap := returned(t)
+		cs(snap, "orders-west").Object.Marks.Failover = nil
+		p := Compute(d, snap, Options{})
+		if !p.Refused() || !strings.Contains(p.Refusals[0].Reason, "split brain") {
+			t.Fatalf("want a split-brain refusal: %+v", p.Refusals)
+		}
+	})
+}
