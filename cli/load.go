@@ -148,8 +148,13 @@ func (f *sourceFlags) newObserver(d *topology.Desired, keep *live.Conns) (*live.
 		Names:       op.Names,
 		Prober:      live.PgxProber{Keep: keep},
 		SiteTimeout: f.siteTimeout,
+		DownFor:     siteDownFor,
 	}, nil
 }
+
+// siteDownFor is how long one run takes a site that did not answer for
+// down without asking again (reconcile observes each cycle afresh).
+const siteDownFor = 20 * time.Second
 
 // flavorSites opens the plan's sites for changes, by site name, through
 // the topology's flavor and the run's shared clients.

@@ -108,6 +108,9 @@ func writeStatus(e env, snap *snapshot.Snapshot) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Site, c.Namespace, role, printable.String(state), tl, lag, printable.String(endpoint), printable.String(rev))
 	}
 	tw.Flush()
+	if f := snap.LastFailover(); f != nil {
+		fmt.Fprintf(e.stdout, "\n%s\n", printable.String(failoverLine(snap, *f)))
+	}
 	for _, s := range snap.Sites {
 		if !s.Reachable {
 			fmt.Fprintf(e.stderr, "%s\n", printable.String(s.Error))
@@ -117,5 +120,28 @@ func writeStatus(e env, snap *snapshot.Snapshot) {
 		if c.PGError != "" && c.Exists {
 			fmt.Fprintf(e.stderr, "%s (%s/%s): %s\n", c.Name, c.Site, c.Namespace, printable.String(c.PGError))
 		}
+	}
+}
+
+// failoverLine says what the last failover was and where its lost primary
+// stands.
+func failoverLine(snap *snapshot.Snapshot, f snapshot.FailoverRecord) string {
+	line := fmt.Sprintf("last failover: epoch %d, %s → %s at %s (%s), fork at %s on timeline %d", f.Epoch, f.From, f.To, f.At, f.Consent, f.ForkLSN, f.FromTimeline)
+	if f.Phase != snapshot.FailoverDone {
+		return line + "; unfinished: apply the file with primary " + f.To + " to finish it"
+	}
+	c, _ := snap.Cluster(f.From)
+	switch {
+	case snap.SiteDown(f.From):
+		return line + "; " + f.From + " is away: it is fenced and demoted when it answers"
+	case c != nil && c.Exists && c.Object.Marks.Failover != nil && c.Object.Marks.Failover.Epoch >= f.Epoch && c.Object.Marks.Failover.Returned != nil:
+		r := c.Object.Marks.Failover.Returned
+		state := "rejoining"
+		if r.Done {
+			state = "rejoined (" + r.Rejoin + ")"
+		}
+		return fmt.Sprintf("%s; %s returned at %s, %s past the fork, %s", line, f.From, r.At, snapshot.HumanBytes(r.Diverged), state)
+	default:
+		return line + "; " + f.From + " answers and is not fenced yet: pgtopo apply fences it first"
 	}
 }

@@ -83,6 +83,7 @@ func (g grant) String() string {
 // logs must show that pgtopo used every permission granted and nothing
 // else, so the RBAC is exactly what the code calls.
 func TestDeployRBAC(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, "east", "west")
 	ctx := context.Background()
 	objs := manifests(t, rbacFile)

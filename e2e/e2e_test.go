@@ -237,6 +237,7 @@ func (h *harness) missing(site, cluster string, acked []int64) int64 {
 }
 
 func TestApplyEndToEnd(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, "east", "west")
 	east, west := h.topology("orders-east"), h.topology("orders-west")
 

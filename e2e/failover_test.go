@@ -65,6 +65,7 @@ func (h *harness) writeUntilError(site, cluster string, stop <-chan struct{}) []
 // returns, its cluster is fenced before anything else, its divergence is
 // reported, and it rejoins as a standby; a switchover back loses no row.
 func TestFailover(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, "east", "west", "north")
 	file := func(name, body string) string {
 		p := filepath.Join(h.dir, name)

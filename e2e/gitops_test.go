@@ -166,6 +166,7 @@ func httpGet(t testing.TB, url string) (int, string) {
 // interval and switches over; SIGTERM in the middle of a switchover lets
 // it finish and exits 0; an older commit is refused as a rollback.
 func TestGitOpsEndToEnd(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, "east", "west")
 	topoEast, err := os.ReadFile(h.topology("orders-east"))
 	if err != nil {

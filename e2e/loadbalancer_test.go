@@ -25,6 +25,7 @@ func (h *harness) externalIP(site, primary, standby string) (string, error) {
 // empty external_ip, and pgtopo fills it with the standby's load balancer
 // address, after bring-up, after a switchover, and after someone blanked it.
 func TestLoadBalancerExternalIP(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, "east", "west")
 	src, err := os.ReadFile(h.topology("orders-east"))
 	if err != nil {

@@ -45,6 +45,7 @@ func (h *harness) journalPhase(site, cluster string) string {
 // it is journaled), far less than polling the CRs could catch, while the
 // next journal write takes an API round trip.
 func TestKillAndResume(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, "east", "west")
 	east, west := h.topology("orders-east"), h.topology("orders-west")
 	h.expect(h.pgtopo("apply", "-f", east), 0, "Apply complete")
@@ -141,6 +142,7 @@ func parseEvent(line string) (apply.Event, bool) {
 // TestConcurrentApplies starts two switchovers at once: one holds the Lease,
 // the other waits, re-plans and finds nothing left to do.
 func TestConcurrentApplies(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, "east", "west")
 	east, west := h.topology("orders-east"), h.topology("orders-west")
 	h.expect(h.pgtopo("apply", "-f", east), 0, "Apply complete")

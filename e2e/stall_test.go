@@ -20,6 +20,7 @@ import (
 // cleared, no acknowledged row is lost, and the writer's longest gap stays
 // within the budget plus a second.
 func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, "east", "west")
 	east := h.topology("orders-east")
 	h.expect(h.pgtopo("apply", "-f", east), 0, "Apply complete")
@@ -72,7 +73,59 @@ func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
 	h.signalStartup("orders-west", syscall.SIGCONT)
 	// The file that names orders-east is in sync: nothing was left behind.
 	h.expect(h.pgtopo("diff", "-f", east), 0, "No changes.")
+
+	// The target's Patroni stopped: replay goes on, so the gate passes and
+	// the target is told to become primary, which nothing acts on. Past
+	// that point there is no backing out (two primaries could result): the
+	// wait still ends within the budget, the journal stays at promoted and
+	// says what it waits for; once Patroni runs, the same file finishes.
+	patroni := h.signalPatroni("orders-west", syscall.SIGSTOP)
+	defer func() { _ = syscall.Kill(patroni, syscall.SIGCONT) }()
+	w = h.startWriter()
+	time.Sleep(time.Second)
+	began = time.Now()
+	r = h.pgtopo("apply", "-f", west, "--progress-format", "json")
+	took = time.Since(began)
+	if r.code != 1 || !strings.Contains(r.stderr, "was told to become primary and has not") || !strings.Contains(r.stderr, "The journal stays at promoted") {
+		t.Fatalf("apply exit %d, want 1 saying the target was told and has not acted\nstderr:\n%s", r.code, r.stderr)
+	}
+	if took > 3*budget {
+		t.Fatalf("apply took %s with the target's Patroni stopped: the wait is not bounded by the budget %s", took, budget)
+	}
+	if p := h.journalPhase("west", "orders-west"); p != "promoted" {
+		t.Fatalf("journal on orders-west at %q, want promoted", p)
+	}
+	_ = syscall.Kill(patroni, syscall.SIGCONT)
+	r = h.pgtopo("apply", "-f", west)
+	time.Sleep(2 * time.Second)
+	w.finish()
+	h.expect(r, 0, "Apply complete")
+	t.Logf("target's Patroni stopped: apply gave up after %s (budget %s) at phase promoted; resumed once it ran", took.Round(100*time.Millisecond), budget)
+	if missing := h.missing("west", "orders-west", w.acked); missing != 0 || len(w.acked) == 0 {
+		t.Fatalf("%d of %d acknowledged rows missing", missing, len(w.acked))
+	}
+	if w.bothSeen.Load() != 0 {
+		t.Fatalf("two clusters writable at once in %d samples", w.bothSeen.Load())
+	}
 	h.noSecretsInOutput()
+}
+
+// signalPatroni signals the Patroni process of a cluster's first member
+// and returns its pid.
+func (h *harness) signalPatroni(cluster string, sig syscall.Signal) int {
+	h.t.Helper()
+	out, err := exec.Command("pgrep", "-f", "clusters/db/"+cluster+"/0/patroni.yml").Output()
+	if err != nil {
+		h.t.Fatalf("no Patroni process of %s: %v", cluster, err)
+	}
+	pid, err := strconv.Atoi(strings.Fields(string(out))[0])
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		h.t.Fatalf("signal %s's Patroni %d: %v", cluster, pid, err)
+	}
+	return pid
 }
 
 // signalStartup signals the startup (WAL replay) process of a standby

@@ -65,6 +65,7 @@ func (h *harness) hasRow(site, cluster string, id int64) error {
 // repoints the third cluster, south, to stream from the new primary, and
 // rows written on the new primary reach both standbys.
 func TestThreeSitesRepoint(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, "east", "west", "south")
 	file := func(primary string) string {
 		p := filepath.Join(h.dir, "three-"+primary+".yaml")

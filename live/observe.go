@@ -60,9 +60,51 @@ type Observer struct {
 	// Run runs the sites' observations; nil runs them all at once. A
 	// benchmark passes one that runs them in turn, to compare.
 	Run func(sites []func())
+	// DownFor, when set, remembers for that long a site that did not
+	// answer: later snapshots report it down at once rather than waiting
+	// out SiteTimeout again, which a partitioned site would cost on every
+	// look of a run's waits.
+	DownFor time.Duration
 
 	keyOnce sync.Once
 	key     []byte
+	downMu  sync.Mutex
+	down    map[string]downSite
+}
+
+// downSite is a site that did not answer, and when.
+type downSite struct {
+	at  time.Time
+	err string
+}
+
+// recentlyDown returns the error of a site that failed within DownFor.
+func (o *Observer) recentlyDown(site string) (string, bool) {
+	o.downMu.Lock()
+	defer o.downMu.Unlock()
+	d, ok := o.down[site]
+	if !ok || o.DownFor <= 0 || time.Since(d.at) > o.DownFor {
+		return "", false
+	}
+	return fmt.Sprintf("%s (not retried since %s)", d.err, d.at.UTC().Format("15:04:05")), true
+}
+
+func (o *Observer) remember(site string, st snapshot.SiteState) {
+	if o.DownFor <= 0 {
+		return
+	}
+	o.downMu.Lock()
+	defer o.downMu.Unlock()
+	if st.Reachable {
+		delete(o.down, site)
+		return
+	}
+	if o.down == nil {
+		o.down = map[string]downSite{}
+	}
+	if _, ok := o.down[site]; !ok {
+		o.down[site] = downSite{at: time.Now(), err: st.Error}
+	}
 }
 
 // Observe takes a snapshot of every site of the desired state, in parallel.
@@ -81,6 +123,7 @@ func (o *Observer) Observe(ctx context.Context, d *topology.Desired) *snapshot.S
 			sctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			snap.Sites[i], perSite[i], orphans[i] = o.observeSite(sctx, d, site)
+			o.remember(site.Name, snap.Sites[i])
 		}
 	}
 	run := o.Run
@@ -123,6 +166,10 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 				Credentials:     snapshot.SecretState{Name: o.Names.CredentialsSecret(c.Name)},
 				BootstrapSecret: snapshot.SecretState{Name: o.Names.BootstrapSecret(d.Name)}})
 		}
+	}
+	if why, down := o.recentlyDown(site.Name); down {
+		st.Error = why
+		return st, clusters, nil
 	}
 	api, err := o.Connect(site.Context)
 	if err != nil {

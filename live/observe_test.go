@@ -263,3 +263,30 @@ func TestSecretDigestsAreKeyed(t *testing.T) {
 		t.Fatal("the digest is the unkeyed hash")
 	}
 }
+
+// A site that did not answer is taken for down, without asking again, for
+// DownFor; without DownFor every snapshot asks.
+func TestObserveRemembersDownSites(t *testing.T) {
+	for _, tc := range []struct {
+		downFor time.Duration
+		asks    int
+	}{{0, 3}, {time.Minute, 1}} {
+		asks := 0
+		o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), DownFor: tc.downFor, Connect: func(string) (SiteAPI, error) {
+			asks++
+			return nil, errors.New("dial tcp: connection refused")
+		}}
+		d := desired(t)
+		d.Clusters = d.Clusters[:1]
+		var last *snapshot.Snapshot
+		for range 3 {
+			last = o.Observe(context.Background(), d)
+		}
+		if asks != tc.asks {
+			t.Errorf("DownFor %s: asked %d times, want %d", tc.downFor, asks, tc.asks)
+		}
+		if s := last.Sites[0]; s.Reachable || !strings.Contains(s.Error, "connection refused") {
+			t.Errorf("DownFor %s: site %+v", tc.downFor, s)
+		}
+	}
+}

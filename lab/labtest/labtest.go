@@ -63,6 +63,11 @@ func Start(t testing.TB, sites ...string) *Lab {
 	if err := lab.Preflight(bin); err != nil {
 		t.Fatalf("%v\nthe lab tests need these; `make deps lab-bin build` installs them all", err)
 	}
+	release, err := TakeSlot(t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
 	dir, err := os.MkdirTemp("", "pglab-test-")
 	if err != nil {
 		t.Fatal(err)
