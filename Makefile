@@ -69,8 +69,9 @@ demo: deps build ## the main job end to end on the built-in lab: bring-up, then 
 	@echo "              bin/pgtopo status -f $(LAB)/topology-west.yaml"
 	@echo "Tear down:    bin/pglab down --dir $(LAB)"
 
-bench: build lab-bin ## benchmarks on the lab, printed side by side with ratios (averages of 3 rounds, after a 1-round warm-up)
-	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./e2e
+bench: build lab-bin ## benchmarks printed side by side with ratios: scale (validate, planner, reconcile memory), then the lab (3 rounds each)
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./scale
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 60m ./e2e
 
 clean: ## remove build output
 	rm -rf bin

@@ -539,6 +539,27 @@ func TestSwitchoverBacksOutOfTheGateWithinTheBudget(t *testing.T) {
 	}
 }
 
+// A target its operator does not report ready (its Patroni does not
+// answer) is never told to become primary: the switchover backs out.
+func TestSwitchoverPromotesOnlyAReadyTarget(t *testing.T) {
+	w := switchoverWorld()
+	w.cluster("orders-west").Object.Ready, w.cluster("orders-west").Object.Status = false, "Creating"
+	r, _ := runner(w)
+	r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 10*time.Second, 100*time.Millisecond
+	step := switchoverStep("")
+	step.Switchover.Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+	err := run(t, r, step)
+	var out *BackedOutError
+	if !errors.As(err, &out) || !strings.Contains(err.Error(), "orders-west ready for promotion") {
+		t.Fatalf("error %v, want a back-out waiting for the target to be ready", err)
+	}
+	if slices.ContainsFunc(w.writes(), func(l string) bool {
+		return strings.HasPrefix(l, "spec orders-west") || strings.Contains(l, "journal=promoted")
+	}) {
+		t.Fatalf("a target not ready was promoted: %v", w.writes())
+	}
+}
+
 // After the promote is written there is no backing out: the budget ends
 // the wait with the journal kept and what to do.
 func TestSwitchoverNeverBacksOutAfterPromoting(t *testing.T) {

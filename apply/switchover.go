@@ -135,6 +135,15 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 		if err := x.waitGate(ctx, j, gate, to, demoted); err != nil {
 			return backOut(err)
 		}
+		// Promote only a target whose operator reports it ready: one whose
+		// Patroni does not answer would be told to become primary and never
+		// act on it, past the point where backing out is safe.
+		if err := x.waitEvery(ctx, x.r.pollSwitchover(), to+" ready for promotion (its operator reports it ready)", func(snap *snapshot.Snapshot) (bool, string) {
+			cs, _ := snap.Cluster(to)
+			return cs.Exists && cs.Object.Ready, statusWords(cs)
+		}); err != nil {
+			return backOut(err)
+		}
 		j.Phase = snapshot.PhasePromoted
 		if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
 			return err

@@ -60,7 +60,7 @@ type lostPrimary struct {
 func (p *planner) away() []topology.DesiredCluster {
 	var out []topology.DesiredCluster
 	for _, c := range p.d.Clusters {
-		if p.snap.SiteDown(c.Name) {
+		if p.down(c.Name) {
 			out = append(out, c)
 		}
 	}
@@ -87,14 +87,14 @@ func (p *planner) findLost() *lostPrimary {
 	// (resume), or done and its target the primary (still away). One whose
 	// target is not writable is history: the cluster was lost again.
 	if rec := p.snap.LastFailover(); rec != nil {
-		if c, ok := p.d.Cluster(rec.From); ok && p.snap.SiteDown(c.Name) && len(away) == 1 &&
+		if c, ok := p.d.Cluster(rec.From); ok && p.down(c.Name) && len(away) == 1 &&
 			(rec.Phase == snapshot.FailoverPromoting || p.observed(rec.To).Writable()) {
 			return &lostPrimary{cluster: c, record: rec}
 		}
 	}
 	want := p.d.Primary()
 	t := p.observed(want.Name)
-	if p.snap.SiteDown(want.Name) || t.PG == nil || !t.PG.InRecovery {
+	if p.down(want.Name) || t.PG == nil || !t.PG.InRecovery {
 		return nil
 	}
 	for _, c := range p.d.Clusters {
@@ -228,7 +228,14 @@ func (p *planner) failoverWords(from, to topology.DesiredCluster, t *snapshot.Cl
 	if w := pg.WalReceiver; w != nil && w.LastMessage != "" {
 		heard = fmt.Sprintf("it last heard from %s at %s (pg_stat_wal_receiver, status %s)", from.Name, w.LastMessage, w.Status)
 	}
-	p.note(&fs, "%s (site %s) is unreachable: %s", from.Name, from.Site.Name, site.Error)
+	sign := "none seen"
+	switch {
+	case pg.WalReceiver != nil && pg.WalReceiver.LastMessage != "":
+		sign = pg.WalReceiver.LastMessage + " (" + to.Name + "'s last WAL message from it)"
+	case pg.LastReplayedCommit != "":
+		sign = pg.LastReplayedCommit + " (the last commit of it " + to.Name + " replayed)"
+	}
+	p.note(&fs, "%s (site %s) is unreachable: %s; its last sign of life pgtopo can see: %s", from.Name, from.Site.Name, site.Error, sign)
 	p.note(&fs, "%s received %s's WAL up to %s and replayed up to %s; %s", to.Name, from.Name, pg.ReceiveLSN, pg.ReplayLSN, heard)
 	if pg.LastReplayedCommit != "" {
 		p.note(&fs, "writes to %s committed after %s (the last commit %s replayed) may be lost: they stay on %s's disk, and are reported as divergent when it returns", from.Name, pg.LastReplayedCommit, to.Name, from.Name)
@@ -275,7 +282,7 @@ func (p *planner) rejoin() bool {
 	}
 	dc, ok := p.d.Cluster(rec.From)
 	o := p.observed(rec.From)
-	if !ok || p.snap.SiteDown(rec.From) || !o.Exists || o.Error != "" {
+	if !ok || p.down(rec.From) || !o.Exists || o.Error != "" {
 		return false
 	}
 	own := o.Object.Marks.Failover
@@ -340,7 +347,7 @@ func (p *planner) lostNote(l *lostPrimary) {
 // lostHint adds to a refusal for an unreachable primary how to fail over.
 func (p *planner) lostHint() {
 	want := p.d.Primary()
-	if !p.snap.SiteDown(want.Name) {
+	if !p.down(want.Name) {
 		return
 	}
 	var standbys []string

@@ -120,7 +120,7 @@ func TestFailoverWords(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"orders-east (site east) is unreachable: site east (context lab-east) unreachable: connection refused",
+		"orders-east (site east) is unreachable: site east (context lab-east) unreachable: connection refused; its last sign of life pgtopo can see: 2026-12-02T12:03:11.000Z (the last commit of it orders-west replayed)",
 		"orders-west received orders-east's WAL up to 0/5027AD8 and replayed up to 0/5027AD8",
 		"its WAL receiver is not running",
 		"writes to orders-east committed after 2026-12-02T12:03:11.000Z",
@@ -179,6 +179,27 @@ func TestRejoinOnReturn(t *testing.T) {
 			}
 		}
 	})
+	t.Run("rejoin policy manual: no rebuild", func(t *testing.T) {
+		d, snap := returned(t)
+		for i := range d.Clusters {
+			d.Clusters[i].Rejoin = topology.RejoinManual
+		}
+		cs(snap, "orders-east").PG.Timeline = 2
+		p := Compute(d, snap, Options{})
+		if len(p.Steps) != 2 || p.Steps[1].Rejoin.Rebuild || p.Steps[1].Rejoin.Policy != topology.RejoinManual {
+			t.Fatalf("want a manual rejoin: %+v", p.Steps)
+		}
+	})
+	t.Run("rejoin policy rebuild", func(t *testing.T) {
+		d, snap := returned(t)
+		for i := range d.Clusters {
+			d.Clusters[i].Rejoin = topology.RejoinRebuild
+		}
+		p := Compute(d, snap, Options{})
+		if len(p.Steps) != 2 || !p.Steps[1].Rejoin.Rebuild {
+			t.Fatalf("want a rebuild: %+v", p.Steps)
+		}
+	})
 	t.Run("no failover record: split brain refused", func(t *testing.T) {
 		d, snap := returned(t)
 		cs(snap, "orders-west").Object.Marks.Failover = nil
@@ -187,4 +208,46 @@ func TestRejoinOnReturn(t *testing.T) {
 			t.Fatalf("want a split-brain refusal: %+v", p.Refusals)
 		}
 	})
+}
+
+// A run killed after the failover was recorded done, before its repoints:
+// the next plan repoints the reachable standbys, and says the lost primary
+// is still away.
+func TestAfterAFailoverDone(t *testing.T) {
+	d := loadDesired(t, "testdata/three-sites.yaml")
+	snap := loadSnapshot(t, "testdata/three-sites-switchover/snapshot.json", d)
+	site, _ := snap.Site("east")
+	site.Reachable, site.Error = false, "site east (context lab-east) unreachable: connection refused"
+	*cs(snap, "orders-east") = snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db"}
+	w := cs(snap, "orders-west")
+	w.PG.InRecovery, w.PG.Timeline, w.PG.CurrentLSN = false, 2, w.PG.ReplayLSN
+	w.Object.Spec.Replication = snapshot.Replication{Enabled: true, ServiceType: "LoadBalancer"}
+	w.Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverDone,
+		SystemID: w.PG.SystemID, FromTimeline: 1, At: "2026-12-02T12:03:12Z"}
+	p := Compute(d, snap, Options{})
+	if p.Refused() {
+		t.Fatalf("refused: %+v", p.Refusals)
+	}
+	var notes []string
+	for _, n := range p.Notes {
+		notes = append(notes, n.Message)
+	}
+	if !strings.Contains(strings.Join(notes, "\n"), "orders-east (site east) is still unreachable since failover epoch 1") {
+		t.Fatalf("notes %q", notes)
+	}
+	repointed := false
+	for _, s := range p.Steps {
+		if s.Subject.Cluster == "orders-east" {
+			t.Fatalf("a step for the lost primary: %+v", s)
+		}
+		if s.Action == ActionRepoint && s.Subject.Cluster == "orders-south" && s.Spec.Replication.PeerHost == "127.100.20.100" {
+			repointed = true
+		}
+		if s.Action == ActionLock && len(s.Locks) != 2 {
+			t.Fatalf("the lock takes the lost site's Lease: %+v", s.Locks)
+		}
+	}
+	if !repointed {
+		t.Fatalf("orders-south not repointed to orders-west: %+v", p.Steps)
+	}
 }

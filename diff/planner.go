@@ -2,6 +2,7 @@ package diff
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -45,12 +46,23 @@ type planner struct {
 	failingOver *Failover
 	// lost is the lost primary whose site the plan does without.
 	lost *lostPrimary
+	// Indexes, so that planning is linear in the number of clusters.
+	byName   map[string]*snapshot.ClusterState
+	siteDown map[string]bool
 }
 
 // Compute plans the steps that make snap match d.
 func Compute(d *topology.Desired, snap *snapshot.Snapshot, opt Options) Plan {
 	p := &planner{d: d, snap: snap, opt: opt,
-		plan: Plan{Topology: d.Name, Revision: opt.Revision, Digest: d.Digest, Steps: []Step{}, Refusals: []Refusal{}, Notes: []Note{}}}
+		plan:     Plan{Topology: d.Name, Revision: opt.Revision, Digest: d.Digest, Steps: []Step{}, Refusals: []Refusal{}, Notes: []Note{}},
+		byName:   make(map[string]*snapshot.ClusterState, len(snap.Clusters)),
+		siteDown: map[string]bool{}}
+	for i := range snap.Clusters {
+		p.byName[snap.Clusters[i].Name] = &snap.Clusters[i]
+	}
+	for _, s := range snap.Sites {
+		p.siteDown[s.Name] = !s.Reachable
+	}
 	for _, s := range d.Sites() {
 		p.plan.Sites = append(p.plan.Sites, Site{Name: s.Name, Context: s.Context})
 	}
@@ -61,7 +73,10 @@ func Compute(d *topology.Desired, snap *snapshot.Snapshot, opt Options) Plan {
 		p.plan.Steps = []Step{}
 	}
 	if len(p.plan.Steps) > 0 {
-		p.plan.Steps = append([]Step{p.lockStep()}, p.plan.Steps...)
+		steps := append(p.plan.Steps, Step{}) // in place when there is room
+		copy(steps[1:], steps)
+		steps[0] = p.lockStep()
+		p.plan.Steps = steps
 	}
 	return p.plan
 }
@@ -96,11 +111,17 @@ func subjectOf(c topology.DesiredCluster) Subject {
 }
 
 func (p *planner) observed(name string) *snapshot.ClusterState {
-	c, ok := p.snap.Cluster(name)
+	c, ok := p.byName[name]
 	if !ok {
 		return &snapshot.ClusterState{Name: name}
 	}
 	return c
+}
+
+// down reports whether a cluster's site was observed and did not answer.
+func (p *planner) down(cluster string) bool {
+	c, ok := p.byName[cluster]
+	return ok && p.siteDown[c.Site]
 }
 
 // object is the cluster's live object, nil when it does not exist.
@@ -439,7 +460,7 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 	for _, c := range p.d.Standbys() {
 		o := p.observed(c.Name)
 		subj := subjectOf(c)
-		if p.snap.SiteDown(c.Name) {
+		if p.down(c.Name) {
 			continue // the lost primary: fenced and rejoined when it returns
 		}
 		// Before the primary exists, a bootstrap secret already there cannot
@@ -487,7 +508,7 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 			spec.Replication.PeerHost, spec.Replication.PeerPort = o.Object.Spec.Replication.PeerHost, o.Object.Spec.Replication.PeerPort
 		}
 		ch := specChanges(o.Object, spec, "")
-		repeer := primaryEP != nil && o.Object.Spec.Replication.Peer() != primaryEP.String()
+		repeer := primaryEP != nil && !o.Object.Spec.Replication.PeerIs(*primaryEP)
 		if repeer {
 			step := Step{Action: ActionRepoint, Subject: subj, Spec: &spec, Follows: want.Name, Changes: ch,
 				Reason: fmt.Sprintf("follow the primary %s", want.Name)}
@@ -547,7 +568,7 @@ func (p *planner) fillExternalIPs(want topology.DesiredCluster, livePrimary stri
 // record marks every cluster's object with the applied digest and revision.
 func (p *planner) record() {
 	for _, c := range p.d.Clusters {
-		if p.snap.SiteDown(c.Name) {
+		if p.down(c.Name) {
 			continue
 		}
 		var now snapshot.Marks
@@ -578,9 +599,10 @@ const (
 )
 
 func (p *planner) roles(afterPrimary string) {
+	p.plan.Clusters = make([]ClusterRoles, 0, len(p.d.Clusters))
 	for _, c := range p.d.Clusters {
 		now := roleNow(p.observed(c.Name))
-		if p.snap.SiteDown(c.Name) {
+		if p.down(c.Name) {
 			now = RoleUnreachable
 		}
 		after := now
@@ -616,9 +638,14 @@ func roleNow(o *snapshot.ClusterState) string {
 // live object's (all of them when live is nil: creation). peerOf names the
 // cluster whose endpoint becomes the peer once it is known.
 func specChanges(live *snapshot.Object, want snapshot.Spec, peerOf string) []Change {
-	before := map[string]string{}
+	if live != nil && sameOwnedFields(live.Spec, want) {
+		return nil // the common case, without listing every field twice
+	}
+	var before map[string]string
 	if live != nil {
-		for _, f := range live.Spec.Fields() {
+		fields := live.Spec.Fields()
+		before = make(map[string]string, len(fields))
+		for _, f := range fields {
 			before[f.Path] = f.Value
 		}
 	}
@@ -645,4 +672,14 @@ func without(xs []string, x string) []string {
 		}
 	}
 	return out
+}
+
+// sameOwnedFields reports whether live has every owned field of want (the
+// fields Spec.Fields lists; a volume size want leaves out is not compared).
+func sameOwnedFields(live, want snapshot.Spec) bool {
+	l, w := live.Replication, want.Replication
+	return live.Instances == want.Instances && live.TeamID == want.TeamID && live.Version == want.Version &&
+		maps.Equal(live.Parameters, want.Parameters) && (want.VolumeSize == "" || live.VolumeSize == want.VolumeSize) &&
+		l.Enabled == w.Enabled && l.ServiceType == w.ServiceType && l.IsReplica == w.IsReplica &&
+		l.BootstrapSecret == w.BootstrapSecret && l.SamePeer(w)
 }

@@ -17,7 +17,7 @@ const drTopology = `apiVersion: pgtopo.dev/v1alpha1
 kind: Topology
 metadata: {name: orders}
 spec:
-  postgres: {version: "15", parameters: {max_slot_wal_keep_size: 10GB}}
+  postgres: {version: "15", parameters: {max_slot_wal_keep_size: 10GB, track_commit_timestamp: "on"}}
   replication: {serviceType: NodePort, maxLagBytes: 16Mi}
   sites:
     - {name: east, context: lab-east}

@@ -193,7 +193,7 @@ func TestPartitionAndKilledFailovers(t *testing.T) {
 	fenced := eventAt(t, r.stderr, apply.PhaseFence, "fence on return")
 	t.Logf("split-brain window: %s (orders-west writable at %s, orders-east fenced at %s, %s after the partition healed)",
 		fenced.Sub(promoted).Round(10*time.Millisecond), promoted.Format("15:04:05.000"), fenced.Format("15:04:05.000"), fenced.Sub(healed).Round(10*time.Millisecond))
-	if !strings.Contains(r.stderr, "divergence: orders-east wrote") || !strings.Contains(r.stderr, "rejoined as a standby of orders-west") {
+	if !strings.Contains(r.stderr, "divergence: orders-east wrote") || !strings.Contains(r.stderr, "(its last commit)") || !strings.Contains(r.stderr, "rejoined as a standby of orders-west") {
 		t.Fatalf("want the divergence reported and a rejoin by rewind:\n%s", r.stderr)
 	}
 	// What east took during the split is not on west: never merged. Replay

@@ -17,10 +17,9 @@ import (
 )
 
 // cueChecker evaluates topology.cue. A cue.Context is not safe for
-// concurrent use; Validator serialises calls.
+// concurrent use, and keeps what it evaluated: one checker per check.
 type cueChecker struct {
 	ctx      *cue.Context
-	schema   cue.Value
 	topology cue.Value
 }
 
@@ -30,7 +29,7 @@ func newCUEChecker(src []byte) (*cueChecker, error) {
 	if err := v.Err(); err != nil {
 		return nil, fmt.Errorf("topology.cue: %w", err)
 	}
-	return &cueChecker{ctx: ctx, schema: v, topology: v.LookupPath(cue.ParsePath("#Topology"))}, nil
+	return &cueChecker{ctx: ctx, topology: v.LookupPath(cue.ParsePath("#Topology"))}, nil
 }
 
 // maxRounds bounds the fix-point loop below; a document has few nested
@@ -106,29 +105,6 @@ func cueJSON(data any) ([]byte, error) {
 		return nil, err
 	}
 	return bytes.ReplaceAll(js, []byte("\ufeff"), []byte(`\ufeff`)), nil
-}
-
-// relational evaluates the problems list of topology.cue for the document.
-func (c *cueChecker) relational(doc *topology.Document) ([]Finding, error) {
-	js, err := cueJSON(doc.Value)
-	if err != nil {
-		return nil, err
-	}
-	in := c.ctx.CompileBytes(js)
-	problems := c.schema.FillPath(cue.ParsePath("input"), in).LookupPath(cue.ParsePath("problems"))
-	var list []struct {
-		Path string `json:"path"`
-		Msg  string `json:"msg"`
-	}
-	if err := problems.Decode(&list); err != nil {
-		return nil, fmt.Errorf("topology.cue: evaluating relational rules: %w", err)
-	}
-	var out []Finding
-	for _, p := range list {
-		path := parsePathString(doc, p.Path)
-		out = append(out, newFinding(doc, path, RuleRelation, p.Msg, ByCUE))
-	}
-	return out, nil
 }
 
 var (

@@ -7,7 +7,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/santhosh-tekuri/jsonschema/v5"
 
@@ -27,29 +26,27 @@ var JSONSchema []byte
 
 // Validator checks topology documents. It is safe for concurrent use.
 type Validator struct {
-	mu   sync.Mutex // guards cue: a cue.Context is single-threaded
-	cue  *cueChecker
 	json *jsonschema.Schema
 }
 
-// NewValidator compiles both embedded schemas.
+// NewValidator compiles both embedded schemas (the CUE one to find its
+// errors now; each check compiles it afresh, see Check).
 func NewValidator() (*Validator, error) {
-	c, err := newCUEChecker(CUE)
-	if err != nil {
+	if _, err := newCUEChecker(CUE); err != nil {
 		return nil, err
 	}
 	j, err := compileJSONSchema(JSONSchema)
 	if err != nil {
 		return nil, err
 	}
-	return &Validator{cue: c, json: j}, nil
+	return &Validator{json: j}, nil
 }
 
 // Report is what validating one document found, per validator, before
 // merging; tests use it to prove the validators agree.
 type Report struct {
 	CUEStructural []Finding
-	CUERelational []Finding
+	Relational    []Finding
 	JSONSchema    []Finding
 }
 
@@ -60,14 +57,16 @@ func (v *Validator) Check(doc *topology.Document) (Report, error) {
 	if r.JSONSchema, err = jsonSchemaFindings(v.json, doc); err != nil {
 		return r, fmt.Errorf("%s: json schema: %w", doc.File, err)
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if r.CUEStructural, err = v.cue.structural(doc); err != nil {
+	// A cue.Context keeps everything it ever evaluated: one per check, so
+	// a long-running reconcile does not grow with every load.
+	c, err := newCUEChecker(CUE)
+	if err != nil {
+		return r, err
+	}
+	if r.CUEStructural, err = c.structural(doc); err != nil {
 		return r, fmt.Errorf("%s: cue: %w", doc.File, err)
 	}
-	if r.CUERelational, err = v.cue.relational(doc); err != nil {
-		return r, fmt.Errorf("%s: cue: %w", doc.File, err)
-	}
+	r.Relational = relational(doc)
 	return r, nil
 }
 
@@ -90,7 +89,7 @@ func (v *Validator) Load(file string, data []byte) (*topology.Topology, Findings
 		return nil, Findings{{File: file, Line: 1, Column: 1, Severity: SeverityError, Rule: RuleSyntax,
 			Message: fmt.Sprintf("cannot be checked: %v; remove unusual characters (a byte order mark, control characters) from its values", err), Validators: []string{ByPgtopo}}}, nil
 	}
-	fs := merge(r.JSONSchema, r.CUEStructural, r.CUERelational)
+	fs := merge(r.JSONSchema, r.CUEStructural, r.Relational)
 	if fs.HasErrors() {
 		return nil, fs, nil
 	}

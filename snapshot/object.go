@@ -54,6 +54,20 @@ func (r Replication) Peer() string {
 	return Endpoint{Host: r.PeerHost, Port: r.PeerPort}.String()
 }
 
+// SamePeer reports whether two replications name the same peer, without
+// building either's string.
+func (r Replication) SamePeer(o Replication) bool {
+	if r.PeerHost == "" || o.PeerHost == "" {
+		return r.PeerHost == o.PeerHost
+	}
+	return r.PeerHost == o.PeerHost && r.PeerPort == o.PeerPort
+}
+
+// PeerIs reports whether the replication's peer is ep.
+func (r Replication) PeerIs(ep Endpoint) bool {
+	return r.PeerHost != "" && r.PeerHost == ep.Host && r.PeerPort == ep.Port
+}
+
 // WithPeer returns the spec streaming from ep.
 func (s Spec) WithPeer(ep Endpoint) Spec {
 	s.Replication.PeerHost, s.Replication.PeerPort = ep.Host, ep.Port

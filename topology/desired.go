@@ -35,6 +35,8 @@ type Desired struct {
 	PrimaryIndex int
 	// AcceptDataLoss is the file's consent to a failover, if any.
 	AcceptDataLoss *Consent
+	// index maps a cluster's name to its position in Clusters.
+	index map[string]int
 }
 
 // DesiredCluster is the desired state of one cluster.
@@ -64,7 +66,10 @@ func (d *Desired) Primary() DesiredCluster { return d.Clusters[d.PrimaryIndex] }
 
 // Cluster returns the named cluster.
 func (d *Desired) Cluster(name string) (DesiredCluster, bool) {
-	for _, c := range d.Clusters {
+	if i, ok := d.index[name]; ok && i < len(d.Clusters) && d.Clusters[i].Name == name {
+		return d.Clusters[i], true
+	}
+	for _, c := range d.Clusters { // a Desired not made by Topology.Desired
 		if c.Name == name {
 			return c, true
 		}
@@ -87,7 +92,7 @@ func (d *Desired) Sites() []Site {
 
 // Standbys returns the desired standbys in file order.
 func (d *Desired) Standbys() []DesiredCluster {
-	var out []DesiredCluster
+	out := make([]DesiredCluster, 0, max(len(d.Clusters)-1, 0))
 	for i, c := range d.Clusters {
 		if i != d.PrimaryIndex {
 			out = append(out, c)
@@ -130,8 +135,14 @@ func (t *Topology) Desired() (*Desired, error) {
 	if d.PrimaryIndex < 0 {
 		return nil, fmt.Errorf("topology %s: primary %q is not a cluster of the topology", t.Metadata.Name, t.Spec.Primary)
 	}
+	sites := make(map[string]Site, len(t.Spec.Sites))
+	for _, s := range t.Spec.Sites {
+		if _, dup := sites[s.Name]; !dup {
+			sites[s.Name] = s
+		}
+	}
 	for i, c := range t.Spec.Clusters {
-		site, ok := t.Site(c.Site)
+		site, ok := sites[c.Site]
 		if !ok {
 			return nil, fmt.Errorf("cluster %s: site %q is not declared", c.Name, c.Site)
 		}
@@ -163,6 +174,10 @@ func (t *Topology) Desired() (*Desired, error) {
 			dc.Peer = t.Spec.Primary
 		}
 		d.Clusters = append(d.Clusters, dc)
+	}
+	d.index = make(map[string]int, len(d.Clusters))
+	for i, c := range d.Clusters {
+		d.index[c.Name] = i
 	}
 	return d, nil
 }

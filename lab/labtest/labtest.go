@@ -127,6 +127,18 @@ func (l *Lab) ClusterStatus(site, ns, name string) (string, error) {
 	return s, nil
 }
 
+// WaitStatus waits for a CR's status to be want.
+func (l *Lab) WaitStatus(t testing.TB, site, ns, name, want string, timeout time.Duration) {
+	t.Helper()
+	Eventually(t, timeout, fmt.Sprintf("%s/%s/%s %s", site, ns, name, want), func() error {
+		s, err := l.ClusterStatus(site, ns, name)
+		if err == nil && s != want {
+			err = fmt.Errorf("status %q", s)
+		}
+		return err
+	})
+}
+
 // WaitRunning waits for a CR's status to be Running.
 func (l *Lab) WaitRunning(t testing.TB, site, ns, name string, timeout time.Duration) {
 	t.Helper()

@@ -1,0 +1,137 @@
+package schema
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// relational checks the rules that relate one value of the document to
+// another: unique names and contexts, references to sites, clusters and
+// the primary, the failover consent, ClusterIP within one site. JSON Schema
+// cannot express them and CUE evaluates them in quadratic time (list scans
+// in comprehensions), so they are checked here, in one pass over the
+// document with maps; topology.cue documents them. They read the document
+// defensively: malformed parts are the structural rules' to report.
+func relational(doc *topology.Document) []Finding {
+	root, _ := doc.Value.(map[string]any)
+	spec, _ := root["spec"].(map[string]any)
+	sites, sitesOK := spec["sites"].([]any)
+	clusters, _ := spec["clusters"].([]any)
+	var out []Finding
+	add := func(path, msg string) {
+		out = append(out, newFinding(doc, parsePathString(doc, path), RuleRelation, msg, ByPgtopo))
+	}
+
+	siteNames := unique(sites, "name")
+	uniqueRule(sites, "name", func(i, first int, v string) {
+		add(fmt.Sprintf("spec.sites[%d].name", i), fmt.Sprintf("duplicate site name %q (first declared at spec.sites[%d])", v, first))
+	})
+	uniqueRule(sites, "context", func(i, first int, v string) {
+		add(fmt.Sprintf("spec.sites[%d].context", i), fmt.Sprintf("context %q is already used by spec.sites[%d]; each site needs its own kube context", v, first))
+	})
+	clusterNames := unique(clusters, "name")
+	uniqueRule(clusters, "name", func(i, first int, v string) {
+		add(fmt.Sprintf("spec.clusters[%d].name", i), fmt.Sprintf("duplicate cluster name %q (first declared at spec.clusters[%d])", v, first))
+	})
+
+	declared := set(siteNames)
+	var placed []string
+	for i, c := range clusters {
+		site, ok := field(c, "site")
+		if !ok {
+			continue
+		}
+		placed = append(placed, site)
+		// With no usable sites list, the structural error on spec.sites says it all.
+		if sitesOK && len(siteNames) > 0 && !declared[site] {
+			add(fmt.Sprintf("spec.clusters[%d].site", i), fmt.Sprintf("site %q is not declared in spec.sites (declared: %s)", site, strings.Join(siteNames, ", ")))
+		}
+	}
+
+	known := set(clusterNames)
+	primary, hasPrimary := spec["primary"].(string)
+	if hasPrimary && !known[primary] {
+		add("spec.primary", fmt.Sprintf("primary %q is not a cluster in spec.clusters (clusters: %s)", primary, strings.Join(clusterNames, ", ")))
+	}
+	if consent, ok := spec["acceptDataLoss"].(map[string]any); ok {
+		if name, ok := consent["cluster"].(string); ok {
+			if len(clusterNames) > 0 && !known[name] {
+				add("spec.acceptDataLoss.cluster", fmt.Sprintf("acceptDataLoss names %q, which is not a cluster in spec.clusters (clusters: %s)", name, strings.Join(clusterNames, ", ")))
+			}
+			if hasPrimary && name == primary {
+				add("spec.acceptDataLoss.cluster", fmt.Sprintf("acceptDataLoss names the primary %q itself; it names the lost primary whose writes may be lost, and spec.primary the cluster that takes over", primary))
+			}
+		}
+	}
+
+	replication, _ := spec["replication"].(map[string]any)
+	serviceType, explicit := replication["serviceType"].(string)
+	if !explicit {
+		serviceType = "ClusterIP"
+	}
+	spans := false
+	for _, s := range placed {
+		if s != placed[0] {
+			spans = true
+			break
+		}
+	}
+	if serviceType == "ClusterIP" && spans {
+		path := "spec"
+		if explicit {
+			path = "spec.replication.serviceType"
+		}
+		add(path, "serviceType ClusterIP only reaches clusters within one site, but the clusters span several sites; set spec.replication.serviceType to NodePort or LoadBalancer")
+	}
+	return out
+}
+
+// field is a list element's string field.
+func field(elem any, key string) (string, bool) {
+	m, ok := elem.(map[string]any)
+	if !ok {
+		return "", false
+	}
+	v, ok := m[key].(string)
+	return v, ok
+}
+
+// unique lists the distinct string values of key in the list, in order.
+func unique(list []any, key string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range list {
+		if v, ok := field(e, key); ok && !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// uniqueRule calls dup for every element whose key repeats an earlier one,
+// with the index of the first.
+func uniqueRule(list []any, key string, dup func(i, first int, v string)) {
+	first := map[string]int{}
+	for i, e := range list {
+		v, ok := field(e, key)
+		if !ok {
+			continue
+		}
+		if j, seen := first[v]; seen {
+			dup(i, j, v)
+			continue
+		}
+		first[v] = i
+	}
+}
+
+func set(xs []string) map[string]bool {
+	m := make(map[string]bool, len(xs))
+	for _, x := range xs {
+		m[x] = true
+	}
+	return m
+}
