@@ -26,7 +26,7 @@ func newReconcileCmd(e env) *cobra.Command {
 	var src sourceFlags
 	var interval, cycleTimeout, lockTimeout, stepTimeout time.Duration
 	var listen, logFormat, logLevel string
-	var allowRollback bool
+	var allowRollback, observeOnly bool
 	cmd := &cobra.Command{
 		Use:   "reconcile (--repo URL|PATH [--ref REV] [--path FILE] | -f FILE) [--interval D]",
 		Short: "Loop: pull, plan, and apply whenever the revision or the live world drifted",
@@ -35,8 +35,16 @@ site, plan, and apply when the plan has steps and no refusal. One log line
 per cycle on stderr; apply's progress lines at --log-level debug.
 
 /healthz answers 200 while cycles keep ending, 503 when the loop is stuck;
-/metrics serves Prometheus metrics (last applied revision, last success time,
-steps applied, refusals, cycles by result) on --listen.
+/metrics serves Prometheus metrics on --listen: the loop's (last applied
+revision, last success time, steps applied, refusals, cycles by result) and,
+per cluster and site, the replication facts of the last cycle (role, up,
+timeline, replay lag in bytes and seconds, streaming, slot WAL held and its
+wal_status, system identifier agreement, applied revision, writable
+clusters). examples/monitoring has alerts and a dashboard over them.
+
+--observe-only observes, plans and reports, and never changes anything (a
+cycle whose plan has steps ends "drift"): to watch a topology that another
+deploy path applies.
 
 SIGTERM or SIGINT: the step under way finishes (a switchover included), then
 the loop exits 0; a second signal stops at once (a journaled switchover
@@ -96,6 +104,7 @@ resumes on the next run).`,
 				},
 				Interval:      interval,
 				AllowRollback: allowRollback,
+				ObserveOnly:   observeOnly,
 				Log:           log,
 				Metrics:       metrics,
 			}
@@ -125,6 +134,7 @@ resumes on the next run).`,
 	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug (apply progress too), info, warn, error")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "apply revisions older than the one recorded as applied")
+	cmd.Flags().BoolVar(&observeOnly, "observe-only", false, "observe and serve metrics, never change anything")
 	return cmd
 }
 

@@ -2,8 +2,13 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,17 +19,37 @@ import (
 
 func newStatusCmd(e env) *cobra.Command {
 	var src sourceFlags
+	var output string
+	var watch time.Duration
+	var count int
 	cmd := &cobra.Command{
-		Use:   "status (-f FILE | --repo URL|PATH [--ref REV] [--path FILE])",
+		Use:   "status (-f FILE | --repo URL|PATH [--ref REV] [--path FILE]) [-o json] [--watch D [--count N]]",
 		Short: "Show every cluster of the topology across all sites, like patronictl list",
 		Long: `Show every cluster of the topology across all sites: role, state, timeline,
-lag, endpoint and the revision applied.
+lag, endpoint and the revision applied, then a verdict: "DR ready: ..." with
+each standby's lag, streaming and slot state, or what is wrong and what to do.
 
-Exit status: 0 healthy, 1 error or a site unreachable, 3 split brain (more than
-one cluster takes writes; a fenced one does not count).`,
+-o json writes a versioned document (apiVersion pgtopo.dev/v1alpha1, kind
+Status). --watch D looks again every D and redraws, with each standby's lag
+trend since the last look; --count N stops after N looks (0: until
+interrupted). With -o json, --watch writes one document per line.
+
+Exit status (of the last look): 0 healthy, 1 error or a site unreachable, 3
+split brain (more than one cluster takes writes; a fenced one does not count).`,
+		Example: `  pgtopo status -f orders.yaml
+  pgtopo status -f orders.yaml -o json | jq .verdict
+  pgtopo status -f orders.yaml --watch 2s`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			in, err := src.load(context.Background(), e)
+			if output != "text" && output != "json" {
+				return fmt.Errorf("--output %q: use text or json", output)
+			}
+			if watch < 0 || count < 0 || (count > 0 && watch == 0) {
+				return fmt.Errorf("--watch %v --count %d: --watch takes a positive interval, --count a number of looks with it", watch, count)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			in, err := src.load(ctx, e)
 			if err != nil {
 				return err
 			}
@@ -32,31 +57,89 @@ one cluster takes writes; a fenced one does not count).`,
 			if err != nil {
 				return err
 			}
-			snap := obs.Observe(context.Background(), in.Desired)
-			writeStatus(e, snap)
-			writable := 0
-			for _, c := range snap.Clusters {
-				if c.Writable() && !c.Fenced() {
-					writable++
+			var prev *snapshot.Snapshot
+			for n := 1; ; n++ {
+				snap := obs.Observe(ctx, in.Desired)
+				at := time.Now().UTC().Format(time.RFC3339)
+				if output == "json" {
+					if err := writeStatusJSON(e, statusDoc(in.Desired, snap, at), watch > 0); err != nil {
+						return err
+					}
+				} else {
+					if watch > 0 {
+						fmt.Fprintf(e.stdout, "%spgtopo status %s, every %s (look %d)\n\n", clearScreen(e), at, watch, n)
+					}
+					writeStatus(e, snap, prev)
+					fmt.Fprintf(e.stdout, "\n%s\n", printable.String(verdict(in.Desired, snap).Message))
+				}
+				code := statusExit(e, snap)
+				if watch == 0 || (count > 0 && n >= count) {
+					return code
+				}
+				prev = snap
+				select {
+				case <-ctx.Done():
+					return code
+				case <-time.After(watch):
 				}
 			}
-			if writable > 1 {
-				fmt.Fprintf(e.stderr, "pgtopo: split brain: %d clusters take writes; fence all but one (pgtopo fence CLUSTER)\n", writable)
-				return exitCode(ExitSplitBrain)
-			}
-			for _, s := range snap.Sites {
-				if !s.Reachable {
-					return exitCode(ExitError)
-				}
-			}
-			return nil
 		},
 	}
 	src.register(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().DurationVar(&watch, "watch", 0, "look again every D and redraw (e.g. 2s)")
+	cmd.Flags().IntVar(&count, "count", 0, "with --watch, stop after N looks (0: until interrupted)")
 	return cmd
 }
 
-func writeStatus(e env, snap *snapshot.Snapshot) {
+// statusExit is status' exit for a snapshot: split brain, an unreachable
+// site, or healthy.
+func statusExit(e env, snap *snapshot.Snapshot) error {
+	writable := 0
+	for _, c := range snap.Clusters {
+		if c.Writable() && !c.Fenced() {
+			writable++
+		}
+	}
+	if writable > 1 {
+		fmt.Fprintf(e.stderr, "pgtopo: split brain: %d clusters take writes; fence all but one (pgtopo fence CLUSTER)\n", writable)
+		return exitCode(ExitSplitBrain)
+	}
+	for _, s := range snap.Sites {
+		if !s.Reachable {
+			return exitCode(ExitError)
+		}
+	}
+	return nil
+}
+
+func writeStatusJSON(e env, st Status, oneLine bool) error {
+	var b []byte
+	var err error
+	if oneLine {
+		b, err = json.Marshal(st)
+	} else {
+		b, err = json.MarshalIndent(st, "", "  ")
+	}
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(e.stdout, "%s\n", b)
+	return err
+}
+
+// clearScreen clears a terminal before a redraw; in a pipe or a file the
+// looks follow one another.
+func clearScreen(e env) string {
+	if f, ok := e.stdout.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			return "\x1b[H\x1b[2J"
+		}
+	}
+	return ""
+}
+
+func writeStatus(e env, snap, prev *snapshot.Snapshot) {
 	var primary *snapshot.ClusterState
 	for i := range snap.Clusters {
 		if snap.Clusters[i].Writable() {
@@ -64,17 +147,19 @@ func writeStatus(e env, snap *snapshot.Snapshot) {
 		}
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLUSTER\tSITE\tNAMESPACE\tROLE\tSTATE\tTL\tLAG\tENDPOINT\tREVISION")
+	trend := prev != nil
+	header := "CLUSTER\tSITE\tNAMESPACE\tROLE\tSTATE\tTL\tLAG\tENDPOINT\tREVISION"
+	if trend {
+		header += "\tTREND"
+	}
+	fmt.Fprintln(tw, header)
 	for _, c := range snap.Clusters {
-		role, state, tl, lag, endpoint, rev := "-", "-", "-", "-", "-", "-"
-		site, _ := snap.Site(c.Site)
-		switch {
-		case site != nil && !site.Reachable:
-			state = "site unreachable"
-		case !c.Exists:
-			role, state = "absent", "no CR"
-		default:
-			state = c.Object.Status
+		role, tl, lag, endpoint, rev := "-", "-", "-", "-", "-"
+		state := clusterState(snap, &c)
+		if !c.Exists && !snap.SiteDown(c.Name) {
+			role = "absent"
+		}
+		if c.Exists && c.Object != nil {
 			if m := c.Object.Marks; m.Revision != "" {
 				rev = diff.ShortRevision(m.Revision)
 			} else if m.Digest != "" {
@@ -86,26 +171,19 @@ func writeStatus(e env, snap *snapshot.Snapshot) {
 		}
 		if c.PG != nil {
 			tl = fmt.Sprint(c.PG.Timeline)
+			role = "primary"
 			if c.PG.InRecovery {
 				role = "standby"
-				if c.PG.WalReceiver != nil {
-					state = c.PG.WalReceiver.Status
-				} else {
-					state = "not streaming"
-				}
 				if primary != nil && primary.PG.SystemID == c.PG.SystemID {
 					lag = fmt.Sprintf("%d B", snapshot.Lag(primary.PG, c.PG))
 				}
-			} else {
-				role = "primary"
-				if c.Fenced() {
-					state = "fenced"
-				}
 			}
-		} else if c.PGError != "" && c.Exists {
-			state = "db unreachable"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Site, c.Namespace, role, printable.String(state), tl, lag, printable.String(endpoint), printable.String(rev))
+		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", c.Name, c.Site, c.Namespace, role, printable.String(state), tl, lag, printable.String(endpoint), printable.String(rev))
+		if trend {
+			line += "\t" + lagTrend(prev, snap, &c)
+		}
+		fmt.Fprintln(tw, line)
 	}
 	tw.Flush()
 	if f := snap.LastFailover(); f != nil {
@@ -144,4 +222,28 @@ func failoverLine(snap *snapshot.Snapshot, f snapshot.FailoverRecord) string {
 	default:
 		return line + "; " + f.From + " answers and is not fenced yet: pgtopo apply fences it first"
 	}
+}
+
+// lagTrend is how a standby's lag moved since the last look.
+func lagTrend(prev, now *snapshot.Snapshot, c *snapshot.ClusterState) string {
+	was, okWas := lagOf(prev, c.Name)
+	is, okIs := lagOf(now, c.Name)
+	switch {
+	case !okWas || !okIs:
+		return "-"
+	case is > was:
+		return "+" + snapshot.HumanBytes(is-was)
+	case is < was:
+		return "-" + snapshot.HumanBytes(was-is)
+	}
+	return "="
+}
+
+func lagOf(snap *snapshot.Snapshot, name string) (int64, bool) {
+	p := livePrimary(snap)
+	c, ok := snap.Cluster(name)
+	if p == nil || !ok || c.PG == nil || !c.PG.InRecovery || c.PG.SystemID != p.PG.SystemID {
+		return 0, false
+	}
+	return snapshot.Lag(p.PG, c.PG), true
 }

@@ -616,6 +616,14 @@ func (p *planner) roles(afterPrimary string) {
 	}
 }
 
+// RoleOf is a cluster's role as observed, as plans and metrics name it.
+func RoleOf(snap *snapshot.Snapshot, c *snapshot.ClusterState) string {
+	if snap.SiteDown(c.Name) {
+		return RoleUnreachable
+	}
+	return roleNow(c)
+}
+
 // roleNow is a cluster's role as observed: what its database says, else
 // what its object says, else unknown.
 func roleNow(o *snapshot.ClusterState) string {

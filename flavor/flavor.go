@@ -38,6 +38,7 @@ type Names struct {
 	credentials func(cluster string) string
 	bootstrap   func(topology string) string
 	service     func(cluster string) string
+	slot        func(cluster string) string
 	port        int
 }
 
@@ -50,6 +51,9 @@ func (n Names) BootstrapSecret(topology string) string { return n.bootstrap(topo
 // MasterService names the Service in front of a cluster's leader.
 func (n Names) MasterService(cluster string) string { return n.service(cluster) }
 
+// SlotName names the physical slot a standby streams through on its primary.
+func (n Names) SlotName(cluster string) string { return n.slot(cluster) }
+
 // PostgresPort is the port of the cluster's Services.
 func (n Names) PostgresPort() int { return n.port }
 
@@ -57,7 +61,7 @@ var registry = map[string]*Operator{
 	alauda.Name: {
 		Name: alauda.Name, Resource: alauda.Resource, Parse: alauda.Parse,
 		BuildSpec: alauda.BuildSpec, BuildMarks: alauda.BuildMarks, TopologyLabel: alauda.LabelTopology,
-		Names: Names{credentials: alauda.CredentialsSecret, bootstrap: alauda.BootstrapSecret, service: alauda.MasterService, port: alauda.PostgresPort},
+		Names: Names{credentials: alauda.CredentialsSecret, bootstrap: alauda.BootstrapSecret, service: alauda.MasterService, slot: alauda.SlotName, port: alauda.PostgresPort},
 	},
 }
 

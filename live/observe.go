@@ -48,6 +48,7 @@ type Names interface {
 	BootstrapSecret(topology string) string
 	MasterService(cluster string) string
 	PostgresPort() int
+	SlotName(cluster string) string
 }
 
 // Observer takes snapshots.
@@ -162,7 +163,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	var clusters []snapshot.ClusterState
 	for _, c := range d.Clusters {
 		if c.Site.Name == site.Name {
-			clusters = append(clusters, snapshot.ClusterState{Name: c.Name, Site: site.Name, Namespace: c.Namespace,
+			clusters = append(clusters, snapshot.ClusterState{Name: c.Name, Site: site.Name, Namespace: c.Namespace, SlotName: o.Names.SlotName(c.Name),
 				Credentials:     snapshot.SecretState{Name: o.Names.CredentialsSecret(c.Name)},
 				BootstrapSecret: snapshot.SecretState{Name: o.Names.BootstrapSecret(d.Name)}})
 		}

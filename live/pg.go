@@ -87,7 +87,9 @@ SELECT pg_is_in_recovery(),
        coalesce(to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ''),
        CASE WHEN NOT pg_is_in_recovery() AND current_setting('track_commit_timestamp')::bool
             THEN coalesce(to_char((pg_last_committed_xact()).timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), '')
-            ELSE '' END`
+            ELSE '' END,
+       CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()
+            THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) ELSE 0 END`
 
 // Probe reads the facts of one server in two round trips: the facts, WAL
 // receiver, slots and replication peers pipelined in one batch, then
@@ -125,7 +127,7 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 	var cur, recv, replay string
 	b := &pgx.Batch{}
 	b.Queue(factsSQL).QueryRow(func(r pgx.Row) error {
-		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit); err != nil {
+		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit, &s.ReplayDelaySeconds); err != nil {
 			return fmt.Errorf("read facts: %w", err)
 		}
 		return nil
@@ -141,12 +143,14 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 		}
 		return rows.Err()
 	})
-	b.Queue(`SELECT slot_name, active, coalesce(restart_lsn::text, '') FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name`).Query(func(rows pgx.Rows) error {
+	b.Queue(`SELECT slot_name, active, coalesce(restart_lsn::text, ''), coalesce(wal_status, ''),
+	                coalesce((CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - restart_lsn)::bigint, 0)
+	         FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name`).Query(func(rows pgx.Rows) error {
 		var err error
 		s.Slots, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (snapshot.Slot, error) {
 			var sl snapshot.Slot
 			var lsn string
-			if err := r.Scan(&sl.Name, &sl.Active, &lsn); err != nil {
+			if err := r.Scan(&sl.Name, &sl.Active, &lsn, &sl.WALStatus, &sl.RetainedBytes); err != nil {
 				return sl, err
 			}
 			if lsn != "" {

@@ -37,6 +37,9 @@ const (
 	// OutcomeBusy: another run holds the topology's Lease; the loop tries
 	// again soon. Not a refusal: nothing is wrong with the topology.
 	OutcomeBusy Outcome = "busy"
+	// OutcomeDrift: observe-only, and the live world does not match the
+	// file; nothing was changed.
+	OutcomeDrift Outcome = "drift"
 )
 
 // busyRetry is how soon a busy cycle is tried again (or the interval, when
@@ -68,8 +71,11 @@ type Loop struct {
 	Apply         Applier
 	Interval      time.Duration
 	AllowRollback bool
-	Log           *slog.Logger
-	Metrics       *Metrics
+	// ObserveOnly observes, plans and reports, and never applies: to watch
+	// a topology another deploy path applies.
+	ObserveOnly bool
+	Log         *slog.Logger
+	Metrics     *Metrics
 
 	mu   sync.Mutex
 	last time.Time // when Run started or the last cycle ended, for /healthz
@@ -144,6 +150,9 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		c.Outcome, c.Err = OutcomeError, err
 		return c
 	}
+	if l.Metrics != nil {
+		l.Metrics.ObserveSnapshot(in.Desired, snap)
+	}
 	plan := diff.Compute(in.Desired, snap, opt)
 	c.Plan = &plan
 	c.LostAway = lostAway(snap)
@@ -158,6 +167,9 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		return c
 	case plan.InSync():
 		c.Outcome = OutcomeInSync
+		return c
+	case l.ObserveOnly:
+		c.Outcome = OutcomeDrift
 		return c
 	}
 	res, err := l.Apply(ctx, in.Desired, plan, diff.BasisOf(snap), opt)

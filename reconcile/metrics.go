@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 // Metrics are the loop's Prometheus metrics, on a registry of their own.
@@ -21,6 +23,7 @@ type Metrics struct {
 	steps       *prometheus.CounterVec
 	refusals    prometheus.Counter
 	duration    prometheus.Histogram
+	replication *replicationCollector
 }
 
 // NewMetrics registers the loop's metrics and the Go runtime's.
@@ -34,7 +37,7 @@ func NewMetrics() *Metrics {
 		inSync: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgtopo_in_sync",
 			Help: "1 when the last cycle ended with the live topology matching the file."}),
 		cycles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgtopo_cycles_total",
-			Help: "Reconcile cycles, by result (in-sync, applied, refused, error, stopped, busy)."}, []string{"result"}),
+			Help: "Reconcile cycles, by result (in-sync, applied, refused, error, stopped, busy, drift)."}, []string{"result"}),
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgtopo_steps_applied_total",
 			Help: "Steps applied, by action."}, []string{"action"}),
 		refusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "pgtopo_refusals_total",
@@ -42,9 +45,10 @@ func NewMetrics() *Metrics {
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pgtopo_cycle_duration_seconds",
 			Help: "How long cycles took.", Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}}),
 	}
-	m.registry.MustRegister(m.revision, m.lastSuccess, m.inSync, m.cycles, m.steps, m.refusals, m.duration,
+	m.replication = &replicationCollector{}
+	m.registry.MustRegister(m.revision, m.lastSuccess, m.inSync, m.cycles, m.steps, m.refusals, m.duration, m.replication,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, o := range []Outcome{OutcomeInSync, OutcomeApplied, OutcomeRefused, OutcomeError, OutcomeStopped, OutcomeBusy} {
+	for _, o := range []Outcome{OutcomeInSync, OutcomeApplied, OutcomeRefused, OutcomeError, OutcomeStopped, OutcomeBusy, OutcomeDrift} {
 		m.cycles.WithLabelValues(string(o)) // show zeros before the first of each
 	}
 	return m
@@ -70,6 +74,11 @@ func (m *Metrics) observe(c Cycle, now time.Time) {
 	} else {
 		m.inSync.Set(0)
 	}
+}
+
+// ObserveSnapshot replaces the replication series with those of snap.
+func (m *Metrics) ObserveSnapshot(d *topology.Desired, snap *snapshot.Snapshot) {
+	m.replication.observe(d, snap)
 }
 
 // Handler serves the metrics in the Prometheus text format.

@@ -56,6 +56,9 @@ type ClusterState struct {
 	AuthFailed bool `json:"authFailed,omitempty"`
 	// Error is a failure to observe the cluster's Kubernetes objects.
 	Error string `json:"error,omitempty"`
+	// SlotName is the physical slot the cluster streams through on its
+	// primary, by the flavor's naming.
+	SlotName string `json:"slotName,omitempty"`
 }
 
 // Service is the cluster's master Service.
@@ -104,6 +107,10 @@ type PGState struct {
 	// LastReplayedCommit is when the last transaction a standby replayed
 	// committed (pg_last_xact_replay_timestamp, RFC 3339), "" if none.
 	LastReplayedCommit string `json:"lastReplayedCommit,omitempty"`
+	// ReplayDelaySeconds is how long ago the last transaction a standby
+	// replayed committed, while it has received WAL left to replay (0 when
+	// caught up).
+	ReplayDelaySeconds float64 `json:"replayDelaySeconds,omitempty"`
 	// LastCommit is when the last transaction committed on a primary,
 	// where track_commit_timestamp is on; "" otherwise.
 	LastCommit string `json:"lastCommit,omitempty"`
@@ -133,6 +140,10 @@ type Slot struct {
 	Name       string `json:"name"`
 	Active     bool   `json:"active"`
 	RestartLSN LSN    `json:"restartLSN,omitempty"`
+	// WALStatus is reserved, extended, unreserved or lost (PostgreSQL's
+	// wal_status); RetainedBytes the WAL it holds back.
+	WALStatus     string `json:"walStatus,omitempty"`
+	RetainedBytes int64  `json:"retainedBytes,omitempty"`
 }
 
 // ReplicationPeer is a row of pg_stat_replication.

@@ -9,6 +9,7 @@ package alauda
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -47,6 +48,10 @@ func CredentialsSecret(cluster string) string {
 
 // BootstrapSecret names the Secret pgtopo creates in a standby's namespace.
 func BootstrapSecret(topology string) string { return topology + "-bootstrap" }
+
+// SlotName names the physical slot the operator keeps on a primary for a
+// standby cluster (the runbook's xdc_hotstandby for cluster hotstandby).
+func SlotName(cluster string) string { return "xdc_" + strings.ReplaceAll(cluster, "-", "_") }
 
 // MasterService names the Service in front of a cluster's leader.
 func MasterService(cluster string) string { return cluster }

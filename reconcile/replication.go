@@ -1,0 +1,119 @@
+package reconcile
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// replicationCollector exposes the replication facts of the last
+// snapshot, per cluster and site: what a team watches to know its DR copy
+// is healthy. It keeps only the last snapshot's numbers.
+type replicationCollector struct {
+	mu     sync.Mutex
+	series []prometheus.Metric
+}
+
+var (
+	labelsCluster = []string{"topology", "cluster", "site"}
+	descSite      = prometheus.NewDesc("pgtopo_site_reachable", "1 when the site's Kubernetes API answered in the last cycle.", []string{"topology", "site"}, nil)
+	descInfo      = prometheus.NewDesc("pgtopo_cluster_info", "The cluster's role as observed (primary, standby, unreachable, absent, unknown); the value is 1.", append(labelsCluster, "role"), nil)
+	descUp        = prometheus.NewDesc("pgtopo_cluster_up", "1 when the cluster's database answered in the last cycle.", labelsCluster, nil)
+	descTimeline  = prometheus.NewDesc("pgtopo_cluster_timeline", "The cluster's PostgreSQL timeline.", labelsCluster, nil)
+	descLagBytes  = prometheus.NewDesc("pgtopo_standby_replay_lag_bytes", "How far the standby's replay is behind the primary's end of WAL.", labelsCluster, nil)
+	descLagSecs   = prometheus.NewDesc("pgtopo_standby_replay_lag_seconds", "Seconds since the last transaction the standby replayed committed, while it has WAL left to replay (0 when caught up).", labelsCluster, nil)
+	descStreaming = prometheus.NewDesc("pgtopo_standby_streaming", "1 when the standby's WAL receiver streams.", labelsCluster, nil)
+	descSysID     = prometheus.NewDesc("pgtopo_cluster_system_identifier_match", "1 when the cluster's system identifier is the primary's.", labelsCluster, nil)
+	descRevision  = prometheus.NewDesc("pgtopo_cluster_applied_revision_info", "The revision (or digest) recorded as applied on the cluster's object; the value is 1.", append(labelsCluster, "revision"), nil)
+	descSlotBytes = prometheus.NewDesc("pgtopo_slot_retained_wal_bytes", "WAL the physical slot holds on the primary (its end of WAL minus the slot's restart LSN).", append(labelsCluster, "slot"), nil)
+	descSlotState = prometheus.NewDesc("pgtopo_slot_wal_status_info", "The physical slot's wal_status (reserved, extended, unreserved, lost); the value is 1.", append(labelsCluster, "slot", "wal_status"), nil)
+	descWritable  = prometheus.NewDesc("pgtopo_writable_clusters", "Clusters of the topology that take writes; more than 1 is split brain.", []string{"topology"}, nil)
+	descMaxLag    = prometheus.NewDesc("pgtopo_max_lag_bytes", "The topology's replication.maxLagBytes: a switchover refuses a target further behind.", []string{"topology"}, nil)
+)
+
+func (c *replicationCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSite, descInfo, descUp, descTimeline, descLagBytes, descLagSecs, descStreaming, descSysID, descRevision, descSlotBytes, descSlotState, descWritable, descMaxLag} {
+		ch <- d
+	}
+}
+
+func (c *replicationCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.series {
+		ch <- m
+	}
+}
+
+// observe replaces the series with those of snap.
+func (c *replicationCollector) observe(d *topology.Desired, snap *snapshot.Snapshot) {
+	var out []prometheus.Metric
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+		out = append(out, prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...))
+	}
+	bool01 := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	t := d.Name
+	for _, s := range snap.Sites {
+		gauge(descSite, bool01(s.Reachable), t, s.Name)
+	}
+	var primary *snapshot.ClusterState
+	writable := 0
+	for i := range snap.Clusters {
+		if snap.Clusters[i].Writable() {
+			writable++
+			if primary == nil {
+				primary = &snap.Clusters[i]
+			}
+		}
+	}
+	for i := range snap.Clusters {
+		cs := &snap.Clusters[i]
+		l := []string{t, cs.Name, cs.Site}
+		gauge(descInfo, 1, append(l, diff.RoleOf(snap, cs))...)
+		gauge(descUp, bool01(cs.PG != nil), l...)
+		if cs.Exists && cs.Object != nil {
+			rev := cs.Object.Marks.Revision
+			if rev == "" {
+				rev = cs.Object.Marks.Digest
+			}
+			if rev != "" {
+				gauge(descRevision, 1, append(l, rev)...)
+			}
+		}
+		if cs.PG == nil {
+			continue
+		}
+		gauge(descTimeline, float64(cs.PG.Timeline), l...)
+		if primary != nil {
+			gauge(descSysID, bool01(cs.PG.SystemID == primary.PG.SystemID), l...)
+		}
+		if cs.PG.InRecovery {
+			gauge(descStreaming, bool01(cs.PG.WalReceiver != nil && cs.PG.WalReceiver.Status == "streaming"), l...)
+			gauge(descLagSecs, cs.PG.ReplayDelaySeconds, l...)
+			if primary != nil && primary.PG.SystemID == cs.PG.SystemID {
+				gauge(descLagBytes, float64(snapshot.Lag(primary.PG, cs.PG)), l...)
+			}
+			continue
+		}
+		for _, sl := range cs.PG.Slots {
+			gauge(descSlotBytes, float64(sl.RetainedBytes), append(l, sl.Name)...)
+			if sl.WALStatus != "" {
+				gauge(descSlotState, 1, append(l, sl.Name, sl.WALStatus)...)
+			}
+		}
+	}
+	gauge(descWritable, float64(writable), t)
+	gauge(descMaxLag, float64(d.MaxLagBytes), t)
+	c.mu.Lock()
+	c.series = out
+	c.mu.Unlock()
+}

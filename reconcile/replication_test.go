@@ -1,0 +1,158 @@
+package reconcile
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/prometheus/promql/parser"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// twoSites is a primary and a streaming standby whose slot is reserved.
+func twoSites() (*topology.Desired, *snapshot.Snapshot) {
+	d := &topology.Desired{Name: "orders", MaxLagBytes: 16 << 20, Clusters: []topology.DesiredCluster{
+		{Name: "orders-east", Site: topology.Site{Name: "east"}}, {Name: "orders-west", Site: topology.Site{Name: "west"}}}}
+	snap := &snapshot.Snapshot{Topology: "orders",
+		Sites: []snapshot.SiteState{{Name: "east", Reachable: true}, {Name: "west", Reachable: true}},
+		Clusters: []snapshot.ClusterState{
+			{Name: "orders-east", Site: "east", Exists: true, Object: &snapshot.Object{Marks: snapshot.Marks{Revision: "abc123"}},
+				PG: &snapshot.PGState{SystemID: "7", Timeline: 2, CurrentLSN: 0x5001000,
+					Slots: []snapshot.Slot{{Name: "xdc_orders_west", Active: true, WALStatus: "reserved", RetainedBytes: 4096}}}},
+			{Name: "orders-west", Site: "west", Exists: true, Object: &snapshot.Object{Marks: snapshot.Marks{Revision: "abc123"}},
+				PG: &snapshot.PGState{InRecovery: true, SystemID: "7", Timeline: 2, ReplayLSN: 0x5000000, ReplayDelaySeconds: 1.5,
+					WalReceiver: &snapshot.WalReceiver{Status: "streaming"}}},
+		}}
+	return d, snap
+}
+
+// The replication series follow Prometheus' naming conventions and say
+// what was observed.
+func TestReplicationMetrics(t *testing.T) {
+	c := &replicationCollector{}
+	c.observe(twoSites())
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	want := `
+# HELP pgtopo_standby_replay_lag_bytes How far the standby's replay is behind the primary's end of WAL.
+# TYPE pgtopo_standby_replay_lag_bytes gauge
+pgtopo_standby_replay_lag_bytes{cluster="orders-west",site="west",topology="orders"} 4096
+# HELP pgtopo_writable_clusters Clusters of the topology that take writes; more than 1 is split brain.
+# TYPE pgtopo_writable_clusters gauge
+pgtopo_writable_clusters{topology="orders"} 1
+# HELP pgtopo_slot_wal_status_info The physical slot's wal_status (reserved, extended, unreserved, lost); the value is 1.
+# TYPE pgtopo_slot_wal_status_info gauge
+pgtopo_slot_wal_status_info{cluster="orders-east",site="east",slot="xdc_orders_west",topology="orders",wal_status="reserved"} 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "pgtopo_standby_replay_lag_bytes", "pgtopo_writable_clusters", "pgtopo_slot_wal_status_info"); err != nil {
+		t.Fatal(err)
+	}
+	// A site gone: its cluster is unreachable and down, no stale numbers.
+	d, snap := twoSites()
+	snap.Sites[1].Reachable, snap.Clusters[1] = false, snapshot.ClusterState{Name: "orders-west", Site: "west"}
+	c.observe(d, snap)
+	if n := testutil.CollectAndCount(c, "pgtopo_standby_replay_lag_bytes"); n != 0 {
+		t.Fatalf("%d lag series for an unreachable standby", n)
+	}
+	if err := testutil.CollectAndCompare(c, strings.NewReader(`
+# HELP pgtopo_cluster_info The cluster's role as observed (primary, standby, unreachable, absent, unknown); the value is 1.
+# TYPE pgtopo_cluster_info gauge
+pgtopo_cluster_info{cluster="orders-east",role="primary",site="east",topology="orders"} 1
+pgtopo_cluster_info{cluster="orders-west",role="unreachable",site="west",topology="orders"} 1
+`), "pgtopo_cluster_info"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The example alerts and dashboard parse as PromQL and reference only
+// metrics pgtopo serves.
+func TestMonitoringExamplesReferenceServedMetrics(t *testing.T) {
+	m := NewMetrics()
+	m.ObserveSnapshot(twoSites())
+	families, err := m.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := map[string]bool{}
+	for _, f := range families {
+		served[f.GetName()] = true
+	}
+	var exprs []string
+	var rule struct {
+		Spec struct {
+			Groups []struct {
+				Rules []struct {
+					Alert string `json:"alert"`
+					Expr  string `json:"expr"`
+				} `json:"rules"`
+			} `json:"groups"`
+		} `json:"spec"`
+	}
+	data, err := os.ReadFile("../examples/monitoring/prometheus-rule.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &rule); err != nil {
+		t.Fatal(err)
+	}
+	var alerts []string
+	for _, g := range rule.Spec.Groups {
+		for _, r := range g.Rules {
+			alerts = append(alerts, r.Alert)
+			exprs = append(exprs, r.Expr)
+		}
+	}
+	for _, a := range []string{"PgtopoStandbyNotStreaming", "PgtopoStandbyLagAboveMax", "PgtopoSlotWALAtRisk", "PgtopoSplitBrain", "PgtopoSiteUnreachable", "PgtopoLastCycleTooOld"} {
+		if !slices.Contains(alerts, a) {
+			t.Errorf("alert %s missing", a)
+		}
+	}
+	var dash struct {
+		Panels []struct {
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	data, err = os.ReadFile("../examples/monitoring/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &dash); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			exprs = append(exprs, strings.ReplaceAll(tg.Expr, "$topology", "orders"))
+		}
+	}
+	if len(exprs) < 10 {
+		t.Fatalf("only %d expressions", len(exprs))
+	}
+	for _, e := range exprs {
+		expr, err := parser.ParseExpr(e)
+		if err != nil {
+			t.Errorf("%q: %v", e, err)
+			continue
+		}
+		parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
+			if vs, ok := n.(*parser.VectorSelector); ok && !served[vs.Name] {
+				t.Errorf("%q references %s, which pgtopo does not serve", e, vs.Name)
+			}
+			return nil
+		})
+	}
+}
+
+var _ prometheus.Collector = (*replicationCollector)(nil)
