@@ -36,7 +36,11 @@ func newApplyCmd(e env) *cobra.Command {
 	var src sourceFlags
 	var f applyFlags
 	cmd := &cobra.Command{
-		Use:   "apply (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | PLAN.json)",
+		Use: "apply (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | PLAN.json)",
+		Example: `  pgtopo apply -f orders.yaml
+  pgtopo diff -f orders.yaml --out plan.json && pgtopo apply plan.json
+  pgtopo apply --repo https://git.example.com/db/topologies.git --ref main --path orders.yaml
+  pgtopo apply -f orders-west.yaml --accept-data-loss orders-east   # failover, break-glass`,
 		Short: "Make the live topology match the file: ordered, idempotent steps and a safe switchover",
 		Long: `Print the plan, take the lock, then execute exactly that plan one step at a
 time: each step re-checks its preconditions on a fresh look at the sites,
@@ -77,7 +81,7 @@ stale plan.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			if f.progressFormat != "text" && f.progressFormat != "json" {
-				return fmt.Errorf("--progress-format %q: use text or json", f.progressFormat)
+				return usagef("--progress-format %q: use text or json", f.progressFormat)
 			}
 			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { fmt.Fprintf(e.stderr, "pgtopo: %s\n", msg) })
 			defer stop()
@@ -85,7 +89,7 @@ stale plan.`,
 			defer cancel()
 			if len(args) == 1 {
 				if src.file != "" || src.repo != "" {
-					return fmt.Errorf("apply %s: a saved plan carries its topology; give it alone, without -f or --repo", args[0])
+					return usagef("apply %s: a saved plan carries its topology; give it alone, without -f or --repo", args[0])
 				}
 				return applySaved(ctx, e, &src, f, args[0], drain)
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -20,7 +21,20 @@ const (
 	ExitChanges = 2
 	// ExitSplitBrain: status found more than one cluster taking writes.
 	ExitSplitBrain = 3
+	// ExitUsage: the command line itself is wrong (BSD's EX_USAGE; 2 is
+	// diff's "changes pending", which a typo must never look like).
+	ExitUsage = 64
 )
+
+// usageError is a command line pgtopo cannot run: a flag, an argument or a
+// flag's value.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// usagef is a usage error.
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 // exitCode is an error that carries the process exit code. A command
 // returns it after it has already said what went wrong.
@@ -44,13 +58,17 @@ func Main() int {
 func Run(args []string, e env) int {
 	root := newRoot(e)
 	root.SetArgs(args)
-	err := root.Execute()
+	cmd, err := root.ExecuteC()
 	var code exitCode
+	var usage usageError
 	switch {
 	case err == nil:
 		return ExitOK
 	case errors.As(err, &code):
 		return int(code)
+	case errors.As(err, &usage) || strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag") || strings.HasPrefix(err.Error(), "unknown shorthand flag"):
+		fmt.Fprintf(e.stderr, "pgtopo: %s\nRun '%s --help' for usage.\n", printable.String(err.Error()), cmd.CommandPath())
+		return ExitUsage
 	default:
 		fmt.Fprintf(e.stderr, "pgtopo: %s\n", printable.String(err.Error()))
 		return ExitError
@@ -70,5 +88,16 @@ ordered, idempotent steps, including a safe two-phase switchover.`,
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
 	root.AddCommand(newVersionCmd(e), newValidateCmd(e), newDiffCmd(e), newStatusCmd(e), newApplyCmd(e), newReconcileCmd(e), newFenceCmd(e, true), newFenceCmd(e, false))
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	for _, c := range root.Commands() {
+		if args := c.Args; args != nil {
+			c.Args = func(cmd *cobra.Command, a []string) error {
+				if err := args(cmd, a); err != nil {
+					return usageError{err}
+				}
+				return nil
+			}
+		}
+	}
 	return root
 }

@@ -22,7 +22,10 @@ func newDiffCmd(e env) *cobra.Command {
 	var acceptDataLoss string
 	detailed := true
 	cmd := &cobra.Command{
-		Use:   "diff (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | --repo PATH --base REV [--head REV])",
+		Use: "diff (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | --repo PATH --base REV [--head REV])",
+		Example: `  pgtopo diff -f orders.yaml
+  pgtopo diff -f orders.yaml -o json --out plan.json
+  pgtopo diff --repo . --path orders.yaml --base origin/main -o markdown   # pull-request comment`,
 		Short: "Show what apply would do: a plan of ordered steps, or the refusals that stop it",
 		Long: `Observe every site of the topology and print the plan that would make the
 live world match the file. Nothing is changed.
@@ -37,14 +40,14 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" && output != "markdown" {
-				return fmt.Errorf("--output %q: use text, json or markdown", output)
+				return usagef("--output %q: use text, json or markdown", output)
 			}
 			ctx := context.Background()
 			if base != "" {
 				return pullRequest(ctx, e, &src, prFlags{base: base, head: head, output: output, live: observeLive, allowRollback: allowRollback, detailed: detailed})
 			}
 			if cmd.Flags().Changed("head") {
-				return fmt.Errorf("--head needs --base: pull-request mode compares two revisions")
+				return usagef("--head needs --base: pull-request mode compares two revisions")
 			}
 			in, err := src.load(ctx, e)
 			if err != nil {
@@ -129,7 +132,7 @@ type prFlags struct {
 // then plans the head against the live world.
 func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error {
 	if src.repo == "" || src.file != "" {
-		return fmt.Errorf("--base needs --repo (the repository of the pull request, e.g. --repo .) and --path, not -f")
+		return usagef("--base needs --repo (the repository of the pull request, e.g. --repo .) and --path, not -f")
 	}
 	repo, err := src.openRepo(ctx, e)
 	if err != nil {

@@ -36,8 +36,12 @@ mark. Unfencing a cluster that is not fenced changes nothing.
 
 Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 	}
+	example := "  pgtopo fence orders-west -f orders.yaml --reason 'promoted by hand during the incident'"
+	if !fence {
+		example = "  pgtopo unfence orders-west -f orders.yaml"
+	}
 	cmd := &cobra.Command{
-		Use: use, Short: short, Long: long,
+		Use: use, Short: short, Long: long, Example: example,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { fmt.Fprintf(e.stderr, "pgtopo: %s\n", msg) })

@@ -55,9 +55,9 @@ func (f *sourceFlags) source(ctx context.Context, e env) (reconcile.Source, *git
 	}
 	switch {
 	case f.repo != "" && f.file != "":
-		return nil, nil, fmt.Errorf("-f and --repo: give one; with --repo, --path names the file inside the repository")
+		return nil, nil, usagef("-f and --repo: give one; with --repo, --path names the file inside the repository")
 	case f.repo == "" && f.file == "":
-		return nil, nil, fmt.Errorf("which topology? give -f FILE, or --repo URL|PATH [--ref REV] [--path FILE]")
+		return nil, nil, usagef("which topology? give -f FILE, or --repo URL|PATH [--ref REV] [--path FILE]")
 	case f.file != "":
 		return &reconcile.FileSource{Path: f.file, Validator: v}, nil, nil
 	}

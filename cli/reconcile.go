@@ -28,7 +28,9 @@ func newReconcileCmd(e env) *cobra.Command {
 	var listen, logFormat, logLevel string
 	var allowRollback, observeOnly bool
 	cmd := &cobra.Command{
-		Use:   "reconcile (--repo URL|PATH [--ref REV] [--path FILE] | -f FILE) [--interval D]",
+		Use: "reconcile (--repo URL|PATH [--ref REV] [--path FILE] | -f FILE) [--interval D]",
+		Example: `  pgtopo reconcile --repo https://git.example.com/db/topologies.git --ref main --path orders.yaml --interval 1m
+  pgtopo reconcile -f orders.yaml --observe-only --listen :8080   # metrics only`,
 		Short: "Loop: pull, plan, and apply whenever the revision or the live world drifted",
 		Long: `Every --interval: fetch the repository (or re-read the file), observe every
 site, plan, and apply when the plan has steps and no refusal. One log line
@@ -56,7 +58,7 @@ resumes on the next run).`,
 				return err
 			}
 			if interval <= 0 {
-				return fmt.Errorf("--interval %v: must be positive", interval)
+				return usagef("--interval %v: must be positive", interval)
 			}
 			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { log.Info("signal", "action", msg) })
 			defer stop()

@@ -42,10 +42,10 @@ split brain (more than one cluster takes writes; a fenced one does not count).`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if output != "text" && output != "json" {
-				return fmt.Errorf("--output %q: use text or json", output)
+				return usagef("--output %q: use text or json", output)
 			}
 			if watch < 0 || count < 0 || (count > 0 && watch == 0) {
-				return fmt.Errorf("--watch %v --count %d: --watch takes a positive interval, --count a number of looks with it", watch, count)
+				return usagef("--watch %v --count %d: --watch takes a positive interval, --count a number of looks with it", watch, count)
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -191,7 +191,7 @@ func writeStatus(e env, snap, prev *snapshot.Snapshot) {
 	}
 	for _, s := range snap.Sites {
 		if !s.Reachable {
-			fmt.Fprintf(e.stderr, "%s\n", printable.String(s.Error))
+			fmt.Fprintf(e.stderr, "site %s unreachable: %s\n", s.Name, printable.String(s.Error))
 		}
 	}
 	for _, c := range snap.Clusters {

@@ -156,7 +156,7 @@ func verdict(d *topology.Desired, snap *snapshot.Snapshot) Verdict {
 	var problems []string
 	for _, s := range snap.Sites {
 		if !s.Reachable {
-			problems = append(problems, fmt.Sprintf("site %s unreachable: check its network and kubeconfig context %s", s.Name, s.Context))
+			problems = append(problems, fmt.Sprintf("site %s unreachable: whether it holds a writable cluster cannot be told; fix what its error says", s.Name))
 		}
 	}
 	var writable []string

@@ -14,7 +14,9 @@ import (
 func newValidateCmd(e env) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
-		Use:   "validate FILE...",
+		Use: "validate FILE...",
+		Example: `  pgtopo validate orders.yaml
+  pgtopo validate -o json topologies/*.yaml`,
 		Short: "Check topology files against the CUE schema and the JSON Schema",
 		Long: `Check topology files with both validators and report every problem at once,
 each as file:line:col: field.path: message. Warnings are printed but do not
@@ -22,7 +24,7 @@ fail. Exit status: 0 valid, 1 invalid or unreadable.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, files []string) error {
 			if output != "text" && output != "json" {
-				return fmt.Errorf("--output %q: use text or json", output)
+				return usagef("--output %q: use text or json", output)
 			}
 			return runValidate(e, files, output)
 		},

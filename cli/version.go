@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
+	"runtime"
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
@@ -13,16 +15,49 @@ var (
 	revision = ""
 )
 
+// Version is what version -o json prints.
+type Version struct {
+	Version   string `json:"version"`
+	Revision  string `json:"revision"`
+	GoVersion string `json:"goVersion"`
+}
+
 func newVersionCmd(e env) *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
+	var output string
+	cmd := &cobra.Command{
+		Use: "version",
+		Example: `  pgtopo version
+  pgtopo version -o json`,
 		Short: "Print the version and git revision",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			fmt.Fprintf(e.stdout, "pgtopo %s (revision %s)\n", version, buildRevision())
+			v := Version{Version: buildVersion(), Revision: buildRevision(), GoVersion: runtime.Version()}
+			switch output {
+			case "json":
+				b, _ := json.MarshalIndent(v, "", "  ")
+				fmt.Fprintf(e.stdout, "%s\n", b)
+			case "text":
+				fmt.Fprintf(e.stdout, "pgtopo %s (revision %s)\n", v.Version, v.Revision)
+			default:
+				return usagef("--output %q: use text or json", output)
+			}
 			return nil
 		},
 	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+// buildVersion is the version set at build time, else the module version
+// go install recorded (v1.2.3, or a pseudo-version).
+func buildVersion() string {
+	if version != "dev" {
+		return version
+	}
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		return info.Main.Version
+	}
+	return version
 }
 
 func buildRevision() string {

@@ -7,6 +7,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -42,12 +45,31 @@ func (l Loader) RESTConfig(contextName string) (*rest.Config, error) {
 	}
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = l.Kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: contextName}).ClientConfig()
+	raw, err := rules.Load()
+	if err != nil {
+		return nil, fmt.Errorf("context %s: kubeconfig: %w", contextName, err)
+	}
+	if _, ok := raw.Contexts[contextName]; !ok {
+		return nil, missingContext(contextName, raw.Contexts, rules)
+	}
+	cfg, err := clientcmd.NewNonInteractiveClientConfig(*raw, contextName, &clientcmd.ConfigOverrides{}, rules).ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("context %s: %w", contextName, err)
 	}
 	return cfg, nil
+}
+
+// missingContext says why a context is not there: no kubeconfig at all,
+// or one without it, listing what it has.
+func missingContext[T any](name string, contexts map[string]T, rules *clientcmd.ClientConfigLoadingRules) error {
+	where := strings.Join(rules.GetLoadingPrecedence(), ", ")
+	if rules.ExplicitPath != "" {
+		where = rules.ExplicitPath
+	}
+	if len(contexts) == 0 {
+		return fmt.Errorf("context %s: no kubeconfig with contexts found (looked at %s); point at one with --kubeconfig FILE or KUBECONFIG, or use context in-cluster inside a pod", name, where)
+	}
+	return fmt.Errorf("context %s: not in the kubeconfig (%s), which has %s", name, where, strings.Join(slices.Sorted(maps.Keys(contexts)), ", "))
 }
 
 // Site is one site's API access: typed clients for the core objects and a

@@ -193,7 +193,9 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	}
 	wg.Wait()
 	if nodesErr != nil {
-		st.Error = fmt.Sprintf("site %s (context %s) unreachable: %v", site.Name, site.Context, nodesErr)
+		// The site is named by whoever shows the error (a plan's "site
+		// west unreachable: ..."); the error names the context.
+		st.Error = fmt.Sprintf("context %s: %v", site.Context, nodesErr)
 		return st, clusters, nil
 	}
 	st.Reachable, st.NodeIPs, st.Lease = true, nodeIPs(nodes), lease
