@@ -118,7 +118,7 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 		lease                      bool
 	}{
 		{name: "everything read", reachable: true, exists: true, probed: true, lease: true},
-		{name: "nodes fail: unreachable, nothing else kept", site: fakeSite{fail: "nodes"}, siteErr: "site east (context prod-east) unreachable: dial tcp 10.0.0.1:6443: i/o timeout"},
+		{name: "nodes fail: unreachable, nothing else kept", site: fakeSite{fail: "nodes"}, siteErr: "context prod-east: dial tcp 10.0.0.1:6443: i/o timeout"},
 		{name: "CR read fails", site: fakeSite{fail: "cr"}, reachable: true, clusterErr: "read CR: etcdserver: request timed out", lease: true},
 		{name: "no CR: secrets only", site: fakeSite{noCR: true}, reachable: true, lease: true},
 		{name: "Service read fails", site: fakeSite{fail: "service"}, reachable: true, exists: true, clusterErr: "read Service: connection refused", lease: true},
