@@ -153,7 +153,7 @@ func TestDockerfileBuildsAStaticBinary(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "pgtopo")
 	cmd := exec.Command("sh", "-c", m[1]+" -o "+out+" .")
 	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "VERSION=test")
+	cmd.Env = append(os.Environ(), "VERSION=v9.9.9", "REVISION=0123456789abcdef")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", m[1], err, b)
 	}
@@ -172,6 +172,18 @@ func TestDockerfileBuildsAStaticBinary(t *testing.T) {
 	}
 	st, _ := os.Stat(out)
 	t.Logf("static binary: %.1f MiB", float64(st.Size())/(1<<20))
+	if v, err := exec.Command(out, "version").Output(); err != nil || string(v) != "pgtopo v9.9.9 (revision 0123456789abcdef)\n" {
+		t.Fatalf("the image's binary says %q (%v), want its version and revision build args", v, err)
+	}
+	ignore, err := os.ReadFile("../.dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{".git", "bin"} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(want) + `$`).Match(ignore) {
+			t.Errorf(".dockerignore does not keep %s out of the build context", want)
+		}
+	}
 }
 
 // TestDeployKustomizationsResolve: the resources a kustomization lists exist.
