@@ -98,7 +98,6 @@ func alertFires(t *testing.T, fams map[string]*dto.MetricFamily, expr string) []
 	return out
 }
 
-
 // ruleExpr is the expression of one alert of the example PrometheusRule.
 func ruleExpr(t *testing.T, alert string) string {
 	t.Helper()
