@@ -131,7 +131,14 @@ func (s *fakeSite) WriteMarks(_ context.Context, _, name string, m snapshot.Mark
 			phase += " " + m.Journal.GateLSN
 		}
 	}
-	w.record("marks %s digest=%s revision=%s journal=%s", name, m.Digest, m.Revision, phase)
+	line := fmt.Sprintf("marks %s digest=%s revision=%s journal=%s", name, m.Digest, m.Revision, phase)
+	if f := m.Failover; f != nil {
+		line += fmt.Sprintf(" failover=%d:%s", f.Epoch, f.Phase)
+		if r := f.Returned; r != nil {
+			line += fmt.Sprintf(" returned=%s:%d:%v", r.Rejoin, r.Diverged, r.Done)
+		}
+	}
+	w.record("%s", line)
 	c := w.cluster(name)
 	c.Object.Marks = m
 	return nil
@@ -249,6 +256,9 @@ func (s *fakeSession) QueryRow(_ context.Context, sql string, _ ...any) Row {
 	}
 	if err := s.w.fail["query "+s.cluster]; err != nil {
 		return fakeRow{err: err}
+	}
+	if strings.Contains(sql, "pg_last_committed_xact") {
+		return fakeRow{vals: []any{"2026-12-02T12:03:40.000Z"}}
 	}
 	c := s.w.cluster(s.cluster)
 	end, ok := s.w.endOfWAL[s.cluster]

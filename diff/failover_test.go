@@ -90,6 +90,11 @@ func TestFailoverConsent(t *testing.T) {
 				if f == nil || f.Failover.From.Cluster != "orders-east" || f.Failover.SystemID == "" || f.Failover.Epoch != 1 {
 					t.Fatalf("no failover step: %+v", p.Steps)
 				}
+				// apply confirms the loss through PostgreSQL at the address
+				// the target streamed from.
+				if ep := f.Failover.FromEndpoint; ep == nil || ep.String() != "127.100.10.1:31388" {
+					t.Fatalf("the failover does not carry the lost primary's address: %+v", ep)
+				}
 				for _, s := range p.Steps {
 					if s.Subject.Cluster == "orders-east" || s.Action == ActionLock && len(s.Locks) != 1 {
 						t.Fatalf("a step touches the lost site: %+v", s)
@@ -249,5 +254,62 @@ func TestAfterAFailoverDone(t *testing.T) {
 	}
 	if !repointed {
 		t.Fatalf("orders-south not repointed to orders-west: %+v", p.Steps)
+	}
+}
+
+// A failover whose consent is recorded resumes only toward the primary it
+// recorded.
+func TestResumeFailoverNeedsItsTarget(t *testing.T) {
+	d, snap := lostEast(t)
+	w := cs(snap, "orders-west")
+	w.Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverPromoting,
+		SystemID: w.PG.SystemID, FromTimeline: 1}
+	p := Compute(d, snap, Options{})
+	if p.Refused() || len(p.Steps) < 2 || p.Steps[1].Action != ActionFailover || p.Steps[1].Failover.Resume != snapshot.FailoverPromoting {
+		t.Fatalf("want the failover resumed: %+v %+v", p.Steps, p.Refusals)
+	}
+	w.Object.Marks.Failover.To = "orders-north"
+	p = Compute(d, snap, Options{})
+	if !p.Refused() || !strings.Contains(p.Refusals[0].Reason, "is recorded (epoch 1) but the file does not list both") {
+		t.Fatalf("want a refusal for a record naming a cluster not in the file: %+v", p.Refusals)
+	}
+}
+
+// A standby that replayed further than the file's target is recommended.
+func TestFailoverRecommendsTheFurthestStandby(t *testing.T) {
+	d := loadDesired(t, "testdata/three-sites.yaml")
+	snap := loadSnapshot(t, "testdata/three-sites-switchover/snapshot.json", d)
+	site, _ := snap.Site("east")
+	site.Reachable, site.Error = false, "context lab-east: connection refused"
+	*cs(snap, "orders-east") = snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db"}
+	cs(snap, "orders-south").PG.ReplayLSN = cs(snap, "orders-west").PG.ReplayLSN + 4096
+	p := Compute(d, snap, Options{})
+	var notes []string
+	for _, n := range p.Notes {
+		notes = append(notes, n.Message)
+	}
+	if !strings.Contains(strings.Join(notes, "\n"), "orders-south has replayed further") || !strings.Contains(strings.Join(notes, "\n"), "4 KiB more than orders-west): with primary: orders-south less is lost") {
+		t.Fatalf("notes %q", notes)
+	}
+}
+
+// A returned lost primary without a bootstrap Secret gets one with its
+// rejoin; the file's spent consent is a note, not a refusal.
+func TestRejoinCopiesTheBootstrapSecretAndNotesSpentConsent(t *testing.T) {
+	d := loadDesired(t, "testdata/two-sites-west.yaml")
+	snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
+	e, w := cs(snap, "orders-east"), cs(snap, "orders-west")
+	w.PG.InRecovery, w.PG.Timeline, w.PG.CurrentLSN = false, 2, w.PG.ReplayLSN+100
+	w.Object.Spec.Replication = snapshot.Replication{Enabled: true, ServiceType: "NodePort"}
+	w.Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverDone,
+		SystemID: w.PG.SystemID, FromTimeline: 1, ForkLSN: w.PG.ReplayLSN, At: "2026-12-02T12:03:12Z"}
+	e.BootstrapSecret.Exists = false
+	d.AcceptDataLoss = &topology.Consent{Cluster: "orders-east", SystemIdentifier: w.PG.SystemID, Timeline: 1}
+	p := Compute(d, snap, Options{})
+	if len(p.Steps) != 2 || p.Steps[1].Rejoin.Secret == nil || p.Steps[1].Rejoin.Secret.FromName != w.Credentials.Name {
+		t.Fatalf("want a rejoin that copies west's credentials: %+v", p.Steps)
+	}
+	if len(p.Notes) == 0 || !strings.Contains(p.Notes[0].Message, "spec.acceptDataLoss is spent") {
+		t.Fatalf("notes %+v", p.Notes)
 	}
 }

@@ -1,0 +1,209 @@
+package apply
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+// lostWorld: east's site is gone (its cluster unobserved), west is a
+// standby that streamed from it at 0/5027AD8 on timeline 1.
+func lostWorld() *world {
+	east := snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db"}
+	west := standbyState("orders-west", "west", westEP, eastEP, 0x5027AD8, 1)
+	west.PG.WalReceiver = nil
+	w := newWorld(east, west)
+	w.snap.Sites[0].Reachable, w.snap.Sites[0].Error = false, "context lab-east: connection refused"
+	w.fail["open orders-east"] = errors.New("dial tcp 127.100.10.1:31388: connect: connection refused")
+	w.react = operator
+	return w
+}
+
+var promotedSpec = snapshot.Spec{Topology: "orders", Instances: 2, Version: "15", TeamID: "ACID",
+	Replication: snapshot.Replication{Enabled: true, ServiceType: "NodePort"}}
+
+func failoverStep(resume string) diff.Step {
+	return diff.Step{Action: diff.ActionFailover, Subject: subject("west", "orders-west"), Failover: &diff.Failover{
+		From: subject("east", "orders-east"), To: subject("west", "orders-west"), FromEndpoint: eastEP, ToEndpoint: westEP,
+		Promoted: promotedSpec, SystemID: sysID, FromTimeline: 1, Epoch: 1, Consent: diff.ConsentFile, Resume: resume}}
+}
+
+func TestFailoverRecordsPromotesAndRecordsDone(t *testing.T) {
+	w := lostWorld()
+	r, events := runner(w)
+	if err := run(t, r, failoverStep("")); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w,
+		"marks orders-west digest= revision= journal=- failover=1:promoting",
+		"spec orders-west "+specJSON(promotedSpec),
+		"sql orders-west CHECKPOINT",
+		"marks orders-west digest= revision= journal=- failover=1:done",
+	)
+	if c := w.cluster("orders-west"); !c.Writable() || c.PG.Timeline != 2 {
+		t.Fatalf("west not primary on timeline 2: %+v", c.PG)
+	}
+	rec := w.cluster("orders-west").Object.Marks.Failover
+	if rec.ForkLSN != 0x5027AD8 || rec.From != "orders-east" || rec.Consent != "spec.acceptDataLoss in the file" {
+		t.Fatalf("record %+v", rec)
+	}
+	want := []Phase{PhaseStep, PhaseStep, PhaseJournal, PhasePromote, PhaseSwitched}
+	if got := phases(*events); !slices.Equal(got, want) {
+		t.Fatalf("phases %v, want %v", got, want)
+	}
+}
+
+// The PostgreSQL half of "confirm unreachable": a lost primary that still
+// answers at the address the target streamed from is not failed over.
+func TestFailoverRefusesALostPrimaryThatAnswers(t *testing.T) {
+	w := lostWorld()
+	delete(w.fail, "open orders-east")
+	r, _ := runner(w)
+	err := run(t, r, failoverStep(""))
+	if err == nil || !strings.Contains(err.Error(), "orders-east answers through PostgreSQL at 127.100.10.1:31388: it is not lost") {
+		t.Fatalf("error %v, want a refusal", err)
+	}
+	wantWrites(t, w)
+}
+
+// The consent is bound to the timeline: a target on another one is not
+// promoted on it.
+func TestFailoverRefusesATargetOnAnotherTimeline(t *testing.T) {
+	w := lostWorld()
+	w.cluster("orders-west").PG.Timeline = 2
+	r, _ := runner(w)
+	if err := run(t, r, failoverStep("")); err == nil || !strings.Contains(err.Error(), "the consent is for system "+sysID+" timeline 1: plan again") {
+		t.Fatalf("error %v", err)
+	}
+	wantWrites(t, w)
+}
+
+// Resuming promotes on the recorded consent; with no record it promotes
+// nothing.
+func TestFailoverResumesOnlyFromTheRecord(t *testing.T) {
+	w := lostWorld()
+	r, _ := runner(w)
+	if err := run(t, r, failoverStep(snapshot.FailoverPromoting)); err == nil || !strings.Contains(err.Error(), "its record (epoch 1) is gone") {
+		t.Fatalf("error %v, want a refusal without a record", err)
+	}
+	wantWrites(t, w)
+	w.cluster("orders-west").Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west",
+		Phase: snapshot.FailoverPromoting, SystemID: sysID, FromTimeline: 1, ForkLSN: 0x5027AD8, Consent: "flag"}
+	if err := run(t, r, failoverStep(snapshot.FailoverPromoting)); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w,
+		"spec orders-west "+specJSON(promotedSpec),
+		"sql orders-west CHECKPOINT",
+		"marks orders-west digest= revision= journal=- failover=1:done",
+	)
+}
+
+// returnedWorld: west took over (epoch 1 done); east answers again,
+// writable on the timeline it was lost on, 1 MiB past the fork.
+func returnedWorld() (*world, snapshot.FailoverRecord) {
+	rec := snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverDone,
+		SystemID: sysID, FromTimeline: 1, ForkLSN: 0x5000000, LastReplayedCommit: "2026-12-02T12:03:11.000Z"}
+	east := primaryState("orders-east", "east", eastEP, 0x5100000, 1)
+	west := primaryState("orders-west", "west", westEP, 0x5001000, 2)
+	r := rec
+	west.Object.Marks.Failover = &r
+	w := newWorld(east, west)
+	w.react = operator
+	return w, rec
+}
+
+func rejoinStep(rec snapshot.FailoverRecord, policy string, rebuild bool) diff.Step {
+	return diff.Step{Action: diff.ActionRejoin, Subject: subject("east", "orders-east"), Rejoin: &diff.Rejoin{
+		Record: rec, Primary: subject("west", "orders-west"), PrimaryEP: westEP, Demoted: standbySpec.WithPeer(*westEP),
+		Policy: policy, Rebuild: rebuild}}
+}
+
+func TestRejoinFencesReportsAndRewinds(t *testing.T) {
+	w, rec := returnedWorld()
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if name == "orders-east" && what == "spec" {
+			w.follow(name, "orders-west") // Patroni's pg_rewind, then streaming
+		}
+	}
+	r, events := runner(w)
+	step := rejoinStep(rec, "rewind", false)
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w,
+		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
+		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:1048576:false",
+		"spec orders-east "+specJSON(step.Rejoin.Demoted),
+		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:1048576:true",
+	)
+	var words string
+	for _, e := range *events {
+		if e.Phase == PhaseFence && strings.HasPrefix(e.Message, "divergence:") {
+			words = e.Message
+		}
+	}
+	for _, want := range []string{"orders-east wrote 0/5000000..0/5100000 (1 MiB) after the fork", "commits after 2026-12-02T12:03:11.000Z", "up to 2026-12-02T12:03:40.000Z (its last commit)"} {
+		if !strings.Contains(words, want) {
+			t.Errorf("divergence %q lacks %q", words, want)
+		}
+	}
+	if c := w.cluster("orders-east"); c.Writable() || !c.StreamsFrom(westEP) {
+		t.Fatalf("east writable %v, receiver %s", c.Writable(), c.Receiver())
+	}
+}
+
+func TestRejoinRebuildsAsAStandbyFromBirth(t *testing.T) {
+	w, rec := returnedWorld()
+	r, _ := runner(w)
+	step := rejoinStep(rec, "rebuild", true)
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	got := w.writes()
+	i, j := slices.Index(got, "delete orders-east"), slices.Index(got, "spec orders-east "+specJSON(step.Rejoin.Demoted))
+	if i < 0 || j < i || !slices.Contains(got, "marks orders-east digest= revision= journal=- failover=1:done returned=rebuild:1048576:true") {
+		t.Fatalf("want fence, delete, create as a standby, recorded done: %v", got)
+	}
+	if c := w.cluster("orders-east"); c.Writable() || !c.StreamsFrom(westEP) {
+		t.Fatalf("east writable %v, receiver %s", c.Writable(), c.Receiver())
+	}
+}
+
+// A demoted lost primary that does not stream within the bound (its rewind
+// failed) is rebuilt.
+func TestRejoinRebuildsWhenTheRewindDoesNotBringItBack(t *testing.T) {
+	w, rec := returnedWorld()
+	r, _ := runner(w)
+	step := rejoinStep(rec, "rewind", false)
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	got := w.writes()
+	if !slices.Contains(got, "delete orders-east") || got[len(got)-1] != "marks orders-east digest= revision= journal=- failover=1:done returned=rebuild:1048576:true" {
+		t.Fatalf("want a rebuild after the rewind did not stream: %v", got)
+	}
+}
+
+// Policy manual: fenced and demoted, recorded, nothing more.
+func TestRejoinManualStopsAfterTheDemotion(t *testing.T) {
+	w, rec := returnedWorld()
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if name == "orders-east" && what == "spec" {
+			w.cluster(name).PG.WalReceiver = nil // rewinding, or stuck: manual does not wait
+		}
+	}
+	r, _ := runner(w)
+	if err := run(t, r, rejoinStep(rec, "manual", false)); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.writes(); got[len(got)-1] != "marks orders-east digest= revision= journal=- failover=1:done returned=manual:1048576:true" {
+		t.Fatalf("writes %v", got)
+	}
+}
