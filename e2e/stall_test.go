@@ -114,35 +114,28 @@ func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
 // signalPatroni signals the Patroni process of a cluster's first member
 // and returns its pid.
 func (h *harness) signalPatroni(cluster string, sig syscall.Signal) int {
-	h.t.Helper()
-	out, err := exec.Command("pgrep", "-f", "clusters/db/"+cluster+"/0/patroni.yml").Output()
-	if err != nil {
-		h.t.Fatalf("no Patroni process of %s: %v", cluster, err)
-	}
-	pid, err := strconv.Atoi(strings.Fields(string(out))[0])
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if err := syscall.Kill(pid, sig); err != nil {
-		h.t.Fatalf("signal %s's Patroni %d: %v", cluster, pid, err)
-	}
-	return pid
+	return h.signal("clusters/db/"+cluster+"/0/patroni.yml", cluster+"'s Patroni", sig)
 }
 
 // signalStartup signals the startup (WAL replay) process of a standby
 // cluster's PostgreSQL and returns its pid.
 func (h *harness) signalStartup(cluster string, sig syscall.Signal) int {
+	return h.signal("postgres: "+cluster+": startup", cluster+"'s startup process", sig)
+}
+
+// signal signals the first process whose command line matches pattern.
+func (h *harness) signal(pattern, what string, sig syscall.Signal) int {
 	h.t.Helper()
-	out, err := exec.Command("pgrep", "-f", "postgres: "+cluster+": startup").Output()
+	out, err := exec.Command("pgrep", "-f", pattern).Output()
 	if err != nil {
-		h.t.Fatalf("no startup process of %s: %v", cluster, err)
+		h.t.Fatalf("no process for %s: %v", what, err)
 	}
 	pid, err := strconv.Atoi(strings.Fields(string(out))[0])
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	if err := syscall.Kill(pid, sig); err != nil {
-		h.t.Fatalf("signal %s's startup process %d: %v", cluster, pid, err)
+		h.t.Fatalf("signal %s (%d): %v", what, pid, err)
 	}
 	return pid
 }
