@@ -212,6 +212,9 @@ func lostAway(snap *snapshot.Snapshot) bool {
 	if !ok || !c.Exists || c.Object == nil {
 		return false
 	}
+	if c.PG != nil && c.PG.InRecovery && c.PG.WalReceiver != nil && c.PG.WalReceiver.Status == "streaming" {
+		return false // a standby again, however it got there
+	}
 	own := c.Object.Marks.Failover
 	return own == nil || own.Epoch < rec.Epoch || own.Returned == nil || !own.Returned.Done
 }

@@ -177,3 +177,33 @@ func (o leasedObserver) Observe(ctx context.Context, d *topology.Desired) (*snap
 	}
 	return snap, err
 }
+
+// The loop looks again soon while a failed-over primary is away or back
+// but not rejoined, and at its interval otherwise.
+func TestLostAway(t *testing.T) {
+	rec := &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverDone}
+	world := func(eastSiteUp bool, east snapshot.ClusterState) *snapshot.Snapshot {
+		west := snapshot.ClusterState{Name: "orders-west", Site: "west", Exists: true, Object: &snapshot.Object{Marks: snapshot.Marks{Failover: rec}}}
+		east.Name, east.Site = "orders-east", "east"
+		return &snapshot.Snapshot{Sites: []snapshot.SiteState{{Name: "east", Reachable: eastSiteUp}, {Name: "west", Reachable: true}},
+			Clusters: []snapshot.ClusterState{east, west}}
+	}
+	done := *rec
+	done.Returned = &snapshot.Returned{Done: true}
+	for _, tc := range []struct {
+		name string
+		snap *snapshot.Snapshot
+		want bool
+	}{
+		{"no failover", &snapshot.Snapshot{}, false},
+		{"its site away", world(false, snapshot.ClusterState{}), true},
+		{"back, not fenced yet", world(true, snapshot.ClusterState{Exists: true, Object: &snapshot.Object{}, PG: &snapshot.PGState{}}), true},
+		{"rejoined and recorded", world(true, snapshot.ClusterState{Exists: true, Object: &snapshot.Object{Marks: snapshot.Marks{Failover: &done}}}), false},
+		{"a streaming standby again", world(true, snapshot.ClusterState{Exists: true, Object: &snapshot.Object{},
+			PG: &snapshot.PGState{InRecovery: true, WalReceiver: &snapshot.WalReceiver{Status: "streaming"}}}), false},
+	} {
+		if got := lostAway(tc.snap); got != tc.want {
+			t.Errorf("%s: lostAway %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
