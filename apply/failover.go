@@ -2,7 +2,6 @@ package apply
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -240,24 +239,11 @@ func (x *stepRun) fenceReturned(ctx context.Context, o *snapshot.ClusterState) (
 	var last string
 	var ended int
 	err := x.session(ctx, o, func(sess Session) error {
-		for _, stmt := range fenceSQL[:2] {
-			if err := sess.Exec(ctx, stmt); err != nil {
-				return fmt.Errorf("fence: %w", err)
-			}
-		}
-		if err := sess.QueryRow(ctx, fenceSQL[2]).Scan(&ended); err != nil {
-			return fmt.Errorf("fence: %w", err)
-		}
-		var inRecovery bool
-		var lsn string
-		if err := sess.QueryRow(ctx, endOfWALSQL).Scan(&inRecovery, &lsn); err != nil {
-			return fmt.Errorf("fence: end of WAL: %w", err)
-		}
-		if inRecovery {
-			return errors.New("fence: in recovery already")
-		}
 		var err error
-		if end, err = snapshot.ParseLSN(lsn); err != nil {
+		if ended, err = fenceNow(ctx, sess); err != nil {
+			return err
+		}
+		if end, err = endOfWAL(ctx, sess); err != nil {
 			return err
 		}
 		return sess.QueryRow(ctx, lastCommitSQL).Scan(&last)

@@ -312,21 +312,11 @@ const endOfWALSQL = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() T
 func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to string) error {
 	var end snapshot.LSN
 	err := x.session(ctx, fo, func(s Session) error {
-		for _, stmt := range fenceSQL {
-			if err := s.Exec(ctx, stmt); err != nil {
-				return fmt.Errorf("fence: %w", err)
-			}
-		}
-		var inRecovery bool
-		var lsn string
-		if err := s.QueryRow(ctx, endOfWALSQL).Scan(&inRecovery, &lsn); err != nil {
-			return fmt.Errorf("fence: end of WAL: %w", err)
-		}
-		if inRecovery {
-			return fmt.Errorf("fence: in recovery already, not the primary")
+		if _, err := fenceNow(ctx, s); err != nil {
+			return err
 		}
 		var err error
-		end, err = snapshot.ParseLSN(lsn)
+		end, err = endOfWAL(ctx, s)
 		return err
 	})
 	if err != nil {
@@ -349,6 +339,34 @@ func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to strin
 	})
 }
 
+// fenceNow makes new sessions read-only and ends the client sessions but
+// Patroni's, in sess; it returns how many it ended.
+func fenceNow(ctx context.Context, sess Session) (int, error) {
+	for _, stmt := range fenceSQL[:2] {
+		if err := sess.Exec(ctx, stmt); err != nil {
+			return 0, fmt.Errorf("fence: %w", err)
+		}
+	}
+	var ended int
+	if err := sess.QueryRow(ctx, fenceSQL[2]).Scan(&ended); err != nil {
+		return 0, fmt.Errorf("fence: %w", err)
+	}
+	return ended, nil
+}
+
+// endOfWAL reads a primary's end of WAL in sess.
+func endOfWAL(ctx context.Context, sess Session) (snapshot.LSN, error) {
+	var inRecovery bool
+	var lsn string
+	if err := sess.QueryRow(ctx, endOfWALSQL).Scan(&inRecovery, &lsn); err != nil {
+		return 0, fmt.Errorf("fence: end of WAL: %w", err)
+	}
+	if inRecovery {
+		return 0, fmt.Errorf("fence: in recovery already, not the primary")
+	}
+	return snapshot.ParseLSN(lsn)
+}
+
 var unfenceSQL = []string{"ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"}
 
 // Fence is the break-glass fence (pgtopo fence): record the mark, then make
@@ -363,12 +381,9 @@ func (x *stepRun) Fence(ctx context.Context, s diff.Step) error {
 	}
 	var ended int
 	err := x.session(ctx, c, func(sess Session) error {
-		for _, stmt := range fenceSQL[:2] {
-			if err := sess.Exec(ctx, stmt); err != nil {
-				return fmt.Errorf("fence: %w", err)
-			}
-		}
-		return sess.QueryRow(ctx, fenceSQL[2]).Scan(&ended)
+		var err error
+		ended, err = fenceNow(ctx, sess)
+		return err
 	})
 	if err != nil {
 		return err
