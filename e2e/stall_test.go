@@ -2,13 +2,13 @@ package e2e
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgtopo/pgtopo/lab"
 )
 
 // TestSwitchoverBacksOutOfAStalledTarget freezes the target's replay (its
@@ -123,17 +123,15 @@ func (h *harness) signalStartup(cluster string, sig syscall.Signal) int {
 	return h.signal("postgres: "+cluster+": startup", cluster+"'s startup process", sig)
 }
 
-// signal signals the first process whose command line matches pattern.
+// signal signals the first process of this lab whose command line
+// contains pattern (other tests run other labs at the same time).
 func (h *harness) signal(pattern, what string, sig syscall.Signal) int {
 	h.t.Helper()
-	out, err := exec.Command("pgrep", "-f", pattern).Output()
+	pids, err := lab.SiteProcesses(h.lab.Dir, "", pattern)
 	if err != nil {
 		h.t.Fatalf("no process for %s: %v", what, err)
 	}
-	pid, err := strconv.Atoi(strings.Fields(string(out))[0])
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	pid := pids[0]
 	if err := syscall.Kill(pid, sig); err != nil {
 		h.t.Fatalf("signal %s (%d): %v", what, pid, err)
 	}

@@ -138,6 +138,39 @@ func processesUnder(dir string) []int {
 	return out
 }
 
+// SiteProcesses lists the processes of one site of a lab (every site when
+// site is empty) whose command line contains pattern: Patroni and
+// PostgreSQL processes, told apart from another lab's by their command
+// line or working directory.
+func SiteProcesses(dir, site, pattern string) ([]int, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	under := filepath.Join(abs, "sites") + "/"
+	if site != "" {
+		under = Paths{abs}.Site(site) + "/"
+	}
+	var out []int
+	for _, pid := range processesUnder(under) {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(strings.ReplaceAll(string(cmdline), "\x00", " "), pattern) {
+			out = append(out, pid)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("lab %s: no process of %s matches %q", abs, orAll(site), pattern)
+	}
+	return out, nil
+}
+
+func orAll(site string) string {
+	if site == "" {
+		return "any site"
+	}
+	return "site " + site
+}
+
 // Partition cuts a site off from everything outside it.
 func Partition(dir, site string) error {
 	st, s, err := loadSite(dir, site)

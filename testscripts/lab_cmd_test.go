@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -85,11 +83,10 @@ func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 		if args[0] == "resume-replay" {
 			sig = syscall.SIGCONT
 		}
-		out, err := exec.Command("pgrep", "-f", "postgres: "+args[2]+": startup").Output()
+		// This lab's process only: tests run other labs at the same time.
+		pids, err := lab.SiteProcesses(dir, args[1], "postgres: "+args[2]+": startup")
 		ts.Check(err)
-		for _, f := range strings.Fields(string(out)) {
-			pid, err := strconv.Atoi(f)
-			ts.Check(err)
+		for _, pid := range pids {
 			ts.Check(syscall.Kill(pid, sig))
 		}
 	case "set-password":
