@@ -44,37 +44,22 @@ func (p *Plan) Headline() string {
 	return fmt.Sprintf("topology %s: primary %s", p.Topology, now)
 }
 
-// WriteText renders the plan for a terminal, grouped by site.
+// WriteText renders the plan for a terminal.
 func (p *Plan) WriteText(w io.Writer) error {
 	var b strings.Builder
 	put(&b, "%s\n", p.Headline())
 	if p.Revision != "" {
 		put(&b, "revision %s, digest %s\n", p.Revision, p.Digest)
 	}
-	// Grouped by site; the numbers keep the order apply runs them in.
-	var sites []string
-	bySite := map[string][]int{}
-	for i, s := range p.Steps {
-		if _, ok := bySite[s.Subject.Site]; !ok {
-			sites = append(sites, s.Subject.Site)
-		}
-		bySite[s.Subject.Site] = append(bySite[s.Subject.Site], i)
+	// In the order apply runs them, each naming its site.
+	if len(p.Steps) > 0 {
+		b.WriteString("\n")
 	}
-	for _, site := range sites {
-		put(&b, "\nsite %s\n", site)
-		for _, i := range bySite[site] {
-			s := p.Steps[i]
-			name := s.Subject.Cluster
-			if name == "" {
-				name = "(" + s.Subject.Namespace + ")"
-			} else {
-				name += " (" + s.Subject.Namespace + ")"
-			}
-			put(&b, "  %2d. %-2s %-16s %s\n", i+1, Catalogue[s.Action].Symbol, s.Action, name)
-			put(&b, "          %s\n", s.Reason)
-			for _, c := range s.Changes {
-				put(&b, "          %s: %s → %s\n", c.Field, show(c.Before), show(c.After))
-			}
+	for i, s := range p.Steps {
+		put(&b, "  %2d. %-2s %-16s %s\n", i+1, Catalogue[s.Action].Symbol, s.Action, s.Subject)
+		put(&b, "          %s\n", s.Reason)
+		for _, c := range s.Changes {
+			put(&b, "          %s: %s → %s\n", c.Field, show(c.Before), show(c.After))
 		}
 	}
 	if len(p.Refusals) > 0 {
