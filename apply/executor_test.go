@@ -447,6 +447,48 @@ func TestSwitchoverResumes(t *testing.T) {
 	}
 }
 
+// Resuming at demoting, the old primary may be restarting into a standby
+// under the fence: the run goes on (the gate decides). A fresh switchover
+// whose fence fails stops, whatever the server does next.
+func TestSwitchoverFenceThatLosesTheServer(t *testing.T) {
+	for _, tc := range []struct {
+		resume string
+		ok     bool
+	}{{snapshot.PhaseDemoting, true}, {"", false}} {
+		w := switchoverWorld()
+		restarting := func(w *world, what, name string) {
+			if what == "failed sql fence-on" && name == "orders-east" {
+				e := w.cluster(name)
+				e.PG, e.PGError = nil, "the database system is shutting down"
+				return
+			}
+			operator(w, what, name)
+		}
+		w.react = restarting
+		w.fail["sql fence-on"] = errors.New("unexpected EOF")
+		if tc.resume != "" {
+			j := snapshot.Journal{From: "orders-east", To: "orders-west", Phase: tc.resume, SystemID: sysID, Timeline: 1}
+			for _, c := range []string{"orders-east", "orders-west"} {
+				jj := j
+				w.cluster(c).Object.Marks.Journal = &jj
+			}
+		}
+		r, _ := runner(w)
+		r.MaxWritePause = 10 * time.Second
+		err := run(t, r, switchoverStep(tc.resume))
+		if tc.ok && err != nil {
+			t.Fatalf("resume %q: %v", tc.resume, err)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "unexpected EOF")) {
+			t.Fatalf("fresh: error %v, want the fence's", err)
+		}
+		promoted := slices.ContainsFunc(w.writes(), func(l string) bool { return strings.HasPrefix(l, "spec orders-west") })
+		if promoted != tc.ok {
+			t.Fatalf("resume %q: promoted %v: %v", tc.resume, promoted, w.writes())
+		}
+	}
+}
+
 // A resume whose journal is gone (another run finished it) does nothing.
 func TestSwitchoverResumeWithoutJournalRefuses(t *testing.T) {
 	w := switchoverWorld()

@@ -217,6 +217,9 @@ func (s *fakeSession) Exec(_ context.Context, sql string, args ...any) error {
 	defer w.mu.Unlock()
 	short := sqlName(sql)
 	if err := w.fail["sql "+short]; err != nil {
+		if w.react != nil {
+			w.react(w, "failed sql "+short, s.cluster)
+		}
 		return err
 	}
 	if len(args) > 0 {

@@ -253,9 +253,17 @@ func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *diff.Switc
 	from, to := sw.From.Cluster, sw.To.Cluster
 	if fo := x.cluster(from); fo.Writable() {
 		if err := x.fence(ctx, fo, to); err != nil {
-			// Not demoted: writes must resume at once.
-			_ = x.unfence(context.Background(), x.r.Observer.Observe(context.Background()), from)
-			return 0, err
+			// Resuming, the demote written before the interruption may be
+			// taking effect: the server going away under the fence is
+			// that, and the gate still holds the promotion.
+			x.last = x.r.Observer.Observe(ctx)
+			if sw.Resume == snapshot.PhaseDemoting && !x.cluster(from).Writable() {
+				x.say(PhaseFence, "fence: %s went away under it (%v): its demotion is under way; the gate decides", from, err)
+			} else {
+				// Not demoted: writes must resume at once.
+				_ = x.unfence(context.Background(), x.last, from)
+				return 0, err
+			}
 		}
 	}
 	if err := x.writeSpec(ctx, sw.From, sw.Demoted); err != nil {
