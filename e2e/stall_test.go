@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/labtest"
 )
 
 // TestSwitchoverBacksOutOfAStalledTarget freezes the target's replay (its
@@ -107,6 +109,14 @@ func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
 	}
 	_ = syscall.Kill(patroni, syscall.SIGCONT)
 	h.lab.WaitStatus(t, "west", "db", "orders-west", "Running", 60*time.Second)
+	// The back-out put orders-east on a new timeline: west follows it and
+	// catches up on what was written meanwhile before a switchover can pass.
+	labtest.Eventually(t, 90*time.Second, "a switchover to orders-west planned, not refused", func() error {
+		if r := h.pgtopo("diff", "-f", west); r.code != 2 {
+			return fmt.Errorf("diff exit %d: %s", r.code, r.stdout)
+		}
+		return nil
+	})
 	h.expect(h.pgtopo("apply", "-f", west), 0, "Apply complete", "switchover")
 	h.noSecretsInOutput()
 }
