@@ -183,8 +183,17 @@ func Partition(dir, site string) error {
 	case FaultPartitioned:
 		return nil
 	}
-	return writeFault(st.Dir, s.Name, Fault{Kind: FaultPartitioned, Since: time.Now().UTC()})
+	if err := writeFault(st.Dir, s.Name, Fault{Kind: FaultPartitioned, Since: time.Now().UTC()}); err != nil {
+		return err
+	}
+	settle()
+	return nil
 }
+
+// settle waits until the site's entry points have seen a changed fault
+// (they look every CutoffPoll), so that a partition or its end is in
+// effect when the command returns.
+func settle() { time.Sleep(10 * CutoffPoll) }
 
 // Heal ends a site's fault: a partition ends at once (the gateway and
 // proxies pass traffic again within CutoffPoll); a failed site restarts its
@@ -197,7 +206,13 @@ func Heal(ctx context.Context, dir, site string) error {
 	}
 	f := ReadFault(st.Dir, s.Name)
 	if f.Kind != FaultFailed {
-		return writeFault(st.Dir, s.Name, Fault{})
+		if err := writeFault(st.Dir, s.Name, Fault{}); err != nil {
+			return err
+		}
+		if f.Kind == FaultPartitioned {
+			settle()
+		}
+		return nil
 	}
 	k := pki{dir: Paths{st.Dir}.PKI()}
 	caPEM, err := os.ReadFile(k.caCert())
