@@ -219,11 +219,7 @@ func TestRejoinOnReturn(t *testing.T) {
 // the next plan repoints the reachable standbys, and says the lost primary
 // is still away.
 func TestAfterAFailoverDone(t *testing.T) {
-	d := loadDesired(t, "testdata/three-sites.yaml")
-	snap := loadSnapshot(t, "testdata/three-sites-switchover/snapshot.json", d)
-	site, _ := snap.Site("east")
-	site.Reachable, site.Error = false, "site east (context lab-east) unreachable: connection refused"
-	*cs(snap, "orders-east") = snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db"}
+	d, snap := threeSitesEastLost(t)
 	w := cs(snap, "orders-west")
 	w.PG.InRecovery, w.PG.Timeline, w.PG.CurrentLSN = false, 2, w.PG.ReplayLSN
 	w.Object.Spec.Replication = snapshot.Replication{Enabled: true, ServiceType: "LoadBalancer"}
@@ -277,11 +273,7 @@ func TestResumeFailoverNeedsItsTarget(t *testing.T) {
 
 // A standby that replayed further than the file's target is recommended.
 func TestFailoverRecommendsTheFurthestStandby(t *testing.T) {
-	d := loadDesired(t, "testdata/three-sites.yaml")
-	snap := loadSnapshot(t, "testdata/three-sites-switchover/snapshot.json", d)
-	site, _ := snap.Site("east")
-	site.Reachable, site.Error = false, "context lab-east: connection refused"
-	*cs(snap, "orders-east") = snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db"}
+	d, snap := threeSitesEastLost(t)
 	cs(snap, "orders-south").PG.ReplayLSN = cs(snap, "orders-west").PG.ReplayLSN + 4096
 	p := Compute(d, snap, Options{})
 	var notes []string
@@ -312,4 +304,16 @@ func TestRejoinCopiesTheBootstrapSecretAndNotesSpentConsent(t *testing.T) {
 	if len(p.Notes) == 0 || !strings.Contains(p.Notes[0].Message, "spec.acceptDataLoss is spent") {
 		t.Fatalf("notes %+v", p.Notes)
 	}
+}
+
+// threeSitesEastLost is the three-site fixture (file primary west) with
+// east's site lost and its cluster unobserved.
+func threeSitesEastLost(t *testing.T) (*topology.Desired, *snapshot.Snapshot) {
+	t.Helper()
+	d := loadDesired(t, "testdata/three-sites.yaml")
+	snap := loadSnapshot(t, "testdata/three-sites-switchover/snapshot.json", d)
+	site, _ := snap.Site("east")
+	site.Reachable, site.Error = false, "context lab-east: connection refused"
+	*cs(snap, "orders-east") = snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db"}
+	return d, snap
 }
