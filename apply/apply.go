@@ -32,6 +32,10 @@ type SiteWriter interface {
 	// DeleteCluster removes a cluster's object, and with it its data (a
 	// rebuild).
 	DeleteCluster(ctx context.Context, ns, name string) error
+	// EnsurePermanentSlot makes the cluster keep a physical slot for a
+	// standby in its own configuration (a Patroni cluster's permanent
+	// slots), so WAL is retained before the standby's base backup.
+	EnsurePermanentSlot(ctx context.Context, ns, name, slot string) error
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
 	ApplySecret(ctx context.Context, s *corev1.Secret) error
 	DeleteSecret(ctx context.Context, ns, name string) error

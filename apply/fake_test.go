@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -113,6 +114,24 @@ func (s *fakeSite) WriteSpec(_ context.Context, ns, name string, spec snapshot.S
 	c.Object.Spec = spec
 	if w.react != nil {
 		w.react(w, "spec", name)
+	}
+	return nil
+}
+
+func (s *fakeSite) EnsurePermanentSlot(_ context.Context, _, name, slot string) error {
+	w := s.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.fail["slot "+name]; err != nil {
+		return err
+	}
+	w.record("slot %s %s", name, slot)
+	c := w.cluster(name)
+	if !slices.Contains(c.Object.PermanentSlots, slot) {
+		c.Object.PermanentSlots = append(c.Object.PermanentSlots, slot)
+	}
+	if w.react != nil {
+		w.react(w, "slot", name)
 	}
 	return nil
 }

@@ -118,6 +118,79 @@ func (x *stepRun) EnsurePrimary(ctx context.Context, s diff.Step) error {
 	})
 }
 
+// EnsureSlot makes the primary keep a slot for a cluster and waits until
+// it does: a Patroni primary's permanent slot, which its leader creates
+// with WAL reserved from then on; or a row in an operator primary's
+// catalogue, which its operator reads to keep the cluster's slot.
+func (x *stepRun) EnsureSlot(ctx context.Context, s diff.Step) error {
+	e := s.Slot
+	switch e.Via {
+	case diff.SlotViaPatroni:
+		w, err := x.writer(s.Subject.Site)
+		if err != nil {
+			return err
+		}
+		if err := w.EnsurePermanentSlot(ctx, s.Subject.Namespace, e.Primary, e.Slot); err != nil {
+			return fmt.Errorf("slot %s on %s: %w", e.Slot, e.Primary, err)
+		}
+		x.say(PhaseWrite, "permanent slot %s on %s for %s", e.Slot, e.Primary, e.For)
+		return x.wait(ctx, fmt.Sprintf("slot %s on %s reserving WAL", e.Slot, e.Primary), func(snap *snapshot.Snapshot) (bool, string) {
+			c, _ := snap.Cluster(e.Primary)
+			if c.PG == nil {
+				return false, statusWords(c)
+			}
+			for _, sl := range c.PG.Slots {
+				if sl.Name == e.Slot {
+					return sl.RestartLSN != 0, fmt.Sprintf("slot %s restart_lsn %s", sl.Name, sl.RestartLSN)
+				}
+			}
+			return false, "no slot " + e.Slot + " yet"
+		})
+	case diff.SlotViaCatalogue:
+		err := x.session(ctx, x.cluster(e.Primary), func(ss Session) error {
+			if err := ss.Exec(ctx, catalogueSchema); err != nil {
+				return fmt.Errorf("multi_cluster_info: %w", err)
+			}
+			return ss.Exec(ctx, catalogueUpsert, e.For, e.Host, e.Port, e.Slot)
+		})
+		if err != nil {
+			return err
+		}
+		x.say(PhaseWrite, "%s listed in %s's multi_cluster_info (slot %s)", e.For, e.Primary, e.Slot)
+		return x.wait(ctx, fmt.Sprintf("%s in %s's multi_cluster_info", e.For, e.Primary), func(snap *snapshot.Snapshot) (bool, string) {
+			c, _ := snap.Cluster(e.Primary)
+			if c.PG == nil {
+				return false, statusWords(c)
+			}
+			for _, r := range c.PG.MultiCluster {
+				if r.Cluster == e.For {
+					return true, "row present"
+				}
+			}
+			return false, "no row yet"
+		})
+	}
+	return fmt.Errorf("ensure-slot: unknown way %q", e.Via)
+}
+
+// The operator's catalogue as it keeps it on a primary (the lab operator
+// stands in for it, lab/operator/sql.go): a Patroni cluster has no
+// operator to register it, so pgtopo writes its row.
+const (
+	catalogueSchema = `CREATE SCHEMA IF NOT EXISTS sys_operator;
+CREATE TABLE IF NOT EXISTS sys_operator.multi_cluster_info (
+    cluster_name  text PRIMARY KEY,
+    external_ip   text NOT NULL DEFAULT '',
+    external_port integer NOT NULL DEFAULT 0,
+    repl_svc_type text NOT NULL DEFAULT '',
+    slot_name     text NOT NULL DEFAULT '',
+    updated_at    timestamptz NOT NULL DEFAULT now()
+)`
+	catalogueUpsert = `INSERT INTO sys_operator.multi_cluster_info (cluster_name, external_ip, external_port, slot_name)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (cluster_name) DO UPDATE SET external_ip = EXCLUDED.external_ip, external_port = EXCLUDED.external_port, slot_name = EXCLUDED.slot_name, updated_at = now()`
+)
+
 // Checkpoint runs CHECKPOINT on the subject.
 func (x *stepRun) Checkpoint(ctx context.Context, s diff.Step) error {
 	return x.sql(ctx, x.cluster(s.Subject.Cluster), "CHECKPOINT")

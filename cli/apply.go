@@ -96,7 +96,7 @@ stale plan.`,
 			return applyLive(ctx, e, &src, f, drain)
 		},
 	}
-	src.register(cmd)
+	src.register(cmd, e)
 	cmd.Flags().BoolVar(&f.dryRun, "dry-run", false, "print the plan and change nothing")
 	cmd.Flags().BoolVar(&f.allowRollback, "allow-rollback", false, "apply a revision older than the one recorded as applied")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 30*time.Minute, "give up after this long")

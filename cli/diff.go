@@ -69,7 +69,7 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 			return planExit(&plan, !plan.InSync(), detailed)
 		},
 	}
-	src.register(cmd)
+	src.register(cmd, e)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or markdown")
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 2 when changes are pending")
 	cmd.Flags().StringVar(&out, "out", "", "also save the plan, with what it relied on, for pgtopo apply PLAN.json")

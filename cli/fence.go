@@ -83,7 +83,7 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 			return finish(e, res, err)
 		},
 	}
-	src.register(cmd)
+	src.register(cmd, e)
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
 	cmd.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
 	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", time.Minute, "how long each step may wait")

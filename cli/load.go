@@ -35,9 +35,11 @@ type sourceFlags struct {
 	kubeconfig  string
 	siteTimeout time.Duration
 	siteCache   *kube.Sites
+	patroni     patroniFlags
 }
 
-func (f *sourceFlags) register(cmd *cobra.Command) {
+func (f *sourceFlags) register(cmd *cobra.Command, e env) {
+	f.patroni.register(cmd, e)
 	cmd.Flags().StringVarP(&f.file, "file", "f", "", "topology file (or read it from git with --repo)")
 	cmd.Flags().StringVar(&f.repo, "repo", "", "git repository holding the topology: a local path (opened in place) or a URL (fetched into memory)")
 	cmd.Flags().StringVar(&f.ref, "ref", "HEAD", "with --repo: branch, tag or commit to read")
@@ -138,8 +140,11 @@ func (f *sourceFlags) newObserver(d *topology.Desired, keep *live.Conns) (*live.
 	}
 	sites := f.sites()
 	return &live.Observer{
-		Connect: func(ctx string) (live.SiteAPI, error) {
-			s, err := sites.Connect(ctx)
+		Connect: func(site topology.Site) (live.SiteAPI, error) {
+			if site.Patroni() {
+				return f.patroniSite(d, site, op.Names)
+			}
+			s, err := sites.Connect(site.Context)
 			if err != nil {
 				return nil, err
 			}
@@ -167,8 +172,17 @@ func (f *sourceFlags) flavorSites(d *topology.Desired, plan diff.Plan) (func(str
 	for _, s := range plan.Sites {
 		contexts[s.Name] = s.Context
 	}
+	patroniSites := map[string]topology.Site{}
+	for _, s := range d.Sites() {
+		if s.Patroni() {
+			patroniSites[s.Name] = s
+		}
+	}
 	sites := f.sites()
 	return func(site string) (apply.SiteWriter, error) {
+		if s, ok := patroniSites[site]; ok {
+			return f.patroniSite(d, s, op.Names)
+		}
 		ctx, ok := contexts[site]
 		if !ok {
 			return nil, fmt.Errorf("site %s is not in the plan", site)

@@ -127,7 +127,7 @@ resumes on the next run).`,
 			return nil
 		},
 	}
-	src.register(cmd)
+	src.register(cmd, e)
 	cmd.Flags().DurationVar(&interval, "interval", time.Minute, "time between the end of one cycle and the start of the next")
 	cmd.Flags().DurationVar(&cycleTimeout, "timeout", 30*time.Minute, "give up on one cycle's apply after this long")
 	cmd.Flags().DurationVar(&lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")

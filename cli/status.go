@@ -85,7 +85,7 @@ split brain (more than one cluster takes writes; a fenced one does not count).`,
 			}
 		},
 	}
-	src.register(cmd)
+	src.register(cmd, e)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	cmd.Flags().DurationVar(&watch, "watch", 0, "look again every D and redraw (e.g. 2s)")
 	cmd.Flags().IntVar(&count, "count", 0, "with --watch, stop after N looks (0: until interrupted)")

@@ -12,6 +12,7 @@ type Action string
 const (
 	ActionLock            Action = "lock"
 	ActionEnsurePrimary   Action = "ensure-primary"
+	ActionEnsureSlot      Action = "ensure-slot"
 	ActionCheckpoint      Action = "checkpoint"
 	ActionBootstrapSecret Action = "bootstrap-secret"
 	ActionCreateStandby   Action = "create-standby"
@@ -43,6 +44,7 @@ const (
 type Executor interface {
 	Lock(ctx context.Context, s Step) error
 	EnsurePrimary(ctx context.Context, s Step) error
+	EnsureSlot(ctx context.Context, s Step) error
 	Checkpoint(ctx context.Context, s Step) error
 	BootstrapSecret(ctx context.Context, s Step) error
 	CreateStandby(ctx context.Context, s Step) error
@@ -78,17 +80,18 @@ var Catalogue = map[Action]Kind{
 	ActionLock:            {Rank: 0, Symbol: "*", Bucket: BucketNone, Metric: "lock", Recheck: true, Execute: Executor.Lock},
 	ActionRejoin:          {Rank: 1, Symbol: "!", Bucket: BucketSwitchover, Metric: "rejoin", Execute: Executor.Rejoin},
 	ActionEnsurePrimary:   {Rank: 2, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary", Execute: Executor.EnsurePrimary},
-	ActionCheckpoint:      {Rank: 3, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint", Execute: Executor.Checkpoint},
-	ActionBootstrapSecret: {Rank: 4, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret", Execute: Executor.BootstrapSecret},
-	ActionCreateStandby:   {Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
-	ActionSwitchover:      {Rank: 6, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
-	ActionFailover:        {Rank: 7, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover", Execute: Executor.Failover},
-	ActionRepoint:         {Rank: 8, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
-	ActionUpdate:          {Rank: 9, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
-	ActionFillExternalIP:  {Rank: 10, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
-	ActionRecord:          {Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
-	ActionFence:           {Rank: 12, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
-	ActionUnfence:         {Rank: 13, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
+	ActionEnsureSlot:      {Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-slot", Execute: Executor.EnsureSlot},
+	ActionCheckpoint:      {Rank: 4, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint", Execute: Executor.Checkpoint},
+	ActionBootstrapSecret: {Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret", Execute: Executor.BootstrapSecret},
+	ActionCreateStandby:   {Rank: 6, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
+	ActionSwitchover:      {Rank: 7, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
+	ActionFailover:        {Rank: 8, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover", Execute: Executor.Failover},
+	ActionRepoint:         {Rank: 9, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
+	ActionUpdate:          {Rank: 10, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
+	ActionFillExternalIP:  {Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
+	ActionRecord:          {Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
+	ActionFence:           {Rank: 13, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
+	ActionUnfence:         {Rank: 14, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
 }
 
 // sortSteps orders steps by action rank, then cluster name.

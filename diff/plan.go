@@ -57,6 +57,8 @@ type Step struct {
 	Secret *SecretCopy `json:"secret,omitempty"`
 	// ExternalIP is the row a fill-external-ip step completes.
 	ExternalIP *ExternalIP `json:"externalIP,omitempty"`
+	// Slot is what an ensure-slot step makes the primary keep.
+	Slot *SlotEnsure `json:"slot,omitempty"`
 	// Switchover is the role swap's payload.
 	Switchover *Switchover `json:"switchover,omitempty"`
 	// Failover is a failover's payload; Rejoin a returned lost primary's.
@@ -67,6 +69,30 @@ type Step struct {
 	// Locks are the Leases a lock step takes, in order.
 	Locks []Subject `json:"locks,omitempty"`
 	Lease string    `json:"lease,omitempty"`
+}
+
+// How an ensure-slot step makes a primary keep a standby's slot.
+const (
+	// SlotViaPatroni: a permanent slot in a Patroni primary's dynamic
+	// configuration.
+	SlotViaPatroni = "patroni-config"
+	// SlotViaCatalogue: the cluster's row in an operator primary's
+	// sys_operator.multi_cluster_info, from which the operator keeps its
+	// standbys' slots (a Patroni cluster has no operator to register it).
+	SlotViaCatalogue = "catalogue"
+)
+
+// SlotEnsure is the payload of ensure-slot: the primary keeps Slot for
+// the cluster For, so WAL is retained before For's base backup (or, via
+// the catalogue, once the operator's cluster is primary).
+type SlotEnsure struct {
+	Primary string `json:"primary"`
+	For     string `json:"for"`
+	Slot    string `json:"slot"`
+	Via     string `json:"via"`
+	// Host and Port are For's endpoint, for its catalogue row.
+	Host string `json:"host,omitempty"`
+	Port int    `json:"port,omitempty"`
 }
 
 // SecretCopy copies a cluster's admin credentials into a standby's

@@ -219,6 +219,7 @@ func (p *planner) run() {
 		p.lostNote(l)
 	}
 	p.standbys(want)
+	p.slots(livePrimary)
 	p.fillExternalIPs(want, livePrimary)
 	p.record()
 	p.roles(want.Name)
@@ -266,6 +267,18 @@ func (p *planner) journal() (*snapshot.Journal, string) {
 // desiredSpec is the spec a cluster should have in its role in the file.
 // A standby's peer is the primary's endpoint when known.
 func (p *planner) desiredSpec(c topology.DesiredCluster, primaryEP *snapshot.Endpoint) snapshot.Spec {
+	if c.IsPatroni() {
+		// A Patroni cluster's owned fields are its role: standby_cluster.
+		s := snapshot.Spec{Flavor: snapshot.FlavorPatroni, Replication: snapshot.Replication{Enabled: true}}
+		if c.Role == topology.RoleStandby {
+			s.Replication.IsReplica = true
+			s.Replication.PrimarySlot = p.observed(c.Name).SlotName
+			if primaryEP != nil {
+				s = s.WithPeer(*primaryEP)
+			}
+		}
+		return s
+	}
 	s := snapshot.Spec{
 		Topology: p.d.Name, Instances: c.Instances, TeamID: c.TeamID, Version: c.Version,
 		Parameters: c.Parameters, VolumeSize: c.VolumeSize,
@@ -340,6 +353,8 @@ func (p *planner) noLivePrimary(want topology.DesiredCluster) {
 	anyExists := slices.ContainsFunc(p.d.Clusters, func(c topology.DesiredCluster) bool { return p.observed(c.Name).Exists })
 	spec := p.desiredSpec(want, nil)
 	switch {
+	case !o.Exists && want.IsPatroni():
+		p.refuse(nil, "no cluster is writable and %s, the primary in the file, is a Patroni cluster none of whose members answers (%s): pgtopo does not start VMs; start it, or name another primary", want.Name, patroniMembers(want))
 	case !o.Exists && !anyExists:
 		p.add(Step{Action: ActionEnsurePrimary, Subject: subjectOf(want),
 			Reason:        "create the primary CR and wait until it is Running and writable",
@@ -462,6 +477,10 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		subj := subjectOf(c)
 		if p.down(c.Name) {
 			continue // the lost primary: fenced and rejoined when it returns
+		}
+		if c.IsPatroni() {
+			p.patroniStandby(c, o, primary, primaryEP)
+			continue
 		}
 		// Before the primary exists, a bootstrap secret already there cannot
 		// be a copy of its credentials: someone else made it.
@@ -686,7 +705,7 @@ func without(xs []string, x string) []string {
 // fields Spec.Fields lists; a volume size want leaves out is not compared).
 func sameOwnedFields(live, want snapshot.Spec) bool {
 	l, w := live.Replication, want.Replication
-	return live.Instances == want.Instances && live.TeamID == want.TeamID && live.Version == want.Version &&
+	return live.Flavor == want.Flavor && l.PrimarySlot == w.PrimarySlot && live.Instances == want.Instances && live.TeamID == want.TeamID && live.Version == want.Version &&
 		maps.Equal(live.Parameters, want.Parameters) && (want.VolumeSize == "" || live.VolumeSize == want.VolumeSize) &&
 		l.Enabled == w.Enabled && l.ServiceType == w.ServiceType && l.IsReplica == w.IsReplica &&
 		l.BootstrapSecret == w.BootstrapSecret && l.SamePeer(w)

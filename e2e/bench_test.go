@@ -21,6 +21,7 @@ import (
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 const fourSites = `apiVersion: pgtopo.dev/v1alpha1
@@ -80,7 +81,8 @@ func BenchmarkObserve(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		o := &live.Observer{Prober: distantProber{live.PgxProber{Keep: keep}, rtt}, Names: op.Names, Connect: func(c string) (live.SiteAPI, error) {
+		o := &live.Observer{Prober: distantProber{live.PgxProber{Keep: keep}, rtt}, Names: op.Names, Connect: func(site topology.Site) (live.SiteAPI, error) {
+			c := site.Context
 			s, err := sites.Connect(c)
 			if err != nil {
 				return nil, err

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 
@@ -16,8 +17,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/pgtopo/pgtopo/flavor/alauda"
+	"github.com/pgtopo/pgtopo/flavor/patroni"
 	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 // Operator is one flavor of an operator in Kubernetes: how its cluster
@@ -125,4 +128,37 @@ func (s Site) WriteMarks(ctx context.Context, ns, name string, m snapshot.Marks)
 // members and data.
 func (s Site) DeleteCluster(ctx context.Context, ns, name string) error {
 	return s.DeleteObject(ctx, s.Op.Resource, ns, name)
+}
+
+// PatroniCredentials are one Patroni cluster's credentials.
+type PatroniCredentials = patroni.Credentials
+
+// PatroniSite opens a patroni site of d: its clusters' REST clients with
+// their credentials (creds says where each comes from, or what is missing).
+// names are the topology's operator flavor's, so that a Patroni cluster's
+// credentials answer to the same Secret name everywhere.
+func PatroniSite(d *topology.Desired, site topology.Site, client *http.Client, creds func(cluster string) (PatroniCredentials, error), names Names) (*patroni.Site, error) {
+	s := &patroni.Site{Name: site.Name, Clusters: map[string]patroni.Cluster{}, CredentialsSecret: names.CredentialsSecret}
+	for _, c := range d.Clusters {
+		if c.Site.Name != site.Name || c.Patroni == nil {
+			continue
+		}
+		cr, err := creds(c.Name)
+		if err != nil {
+			return nil, fmt.Errorf("patroni site %s: %w", site.Name, err)
+		}
+		members := make([]snapshot.Endpoint, len(c.Patroni.Members))
+		for i, m := range c.Patroni.Members {
+			members[i] = snapshot.Endpoint{Host: m.Host, Port: m.Port}
+		}
+		s.Clusters[c.Name] = patroni.Cluster{Name: c.Name, Creds: cr,
+			Client: &patroni.Client{HTTP: client, Members: members, TLS: c.Patroni.TLS, User: cr.RESTUser, Password: cr.RESTPassword}}
+	}
+	return s, nil
+}
+
+// EnsurePermanentSlot is the Patroni flavor's: an operator keeps its
+// standbys' slots itself, from its catalogue.
+func (s Site) EnsurePermanentSlot(_ context.Context, ns, name, slot string) error {
+	return fmt.Errorf("%s/%s: the %s operator keeps its standbys' slots itself (from sys_operator.multi_cluster_info), not as permanent slots pgtopo writes", ns, name, s.Op.Name)
 }

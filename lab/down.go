@@ -39,6 +39,8 @@ func Down(dir string) error {
 		}
 	}
 	operators, _ := filepath.Glob(p.Pid("operator-*"))
+	vms, _ := filepath.Glob(p.Pid("vm-*"))
+	operators = append(operators, vms...)
 	stopAll(operators, 5*time.Second)
 	stopAll(MemberPidFiles(dir), 20*time.Second)
 	apiservers, _ := filepath.Glob(p.Pid("apiserver-*"))

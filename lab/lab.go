@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,6 +53,9 @@ const (
 type Config struct {
 	Dir   string
 	Sites []string
+	// PatroniSites are sites of Patroni clusters outside Kubernetes, as
+	// on VMs: no apiserver, one Patroni cluster each (PatroniCluster).
+	PatroniSites []string
 	// Namespaces created in every site (default: db).
 	Namespaces []string
 	// BinDir holds kube-apiserver and pglab (default: the repository's bin/).
@@ -73,9 +77,12 @@ type State struct {
 
 // SiteState is one site of a running lab.
 type SiteState struct {
-	Name    string `json:"name"`
-	Index   int    `json:"index"`
-	Context string `json:"context"`
+	Name  string `json:"name"`
+	Index int    `json:"index"`
+	// Patroni: a site of Patroni clusters outside Kubernetes (VMs); it
+	// has no context and no apiserver.
+	Patroni bool   `json:"patroni,omitempty"`
+	Context string `json:"context,omitempty"`
 	// APIServerPort is the site's gateway, which the kubeconfig names;
 	// APIServerInternalPort the apiserver itself, for the site's own
 	// operator (see Cutoff).
@@ -97,6 +104,17 @@ func (s State) Site(name string) (SiteState, bool) {
 		}
 	}
 	return SiteState{}, false
+}
+
+// KubeSites lists the lab's Kubernetes sites.
+func (s State) KubeSites() []SiteState {
+	var out []SiteState
+	for _, x := range s.Sites {
+		if !x.Patroni {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // ContextName is the kubeconfig context of a lab site.
@@ -142,8 +160,8 @@ func Preflight(binDir string) error {
 
 // Up starts a lab and returns its state once every site serves.
 func Up(ctx context.Context, cfg Config) (st *State, err error) {
-	if len(cfg.Sites) == 0 || len(cfg.Sites) > MaxSites {
-		return nil, fmt.Errorf("lab: need 1 to %d sites, got %d", MaxSites, len(cfg.Sites))
+	if len(cfg.Sites) == 0 || len(cfg.Sites)+len(cfg.PatroniSites) > MaxSites {
+		return nil, fmt.Errorf("lab: need 1 to %d sites, at least one of them a Kubernetes site; got %d and %d Patroni sites", MaxSites, len(cfg.Sites), len(cfg.PatroniSites))
 	}
 	if len(cfg.Namespaces) == 0 {
 		cfg.Namespaces = []string{"db"}
@@ -187,12 +205,18 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	for i, name := range cfg.Sites {
 		st.Sites = append(st.Sites, SiteState{Name: name, Index: i, Context: ContextName(name)})
 	}
+	for i, name := range cfg.PatroniSites {
+		st.Sites = append(st.Sites, SiteState{Name: name, Index: len(cfg.Sites) + i, Patroni: true})
+	}
+	if _, err := PatroniCredentials(cfg.Dir); err != nil {
+		return nil, err
+	}
 	ports, err := freePorts(2 + 2*len(cfg.Sites))
 	if err != nil {
 		return nil, err
 	}
 	st.EtcdClientPort, st.EtcdPeerPort = ports[0], ports[1]
-	for i := range st.Sites {
+	for i := range cfg.Sites {
 		st.Sites[i].APIServerPort, st.Sites[i].APIServerInternalPort = ports[2+2*i], ports[3+2*i]
 	}
 	if err := writeState(st); err != nil {
@@ -237,7 +261,7 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(progress, "lab: up in %.1fs: %d sites (%s)\n", time.Since(started).Seconds(), len(st.Sites), strings.Join(cfg.Sites, ", "))
+	fmt.Fprintf(progress, "lab: up in %.1fs: %d sites (%s)\n", time.Since(started).Seconds(), len(st.Sites), strings.Join(slices.Concat(cfg.Sites, cfg.PatroniSites), ", "))
 	return st, nil
 }
 
@@ -259,6 +283,9 @@ func startSite(ctx context.Context, st *State, site SiteState, k pki, caPEM []by
 		return err
 	}
 	addrs := st.Addrs(site)
+	if site.Patroni {
+		return startPatroniSite(ctx, st, site, progress)
+	}
 	fmt.Fprintf(progress, "lab: site %s: kube-apiserver on 127.0.0.1:%d (gateway), services in %s, node %s\n",
 		site.Name, site.APIServerPort, addrs.ServiceCIDR(), addrs.NodeIP())
 	if err := startAPIServer(ctx, st, site, k, caPEM, token); err != nil {
@@ -434,13 +461,13 @@ func adminToken(p Paths) (string, error) {
 
 func writeKubeconfig(st *State, caPEM []byte, token string) error {
 	cfg := clientcmdapi.NewConfig()
-	for _, s := range st.Sites {
+	for _, s := range st.KubeSites() {
 		cfg.Clusters[s.Context] = &clientcmdapi.Cluster{Server: fmt.Sprintf("https://127.0.0.1:%d", s.APIServerPort), CertificateAuthorityData: caPEM}
 		cfg.AuthInfos[s.Context] = &clientcmdapi.AuthInfo{Token: token}
 		cfg.Contexts[s.Context] = &clientcmdapi.Context{Cluster: s.Context, AuthInfo: s.Context, Namespace: "db"}
 	}
-	if len(st.Sites) > 0 {
-		cfg.CurrentContext = st.Sites[0].Context
+	if kube := st.KubeSites(); len(kube) > 0 {
+		cfg.CurrentContext = kube[0].Context
 	}
 	return clientcmd.WriteToFile(*cfg, Paths{st.Dir}.Kubeconfig())
 }

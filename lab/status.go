@@ -2,8 +2,10 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"path/filepath"
 	"text/tabwriter"
 	"time"
@@ -29,6 +31,10 @@ func PrintStatus(ctx context.Context, w io.Writer, dir string) error {
 	fmt.Fprintf(tw, "PROCESS\tPID\tSTATE\n")
 	names := []string{"etcd"}
 	for _, s := range st.Sites {
+		if s.Patroni {
+			names = append(names, "vm-"+s.Name)
+			continue
+		}
 		names = append(names, "apiserver-"+s.Name, "gateway-"+s.Name, "operator-"+s.Name)
 	}
 	for _, n := range names {
@@ -53,6 +59,10 @@ func PrintStatus(ctx context.Context, w io.Writer, dir string) error {
 	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "SITE\tCONTEXT\tNAMESPACE\tCLUSTER\tINSTANCES\tREPLICA\tSTATUS\n")
 	for _, s := range st.Sites {
+		if c, err := st.PatroniCluster(s); err == nil {
+			fmt.Fprintf(tw, "%s\t(patroni)\tvm\t%s\t%d\t%s\tendpoint %s\n", s.Name, c.Name, len(c.Members), patroniStandby(ctx, c), c.Endpoint)
+			continue
+		}
 		if ReadFault(st.Dir, s.Name).Kind == FaultFailed {
 			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\tsite failed\n", s.Name, s.Context)
 			continue
@@ -88,4 +98,24 @@ func aliveWord(pid int) string {
 		return "running"
 	}
 	return "stopped"
+}
+
+// patroniStandby says whether a Patroni site's cluster is a standby
+// cluster, from its dynamic configuration.
+func patroniStandby(ctx context.Context, c PatroniCluster) string {
+	client := &http.Client{Timeout: 2 * time.Second}
+	for _, m := range c.Members {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m+":8008/config", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			continue
+		}
+		var cfg map[string]any
+		err = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&cfg)
+		resp.Body.Close()
+		if err == nil {
+			return fmt.Sprint(cfg["standby_cluster"] != nil)
+		}
+	}
+	return "unknown"
 }

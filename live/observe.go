@@ -34,8 +34,9 @@ type SiteAPI interface {
 	GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error)
 }
 
-// Connector opens a site's API from its kubeconfig context.
-type Connector func(context string) (SiteAPI, error)
+// Connector opens a site's API: a kubernetes site's from its kubeconfig
+// context, a patroni site's from its clusters' members.
+type Connector func(site topology.Site) (SiteAPI, error)
 
 // Prober reads PostgreSQL facts from a server.
 type Prober interface {
@@ -172,7 +173,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		st.Error = why
 		return st, clusters, nil
 	}
-	api, err := o.Connect(site.Context)
+	api, err := o.Connect(site)
 	if err != nil {
 		st.Error = err.Error()
 		return st, clusters, nil
@@ -189,13 +190,16 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	wg.Go(func() { lease = o.lease(ctx, api, d, site) })
 	wg.Go(func() { orphans = o.orphans(ctx, api, d, site) })
 	for i, c := range clusters {
-		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name))
+		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni())
 	}
 	wg.Wait()
 	if nodesErr != nil {
 		// The site is named by whoever shows the error (a plan's "site
 		// west unreachable: ..."); the error names the context.
 		st.Error = fmt.Sprintf("context %s: %v", site.Context, nodesErr)
+		if site.Patroni() {
+			st.Error = nodesErr.Error()
+		}
 		return st, clusters, nil
 	}
 	st.Reachable, st.NodeIPs, st.Lease = true, nodeIPs(nodes), lease
@@ -238,14 +242,20 @@ type clusterReads struct {
 	credentials       snapshot.SecretState
 	credentialsSecret *corev1.Secret
 	bootstrap         snapshot.SecretState
+	// noService: the cluster is reached at the file's endpoint (Patroni).
+	noService bool
 }
 
 // start reads the cluster's object, both Secrets and the Service, each on
-// its own.
-func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string) {
+// its own. A Patroni cluster has no Service: its endpoint is the file's.
+func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string, patroni bool) {
 	ns := c.Namespace
 	wg.Go(func() { r.obj, r.objErr = api.ReadCluster(ctx, ns, c.Name) })
 	wg.Go(func() { r.credentials, r.credentialsSecret = secretState(ctx, api, key, ns, c.Credentials.Name) })
+	if patroni {
+		r.noService = true
+		return
+	}
 	wg.Go(func() { r.bootstrap, _ = secretState(ctx, api, key, ns, c.BootstrapSecret.Name) })
 	wg.Go(func() { r.svc, r.svcErr = api.GetService(ctx, ns, service) })
 }
@@ -262,15 +272,19 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 	if !c.Exists {
 		return
 	}
-	if r.svcErr != nil {
+	desired, _ := d.Cluster(c.Name)
+	switch {
+	case r.noService:
+		c.Endpoint = resolveEndpoint(nil, nil, desired.Endpoint, 0)
+	case r.svcErr != nil:
 		if !apierrors.IsNotFound(r.svcErr) {
 			c.Error = fmt.Sprintf("read Service: %v", r.svcErr)
 		}
 		return
+	default:
+		c.Service = serviceInfo(r.svc)
+		c.Endpoint = resolveEndpoint(c.Service, site.NodeIPs, desired.Endpoint, o.Names.PostgresPort())
 	}
-	c.Service = serviceInfo(r.svc)
-	desired, _ := d.Cluster(c.Name)
-	c.Endpoint = resolveEndpoint(c.Service, site.NodeIPs, desired.Endpoint, o.Names.PostgresPort())
 	if c.Endpoint == nil {
 		c.PGError = "no endpoint yet (the Service has no address)"
 		return
@@ -393,6 +407,9 @@ func nodeIPs(nodes []corev1.Node) []string {
 func resolveEndpoint(s *snapshot.Service, nodeIPs []string, override *topology.Endpoint, port int) *snapshot.Endpoint {
 	if override != nil {
 		return &snapshot.Endpoint{Host: override.Host, Port: override.Port}
+	}
+	if s == nil {
+		return nil
 	}
 	switch s.Type {
 	case string(corev1.ServiceTypeNodePort):

@@ -126,7 +126,7 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			prober := &fakeProber{}
-			o := &Observer{Prober: prober, Names: alaudaNames(t), Connect: func(string) (SiteAPI, error) { return &tc.site, nil }}
+			o := &Observer{Prober: prober, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return &tc.site, nil }}
 			east := d.Sites()[0]
 			st, clusters, _ := o.observeSite(context.Background(), d, east)
 			if st.Reachable != tc.reachable || st.Error != tc.siteErr || (st.Lease != nil) != tc.lease {
@@ -217,7 +217,7 @@ func (b *barrierSite) GetLease(ctx context.Context, ns, name string) (*coordinat
 func TestObserveSiteReadsAtOnce(t *testing.T) {
 	d := desired(t)
 	site := &barrierSite{want: 7, release: make(chan struct{})}
-	o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(string) (SiteAPI, error) { return site, nil }}
+	o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return site, nil }}
 	st, clusters, _ := o.observeSite(context.Background(), d, d.Sites()[0])
 	if !st.Reachable || clusters[0].PG == nil {
 		t.Fatalf("site %+v cluster %+v", st, clusters[0])
@@ -272,7 +272,7 @@ func TestObserveRemembersDownSites(t *testing.T) {
 		asks    int
 	}{{0, 3}, {time.Minute, 1}} {
 		asks := 0
-		o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), DownFor: tc.downFor, Connect: func(string) (SiteAPI, error) {
+		o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), DownFor: tc.downFor, Connect: func(topology.Site) (SiteAPI, error) {
 			asks++
 			return nil, errors.New("dial tcp: connection refused")
 		}}

@@ -37,6 +37,10 @@ func relational(doc *topology.Document) []Finding {
 	})
 
 	declared := set(siteNames)
+	kinds, anyKube := siteKinds(sites, add)
+	if sitesOK && len(sites) > 0 && !anyKube {
+		add("spec.sites", "every site is a patroni site, but pgtopo keeps its lock (a Lease) in a kubernetes site; add the kubernetes site the clusters move to or from (a topology of Patroni sites alone is not supported yet)")
+	}
 	var placed []string
 	for i, c := range clusters {
 		site, ok := field(c, "site")
@@ -44,6 +48,9 @@ func relational(doc *topology.Document) []Finding {
 			continue
 		}
 		placed = append(placed, site)
+		if kind, known := kinds[site]; known {
+			flavorFields(i, c, site, kind, add)
+		}
 		// With no usable sites list, the structural error on spec.sites says it all.
 		if sitesOK && len(siteNames) > 0 && !declared[site] {
 			add(fmt.Sprintf("spec.clusters[%d].site", i), fmt.Sprintf("site %q is not declared in spec.sites (declared: %s)", site, strings.Join(siteNames, ", ")))
@@ -86,6 +93,72 @@ func relational(doc *topology.Document) []Finding {
 		add(path, "serviceType ClusterIP only reaches clusters within one site, but the clusters span several sites; set spec.replication.serviceType to NodePort or LoadBalancer")
 	}
 	return out
+}
+
+// siteKinds maps each site's name to its kind and checks that a site has
+// a context exactly when it is a kubernetes site.
+func siteKinds(sites []any, add func(path, msg string)) (map[string]string, bool) {
+	kinds := map[string]string{}
+	anyKube := false
+	for i, s := range sites {
+		m, ok := s.(map[string]any)
+		if !ok {
+			continue
+		}
+		kind, _ := m["kind"].(string)
+		if kind == "" {
+			kind = topology.SiteKubernetes
+		}
+		name, _ := m["name"].(string)
+		if _, dup := kinds[name]; !dup {
+			kinds[name] = kind
+		}
+		_, hasContext := m["context"]
+		switch {
+		case kind == topology.SiteKubernetes && !hasContext:
+			add(fmt.Sprintf("spec.sites[%d]", i), fmt.Sprintf("site %q needs a context (a kubeconfig context, or in-cluster); a site of Patroni clusters outside Kubernetes says kind: patroni", name))
+		case kind == topology.SitePatroni && hasContext:
+			add(fmt.Sprintf("spec.sites[%d].context", i), fmt.Sprintf("site %q is a patroni site: it has no kube context (its clusters are reached through their members' REST API); remove context", name))
+		}
+		anyKube = anyKube || kind == topology.SiteKubernetes
+	}
+	return kinds, anyKube
+}
+
+// operatorFields are a cluster's fields that only the operator flavor
+// (a kubernetes site) takes.
+var operatorFields = []string{"namespace", "instances", "volume"}
+
+// flavorFields checks that a cluster has the fields of its site's kind and
+// none of the other's, saying which kind of site allows each.
+func flavorFields(i int, c any, site, kind string, add func(path, msg string)) {
+	m, ok := c.(map[string]any)
+	if !ok {
+		return
+	}
+	at := func(f string) string { return fmt.Sprintf("spec.clusters[%d].%s", i, f) }
+	if kind == topology.SitePatroni {
+		for _, f := range operatorFields {
+			if _, has := m[f]; has {
+				add(at(f), fmt.Sprintf("%s is an operator field (clusters in a kubernetes site); site %q is a patroni site, where pgtopo neither creates clusters nor sizes them: remove it", f, site))
+			}
+		}
+		for _, f := range []string{"patroni", "endpoint"} {
+			if _, has := m[f]; !has {
+				add(fmt.Sprintf("spec.clusters[%d]", i), fmt.Sprintf("a cluster in patroni site %q needs %s (%s)", site, f, map[string]string{
+					"patroni":  "its scope and its members' REST endpoints",
+					"endpoint": "the VIP, DNS name or HAProxy in front of its leader",
+				}[f]))
+			}
+		}
+		return
+	}
+	if _, has := m["patroni"]; has {
+		add(at("patroni"), fmt.Sprintf("patroni is for clusters in a patroni site; site %q is a kubernetes site, where the operator runs Patroni: remove it", site))
+	}
+	if _, has := m["namespace"]; !has {
+		add(fmt.Sprintf("spec.clusters[%d]", i), fmt.Sprintf("required field %q is missing (a cluster in kubernetes site %q lives in a namespace)", "namespace", site))
+	}
 }
 
 // field is a list element's string field.

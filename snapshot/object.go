@@ -20,11 +20,18 @@ type Object struct {
 	ResourceVersion string `json:"resourceVersion,omitempty"`
 	// MarksError is set when a mark cannot be read (a hand-edited journal).
 	MarksError string `json:"marksError,omitempty"`
+	// PermanentSlots are the physical slots the cluster's own
+	// configuration keeps on its leader (a Patroni cluster's dynamic
+	// config); nil where the flavor keeps them elsewhere.
+	PermanentSlots []string `json:"permanentSlots,omitempty"`
 }
 
 // Spec is the part of a cluster's object that pgtopo owns and writes as a
 // whole. A plan's CR steps carry the exact Spec apply writes.
 type Spec struct {
+	// Flavor is FlavorPatroni for a Patroni cluster outside Kubernetes,
+	// whose owned fields are its role alone; "" for an operator's object.
+	Flavor string `json:"flavor,omitempty"`
 	// Topology is the topology the object belongs to (a label).
 	Topology    string            `json:"topology,omitempty"`
 	Instances   int               `json:"instances"`
@@ -44,6 +51,9 @@ type Replication struct {
 	ServiceType string `json:"replSvcType,omitempty"`
 	// BootstrapSecret names the Secret a standby bootstraps with.
 	BootstrapSecret string `json:"bootstrapSecret,omitempty"`
+	// PrimarySlot is the slot a Patroni standby cluster streams through
+	// (standby_cluster.primary_slot_name); operators name it themselves.
+	PrimarySlot string `json:"primarySlot,omitempty"`
 }
 
 // Peer is the endpoint a standby streams from, "" when none is set.
@@ -175,9 +185,19 @@ type Field struct {
 	Value string
 }
 
+// FlavorPatroni marks a Spec written through Patroni's REST API.
+const FlavorPatroni = "patroni"
+
 // Fields lists the spec's fields in a fixed order; the plan's field-level
 // changes are computed from these, so what is shown is what is written.
 func (s Spec) Fields() []Field {
+	if s.Flavor == FlavorPatroni {
+		// What PATCH /config writes: standby_cluster or its absence.
+		return []Field{
+			{"standby_cluster.host:port", s.Replication.Peer()},
+			{"standby_cluster.primary_slot_name", s.Replication.PrimarySlot},
+		}
+	}
 	out := []Field{
 		{"numberOfInstances", strconv.Itoa(s.Instances)},
 		{"teamId", s.TeamID},

@@ -59,7 +59,14 @@ type DesiredCluster struct {
 	Rejoin string
 	// Peer is the cluster a standby streams from; empty for the primary.
 	Peer string
+	// Patroni is set for a cluster in a patroni site; Namespace is then
+	// its scope, which names it in subjects as a namespace would.
+	Patroni *PatroniCluster
 }
+
+// IsPatroni reports whether the cluster is a Patroni cluster outside
+// Kubernetes.
+func (c DesiredCluster) IsPatroni() bool { return c.Patroni != nil }
 
 // Primary returns the desired primary.
 func (d *Desired) Primary() DesiredCluster { return d.Clusters[d.PrimaryIndex] }
@@ -158,6 +165,10 @@ func (t *Topology) Desired() (*Desired, error) {
 			Parameters:        params,
 			Endpoint:          c.Endpoint,
 			Rejoin:            RejoinRewind,
+			Patroni:           c.Patroni,
+		}
+		if c.Patroni != nil {
+			dc.Namespace = c.Patroni.Scope
 		}
 		if r := t.Spec.Replication.Rejoin; r != "" {
 			dc.Rejoin = r
@@ -170,7 +181,7 @@ func (t *Topology) Desired() (*Desired, error) {
 		}
 		if i != d.PrimaryIndex {
 			dc.Role = RoleStandby
-			dc.Instances = 1
+			dc.Instances = min(dc.Instances, 1)
 			dc.Peer = t.Spec.Primary
 		}
 		d.Clusters = append(d.Clusters, dc)
@@ -225,14 +236,17 @@ type LockSite struct {
 	Namespace string
 }
 
-// LockSites lists where a run holds the topology's Lease: every site, in
-// name order, each in the namespace of its cluster that sorts first. Two
+// LockSites lists where a run holds the topology's Lease: every
+// kubernetes site (a patroni site has no Lease), in name order, each in the namespace of its cluster that sorts first. Two
 // runs whose files differ (another primary, one site more) still share the
 // Leases of the sites they have in common, and taking them in one order
 // cannot deadlock.
 func (d *Desired) LockSites() []LockSite {
 	first := map[string]DesiredCluster{}
 	for _, c := range d.Clusters {
+		if c.Site.Patroni() {
+			continue
+		}
 		if f, ok := first[c.Site.Name]; !ok || c.Name < f.Name {
 			first[c.Site.Name] = c
 		}

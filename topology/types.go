@@ -92,10 +92,35 @@ type Replication struct {
 	Rejoin string `json:"rejoin,omitempty"`
 }
 
-// Site is one Kubernetes cluster, reached through a kubeconfig context.
+// Site kinds.
+const (
+	// SiteKubernetes: clusters are operator objects in one Kubernetes
+	// cluster, reached through a kubeconfig context (the default).
+	SiteKubernetes = "kubernetes"
+	// SitePatroni: clusters are Patroni clusters outside Kubernetes (VMs),
+	// reached through their members' REST API.
+	SitePatroni = "patroni"
+)
+
+// Site is one place clusters run: a Kubernetes cluster reached through a
+// kubeconfig context, or a set of Patroni clusters outside Kubernetes.
 type Site struct {
-	Name    string `json:"name"`
-	Context string `json:"context"`
+	Name string `json:"name"`
+	// Kind is SiteKubernetes when empty, so files that leave it out keep
+	// their digest.
+	Kind    string `json:"kind,omitempty"`
+	Context string `json:"context,omitempty"`
+}
+
+// Patroni reports whether the site is a set of Patroni clusters.
+func (s Site) Patroni() bool { return s.Kind == SitePatroni }
+
+// KindName is the site's kind as people read it.
+func (s Site) KindName() string {
+	if s.Patroni() {
+		return "Patroni"
+	}
+	return "Kubernetes"
 }
 
 // Cluster is one PostgreSQL cluster (one CR) in a site.
@@ -108,6 +133,18 @@ type Cluster struct {
 	Rejoin   string    `json:"rejoin,omitempty"`
 	Volume   *Volume   `json:"volume,omitempty"`
 	Endpoint *Endpoint `json:"endpoint,omitempty"`
+	// Patroni describes a cluster in a patroni site.
+	Patroni *PatroniCluster `json:"patroni,omitempty"`
+}
+
+// PatroniCluster is a Patroni cluster outside Kubernetes: its scope and
+// where its members' REST API answers. Its credentials are never in the
+// file (cli reads them from the environment).
+type PatroniCluster struct {
+	Scope   string     `json:"scope"`
+	Members []Endpoint `json:"members"`
+	// TLS: the REST API serves HTTPS.
+	TLS bool `json:"tls,omitempty"`
 }
 
 // Volume of each instance.
@@ -139,7 +176,7 @@ func (t *Topology) ApplyDefaults() {
 		s.Replication.MaxLagBytes = &q
 	}
 	for i := range s.Clusters {
-		if s.Clusters[i].Instances == 0 {
+		if s.Clusters[i].Instances == 0 && s.Clusters[i].Patroni == nil {
 			s.Clusters[i].Instances = DefaultInstances
 		}
 	}

@@ -29,25 +29,32 @@ func main() {
 	var dir string
 	root.PersistentFlags().StringVar(&dir, "dir", ".lab", "lab directory")
 
-	var sites, namespaces string
+	var sites, patroniSites, namespaces string
 	up := &cobra.Command{Use: "up", Short: "Start etcd, one kube-apiserver and lab operator per site",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := lab.Up(ctx, lab.Config{Dir: dir, Sites: split(sites), Namespaces: split(namespaces),
+			st, err := lab.Up(ctx, lab.Config{Dir: dir, Sites: split(sites), PatroniSites: split(patroniSites), Namespaces: split(namespaces),
 				BinDir: binDir(), Progress: os.Stderr})
 			if err != nil {
 				return err
 			}
 			kc := lab.Paths{Dir: st.Dir}.Kubeconfig()
 			fmt.Printf("lab is up in %s\n\n  export KUBECONFIG=%s\n", st.Dir, kc)
-			for _, s := range st.Sites {
+			for _, s := range st.KubeSites() {
 				fmt.Printf("  kubectl --context %s get postgresql -A\n", s.Context)
+			}
+			for _, s := range st.Sites {
+				if c, err := st.PatroniCluster(s); err == nil {
+					fmt.Printf("  # %s: Patroni cluster %s, REST API on %s:8008, endpoint %s\n", s.Name, c.Name, strings.Join(c.Members, ":8008, "), c.Endpoint)
+					fmt.Printf("  pgtopo status -f examples/topologies/lab-mixed.yaml --patroni-credentials %s\n", lab.Paths{Dir: st.Dir}.PatroniEnvFile())
+				}
 			}
 			fmt.Printf("\n  pglab status --dir %s\n  pglab down --dir %s\n", dir, dir)
 			return nil
 		}}
 	up.Flags().StringVar(&sites, "sites", "east,west", "comma-separated site names")
+	up.Flags().StringVar(&patroniSites, "patroni-sites", "", "comma-separated sites of Patroni outside Kubernetes (as on VMs): one Patroni cluster orders-SITE each, credentials in DIR/patroni.env")
 	up.Flags().StringVar(&namespaces, "namespaces", "db", "namespaces to create in every site")
 
 	down := &cobra.Command{Use: "down", Short: "Stop every process of the lab",
@@ -77,6 +84,19 @@ func main() {
 			return o.Run(ctx)
 		}}
 	op.Flags().StringVar(&site, "site", "", "site to run")
+
+	vm := &cobra.Command{Use: "vm", Short: "Supervise one Patroni site's members and leader endpoint (pglab up starts these)", Hidden: true,
+		RunE: func(*cobra.Command, []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("site", site)
+			v, err := operator.NewVMSite(dir, site, log)
+			if err != nil {
+				return err
+			}
+			return v.Run(ctx)
+		}}
+	vm.Flags().StringVar(&site, "site", "", "site to supervise")
 
 	gateway := &cobra.Command{Use: "gateway", Short: "Run one site's apiserver gateway (pglab up starts these)", Hidden: true,
 		RunE: func(*cobra.Command, []string) error {
@@ -116,7 +136,7 @@ func main() {
 			return nil
 		}}
 
-	root.AddCommand(up, down, status, op, gateway, fail, partition, heal)
+	root.AddCommand(up, down, status, op, vm, gateway, fail, partition, heal)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "pglab: %v\n", err)
 		os.Exit(1)

@@ -37,6 +37,11 @@ type memberConfig struct {
 	Password               string
 	Parameters             map[string]string
 	Standby                map[string]any // bootstrap standby_cluster; nil for a primary
+	// User is the superuser (and replication user); "postgres" when empty.
+	User string
+	// RESTUser and RESTPassword, when set, guard the REST API's unsafe
+	// endpoints (PATCH /config and the like) with basic auth.
+	RESTUser, RESTPassword string
 }
 
 // render writes the Patroni configuration. Passwords sit in this file, as
@@ -61,13 +66,21 @@ func (m memberConfig) render() ([]byte, error) {
 	if m.Standby != nil {
 		dcs["standby_cluster"] = m.Standby
 	}
-	auth := map[string]any{"username": "postgres", "password": m.Password}
+	user := m.User
+	if user == "" {
+		user = "postgres"
+	}
+	auth := map[string]any{"username": user, "password": m.Password}
+	restapi := map[string]any{"listen": m.IP + ":8008", "connect_address": m.IP + ":8008"}
+	if m.RESTUser != "" {
+		restapi["authentication"] = map[string]any{"username": m.RESTUser, "password": m.RESTPassword}
+	}
 	cfg := map[string]any{
 		"scope":     m.Scope,
 		"namespace": m.Namespace,
 		"name":      m.Name,
 		"log":       map[string]any{"level": "INFO"},
-		"restapi":   map[string]any{"listen": m.IP + ":8008", "connect_address": m.IP + ":8008"},
+		"restapi":   restapi,
 		"etcd3":     map[string]any{"host": m.Etcd},
 		"bootstrap": map[string]any{
 			"dcs":    dcs,

@@ -1,0 +1,173 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pgtopo/pgtopo/lab/proc"
+)
+
+// A Patroni site stands for a data center of VMs: no kube-apiserver, one
+// Patroni cluster of PatroniMembers members on the site's pod addresses
+// (REST API on :8008, PostgreSQL on :5432), and a TCP endpoint on the
+// site's node address in front of the leader, as HAProxy (checking
+// GET /primary) or vip-manager would be. A supervisor process (pglab vm)
+// starts the members and restarts them when they die, as systemd would,
+// and serves that endpoint. These are the real Patroni and PostgreSQL.
+const PatroniMembers = 2
+
+// PatroniCluster describes the one Patroni cluster of a lab's Patroni site.
+type PatroniCluster struct {
+	// Name is the cluster's name in a topology and its Patroni scope.
+	Name string
+	// Members are the members' addresses (REST API on :8008, PostgreSQL
+	// on :5432).
+	Members []string
+	// Endpoint is host:port of the endpoint in front of the leader.
+	Endpoint string
+}
+
+// PatroniClusterName names the Patroni cluster of a lab's Patroni site.
+func PatroniClusterName(site string) string { return "orders-" + site }
+
+// PatroniCluster returns the Patroni cluster of a Patroni site.
+func (s State) PatroniCluster(site SiteState) (PatroniCluster, error) {
+	if !site.Patroni {
+		return PatroniCluster{}, fmt.Errorf("site %s is a Kubernetes site", site.Name)
+	}
+	a := s.Addrs(site)
+	c := PatroniCluster{Name: PatroniClusterName(site.Name), Endpoint: a.NodeIP().String() + ":5432"}
+	for i := range PatroniMembers {
+		ip, err := a.PodIP(i)
+		if err != nil {
+			return c, err
+		}
+		c.Members = append(c.Members, ip.String())
+	}
+	return c, nil
+}
+
+// PatroniDCSNamespace is the Patroni namespace of a lab's Patroni site in
+// the lab's etcd: a prefix of its own, as another data center's DCS.
+func (s State) PatroniDCSNamespace(site string) string {
+	return fmt.Sprintf("/pglab-%d/vm-%s/", s.Slot, site)
+}
+
+// The environment pgtopo reads a Patroni site's credentials from
+// (cli/patroni.go); pglab writes them to DIR/patroni.env.
+const (
+	EnvPGUser       = "PGTOPO_PATRONI_PG_USER"
+	EnvPGPassword   = "PGTOPO_PATRONI_PG_PASSWORD"
+	EnvRESTUser     = "PGTOPO_PATRONI_REST_USER"
+	EnvRESTPassword = "PGTOPO_PATRONI_REST_PASSWORD"
+)
+
+// PatroniEnvFile holds the credentials of the lab's Patroni sites as
+// KEY=VALUE lines (mode 0600), for pgtopo --patroni-credentials.
+func (p Paths) PatroniEnvFile() string { return filepath.Join(p.Dir, "patroni.env") }
+
+// PatroniCredentials returns the Patroni sites' credentials, creating them
+// once with random passwords.
+func PatroniCredentials(dir string) (map[string]string, error) {
+	path := Paths{dir}.PatroniEnvFile()
+	if f, err := os.Open(path); err == nil {
+		defer f.Close()
+		out := map[string]string{}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+				out[k] = v
+			}
+		}
+		return out, sc.Err()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	creds := map[string]string{EnvPGUser: "postgres", EnvRESTUser: "patroni"}
+	for _, k := range []string{EnvPGPassword, EnvRESTPassword} {
+		raw := make([]byte, 16)
+		if _, err := rand.Read(raw); err != nil {
+			return nil, err
+		}
+		creds[k] = hex.EncodeToString(raw)
+	}
+	var b strings.Builder
+	for _, k := range []string{EnvPGUser, EnvPGPassword, EnvRESTUser, EnvRESTPassword} {
+		fmt.Fprintf(&b, "%s=%s\n", k, creds[k])
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	return creds, os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// startPatroniSite starts the site's supervisor and waits until its
+// cluster has a leader and the endpoint in front of it answers.
+func startPatroniSite(ctx context.Context, st *State, site SiteState, progress io.Writer) error {
+	p := Paths{st.Dir}
+	c, err := st.PatroniCluster(site)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "lab: site %s (Patroni, no Kubernetes): cluster %s, members %s, endpoint %s\n",
+		site.Name, c.Name, strings.Join(c.Members, ", "), c.Endpoint)
+	name := "vm-" + site.Name
+	if _, err := proc.Start(proc.Spec{Name: name, Path: filepath.Join(st.BinDir, "pglab"),
+		Args:    []string{"vm", "--dir", st.Dir, "--site", site.Name},
+		LogFile: p.Log(name), PidFile: p.Pid(name)}); err != nil {
+		return err
+	}
+	if err := WaitPatroniLeader(ctx, c, 120*time.Second); err != nil {
+		return fmt.Errorf("site %s: %w (logs: %s, %s)", site.Name, err, p.Log(name), p.PatroniMemberDir(site.Name, c.Name, 0))
+	}
+	return nil
+}
+
+// PatroniMemberDir is where a Patroni site's member keeps its data,
+// configuration and log (MemberPidFiles finds its pid file there).
+func (p Paths) PatroniMemberDir(site, cluster string, i int) string {
+	return filepath.Join(p.Site(site), "clusters", "vm", cluster, fmt.Sprint(i))
+}
+
+// WaitPatroniLeader waits until a member of c answers GET /primary with
+// 200 (as HAProxy checks) and the endpoint in front of it accepts
+// connections.
+func WaitPatroniLeader(ctx context.Context, c PatroniCluster, timeout time.Duration) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, m := range c.Members {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m+":8008/primary", nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				continue
+			}
+			conn, err := net.DialTimeout("tcp", c.Endpoint, time.Second)
+			if err == nil {
+				conn.Close()
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("patroni cluster %s: no writable leader behind %s after %s", c.Name, c.Endpoint, timeout)
+}
