@@ -87,7 +87,7 @@ ordered, idempotent steps, including a safe two-phase switchover.`,
 	}
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
-	root.AddCommand(newVersionCmd(e), newValidateCmd(e), newDiffCmd(e), newStatusCmd(e), newApplyCmd(e), newReconcileCmd(e), newFenceCmd(e, true), newFenceCmd(e, false))
+	root.AddCommand(newVersionCmd(e), newValidateCmd(e), newDiffCmd(e), newStatusCmd(e), newApplyCmd(e), newReconcileCmd(e), newFenceCmd(e, true), newFenceCmd(e, false), newRenderCmd(e))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	for _, c := range root.Commands() {
 		if args := c.Args; args != nil {

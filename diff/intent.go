@@ -58,7 +58,13 @@ func Describe(base, head *topology.Desired) []Intent {
 	}
 	if bp, hp := base.Primary(), head.Primary(); bp.Name != hp.Name {
 		s := subjectOf(hp)
-		add(IntentSwitchover, &s, "switchover: primary %s → %s (site %s → %s)", bp.Name, hp.Name, bp.Site.Name, hp.Site.Name)
+		if bp.Site.Patroni() != hp.Site.Patroni() {
+			// Moving between kinds of site is a migration: say so.
+			add(IntentSwitchover, &s, "switchover: primary %s → %s: moves primary from %s (%s) to %s (%s)", bp.Name, hp.Name,
+				bp.Site.Name, bp.Site.KindName(), hp.Site.Name, hp.Site.KindName())
+		} else {
+			add(IntentSwitchover, &s, "switchover: primary %s → %s (site %s → %s)", bp.Name, hp.Name, bp.Site.Name, hp.Site.Name)
+		}
 	}
 	for _, c := range head.Clusters {
 		s := subjectOf(c)

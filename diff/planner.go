@@ -587,8 +587,8 @@ func (p *planner) fillExternalIPs(want topology.DesiredCluster, livePrimary stri
 // record marks every cluster's object with the applied digest and revision.
 func (p *planner) record() {
 	for _, c := range p.d.Clusters {
-		if p.down(c.Name) {
-			continue
+		if p.down(c.Name) || c.IsPatroni() && !p.observed(c.Name).Exists {
+			continue // nothing to record on: lost, or a Patroni cluster not started
 		}
 		var now snapshot.Marks
 		if obj := p.object(c.Name); obj != nil {

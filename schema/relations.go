@@ -143,13 +143,17 @@ func flavorFields(i int, c any, site, kind string, add func(path, msg string)) {
 				add(at(f), fmt.Sprintf("%s is an operator field (clusters in a kubernetes site); site %q is a patroni site, where pgtopo neither creates clusters nor sizes them: remove it", f, site))
 			}
 		}
-		for _, f := range []string{"patroni", "endpoint"} {
-			if _, has := m[f]; !has {
-				add(fmt.Sprintf("spec.clusters[%d]", i), fmt.Sprintf("a cluster in patroni site %q needs %s (%s)", site, f, map[string]string{
-					"patroni":  "its scope and its members' REST endpoints",
-					"endpoint": "the VIP, DNS name or HAProxy in front of its leader",
-				}[f]))
+		var missing []string
+		for _, f := range []struct{ name, what string }{
+			{"patroni", "its scope and its members' REST endpoints"},
+			{"endpoint", "the VIP, DNS name or HAProxy in front of its leader"},
+		} {
+			if _, has := m[f.name]; !has {
+				missing = append(missing, fmt.Sprintf("%s (%s)", f.name, f.what))
 			}
+		}
+		if len(missing) > 0 {
+			add(fmt.Sprintf("spec.clusters[%d]", i), fmt.Sprintf("a cluster in patroni site %q needs %s", site, strings.Join(missing, " and ")))
 		}
 		return
 	}

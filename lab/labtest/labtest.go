@@ -55,6 +55,14 @@ type Lab struct {
 // ends (keeping its directory when the test failed, for the logs).
 func Start(t testing.TB, sites ...string) *Lab {
 	t.Helper()
+	return StartConfig(t, lab.Config{Sites: sites})
+}
+
+// StartConfig brings up a lab as cfg says (its Dir and BinDir are the
+// test's), e.g. with Patroni sites outside Kubernetes.
+func StartConfig(t testing.TB, cfg lab.Config) *Lab {
+	t.Helper()
+	sites := cfg.Sites
 	root, err := RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +85,8 @@ func Start(t testing.TB, sites ...string) *Lab {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	st, err := lab.Up(ctx, lab.Config{Dir: dir, Sites: sites, BinDir: bin})
+	cfg.Dir, cfg.BinDir = dir, bin
+	st, err := lab.Up(ctx, cfg)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}

@@ -1,0 +1,92 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"slices"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pgtopo/pgtopo/printable"
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+func newRenderCmd(e env) *cobra.Command {
+	var src sourceFlags
+	cmd := &cobra.Command{
+		Use:   "render patroni-bootstrap CLUSTER (-f FILE | --repo URL|PATH ...)",
+		Short: "Print what to start a cluster pgtopo cannot create with",
+		Long: `render patroni-bootstrap CLUSTER prints the bootstrap section of patroni.yml
+that makes a Patroni cluster outside Kubernetes a standby of the topology's
+primary from birth: standby_cluster with the primary's endpoint, the slot
+pgtopo keeps for it there, and a base backup as the way to create replicas.
+Merge it into each member's patroni.yml before the cluster's first start;
+the replication credentials in patroni.yml must be the primary's.
+
+It refuses while the primary does not keep the slot yet: a base backup
+taken under writes without it may need WAL that is gone by the time the
+standby asks for it (Patroni's multi-data-center bootstrap pitfall). Run
+pgtopo apply first; it creates the slot.`,
+		Example: `  pgtopo render patroni-bootstrap orders-dc2 -f orders.yaml --patroni-credentials dc.env`,
+		Args:    cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if args[0] != "patroni-bootstrap" {
+				return usagef("render %q: the one thing render prints is patroni-bootstrap", args[0])
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			in, err := src.load(ctx, e)
+			if err != nil {
+				return err
+			}
+			d := in.Desired
+			c, ok := d.Cluster(args[1])
+			if !ok || !c.IsPatroni() {
+				return usagef("render patroni-bootstrap %s: not a cluster of a patroni site in %s", printable.String(args[1]), d.Name)
+			}
+			primary := d.Primary()
+			if primary.Name == c.Name {
+				return fmt.Errorf("%s is the topology's primary: it bootstraps as a new cluster, not as a standby", c.Name)
+			}
+			obs, err := src.observer(d)
+			if err != nil {
+				return err
+			}
+			snap := obs.Observe(ctx, d)
+			p, _ := snap.Cluster(primary.Name)
+			me, _ := snap.Cluster(c.Name)
+			if p.Endpoint == nil || p.PG == nil {
+				return fmt.Errorf("%s: cannot read the primary %s (%s); the section names its endpoint", c.Name, primary.Name, orDash(p.PGError))
+			}
+			if !slices.ContainsFunc(p.PG.Slots, func(s snapshot.Slot) bool { return s.Name == me.SlotName && s.RestartLSN != 0 }) {
+				return fmt.Errorf("%s: the primary %s keeps no slot %s reserving WAL yet: run pgtopo apply first, so the WAL the base backup needs is retained from its start", c.Name, primary.Name, me.SlotName)
+			}
+			section := map[string]any{"bootstrap": map[string]any{"dcs": map[string]any{"standby_cluster": map[string]any{
+				"host": p.Endpoint.Host, "port": p.Endpoint.Port, "primary_slot_name": me.SlotName,
+				"create_replica_methods": []string{"basebackup"},
+			}}}}
+			out, err := yaml.Marshal(section)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "# %s (scope %s): a standby of %s from birth, streaming through slot %s,\n", c.Name, c.Patroni.Scope, primary.Name, me.SlotName)
+			fmt.Fprintf(e.stdout, "# which %s keeps. Merge into each member's patroni.yml before the first start;\n", primary.Name)
+			fmt.Fprintf(e.stdout, "# its replication credentials must be %s's. Then run pgtopo again.\n", primary.Name)
+			_, err = e.stdout.Write(out)
+			return err
+		},
+	}
+	src.register(cmd, e)
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

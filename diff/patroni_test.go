@@ -1,0 +1,272 @@
+package diff
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+const (
+	dc1EP  = "127.100.20.1:5432"
+	eastEP = "127.100.10.1:31113"
+)
+
+func ep(s string) *snapshot.Endpoint {
+	host, port, _ := strings.Cut(s, ":")
+	e := &snapshot.Endpoint{Host: host}
+	for _, c := range port {
+		e.Port = e.Port*10 + int(c-'0')
+	}
+	return e
+}
+
+// mixedInSync is examples/topologies/lab-mixed.yaml applied: orders-dc1,
+// Patroni on VMs, primary; orders-east, an operator standby streaming
+// from it through the slot dc1 keeps for it.
+func mixedInSync(t *testing.T, primary string) (*topology.Desired, *snapshot.Snapshot) {
+	t.Helper()
+	d := loadDesired(t, "../examples/topologies/lab-mixed.yaml")
+	if primary != d.Primary().Name {
+		var err error
+		if d, err = withPrimary(d, primary); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pg := func(recovery bool, from string) *snapshot.PGState {
+		p := &snapshot.PGState{InRecovery: recovery, SystemID: "7714958577356056795", Timeline: 1, CurrentLSN: 0x5000000, ReplayLSN: 0x5000000, ServerVersion: 150000,
+			HasMultiClusterTable: true, MultiCluster: []snapshot.MultiClusterInfo{{Cluster: "orders-dc1", ExternalIP: "127.100.20.1"}, {Cluster: "orders-east", ExternalIP: "127.100.10.1"}}}
+		if recovery {
+			e := ep(from)
+			p.WalReceiver = &snapshot.WalReceiver{Status: "streaming", SenderHost: e.Host, SenderPort: e.Port, Timeline: 1}
+		} else {
+			p.Slots = []snapshot.Slot{{Name: "xdc_orders_dc1", RestartLSN: 0x5000000, WALStatus: "reserved"}, {Name: "xdc_orders_east", Active: true, RestartLSN: 0x5000000, WALStatus: "reserved"}}
+		}
+		return p
+	}
+	dcStandby := primary != "orders-dc1"
+	dc := snapshot.ClusterState{Name: "orders-dc1", Site: "dc1", Namespace: "orders-dc1", Exists: true, SlotName: "xdc_orders_dc1",
+		Endpoint: ep(dc1EP), Credentials: snapshot.SecretState{Name: "postgres.orders-dc1.credentials.postgresql.acid.zalan.do", Exists: true, KeyedDigest: "k"},
+		Object: &snapshot.Object{Spec: snapshot.Spec{Flavor: snapshot.FlavorPatroni, Replication: snapshot.Replication{Enabled: true}},
+			Marks: snapshot.Marks{Digest: d.Digest}, Status: "leader orders-dc1-0 running, 2 members", Ready: true, PermanentSlots: []string{"xdc_orders_east"}},
+		PG: pg(dcStandby, eastEP)}
+	if dcStandby {
+		dc.Object.Spec.Replication = snapshot.Replication{Enabled: true, IsReplica: true, PeerHost: "127.100.10.1", PeerPort: 31113, PrimarySlot: "xdc_orders_dc1"}
+	}
+	eastSpec := snapshot.Spec{Topology: "orders", Instances: 1, TeamID: "ACID", Version: "15", Parameters: map[string]string{"max_slot_wal_keep_size": "10GB"}, VolumeSize: "1Gi",
+		Replication: snapshot.Replication{Enabled: true, IsReplica: true, PeerHost: "127.100.20.1", PeerPort: 5432, ServiceType: "NodePort", BootstrapSecret: "orders-bootstrap"}}
+	if !dcStandby {
+		// as it was: nothing to change
+	} else {
+		eastSpec.Instances, eastSpec.Replication = 2, snapshot.Replication{Enabled: true, ServiceType: "NodePort"}
+	}
+	east := snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db", Exists: true, SlotName: "xdc_orders_east", Endpoint: ep(eastEP),
+		Service:         &snapshot.Service{Type: "NodePort", NodePort: 31113},
+		Credentials:     snapshot.SecretState{Name: "postgres.orders-east.credentials.postgresql.acid.zalan.do", Exists: true, KeyedDigest: "k"},
+		BootstrapSecret: snapshot.SecretState{Name: "orders-bootstrap", Exists: true, KeyedDigest: "k"},
+		Object:          &snapshot.Object{Spec: eastSpec, Marks: snapshot.Marks{Digest: d.Digest}, Status: "Running", Ready: true},
+		PG:              pg(!dcStandby, dc1EP)}
+	if dcStandby {
+		east.PG.Slots = []snapshot.Slot{{Name: "xdc_orders_dc1", Active: true, RestartLSN: 0x5000000, WALStatus: "reserved"}}
+	}
+	return d, &snapshot.Snapshot{Topology: "orders",
+		Sites:    []snapshot.SiteState{{Name: "dc1", Reachable: true}, {Name: "east", Context: "lab-east", Reachable: true, NodeIPs: []string{"127.100.10.1"}}},
+		Clusters: []snapshot.ClusterState{dc, east}}
+}
+
+// withPrimary is d with another primary, as a pull request makes it.
+func withPrimary(d *topology.Desired, primary string) (*topology.Desired, error) {
+	nd := *d
+	nd.Clusters = slices.Clone(d.Clusters)
+	for i := range nd.Clusters {
+		c := &nd.Clusters[i]
+		if c.Name == primary {
+			nd.PrimaryIndex = i
+			c.Role, c.Instances, c.Peer = topology.RolePrimary, c.DeclaredInstances, ""
+		} else {
+			c.Role, c.Instances, c.Peer = topology.RoleStandby, min(c.DeclaredInstances, 1), primary
+		}
+	}
+	nd.Digest = d.Digest + "-" + primary
+	return &nd, nil
+}
+
+func actionsOf(p Plan) []Action {
+	var out []Action
+	for _, s := range p.Steps {
+		out = append(out, s.Action)
+	}
+	return out
+}
+
+func TestMixedPlans(t *testing.T) {
+	cases := []struct {
+		name     string
+		primary  string
+		edit     func(*snapshot.Snapshot)
+		actions  []Action
+		refusals []string
+		notes    []string
+		check    func(*testing.T, Plan)
+	}{
+		{name: "in sync", primary: "orders-dc1"},
+		{name: "the standby's slot missing on the Patroni primary", primary: "orders-dc1",
+			edit:    func(s *snapshot.Snapshot) { cs(s, "orders-dc1").Object.PermanentSlots = nil },
+			actions: []Action{ActionLock, ActionEnsureSlot},
+			check: func(t *testing.T, p Plan) {
+				e := p.Steps[1].Slot
+				if *e != (SlotEnsure{Primary: "orders-dc1", For: "orders-east", Slot: "xdc_orders_east", Via: SlotViaPatroni}) ||
+					p.Steps[1].Preconditions[0] != (Precondition{Kind: CondWritable, Cluster: "orders-dc1"}) {
+					t.Fatalf("%+v %+v", e, p.Steps[1].Preconditions)
+				}
+			}},
+		{name: "the Patroni primary's own catalogue row missing", primary: "orders-dc1",
+			edit: func(s *snapshot.Snapshot) {
+				pg := cs(s, "orders-dc1").PG
+				pg.MultiCluster = pg.MultiCluster[1:]
+			},
+			actions: []Action{ActionLock, ActionEnsureSlot},
+			check: func(t *testing.T, p Plan) {
+				if e := p.Steps[1].Slot; *e != (SlotEnsure{Primary: "orders-dc1", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
+					t.Fatalf("%+v", e)
+				}
+			}},
+		{name: "bring-up: the slot before the standby's base backup", primary: "orders-dc1",
+			edit: func(s *snapshot.Snapshot) {
+				e := cs(s, "orders-east")
+				*e = snapshot.ClusterState{Name: e.Name, Site: e.Site, Namespace: e.Namespace, SlotName: e.SlotName, Credentials: snapshot.SecretState{Name: e.Credentials.Name}, BootstrapSecret: snapshot.SecretState{Name: "orders-bootstrap"}}
+				dc := cs(s, "orders-dc1")
+				dc.Object.PermanentSlots, dc.PG.Slots, dc.PG.MultiCluster = nil, nil, nil
+			},
+			actions: []Action{ActionLock, ActionEnsureSlot, ActionEnsureSlot, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord}},
+		{name: "switchover out of Patroni: the demoted end is a standby_cluster through its slot", primary: "orders-east",
+			edit: func(s *snapshot.Snapshot) {
+				// the live world of the dc1 file
+				_, live := mixedInSync(t, "orders-dc1")
+				*s = *live
+			},
+			actions: []Action{ActionLock, ActionSwitchover, ActionRecord, ActionRecord},
+			check: func(t *testing.T, p Plan) {
+				sw := p.Steps[1].Switchover
+				want := snapshot.Spec{Flavor: snapshot.FlavorPatroni, Replication: snapshot.Replication{Enabled: true, IsReplica: true, PeerHost: "127.100.10.1", PeerPort: 31113, PrimarySlot: "xdc_orders_dc1"}}
+				if !sameOwnedFields(sw.Demoted, want) || sw.Demoted.Flavor != snapshot.FlavorPatroni {
+					t.Fatalf("demoted %+v", sw.Demoted)
+				}
+				if sw.Restore.Flavor != snapshot.FlavorPatroni || sw.Restore.Replication.IsReplica {
+					t.Fatalf("restore %+v", sw.Restore)
+				}
+				if sw.Promoted.Flavor != "" || sw.Promoted.Replication.IsReplica || sw.Promoted.Instances != 2 {
+					t.Fatalf("promoted %+v", sw.Promoted)
+				}
+			}},
+		{name: "operator primary: the Patroni standby listed in its catalogue", primary: "orders-east",
+			edit: func(s *snapshot.Snapshot) {
+				pg := cs(s, "orders-east").PG
+				pg.MultiCluster = pg.MultiCluster[1:]
+			},
+			actions: []Action{ActionLock, ActionEnsureSlot},
+			check: func(t *testing.T, p Plan) {
+				if e := p.Steps[1].Slot; *e != (SlotEnsure{Primary: "orders-east", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
+					t.Fatalf("%+v", e)
+				}
+			}},
+		{name: "a Patroni standby pointed elsewhere is repointed through its slot", primary: "orders-east",
+			edit:    func(s *snapshot.Snapshot) { cs(s, "orders-dc1").Object.Spec.Replication.PrimarySlot = "" },
+			actions: []Action{ActionLock, ActionRepoint},
+			check: func(t *testing.T, p Plan) {
+				if s := p.Steps[1].Spec; s.Replication.PrimarySlot != "xdc_orders_dc1" || !s.Replication.PeerIs(*ep(eastEP)) {
+					t.Fatalf("%+v", s)
+				}
+			}},
+		{name: "an absent Patroni standby whose slot is held: what to run", primary: "orders-east",
+			edit: func(s *snapshot.Snapshot) {
+				dc := cs(s, "orders-dc1")
+				dc.Exists, dc.Object, dc.PG = false, nil, nil
+			},
+			refusals: []string{"orders-dc1 does not exist (no member answers its REST API at 127.100.21.1:8008, 127.100.21.2:8008): pgtopo does not start VMs. Its slot xdc_orders_dc1 on orders-east holds WAL for it; bootstrap it as a standby from birth with the section `pgtopo render patroni-bootstrap orders-dc1` prints"}},
+		{name: "an absent Patroni standby: its slot first", primary: "orders-east",
+			edit: func(s *snapshot.Snapshot) {
+				dc := cs(s, "orders-dc1")
+				dc.Exists, dc.Object, dc.PG = false, nil, nil
+				pg := cs(s, "orders-east").PG
+				pg.MultiCluster = pg.MultiCluster[1:]
+			},
+			actions: []Action{ActionLock, ActionEnsureSlot},
+			notes:   []string{"orders-dc1 does not exist yet", "pgtopo render patroni-bootstrap orders-dc1"}},
+		{name: "the pitfall: a standby built without a slot that does not stream", primary: "orders-east",
+			edit: func(s *snapshot.Snapshot) {
+				dc := cs(s, "orders-dc1")
+				dc.PG.WalReceiver = nil
+				pg := cs(s, "orders-east").PG
+				pg.MultiCluster = pg.MultiCluster[1:]
+			},
+			refusals: []string{"orders-dc1 is a standby that does not stream from orders-east (wal receiver: none) and no slot on orders-east held WAL for it while it was built: the WAL it needs may be gone, so repointing it could wait forever (the Patroni multi-DC bootstrap pitfall)"}},
+		{name: "a Patroni standby of another system", primary: "orders-east",
+			edit:     func(s *snapshot.Snapshot) { cs(s, "orders-dc1").PG.SystemID = "1" },
+			refusals: []string{"orders-dc1 system identifier 1 differs from primary orders-east (7714958577356056795): its data is not a copy of the primary's"}},
+		{name: "a Patroni standby ahead of the primary's timeline", primary: "orders-east",
+			edit:     func(s *snapshot.Snapshot) { cs(s, "orders-dc1").PG.Timeline = 2 },
+			refusals: []string{"orders-dc1 is on timeline 2, ahead of primary orders-east (timeline 1): it has history the primary lacks, so becoming a standby would need a rewind"}},
+		{name: "the Patroni primary does not answer", primary: "orders-dc1",
+			edit: func(s *snapshot.Snapshot) {
+				dc := cs(s, "orders-dc1")
+				dc.Exists, dc.Object, dc.PG = false, nil, nil
+			},
+			refusals: []string{"no cluster is writable and orders-dc1, the primary in the file, is a Patroni cluster none of whose members answers (REST API at 127.100.21.1:8008, 127.100.21.2:8008): pgtopo does not start VMs"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d, snap := mixedInSync(t, tc.primary)
+			if tc.edit != nil {
+				tc.edit(snap)
+			}
+			p := Compute(d, snap, Options{})
+			if !slices.Equal(actionsOf(p), tc.actions) {
+				t.Fatalf("actions %v, want %v\nrefusals %+v", actionsOf(p), tc.actions, p.Refusals)
+			}
+			if len(p.Refusals) != len(tc.refusals) {
+				t.Fatalf("refusals %+v, want %q", p.Refusals, tc.refusals)
+			}
+			for i, r := range tc.refusals {
+				if !strings.Contains(p.Refusals[i].Reason, r) {
+					t.Errorf("refusal %q lacks %q", p.Refusals[i].Reason, r)
+				}
+			}
+			var notes []string
+			for _, n := range p.Notes {
+				notes = append(notes, n.Message)
+			}
+			for _, n := range tc.notes {
+				if !strings.Contains(strings.Join(notes, "\n"), n) {
+					t.Errorf("notes %q lack %q", notes, n)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, p)
+			}
+		})
+	}
+}
+
+// A pull request that moves the primary between kinds of site says so.
+func TestDescribeMigration(t *testing.T) {
+	base, _ := mixedInSync(t, "orders-dc1")
+	head, _ := mixedInSync(t, "orders-east")
+	var got []string
+	for _, in := range Describe(base, head) {
+		got = append(got, in.Text)
+	}
+	want := "switchover: primary orders-dc1 → orders-east: moves primary from dc1 (Patroni) to east (Kubernetes)"
+	if !slices.Contains(got, want) {
+		t.Fatalf("intents %q lack %q", got, want)
+	}
+	got = got[:0]
+	for _, in := range Describe(head, base) {
+		got = append(got, in.Text)
+	}
+	if want := "switchover: primary orders-east → orders-dc1: moves primary from east (Kubernetes) to dc1 (Patroni)"; !slices.Contains(got, want) {
+		t.Fatalf("intents %q lack %q", got, want)
+	}
+}

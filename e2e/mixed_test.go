@@ -1,0 +1,343 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/labtest"
+)
+
+// mixed is a lab with a Kubernetes site (east) and a Patroni site on
+// "VMs" (dc1), and pgtopo run against it with the Patroni credentials in a
+// file, as a user would.
+type mixed struct {
+	*harness
+	creds   map[string]string
+	credsF  string
+	dc1     lab.PatroniCluster
+	outputs []string
+}
+
+func newMixed(t *testing.T) *mixed {
+	root, err := labtest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(root, "bin", "pgtopo")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("%s missing: run make build", bin)
+	}
+	l := labtest.StartConfig(t, lab.Config{Sites: []string{"east"}, PatroniSites: []string{"dc1"}})
+	m := &mixed{harness: &harness{t: t, lab: l, bin: bin, dir: t.TempDir()}}
+	if m.creds, err = lab.PatroniCredentials(l.Dir); err != nil {
+		t.Fatal(err)
+	}
+	m.credsF = lab.Paths{Dir: l.Dir}.PatroniEnvFile()
+	site, _ := l.Site("dc1")
+	if m.dc1, err = l.PatroniCluster(site); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// topology writes examples/topologies/lab-mixed.yaml for this lab (whose
+// addresses follow its slot) with the given primary.
+func (m *mixed) topology(primary string) string {
+	src, err := os.ReadFile("../examples/topologies/lab-mixed.yaml")
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	data := strings.ReplaceAll(string(src), "127.100.", fmt.Sprintf("127.%d.", 100+m.lab.Slot))
+	data = strings.Replace(data, "primary: orders-dc1", "primary: "+primary, 1)
+	path := filepath.Join(m.dir, primary+".yaml")
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	return path
+}
+
+func (m *mixed) run(args ...string) run {
+	m.t.Helper()
+	return m.pgtopo(append(args, "--patroni-credentials", m.credsF)...)
+}
+
+// connect opens a session to dc1's endpoint or east's Service.
+func (m *mixed) connect(cluster string) (*pgx.Conn, error) {
+	host, port := "", 0
+	if cluster == "orders-dc1" {
+		h, p, _ := strings.Cut(m.dc1.Endpoint, ":")
+		host = h
+		if _, err := fmt.Sscan(p, &port); err != nil {
+			return nil, err
+		}
+	} else {
+		// Not labtest's Endpoint: the writer asks before east exists, and
+		// that is no failure.
+		svc, err := m.lab.Kube["east"].CoreV1().Services("db").Get(context.Background(), cluster, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		if len(svc.Spec.Ports) == 0 || svc.Spec.Ports[0].NodePort == 0 {
+			return nil, fmt.Errorf("%s: no node port yet", cluster)
+		}
+		site, _ := m.lab.Site("east")
+		host, port = m.lab.Addrs(site).NodeIP().String(), int(svc.Spec.Ports[0].NodePort)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return pgx.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s:%d/postgres?sslmode=disable&connect_timeout=3",
+		m.creds[lab.EnvPGUser], m.creds[lab.EnvPGPassword], host, port))
+}
+
+func (m *mixed) writable(cluster string) bool {
+	c, err := m.connect(cluster)
+	if err != nil {
+		return false
+	}
+	defer c.Close(context.Background())
+	var rec bool
+	return c.QueryRow(context.Background(), "SELECT pg_is_in_recovery()").Scan(&rec) == nil && !rec
+}
+
+func (m *mixed) query(cluster, sql string, dest ...any) {
+	m.t.Helper()
+	c, err := m.connect(cluster)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	if err := c.QueryRow(context.Background(), sql).Scan(dest...); err != nil {
+		m.t.Fatalf("%s: %s: %v", cluster, sql, err)
+	}
+}
+
+// mixedWriter commits rows through whichever cluster is writable and
+// samples both for being writable at once.
+type mixedWriter struct {
+	mu       sync.Mutex
+	acked    []int64
+	both     atomic.Int64
+	samples  atomic.Int64
+	stop     chan struct{}
+	done     sync.WaitGroup
+	nextID   atomic.Int64
+	clusters []string
+}
+
+func (m *mixed) startWriter() *mixedWriter {
+	w := &mixedWriter{stop: make(chan struct{}), clusters: []string{"orders-dc1", "orders-east"}}
+	w.done.Add(2)
+	go func() {
+		defer w.done.Done()
+		var c *pgx.Conn
+		for {
+			select {
+			case <-w.stop:
+				if c != nil {
+					c.Close(context.Background())
+				}
+				return
+			default:
+			}
+			if c == nil {
+				for _, name := range w.clusters {
+					if m.writable(name) {
+						c, _ = m.connect(name)
+						break
+					}
+				}
+				if c == nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+			}
+			id := w.nextID.Add(1)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := c.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id)
+			cancel()
+			if err != nil {
+				c.Close(context.Background())
+				c = nil
+				continue
+			}
+			w.mu.Lock()
+			w.acked = append(w.acked, id)
+			w.mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	go func() {
+		defer w.done.Done()
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			w.samples.Add(1)
+			if m.writable("orders-dc1") && m.writable("orders-east") {
+				w.both.Add(1)
+			}
+		}
+	}()
+	return w
+}
+
+func (w *mixedWriter) finish() []int64 {
+	close(w.stop)
+	w.done.Wait()
+	return w.acked
+}
+
+// missing counts acknowledged ids absent on a cluster.
+func (m *mixed) missing(cluster string, acked []int64) int64 {
+	m.t.Helper()
+	c, err := m.connect(cluster)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	var n int64
+	if err := c.QueryRow(context.Background(), "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM acked WHERE acked.id = a.id)", acked).Scan(&n); err != nil {
+		m.t.Fatal(err)
+	}
+	return n
+}
+
+// progress reads apply's JSON-lines progress from stderr.
+func progress(t *testing.T, stderr string) []map[string]any {
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(stderr))
+	for sc.Scan() {
+		var e map[string]any
+		if json.Unmarshal(sc.Bytes(), &e) == nil && e["action"] != nil {
+			out = append(out, e)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no progress events in:\n%s", stderr)
+	}
+	return out
+}
+
+// TestMixedPatroniAndKubernetes is the move of a database from Patroni on
+// VMs into Kubernetes and back, with a writer running: an operator standby
+// of the Patroni primary brought up through a slot made before its base
+// backup, a switchover into Kubernetes that loses no acknowledged row and
+// never has two writable clusters, the Patroni cluster streaming from
+// Kubernetes, and the way back.
+func TestMixedPatroniAndKubernetes(t *testing.T) {
+	t.Parallel()
+	m := newMixed(t)
+	onDC1, onEast := m.topology("orders-dc1"), m.topology("orders-east")
+
+	c, err := m.connect("orders-dc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(context.Background(), "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(context.Background())
+	w := m.startWriter()
+
+	// Bring-up: the slot exists on dc1 before east's base backup starts.
+	r := m.run("apply", "-f", onDC1, "--progress-format", "json")
+	m.expect(r, 0, "Apply complete")
+	slotDone, standbyWrite := -1, -1
+	for i, e := range progress(t, r.stderr) {
+		switch {
+		case e["action"] == "ensure-slot" && strings.Contains(fmt.Sprint(e["message"]), "xdc_orders_east") && e["phase"] == "reached":
+			slotDone = i
+		case e["action"] == "create-standby" && e["phase"] == "write" && standbyWrite < 0:
+			standbyWrite = i
+		}
+	}
+	if slotDone < 0 || standbyWrite < 0 || slotDone > standbyWrite {
+		t.Fatalf("slot xdc_orders_east done at event %d, east's CR written at event %d: the slot must come first\n%s", slotDone, standbyWrite, r.stderr)
+	}
+	var active bool
+	m.query("orders-dc1", "SELECT active FROM pg_replication_slots WHERE slot_name = 'xdc_orders_east'", &active)
+	if !active {
+		t.Fatal("east does not stream through slot xdc_orders_east on dc1")
+	}
+	var dcSys, eastSys string
+	m.query("orders-dc1", "SELECT system_identifier::text FROM pg_control_system()", &dcSys)
+	m.query("orders-east", "SELECT system_identifier::text FROM pg_control_system()", &eastSys)
+	if dcSys != eastSys {
+		t.Fatalf("system identifiers differ: dc1 %s, east %s", dcSys, eastSys)
+	}
+	m.expect(m.run("diff", "-f", onDC1), 0)
+
+	// The PR: out of Patroni into Kubernetes.
+	r = m.run("diff", "-f", onEast)
+	m.expect(r, 2, "switchover", "orders-dc1: standby_cluster.host:port")
+	m.expect(m.run("diff", "-f", onEast, "-o", "json"), 2, "switchover")
+	m.expect(m.run("diff", "-f", onEast, "-o", "markdown"), 2, "switchover")
+	m.expect(m.run("apply", "-f", onEast), 0, "Apply complete", "switchover orders-dc1 → orders-east")
+	labtest.Eventually(t, 60*time.Second, "dc1 streaming from east", func() error {
+		var status string
+		c, err := m.connect("orders-dc1")
+		if err != nil {
+			return err
+		}
+		defer c.Close(context.Background())
+		if err := c.QueryRow(context.Background(), "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'none')").Scan(&status); err != nil {
+			return err
+		}
+		if status != "streaming" {
+			return fmt.Errorf("dc1's wal receiver: %s", status)
+		}
+		return nil
+	})
+	m.expect(m.run("status", "-f", onEast), 0, "orders-dc1", "standby", "orders-east", "primary")
+
+	// And back.
+	m.expect(m.run("apply", "-f", onDC1), 0, "Apply complete", "switchover orders-east → orders-dc1")
+	time.Sleep(time.Second) // a few more rows on dc1
+	acked := w.finish()
+	if len(acked) < 100 {
+		t.Fatalf("writer acknowledged only %d rows", len(acked))
+	}
+	if n := m.missing("orders-dc1", acked); n != 0 {
+		t.Fatalf("%d of %d acknowledged rows missing on orders-dc1", n, len(acked))
+	}
+	if b := w.both.Load(); b != 0 {
+		t.Fatalf("both clusters writable in %d of %d samples", b, w.samples.Load())
+	}
+	t.Logf("%d rows acknowledged across two switchovers, none lost; never two writable in %d samples", len(acked), w.samples.Load())
+
+	m.noPatroniSecrets()
+}
+
+// noPatroniSecrets fails when anything pgtopo printed holds a Patroni
+// site's PostgreSQL or REST password.
+func (m *mixed) noPatroniSecrets() {
+	m.t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, k := range []string{lab.EnvPGPassword, lab.EnvRESTPassword} {
+		pw := m.creds[k]
+		if len(pw) < 8 {
+			m.t.Fatalf("%s: implausible length %d", k, len(pw))
+		}
+		for _, out := range m.output {
+			if strings.Contains(out, pw) {
+				m.t.Fatalf("a pgtopo output contains %s's value", k)
+			}
+		}
+	}
+}
