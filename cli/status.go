@@ -15,6 +15,7 @@ import (
 	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 func newStatusCmd(e env) *cobra.Command {
@@ -179,7 +180,11 @@ func writeStatus(e env, snap, prev *snapshot.Snapshot) {
 				}
 			}
 		}
-		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", c.Name, c.Site, c.Namespace, role, printable.String(state), tl, lag, printable.String(endpoint), printable.String(rev))
+		site := c.Site
+		if st, ok := snap.Site(c.Site); ok && st.Kind == topology.SitePatroni {
+			site += " (patroni)" // one table for both kinds of site
+		}
+		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", c.Name, site, c.Namespace, role, printable.String(state), tl, lag, printable.String(endpoint), printable.String(rev))
 		if trend {
 			line += "\t" + lagTrend(prev, snap, &c)
 		}

@@ -35,7 +35,10 @@ type Verdict struct {
 
 // StatusSite is a site as observed.
 type StatusSite struct {
-	Name      string `json:"name"`
+	Name string `json:"name"`
+	// Kind is kubernetes or patroni (Patroni clusters outside Kubernetes,
+	// which have no context).
+	Kind      string `json:"kind"`
 	Context   string `json:"context"`
 	Reachable bool   `json:"reachable"`
 	Error     string `json:"error,omitempty"`
@@ -66,7 +69,11 @@ func statusDoc(d *topology.Desired, snap *snapshot.Snapshot, at string) Status {
 	st := Status{APIVersion: StatusAPIVersion, Kind: "Status", Topology: d.Name, ObservedAt: at,
 		Verdict: verdict(d, snap), Sites: []StatusSite{}, Clusters: []StatusCluster{}, LastFailover: snap.LastFailover()}
 	for _, s := range snap.Sites {
-		st.Sites = append(st.Sites, StatusSite{Name: s.Name, Context: s.Context, Reachable: s.Reachable, Error: s.Error})
+		kind := s.Kind
+		if kind == "" {
+			kind = topology.SiteKubernetes
+		}
+		st.Sites = append(st.Sites, StatusSite{Name: s.Name, Kind: kind, Context: s.Context, Reachable: s.Reachable, Error: s.Error})
 	}
 	primary := livePrimary(snap)
 	for i := range snap.Clusters {

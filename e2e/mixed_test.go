@@ -5,19 +5,25 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/flavor/patroni"
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/labtest"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 // mixed is a lab with a Kubernetes site (east) and a Patroni site on
@@ -133,7 +139,6 @@ type mixedWriter struct {
 	samples  atomic.Int64
 	stop     chan struct{}
 	done     sync.WaitGroup
-	nextID   atomic.Int64
 	clusters []string
 }
 
@@ -164,7 +169,7 @@ func (m *mixed) startWriter() *mixedWriter {
 					continue
 				}
 			}
-			id := w.nextID.Add(1)
+			id := m.nextID.Add(1)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			_, err := c.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id)
 			cancel()
@@ -320,7 +325,96 @@ func TestMixedPatroniAndKubernetes(t *testing.T) {
 	}
 	t.Logf("%d rows acknowledged across two switchovers, none lost; never two writable in %d samples", len(acked), w.samples.Load())
 
+	m.killAndResume(onDC1, onEast)
 	m.noPatroniSecrets()
+}
+
+// journalPhases reads the switchover journal's phase on both ends: east's
+// CR annotation, and dc1's dynamic config key.
+func (m *mixed) journalPhases() (dc1, east string) {
+	if p := (&harness{lab: m.lab}).journalPhase("east", "orders-east"); p != "" {
+		east = p
+	}
+	resp, err := http.Get("http://" + m.dc1.Members[0] + ":8008/config")
+	if err != nil {
+		return "", east
+	}
+	defer resp.Body.Close()
+	var cfg map[string]any
+	if json.NewDecoder(resp.Body).Decode(&cfg) != nil {
+		return "", east
+	}
+	raw, _ := cfg[patroni.MarksKey].(string)
+	var marks snapshot.Marks
+	if json.Unmarshal([]byte(raw), &marks) == nil && marks.Journal != nil {
+		dc1 = marks.Journal.Phase
+	}
+	return dc1, east
+}
+
+// killAndResume kills apply with SIGKILL in each phase of a mixed
+// switchover, in both directions, and re-runs it: it converges with no
+// acknowledged row lost and never two writable clusters. The last case
+// re-runs the old primary's file, which backs the switchover out.
+func (m *mixed) killAndResume(onDC1, onEast string) {
+	t := m.t.(*testing.T)
+	cases := []struct {
+		after       apply.Phase
+		phase       string
+		file, rerun string
+		primary     string
+	}{
+		{apply.PhaseDemote, snapshot.PhaseDemoting, onEast, onEast, "orders-east"},
+		{apply.PhaseGateSet, snapshot.PhaseGated, onDC1, onDC1, "orders-dc1"},
+		{apply.PhasePromote, snapshot.PhasePromoted, onEast, onEast, "orders-east"},
+		{apply.PhaseFence, snapshot.PhaseDemoting, onDC1, onDC1, "orders-dc1"},
+		{apply.PhaseDemote, snapshot.PhaseDemoting, onEast, onDC1, "orders-dc1"},
+	}
+	for _, tc := range cases {
+		w := m.startWriter()
+		cmd := exec.Command(m.bin, "apply", "-f", tc.file, "--progress-format", "json", "--patroni-credentials", m.credsF)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: m.lab.Dir}.Kubeconfig())
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var seen []string
+		killed := false
+		for lines := bufio.NewScanner(stderr); lines.Scan(); {
+			seen = append(seen, lines.Text())
+			if ev, ok := parseEvent(lines.Text()); ok && ev.Phase == tc.after {
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				killed = true
+				break
+			}
+		}
+		_ = cmd.Wait()
+		if !killed {
+			t.Fatalf("apply ended before a %q event:\n%s", tc.after, strings.Join(seen, "\n"))
+		}
+		a, b := m.journalPhases()
+		if a != tc.phase && b != tc.phase {
+			t.Fatalf("killed after %q, but the journal says %q (dc1) and %q (east), want %s", tc.after, a, b, tc.phase)
+		}
+		r := m.run("apply", "-f", tc.rerun, "--lock-timeout", "90s", "--progress-format", "json")
+		time.Sleep(time.Second)
+		acked := w.finish()
+		m.expect(r, 0, "Apply complete")
+		if w.both.Load() != 0 {
+			t.Fatalf("killed after %s: two clusters writable at once in %d samples", tc.after, w.both.Load())
+		}
+		if n := m.missing(tc.primary, acked); n != 0 || len(acked) == 0 {
+			t.Fatalf("killed after %s: %d of %d acknowledged rows missing on %s", tc.after, n, len(acked), tc.primary)
+		}
+		m.expect(m.run("diff", "-f", tc.rerun), 0, "No changes.")
+		if a, b := m.journalPhases(); a != "" || b != "" {
+			t.Fatalf("journal left behind: %q (dc1), %q (east)", a, b)
+		}
+		t.Logf("killed after %s (journal %s), re-ran %s: converged, %d rows acknowledged, none lost", tc.after, tc.phase, filepath.Base(tc.rerun), len(acked))
+	}
 }
 
 // noPatroniSecrets fails when anything pgtopo printed holds a Patroni

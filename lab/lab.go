@@ -56,6 +56,11 @@ type Config struct {
 	// PatroniSites are sites of Patroni clusters outside Kubernetes, as
 	// on VMs: no apiserver, one Patroni cluster each (PatroniCluster).
 	PatroniSites []string
+	// PatroniStandbyOf starts a Patroni site's cluster as a standby
+	// cluster of another Patroni site's endpoint, with no slot, as a DBA
+	// might by hand: the multi-DC bootstrap pitfall, for drills. Keyed by
+	// the standby's site.
+	PatroniStandbyOf map[string]string
 	// Namespaces created in every site (default: db).
 	Namespaces []string
 	// BinDir holds kube-apiserver and pglab (default: the repository's bin/).
@@ -81,7 +86,10 @@ type SiteState struct {
 	Index int    `json:"index"`
 	// Patroni: a site of Patroni clusters outside Kubernetes (VMs); it
 	// has no context and no apiserver.
-	Patroni bool   `json:"patroni,omitempty"`
+	Patroni bool `json:"patroni,omitempty"`
+	// StandbyOf names the Patroni site whose endpoint this site's cluster
+	// bootstrapped from as a standby, without a slot.
+	StandbyOf string `json:"standbyOf,omitempty"`
 	Context string `json:"context,omitempty"`
 	// APIServerPort is the site's gateway, which the kubeconfig names;
 	// APIServerInternalPort the apiserver itself, for the site's own
@@ -206,7 +214,12 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 		st.Sites = append(st.Sites, SiteState{Name: name, Index: i, Context: ContextName(name)})
 	}
 	for i, name := range cfg.PatroniSites {
-		st.Sites = append(st.Sites, SiteState{Name: name, Index: len(cfg.Sites) + i, Patroni: true})
+		st.Sites = append(st.Sites, SiteState{Name: name, Index: len(cfg.Sites) + i, Patroni: true, StandbyOf: cfg.PatroniStandbyOf[name]})
+	}
+	for standby, of := range cfg.PatroniStandbyOf {
+		if !slices.Contains(cfg.PatroniSites, standby) || !slices.Contains(cfg.PatroniSites, of) || standby == of {
+			return nil, fmt.Errorf("lab: --patroni-standby %s=%s: both must be Patroni sites, and differ", standby, of)
+		}
 	}
 	if _, err := PatroniCredentials(cfg.Dir); err != nil {
 		return nil, err

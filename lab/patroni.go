@@ -128,7 +128,7 @@ func startPatroniSite(ctx context.Context, st *State, site SiteState, progress i
 		LogFile: p.Log(name), PidFile: p.Pid(name)}); err != nil {
 		return err
 	}
-	if err := WaitPatroniLeader(ctx, c, 120*time.Second); err != nil {
+	if err := WaitPatroniLeader(ctx, c, site.StandbyOf != "", 120*time.Second); err != nil {
 		return fmt.Errorf("site %s: %w (logs: %s, %s)", site.Name, err, p.Log(name), p.PatroniMemberDir(site.Name, c.Name, 0))
 	}
 	return nil
@@ -140,15 +140,19 @@ func (p Paths) PatroniMemberDir(site, cluster string, i int) string {
 	return filepath.Join(p.Site(site), "clusters", "vm", cluster, fmt.Sprint(i))
 }
 
-// WaitPatroniLeader waits until a member of c answers GET /primary with
-// 200 (as HAProxy checks) and the endpoint in front of it accepts
-// connections.
-func WaitPatroniLeader(ctx context.Context, c PatroniCluster, timeout time.Duration) error {
+// WaitPatroniLeader waits until a member of c answers GET /primary (GET
+// /standby-leader for a standby cluster) with 200, as HAProxy checks, and
+// the endpoint in front of it accepts connections.
+func WaitPatroniLeader(ctx context.Context, c PatroniCluster, standby bool, timeout time.Duration) error {
+	check := "/primary"
+	if standby {
+		check = "/standby-leader"
+	}
 	client := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		for _, m := range c.Members {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m+":8008/primary", nil)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m+":8008"+check, nil)
 			resp, err := client.Do(req)
 			if err != nil {
 				continue
@@ -169,5 +173,5 @@ func WaitPatroniLeader(ctx context.Context, c PatroniCluster, timeout time.Durat
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("patroni cluster %s: no writable leader behind %s after %s", c.Name, c.Endpoint, timeout)
+	return fmt.Errorf("patroni cluster %s: no leader answering %s behind %s after %s", c.Name, check, c.Endpoint, timeout)
 }

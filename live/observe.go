@@ -160,7 +160,7 @@ func allAtOnce(fns []func()) {
 // the Lease, orphans, and each cluster's CR, Secrets and Service), then the
 // database probes, which need the Service, the nodes and the credentials.
 func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site topology.Site) (snapshot.SiteState, []snapshot.ClusterState, []snapshot.OrphanCluster) {
-	st := snapshot.SiteState{Name: site.Name, Context: site.Context}
+	st := snapshot.SiteState{Name: site.Name, Kind: site.Kind, Context: site.Context}
 	var clusters []snapshot.ClusterState
 	for _, c := range d.Clusters {
 		if c.Site.Name == site.Name {

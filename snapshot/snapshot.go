@@ -23,7 +23,10 @@ type Snapshot struct {
 
 // SiteState is one site as observed.
 type SiteState struct {
-	Name      string     `json:"name"`
+	Name string `json:"name"`
+	// Kind is "patroni" for a site of Patroni clusters outside
+	// Kubernetes, "" for a kubernetes site.
+	Kind      string     `json:"kind,omitempty"`
 	Context   string     `json:"context"`
 	Reachable bool       `json:"reachable"`
 	Error     string     `json:"error,omitempty"`

@@ -29,12 +29,12 @@ func main() {
 	var dir string
 	root.PersistentFlags().StringVar(&dir, "dir", ".lab", "lab directory")
 
-	var sites, patroniSites, namespaces string
+	var sites, patroniSites, patroniStandby, namespaces string
 	up := &cobra.Command{Use: "up", Short: "Start etcd, one kube-apiserver and lab operator per site",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := lab.Up(ctx, lab.Config{Dir: dir, Sites: split(sites), PatroniSites: split(patroniSites), Namespaces: split(namespaces),
+			st, err := lab.Up(ctx, lab.Config{Dir: dir, Sites: split(sites), PatroniSites: split(patroniSites), PatroniStandbyOf: pairs(patroniStandby), Namespaces: split(namespaces),
 				BinDir: binDir(), Progress: os.Stderr})
 			if err != nil {
 				return err
@@ -55,6 +55,7 @@ func main() {
 		}}
 	up.Flags().StringVar(&sites, "sites", "east,west", "comma-separated site names")
 	up.Flags().StringVar(&patroniSites, "patroni-sites", "", "comma-separated sites of Patroni outside Kubernetes (as on VMs): one Patroni cluster orders-SITE each, credentials in DIR/patroni.env")
+	up.Flags().StringVar(&patroniStandby, "patroni-standby", "", "SITE=OTHER: start Patroni site SITE's cluster as a standby of OTHER's endpoint with no slot, as by hand (the multi-DC bootstrap pitfall, for drills)")
 	up.Flags().StringVar(&namespaces, "namespaces", "db", "namespaces to create in every site")
 
 	down := &cobra.Command{Use: "down", Short: "Stop every process of the lab",
@@ -160,4 +161,14 @@ func binDir() string {
 		return "bin"
 	}
 	return filepath.Dir(exe)
+}
+
+// pairs reads "a=b,c=d".
+func pairs(s string) map[string]string {
+	out := map[string]string{}
+	for _, kv := range split(s) {
+		k, v, _ := strings.Cut(kv, "=")
+		out[k] = v
+	}
+	return out
 }

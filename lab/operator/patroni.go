@@ -108,12 +108,15 @@ func (m memberConfig) render() ([]byte, error) {
 
 // standbyConfig is Patroni's standby_cluster section for a peer.
 func standbyConfig(host string, port int, slot string) map[string]any {
-	return map[string]any{
+	sc := map[string]any{
 		"host":                   host,
 		"port":                   port,
 		"create_replica_methods": []string{"basebackup"},
-		"primary_slot_name":      slot,
 	}
+	if slot != "" {
+		sc["primary_slot_name"] = slot
+	}
+	return sc
 }
 
 // memberStatus is the part of Patroni's GET /patroni answer the lab uses.

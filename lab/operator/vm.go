@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -138,6 +140,18 @@ func (v *VMSite) startMember(i int, ip string) error {
 		RESTUser: v.creds[lab.EnvRESTUser], RESTPassword: v.creds[lab.EnvRESTPassword],
 		// The drills read the last commit's time on a returned primary.
 		Parameters: map[string]string{"track_commit_timestamp": "on"},
+	}
+	if of := v.site.StandbyOf; of != "" {
+		// By hand, as in the pitfall: a standby of the other site's
+		// endpoint, bootstrapped by base backup, with no slot.
+		other, _ := v.state.Site(of)
+		oc, err := v.state.PatroniCluster(other)
+		if err != nil {
+			return err
+		}
+		host, port, _ := strings.Cut(oc.Endpoint, ":")
+		p, _ := strconv.Atoi(port)
+		mc.Standby = standbyConfig(host, p, "")
 	}
 	cfg, err := mc.render()
 	if err != nil {
