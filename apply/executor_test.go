@@ -764,3 +764,61 @@ func TestSwitchoverNeverPromotesFromAnUnknownPhase(t *testing.T) {
 	}
 	wantWrites(t, w)
 }
+
+// ensure-slot writes the permanent slot and waits until the primary's
+// leader keeps it with WAL reserved; a slot that exists but reserves
+// nothing yet does not count.
+func TestEnsureSlotViaPatroniWaitsForReservedWAL(t *testing.T) {
+	w := newWorld(primaryState("orders-dc1", "dc1", westEP, 0x5000000, 1))
+	w.cluster("orders-dc1").Object = &snapshot.Object{}
+	reserve := false
+	w.react = func(w *world, what, name string) {
+		if what == "slot" {
+			c := w.cluster(name)
+			c.PG.Slots = []snapshot.Slot{{Name: "xdc_orders_east"}}
+			if reserve {
+				c.PG.Slots[0].RestartLSN = 0x5000000
+			}
+		}
+	}
+	r, _ := runner(w)
+	step := diff.Step{Action: diff.ActionEnsureSlot, Subject: diff.Subject{Site: "dc1", Namespace: "orders-dc1", Cluster: "orders-dc1"},
+		Slot: &diff.SlotEnsure{Primary: "orders-dc1", For: "orders-east", Slot: "xdc_orders_east", Via: diff.SlotViaPatroni}}
+	err := run(t, r, step)
+	if err == nil || !strings.Contains(err.Error(), "slot xdc_orders_east on orders-dc1 reserving WAL") {
+		t.Fatalf("a slot reserving no WAL must not pass: %v", err)
+	}
+	reserve = true
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "slot orders-dc1 xdc_orders_east", "slot orders-dc1 xdc_orders_east")
+
+	w.fail["slot orders-dc1"] = errors.New("HTTP 401: no auth header received")
+	if err := run(t, r, step); err == nil || !strings.HasPrefix(err.Error(), "slot xdc_orders_east on orders-dc1: HTTP 401") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+// Through the catalogue: the row, in one session after the schema, and
+// the wait for it.
+func TestEnsureSlotViaCatalogue(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	w.react = func(w *world, what, name string) {
+		if what == "sql catalogue-row" {
+			pg := w.cluster(name).PG
+			pg.MultiCluster = append(pg.MultiCluster, snapshot.MultiClusterInfo{Cluster: "orders-dc1"})
+		}
+	}
+	r, _ := runner(w)
+	step := diff.Step{Action: diff.ActionEnsureSlot, Subject: subject("east", "orders-east"),
+		Slot: &diff.SlotEnsure{Primary: "orders-east", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: diff.SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}}
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w, "sql orders-east catalogue-schema", "sql orders-east catalogue-row [orders-dc1 127.100.20.1 5432 xdc_orders_dc1]")
+	step.Slot.Via = "guess"
+	if err := run(t, r, step); err == nil || !strings.Contains(err.Error(), `unknown way "guess"`) {
+		t.Fatalf("error %v", err)
+	}
+}

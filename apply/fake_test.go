@@ -265,6 +265,10 @@ func sqlName(sql string) string {
 		return "terminate"
 	case strings.HasPrefix(sql, "UPDATE sys_operator.multi_cluster_info"):
 		return "fill-external-ip"
+	case strings.HasPrefix(sql, "CREATE SCHEMA IF NOT EXISTS sys_operator"):
+		return "catalogue-schema"
+	case strings.HasPrefix(sql, "INSERT INTO sys_operator.multi_cluster_info"):
+		return "catalogue-row"
 	}
 	return sql
 }
