@@ -90,7 +90,7 @@ type SiteState struct {
 	// StandbyOf names the Patroni site whose endpoint this site's cluster
 	// bootstrapped from as a standby, without a slot.
 	StandbyOf string `json:"standbyOf,omitempty"`
-	Context string `json:"context,omitempty"`
+	Context   string `json:"context,omitempty"`
 	// APIServerPort is the site's gateway, which the kubeconfig names;
 	// APIServerInternalPort the apiserver itself, for the site's own
 	// operator (see Cutoff).
