@@ -21,6 +21,7 @@ import (
 
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/flavor/patroni"
+	"github.com/pgtopo/pgtopo/gitsource/gittest"
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/labtest"
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -287,12 +288,41 @@ func TestMixedPatroniAndKubernetes(t *testing.T) {
 	}
 	m.expect(m.run("diff", "-f", onDC1), 0)
 
-	// The PR: out of Patroni into Kubernetes.
-	r = m.run("diff", "-f", onEast)
-	m.expect(r, 2, "switchover", "orders-dc1: standby_cluster.host:port")
+	// The PR: out of Patroni into Kubernetes, in words, then merged and
+	// applied by the reconcile loop on main.
+	repo := gittest.New(t)
+	read := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	repo.Commit("orders on VMs", map[string]string{"topology.yaml": read(onDC1)})
+	repo.Git("checkout", "-q", "-b", "into-kubernetes")
+	head := repo.Commit("orders: move the primary into Kubernetes", map[string]string{"topology.yaml": read(onEast)})
+	r = m.run("diff", "--repo", repo.Dir, "--base", "main")
+	m.expect(r, 2, "switchover: primary orders-dc1 → orders-east: moves primary from dc1 (Patroni) to east (Kubernetes)",
+		"Live plan for "+head[:12], "orders-dc1: standby_cluster.host:port")
+	m.expect(m.run("diff", "--repo", repo.Dir, "--base", "main", "-o", "markdown"), 2, "moves primary from dc1 (Patroni) to east (Kubernetes)")
 	m.expect(m.run("diff", "-f", onEast, "-o", "json"), 2, "switchover")
-	m.expect(m.run("diff", "-f", onEast, "-o", "markdown"), 2, "switchover")
-	m.expect(m.run("apply", "-f", onEast), 0, "Apply complete", "switchover orders-dc1 → orders-east")
+	l := m.startLoop("--repo", repo.Dir, "--ref", "main", "--interval", "1s", "--patroni-credentials", m.credsF)
+	_, next := l.waitFor(t, 30*time.Second, "in-sync cycle on main", 0, func(r logRecord) bool { return r.Msg == "cycle" && r.Result == "in-sync" })
+	repo.Git("checkout", "-q", "main")
+	repo.Git("merge", "-q", "--ff-only", "into-kubernetes")
+	applied, _ := l.waitFor(t, 90*time.Second, "the merge applied", next, func(r logRecord) bool { return r.Msg == "cycle" && r.Revision == head[:12] })
+	if applied.Result != "applied" {
+		t.Fatalf("cycle for %s: %s (%s%s)", head[:12], applied.Result, applied.Refusal, applied.Error)
+	}
+	_ = l.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-l.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("reconcile did not stop within 60s of SIGTERM")
+	}
+	m.mu.Lock()
+	m.output = append(m.output, strings.Join(l.raw, "\n"))
+	m.mu.Unlock()
 	labtest.Eventually(t, 60*time.Second, "dc1 streaming from east", func() error {
 		var status string
 		c, err := m.connect("orders-dc1")
