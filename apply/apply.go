@@ -36,6 +36,9 @@ type SiteWriter interface {
 	// standby in its own configuration (a Patroni cluster's permanent
 	// slots), so WAL is retained before the standby's base backup.
 	EnsurePermanentSlot(ctx context.Context, ns, name, slot string) error
+	// DropPermanentSlot removes a slot from the cluster's own
+	// configuration, so that dropping it is not undone.
+	DropPermanentSlot(ctx context.Context, ns, name, slot string) error
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
 	ApplySecret(ctx context.Context, s *corev1.Secret) error
 	DeleteSecret(ctx context.Context, ns, name string) error

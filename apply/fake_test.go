@@ -136,6 +136,16 @@ func (s *fakeSite) EnsurePermanentSlot(_ context.Context, _, name, slot string) 
 	return nil
 }
 
+func (s *fakeSite) DropPermanentSlot(_ context.Context, _, name, slot string) error {
+	w := s.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.record("unslot %s %s", name, slot)
+	c := w.cluster(name)
+	c.Object.PermanentSlots = slices.DeleteFunc(c.Object.PermanentSlots, func(x string) bool { return x == slot })
+	return nil
+}
+
 func (s *fakeSite) WriteMarks(_ context.Context, _, name string, m snapshot.Marks) error {
 	w := s.w
 	w.mu.Lock()
@@ -151,6 +161,9 @@ func (s *fakeSite) WriteMarks(_ context.Context, _, name string, m snapshot.Mark
 		}
 	}
 	line := fmt.Sprintf("marks %s digest=%s revision=%s journal=%s", name, m.Digest, m.Revision, phase)
+	if m.Rebuild != nil {
+		line += " rebuild=" + m.Rebuild.Cluster
+	}
 	if f := m.Failover; f != nil {
 		line += fmt.Sprintf(" failover=%d:%s", f.Epoch, f.Phase)
 		if r := f.Returned; r != nil {

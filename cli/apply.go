@@ -30,6 +30,8 @@ type applyFlags struct {
 	progressFormat                    string
 	// acceptDataLoss is break-glass consent to a failover.
 	acceptDataLoss string
+	// allowRebuild names standbys that may be rebuilt.
+	allowRebuild []string
 }
 
 func newApplyCmd(e env) *cobra.Command {
@@ -104,6 +106,7 @@ stale plan.`,
 	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
 	cmd.Flags().StringVar(&f.progressFormat, "progress-format", "text", "progress on stderr: text or json (one event per line)")
 	cmd.Flags().StringVar(&f.acceptDataLoss, "accept-data-loss", "", "break-glass consent to a failover: the lost primary CLUSTER whose unreplicated writes may be lost")
+	cmd.Flags().StringSliceVar(&f.allowRebuild, "allow-rebuild", nil, "let pgtopo rebuild standby CLUSTER if it cannot catch up (deleted with its data, created again), whatever the file's rebuild policy; repeat or comma-separate")
 	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
 	return cmd
 }
@@ -120,7 +123,7 @@ func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain
 	if err != nil {
 		return err
 	}
-	opt.AcceptDataLoss = f.acceptDataLoss
+	opt.AcceptDataLoss, opt.AllowRebuild = f.acceptDataLoss, f.allowRebuild
 	plan := diff.Compute(in.Desired, snap, opt)
 	if err := plan.WriteText(e.stdout); err != nil {
 		return err

@@ -20,6 +20,7 @@ func newDiffCmd(e env) *cobra.Command {
 	var output, base, head, out string
 	var allowRollback, observeLive bool
 	var acceptDataLoss string
+	var allowRebuild []string
 	detailed := true
 	cmd := &cobra.Command{
 		Use: "diff (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | --repo PATH --base REV [--head REV])",
@@ -53,7 +54,7 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 			if err != nil {
 				return err
 			}
-			plan, basis, opt, err := livePlan(ctx, &src, in, allowRollback, acceptDataLoss)
+			plan, basis, opt, err := livePlan(ctx, &src, in, allowRollback, acceptDataLoss, allowRebuild)
 			if err != nil {
 				return err
 			}
@@ -74,6 +75,7 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 2 when changes are pending")
 	cmd.Flags().StringVar(&out, "out", "", "also save the plan, with what it relied on, for pgtopo apply PLAN.json")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "plan a revision older than the one recorded as applied")
+	cmd.Flags().StringSliceVar(&allowRebuild, "allow-rebuild", nil, "plan the rebuild of standby CLUSTER if it cannot catch up, whatever the file's rebuild policy (saved with --out)")
 	cmd.Flags().StringVar(&acceptDataLoss, "accept-data-loss", "", "plan a failover with break-glass consent: the lost primary CLUSTER whose unreplicated writes may be lost (saved with --out)")
 	cmd.Flags().StringVar(&base, "base", "", "pull-request mode: the revision merged into (e.g. origin/main)")
 	cmd.Flags().StringVar(&head, "head", "HEAD", "pull-request mode: the revision being merged")
@@ -83,7 +85,7 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 
 // livePlan observes the sites of in and plans; it also returns what the
 // plan relied on and the options, for a saved plan.
-func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool, acceptDataLoss string) (diff.Plan, diff.Basis, diff.Options, error) {
+func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool, acceptDataLoss string, allowRebuild []string) (diff.Plan, diff.Basis, diff.Options, error) {
 	obs, err := src.observer(in.Desired)
 	if err != nil {
 		return diff.Plan{}, diff.Basis{}, diff.Options{}, err
@@ -93,7 +95,7 @@ func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowR
 	if err != nil {
 		return diff.Plan{}, diff.Basis{}, opt, err
 	}
-	opt.AcceptDataLoss = acceptDataLoss
+	opt.AcceptDataLoss, opt.AllowRebuild = acceptDataLoss, allowRebuild
 	return diff.Compute(in.Desired, snap, opt), diff.BasisOf(snap), opt, nil
 }
 
@@ -169,7 +171,7 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 		pr.Intents = diff.Describe(baseIn.Desired, head.Desired)
 	}
 	if f.live {
-		plan, _, _, err := livePlan(ctx, src, head, f.allowRollback, "")
+		plan, _, _, err := livePlan(ctx, src, head, f.allowRollback, "", nil)
 		if err != nil {
 			return err
 		}

@@ -22,6 +22,9 @@ const (
 	ActionRepoint         Action = "repoint"
 	ActionUpdate          Action = "update"
 	ActionFillExternalIP  Action = "fill-external-ip"
+	ActionRebuild         Action = "rebuild"
+	ActionDeleteCluster   Action = "delete-cluster"
+	ActionDropSlot        Action = "drop-slot"
 	ActionRecord          Action = "record"
 	// Break-glass steps, planned only by pgtopo fence and unfence.
 	ActionFence   Action = "fence"
@@ -37,6 +40,7 @@ const (
 	BucketSwitchover
 	BucketCreate
 	BucketUpdate
+	BucketDelete
 )
 
 // Executor runs steps; apply implements it. Catalogue names which method
@@ -54,6 +58,9 @@ type Executor interface {
 	Repoint(ctx context.Context, s Step) error
 	Update(ctx context.Context, s Step) error
 	FillExternalIP(ctx context.Context, s Step) error
+	Rebuild(ctx context.Context, s Step) error
+	DeleteCluster(ctx context.Context, s Step) error
+	DropSlot(ctx context.Context, s Step) error
 	Record(ctx context.Context, s Step) error
 	Fence(ctx context.Context, s Step) error
 	Unfence(ctx context.Context, s Step) error
@@ -83,15 +90,18 @@ var Catalogue = map[Action]Kind{
 	ActionEnsureSlot:      {Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-slot", Execute: Executor.EnsureSlot},
 	ActionCheckpoint:      {Rank: 4, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint", Execute: Executor.Checkpoint},
 	ActionBootstrapSecret: {Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret", Execute: Executor.BootstrapSecret},
-	ActionCreateStandby:   {Rank: 6, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
-	ActionSwitchover:      {Rank: 7, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
-	ActionFailover:        {Rank: 8, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover", Execute: Executor.Failover},
-	ActionRepoint:         {Rank: 9, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
-	ActionUpdate:          {Rank: 10, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
-	ActionFillExternalIP:  {Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
-	ActionRecord:          {Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
-	ActionFence:           {Rank: 13, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
-	ActionUnfence:         {Rank: 14, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
+	ActionRebuild:         {Rank: 6, Symbol: "-+", Bucket: BucketCreate, Metric: "rebuild", Execute: Executor.Rebuild},
+	ActionCreateStandby:   {Rank: 7, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
+	ActionSwitchover:      {Rank: 8, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
+	ActionFailover:        {Rank: 9, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover", Execute: Executor.Failover},
+	ActionRepoint:         {Rank: 10, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
+	ActionUpdate:          {Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
+	ActionFillExternalIP:  {Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
+	ActionDeleteCluster:   {Rank: 13, Symbol: "-", Bucket: BucketDelete, Metric: "delete-cluster", Execute: Executor.DeleteCluster},
+	ActionDropSlot:        {Rank: 14, Symbol: "-", Bucket: BucketDelete, Metric: "drop-slot", Execute: Executor.DropSlot},
+	ActionRecord:          {Rank: 15, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
+	ActionFence:           {Rank: 16, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
+	ActionUnfence:         {Rank: 17, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
 }
 
 // sortSteps orders steps by action rank, then cluster name.

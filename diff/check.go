@@ -28,6 +28,14 @@ const (
 	CondLagAtMost       ConditionKind = "lag-at-most"
 	CondSameMajor       ConditionKind = "same-major-version"
 	CondNoOtherJournal  ConditionKind = "no-other-journal"
+	// CondNotWritable: the cluster takes no writes (in recovery, or its
+	// database down): never rebuild or delete a primary.
+	CondNotWritable ConditionKind = "not-writable"
+	// CondObjectReplica: the cluster's object says it is a standby
+	// (isReplica): never delete one that says it is a primary.
+	CondObjectReplica ConditionKind = "object-says-standby"
+	// CondSlotInactive: nobody streams through the slot on the cluster.
+	CondSlotInactive ConditionKind = "slot-inactive"
 )
 
 // Precondition is a condition on a cluster (and sometimes a second one).
@@ -78,6 +86,9 @@ func (c Precondition) Holds(snap *snapshot.Snapshot) error {
 		}
 		return nil
 	}
+	if c.Kind == CondObjectReplica {
+		return orphanIsReplica(snap, c.Cluster)
+	}
 	cs, ok := snap.Cluster(c.Cluster)
 	if !ok {
 		return fmt.Errorf("%s is not observed", c.Cluster)
@@ -106,6 +117,21 @@ func (c Precondition) Holds(snap *snapshot.Snapshot) error {
 	case CondInRecovery:
 		if cs.PG == nil || !cs.PG.InRecovery {
 			return fmt.Errorf("%s is not a standby (%s)", c.Cluster, orNone(cs.PGError))
+		}
+		return nil
+	case CondNotWritable:
+		if cs.Writable() {
+			return fmt.Errorf("%s takes writes: pgtopo never rebuilds or deletes a primary", c.Cluster)
+		}
+		return nil
+	case CondSlotInactive:
+		if cs.PG == nil {
+			return fmt.Errorf("cannot read %s (%s)", c.Cluster, orNone(cs.PGError))
+		}
+		for _, sl := range cs.PG.Slots {
+			if sl.Name == c.Other && sl.Active {
+				return fmt.Errorf("slot %s on %s is active: something streams through it", c.Other, c.Cluster)
+			}
 		}
 		return nil
 	}
@@ -151,6 +177,24 @@ func (c Precondition) Holds(snap *snapshot.Snapshot) error {
 		return fmt.Errorf("unknown precondition %q", c.Kind)
 	}
 	return nil
+}
+
+// orphanIsReplica holds when a cluster the file no longer lists has an
+// object that says it is a standby.
+func orphanIsReplica(snap *snapshot.Snapshot, name string) error {
+	for _, o := range snap.Orphans {
+		if o.Name != name {
+			continue
+		}
+		if o.Object == nil {
+			return fmt.Errorf("%s's object could not be read", name)
+		}
+		if !o.Object.Spec.Replication.IsReplica {
+			return fmt.Errorf("%s's object says it is a primary (isReplica false): pgtopo deletes only standbys; demote or fence it first, or delete it by hand", name)
+		}
+		return nil
+	}
+	return fmt.Errorf("%s is no longer there", name)
 }
 
 func orNone(s string) string {

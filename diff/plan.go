@@ -59,6 +59,11 @@ type Step struct {
 	ExternalIP *ExternalIP `json:"externalIP,omitempty"`
 	// Slot is what an ensure-slot step makes the primary keep.
 	Slot *SlotEnsure `json:"slot,omitempty"`
+	// Rebuild, Deletion and Drop are the payloads of rebuild,
+	// delete-cluster and drop-slot.
+	RebuildStandby *RebuildStandby `json:"rebuildStandby,omitempty"`
+	Deletion       *Deletion       `json:"deletion,omitempty"`
+	Drop           *SlotDrop       `json:"drop,omitempty"`
 	// Switchover is the role swap's payload.
 	Switchover *Switchover `json:"switchover,omitempty"`
 	// Failover is a failover's payload; Rejoin a returned lost primary's.
@@ -110,6 +115,38 @@ type ExternalIP struct {
 	Primary string `json:"primary"`
 	Cluster string `json:"cluster"`
 	Host    string `json:"host"`
+}
+
+// RebuildStandby is a rebuild's payload: the standby that cannot catch up,
+// why (the evidence), on whose consent, and the spec it is created again
+// with (its peer the primary's endpoint, filled in from the snapshot when
+// PeerOf says so).
+type RebuildStandby struct {
+	Primary  string `json:"primary"`
+	Evidence string `json:"evidence"`
+	Consent  string `json:"consent"`
+	// Resume: a rebuild recorded on the primary goes on, consented then.
+	Resume bool `json:"resume,omitempty"`
+}
+
+// Deletion is a delete-cluster step's payload: the cluster removed from
+// the file, and what goes with it on the primary.
+type Deletion struct {
+	Primary string `json:"primary,omitempty"`
+	Slot    string `json:"slot,omitempty"`
+}
+
+// SlotDrop is a drop-slot step's payload: the slot, on which primary, the
+// cluster it was for ("" when pgtopo cannot tell), and how it is kept
+// there (its catalogue row or a permanent slot, removed first so the slot
+// is not made again).
+type SlotDrop struct {
+	Primary       string `json:"primary"`
+	Slot          string `json:"slot"`
+	For           string `json:"for,omitempty"`
+	CatalogueRow  bool   `json:"catalogueRow,omitempty"`
+	PermanentSlot bool   `json:"permanentSlot,omitempty"`
+	RetainedBytes int64  `json:"retainedBytes"`
 }
 
 // Switchover is the role swap's payload: both ends, their endpoints, the
@@ -189,6 +226,8 @@ func (p *Plan) Refused() bool { return len(p.Refusals) > 0 }
 // Count summarises steps the way the closing line of a plan says them.
 type Count struct {
 	Switchovers, Create, Update, Refused int
+	// Delete counts what goes: clusters and slots.
+	Delete int `json:",omitempty"`
 }
 
 // Count returns the plan's summary numbers.
@@ -202,6 +241,8 @@ func (p *Plan) Count() Count {
 			c.Create++
 		case BucketUpdate:
 			c.Update++
+		case BucketDelete:
+			c.Delete++
 		}
 	}
 	c.Refused = len(p.Refusals)

@@ -90,7 +90,7 @@ func TestPlans(t *testing.T) {
 		"standby-missing":           {actions: []Action{ActionLock, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord}},
 		"secret-missing":            {actions: []Action{ActionLock, ActionBootstrapSecret}},
 		"lagging-target":            {refused: true, mention: "switchover to orders-west refused: orders-west lag 48 MiB > maxLagBytes 16 MiB"},
-		"sysid-mismatch":            {refused: true, mention: "orders-west system identifier 7702118734059123321 differs from primary orders-east (7710640626635289495): not a standby of this primary"},
+		"sysid-mismatch":            {refused: true, mention: "orders-west needs a rebuild: system identifier 7702118734059123321 differs from orders-east's (7710640626635289495): not a copy of the primary. pgtopo rebuilds a standby only where allowed"},
 		"sysid-mismatch-switchover": {refused: true, mention: "orders-west system identifier 7702118734059123321 differs from orders-east's (7710640626635289495)"},
 		"unreachable-site":          {refused: true, mention: "site west unreachable"},
 		"hand-edited-two-writable":  {refused: true, mention: "live says primary is orders-west, file says orders-east"},

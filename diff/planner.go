@@ -22,6 +22,9 @@ type Options struct {
 	// AcceptDataLoss is break-glass consent to a failover (pgtopo apply
 	// --accept-data-loss CLUSTER): the lost primary whose writes may go.
 	AcceptDataLoss string `json:"acceptDataLoss,omitempty"`
+	// AllowRebuild names standbys that may be rebuilt whatever the file's
+	// policy (pgtopo apply --allow-rebuild CLUSTER).
+	AllowRebuild []string `json:"allowRebuild,omitempty"`
 }
 
 // Roles as the plan shows them.
@@ -135,8 +138,10 @@ func (p *planner) object(name string) *snapshot.Object {
 func (p *planner) run() {
 	d := p.d
 	for _, o := range p.snap.Orphans {
-		s := Subject{Site: o.Site, Namespace: o.Namespace, Cluster: o.Name}
-		p.note(&s, "labelled for topology %s but no longer in the file: left alone (pgtopo never deletes clusters)", d.Name)
+		if d.DeletionPolicy != topology.DeletionDelete {
+			s := Subject{Site: o.Site, Namespace: o.Namespace, Cluster: o.Name}
+			p.note(&s, "labelled for topology %s but no longer in the file: left alone (spec.deletionPolicy orphan, the default; delete deletes it)", d.Name)
+		}
 	}
 	// Without every site, split brain cannot be ruled out: refuse outright,
 	// unless the site is a lost primary's (a failover is how to go on).
@@ -220,6 +225,10 @@ func (p *planner) run() {
 	}
 	p.standbys(want)
 	p.slots(livePrimary)
+	p.slotHygiene(livePrimary)
+	if d.DeletionPolicy == topology.DeletionDelete {
+		p.deletions(livePrimary)
+	}
 	p.fillExternalIPs(want, livePrimary)
 	p.record()
 	p.roles(want.Name)
@@ -499,6 +508,12 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 				Secret:  &SecretCopy{From: subjectOf(want), FromName: primary.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name},
 				Changes: []Change{{Field: "secret " + o.BootstrapSecret.Name, Before: before, After: "copy of " + primary.Credentials.Name}}})
 		}
+		if recordedRebuild(c.Name, primary) != nil && p.switching == nil && p.failingOver == nil {
+			// A rebuild killed after the deletion: it goes on, on the
+			// consent it recorded.
+			needCheckpoint = p.rebuild(c, o, primary, primaryEP, "") || needCheckpoint
+			continue
+		}
 		spec := p.desiredSpec(c, primaryEP)
 		if !o.Exists {
 			needCheckpoint = true
@@ -518,9 +533,8 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		if p.switching != nil && p.switching.From.Cluster == c.Name {
 			continue // the switchover turns it into a standby of the new primary
 		}
-		if o.PG != nil && primary.PG != nil && o.PG.SystemID != primary.PG.SystemID {
-			p.refuse(&subj, "%s system identifier %s differs from primary %s (%s): not a standby of this primary; rebuild it (delete the CR and its volumes) and pgtopo will recreate it",
-				c.Name, o.PG.SystemID, want.Name, primary.PG.SystemID)
+		if ev := rebuildEvidence(o, primary); ev != "" && p.failingOver == nil {
+			needCheckpoint = p.rebuild(c, o, primary, primaryEP, ev) || needCheckpoint
 			continue
 		}
 		if primaryEP == nil {

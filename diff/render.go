@@ -18,6 +18,9 @@ func (p *Plan) Summary() string {
 		return "No changes. The live topology matches the file."
 	}
 	c := p.Count()
+	if c.Delete > 0 {
+		return fmt.Sprintf("Plan: %d switchover, %d to create, %d to update, %d to delete, %d refused.", c.Switchovers, c.Create, c.Update, c.Delete, c.Refused)
+	}
 	return fmt.Sprintf("Plan: %d switchover, %d to create, %d to update, %d refused.", c.Switchovers, c.Create, c.Update, c.Refused)
 }
 

@@ -32,10 +32,9 @@ import (
 // file, as a user would.
 type mixed struct {
 	*harness
-	creds   map[string]string
-	credsF  string
-	dc1     lab.PatroniCluster
-	outputs []string
+	creds  map[string]string
+	credsF string
+	dc1    lab.PatroniCluster
 }
 
 func newMixed(t *testing.T) *mixed {

@@ -101,7 +101,8 @@ func (s Site) ReadCluster(ctx context.Context, ns, name string) (*snapshot.Objec
 	return &o, nil
 }
 
-// ListClusters names the cluster objects in ns labelled for topology.
+// ListClusters names the cluster objects in ns labelled for topology;
+// listed in every namespace (ns empty), each is namespace/name.
 func (s Site) ListClusters(ctx context.Context, ns, topology string) ([]string, error) {
 	items, err := s.ListObjects(ctx, s.Op.Resource, ns, s.Op.TopologyLabel+"="+topology)
 	if err != nil {
@@ -109,6 +110,10 @@ func (s Site) ListClusters(ctx context.Context, ns, topology string) ([]string, 
 	}
 	out := make([]string, 0, len(items))
 	for _, it := range items {
+		if ns == "" {
+			out = append(out, it.GetNamespace()+"/"+it.GetName())
+			continue
+		}
 		out = append(out, it.GetName())
 	}
 	return out, nil
@@ -161,4 +166,9 @@ func PatroniSite(d *topology.Desired, site topology.Site, client *http.Client, c
 // standbys' slots itself, from its catalogue.
 func (s Site) EnsurePermanentSlot(_ context.Context, ns, name, slot string) error {
 	return fmt.Errorf("%s/%s: the %s operator keeps its standbys' slots itself (from sys_operator.multi_cluster_info), not as permanent slots pgtopo writes", ns, name, s.Op.Name)
+}
+
+// DropPermanentSlot is the Patroni flavor's, as EnsurePermanentSlot.
+func (s Site) DropPermanentSlot(_ context.Context, ns, name, slot string) error {
+	return fmt.Errorf("%s/%s: the %s operator keeps no permanent slots pgtopo writes (slot %s)", ns, name, s.Op.Name, slot)
 }

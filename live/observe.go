@@ -11,6 +11,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,8 @@ import (
 type SiteAPI interface {
 	// ReadCluster returns nil without error when the object does not exist.
 	ReadCluster(ctx context.Context, ns, name string) (*snapshot.Object, error)
+	// ListClusters names the cluster objects in ns labelled for
+	// topology; listed in every namespace (ns empty), namespace/name.
 	ListClusters(ctx context.Context, ns, topology string) ([]string, error)
 	GetService(ctx context.Context, ns, name string) (*corev1.Service, error)
 	ListNodes(ctx context.Context) ([]corev1.Node, error)
@@ -310,6 +313,11 @@ func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired
 			namespaces[c.Namespace] = true
 		}
 	}
+	if len(namespaces) == 0 {
+		// A site the file keeps but no cluster of it is in: its objects
+		// in every namespace (which needs list permission cluster-wide).
+		namespaces[""] = true
+	}
 	var out []snapshot.OrphanCluster
 	for ns := range namespaces {
 		names, err := api.ListClusters(ctx, ns, d.Name)
@@ -317,8 +325,14 @@ func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired
 			continue
 		}
 		for _, name := range names {
-			if dc, ok := d.Cluster(name); !ok || dc.Site.Name != site.Name || dc.Namespace != ns {
-				out = append(out, snapshot.OrphanCluster{Name: name, Site: site.Name, Namespace: ns})
+			at := ns
+			if ns == "" {
+				at, name, _ = strings.Cut(name, "/")
+			}
+			if dc, ok := d.Cluster(name); !ok || dc.Site.Name != site.Name || dc.Namespace != at {
+				orphan := snapshot.OrphanCluster{Name: name, Site: site.Name, Namespace: at, SlotName: o.Names.SlotName(name)}
+				orphan.Object, _ = api.ReadCluster(ctx, at, name) // nil: the deletion policy will not touch it
+				out = append(out, orphan)
 			}
 		}
 	}

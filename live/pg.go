@@ -89,7 +89,9 @@ SELECT pg_is_in_recovery(),
             THEN coalesce(to_char((pg_last_committed_xact()).timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), '')
             ELSE '' END,
        CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()
-            THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) ELSE 0 END`
+            THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) ELSE 0 END,
+       CASE WHEN NOT pg_is_in_recovery() AND has_function_privilege('pg_ls_waldir()', 'EXECUTE')
+            THEN coalesce((SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'), '') ELSE '' END`
 
 // Probe reads the facts of one server in two round trips: the facts, WAL
 // receiver, slots and replication peers pipelined in one batch, then
@@ -127,7 +129,7 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 	var cur, recv, replay string
 	b := &pgx.Batch{}
 	b.Queue(factsSQL).QueryRow(func(r pgx.Row) error {
-		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit, &s.ReplayDelaySeconds); err != nil {
+		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit, &s.ReplayDelaySeconds, &s.OldestWAL); err != nil {
 			return fmt.Errorf("read facts: %w", err)
 		}
 		return nil
@@ -198,13 +200,15 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 		*f.out = v
 	}
 	if s.HasMultiClusterTable {
-		rows, err := c.Query(ctx, `SELECT cluster_name, coalesce(external_ip, '') FROM sys_operator.multi_cluster_info ORDER BY cluster_name`)
+		// slot_name through to_jsonb: a catalogue without the column still reads.
+		rows, err := c.Query(ctx, `SELECT cluster_name, coalesce(external_ip, ''), coalesce(to_jsonb(m)->>'slot_name', '')
+FROM sys_operator.multi_cluster_info m ORDER BY cluster_name`)
 		if err != nil {
 			return nil, fmt.Errorf("%s: multi_cluster_info: %w", ep, err)
 		}
 		s.MultiCluster, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (snapshot.MultiClusterInfo, error) {
 			var m snapshot.MultiClusterInfo
-			return m, r.Scan(&m.Cluster, &m.ExternalIP)
+			return m, r.Scan(&m.Cluster, &m.ExternalIP, &m.Slot)
 		})
 		if err != nil {
 			return nil, fmt.Errorf("%s: multi_cluster_info: %w", ep, err)

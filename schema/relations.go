@@ -127,7 +127,7 @@ func siteKinds(sites []any, add func(path, msg string)) (map[string]string, bool
 
 // operatorFields are a cluster's fields that only the operator flavor
 // (a kubernetes site) takes.
-var operatorFields = []string{"namespace", "instances", "volume"}
+var operatorFields = []string{"namespace", "instances", "volume", "rebuild"}
 
 // flavorFields checks that a cluster has the fields of its site's kind and
 // none of the other's, saying which kind of site allows each.

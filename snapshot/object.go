@@ -24,6 +24,9 @@ type Object struct {
 	// configuration keeps on its leader (a Patroni cluster's dynamic
 	// config); nil where the flavor keeps them elsewhere.
 	PermanentSlots []string `json:"permanentSlots,omitempty"`
+	// MemberSlots are the slots Patroni keeps on the cluster's leader for
+	// the cluster's own members: not pgtopo's, and never dropped.
+	MemberSlots []string `json:"memberSlots,omitempty"`
 }
 
 // Spec is the part of a cluster's object that pgtopo owns and writes as a
@@ -95,6 +98,19 @@ type Marks struct {
 	// Failover is the last failover of the topology, kept on every
 	// cluster pgtopo could reach (the lost primary's once it returns).
 	Failover *FailoverRecord `json:"failover,omitempty"`
+	// Rebuild is a standby's rebuild under way, kept on the primary while
+	// the standby has no object of its own to keep it on.
+	Rebuild *RebuildRecord `json:"rebuild,omitempty"`
+}
+
+// RebuildRecord is a standby being rebuilt: deleted with its data, then
+// created again as a standby from birth.
+type RebuildRecord struct {
+	Cluster  string `json:"cluster"`
+	Evidence string `json:"evidence"`
+	// Consent says where the policy came from (the file, or the flag).
+	Consent string `json:"consent"`
+	At      string `json:"at"`
 }
 
 // Failover phases.

@@ -117,6 +117,27 @@ type PGState struct {
 	// LastCommit is when the last transaction committed on a primary,
 	// where track_commit_timestamp is on; "" otherwise.
 	LastCommit string `json:"lastCommit,omitempty"`
+	// OldestWAL is a primary's oldest WAL segment file still in pg_wal
+	// ("" on a standby, or where the probe may not list pg_wal).
+	OldestWAL string `json:"oldestWAL,omitempty"`
+}
+
+// SegmentNo is the number of the 16 MB WAL segment holding lsn, on any
+// timeline.
+func SegmentNo(lsn LSN) uint64 { return uint64(lsn) >> 24 }
+
+// FileSegmentNo reads the segment number of a WAL file name (timeline,
+// log, segment; 16 MB segments), and whether it is one.
+func FileSegmentNo(name string) (uint64, bool) {
+	if len(name) != 24 {
+		return 0, false
+	}
+	log, err1 := strconv.ParseUint(name[8:16], 16, 32)
+	seg, err2 := strconv.ParseUint(name[16:24], 16, 32)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return log<<8 | seg, true
 }
 
 // EndOfWAL is the furthest WAL position the server has: its write position
@@ -161,12 +182,20 @@ type ReplicationPeer struct {
 type MultiClusterInfo struct {
 	Cluster    string `json:"cluster"`
 	ExternalIP string `json:"externalIP"`
+	// Slot is the slot the operator keeps on the primary for the
+	// cluster, where the catalogue says.
+	Slot string `json:"slot,omitempty"`
 }
 
 // OrphanCluster is a CR labelled with this topology that the file no
 // longer lists. pgtopo reports it and never deletes it.
 type OrphanCluster struct {
 	Name, Site, Namespace string
+	// SlotName is the slot it streams through on the primary, by the
+	// flavor's naming.
+	SlotName string `json:",omitempty"`
+	// Object is its object as read, nil when it could not be.
+	Object *Object `json:",omitempty"`
 }
 
 // Cluster returns the named cluster's state.

@@ -35,6 +35,12 @@ type Desired struct {
 	PrimaryIndex int
 	// AcceptDataLoss is the file's consent to a failover, if any.
 	AcceptDataLoss *Consent
+	// DeletionPolicy is what happens to clusters removed from the file.
+	DeletionPolicy string
+	// DropSlots are slots the file lists for cleanup.
+	DropSlots []string
+	// EmptySites are declared sites that hold no cluster of the file.
+	EmptySites []Site
 	// index maps a cluster's name to its position in Clusters.
 	index map[string]int
 }
@@ -57,6 +63,9 @@ type DesiredCluster struct {
 	Endpoint          *Endpoint
 	// Rejoin is how the cluster rejoins after it was a lost primary.
 	Rejoin string
+	// RebuildAllowed: a standby that cannot catch up may be deleted with
+	// its data and created again.
+	RebuildAllowed bool
 	// Peer is the cluster a standby streams from; empty for the primary.
 	Peer string
 	// Patroni is set for a cluster in a patroni site; Namespace is then
@@ -84,7 +93,9 @@ func (d *Desired) Cluster(name string) (DesiredCluster, bool) {
 	return DesiredCluster{}, false
 }
 
-// Sites returns every site that holds a cluster, in file order.
+// Sites returns every site that holds a cluster, in file order, then the
+// declared sites that hold none (observed for what the file no longer
+// lists there).
 func (d *Desired) Sites() []Site {
 	var out []Site
 	seen := map[string]bool{}
@@ -92,6 +103,12 @@ func (d *Desired) Sites() []Site {
 		if !seen[c.Site.Name] {
 			seen[c.Site.Name] = true
 			out = append(out, c.Site)
+		}
+	}
+	for _, s := range d.EmptySites {
+		if !seen[s.Name] {
+			seen[s.Name] = true
+			out = append(out, s)
 		}
 	}
 	return out
@@ -122,6 +139,11 @@ func (t *Topology) Desired() (*Desired, error) {
 		ServiceType:    t.Spec.Replication.ServiceType,
 		PrimaryIndex:   -1,
 		AcceptDataLoss: t.Spec.AcceptDataLoss,
+		DeletionPolicy: DeletionOrphan,
+		DropSlots:      t.Spec.Replication.DropSlots,
+	}
+	if p := t.Spec.DeletionPolicy; p != "" {
+		d.DeletionPolicy = p
 	}
 	if q := t.Spec.Replication.MaxLagBytes; q != nil {
 		d.MaxLagBytes = q.Value()
@@ -176,6 +198,11 @@ func (t *Topology) Desired() (*Desired, error) {
 		if c.Rejoin != "" {
 			dc.Rejoin = c.Rejoin
 		}
+		rebuild := t.Spec.Replication.Rebuild
+		if c.Rebuild != "" {
+			rebuild = c.Rebuild
+		}
+		dc.RebuildAllowed = rebuild == RebuildAllow && c.Patroni == nil
 		if c.Volume != nil {
 			dc.VolumeSize = c.Volume.Size.String()
 		}
@@ -185,6 +212,16 @@ func (t *Topology) Desired() (*Desired, error) {
 			dc.Peer = t.Spec.Primary
 		}
 		d.Clusters = append(d.Clusters, dc)
+	}
+	used := map[string]bool{}
+	for _, c := range d.Clusters {
+		used[c.Site.Name] = true
+	}
+	for _, s := range t.Spec.Sites {
+		if !used[s.Name] {
+			used[s.Name] = true
+			d.EmptySites = append(d.EmptySites, s)
+		}
 	}
 	d.index = make(map[string]int, len(d.Clusters))
 	for i, c := range d.Clusters {

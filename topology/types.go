@@ -52,7 +52,22 @@ type Spec struct {
 	// AcceptDataLoss is the reviewed consent to a failover
 	// (docs/disaster-recovery.md).
 	AcceptDataLoss *Consent `json:"acceptDataLoss,omitempty"`
+	// DeletionPolicy says what happens to a cluster removed from the file:
+	// DeletionOrphan (the default) leaves it, DeletionDelete deletes it.
+	DeletionPolicy string `json:"deletionPolicy,omitempty"`
 }
+
+// Deletion policies for clusters removed from the file.
+const (
+	DeletionOrphan = "orphan"
+	DeletionDelete = "delete"
+)
+
+// Rebuild policies for a standby that cannot catch up.
+const (
+	RebuildNever = "never" // refused with the evidence (the default)
+	RebuildAllow = "allow" // deleted with its data and created again
+)
 
 // Consent to lose the writes of a lost primary that did not reach the new
 // one. It is bound to the lost primary's system identifier and timeline,
@@ -90,6 +105,11 @@ type Replication struct {
 	MaxWritePause string `json:"maxWritePause,omitempty"`
 	// Rejoin is the topology's rejoin policy (default rewind).
 	Rejoin string `json:"rejoin,omitempty"`
+	// Rebuild is the topology's rebuild policy (default never).
+	Rebuild string `json:"rebuild,omitempty"`
+	// DropSlots names slots on the primary that pgtopo may drop although
+	// it cannot tell whose they are.
+	DropSlots []string `json:"dropSlots,omitempty"`
 }
 
 // Site kinds.
@@ -130,7 +150,9 @@ type Cluster struct {
 	Namespace string `json:"namespace"`
 	Instances int    `json:"instances,omitempty"`
 	// Rejoin overrides the topology's rejoin policy for this cluster.
-	Rejoin   string    `json:"rejoin,omitempty"`
+	Rejoin string `json:"rejoin,omitempty"`
+	// Rebuild overrides the topology's rebuild policy for this cluster.
+	Rebuild  string    `json:"rebuild,omitempty"`
 	Volume   *Volume   `json:"volume,omitempty"`
 	Endpoint *Endpoint `json:"endpoint,omitempty"`
 	// Patroni describes a cluster in a patroni site.

@@ -9,6 +9,7 @@ package alauda
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -39,6 +40,7 @@ const (
 	AnnotationSwitchover = "pgtopo.dev/switchover"
 	AnnotationFence      = "pgtopo.dev/fenced"
 	AnnotationFailover   = "pgtopo.dev/failover"
+	AnnotationRebuild    = "pgtopo.dev/rebuild"
 )
 
 // CredentialsSecret names a cluster's admin credentials Secret.
@@ -104,6 +106,18 @@ func Parse(u *unstructured.Unstructured) snapshot.Object {
 			obj.Marks.Failover = &f
 		}
 	}
+	if raw := ann[AnnotationRebuild]; raw != "" {
+		var r snapshot.RebuildRecord
+		if err := json.Unmarshal([]byte(raw), &r); err != nil || r.Cluster == "" {
+			obj.MarksError = fmt.Sprintf("annotation %s: not a rebuild record (%v)", AnnotationRebuild, err)
+		} else {
+			obj.Marks.Rebuild = &r
+		}
+	}
+	// Patroni names its members' slots after the pods, <cluster>-<n>.
+	for i := range max(s.Instances, 1) {
+		obj.MemberSlots = append(obj.MemberSlots, strings.ReplaceAll(u.GetName(), "-", "_")+"_"+strconv.Itoa(i))
+	}
 	return obj
 }
 
@@ -165,6 +179,10 @@ func BuildMarks(ns, name string, m snapshot.Marks) *unstructured.Unstructured {
 	if m.Failover != nil {
 		b, _ := json.Marshal(m.Failover)
 		ann[AnnotationFailover] = string(b)
+	}
+	if m.Rebuild != nil {
+		b, _ := json.Marshal(m.Rebuild)
+		ann[AnnotationRebuild] = string(b)
 	}
 	return object(map[string]any{"name": name, "namespace": ns, "annotations": ann}, nil)
 }

@@ -116,6 +116,11 @@ func Parse(cfg map[string]any, view *ClusterView) snapshot.Object {
 	sum := sha256.Sum256(b)
 	o.ResourceVersion = "config-" + hex.EncodeToString(sum[:6])
 	o.Status, o.Ready = status(view)
+	if view != nil {
+		for _, m := range view.Members {
+			o.MemberSlots = append(o.MemberSlots, MemberSlot(m.Name))
+		}
+	}
 	return o
 }
 
@@ -129,6 +134,20 @@ func status(v *ClusterView) (string, bool) {
 		return fmt.Sprintf("no leader (%d members)", len(v.Members)), false
 	}
 	return fmt.Sprintf("%s %s %s, %d members", l.Role, l.Name, l.State, len(v.Members)), l.State == "running"
+}
+
+// MemberSlot is the slot Patroni keeps for a member: its name in
+// lowercase with every character a slot name cannot hold as '_'.
+func MemberSlot(member string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '_':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r + ('a' - 'A')
+		}
+		return '_'
+	}, member)
 }
 
 func intOf(v any) int {
@@ -239,6 +258,16 @@ func (s Site) EnsurePermanentSlot(ctx context.Context, _, name, slot string) err
 		return err
 	}
 	return c.Client.PatchConfig(ctx, map[string]any{"slots": map[string]any{slot: map[string]any{"type": "physical"}}})
+}
+
+// DropPermanentSlot removes a slot from the cluster's permanent slots, so
+// that its leader no longer keeps it.
+func (s Site) DropPermanentSlot(ctx context.Context, _, name, slot string) error {
+	c, err := s.cluster(name)
+	if err != nil {
+		return err
+	}
+	return c.Client.PatchConfig(ctx, map[string]any{"slots": map[string]any{slot: nil}})
 }
 
 // DeleteCluster is refused: pgtopo does not remove VMs' data.

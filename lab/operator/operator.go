@@ -496,7 +496,16 @@ func (o *Operator) ensureDynamicConfig(ctx context.Context, c *cluster, slots []
 			wantSlots = nil
 		}
 		if !sameJSON(cur["slots"], wantSlots) {
-			patch["slots"] = wantSlots
+			// A merge patch keeps keys it does not name: a slot whose
+			// catalogue row went is removed by naming it null.
+			p := map[string]any{}
+			if have, ok := cur["slots"].(map[string]any); ok {
+				for k := range have {
+					p[k] = nil
+				}
+			}
+			maps.Copy(p, wantSlots)
+			patch["slots"] = p
 		}
 	}
 	curParams, _ := nested(cur, "postgresql", "parameters").(map[string]any)
