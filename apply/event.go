@@ -61,6 +61,10 @@ type Event struct {
 	LagBytes *int64 `json:"lagBytes,omitempty"`
 	// Waited is how long a wait has lasted, in seconds.
 	Waited float64 `json:"waited,omitempty"`
+	// WritesRefused is how long a switchover refused writes, from the
+	// fence until the new primary took them, in seconds (on its last
+	// event).
+	WritesRefused float64 `json:"writesRefused,omitempty"`
 }
 
 // TextProgress renders events for people, one line each:
@@ -70,6 +74,9 @@ func TextProgress(w io.Writer) func(Event) {
 		indent := ""
 		if e.Step > 0 && e.Phase != PhaseStep {
 			indent = "  "
+		}
+		if e.Phase == PhaseStep && e.Steps > 0 {
+			indent = fmt.Sprintf("step %d/%d: ", e.Step, e.Steps)
 		}
 		fmt.Fprintf(w, "[%6.1fs] %s%s\n", e.Elapsed, indent, printable.String(e.Message))
 	}
@@ -95,6 +102,9 @@ func LogProgress(log *slog.Logger) func(Event) {
 		}
 		if e.LagBytes != nil {
 			attrs = append(attrs, "lagBytes", *e.LagBytes)
+		}
+		if e.WritesRefused > 0 {
+			attrs = append(attrs, "writesRefused", fmt.Sprintf("%.1fs", e.WritesRefused))
 		}
 		log.Log(context.Background(), level, e.Message, attrs...)
 	}

@@ -299,6 +299,17 @@ func TestSwitchoverPhasesInOrder(t *testing.T) {
 	if c := w.cluster("orders-west"); !c.Writable() || c.PG.Timeline != 2 {
 		t.Fatalf("west not primary on timeline 2: %+v", c.PG)
 	}
+	// The closing line says how long writes were refused.
+	last := (*events)[len(*events)-1]
+	if last.WritesRefused <= 0 || !strings.Contains(last.Message, "switchover orders-east → orders-west done: writes refused for ") ||
+		!strings.Contains(last.Message, "orders-west writable on timeline 2") {
+		t.Fatalf("closing event %+v", last)
+	}
+	var b strings.Builder
+	TextProgress(&b)((*events)[0])
+	if !strings.Contains(b.String(), "] step 1/1: ") {
+		t.Fatalf("step line %q lacks the step counter", b.String())
+	}
 }
 
 // The gate: a target that has not replayed the old primary's end of WAL is

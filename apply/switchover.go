@@ -176,6 +176,11 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 		}
 		return err
 	}
+	refused := 0.0
+	if x.outage != nil { // a resume at promoted did not see the fence
+		refused = time.Since(x.outage.began).Seconds()
+	}
+	newTimeline := x.cluster(to).PG.Timeline
 	x.outage = nil
 	// A checkpoint writes WAL on the new timeline, so followers see the
 	// timeline at once; without writes they report the old one for as long
@@ -193,7 +198,11 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 	if err := x.journal(ctx, nil, sw.From, sw.To); err != nil {
 		return err
 	}
-	x.emit(Event{Phase: PhaseSwitched, Message: fmt.Sprintf("switchover %s → %s done; journal cleared", from, to)})
+	done := fmt.Sprintf("switchover %s → %s done: %s writable on timeline %d", from, to, to, newTimeline)
+	if refused > 0 {
+		done = fmt.Sprintf("switchover %s → %s done: writes refused for %.1f s, %s writable on timeline %d", from, to, refused, to, newTimeline)
+	}
+	x.emit(Event{Phase: PhaseSwitched, WritesRefused: refused, Message: done + "; journal cleared"})
 	return nil
 }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -32,6 +34,9 @@ type applyFlags struct {
 	acceptDataLoss string
 	// allowRebuild names standbys that may be rebuilt.
 	allowRebuild []string
+	// output is text (the plan, then a closing line) or json (one
+	// ApplyResult document at the end).
+	output string
 }
 
 func newApplyCmd(e env) *cobra.Command {
@@ -82,6 +87,9 @@ from the switchover journal. Exit status: 0 converged, 1 error, refusal or
 stale plan.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
+			if f.output != "text" && f.output != "json" {
+				return usagef("--output %q: use text or json", f.output)
+			}
 			if f.progressFormat != "text" && f.progressFormat != "json" {
 				return usagef("--progress-format %q: use text or json", f.progressFormat)
 			}
@@ -106,6 +114,7 @@ stale plan.`,
 	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
 	cmd.Flags().StringVar(&f.progressFormat, "progress-format", "text", "progress on stderr: text or json (one event per line)")
 	cmd.Flags().StringVar(&f.acceptDataLoss, "accept-data-loss", "", "break-glass consent to a failover: the lost primary CLUSTER whose unreplicated writes may be lost")
+	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "result on stdout: text, or json (one versioned ApplyResult document: the plan, the steps done with their seconds, how it ended)")
 	cmd.Flags().StringSliceVar(&f.allowRebuild, "allow-rebuild", nil, "let pgtopo rebuild standby CLUSTER if it cannot catch up (deleted with its data, created again), whatever the file's rebuild policy; repeat or comma-separate")
 	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
 	return cmd
@@ -125,14 +134,8 @@ func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain
 	}
 	opt.AcceptDataLoss, opt.AllowRebuild = f.acceptDataLoss, f.allowRebuild
 	plan := diff.Compute(in.Desired, snap, opt)
-	if err := plan.WriteText(e.stdout); err != nil {
+	if done, err := f.printPlan(e, plan); done || err != nil {
 		return err
-	}
-	if plan.Refused() {
-		return exitCode(ExitError)
-	}
-	if f.dryRun || plan.InSync() {
-		return nil
 	}
 	r, err := newRunner(e, src, f, in, obs, plan, opt, drain)
 	if err != nil {
@@ -140,14 +143,15 @@ func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain
 	}
 	r.FollowUps = 2
 	r.Changed = func(now diff.Plan, why []string) error {
-		fmt.Fprintf(e.stdout, "\nThe live world changed while this run waited for the lock (%s). The plan now is:\n\n", strings.Join(why, "; "))
-		return now.WriteText(e.stdout)
+		w := f.textOut(e)
+		fmt.Fprintf(w, "\nThe live world changed while this run waited for the lock (%s). The plan now is:\n\n", strings.Join(why, "; "))
+		return now.WriteText(w)
 	}
 	res, err := r.Execute(ctx, plan, diff.BasisOf(snap))
 	if err == nil && res.Remaining != nil {
 		err = fmt.Errorf("not converged after the plan and %d follow-up plans (%s); run diff to see what remains", r.FollowUps, res.Remaining.Summary())
 	}
-	return finish(e, res, err)
+	return f.finish(e, res, err)
 }
 
 // loadAndObserve reads the topology and takes a first look with an
@@ -198,11 +202,8 @@ func applySaved(ctx context.Context, e env, src *sourceFlags, f applyFlags, file
 		fmt.Fprintf(e.stderr, "pgtopo: %s: %s\n", file, printable.String(stale.Error()))
 		return exitCode(ExitError)
 	}
-	if err := saved.Plan.WriteText(e.stdout); err != nil {
+	if done, err := f.printPlan(e, saved.Plan); done || err != nil {
 		return err
-	}
-	if f.dryRun || saved.Plan.InSync() {
-		return nil
 	}
 	r, err := newRunner(e, src, f, in, obs, saved.Plan, saved.Options, drain)
 	if err != nil {
@@ -210,9 +211,9 @@ func applySaved(ctx context.Context, e env, src *sourceFlags, f applyFlags, file
 	}
 	res, err := r.Execute(ctx, saved.Plan, saved.Basis)
 	if err == nil && res.Remaining != nil {
-		fmt.Fprintf(e.stdout, "\nThe saved plan is done; the live world still needs more (%s): run diff again.\n", res.Remaining.Summary())
+		fmt.Fprintf(f.textOut(e), "\nThe saved plan is done; the live world still needs more (%s): run diff again.\n", res.Remaining.Summary())
 	}
-	return finish(e, res, err)
+	return f.finish(e, res, err)
 }
 
 // savedSource reads the topology a saved plan carries.
@@ -257,8 +258,84 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 	}, nil
 }
 
-// finish prints how a run ended.
-func finish(e env, res *apply.Result, err error) error {
+// textOut is where words for people go: stdout, or stderr when stdout
+// carries the JSON result.
+func (f applyFlags) textOut(e env) io.Writer {
+	if f.output == "json" {
+		return e.stderr
+	}
+	return e.stdout
+}
+
+// printPlan shows the plan before anything runs, and reports whether the
+// run ends there (refused, a dry run, nothing to do).
+func (f applyFlags) printPlan(e env, plan diff.Plan) (bool, error) {
+	if f.output == "json" {
+		switch {
+		case plan.Refused():
+			return true, errors.Join(writeApplyJSON(e, ApplyResult{Result: "refused", Plan: plan}), exitCode(ExitError))
+		case f.dryRun:
+			return true, writeApplyJSON(e, ApplyResult{Result: "dry-run", Plan: plan})
+		case plan.InSync():
+			return true, writeApplyJSON(e, ApplyResult{Result: "in-sync", Plan: plan})
+		}
+		return false, nil
+	}
+	if err := plan.WriteText(e.stdout); err != nil {
+		return true, err
+	}
+	if plan.Refused() {
+		return true, exitCode(ExitError)
+	}
+	return f.dryRun || plan.InSync(), nil
+}
+
+// ApplyResult is apply -o json's document (apiVersion pgtopo.dev/v1alpha1,
+// kind ApplyResult): how the run ended (applied, in-sync, dry-run,
+// refused, stopped), the plan executed last, the steps done with their
+// seconds, the error that stopped it, and what remains when known.
+type ApplyResult struct {
+	APIVersion string                `json:"apiVersion"`
+	Kind       string                `json:"kind"`
+	Result     string                `json:"result"`
+	Headline   string                `json:"headline"`
+	Plan       diff.Plan             `json:"plan"`
+	Completed  []apply.CompletedStep `json:"completed"`
+	Error      string                `json:"error,omitempty"`
+	Remaining  string                `json:"remaining,omitempty"`
+}
+
+func writeApplyJSON(e env, r ApplyResult) error {
+	r.APIVersion, r.Kind, r.Headline = diff.PlanAPIVersion, "ApplyResult", r.Plan.Headline()
+	if r.Completed == nil {
+		r.Completed = []apply.CompletedStep{}
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(e.stdout, "%s\n", b)
+	return err
+}
+
+// finish says how a run ended.
+func (f applyFlags) finish(e env, res *apply.Result, err error) error {
+	if f.output == "json" {
+		doc := ApplyResult{Result: "applied", Plan: res.Plan, Completed: res.Completed}
+		if res.Remaining != nil {
+			doc.Remaining = res.Remaining.Summary()
+		}
+		if err != nil {
+			doc.Result, doc.Error = "stopped", printable.String(err.Error())
+			var refused *apply.RefusedError
+			if errors.As(err, &refused) {
+				doc.Result, doc.Plan = "refused", refused.Plan
+			}
+			fmt.Fprintf(e.stderr, "pgtopo: %s\n", printable.String(err.Error()))
+			return errors.Join(writeApplyJSON(e, doc), exitCode(ExitError))
+		}
+		return writeApplyJSON(e, doc)
+	}
 	fmt.Fprintln(e.stdout)
 	if err != nil {
 		var refused *apply.RefusedError

@@ -3,9 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/pgtopo/pgtopo/printable"
+	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -153,10 +157,21 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 	if err != nil {
 		return fmt.Errorf("--head: %w", err)
 	}
-	head, err := loadFrom(ctx, e, loadAt{gs, headCommit})
+	head, err := loadAt{gs, headCommit}.Load(ctx)
+	var invalid *reconcile.InvalidError
+	if errors.As(err, &invalid) {
+		// The pull request's reviewers see why, in the comment too.
+		reportFindings(e, invalid.Findings)
+		fmt.Fprintf(e.stderr, "pgtopo: %s\n", printable.String(err.Error()))
+		if werr := writeInvalidHead(e, f.output, src.path, headCommit.Hash, invalid.Findings); werr != nil {
+			return werr
+		}
+		return exitCode(ExitError)
+	}
 	if err != nil {
 		return err
 	}
+	reportFindings(e, head.Findings)
 	pr := diff.PullRequest{Base: baseCommit.Hash, Head: headCommit.Hash, Path: src.path}
 	baseIn, err := gs.At(baseCommit)
 	switch {
@@ -211,4 +226,47 @@ func writePlan(e env, p *diff.Plan, output string) error {
 		return p.WriteMarkdown(e.stdout)
 	}
 	return p.WriteText(e.stdout)
+}
+
+// InvalidHead is diff's document for a pull request whose topology does
+// not validate (kind InvalidPullRequest): the findings, so a bot posts
+// them rather than an empty comment.
+type InvalidHead struct {
+	APIVersion string          `json:"apiVersion"`
+	Kind       string          `json:"kind"`
+	Headline   string          `json:"headline"`
+	Head       string          `json:"head"`
+	Path       string          `json:"path"`
+	Findings   schema.Findings `json:"findings"`
+}
+
+func writeInvalidHead(e env, output, path, head string, fs schema.Findings) error {
+	errs := 0
+	for _, f := range fs {
+		if f.Severity == schema.SeverityError {
+			errs++
+		}
+	}
+	headline := fmt.Sprintf("%s at %s does not validate: %d error(s); merging it would apply nothing", path, diff.ShortRevision(head), errs)
+	switch output {
+	case "json":
+		b, err := json.MarshalIndent(InvalidHead{APIVersion: diff.PlanAPIVersion, Kind: "InvalidPullRequest", Headline: headline, Head: head, Path: path, Findings: fs}, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(e.stdout, "%s\n", b)
+		return err
+	case "markdown":
+		var b strings.Builder
+		fmt.Fprintf(&b, "## pgtopo: %s\n\nFix these before merging:\n\n```text\n", printable.String(headline))
+		for _, f := range fs {
+			// In a code block nothing is markup; a backquote could end it.
+			fmt.Fprintln(&b, strings.ReplaceAll(f.String(), "`", "'"))
+		}
+		b.WriteString("```\n")
+		_, err := io.WriteString(e.stdout, b.String())
+		return err
+	}
+	_, err := fmt.Fprintln(e.stdout, printable.String(headline))
+	return err
 }

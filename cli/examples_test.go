@@ -13,7 +13,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rhysd/actionlint"
 	"go.yaml.in/yaml/v3"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 const deployDir = "../examples/deploy"
@@ -210,5 +212,73 @@ func TestDeployKustomizationsResolve(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no kustomization resources found")
+	}
+}
+
+// workflow is the GitHub Actions example.
+const workflow = deployDir + "/github/pgtopo.yaml"
+
+// actionlint finds nothing in the workflow (shellcheck is not run: it is
+// not a Go module; the self-hosted runner's label is declared).
+func TestWorkflowLints(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "actionlint.yaml")
+	if err := os.WriteFile(cfg, []byte("self-hosted-runner:\n  labels: [db-network]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := actionlint.NewLinter(io.Discard, &actionlint.LinterOptions{ConfigFile: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs, err := l.LintFile(workflow, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range errs {
+		t.Errorf("%s:%d:%d: %s [%s]", workflow, e.Line, e.Column, e.Message, e.Kind)
+	}
+}
+
+// Plans and applies never share a concurrency group: a new pull request
+// run cancels only its own older plan, and an apply is never cancelled.
+// The plan names the pull request's head, not the merge commit.
+func TestWorkflowConcurrencyAndRevisions(t *testing.T) {
+	b, err := os.ReadFile(workflow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wf struct {
+		Concurrency any `json:"concurrency"`
+		Jobs        map[string]struct {
+			Concurrency struct {
+				Group  string `json:"group"`
+				Cancel bool   `json:"cancel-in-progress"`
+			} `json:"concurrency"`
+			Steps []struct {
+				Run string            `json:"run"`
+				Env map[string]string `json:"env"`
+			} `json:"steps"`
+		} `json:"jobs"`
+	}
+	if err := sigsyaml.Unmarshal(b, &wf); err != nil {
+		t.Fatal(err)
+	}
+	if wf.Concurrency != nil {
+		t.Error("a workflow-level concurrency group puts plans and applies in one queue")
+	}
+	plan, apply := wf.Jobs["plan"].Concurrency, wf.Jobs["apply"].Concurrency
+	if !plan.Cancel || !strings.Contains(plan.Group, "github.event.pull_request.number") {
+		t.Errorf("plan concurrency %+v: want one group per pull request, cancelled by a newer run", plan)
+	}
+	if apply.Cancel || apply.Group == "" || apply.Group == plan.Group {
+		t.Errorf("apply concurrency %+v: want its own group, never cancelled", apply)
+	}
+	var head bool
+	for _, s := range wf.Jobs["plan"].Steps {
+		if strings.Contains(s.Run, "pgtopo diff") {
+			head = strings.Contains(s.Run, `--head "$HEAD_SHA"`) && s.Env["HEAD_SHA"] == "${{ github.event.pull_request.head.sha }}"
+		}
+	}
+	if !head {
+		t.Error("the plan step must diff the pull request's head commit, not HEAD (the merge commit)")
 	}
 }

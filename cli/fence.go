@@ -80,7 +80,7 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 				return now.WriteText(e.stdout)
 			}
 			res, err := r.Execute(ctx, p, diff.BasisOf(snap))
-			return finish(e, res, err)
+			return f.finish(e, res, err)
 		},
 	}
 	src.register(cmd, e)

@@ -27,6 +27,9 @@ func TestPlannerEdges(t *testing.T) {
 		actions  []Action
 	}{
 		{name: "in sync"},
+		{name: "a site whose operator cannot take clusterReplication", edit: func(s *snapshot.Snapshot) {
+			s.Sites[1].Unsupported = "this cluster's operator does not support cross-cluster replication"
+		}, refusals: []string{"site west: this cluster's operator does not support cross-cluster replication"}},
 		{name: "another major version live", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Object.Spec.Version = "14" },
 			refusals: []string{"orders-west runs PostgreSQL 14 but the file says 15: major upgrades are not something pgtopo does"}},
 		{name: "no version on the CR is no refusal", edit: func(s *snapshot.Snapshot) { cs(s, "orders-east").Object.Spec.Version = "" },

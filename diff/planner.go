@@ -150,6 +150,9 @@ func (p *planner) run() {
 		if !s.Reachable && (p.lost == nil || s.Name != p.lost.cluster.Site.Name) {
 			p.refuse(nil, "site %s unreachable: %s", s.Name, s.Error)
 		}
+		if s.Reachable && s.Unsupported != "" {
+			p.refuse(nil, "site %s: %s", s.Name, s.Unsupported)
+		}
 	}
 	p.spentConsent()
 	for _, c := range d.Clusters {

@@ -34,6 +34,10 @@ type Operator struct {
 	BuildMarks    func(ns, name string, m snapshot.Marks) *unstructured.Unstructured
 	TopologyLabel string
 	Names         Names
+	// CRD names the resource's CustomResourceDefinition; CheckCRD says
+	// why an installed one cannot take what pgtopo writes ("" when it can).
+	CRD      string
+	CheckCRD func(*unstructured.Unstructured) string
 }
 
 // Names are the operator's names of a cluster's companions.
@@ -65,6 +69,7 @@ var registry = map[string]*Operator{
 		Name: alauda.Name, Resource: alauda.Resource, Parse: alauda.Parse,
 		BuildSpec: alauda.BuildSpec, BuildMarks: alauda.BuildMarks, TopologyLabel: alauda.LabelTopology,
 		Names: Names{credentials: alauda.CredentialsSecret, bootstrap: alauda.BootstrapSecret, service: alauda.MasterService, slot: alauda.SlotName, port: alauda.PostgresPort},
+		CRD:   alauda.CRD, CheckCRD: alauda.CheckCRD,
 	},
 }
 
@@ -86,6 +91,25 @@ func Lookup(name string) (*Operator, error) {
 type Site struct {
 	*kube.Site
 	Op *Operator
+}
+
+var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// CheckFlavor says why the site's operator cannot take what pgtopo writes
+// ("" when it can, or when the CRD cannot be read: RBAC without the grant
+// leaves the API server's own answer to say it at the first write).
+func (s Site) CheckFlavor(ctx context.Context) string {
+	if s.Op.CheckCRD == nil {
+		return ""
+	}
+	crd, err := s.GetObject(ctx, crdResource, "", s.Op.CRD)
+	if apierrors.IsNotFound(err) {
+		return fmt.Sprintf("the %s CRD is not installed: no operator of the %s flavor runs in this site", s.Op.CRD, s.Op.Name)
+	}
+	if err != nil {
+		return ""
+	}
+	return s.Op.CheckCRD(crd)
 }
 
 // ReadCluster reads a cluster's object; nil without error when absent.

@@ -35,6 +35,9 @@ type SiteAPI interface {
 	ListNodes(ctx context.Context) ([]corev1.Node, error)
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
 	GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error)
+	// CheckFlavor says why the site cannot take what pgtopo writes (its
+	// operator's CRD lacks what the flavor needs), "" when it can.
+	CheckFlavor(ctx context.Context) string
 }
 
 // Connector opens a site's API: a kubernetes site's from its kubeconfig
@@ -191,6 +194,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	)
 	wg.Go(func() { nodes, nodesErr = api.ListNodes(ctx) })
 	wg.Go(func() { lease = o.lease(ctx, api, d, site) })
+	wg.Go(func() { st.Unsupported = api.CheckFlavor(ctx) })
 	wg.Go(func() { orphans = o.orphans(ctx, api, d, site) })
 	for i, c := range clusters {
 		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni())

@@ -26,9 +26,10 @@ import (
 
 // fakeSite answers from fixed objects; fail makes one kind of read fail.
 type fakeSite struct {
-	fail  string // "nodes", "cr", "service"
-	noCR  bool
-	noSvc bool
+	fail        string // "nodes", "cr", "service"
+	noCR        bool
+	noSvc       bool
+	unsupported string
 }
 
 var notFound = apierrors.NewNotFound(schema.GroupResource{Resource: "x"}, "x")
@@ -67,6 +68,8 @@ func (f *fakeSite) ListNodes(context.Context) ([]corev1.Node, error) {
 func (f *fakeSite) GetSecret(_ context.Context, _, name string) (*corev1.Secret, error) {
 	return &corev1.Secret{Data: map[string][]byte{"username": []byte("postgres"), "password": []byte("s3cret-" + name)}}, nil
 }
+
+func (f *fakeSite) CheckFlavor(context.Context) string { return f.unsupported }
 
 func (f *fakeSite) GetLease(context.Context, string, string) (*coordinationv1.Lease, error) {
 	holder := "ci-run-7"

@@ -20,6 +20,14 @@ var (
 	maxLag    = resource.MustParse("1Ti")
 )
 
+// SupportedMajors are the PostgreSQL major versions the operator runs
+// (Zalando postgres-operator v1.15: 13 to 17): the one table of them.
+var SupportedMajors = []string{"13", "14", "15", "16", "17"}
+
+// The operator's CRD pattern for a volume size: upper-case suffixes only,
+// so "500k", which a Kubernetes quantity allows, is refused there.
+var reOperatorSize = regexp.MustCompile(`^(\d+(e\d+)?|\d+(\.\d+)?(e\d+)?[EPTGMK]i?)$`)
+
 // A PostgreSQL setting name: what postgresql.conf accepts (letters, digits,
 // underscores; a dot for an extension's settings).
 var reSetting = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`)
@@ -46,9 +54,18 @@ func bounds(doc *topology.Document, t *topology.Topology) []Finding {
 	if q := t.Spec.Replication.MaxLagBytes; q != nil {
 		out = append(out, inRange(doc, topology.Path{}.Child("spec").Child("replication").Child("maxLagBytes"), *q, minLag, maxLag)...)
 	}
+	if v := t.Spec.Postgres.Version; v != "" && !slices.Contains(SupportedMajors, v) {
+		out = append(out, newFinding(doc, topology.Path{}.Child("spec").Child("postgres").Child("version"), RuleType,
+			fmt.Sprintf("PostgreSQL %s is not a version the operator runs (%s)", quoteValue(v), strings.Join(SupportedMajors, ", ")), ByPgtopo))
+	}
 	for i, c := range t.Spec.Clusters {
 		if c.Volume != nil {
-			out = append(out, inRange(doc, topology.Path{}.Child("spec").Child("clusters").Index(i).Child("volume").Child("size"), c.Volume.Size, minVolume, maxVolume)...)
+			p := topology.Path{}.Child("spec").Child("clusters").Index(i).Child("volume").Child("size")
+			if raw := volumeSize(doc, i); raw != "" && !reOperatorSize.MatchString(raw) {
+				out = append(out, newFinding(doc, p, RuleType, fmt.Sprintf("%s is a size the operator's CRD refuses: write a number with an upper-case suffix, e.g. 500M, 50Gi", quoteValue(raw)), ByPgtopo))
+				continue
+			}
+			out = append(out, inRange(doc, p, c.Volume.Size, minVolume, maxVolume)...)
 		}
 	}
 	return out
@@ -81,4 +98,18 @@ func rawValue(v any, p topology.Path) any {
 
 func lineBreaking(r rune) bool {
 	return r < 0x20 || r == 0x7f || r == '\u2028' || r == '\u2029' || r == '\u0085'
+}
+
+// volumeSize is a cluster's volume size as written.
+func volumeSize(doc *topology.Document, i int) string {
+	root, _ := doc.Value.(map[string]any)
+	spec, _ := root["spec"].(map[string]any)
+	clusters, _ := spec["clusters"].([]any)
+	if i >= len(clusters) {
+		return ""
+	}
+	c, _ := clusters[i].(map[string]any)
+	v, _ := c["volume"].(map[string]any)
+	size, _ := v["size"].(string)
+	return size
 }

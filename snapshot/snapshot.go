@@ -32,6 +32,9 @@ type SiteState struct {
 	Error     string     `json:"error,omitempty"`
 	NodeIPs   []string   `json:"nodeIPs,omitempty"`
 	Lease     *LeaseInfo `json:"lease,omitempty"`
+	// Unsupported says why the site's operator cannot take what pgtopo
+	// writes (its CRD lacks what the flavor needs).
+	Unsupported string `json:"unsupported,omitempty"`
 }
 
 // LeaseInfo is the pgtopo lock as observed.

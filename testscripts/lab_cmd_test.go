@@ -2,6 +2,7 @@ package testscripts
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -38,6 +40,7 @@ import (
 //	lab wait-writable SITE CLUSTER       wait up to 60s until the cluster accepts writes
 //	lab wait-recovery SITE CLUSTER       wait up to 60s until the cluster is in recovery
 //	lab delete SITE CLUSTER              delete a postgresql CR (namespace db)
+//	lab crd-upstream|crd-restore SITE    the CRD's schema without clusterReplication, and back
 //	lab create-primary SITE CLUSTER      create a new, independent primary CR (NodePort)
 //	lab wait-running SITE CLUSTER        wait up to 90s for status Running
 func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
@@ -117,6 +120,36 @@ func cmdLab(ts *testscript.TestScript, neg bool, args []string) {
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
+	case "crd-upstream", "crd-restore":
+		// The upstream operator's schema declares spec's fields and no
+		// clusterReplication; restore puts the lab's back.
+		dyn, _ := clients(ts, dir, args[1])
+		crds := dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+		crd, err := crds.Get(context.Background(), alauda.CRD, metav1.GetOptions{})
+		ts.Check(err)
+		versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+		v := versions[0].(map[string]any)
+		spec, _, _ := unstructured.NestedMap(v, "schema", "openAPIV3Schema", "properties", "spec")
+		props, _ := spec["properties"].(map[string]any)
+		stash := filepath.Join(dir, "crd-stash-"+args[1]+".json")
+		if args[0] == "crd-upstream" {
+			b, err := json.Marshal(props["clusterReplication"])
+			ts.Check(err)
+			ts.Check(os.WriteFile(stash, b, 0o644))
+			delete(spec, "x-kubernetes-preserve-unknown-fields")
+			delete(props, "clusterReplication")
+		} else {
+			b, err := os.ReadFile(stash)
+			ts.Check(err)
+			var kept map[string]any
+			ts.Check(json.Unmarshal(b, &kept))
+			spec["x-kubernetes-preserve-unknown-fields"] = true
+			props["clusterReplication"] = kept
+		}
+		ts.Check(unstructured.SetNestedMap(v, spec, "schema", "openAPIV3Schema", "properties", "spec"))
+		ts.Check(unstructured.SetNestedSlice(crd.Object, versions, "spec", "versions"))
+		_, err = crds.Update(context.Background(), crd, metav1.UpdateOptions{})
+		ts.Check(err)
 	case "delete":
 		dyn, _ := clients(ts, dir, args[1])
 		ts.Check(dyn.Resource(alauda.Resource).Namespace("db").Delete(context.Background(), args[2], metav1.DeleteOptions{}))

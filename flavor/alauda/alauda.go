@@ -194,3 +194,36 @@ func object(meta, spec map[string]any) *unstructured.Unstructured {
 	}
 	return &unstructured.Unstructured{Object: o}
 }
+
+// CRD names the CustomResourceDefinition the flavor writes to.
+const CRD = "postgresqls.acid.zalan.do"
+
+// CheckCRD says why an installed CRD cannot take the objects pgtopo
+// writes, "" when it can: a served version whose schema keeps
+// spec.clusterReplication, declared or as an unknown field the schema
+// preserves. The upstream operator's CRD declares spec's fields and no
+// clusterReplication, so the API server would refuse every write.
+func CheckCRD(crd *unstructured.Unstructured) string {
+	versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+	for _, v := range versions {
+		m, _ := v.(map[string]any)
+		if name, _ := m["name"].(string); name != "v1" {
+			continue
+		}
+		if served, _ := m["served"].(bool); !served {
+			return "the postgresqls.acid.zalan.do CRD does not serve version v1"
+		}
+		spec, found, _ := unstructured.NestedMap(m, "schema", "openAPIV3Schema", "properties", "spec")
+		if !found {
+			return "" // no structural schema for spec: anything is kept
+		}
+		if _, ok, _ := unstructured.NestedMap(spec, "properties", "clusterReplication"); ok {
+			return ""
+		}
+		if keep, _, _ := unstructured.NestedBool(spec, "x-kubernetes-preserve-unknown-fields"); keep {
+			return ""
+		}
+		return "this cluster's operator does not support cross-cluster replication: the postgresqls.acid.zalan.do CRD's schema has no spec.clusterReplication, so the API server would reject every object pgtopo writes. The alauda flavor needs an operator with the clusterReplication extension (isReplica, peerHost, peerPort, replSvcType, bootstrapSecret) installed with its CRD"
+	}
+	return "the postgresqls.acid.zalan.do CRD has no version v1"
+}

@@ -166,6 +166,9 @@ func intOf(v any) int {
 // lists.
 func (s Site) ListClusters(context.Context, string, string) ([]string, error) { return nil, nil }
 
+// CheckFlavor: Patroni's REST API is the same for every cluster.
+func (s Site) CheckFlavor(context.Context) string { return "" }
+
 // GetService: a Patroni cluster's endpoint is the file's (a VIP or
 // HAProxy), not a Service.
 func (s Site) GetService(context.Context, string, string) (*corev1.Service, error) {

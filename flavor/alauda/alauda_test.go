@@ -1,0 +1,62 @@
+package alauda
+
+import (
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+)
+
+// The CRD check: the upstream operator's schema (spec's fields declared,
+// no clusterReplication) is refused with words; the extension's, or a
+// spec that keeps unknown fields, passes.
+func TestCheckCRD(t *testing.T) {
+	crd := func(spec string) *unstructured.Unstructured {
+		var obj map[string]any
+		doc := `
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: postgresqls.acid.zalan.do}
+spec:
+  versions:
+    - name: v1
+      served: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+` + spec
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		return &unstructured.Unstructured{Object: obj}
+	}
+	for _, tc := range []struct{ name, spec, want string }{
+		{"upstream", `              type: object
+              required: [numberOfInstances, teamId, postgresql, volume]
+              properties:
+                numberOfInstances: {type: integer}
+                volume: {type: object}
+`, "this cluster's operator does not support cross-cluster replication: the postgresqls.acid.zalan.do CRD's schema has no spec.clusterReplication"},
+		{"with the extension", `              type: object
+              properties:
+                clusterReplication: {type: object}
+`, ""},
+		{"keeps unknown fields", `              type: object
+              x-kubernetes-preserve-unknown-fields: true
+              properties:
+                numberOfInstances: {type: integer}
+`, ""},
+	} {
+		got := CheckCRD(crd(tc.spec))
+		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	none := &unstructured.Unstructured{Object: map[string]any{"spec": map[string]any{"versions": []any{map[string]any{"name": "v1beta1", "served": true}}}}}
+	if got := CheckCRD(none); got != "the postgresqls.acid.zalan.do CRD has no version v1" {
+		t.Errorf("no v1: %q", got)
+	}
+}
