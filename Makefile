@@ -10,7 +10,7 @@ FUZZTIME ?= 60s
 
 APT_PACKAGES := git etcd-server patroni postgresql-15
 
-.PHONY: help build test lint deps apt-deps lab-bin fuzz demo bench mutate clean
+.PHONY: help build test lint deps apt-deps lab-bin fuzz demo bench mutate image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -72,6 +72,12 @@ demo: deps build ## the main job end to end on the built-in lab: bring-up, then 
 bench: build lab-bin ## benchmarks printed side by side with ratios: scale (validate, planner, reconcile memory), then the lab (3 rounds each)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./scale
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 60m ./e2e
+
+ENGINE ?= $(shell command -v docker || command -v podman)
+
+image: ## build the container image (examples/deploy/Dockerfile) with docker or podman, where one is installed
+	@if [ -z "$(ENGINE)" ]; then echo "make image: no docker or podman here; install one, or see examples/deploy/Dockerfile (its static build is tested without one by cli TestDockerfileBuildsAStaticBinary)"; exit 1; fi
+	$(ENGINE) build -f examples/deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t pgtopo:$(VERSION) .
 
 clean: ## remove build output
 	rm -rf bin

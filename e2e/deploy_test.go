@@ -30,6 +30,7 @@ import (
 
 const (
 	rbacFile       = "../examples/deploy/rbac.yaml"
+	namespaceFile  = "../examples/deploy/namespace.yaml"
 	serviceAccount = "system:serviceaccount:pgtopo-system:pgtopo"
 )
 
@@ -86,7 +87,8 @@ func TestDeployRBAC(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, "east", "west")
 	ctx := context.Background()
-	objs := manifests(t, rbacFile)
+	// The Namespace first, from its own file, as the examples say.
+	objs := append(manifests(t, namespaceFile), manifests(t, rbacFile)...)
 	granted := map[grant]bool{}
 	for _, o := range objs {
 		if o.GetKind() != "ClusterRole" && o.GetKind() != "Role" {
