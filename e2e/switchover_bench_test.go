@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -64,9 +66,59 @@ func (h *harness) runbookSwap(b *testing.B, from, fromSite, to, toSite string) {
 	}
 }
 
-// BenchmarkSwitchover compares pgtopo's switchover with the runbook run by
-// a script, in the same lab and run: write-unavailability window and rows
-// lost (goal: pgtopo within 1.2x of the runbook's window, zero rows lost).
+// patroniSwap is Patroni's own in-site switchover, the strong anchor: what
+// patronictl switchover --force does (POST /switchover to the leader,
+// naming a replica of the same cluster), the writer going through the
+// cluster's Service as before.
+func (h *harness) patroniSwap(b *testing.B, site, cluster string) {
+	ctx := context.Background()
+	pod, err := h.lab.Kube[site].CoreV1().Pods("db").Get(ctx, cluster+"-0", metav1.GetOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var view struct {
+		Members []struct{ Name, Role, State string }
+	}
+	if err := labtest.GetJSON("http://"+pod.Status.PodIP+":8008/cluster", &view); err != nil {
+		b.Fatal(err)
+	}
+	leader, candidate := "", ""
+	for _, m := range view.Members {
+		switch {
+		case m.Role == "leader" || m.Role == "master":
+			leader = m.Name
+		case m.State == "running" || m.State == "streaming":
+			candidate = m.Name
+		}
+	}
+	if leader == "" || candidate == "" {
+		b.Fatalf("%s: no leader and replica to switch over between: %+v", cluster, view.Members)
+	}
+	body := fmt.Sprintf(`{"leader":%q,"candidate":%q}`, leader, candidate)
+	resp, err := http.Post("http://"+pod.Status.PodIP+":8008/switchover", "application/json", strings.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("patroni switchover %s → %s: HTTP %d: %s", leader, candidate, resp.StatusCode, msg)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for ok := false; !ok; {
+		ok, _ = h.writable(site, cluster)
+		if time.Now().After(deadline) {
+			b.Fatalf("%s never writable after Patroni's switchover", cluster)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// BenchmarkSwitchover compares pgtopo's cross-site switchover with the
+// runbook run by a script and with Patroni's own in-site switchover, in
+// the same lab and run, the same writer: write-unavailability window and
+// rows lost (goals: pgtopo within 1.2x of the runbook and 1.0x of Patroni
+// in-site, zero rows lost).
 func BenchmarkSwitchover(b *testing.B) {
 	h := newHarness(b, "east", "west")
 	east, west := h.topology("orders-east"), h.topology("orders-west")
@@ -75,9 +127,9 @@ func BenchmarkSwitchover(b *testing.B) {
 	}
 	h.createAcked("east", "orders-east")
 	b.ResetTimer()
-	var pg, rb time.Duration
-	var pgLost, rbLost int64
-	var pgRounds, rbRounds []string
+	var pg, rb, pt time.Duration
+	var pgLost, rbLost, ptLost int64
+	var pgRounds, rbRounds, ptRounds []string
 	for i := 0; i < b.N; i++ {
 		gap, lost, n := h.window(b, "orders-west", "west", func() {
 			r := h.pgtopo("apply", "-f", west)
@@ -97,13 +149,22 @@ func BenchmarkSwitchover(b *testing.B) {
 		if r := h.pgtopo("apply", "-f", east); r.code != 0 {
 			b.Fatalf("re-apply: %s %s", r.stdout, r.stderr)
 		}
+		h.lab.WaitRunning(b, "east", "db", "orders-east", 2*time.Minute)
+		gap, lost, n = h.window(b, "orders-east", "east", func() { h.patroniSwap(b, "east", "orders-east") })
+		pt, ptLost = pt+gap, ptLost+lost
+		ptRounds = append(ptRounds, fmt.Sprintf("%.2f", gap.Seconds()))
+		b.Logf("patroni in-site: window %s, %d of %d rows lost", gap, lost, n)
 	}
 	n := time.Duration(b.N)
 	ratio := float64(pg) / float64(rb)
 	b.ReportMetric(float64((pg / n).Milliseconds()), "ms-window/pgtopo")
 	b.ReportMetric(float64((rb / n).Milliseconds()), "ms-window/runbook")
 	b.ReportMetric(ratio, "pgtopo/runbook")
-	fmt.Printf("switchover write window: pgtopo %s (%d rows lost), runbook script %s (%d rows lost), ratio %.2f (goal <= 1.2, 0 lost)\n",
-		(pg / n).Round(time.Millisecond), pgLost, (rb / n).Round(time.Millisecond), rbLost, ratio)
-	fmt.Printf("  rounds (s): pgtopo %s; runbook %s\n", strings.Join(pgRounds, ", "), strings.Join(rbRounds, ", "))
+	inSite := float64(pg) / float64(pt)
+	b.ReportMetric(float64((pt / n).Milliseconds()), "ms-window/patroni-in-site")
+	b.ReportMetric(inSite, "pgtopo/patroni-in-site")
+	fmt.Printf("switchover write window: pgtopo cross-site %s (%d rows lost), runbook script %s (%d rows lost), Patroni in-site %s (%d rows lost)\n",
+		(pg / n).Round(time.Millisecond), pgLost, (rb / n).Round(time.Millisecond), rbLost, (pt / n).Round(time.Millisecond), ptLost)
+	fmt.Printf("  ratios: pgtopo/runbook %.2f (goal <= 1.2), pgtopo/Patroni in-site %.2f (goal <= 1.0), 0 lost\n", ratio, inSite)
+	fmt.Printf("  rounds (s): pgtopo %s; runbook %s; Patroni in-site %s\n", strings.Join(pgRounds, ", "), strings.Join(rbRounds, ", "), strings.Join(ptRounds, ", "))
 }

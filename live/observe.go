@@ -78,6 +78,36 @@ type Observer struct {
 	key     []byte
 	downMu  sync.Mutex
 	down    map[string]downSite
+	// flavorOK remembers sites whose operator was found able to take
+	// what pgtopo writes, so waits polling every 100 ms do not read the
+	// CRD each time (it is read again after flavorCheckEvery).
+	flavorOK map[string]time.Time
+}
+
+// flavorCheckEvery is how long a site's operator check holds.
+const flavorCheckEvery = time.Minute
+
+// checkFlavor checks a site's operator, at most once a minute while it
+// passes.
+func (o *Observer) checkFlavor(ctx context.Context, api SiteAPI, site string) string {
+	o.downMu.Lock()
+	at, ok := o.flavorOK[site]
+	o.downMu.Unlock()
+	if ok && time.Since(at) < flavorCheckEvery {
+		return ""
+	}
+	why := api.CheckFlavor(ctx)
+	o.downMu.Lock()
+	defer o.downMu.Unlock()
+	if o.flavorOK == nil {
+		o.flavorOK = map[string]time.Time{}
+	}
+	if why == "" {
+		o.flavorOK[site] = time.Now()
+	} else {
+		delete(o.flavorOK, site)
+	}
+	return why
 }
 
 // downSite is a site that did not answer, and when.
@@ -194,7 +224,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	)
 	wg.Go(func() { nodes, nodesErr = api.ListNodes(ctx) })
 	wg.Go(func() { lease = o.lease(ctx, api, d, site) })
-	wg.Go(func() { st.Unsupported = api.CheckFlavor(ctx) })
+	wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site.Name) })
 	wg.Go(func() { orphans = o.orphans(ctx, api, d, site) })
 	for i, c := range clusters {
 		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni())

@@ -30,6 +30,7 @@ type fakeSite struct {
 	noCR        bool
 	noSvc       bool
 	unsupported string
+	checks      *atomic.Int32 // counted when set
 }
 
 var notFound = apierrors.NewNotFound(schema.GroupResource{Resource: "x"}, "x")
@@ -69,7 +70,12 @@ func (f *fakeSite) GetSecret(_ context.Context, _, name string) (*corev1.Secret,
 	return &corev1.Secret{Data: map[string][]byte{"username": []byte("postgres"), "password": []byte("s3cret-" + name)}}, nil
 }
 
-func (f *fakeSite) CheckFlavor(context.Context) string { return f.unsupported }
+func (f *fakeSite) CheckFlavor(context.Context) string {
+	if f.checks != nil {
+		f.checks.Add(1)
+	}
+	return f.unsupported
+}
 
 func (f *fakeSite) GetLease(context.Context, string, string) (*coordinationv1.Lease, error) {
 	holder := "ci-run-7"
@@ -291,5 +297,31 @@ func TestObserveRemembersDownSites(t *testing.T) {
 		if s := last.Sites[0]; s.Reachable || !strings.Contains(s.Error, "connection refused") {
 			t.Errorf("DownFor %s: site %+v", tc.downFor, s)
 		}
+	}
+}
+
+// The operator's CRD is read once a minute while it passes, and at every
+// look while it does not: the refusal goes as soon as the CRD is fixed.
+func TestObserveChecksTheFlavorSparingly(t *testing.T) {
+	d := desired(t)
+	site := &fakeSite{checks: new(atomic.Int32)}
+	o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return site, nil }}
+	for range 3 {
+		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0]); st.Unsupported != "" {
+			t.Fatal(st.Unsupported)
+		}
+	}
+	if n := site.checks.Load(); n != 1 {
+		t.Fatalf("%d CRD reads in 3 looks, want 1", n)
+	}
+	bad := &fakeSite{unsupported: "no clusterReplication", checks: new(atomic.Int32)}
+	o = &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return bad, nil }}
+	for range 2 {
+		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0]); st.Unsupported != "no clusterReplication" {
+			t.Fatalf("unsupported %q", st.Unsupported)
+		}
+	}
+	if n := bad.checks.Load(); n != 2 {
+		t.Fatalf("%d CRD reads in 2 looks at an unsupported site, want 2", n)
 	}
 }
