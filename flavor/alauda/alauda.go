@@ -133,14 +133,11 @@ func BuildSpec(ns, name string, s snapshot.Spec) *unstructured.Unstructured {
 		pg["parameters"] = params
 	}
 	r := s.Replication
-	repl := map[string]any{"enabled": r.Enabled, "replSvcType": r.ServiceType, "isReplica": r.IsReplica}
-	if r.PeerHost != "" {
-		repl["peerHost"] = r.PeerHost
-		repl["peerPort"] = int64(r.PeerPort)
-	}
-	if r.BootstrapSecret != "" {
-		repl["bootstrapSecret"] = r.BootstrapSecret
-	}
+	// The peer and the bootstrap Secret are sent even when empty: a field
+	// a hand edit (the runbook's patch) also set is only taken over, and
+	// so cleared, when pgtopo sends it; left out, it would stay forever.
+	repl := map[string]any{"enabled": r.Enabled, "replSvcType": r.ServiceType, "isReplica": r.IsReplica,
+		"peerHost": r.PeerHost, "peerPort": int64(r.PeerPort), "bootstrapSecret": r.BootstrapSecret}
 	spec := map[string]any{
 		"teamId":             s.TeamID,
 		"numberOfInstances":  int64(s.Instances),

@@ -6,6 +6,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
+
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 // The CRD check: the upstream operator's schema (spec's fields declared,
@@ -58,5 +60,21 @@ spec:
 	none := &unstructured.Unstructured{Object: map[string]any{"spec": map[string]any{"versions": []any{map[string]any{"name": "v1beta1", "served": true}}}}}
 	if got := CheckCRD(none); got != "the postgresqls.acid.zalan.do CRD has no version v1" {
 		t.Errorf("no v1: %q", got)
+	}
+}
+
+// A primary's spec clears the peer and the bootstrap Secret explicitly:
+// server-side apply takes over (and so clears) only the fields it sends,
+// and a hand edit may have set them too.
+func TestBuildSpecClearsWhatAPrimaryHasNot(t *testing.T) {
+	u := BuildSpec("db", "orders-west", snapshot.Spec{Instances: 2, Replication: snapshot.Replication{Enabled: true, ServiceType: "NodePort"}})
+	repl, _, _ := unstructured.NestedMap(u.Object, "spec", "clusterReplication")
+	for _, k := range []string{"peerHost", "peerPort", "bootstrapSecret"} {
+		if _, ok := repl[k]; !ok {
+			t.Errorf("clusterReplication.%s is not sent: a hand edit's value would stay", k)
+		}
+	}
+	if o := Parse(u); o.Spec.Replication.Peer() != "" || o.Spec.Replication.BootstrapSecret != "" {
+		t.Fatalf("read back: %+v", o.Spec.Replication)
 	}
 }
