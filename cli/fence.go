@@ -44,6 +44,9 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 		Use: use, Short: short, Long: long, Example: example,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
+			if f.output != "text" && f.output != "json" {
+				return usagef("--output %q: use text or json", f.output)
+			}
 			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { fmt.Fprintf(e.stderr, "pgtopo: %s\n", msg) })
 			defer stop()
 			ctx, cancel := context.WithTimeout(ctx, f.timeout)
@@ -61,14 +64,8 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 				return diff.PlanUnfence(in.Desired, s, args[0])
 			}
 			p := plan(snap)
-			if err := p.WriteText(e.stdout); err != nil {
+			if done, err := f.printPlan(e, p); done || err != nil {
 				return err
-			}
-			if p.Refused() {
-				return exitCode(ExitError)
-			}
-			if p.InSync() {
-				return nil
 			}
 			r, err := newRunner(e, &src, f, in, obs, p, diff.Options{}, drain)
 			if err != nil {
@@ -76,8 +73,9 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 			}
 			r.Replan = plan
 			r.Changed = func(now diff.Plan, why []string) error {
-				fmt.Fprintf(e.stdout, "\nThe live world changed while this run waited for the lock; the plan now is:\n\n")
-				return now.WriteText(e.stdout)
+				w := f.textOut(e)
+				fmt.Fprintf(w, "\nThe live world changed while this run waited for the lock; the plan now is:\n\n")
+				return now.WriteText(w)
 			}
 			res, err := r.Execute(ctx, p, diff.BasisOf(snap))
 			return f.finish(e, res, err)
@@ -87,6 +85,7 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
 	cmd.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
 	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", time.Minute, "how long each step may wait")
+	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "result on stdout: text, or json (an ApplyResult document, as apply -o json)")
 	f.progressFormat = "text"
 	if fence {
 		cmd.Flags().BoolVar(&force, "force", false, "fence the only writable cluster, stopping every write")
