@@ -48,6 +48,9 @@ func main() {
 				if c, err := st.PatroniCluster(s); err == nil {
 					fmt.Printf("  # %s: Patroni cluster %s, REST API on %s:8008, endpoint %s\n", s.Name, c.Name, strings.Join(c.Members, ":8008, "), c.Endpoint)
 					fmt.Printf("  pgtopo status -f examples/topologies/lab-mixed.yaml --patroni-credentials %s\n", lab.Paths{Dir: st.Dir}.PatroniEnvFile())
+					if st.Slot != 0 {
+						fmt.Printf("  # lab-mixed.yaml has the first lab's addresses; this lab is slot %d: use 127.%d. for 127.100.\n", st.Slot, 100+st.Slot)
+					}
 				}
 			}
 			fmt.Printf("\n  pglab status --dir %s\n  pglab down --dir %s\n", dir, dir)
