@@ -36,6 +36,9 @@ type world struct {
 	leases   map[string]*coordinationv1.Lease
 	// observed counts snapshots taken.
 	observed int
+	// keepOrphans: a deleted orphan's object stays (an operator that does
+	// not act).
+	keepOrphans bool
 }
 
 func newWorld(clusters ...snapshot.ClusterState) *world {
@@ -424,6 +427,9 @@ func (s *fakeSite) DeleteCluster(_ context.Context, _, name string) error {
 	w.record("delete %s", name)
 	if c, ok := w.snap.Cluster(name); ok {
 		*c = snapshot.ClusterState{Name: name, Site: c.Site, Namespace: c.Namespace}
+	}
+	if !w.keepOrphans {
+		w.snap.Orphans = slices.DeleteFunc(w.snap.Orphans, func(o snapshot.OrphanCluster) bool { return o.Name == name })
 	}
 	return nil
 }

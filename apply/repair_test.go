@@ -143,3 +143,56 @@ func TestDropSlot(t *testing.T) {
 		t.Fatalf("an active slot: %v", err)
 	}
 }
+
+// delete-cluster deletes the object, waits until it is gone, then forgets
+// its catalogue row and drops its slot on the primary; without a primary
+// to clean up, only the object goes; an object that stays is waited for,
+// named.
+func TestDeleteCluster(t *testing.T) {
+	world := func() *world {
+		east := primaryState("orders-east", "east", eastEP, 0x9000000, 1)
+		east.PG.HasMultiClusterTable = true
+		east.PG.Slots = []snapshot.Slot{{Name: "xdc_orders_south", RestartLSN: 0x3000000}}
+		w := newWorld(east)
+		w.snap.Orphans = []snapshot.OrphanCluster{{Name: "orders-south", Site: "west", Namespace: "db"}}
+		w.react = func(w *world, what, name string) {
+			if strings.HasPrefix(what, "sql SELECT pg_drop_replication_slot") {
+				w.cluster(name).PG.Slots = nil
+			}
+		}
+		return w
+	}
+	step := diff.Step{Action: diff.ActionDeleteCluster, Subject: subject("west", "orders-south"),
+		Deletion: &diff.Deletion{Primary: "orders-east", Slot: "xdc_orders_south"}}
+	w := world()
+	r, _ := runner(w)
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	got := w.writes()
+	if len(got) != 3 || got[0] != "delete orders-south" || !strings.Contains(got[1], "DELETE FROM sys_operator.multi_cluster_info WHERE cluster_name = $1 [orders-south]") ||
+		!strings.Contains(got[2], "pg_drop_replication_slot") {
+		t.Fatalf("writes %v", got)
+	}
+
+	w = world()
+	r, _ = runner(w)
+	bare := step
+	bare.Deletion = &diff.Deletion{}
+	if err := run(t, r, bare); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.writes(); len(got) != 1 {
+		t.Fatalf("without a primary, only the object goes: %v", got)
+	}
+
+	w = world()
+	w.keepOrphans = true
+	r, _ = runner(w)
+	if err := run(t, r, step); err == nil || !strings.Contains(err.Error(), "orders-south gone") {
+		t.Fatalf("an object that stays: %v", err)
+	}
+	if got := w.writes(); len(got) != 1 {
+		t.Fatalf("nothing is cleaned up before the object is gone: %v", got)
+	}
+}

@@ -45,24 +45,9 @@ func (p *planner) patroniStandby(c topology.DesiredCluster, o, primary *snapshot
 	if p.switching != nil && p.switching.From.Cluster == c.Name {
 		return // the switchover turns it into a standby of the new primary
 	}
-	if o.PG != nil && primary.PG != nil {
-		switch {
-		case o.PG.SystemID != primary.PG.SystemID:
-			p.refuse(&subj, "%s system identifier %s differs from primary %s (%s): its data is not a copy of the primary's, and pgtopo will not make it a standby (that would need a rewind it cannot do); remove its data and bootstrap it with `%s`",
-				c.Name, o.PG.SystemID, primary.Name, primary.PG.SystemID, RenderHint(c.Name))
-			return
-		case o.PG.Timeline > primary.PG.Timeline:
-			p.refuse(&subj, "%s is on timeline %d, ahead of primary %s (timeline %d): it has history the primary lacks, so becoming a standby would need a rewind; pgtopo refuses that for a Patroni cluster: remove its data and bootstrap it with `%s`",
-				c.Name, o.PG.Timeline, primary.Name, primary.PG.Timeline, RenderHint(c.Name))
-			return
-		case o.PG.InRecovery && !o.StreamsFrom(primaryEP) && !p.slotHeld(primary, c.Name, o.SlotName):
-			// The multi-DC bootstrap pitfall: built from a base backup
-			// under writes with no slot holding WAL meanwhile, it can wait
-			// for WAL that no longer exists, forever.
-			p.refuse(&subj, "%s is a standby that does not stream from %s (wal receiver: %s) and no slot on %s held WAL for it while it was built: the WAL it needs may be gone, so repointing it could wait forever (the Patroni multi-DC bootstrap pitfall). Stop it and remove its data; the next pgtopo run creates its slot %s, then bootstrap it with `%s`",
-				c.Name, primary.Name, o.Receiver(), primary.Name, o.SlotName, RenderHint(c.Name))
-			return
-		}
+	if why := patroniStandbyRefusal(c, o, primary, primaryEP, p.slotHeld(primary, c.Name, o.SlotName)); why != "" {
+		p.refuse(&subj, "%s", why)
+		return
 	}
 	spec := p.desiredSpec(c, primaryEP)
 	if primaryEP == nil {
@@ -144,4 +129,29 @@ func (p *planner) addSlot(primary, forCluster topology.DesiredCluster, slot, via
 	p.add(Step{Action: ActionEnsureSlot, Subject: subjectOf(primary), Slot: e, Reason: reason,
 		Changes:       []Change{{Field: field, Before: "absent", After: "present"}},
 		Preconditions: []Precondition{{Kind: CondWritable, Cluster: primary.Name}}})
+}
+
+// patroniStandbyRefusal says why an existing Patroni cluster cannot be made
+// (or kept) a standby of primary, "" when it can. (An if-chain: mutation
+// testing measures its conditions.)
+func patroniStandbyRefusal(c topology.DesiredCluster, o, primary *snapshot.ClusterState, primaryEP *snapshot.Endpoint, slotHeld bool) string {
+	if o.PG == nil || primary.PG == nil {
+		return ""
+	}
+	if o.PG.SystemID != primary.PG.SystemID {
+		return fmt.Sprintf("%s system identifier %s differs from primary %s (%s): its data is not a copy of the primary's, and pgtopo will not make it a standby (that would need a rewind it cannot do); remove its data and bootstrap it with `%s`",
+			c.Name, o.PG.SystemID, primary.Name, primary.PG.SystemID, RenderHint(c.Name))
+	}
+	if o.PG.Timeline > primary.PG.Timeline {
+		return fmt.Sprintf("%s is on timeline %d, ahead of primary %s (timeline %d): it has history the primary lacks, so becoming a standby would need a rewind; pgtopo refuses that for a Patroni cluster: remove its data and bootstrap it with `%s`",
+			c.Name, o.PG.Timeline, primary.Name, primary.PG.Timeline, RenderHint(c.Name))
+	}
+	if o.PG.InRecovery && !o.StreamsFrom(primaryEP) && !slotHeld {
+		// The multi-DC bootstrap pitfall: built from a base backup under
+		// writes with no slot holding WAL meanwhile, it can wait for WAL
+		// that no longer exists, forever.
+		return fmt.Sprintf("%s is a standby that does not stream from %s (wal receiver: %s) and no slot on %s held WAL for it while it was built: the WAL it needs may be gone, so repointing it could wait forever (the Patroni multi-DC bootstrap pitfall). Stop it and remove its data; the next pgtopo run creates its slot %s, then bootstrap it with `%s`",
+			c.Name, primary.Name, o.Receiver(), primary.Name, o.SlotName, RenderHint(c.Name))
+	}
+	return ""
 }

@@ -270,3 +270,33 @@ func TestDescribeMigration(t *testing.T) {
 		t.Fatalf("intents %q lack %q", got, want)
 	}
 }
+
+// Edges of the Patroni plans: a standby repointed only while the primary
+// is writable; a primary without an endpoint leaves the peer as it is; a
+// catalogue row for a cluster not observed takes the file's endpoint.
+func TestMixedEdges(t *testing.T) {
+	d, snap := mixedInSync(t, "orders-east")
+	cs(snap, "orders-dc1").Object.Spec.Replication.PrimarySlot = ""
+	p := Compute(d, snap, Options{})
+	if len(p.Steps) != 2 || !slices.Contains(p.Steps[1].Preconditions, Precondition{Kind: CondWritable, Cluster: "orders-east"}) {
+		t.Fatalf("repoint without the primary's writability as a precondition: %+v", p.Steps)
+	}
+	d, snap = mixedInSync(t, "orders-east")
+	cs(snap, "orders-east").Endpoint = nil
+	cs(snap, "orders-dc1").Object.Spec.Replication.PrimarySlot = ""
+	p = Compute(d, snap, Options{})
+	for _, s := range p.Steps {
+		if s.Action == ActionRepoint && !s.Spec.Replication.PeerIs(*ep(eastEP)) {
+			t.Fatalf("without the primary's endpoint the peer must stay %s: %+v", eastEP, s.Spec.Replication)
+		}
+	}
+	d, snap = mixedInSync(t, "orders-east")
+	dc := cs(snap, "orders-dc1")
+	dc.Exists, dc.Object, dc.PG, dc.Endpoint = false, nil, nil, nil
+	pg := cs(snap, "orders-east").PG
+	pg.MultiCluster = pg.MultiCluster[1:]
+	p = Compute(d, snap, Options{})
+	if len(p.Steps) != 2 || p.Steps[1].Slot.Host != "127.100.20.1" || p.Steps[1].Slot.Port != 5432 {
+		t.Fatalf("the row of an unobserved Patroni cluster takes the file's endpoint: %+v", p.Steps)
+	}
+}

@@ -66,14 +66,13 @@ func (p *planner) rebuild(c topology.DesiredCluster, o, primary *snapshot.Cluste
 	subj := subjectOf(c)
 	resume := recordedRebuild(c.Name, primary)
 	consent := ""
-	switch {
-	case resume != nil:
+	if resume != nil {
 		consent, evidence = resume.Consent, resume.Evidence
-	case c.RebuildAllowed:
+	} else if c.RebuildAllowed {
 		consent = "the file (rebuild: allow)"
-	case slices.Contains(p.opt.AllowRebuild, c.Name):
+	} else if slices.Contains(p.opt.AllowRebuild, c.Name) {
 		consent = "apply --allow-rebuild " + c.Name
-	default:
+	} else {
 		p.refuse(&subj, "%s needs a rebuild: %s. pgtopo rebuilds a standby only where allowed: set rebuild: allow on %s (or spec.replication.rebuild), or run apply --allow-rebuild %s; it then deletes %s's object and volumes, removes its row from %s's multi_cluster_info, and creates it again as a standby from birth",
 			c.Name, evidence, c.Name, c.Name, c.Name, primary.Name)
 		return false
@@ -194,15 +193,15 @@ func (p *planner) slotHygiene(livePrimary string) {
 		drop := SlotDrop{Primary: livePrimary, Slot: s.Name, RetainedBytes: s.RetainedBytes,
 			PermanentSlot: slices.Contains(o.Object.PermanentSlots, s.Name)}
 		var reason string
-		switch cluster, isOurs := ours[s.Name]; {
-		case isOurs:
+		// An if-chain, not a switch: mutation testing measures its conditions.
+		if cluster, isOurs := ours[s.Name]; isOurs {
 			co := p.observed(cluster)
 			if s.Active || s.RestartLSN != 0 || !co.Exists {
 				continue
 			}
 			reason = fmt.Sprintf("slot %s on %s is %s's but inactive with no restart LSN: it holds nothing and Patroni's slot handling trips on it; dropped, its keeper makes it afresh", s.Name, livePrimary, cluster)
 			drop.For = cluster
-		case gone[s.Name] != "":
+		} else if gone[s.Name] != "" {
 			cluster := gone[s.Name]
 			if deleting[cluster] {
 				continue // delete-cluster drops it with the cluster
@@ -216,13 +215,13 @@ func (p *planner) slotHygiene(livePrimary string) {
 			}
 			reason = fmt.Sprintf("slot %s on %s was kept for %s, which the file no longer lists; inactive, it holds %s of WAL", s.Name, livePrimary, cluster, held)
 			drop.For, drop.CatalogueRow = cluster, rows[cluster]
-		case slices.Contains(p.d.DropSlots, s.Name):
+		} else if slices.Contains(p.d.DropSlots, s.Name) {
 			if s.Active {
 				p.note(&subj, "slot %s on %s is listed in spec.replication.dropSlots but something streams through it: left alone", s.Name, livePrimary)
 				continue
 			}
 			reason = fmt.Sprintf("slot %s on %s is listed in spec.replication.dropSlots; inactive, it holds %s of WAL", s.Name, livePrimary, held)
-		default:
+		} else {
 			p.note(&subj, "slot %s on %s (%s, holds %s of WAL) is not one pgtopo knows: no cluster of the topology, nor of %s's catalogue, streams through it. Left alone; list it in spec.replication.dropSlots to have it dropped",
 				s.Name, livePrimary, activeWord(s.Active), held, livePrimary)
 			continue

@@ -231,3 +231,39 @@ func TestRepairGates(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Edges of the repairs the table above leaves out.
+func TestRepairEdges(t *testing.T) {
+	load := func() (*topology.Desired, *snapshot.Snapshot) {
+		d := loadDesired(t, "testdata/two-sites.yaml")
+		return d, loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
+	}
+	// A slot check on a primary that cannot be read says so.
+	_, snap := load()
+	cs(snap, "orders-east").PG = nil
+	if err := (Precondition{Kind: CondSlotInactive, Cluster: "orders-east", Other: "x"}).Holds(snap); err == nil || !strings.Contains(err.Error(), "cannot read orders-east") {
+		t.Fatalf("unreadable primary: %v", err)
+	}
+	// A rebuild whose primary has no endpoint yet takes it from the
+	// snapshot at execution.
+	d, snap := load()
+	named(snap)
+	cs(snap, "orders-east").PG.Slots[0].WALStatus = "lost"
+	cs(snap, "orders-west").PG.WalReceiver = nil
+	cs(snap, "orders-east").Endpoint = nil
+	p := Compute(d, snap, Options{AllowRebuild: []string{"orders-west"}})
+	i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Action == ActionRebuild })
+	if i < 0 || p.Steps[i].PeerOf != "orders-east" || p.Steps[i].Spec.Replication.PeerHost != "" {
+		t.Fatalf("rebuild without the primary's endpoint: %+v", p.Steps)
+	}
+	// Deleting a cluster the catalogue does not list: no row to remove.
+	d, snap = load()
+	named(snap)
+	d.DeletionPolicy = topology.DeletionDelete
+	snap.Orphans = []snapshot.OrphanCluster{{Name: "orders-south", Site: "west", Namespace: "db", SlotName: "xdc_orders_south",
+		Object: &snapshot.Object{Spec: snapshot.Spec{Replication: snapshot.Replication{IsReplica: true}}}}}
+	p = Compute(d, snap, Options{})
+	if len(p.Steps) != 2 || len(p.Steps[1].Changes) != 1 || p.Steps[1].Deletion.Slot != "" {
+		t.Fatalf("deletion without a row or slot: %+v", p.Steps)
+	}
+}
