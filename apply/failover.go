@@ -197,18 +197,7 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 // creates it again as a standby from birth.
 func (x *stepRun) rebuild(ctx context.Context, s diff.Step, rec snapshot.FailoverRecord) error {
 	r, name := s.Rejoin, s.Subject.Cluster
-	w, err := x.writer(s.Subject.Site)
-	if err != nil {
-		return err
-	}
-	if err := w.DeleteCluster(ctx, s.Subject.Namespace, name); err != nil {
-		return fmt.Errorf("rebuild %s: delete: %w", name, err)
-	}
-	x.say(PhaseWrite, "rebuild: %s deleted with its data", name)
-	if err := x.wait(ctx, name+" gone", func(snap *snapshot.Snapshot) (bool, string) {
-		cs, _ := snap.Cluster(name)
-		return !cs.Exists && cs.Error == "", statusWords(cs)
-	}); err != nil {
+	if err := x.deleteForRebuild(ctx, s.Subject, true); err != nil {
 		return err
 	}
 	if err := x.writeSpec(ctx, s.Subject, r.Demoted); err != nil {

@@ -29,23 +29,10 @@ func (x *stepRun) Rebuild(ctx context.Context, s diff.Step) error {
 		}
 		x.say(PhaseJournal, "rebuild of %s recorded on %s (%s)", name, rb.Primary, rb.Evidence)
 	}
-	if c := x.cluster(name); c.Exists {
-		if c.Writable() {
-			return fmt.Errorf("rebuild %s: it takes writes; pgtopo never rebuilds a primary", name)
-		}
-		w, err := x.writer(s.Subject.Site)
-		if err != nil {
-			return err
-		}
-		if err := w.DeleteCluster(ctx, s.Subject.Namespace, name); err != nil {
-			return fmt.Errorf("rebuild %s: delete: %w", name, err)
-		}
-		x.say(PhaseWrite, "rebuild: %s deleted with its data", name)
+	if c := x.cluster(name); c.Exists && c.Writable() {
+		return fmt.Errorf("rebuild %s: it takes writes; pgtopo never rebuilds a primary", name)
 	}
-	if err := x.wait(ctx, name+" gone", func(snap *snapshot.Snapshot) (bool, string) {
-		cs, _ := snap.Cluster(name)
-		return !cs.Exists && cs.Error == "", statusWords(cs)
-	}); err != nil {
+	if err := x.deleteForRebuild(ctx, s.Subject, x.cluster(name).Exists); err != nil {
 		return err
 	}
 	if err := x.forget(ctx, rb.Primary, name); err != nil {
@@ -162,5 +149,25 @@ func (x *stepRun) dropSlot(ctx context.Context, d diff.SlotDrop) error {
 			return false, "slot " + d.Slot + " still there (its keeper made it again?)"
 		}
 		return true, "gone"
+	})
+}
+
+// deleteForRebuild deletes a cluster's object, and with it its data, when
+// it exists, and waits until it is gone.
+func (x *stepRun) deleteForRebuild(ctx context.Context, subj diff.Subject, exists bool) error {
+	name := subj.Cluster
+	if exists {
+		w, err := x.writer(subj.Site)
+		if err != nil {
+			return err
+		}
+		if err := w.DeleteCluster(ctx, subj.Namespace, name); err != nil {
+			return fmt.Errorf("rebuild %s: delete: %w", name, err)
+		}
+		x.say(PhaseWrite, "rebuild: %s deleted with its data", name)
+	}
+	return x.wait(ctx, name+" gone", func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(name)
+		return !cs.Exists && cs.Error == "", statusWords(cs)
 	})
 }

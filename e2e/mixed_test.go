@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -401,26 +400,7 @@ func (m *mixed) killAndResume(onDC1, onEast string) {
 	}
 	for _, tc := range cases {
 		w := m.startWriter()
-		cmd := exec.Command(m.bin, "apply", "-f", tc.file, "--progress-format", "json", "--patroni-credentials", m.credsF)
-		cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: m.lab.Dir}.Kubeconfig())
-		stderr, err := cmd.StderrPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		var seen []string
-		killed := false
-		for lines := bufio.NewScanner(stderr); lines.Scan(); {
-			seen = append(seen, lines.Text())
-			if ev, ok := parseEvent(lines.Text()); ok && ev.Phase == tc.after {
-				_ = cmd.Process.Signal(syscall.SIGKILL)
-				killed = true
-				break
-			}
-		}
-		_ = cmd.Wait()
+		seen, killed := m.killApply(t, func(ev apply.Event) bool { return ev.Phase == tc.after }, "apply", "-f", tc.file, "--patroni-credentials", m.credsF)
 		if !killed {
 			t.Fatalf("apply ended before a %q event:\n%s", tc.after, strings.Join(seen, "\n"))
 		}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -72,22 +71,7 @@ func TestPatroniBootstrapPitfall(t *testing.T) {
 		beyond := uint64(lsn) + 3<<24
 		needs = fmt.Sprintf("%08X%08X%08X", 1, beyond>>32, (beyond&0xFFFFFFFF)>>24)
 	}()
-	pids, err := lab.SiteProcesses(l.Dir, "dc2", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGSTOP)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			for _, pid := range pids {
-				_ = syscall.Kill(pid, syscall.SIGCONT)
-			}
-			resumed = true
-		}
-	}
+	resume := freeze(t, l.Dir, "dc2", "")
 	defer resume()
 	c, err := m.connect("orders-dc1")
 	if err != nil {
@@ -98,16 +82,12 @@ func TestPatroniBootstrapPitfall(t *testing.T) {
 		t.Fatal(err)
 	}
 	oldest := ""
-	for i := 0; i < 40 && oldest <= needs; i++ {
-		for _, sql := range []string{"INSERT INTO churn VALUES (1)", "SELECT pg_switch_wal()", "CHECKPOINT"} {
-			if _, err := c.Exec(ctx, sql); err != nil {
-				t.Fatal(err)
-			}
-		}
+	churnWAL(t, c, func() bool {
 		if err := c.QueryRow(ctx, "SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'").Scan(&oldest); err != nil {
 			t.Fatal(err)
 		}
-	}
+		return oldest > needs
+	})
 	c.Close(ctx)
 	if oldest <= needs {
 		t.Fatalf("dc1 still keeps %s, which dc2 needs (%s): the drill did not remove it", oldest, needs)

@@ -1,17 +1,17 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pgtopo/pgtopo/apply"
@@ -47,26 +47,7 @@ func TestRepairs(t *testing.T) {
 	// east ends the walsender that served west: a checkpoint invalidating
 	// a slot waits for the process holding it, which a frozen receiver
 	// would keep stuck.
-	var pids []int
-	for _, pattern := range []string{"patroni", "postgres"} {
-		found, err := lab.SiteProcesses(h.lab.Dir, "west", pattern)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pids = append(pids, found...)
-	}
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGSTOP)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			for _, pid := range pids {
-				_ = syscall.Kill(pid, syscall.SIGCONT)
-			}
-			resumed = true
-		}
-	}
+	resume := freeze(t, h.lab.Dir, "west", "patroni", "postgres")
 	defer resume()
 	c, err := h.conn("east", "orders-east")
 	if err != nil {
@@ -80,16 +61,12 @@ func TestRepairs(t *testing.T) {
 		t.Fatal(err)
 	}
 	status := ""
-	for i := 0; i < 40 && status != "lost"; i++ {
-		for _, sql := range []string{"INSERT INTO churn VALUES (1)", "SELECT pg_switch_wal()", "CHECKPOINT"} {
-			if _, err := c.Exec(ctx, sql); err != nil {
-				t.Fatal(err)
-			}
-		}
+	churnWAL(t, c, func() bool {
 		if err := c.QueryRow(ctx, "SELECT coalesce((SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'xdc_orders_west'), 'absent')").Scan(&status); err != nil {
 			t.Fatal(err)
 		}
-	}
+		return status == "lost"
+	})
 	c.Close(ctx)
 	if status != "lost" {
 		t.Fatalf("xdc_orders_west on east: wal_status %s after 40 segments, want lost", status)
@@ -103,26 +80,9 @@ func TestRepairs(t *testing.T) {
 
 	// With the flag, killed right after the deletion; the re-run goes on
 	// without the flag, from the record on the primary.
-	cmd := exec.Command(h.bin, "apply", "-f", topo, "--allow-rebuild", "orders-west", "--progress-format", "json")
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var seen []string
-	killed := false
-	for lines := bufio.NewScanner(stderr); lines.Scan(); {
-		seen = append(seen, lines.Text())
-		if ev, ok := parseEvent(lines.Text()); ok && ev.Action == "rebuild" && ev.Phase == apply.PhaseWrite && strings.Contains(ev.Message, "deleted with its data") {
-			_ = cmd.Process.Signal(syscall.SIGKILL)
-			killed = true
-			break
-		}
-	}
-	_ = cmd.Wait()
+	seen, killed := h.killApply(t, func(ev apply.Event) bool {
+		return ev.Action == "rebuild" && ev.Phase == apply.PhaseWrite && strings.Contains(ev.Message, "deleted with its data")
+	}, "apply", "-f", topo, "--allow-rebuild", "orders-west")
 	if !killed {
 		t.Fatalf("apply ended before the deletion:\n%s", strings.Join(seen, "\n"))
 	}
@@ -236,4 +196,46 @@ func TestRepairs(t *testing.T) {
 	}
 	h.expect(h.pgtopo("diff", "-f", deleting), 0, "No changes.")
 	h.noSecretsInOutput()
+}
+
+// freeze stops the processes of a lab site that match any of patterns
+// (SIGSTOP) and returns what resumes them, once.
+func freeze(t testing.TB, dir, site string, patterns ...string) func() {
+	t.Helper()
+	var pids []int
+	for _, pattern := range patterns {
+		found, err := lab.SiteProcesses(dir, site, pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, found...)
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGCONT)
+			}
+		})
+	}
+}
+
+// churnWAL writes a row, switches to a new 16 MB segment and checkpoints,
+// until done says so (at most 40 segments), so old WAL goes.
+func churnWAL(t testing.TB, c *pgx.Conn, done func() bool) {
+	t.Helper()
+	ctx := context.Background()
+	for i := 0; i < 40; i++ {
+		for _, sql := range []string{"INSERT INTO churn VALUES (1)", "SELECT pg_switch_wal()", "CHECKPOINT"} {
+			if _, err := c.Exec(ctx, sql); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if done() {
+			return
+		}
+	}
 }

@@ -72,27 +72,7 @@ func TestKillAndResume(t *testing.T) {
 	}
 	for _, tc := range cases {
 		w := h.startWriter()
-		cmd := exec.Command(h.bin, "apply", "-f", tc.file, "--progress-format", "json")
-		cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
-		stderr, err := cmd.StderrPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		var progress []string
-		killed := false
-		lines := bufio.NewScanner(stderr)
-		for lines.Scan() {
-			progress = append(progress, lines.Text())
-			if ev, ok := parseEvent(lines.Text()); ok && ev.Phase == tc.after {
-				_ = cmd.Process.Signal(syscall.SIGKILL)
-				killed = true
-				break
-			}
-		}
-		_ = cmd.Wait()
+		progress, killed := h.killApply(t, func(ev apply.Event) bool { return ev.Phase == tc.after }, "apply", "-f", tc.file)
 		if !killed {
 			t.Fatalf("apply ended before a %q event:\n%s", tc.after, strings.Join(progress, "\n"))
 		}
@@ -130,6 +110,35 @@ func TestKillAndResume(t *testing.T) {
 		h.expect(h.pgtopo("diff", "-f", rerun), 0, "No changes.")
 		t.Logf("phase %s: resumed and converged; %d rows acknowledged, none lost", tc.phase, len(w.acked))
 	}
+}
+
+// killApply runs pgtopo (args, with JSON progress) and SIGKILLs it at the
+// first progress event match accepts, reading its stderr as it is written:
+// a phase can last milliseconds, far less than polling could catch. It
+// returns the progress lines read and whether it killed.
+func (h *harness) killApply(t testing.TB, match func(apply.Event) bool, args ...string) ([]string, bool) {
+	t.Helper()
+	cmd := exec.Command(h.bin, append(args, "--progress-format", "json")...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	killed := false
+	for lines := bufio.NewScanner(stderr); lines.Scan(); {
+		seen = append(seen, lines.Text())
+		if ev, ok := parseEvent(lines.Text()); ok && match(ev) {
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			killed = true
+			break
+		}
+	}
+	_ = cmd.Wait()
+	return seen, killed
 }
 
 // parseEvent reads one JSON progress event.

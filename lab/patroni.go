@@ -161,9 +161,7 @@ func WaitPatroniLeader(ctx context.Context, c PatroniCluster, standby bool, time
 			if resp.StatusCode != http.StatusOK {
 				continue
 			}
-			conn, err := net.DialTimeout("tcp", c.Endpoint, time.Second)
-			if err == nil {
-				conn.Close()
+			if postgresAnswers(c.Endpoint) {
 				return nil
 			}
 		}
@@ -174,4 +172,25 @@ func WaitPatroniLeader(ctx context.Context, c PatroniCluster, standby bool, time
 		}
 	}
 	return fmt.Errorf("patroni cluster %s: no leader answering %s behind %s after %s", c.Name, check, c.Endpoint, timeout)
+}
+
+// postgresAnswers reports whether PostgreSQL answers at addr: an
+// SSLRequest gets its one-byte reply. A TCP connect alone is not enough:
+// the endpoint accepts and closes while it has no leader to route to.
+func postgresAnswers(addr string) bool {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	// Length 8, then the SSLRequest code 1234/5679.
+	if _, err := conn.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+		return false
+	}
+	reply := make([]byte, 1)
+	if _, err := io.ReadFull(conn, reply); err != nil {
+		return false
+	}
+	return reply[0] == 'N' || reply[0] == 'S'
 }

@@ -620,18 +620,8 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 		return err
 	}
 	sock := filepath.Join(lab.SocketRoot(o.state.Slot), ip)
-	for _, d := range []string{dir, sock} {
-		// Parents must be searchable by postgres; the member's own
-		// directory is private to it.
-		if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil {
-			return err
-		}
-		if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
-			return err
-		}
-		if err := chownPostgres(d); err != nil {
-			return err
-		}
+	if err := memberDirs(dir, sock); err != nil {
+		return err
 	}
 	mc := memberConfig{
 		Scope:      c.spec.Name,
@@ -648,19 +638,7 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 	if r := c.spec.Replication; r.IsReplica {
 		mc.Standby = standbyConfig(r.PeerHost, r.PeerPort, SlotName(c.spec.Name))
 	}
-	cfg, err := mc.render()
-	if err != nil {
-		return err
-	}
-	cfgPath := filepath.Join(dir, "patroni.yml")
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
-		return err
-	}
-	if err := chownPostgres(cfgPath); err != nil {
-		return err
-	}
-	_, err = proc.Start(proc.Spec{Name: mc.Name, Path: lab.PatroniBinary, Args: []string{cfgPath}, Dir: dir,
-		LogFile: filepath.Join(dir, "patroni.log"), PidFile: pidFile, User: lab.PostgresUser})
+	err = startPatroni(mc, dir)
 	if err == nil {
 		o.log.Info("member started", "member", mc.Name, "ip", ip, "standby", mc.Standby != nil)
 	}

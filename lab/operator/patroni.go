@@ -7,9 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/proc"
 )
 
 // baseParameters are what every lab cluster runs with; the CR's parameters
@@ -104,6 +109,42 @@ func (m memberConfig) render() ([]byte, error) {
 		},
 	}
 	return yaml.Marshal(cfg)
+}
+
+// memberDirs makes a member's directory and socket directory, private to
+// the postgres user; their parents must be searchable by it.
+func memberDirs(dirs ...string) error {
+	for _, d := range dirs {
+		if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil {
+			return err
+		}
+		if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
+			return err
+		}
+		if err := chownPostgres(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startPatroni writes a member's patroni.yml (0600, the postgres user's:
+// it holds passwords, as with any Patroni) and starts Patroni on it.
+func startPatroni(mc memberConfig, dir string) error {
+	cfg, err := mc.render()
+	if err != nil {
+		return err
+	}
+	cfgPath := filepath.Join(dir, "patroni.yml")
+	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
+		return err
+	}
+	if err := chownPostgres(cfgPath); err != nil {
+		return err
+	}
+	_, err = proc.Start(proc.Spec{Name: mc.Name, Path: lab.PatroniBinary, Args: []string{cfgPath}, Dir: dir,
+		LogFile: filepath.Join(dir, "patroni.log"), PidFile: filepath.Join(dir, "patroni.pid"), User: lab.PostgresUser})
+	return err
 }
 
 // standbyConfig is Patroni's standby_cluster section for a peer.

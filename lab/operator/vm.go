@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -122,16 +121,8 @@ func (v *VMSite) memberDir(i int) string {
 func (v *VMSite) startMember(i int, ip string) error {
 	dir := v.memberDir(i)
 	sock := filepath.Join(lab.SocketRoot(v.state.Slot), ip)
-	for _, d := range []string{dir, sock} {
-		if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil {
-			return err
-		}
-		if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
-			return err
-		}
-		if err := chownPostgres(d); err != nil {
-			return err
-		}
+	if err := memberDirs(dir, sock); err != nil {
+		return err
 	}
 	mc := memberConfig{
 		Scope: v.cluster.Name, Namespace: v.state.PatroniDCSNamespace(v.site.Name), Name: v.memberName(i), IP: ip,
@@ -153,19 +144,7 @@ func (v *VMSite) startMember(i int, ip string) error {
 		p, _ := strconv.Atoi(port)
 		mc.Standby = standbyConfig(host, p, "")
 	}
-	cfg, err := mc.render()
-	if err != nil {
-		return err
-	}
-	cfgPath := filepath.Join(dir, "patroni.yml")
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
-		return err
-	}
-	if err := chownPostgres(cfgPath); err != nil {
-		return err
-	}
-	_, err = proc.Start(proc.Spec{Name: mc.Name, Path: lab.PatroniBinary, Args: []string{cfgPath}, Dir: dir,
-		LogFile: filepath.Join(dir, "patroni.log"), PidFile: filepath.Join(dir, "patroni.pid"), User: lab.PostgresUser})
+	err := startPatroni(mc, dir)
 	if err == nil {
 		v.log.Info("member started", "member", mc.Name, "ip", ip)
 	}
