@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,7 +107,22 @@ func TestRepairs(t *testing.T) {
 	})
 	h.expect(h.pgtopo("diff", "-f", topo), 0, "No changes.")
 
-	// A slot that is no one's pgtopo knows: reported, never dropped.
+	// A slot that is no one's pgtopo knows: reported, never dropped. Made
+	// as a DBA keeps a backup tool's slot on a Patroni leader, which drops
+	// unknown slots when it reloads its own: listed in ignore_slots.
+	pod, err := h.lab.Kube["east"].CoreV1().Pods("db").Get(ctx, "orders-east-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPatch, "http://"+pod.Status.PodIP+":8008/config", strings.NewReader(`{"ignore_slots":[{"name":"backup_tool","type":"physical"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("ignore_slots: %v %v", err, resp)
+	}
+	resp.Body.Close()
 	c, err = h.conn("east", "orders-east")
 	if err != nil {
 		t.Fatal(err)
