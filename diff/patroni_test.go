@@ -93,6 +93,36 @@ func withPrimary(d *topology.Desired, primary string) (*topology.Desired, error)
 	return &nd, nil
 }
 
+// expectPlan checks a plan's actions exactly, each refusal (in order) and
+// note by a part of its words; strictNotes: no notes unless some are
+// expected (or refusals are).
+func expectPlan(t *testing.T, p Plan, actions []Action, refusals, notes []string, strictNotes bool) {
+	t.Helper()
+	if !slices.Equal(actionsOf(p), actions) {
+		t.Fatalf("actions %v, want %v\nrefusals %+v\nnotes %+v", actionsOf(p), actions, p.Refusals, p.Notes)
+	}
+	if len(p.Refusals) != len(refusals) {
+		t.Fatalf("refusals %+v, want %q", p.Refusals, refusals)
+	}
+	for i, r := range refusals {
+		if !strings.Contains(p.Refusals[i].Reason, r) {
+			t.Errorf("refusal %q lacks %q", p.Refusals[i].Reason, r)
+		}
+	}
+	var got []string
+	for _, n := range p.Notes {
+		got = append(got, n.Message)
+	}
+	for _, n := range notes {
+		if !strings.Contains(strings.Join(got, "\n"), n) {
+			t.Errorf("notes %q lack %q", got, n)
+		}
+	}
+	if strictNotes && len(notes) == 0 && len(refusals) == 0 && len(got) > 0 {
+		t.Errorf("unexpected notes %q", got)
+	}
+}
+
 func actionsOf(p Plan) []Action {
 	var out []Action
 	for _, s := range p.Steps {
@@ -223,26 +253,7 @@ func TestMixedPlans(t *testing.T) {
 				tc.edit(snap)
 			}
 			p := Compute(d, snap, Options{})
-			if !slices.Equal(actionsOf(p), tc.actions) {
-				t.Fatalf("actions %v, want %v\nrefusals %+v", actionsOf(p), tc.actions, p.Refusals)
-			}
-			if len(p.Refusals) != len(tc.refusals) {
-				t.Fatalf("refusals %+v, want %q", p.Refusals, tc.refusals)
-			}
-			for i, r := range tc.refusals {
-				if !strings.Contains(p.Refusals[i].Reason, r) {
-					t.Errorf("refusal %q lacks %q", p.Refusals[i].Reason, r)
-				}
-			}
-			var notes []string
-			for _, n := range p.Notes {
-				notes = append(notes, n.Message)
-			}
-			for _, n := range tc.notes {
-				if !strings.Contains(strings.Join(notes, "\n"), n) {
-					t.Errorf("notes %q lack %q", notes, n)
-				}
-			}
+			expectPlan(t, p, tc.actions, tc.refusals, tc.notes, false)
 			if tc.check != nil {
 				tc.check(t, p)
 			}
