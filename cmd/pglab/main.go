@@ -21,6 +21,7 @@ import (
 
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/operator"
+	"github.com/pgtopo/pgtopo/lab/proc"
 )
 
 func main() {
@@ -140,7 +141,20 @@ func main() {
 			return nil
 		}}
 
-	root.AddCommand(up, down, status, op, vm, gateway, fail, partition, heal)
+	var pidFile string
+	reap := &cobra.Command{Use: "reap -- COMMAND [ARG...]", Short: "Run a command as its init would: reap its orphans at once (the lab starts Patroni so)", Hidden: true,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			code, err := proc.Reap(pidFile, args[0], args[1:])
+			if err != nil {
+				return err
+			}
+			os.Exit(code)
+			return nil
+		}}
+	reap.Flags().StringVar(&pidFile, "pid-file", "", "write the command's pid here")
+
+	root.AddCommand(up, down, status, op, vm, gateway, fail, partition, heal, reap)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "pglab: %v\n", err)
 		os.Exit(1)

@@ -638,7 +638,7 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 	if r := c.spec.Replication; r.IsReplica {
 		mc.Standby = standbyConfig(r.PeerHost, r.PeerPort, SlotName(c.spec.Name))
 	}
-	err = startPatroni(mc, dir)
+	err = startPatroni(mc, dir, o.state.BinDir)
 	if err == nil {
 		o.log.Info("member started", "member", mc.Name, "ip", ip, "standby", mc.Standby != nil)
 	}

@@ -129,8 +129,9 @@ func memberDirs(dirs ...string) error {
 }
 
 // startPatroni writes a member's patroni.yml (0600, the postgres user's:
-// it holds passwords, as with any Patroni) and starts Patroni on it.
-func startPatroni(mc memberConfig, dir string) error {
+// it holds passwords, as with any Patroni) and starts Patroni on it, under
+// `pglab reap` in binDir: the init a pod or VM gives it (see proc.Reap).
+func startPatroni(mc memberConfig, dir, binDir string) error {
 	cfg, err := mc.render()
 	if err != nil {
 		return err
@@ -142,8 +143,9 @@ func startPatroni(mc memberConfig, dir string) error {
 	if err := chownPostgres(cfgPath); err != nil {
 		return err
 	}
-	_, err = proc.Start(proc.Spec{Name: mc.Name, Path: lab.PatroniBinary, Args: []string{cfgPath}, Dir: dir,
-		LogFile: filepath.Join(dir, "patroni.log"), PidFile: filepath.Join(dir, "patroni.pid"), User: lab.PostgresUser})
+	_, err = proc.StartReaped(proc.Spec{Name: mc.Name, Path: lab.PatroniBinary, Args: []string{cfgPath}, Dir: dir,
+		LogFile: filepath.Join(dir, "patroni.log"), PidFile: filepath.Join(dir, "patroni.pid"), User: lab.PostgresUser},
+		filepath.Join(binDir, "pglab"))
 	return err
 }
 

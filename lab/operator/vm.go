@@ -144,7 +144,7 @@ func (v *VMSite) startMember(i int, ip string) error {
 		p, _ := strconv.Atoi(port)
 		mc.Standby = standbyConfig(host, p, "")
 	}
-	err := startPatroni(mc, dir)
+	err := startPatroni(mc, dir, v.state.BinDir)
 	if err == nil {
 		v.log.Info("member started", "member", mc.Name, "ip", ip)
 	}
