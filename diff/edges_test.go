@@ -185,7 +185,7 @@ func TestPullRequestHeadlinesAndErrors(t *testing.T) {
 func TestDescribeStandbyFollowsTheNewPrimary(t *testing.T) {
 	three := strings.NewReplacer(
 		"    - {name: west, context: lab-west}\n", "    - {name: west, context: lab-west}\n    - {name: south, context: lab-south}\n",
-		"  primary: orders-east", "    - {name: orders-south, site: south, namespace: db, instances: 1}\n  primary: orders-east",
+		"  primary: orders-east", "    - {name: orders-south, site: south, namespace: db, volume: {size: 1Gi}, instances: 1}\n  primary: orders-east",
 	).Replace(baseTopology)
 	moved := strings.Replace(three, "primary: orders-east", "primary: orders-west", 1)
 	var texts []string

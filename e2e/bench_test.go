@@ -37,10 +37,10 @@ spec:
     - {name: s3, context: lab-s3}
     - {name: s4, context: lab-s4}
   clusters:
-    - {name: bench-s1, site: s1, namespace: db, instances: 1}
-    - {name: bench-s2, site: s2, namespace: db, instances: 1}
-    - {name: bench-s3, site: s3, namespace: db, instances: 1}
-    - {name: bench-s4, site: s4, namespace: db, instances: 1}
+    - {name: bench-s1, site: s1, namespace: db, volume: {size: 1Gi}, instances: 1}
+    - {name: bench-s2, site: s2, namespace: db, volume: {size: 1Gi}, instances: 1}
+    - {name: bench-s3, site: s3, namespace: db, volume: {size: 1Gi}, instances: 1}
+    - {name: bench-s4, site: s4, namespace: db, volume: {size: 1Gi}, instances: 1}
   primary: bench-s1
 `
 

@@ -24,9 +24,9 @@ spec:
     - {name: west, context: lab-west}
     - {name: north, context: lab-north}
   clusters:
-    - {name: orders-east, site: east, namespace: db}
-    - {name: orders-west, site: west, namespace: db}
-    - {name: orders-north, site: north, namespace: db}
+    - {name: orders-east, site: east, namespace: db, volume: {size: 1Gi}}
+    - {name: orders-west, site: west, namespace: db, volume: {size: 1Gi}}
+    - {name: orders-north, site: north, namespace: db, volume: {size: 1Gi}}
   primary: PRIMARY
 `
 

@@ -163,6 +163,9 @@ func flavorFields(i int, c any, site, kind string, add func(path, msg string)) {
 	if _, has := m["namespace"]; !has {
 		add(fmt.Sprintf("spec.clusters[%d]", i), fmt.Sprintf("required field %q is missing (a cluster in kubernetes site %q lives in a namespace)", "namespace", site))
 	}
+	if _, has := m["volume"]; !has {
+		add(fmt.Sprintf("spec.clusters[%d]", i), fmt.Sprintf("required field %q is missing (the operator requires each instance's data volume in kubernetes site %q: add volume: {size: 10Gi} with the size you need)", "volume", site))
+	}
 }
 
 // field is a list element's string field.

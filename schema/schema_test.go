@@ -89,8 +89,8 @@ spec:
     - {name: east, context: a}
     - {name: west, context: b}
   clusters:
-    - {name: orders-east, site: east, namespace: db, instances: 3}
-    - {name: orders-west, site: west, namespace: db}
+    - {name: orders-east, site: east, namespace: db, volume: {size: 1Gi}, instances: 3}
+    - {name: orders-west, site: west, namespace: db, volume: {size: 1Gi}}
   primary: orders-east
 `
 

@@ -163,7 +163,7 @@ metadata: {name: x}
 spec:
   postgres: {version: "15", parameters: {hot_standby: true, work_mem: 4096, ratio: 0.5}}
   sites: [{name: a, context: in-cluster}]
-  clusters: [{name: x1, site: a, namespace: db}, {name: x2, site: a, namespace: db2}]
+  clusters: [{name: x1, site: a, namespace: db, volume: {size: 1Gi}}, {name: x2, site: a, namespace: db2, volume: {size: 1Gi}}]
   primary: x2
 `))
 	if err != nil {
