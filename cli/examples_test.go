@@ -148,6 +148,16 @@ func TestDockerfileBuildsAStaticBinary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Every base image is pinned by digest: a tag alone moves under a rebuild.
+	froms := regexp.MustCompile(`(?m)^FROM (\S+)`).FindAllStringSubmatch(string(data), -1)
+	if len(froms) == 0 {
+		t.Fatal("Dockerfile: no FROM line")
+	}
+	for _, f := range froms {
+		if !regexp.MustCompile(`^[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}$`).MatchString(f[1]) {
+			t.Errorf("Dockerfile: FROM %s is not pinned by digest (write image:tag@sha256:<64 hex digits>)", f[1])
+		}
+	}
 	m := regexp.MustCompile(`(?m)^RUN (CGO_ENABLED=0 go build .*) -o /out/pgtopo \.$`).FindStringSubmatch(string(data))
 	if m == nil {
 		t.Fatal("Dockerfile: no `RUN CGO_ENABLED=0 go build ... -o /out/pgtopo .` line")
