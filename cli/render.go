@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,8 +16,22 @@ import (
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
+// PatroniBootstrap is render patroni-bootstrap -o json: the section to
+// merge into patroni.yml, with what it was rendered for.
+type PatroniBootstrap struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Cluster    string `json:"cluster"`
+	Scope      string `json:"scope"`
+	Primary    string `json:"primary"`
+	Slot       string `json:"slot"`
+	// PatroniConfig is the bootstrap section of patroni.yml.
+	PatroniConfig map[string]any `json:"patroniConfig"`
+}
+
 func newRenderCmd(e env) *cobra.Command {
 	var src sourceFlags
+	var output string
 	cmd := &cobra.Command{
 		Use:   "render patroni-bootstrap CLUSTER (-f FILE | --repo URL|PATH ...)",
 		Short: "Print what to start a cluster pgtopo cannot create with",
@@ -31,11 +46,15 @@ It refuses while the primary does not keep the slot yet: a base backup
 taken under writes without it may need WAL that is gone by the time the
 standby asks for it (Patroni's multi-data-center bootstrap pitfall). Run
 pgtopo apply first; it creates the slot.`,
-		Example: `  pgtopo render patroni-bootstrap orders-dc2 -f orders.yaml --patroni-credentials dc.env`,
-		Args:    cobra.ExactArgs(2),
+		Example: `  pgtopo render patroni-bootstrap orders-dc2 -f orders.yaml --patroni-credentials dc.env
+  pgtopo render patroni-bootstrap orders-dc2 -f orders.yaml -o json | jq .patroniConfig`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(_ *cobra.Command, args []string) error {
 			if args[0] != "patroni-bootstrap" {
 				return usagef("render %q: the one thing render prints is patroni-bootstrap", args[0])
+			}
+			if output != "yaml" && output != "json" {
+				return usagef("--output %s: render prints yaml (patroni.yml's own format) or json", printable.String(output))
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -69,6 +88,15 @@ pgtopo apply first; it creates the slot.`,
 				"host": p.Endpoint.Host, "port": p.Endpoint.Port, "primary_slot_name": me.SlotName,
 				"create_replica_methods": []string{"basebackup"},
 			}}}}
+			if output == "json" {
+				b, err := json.MarshalIndent(PatroniBootstrap{APIVersion: StatusAPIVersion, Kind: "PatroniBootstrap",
+					Cluster: c.Name, Scope: c.Patroni.Scope, Primary: primary.Name, Slot: me.SlotName, PatroniConfig: section}, "", "  ")
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(e.stdout, "%s\n", b)
+				return err
+			}
 			out, err := yaml.Marshal(section)
 			if err != nil {
 				return err
@@ -81,6 +109,7 @@ pgtopo apply first; it creates the slot.`,
 		},
 	}
 	src.register(cmd, e)
+	cmd.Flags().StringVarP(&output, "output", "o", "yaml", "output format: yaml (to merge into patroni.yml, with comments) or json (a versioned PatroniBootstrap document)")
 	return cmd
 }
 

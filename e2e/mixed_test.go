@@ -337,6 +337,7 @@ func TestMixedPatroniAndKubernetes(t *testing.T) {
 		return nil
 	})
 	m.expect(m.run("status", "-f", onEast), 0, "orders-dc1", "standby", "orders-east", "primary")
+	m.renderMatchesLiveStandby(onEast, onDC1)
 
 	// And back.
 	m.expect(m.run("apply", "-f", onDC1), 0, "Apply complete", "switchover orders-east → orders-dc1")
@@ -355,6 +356,65 @@ func TestMixedPatroniAndKubernetes(t *testing.T) {
 
 	m.killAndResume(onDC1, onEast)
 	m.noPatroniSecrets()
+}
+
+// renderMatchesLiveStandby checks what render patroni-bootstrap gives a DBA
+// rebuilding dc1 by hand while east is primary: the standby_cluster dc1 now
+// runs with (pgtopo set it when it demoted dc1), in YAML and in JSON. For
+// the primary itself it refuses.
+func (m *mixed) renderMatchesLiveStandby(onEast, onDC1 string) {
+	t := m.t
+	t.Helper()
+	resp, err := http.Get("http://" + m.dc1.Members[0] + ":8008/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		StandbyCluster struct {
+			Host            string `json:"host"`
+			Port            int    `json:"port"`
+			PrimarySlotName string `json:"primary_slot_name"`
+		} `json:"standby_cluster"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&cfg)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := cfg.StandbyCluster
+	if live.Host == "" || live.PrimarySlotName != "xdc_orders_dc1" {
+		t.Fatalf("dc1's live standby_cluster is %+v; want east's endpoint and slot xdc_orders_dc1", live)
+	}
+	m.expect(m.run("render", "patroni-bootstrap", "orders-dc1", "-f", onEast), 0, "standby_cluster:",
+		"host: "+live.Host, fmt.Sprintf("port: %d", live.Port), "primary_slot_name: xdc_orders_dc1", "- basebackup")
+	r := m.run("render", "patroni-bootstrap", "orders-dc1", "-f", onEast, "-o", "json")
+	m.expect(r, 0)
+	var doc struct {
+		APIVersion, Kind, Cluster, Primary, Slot string
+		PatroniConfig                            struct {
+			Bootstrap struct {
+				DCS struct {
+					StandbyCluster struct {
+						Host            string `json:"host"`
+						Port            int    `json:"port"`
+						PrimarySlotName string `json:"primary_slot_name"`
+					} `json:"standby_cluster"`
+				} `json:"dcs"`
+			} `json:"bootstrap"`
+		}
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
+		t.Fatalf("render -o json: %v\n%s", err, r.stdout)
+	}
+	if got := doc.PatroniConfig.Bootstrap.DCS.StandbyCluster; doc.Kind != "PatroniBootstrap" || doc.APIVersion == "" ||
+		doc.Cluster != "orders-dc1" || doc.Primary != "orders-east" || doc.Slot != "xdc_orders_dc1" ||
+		got.Host != live.Host || got.Port != live.Port || got.PrimarySlotName != live.PrimarySlotName {
+		t.Fatalf("render -o json gives %+v; want dc1's live standby_cluster %+v\n%s", doc, live, r.stdout)
+	}
+	r = m.run("render", "patroni-bootstrap", "orders-dc1", "-f", onDC1)
+	if r.code != 1 || !strings.Contains(r.stderr, "is the topology's primary") {
+		t.Fatalf("render for the primary: exit %d, want 1 saying it is the primary\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
 }
 
 // journalPhases reads the switchover journal's phase on both ends: east's

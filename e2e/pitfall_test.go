@@ -129,6 +129,11 @@ func TestPatroniBootstrapPitfall(t *testing.T) {
 	if _, err := m.lab.Kube["east"].CoreV1().Services("db").Get(ctx, "orders-east", metav1.GetOptions{}); err == nil {
 		t.Fatal("east's cluster was created by a refused plan")
 	}
+	// Nor is there a section to bootstrap dc2 with while dc1 keeps no slot
+	// for it: a base backup without one is how the pitfall begins.
+	if rr := m.run("render", "patroni-bootstrap", "orders-dc2", "-f", topo); rr.code != 1 || !strings.Contains(rr.stderr, "keeps no slot xdc_orders_dc2") || rr.stdout != "" {
+		t.Fatalf("render for dc2: exit %d, want 1 saying dc1 keeps no slot for it, and nothing on stdout:\n%s\n%s", rr.code, rr.stdout, rr.stderr)
+	}
 	t.Logf("refused in %s: %s", took.Round(time.Millisecond), firstLine(r.stdout, "pitfall"))
 	m.noPatroniSecrets()
 }
