@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -130,13 +131,14 @@ func BenchmarkSwitchover(b *testing.B) {
 	var pg, rb, pt time.Duration
 	var pgLost, rbLost, ptLost int64
 	var pgRounds, rbRounds, ptRounds []string
+	phases := &switchoverPhases{}
 	for i := 0; i < b.N; i++ {
 		gap, lost, n := h.window(b, "orders-west", "west", func() {
-			r := h.pgtopo("apply", "-f", west)
+			r := h.pgtopo("apply", "-f", west, "--progress-format", "json")
 			if r.code != 0 {
 				b.Fatalf("apply: %s %s", r.stdout, r.stderr)
 			}
-			b.Logf("pgtopo apply progress:\n%s", r.stderr)
+			phases.add(b, r.stderr)
 		})
 		pg, pgLost = pg+gap, pgLost+lost
 		pgRounds = append(pgRounds, fmt.Sprintf("%.2f", gap.Seconds()))
@@ -167,4 +169,54 @@ func BenchmarkSwitchover(b *testing.B) {
 		(pg / n).Round(time.Millisecond), pgLost, (rb / n).Round(time.Millisecond), rbLost, (pt / n).Round(time.Millisecond), ptLost)
 	fmt.Printf("  ratios: pgtopo/runbook %.2f (goal <= 1.2), pgtopo/Patroni in-site %.2f (goal <= 1.0), 0 lost\n", ratio, inSite)
 	fmt.Printf("  rounds (s): pgtopo %s; runbook %s; Patroni in-site %s\n", strings.Join(pgRounds, ", "), strings.Join(rbRounds, ", "), strings.Join(ptRounds, ", "))
+	fmt.Printf("  where pgtopo's window goes (mean s): %s\n", phases)
+}
+
+// switchoverPhases adds up, over rounds, the time between the events of
+// pgtopo's switchover that bound the write window: the fence, the demote
+// written, the old primary's end of WAL read (back in recovery), the
+// promote written, and the target taking writes.
+type switchoverPhases struct {
+	rounds int
+	sum    [4]float64
+}
+
+var phaseNames = [4]string{"fence → demote written", "→ old primary in recovery, end of WAL read", "→ gate passed, promote written", "→ target writable"}
+
+func (p *switchoverPhases) add(b *testing.B, stderr string) {
+	at := map[string]float64{}
+	for _, line := range strings.Split(stderr, "\n") {
+		var e struct {
+			Phase, Message string
+			Elapsed        float64
+		}
+		if json.Unmarshal([]byte(line), &e) != nil {
+			continue
+		}
+		key := e.Phase
+		if e.Phase == "reached" && strings.Contains(e.Message, "writable on timeline") {
+			key = "writable"
+		}
+		if _, seen := at[key]; !seen {
+			at[key] = e.Elapsed
+		}
+	}
+	marks := []string{"fence", "demote", "gate-set", "promote", "writable"}
+	for _, m := range marks {
+		if _, ok := at[m]; !ok {
+			b.Fatalf("pgtopo's progress has no %s event:\n%s", m, stderr)
+		}
+	}
+	for i := range p.sum {
+		p.sum[i] += at[marks[i+1]] - at[marks[i]]
+	}
+	p.rounds++
+}
+
+func (p *switchoverPhases) String() string {
+	var parts []string
+	for i, name := range phaseNames {
+		parts = append(parts, fmt.Sprintf("%s %.2f", name, p.sum[i]/float64(max(p.rounds, 1))))
+	}
+	return strings.Join(parts, ", ")
 }
