@@ -514,7 +514,7 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		if recordedRebuild(c.Name, primary) != nil && p.switching == nil && p.failingOver == nil {
 			// A rebuild killed after the deletion: it goes on, on the
 			// consent it recorded.
-			needCheckpoint = p.rebuild(c, o, primary, primaryEP, "") || needCheckpoint
+			needCheckpoint = p.rebuild(c, primary, primaryEP, "") || needCheckpoint
 			continue
 		}
 		spec := p.desiredSpec(c, primaryEP)
@@ -537,7 +537,7 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 			continue // the switchover turns it into a standby of the new primary
 		}
 		if ev := rebuildEvidence(o, primary); ev != "" && p.failingOver == nil {
-			needCheckpoint = p.rebuild(c, o, primary, primaryEP, ev) || needCheckpoint
+			needCheckpoint = p.rebuild(c, primary, primaryEP, ev) || needCheckpoint
 			continue
 		}
 		if primaryEP == nil {

@@ -62,7 +62,7 @@ func recordedRebuild(c string, primary *snapshot.ClusterState) *snapshot.Rebuild
 
 // rebuild plans a standby's rebuild, or refuses with the evidence when
 // its policy does not allow it. It reports whether it planned one.
-func (p *planner) rebuild(c topology.DesiredCluster, o, primary *snapshot.ClusterState, primaryEP *snapshot.Endpoint, evidence string) bool {
+func (p *planner) rebuild(c topology.DesiredCluster, primary *snapshot.ClusterState, primaryEP *snapshot.Endpoint, evidence string) bool {
 	subj := subjectOf(c)
 	resume := recordedRebuild(c.Name, primary)
 	consent := ""
