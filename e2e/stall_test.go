@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/labtest"
+	"github.com/pgtopo/pgtopo/lab/proc"
 )
 
 // TestSwitchoverBacksOutOfAStalledTarget freezes the target's replay (its
@@ -123,8 +124,22 @@ func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
 
 // signalPatroni signals the Patroni process of a cluster's first member
 // and returns its pid.
+// Its pid file names it: Patroni's command line is also in that of the
+// reaper it runs under.
 func (h *harness) signalPatroni(cluster string, sig syscall.Signal) int {
-	return h.signal("clusters/db/"+cluster+"/0/patroni.yml", cluster+"'s Patroni", sig)
+	h.t.Helper()
+	files, _ := filepath.Glob(filepath.Join(h.lab.Dir, "sites", "*", "clusters", "db", cluster, "0", "patroni.pid"))
+	if len(files) != 1 {
+		h.t.Fatalf("%s's first member: %d pid files", cluster, len(files))
+	}
+	pid := proc.ReadPid(files[0])
+	if !proc.Alive(pid) {
+		h.t.Fatalf("%s's Patroni (pid file %s) does not run", cluster, files[0])
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		h.t.Fatalf("signal %s's Patroni (%d): %v", cluster, pid, err)
+	}
+	return pid
 }
 
 // signalStartup signals the startup (WAL replay) process of a standby
