@@ -67,6 +67,12 @@ func TestPlannerEdges(t *testing.T) {
 			w.PG, w.PGError, w.AuthFailed = nil, "password authentication failed", true
 		}, notes: []string{"credentials Secret postgres.orders-west.credentials.postgresql.acid.zalan.do (west/db) fails to authenticate to orders-west: fix the Secret's password (or the role's); pgtopo copies it to no standby meanwhile",
 			"cannot read orders-west's database: password authentication failed"}},
+		{name: "a parameter set by hand on a standby is left, with a note", edit: func(s *snapshot.Snapshot) {
+			setParameter(cs(s, "orders-west"), "work_mem", "64MB", true)
+		}, notes: []string{"postgresql.parameters set outside pgtopo (work_mem): left alone; declare them in spec.postgres.parameters for pgtopo to manage them"}},
+		{name: "a parameter pgtopo set that the file no longer declares is removed", edit: func(s *snapshot.Snapshot) {
+			setParameter(cs(s, "orders-west"), "work_mem", "64MB", false)
+		}, actions: []Action{ActionLock, ActionUpdate}},
 		{name: "the primary coming up", edit: func(s *snapshot.Snapshot) {
 			e := cs(s, "orders-east")
 			e.PG, e.PGError, e.Object.Status = nil, "connection refused", "Creating"
@@ -278,5 +284,57 @@ func TestRenderersEscapeValues(t *testing.T) {
 		if !strings.Contains(b.String(), `x\n::error file=a::INJECTED`) {
 			t.Fatalf("%s: the reason is not shown escaped:\n%s", name, b.String())
 		}
+	}
+}
+
+func setParameter(c *snapshot.ClusterState, key, value string, foreign bool) {
+	if c.Object.Spec.Parameters == nil {
+		c.Object.Spec.Parameters = map[string]string{}
+	}
+	c.Object.Spec.Parameters[key] = value
+	if foreign {
+		c.Object.ForeignParameters = append(c.Object.ForeignParameters, key)
+	}
+}
+
+// Parameters are pgtopo's by key: the ones it set follow the file (a key
+// the file drops is removed), the ones someone else set are left unless the
+// file declares the same key.
+func TestParametersByOwner(t *testing.T) {
+	want := snapshot.Spec{Instances: 1, Parameters: map[string]string{"max_slot_wal_keep_size": "10GB"}}
+	live := func(foreign []string, params map[string]string) *snapshot.Object {
+		return &snapshot.Object{Spec: snapshot.Spec{Instances: 1, Parameters: params}, ForeignParameters: foreign}
+	}
+	declaring := want
+	declaring.Parameters = map[string]string{"max_slot_wal_keep_size": "10GB", "work_mem": "128MB"}
+	cases := []struct {
+		name string
+		live *snapshot.Object
+		want snapshot.Spec
+		out  []Change
+	}{
+		{"the same", live(nil, map[string]string{"max_slot_wal_keep_size": "10GB"}), want, nil},
+		{"someone else's key, not declared", live([]string{"work_mem"}, map[string]string{"max_slot_wal_keep_size": "10GB", "work_mem": "64MB"}), want, nil},
+		{"pgtopo's key, dropped from the file", live(nil, map[string]string{"max_slot_wal_keep_size": "10GB", "work_mem": "64MB"}), want,
+			[]Change{{Field: "postgresql.parameters.work_mem", Before: "64MB", After: ""}}},
+		{"someone else's key, declared with another value", live([]string{"work_mem"}, map[string]string{"max_slot_wal_keep_size": "10GB", "work_mem": "64MB"}), declaring,
+			[]Change{{Field: "postgresql.parameters.work_mem", Before: "64MB", After: "128MB"}}},
+		{"someone else's key, declared with its value", live([]string{"work_mem"}, map[string]string{"max_slot_wal_keep_size": "10GB", "work_mem": "128MB"}), declaring, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []Change
+			for _, c := range specChanges(tc.live, tc.want, "") {
+				if strings.HasPrefix(c.Field, "postgresql.parameters.") {
+					got = append(got, c)
+				}
+			}
+			if !slices.Equal(got, tc.out) {
+				t.Errorf("parameter changes %+v, want %+v", got, tc.out)
+			}
+			if len(tc.out) == 0 && len(specChanges(tc.live, tc.want, "")) > 0 {
+				t.Errorf("changes %+v, want none", specChanges(tc.live, tc.want, ""))
+			}
+		})
 	}
 }

@@ -171,6 +171,7 @@ func (p *planner) run() {
 			p.note(&subj, "%s is fenced (by %s at %s%s): it refuses new writes until pgtopo unfence %s", c.Name, f.By, f.At, reasonSuffix(f.Reason), c.Name)
 		}
 	}
+	p.foreignParameters()
 	p.checkCredentials()
 	p.checkRevisions()
 	if p.plan.Refused() {
@@ -356,6 +357,28 @@ func (p *planner) resumeSwitchover(j snapshot.Journal, on string) {
 func (p *planner) restoreSpec(c topology.DesiredCluster) snapshot.Spec {
 	c.Role, c.Instances, c.Peer = topology.RolePrimary, c.DeclaredInstances, ""
 	return p.desiredSpec(c, nil)
+}
+
+// foreignParameters notes the parameters someone else set on a cluster's
+// object that the file does not declare: pgtopo leaves them, and says so
+// (by name only: a value could be anything).
+func (p *planner) foreignParameters() {
+	for _, c := range p.d.Clusters {
+		o := p.observed(c.Name)
+		if !o.Exists {
+			continue
+		}
+		var left []string
+		for _, k := range o.Object.ForeignParameters {
+			if _, declared := c.Parameters[k]; !declared {
+				left = append(left, k)
+			}
+		}
+		if len(left) > 0 {
+			subj := subjectOf(c)
+			p.note(&subj, "postgresql.parameters set outside pgtopo (%s): left alone; declare them in spec.postgres.parameters for pgtopo to manage them", strings.Join(left, ", "))
+		}
+	}
 }
 
 // noLivePrimary handles a world where nothing is writable: a fresh
@@ -681,19 +704,32 @@ func roleNow(o *snapshot.ClusterState) string {
 // specChanges lists the owned fields whose payload value differs from the
 // live object's (all of them when live is nil: creation). peerOf names the
 // cluster whose endpoint becomes the peer once it is known.
+//
+// A parameter pgtopo set and the file no longer declares is a change (to
+// none: the write leaves it out, which removes what pgtopo owned); one that
+// someone else set is not, unless the file declares it too.
 func specChanges(live *snapshot.Object, want snapshot.Spec, peerOf string) []Change {
-	if live != nil && sameOwnedFields(live.Spec, want) {
-		return nil // the common case, without listing every field twice
+	var liveSpec snapshot.Spec
+	if live != nil {
+		liveSpec = ownedSpec(live, want)
+		if sameOwnedFields(liveSpec, want) {
+			return nil // the common case, without listing every field twice
+		}
 	}
 	var before map[string]string
 	if live != nil {
-		fields := live.Spec.Fields()
+		fields := liveSpec.Fields()
 		before = make(map[string]string, len(fields))
 		for _, f := range fields {
 			before[f.Path] = f.Value
 		}
 	}
 	var out []Change
+	for _, k := range slices.Sorted(maps.Keys(liveSpec.Parameters)) {
+		if _, declared := want.Parameters[k]; !declared && want.Flavor != snapshot.FlavorPatroni {
+			out = append(out, Change{Field: "postgresql.parameters." + k, Before: liveSpec.Parameters[k], After: ""})
+		}
+	}
 	for _, f := range want.Fields() {
 		if f.Path == "clusterReplication.peer" && f.Value == "" && peerOf != "" && want.Replication.IsReplica {
 			f.Value = "endpoint of " + peerOf + " (known once it exists)"
@@ -716,6 +752,22 @@ func without(xs []string, x string) []string {
 		}
 	}
 	return out
+}
+
+// ownedSpec is live's spec as pgtopo compares it with want: without the
+// parameters someone else set that want does not declare.
+func ownedSpec(live *snapshot.Object, want snapshot.Spec) snapshot.Spec {
+	s := live.Spec
+	if len(live.ForeignParameters) == 0 {
+		return s
+	}
+	s.Parameters = maps.Clone(s.Parameters)
+	for _, k := range live.ForeignParameters {
+		if _, declared := want.Parameters[k]; !declared {
+			delete(s.Parameters, k)
+		}
+	}
+	return s
 }
 
 // sameOwnedFields reports whether live has every owned field of want (the

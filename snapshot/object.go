@@ -27,6 +27,10 @@ type Object struct {
 	// MemberSlots are the slots Patroni keeps on the cluster's leader for
 	// the cluster's own members: not pgtopo's, and never dropped.
 	MemberSlots []string `json:"memberSlots,omitempty"`
+	// ForeignParameters are keys of Spec.Parameters that someone else set
+	// (another field manager: a hand edit, another tool) and pgtopo does
+	// not own: left to them unless the file declares the same key.
+	ForeignParameters []string `json:"foreignParameters,omitempty"`
 }
 
 // Spec is the part of a cluster's object that pgtopo owns and writes as a

@@ -9,12 +9,15 @@ package alauda
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -58,6 +61,44 @@ func SlotName(cluster string) string { return "xdc_" + strings.ReplaceAll(cluste
 // MasterService names the Service in front of a cluster's leader.
 func MasterService(cluster string) string { return cluster }
 
+// foreignParameters lists the keys of spec.postgresql.parameters that
+// pgtopo's field manager does not own (server-side apply's managedFields):
+// set by hand or by another tool. pgtopo cannot remove those by applying,
+// and does not try.
+func foreignParameters(u *unstructured.Unstructured, params map[string]string) []string {
+	if len(params) == 0 {
+		return nil
+	}
+	owned := map[string]bool{}
+	for _, mf := range u.GetManagedFields() {
+		if mf.Manager != kube.FieldManager || mf.FieldsV1 == nil {
+			continue
+		}
+		var fields map[string]any
+		if json.Unmarshal(mf.FieldsV1.Raw, &fields) != nil {
+			continue
+		}
+		var at any = fields
+		for _, k := range []string{"f:spec", "f:postgresql", "f:parameters"} {
+			m, _ := at.(map[string]any)
+			at = m[k]
+		}
+		keys, _ := at.(map[string]any)
+		for k := range keys {
+			if name, ok := strings.CutPrefix(k, "f:"); ok {
+				owned[name] = true
+			}
+		}
+	}
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		if !owned[k] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // Parse reads a CR into the flavor-neutral object.
 func Parse(u *unstructured.Unstructured) snapshot.Object {
 	o := u.Object
@@ -77,7 +118,7 @@ func Parse(u *unstructured.Unstructured) snapshot.Object {
 	r.PeerPort = int(p)
 	r.ServiceType, _, _ = unstructured.NestedString(o, "spec", "clusterReplication", "replSvcType")
 	r.BootstrapSecret, _, _ = unstructured.NestedString(o, "spec", "clusterReplication", "bootstrapSecret")
-	obj := snapshot.Object{Spec: s, ResourceVersion: u.GetResourceVersion()}
+	obj := snapshot.Object{Spec: s, ResourceVersion: u.GetResourceVersion(), ForeignParameters: foreignParameters(u, s.Parameters)}
 	obj.Status, _, _ = unstructured.NestedString(o, "status", "PostgresClusterStatus")
 	obj.Ready = obj.Status == StatusRunning
 	ann := u.GetAnnotations()

@@ -78,3 +78,52 @@ func TestBuildSpecClearsWhatAPrimaryHasNot(t *testing.T) {
 		t.Fatalf("read back: %+v", o.Spec.Replication)
 	}
 }
+
+// Parse tells the parameters pgtopo's field manager owns from the ones
+// another manager set, by the object's managedFields.
+func TestParseForeignParameters(t *testing.T) {
+	doc := `
+apiVersion: acid.zalan.do/v1
+kind: postgresql
+metadata:
+  name: orders-east
+  namespace: db
+  managedFields:
+    - manager: pgtopo
+      operation: Apply
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:spec:
+          f:numberOfInstances: {}
+          f:postgresql:
+            f:parameters:
+              f:max_slot_wal_keep_size: {}
+    - manager: kubectl-edit
+      operation: Update
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:spec:
+          f:postgresql:
+            f:parameters:
+              f:work_mem: {}
+spec:
+  numberOfInstances: 2
+  postgresql:
+    version: "15"
+    parameters: {max_slot_wal_keep_size: 10GB, work_mem: 64MB, shared_buffers: 1GB}
+`
+	var obj map[string]any
+	if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+		t.Fatal(err)
+	}
+	got := Parse(&unstructured.Unstructured{Object: obj}).ForeignParameters
+	// shared_buffers has no manager at all (a CR created without server-side
+	// apply): not pgtopo's either.
+	if strings.Join(got, ",") != "shared_buffers,work_mem" {
+		t.Fatalf("foreign parameters %q, want shared_buffers and work_mem", got)
+	}
+	delete(obj["metadata"].(map[string]any), "managedFields")
+	if got := Parse(&unstructured.Unstructured{Object: obj}).ForeignParameters; len(got) != 3 {
+		t.Fatalf("without managedFields, foreign parameters %q, want all three", got)
+	}
+}
