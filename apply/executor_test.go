@@ -270,6 +270,39 @@ func switchoverStep(resume string) diff.Step {
 	return diff.Step{Action: diff.ActionSwitchover, Subject: subject("west", "orders-west"), Switchover: sw}
 }
 
+// The old primary's WAL receiver is woken once the new primary is
+// writable, and once more when the new primary first keeps its slot (an
+// operator creates it only then): without the second wake it would wait
+// PostgreSQL's retry interval, which the fake world never ends.
+func TestSwitchoverWakesTheOldPrimarysReceiver(t *testing.T) {
+	w := switchoverWorld()
+	w.cluster("orders-east").SlotName = "xdc_orders_east"
+	promoted, wakes := false, 0
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		switch {
+		case what == "spec" && name == "orders-west" && !w.cluster("orders-west").PG.InRecovery:
+			promoted = true
+			w.cluster("orders-east").PG.WalReceiver = nil // its try failed: the slot is missing
+		case what == "sql reload" && name == "orders-east" && promoted:
+			wakes++
+			if wakes == 1 { // too early: the slot appears only now
+				west := w.cluster("orders-west").PG
+				west.Slots = append(west.Slots, snapshot.Slot{Name: "xdc_orders_east"})
+			} else {
+				w.follow("orders-east", "orders-west")
+			}
+		}
+	}
+	r, _ := runner(w)
+	if err := run(t, r, switchoverStep("")); err != nil {
+		t.Fatal(err)
+	}
+	if wakes != 2 {
+		t.Fatalf("orders-east woken %d times after the promotion, want 2 (at once, and when its slot appeared)", wakes)
+	}
+}
+
 func TestSwitchoverPhasesInOrder(t *testing.T) {
 	w := switchoverWorld()
 	r, events := runner(w)
@@ -289,6 +322,8 @@ func TestSwitchoverPhasesInOrder(t *testing.T) {
 		"marks orders-west digest=d0 revision= journal=promoted 0/5027AD8",
 		"spec orders-west "+specJSON(step.Switchover.Promoted),
 		"sql orders-west CHECKPOINT",
+		// The old primary's WAL receiver is woken to stream from the new one.
+		"sql orders-east reload",
 		"marks orders-east digest=d0 revision= journal=-",
 		"marks orders-west digest=d0 revision= journal=-",
 	)

@@ -289,7 +289,13 @@ func (x *stepRun) resolvePeer(s diff.Step) (snapshot.Spec, error) {
 // waitStreaming waits until a standby streams from the primary with the
 // same system identifier.
 func (x *stepRun) waitStreaming(ctx context.Context, standby, primary string) error {
-	return x.wait(ctx, fmt.Sprintf("%s streaming from %s", standby, primary), func(snap *snapshot.Snapshot) (bool, string) {
+	return x.waitStreamingWith(ctx, standby, primary, nil)
+}
+
+// waitStreamingWith is waitStreaming that shows each snapshot in which the
+// standby does not stream yet to onPoll (when not nil).
+func (x *stepRun) waitStreamingWith(ctx context.Context, standby, primary string, onPoll func(*snapshot.Snapshot)) error {
+	streams := func(snap *snapshot.Snapshot) (bool, string) {
 		sb, _ := snap.Cluster(standby)
 		pr, _ := snap.Cluster(primary)
 		if sb.PG == nil || pr.PG == nil {
@@ -302,6 +308,13 @@ func (x *stepRun) waitStreaming(ctx context.Context, standby, primary string) er
 			return false, "wal receiver " + sb.Receiver()
 		}
 		return true, fmt.Sprintf("replay %s, %s behind", sb.PG.ReplayLSN, snapshot.HumanBytes(snapshot.Lag(pr.PG, sb.PG)))
+	}
+	return x.wait(ctx, fmt.Sprintf("%s streaming from %s", standby, primary), func(snap *snapshot.Snapshot) (bool, string) {
+		ok, detail := streams(snap)
+		if !ok && onPoll != nil {
+			onPoll(snap)
+		}
+		return ok, detail
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/pgtopo/pgtopo/diff"
@@ -188,7 +189,7 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 	if err := x.sql(ctx, x.cluster(to), "CHECKPOINT"); err != nil {
 		return err
 	}
-	if err := x.waitStreaming(ctx, from, to); errors.Is(err, ErrDrained) {
+	if err := x.followNewPrimary(ctx, from, to); errors.Is(err, ErrDrained) {
 		return err // the journal stays at promoted: the next run resumes here
 	} else if err != nil {
 		return fmt.Errorf("%s does not follow the new primary %s and needs a rebuild (delete its CR and volumes; pgtopo recreates it as a standby): %w", from, to, err)
@@ -204,6 +205,38 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 	}
 	x.emit(Event{Phase: PhaseSwitched, WritesRefused: refused, Message: done + "; journal cleared"})
 	return nil
+}
+
+// followNewPrimary waits until the old primary streams from the new one.
+//
+// It came back in recovery while its new upstream still refused writes, so
+// its WAL receiver failed, and PostgreSQL waits wal_retrieve_retry_interval
+// (5 s by default) before it tries again: that long without a standby. A
+// reload wakes the startup process (its SIGHUP handler sets the recovery
+// wakeup latch), which tries at once. It is woken now, and once more when
+// the new primary first keeps its slot: an operator creates that only once
+// its cluster is primary, and a try before fails on the missing slot.
+// Best effort: the wait is what checks.
+func (x *stepRun) followNewPrimary(ctx context.Context, from, to string) error {
+	wake := func() {
+		if err := x.sql(ctx, x.cluster(from), wakeReceiverSQL); err != nil {
+			x.say(PhaseWaiting, "could not wake %s's WAL receiver (%v): it retries on its own", from, err)
+		}
+	}
+	slotKept := func(snap *snapshot.Snapshot) bool {
+		sb, _ := snap.Cluster(from)
+		pr, _ := snap.Cluster(to)
+		return sb != nil && pr != nil && pr.PG != nil && sb.SlotName != "" &&
+			slices.ContainsFunc(pr.PG.Slots, func(s snapshot.Slot) bool { return s.Name == sb.SlotName })
+	}
+	wake()
+	woken := slotKept(x.last)
+	return x.waitStreamingWith(ctx, from, to, func(snap *snapshot.Snapshot) {
+		if !woken && slotKept(snap) {
+			woken = true
+			wake()
+		}
+	})
 }
 
 // backOut ends a switchover before the point of no return: journal
@@ -383,6 +416,10 @@ func endOfWAL(ctx context.Context, sess Session) (snapshot.LSN, error) {
 	}
 	return snapshot.ParseLSN(lsn)
 }
+
+// wakeReceiverSQL makes a standby retry streaming now rather than after
+// wal_retrieve_retry_interval.
+const wakeReceiverSQL = "SELECT pg_reload_conf()"
 
 var unfenceSQL = []string{"ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"}
 

@@ -78,6 +78,18 @@ func TestPatroniBootstrapPitfall(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	// dc1's own replica must stream first: until it does, the slot its
+	// leader keeps for it holds every segment, and nothing is removed.
+	labtest.Eventually(t, 60*time.Second, "dc1's replica streaming through its member slot", func() error {
+		var active, all int
+		if err := c.QueryRow(ctx, "SELECT count(*) FILTER (WHERE active), count(*) FROM pg_replication_slots").Scan(&active, &all); err != nil {
+			return err
+		}
+		if all == 0 || active < all {
+			return fmt.Errorf("%d of %d slots on dc1 active", active, all)
+		}
+		return nil
+	})
 	if _, err := c.Exec(ctx, "CREATE TABLE churn (n int)"); err != nil {
 		t.Fatal(err)
 	}
