@@ -303,6 +303,23 @@ func TestSwitchoverWakesTheOldPrimarysReceiver(t *testing.T) {
 	}
 }
 
+// A receiver that streams from the new primary but on the old timeline (the
+// tail before the switch) is not yet the old primary following it.
+func TestSwitchoverWantsTheOldPrimaryOnTheNewTimeline(t *testing.T) {
+	w := switchoverWorld()
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if what == "spec" && name == "orders-west" && !w.cluster("orders-west").PG.InRecovery {
+			w.cluster("orders-east").PG.WalReceiver.Timeline = 1
+		}
+	}
+	r, _ := runner(w)
+	err := run(t, r, switchoverStep(""))
+	if err == nil || !strings.Contains(err.Error(), "wal receiver streams timeline 1, orders-west is on 2") {
+		t.Fatalf("got %v, want the wait for orders-east to stream orders-west's timeline 2", err)
+	}
+}
+
 func TestSwitchoverPhasesInOrder(t *testing.T) {
 	w := switchoverWorld()
 	r, events := runner(w)

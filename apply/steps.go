@@ -307,6 +307,12 @@ func (x *stepRun) waitStreamingWith(ctx context.Context, standby, primary string
 		if !sb.StreamsFrom(pr.Endpoint) {
 			return false, "wal receiver " + sb.Receiver()
 		}
+		// Following a new primary, the receiver first streams the tail of
+		// the old timeline, then restarts on the new one: only that is the
+		// standby following it.
+		if tli := sb.PG.WalReceiver.Timeline; tli != 0 && tli < pr.PG.Timeline {
+			return false, fmt.Sprintf("wal receiver streams timeline %d, %s is on %d", tli, primary, pr.PG.Timeline)
+		}
 		return true, fmt.Sprintf("replay %s, %s behind", sb.PG.ReplayLSN, snapshot.HumanBytes(snapshot.Lag(pr.PG, sb.PG)))
 	}
 	return x.wait(ctx, fmt.Sprintf("%s streaming from %s", standby, primary), func(snap *snapshot.Snapshot) (bool, string) {

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -120,6 +122,8 @@ func (h *harness) killApply(t testing.TB, match func(apply.Event) bool, args ...
 	t.Helper()
 	cmd := exec.Command(h.bin, append(args, "--progress-format", "json")...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +141,10 @@ func (h *harness) killApply(t testing.TB, match func(apply.Event) bool, args ...
 			break
 		}
 	}
-	_ = cmd.Wait()
+	err = cmd.Wait()
+	if !killed { // say how it ended: its plan or refusal is on stdout
+		seen = append(seen, fmt.Sprintf("(exit: %v) stdout:", err), stdout.String())
+	}
 	return seen, killed
 }
 
