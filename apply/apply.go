@@ -104,6 +104,10 @@ type Runner struct {
 	// Poll intervals; zero means the defaults (300 ms, 100 ms during a
 	// switchover, when writes are refused).
 	PollEvery, PollSwitchover time.Duration
+	// RestoreSettle is how long a backed-out primary whose demote was
+	// written but not yet acted on must stay writable before the back-out
+	// is done (zero: 5 s).
+	RestoreSettle time.Duration
 
 	held  locks
 	start time.Time

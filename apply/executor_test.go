@@ -283,14 +283,16 @@ func TestSwitchoverWakesTheOldPrimarysReceiver(t *testing.T) {
 		switch {
 		case what == "spec" && name == "orders-west" && !w.cluster("orders-west").PG.InRecovery:
 			promoted = true
-			w.cluster("orders-east").PG.WalReceiver = nil // its try failed: the slot is missing
+			// A receiver that says "streaming" before its sender took it:
+			// its START_REPLICATION fails on the missing slot.
+			w.cluster("orders-east").PG.WalReceiver.Slot = "xdc_orders_east"
 		case what == "sql reload" && name == "orders-east" && promoted:
 			wakes++
+			west := w.cluster("orders-west").PG
 			if wakes == 1 { // too early: the slot appears only now
-				west := w.cluster("orders-west").PG
 				west.Slots = append(west.Slots, snapshot.Slot{Name: "xdc_orders_east"})
 			} else {
-				w.follow("orders-east", "orders-west")
+				west.Slots[0].Active = true
 			}
 		}
 	}
@@ -710,6 +712,45 @@ func TestSwitchoverResumesABackOut(t *testing.T) {
 	}
 	if e := w.cluster("orders-east"); !e.Writable() || e.Journal() != nil || w.cluster("orders-west").Writable() {
 		t.Fatalf("east writable %v journal %+v; west writable %v", e.Writable(), e.Journal(), w.cluster("orders-west").Writable())
+	}
+}
+
+// A back-out that finds the old primary still writable under its demote
+// spec (the demote written, not yet acted on) is done only once the old
+// primary has stayed writable for a while: here its operator acts on the
+// demote after the restore was written, and it goes down and comes back.
+func TestBackOutWaitsOutADemoteInFlight(t *testing.T) {
+	w := switchoverWorld()
+	w.react = nil // the operator acts in its own time, below
+	east := w.cluster("orders-east")
+	east.Object.Spec = standbySpec.WithPeer(*westEP)
+	for _, c := range []string{"orders-east", "orders-west"} {
+		w.cluster(c).Object.Marks.Journal = &snapshot.Journal{From: "orders-east", To: "orders-west", Phase: snapshot.PhaseAborting}
+	}
+	restoredAt, cameBack := -1, false
+	w.onObserve = func(w *world) {
+		e := w.cluster("orders-east")
+		if restoredAt < 0 && !e.Object.Spec.Replication.IsReplica {
+			restoredAt = w.observed
+		}
+		switch {
+		case restoredAt < 0:
+		case w.observed == restoredAt+3: // the demote, acted on late
+			e.PG.InRecovery = true
+		case w.observed == restoredAt+6: // then the restore
+			e.PG.InRecovery, e.PG.Timeline = false, e.PG.Timeline+1
+			cameBack = true
+		}
+	}
+	r, _ := runner(w)
+	r.RestoreSettle = 20 * time.Millisecond
+	step := switchoverStep(snapshot.PhaseAborting)
+	step.Switchover.Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	if !cameBack || !w.cluster("orders-east").Writable() {
+		t.Fatalf("the back-out ended before the late demote and the restore played out (came back %v, east writable %v)", cameBack, w.cluster("orders-east").Writable())
 	}
 }
 

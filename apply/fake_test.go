@@ -34,8 +34,10 @@ type world struct {
 	endOfWAL map[string]snapshot.LSN
 	secrets  map[string]*corev1.Secret
 	leases   map[string]*coordinationv1.Lease
-	// observed counts snapshots taken.
-	observed int
+	// observed counts snapshots taken; onObserve, when set, changes the
+	// world before each (an operator acting in its own time).
+	observed  int
+	onObserve func(w *world)
 	// keepOrphans: a deleted orphan's object stays (an operator that does
 	// not act).
 	keepOrphans bool
@@ -72,6 +74,9 @@ func (w *world) Observe(context.Context) *snapshot.Snapshot {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.observed++
+	if w.onObserve != nil {
+		w.onObserve(w)
+	}
 	b, _ := json.Marshal(w.snap)
 	var s snapshot.Snapshot
 	_ = json.Unmarshal(b, &s)

@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -307,6 +308,14 @@ func (x *stepRun) waitStreamingWith(ctx context.Context, standby, primary string
 		if !sb.StreamsFrom(pr.Endpoint) {
 			return false, "wal receiver " + sb.Receiver()
 		}
+		// A receiver says "streaming" from its start, before its sender took
+		// it: START_REPLICATION can still fail (a slot not created yet).
+		// The sender's side tells: the slot it asked for is in use.
+		if slot := sb.PG.WalReceiver.Slot; slot != "" {
+			if sl, ok := slotNamed(pr.PG.Slots, slot); !ok || !sl.Active {
+				return false, fmt.Sprintf("wal receiver asks for slot %s, which %s does not serve yet", slot, primary)
+			}
+		}
 		// Following a new primary, the receiver first streams the tail of
 		// the old timeline, then restarts on the new one: only that is the
 		// standby following it.
@@ -322,6 +331,14 @@ func (x *stepRun) waitStreamingWith(ctx context.Context, standby, primary string
 		}
 		return ok, detail
 	})
+}
+
+func slotNamed(slots []snapshot.Slot, name string) (snapshot.Slot, bool) {
+	i := slices.IndexFunc(slots, func(s snapshot.Slot) bool { return s.Name == name })
+	if i < 0 {
+		return snapshot.Slot{}, false
+	}
+	return slots[i], true
 }
 
 // Repoint writes the standby's spec with its new peer and waits until it
@@ -431,6 +448,13 @@ func (r *Runner) pollEvery() time.Duration {
 
 // pollSwitchover is the poll interval of a switchover's waits: writes are
 // refused while it waits, so it polls more often than the others.
+func (r *Runner) restoreSettle() time.Duration {
+	if r.RestoreSettle > 0 {
+		return r.RestoreSettle
+	}
+	return 5 * time.Second
+}
+
 func (r *Runner) pollSwitchover() time.Duration {
 	if r.PollSwitchover > 0 {
 		return r.PollSwitchover

@@ -263,6 +263,10 @@ func (x *stepRun) restore(ctx context.Context, sw *diff.Switchover) error {
 	from := sw.From.Cluster
 	x.last = x.r.Observer.Observe(ctx)
 	if fo := x.cluster(from); !fo.Writable() || fo.Object.Spec.Replication.IsReplica {
+		// Still writable under a demote spec: the demote was written and
+		// not acted on yet, and its operator may act on it after the
+		// restore is written, taking the cluster down once more.
+		inFlight := fo.Writable()
 		if err := x.writeSpec(ctx, sw.From, sw.Restore); err != nil {
 			return err
 		}
@@ -271,6 +275,11 @@ func (x *stepRun) restore(ctx context.Context, sw *diff.Switchover) error {
 			return cs.Writable(), statusWords(cs)
 		}); err != nil {
 			return err
+		}
+		if inFlight {
+			if err := x.stayWritable(ctx, from, x.r.restoreSettle()); err != nil {
+				return err
+			}
 		}
 	}
 	if err := x.unfence(ctx, x.last, from); err != nil {
@@ -281,6 +290,23 @@ func (x *stepRun) restore(ctx context.Context, sw *diff.Switchover) error {
 	}
 	x.emit(Event{Phase: PhaseBackedOut, Message: fmt.Sprintf("backed out: %s is primary and takes writes; journal cleared", from)})
 	return nil
+}
+
+// stayWritable waits until a cluster has been writable for d without a
+// break, so that an operator's late action on an earlier spec shows.
+func (x *stepRun) stayWritable(ctx context.Context, name string, d time.Duration) error {
+	var since time.Time
+	return x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable for %s without a break (a demote written before the interruption may still be acted on)", name, d), func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(name)
+		if !cs.Writable() {
+			since = time.Time{}
+			return false, statusWords(cs)
+		}
+		if since.IsZero() {
+			since = time.Now()
+		}
+		return time.Since(since) >= d, fmt.Sprintf("writable for %.1f s", time.Since(since).Seconds())
+	})
 }
 
 // demote fences the old primary, waits until the target has everything it

@@ -135,10 +135,11 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 		return nil
 	})
 	b.Queue(`SELECT status, coalesce(sender_host, ''), coalesce(sender_port, 0), coalesce(greatest(received_tli, receive_start_tli), 0),
-	                coalesce(to_char(last_msg_receipt_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), '') FROM pg_stat_wal_receiver`).Query(func(rows pgx.Rows) error {
+	                coalesce(to_char(last_msg_receipt_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ''), coalesce(slot_name, '')
+	         FROM pg_stat_wal_receiver`).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var w snapshot.WalReceiver
-			if err := rows.Scan(&w.Status, &w.SenderHost, &w.SenderPort, &w.Timeline, &w.LastMessage); err != nil {
+			if err := rows.Scan(&w.Status, &w.SenderHost, &w.SenderPort, &w.Timeline, &w.LastMessage, &w.Slot); err != nil {
 				return fmt.Errorf("pg_stat_wal_receiver: %w", err)
 			}
 			s.WalReceiver = &w

@@ -160,6 +160,8 @@ type WalReceiver struct {
 	Timeline   int    `json:"receivedTimeline"`
 	// LastMessage is when the receiver last heard from its sender (RFC 3339).
 	LastMessage string `json:"lastMessage,omitempty"`
+	// Slot is the slot it asks its sender for ("" for none).
+	Slot string `json:"slot,omitempty"`
 }
 
 // Slot is a physical replication slot.
