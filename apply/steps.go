@@ -313,7 +313,7 @@ func (x *stepRun) waitStreamingWith(ctx context.Context, standby, primary string
 		// The sender's side tells: the slot it asked for is in use.
 		if slot := sb.PG.WalReceiver.Slot; slot != "" {
 			if sl, ok := slotNamed(pr.PG.Slots, slot); !ok || !sl.Active {
-				return false, fmt.Sprintf("wal receiver asks for slot %s, which %s does not serve yet", slot, primary)
+				return false, fmt.Sprintf("wal receiver started, but %s has not taken it: slot %s is not in use there (missing, or the standby asks for WAL %s does not have)", primary, slot, primary)
 			}
 		}
 		// Following a new primary, the receiver first streams the tail of

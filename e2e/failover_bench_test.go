@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/labtest"
 )
 
 // timedWriter commits rows on one cluster until stopped or a commit
@@ -188,7 +189,18 @@ func BenchmarkFailover(b *testing.B) {
 		if err := h.lab.Dyn["west"].Resource(postgresqlGVR).Namespace("db").Delete(ctx, "orders-west", metav1.DeleteOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		time.Sleep(3 * time.Second)
+		// Recreated only once its operator has torn it down, data and all:
+		// the healed old west came back on its own data, as a primary.
+		labtest.Eventually(b, time.Minute, "orders-west torn down (no pod, no data)", func() error {
+			if _, err := h.lab.Kube["west"].CoreV1().Pods("db").Get(ctx, "orders-west-0", metav1.GetOptions{}); err == nil {
+				return fmt.Errorf("pod orders-west-0 still there")
+			}
+			dir := filepath.Join(lab.Paths{Dir: h.lab.Dir}.Site("west"), "clusters", "db", "orders-west")
+			if _, err := os.Stat(dir); err == nil {
+				return fmt.Errorf("%s still there", dir)
+			}
+			return nil
+		})
 		if r := h.pgtopo("apply", "-f", east); r.code != 0 {
 			b.Fatalf("recreate orders-west: %s %s", r.stdout, r.stderr)
 		}

@@ -179,6 +179,15 @@ func (o *Operator) pass(ctx context.Context) {
 			delete(o.clusters, key)
 		}
 	}
+	// Clusters on disk that no CR names any more, deleted while this
+	// operator was down: torn down as if it had seen the deletion.
+	dirs, _ := filepath.Glob(o.clusterDir("*", "*"))
+	for _, dir := range dirs {
+		ns, name := filepath.Base(filepath.Dir(dir)), filepath.Base(dir)
+		if !seen[ns+"/"+name] {
+			o.teardown(ctx, &cluster{spec: crSpec{Namespace: ns, Name: name}, dir: dir, members: map[int]memberView{}})
+		}
+	}
 	o.proxies.keep(wantProxies)
 }
 
@@ -197,7 +206,20 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 	}
 	if c == nil {
 		c = &cluster{uid: string(cr.GetUID()), members: map[int]memberView{}, deaths: map[int]int{},
-			dir: filepath.Join(lab.Paths{Dir: o.state.Dir}.Site(o.site.Name), "clusters", spec.Namespace, spec.Name)}
+			dir: o.clusterDir(spec.Namespace, spec.Name)}
+		// What is on disk under this name belongs to this CR only if it
+		// says so: a CR deleted and created again while this operator was
+		// down (a failed site) must not start on the old one's data.
+		if owner, err := os.ReadFile(filepath.Join(c.dir, "uid")); err == nil && string(owner) != c.uid ||
+			err != nil && !os.IsNotExist(err) {
+			o.teardown(ctx, &cluster{spec: spec, dir: c.dir, members: map[int]memberView{}})
+		}
+		if err := os.MkdirAll(c.dir, 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(c.dir, "uid"), []byte(c.uid), 0o644); err != nil {
+			return nil, err
+		}
 		o.clusters[spec.key()] = c
 	}
 	c.spec = spec
@@ -242,6 +264,11 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 	status, msg := o.clusterStatus(c)
 	o.setStatus(ctx, cr, status, msg)
 	return svcAddrs, nil
+}
+
+// clusterDir holds a cluster's members in this site.
+func (o *Operator) clusterDir(ns, name string) string {
+	return filepath.Join(lab.Paths{Dir: o.state.Dir}.Site(o.site.Name), "clusters", ns, name)
 }
 
 // ensureServices creates the master and replica Services, assigns
