@@ -7,6 +7,7 @@ import (
 
 	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 // Failover promotes the target after its primary's site was lost
@@ -159,6 +160,15 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		if err := x.copySecret(ctx, s.Subject, *r.Secret); err != nil {
 			return err
 		}
+	}
+	// Patroni rewinds only a timeline older than the new primary's: one
+	// promoted inside its own site after the plan was made (its Patroni
+	// took its leader lock on return) has a timeline of the same number
+	// and another history, and would wait for, then take, the new
+	// primary's WAL. Seen at the fence, it is rebuilt.
+	if !r.Rebuild && r.Policy == topology.RejoinRewind && o.Writable() && o.PG.Timeline != rec.FromTimeline {
+		x.say(PhaseFence, "%s is on timeline %d, not %d where it was lost (promoted in its own site meanwhile): its history cannot be told apart from %s's by timeline; rebuilding it, not rewinding", name, o.PG.Timeline, rec.FromTimeline, r.Primary.Cluster)
+		return x.rebuild(ctx, s, rec)
 	}
 	if r.Rebuild {
 		return x.rebuild(ctx, s, rec)

@@ -190,6 +190,27 @@ func TestRejoinRebuildsWhenTheRewindDoesNotBringItBack(t *testing.T) {
 	}
 }
 
+// A lost primary that comes back promoted inside its own site (a timeline of
+// its own, numbered as the new primary's) is rebuilt at once under policy
+// rewind: Patroni would not rewind it.
+func TestRejoinRebuildsOneThatWasPromotedInItsSite(t *testing.T) {
+	w, rec := returnedWorld()
+	w.cluster("orders-east").PG.Timeline = 2
+	r, events := runner(w)
+	step := rejoinStep(rec, "rewind", false)
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	got := w.writes()
+	del, demote := slices.Index(got, "delete orders-east"), slices.Index(got, "spec orders-east "+specJSON(step.Rejoin.Demoted))
+	if del < 0 || demote < del {
+		t.Fatalf("want a rebuild (delete, then created as a standby), not a demotion for pg_rewind first: %v", got)
+	}
+	if !slices.ContainsFunc(*events, func(e Event) bool { return strings.Contains(e.Message, "is on timeline 2, not 1 where it was lost") }) {
+		t.Fatal("no event says why it is rebuilt")
+	}
+}
+
 // Policy manual: fenced and demoted, recorded, nothing more.
 func TestRejoinManualStopsAfterTheDemotion(t *testing.T) {
 	w, rec := returnedWorld()
