@@ -446,8 +446,6 @@ func (r *Runner) pollEvery() time.Duration {
 	return 300 * time.Millisecond
 }
 
-// pollSwitchover is the poll interval of a switchover's waits: writes are
-// refused while it waits, so it polls more often than the others.
 func (r *Runner) restoreSettle() time.Duration {
 	if r.RestoreSettle > 0 {
 		return r.RestoreSettle
@@ -455,6 +453,8 @@ func (r *Runner) restoreSettle() time.Duration {
 	return 5 * time.Second
 }
 
+// pollSwitchover is the poll interval of a switchover's waits: writes are
+// refused while it waits, so it polls more often than the others.
 func (r *Runner) pollSwitchover() time.Duration {
 	if r.PollSwitchover > 0 {
 		return r.PollSwitchover

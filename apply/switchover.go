@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/pgtopo/pgtopo/diff"
@@ -226,8 +225,11 @@ func (x *stepRun) followNewPrimary(ctx context.Context, from, to string) error {
 	slotKept := func(snap *snapshot.Snapshot) bool {
 		sb, _ := snap.Cluster(from)
 		pr, _ := snap.Cluster(to)
-		return sb != nil && pr != nil && pr.PG != nil && sb.SlotName != "" &&
-			slices.ContainsFunc(pr.PG.Slots, func(s snapshot.Slot) bool { return s.Name == sb.SlotName })
+		if sb == nil || pr == nil || pr.PG == nil || sb.SlotName == "" {
+			return false
+		}
+		_, ok := slotNamed(pr.PG.Slots, sb.SlotName)
+		return ok
 	}
 	wake()
 	woken := slotKept(x.last)
