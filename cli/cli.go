@@ -14,16 +14,20 @@ import (
 	"github.com/pgtopo/pgtopo/printable"
 )
 
-// Exit codes, shared by every command.
+// Exit codes. Each means one thing whatever the command, so a script can
+// tell a typo from a refusal from pending changes.
 const (
-	ExitOK      = 0
-	ExitError   = 1
-	ExitChanges = 2
+	ExitOK    = 0
+	ExitError = 1
+	// ExitUsage: the command line itself is wrong (an unknown flag, a
+	// missing argument, a value a flag does not take), as with cobra, Go's
+	// flag package and POSIX utilities.
+	ExitUsage = 2
 	// ExitSplitBrain: status found more than one cluster taking writes.
 	ExitSplitBrain = 3
-	// ExitUsage: the command line itself is wrong (BSD's EX_USAGE; 2 is
-	// diff's "changes pending", which a typo must never look like).
-	ExitUsage = 64
+	// ExitChanges: diff found changes pending (--detailed-exitcode). It is
+	// not 2, so that a typo in a pipeline never reads as "changes pending".
+	ExitChanges = 4
 )
 
 // usageError is a command line pgtopo cannot run: a flag, an argument or a
@@ -81,7 +85,10 @@ func newRoot(e env) *cobra.Command {
 		Short: "Declarative GitOps reconciler for PostgreSQL standby topologies across Kubernetes clusters",
 		Long: `pgtopo reads one topology file (sites, PostgreSQL clusters, which one is
 primary), validates it, compares it with every kube context, and applies
-ordered, idempotent steps, including a safe two-phase switchover.`,
+ordered, idempotent steps, including a safe two-phase switchover.
+
+Exit codes, the same for every command: 0 done, 1 an error or a refusal,
+2 a wrong command line, 3 split brain (status), 4 changes pending (diff).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -40,8 +40,9 @@ repository, say in words what merging does (a switchover, a new standby, ...),
 then show the live plan for the head revision. -o markdown is ready to post
 as a pull-request comment.
 
-Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
-1 error or refusal. With --detailed-exitcode=false, pending changes exit 0.`,
+Exit status (--detailed-exitcode, the default): 0 in sync, 4 changes pending,
+1 error or refusal, 2 a wrong command line. With --detailed-exitcode=false,
+pending changes exit 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" && output != "markdown" {
@@ -76,7 +77,7 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 2 changes pending,
 	}
 	src.register(cmd, e)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or markdown")
-	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 2 when changes are pending")
+	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 4 when changes are pending")
 	cmd.Flags().StringVar(&out, "out", "", "also save the plan, with what it relied on, for pgtopo apply PLAN.json")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "plan a revision older than the one recorded as applied")
 	cmd.Flags().StringSliceVar(&allowRebuild, "allow-rebuild", nil, "plan the rebuild of standby CLUSTER if it cannot catch up, whatever the file's rebuild policy (saved with --out)")

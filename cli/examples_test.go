@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"debug/elf"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -290,5 +291,54 @@ func TestWorkflowConcurrencyAndRevisions(t *testing.T) {
 	}
 	if !head {
 		t.Error("the plan step must diff the pull request's head commit, not HEAD (the merge commit)")
+	}
+}
+
+// The plan step passes when pgtopo diff says "in sync" (0) or "changes
+// pending" (4) and fails the check on a refusal (1) or a wrong command
+// line (2). Its script runs in bash against a pgtopo that only exits.
+func TestWorkflowPlanStepExitCodes(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Fatal("bash is needed to run the workflow's step: install bash")
+	}
+	b, err := os.ReadFile(workflow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wf struct {
+		Jobs map[string]struct {
+			Steps []struct {
+				Run string `json:"run"`
+			} `json:"steps"`
+		} `json:"jobs"`
+	}
+	if err := sigsyaml.Unmarshal(b, &wf); err != nil {
+		t.Fatal(err)
+	}
+	var script string
+	for _, s := range wf.Jobs["plan"].Steps {
+		if strings.Contains(s.Run, "pgtopo diff") {
+			script = s.Run
+		}
+	}
+	if script == "" {
+		t.Fatal("the plan job has no step that runs pgtopo diff")
+	}
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "pgtopo"), []byte("#!/bin/sh\nexit \"$PGTOPO_EXIT\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		code int
+		pass bool
+	}{{ExitOK, true}, {ExitChanges, true}, {ExitError, false}, {ExitUsage, false}, {ExitSplitBrain, false}} {
+		// GitHub runs a step's script with bash -e.
+		cmd := exec.Command("bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script)
+		cmd.Dir = t.TempDir()
+		cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"), fmt.Sprintf("PGTOPO_EXIT=%d", tc.code))
+		err := cmd.Run()
+		if passed := err == nil; passed != tc.pass {
+			t.Errorf("pgtopo diff exit %d: step passed=%v, want %v (%v)", tc.code, passed, tc.pass, err)
+		}
 	}
 }

@@ -158,7 +158,7 @@ func TestDeployRBAC(t *testing.T) {
 
 	asSA := func(args ...string) run { return h.pgtopoEnv([]string{"KUBECONFIG=" + saKubeconfig}, args...) }
 	east, west := h.topology("orders-east"), h.topology("orders-west")
-	h.expect(asSA("diff", "-f", east), 2, "bring up with primary orders-east")
+	h.expect(asSA("diff", "-f", east), 4, "bring up with primary orders-east")
 	h.expect(asSA("apply", "-f", east), 0, "Apply complete")
 	h.expect(asSA("apply", "-f", west), 0, "Apply complete", "switchover orders-east → orders-west")
 	h.expect(asSA("diff", "-f", west), 0, "No changes")

@@ -242,7 +242,7 @@ func TestApplyEndToEnd(t *testing.T) {
 	east, west := h.topology("orders-east"), h.topology("orders-west")
 
 	r := h.pgtopo("diff", "-f", east)
-	h.expect(r, 2, "topology orders: bring up with primary orders-east", "Plan: 0 switchover, 3 to create, 2 to update, 0 refused.")
+	h.expect(r, 4, "topology orders: bring up with primary orders-east", "Plan: 0 switchover, 3 to create, 2 to update, 0 refused.")
 
 	start := time.Now()
 	h.expect(h.pgtopo("apply", "-f", east), 0, "Apply complete")
@@ -296,8 +296,8 @@ func TestApplyEndToEnd(t *testing.T) {
 	}
 
 	// Every output format, including while changes are pending.
-	h.expect(h.pgtopo("diff", "-f", west, "-o", "json"), 2, `"kind": "Plan"`)
-	h.expect(h.pgtopo("diff", "-f", west, "-o", "markdown"), 2, "| cluster | site |")
+	h.expect(h.pgtopo("diff", "-f", west, "-o", "json"), 4, `"kind": "Plan"`)
+	h.expect(h.pgtopo("diff", "-f", west, "-o", "markdown"), 4, "| cluster | site |")
 	h.expect(h.pgtopo("apply", "-f", east, "--dry-run"), 0, "No changes.")
 
 	t.Run("a refused plan changes nothing: unreachable site", func(t *testing.T) {

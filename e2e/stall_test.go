@@ -113,7 +113,7 @@ func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
 	// The back-out put orders-east on a new timeline: west follows it and
 	// catches up on what was written meanwhile before a switchover can pass.
 	labtest.Eventually(t, 90*time.Second, "a switchover to orders-west planned, not refused", func() error {
-		if r := h.pgtopo("diff", "-f", west); r.code != 2 {
+		if r := h.pgtopo("diff", "-f", west); r.code != 4 {
 			return fmt.Errorf("diff exit %d: %s", r.code, r.stdout)
 		}
 		return nil
