@@ -3,6 +3,8 @@ package apply
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/pgtopo/pgtopo/diff"
@@ -183,6 +185,16 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 	}); err != nil {
 		return err
 	}
+	// Promoted in its own site after the fence and demoted again: seen now
+	// it is rebuilt before it waits for, then takes, WAL of another history.
+	// The server may restart for pg_rewind meanwhile, so a failed read here
+	// only defers the check to the one after streaming.
+	if r.Policy == topology.RejoinRewind {
+		if own, why, err := x.timelineOfItsOwn(ctx, name, r.Primary.Cluster, rec.FromTimeline); err == nil && own {
+			x.say(PhaseFence, "%s: rebuilding it, not rewinding", why)
+			return x.rebuild(ctx, s, rec)
+		}
+	}
 	if r.Policy == "manual" {
 		rec.Returned.Done = true
 		x.say(PhaseSwitched, "%s is fenced and demoted; rejoin policy manual: rewinding or rebuilding it is left to a DBA", name)
@@ -198,9 +210,79 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		x.say(PhaseBackOut, "%s did not rejoin by pg_rewind within %s (%v): rebuilding it", name, rewindBound, err)
 		return x.rebuild(ctx, s, rec)
 	}
+	own, why, err := x.timelineOfItsOwn(ctx, name, r.Primary.Cluster, rec.FromTimeline)
+	if err != nil {
+		return fmt.Errorf("%s: checking its timeline's history against %s's: %w", name, r.Primary.Cluster, err)
+	}
+	if own {
+		x.say(PhaseBackOut, "%s: it streams, but on top of a history %s never had; rebuilding it", why, r.Primary.Cluster)
+		return x.rebuild(ctx, s, rec)
+	}
 	rec.Returned.Done = true
 	x.say(PhaseSwitched, "%s rejoined as a standby of %s", name, r.Primary.Cluster)
 	return x.markReturned(ctx, s.Subject, rec)
+}
+
+// timelineOfItsOwn reports whether the returned standby's timeline, past
+// the one it was lost on, is not the new primary's: the switch points in
+// its history file differ. A timeline number alone cannot tell, since a
+// lost primary promoted in its own site numbers its timeline as the new
+// primary did; pg_rewind and the WAL receiver copy the primary's history
+// files as they are.
+func (x *stepRun) timelineOfItsOwn(ctx context.Context, standby, primary string, lostOn int) (bool, string, error) {
+	sb, pr := x.cluster(standby), x.cluster(primary)
+	if sb.PG == nil || pr.PG == nil || sb.PG.Timeline <= lostOn {
+		return false, "", nil
+	}
+	tli := sb.PG.Timeline
+	mine, err := x.timelineHistory(ctx, sb, tli)
+	if err != nil || mine == nil {
+		return false, "", err // no history file: no timeline it made itself
+	}
+	theirs, err := x.timelineHistory(ctx, pr, tli)
+	if err != nil {
+		return false, "", err
+	}
+	if slices.Equal(mine, theirs) {
+		return false, "", nil
+	}
+	theirWords := fmt.Sprintf("%s has no timeline %d", primary, tli)
+	if len(theirs) > 0 {
+		theirWords = fmt.Sprintf("%s's timeline %d branched %s", primary, tli, branchWords(theirs))
+	}
+	return true, fmt.Sprintf("%s is on a timeline %d of its own, promoted in its own site (it branched %s; %s)",
+		standby, tli, branchWords(mine), theirWords), nil
+}
+
+// historySQL reads the history file of timeline $1: '' when the server has
+// none.
+const historySQL = `SELECT coalesce(pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history', 0, 1048576, true), '')`
+
+// timelineHistory reads a server's history of timeline tli as its switch
+// points ("1 0/5000060", the reason text left out), nil when it has none.
+func (x *stepRun) timelineHistory(ctx context.Context, c *snapshot.ClusterState, tli int) ([]string, error) {
+	var text string
+	if err := x.session(ctx, c, func(sess Session) error {
+		return sess.QueryRow(ctx, historySQL, tli).Scan(&text)
+	}); err != nil {
+		return nil, err
+	}
+	var points []string
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		points = append(points, f[0]+" "+f[1])
+	}
+	return points, nil
+}
+
+// branchWords says where the last timeline of a (non-empty) history
+// branched off.
+func branchWords(points []string) string {
+	f := strings.Fields(points[len(points)-1])
+	return fmt.Sprintf("from timeline %s at %s", f[0], f[1])
 }
 
 // rebuild removes the lost primary's object (and, with it, its data) and

@@ -123,8 +123,17 @@ func rejoinStep(rec snapshot.FailoverRecord, policy string, rebuild bool) diff.S
 		Policy: policy, Rebuild: rebuild}}
 }
 
+// Timeline 2's history as the new primary wrote it on promotion, and as a
+// lost primary promoted in its own site wrote its own.
+const (
+	westHistory = "1\t0/5000000\tno recovery target specified\n"
+	eastHistory = "1\t0/5100000\tno recovery target specified\n"
+)
+
 func TestRejoinFencesReportsAndRewinds(t *testing.T) {
 	w, rec := returnedWorld()
+	// pg_rewind and the WAL receiver copy the new primary's history.
+	w.history["orders-west/2"], w.history["orders-east/2"] = westHistory, westHistory
 	w.react = func(w *world, what, name string) {
 		operator(w, what, name)
 		if name == "orders-east" && what == "spec" {
@@ -208,6 +217,54 @@ func TestRejoinRebuildsOneThatWasPromotedInItsSite(t *testing.T) {
 	}
 	if !slices.ContainsFunc(*events, func(e Event) bool { return strings.Contains(e.Message, "is on timeline 2, not 1 where it was lost") }) {
 		t.Fatal("no event says why it is rebuilt")
+	}
+}
+
+// A lost primary that its Patroni promotes after the fence (seen in
+// recovery at the fence, so its timeline could not tell) and that the
+// demotion makes a standby again has a timeline 2 of its own: its history
+// file, not its number, says so, and it is rebuilt rather than left to take
+// the new primary's WAL on top of its own.
+func TestRejoinRebuildsOneWhoseTimelineIsItsOwn(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		eastHistory   string
+		westHistory   string
+		firstReadFail bool
+		want          string
+	}{
+		{"seen once in recovery", eastHistory, westHistory, false, "orders-east is on a timeline 2 of its own, promoted in its own site (it branched from timeline 1 at 0/5100000; orders-west's timeline 2 branched from timeline 1 at 0/5000000): rebuilding it"},
+		{"seen once it streams", eastHistory, westHistory, true, "it streams, but on top of a history orders-west never had"},
+		{"the primary never had its timeline", eastHistory, "", false, "orders-west has no timeline 2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, rec := returnedWorld()
+			east := w.cluster("orders-east")
+			east.PG.InRecovery = true // at the fence: not yet promoted by its Patroni
+			w.history["orders-east/2"], w.history["orders-west/2"] = tc.eastHistory, tc.westHistory
+			if tc.firstReadFail {
+				w.fail["history orders-east"] = errors.New("the database system is starting up")
+			}
+			w.react = func(w *world, what, name string) {
+				operator(w, what, name)
+				if name == "orders-east" && what == "spec" && w.history["orders-east/2"] != "" {
+					w.follow(name, "orders-west") // streams on a timeline 2 of its own
+				}
+			}
+			r, events := runner(w)
+			step := rejoinStep(rec, "rewind", false)
+			if err := run(t, r, step); err != nil {
+				t.Fatal(err)
+			}
+			got := w.writes()
+			demote, del := slices.Index(got, "spec orders-east "+specJSON(step.Rejoin.Demoted)), slices.Index(got, "delete orders-east")
+			if demote < 0 || del < demote || got[len(got)-1] != "marks orders-east digest= revision= journal=- failover=1:done returned=rebuild:0:true" {
+				t.Fatalf("want demoted, then rebuilt, recorded as a rebuild: %v", got)
+			}
+			if !slices.ContainsFunc(*events, func(e Event) bool { return strings.Contains(e.Message, tc.want) }) {
+				t.Fatalf("no event says %q: %v", tc.want, *events)
+			}
+		})
 	}
 }
 

@@ -32,6 +32,8 @@ type world struct {
 	fail map[string]error
 	// endOfWAL is what the fence's query returns per cluster.
 	endOfWAL map[string]snapshot.LSN
+	// history is each server's timeline history file, by "cluster/timeline".
+	history map[string]string
 	secrets  map[string]*corev1.Secret
 	leases   map[string]*coordinationv1.Lease
 	// observed counts snapshots taken; onObserve, when set, changes the
@@ -44,7 +46,7 @@ type world struct {
 }
 
 func newWorld(clusters ...snapshot.ClusterState) *world {
-	w := &world{fail: map[string]error{}, endOfWAL: map[string]snapshot.LSN{}, secrets: map[string]*corev1.Secret{}, leases: map[string]*coordinationv1.Lease{}}
+	w := &world{fail: map[string]error{}, endOfWAL: map[string]snapshot.LSN{}, history: map[string]string{}, secrets: map[string]*corev1.Secret{}, leases: map[string]*coordinationv1.Lease{}}
 	sites := map[string]bool{}
 	for _, c := range clusters {
 		if !sites[c.Site] {
@@ -294,7 +296,7 @@ func sqlName(sql string) string {
 	return sql
 }
 
-func (s *fakeSession) QueryRow(_ context.Context, sql string, _ ...any) Row {
+func (s *fakeSession) QueryRow(_ context.Context, sql string, args ...any) Row {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	if sqlName(sql) == "terminate" {
@@ -303,6 +305,13 @@ func (s *fakeSession) QueryRow(_ context.Context, sql string, _ ...any) Row {
 	}
 	if err := s.w.fail["query "+s.cluster]; err != nil {
 		return fakeRow{err: err}
+	}
+	if strings.Contains(sql, ".history") {
+		if err := s.w.fail["history "+s.cluster]; err != nil {
+			delete(s.w.fail, "history "+s.cluster) // once: a server restarting
+			return fakeRow{err: err}
+		}
+		return fakeRow{vals: []any{s.w.history[fmt.Sprintf("%s/%v", s.cluster, args[0])]}}
 	}
 	if strings.Contains(sql, "pg_last_committed_xact") {
 		return fakeRow{vals: []any{"2026-12-02T12:03:40.000Z"}}
