@@ -34,8 +34,8 @@ type world struct {
 	endOfWAL map[string]snapshot.LSN
 	// history is each server's timeline history file, by "cluster/timeline".
 	history map[string]string
-	secrets  map[string]*corev1.Secret
-	leases   map[string]*coordinationv1.Lease
+	secrets map[string]*corev1.Secret
+	leases  map[string]*coordinationv1.Lease
 	// observed counts snapshots taken; onObserve, when set, changes the
 	// world before each (an operator acting in its own time).
 	observed  int
