@@ -254,7 +254,7 @@ func (x *stepRun) timelineOfItsOwn(ctx context.Context, standby, primary string,
 		standby, tli, branchWords(mine), theirWords), nil
 }
 
-// historySQL reads the history file of timeline $1: ” when the server has
+// historySQL reads the history file of timeline $1, empty when the server has
 // none.
 const historySQL = `SELECT coalesce(pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history', 0, 1048576, true), '')`
 
