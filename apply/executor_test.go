@@ -162,9 +162,43 @@ func TestRepointNeedsAWritablePrimary(t *testing.T) {
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
-	wantWrites(t, w, "spec orders-south "+specJSON(spec))
+	wantWrites(t, w, "spec orders-south "+specJSON(spec), "sql orders-south reload")
 	if up := w.cluster("orders-south").PG.WalReceiver; up.SenderHost != westEP.Host {
 		t.Fatalf("south streams from %s", up.SenderHost)
+	}
+}
+
+// A repointed standby's receiver, failing against a lost or demoted
+// upstream, is woken at once and again when the new primary first keeps
+// its slot, as after a switchover: after a failover the new primary's
+// operator creates that slot only once it is primary.
+func TestRepointWakesTheStandbysReceiver(t *testing.T) {
+	south := standbyState("orders-south", "south", endpoint("127.100.30.1", 30001), eastEP, 0x5000000, 1)
+	south.SlotName = "xdc_orders_south"
+	w := newWorld(primaryState("orders-west", "west", westEP, 0x6000000, 2), south)
+	wakes := 0
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		switch {
+		case what == "spec" && name == "orders-south":
+			w.cluster(name).PG.WalReceiver.Slot = "xdc_orders_south" // not yet taken
+		case what == "sql reload" && name == "orders-south":
+			wakes++
+			west := w.cluster("orders-west").PG
+			if wakes == 1 {
+				west.Slots = append(west.Slots, snapshot.Slot{Name: "xdc_orders_south"})
+			} else {
+				west.Slots[0].Active = true
+			}
+		}
+	}
+	r, _ := runner(w)
+	spec := standbySpec.WithPeer(*westEP)
+	if err := run(t, r, diff.Step{Action: diff.ActionRepoint, Subject: subject("south", "orders-south"), Spec: &spec, Follows: "orders-west"}); err != nil {
+		t.Fatal(err)
+	}
+	if wakes != 2 {
+		t.Fatalf("orders-south woken %d times, want 2 (at once, and when its slot appeared)", wakes)
 	}
 }
 

@@ -342,7 +342,7 @@ func slotNamed(slots []snapshot.Slot, name string) (snapshot.Slot, bool) {
 }
 
 // Repoint writes the standby's spec with its new peer and waits until it
-// streams from the primary.
+// streams from the primary, waking its WAL receiver as a switchover does.
 func (x *stepRun) Repoint(ctx context.Context, s diff.Step) error {
 	if p := x.cluster(s.Follows); !p.Writable() {
 		return fmt.Errorf("the primary %s is not writable", s.Follows)
@@ -350,7 +350,7 @@ func (x *stepRun) Repoint(ctx context.Context, s diff.Step) error {
 	if err := x.writeSpec(ctx, s.Subject, *s.Spec); err != nil {
 		return err
 	}
-	return x.waitStreaming(ctx, s.Subject.Cluster, s.Follows)
+	return x.followNewPrimary(ctx, s.Subject.Cluster, s.Follows)
 }
 
 // Update writes the subject's spec and waits until the operator has it

@@ -206,16 +206,17 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 	return nil
 }
 
-// followNewPrimary waits until the old primary streams from the new one.
+// followNewPrimary waits until a standby (the old primary after a
+// switchover, or one repointed) streams from the new primary.
 //
-// It came back in recovery while its new upstream still refused writes, so
-// its WAL receiver failed, and PostgreSQL waits wal_retrieve_retry_interval
-// (5 s by default) before it tries again: that long without a standby. A
-// reload wakes the startup process (its SIGHUP handler sets the recovery
-// wakeup latch), which tries at once. It is woken now, and once more when
-// the new primary first keeps its slot: an operator creates that only once
-// its cluster is primary, and a try before fails on the missing slot.
-// Best effort: the wait is what checks.
+// Its WAL receiver failed while its upstream refused writes or was gone,
+// and PostgreSQL waits wal_retrieve_retry_interval (5 s by default) before
+// it tries again: that long without a standby. A reload wakes the startup
+// process (its SIGHUP handler sets the recovery wakeup latch), which tries
+// at once. It is woken now, and once more when the new primary first keeps
+// its slot: an operator creates that only once its cluster is primary, and
+// a try before fails on the missing slot. Best effort: the wait is what
+// checks.
 func (x *stepRun) followNewPrimary(ctx context.Context, from, to string) error {
 	wake := func() {
 		if err := x.sql(ctx, x.cluster(from), wakeReceiverSQL); err != nil {

@@ -66,10 +66,13 @@ func redact(err error, secret string) string {
 	return strings.ReplaceAll(err.Error(), secret, "[redacted]")
 }
 
-// On a standby the timeline is what the WAL receiver streams: received_tli
-// only moves once WAL of a new timeline arrives, receive_start_tli as soon
-// as streaming (re)starts on it, so the greater of the two is current even
-// when nothing is being written.
+// On a standby the timeline is that of the newest WAL it has: what its
+// receiver streams (received_tli only moves once WAL of a new timeline
+// arrives, receive_start_tli as soon as streaming (re)starts on it, so the
+// greater of the two is current even when nothing is being written), and,
+// with no receiver (its upstream lost), the newest timeline of the WAL
+// segments it holds. Its last restartpoint's timeline alone can be one or
+// more switchovers old: restartpoints come every checkpoint_timeout.
 const factsSQL = `
 SELECT pg_is_in_recovery(),
        (SELECT system_identifier::text FROM pg_control_system()),
@@ -78,8 +81,10 @@ SELECT pg_is_in_recovery(),
        coalesce(pg_last_wal_replay_lsn()::text, ''),
        current_setting('server_version_num')::int,
        CASE WHEN pg_is_in_recovery()
-            THEN coalesce((SELECT greatest(received_tli, receive_start_tli) FROM pg_stat_wal_receiver),
-                          (SELECT timeline_id FROM pg_control_checkpoint()))
+            THEN greatest((SELECT greatest(received_tli, receive_start_tli) FROM pg_stat_wal_receiver),
+                          (SELECT timeline_id FROM pg_control_checkpoint()),
+                          CASE WHEN has_function_privilege('pg_ls_waldir()', 'EXECUTE')
+                               THEN (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$') END)
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        END,
        to_regclass('sys_operator.multi_cluster_info') IS NOT NULL,

@@ -27,9 +27,27 @@ type server struct {
 	ep       snapshot.Endpoint
 	password string
 	admin    *pgx.Conn // the test's own session, to look at pgtopo's
+	dir      string    // owned by the server's user; data is dir/data
+	cred     *syscall.Credential
+	cmd      *exec.Cmd
 }
 
-func startPostgres(t *testing.T) server {
+const testPassword = "probe-test-secret"
+
+func startPostgres(t *testing.T) *server {
+	t.Helper()
+	s := newServerDir(t)
+	pwfile := filepath.Join(s.dir, "pw")
+	if err := os.WriteFile(pwfile, []byte(testPassword), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.run(t, "initdb", "-D", s.data(), "-U", "postgres", "--auth=scram-sha-256", "--pwfile", pwfile)
+	s.start(t, freePort(t))
+	return s
+}
+
+// newServerDir makes the directory of a server not started yet.
+func newServerDir(t *testing.T) *server {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join(pgBin, "postgres")); err != nil {
 		t.Fatalf("PostgreSQL 15 is missing (%v): run make deps (apt-get install postgresql-15)", err)
@@ -41,7 +59,7 @@ func startPostgres(t *testing.T) server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	var cred *syscall.Credential
+	s := &server{dir: dir, password: testPassword}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -49,59 +67,81 @@ func startPostgres(t *testing.T) server {
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 		if err := os.Chown(dir, uid, gid); err != nil {
 			t.Fatal(err)
 		}
 	}
-	asPostgres := func(cmd *exec.Cmd) *exec.Cmd {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		return cmd
+	return s
+}
+
+func (s *server) data() string { return filepath.Join(s.dir, "data") }
+
+// run runs one of PostgreSQL's programs as the server's user.
+func (s *server) run(t *testing.T, program string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(pgBin, program), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+s.password)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", program, err, out)
 	}
-	const password = "probe-test-secret"
-	pwfile := filepath.Join(dir, "pw")
-	if err := os.WriteFile(pwfile, []byte(password), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	data := filepath.Join(dir, "data")
-	if out, err := asPostgres(exec.Command(filepath.Join(pgBin, "initdb"), "-D", data, "-U", "postgres", "--auth=scram-sha-256", "--pwfile", pwfile)).CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
-	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := asPostgres(exec.Command(filepath.Join(pgBin, "postgres"), "-D", data, "-p", fmt.Sprint(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+dir))
-	logf, _ := os.Create(filepath.Join(dir, "postgres.log"))
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// start runs the server on port and waits until it takes sessions.
+func (s *server) start(t *testing.T, port int) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(pgBin, "postgres"), "-D", s.data(), "-p", fmt.Sprint(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+s.dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	logf, _ := os.OpenFile(filepath.Join(s.dir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-	})
-	s := server{ep: snapshot.Endpoint{Host: "127.0.0.1", Port: port}, password: password}
+	s.cmd = cmd
+	t.Cleanup(func() { s.stop() })
+	s.ep = snapshot.Endpoint{Host: "127.0.0.1", Port: port}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://postgres:%s@%s/postgres?application_name=admin", password, s.ep))
+		c, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://postgres:%s@%s/postgres?application_name=admin", s.password, s.ep))
 		if err == nil {
-			t.Cleanup(func() { c.Close(context.Background()) })
 			s.admin = c
-			return s
+			return
 		}
 		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "postgres.log"))
+			log, _ := os.ReadFile(filepath.Join(s.dir, "postgres.log"))
 			t.Fatalf("postgres did not start: %v\n%s", err, log)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
+// stop shuts the server down (fast) and waits for it.
+func (s *server) stop() {
+	if s.cmd == nil {
+		return
+	}
+	if s.admin != nil {
+		s.admin.Close(context.Background())
+		s.admin = nil
+	}
+	_ = s.cmd.Process.Signal(os.Interrupt)
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
 // probeSessions lists the backend pids of pgtopo's sessions.
-func (s server) probeSessions(t *testing.T) []int {
+func (s *server) probeSessions(t *testing.T) []int {
 	t.Helper()
 	rows, _ := s.admin.Query(context.Background(), "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgtopo' ORDER BY pid")
 	pids, err := pgx.CollectRows(rows, pgx.RowTo[int])
@@ -111,14 +151,14 @@ func (s server) probeSessions(t *testing.T) []int {
 	return pids
 }
 
-func (s server) terminate(t *testing.T, pid int) {
+func (s *server) terminate(t *testing.T, pid int) {
 	t.Helper()
 	if _, err := s.admin.Exec(context.Background(), "SELECT pg_terminate_backend($1, 5000)", pid); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func (s server) probe(t *testing.T, p PgxProber) *snapshot.PGState {
+func (s *server) probe(t *testing.T, p PgxProber) *snapshot.PGState {
 	t.Helper()
 	st, err := p.Probe(context.Background(), s.ep, "postgres", s.password)
 	if err != nil {
@@ -226,5 +266,63 @@ func eventually(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("not within 5s: %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A standby whose upstream is gone has no WAL receiver to name its
+// timeline, and its last restartpoint may be on an older one (restartpoints
+// come every checkpoint_timeout): the timeline of the WAL it holds is its
+// own. A failover records it as the timeline the lost primary was lost on.
+func TestProbeStandbyTimelineWithoutItsUpstream(t *testing.T) {
+	primary := startPostgres(t)
+	standby := newServerDir(t)
+	standby.run(t, "pg_basebackup", "-D", standby.data(), "-h", primary.ep.Host, "-p", fmt.Sprint(primary.ep.Port), "-U", "postgres", "-R", "-X", "stream")
+	standby.start(t, freePort(t))
+	probe := func() *snapshot.PGState {
+		t.Helper()
+		st, err := PgxProber{}.Probe(context.Background(), standby.ep, "postgres", standby.password)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	eventually(t, func() bool { st := probe(); return st.InRecovery && st.WalReceiver != nil && st.WalReceiver.Status == "streaming" }, "the standby streams")
+
+	// The primary moves to timeline 2 the way a promoted standby does.
+	port := primary.ep.Port
+	primary.stop()
+	if err := os.WriteFile(filepath.Join(primary.data(), "standby.signal"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if primary.cred != nil {
+		_ = os.Chown(filepath.Join(primary.data(), "standby.signal"), int(primary.cred.Uid), int(primary.cred.Gid))
+	}
+	primary.start(t, port)
+	if _, err := primary.admin.Exec(context.Background(), "SELECT pg_promote()"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := primary.admin.Exec(context.Background(), "CREATE TABLE written_on_timeline_2 (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	// The standby's receiver retries every wal_retrieve_retry_interval (5 s).
+	deadline := time.Now().Add(30 * time.Second)
+	for st := probe(); st.WalReceiver == nil || st.WalReceiver.Timeline != 2; st = probe() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the standby never streamed timeline 2: %+v", st.WalReceiver)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	primary.stop()
+	eventually(t, func() bool { return probe().WalReceiver == nil }, "the standby's receiver is gone with its upstream")
+	var restartpoint int
+	if err := standby.admin.QueryRow(context.Background(), "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&restartpoint); err != nil {
+		t.Fatal(err)
+	}
+	if restartpoint != 1 {
+		t.Fatalf("the standby's last restartpoint is on timeline %d: the test needs one still on timeline 1", restartpoint)
+	}
+	if st := probe(); st.Timeline != 2 {
+		t.Fatalf("standby without its upstream: timeline %d, want 2 (the WAL it holds)", st.Timeline)
 	}
 }
