@@ -286,7 +286,10 @@ func TestProbeStandbyTimelineWithoutItsUpstream(t *testing.T) {
 		}
 		return st
 	}
-	eventually(t, func() bool { st := probe(); return st.InRecovery && st.WalReceiver != nil && st.WalReceiver.Status == "streaming" }, "the standby streams")
+	eventually(t, func() bool {
+		st := probe()
+		return st.InRecovery && st.WalReceiver != nil && st.WalReceiver.Status == "streaming"
+	}, "the standby streams")
 
 	// The primary moves to timeline 2 the way a promoted standby does.
 	port := primary.ep.Port
