@@ -192,10 +192,10 @@ func TestGitOpsEndToEnd(t *testing.T) {
 	repo.Git("checkout", "-q", "-b", "switch-west")
 	c2 := repo.Commit("orders: switch to west", map[string]string{"deploy/topology.yaml": string(topoWest)})
 	pr := h.pgtopo("diff", "--repo", repo.Dir, "--path", "deploy/topology.yaml", "--base", "main", "--head", "switch-west")
-	h.expect(pr, 2, "What merging does:", "switchover: primary orders-east → orders-west (site east → west)",
+	h.expect(pr, 4, "What merging does:", "switchover: primary orders-east → orders-west (site east → west)",
 		"Live plan for "+c2[:12], "Plan: 1 switchover")
 	md := h.pgtopo("diff", "--repo", repo.Dir, "--path", "deploy/topology.yaml", "--base", "main", "--head", "switch-west", "-o", "markdown")
-	h.expect(md, 2, "## pgtopo: merging "+c2[:12]+": switchover", "| orders-west | west | db | standby | **primary** |")
+	h.expect(md, 4, "## pgtopo: merging "+c2[:12]+": switchover", "| orders-west | west | db | standby | **primary** |")
 
 	// 3. The loop, running on main, picks up the merge within one interval.
 	const interval = 3 * time.Second

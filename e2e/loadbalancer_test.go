@@ -65,7 +65,7 @@ func TestLoadBalancerExternalIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close(context.Background())
-	h.expect(h.pgtopo("diff", "-f", east), 2, "fill-external-ip", "sys_operator.multi_cluster_info.external_ip: (none) → ")
+	h.expect(h.pgtopo("diff", "-f", east), 4, "fill-external-ip", "sys_operator.multi_cluster_info.external_ip: (none) → ")
 	h.expect(h.pgtopo("apply", "-f", east), 0, "Apply complete")
 	filled("east", "orders-east", "orders-west")
 	h.expect(h.pgtopo("diff", "-f", east), 0, "No changes.")

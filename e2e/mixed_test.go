@@ -300,10 +300,10 @@ func TestMixedPatroniAndKubernetes(t *testing.T) {
 	repo.Git("checkout", "-q", "-b", "into-kubernetes")
 	head := repo.Commit("orders: move the primary into Kubernetes", map[string]string{"topology.yaml": read(onEast)})
 	r = m.run("diff", "--repo", repo.Dir, "--base", "main")
-	m.expect(r, 2, "switchover: primary orders-dc1 → orders-east: moves primary from dc1 (Patroni) to east (Kubernetes)",
+	m.expect(r, 4, "switchover: primary orders-dc1 → orders-east: moves primary from dc1 (Patroni) to east (Kubernetes)",
 		"Live plan for "+head[:12], "orders-dc1: standby_cluster.host:port")
-	m.expect(m.run("diff", "--repo", repo.Dir, "--base", "main", "-o", "markdown"), 2, "moves primary from dc1 (Patroni) to east (Kubernetes)")
-	m.expect(m.run("diff", "-f", onEast, "-o", "json"), 2, "switchover")
+	m.expect(m.run("diff", "--repo", repo.Dir, "--base", "main", "-o", "markdown"), 4, "moves primary from dc1 (Patroni) to east (Kubernetes)")
+	m.expect(m.run("diff", "-f", onEast, "-o", "json"), 4, "switchover")
 	l := m.startLoop("--repo", repo.Dir, "--ref", "main", "--interval", "1s", "--patroni-credentials", m.credsF)
 	_, next := l.waitFor(t, 30*time.Second, "in-sync cycle on main", 0, func(r logRecord) bool { return r.Msg == "cycle" && r.Result == "in-sync" })
 	repo.Git("checkout", "-q", "main")

@@ -83,7 +83,7 @@ func TestThreeSitesRepoint(t *testing.T) {
 		t.Fatalf("orders-south before the switchover: %q (%v), want streaming from orders-east at %s:%d", s, err, eastHost, eastPort)
 	}
 
-	h.expect(h.pgtopo("diff", "-f", west), 2, "repoint", "orders-south")
+	h.expect(h.pgtopo("diff", "-f", west), 4, "repoint", "orders-south")
 	w := h.startWriter()
 	time.Sleep(time.Second)
 	r := h.pgtopo("apply", "-f", west)
