@@ -218,6 +218,15 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		x.say(PhaseBackOut, "%s: it streams, but on top of a history %s never had; rebuilding it", why, r.Primary.Cluster)
 		return x.rebuild(ctx, s, rec)
 	}
+	// The fence on return stays in its postgresql.auto.conf unless pg_rewind
+	// replaced that file with the new primary's (a return with nothing past
+	// the fork needs no rewind): it would refuse writes the next time it is
+	// primary.
+	if c := x.cluster(name); c.PG != nil && c.PG.ReadOnlyDefault {
+		if err := x.unfence(ctx, x.last, name); err != nil {
+			return err
+		}
+	}
 	rec.Returned.Done = true
 	x.say(PhaseSwitched, "%s rejoined as a standby of %s", name, r.Primary.Cluster)
 	return x.markReturned(ctx, s.Subject, rec)

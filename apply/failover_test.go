@@ -138,6 +138,9 @@ func TestRejoinFencesReportsAndRewinds(t *testing.T) {
 		operator(w, what, name)
 		if name == "orders-east" && what == "spec" {
 			w.follow(name, "orders-west") // Patroni's pg_rewind, then streaming
+			// pg_rewind copies the new primary's postgresql.auto.conf:
+			// the fence goes with it.
+			w.cluster(name).PG.ReadOnlyDefault = false
 		}
 	}
 	r, events := runner(w)
@@ -181,6 +184,38 @@ func TestRejoinRebuildsAsAStandbyFromBirth(t *testing.T) {
 	}
 	if c := w.cluster("orders-east"); c.Writable() || !c.StreamsFrom(westEP) {
 		t.Fatalf("east writable %v, receiver %s", c.Writable(), c.Receiver())
+	}
+}
+
+// A lost primary that comes back with nothing past the fork streams without
+// a rewind, so its postgresql.auto.conf keeps the fence on return: lifted
+// once it streams, or it would refuse writes the next time it is primary.
+func TestRejoinLiftsTheFenceWhenNoRewindTookIt(t *testing.T) {
+	w, rec := returnedWorld()
+	w.endOfWAL["orders-east"] = rec.ForkLSN
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if name == "orders-east" && what == "spec" {
+			w.follow(name, "orders-west")
+		}
+	}
+	r, events := runner(w)
+	step := rejoinStep(rec, "rewind", false)
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w,
+		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
+		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:false",
+		"spec orders-east "+specJSON(step.Rejoin.Demoted),
+		"sql orders-east fence-off", "sql orders-east reload",
+		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:true",
+	)
+	if w.cluster("orders-east").PG.ReadOnlyDefault {
+		t.Fatal("orders-east still starts sessions read-only")
+	}
+	if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseUnfence }) {
+		t.Fatal("no event says the fence was lifted")
 	}
 }
 

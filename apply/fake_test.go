@@ -269,6 +269,11 @@ func (s *fakeSession) Exec(_ context.Context, sql string, args ...any) error {
 	} else {
 		w.record("sql %s %s", s.cluster, short)
 	}
+	// ALTER SYSTEM on default_transaction_read_only, as PostgreSQL shows it
+	// after the reload.
+	if c, ok := w.snap.Cluster(s.cluster); ok && c.PG != nil && (short == "fence-on" || short == "fence-off") {
+		c.PG.ReadOnlyDefault = short == "fence-on"
+	}
 	if w.react != nil {
 		w.react(w, "sql "+short, s.cluster)
 	}

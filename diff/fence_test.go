@@ -113,3 +113,34 @@ func TestPlansNoteAFence(t *testing.T) {
 		t.Fatalf("notes %+v", p.Notes)
 	}
 }
+
+// A cluster read-only by default with no fence mark and no switchover under
+// way is said in every plan: as primary it refuses writes, as a standby it
+// would once promoted. A switchover's own fence is not.
+func TestPlansNoteAnUnmarkedFence(t *testing.T) {
+	for _, tc := range []struct {
+		cluster, want string
+		journal       bool
+	}{
+		{"orders-east", "orders-east starts new sessions read-only (default_transaction_read_only on) with no fence mark: it refuses writes; a fence left behind or set by hand: pgtopo unfence orders-east lifts it", false},
+		{"orders-west", "orders-west starts new sessions read-only (default_transaction_read_only on) with no fence mark: it would refuse writes once primary; a fence left behind or set by hand: pgtopo unfence orders-west lifts it", false},
+		{"orders-east", "", true},
+	} {
+		plan, snap := inSync(t)
+		cs(snap, tc.cluster).PG.ReadOnlyDefault = true
+		if tc.journal {
+			for _, name := range []string{"orders-east", "orders-west"} {
+				cs(snap, name).Object.Marks.Journal = &snapshot.Journal{Phase: snapshot.PhaseDemoting, From: "orders-east", To: "orders-west"}
+			}
+		}
+		var got []string
+		for _, n := range plan(snap).Notes {
+			if strings.Contains(n.Message, "no fence mark") {
+				got = append(got, n.Message)
+			}
+		}
+		if want := []string{tc.want}; tc.want == "" && len(got) != 0 || tc.want != "" && !slices.Equal(got, want) {
+			t.Errorf("%s read-only by default (journal %v): notes %q, want %q", tc.cluster, tc.journal, got, tc.want)
+		}
+	}
+}

@@ -171,6 +171,7 @@ func (p *planner) run() {
 			p.note(&subj, "%s is fenced (by %s at %s%s): it refuses new writes until pgtopo unfence %s", c.Name, f.By, f.At, reasonSuffix(f.Reason), c.Name)
 		}
 	}
+	p.unmarkedFences()
 	p.foreignParameters()
 	p.checkCredentials()
 	p.checkRevisions()
@@ -236,6 +237,28 @@ func (p *planner) run() {
 	p.fillExternalIPs(want, livePrimary)
 	p.record()
 	p.roles(want.Name)
+}
+
+// unmarkedFences notes a cluster whose new sessions start read-only with no
+// fence mark and no switchover under way to explain it: a fence left behind
+// (or set by hand) that makes a primary refuse writes, or a standby refuse
+// them once promoted.
+func (p *planner) unmarkedFences() {
+	if j, _ := p.journal(); j != nil {
+		return // the switchover's own fence
+	}
+	for _, c := range p.d.Clusters {
+		o := p.observed(c.Name)
+		if !o.Exists || o.PG == nil || !o.PG.ReadOnlyDefault || o.Object.Marks.Fence != nil {
+			continue
+		}
+		subj := subjectOf(c)
+		what := "it refuses writes"
+		if !o.Writable() {
+			what = "it would refuse writes once primary"
+		}
+		p.note(&subj, "%s starts new sessions read-only (default_transaction_read_only on) with no fence mark: %s; a fence left behind or set by hand: pgtopo unfence %s lifts it", c.Name, what, c.Name)
+	}
 }
 
 func reasonSuffix(r string) string {

@@ -217,6 +217,11 @@ func TestPartitionAndKilledFailovers(t *testing.T) {
 	if err := h.hasRow("east", "orders-east", afterFork[0]); err == nil {
 		t.Fatalf("row %d, written on orders-east after the fork, survived its rewind", afterFork[0])
 	}
+	// The fence on return must not outlive the rejoin: it would refuse
+	// writes the next time orders-east is primary (below).
+	if fenced, err := h.readOnlyDefault("east", "orders-east"); fenced || err != nil {
+		t.Fatalf("orders-east still starts sessions read-only after its rejoin (%v)", err)
+	}
 	h.expect(h.pgtopo("diff", "-f", west), 0, "No changes.")
 
 	// The new primary's site is lost; a failover back is killed after its
@@ -232,6 +237,9 @@ func TestPartitionAndKilledFailovers(t *testing.T) {
 	}
 	if ok, err := h.writable("east", "orders-east"); !ok {
 		t.Fatalf("orders-east not writable: %v", err)
+	}
+	if rows := h.writeUntilError("east", "orders-east", closedAfter(200*time.Millisecond)); len(rows) == 0 {
+		t.Fatal("orders-east, primary again, commits nothing")
 	}
 	if err := lab.Heal(context.Background(), h.lab.Dir, "west"); err != nil {
 		t.Fatal(err)
