@@ -219,6 +219,7 @@ func TestPartitionAndKilledFailovers(t *testing.T) {
 	}
 	// The fence on return must not outlive the rejoin: it would refuse
 	// writes the next time orders-east is primary (below).
+	t.Logf("fence lifted by pgtopo after the rejoin (not by pg_rewind's copy of postgresql.auto.conf): %v", strings.Contains(r.stderr, "unfence: orders-east"))
 	if fenced, err := h.readOnlyDefault("east", "orders-east"); fenced || err != nil {
 		t.Fatalf("orders-east still starts sessions read-only after its rejoin (%v)", err)
 	}
