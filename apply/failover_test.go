@@ -271,6 +271,7 @@ func TestRejoinRebuildsOneWhoseTimelineIsItsOwn(t *testing.T) {
 		{"seen once in recovery", eastHistory, westHistory, false, "orders-east is on a timeline 2 of its own, promoted in its own site (it branched from timeline 1 at 0/5100000; orders-west's timeline 2 branched from timeline 1 at 0/5000000): rebuilding it"},
 		{"seen once it streams", eastHistory, westHistory, true, "it streams, but on top of a history orders-west never had"},
 		{"the primary never had its timeline", eastHistory, "", false, "orders-west has no timeline 2"},
+		{"a history without reasons", "1\t0/5100000\n", westHistory, false, "it branched from timeline 1 at 0/5100000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w, rec := returnedWorld()
