@@ -153,6 +153,15 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 			ret.Diverged = int64(end - rec.ForkLSN)
 		}
 		x.emit(Event{Phase: PhaseFence, LSN: end.String(), Message: divergenceWords(name, rec, ret)})
+	} else if o.PG != nil && !o.PG.ReadOnlyDefault {
+		// Answering in recovery, it may still be promoted by its site's
+		// Patroni before the demotion lands: fenced, it takes no writes
+		// then. Best effort: the timeline checks below still catch it.
+		if err := x.session(ctx, o, func(sess Session) error { _, err := fenceNow(ctx, sess); return err }); err != nil {
+			x.say(PhaseFence, "fence on return: %s answers in recovery; fencing it failed (%v): going on to demote it", name, err)
+		} else {
+			x.say(PhaseFence, "fence on return: %s answers in recovery, fenced all the same: a promotion in its own site before the demotion would take no writes", name)
+		}
 	}
 	rec.Returned = &ret
 	if err := x.markReturned(ctx, s.Subject, rec); err != nil {

@@ -219,6 +219,32 @@ func TestRejoinLiftsTheFenceWhenNoRewindTookIt(t *testing.T) {
 	}
 }
 
+// A lost primary that answers in recovery (its Patroni restarted it as a
+// replica and may yet promote it) is fenced before its demotion all the
+// same, and the fence is lifted once it streams.
+func TestRejoinFencesOneThatAnswersInRecovery(t *testing.T) {
+	w, rec := returnedWorld()
+	w.cluster("orders-east").PG.InRecovery = true
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if name == "orders-east" && what == "spec" {
+			w.follow(name, "orders-west")
+		}
+	}
+	r, _ := runner(w)
+	step := rejoinStep(rec, "rewind", false)
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	wantWrites(t, w,
+		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
+		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:false",
+		"spec orders-east "+specJSON(step.Rejoin.Demoted),
+		"sql orders-east fence-off", "sql orders-east reload",
+		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:true",
+	)
+}
+
 // A demoted lost primary that does not stream within the bound (its rewind
 // failed) is rebuilt.
 func TestRejoinRebuildsWhenTheRewindDoesNotBringItBack(t *testing.T) {
