@@ -159,6 +159,16 @@ func (e *StaleError) Error() string {
 
 // Execute runs plan, computed from a snapshot whose basis is basis.
 func (r *Runner) Execute(ctx context.Context, plan diff.Plan, basis diff.Basis) (*Result, error) {
+	return r.execute(ctx, plan, basis, nil)
+}
+
+// ExecuteFrom runs plan just computed from snap: the first step's
+// preconditions are checked on snap rather than on a new look.
+func (r *Runner) ExecuteFrom(ctx context.Context, plan diff.Plan, snap *snapshot.Snapshot) (*Result, error) {
+	return r.execute(ctx, plan, diff.BasisOf(snap), snap)
+}
+
+func (r *Runner) execute(ctx context.Context, plan diff.Plan, basis diff.Basis, seen *snapshot.Snapshot) (*Result, error) {
 	r.start = time.Now()
 	res := &Result{Plan: plan}
 	defer func() {
@@ -169,7 +179,8 @@ func (r *Runner) Execute(ctx context.Context, plan diff.Plan, basis diff.Basis) 
 		if plan.Refused() {
 			return res, &RefusedError{Plan: plan}
 		}
-		next, err := r.run(ctx, plan, basis, res)
+		next, err := r.run(ctx, plan, basis, seen, res)
+		seen = nil // a follow-up plan's look is the last step's
 		if err != nil || next == nil {
 			return res, err
 		}
@@ -188,8 +199,11 @@ func (r *Runner) Execute(ctx context.Context, plan diff.Plan, basis diff.Basis) 
 }
 
 // run executes the steps of plan; it returns the plan the world needs
-// afterwards, or nil when it cannot tell (no Replan).
-func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, res *Result) (*diff.Plan, error) {
+// afterwards, or nil when it cannot tell (no Replan). fresh, when not nil,
+// is a look just taken, for the first step.
+func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, fresh *snapshot.Snapshot, res *Result) (*diff.Plan, error) {
+	// The look taken after a step to re-plan is the next step's look too:
+	// nothing ran in between.
 	for i := 0; i < len(plan.Steps); i++ {
 		step := plan.Steps[i]
 		if r.draining() {
@@ -197,7 +211,9 @@ func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, res 
 			return nil, ErrDrained
 		}
 		began := time.Now()
-		if err := r.runStep(ctx, step, i+1, len(plan.Steps)); err != nil {
+		err := r.runStep(ctx, step, i+1, len(plan.Steps), fresh)
+		fresh = nil
+		if err != nil {
 			return nil, fmt.Errorf("%s %s: %w", step.Action, step.Subject, err)
 		}
 		res.Completed = append(res.Completed, CompletedStep{Step: step, Seconds: time.Since(began).Seconds()})
@@ -209,6 +225,7 @@ func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, res 
 		}
 		snap := r.Observer.Observe(ctx)
 		now := r.Replan(snap)
+		fresh = snap
 		if diff.Same(plan, now) {
 			continue
 		}
@@ -247,8 +264,12 @@ func indexAfter(p diff.Plan, a diff.Action) int {
 	return last
 }
 
-func (r *Runner) runStep(ctx context.Context, step diff.Step, n, total int) error {
-	snap := r.Observer.Observe(ctx)
+// runStep checks the step's preconditions on snap, a look taken since the
+// last step ended (nil: look now), then executes it.
+func (r *Runner) runStep(ctx context.Context, step diff.Step, n, total int, snap *snapshot.Snapshot) error {
+	if snap == nil {
+		snap = r.Observer.Observe(ctx)
+	}
 	if err := diff.Check(step, snap); err != nil {
 		return err
 	}

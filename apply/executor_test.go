@@ -37,7 +37,7 @@ func runner(w *world) (*Runner, *[]Event) {
 func run(t *testing.T, r *Runner, step diff.Step) error {
 	t.Helper()
 	r.start = time.Now()
-	return r.runStep(context.Background(), step, 1, 1)
+	return r.runStep(context.Background(), step, 1, 1, nil)
 }
 
 func specJSON(s snapshot.Spec) string {

@@ -47,6 +47,11 @@ func TestExecuteRunsThePlanAsPrinted(t *testing.T) {
 	if len(res.Completed) != 2 || res.Remaining != nil || replans != 2 {
 		t.Fatalf("completed %d, remaining %v, replans %d", len(res.Completed), res.Remaining, replans)
 	}
+	// One look before the lock; one after it, to re-plan, which is also the
+	// record step's look; one at the end.
+	if w.observed != 3 {
+		t.Fatalf("%d looks at the world, want 3", w.observed)
+	}
 	if h := w.leases["east/db/pgtopo-orders"].Spec.HolderIdentity; h == nil || *h != "" {
 		t.Fatal("the Lease was not released")
 	}
@@ -62,6 +67,40 @@ func TestExecuteRunsThePlanAsPrinted(t *testing.T) {
 	if !slices.Equal(steps, []int{1, 2}) || (*events)[len(*events)-1].Phase != PhaseConverged {
 		t.Fatalf("events %+v", *events)
 	}
+}
+
+// A plan just computed from a look is executed from that look: the lock's
+// precondition is checked on it, with no second look before the lock.
+func TestExecuteFromTheLookThePlanCameFrom(t *testing.T) {
+	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r, _ := runner(w)
+	plan := planOf(lockStep(), recordStep("d1"))
+	r.Replan = func(s *snapshot.Snapshot) diff.Plan {
+		if s.Clusters[0].Object.Marks.Digest == "d1" {
+			return planOf()
+		}
+		return plan
+	}
+	seen := w.Observe(context.Background())
+	if _, err := r.ExecuteFrom(context.Background(), plan, seen); err != nil {
+		t.Fatal(err)
+	}
+	// The plan's own look, one after the lock, one at the end.
+	if w.observed != 3 {
+		t.Fatalf("%d looks at the world, want 3", w.observed)
+	}
+	// A precondition that fails on the look given is a refusal before the
+	// lock, even if the world would pass it now.
+	w = newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+	r, _ = runner(w)
+	seen = w.Observe(context.Background())
+	seen.Sites[0].Reachable = false
+	guarded := lockStep()
+	guarded.Preconditions = []diff.Precondition{{Kind: diff.CondSiteReachable, Site: "east"}}
+	if _, err := r.ExecuteFrom(context.Background(), planOf(guarded, recordStep("d1")), seen); err == nil {
+		t.Fatal("the lock was taken although the look the plan came from had its site unreachable")
+	}
+	wantWrites(t, w)
 }
 
 // A saved plan (no Changed) whose world changed while it waited for the

@@ -147,7 +147,7 @@ func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain
 		fmt.Fprintf(w, "\nThe live world changed while this run waited for the lock (%s). The plan now is:\n\n", strings.Join(why, "; "))
 		return now.WriteText(w)
 	}
-	res, err := r.Execute(ctx, plan, diff.BasisOf(snap))
+	res, err := r.ExecuteFrom(ctx, plan, snap)
 	if err == nil && res.Remaining != nil {
 		err = fmt.Errorf("not converged after the plan and %d follow-up plans (%s); run diff to see what remains", r.FollowUps, res.Remaining.Summary())
 	}

@@ -77,7 +77,7 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 				fmt.Fprintf(w, "\nThe live world changed while this run waited for the lock; the plan now is:\n\n")
 				return now.WriteText(w)
 			}
-			res, err := r.Execute(ctx, p, diff.BasisOf(snap))
+			res, err := r.ExecuteFrom(ctx, p, snap)
 			return f.finish(e, res, err)
 		},
 	}
