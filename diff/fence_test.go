@@ -116,31 +116,47 @@ func TestPlansNoteAFence(t *testing.T) {
 
 // A cluster read-only by default with no fence mark and no switchover under
 // way is said in every plan: as primary it refuses writes, as a standby it
-// would once promoted. A switchover's own fence is not.
+// would once promoted. A switchover's own fence is not, nor a fence on
+// return from a failover (the rejoin lifts it; policy manual keeps it).
 func TestPlansNoteAnUnmarkedFence(t *testing.T) {
 	for _, tc := range []struct {
-		cluster, want string
+		name, cluster string
 		journal       bool
+		returned      *snapshot.Returned
+		want          string
 	}{
-		{"orders-east", "orders-east starts new sessions read-only (default_transaction_read_only on) with no fence mark: it refuses writes; a fence left behind or set by hand: pgtopo unfence orders-east lifts it", false},
-		{"orders-west", "orders-west starts new sessions read-only (default_transaction_read_only on) with no fence mark: it would refuse writes once primary; a fence left behind or set by hand: pgtopo unfence orders-west lifts it", false},
-		{"orders-east", "", true},
+		{"primary", "orders-east", false, nil, "orders-east starts new sessions read-only (default_transaction_read_only on) with no fence mark: it refuses writes; a fence left behind or set by hand: pgtopo unfence orders-east lifts it"},
+		{"standby", "orders-west", false, nil, "orders-west starts new sessions read-only (default_transaction_read_only on) with no fence mark: it would refuse writes once primary; a fence left behind or set by hand: pgtopo unfence orders-west lifts it"},
+		{"switchover under way", "orders-east", true, nil, ""},
+		{"rejoin under way", "orders-west", false, &snapshot.Returned{Rejoin: "rewind"}, ""},
+		{"rejoined, policy manual", "orders-west", false, &snapshot.Returned{Rejoin: "manual", Done: true}, ""},
+		{"rejoined by rewind", "orders-west", false, &snapshot.Returned{Rejoin: "rewind", Done: true}, "orders-west starts new sessions read-only (default_transaction_read_only on) with no fence mark: it would refuse writes once primary; a fence left behind or set by hand: pgtopo unfence orders-west lifts it"},
 	} {
-		plan, snap := inSync(t)
-		cs(snap, tc.cluster).PG.ReadOnlyDefault = true
-		if tc.journal {
-			for _, name := range []string{"orders-east", "orders-west"} {
-				cs(snap, name).Object.Marks.Journal = &snapshot.Journal{Phase: snapshot.PhaseDemoting, From: "orders-east", To: "orders-west"}
+		t.Run(tc.name, func(t *testing.T) {
+			plan, snap := inSync(t)
+			c := cs(snap, tc.cluster)
+			c.PG.ReadOnlyDefault = true
+			if tc.returned != nil {
+				c.Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: tc.cluster, To: "orders-east", Phase: snapshot.FailoverDone, Returned: tc.returned}
 			}
-		}
-		var got []string
-		for _, n := range plan(snap).Notes {
-			if strings.Contains(n.Message, "no fence mark") {
-				got = append(got, n.Message)
+			if tc.journal {
+				for _, name := range []string{"orders-east", "orders-west"} {
+					cs(snap, name).Object.Marks.Journal = &snapshot.Journal{Phase: snapshot.PhaseDemoting, From: "orders-east", To: "orders-west"}
+				}
 			}
-		}
-		if want := []string{tc.want}; tc.want == "" && len(got) != 0 || tc.want != "" && !slices.Equal(got, want) {
-			t.Errorf("%s read-only by default (journal %v): notes %q, want %q", tc.cluster, tc.journal, got, tc.want)
-		}
+			var got []string
+			for _, n := range plan(snap).Notes {
+				if strings.Contains(n.Message, "no fence mark") {
+					got = append(got, n.Message)
+				}
+			}
+			var want []string
+			if tc.want != "" {
+				want = []string{tc.want}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("notes %q, want %q", got, want)
+			}
+		})
 	}
 }

@@ -249,7 +249,7 @@ func (p *planner) unmarkedFences() {
 	}
 	for _, c := range p.d.Clusters {
 		o := p.observed(c.Name)
-		if !o.Exists || o.PG == nil || !o.PG.ReadOnlyDefault || o.Object.Marks.Fence != nil {
+		if !o.Exists || o.PG == nil || !o.PG.ReadOnlyDefault || o.Object.Marks.Fence != nil || rejoinFence(o) {
 			continue
 		}
 		subj := subjectOf(c)
@@ -259,6 +259,14 @@ func (p *planner) unmarkedFences() {
 		}
 		p.note(&subj, "%s starts new sessions read-only (default_transaction_read_only on) with no fence mark: %s; a fence left behind or set by hand: pgtopo unfence %s lifts it", c.Name, what, c.Name)
 	}
+}
+
+// rejoinFence reports whether a cluster's fence is its fence on return
+// from a failover: the rejoin under way lifts it, and policy manual keeps
+// it for a DBA.
+func rejoinFence(o *snapshot.ClusterState) bool {
+	f := o.Object.Marks.Failover
+	return f != nil && f.Returned != nil && (!f.Returned.Done || f.Returned.Rejoin == topology.RejoinManual)
 }
 
 func reasonSuffix(r string) string {
