@@ -74,7 +74,7 @@ resumes on the next run).`,
 			loop := &reconcile.Loop{
 				Source:   source,
 				Observer: obs,
-				Apply: func(ctx context.Context, d *topology.Desired, plan diff.Plan, basis diff.Basis, opt diff.Options) (*apply.Result, error) {
+				Apply: func(ctx context.Context, d *topology.Desired, plan diff.Plan, seen *snapshot.Snapshot, opt diff.Options) (*apply.Result, error) {
 					ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
 					defer cancel()
 					o, err := src.newObserver(d, keep)
@@ -102,7 +102,7 @@ resumes on the next run).`,
 							return nil
 						},
 					}
-					return r.Execute(ctx, plan, basis)
+					return r.ExecuteFrom(ctx, plan, seen)
 				},
 				Interval:      interval,
 				AllowRollback: allowRollback,

@@ -20,9 +20,9 @@ type Observer interface {
 	Observe(ctx context.Context, d *topology.Desired) (*snapshot.Snapshot, error)
 }
 
-// Applier executes the cycle's plan, computed with opt from a snapshot
-// whose basis is basis.
-type Applier func(ctx context.Context, d *topology.Desired, plan diff.Plan, basis diff.Basis, opt diff.Options) (*apply.Result, error)
+// Applier executes the cycle's plan, computed with opt from seen, the
+// cycle's look at the world.
+type Applier func(ctx context.Context, d *topology.Desired, plan diff.Plan, seen *snapshot.Snapshot, opt diff.Options) (*apply.Result, error)
 
 // Outcome names how a cycle ended.
 type Outcome string
@@ -172,7 +172,7 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		c.Outcome = OutcomeDrift
 		return c
 	}
-	res, err := l.Apply(ctx, in.Desired, plan, diff.BasisOf(snap), opt)
+	res, err := l.Apply(ctx, in.Desired, plan, snap, opt)
 	if res != nil {
 		c.Applied = res.Completed
 		c.Plan = &res.Plan

@@ -75,7 +75,7 @@ func TestReconcileHeapIsFlat(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := &reconcile.Loop{Source: &reconcile.FileSource{Path: path, Validator: v}, Observer: syncObserver{},
-		Apply: func(context.Context, *topology.Desired, diff.Plan, diff.Basis, diff.Options) (*apply.Result, error) {
+		Apply: func(context.Context, *topology.Desired, diff.Plan, *snapshot.Snapshot, diff.Options) (*apply.Result, error) {
 			return nil, fmt.Errorf("nothing to apply in sync")
 		}}
 	heap := func() uint64 {
