@@ -17,7 +17,7 @@ pkgs=("$@")
 for pkg in "${pkgs[@]}"; do
   goal=${goals[$pkg]:?no goal for package $pkg}
   out=$(mktemp)
-  "$gremlins" unleash --workers 2 --timeout-coefficient 3 "./$pkg" >"$out" 2>&1 || true
+  "$gremlins" unleash --workers 2 --timeout-coefficient 3 --tags mutation "./$pkg" >"$out" 2>&1 || true
   killed=$(grep -cE '^ *(KILLED|TIMED OUT) ' "$out" || true)
   lived=$(grep -cE '^ *LIVED ' "$out" || true)
   uncovered=$(grep -cE '^ *NOT COVERED ' "$out" || true)

@@ -1,0 +1,190 @@
+// Package pgtest runs throwaway PostgreSQL 15 servers for tests that need
+// a real one: initdb, start and stop on a port, base backups, promotion.
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtopo/pgtopo/snapshot"
+)
+
+// Bin is where Debian's postgresql-15 package puts the server programs.
+const Bin = "/usr/lib/postgresql/15/bin"
+
+// Password is every test server's postgres password.
+const Password = "probe-test-secret"
+
+// Server is one PostgreSQL data directory and, when started, its server,
+// with SCRAM authentication on 127.0.0.1.
+type Server struct {
+	Endpoint snapshot.Endpoint
+	// Admin is the test's own session while the server runs.
+	Admin *pgx.Conn
+	dir   string // owned by the server's user; the data is dir/data
+	cred  *syscall.Credential
+	cmd   *exec.Cmd
+}
+
+// Start makes a new primary and starts it on a free port.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s := New(t)
+	pwfile := filepath.Join(s.dir, "pw")
+	if err := os.WriteFile(pwfile, []byte(Password), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.Run(t, "initdb", "-D", s.Data(), "-U", "postgres", "--auth=scram-sha-256", "--pwfile", pwfile)
+	s.StartOn(t, FreePort(t))
+	return s
+}
+
+// Standby makes a base backup of primary that streams from it, and starts
+// it on a free port.
+func Standby(t testing.TB, primary *Server) *Server {
+	t.Helper()
+	s := New(t)
+	s.Run(t, "pg_basebackup", "-D", s.Data(), "-h", primary.Endpoint.Host, "-p", fmt.Sprint(primary.Endpoint.Port), "-U", "postgres", "-R", "-X", "stream")
+	s.StartOn(t, FreePort(t))
+	return s
+}
+
+// New makes the directory of a server not created yet.
+func New(t testing.TB) *Server {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(Bin, "postgres")); err != nil {
+		t.Fatalf("PostgreSQL 15 is missing (%v): run make deps (apt-get install postgresql-15)", err)
+	}
+	dir, err := os.MkdirTemp("", "pgtopo-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &Server{dir: dir}
+	// PostgreSQL refuses to run as root; the postgres user that the
+	// package creates runs it then, in a directory it owns.
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatalf("user postgres: %v (apt-get install postgresql-15 creates it)", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// Data is the data directory.
+func (s *Server) Data() string { return filepath.Join(s.dir, "data") }
+
+// Run runs one of PostgreSQL's programs as the server's user.
+func (s *Server) Run(t testing.TB, program string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(Bin, program), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+Password)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", program, err, out)
+	}
+}
+
+// WriteFile writes a file into the data directory, owned by the server's
+// user.
+func (s *Server) WriteFile(t testing.TB, name string, data []byte) {
+	t.Helper()
+	path := filepath.Join(s.Data(), name)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s.cred != nil {
+		if err := os.Chown(path, int(s.cred.Uid), int(s.cred.Gid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// FreePort is a TCP port nothing listens on right now.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// StartOn runs the server on port and waits (30 s at most) until it takes
+// sessions.
+func (s *Server) StartOn(t testing.TB, port int) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(Bin, "postgres"), "-D", s.Data(), "-p", fmt.Sprint(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+s.dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	logf, err := os.OpenFile(filepath.Join(s.dir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = cmd
+	t.Cleanup(s.Stop)
+	s.Endpoint = snapshot.Endpoint{Host: "127.0.0.1", Port: port}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := pgx.Connect(context.Background(), s.URL("admin"))
+		if err == nil {
+			s.Admin = c
+			return
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(s.dir, "postgres.log"))
+			t.Fatalf("postgres did not start within 30s: %v\n%s", err, log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// URL is a connection URL as postgres, with an application name.
+func (s *Server) URL(application string) string {
+	return fmt.Sprintf("postgres://postgres:%s@%s/postgres?application_name=%s", Password, s.Endpoint, application)
+}
+
+// Stop shuts the server down (fast) and waits for it.
+func (s *Server) Stop() {
+	if s.cmd == nil {
+		return
+	}
+	if s.Admin != nil {
+		s.Admin.Close(context.Background())
+		s.Admin = nil
+	}
+	_ = s.cmd.Process.Signal(os.Interrupt)
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// Restart stops the server and starts it again on the same port.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	port := s.Endpoint.Port
+	s.Stop()
+	s.StartOn(t, port)
+}
