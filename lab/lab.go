@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/user"
@@ -34,6 +33,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
 
+	"github.com/pgtopo/pgtopo/lab/ports"
 	"github.com/pgtopo/pgtopo/lab/proc"
 )
 
@@ -224,13 +224,13 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	if _, err := PatroniCredentials(cfg.Dir); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2 + 2*len(cfg.Sites))
+	picked, err := ports.Free(2 + 2*len(cfg.Sites))
 	if err != nil {
 		return nil, err
 	}
-	st.EtcdClientPort, st.EtcdPeerPort = ports[0], ports[1]
+	st.EtcdClientPort, st.EtcdPeerPort = picked[0], picked[1]
 	for i := range cfg.Sites {
-		st.Sites[i].APIServerPort, st.Sites[i].APIServerInternalPort = ports[2+2*i], ports[3+2*i]
+		st.Sites[i].APIServerPort, st.Sites[i].APIServerInternalPort = picked[2+2*i], picked[3+2*i]
 	}
 	if err := writeState(st); err != nil {
 		return nil, err
@@ -556,25 +556,6 @@ func waitHTTP(ctx context.Context, url string, caPEM []byte, token string, timeo
 		}
 	}
 	return fmt.Errorf("not ready after %s: %v", timeout, last)
-}
-
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var out []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
 }
 
 // slotDir records which lab holds which address slot.

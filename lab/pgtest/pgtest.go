@@ -5,7 +5,6 @@ package pgtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgtopo/pgtopo/lab/ports"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -118,15 +118,15 @@ func (s *Server) WriteFile(t testing.TB, name string, data []byte) {
 	}
 }
 
-// FreePort is a TCP port nothing listens on right now.
+// FreePort is a TCP port nothing listens on right now, outside the range
+// outgoing connections take theirs from.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := ports.Free(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p[0]
 }
 
 // StartOn runs the server on port and waits (30 s at most) until it takes
