@@ -180,7 +180,7 @@ func (r *Runner) execute(ctx context.Context, plan diff.Plan, basis diff.Basis, 
 			return res, &RefusedError{Plan: plan}
 		}
 		next, err := r.run(ctx, plan, basis, seen, res)
-		seen = nil // a follow-up plan's look is the last step's
+		seen = nil // a follow-up plan's first step looks again
 		if err != nil || next == nil {
 			return res, err
 		}

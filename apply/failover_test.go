@@ -187,62 +187,49 @@ func TestRejoinRebuildsAsAStandbyFromBirth(t *testing.T) {
 	}
 }
 
-// A lost primary that comes back with nothing past the fork streams without
-// a rewind, so its postgresql.auto.conf keeps the fence on return: lifted
-// once it streams, or it would refuse writes the next time it is primary.
-func TestRejoinLiftsTheFenceWhenNoRewindTookIt(t *testing.T) {
-	w, rec := returnedWorld()
-	w.endOfWAL["orders-east"] = rec.ForkLSN
-	w.react = func(w *world, what, name string) {
-		operator(w, what, name)
-		if name == "orders-east" && what == "spec" {
-			w.follow(name, "orders-west")
-		}
+// A returned lost primary is fenced before its demotion, and the fence is
+// lifted once it streams when no pg_rewind replaced its postgresql.auto.conf,
+// or it would refuse writes the next time it is primary: one that comes
+// back writable with nothing past the fork (no rewind needed), and one that
+// answers in recovery (its Patroni restarted it as a replica and may yet
+// promote it).
+func TestRejoinFencesOnReturnAndLiftsTheFence(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		returned func(w *world, rec snapshot.FailoverRecord)
+	}{
+		{"nothing past the fork", func(w *world, rec snapshot.FailoverRecord) { w.endOfWAL["orders-east"] = rec.ForkLSN }},
+		{"answers in recovery", func(w *world, _ snapshot.FailoverRecord) { w.cluster("orders-east").PG.InRecovery = true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, rec := returnedWorld()
+			tc.returned(w, rec)
+			w.react = func(w *world, what, name string) {
+				operator(w, what, name)
+				if name == "orders-east" && what == "spec" {
+					w.follow(name, "orders-west")
+				}
+			}
+			r, events := runner(w)
+			step := rejoinStep(rec, "rewind", false)
+			if err := run(t, r, step); err != nil {
+				t.Fatal(err)
+			}
+			wantWrites(t, w,
+				"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
+				"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:false",
+				"spec orders-east "+specJSON(step.Rejoin.Demoted),
+				"sql orders-east fence-off", "sql orders-east reload",
+				"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:true",
+			)
+			if w.cluster("orders-east").PG.ReadOnlyDefault {
+				t.Fatal("orders-east still starts sessions read-only")
+			}
+			if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseUnfence }) {
+				t.Fatal("no event says the fence was lifted")
+			}
+		})
 	}
-	r, events := runner(w)
-	step := rejoinStep(rec, "rewind", false)
-	if err := run(t, r, step); err != nil {
-		t.Fatal(err)
-	}
-	wantWrites(t, w,
-		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
-		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:false",
-		"spec orders-east "+specJSON(step.Rejoin.Demoted),
-		"sql orders-east fence-off", "sql orders-east reload",
-		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:true",
-	)
-	if w.cluster("orders-east").PG.ReadOnlyDefault {
-		t.Fatal("orders-east still starts sessions read-only")
-	}
-	if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseUnfence }) {
-		t.Fatal("no event says the fence was lifted")
-	}
-}
-
-// A lost primary that answers in recovery (its Patroni restarted it as a
-// replica and may yet promote it) is fenced before its demotion all the
-// same, and the fence is lifted once it streams.
-func TestRejoinFencesOneThatAnswersInRecovery(t *testing.T) {
-	w, rec := returnedWorld()
-	w.cluster("orders-east").PG.InRecovery = true
-	w.react = func(w *world, what, name string) {
-		operator(w, what, name)
-		if name == "orders-east" && what == "spec" {
-			w.follow(name, "orders-west")
-		}
-	}
-	r, _ := runner(w)
-	step := rejoinStep(rec, "rewind", false)
-	if err := run(t, r, step); err != nil {
-		t.Fatal(err)
-	}
-	wantWrites(t, w,
-		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
-		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:false",
-		"spec orders-east "+specJSON(step.Rejoin.Demoted),
-		"sql orders-east fence-off", "sql orders-east reload",
-		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:true",
-	)
 }
 
 // A demoted lost primary that does not stream within the bound (its rewind

@@ -8,12 +8,14 @@ package apply
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/pgtopo/pgtopo/lab/labtest"
 	"github.com/pgtopo/pgtopo/lab/pgtest"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -49,9 +51,12 @@ func TestTimelineOfItsOwnOnPostgreSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	newPrimary := pgtest.Standby(t, oldPrimary)
-	waitFor(t, "the standby replays the table", func() bool {
+	labtest.Eventually(t, 30*time.Second, "the standby replays the table", func() error {
 		var n int
-		return newPrimary.Admin.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relname = 'before_the_fork'").Scan(&n) == nil && n == 1
+		if err := newPrimary.Admin.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relname = 'before_the_fork'").Scan(&n); err != nil || n != 1 {
+			return fmt.Errorf("%d tables before_the_fork (%v)", n, err)
+		}
+		return nil
 	})
 	// The failover: the standby is promoted.
 	if _, err := newPrimary.Admin.Exec(ctx, "SELECT pg_promote()"); err != nil {
@@ -74,9 +79,11 @@ func TestTimelineOfItsOwnOnPostgreSQL(t *testing.T) {
 		}
 		return st
 	}
-	waitFor(t, "the follower streams timeline 2", func() bool {
-		st := probe(follower)
-		return st.WalReceiver != nil && st.WalReceiver.Status == "streaming" && st.Timeline == 2
+	labtest.Eventually(t, 30*time.Second, "the follower streams timeline 2", func() error {
+		if st := probe(follower); st.WalReceiver == nil || st.WalReceiver.Status != "streaming" || st.Timeline != 2 {
+			return fmt.Errorf("timeline %d, receiver %+v", st.Timeline, st.WalReceiver)
+		}
+		return nil
 	})
 	state := func(name string, s *pgtest.Server) snapshot.ClusterState {
 		ep := s.Endpoint
@@ -106,17 +113,5 @@ func TestTimelineOfItsOwnOnPostgreSQL(t *testing.T) {
 			}
 			t.Logf("%v: %s", own, why)
 		})
-	}
-}
-
-// waitFor polls cond every 50 ms for up to 30 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 30s: %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
