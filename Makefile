@@ -22,7 +22,8 @@ build: ## build bin/pgtopo and bin/pglab
 test: build lab-bin ## run every test (unit, agreement, testscripts, the lab end to end)
 	$(GO) test -count=1 -timeout 30m ./...
 
-lint: bin/staticcheck ## gofmt check, go vet, staticcheck
+lint: bin/staticcheck ## gofmt check, go vet, staticcheck, no binary or file over 1 MiB tracked
+	scripts/check-tree.sh
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	bin/staticcheck ./...
