@@ -142,6 +142,12 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 	if own := x.marksOf(name).Failover; own != nil && own.Epoch == rec.Epoch && own.Returned != nil {
 		ret = *own.Returned // resumed: keep what was measured at the fence
 	}
+	if o.PG == nil || o.PG.InRecovery && !o.Object.Spec.Replication.IsReplica {
+		var err error
+		if o, err = x.fenceBeforeItAnswers(ctx, s); err != nil {
+			return err
+		}
+	}
 	if o.Writable() {
 		end, last, ended, err := x.fenceReturned(ctx, o)
 		if err != nil {
@@ -239,6 +245,62 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 	rec.Returned.Done = true
 	x.say(PhaseSwitched, "%s rejoined as a standby of %s", name, r.Primary.Cluster)
 	return x.markReturned(ctx, s.Subject, rec)
+}
+
+// answerBound is how long a returned primary fenced in its object is
+// waited for to answer as a primary, so that its fence is confirmed and
+// what it wrote after the fork is measured before anything else is written
+// for it.
+const answerBound = time.Minute
+
+// fenceBeforeItAnswers fences a returned primary that does not answer yet
+// (its site's API is back before its pods, or its Patroni is restarting
+// it), or answers in recovery while its object still makes it a primary
+// (its Patroni starts it so and then promotes it), where its operator
+// applies the fence before the server accepts writes: as a parameter of
+// its object. Demoting it instead would race its own Patroni, which may
+// promote it before the operator acts on the demotion, and a demotion
+// would rewind away what it wrote after the fork before anyone measured
+// it. It waits until the server is out of recovery (its end of WAL can
+// then be read) and returns the cluster as seen then; one that answers
+// but stays in recovery past the bound is returned as it is.
+func (x *stepRun) fenceBeforeItAnswers(ctx context.Context, s diff.Step) (*snapshot.ClusterState, error) {
+	name := s.Subject.Cluster
+	if err := x.writeSpec(ctx, s.Subject, s.Rejoin.Fenced); err != nil {
+		return nil, fmt.Errorf("fence on return: %s is not fenced and its fence could not be written in its object, so it may take writes when it is promoted: %w", name, err)
+	}
+	state := "does not answer yet"
+	if o := x.cluster(name); o.PG != nil {
+		state = "answers in recovery, and its object makes it a primary"
+	}
+	x.emit(Event{Phase: PhaseFence, Message: fmt.Sprintf("fence on return: %s %s; fenced in its object (%s on), which its operator applies before the server starts: it refuses writes once promoted", name, state, diff.FenceParameter)})
+	bounded, cancel := context.WithTimeout(ctx, answerBound)
+	defer cancel()
+	err := x.waitEvery(bounded, x.r.pollSwitchover(), name+" answering as a primary", func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(name)
+		return cs.Writable(), statusWords(cs)
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil, err
+	}
+	o := x.cluster(name)
+	if err == nil {
+		if !o.PG.ReadOnlyDefault {
+			x.say(PhaseFence, "fence on return: %s answers writable: it was started before its operator applied the fence in its object; fencing it by SQL now", name)
+		}
+		return o, nil
+	}
+	if o = x.observedNow(ctx, name); o.PG != nil {
+		x.say(PhaseFence, "fence on return: %s answers but stays in recovery %s after its fence was written: what it wrote after the fork is measured only if it is promoted", name, answerBound)
+		return o, nil
+	}
+	return nil, fmt.Errorf("fence on return: %s NOT CONFIRMED: it does not answer %s after its fence was written in its object (%w); the fence holds when it starts, and the next run confirms it before anything else", name, answerBound, err)
+}
+
+// observedNow looks at every site again and returns one cluster from it.
+func (x *stepRun) observedNow(ctx context.Context, name string) *snapshot.ClusterState {
+	x.last = x.r.Observer.Observe(ctx)
+	return x.cluster(name)
 }
 
 // timelineOfItsOwn reports whether the returned standby's timeline, past

@@ -120,8 +120,13 @@ func returnedWorld() (*world, snapshot.FailoverRecord) {
 func rejoinStep(rec snapshot.FailoverRecord, policy string, rebuild bool) diff.Step {
 	return diff.Step{Action: diff.ActionRejoin, Subject: subject("east", "orders-east"), Rejoin: &diff.Rejoin{
 		Record: rec, Primary: subject("west", "orders-west"), PrimaryEP: westEP, Demoted: standbySpec.WithPeer(*westEP),
-		Policy: policy, Rebuild: rebuild}}
+		Policy: policy, Rebuild: rebuild, Fenced: fencedPrimarySpec}}
 }
+
+// fencedPrimarySpec is the returned primary's spec with the fence on return
+// as a parameter.
+var fencedPrimarySpec = snapshot.Spec{Instances: 2, Parameters: map[string]string{diff.FenceParameter: "on"},
+	Replication: snapshot.Replication{Enabled: true}}
 
 // Timeline 2's history as the new primary wrote it on promotion, and as a
 // lost primary promoted in its own site wrote its own.
@@ -199,7 +204,10 @@ func TestRejoinFencesOnReturnAndLiftsTheFence(t *testing.T) {
 		returned func(w *world, rec snapshot.FailoverRecord)
 	}{
 		{"nothing past the fork", func(w *world, rec snapshot.FailoverRecord) { w.endOfWAL["orders-east"] = rec.ForkLSN }},
-		{"answers in recovery", func(w *world, _ snapshot.FailoverRecord) { w.cluster("orders-east").PG.InRecovery = true }},
+		{"answers in recovery, its object a standby's", func(w *world, _ snapshot.FailoverRecord) {
+			east := w.cluster("orders-east")
+			east.PG.InRecovery, east.Object.Spec.Replication.IsReplica = true, true
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w, rec := returnedWorld()
@@ -289,7 +297,9 @@ func TestRejoinRebuildsOneWhoseTimelineIsItsOwn(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w, rec := returnedWorld()
 			east := w.cluster("orders-east")
-			east.PG.InRecovery = true // at the fence: not yet promoted by its Patroni
+			// At the fence: in recovery, demoted in its object by an earlier
+			// run, and yet promoted later by its own Patroni.
+			east.PG.InRecovery, east.Object.Spec.Replication.IsReplica = true, true
 			w.history["orders-east/2"], w.history["orders-west/2"] = tc.eastHistory, tc.westHistory
 			if tc.firstReadFail {
 				w.fail["history orders-east"] = errors.New("the database system is starting up")
@@ -332,5 +342,75 @@ func TestRejoinManualStopsAfterTheDemotion(t *testing.T) {
 	}
 	if got := w.writes(); got[len(got)-1] != "marks orders-east digest= revision= journal=- failover=1:done returned=manual:1048576:true" {
 		t.Fatalf("writes %v", got)
+	}
+}
+
+// A returned primary that does not answer yet, or answers in recovery while
+// its object still makes it a primary (its Patroni starts it so, then
+// promotes it), is fenced in its object first, where its operator applies
+// the fence before the server takes writes; nothing else is written for it
+// until it answers as a primary and what it wrote after the fork is
+// measured. One that never answers is reported not confirmed, and nothing
+// more is written.
+func TestRejoinFencesInTheObjectBeforeItAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		returned  func(east *snapshot.ClusterState)
+		operator  bool // its operator runs and starts it
+		wantErr   string
+		wantAfter string // the write that follows the fence and the measurement
+	}{
+		{"does not answer yet", func(east *snapshot.ClusterState) { east.PG = nil }, true, "", "spec orders-east " + specJSON(standbySpec.WithPeer(*westEP))},
+		// Promoted by its Patroni, on a timeline of its own: rebuilt.
+		{"answers in recovery, its object a primary's", func(east *snapshot.ClusterState) { east.PG.InRecovery, east.PG.ReplayLSN = true, 0x5100000 }, true, "", "delete orders-east"},
+		{"never answers", func(east *snapshot.ClusterState) { east.PG = nil }, false, "NOT CONFIRMED", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, rec := returnedWorld()
+			tc.returned(w.cluster("orders-east"))
+			w.history["orders-west/2"], w.history["orders-east/2"] = westHistory, westHistory
+			w.react = func(w *world, what, name string) {
+				if !tc.operator || name != "orders-east" || what != "spec" {
+					return
+				}
+				if east := w.cluster(name); east.PG == nil {
+					east.PG = &snapshot.PGState{SystemID: sysID, Timeline: 1, CurrentLSN: 0x5100000}
+				}
+				operator(w, what, name)
+				if w.cluster(name).Object.Spec.Replication.IsReplica {
+					w.follow(name, "orders-west")
+				}
+			}
+			r, events := runner(w)
+			err := run(t, r, rejoinStep(rec, "rewind", false))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				wantWrites(t, w, "spec orders-east "+specJSON(fencedPrimarySpec))
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := w.writes()
+			want := []string{"spec orders-east " + specJSON(fencedPrimarySpec), "sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate"}
+			if len(got) < len(want) || !slices.Equal(got[:len(want)], want) {
+				t.Fatalf("want the fence in its object, then by SQL, first:\n  %s", strings.Join(got, "\n  "))
+			}
+			measured := slices.IndexFunc(*events, func(e Event) bool { return strings.HasPrefix(e.Message, "divergence: orders-east wrote") })
+			after := slices.IndexFunc(*events, func(e Event) bool {
+				return strings.Contains(e.Message, "orders-east") && e.Phase == PhaseDemote || e.Phase == PhaseWrite && strings.Contains(e.Message, "deleted")
+			})
+			if measured < 0 {
+				t.Fatalf("no divergence reported: %v", *events)
+			}
+			if after >= 0 && after < measured {
+				t.Fatalf("demoted or deleted before what it wrote was reported: %v", *events)
+			}
+			if i := slices.Index(got, tc.wantAfter); i < len(want) {
+				t.Fatalf("want %q after the fence:\n  %s", tc.wantAfter, strings.Join(got, "\n  "))
+			}
+		})
 	}
 }

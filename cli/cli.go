@@ -28,6 +28,12 @@ const (
 	// ExitChanges: diff found changes pending (--detailed-exitcode). It is
 	// not 2, so that a typo in a pipeline never reads as "changes pending".
 	ExitChanges = 4
+	// ExitNoWriter: status found no cluster taking writes: an outage.
+	ExitNoWriter = 5
+	// ExitNotReady: status found one cluster taking writes, but the DR
+	// verdict is not ready (a standby not streaming, lagging, its slot
+	// lost, its database not answering, or no standby).
+	ExitNotReady = 6
 )
 
 // usageError is a command line pgtopo cannot run: a flag, an argument or a
@@ -88,7 +94,8 @@ primary), validates it, compares it with every kube context, and applies
 ordered, idempotent steps, including a safe two-phase switchover.
 
 Exit codes, the same for every command: 0 done, 1 an error or a refusal,
-2 a wrong command line, 3 split brain (status), 4 changes pending (diff).`,
+2 a wrong command line, 3 split brain (status), 4 changes pending (diff),
+5 no cluster takes writes (status), 6 not DR ready (status).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

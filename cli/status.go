@@ -35,8 +35,10 @@ Status). --watch D looks again every D and redraws, with each standby's lag
 trend since the last look; --count N stops after N looks (0: until
 interrupted). With -o json, --watch writes one document per line.
 
-Exit status (of the last look): 0 healthy, 1 error or a site unreachable, 3
-split brain (more than one cluster takes writes; a fenced one does not count).`,
+Exit status (of the last look), for monitoring: 0 healthy (DR ready), 1 error
+or a site unreachable, 3 split brain (more than one cluster takes writes; a
+fenced one does not count), 5 no cluster takes writes (an outage), 6 one
+cluster takes writes but the DR verdict is not ready.`,
 		Example: `  pgtopo status -f orders.yaml
   pgtopo status -f orders.yaml -o json | jq .verdict
   pgtopo status -f orders.yaml --watch 2s`,
@@ -73,7 +75,7 @@ split brain (more than one cluster takes writes; a fenced one does not count).`,
 					writeStatus(e, snap, prev)
 					fmt.Fprintf(e.stdout, "\n%s\n", printable.String(verdict(in.Desired, snap).Message))
 				}
-				code := statusExit(e, snap)
+				code := statusExit(e, in.Desired, snap)
 				if watch == 0 || (count > 0 && n >= count) {
 					return code
 				}
@@ -93,9 +95,9 @@ split brain (more than one cluster takes writes; a fenced one does not count).`,
 	return cmd
 }
 
-// statusExit is status' exit for a snapshot: split brain, an unreachable
-// site, or healthy.
-func statusExit(e env, snap *snapshot.Snapshot) error {
+// statusExit is status' exit for a snapshot, the worst first: split
+// brain, an unreachable site, no cluster taking writes, not DR ready.
+func statusExit(e env, d *topology.Desired, snap *snapshot.Snapshot) error {
 	writable := 0
 	for _, c := range snap.Clusters {
 		if c.Writable() && !c.Fenced() {
@@ -110,6 +112,12 @@ func statusExit(e env, snap *snapshot.Snapshot) error {
 		if !s.Reachable {
 			return exitCode(ExitError)
 		}
+	}
+	if writable == 0 {
+		return exitCode(ExitNoWriter)
+	}
+	if !verdict(d, snap).Healthy {
+		return exitCode(ExitNotReady)
 	}
 	return nil
 }

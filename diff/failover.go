@@ -2,6 +2,7 @@ package diff
 
 import (
 	"fmt"
+	"maps"
 	"strings"
 
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -41,6 +42,30 @@ type Rejoin struct {
 	Secret    *SecretCopy             `json:"secret,omitempty"`
 	// Rebuild: rewinding cannot be trusted (see rejoinStep), rebuild.
 	Rebuild bool `json:"rebuild,omitempty"`
+	// Fenced is the returned cluster's live spec with the fence on return
+	// as a parameter: written while its database does not answer, so that
+	// its operator starts it refusing writes rather than promoted and
+	// writable before the demotion lands.
+	Fenced snapshot.Spec `json:"fenced"`
+}
+
+// FenceParameter is the setting a fence turns on: new sessions start
+// read-only. As a parameter of the object it holds from the server's start.
+const FenceParameter = "default_transaction_read_only"
+
+// fencedSpec is a live spec with the fence on return added as a parameter,
+// leaving the parameters another manager set to it.
+func fencedSpec(live *snapshot.Object) snapshot.Spec {
+	s := live.Spec
+	s.Parameters = maps.Clone(s.Parameters)
+	for _, k := range live.ForeignParameters {
+		delete(s.Parameters, k)
+	}
+	if s.Parameters == nil {
+		s.Parameters = map[string]string{}
+	}
+	s.Parameters[FenceParameter] = "on"
+	return s
 }
 
 // ConsentFlag is the source of a break-glass consent.
@@ -305,7 +330,8 @@ func (p *planner) rejoin() bool {
 	c := dc
 	c.Role, c.Instances = topology.RoleStandby, 1
 	demoted := p.desiredSpec(c, np.Endpoint)
-	rj := &Rejoin{Record: *rec, Primary: subjectOf(primary), PrimaryEP: np.Endpoint, Demoted: demoted, Policy: dc.Rejoin}
+	rj := &Rejoin{Record: *rec, Primary: subjectOf(primary), PrimaryEP: np.Endpoint, Demoted: demoted, Policy: dc.Rejoin,
+		Fenced: fencedSpec(o.Object)}
 	if demoted.Replication.BootstrapSecret == "" || !o.BootstrapSecret.Exists {
 		rj.Secret = &SecretCopy{From: subjectOf(primary), FromName: np.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name}
 		demoted.Replication.BootstrapSecret = o.BootstrapSecret.Name
@@ -323,7 +349,11 @@ func (p *planner) rejoin() bool {
 	if rj.Policy == topology.RejoinRebuild {
 		rj.Rebuild = true
 	}
-	reason := fmt.Sprintf("%s, lost in failover epoch %d, answers again: fence it (read-only, sessions ended), report what it wrote after the fork at %s, demote it to a standby of %s", rec.From, rec.Epoch, rec.ForkLSN, rec.To)
+	fence := "fence it (read-only, sessions ended)"
+	if o.PG == nil {
+		fence = fmt.Sprintf("its database does not answer yet: fence it first in its object (%s on), so it starts refusing writes, and once it answers by SQL (sessions ended)", FenceParameter)
+	}
+	reason := fmt.Sprintf("%s, lost in failover epoch %d, answers again: %s, report what it wrote after the fork at %s, demote it to a standby of %s", rec.From, rec.Epoch, fence, rec.ForkLSN, rec.To)
 	switch {
 	case rj.Policy == topology.RejoinManual:
 		reason += "; rejoin policy manual: then left to a DBA"

@@ -1,6 +1,7 @@
 package diff
 
 import (
+	"maps"
 	"strings"
 	"testing"
 
@@ -161,6 +162,28 @@ func TestRejoinOnReturn(t *testing.T) {
 		}
 		if got := p.Steps[1].Rejoin.Demoted.Replication; !got.IsReplica || got.PeerHost != "127.100.20.1" {
 			t.Fatalf("demoted spec %+v", got)
+		}
+	})
+	t.Run("its database not answering yet: fenced in its object first", func(t *testing.T) {
+		d, snap := returned(t)
+		e := cs(snap, "orders-east")
+		e.PG, e.PGError = nil, "connection refused"
+		e.Object.Spec.Parameters = map[string]string{"work_mem": "64MB", "max_slot_wal_keep_size": "10GB"}
+		e.Object.ForeignParameters = []string{"work_mem"}
+		p := Compute(d, snap, Options{})
+		if len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin {
+			t.Fatalf("want lock, rejoin: %+v %+v", p.Steps, p.Refusals)
+		}
+		fenced := p.Steps[1].Rejoin.Fenced
+		want := map[string]string{"max_slot_wal_keep_size": "10GB", FenceParameter: "on"}
+		if !maps.Equal(fenced.Parameters, want) || fenced.Replication.IsReplica {
+			t.Fatalf("fenced spec: parameters %v (want %v, another manager's left to it), replica %v", fenced.Parameters, want, fenced.Replication.IsReplica)
+		}
+		if _, ok := e.Object.Spec.Parameters[FenceParameter]; ok {
+			t.Fatal("the fenced spec shares its parameters with the live object")
+		}
+		if r := p.Steps[1].Reason; !strings.Contains(r, "its database does not answer yet: fence it first in its object (default_transaction_read_only on)") {
+			t.Fatalf("reason %q", r)
 		}
 	})
 	t.Run("back on another timeline: rebuilt", func(t *testing.T) {

@@ -2,12 +2,17 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/labtest"
@@ -177,7 +182,139 @@ func TestFailover(t *testing.T) {
 	if n := h.missing("east", "orders-east", w.acked); n != 0 || len(w.acked) == 0 {
 		t.Fatalf("switchover back: %d of %d acknowledged rows missing on orders-east", n, len(w.acked))
 	}
+	h.returnUnderTheLoop(west)
 	h.noSecretsInOutput()
+}
+
+// takesWritesSQL: a new session may write (not in recovery, not fenced).
+const takesWritesSQL = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
+
+// returnUnderTheLoop loses east, the primary, again, fails over to west on
+// the flag's consent, and brings east back under reconcile, its site's API
+// a few seconds before its pods (as kubelets restart them), while a writer
+// pinned to east's own endpoint commits whatever it can and a sampler asks
+// every cluster every 100 ms whether it takes writes. The fence on return
+// must hold from east's start: no write acknowledged on east after the
+// failover, never two clusters taking writes, and what east wrote after
+// the fork reported before it is demoted or rebuilt.
+func (h *harness) returnUnderTheLoop(westFile string) {
+	t := h.t
+	dsn := map[string]string{}
+	for _, site := range []string{"east", "west", "north"} {
+		name := "orders-" + site
+		host, port := h.lab.Endpoint(t, site, "db", name)
+		dsn[name] = fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=disable&connect_timeout=2", h.lab.Password(t, site, "db", name), host, port)
+	}
+	w := h.startTimedWriter(t, "east", "orders-east")
+	time.Sleep(time.Second)
+	if err := lab.Fail(h.lab.Dir, "east"); err != nil {
+		t.Fatal(err)
+	}
+	w.finish()
+	h.expect(h.pgtopo("apply", "-f", westFile, "--accept-data-loss", "orders-east"), 0, "Apply complete")
+	failedOver := time.Now()
+	l := h.startLoop("-f", westFile, "--interval", "1m")
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var ackedOnEast, samples atomic.Int64
+	var twoWritable []string
+	wg.Add(2)
+	go func() { // the writer pinned to east
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			c, err := pgx.Connect(ctx, dsn["orders-east"])
+			cancel()
+			if err != nil {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			for err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_, err = c.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", h.nextID.Add(1))
+				cancel()
+				if err == nil {
+					ackedOnEast.Add(1)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			c.Close(context.Background())
+		}
+	}()
+	go func() { // the sampler
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			var writing []string
+			for _, name := range []string{"orders-east", "orders-west", "orders-north"} {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				if c, err := pgx.Connect(ctx, dsn[name]); err == nil {
+					var yes bool
+					if c.QueryRow(ctx, takesWritesSQL).Scan(&yes) == nil && yes {
+						writing = append(writing, name)
+					}
+					c.Close(context.Background())
+				}
+				cancel()
+			}
+			samples.Add(1)
+			if len(writing) > 1 {
+				twoWritable = append(twoWritable, time.Now().Format("15:04:05.000")+" "+strings.Join(writing, "+"))
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second) // the loop's first cycle finds east away
+	if err := lab.HealAfter(context.Background(), h.lab.Dir, "east", 8*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	labtest.Eventually(t, 4*time.Minute, "orders-east a standby of orders-west again", func() error {
+		host, port := h.lab.Endpoint(t, "west", "db", "orders-west")
+		got, err := h.sender("east", "orders-east")
+		if err != nil || !strings.HasPrefix(got, fmt.Sprintf("streaming %s:%d", host, port)) {
+			return fmt.Errorf("receiver %q (%v)", got, err)
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+
+	log := strings.Join(l.raw, "\n")
+	for _, line := range l.raw {
+		if strings.Contains(line, "fence on return") || strings.Contains(line, "divergence:") || strings.Contains(line, "rebuild:") || strings.Contains(line, "rejoined") {
+			t.Log(line)
+		}
+	}
+	t.Logf("east back %s after the failover; %d samples", time.Since(failedOver).Round(time.Second), samples.Load())
+	if n := ackedOnEast.Load(); n != 0 {
+		t.Errorf("orders-east acknowledged %d writes after the failover to orders-west", n)
+	}
+	if len(twoWritable) > 0 {
+		t.Errorf("two clusters took writes at %d of %d samples: %s", len(twoWritable), samples.Load(), strings.Join(twoWritable, ", "))
+	}
+	fenced := strings.Index(log, "fence on return: orders-east does not answer yet; fenced in its object")
+	measured := strings.Index(log, "divergence: orders-east")
+	demoted := strings.Index(log, "demote: orders-east")
+	if i := strings.Index(log, "rebuild: orders-east deleted"); demoted < 0 || i >= 0 && i < demoted {
+		demoted = i
+	}
+	switch {
+	case fenced < 0:
+		t.Errorf("the loop did not fence orders-east in its object before it answered:\n%s", log)
+	case measured < fenced:
+		t.Errorf("what orders-east wrote after the fork was not reported after its fence:\n%s", log)
+	case demoted < measured:
+		t.Errorf("orders-east was demoted or rebuilt before what it wrote after the fork was reported:\n%s", log)
+	}
 }
 
 func closedAfter(d time.Duration) <-chan struct{} {

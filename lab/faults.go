@@ -96,7 +96,7 @@ func Fail(dir, site string) error {
 	}
 	p := Paths{st.Dir}
 	// The operator first, so that nothing restarts a member meanwhile.
-	for _, name := range []string{"operator-" + s.Name, "gateway-" + s.Name, "apiserver-" + s.Name} {
+	for _, name := range []string{"operator-" + s.Name, "vm-" + s.Name, "gateway-" + s.Name, "apiserver-" + s.Name} {
 		kill(proc.ReadPid(p.Pid(name)))
 	}
 	siteDir := p.Site(s.Name) + "/"
@@ -198,8 +198,16 @@ func settle() { time.Sleep(10 * CutoffPoll) }
 // Heal ends a site's fault: a partition ends at once (the gateway and
 // proxies pass traffic again within CutoffPoll); a failed site restarts its
 // apiserver, gateway and operator, and the operator restarts the members on
-// their existing data, as a site coming back from a power loss does.
-func Heal(ctx context.Context, dir, site string) error {
+// their existing data, as a site coming back from a power loss does. A
+// failed Patroni site restarts its supervisor, which starts the members on
+// their data, as its VMs booting would.
+func Heal(ctx context.Context, dir, site string) error { return HealAfter(ctx, dir, site, 0) }
+
+// HealAfter heals a site whose workloads (the operator and the members it
+// starts) come back a while after its control plane answers, as in a real
+// site where the kubelets restart pods after the API server is up: during
+// that time the site's API answers and its databases do not.
+func HealAfter(ctx context.Context, dir, site string, workloadsAfter time.Duration) error {
 	st, s, err := loadSite(dir, site)
 	if err != nil {
 		return err
@@ -213,6 +221,12 @@ func Heal(ctx context.Context, dir, site string) error {
 			settle()
 		}
 		return nil
+	}
+	if s.Patroni {
+		if err := writeFault(st.Dir, s.Name, Fault{}); err != nil {
+			return err
+		}
+		return startSupervisor(st, s)
 	}
 	k := pki{dir: Paths{st.Dir}.PKI()}
 	caPEM, err := os.ReadFile(k.caCert())
@@ -228,6 +242,11 @@ func Heal(ctx context.Context, dir, site string) error {
 	}
 	if err := writeFault(st.Dir, s.Name, Fault{}); err != nil {
 		return err
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(workloadsAfter):
 	}
 	return startOperator(st, s)
 }

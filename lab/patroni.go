@@ -123,15 +123,22 @@ func startPatroniSite(ctx context.Context, st *State, site SiteState, progress i
 	fmt.Fprintf(progress, "lab: site %s (Patroni, no Kubernetes): cluster %s, members %s, endpoint %s\n",
 		site.Name, c.Name, strings.Join(c.Members, ", "), c.Endpoint)
 	name := "vm-" + site.Name
-	if _, err := proc.Start(proc.Spec{Name: name, Path: filepath.Join(st.BinDir, "pglab"),
-		Args:    []string{"vm", "--dir", st.Dir, "--site", site.Name},
-		LogFile: p.Log(name), PidFile: p.Pid(name)}); err != nil {
+	if err := startSupervisor(st, site); err != nil {
 		return err
 	}
 	if err := WaitPatroniLeader(ctx, c, site.StandbyOf != "", 120*time.Second); err != nil {
 		return fmt.Errorf("site %s: %w (logs: %s, %s)", site.Name, err, p.Log(name), p.PatroniMemberDir(site.Name, c.Name, 0))
 	}
 	return nil
+}
+
+// startSupervisor starts a Patroni site's supervisor (pglab vm).
+func startSupervisor(st *State, site SiteState) error {
+	p, name := Paths{st.Dir}, "vm-"+site.Name
+	_, err := proc.Start(proc.Spec{Name: name, Path: filepath.Join(st.BinDir, "pglab"),
+		Args:    []string{"vm", "--dir", st.Dir, "--site", site.Name},
+		LogFile: p.Log(name), PidFile: p.Pid(name)})
+	return err
 }
 
 // PatroniMemberDir is where a Patroni site's member keeps its data,

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -129,18 +130,20 @@ func main() {
 			fmt.Printf("site %s partitioned: it runs, but its apiserver and database addresses no longer answer from outside; pglab heal --dir %s %s ends it\n", args[0], dir, args[0])
 			return nil
 		}}
+	var workloadsAfter time.Duration
 	heal := &cobra.Command{Use: "heal SITE", Short: "End a site's fault: restart a failed site on its data, or end a partition",
 		Example: "  pglab heal --dir .lab east", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			if err := lab.Heal(ctx, dir, args[0]); err != nil {
+			if err := lab.HealAfter(ctx, dir, args[0], workloadsAfter); err != nil {
 				return err
 			}
 			fmt.Printf("site %s healed\n", args[0])
 			return nil
 		}}
 
+	heal.Flags().DurationVar(&workloadsAfter, "workloads-after", 0, "a failed Kubernetes site: start its operator and members this long after its API server answers, as kubelets restarting pods would")
 	var pidFile string
 	reap := &cobra.Command{Use: "reap -- COMMAND [ARG...]", Short: "Run a command as its init would: reap its orphans at once (the lab starts Patroni so)", Hidden: true,
 		Args: cobra.MinimumNArgs(1),

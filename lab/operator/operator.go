@@ -500,15 +500,30 @@ func (o *Operator) ensureDynamicConfig(ctx context.Context, c *cluster, slots []
 	if err != nil {
 		return err
 	}
+	patch := configPatch(cur, c.spec, slots)
+	if sc, ok := patch["standby_cluster"]; ok {
+		r := c.spec.Replication
+		o.log.Info("standby_cluster", "cluster", c.spec.key(), "isReplica", sc != nil, "peer", fmt.Sprintf("%s:%d", r.PeerHost, r.PeerPort))
+	}
+	if len(patch) == 0 {
+		return nil
+	}
+	return o.patroni.patchConfig(ctx, c.leaderIP, patch)
+}
+
+// configPatch is the merge patch that makes Patroni's dynamic config cur
+// what the CR asks for: the standby_cluster section, the permanent slots
+// (when slots is known) and the parameters, a parameter the CR no longer
+// sets going back to the lab's base value or away.
+func configPatch(cur map[string]any, spec crSpec, slots []string) map[string]any {
 	patch := map[string]any{}
-	r := c.spec.Replication
+	r := spec.Replication
 	var wantStandby map[string]any
 	if r.IsReplica {
-		wantStandby = standbyConfig(r.PeerHost, r.PeerPort, SlotName(c.spec.Name))
+		wantStandby = standbyConfig(r.PeerHost, r.PeerPort, SlotName(spec.Name))
 	}
 	if !sameJSON(cur["standby_cluster"], wantStandby) {
 		patch["standby_cluster"] = wantStandby
-		o.log.Info("standby_cluster", "cluster", c.spec.key(), "isReplica", r.IsReplica, "peer", fmt.Sprintf("%s:%d", r.PeerHost, r.PeerPort))
 	}
 	// Permanent slots follow the catalogue while the cluster is primary.
 	// A demoted cluster keeps them: its standbys still stream through them
@@ -537,18 +552,27 @@ func (o *Operator) ensureDynamicConfig(ctx context.Context, c *cluster, slots []
 	}
 	curParams, _ := nested(cur, "postgresql", "parameters").(map[string]any)
 	changed := map[string]any{}
-	for _, k := range slices.Sorted(maps.Keys(c.spec.Parameters)) {
-		if fmt.Sprint(curParams[k]) != c.spec.Parameters[k] {
-			changed[k] = c.spec.Parameters[k]
+	for _, k := range slices.Sorted(maps.Keys(spec.Parameters)) {
+		if fmt.Sprint(curParams[k]) != spec.Parameters[k] {
+			changed[k] = spec.Parameters[k]
+		}
+	}
+	// A parameter the CR dropped (a fence on return lifted with the
+	// demotion) goes, as a real operator syncs the whole set.
+	for _, k := range slices.Sorted(maps.Keys(curParams)) {
+		if _, kept := spec.Parameters[k]; kept {
+			continue
+		}
+		if base, ok := baseParameters[k]; !ok {
+			changed[k] = nil
+		} else if fmt.Sprint(curParams[k]) != base {
+			changed[k] = base
 		}
 	}
 	if len(changed) > 0 {
 		patch["postgresql"] = map[string]any{"parameters": changed}
 	}
-	if len(patch) == 0 {
-		return nil
-	}
-	return o.patroni.patchConfig(ctx, c.leaderIP, patch)
+	return patch
 }
 
 func nested(m map[string]any, keys ...string) any {
@@ -582,6 +606,11 @@ func sameJSON(a any, b map[string]any) bool {
 // race for the leader lock and a later scale-down could remove the leader.
 func (o *Operator) ensureMembers(ctx context.Context, c *cluster, password string) error {
 	spec := c.spec
+	if !o.anyMemberRunning(c) {
+		if err := syncConfigBeforeStart(ctx, o.state.EtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/config", spec); err != nil {
+			return fmt.Errorf("members not started: %w", err)
+		}
+	}
 	for i := 0; i < spec.Instances; i++ {
 		if i > 0 && !o.memberRunning(c, i) && c.members[i-1].status.State != "running" {
 			return nil // the next pass starts it, once member i-1 runs
@@ -591,6 +620,16 @@ func (o *Operator) ensureMembers(ctx context.Context, c *cluster, password strin
 		}
 	}
 	return nil
+}
+
+func (o *Operator) anyMemberRunning(c *cluster) bool {
+	entries, _ := os.ReadDir(c.dir)
+	for _, e := range entries {
+		if i, err := strconv.Atoi(e.Name()); err == nil && o.memberRunning(c, i) {
+			return true
+		}
+	}
+	return false
 }
 
 func (o *Operator) memberRunning(c *cluster, i int) bool {
