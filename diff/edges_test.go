@@ -338,3 +338,19 @@ func TestParametersByOwner(t *testing.T) {
 		})
 	}
 }
+
+// What pgtopo could not read it does not plan from: a site-wide read that
+// was denied (the Lease, the list of orphans) refuses the plan, naming it.
+func TestADeniedReadRefuses(t *testing.T) {
+	d := loadDesired(t, "testdata/two-sites-west.yaml")
+	snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
+	snap.Sites[1].ReadErrors = []string{`context lab-west: get Lease db/pgtopo-orders: leases "pgtopo-orders" is forbidden: User "reader" cannot get resource "leases"`}
+	p := Compute(d, snap, Options{})
+	if !p.Refused() || len(p.Steps) != 0 {
+		t.Fatalf("want a refusal and no steps: %+v %+v", p.Steps, p.Refusals)
+	}
+	want := `site west: cannot read what the plan depends on, so nothing is planned from it: context lab-west: get Lease db/pgtopo-orders: leases "pgtopo-orders" is forbidden`
+	if !strings.Contains(p.Refusals[0].Reason, want) {
+		t.Fatalf("refusal %q lacks %q", p.Refusals[0].Reason, want)
+	}
+}

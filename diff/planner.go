@@ -153,6 +153,9 @@ func (p *planner) run() {
 		if s.Reachable && s.Unsupported != "" {
 			p.refuse(nil, "site %s: %s", s.Name, s.Unsupported)
 		}
+		for _, e := range s.ReadErrors {
+			p.refuse(nil, "site %s: cannot read what the plan depends on, so nothing is planned from it: %s", s.Name, e)
+		}
 	}
 	p.spentConsent()
 	for _, c := range d.Clusters {

@@ -219,13 +219,15 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		nodes    []corev1.Node
 		nodesErr error
 		lease    *snapshot.LeaseInfo
+		leaseErr error
 		orphans  []snapshot.OrphanCluster
+		orphErr  error
 		reads    = make([]clusterReads, len(clusters))
 	)
 	wg.Go(func() { nodes, nodesErr = api.ListNodes(ctx) })
-	wg.Go(func() { lease = o.lease(ctx, api, d, site) })
+	wg.Go(func() { lease, leaseErr = o.lease(ctx, api, d, site) })
 	wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site.Name) })
-	wg.Go(func() { orphans = o.orphans(ctx, api, d, site) })
+	wg.Go(func() { orphans, orphErr = o.orphans(ctx, api, d, site) })
 	for i, c := range clusters {
 		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni())
 	}
@@ -240,6 +242,11 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		return st, clusters, nil
 	}
 	st.Reachable, st.NodeIPs, st.Lease = true, nodeIPs(nodes), lease
+	for _, err := range []error{leaseErr, orphErr} {
+		if err != nil {
+			st.ReadErrors = append(st.ReadErrors, fmt.Sprintf("context %s: %v", site.Context, err))
+		}
+	}
 	for i := range clusters {
 		wg.Go(func() { o.observeCluster(ctx, d, &st, &clusters[i], &reads[i]) })
 	}
@@ -248,14 +255,17 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 }
 
 // lease reads the topology's lock in this site, if the site holds one.
-func (o *Observer) lease(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) *snapshot.LeaseInfo {
+func (o *Observer) lease(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) (*snapshot.LeaseInfo, error) {
 	for _, l := range d.LockSites() {
 		if l.Site.Name != site.Name {
 			continue
 		}
 		lease, err := api.GetLease(ctx, l.Namespace, d.LeaseName())
+		if err != nil && !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("get Lease %s/%s: %w", l.Namespace, d.LeaseName(), err)
+		}
 		if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
-			return nil
+			return nil, nil
 		}
 		info := &snapshot.LeaseInfo{Holder: *lease.Spec.HolderIdentity}
 		if lease.Spec.RenewTime != nil {
@@ -264,9 +274,9 @@ func (o *Observer) lease(ctx context.Context, api SiteAPI, d *topology.Desired, 
 		if lease.Spec.LeaseDurationSeconds != nil {
 			info.Seconds = int(*lease.Spec.LeaseDurationSeconds)
 		}
-		return info
+		return info, nil
 	}
-	return nil
+	return nil, nil
 }
 
 // clusterReads is what one cluster's Kubernetes objects read. The
@@ -279,6 +289,8 @@ type clusterReads struct {
 	credentials       snapshot.SecretState
 	credentialsSecret *corev1.Secret
 	bootstrap         snapshot.SecretState
+	// secretErrs are Secret reads that failed other than by absence.
+	secretErrs [2]error
 	// noService: the cluster is reached at the file's endpoint (Patroni).
 	noService bool
 }
@@ -288,12 +300,12 @@ type clusterReads struct {
 func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string, patroni bool) {
 	ns := c.Namespace
 	wg.Go(func() { r.obj, r.objErr = api.ReadCluster(ctx, ns, c.Name) })
-	wg.Go(func() { r.credentials, r.credentialsSecret = secretState(ctx, api, key, ns, c.Credentials.Name) })
+	wg.Go(func() { r.credentials, r.credentialsSecret, r.secretErrs[0] = secretState(ctx, api, key, ns, c.Credentials.Name) })
 	if patroni {
 		r.noService = true
 		return
 	}
-	wg.Go(func() { r.bootstrap, _ = secretState(ctx, api, key, ns, c.BootstrapSecret.Name) })
+	wg.Go(func() { r.bootstrap, _, r.secretErrs[1] = secretState(ctx, api, key, ns, c.BootstrapSecret.Name) })
 	wg.Go(func() { r.svc, r.svcErr = api.GetService(ctx, ns, service) })
 }
 
@@ -306,6 +318,18 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 	}
 	c.Exists, c.Object = r.obj != nil, r.obj
 	c.Credentials, c.BootstrapSecret = r.credentials, r.bootstrap
+	// A Secret that could not be read is not absent: planned as absent, it
+	// would be created again, or the database taken for unreachable.
+	var denied []string
+	for _, err := range r.secretErrs {
+		if err != nil {
+			denied = append(denied, err.Error())
+		}
+	}
+	if len(denied) > 0 {
+		c.Error = fmt.Sprintf("context %s: %s", site.Context, strings.Join(denied, "; "))
+		return
+	}
 	if !c.Exists {
 		return
 	}
@@ -340,7 +364,7 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 	c.PG = pg
 }
 
-func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) []snapshot.OrphanCluster {
+func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) ([]snapshot.OrphanCluster, error) {
 	namespaces := map[string]bool{}
 	for _, c := range d.Clusters {
 		if c.Site.Name == site.Name {
@@ -356,7 +380,7 @@ func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired
 	for ns := range namespaces {
 		names, err := api.ListClusters(ctx, ns, d.Name)
 		if err != nil {
-			continue
+			return nil, fmt.Errorf("list the topology's cluster objects in namespace %q (to find those the file no longer lists): %w", ns, err)
 		}
 		for _, name := range names {
 			at := ns
@@ -365,22 +389,29 @@ func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired
 			}
 			if dc, ok := d.Cluster(name); !ok || dc.Site.Name != site.Name || dc.Namespace != at {
 				orphan := snapshot.OrphanCluster{Name: name, Site: site.Name, Namespace: at, SlotName: o.Names.SlotName(name)}
-				orphan.Object, _ = api.ReadCluster(ctx, at, name) // nil: the deletion policy will not touch it
+				obj, err := api.ReadCluster(ctx, at, name)
+				if err != nil {
+					return nil, fmt.Errorf("read cluster object %s/%s: %w", at, name, err)
+				}
+				orphan.Object = obj // nil: gone since the list; the deletion policy will not touch it
 				out = append(out, orphan)
 			}
 		}
 	}
-	return out
+	return out, nil
 }
 
 // secretState reads a Secret once: its keyed digest for the snapshot, and the
 // object for the caller that needs its credentials (never stored).
-func secretState(ctx context.Context, api SiteAPI, key []byte, ns, name string) (snapshot.SecretState, *corev1.Secret) {
+func secretState(ctx context.Context, api SiteAPI, key []byte, ns, name string) (snapshot.SecretState, *corev1.Secret, error) {
 	s, err := api.GetSecret(ctx, ns, name)
-	if err != nil {
-		return snapshot.SecretState{Name: name}, nil
+	if apierrors.IsNotFound(err) {
+		return snapshot.SecretState{Name: name}, nil, nil
 	}
-	return snapshot.SecretState{Name: name, Exists: true, KeyedDigest: keyedDigest(key, s.Data), ResourceVersion: s.ResourceVersion}, s
+	if err != nil {
+		return snapshot.SecretState{Name: name}, nil, fmt.Errorf("get Secret %s/%s: %w", ns, name, err)
+	}
+	return snapshot.SecretState{Name: name, Exists: true, KeyedDigest: keyedDigest(key, s.Data), ResourceVersion: s.ResourceVersion}, s, nil
 }
 
 // digestKey keys the digests of Secrets' data: drawn at random once per

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,8 +27,9 @@ import (
 
 // fakeSite answers from fixed objects; fail makes one kind of read fail.
 type fakeSite struct {
-	fail        string // "nodes", "cr", "service"
+	fail        string // "nodes", "cr", "service", "secrets", "lease", "list"
 	noCR        bool
+	noSecrets   bool
 	noSvc       bool
 	unsupported string
 	checks      *atomic.Int32 // counted when set
@@ -45,7 +47,16 @@ func (f *fakeSite) ReadCluster(_ context.Context, ns, name string) (*snapshot.Ob
 	return &snapshot.Object{Spec: snapshot.Spec{Instances: 2}}, nil
 }
 
+// forbidden is what the API server answers an identity without the verb.
+func forbidden(resource, name string) error {
+	return apierrors.NewForbidden(schema.GroupResource{Resource: resource}, name,
+		errors.New(`User "system:serviceaccount:pgtopo:reader" cannot get resource "`+resource+`" in API group "" in the namespace "db"`))
+}
+
 func (f *fakeSite) ListClusters(context.Context, string, string) ([]string, error) {
+	if f.fail == "list" {
+		return nil, forbidden("postgresqls", "")
+	}
 	return nil, nil
 }
 
@@ -67,6 +78,12 @@ func (f *fakeSite) ListNodes(context.Context) ([]corev1.Node, error) {
 }
 
 func (f *fakeSite) GetSecret(_ context.Context, _, name string) (*corev1.Secret, error) {
+	switch {
+	case f.fail == "secrets":
+		return nil, forbidden("secrets", name)
+	case f.noSecrets:
+		return nil, notFound
+	}
 	return &corev1.Secret{Data: map[string][]byte{"username": []byte("postgres"), "password": []byte("s3cret-" + name)}}, nil
 }
 
@@ -78,6 +95,9 @@ func (f *fakeSite) CheckFlavor(context.Context) string {
 }
 
 func (f *fakeSite) GetLease(context.Context, string, string) (*coordinationv1.Lease, error) {
+	if f.fail == "lease" {
+		return nil, forbidden("leases", "pgtopo-orders")
+	}
 	holder := "ci-run-7"
 	return &coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &metav1.MicroTime{}}}, nil
 }
@@ -125,6 +145,8 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 		reachable, exists, probed  bool
 		siteErr, clusterErr, pgErr string
 		lease                      bool
+		readErrs                   []string
+		noSecrets                  bool
 	}{
 		{name: "everything read", reachable: true, exists: true, probed: true, lease: true},
 		{name: "nodes fail: unreachable, nothing else kept", site: fakeSite{fail: "nodes"}, siteErr: "context prod-east: dial tcp 10.0.0.1:6443: i/o timeout"},
@@ -132,6 +154,17 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 		{name: "no CR: secrets only", site: fakeSite{noCR: true}, reachable: true, lease: true},
 		{name: "Service read fails", site: fakeSite{fail: "service"}, reachable: true, exists: true, clusterErr: "read Service: connection refused", lease: true},
 		{name: "no Service yet", site: fakeSite{noSvc: true}, reachable: true, exists: true, lease: true},
+		// Denied is not absent: a Secret, the Lease or the list of orphans
+		// that could not be read is an error naming it, never "not there".
+		{name: "Secrets denied", site: fakeSite{fail: "secrets"}, reachable: true, exists: true, lease: true, noSecrets: true,
+			clusterErr: `context prod-east: get Secret db/postgres.orders-east.credentials.postgresql.acid.zalan.do: secrets "postgres.orders-east.credentials.postgresql.acid.zalan.do" is forbidden: User "system:serviceaccount:pgtopo:reader" cannot get resource "secrets" in API group "" in the namespace "db"` +
+				"; " + `get Secret db/orders-bootstrap: secrets "orders-bootstrap" is forbidden: User "system:serviceaccount:pgtopo:reader" cannot get resource "secrets" in API group "" in the namespace "db"`},
+		{name: "no Secrets: absent", site: fakeSite{noSecrets: true}, reachable: true, exists: true, lease: true, noSecrets: true,
+			pgErr: "credentials Secret postgres.orders-east.credentials.postgresql.acid.zalan.do not found"},
+		{name: "Lease denied", site: fakeSite{fail: "lease"}, reachable: true, exists: true, probed: true,
+			readErrs: []string{`context prod-east: get Lease db/pgtopo-orders: leases "pgtopo-orders" is forbidden: User "system:serviceaccount:pgtopo:reader" cannot get resource "leases" in API group "" in the namespace "db"`}},
+		{name: "orphans' list denied", site: fakeSite{fail: "list"}, reachable: true, exists: true, probed: true, lease: true,
+			readErrs: []string{`context prod-east: list the topology's cluster objects in namespace "db" (to find those the file no longer lists): postgresqls is forbidden: User "system:serviceaccount:pgtopo:reader" cannot get resource "postgresqls" in API group "" in the namespace "db"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			prober := &fakeProber{}
@@ -140,6 +173,9 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 			st, clusters, _ := o.observeSite(context.Background(), d, east)
 			if st.Reachable != tc.reachable || st.Error != tc.siteErr || (st.Lease != nil) != tc.lease {
 				t.Fatalf("site: reachable %v error %q lease %v; want %v %q %v", st.Reachable, st.Error, st.Lease != nil, tc.reachable, tc.siteErr, tc.lease)
+			}
+			if !slices.Equal(st.ReadErrors, tc.readErrs) {
+				t.Fatalf("site read errors:\n  %q\nwant\n  %q", st.ReadErrors, tc.readErrs)
 			}
 			if len(clusters) != 1 || clusters[0].Name != "orders-east" {
 				t.Fatalf("clusters %+v", clusters)
@@ -153,7 +189,7 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 					t.Fatalf("probed %v, want the node address and nodePort", ep)
 				}
 			}
-			readSecrets := tc.reachable && tc.clusterErr != "read CR: etcdserver: request timed out"
+			readSecrets := tc.reachable && tc.clusterErr != "read CR: etcdserver: request timed out" && !tc.noSecrets
 			if c.Credentials.Exists != readSecrets || c.BootstrapSecret.Exists != readSecrets {
 				t.Fatalf("secrets in state: %+v %+v, want exists=%v", c.Credentials, c.BootstrapSecret, readSecrets)
 			}

@@ -35,6 +35,10 @@ type SiteState struct {
 	// Unsupported says why the site's operator cannot take what pgtopo
 	// writes (its CRD lacks what the flavor needs).
 	Unsupported string `json:"unsupported,omitempty"`
+	// ReadErrors are the site-wide reads that failed other than by the
+	// object's absence (a denied list of orphans, the Lease): what pgtopo
+	// could not see, never taken for nothing there.
+	ReadErrors []string `json:"readErrors,omitempty"`
 }
 
 // LeaseInfo is the pgtopo lock as observed.
