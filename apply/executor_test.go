@@ -680,11 +680,47 @@ func TestSwitchoverBacksOutOfTheGateWithinTheBudget(t *testing.T) {
 	}
 }
 
-// A target its operator does not report ready (its Patroni does not
-// answer) is never told to become primary: the switchover backs out.
-func TestSwitchoverPromotesOnlyAReadyTarget(t *testing.T) {
+// A switchover begins only on a target its operator reports ready (one
+// being created or scaled may never be promotable): before the fence it
+// waits, bounded, and gives up with nothing written.
+func TestSwitchoverBeginsOnlyOnAReadyTarget(t *testing.T) {
 	w := switchoverWorld()
 	w.cluster("orders-west").Object.Ready, w.cluster("orders-west").Object.Status = false, "Creating"
+	r, _ := runner(w)
+	err := run(t, r, switchoverStep(""))
+	if err == nil || !strings.Contains(err.Error(), "switchover orders-east → orders-west not begun, nothing fenced") ||
+		!strings.Contains(err.Error(), `status "Creating"`) {
+		t.Fatalf("error %v, want the switchover not begun, naming the target's state", err)
+	}
+	wantWrites(t, w)
+	// Ready a moment later: it begins then.
+	w = switchoverWorld()
+	west := w.cluster("orders-west")
+	west.Object.Ready, west.Object.Status = false, "Creating"
+	polls := 0
+	w.onObserve = func(w *world) {
+		if polls++; polls == 3 {
+			west := w.cluster("orders-west")
+			west.Object.Ready, west.Object.Status = true, "Running"
+		}
+	}
+	r, _ = runner(w)
+	r.StepTimeout = 5 * time.Second
+	if err := run(t, r, switchoverStep("")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A target its operator stops reporting ready during the switchover (its
+// Patroni does not answer) is never told to become primary: it backs out.
+func TestSwitchoverPromotesOnlyAReadyTarget(t *testing.T) {
+	w := switchoverWorld()
+	w.react = func(w *world, what, name string) {
+		operator(w, what, name)
+		if name == "orders-east" && what == "spec" {
+			w.cluster("orders-west").Object.Ready, w.cluster("orders-west").Object.Status = false, "Creating"
+		}
+	}
 	r, _ := runner(w)
 	r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 10*time.Second, 100*time.Millisecond
 	step := switchoverStep("")

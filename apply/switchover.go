@@ -86,6 +86,16 @@ func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
 		return x.restore(ctx, sw)
 	}
 	if phase == "" {
+		// Begin only on a target its operator reports ready: one still
+		// being created or scaled may never be promotable, and waiting for
+		// it after the fence refuses writes for nothing. Before the fence
+		// nothing is refused yet, so this wait has the step's bound.
+		if err := x.wait(ctx, to+" ready (its operator reports it ready) before the fence", func(snap *snapshot.Snapshot) (bool, string) {
+			cs, _ := snap.Cluster(to)
+			return cs.Exists && cs.Object.Ready, statusWords(cs)
+		}); err != nil {
+			return fmt.Errorf("switchover %s → %s not begun, nothing fenced: %w", from, to, err)
+		}
 		j = snapshot.Journal{From: from, To: to, Phase: snapshot.PhaseDemoting, SystemID: sw.SystemID, Timeline: sw.Timeline}
 		if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
 			return err

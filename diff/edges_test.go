@@ -354,3 +354,20 @@ func TestADeniedReadRefuses(t *testing.T) {
 		t.Fatalf("refusal %q lacks %q", p.Refusals[0].Reason, want)
 	}
 }
+
+// A switchover to a target its operator does not report ready says so: it
+// will wait for it before the fence.
+func TestSwitchoverToATargetNotReadySaysItWaits(t *testing.T) {
+	d := loadDesired(t, "testdata/two-sites-west.yaml")
+	snap := loadSnapshot(t, "testdata/primary-changed/snapshot.json", d)
+	w := cs(snap, "orders-west")
+	w.Object.Ready, w.Object.Status = false, "Creating"
+	p := Compute(d, snap, Options{})
+	if p.Refused() || !slices.ContainsFunc(p.Steps, func(s Step) bool { return s.Action == ActionSwitchover }) {
+		t.Fatalf("want the switchover planned: %+v %+v", p.Steps, p.Refusals)
+	}
+	want := "orders-west's operator reports it Creating, not ready: the switchover waits until it does (up to the step timeout) before it fences orders-east"
+	if !slices.ContainsFunc(p.Notes, func(n Note) bool { return n.Message == want+", and refuses if it never does" }) {
+		t.Fatalf("notes %+v lack %q", p.Notes, want)
+	}
+}

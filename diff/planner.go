@@ -507,6 +507,9 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 		Demoted: p.desiredSpec(fromC, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(fromC),
 		SystemID: fo.PG.SystemID, Timeline: fo.PG.Timeline, MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds()}
 	p.switching = sw
+	if ot.Object != nil && !ot.Object.Ready {
+		p.note(&subj, "%s's operator reports it %s, not ready: the switchover waits until it does (up to the step timeout) before it fences %s, and refuses if it never does", to.Name, orNone(ot.Object.Status), from)
+	}
 	p.add(Step{Action: ActionSwitchover, Subject: subj,
 		Reason:        fmt.Sprintf("switchover: primary %s → %s (demote %s, wait until %s has replayed all of its WAL, then promote)", from, to.Name, from, to.Name),
 		Changes:       p.switchoverChanges(sw),
