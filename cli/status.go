@@ -109,7 +109,15 @@ func statusExit(e env, d *topology.Desired, snap *snapshot.Snapshot) error {
 		return exitCode(ExitSplitBrain)
 	}
 	for _, s := range snap.Sites {
-		if !s.Reachable {
+		if !s.Reachable || len(s.ReadErrors) > 0 {
+			return exitCode(ExitError)
+		}
+	}
+	// What could not be read (a denied Secret) is not a cluster without
+	// writes: it is not known.
+	for _, c := range snap.Clusters {
+		if c.Error != "" {
+			fmt.Fprintf(e.stderr, "pgtopo: cannot observe %s: %s\n", c.Name, printable.String(c.Error))
 			return exitCode(ExitError)
 		}
 	}

@@ -39,6 +39,8 @@ func TestStatusExit(t *testing.T) {
 		{"no cluster takes writes", []snapshot.ClusterState{standby("east", "streaming"), standby("west", "streaming")}, true, ExitNoWriter},
 		{"a standby not streaming", []snapshot.ClusterState{primary("east"), standby("west", "waiting")}, true, ExitNotReady},
 		{"a standby's database down", []snapshot.ClusterState{primary("east"), down}, true, ExitNotReady},
+		{"a cluster not observed (a denied read) is not known to take no writes", []snapshot.ClusterState{
+			{Name: "east", Site: "east", Error: "get Secret db/x: forbidden"}, standby("west", "streaming")}, true, ExitError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			snap := &snapshot.Snapshot{Sites: sites(tc.westUp), Clusters: tc.clusters}

@@ -166,6 +166,11 @@ func verdict(d *topology.Desired, snap *snapshot.Snapshot) Verdict {
 			problems = append(problems, fmt.Sprintf("site %s unreachable: whether it holds a writable cluster cannot be told; fix what its error says", s.Name))
 		}
 	}
+	for _, c := range snap.Clusters {
+		if c.Error != "" {
+			problems = append(problems, fmt.Sprintf("cannot observe %s: %s", c.Name, c.Error))
+		}
+	}
 	var writable []string
 	for _, c := range snap.Clusters {
 		if c.Writable() && !c.Fenced() {
@@ -182,6 +187,9 @@ func verdict(d *topology.Desired, snap *snapshot.Snapshot) Verdict {
 	var ready []string
 	for i := range snap.Clusters {
 		c := &snap.Clusters[i]
+		if c.Error != "" {
+			continue // said above
+		}
 		if c.PG == nil || !c.PG.InRecovery || snap.SiteDown(c.Name) {
 			if c.Exists && c.PG == nil && !snap.SiteDown(c.Name) {
 				problems = append(problems, fmt.Sprintf("%s's database does not answer: %s", c.Name, orNone(c.PGError)))

@@ -9,9 +9,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -29,9 +31,9 @@ import (
 )
 
 const (
-	rbacFile       = "../examples/deploy/rbac.yaml"
-	namespaceFile  = "../examples/deploy/namespace.yaml"
-	serviceAccount = "system:serviceaccount:pgtopo-system:pgtopo"
+	rbacFile         = "../examples/deploy/rbac.yaml"
+	readOnlyRBACFile = "../examples/deploy/rbac-readonly.yaml"
+	namespaceFile    = "../examples/deploy/namespace.yaml"
 )
 
 // manifests reads a multi-document YAML file into objects.
@@ -77,19 +79,23 @@ func (g grant) String() string {
 	return g.verb + " " + g.resource + " (" + group + ")"
 }
 
-// TestDeployRBAC runs pgtopo on the lab as the ServiceAccount of
-// examples/deploy/rbac.yaml, through a kubeconfig of ServiceAccount tokens
-// (the kubeconfig-Secret pattern of the deploy examples): bring-up, a
-// switchover, diff and status must work, and the kube-apiservers' audit
-// logs must show that pgtopo used every permission granted and nothing
-// else, so the RBAC is exactly what the code calls.
-func TestDeployRBAC(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, "east", "west")
+// identity is a ServiceAccount of the deploy examples set up in every site
+// of a lab: what its RBAC file grants, and a kubeconfig of its tokens (the
+// kubeconfig-Secret pattern of the deploy examples).
+type identity struct {
+	user       string // as the audit log names it
+	granted    map[grant]bool
+	kubeconfig string
+}
+
+// deployIdentity creates namespace.yaml and an RBAC file of the deploy
+// examples in every site and mints a token of its ServiceAccount in each.
+func (h *harness) deployIdentity(rbac, account string, sites ...string) identity {
+	t := h.t
 	ctx := context.Background()
 	// The Namespace first, from its own file, as the examples say.
-	objs := append(manifests(t, namespaceFile), manifests(t, rbacFile)...)
-	granted := map[grant]bool{}
+	objs := append(manifests(t, namespaceFile), manifests(t, rbac)...)
+	id := identity{user: "system:serviceaccount:pgtopo-system:" + account, granted: map[grant]bool{}}
 	for _, o := range objs {
 		if o.GetKind() != "ClusterRole" && o.GetKind() != "Role" {
 			continue
@@ -102,23 +108,21 @@ func TestDeployRBAC(t *testing.T) {
 			for _, g := range r.APIGroups {
 				for _, res := range r.Resources {
 					for _, v := range r.Verbs {
-						granted[grant{g, res, v}] = true
+						id.granted[grant{g, res, v}] = true
 					}
 				}
 			}
 		}
 	}
-
-	// The deploy examples in every site, and a token of its ServiceAccount.
 	cfg, err := clientcmd.LoadFromFile(lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, site := range []string{"east", "west"} {
+	for _, site := range sites {
 		for _, o := range objs {
 			gvr, ok := kindResources[o.GetKind()]
 			if !ok {
-				t.Fatalf("%s: kind %s: add it to kindResources", rbacFile, o.GetKind())
+				t.Fatalf("%s: kind %s: add it to kindResources", rbac, o.GetKind())
 			}
 			var err error
 			if ns := o.GetNamespace(); ns != "" {
@@ -131,43 +135,34 @@ func TestDeployRBAC(t *testing.T) {
 			}
 		}
 		expiry := int64(3600)
-		tok, err := h.lab.Kube[site].CoreV1().ServiceAccounts("pgtopo-system").CreateToken(ctx, "pgtopo",
+		tok, err := h.lab.Kube[site].CoreV1().ServiceAccounts("pgtopo-system").CreateToken(ctx, account,
 			&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}}, metav1.CreateOptions{})
 		if err != nil {
-			t.Fatalf("site %s: token for pgtopo: %v", site, err)
+			t.Fatalf("site %s: token for %s: %v", site, account, err)
 		}
 		kctx := cfg.Contexts[lab.ContextName(site)]
-		user := "pgtopo@" + site
+		user := account + "@" + site
 		cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
 		kctx.AuthInfo = user
 	}
-	saKubeconfig := filepath.Join(h.dir, "pgtopo-sa.kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, saKubeconfig); err != nil {
+	id.kubeconfig = filepath.Join(h.dir, account+".kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, id.kubeconfig); err != nil {
 		t.Fatal(err)
 	}
+	return id
+}
 
-	// A bootstrap secret of the wrong type, made by hand, which pgtopo must
-	// replace: the one path that deletes.
-	if _, err := h.lab.Kube["west"].CoreV1().Secrets("db").Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "orders-bootstrap", Namespace: "db"},
-		Type:       corev1.SecretTypeOpaque,
-		Data:       map[string][]byte{"note": []byte("made by hand")},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+// run runs pgtopo as the identity.
+func (id identity) run(h *harness, args ...string) run {
+	return h.pgtopoEnv([]string{"KUBECONFIG=" + id.kubeconfig}, args...)
+}
 
-	asSA := func(args ...string) run { return h.pgtopoEnv([]string{"KUBECONFIG=" + saKubeconfig}, args...) }
-	east, west := h.topology("orders-east"), h.topology("orders-west")
-	h.expect(asSA("diff", "-f", east), 4, "bring up with primary orders-east")
-	h.expect(asSA("apply", "-f", east), 0, "Apply complete")
-	h.expect(asSA("apply", "-f", west), 0, "Apply complete", "switchover orders-east → orders-west")
-	h.expect(asSA("diff", "-f", west), 0, "No changes")
-	h.expect(asSA("status", "-f", west), 0, "orders-west")
-
-	// What the audit logs say the ServiceAccount called.
-	used := map[grant]int{}
-	var denied []string
-	for _, site := range []string{"east", "west"} {
+// audit reads what the audit logs say the identity called, by permission,
+// and which of those calls RBAC denied.
+func (id identity) audit(h *harness, sites ...string) (map[grant]int, map[grant][]string) {
+	t := h.t
+	used, denied := map[grant]int{}, map[grant][]string{}
+	for _, site := range sites {
 		data, err := os.ReadFile(lab.Paths{Dir: h.lab.Dir}.AuditLog(site))
 		if err != nil {
 			t.Fatal(err)
@@ -186,45 +181,139 @@ func TestDeployRBAC(t *testing.T) {
 			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 				t.Fatalf("audit log of %s: %v", site, err)
 			}
-			if ev.User.Username != serviceAccount || ev.ObjectRef == nil {
+			if ev.User.Username != id.user || ev.ObjectRef == nil {
 				continue
 			}
 			g := grant{ev.ObjectRef.APIGroup, ev.ObjectRef.Resource, ev.Verb}
+			if ev.ResponseStatus.Code == 403 {
+				denied[g] = append(denied[g], site+": "+ev.ObjectRef.Namespace+"/"+ev.ObjectRef.Name)
+				continue
+			}
 			used[g]++
 			if ev.Verb == "patch" && ev.ResponseStatus.Code == 201 {
 				// A server-side apply that creates is also authorized as create.
 				used[grant{g.group, g.resource, "create"}]++
 			}
-			if ev.ResponseStatus.Code == 403 {
-				denied = append(denied, site+": "+g.String()+" "+ev.ObjectRef.Namespace+"/"+ev.ObjectRef.Name)
-			}
 		}
 	}
 	if len(used) == 0 {
-		t.Fatal("the audit logs show no request of the ServiceAccount: is auditing on?")
+		t.Fatalf("the audit logs show no request of %s: is auditing on?", id.user)
 	}
-	if len(denied) > 0 {
-		t.Errorf("requests denied by RBAC (pgtopo needs more than rbac.yaml grants):\n  %s", strings.Join(denied, "\n  "))
+	return used, denied
+}
+
+// exactly fails unless the identity used every permission its RBAC file
+// grants and nothing else, and RBAC denied it only what deniable allows.
+func (id identity) exactly(h *harness, file string, deniable func(grant) bool, sites ...string) {
+	t := h.t
+	used, denied := id.audit(h, sites...)
+	var refused, unused, ungranted []string
+	for g, where := range denied {
+		if !deniable(g) {
+			refused = append(refused, g.String()+" "+strings.Join(where, ", "))
+		}
 	}
-	var unused, ungranted []string
-	for g := range granted {
+	for g := range id.granted {
 		if used[g] == 0 {
 			unused = append(unused, g.String())
 		}
 	}
 	for g := range used {
-		if !granted[g] {
+		if !id.granted[g] {
 			ungranted = append(ungranted, g.String())
 		}
 	}
+	slices.Sort(refused)
 	slices.Sort(unused)
 	slices.Sort(ungranted)
+	if len(refused) > 0 {
+		t.Errorf("requests denied by RBAC (pgtopo needs more than %s grants):\n  %s", file, strings.Join(refused, "\n  "))
+	}
 	if len(unused) > 0 {
-		t.Errorf("rbac.yaml grants what pgtopo never called (not least privilege): %s", strings.Join(unused, ", "))
+		t.Errorf("%s grants what pgtopo never called (not least privilege): %s", file, strings.Join(unused, ", "))
 	}
 	if len(ungranted) > 0 {
-		t.Errorf("pgtopo called what rbac.yaml does not grant: %s", strings.Join(ungranted, ", "))
+		t.Errorf("pgtopo called what %s does not grant: %s", file, strings.Join(ungranted, ", "))
 	}
-	t.Logf("ServiceAccount requests by permission: %v", used)
+	t.Logf("%s requests by permission: %v; denied: %v", id.user, used, denied)
+}
+
+// TestDeployRBAC runs pgtopo on the lab as the ServiceAccounts of
+// examples/deploy: the writing one (rbac.yaml) brings up, switches over,
+// plans and deletes a cluster the file drops (deletionPolicy: delete);
+// the read-only one (rbac-readonly.yaml) runs diff, status and
+// reconcile --observe-only, reads no Secret, and is refused for what it
+// could not read in every output format. The kube-apiservers' audit logs
+// must show that each used every permission granted and nothing else, so
+// the RBAC is exactly what the code calls: a verb taken out of rbac.yaml
+// is a denied request here.
+func TestDeployRBAC(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, "east", "west")
+	ctx := context.Background()
+	writer := h.deployIdentity(rbacFile, "pgtopo", "east", "west")
+	reader := h.deployIdentity(readOnlyRBACFile, "pgtopo-reader", "east", "west")
+
+	// A bootstrap secret of the wrong type, made by hand, which pgtopo must
+	// replace: the one path that deletes a Secret.
+	if _, err := h.lab.Kube["west"].CoreV1().Secrets("db").Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "orders-bootstrap", Namespace: "db"},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{"note": []byte("made by hand")},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	east, west := h.topology("orders-east"), h.topology("orders-west")
+	h.expect(writer.run(h, "diff", "-f", east), 4, "bring up with primary orders-east")
+	h.expect(writer.run(h, "apply", "-f", east), 0, "Apply complete")
+	h.expect(writer.run(h, "apply", "-f", west), 0, "Apply complete", "switchover orders-east → orders-west")
+	h.expect(writer.run(h, "diff", "-f", west), 0, "No changes")
+	h.expect(writer.run(h, "status", "-f", west), 0, "orders-west")
+
+	// The read-only identity: what it could not read is a refusal that
+	// names it, never a Secret taken for absent and planned as created.
+	denied := `cannot observe orders-west: context lab-west: get Secret db/postgres.orders-west.credentials.postgresql.acid.zalan.do: secrets "postgres.orders-west.credentials.postgresql.acid.zalan.do" is forbidden: User "system:serviceaccount:pgtopo-system:pgtopo-reader" cannot get resource "secrets"`
+	for _, format := range []string{"text", "json", "markdown"} {
+		r := reader.run(h, "diff", "-f", west, "-o", format)
+		want := denied
+		if format == "json" {
+			want = strings.ReplaceAll(denied, `"`, `\"`)
+		}
+		h.expect(r, 1, want)
+		for _, planned := range []string{"bring up", "bootstrap-secret", "ensure-primary", "create-standby"} {
+			if strings.Contains(r.stdout, planned) {
+				t.Fatalf("diff -o %s as the reader plans %q from Secrets it could not read:\n%s", format, planned, r.stdout)
+			}
+		}
+	}
+	r := reader.run(h, "status", "-f", west)
+	h.expect(r, 1, "NOT DR ready: cannot observe orders-east: context lab-east: get Secret")
+	if !strings.Contains(r.stderr, "pgtopo: cannot observe orders-east: context lab-east: get Secret") {
+		t.Fatalf("status as the reader does not say what it could not read:\n%s", r.stderr)
+	}
+	loop := h.startLoopEnv([]string{"KUBECONFIG=" + reader.kubeconfig}, "-f", west, "--observe-only", "--interval", "1h")
+	loop.waitFor(t, time.Minute, "an observe-only cycle", 0, func(r logRecord) bool { return r.Result != "" })
+	_ = loop.cmd.Process.Kill()
+
+	// A cluster the file drops, under deletionPolicy: delete: the writer
+	// deletes its object (rebuilds delete the same way).
+	src, err := os.ReadFile(west)
+	if err != nil {
+		t.Fatal(err)
+	}
+	only := regexp.MustCompile(`(?s)    - name: orders-east\n.*?(    - name: orders-west)`).ReplaceAllString(string(src), "$1")
+	only = strings.Replace(only, "  primary: orders-west", "  deletionPolicy: delete\n  primary: orders-west", 1)
+	dropEast := filepath.Join(h.dir, "drop-east.yaml")
+	if err := os.WriteFile(dropEast, []byte(only), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(writer.run(h, "apply", "-f", dropEast), 0, "Apply complete", "delete-cluster")
+	if _, err := h.lab.Dyn["east"].Resource(postgresqlGVR).Namespace("db").Get(ctx, "orders-east", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("orders-east's object after its deletion: %v", err)
+	}
+
+	writer.exactly(h, rbacFile, func(grant) bool { return false }, "east", "west")
+	reader.exactly(h, readOnlyRBACFile, func(g grant) bool { return g == grant{"", "secrets", "get"} }, "east", "west")
 	h.noSecretsInOutput()
 }

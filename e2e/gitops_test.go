@@ -83,8 +83,14 @@ type loop struct {
 
 func (h *harness) startLoop(args ...string) *loop {
 	h.t.Helper()
+	return h.startLoopEnv([]string{"KUBECONFIG=" + lab.Paths{Dir: h.lab.Dir}.Kubeconfig()}, args...)
+}
+
+// startLoopEnv starts the loop with env added to the process's.
+func (h *harness) startLoopEnv(env []string, args ...string) *loop {
+	h.t.Helper()
 	cmd := exec.Command(h.bin, append([]string{"reconcile", "--log-format", "json", "--log-level", "debug", "--listen", "127.0.0.1:0"}, args...)...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
+	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		h.t.Fatal(err)

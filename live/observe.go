@@ -372,9 +372,12 @@ func (o *Observer) orphans(ctx context.Context, api SiteAPI, d *topology.Desired
 		}
 	}
 	if len(namespaces) == 0 {
-		// A site the file keeps but no cluster of it is in: its objects
-		// in every namespace (which needs list permission cluster-wide).
-		namespaces[""] = true
+		// A site the file keeps but no cluster of it is in: its objects in
+		// the namespaces the topology uses elsewhere, which its RBAC
+		// grants (a list in every namespace would need a ClusterRole).
+		for _, c := range d.Clusters {
+			namespaces[c.Namespace] = true
+		}
 	}
 	var out []snapshot.OrphanCluster
 	for ns := range namespaces {
