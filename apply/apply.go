@@ -157,6 +157,15 @@ func (e *StaleError) Error() string {
 	return "stale plan: " + strings.Join(e.Why, "; ") + "; run diff again"
 }
 
+// PrimaryMovedError: another run changed the primary while this one waited
+// for the lock. Going on would make a second switchover, and a second
+// write outage, from a file written before the first.
+type PrimaryMovedError struct{ Was, Now string }
+
+func (e *PrimaryMovedError) Error() string {
+	return fmt.Sprintf("another run changed the primary from %s to %s while this run waited for the lock: refusing to go on from a plan made before that (with --repo, a revision newer than the one applied goes on); run diff to see what this file would do now, then apply again", e.Was, e.Now)
+}
+
 // Execute runs plan, computed from a snapshot whose basis is basis.
 func (r *Runner) Execute(ctx context.Context, plan diff.Plan, basis diff.Basis) (*Result, error) {
 	return r.execute(ctx, plan, basis, nil)
@@ -226,6 +235,14 @@ func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, fres
 		snap := r.Observer.Observe(ctx)
 		now := r.Replan(snap)
 		fresh = snap
+		if was, is := plan.PrimaryNow(), now.PrimaryNow(); was != "" && is != "" && was != is {
+			// A revision from Git that the planner did not refuse is not
+			// older than the one the other run recorded: it goes on.
+			if now.Revision == "" || now.Refused() {
+				return nil, &PrimaryMovedError{Was: was, Now: is}
+			}
+			r.emit(Event{Phase: PhaseReplan, Message: fmt.Sprintf("another run changed the primary from %s to %s while this run waited for the lock; revision %s is not older than the one it applied: going on", was, is, now.Revision)})
+		}
 		if diff.Same(plan, now) {
 			continue
 		}

@@ -637,12 +637,15 @@ func TestSwitchoverBacksOutOfAStalledFence(t *testing.T) {
 		"sql orders-east fence-off", "sql orders-east reload",
 		"marks orders-east digest=d0 revision= journal=aborting",
 		"marks orders-west digest=d0 revision= journal=aborting",
-		"sql orders-east fence-off", "sql orders-east reload",
 		"marks orders-east digest=d0 revision= journal=-",
 		"marks orders-west digest=d0 revision= journal=-",
 	)
 	if !slices.Contains(phases(*events), PhaseBackedOut) {
 		t.Fatalf("phases %v", phases(*events))
+	}
+	// The fence is lifted once, and said once.
+	if n := len(slices.DeleteFunc(phases(*events), func(p Phase) bool { return p != PhaseUnfence })); n != 1 {
+		t.Fatalf("%d unfence events, want 1: %v", n, phases(*events))
 	}
 }
 

@@ -264,3 +264,55 @@ func TestProgressRenderers(t *testing.T) {
 		t.Fatalf("logs %q", got)
 	}
 }
+
+// A run that finds after the lock that another run changed the primary
+// refuses rather than switch over a second time from a plan made before;
+// with a revision from Git that the planner did not refuse (not older than
+// the one applied) it goes on, and says so.
+func TestExecuteRefusesWhenAnotherRunMovedThePrimary(t *testing.T) {
+	roles := func(primary string) []diff.ClusterRoles {
+		var out []diff.ClusterRoles
+		for _, c := range []string{"orders-east", "orders-west", "orders-north"} {
+			role := diff.RoleStandby
+			if c == primary {
+				role = diff.RolePrimary
+			}
+			out = append(out, diff.ClusterRoles{Name: c, Now: role})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name     string
+		revision string
+		wantErr  string
+	}{
+		{"a file", "", "another run changed the primary from orders-east to orders-west while this run waited for the lock"},
+		{"a revision from Git not refused", "c0ffee", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
+			r, events := runner(w)
+			r.Changed = func(diff.Plan, []string) error { return nil }
+			before := planOf(lockStep(), recordStep("d1"))
+			before.Clusters, before.Revision = roles("orders-east"), tc.revision
+			after := planOf(lockStep(), recordStep("d1"))
+			after.Clusters, after.Revision = roles("orders-west"), tc.revision
+			r.Replan = func(*snapshot.Snapshot) diff.Plan { return after }
+			_, err := r.Execute(context.Background(), before, diff.Basis{})
+			if tc.wantErr != "" {
+				var moved *PrimaryMovedError
+				if !errors.As(err, &moved) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				wantWrites(t, w, "lease east/db/pgtopo-orders create")
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(*events, func(e Event) bool { return strings.Contains(e.Message, "revision c0ffee is not older") }) {
+				t.Fatal("no event says why it goes on")
+			}
+		})
+	}
+}

@@ -295,8 +295,12 @@ func (x *stepRun) restore(ctx context.Context, sw *diff.Switchover) error {
 			}
 		}
 	}
-	if err := x.unfence(ctx, x.last, from); err != nil {
-		return err
+	// The demotion lifted the fence already when it got that far: lifted
+	// once, it is said once.
+	if fo := x.cluster(from); fo.PG == nil || fo.PG.ReadOnlyDefault {
+		if err := x.unfence(ctx, x.last, from); err != nil {
+			return err
+		}
 	}
 	if err := x.journal(ctx, nil, sw.From, sw.To); err != nil {
 		return err

@@ -217,6 +217,21 @@ type Plan struct {
 	Notes    []Note         `json:"notes"`
 }
 
+// PrimaryNow is the one cluster the plan found taking writes as the
+// primary; "" when none or several did.
+func (p *Plan) PrimaryNow() string {
+	found := ""
+	for _, c := range p.Clusters {
+		if c.Now == RolePrimary {
+			if found != "" {
+				return ""
+			}
+			found = c.Name
+		}
+	}
+	return found
+}
+
 // InSync reports whether nothing needs doing.
 func (p *Plan) InSync() bool { return len(p.Steps) == 0 && len(p.Refusals) == 0 }
 
