@@ -130,4 +130,33 @@ func TestThreeSitesRepoint(t *testing.T) {
 		}
 	}
 	h.expect(h.pgtopo("diff", "-f", west), 0, "No changes.")
+
+	// Two runs 30 ms apart whose files name different primaries: the first
+	// to take the lock switches over; the other finds the primary moved
+	// after its lock and refuses, rather than make a second outage from a
+	// plan made before the first.
+	east, south := file("orders-east"), file("orders-south")
+	runs := make(chan run, 2)
+	go func() { runs <- h.pgtopo("apply", "-f", east) }()
+	time.Sleep(30 * time.Millisecond)
+	go func() { runs <- h.pgtopo("apply", "-f", south) }()
+	a, b := <-runs, <-runs
+	if a.code != 0 {
+		a, b = b, a
+	}
+	if a.code != 0 || b.code != 1 {
+		t.Fatalf("exits %d and %d, want one 0 and one 1:\n%s\n%s\n%s\n%s", a.code, b.code, a.stdout, a.stderr, b.stdout, b.stderr)
+	}
+	if !strings.Contains(b.stderr+b.stdout, "another run changed the primary from orders-west to") &&
+		!strings.Contains(b.stdout, "has an unfinished switchover orders-west →") {
+		t.Fatalf("the refused run does not say another run moved the primary:\n%s\n%s", b.stdout, b.stderr)
+	}
+	if strings.Contains(b.stderr, "step 2/") {
+		t.Fatalf("the refused run ran a step past its lock:\n%s", b.stderr)
+	}
+	for _, line := range strings.Split(b.stdout+b.stderr, "\n") {
+		if strings.Contains(line, "another run") || strings.Contains(line, "unfinished switchover") {
+			t.Logf("concurrent runs: the refused one said: %s", line)
+		}
+	}
 }
