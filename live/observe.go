@@ -300,7 +300,9 @@ type clusterReads struct {
 func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string, patroni bool) {
 	ns := c.Namespace
 	wg.Go(func() { r.obj, r.objErr = api.ReadCluster(ctx, ns, c.Name) })
-	wg.Go(func() { r.credentials, r.credentialsSecret, r.secretErrs[0] = secretState(ctx, api, key, ns, c.Credentials.Name) })
+	wg.Go(func() {
+		r.credentials, r.credentialsSecret, r.secretErrs[0] = secretState(ctx, api, key, ns, c.Credentials.Name)
+	})
 	if patroni {
 		r.noService = true
 		return

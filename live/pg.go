@@ -27,19 +27,10 @@ type PgxProber struct {
 // database, with a bounded connect time and an application_name that
 // shows up in pg_stat_activity.
 func Connect(ctx context.Context, ep snapshot.Endpoint, user, password string, timeout time.Duration) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig("")
+	cfg, err := ConnConfig(ep, user, password, timeout, "pgtopo")
 	if err != nil {
 		return nil, err
 	}
-	if timeout == 0 {
-		timeout = 5 * time.Second
-	}
-	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = ep.Host, uint16(ep.Port), user, password, "postgres"
-	cfg.ConnectTimeout = timeout
-	cfg.RuntimeParams["application_name"] = "pgtopo"
-	// Connections live for a handful of statements: preparing and caching
-	// them would cost a round trip each and never pay off.
-	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		// pgx errors can carry the connection string; say only where.
@@ -51,6 +42,40 @@ func Connect(ctx context.Context, ep snapshot.Endpoint, user, password string, t
 		return nil, errors.New(msg)
 	}
 	return c, nil
+}
+
+// ConnConfig is a connection's configuration from explicit settings alone,
+// to the endpoint and nowhere else. pgx fills a parsed configuration from
+// libpq's environment, none of which the topology said: PGHOST adds
+// fallback hosts that would be sent the password when the endpoint
+// refuses, PGOPTIONS and PGAPPNAME session settings, PGTARGETSESSIONATTRS a
+// check, PGSSLMODE a plaintext fallback. Every setting the environment could
+// give is set here or cleared.
+func ConnConfig(ep snapshot.Endpoint, user, password string, timeout time.Duration, application string) (*pgx.ConnConfig, error) {
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable connect_timeout=%d",
+		dsnValue(ep.Host), ep.Port, dsnValue(user), max(1, int(timeout.Seconds())))
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s as %s: %w", ep, user, err)
+	}
+	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = ep.Host, uint16(ep.Port), user, password, "postgres"
+	cfg.Fallbacks, cfg.TLSConfig = nil, nil
+	cfg.ValidateConnect, cfg.AfterConnect = nil, nil
+	cfg.KerberosSrvName, cfg.KerberosSpn = "", ""
+	cfg.ConnectTimeout = timeout
+	cfg.RuntimeParams = map[string]string{"application_name": application}
+	// Connections live for a handful of statements: preparing and caching
+	// them would cost a round trip each and never pay off.
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
+	return cfg, nil
+}
+
+// dsnValue quotes a keyword/value connection string value.
+func dsnValue(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
 // AuthError is a server that refused the credentials (SQLSTATE 28P01

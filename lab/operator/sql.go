@@ -31,13 +31,15 @@ type registration struct {
 }
 
 func connect(ctx context.Context, host string, port int, user, password string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig("")
+	// Explicit settings only, as pgtopo's own connections: libpq's
+	// environment (PGHOST's fallback hosts above all) is not the lab's.
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable", host, port, user))
 	if err != nil {
 		return nil, err
 	}
-	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = host, uint16(port), user, password, "postgres"
+	cfg.Password, cfg.Fallbacks, cfg.TLSConfig, cfg.ValidateConnect = password, nil, nil, nil
 	cfg.ConnectTimeout = 3 * time.Second
-	cfg.RuntimeParams["application_name"] = "pglab-operator"
+	cfg.RuntimeParams = map[string]string{"application_name": "pglab-operator"}
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", net.JoinHostPort(host, strconv.Itoa(port)), err)
