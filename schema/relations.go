@@ -2,6 +2,7 @@ package schema
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/pgtopo/pgtopo/topology"
@@ -57,6 +58,8 @@ func relational(doc *topology.Document) []Finding {
 		}
 	}
 
+	addresses(clusters, add)
+
 	known := set(clusterNames)
 	primary, hasPrimary := spec["primary"].(string)
 	if hasPrimary && !known[primary] {
@@ -93,6 +96,51 @@ func relational(doc *topology.Document) []Finding {
 		add(path, "serviceType ClusterIP only reaches clusters within one site, but the clusters span several sites; set spec.replication.serviceType to NodePort or LoadBalancer")
 	}
 	return out
+}
+
+// addresses finds two clusters that share an endpoint, and a Patroni member
+// listed twice (in one cluster or in two): pgtopo would probe, fence or
+// promote one through the other's address.
+func addresses(clusters []any, add func(path, msg string)) {
+	type where struct {
+		path, cluster string
+	}
+	endpoints, members := map[string]where{}, map[string]where{}
+	address := func(v any) (string, bool) {
+		m, _ := v.(map[string]any)
+		host, okH := m["host"].(string)
+		port, okP := m["port"].(int64)
+		if !okH || !okP || host == "" {
+			return "", false
+		}
+		return strings.ToLower(host) + ":" + strconv.FormatInt(port, 10), true
+	}
+	for i, c := range clusters {
+		m, _ := c.(map[string]any)
+		name, _ := m["name"].(string)
+		if a, ok := address(m["endpoint"]); ok {
+			path := fmt.Sprintf("spec.clusters[%d].endpoint", i)
+			if first, dup := endpoints[a]; dup {
+				add(path, fmt.Sprintf("endpoint %s is also %s's (%s): two clusters cannot share an address; pgtopo would probe, fence or promote one through the other's", a, first.cluster, first.path))
+			} else {
+				endpoints[a] = where{path, name}
+			}
+		}
+		patroni, _ := m["patroni"].(map[string]any)
+		list, _ := patroni["members"].([]any)
+		for k, member := range list {
+			a, ok := address(member)
+			if !ok {
+				continue
+			}
+			path := fmt.Sprintf("spec.clusters[%d].patroni.members[%d]", i, k)
+			if first, dup := members[a]; dup {
+				add(path, fmt.Sprintf("Patroni member %s is listed already, in %s (%s): each member belongs to one cluster, once", a, first.cluster, first.path))
+			} else {
+				members[a] = where{path, name}
+			}
+		}
+	}
 }
 
 // siteKinds maps each site's name to its kind and checks that a site has

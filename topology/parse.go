@@ -9,6 +9,8 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	yamlv3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
@@ -71,19 +73,22 @@ func ParseDocument(file string, data []byte) (*Document, error) {
 	if len(data) > MaxFileBytes {
 		return nil, &SyntaxError{File: file, Pos: Pos{1, 1}, Msg: fmt.Sprintf("more than %d bytes (1 MiB), the most a topology file may hold; is this the right file?", MaxFileBytes)}
 	}
+	if err := badBytes(file, data); err != nil {
+		return nil, err
+	}
 	dec := yamlv3.NewDecoder(bytes.NewReader(data))
 	var root yamlv3.Node
 	if err := dec.Decode(&root); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, &SyntaxError{File: file, Pos: Pos{1, 1}, Msg: "file is empty; expected a Topology (apiVersion: " + APIVersion + ")"}
 		}
-		return nil, yamlError(file, err)
+		return nil, yamlError(file, data, err)
 	}
 	var extra yamlv3.Node
 	if err := dec.Decode(&extra); err == nil {
 		return nil, &SyntaxError{File: file, Pos: Pos{extra.Line, extra.Column}, Msg: "a second YAML document; put one topology per file"}
 	} else if !errors.Is(err, io.EOF) {
-		return nil, yamlError(file, err)
+		return nil, yamlError(file, data, err)
 	}
 	body := &root
 	if root.Kind == yamlv3.DocumentNode && len(root.Content) == 1 {
@@ -96,9 +101,12 @@ func ParseDocument(file string, data []byte) (*Document, error) {
 	if err := doc.index(body, nil, 0); err != nil {
 		return nil, err
 	}
+	if err := doc.aliasesBounded(body); err != nil {
+		return nil, err
+	}
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
-		return nil, yamlError(file, err)
+		return nil, yamlError(file, data, err)
 	}
 	d := json.NewDecoder(bytes.NewReader(js))
 	d.UseNumber()
@@ -109,13 +117,131 @@ func ParseDocument(file string, data []byte) (*Document, error) {
 	return doc, nil
 }
 
-func yamlError(file string, err error) error {
-	msg := err.Error()
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return &SyntaxError{File: file, Pos: Pos{line, 1}, Msg: "not valid YAML: " + m[2]}
+// yamlError positions a YAML parser's error at the byte or token at fault.
+// The parser names a line only, and for many errors the line where the
+// enclosing collection began, counted from 0; so the position is found
+// again from the message: a tab in indentation, an unclosed flow
+// collection, an unknown anchor; otherwise the first line at which the
+// file, read up to there, no longer parses.
+func yamlError(file string, data []byte, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 1
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
 	}
-	return &SyntaxError{File: file, Pos: Pos{1, 1}, Msg: "not valid YAML: " + msg}
+	pos, what := locateYAMLError(data, msg, line)
+	if what != "" {
+		msg += " (" + what + ")"
+	}
+	return &SyntaxError{File: file, Pos: pos, Msg: "not valid YAML: " + msg}
+}
+
+func locateYAMLError(data []byte, msg string, line int) (Pos, string) {
+	lines := strings.Split(string(data), "\n")
+	switch {
+	case strings.Contains(msg, "tab character") || strings.Contains(msg, "cannot start any token"):
+		for i, l := range lines {
+			indent := l[:len(l)-len(strings.TrimLeft(l, " \t"))]
+			if j := strings.IndexByte(indent, '\t'); j >= 0 {
+				return Pos{i + 1, j + 1}, "a tab in indentation; indent with spaces"
+			}
+		}
+	case strings.HasPrefix(msg, "did not find expected ',' or ']'") || strings.HasPrefix(msg, "did not find expected ',' or '}'"):
+		if p, ok := unclosedFlow(lines); ok {
+			return p, "this collection is not closed"
+		}
+	case strings.HasPrefix(msg, "unknown anchor '"):
+		name := strings.TrimSuffix(strings.TrimPrefix(msg, "unknown anchor '"), "' referenced")
+		re := regexp.MustCompile(`\*` + regexp.QuoteMeta(name) + `(?:[\s,\]}]|$)`)
+		for i, l := range lines {
+			if loc := re.FindStringIndex(l); loc != nil {
+				return Pos{i + 1, loc[0] + 1}, "no anchor &" + name + " is defined before it"
+			}
+		}
+	}
+	if n := firstFailingLine(lines); n > 0 {
+		l := lines[n-1]
+		return Pos{n, len(l) - len(strings.TrimLeft(l, " ")) + 1}, ""
+	}
+	return Pos{max(line, 1), 1}, ""
+}
+
+// unclosedFlow finds the flow collection ('[' or '{') left open, skipping
+// quoted strings and comments.
+func unclosedFlow(lines []string) (Pos, bool) {
+	var open []Pos
+	for i, l := range lines {
+		quote := byte(0)
+		for j := 0; j < len(l); j++ {
+			c := l[j]
+			switch {
+			case quote != 0:
+				if c == quote {
+					quote = 0
+				} else if c == '\\' && quote == '"' {
+					j++
+				}
+			case c == '"' || c == '\'':
+				quote = c
+			case c == '#' && (j == 0 || l[j-1] == ' ' || l[j-1] == '\t'):
+				j = len(l)
+			case c == '[' || c == '{':
+				open = append(open, Pos{i + 1, j + 1})
+			case (c == ']' || c == '}') && len(open) > 0:
+				open = open[:len(open)-1]
+			}
+		}
+	}
+	if len(open) == 0 {
+		return Pos{}, false
+	}
+	return open[len(open)-1], true
+}
+
+// firstFailingLine is the smallest n such that the first n lines do not
+// parse, found by bisection (0 when they all parse).
+func firstFailingLine(lines []string) int {
+	fails := func(n int) bool {
+		var v yamlv3.Node
+		return yamlv3.Unmarshal([]byte(strings.Join(lines[:n], "\n")), &v) != nil
+	}
+	lo, hi := 0, len(lines)
+	if !fails(hi) {
+		return 0
+	}
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if fails(mid) {
+			hi = mid
+		} else {
+			lo = mid
+		}
+	}
+	return hi
+}
+
+// badBytes refuses a file with bytes YAML cannot hold, at the byte: invalid
+// UTF-8, NUL and other control characters but tab, line feed and carriage
+// return.
+func badBytes(file string, data []byte) error {
+	line, col := 1, 1
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			return &SyntaxError{File: file, Pos: Pos{line, col}, Msg: fmt.Sprintf("not valid YAML: byte 0x%02x is not UTF-8; save the file as UTF-8", data[i])}
+		case r < 0x20 && r != '\t' && r != '\n' && r != '\r', r == 0x7f:
+			return &SyntaxError{File: file, Pos: Pos{line, col}, Msg: fmt.Sprintf("not valid YAML: control character %U; remove it", r)}
+		}
+		if r == '\n' {
+			line, col = line+1, 1
+		} else {
+			col++
+		}
+		i += size
+	}
+	return nil
 }
 
 // maxDepth bounds nesting so hostile input cannot exhaust the stack.
@@ -140,6 +266,10 @@ func (d *Document) index(n *yamlv3.Node, path Path, depth int) error {
 			if k.Tag == "!!merge" {
 				continue
 			}
+			if k.Kind != yamlv3.ScalarNode {
+				return &SyntaxError{File: d.File, Pos: Pos{k.Line, k.Column}, Path: path,
+					Msg: "a complex mapping key (a list, a mapping or an alias used as a key); keys are plain names"}
+			}
 			child := path.Child(k.Value)
 			if first, dup := seen[k.Value]; dup {
 				return &SyntaxError{File: d.File, Pos: Pos{k.Line, k.Column}, Path: child,
@@ -157,6 +287,52 @@ func (d *Document) index(n *yamlv3.Node, path Path, depth int) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// maxExpanded bounds what aliases may expand a document to: a topology is
+// a few hundred values, an alias bomb billions.
+const maxExpanded = 100000
+
+// aliasesBounded refuses a document whose aliases expand it past
+// maxExpanded values, at the alias that crosses the bound.
+func (d *Document) aliasesBounded(root *yamlv3.Node) error {
+	sizes := map[*yamlv3.Node]int{}
+	var size func(n *yamlv3.Node) (int, *yamlv3.Node)
+	size = func(n *yamlv3.Node) (int, *yamlv3.Node) {
+		if s, ok := sizes[n]; ok {
+			return s, nil
+		}
+		sizes[n] = maxExpanded + 1 // an alias to its own ancestor never ends
+		total := 1
+		if n.Kind == yamlv3.AliasNode && n.Alias != nil {
+			s, at := size(n.Alias)
+			if at != nil {
+				return s, at
+			}
+			if total += s; total > maxExpanded {
+				return total, n
+			}
+		}
+		for _, c := range n.Content {
+			s, at := size(c)
+			if at != nil {
+				return s, at
+			}
+			if total += s; total > maxExpanded {
+				if c.Kind == yamlv3.AliasNode {
+					return total, c
+				}
+				return total, n
+			}
+		}
+		sizes[n] = total
+		return total, nil
+	}
+	if _, at := size(root); at != nil {
+		return &SyntaxError{File: d.File, Pos: Pos{at.Line, at.Column},
+			Msg: fmt.Sprintf("not valid YAML: aliases expand this document to more than %d values (an alias bomb?); write the values out", maxExpanded)}
 	}
 	return nil
 }

@@ -244,3 +244,43 @@ func TestFileSizeCap(t *testing.T) {
 		t.Fatal("a file of exactly the cap is refused")
 	}
 }
+
+// Every YAML error is positioned at the byte or token at fault, not at 1:1
+// or at the line where the enclosing collection began.
+func TestYAMLErrorsArePositioned(t *testing.T) {
+	const head = "apiVersion: pgtopo.dev/v1alpha1\nkind: Topology\nmetadata:\n  name: orders\nspec:\n  primary: a\n"
+	bomb := "  a: &a [x,x,x,x,x,x,x,x,x]\n"
+	for _, c := range "bcdefg" {
+		prev := string(c - 1)
+		bomb += fmt.Sprintf("  %c: &%c [%s]\n", c, c, strings.Repeat("*"+prev+",", 8)+"*"+prev)
+	}
+	for _, tc := range []struct {
+		name, body string
+		want       Pos
+		words      string
+	}{
+		{"NUL in a value", "  x: a\x00b\n", Pos{7, 7}, "control character U+0000"},
+		{"a control character", "  x: a\x1bb\n", Pos{7, 7}, "control character U+001B"},
+		{"invalid UTF-8", "  x: a\xffb\n", Pos{7, 7}, "byte 0xff is not UTF-8"},
+		{"a tab in indentation", "\tfoo: 1\n", Pos{7, 1}, "a tab in indentation"},
+		{"a tab in a list's indentation", "  sites:\n\t- a\n", Pos{8, 1}, "a tab in indentation"},
+		{"an unclosed flow sequence", "  sites: [a, b\n  other: 1\n", Pos{7, 10}, "this collection is not closed"},
+		{"an unclosed flow mapping", "  sites: {a: 1\n", Pos{7, 10}, "this collection is not closed"},
+		{"an unknown alias", "  sites: *nope\n", Pos{7, 10}, "no anchor &nope is defined before it"},
+		{"a complex key", "  ? [a, b]\n  : 1\n", Pos{7, 5}, "a complex mapping key"},
+		{"colliding keys", "  1: a\n  \"1\": b\n", Pos{8, 3}, `duplicate key "1" (first at line 7)`},
+		{"an alias bomb", bomb, Pos{12, 13}, "aliases expand this document to more than 100000 values"},
+		{"a misindented line", "  clusters:\n    - name: a\n      site: b\n    site: c\n    - name: d\n", Pos{10, 5}, "did not find expected '-' indicator"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseDocument("t.yaml", []byte(head+tc.body))
+			var se *SyntaxError
+			if !errors.As(err, &se) {
+				t.Fatalf("error %v, want a SyntaxError", err)
+			}
+			if se.Pos != tc.want || !strings.Contains(se.Msg, tc.words) {
+				t.Fatalf("%s, want at %d:%d saying %q", err, tc.want.Line, tc.want.Column, tc.words)
+			}
+		})
+	}
+}
