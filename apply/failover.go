@@ -273,7 +273,7 @@ func (x *stepRun) fenceBeforeItAnswers(ctx context.Context, s diff.Step) (*snaps
 	if o := x.cluster(name); o.PG != nil {
 		state = "answers in recovery, and its object makes it a primary"
 	}
-	x.emit(Event{Phase: PhaseFence, Message: fmt.Sprintf("fence on return: %s %s; fenced in its object (%s on), which its operator applies before the server starts: it refuses writes once promoted", name, state, diff.FenceParameter)})
+	x.emit(Event{Phase: PhaseFence, Message: fmt.Sprintf("fence on return: %s %s; fenced in its object (%s on), which its operator applies before the server starts: it refuses writes once promoted", name, state, snapshot.FenceParameter)})
 	bounded, cancel := context.WithTimeout(ctx, answerBound)
 	defer cancel()
 	err := x.waitEvery(bounded, x.r.pollSwitchover(), name+" answering as a primary", func(snap *snapshot.Snapshot) (bool, string) {
@@ -369,6 +369,13 @@ func branchWords(points []string) string {
 // creates it again as a standby from birth.
 func (x *stepRun) rebuild(ctx context.Context, s diff.Step, rec snapshot.FailoverRecord) error {
 	r, name := s.Rejoin, s.Subject.Cluster
+	if r.Demoted.Flavor == snapshot.FlavorPatroni {
+		// Its data is on machines pgtopo does not manage: held fenced, never
+		// deleted, and said so at every run until a DBA rebuilds it.
+		return fmt.Errorf("%s needs a rebuild and is held fenced, not demoted: pgtopo does not rebuild a Patroni cluster outside Kubernetes; "+
+			"rebuild its members by hand as a standby of %s (stop Patroni on every member, move their data directories away, remove the cluster from the DCS with patronictl remove, start them with the bootstrap from pgtopo render patroni-bootstrap %s), then run pgtopo again",
+			name, r.Primary.Cluster, name)
+	}
 	if err := x.deleteForRebuild(ctx, s.Subject, true); err != nil {
 		return err
 	}

@@ -125,7 +125,7 @@ func rejoinStep(rec snapshot.FailoverRecord, policy string, rebuild bool) diff.S
 
 // fencedPrimarySpec is the returned primary's spec with the fence on return
 // as a parameter.
-var fencedPrimarySpec = snapshot.Spec{Instances: 2, Parameters: map[string]string{diff.FenceParameter: "on"},
+var fencedPrimarySpec = snapshot.Spec{Instances: 2, Parameters: map[string]string{snapshot.FenceParameter: "on"},
 	Replication: snapshot.Replication{Enabled: true}}
 
 // Timeline 2's history as the new primary wrote it on promotion, and as a
@@ -413,4 +413,22 @@ func TestRejoinFencesInTheObjectBeforeItAnswers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A Patroni cluster that needs a rebuild on its return is fenced, its
+// divergence measured and recorded, and then held: never demoted onto
+// another history, never deleted, and the error says what a DBA does.
+func TestRejoinHoldsAPatroniClusterThatNeedsARebuild(t *testing.T) {
+	w, rec := returnedWorld()
+	w.cluster("orders-east").PG.Timeline = 2 // promoted in its own site
+	r, _ := runner(w)
+	step := rejoinStep(rec, "rewind", true)
+	step.Rejoin.Demoted.Flavor = snapshot.FlavorPatroni
+	err := run(t, r, step)
+	if err == nil || !strings.Contains(err.Error(), "orders-east needs a rebuild and is held fenced, not demoted") ||
+		!strings.Contains(err.Error(), "pgtopo render patroni-bootstrap orders-east") {
+		t.Fatalf("error %v", err)
+	}
+	wantWrites(t, w, "sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
+		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:1048576:false")
 }

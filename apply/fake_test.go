@@ -14,7 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
-	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -407,7 +406,7 @@ func operator(w *world, what, name string) {
 		c.PG = &snapshot.PGState{SystemID: sysID, Timeline: 1}
 	}
 	// The operator applies the object's parameters to the server.
-	c.PG.ReadOnlyDefault = c.PG.ReadOnlyDefault || spec.Parameters[diff.FenceParameter] == "on"
+	c.PG.ReadOnlyDefault = c.PG.ReadOnlyDefault || spec.Parameters[snapshot.FenceParameter] == "on"
 	switch {
 	case spec.Replication.IsReplica && !c.PG.InRecovery:
 		c.PG.InRecovery, c.PG.ReplayLSN = true, c.PG.CurrentLSN

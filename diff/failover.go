@@ -49,9 +49,9 @@ type Rejoin struct {
 	Fenced snapshot.Spec `json:"fenced"`
 }
 
-// FenceParameter is the setting a fence turns on: new sessions start
-// read-only. As a parameter of the object it holds from the server's start.
-const FenceParameter = "default_transaction_read_only"
+// FenceParameter is the setting a fence turns on (snapshot's, named here
+// for the planner's readers).
+const FenceParameter = snapshot.FenceParameter
 
 // fencedSpec is a live spec with the fence on return added as a parameter,
 // leaving the parameters another manager set to it.
@@ -332,7 +332,8 @@ func (p *planner) rejoin() bool {
 	demoted := p.desiredSpec(c, np.Endpoint)
 	rj := &Rejoin{Record: *rec, Primary: subjectOf(primary), PrimaryEP: np.Endpoint, Demoted: demoted, Policy: dc.Rejoin,
 		Fenced: fencedSpec(o.Object)}
-	if demoted.Replication.BootstrapSecret == "" || !o.BootstrapSecret.Exists {
+	patroni := dc.IsPatroni()
+	if !patroni && (demoted.Replication.BootstrapSecret == "" || !o.BootstrapSecret.Exists) {
 		rj.Secret = &SecretCopy{From: subjectOf(primary), FromName: np.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name}
 		demoted.Replication.BootstrapSecret = o.BootstrapSecret.Name
 		rj.Demoted = demoted
@@ -357,6 +358,10 @@ func (p *planner) rejoin() bool {
 	switch {
 	case rj.Policy == topology.RejoinManual:
 		reason += "; rejoin policy manual: then left to a DBA"
+	case rj.Rebuild && patroni:
+		reason = fmt.Sprintf("%s, lost in failover epoch %d, answers again: %s, report what it wrote after the fork at %s; then hold it fenced, not demoted: it needs a rebuild, which pgtopo does not do to a Patroni cluster outside Kubernetes (rebuild it by hand from pgtopo render patroni-bootstrap %s)", rec.From, rec.Epoch, fence, rec.ForkLSN, rec.From)
+	case patroni:
+		reason += "; it rejoins by Patroni's pg_rewind; if that fails it is held fenced for a rebuild by hand (pgtopo does not rebuild a Patroni cluster)"
 	case rj.Rebuild:
 		reason += "; then rebuild it (its data removed, recreated as a standby from birth)"
 	default:

@@ -311,3 +311,41 @@ func TestMixedEdges(t *testing.T) {
 		t.Fatalf("the row of an unobserved Patroni cluster takes the file's endpoint: %+v", p.Steps)
 	}
 }
+
+// A Patroni cluster lost in a failover and back is fenced and rejoined
+// through its flavor: no Kubernetes Secret, and never a rebuild pgtopo
+// cannot do; back on a timeline of its own it is held fenced, and the plan
+// says what a DBA does.
+func TestPatroniRejoin(t *testing.T) {
+	returned := func(t *testing.T, timeline int) Plan {
+		d, snap := mixedInSync(t, "orders-east")
+		dc, east := cs(snap, "orders-dc1"), cs(snap, "orders-east")
+		// dc1 back from its site's loss: a primary again, east took over.
+		dc.Object.Spec.Replication = snapshot.Replication{Enabled: true}
+		dc.PG = &snapshot.PGState{SystemID: east.PG.SystemID, Timeline: timeline, CurrentLSN: 0x5100000, ServerVersion: 150000}
+		east.PG.InRecovery, east.PG.WalReceiver, east.PG.Timeline = false, nil, 2
+		rec := snapshot.FailoverRecord{Epoch: 1, From: "orders-dc1", To: "orders-east", Phase: snapshot.FailoverDone, SystemID: east.PG.SystemID, FromTimeline: 1, ForkLSN: 0x5000000}
+		east.Object.Marks.Failover = &rec
+		return Compute(d, snap, Options{})
+	}
+	p := returned(t, 1)
+	if len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin {
+		t.Fatalf("want lock, rejoin: %+v %+v", p.Steps, p.Refusals)
+	}
+	rj := p.Steps[1].Rejoin
+	if rj.Secret != nil || rj.Rebuild || rj.Demoted.Flavor != snapshot.FlavorPatroni || !rj.Demoted.Replication.IsReplica {
+		t.Fatalf("rejoin payload %+v", rj)
+	}
+	if !strings.Contains(p.Steps[1].Reason, "it rejoins by Patroni's pg_rewind; if that fails it is held fenced for a rebuild by hand") {
+		t.Fatalf("reason %q", p.Steps[1].Reason)
+	}
+	p = returned(t, 2)
+	if len(p.Steps) != 2 || !p.Steps[1].Rejoin.Rebuild {
+		t.Fatalf("want a rejoin that cannot rewind: %+v", p.Steps)
+	}
+	reason := p.Steps[1].Reason
+	if strings.Contains(reason, "its data removed") || !strings.Contains(reason, "then hold it fenced, not demoted") ||
+		!strings.Contains(reason, "pgtopo render patroni-bootstrap orders-dc1") {
+		t.Fatalf("the plan promises what the flavor cannot do, or not what a DBA does: %q", reason)
+	}
+}

@@ -208,6 +208,11 @@ type Field struct {
 // FlavorPatroni marks a Spec written through Patroni's REST API.
 const FlavorPatroni = "patroni"
 
+// FenceParameter is the setting a fence turns on: new sessions start
+// read-only. As a parameter of a cluster's object (or a Patroni cluster's
+// dynamic config) it holds from the server's start.
+const FenceParameter = "default_transaction_read_only"
+
 // Fields lists the spec's fields in a fixed order; the plan's field-level
 // changes are computed from these, so what is shown is what is written.
 func (s Spec) Fields() []Field {

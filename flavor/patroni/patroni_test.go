@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -165,5 +166,33 @@ func TestClientMembers(t *testing.T) {
 	}
 	if _, err := s.ListNodes(context.Background()); err == nil || !strings.Contains(err.Error(), "no Patroni member answers") {
 		t.Fatalf("site reachability: %v", err)
+	}
+}
+
+// The fence on return is the one parameter pgtopo owns in a Patroni
+// cluster's dynamic config: a fenced spec writes it with the role, any
+// other spec removes it, and Parse reads it back.
+func TestWriteSpecOwnsTheFenceParameter(t *testing.T) {
+	m := newMember(t, http.StatusOK)
+	s := Site{Name: "dc1", Clusters: map[string]Cluster{"orders-dc1": {Name: "orders-dc1",
+		Client: &Client{HTTP: http.DefaultClient, Members: []snapshot.Endpoint{endpointOf(t, m.URL)}, User: "patroni", Password: "s3cret"}}}}
+	primary := snapshot.Spec{Flavor: snapshot.FlavorPatroni, Replication: snapshot.Replication{Enabled: true}}
+	fenced := primary
+	fenced.Parameters = map[string]string{snapshot.FenceParameter: "on"}
+	for _, spec := range []snapshot.Spec{fenced, primary} {
+		if err := s.WriteSpec(context.Background(), "", "orders-dc1", spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{
+		`{"postgresql":{"parameters":{"default_transaction_read_only":"on"}},"standby_cluster":null}`,
+		`{"postgresql":{"parameters":{"default_transaction_read_only":null}},"standby_cluster":null}`,
+	}
+	if !slices.Equal(m.patches, want) {
+		t.Fatalf("patches\n  %q\nwant\n  %q", m.patches, want)
+	}
+	o := Parse(map[string]any{"postgresql": map[string]any{"parameters": map[string]any{"default_transaction_read_only": "on", "work_mem": "4MB"}}}, nil)
+	if got := o.Spec.Parameters; len(got) != 1 || got[snapshot.FenceParameter] != "on" {
+		t.Fatalf("parsed parameters %v: want the fence alone", got)
 	}
 }

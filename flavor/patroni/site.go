@@ -105,6 +105,11 @@ func Parse(cfg map[string]any, view *ClusterView) snapshot.Object {
 	if slots, ok := cfg["slots"].(map[string]any); ok {
 		o.PermanentSlots = slices.Sorted(maps.Keys(slots))
 	}
+	if params, ok := nestedMap(cfg, "postgresql", "parameters"); ok {
+		if v, ok := params[snapshot.FenceParameter]; ok && v != nil {
+			o.Spec.Parameters = map[string]string{snapshot.FenceParameter: fmt.Sprint(v)}
+		}
+	}
 	if raw, ok := cfg[MarksKey]; ok {
 		str, _ := raw.(string)
 		if err := json.Unmarshal([]byte(str), &o.Marks); err != nil {
@@ -215,13 +220,20 @@ func (s Site) GetLease(context.Context, string, string) (*coordinationv1.Lease, 
 
 // WriteSpec writes a cluster's role: standby_cluster pointed at the peer
 // through the payload's slot, or removed, which promotes the standby
-// leader.
+// leader; and the fence on return, the one parameter pgtopo owns in a
+// Patroni cluster's dynamic config (every member applies it, also when it
+// starts), or its removal.
 func (s Site) WriteSpec(ctx context.Context, _, name string, spec snapshot.Spec) error {
 	c, err := s.cluster(name)
 	if err != nil {
 		return err
 	}
-	return c.Client.PatchConfig(ctx, map[string]any{"standby_cluster": StandbyCluster(spec)})
+	var fence any // null: removed
+	if v, ok := spec.Parameters[snapshot.FenceParameter]; ok {
+		fence = v
+	}
+	return c.Client.PatchConfig(ctx, map[string]any{"standby_cluster": StandbyCluster(spec),
+		"postgresql": map[string]any{"parameters": map[string]any{snapshot.FenceParameter: fence}}})
 }
 
 // StandbyCluster is the standby_cluster section of a spec, nil for a
@@ -296,4 +308,16 @@ func (s Site) CreateLease(context.Context, *coordinationv1.Lease) (*coordination
 // UpdateLease is refused, as CreateLease.
 func (s Site) UpdateLease(context.Context, *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	return nil, errNotKube
+}
+
+// nestedMap is the map at keys in a decoded JSON document.
+func nestedMap(m map[string]any, keys ...string) (map[string]any, bool) {
+	for _, k := range keys {
+		next, ok := m[k].(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		m = next
+	}
+	return m, true
 }
