@@ -235,7 +235,10 @@ func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, fres
 		snap := r.Observer.Observe(ctx)
 		now := r.Replan(snap)
 		fresh = snap
-		if was, is := plan.PrimaryNow(), now.PrimaryNow(); was != "" && is != "" && was != is {
+		// Refused only when this file still asks for another primary than
+		// the one the other run made: one that asks for the same has
+		// nothing left to do.
+		if was, is := plan.PrimaryNow(), now.PrimaryNow(); was != "" && is != "" && was != is && now.PrimaryAfter() != is {
 			// A revision from Git that the planner did not refuse is not
 			// older than the one the other run recorded: it goes on.
 			if now.Revision == "" || now.Refused() {

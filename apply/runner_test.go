@@ -266,37 +266,41 @@ func TestProgressRenderers(t *testing.T) {
 }
 
 // A run that finds after the lock that another run changed the primary
-// refuses rather than switch over a second time from a plan made before;
-// with a revision from Git that the planner did not refuse (not older than
-// the one applied) it goes on, and says so.
+// refuses rather than switch over a second time from a plan made before,
+// unless its file asks for the primary the other run made (nothing left to
+// do) or a revision from Git that the planner did not refuse (not older
+// than the one applied), which goes on and says so.
 func TestExecuteRefusesWhenAnotherRunMovedThePrimary(t *testing.T) {
-	roles := func(primary string) []diff.ClusterRoles {
+	roles := func(now, after string) []diff.ClusterRoles {
 		var out []diff.ClusterRoles
 		for _, c := range []string{"orders-east", "orders-west", "orders-north"} {
-			role := diff.RoleStandby
-			if c == primary {
-				role = diff.RolePrimary
+			r := diff.ClusterRoles{Name: c, Now: diff.RoleStandby, After: diff.RoleStandby}
+			if c == now {
+				r.Now = diff.RolePrimary
 			}
-			out = append(out, diff.ClusterRoles{Name: c, Now: role})
+			if c == after {
+				r.After = diff.RolePrimary
+			}
+			out = append(out, r)
 		}
 		return out
 	}
 	for _, tc := range []struct {
-		name     string
-		revision string
-		wantErr  string
+		name, wants, revision string
+		wantErr, wantEvent    string
 	}{
-		{"a file", "", "another run changed the primary from orders-east to orders-west while this run waited for the lock"},
-		{"a revision from Git not refused", "c0ffee", ""},
+		{"a file asking for another primary", "orders-north", "", "another run changed the primary from orders-east to orders-west while this run waited for the lock", ""},
+		{"a file asking for the primary the other run made", "orders-west", "", "", ""},
+		{"a revision from Git not refused", "orders-north", "c0ffee", "", "revision c0ffee is not older"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 			r, events := runner(w)
 			r.Changed = func(diff.Plan, []string) error { return nil }
 			before := planOf(lockStep(), recordStep("d1"))
-			before.Clusters, before.Revision = roles("orders-east"), tc.revision
+			before.Clusters, before.Revision = roles("orders-east", tc.wants), tc.revision
 			after := planOf(lockStep(), recordStep("d1"))
-			after.Clusters, after.Revision = roles("orders-west"), tc.revision
+			after.Clusters, after.Revision = roles("orders-west", tc.wants), tc.revision
 			r.Replan = func(*snapshot.Snapshot) diff.Plan { return after }
 			_, err := r.Execute(context.Background(), before, diff.Basis{})
 			if tc.wantErr != "" {
@@ -310,8 +314,8 @@ func TestExecuteRefusesWhenAnotherRunMovedThePrimary(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.ContainsFunc(*events, func(e Event) bool { return strings.Contains(e.Message, "revision c0ffee is not older") }) {
-				t.Fatal("no event says why it goes on")
+			if tc.wantEvent != "" && !slices.ContainsFunc(*events, func(e Event) bool { return strings.Contains(e.Message, tc.wantEvent) }) {
+				t.Fatalf("no event says %q", tc.wantEvent)
 			}
 		})
 	}

@@ -232,6 +232,17 @@ func (p *Plan) PrimaryNow() string {
 	return found
 }
 
+// PrimaryAfter is the one cluster the plan makes (or keeps) the primary;
+// "" when it changes nothing's role (a refused plan).
+func (p *Plan) PrimaryAfter() string {
+	for _, c := range p.Clusters {
+		if c.After == RolePrimary {
+			return c.Name
+		}
+	}
+	return ""
+}
+
 // InSync reports whether nothing needs doing.
 func (p *Plan) InSync() bool { return len(p.Steps) == 0 && len(p.Refusals) == 0 }
 

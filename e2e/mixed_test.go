@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -355,7 +356,108 @@ func TestMixedPatroniAndKubernetes(t *testing.T) {
 	t.Logf("%d rows acknowledged across two switchovers, none lost; never two writable in %d samples", len(acked), w.samples.Load())
 
 	m.killAndResume(onDC1, onEast)
+	m.patroniSiteReturns(onEast)
 	m.noPatroniSecrets()
+}
+
+// patroniSiteReturns loses dc1 (Patroni, the primary), fails over into
+// Kubernetes on the flag's consent and brings dc1's site back, where its
+// Patroni promotes it on a timeline of its own. pgtopo fences it, reports
+// what it wrote after the fork and holds it fenced with the way back, since
+// it does not rebuild data on machines it does not manage; rebuilt by hand
+// that way, dc1 streams from east and status exits 0.
+func (m *mixed) patroniSiteReturns(onEast string) {
+	t := m.t
+	ctx := context.Background()
+	w := m.startWriter()
+	time.Sleep(time.Second)
+	if err := lab.Fail(m.lab.Dir, "dc1"); err != nil {
+		t.Fatal(err)
+	}
+	acked := w.finish()
+	m.expect(m.run("apply", "-f", onEast, "--accept-data-loss", "orders-dc1"), 0, "Apply complete", "failover")
+	if n := m.missing("orders-east", acked); n > 0 {
+		t.Logf("%d of %d rows acknowledged on dc1 before its loss are missing on east (the loss consented to)", n, len(acked))
+	}
+	if err := lab.Heal(ctx, m.lab.Dir, "dc1"); err != nil {
+		t.Fatal(err)
+	}
+	answering := func() {
+		labtest.Eventually(t, 2*time.Minute, "dc1's site answering (its Patroni REST API)", func() error {
+			if r := m.run("diff", "-f", onEast); strings.Contains(r.stdout, "orders-dc1 (site dc1) is still unreachable") {
+				return errors.New(lastNonEmpty(r.stdout))
+			}
+			return nil
+		})
+	}
+	answering()
+	r := m.run("apply", "-f", onEast)
+	if r.code == 0 {
+		t.Logf("dc1 came back on the timeline it was lost on and rejoined by rewind:\n%s", r.stderr)
+	} else {
+		for _, want := range []string{"fence on return: orders-dc1", "divergence: orders-dc1", "orders-dc1 needs a rebuild and is held fenced, not demoted", "pgtopo render patroni-bootstrap orders-dc1"} {
+			if !strings.Contains(r.stdout+r.stderr, want) {
+				t.Fatalf("exit %d; the rejoin of dc1 does not say %q:\n%s\n%s", r.code, want, r.stdout, r.stderr)
+			}
+		}
+		for _, line := range strings.Split(r.stdout+r.stderr, "\n") {
+			if strings.Contains(line, "divergence: orders-dc1") || strings.Contains(line, "held fenced") {
+				t.Logf("dc1's return: %s", line)
+			}
+		}
+		var takes bool
+		m.query("orders-dc1", "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'", &takes)
+		if takes {
+			t.Fatal("dc1 takes writes after its fence on return")
+		}
+		// The way back the error states, by hand.
+		rr := m.run("render", "patroni-bootstrap", "orders-dc1", "-f", onEast, "-o", "json")
+		m.expect(rr, 0)
+		var doc struct {
+			PatroniConfig struct {
+				Bootstrap struct {
+					DCS struct {
+						StandbyCluster map[string]any `json:"standby_cluster"`
+					} `json:"dcs"`
+				} `json:"bootstrap"`
+			} `json:"patroniConfig"`
+		}
+		if err := json.Unmarshal([]byte(rr.stdout), &doc); err != nil {
+			t.Fatal(err)
+		}
+		if err := lab.RebuildPatroniSite(ctx, m.lab.Dir, "dc1", doc.PatroniConfig.Bootstrap.DCS.StandbyCluster); err != nil {
+			t.Fatal(err)
+		}
+	}
+	labtest.Eventually(t, 2*time.Minute, "dc1 streaming from east", func() error {
+		var status string
+		c, err := m.connect("orders-dc1")
+		if err != nil {
+			return err
+		}
+		defer c.Close(ctx)
+		if err := c.QueryRow(ctx, "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'none')").Scan(&status); err != nil {
+			return err
+		}
+		if status != "streaming" {
+			return fmt.Errorf("dc1's wal receiver: %s", status)
+		}
+		return nil
+	})
+	if r := m.run("apply", "-f", onEast); r.code != 0 {
+		t.Fatalf("apply with dc1 a standby again: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	labtest.Eventually(t, time.Minute, "status healthy", func() error {
+		if r := m.run("status", "-f", onEast); r.code != 0 {
+			return fmt.Errorf("status exit %d: %s", r.code, lastNonEmpty(r.stdout))
+		}
+		return nil
+	})
+}
+
+func lastNonEmpty(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
 
 // renderMatchesLiveStandby checks what render patroni-bootstrap gives a DBA

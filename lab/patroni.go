@@ -2,9 +2,11 @@ package lab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -200,4 +202,77 @@ func postgresAnswers(addr string) bool {
 		return false
 	}
 	return reply[0] == 'N' || reply[0] == 'S'
+}
+
+// DeleteEtcdPrefix removes every key under prefix from the lab's etcd
+// (through the v3 JSON gateway), as an operator deletes Patroni's DCS
+// objects with a cluster, or patronictl remove does: otherwise a new
+// cluster of the same name would inherit the old one's initialize key and
+// configuration.
+func DeleteEtcdPrefix(ctx context.Context, etcd, prefix string) error {
+	end := []byte(prefix)
+	end[len(end)-1]++
+	body, _ := json.Marshal(map[string][]byte{"key": []byte(prefix), "range_end": end})
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+etcd+"/v3/kv/deleterange", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("etcd delete %s: %w", prefix, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("etcd delete %s: HTTP %d", prefix, resp.StatusCode)
+	}
+	return nil
+}
+
+// PatroniBootstrapFile holds the bootstrap standby_cluster section a
+// Patroni site's members start with when they have no data: what a DBA
+// puts into patroni.yml from pgtopo render patroni-bootstrap.
+func (p Paths) PatroniBootstrapFile(site string) string {
+	return filepath.Join(p.Site(site), "bootstrap-standby.json")
+}
+
+// RebuildPatroniSite is the rebuild by hand that pgtopo states for a
+// Patroni cluster it holds fenced: every member stopped, their data moved
+// away, the cluster removed from the DCS (patronictl remove), and the
+// members started again with the given bootstrap standby_cluster (from
+// pgtopo render patroni-bootstrap), so they come up as a standby cluster
+// by base backup.
+func RebuildPatroniSite(ctx context.Context, dir, site string, standbyCluster map[string]any) error {
+	st, s, err := loadSite(dir, site)
+	if err != nil {
+		return err
+	}
+	c, err := st.PatroniCluster(s)
+	if err != nil {
+		return err
+	}
+	if ReadFault(st.Dir, s.Name).Kind != FaultFailed {
+		if err := Fail(dir, site); err != nil { // every process of the site stopped
+			return err
+		}
+	}
+	p := Paths{st.Dir}
+	for i := range c.Members {
+		d := p.PatroniMemberDir(s.Name, c.Name, i)
+		if err := os.Rename(d, fmt.Sprintf("%s.old-%d", d, time.Now().Unix())); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	if err := DeleteEtcdPrefix(ctx, st.EtcdEndpoint(), st.PatroniDCSNamespace(s.Name)+c.Name+"/"); err != nil {
+		return err
+	}
+	b, err := json.Marshal(standbyCluster)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(p.PatroniBootstrapFile(s.Name), b, 0o644); err != nil {
+		return err
+	}
+	return Heal(ctx, dir, site)
 }

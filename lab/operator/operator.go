@@ -864,7 +864,7 @@ func (o *Operator) teardown(ctx context.Context, c *cluster) {
 		}
 	}
 	_ = os.RemoveAll(c.dir)
-	if err := deleteScope(ctx, o.state.EtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/"); err != nil {
+	if err := lab.DeleteEtcdPrefix(ctx, o.state.EtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/"); err != nil {
 		o.log.Warn("dcs", "cluster", spec.key(), "err", err)
 	}
 	for _, name := range []string{spec.Name, spec.Name + "-repl"} {

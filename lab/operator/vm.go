@@ -2,8 +2,10 @@ package operator
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -132,7 +134,13 @@ func (v *VMSite) startMember(i int, ip string) error {
 		// The drills read the last commit's time on a returned primary.
 		Parameters: map[string]string{"track_commit_timestamp": "on"},
 	}
-	if of := v.site.StandbyOf; of != "" {
+	if b, err := os.ReadFile(lab.Paths{Dir: v.state.Dir}.PatroniBootstrapFile(v.site.Name)); err == nil {
+		// Rebuilt by hand as a standby cluster: the bootstrap a DBA put
+		// into patroni.yml from pgtopo render patroni-bootstrap.
+		if err := json.Unmarshal(b, &mc.Standby); err != nil {
+			return fmt.Errorf("%s: %w", lab.Paths{Dir: v.state.Dir}.PatroniBootstrapFile(v.site.Name), err)
+		}
+	} else if of := v.site.StandbyOf; of != "" {
 		// By hand, as in the pitfall: a standby of the other site's
 		// endpoint, bootstrapped by base backup, with no slot.
 		other, _ := v.state.Site(of)
