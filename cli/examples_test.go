@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -340,5 +341,64 @@ func TestWorkflowPlanStepExitCodes(t *testing.T) {
 		if passed := err == nil; passed != tc.pass {
 			t.Errorf("pgtopo diff exit %d: step passed=%v, want %v (%v)", tc.code, passed, tc.pass, err)
 		}
+	}
+}
+
+// The GitOps Jobs retry a refusal with backoff without a change to the file
+// and fail at once on a wrong command line; Argo CD's hook ConfigMap keeps
+// one name, replaced at every sync, so none is left behind per revision.
+func TestDeployJobsRetryAndClean(t *testing.T) {
+	for _, f := range []string{deployDir + "/flux/pgtopo/job.yaml", deployDir + "/argocd/presync-job.yaml"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var job struct {
+			Spec struct {
+				BackoffLimit     int `json:"backoffLimit"`
+				PodFailurePolicy struct {
+					Rules []struct {
+						Action      string `json:"action"`
+						OnExitCodes struct {
+							ContainerName, Operator string
+							Values                  []int
+						} `json:"onExitCodes"`
+					} `json:"rules"`
+				} `json:"podFailurePolicy"`
+			} `json:"spec"`
+		}
+		if err := sigsyaml.Unmarshal(data, &job); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if job.Spec.BackoffLimit < 3 {
+			t.Errorf("%s: backoffLimit %d: a transient refusal would end the run for good", f, job.Spec.BackoffLimit)
+		}
+		failsOnUsage := false
+		for _, r := range job.Spec.PodFailurePolicy.Rules {
+			c := r.OnExitCodes
+			failsOnUsage = failsOnUsage || r.Action == "FailJob" && c.ContainerName == "pgtopo" && c.Operator == "In" && slices.Equal(c.Values, []int{2})
+		}
+		if !failsOnUsage {
+			t.Errorf("%s: a wrong command line (exit 2) must fail the Job at once, not be retried", f)
+		}
+	}
+	data, err := os.ReadFile(deployDir + "/argocd/kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k struct {
+		ConfigMapGenerator []struct {
+			Options struct {
+				DisableNameSuffixHash bool              `json:"disableNameSuffixHash"`
+				Annotations           map[string]string `json:"annotations"`
+			} `json:"options"`
+		} `json:"configMapGenerator"`
+	}
+	if err := sigsyaml.Unmarshal(data, &k); err != nil {
+		t.Fatal(err)
+	}
+	if len(k.ConfigMapGenerator) != 1 || !k.ConfigMapGenerator[0].Options.DisableNameSuffixHash ||
+		!strings.Contains(k.ConfigMapGenerator[0].Options.Annotations["argocd.argoproj.io/hook-delete-policy"], "BeforeHookCreation") {
+		t.Fatalf("Argo CD's hook ConfigMap must keep one name and be deleted before its next creation: %+v", k.ConfigMapGenerator)
 	}
 }
