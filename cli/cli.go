@@ -77,7 +77,14 @@ func Run(args []string, e env) int {
 	case errors.As(err, &code):
 		return int(code)
 	case errors.As(err, &usage) || strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag") || strings.HasPrefix(err.Error(), "unknown shorthand flag"):
-		fmt.Fprintf(e.stderr, "pgtopo: %s\nRun '%s --help' for usage.\n", printable.String(err.Error()), cmd.CommandPath())
+		// Each line escaped on its own: cobra's "Did you mean this?" comes
+		// on lines of its own, and a value typed by the user stays escaped.
+		lines := strings.Split(strings.TrimRight(err.Error(), "\n"), "\n")
+		for i, l := range lines {
+			indent := len(l) - len(strings.TrimLeft(l, "\t"))
+			lines[i] = strings.Repeat("  ", indent) + printable.String(l[indent:])
+		}
+		fmt.Fprintf(e.stderr, "pgtopo: %s\nRun '%s --help' for usage.\n", strings.Join(lines, "\n"), cmd.CommandPath())
 		return ExitUsage
 	default:
 		fmt.Fprintf(e.stderr, "pgtopo: %s\n", printable.String(err.Error()))

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -56,5 +57,15 @@ func TestStatusExit(t *testing.T) {
 				t.Fatalf("exit %d, want %d", got, tc.want)
 			}
 		})
+	}
+}
+
+// A file name is printed escaped, like every value: one that holds a line
+// break cannot add a line to a CI log.
+func TestValidateEscapesTheFileName(t *testing.T) {
+	var out, errOut strings.Builder
+	code := Run([]string{"validate", "bad\n::error::forged.yaml"}, env{stdout: &out, stderr: &errOut, getenv: func(string) string { return "" }})
+	if code != ExitError || out.String() != `bad\n::error::forged.yaml: cannot read: no such file`+"\n" {
+		t.Fatalf("exit %d, stdout %q", code, out.String())
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/topology"
 )
@@ -73,13 +74,13 @@ func runValidate(e env, files []string, output string) error {
 		for i, file := range files {
 			for _, f := range perFile[i] {
 				if f.Line == 0 {
-					fmt.Fprintf(e.stdout, "%s: %s\n", f.File, f.Message)
+					fmt.Fprintf(e.stdout, "%s: %s\n", printable.String(f.File), printable.String(f.Message))
 				} else {
 					fmt.Fprintln(e.stdout, f.String())
 				}
 			}
 			if !perFile[i].HasErrors() {
-				fmt.Fprintf(e.stdout, "%s: valid\n", file)
+				fmt.Fprintf(e.stdout, "%s: valid\n", printable.String(file))
 			}
 		}
 	}
