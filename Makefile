@@ -6,11 +6,12 @@ REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/pgtopo/pgtopo/cli.version=$(VERSION) -X github.com/pgtopo/pgtopo/cli.revision=$(REVISION)
 STATICCHECK_VERSION := v0.8.2
 GREMLINS_VERSION := v0.6.0
+CYCLONEDX_VERSION := v1.10.0
 FUZZTIME ?= 60s
 
 APT_PACKAGES := git etcd-server patroni postgresql-15
 
-.PHONY: help build test lint deps apt-deps lab-bin fuzz demo bench mutate image clean
+.PHONY: help build test lint deps apt-deps lab-bin fuzz demo bench mutate image release clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -47,6 +48,12 @@ bin/staticcheck:
 mutate: bin/gremlins ## mutation scores of diff/ and apply/ (killed / all mutants; goals 85% and 70%)
 	GREMLINS=bin/gremlins scripts/mutate.sh
 
+release: bin/cyclonedx-gomod ## dist/: static reproducible binaries (linux, darwin; amd64, arm64), SHA256SUMS, a CycloneDX SBOM
+	VERSION=$(VERSION) REVISION=$(REVISION) CYCLONEDX=bin/cyclonedx-gomod RELEASE_CHECK=$(RELEASE_CHECK) GO=$(GO) scripts/release.sh
+
+bin/cyclonedx-gomod:
+	GOBIN=$(CURDIR)/bin $(GO) install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@$(CYCLONEDX_VERSION)
+
 bin/gremlins:
 	GOBIN=$(CURDIR)/bin $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
 
@@ -81,4 +88,4 @@ image: ## build the container image (examples/deploy/Dockerfile) with docker or 
 	$(ENGINE) build -f examples/deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t pgtopo:$(VERSION) .
 
 clean: ## remove build output
-	rm -rf bin
+	rm -rf bin dist

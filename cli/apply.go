@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -87,8 +86,8 @@ from the switchover journal. Exit status: 0 converged, 1 error, refusal or
 stale plan.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if f.output != "text" && f.output != "json" {
-				return usagef("--output %q: use text or json", f.output)
+			if err := checkFormat(f.output); err != nil {
+				return err
 			}
 			if f.progressFormat != "text" && f.progressFormat != "json" {
 				return usagef("--progress-format %q: use text or json", f.progressFormat)
@@ -114,7 +113,7 @@ stale plan.`,
 	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
 	cmd.Flags().StringVar(&f.progressFormat, "progress-format", "text", "progress on stderr: text or json (one event per line)")
 	cmd.Flags().StringVar(&f.acceptDataLoss, "accept-data-loss", "", "break-glass consent to a failover: the lost primary CLUSTER whose unreplicated writes may be lost")
-	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "result on stdout: text, or json (one versioned ApplyResult document: the plan, the steps done with their seconds, how it ended)")
+	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "result on stdout: text, or json or yaml (one versioned ApplyResult document: the plan, the steps done with their seconds, how it ended)")
 	cmd.Flags().StringSliceVar(&f.allowRebuild, "allow-rebuild", nil, "let pgtopo rebuild standby CLUSTER if it cannot catch up (deleted with its data, created again), whatever the file's rebuild policy; repeat or comma-separate")
 	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
 	return cmd
@@ -261,7 +260,7 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 // textOut is where words for people go: stdout, or stderr when stdout
 // carries the JSON result.
 func (f applyFlags) textOut(e env) io.Writer {
-	if f.output == "json" {
+	if structured(f.output) {
 		return e.stderr
 	}
 	return e.stdout
@@ -270,14 +269,14 @@ func (f applyFlags) textOut(e env) io.Writer {
 // printPlan shows the plan before anything runs, and reports whether the
 // run ends there (refused, a dry run, nothing to do).
 func (f applyFlags) printPlan(e env, plan diff.Plan) (bool, error) {
-	if f.output == "json" {
+	if structured(f.output) {
 		switch {
 		case plan.Refused():
-			return true, errors.Join(writeApplyJSON(e, ApplyResult{Result: "refused", Plan: plan}), exitCode(ExitError))
+			return true, errors.Join(writeApplyResult(e, f.output, ApplyResult{Result: "refused", Plan: plan}), exitCode(ExitError))
 		case f.dryRun:
-			return true, writeApplyJSON(e, ApplyResult{Result: "dry-run", Plan: plan})
+			return true, writeApplyResult(e, f.output, ApplyResult{Result: "dry-run", Plan: plan})
 		case plan.InSync():
-			return true, writeApplyJSON(e, ApplyResult{Result: "in-sync", Plan: plan})
+			return true, writeApplyResult(e, f.output, ApplyResult{Result: "in-sync", Plan: plan})
 		}
 		return false, nil
 	}
@@ -305,22 +304,17 @@ type ApplyResult struct {
 	Remaining  string                `json:"remaining,omitempty"`
 }
 
-func writeApplyJSON(e env, r ApplyResult) error {
+func writeApplyResult(e env, format string, r ApplyResult) error {
 	r.APIVersion, r.Kind, r.Headline = diff.PlanAPIVersion, "ApplyResult", r.Plan.Headline()
 	if r.Completed == nil {
 		r.Completed = []apply.CompletedStep{}
 	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(e.stdout, "%s\n", b)
-	return err
+	return writeDocument(e.stdout, format, r)
 }
 
 // finish says how a run ended.
 func (f applyFlags) finish(e env, res *apply.Result, err error) error {
-	if f.output == "json" {
+	if structured(f.output) {
 		doc := ApplyResult{Result: "applied", Plan: res.Plan, Completed: res.Completed}
 		if res.Remaining != nil {
 			doc.Remaining = res.Remaining.Summary()
@@ -332,9 +326,9 @@ func (f applyFlags) finish(e env, res *apply.Result, err error) error {
 				doc.Result, doc.Plan = "refused", refused.Plan
 			}
 			fmt.Fprintf(e.stderr, "pgtopo: %s\n", printable.String(err.Error()))
-			return errors.Join(writeApplyJSON(e, doc), exitCode(ExitError))
+			return errors.Join(writeApplyResult(e, f.output, doc), exitCode(ExitError))
 		}
-		return writeApplyJSON(e, doc)
+		return writeApplyResult(e, f.output, doc)
 	}
 	fmt.Fprintln(e.stdout)
 	if err != nil {

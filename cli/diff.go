@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/pgtopo/pgtopo/printable"
@@ -45,8 +44,8 @@ Exit status (--detailed-exitcode, the default): 0 in sync, 4 changes pending,
 pending changes exit 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" && output != "markdown" {
-				return usagef("--output %q: use text, json or markdown", output)
+			if err := checkFormat(output, "markdown"); err != nil {
+				return err
 			}
 			ctx := context.Background()
 			if base != "" {
@@ -76,7 +75,7 @@ pending changes exit 0.`,
 		},
 	}
 	src.register(cmd, e)
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or markdown")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json, yaml or markdown")
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 4 when changes are pending")
 	cmd.Flags().StringVar(&out, "out", "", "also save the plan, with what it relied on, for pgtopo apply PLAN.json")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "plan a revision older than the one recorded as applied")
@@ -194,8 +193,10 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 		pr.Plan = &plan
 	}
 	switch f.output {
-	case "json":
+	case formatJSON:
 		err = pr.WriteJSON(e.stdout)
+	case formatYAML:
+		err = writeYAMLOf(e.stdout, pr.WriteJSON)
 	case "markdown":
 		err = pr.WriteMarkdown(e.stdout)
 	default:
@@ -221,8 +222,10 @@ func (l loadAt) Load(context.Context) (*reconcile.Input, error) { return l.src.A
 
 func writePlan(e env, p *diff.Plan, output string) error {
 	switch output {
-	case "json":
+	case formatJSON:
 		return p.WriteJSON(e.stdout)
+	case formatYAML:
+		return writeYAMLOf(e.stdout, p.WriteJSON)
 	case "markdown":
 		return p.WriteMarkdown(e.stdout)
 	}
@@ -250,13 +253,8 @@ func writeInvalidHead(e env, output, path, head string, fs schema.Findings) erro
 	}
 	headline := fmt.Sprintf("%s at %s does not validate: %d error(s); merging it would apply nothing", path, diff.ShortRevision(head), errs)
 	switch output {
-	case "json":
-		b, err := json.MarshalIndent(InvalidHead{APIVersion: diff.PlanAPIVersion, Kind: "InvalidPullRequest", Headline: headline, Head: head, Path: path, Findings: fs}, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(e.stdout, "%s\n", b)
-		return err
+	case formatJSON, formatYAML:
+		return writeDocument(e.stdout, output, InvalidHead{APIVersion: diff.PlanAPIVersion, Kind: "InvalidPullRequest", Headline: headline, Head: head, Path: path, Findings: fs})
 	case "markdown":
 		var b strings.Builder
 		fmt.Fprintf(&b, "## pgtopo: %s\n\nFix these before merging:\n\n```text\n", printable.String(headline))

@@ -44,8 +44,8 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 		Use: use, Short: short, Long: long, Example: example,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if f.output != "text" && f.output != "json" {
-				return usagef("--output %q: use text or json", f.output)
+			if err := checkFormat(f.output); err != nil {
+				return err
 			}
 			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { fmt.Fprintf(e.stderr, "pgtopo: %s\n", msg) })
 			defer stop()
@@ -85,7 +85,7 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
 	cmd.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
 	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", time.Minute, "how long each step may wait")
-	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "result on stdout: text, or json (an ApplyResult document, as apply -o json)")
+	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "result on stdout: text, or json or yaml (an ApplyResult document, as apply -o json)")
 	f.progressFormat = "text"
 	if fence {
 		cmd.Flags().BoolVar(&force, "force", false, "fence the only writable cluster, stopping every write")

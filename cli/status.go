@@ -44,8 +44,8 @@ cluster takes writes but the DR verdict is not ready.`,
   pgtopo status -f orders.yaml --watch 2s`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			if output != "text" && output != "json" {
-				return usagef("--output %q: use text or json", output)
+			if err := checkFormat(output); err != nil {
+				return err
 			}
 			if watch < 0 || count < 0 || (count > 0 && watch == 0) {
 				return usagef("--watch %v --count %d: --watch takes a positive interval, --count a number of looks with it", watch, count)
@@ -64,8 +64,8 @@ cluster takes writes but the DR verdict is not ready.`,
 			for n := 1; ; n++ {
 				snap := obs.Observe(ctx, in.Desired)
 				at := time.Now().UTC().Format(time.RFC3339)
-				if output == "json" {
-					if err := writeStatusJSON(e, statusDoc(in.Desired, snap, at), watch > 0); err != nil {
+				if structured(output) {
+					if err := writeStatusDoc(e, output, statusDoc(in.Desired, snap, at), watch > 0); err != nil {
 						return err
 					}
 				} else {
@@ -89,7 +89,7 @@ cluster takes writes but the DR verdict is not ready.`,
 		},
 	}
 	src.register(cmd, e)
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
 	cmd.Flags().DurationVar(&watch, "watch", 0, "look again every D and redraw (e.g. 2s)")
 	cmd.Flags().IntVar(&count, "count", 0, "with --watch, stop after N looks (0: until interrupted)")
 	return cmd
@@ -130,19 +130,23 @@ func statusExit(e env, d *topology.Desired, snap *snapshot.Snapshot) error {
 	return nil
 }
 
-func writeStatusJSON(e env, st Status, oneLine bool) error {
-	var b []byte
-	var err error
-	if oneLine {
-		b, err = json.Marshal(st)
-	} else {
-		b, err = json.MarshalIndent(st, "", "  ")
-	}
-	if err != nil {
+// writeStatusDoc writes one Status document; watching, JSON documents are
+// one a line and YAML documents start with "---".
+func writeStatusDoc(e env, format string, st Status, watching bool) error {
+	switch {
+	case format == formatJSON && watching:
+		b, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(e.stdout, "%s\n", b)
 		return err
+	case format == formatYAML && watching:
+		if _, err := fmt.Fprintln(e.stdout, "---"); err != nil {
+			return err
+		}
 	}
-	_, err = fmt.Fprintf(e.stdout, "%s\n", b)
-	return err
+	return writeDocument(e.stdout, format, st)
 }
 
 // clearScreen clears a terminal before a redraw; in a pipe or a file the

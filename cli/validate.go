@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 
@@ -24,13 +23,13 @@ each as file:line:col: field.path: message. Warnings are printed but do not
 fail. Exit status: 0 valid, 1 invalid or unreadable.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, files []string) error {
-			if output != "text" && output != "json" {
-				return usagef("--output %q: use text or json", output)
+			if err := checkFormat(output); err != nil {
+				return err
 			}
 			return runValidate(e, files, output)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
 	return cmd
 }
 
@@ -60,14 +59,12 @@ func runValidate(e env, files []string, output string) error {
 		all = append(all, perFile[i]...)
 	}
 	switch output {
-	case "json":
+	case formatJSON, formatYAML:
 		res := validateResult{APIVersion: "pgtopo.dev/v1alpha1", Valid: !all.HasErrors(), Files: files, Findings: all}
 		if res.Findings == nil {
 			res.Findings = []schema.Finding{}
 		}
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
+		if err := writeDocument(e.stdout, output, res); err != nil {
 			return err
 		}
 	default:

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"runtime"
 	"runtime/debug"
@@ -32,19 +31,17 @@ func newVersionCmd(e env) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			v := Version{Version: buildVersion(), Revision: buildRevision(), GoVersion: runtime.Version()}
-			switch output {
-			case "json":
-				b, _ := json.MarshalIndent(v, "", "  ")
-				fmt.Fprintf(e.stdout, "%s\n", b)
-			case "text":
-				fmt.Fprintf(e.stdout, "pgtopo %s (revision %s)\n", v.Version, v.Revision)
-			default:
-				return usagef("--output %q: use text or json", output)
+			if err := checkFormat(output); err != nil {
+				return err
 			}
+			if structured(output) {
+				return writeDocument(e.stdout, output, v)
+			}
+			fmt.Fprintf(e.stdout, "pgtopo %s (revision %s)\n", v.Version, v.Revision)
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
 	return cmd
 }
 
