@@ -114,8 +114,10 @@ stale plan.`,
 	cmd.Flags().StringVar(&f.progressFormat, "progress-format", "text", "progress on stderr: text or json (one event per line)")
 	cmd.Flags().StringVar(&f.acceptDataLoss, "accept-data-loss", "", "break-glass consent to a failover: the lost primary CLUSTER whose unreplicated writes may be lost")
 	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "result on stdout: text, or json or yaml (one versioned ApplyResult document: the plan, the steps done with their seconds, how it ended)")
+	completeOutput(cmd, formatText, formatJSON, formatYAML)
 	cmd.Flags().StringSliceVar(&f.allowRebuild, "allow-rebuild", nil, "let pgtopo rebuild standby CLUSTER if it cannot catch up (deleted with its data, created again), whatever the file's rebuild policy; repeat or comma-separate")
 	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
+	completeClusterFlags(cmd, "accept-data-loss", "allow-rebuild")
 	return cmd
 }
 

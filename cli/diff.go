@@ -76,6 +76,7 @@ pending changes exit 0.`,
 	}
 	src.register(cmd, e)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json, yaml or markdown")
+	completeOutput(cmd, formatText, formatJSON, formatYAML, "markdown")
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 4 when changes are pending")
 	cmd.Flags().StringVar(&out, "out", "", "also save the plan, with what it relied on, for pgtopo apply PLAN.json")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "plan a revision older than the one recorded as applied")
@@ -84,6 +85,7 @@ pending changes exit 0.`,
 	cmd.Flags().StringVar(&base, "base", "", "pull-request mode: the revision merged into (e.g. origin/main)")
 	cmd.Flags().StringVar(&head, "head", "HEAD", "pull-request mode: the revision being merged")
 	cmd.Flags().BoolVar(&observeLive, "live", true, "pull-request mode: also observe the sites and show the live plan for the head")
+	completeClusterFlags(cmd, "accept-data-loss", "allow-rebuild")
 	return cmd
 }
 

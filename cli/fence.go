@@ -86,6 +86,8 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 	cmd.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
 	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", time.Minute, "how long each step may wait")
 	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "result on stdout: text, or json or yaml (an ApplyResult document, as apply -o json)")
+	completeOutput(cmd, formatText, formatJSON, formatYAML)
+	cmd.ValidArgsFunction = clusterArg
 	f.progressFormat = "text"
 	if fence {
 		cmd.Flags().BoolVar(&force, "force", false, "fence the only writable cluster, stopping every write")

@@ -110,6 +110,13 @@ pgtopo apply first; it creates the slot.`,
 	}
 	src.register(cmd, e)
 	cmd.Flags().StringVarP(&output, "output", "o", "yaml", "output format: yaml (to merge into patroni.yml, with comments) or json (a versioned PatroniBootstrap document)")
+	completeOutput(cmd, formatYAML, formatJSON)
+	cmd.ValidArgsFunction = func(c *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+		if len(args) == 0 {
+			return []string{"patroni-bootstrap"}, cobra.ShellCompDirectiveNoFileComp
+		}
+		return clusterArg(c, args[1:], toComplete)
+	}
 	return cmd
 }
 

@@ -90,6 +90,7 @@ cluster takes writes but the DR verdict is not ready.`,
 	}
 	src.register(cmd, e)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
+	completeOutput(cmd, formatText, formatJSON, formatYAML)
 	cmd.Flags().DurationVar(&watch, "watch", 0, "look again every D and redraw (e.g. 2s)")
 	cmd.Flags().IntVar(&count, "count", 0, "with --watch, stop after N looks (0: until interrupted)")
 	return cmd

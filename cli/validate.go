@@ -30,6 +30,7 @@ fail. Exit status: 0 valid, 1 invalid or unreadable.`,
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
+	completeOutput(cmd, formatText, formatJSON, formatYAML)
 	return cmd
 }
 

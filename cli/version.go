@@ -42,6 +42,7 @@ func newVersionCmd(e env) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
+	completeOutput(cmd, formatText, formatJSON, formatYAML)
 	return cmd
 }
 
