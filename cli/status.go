@@ -37,7 +37,7 @@ interrupted). With -o json, --watch writes one document per line.
 
 Exit status (of the last look), for monitoring: 0 healthy (DR ready), 1 error
 or a site unreachable, 3 split brain (more than one cluster takes writes; a
-fenced one does not count), 5 no cluster takes writes (an outage), 6 one
+fenced or read-only one does not count), 5 no cluster takes writes (an outage), 6 one
 cluster takes writes but the DR verdict is not ready.`,
 		Example: `  pgtopo status -f orders.yaml
   pgtopo status -f orders.yaml -o json | jq .verdict
@@ -101,7 +101,7 @@ cluster takes writes but the DR verdict is not ready.`,
 func statusExit(e env, d *topology.Desired, snap *snapshot.Snapshot) error {
 	writable := 0
 	for _, c := range snap.Clusters {
-		if c.Writable() && !c.Fenced() {
+		if c.TakesWrites() {
 			writable++
 		}
 	}

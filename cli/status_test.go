@@ -23,6 +23,8 @@ func TestStatusExit(t *testing.T) {
 	fenced := primary("west")
 	fenced.Object = &snapshot.Object{Marks: snapshot.Marks{Fence: &snapshot.Fence{}}}
 	fenced.PG.ReadOnlyDefault = true
+	onReturn := primary("west")
+	onReturn.PG.ReadOnlyDefault = true
 	down := snapshot.ClusterState{Name: "west", Site: "west", Exists: true, PGError: "connection refused"}
 	sites := func(west bool) []snapshot.SiteState {
 		return []snapshot.SiteState{{Name: "east", Reachable: true}, {Name: "west", Reachable: west}}
@@ -36,6 +38,7 @@ func TestStatusExit(t *testing.T) {
 		{"DR ready", []snapshot.ClusterState{primary("east"), standby("west", "streaming")}, true, ExitOK},
 		{"split brain", []snapshot.ClusterState{primary("east"), primary("west")}, true, ExitSplitBrain},
 		{"a fenced second primary is no split brain", []snapshot.ClusterState{primary("east"), fenced}, true, ExitNotReady},
+		{"a second primary read-only by default, no fence mark (a fence on return) is no split brain", []snapshot.ClusterState{primary("east"), onReturn}, true, ExitNotReady},
 		{"a site unreachable", []snapshot.ClusterState{primary("east")}, false, ExitError},
 		{"no cluster takes writes", []snapshot.ClusterState{standby("east", "streaming"), standby("west", "streaming")}, true, ExitNoWriter},
 		{"a standby not streaming", []snapshot.ClusterState{primary("east"), standby("west", "waiting")}, true, ExitNotReady},

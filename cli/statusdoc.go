@@ -173,7 +173,7 @@ func verdict(d *topology.Desired, snap *snapshot.Snapshot) Verdict {
 	}
 	var writable []string
 	for _, c := range snap.Clusters {
-		if c.Writable() && !c.Fenced() {
+		if c.TakesWrites() {
 			writable = append(writable, c.Name)
 		}
 	}

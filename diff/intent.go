@@ -84,7 +84,11 @@ func Describe(base, head *topology.Desired) []Intent {
 	for _, c := range base.Clusters {
 		if _, ok := head.Cluster(c.Name); !ok {
 			s := subjectOf(c)
-			add(IntentRemoved, &s, "%s removed from the file: its CR in site %s is left alone (pgtopo never deletes clusters)", c.Name, c.Site.Name)
+			if head.DeletionPolicy == topology.DeletionDelete {
+				add(IntentRemoved, &s, "%s removed from the file: spec.deletionPolicy is delete, so merging DELETES it: its CR in site %s, its volumes and data, its catalogue row and its slot on the primary (a cluster that says it is a primary is refused)", c.Name, c.Site.Name)
+			} else {
+				add(IntentRemoved, &s, "%s removed from the file: its CR in site %s is left alone (spec.deletionPolicy orphan: pgtopo reports it and deletes nothing)", c.Name, c.Site.Name)
+			}
 		}
 	}
 	baseSites := map[string]topology.Site{}

@@ -61,7 +61,11 @@ func TestDescribe(t *testing.T) {
 			"  primary:", "    - {name: orders-south, site: south, namespace: db, instances: 2, volume: {size: 1Gi}}\n  primary:"),
 			want: []string{"new standby orders-south in site south (namespace db)"}, kind: []IntentKind{IntentNewCluster}},
 		{name: "cluster removed", head: edit("    - {name: orders-west, site: west, namespace: db, instances: 2, volume: {size: 1Gi}}\n", ""),
-			want: []string{"orders-west removed from the file: its CR in site west is left alone (pgtopo never deletes clusters)"}, kind: []IntentKind{IntentRemoved}},
+			want: []string{"orders-west removed from the file: its CR in site west is left alone (spec.deletionPolicy orphan: pgtopo reports it and deletes nothing)"}, kind: []IntentKind{IntentRemoved}},
+		{name: "cluster removed under deletionPolicy delete", head: edit("    - {name: orders-west, site: west, namespace: db, instances: 2, volume: {size: 1Gi}}\n", "",
+			"  primary: orders-east", "  deletionPolicy: delete\n  primary: orders-east"),
+			want: []string{"orders-west removed from the file: spec.deletionPolicy is delete, so merging DELETES it: its CR in site west, its volumes and data, its catalogue row and its slot on the primary (a cluster that says it is a primary is refused)"},
+			kind: []IntentKind{IntentRemoved}},
 		{name: "sizes and parameters", head: edit(
 			"{name: orders-west, site: west, namespace: db, instances: 2, volume: {size: 1Gi}}", "{name: orders-west, site: west, namespace: db, instances: 3, volume: {size: 2Gi}}",
 			"{max_slot_wal_keep_size: 10GB}", "{max_slot_wal_keep_size: 20GB, max_connections: \"200\"}"),

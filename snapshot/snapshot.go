@@ -197,7 +197,8 @@ type MultiClusterInfo struct {
 }
 
 // OrphanCluster is a CR labelled with this topology that the file no
-// longer lists. pgtopo reports it and never deletes it.
+// longer lists. pgtopo reports it, and deletes it only under
+// spec.deletionPolicy delete (the plan's delete-cluster step).
 type OrphanCluster struct {
 	Name, Site, Namespace string
 	// SlotName is the slot it streams through on the primary, by the
@@ -231,6 +232,11 @@ func (s *Snapshot) Site(name string) (*SiteState, bool) {
 // recovery: it could take writes (a fence makes new sessions read-only, see
 // Fenced, but any session can still turn that off).
 func (c *ClusterState) Writable() bool { return c.PG != nil && !c.PG.InRecovery }
+
+// TakesWrites reports whether new sessions of the cluster can write: out
+// of recovery and not read-only by default (fenced by pgtopo fence, by a
+// fence on return, or during a switchover).
+func (c *ClusterState) TakesWrites() bool { return c.Writable() && !c.PG.ReadOnlyDefault }
 
 // Fenced reports whether the cluster is fenced by pgtopo fence: marked so,
 // and its new sessions are read-only.
