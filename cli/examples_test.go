@@ -402,3 +402,27 @@ func TestDeployJobsRetryAndClean(t *testing.T) {
 		t.Fatalf("Argo CD's hook ConfigMap must keep one name and be deleted before its next creation: %+v", k.ConfigMapGenerator)
 	}
 }
+
+// The examples install a release, never "latest": a Job that runs twice
+// runs the same pgtopo. The image says what it is (OCI labels).
+func TestDeployExamplesPinTheirVersion(t *testing.T) {
+	latest := regexp.MustCompile(`(?m)^[^#]*(:latest\b|@latest\b|_VERSION: latest\b)`)
+	for _, f := range deployFiles(t) {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := latest.Find(data); m != nil {
+			t.Errorf("%s: %q: pin a release", f, m)
+		}
+	}
+	data, err := os.ReadFile(deployDir + "/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, label := range []string{"org.opencontainers.image.source", "org.opencontainers.image.version", "org.opencontainers.image.revision", "org.opencontainers.image.licenses"} {
+		if !strings.Contains(string(data), label+"=") {
+			t.Errorf("Dockerfile: no %s label", label)
+		}
+	}
+}
