@@ -142,6 +142,22 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 	if own := x.marksOf(name).Failover; own != nil && own.Epoch == rec.Epoch && own.Returned != nil {
 		ret = *own.Returned // resumed: keep what was measured at the fence
 	}
+	if r.Rebuild {
+		// The rebuild the plan showed as its own step, once the return was
+		// fenced and measured: fenced again (idempotent) until it goes.
+		if o.Writable() {
+			if err := x.session(ctx, o, func(sess Session) error { _, err := fenceNow(ctx, sess); return err }); err != nil {
+				return fmt.Errorf("%s: fencing it again before its rebuild: %w", name, err)
+			}
+		}
+		rec.Returned = &ret
+		if r.Secret != nil {
+			if err := x.copySecret(ctx, s.Subject, *r.Secret); err != nil {
+				return err
+			}
+		}
+		return x.rebuild(ctx, s, rec)
+	}
 	if o.PG == nil || o.PG.InRecovery && !o.Object.Spec.Replication.IsReplica {
 		var err error
 		if o, err = x.fenceBeforeItAnswers(ctx, s); err != nil {
@@ -179,16 +195,15 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		}
 	}
 	// Patroni rewinds only a timeline older than the new primary's: one
-	// promoted inside its own site after the plan was made (its Patroni
-	// took its leader lock on return) has a timeline of the same number
-	// and another history, and would wait for, then take, the new
-	// primary's WAL. Seen at the fence, it is rebuilt.
-	if !r.Rebuild && r.Policy == topology.RejoinRewind && o.Writable() && o.PG.Timeline != rec.FromTimeline {
-		x.say(PhaseFence, "%s is on timeline %d, not %d where it was lost (promoted in its own site meanwhile): its history cannot be told apart from %s's by timeline; rebuilding it, not rewinding", name, o.PG.Timeline, rec.FromTimeline, r.Primary.Cluster)
-		return x.rebuild(ctx, s, rec)
+	// promoted inside its own site (its Patroni took its leader lock on
+	// return) has a timeline of the same number and another history, and
+	// would wait for, then take, the new primary's WAL. It needs a
+	// rebuild, which is a step of its own.
+	if r.Policy == topology.RejoinRewind && o.Writable() && o.PG.Timeline != rec.FromTimeline {
+		return x.needsRebuild(ctx, s, rec, fmt.Sprintf("it is on timeline %d, not %d where it was lost (promoted in its own site meanwhile): its history cannot be told apart from %s's by timeline, and Patroni would not rewind it", o.PG.Timeline, rec.FromTimeline, r.Primary.Cluster))
 	}
-	if r.Rebuild {
-		return x.rebuild(ctx, s, rec)
+	if r.Policy == topology.RejoinRebuild {
+		return x.needsRebuild(ctx, s, rec, "its rejoin policy is rebuild")
 	}
 	if err := x.writeSpec(ctx, s.Subject, r.Demoted); err != nil {
 		return err
@@ -206,8 +221,7 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 	// only defers the check to the one after streaming.
 	if r.Policy == topology.RejoinRewind {
 		if own, why, err := x.timelineOfItsOwn(ctx, name, r.Primary.Cluster, rec.FromTimeline); err == nil && own {
-			x.say(PhaseFence, "%s: rebuilding it, not rewinding", why)
-			return x.rebuild(ctx, s, rec)
+			return x.needsRebuild(ctx, s, rec, why)
 		}
 	}
 	if r.Policy == "manual" {
@@ -222,16 +236,14 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		if ctx.Err() != nil {
 			return err
 		}
-		x.say(PhaseBackOut, "%s did not rejoin by pg_rewind within %s (%v): rebuilding it", name, rewindBound, err)
-		return x.rebuild(ctx, s, rec)
+		return x.needsRebuild(ctx, s, rec, fmt.Sprintf("it did not rejoin by pg_rewind within %s (%v)", rewindBound, err))
 	}
 	own, why, err := x.timelineOfItsOwn(ctx, name, r.Primary.Cluster, rec.FromTimeline)
 	if err != nil {
 		return fmt.Errorf("%s: checking its timeline's history against %s's: %w", name, r.Primary.Cluster, err)
 	}
 	if own {
-		x.say(PhaseBackOut, "%s: it streams, but on top of a history %s never had; rebuilding it", why, r.Primary.Cluster)
-		return x.rebuild(ctx, s, rec)
+		return x.needsRebuild(ctx, s, rec, fmt.Sprintf("%s: it streams, but on top of a history %s never had", why, r.Primary.Cluster))
 	}
 	// The fence on return stays in its postgresql.auto.conf unless pg_rewind
 	// replaced that file with the new primary's (a return with nothing past
@@ -363,6 +375,29 @@ func (x *stepRun) timelineHistory(ctx context.Context, c *snapshot.ClusterState,
 func branchWords(points []string) string {
 	f := strings.Fields(points[len(points)-1])
 	return fmt.Sprintf("from timeline %s at %s", f[0], f[1])
+}
+
+// NeedsRebuildError stops a rejoin that cannot go on by rewind: the
+// rebuild deletes data, so it is a step of its own in the next plan.
+type NeedsRebuildError struct{ Cluster, Why, Diverged string }
+
+func (e *NeedsRebuildError) Error() string {
+	return fmt.Sprintf("%s needs a rebuild: %s; stopped after its fence, still fenced: the next plan shows the rebuild as a step of its own (it deletes %s's data, including %s written after the fork), under the rebuild policy's consent", e.Cluster, e.Why, e.Cluster, e.Diverged)
+}
+
+// needsRebuild records why the returned primary needs a rebuild and stops
+// the rejoin there; a Patroni cluster is held fenced with the way back.
+func (x *stepRun) needsRebuild(ctx context.Context, s diff.Step, rec snapshot.FailoverRecord, why string) error {
+	name := s.Subject.Cluster
+	rec.Returned.NeedsRebuild = why
+	if err := x.markReturned(ctx, s.Subject, rec); err != nil {
+		return err
+	}
+	if s.Rejoin.Demoted.Flavor == snapshot.FlavorPatroni {
+		return x.rebuild(ctx, s, rec) // says what a DBA does, deletes nothing
+	}
+	x.say(PhaseFence, "%s needs a rebuild: %s; the rejoin stops here, fenced", name, why)
+	return &NeedsRebuildError{Cluster: name, Why: why, Diverged: snapshot.HumanBytes(rec.Returned.Diverged)}
 }
 
 // rebuild removes the lost primary's object (and, with it, its data) and

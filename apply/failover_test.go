@@ -175,16 +175,22 @@ func TestRejoinFencesReportsAndRewinds(t *testing.T) {
 	}
 }
 
-func TestRejoinRebuildsAsAStandbyFromBirth(t *testing.T) {
+// The rebuild of a returned primary is a step of its own, planned once the
+// rejoin fenced it and recorded why it needs one: fenced again, deleted,
+// created as a standby from birth, recorded done with what was measured.
+func TestRejoinRebuildStepRebuildsAsAStandbyFromBirth(t *testing.T) {
 	w, rec := returnedWorld()
+	own := rec
+	own.Returned = &snapshot.Returned{Rejoin: "rewind", Diverged: 1048576, NeedsRebuild: "it is on timeline 2"}
+	w.cluster("orders-east").Object.Marks.Failover = &own
 	r, _ := runner(w)
-	step := rejoinStep(rec, "rebuild", true)
+	step := rejoinStep(rec, "rewind", true)
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
 	got := w.writes()
-	i, j := slices.Index(got, "delete orders-east"), slices.Index(got, "spec orders-east "+specJSON(step.Rejoin.Demoted))
-	if i < 0 || j < i || !slices.Contains(got, "marks orders-east digest= revision= journal=- failover=1:done returned=rebuild:1048576:true") {
+	fence, i, j := slices.Index(got, "sql orders-east fence-on"), slices.Index(got, "delete orders-east"), slices.Index(got, "spec orders-east "+specJSON(step.Rejoin.Demoted))
+	if fence != 0 || i < fence || j < i || !slices.Contains(got, "marks orders-east digest= revision= journal=- failover=1:done returned=rebuild:1048576:true") {
 		t.Fatalf("want fence, delete, create as a standby, recorded done: %v", got)
 	}
 	if c := w.cluster("orders-east"); c.Writable() || !c.StreamsFrom(westEP) {
@@ -241,38 +247,44 @@ func TestRejoinFencesOnReturnAndLiftsTheFence(t *testing.T) {
 }
 
 // A demoted lost primary that does not stream within the bound (its rewind
-// failed) is rebuilt.
-func TestRejoinRebuildsWhenTheRewindDoesNotBringItBack(t *testing.T) {
+// failed) needs a rebuild: the rejoin records why and stops there; it
+// deletes nothing (the next plan shows the rebuild).
+func TestRejoinStopsWhenTheRewindDoesNotBringItBack(t *testing.T) {
 	w, rec := returnedWorld()
 	r, _ := runner(w)
-	step := rejoinStep(rec, "rewind", false)
-	if err := run(t, r, step); err != nil {
-		t.Fatal(err)
+	err := run(t, r, rejoinStep(rec, "rewind", false))
+	wantNeedsRebuild(t, w, err, "it did not rejoin by pg_rewind within 3m0s")
+}
+
+// wantNeedsRebuild checks a rejoin stopped for a rebuild: the error says
+// why and what the rebuild deletes, the returned cluster's marks record it,
+// and nothing was deleted.
+func wantNeedsRebuild(t *testing.T, w *world, err error, why string) {
+	t.Helper()
+	var needs *NeedsRebuildError
+	if !errors.As(err, &needs) || !strings.Contains(err.Error(), why) || !strings.Contains(err.Error(), "the next plan shows the rebuild as a step of its own") {
+		t.Fatalf("error %v, want a rejoin stopped for a rebuild because %q", err, why)
 	}
-	got := w.writes()
-	if !slices.Contains(got, "delete orders-east") || got[len(got)-1] != "marks orders-east digest= revision= journal=- failover=1:done returned=rebuild:1048576:true" {
-		t.Fatalf("want a rebuild after the rewind did not stream: %v", got)
+	if slices.Contains(w.writes(), "delete orders-east") {
+		t.Fatalf("a rejoin deleted the cluster itself: %v", w.writes())
+	}
+	if f := w.cluster("orders-east").Object.Marks.Failover; f == nil || f.Returned == nil || !strings.Contains(f.Returned.NeedsRebuild, why) || f.Returned.Done {
+		t.Fatalf("marks %+v: want the rebuild's reason recorded, not done", f)
 	}
 }
 
 // A lost primary that comes back promoted inside its own site (a timeline of
-// its own, numbered as the new primary's) is rebuilt at once under policy
-// rewind: Patroni would not rewind it.
-func TestRejoinRebuildsOneThatWasPromotedInItsSite(t *testing.T) {
+// its own, numbered as the new primary's) is never demoted for a rewind
+// Patroni would not do: the rejoin stops after the fence, for a rebuild.
+func TestRejoinStopsForOneThatWasPromotedInItsSite(t *testing.T) {
 	w, rec := returnedWorld()
 	w.cluster("orders-east").PG.Timeline = 2
-	r, events := runner(w)
+	r, _ := runner(w)
 	step := rejoinStep(rec, "rewind", false)
-	if err := run(t, r, step); err != nil {
-		t.Fatal(err)
-	}
-	got := w.writes()
-	del, demote := slices.Index(got, "delete orders-east"), slices.Index(got, "spec orders-east "+specJSON(step.Rejoin.Demoted))
-	if del < 0 || demote < del {
-		t.Fatalf("want a rebuild (delete, then created as a standby), not a demotion for pg_rewind first: %v", got)
-	}
-	if !slices.ContainsFunc(*events, func(e Event) bool { return strings.Contains(e.Message, "is on timeline 2, not 1 where it was lost") }) {
-		t.Fatal("no event says why it is rebuilt")
+	err := run(t, r, step)
+	wantNeedsRebuild(t, w, err, "it is on timeline 2, not 1 where it was lost")
+	if slices.Contains(w.writes(), "spec orders-east "+specJSON(step.Rejoin.Demoted)) {
+		t.Fatalf("demoted for a rewind: %v", w.writes())
 	}
 }
 
@@ -289,7 +301,7 @@ func TestRejoinRebuildsOneWhoseTimelineIsItsOwn(t *testing.T) {
 		firstReadFail bool
 		want          string
 	}{
-		{"seen once in recovery", eastHistory, westHistory, false, "orders-east is on a timeline 2 of its own, promoted in its own site (it branched from timeline 1 at 0/5100000; orders-west's timeline 2 branched from timeline 1 at 0/5000000): rebuilding it"},
+		{"seen once in recovery", eastHistory, westHistory, false, "orders-east is on a timeline 2 of its own, promoted in its own site (it branched from timeline 1 at 0/5100000; orders-west's timeline 2 branched from timeline 1 at 0/5000000)"},
 		{"seen once it streams", eastHistory, westHistory, true, "it streams, but on top of a history orders-west never had"},
 		{"the primary never had its timeline", eastHistory, "", false, "orders-west has no timeline 2"},
 		{"a history without reasons", "1\t0/5100000\n", westHistory, false, "it branched from timeline 1 at 0/5100000"},
@@ -310,19 +322,13 @@ func TestRejoinRebuildsOneWhoseTimelineIsItsOwn(t *testing.T) {
 					w.follow(name, "orders-west") // streams on a timeline 2 of its own
 				}
 			}
-			r, events := runner(w)
+			r, _ := runner(w)
 			step := rejoinStep(rec, "rewind", false)
-			if err := run(t, r, step); err != nil {
-				t.Fatal(err)
+			err := run(t, r, step)
+			if !slices.Contains(w.writes(), "spec orders-east "+specJSON(step.Rejoin.Demoted)) {
+				t.Fatalf("want demoted first: %v", w.writes())
 			}
-			got := w.writes()
-			demote, del := slices.Index(got, "spec orders-east "+specJSON(step.Rejoin.Demoted)), slices.Index(got, "delete orders-east")
-			if demote < 0 || del < demote || got[len(got)-1] != "marks orders-east digest= revision= journal=- failover=1:done returned=rebuild:0:true" {
-				t.Fatalf("want demoted, then rebuilt, recorded as a rebuild: %v", got)
-			}
-			if !slices.ContainsFunc(*events, func(e Event) bool { return strings.Contains(e.Message, tc.want) }) {
-				t.Fatalf("no event says %q: %v", tc.want, *events)
-			}
+			wantNeedsRebuild(t, w, err, tc.want)
 		})
 	}
 }
@@ -362,7 +368,7 @@ func TestRejoinFencesInTheObjectBeforeItAnswers(t *testing.T) {
 	}{
 		{"does not answer yet", func(east *snapshot.ClusterState) { east.PG = nil }, true, "", "spec orders-east " + specJSON(standbySpec.WithPeer(*westEP))},
 		// Promoted by its Patroni, on a timeline of its own: rebuilt.
-		{"answers in recovery, its object a primary's", func(east *snapshot.ClusterState) { east.PG.InRecovery, east.PG.ReplayLSN = true, 0x5100000 }, true, "", "delete orders-east"},
+		{"answers in recovery, its object a primary's", func(east *snapshot.ClusterState) { east.PG.InRecovery, east.PG.ReplayLSN = true, 0x5100000 }, true, "needs a rebuild: it is on timeline 2", ""},
 		{"never answers", func(east *snapshot.ClusterState) { east.PG = nil }, false, "NOT CONFIRMED", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -383,14 +389,18 @@ func TestRejoinFencesInTheObjectBeforeItAnswers(t *testing.T) {
 			}
 			r, events := runner(w)
 			err := run(t, r, rejoinStep(rec, "rewind", false))
-			if tc.wantErr != "" {
+			if tc.wantErr != "" && !tc.operator {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err %v, want %q", err, tc.wantErr)
 				}
 				wantWrites(t, w, "spec orders-east "+specJSON(fencedPrimarySpec))
 				return
 			}
-			if err != nil {
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+			} else if err != nil {
 				t.Fatal(err)
 			}
 			got := w.writes()
@@ -408,7 +418,7 @@ func TestRejoinFencesInTheObjectBeforeItAnswers(t *testing.T) {
 			if after >= 0 && after < measured {
 				t.Fatalf("demoted or deleted before what it wrote was reported: %v", *events)
 			}
-			if i := slices.Index(got, tc.wantAfter); i < len(want) {
+			if i := slices.Index(got, tc.wantAfter); tc.wantAfter != "" && i < len(want) {
 				t.Fatalf("want %q after the fence:\n  %s", tc.wantAfter, strings.Join(got, "\n  "))
 			}
 		})
@@ -422,7 +432,7 @@ func TestRejoinHoldsAPatroniClusterThatNeedsARebuild(t *testing.T) {
 	w, rec := returnedWorld()
 	w.cluster("orders-east").PG.Timeline = 2 // promoted in its own site
 	r, _ := runner(w)
-	step := rejoinStep(rec, "rewind", true)
+	step := rejoinStep(rec, "rewind", false)
 	step.Rejoin.Demoted.Flavor = snapshot.FlavorPatroni
 	err := run(t, r, step)
 	if err == nil || !strings.Contains(err.Error(), "orders-east needs a rebuild and is held fenced, not demoted") ||
@@ -430,5 +440,9 @@ func TestRejoinHoldsAPatroniClusterThatNeedsARebuild(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 	wantWrites(t, w, "sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
+		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:1048576:false",
 		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:1048576:false")
+	if f := w.cluster("orders-east").Object.Marks.Failover; f == nil || f.Returned == nil || f.Returned.NeedsRebuild == "" {
+		t.Fatalf("marks %+v: want why it needs a rebuild recorded", f)
+	}
 }

@@ -3,6 +3,7 @@ package diff
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -338,39 +339,76 @@ func (p *planner) rejoin() bool {
 		demoted.Replication.BootstrapSecret = o.BootstrapSecret.Name
 		rj.Demoted = demoted
 	}
+	if begun && own.Returned.NeedsRebuild != "" {
+		p.rejoinRebuild(dc, rj, own)
+		return true
+	}
 	// Patroni rewinds a returning primary only when its timeline is older
 	// than the new primary's and in its history; on the same timeline
 	// number (an internal failover of its own while it was away) it would
 	// stream another history's WAL onto it. Only one that stayed on the
-	// timeline it was lost on can be rewound safely.
+	// timeline it was lost on can be rewound safely; the rebuild it needs
+	// otherwise deletes data, so it is planned as a step of its own once
+	// the rejoin has fenced it and measured what it wrote.
 	if o.PG != nil && o.PG.Timeline != rec.FromTimeline && rj.Policy == topology.RejoinRewind {
-		rj.Rebuild = true
-		p.note(&subj, "%s is on timeline %d, not %d where it was lost (it failed over inside its site meanwhile): its history cannot be told apart from %s's by timeline, so it is rebuilt, not rewound", rec.From, o.PG.Timeline, rec.FromTimeline, rec.To)
-	}
-	if rj.Policy == topology.RejoinRebuild {
-		rj.Rebuild = true
+		p.note(&subj, "%s is on timeline %d, not %d where it was lost (it failed over inside its site meanwhile): its history cannot be told apart from %s's by timeline, so it cannot be rewound; once fenced and measured, its rebuild is planned as a step of its own", rec.From, o.PG.Timeline, rec.FromTimeline, rec.To)
 	}
 	fence := "fence it (read-only, sessions ended)"
 	if o.PG == nil {
 		fence = fmt.Sprintf("its database does not answer yet: fence it first in its object (%s on), so it starts refusing writes, and once it answers by SQL (sessions ended)", FenceParameter)
 	}
-	reason := fmt.Sprintf("%s, lost in failover epoch %d, answers again: %s, report what it wrote after the fork at %s, demote it to a standby of %s", rec.From, rec.Epoch, fence, rec.ForkLSN, rec.To)
+	reason := fmt.Sprintf("%s, lost in failover epoch %d, answers again: %s, report what it wrote after the fork at %s", rec.From, rec.Epoch, fence, rec.ForkLSN)
+	rebuildLater := "; if it needs a rebuild (a timeline of its own, a failed rewind), it stops there, still fenced, and the next plan shows the rebuild as a step of its own"
 	switch {
 	case rj.Policy == topology.RejoinManual:
-		reason += "; rejoin policy manual: then left to a DBA"
-	case rj.Rebuild && patroni:
-		reason = fmt.Sprintf("%s, lost in failover epoch %d, answers again: %s, report what it wrote after the fork at %s; then hold it fenced, not demoted: it needs a rebuild, which pgtopo does not do to a Patroni cluster outside Kubernetes (rebuild it by hand from pgtopo render patroni-bootstrap %s)", rec.From, rec.Epoch, fence, rec.ForkLSN, rec.From)
+		reason += ", demote it to a standby of " + rec.To + "; rejoin policy manual: then left to a DBA"
 	case patroni:
-		reason += "; it rejoins by Patroni's pg_rewind; if that fails it is held fenced for a rebuild by hand (pgtopo does not rebuild a Patroni cluster)"
-	case rj.Rebuild:
-		reason += "; then rebuild it (its data removed, recreated as a standby from birth)"
+		reason += ", demote it to a standby of " + rec.To + "; it rejoins by Patroni's pg_rewind; if it needs a rebuild it is held fenced for a rebuild by hand (pgtopo does not rebuild a Patroni cluster)"
+	case rj.Policy == topology.RejoinRebuild:
+		reason += "; rejoin policy rebuild: then stop, still fenced, and the next plan shows its rebuild as a step of its own"
 	default:
-		reason += "; it rejoins by pg_rewind (a rebuild if that fails)"
+		reason += ", demote it to a standby of " + rec.To + "; it rejoins by pg_rewind" + rebuildLater
 	}
 	changes := specChanges(o.Object, demoted, "")
 	p.add(Step{Action: ActionRejoin, Subject: subj, Rejoin: rj, Changes: changes, Reason: reason,
 		Preconditions: []Precondition{{Kind: CondWritable, Cluster: rec.To}}})
 	return true
+}
+
+// rejoinRebuild plans the rebuild a returned primary needs, recorded by the
+// rejoin that fenced it and measured what it wrote after the fork: a step
+// of its own that says what it deletes, under the rebuild policy's
+// consent, or a refusal that says how to give it. A Patroni cluster is
+// never rebuilt by pgtopo: refused with the way back by hand.
+func (p *planner) rejoinRebuild(dc topology.DesiredCluster, rj *Rejoin, own *snapshot.FailoverRecord) {
+	subj := subjectOf(dc)
+	ret, rec := own.Returned, rj.Record
+	wrote := fmt.Sprintf("%s written after the fork at %s that %s never received", snapshot.HumanBytes(ret.Diverged), rec.ForkLSN, rec.To)
+	if dc.IsPatroni() {
+		p.refuse(&subj, "%s needs a rebuild (%s) and is held fenced, not demoted: pgtopo does not rebuild a Patroni cluster outside Kubernetes; rebuild its members by hand as a standby of %s (stop Patroni on every member, move their data directories away, patronictl remove the cluster, start them with the bootstrap from pgtopo render patroni-bootstrap %s); its %s go with its old data",
+			dc.Name, ret.NeedsRebuild, rec.To, dc.Name, wrote)
+		return
+	}
+	consent := ""
+	switch {
+	case dc.Rejoin == topology.RejoinRebuild:
+		consent = "the file (rejoin: rebuild)"
+	case dc.RebuildAllowed:
+		consent = "the file (rebuild: allow)"
+	case slices.Contains(p.opt.AllowRebuild, dc.Name):
+		consent = "apply --allow-rebuild " + dc.Name
+	default:
+		p.refuse(&subj, "%s needs a rebuild (%s); it stays fenced. A rebuild deletes its data, including %s: consent with rebuild: allow on %s (or spec.replication.rebuild), or apply --allow-rebuild %s; or copy out what you need first",
+			dc.Name, ret.NeedsRebuild, wrote, dc.Name, dc.Name)
+		return
+	}
+	rj.Rebuild = true
+	p.add(Step{Action: ActionRejoin, Subject: subj, Rejoin: rj,
+		Reason: fmt.Sprintf("rebuild %s, the primary lost in failover epoch %d (%s; consent: %s): delete it with its volumes and data, including %s, and create it again as a standby of %s from birth",
+			dc.Name, rec.Epoch, ret.NeedsRebuild, consent, wrote, rec.To),
+		Changes: []Change{{Field: "object " + dc.Namespace + "/" + dc.Name + " and its volumes", Before: "present (fenced; " + snapshot.HumanBytes(ret.Diverged) + " past the fork)",
+			After: "deleted, created again as a standby of " + rec.To}},
+		Preconditions: []Precondition{{Kind: CondWritable, Cluster: rec.To}}})
 }
 
 // lostNote says a lost primary is still away after its failover.

@@ -186,12 +186,50 @@ func TestRejoinOnReturn(t *testing.T) {
 			t.Fatalf("reason %q", r)
 		}
 	})
-	t.Run("back on another timeline: rebuilt", func(t *testing.T) {
+	// needsRebuild records what the rejoin that fenced it found.
+	needsRebuild := func(snap *snapshot.Snapshot) {
+		rec := *cs(snap, "orders-west").Object.Marks.Failover
+		rec.Returned = &snapshot.Returned{Rejoin: "rewind", Diverged: 1 << 20, NeedsRebuild: "it is on timeline 2, not 1 where it was lost"}
+		cs(snap, "orders-east").Object.Marks.Failover = &rec
+	}
+	t.Run("back on another timeline: fenced and measured first, never rebuilt in the same step", func(t *testing.T) {
 		d, snap := returned(t)
 		cs(snap, "orders-east").PG.Timeline = 2
 		p := Compute(d, snap, Options{})
+		if len(p.Steps) != 2 || p.Steps[1].Rejoin.Rebuild || !strings.Contains(p.Steps[1].Reason, "the next plan shows the rebuild as a step of its own") {
+			t.Fatalf("want a rejoin that fences and measures, and says a rebuild comes after: %+v", p.Steps)
+		}
+	})
+	t.Run("a recorded need for a rebuild without consent: refused, saying what it deletes", func(t *testing.T) {
+		d, snap := returned(t)
+		cs(snap, "orders-east").PG.Timeline = 2
+		needsRebuild(snap)
+		p := Compute(d, snap, Options{})
+		if len(p.Steps) != 0 || !p.Refused() {
+			t.Fatalf("want a refusal: %+v %+v", p.Steps, p.Refusals)
+		}
+		for _, want := range []string{"orders-east needs a rebuild (it is on timeline 2, not 1 where it was lost); it stays fenced", "including 1 MiB written after the fork at 0/5027AD8 that orders-west never received", "rebuild: allow on orders-east", "apply --allow-rebuild orders-east"} {
+			if !strings.Contains(p.Refusals[0].Reason, want) {
+				t.Fatalf("refusal %q lacks %q", p.Refusals[0].Reason, want)
+			}
+		}
+	})
+	t.Run("a recorded need for a rebuild with consent: the rebuild as its own step, in words", func(t *testing.T) {
+		d, snap := returned(t)
+		cs(snap, "orders-east").PG.Timeline = 2
+		needsRebuild(snap)
+		p := Compute(d, snap, Options{AllowRebuild: []string{"orders-east"}})
 		if len(p.Steps) != 2 || !p.Steps[1].Rejoin.Rebuild {
-			t.Fatalf("want a rebuild: %+v", p.Steps)
+			t.Fatalf("want the rebuild step: %+v %+v", p.Steps, p.Refusals)
+		}
+		r := p.Steps[1].Reason
+		for _, want := range []string{"consent: apply --allow-rebuild orders-east", "delete it with its volumes and data, including 1 MiB written after the fork"} {
+			if !strings.Contains(r, want) {
+				t.Fatalf("reason %q lacks %q", r, want)
+			}
+		}
+		if c := p.Steps[1].Changes; len(c) != 1 || !strings.Contains(c[0].After, "deleted") {
+			t.Fatalf("changes %+v", c)
 		}
 	})
 	t.Run("rejoined: left alone", func(t *testing.T) {
@@ -218,14 +256,19 @@ func TestRejoinOnReturn(t *testing.T) {
 			t.Fatalf("want a manual rejoin: %+v", p.Steps)
 		}
 	})
-	t.Run("rejoin policy rebuild", func(t *testing.T) {
+	t.Run("rejoin policy rebuild: fenced and measured, then rebuilt on that consent", func(t *testing.T) {
 		d, snap := returned(t)
 		for i := range d.Clusters {
 			d.Clusters[i].Rejoin = topology.RejoinRebuild
 		}
 		p := Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || !p.Steps[1].Rejoin.Rebuild {
-			t.Fatalf("want a rebuild: %+v", p.Steps)
+		if len(p.Steps) != 2 || p.Steps[1].Rejoin.Rebuild {
+			t.Fatalf("want the fence first: %+v", p.Steps)
+		}
+		needsRebuild(snap)
+		p = Compute(d, snap, Options{})
+		if len(p.Steps) != 2 || !p.Steps[1].Rejoin.Rebuild || !strings.Contains(p.Steps[1].Reason, "consent: the file (rejoin: rebuild)") {
+			t.Fatalf("want a rebuild: %+v %+v", p.Steps, p.Refusals)
 		}
 	})
 	t.Run("no failover record: split brain refused", func(t *testing.T) {

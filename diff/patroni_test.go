@@ -317,7 +317,7 @@ func TestMixedEdges(t *testing.T) {
 // cannot do; back on a timeline of its own it is held fenced, and the plan
 // says what a DBA does.
 func TestPatroniRejoin(t *testing.T) {
-	returned := func(t *testing.T, timeline int) Plan {
+	returned := func(t *testing.T, timeline int, needsRebuild string) Plan {
 		d, snap := mixedInSync(t, "orders-east")
 		dc, east := cs(snap, "orders-dc1"), cs(snap, "orders-east")
 		// dc1 back from its site's loss: a primary again, east took over.
@@ -326,9 +326,14 @@ func TestPatroniRejoin(t *testing.T) {
 		east.PG.InRecovery, east.PG.WalReceiver, east.PG.Timeline = false, nil, 2
 		rec := snapshot.FailoverRecord{Epoch: 1, From: "orders-dc1", To: "orders-east", Phase: snapshot.FailoverDone, SystemID: east.PG.SystemID, FromTimeline: 1, ForkLSN: 0x5000000}
 		east.Object.Marks.Failover = &rec
-		return Compute(d, snap, Options{})
+		if needsRebuild != "" {
+			own := rec
+			own.Returned = &snapshot.Returned{Rejoin: "rewind", Diverged: 1 << 20, NeedsRebuild: needsRebuild}
+			dc.Object.Marks.Failover = &own
+		}
+		return Compute(d, snap, Options{AllowRebuild: []string{"orders-dc1"}})
 	}
-	p := returned(t, 1)
+	p := returned(t, 1, "")
 	if len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin {
 		t.Fatalf("want lock, rejoin: %+v %+v", p.Steps, p.Refusals)
 	}
@@ -336,16 +341,18 @@ func TestPatroniRejoin(t *testing.T) {
 	if rj.Secret != nil || rj.Rebuild || rj.Demoted.Flavor != snapshot.FlavorPatroni || !rj.Demoted.Replication.IsReplica {
 		t.Fatalf("rejoin payload %+v", rj)
 	}
-	if !strings.Contains(p.Steps[1].Reason, "it rejoins by Patroni's pg_rewind; if that fails it is held fenced for a rebuild by hand") {
+	if !strings.Contains(p.Steps[1].Reason, "it rejoins by Patroni's pg_rewind; if it needs a rebuild it is held fenced for a rebuild by hand") {
 		t.Fatalf("reason %q", p.Steps[1].Reason)
 	}
-	p = returned(t, 2)
-	if len(p.Steps) != 2 || !p.Steps[1].Rejoin.Rebuild {
-		t.Fatalf("want a rejoin that cannot rewind: %+v", p.Steps)
+	// Its rejoin recorded that it needs a rebuild: refused with the way
+	// back by hand, never a rebuild step, whatever the consent.
+	p = returned(t, 2, "it is on timeline 2, not 1 where it was lost")
+	if len(p.Steps) != 0 || !p.Refused() {
+		t.Fatalf("want a refusal, no step: %+v %+v", p.Steps, p.Refusals)
 	}
-	reason := p.Steps[1].Reason
-	if strings.Contains(reason, "its data removed") || !strings.Contains(reason, "then hold it fenced, not demoted") ||
-		!strings.Contains(reason, "pgtopo render patroni-bootstrap orders-dc1") {
-		t.Fatalf("the plan promises what the flavor cannot do, or not what a DBA does: %q", reason)
+	for _, want := range []string{"held fenced, not demoted", "pgtopo does not rebuild a Patroni cluster", "pgtopo render patroni-bootstrap orders-dc1", "1 MiB written after the fork"} {
+		if !strings.Contains(p.Refusals[0].Reason, want) {
+			t.Fatalf("refusal %q lacks %q", p.Refusals[0].Reason, want)
+		}
 	}
 }

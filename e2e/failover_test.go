@@ -153,14 +153,31 @@ func TestFailover(t *testing.T) {
 		return err
 	})
 	r = h.pgtopo("apply", "-f", consented)
-	h.expect(r, 0, "Apply complete", "rejoin")
-	for _, want := range []string{"fence on return: orders-east refuses new writes", "divergence: orders-east wrote", "after the fork at", "orders-east streaming from orders-west"} {
+	for _, want := range []string{"fence on return: orders-east refuses new writes", "divergence: orders-east wrote", "after the fork at"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Fatalf("progress lacks %q:\n%s", want, r.stderr)
 		}
 	}
-	if !strings.Contains(r.stderr, "rebuild") && !strings.Contains(r.stderr, "rejoined as a standby") {
-		t.Fatalf("orders-east neither rewound nor rebuilt:\n%s", r.stderr)
+	if r.code != 0 {
+		// Back promoted by its own Patroni, on a timeline of its own: the
+		// rejoin stops after the fence; the rebuild, which deletes data, is
+		// a step of its own in the next plan, under the rebuild consent.
+		h.expect(r, 1, "rejoin")
+		if !strings.Contains(r.stderr, "orders-east needs a rebuild") || strings.Contains(r.stderr, "deleted with its data") {
+			t.Fatalf("the rejoin did not stop for a rebuild, or deleted the cluster itself:\n%s", r.stderr)
+		}
+		h.expect(h.pgtopo("diff", "-f", consented), 1, "orders-east needs a rebuild", "it stays fenced. A rebuild deletes its data, including", "--allow-rebuild orders-east")
+		h.expect(h.pgtopo("diff", "-f", consented, "--allow-rebuild", "orders-east"), 4, "rebuild orders-east, the primary lost in failover epoch 1", "delete it with its volumes and data, including")
+		r = h.pgtopo("apply", "-f", consented, "--allow-rebuild", "orders-east")
+		h.expect(r, 0, "Apply complete", "rejoin")
+		if !strings.Contains(r.stderr, "rebuild: orders-east deleted with its data") {
+			t.Fatalf("the rebuild step did not rebuild:\n%s", r.stderr)
+		}
+	} else if !strings.Contains(r.stderr, "rejoined as a standby") {
+		t.Fatalf("orders-east neither stopped for a rebuild nor rewound:\n%s", r.stderr)
+	}
+	if !strings.Contains(r.stderr, "orders-east streaming from orders-west") {
+		t.Fatalf("progress lacks orders-east streaming from orders-west:\n%s", r.stderr)
 	}
 	if ok, _ := h.writable("east", "orders-east"); ok {
 		t.Fatal("orders-east is writable after its rejoin")
@@ -213,7 +230,17 @@ func (h *harness) returnUnderTheLoop(westFile string) {
 	w.finish()
 	h.expect(h.pgtopo("apply", "-f", westFile, "--accept-data-loss", "orders-east"), 0, "Apply complete")
 	failedOver := time.Now()
-	l := h.startLoop("-f", westFile, "--interval", "1m")
+	// The loop's file consents to rebuilds: the rebuild the returned
+	// primary needs (back on a timeline of its own) is its own step.
+	src, err := os.ReadFile(westFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loopFile := filepath.Join(h.dir, "west-rebuild-allowed.yaml")
+	if err := os.WriteFile(loopFile, []byte(strings.Replace(string(src), "maxLagBytes: 16Mi}", "maxLagBytes: 16Mi, rebuild: allow}", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := h.startLoop("-f", loopFile, "--interval", "1m")
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup

@@ -163,6 +163,11 @@ type Returned struct {
 	// allowed reading it.
 	LastCommit string `json:"lastCommit,omitempty"`
 	Rejoin     string `json:"rejoin"`
+	// NeedsRebuild says why it cannot rejoin by rewind (a timeline of its
+	// own, a rewind that did not bring it back, the rejoin policy): the
+	// rejoin stopped after the fence, and the next plan shows the rebuild
+	// as a step of its own, under the rebuild policy's consent.
+	NeedsRebuild string `json:"needsRebuild,omitempty"`
 	// Done: it is a standby of the new primary again (or, with the
 	// manual policy, fenced and demoted): it is no longer stale.
 	Done bool `json:"done,omitempty"`
