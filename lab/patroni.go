@@ -204,30 +204,39 @@ func postgresAnswers(addr string) bool {
 	return reply[0] == 'N' || reply[0] == 'S'
 }
 
-// DeleteEtcdPrefix removes every key under prefix from the lab's etcd
-// (through the v3 JSON gateway), as an operator deletes Patroni's DCS
-// objects with a cluster, or patronictl remove does: otherwise a new
-// cluster of the same name would inherit the old one's initialize key and
-// configuration.
+// DeleteEtcdPrefix removes every key under prefix from the lab's etcd, as
+// an operator deletes Patroni's DCS objects with a cluster, or patronictl
+// remove does: otherwise a new cluster of the same name would inherit the
+// old one's initialize key and configuration.
 func DeleteEtcdPrefix(ctx context.Context, etcd, prefix string) error {
 	end := []byte(prefix)
 	end[len(end)-1]++
-	body, _ := json.Marshal(map[string][]byte{"key": []byte(prefix), "range_end": end})
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+etcd+"/v3/kv/deleterange", bytes.NewReader(body))
+	var out struct{}
+	return EtcdCall(ctx, etcd, "/v3/kv/deleterange", map[string][]byte{"key": []byte(prefix), "range_end": end}, &out)
+}
+
+// EtcdCall posts one request to the lab etcd's v3 JSON gateway ([]byte
+// fields go base64, as the gateway wants) and decodes its answer into out.
+func EtcdCall(ctx context.Context, etcd, path string, body, out any) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+etcd+path, bytes.NewReader(b))
 	if err != nil {
 		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("etcd delete %s: %w", prefix, err)
+		return fmt.Errorf("etcd %s: %w", path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("etcd delete %s: HTTP %d", prefix, resp.StatusCode)
+		return fmt.Errorf("etcd %s: HTTP %d", path, resp.StatusCode)
 	}
-	return nil
+	return json.NewDecoder(resp.Body).Decode(out)
 }
 
 // PatroniBootstrapFile holds the bootstrap standby_cluster section a

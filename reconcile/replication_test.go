@@ -88,32 +88,12 @@ func TestMonitoringExamplesReferenceServedMetrics(t *testing.T) {
 	for _, f := range families {
 		served[f.GetName()] = true
 	}
-	var exprs []string
-	var rule struct {
-		Spec struct {
-			Groups []struct {
-				Rules []struct {
-					Alert string `json:"alert"`
-					Expr  string `json:"expr"`
-				} `json:"rules"`
-			} `json:"groups"`
-		} `json:"spec"`
+	var exprs, alerts []string
+	for _, r := range exampleRules(t) {
+		alerts = append(alerts, r.Alert)
+		exprs = append(exprs, r.Expr)
 	}
-	data, err := os.ReadFile("../examples/monitoring/prometheus-rule.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.Unmarshal(data, &rule); err != nil {
-		t.Fatal(err)
-	}
-	var alerts []string
-	for _, g := range rule.Spec.Groups {
-		for _, r := range g.Rules {
-			alerts = append(alerts, r.Alert)
-			exprs = append(exprs, r.Expr)
-		}
-	}
-	for _, a := range []string{"PgtopoStandbyNotStreaming", "PgtopoStandbyLagAboveMax", "PgtopoSlotWALAtRisk", "PgtopoSplitBrain", "PgtopoSiteUnreachable", "PgtopoLastCycleTooOld"} {
+	for _, a := range []string{"PgtopoStandbyNotStreaming", "PgtopoStandbyLagAboveMax", "PgtopoSlotWALAtRisk", "PgtopoSplitBrain", "PgtopoSiteUnreachable", "PgtopoLastCycleTooOld", "PgtopoClusterDown", "PgtopoGone"} {
 		if !slices.Contains(alerts, a) {
 			t.Errorf("alert %s missing", a)
 		}
@@ -125,7 +105,7 @@ func TestMonitoringExamplesReferenceServedMetrics(t *testing.T) {
 			} `json:"targets"`
 		} `json:"panels"`
 	}
-	data, err = os.ReadFile("../examples/monitoring/grafana-dashboard.json")
+	data, err := os.ReadFile("../examples/monitoring/grafana-dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}

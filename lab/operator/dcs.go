@@ -1,12 +1,12 @@
 package operator
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"time"
+
+	"github.com/pgtopo/pgtopo/lab"
 )
 
 // syncConfigBeforeStart makes a Patroni cluster's dynamic config in etcd
@@ -27,7 +27,7 @@ func syncConfigBeforeStart(ctx context.Context, etcd, key string, spec crSpec) e
 			ModRevision string `json:"mod_revision"`
 		} `json:"kvs"`
 	}
-	if err := etcdCall(ctx, etcd, "/v3/kv/range", map[string]any{"key": []byte(key)}, &got); err != nil {
+	if err := lab.EtcdCall(ctx, etcd, "/v3/kv/range", map[string]any{"key": []byte(key)}, &got); err != nil {
 		return err
 	}
 	if len(got.Kvs) == 0 {
@@ -55,7 +55,7 @@ func syncConfigBeforeStart(ctx context.Context, etcd, key string, spec crSpec) e
 	var res struct {
 		Succeeded bool `json:"succeeded"`
 	}
-	if err := etcdCall(ctx, etcd, "/v3/kv/txn", txn, &res); err != nil {
+	if err := lab.EtcdCall(ctx, etcd, "/v3/kv/txn", txn, &res); err != nil {
 		return err
 	}
 	if !res.Succeeded {
@@ -81,26 +81,4 @@ func mergePatch(dst, patch map[string]any) {
 			dst[k] = v
 		}
 	}
-}
-
-// etcdCall posts one request to etcd's v3 JSON gateway ([]byte fields go
-// base64, as the gateway wants).
-func etcdCall(ctx context.Context, etcd, path string, body, out any) error {
-	b, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+etcd+path, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("etcd %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("etcd %s: HTTP %d", path, resp.StatusCode)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
 }
