@@ -999,3 +999,43 @@ func TestEnsureSlotViaCatalogue(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+// The gate's edge: the target is promoted only once it has replayed the
+// demoted primary's final LSN itself; one byte short, it never is, and the
+// switchover backs out within its budget.
+func TestSwitchoverGateEdge(t *testing.T) {
+	const final = snapshot.LSN(0x5027AD8 + 0x400) // the demoted primary's end, past the fence's
+	for _, tc := range []struct {
+		name     string
+		replayed snapshot.LSN
+		promoted bool
+	}{
+		{"one byte short", final - 1, false},
+		{"at the final LSN", final, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := switchoverWorld()
+			w.react = func(w *world, what, name string) {
+				operator(w, what, name)
+				if name == "orders-east" && what == "spec" && w.cluster(name).PG.InRecovery {
+					w.cluster(name).PG.ReplayLSN = final // its shutdown checkpoint and what came before
+					west := w.cluster("orders-west")
+					west.PG.ReplayLSN, west.PG.ReceiveLSN = tc.replayed, tc.replayed
+				}
+			}
+			r, _ := runner(w)
+			r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 300*time.Millisecond, 5*time.Second
+			step := switchoverStep("")
+			step.Switchover.Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+			err := run(t, r, step)
+			promoted := slices.ContainsFunc(w.writes(), func(l string) bool { return strings.HasPrefix(l, "spec orders-west") })
+			if promoted != tc.promoted {
+				t.Fatalf("promoted %v with orders-west at %s and the gate at %s (err %v): %v", promoted, tc.replayed, final, err, w.writes())
+			}
+			var out *BackedOutError
+			if !tc.promoted && !errors.As(err, &out) {
+				t.Fatalf("error %v, want a back-out", err)
+			}
+		})
+	}
+}
