@@ -146,7 +146,7 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		// The rebuild the plan showed as its own step, once the return was
 		// fenced and measured: fenced again (idempotent) until it goes.
 		if o.Writable() {
-			if err := x.session(ctx, o, func(sess Session) error { _, err := fenceNow(ctx, sess); return err }); err != nil {
+			if err := x.fenceOnly(ctx, o); err != nil {
 				return fmt.Errorf("%s: fencing it again before its rebuild: %w", name, err)
 			}
 		}
@@ -179,7 +179,7 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		// Answering in recovery, it may still be promoted by its site's
 		// Patroni before the demotion lands: fenced, it takes no writes
 		// then. Best effort: the timeline checks below still catch it.
-		if err := x.session(ctx, o, func(sess Session) error { _, err := fenceNow(ctx, sess); return err }); err != nil {
+		if err := x.fenceOnly(ctx, o); err != nil {
 			x.say(PhaseFence, "fence on return: %s answers in recovery; fencing it failed (%v): going on to demote it", name, err)
 		} else {
 			x.say(PhaseFence, "fence on return: %s answers in recovery, fenced all the same: a promotion in its own site before the demotion would take no writes", name)
@@ -394,10 +394,25 @@ func (x *stepRun) needsRebuild(ctx context.Context, s diff.Step, rec snapshot.Fa
 		return err
 	}
 	if s.Rejoin.Demoted.Flavor == snapshot.FlavorPatroni {
-		return x.rebuild(ctx, s, rec) // says what a DBA does, deletes nothing
+		return rebuildByHand(name, s.Rejoin.Primary.Cluster)
 	}
 	x.say(PhaseFence, "%s needs a rebuild: %s; the rejoin stops here, fenced", name, why)
 	return &NeedsRebuildError{Cluster: name, Why: why, Diverged: snapshot.HumanBytes(rec.Returned.Diverged)}
+}
+
+// rebuildByHand is the error for a Patroni cluster that needs a rebuild:
+// its data is on machines pgtopo does not manage, so it is held fenced,
+// never deleted, with what a DBA does.
+func rebuildByHand(name, primary string) error {
+	return fmt.Errorf("%s needs a rebuild and is held fenced, not demoted: pgtopo does not rebuild a Patroni cluster outside Kubernetes; "+
+		"rebuild its members by hand as a standby of %s (stop Patroni on every member, move their data directories away, remove the cluster from the DCS with patronictl remove, start them with the bootstrap from pgtopo render patroni-bootstrap %s), then run pgtopo again",
+		name, primary, name)
+}
+
+// fenceOnly fences a cluster in one session (read-only by default, client
+// sessions ended), reading nothing.
+func (x *stepRun) fenceOnly(ctx context.Context, o *snapshot.ClusterState) error {
+	return x.session(ctx, o, func(sess Session) error { _, err := fenceNow(ctx, sess); return err })
 }
 
 // rebuild removes the lost primary's object (and, with it, its data) and
@@ -405,11 +420,7 @@ func (x *stepRun) needsRebuild(ctx context.Context, s diff.Step, rec snapshot.Fa
 func (x *stepRun) rebuild(ctx context.Context, s diff.Step, rec snapshot.FailoverRecord) error {
 	r, name := s.Rejoin, s.Subject.Cluster
 	if r.Demoted.Flavor == snapshot.FlavorPatroni {
-		// Its data is on machines pgtopo does not manage: held fenced, never
-		// deleted, and said so at every run until a DBA rebuilds it.
-		return fmt.Errorf("%s needs a rebuild and is held fenced, not demoted: pgtopo does not rebuild a Patroni cluster outside Kubernetes; "+
-			"rebuild its members by hand as a standby of %s (stop Patroni on every member, move their data directories away, remove the cluster from the DCS with patronictl remove, start them with the bootstrap from pgtopo render patroni-bootstrap %s), then run pgtopo again",
-			name, r.Primary.Cluster, name)
+		return rebuildByHand(name, r.Primary.Cluster)
 	}
 	if err := x.deleteForRebuild(ctx, s.Subject, true); err != nil {
 		return err

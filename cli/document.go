@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	sigsyaml "sigs.k8s.io/yaml"
 )
@@ -24,16 +26,11 @@ func structured(format string) bool { return format == formatJSON || format == f
 // command line; extra lists the command's own formats beside text, json
 // and yaml (markdown for diff).
 func checkFormat(format string, extra ...string) error {
-	for _, ok := range append([]string{formatText, formatJSON, formatYAML}, extra...) {
-		if format == ok {
-			return nil
-		}
+	all := append([]string{formatText, formatJSON, formatYAML}, extra...)
+	if slices.Contains(all, format) {
+		return nil
 	}
-	words := "text, json or yaml"
-	for _, x := range extra {
-		words = "text, json, yaml or " + x
-	}
-	return usagef("--output %q: use %s", format, words)
+	return usagef("--output %q: use %s or %s", format, strings.Join(all[:len(all)-1], ", "), all[len(all)-1])
 }
 
 // writeDocument writes v as indented JSON, or as YAML for -o yaml.
