@@ -19,13 +19,20 @@ import (
 	"github.com/pgtopo/pgtopo/lab/pgtest"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 // passwords is the one site's Secrets: every test server's credentials.
-type passwords struct{}
+type passwords struct{ ca []byte }
 
 func (passwords) GetSecret(context.Context, string, string) (*corev1.Secret, error) {
 	return &corev1.Secret{Data: map[string][]byte{"username": []byte("postgres"), "password": []byte(pgtest.Password)}}, nil
+}
+
+// PostgresCA is the tests' CA, which every test server's certificate
+// chains to.
+func (p passwords) PostgresCA(context.Context, string, string, *topology.CASource) ([]byte, string, error) {
+	return p.ca, "the tests' CA", nil
 }
 
 // realDB opens admin sessions to real servers the way pgtopo does.
@@ -73,7 +80,7 @@ func TestTimelineOfItsOwnOnPostgreSQL(t *testing.T) {
 	}
 
 	probe := func(s *pgtest.Server) *snapshot.PGState {
-		st, err := live.PgxProber{}.Probe(ctx, s.Endpoint, "postgres", pgtest.Password)
+		st, err := live.PgxProber{}.Probe(ctx, s.Endpoint, live.Login{User: "postgres", Password: pgtest.Password, TLS: live.TLS{CA: pgtest.CA(t).CertPEM}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -99,7 +106,7 @@ func TestTimelineOfItsOwnOnPostgreSQL(t *testing.T) {
 		{"followed the new primary", follower, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			x := &stepRun{r: &Runner{Database: realDB{live.Admin{Sites: func(string) (live.SecretReader, error) { return passwords{}, nil }}}},
+			x := &stepRun{r: &Runner{Database: realDB{live.Admin{Sites: func(string) (live.LoginReader, error) { return passwords{pgtest.CA(t).CertPEM}, nil }}}},
 				last: &snapshot.Snapshot{Clusters: []snapshot.ClusterState{state("orders-east", tc.returned), state("orders-west", newPrimary)}}}
 			own, why, err := x.timelineOfItsOwn(ctx, "orders-east", "orders-west", 1)
 			if err != nil {

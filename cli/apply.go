@@ -245,7 +245,7 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 	return &apply.Runner{
 		Observer:   boundObserver{obs: obs, d: in.Desired},
 		Sites:      sites,
-		Database:   adminDB{live.Admin{Sites: func(site string) (live.SecretReader, error) { return sites(site) }}},
+		Database:   adminDB{live.Admin{Sites: loginReaders(sites), TLS: in.Desired.TLS}},
 		Progress:   progress,
 		Holder:     holderIdentity(),
 		HolderGone: holderGone,

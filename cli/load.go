@@ -195,6 +195,23 @@ func (f *sourceFlags) flavorSites(d *topology.Desired, plan diff.Plan) (func(str
 	}, nil
 }
 
+// loginReaders reads the logins of the sites apply opens: every site
+// pgtopo opens for changes (a flavor's Kubernetes site, a Patroni site)
+// also holds its clusters' credentials and CA bundles.
+func loginReaders(sites func(string) (apply.SiteWriter, error)) func(string) (live.LoginReader, error) {
+	return func(site string) (live.LoginReader, error) {
+		s, err := sites(site)
+		if err != nil {
+			return nil, err
+		}
+		r, ok := s.(live.LoginReader)
+		if !ok {
+			return nil, fmt.Errorf("site %s: %T holds no credentials or CA bundles", site, s)
+		}
+		return r, nil
+	}
+}
+
 // boundObserver observes one topology, for apply.
 type boundObserver struct {
 	obs *live.Observer

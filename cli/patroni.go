@@ -31,6 +31,7 @@ const (
 	envPGPassword    = "PG_PASSWORD"
 	envRESTUser      = "REST_USER"
 	envRESTPassword  = "REST_PASSWORD"
+	envPGCA          = "PG_CA" // the PEM bundle of the PostgreSQL servers' CA; PG_CA_FILE its path
 	envPatroniCA     = "PGTOPO_PATRONI_CA"
 )
 
@@ -105,28 +106,32 @@ func readKeyValues(path string) (map[string]string, error) {
 	return out, sc.Err()
 }
 
-// lookup finds one credential of a cluster, and whether it was given.
-func (p *patroniFlags) lookup(cluster, what string) (string, bool, error) {
+// lookup finds one credential of a cluster, whether it was given, and
+// under which key.
+func (p *patroniFlags) lookup(cluster, what string) (string, string, bool, error) {
 	perCluster := envPatroniPrefix + strings.ToUpper(strings.ReplaceAll(cluster, "-", "_")) + "_" + what
 	for _, key := range []string{perCluster, envPatroniPrefix + what} {
 		if v, ok := p.file[key]; ok {
-			return v, true, nil
+			return v, key, true, nil
 		}
-		if p.getenv == nil {
-			continue
+		path, pathKey := p.file[key+"_FILE"], key+"_FILE"
+		if p.getenv != nil {
+			if v := p.getenv(key); v != "" {
+				return v, key, true, nil
+			}
+			if path == "" {
+				path = p.getenv(key + "_FILE")
+			}
 		}
-		if v := p.getenv(key); v != "" {
-			return v, true, nil
-		}
-		if path := p.getenv(key + "_FILE"); path != "" {
+		if path != "" {
 			b, err := os.ReadFile(path)
 			if err != nil {
-				return "", false, fmt.Errorf("%s_FILE: %w", key, err)
+				return "", pathKey, false, fmt.Errorf("%s: %w", pathKey, err)
 			}
-			return strings.TrimRight(string(b), "\r\n"), true, nil
+			return strings.TrimRight(string(b), "\r\n"), pathKey + " (" + path + ")", true, nil
 		}
 	}
-	return "", false, nil
+	return "", "", false, nil
 }
 
 // credentials gathers a cluster's credentials, or says what is missing.
@@ -134,7 +139,7 @@ func (p *patroniFlags) credentials(cluster string) (flavor.PatroniCredentials, e
 	var c flavor.PatroniCredentials
 	var err error
 	get := func(what, fallback string) string {
-		v, ok, e := p.lookup(cluster, what)
+		v, _, ok, e := p.lookup(cluster, what)
 		if e != nil && err == nil {
 			err = e
 		}
@@ -149,6 +154,13 @@ func (p *patroniFlags) credentials(cluster string) (flavor.PatroniCredentials, e
 	c.RESTPassword = get(envRESTPassword, "")
 	if err != nil {
 		return c, err
+	}
+	ca, from, ok, err := p.lookup(cluster, envPGCA)
+	if err != nil {
+		return c, err
+	}
+	if ok {
+		c.PGCA, c.PGCAFrom = []byte(ca), from
 	}
 	if c.PGPassword == "" {
 		key := strings.ToUpper(strings.ReplaceAll(cluster, "-", "_"))

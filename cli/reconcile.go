@@ -88,7 +88,7 @@ resumes on the next run).`,
 					r := &apply.Runner{
 						Observer:    boundObserver{obs: o, d: d},
 						Sites:       sites,
-						Database:    adminDB{live.Admin{Sites: func(site string) (live.SecretReader, error) { return sites(site) }}},
+						Database:    adminDB{live.Admin{Sites: loginReaders(sites), TLS: d.TLS}},
 						Progress:    apply.LogProgress(log),
 						Holder:      holder,
 						HolderGone:  holderGone,

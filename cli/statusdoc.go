@@ -58,10 +58,14 @@ type StatusCluster struct {
 	Streaming bool   `json:"streaming"`
 	// SlotWALStatus is the wal_status of the standby's slot on the primary.
 	SlotWALStatus string `json:"slotWalStatus,omitempty"`
-	Endpoint      string `json:"endpoint,omitempty"`
-	Revision      string `json:"revision,omitempty"`
-	Fenced        bool   `json:"fenced"`
-	Error         string `json:"error,omitempty"`
+	// StreamTLS is how the standby's stream is encrypted, as the primary's
+	// WAL sender reports it: a TLS version, "plaintext", or empty when
+	// nothing streams through its slot.
+	StreamTLS string `json:"streamTLS,omitempty"`
+	Endpoint  string `json:"endpoint,omitempty"`
+	Revision  string `json:"revision,omitempty"`
+	Fenced    bool   `json:"fenced"`
+	Error     string `json:"error,omitempty"`
 }
 
 // statusDoc is the status document of a snapshot.
@@ -99,8 +103,9 @@ func statusDoc(d *topology.Desired, snap *snapshot.Snapshot, at string) Status {
 					lag := snapshot.Lag(primary.PG, c.PG)
 					sc.LagBytes = &lag
 				}
-				if sl := slotOf(primary, c); sl != nil {
+				if sl := snapshot.SlotOf(primary, c); sl != nil {
 					sc.SlotWALStatus = sl.WALStatus
+					sc.StreamTLS = sl.StreamTLS
 				}
 			}
 		}
@@ -121,19 +126,6 @@ func livePrimary(snap *snapshot.Snapshot) *snapshot.ClusterState {
 		}
 	}
 	return p
-}
-
-// slotOf is the standby's slot on the primary, nil when not there.
-func slotOf(primary, standby *snapshot.ClusterState) *snapshot.Slot {
-	if primary == nil || primary.PG == nil || standby.SlotName == "" {
-		return nil
-	}
-	for i := range primary.PG.Slots {
-		if primary.PG.Slots[i].Name == standby.SlotName {
-			return &primary.PG.Slots[i]
-		}
-	}
-	return nil
 }
 
 // clusterState is the STATE column: the operator's word, the receiver's,
@@ -212,15 +204,22 @@ func verdict(d *topology.Desired, snap *snapshot.Snapshot) Verdict {
 			problems = append(problems, fmt.Sprintf("%s is %s behind, more than maxLagBytes %s: a switchover to it is refused; check the network and its storage", c.Name, snapshot.HumanBytes(lag), snapshot.HumanBytes(d.MaxLagBytes)))
 			continue
 		}
-		slot := "no slot seen"
-		if sl := slotOf(primary, c); sl != nil {
+		slot, stream := "no slot seen", "streaming"
+		if sl := snapshot.SlotOf(primary, c); sl != nil {
 			slot = "slot " + orNone(sl.WALStatus)
+			switch sl.StreamTLS {
+			case snapshot.StreamPlaintext:
+				stream = "streaming in PLAINTEXT (its replication connection does not use TLS)"
+			case "":
+			default:
+				stream = "streaming over " + sl.StreamTLS
+			}
 			if sl.WALStatus == "unreserved" || sl.WALStatus == "lost" {
 				problems = append(problems, fmt.Sprintf("%s's slot %s is %s: it holds more WAL than max_slot_wal_keep_size; once removed, %s needs a rebuild", c.Name, sl.Name, sl.WALStatus, c.Name))
 				continue
 			}
 		}
-		ready = append(ready, fmt.Sprintf("%s %s behind, streaming, %s", c.Name, snapshot.HumanBytes(lag), slot))
+		ready = append(ready, fmt.Sprintf("%s %s behind, %s, %s", c.Name, snapshot.HumanBytes(lag), stream, slot))
 	}
 	if len(problems) > 0 {
 		return Verdict{Message: "NOT DR ready: " + strings.Join(problems, "; ")}

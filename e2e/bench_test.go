@@ -29,7 +29,7 @@ const fourSites = `apiVersion: pgtopo.dev/v1alpha1
 kind: Topology
 metadata: {name: bench}
 spec:
-  postgres: {version: "15", parameters: {max_slot_wal_keep_size: 10GB}}
+  postgres: {version: "15", parameters: {max_slot_wal_keep_size: 10GB}, tls: {ca: {configMap: {name: pglab-postgres-ca}}}}
   replication: {serviceType: NodePort}
   sites:
     - {name: s1, context: lab-s1}
@@ -289,9 +289,9 @@ type distantProber struct {
 	rtt time.Duration
 }
 
-func (p distantProber) Probe(ctx context.Context, ep snapshot.Endpoint, user, password string) (*snapshot.PGState, error) {
+func (p distantProber) Probe(ctx context.Context, ep snapshot.Endpoint, login live.Login) (*snapshot.PGState, error) {
 	time.Sleep(2 * p.rtt)
-	return p.Prober.Probe(ctx, ep, user, password)
+	return p.Prober.Probe(ctx, ep, login)
 }
 
 // processTime is CPU time (user + system, in clock ticks) by process,

@@ -112,7 +112,7 @@ func (h *harness) conn(site, cluster string) (*pgx.Conn, error) {
 	pw := h.lab.Password(h.t, site, "db", cluster)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	return pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=disable&connect_timeout=3", pw, host, port))
+	return pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=require&connect_timeout=3", pw, host, port))
 }
 
 func (h *harness) writable(site, cluster string) (bool, error) {
@@ -299,6 +299,10 @@ func TestApplyEndToEnd(t *testing.T) {
 	h.expect(h.pgtopo("diff", "-f", west, "-o", "json"), 4, `"kind": "Plan"`)
 	h.expect(h.pgtopo("diff", "-f", west, "-o", "markdown"), 4, "| cluster | site |")
 	h.expect(h.pgtopo("apply", "-f", east, "--dry-run"), 0, "No changes.")
+
+	t.Run("TLS to every server, verified; a wrong or missing CA is a refusal", func(t *testing.T) {
+		h.checkTLS(t, east)
+	})
 
 	t.Run("a refused plan changes nothing: unreachable site", func(t *testing.T) {
 		pid := proc.ReadPid(lab.Paths{Dir: h.lab.Dir}.Pid("apiserver-west"))

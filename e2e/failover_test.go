@@ -22,7 +22,7 @@ const drTopology = `apiVersion: pgtopo.dev/v1alpha1
 kind: Topology
 metadata: {name: orders}
 spec:
-  postgres: {version: "15", parameters: {max_slot_wal_keep_size: 10GB, track_commit_timestamp: "on"}}
+  postgres: {version: "15", parameters: {max_slot_wal_keep_size: 10GB, track_commit_timestamp: "on"}, tls: {ca: {configMap: {name: pglab-postgres-ca}}}}
   replication: {serviceType: NodePort, maxLagBytes: 16Mi}
   sites:
     - {name: east, context: lab-east}
@@ -220,7 +220,7 @@ func (h *harness) returnUnderTheLoop(westFile string) {
 	for _, site := range []string{"east", "west", "north"} {
 		name := "orders-" + site
 		host, port := h.lab.Endpoint(t, site, "db", name)
-		dsn[name] = fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=disable&connect_timeout=2", h.lab.Password(t, site, "db", name), host, port)
+		dsn[name] = fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=require&connect_timeout=2", h.lab.Password(t, site, "db", name), host, port)
 	}
 	w := h.startTimedWriter(t, "east", "orders-east")
 	time.Sleep(time.Second)

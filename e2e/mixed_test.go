@@ -104,7 +104,7 @@ func (m *mixed) connect(cluster string) (*pgx.Conn, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	return pgx.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s:%d/postgres?sslmode=disable&connect_timeout=3",
+	return pgx.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s:%d/postgres?sslmode=require&connect_timeout=3",
 		m.creds[lab.EnvPGUser], m.creds[lab.EnvPGPassword], host, port))
 }
 

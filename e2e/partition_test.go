@@ -93,7 +93,7 @@ func (h *harness) insideConn(site, cluster string) (*pgx.Conn, error) {
 	pw := h.lab.Password(h.t, site, "db", cluster)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	return pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s:5432/postgres?sslmode=disable&connect_timeout=3", pw, pod.Status.PodIP))
+	return pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s:5432/postgres?sslmode=require&connect_timeout=3", pw, pod.Status.PodIP))
 }
 
 // TestPartitionAndKilledFailovers: the primary's site is cut off, not lost;

@@ -50,7 +50,7 @@ func TestPatroniBootstrapPitfall(t *testing.T) {
 	// the segment dc2 would ask for next.
 	var needs string
 	func() {
-		conn, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://%s:%s@%s:5432/postgres?sslmode=disable&connect_timeout=3",
+		conn, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://%s:%s@%s:5432/postgres?sslmode=require&connect_timeout=3",
 			m.creds[lab.EnvPGUser], m.creds[lab.EnvPGPassword], c2.Members[0]))
 		if err != nil {
 			t.Fatal(err)
@@ -155,7 +155,7 @@ func TestPatroniBootstrapPitfall(t *testing.T) {
 func receiverStatus(m *mixed, c lab.PatroniCluster) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s:5432/postgres?sslmode=disable&connect_timeout=3",
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s:5432/postgres?sslmode=require&connect_timeout=3",
 		m.creds[lab.EnvPGUser], m.creds[lab.EnvPGPassword], c.Members[0]))
 	if err != nil {
 		return "unreachable"

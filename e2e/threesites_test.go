@@ -16,7 +16,7 @@ const threeSites = `apiVersion: pgtopo.dev/v1alpha1
 kind: Topology
 metadata: {name: orders}
 spec:
-  postgres: {version: "15", parameters: {max_slot_wal_keep_size: 10GB}}
+  postgres: {version: "15", parameters: {max_slot_wal_keep_size: 10GB}, tls: {ca: {configMap: {name: pglab-postgres-ca}}}}
   replication: {serviceType: NodePort, maxLagBytes: 16Mi}
   sites:
     - {name: east, context: lab-east}

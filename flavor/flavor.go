@@ -93,6 +93,38 @@ type Site struct {
 	Op *Operator
 }
 
+// PostgresCA reads the CA bundle src names in the cluster's namespace;
+// with no source, nil: the system's roots. A missing object or key is an
+// error (its absence is what the caller reports), as is a denied read.
+func (s Site) PostgresCA(ctx context.Context, _, ns string, src *topology.CASource) ([]byte, string, error) {
+	if src == nil {
+		return nil, "", nil
+	}
+	kind, name, key := src.Object()
+	from := fmt.Sprintf("%s %s/%s (key %s)", kind, ns, name, key)
+	var data []byte
+	var ok bool
+	if src.ConfigMap != nil {
+		cm, err := s.GetConfigMap(ctx, ns, name)
+		if err != nil {
+			return nil, from, fmt.Errorf("get %s: %w", from, err)
+		}
+		var v string
+		v, ok = cm.Data[key]
+		data = []byte(v)
+	} else {
+		sec, err := s.GetSecret(ctx, ns, name)
+		if err != nil {
+			return nil, from, fmt.Errorf("get %s: %w", from, err)
+		}
+		data, ok = sec.Data[key]
+	}
+	if !ok || len(data) == 0 {
+		return nil, from, fmt.Errorf("%s: no key %s (the CA bundle; spec.postgres.tls.ca names the key)", from, key)
+	}
+	return data, from, nil
+}
+
 var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // CheckFlavor says why the site's operator cannot take what pgtopo writes

@@ -130,6 +130,11 @@ func (s *Site) GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, 
 	return s.Typed.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 }
 
+// GetConfigMap reads one ConfigMap.
+func (s *Site) GetConfigMap(ctx context.Context, ns, name string) (*corev1.ConfigMap, error) {
+	return s.Typed.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
 // GetLease reads one Lease.
 func (s *Site) GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error) {
 	return s.Typed.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})

@@ -224,6 +224,12 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	if _, err := PatroniCredentials(cfg.Dir); err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(p.PKI(), 0o700); err != nil {
+		return nil, err
+	}
+	if err := ensurePostgresCAs(p, st.Sites); err != nil {
+		return nil, fmt.Errorf("lab: PostgreSQL CAs: %w", err)
+	}
 	picked, err := ports.Free(2 + 2*len(cfg.Sites))
 	if err != nil {
 		return nil, err

@@ -53,7 +53,7 @@ func dial(t *testing.T, host string, port int, password string) *pgx.Conn {
 	var c *pgx.Conn
 	labtest.Eventually(t, 30*time.Second, fmt.Sprintf("connect %s:%d", host, port), func() error {
 		var err error
-		c, err = pgx.Connect(context.Background(), fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=disable&connect_timeout=3", password, host, port))
+		c, err = pgx.Connect(context.Background(), fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=require&connect_timeout=3", password, host, port))
 		return err
 	})
 	t.Cleanup(func() { c.Close(context.Background()) })

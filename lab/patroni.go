@@ -104,8 +104,9 @@ func PatroniCredentials(dir string) (map[string]string, error) {
 		}
 		creds[k] = hex.EncodeToString(raw)
 	}
+	creds[EnvPGCAFile] = Paths{dir}.PostgresCABundle()
 	var b strings.Builder
-	for _, k := range []string{EnvPGUser, EnvPGPassword, EnvRESTUser, EnvRESTPassword} {
+	for _, k := range []string{EnvPGUser, EnvPGPassword, EnvRESTUser, EnvRESTPassword, EnvPGCAFile} {
 		fmt.Fprintf(&b, "%s=%s\n", k, creds[k])
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -8,19 +8,24 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
-// SecretReader reads Secrets of one site.
-type SecretReader interface {
+// LoginReader reads what signing in to a site's clusters takes: their
+// credentials Secrets and the CA bundle that verifies their servers.
+type LoginReader interface {
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
+	CABundles
 }
 
 // Admin opens sessions to a cluster's PostgreSQL as its admin user, with
-// the credentials from the cluster's credentials Secret, read at each open
-// and never kept.
+// the credentials from the cluster's credentials Secret and the CA of the
+// topology's TLS policy, read at each open and never kept.
 type Admin struct {
 	// Sites opens a site's Secrets by the site's name.
-	Sites func(site string) (SecretReader, error)
+	Sites func(site string) (LoginReader, error)
+	// TLS is the topology's (Desired.TLS).
+	TLS topology.PostgresTLS
 }
 
 // Open connects to the cluster's endpoint.
@@ -36,7 +41,11 @@ func (a Admin) Open(ctx context.Context, c *snapshot.ClusterState) (*Session, er
 	if err != nil {
 		return nil, fmt.Errorf("credentials %s/%s: %w", c.Namespace, c.Credentials.Name, err)
 	}
-	conn, err := Connect(ctx, *c.Endpoint, string(sec.Data["username"]), string(sec.Data["password"]), 0)
+	tls, err := ReadTLS(ctx, site, a.TLS, c.Name, c.Namespace)
+	if err != nil {
+		return nil, fmt.Errorf("CA bundle: %w", err)
+	}
+	conn, err := Connect(ctx, *c.Endpoint, Login{User: string(sec.Data["username"]), Password: string(sec.Data["password"]), TLS: tls}, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,14 +49,21 @@ func TestConnectGoesOnlyToTheEndpoint(t *testing.T) {
 	t.Setenv("PGAPPNAME", "not-pgtopo")
 
 	ep := snapshot.Endpoint{Host: "127.0.0.1", Port: refusing}
-	if _, err := Connect(context.Background(), ep, "postgres", "s3cret", 2*time.Second); err == nil {
+	for k, v := range map[string]string{
+		"PGSSLROOTCERT": "/nonexistent/root.crt", "PGSSLCERT": "/nonexistent/client.crt", "PGSSLKEY": "/nonexistent/client.key",
+		"PGPASSFILE": "/nonexistent/pgpass", "PGSSLNEGOTIATION": "direct", "PGCHANNELBINDING": "bogus",
+		"PGREQUIREAUTH": "bogus", "PGMAXPROTOCOLVERSION": "9.9", "PGMINPROTOCOLVERSION": "9.9",
+	} {
+		t.Setenv(k, v)
+	}
+	if _, err := Connect(context.Background(), ep, Login{User: "postgres", Password: "s3cret"}, 2*time.Second); err == nil {
 		t.Fatal("connected to a refusing endpoint")
 	}
 	time.Sleep(100 * time.Millisecond)
 	if n := reached.Load(); n != 0 {
 		t.Fatalf("%d connection(s) went to PGHOST:PGPORT (%s), not named by the topology", n, decoy.Addr())
 	}
-	cfg, err := ConnConfig(ep, "postgres", "s3cret", time.Second, "pgtopo")
+	cfg, err := ConnConfig(ep, Login{User: "postgres", Password: "s3cret", TLS: TLS{Mode: "disable"}}, time.Second, "pgtopo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,5 +72,51 @@ func TestConnectGoesOnlyToTheEndpoint(t *testing.T) {
 		cfg.Host != "127.0.0.1" || strconv.Itoa(int(cfg.Port)) != strconv.Itoa(refusing) {
 		t.Fatalf("configuration took from the environment: fallbacks %v, validate %v, tls %v, params %v, %s:%d",
 			cfg.Fallbacks, cfg.ValidateConnect != nil, cfg.TLSConfig != nil, cfg.RuntimeParams, cfg.Host, cfg.Port)
+	}
+}
+
+// The TLS configuration is the topology's mode and nothing weaker: no
+// mode leaves a plaintext fallback, and the verifying ones check what
+// they say.
+func TestConnConfigTLSModes(t *testing.T) {
+	ep := snapshot.Endpoint{Host: "db.example", Port: 5432}
+	for _, tc := range []struct {
+		mode                 string
+		tls, skip, verifyCon bool
+	}{
+		{mode: "", tls: true},
+		{mode: "verify-full", tls: true},
+		{mode: "verify-ca", tls: true, skip: true, verifyCon: true},
+		{mode: "require", tls: true, skip: true},
+		{mode: "disable"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			t.Setenv("PGSSLMODE", "disable")
+			cfg, err := ConnConfig(ep, Login{User: "postgres", TLS: TLS{Mode: tc.mode, CA: testCAPEM(t), From: "a test"}}, time.Second, "pgtopo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cfg.Fallbacks) != 0 {
+				t.Fatalf("fallbacks %v: a refused TLS handshake must not be retried another way", cfg.Fallbacks)
+			}
+			if got := cfg.TLSConfig != nil; got != tc.tls {
+				t.Fatalf("TLS %v, want %v", got, tc.tls)
+			}
+			if !tc.tls {
+				return
+			}
+			if cfg.TLSConfig.InsecureSkipVerify != tc.skip || (cfg.TLSConfig.VerifyConnection != nil) != tc.verifyCon {
+				t.Fatalf("skip verify %v, own verification %v", cfg.TLSConfig.InsecureSkipVerify, cfg.TLSConfig.VerifyConnection != nil)
+			}
+			if !tc.skip && (cfg.TLSConfig.ServerName != "db.example" || cfg.TLSConfig.RootCAs == nil) {
+				t.Fatalf("verify-full checks name %q against roots %v", cfg.TLSConfig.ServerName, cfg.TLSConfig.RootCAs)
+			}
+		})
+	}
+	if _, err := ConnConfig(ep, Login{TLS: TLS{Mode: "prefer"}}, time.Second, "pgtopo"); err == nil {
+		t.Fatal("mode prefer (a plaintext fallback) was taken")
+	}
+	if _, err := ConnConfig(ep, Login{TLS: TLS{CA: []byte("not PEM"), From: "ConfigMap db/ca"}}, time.Second, "pgtopo"); err == nil || !strings.Contains(err.Error(), "ConfigMap db/ca") {
+		t.Fatalf("a CA bundle with no certificate: %v", err)
 	}
 }

@@ -30,12 +30,14 @@ type Conns struct {
 	idle map[connKey][]*keptConn
 }
 
-// connKey tells connections apart by where and as whom; the password is
-// part of it only as a digest, so a rotated password opens a new session.
+// connKey tells connections apart by where, as whom and how checked; the
+// password is part of it only as a digest, so a rotated password (or CA)
+// opens a new session.
 type connKey struct {
 	ep       snapshot.Endpoint
 	user     string
 	password [sha256.Size]byte
+	tls      [sha256.Size]byte
 }
 
 type keptConn struct {

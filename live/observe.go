@@ -35,6 +35,7 @@ type SiteAPI interface {
 	ListNodes(ctx context.Context) ([]corev1.Node, error)
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
 	GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error)
+	CABundles
 	// CheckFlavor says why the site cannot take what pgtopo writes (its
 	// operator's CRD lacks what the flavor needs), "" when it can.
 	CheckFlavor(ctx context.Context) string
@@ -46,7 +47,7 @@ type Connector func(site topology.Site) (SiteAPI, error)
 
 // Prober reads PostgreSQL facts from a server.
 type Prober interface {
-	Probe(ctx context.Context, ep snapshot.Endpoint, user, password string) (*snapshot.PGState, error)
+	Probe(ctx context.Context, ep snapshot.Endpoint, login Login) (*snapshot.PGState, error)
 }
 
 // Names are the operator's names of a cluster's companions (its flavor's).
@@ -229,7 +230,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site.Name) })
 	wg.Go(func() { orphans, orphErr = o.orphans(ctx, api, d, site) })
 	for i, c := range clusters {
-		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni())
+		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni(), d.TLS)
 	}
 	wg.Wait()
 	if nodesErr != nil {
@@ -291,15 +292,20 @@ type clusterReads struct {
 	bootstrap         snapshot.SecretState
 	// secretErrs are Secret reads that failed other than by absence.
 	secretErrs [2]error
+	// tls is how the probe checks the server; tlsErr a CA bundle that
+	// could not be read.
+	tls    TLS
+	tlsErr error
 	// noService: the cluster is reached at the file's endpoint (Patroni).
 	noService bool
 }
 
 // start reads the cluster's object, both Secrets and the Service, each on
 // its own. A Patroni cluster has no Service: its endpoint is the file's.
-func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string, patroni bool) {
+func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string, patroni bool, tls topology.PostgresTLS) {
 	ns := c.Namespace
 	wg.Go(func() { r.obj, r.objErr = api.ReadCluster(ctx, ns, c.Name) })
+	wg.Go(func() { r.tls, r.tlsErr = ReadTLS(ctx, api, tls, c.Name, ns) })
 	wg.Go(func() {
 		r.credentials, r.credentialsSecret, r.secretErrs[0] = secretState(ctx, api, key, ns, c.Credentials.Name)
 	})
@@ -357,7 +363,25 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 		c.PGError = fmt.Sprintf("credentials Secret %s not found", c.Credentials.Name)
 		return
 	}
-	pg, err := o.Prober.Probe(ctx, *c.Endpoint, string(creds.Data["username"]), string(creds.Data["password"]))
+	if r.tlsErr != nil {
+		// Without the CA the server cannot prove itself, and pgtopo
+		// signs in to no server that has not: what its database is
+		// cannot be told, which is no reason to plan anything.
+		if apierrors.IsNotFound(r.tlsErr) {
+			c.Error = fmt.Sprintf("not probed: %v (spec.postgres.tls.ca names it; create it, or change the source)", r.tlsErr)
+		} else {
+			c.Error = fmt.Sprintf("context %s: %v", site.Context, r.tlsErr)
+		}
+		return
+	}
+	pg, err := o.Prober.Probe(ctx, *c.Endpoint, Login{User: string(creds.Data["username"]), Password: string(creds.Data["password"]), TLS: r.tls})
+	var unproven *TLSError
+	if errors.As(err, &unproven) {
+		// A server that does not prove itself may not be the cluster's:
+		// what it says, or that it says nothing, is no fact to plan on.
+		c.Error = err.Error()
+		return
+	}
 	if err != nil {
 		var auth *AuthError
 		c.PGError, c.AuthFailed = err.Error(), errors.As(err, &auth)

@@ -87,6 +87,10 @@ func (f *fakeSite) GetSecret(_ context.Context, _, name string) (*corev1.Secret,
 	return &corev1.Secret{Data: map[string][]byte{"username": []byte("postgres"), "password": []byte("s3cret-" + name)}}, nil
 }
 
+func (f *fakeSite) PostgresCA(context.Context, string, string, *topology.CASource) ([]byte, string, error) {
+	return nil, "", nil
+}
+
 func (f *fakeSite) CheckFlavor(context.Context) string {
 	if f.checks != nil {
 		f.checks.Add(1)
@@ -106,9 +110,9 @@ type fakeProber struct {
 	got atomic.Pointer[snapshot.Endpoint]
 }
 
-func (p *fakeProber) Probe(_ context.Context, ep snapshot.Endpoint, user, password string) (*snapshot.PGState, error) {
+func (p *fakeProber) Probe(_ context.Context, ep snapshot.Endpoint, login Login) (*snapshot.PGState, error) {
 	p.got.Store(&ep)
-	if user != "postgres" || !strings.HasPrefix(password, "s3cret-") {
+	if login.User != "postgres" || !strings.HasPrefix(login.Password, "s3cret-") {
 		return nil, errors.New("wrong credentials passed")
 	}
 	return &snapshot.PGState{SystemID: "7710"}, nil

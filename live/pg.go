@@ -24,17 +24,20 @@ type PgxProber struct {
 }
 
 // Connect opens a connection as pgtopo does everywhere: to the postgres
-// database, with a bounded connect time and an application_name that
-// shows up in pg_stat_activity.
-func Connect(ctx context.Context, ep snapshot.Endpoint, user, password string, timeout time.Duration) (*pgx.Conn, error) {
-	cfg, err := ConnConfig(ep, user, password, timeout, "pgtopo")
+// database, over TLS as login.TLS says, with a bounded connect time and an
+// application_name that shows up in pg_stat_activity.
+func Connect(ctx context.Context, ep snapshot.Endpoint, login Login, timeout time.Duration) (*pgx.Conn, error) {
+	cfg, err := ConnConfig(ep, login, timeout, "pgtopo")
 	if err != nil {
 		return nil, err
 	}
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
+		if why, ok := login.TLS.explainTLS(err); ok {
+			return nil, &TLSError{msg: fmt.Sprintf("connect %s: %s", ep, redact(errors.New(why), login.Password))}
+		}
 		// pgx errors can carry the connection string; say only where.
-		msg := fmt.Sprintf("connect %s as %s: %s", ep, user, redact(err, password))
+		msg := fmt.Sprintf("connect %s as %s: %s", ep, login.User, redact(err, login.Password))
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000") {
 			return nil, &AuthError{msg: msg}
@@ -49,20 +52,31 @@ func Connect(ctx context.Context, ep snapshot.Endpoint, user, password string, t
 // libpq's environment, none of which the topology said: PGHOST adds
 // fallback hosts that would be sent the password when the endpoint
 // refuses, PGOPTIONS and PGAPPNAME session settings, PGTARGETSESSIONATTRS a
-// check, PGSSLMODE a plaintext fallback. Every setting the environment could
-// give is set here or cleared.
-func ConnConfig(ep snapshot.Endpoint, user, password string, timeout time.Duration, application string) (*pgx.ConnConfig, error) {
+// check, PGSSLMODE a plaintext fallback, PGSSLROOTCERT another CA. Every
+// setting the environment could give is set here or cleared; TLS is the
+// topology's alone, with no fallback to plaintext.
+func ConnConfig(ep snapshot.Endpoint, login Login, timeout time.Duration, application string) (*pgx.ConnConfig, error) {
 	if timeout == 0 {
 		timeout = 5 * time.Second
 	}
-	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable connect_timeout=%d",
-		dsnValue(ep.Host), ep.Port, dsnValue(user), max(1, int(timeout.Seconds())))
+	tlsConfig, err := login.TLS.config(ep.Host)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", ep, err)
+	}
+	// Every key the environment (or a home directory's defaults) could
+	// fill with a file to read or a check to make is given here, so the
+	// parse neither reads nor fails on what the topology did not say.
+	// PGSERVICE alone cannot be overridden: a set one fails the parse.
+	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable connect_timeout=%d "+
+		"sslrootcert='' sslcert='' sslkey='' sslpassword='' sslcertmode=disable sslnegotiation=postgres passfile='' "+
+		"target_session_attrs=any min_protocol_version=3.0 max_protocol_version=3.0 channel_binding=prefer require_auth=''",
+		dsnValue(ep.Host), ep.Port, dsnValue(login.User), max(1, int(timeout.Seconds())))
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s as %s: %w", ep, user, err)
+		return nil, fmt.Errorf("connect %s as %s: %w", ep, login.User, err)
 	}
-	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = ep.Host, uint16(ep.Port), user, password, "postgres"
-	cfg.Fallbacks, cfg.TLSConfig = nil, nil
+	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = ep.Host, uint16(ep.Port), login.User, login.Password, "postgres"
+	cfg.Fallbacks, cfg.TLSConfig = nil, tlsConfig
 	cfg.ValidateConnect, cfg.AfterConnect = nil, nil
 	cfg.KerberosSrvName, cfg.KerberosSpn = "", ""
 	cfg.ConnectTimeout = timeout
@@ -77,6 +91,12 @@ func ConnConfig(ep snapshot.Endpoint, user, password string, timeout time.Durati
 func dsnValue(v string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
+
+// TLSError is a server that did not prove itself as the topology's TLS
+// policy asks, or offered no TLS: nothing was sent to it.
+type TLSError struct{ msg string }
+
+func (e *TLSError) Error() string { return e.msg }
 
 // AuthError is a server that refused the credentials (SQLSTATE 28P01
 // invalid_password or 28000 invalid_authorization_specification).
@@ -126,10 +146,10 @@ SELECT pg_is_in_recovery(),
 // Probe reads the facts of one server in two round trips: the facts, WAL
 // receiver, slots and replication peers pipelined in one batch, then
 // multi_cluster_info where it exists.
-func (p PgxProber) Probe(ctx context.Context, ep snapshot.Endpoint, user, password string) (*snapshot.PGState, error) {
+func (p PgxProber) Probe(ctx context.Context, ep snapshot.Endpoint, login Login) (*snapshot.PGState, error) {
 	var key connKey
 	if p.Keep != nil {
-		key = connKey{ep: ep, user: user, password: sha256.Sum256([]byte(password))}
+		key = connKey{ep: ep, user: login.User, password: sha256.Sum256([]byte(login.Password)), tls: login.TLS.digest()}
 		if kept := p.Keep.take(key); kept != nil {
 			s, err := probe(ctx, kept.conn, ep)
 			if err == nil && !kept.conn.IsClosed() {
@@ -141,7 +161,7 @@ func (p PgxProber) Probe(ctx context.Context, ep snapshot.Endpoint, user, passwo
 			kept.conn.Close(context.Background())
 		}
 	}
-	c, err := Connect(ctx, ep, user, password, p.ConnectTimeout)
+	c, err := Connect(ctx, ep, login, p.ConnectTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -177,13 +197,14 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 		return rows.Err()
 	})
 	b.Queue(`SELECT slot_name, active, coalesce(restart_lsn::text, ''), coalesce(wal_status, ''),
-	                coalesce((CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - restart_lsn)::bigint, 0)
+	                coalesce((CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - restart_lsn)::bigint, 0),
+	                coalesce((SELECT CASE WHEN ssl THEN version ELSE '` + snapshot.StreamPlaintext + `' END FROM pg_stat_ssl WHERE pid = active_pid), '')
 	         FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name`).Query(func(rows pgx.Rows) error {
 		var err error
 		s.Slots, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (snapshot.Slot, error) {
 			var sl snapshot.Slot
 			var lsn string
-			if err := r.Scan(&sl.Name, &sl.Active, &lsn, &sl.WALStatus, &sl.RetainedBytes); err != nil {
+			if err := r.Scan(&sl.Name, &sl.Active, &lsn, &sl.WALStatus, &sl.RetainedBytes, &sl.StreamTLS); err != nil {
 				return sl, err
 			}
 			if lsn != "" {

@@ -31,9 +31,15 @@ func terminate(t *testing.T, s *pgtest.Server, pid int) {
 	}
 }
 
+// login signs in to a test server as its postgres user, verifying its
+// certificate against the tests' CA.
+func login(t testing.TB, password string) Login {
+	return Login{User: "postgres", Password: password, TLS: TLS{CA: pgtest.CA(t).CertPEM, From: "the tests' CA"}}
+}
+
 func probePrimary(t *testing.T, s *pgtest.Server, p PgxProber) *snapshot.PGState {
 	t.Helper()
-	st, err := p.Probe(context.Background(), s.Endpoint, "postgres", pgtest.Password)
+	st, err := p.Probe(context.Background(), s.Endpoint, login(t, pgtest.Password))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +116,7 @@ func TestProbeKeepsSessions(t *testing.T) {
 
 	t.Run("a wrong password is an error that does not show it", func(t *testing.T) {
 		const wrong = "not-the-password-123"
-		_, err := PgxProber{Keep: &Conns{}}.Probe(context.Background(), s.Endpoint, "postgres", wrong)
+		_, err := PgxProber{Keep: &Conns{}}.Probe(context.Background(), s.Endpoint, login(t, wrong))
 		if err == nil {
 			t.Fatal("probe with a wrong password succeeded")
 		}
@@ -124,7 +130,7 @@ func TestProbeKeepsSessions(t *testing.T) {
 			t.Fatalf("a refused password is not an AuthError: %v", err)
 		}
 		// A server that is not there is no authentication failure.
-		_, err = PgxProber{}.Probe(context.Background(), snapshot.Endpoint{Host: "127.0.0.1", Port: 1}, "postgres", wrong)
+		_, err = PgxProber{}.Probe(context.Background(), snapshot.Endpoint{Host: "127.0.0.1", Port: 1}, login(t, wrong))
 		if err == nil || errors.As(err, &auth) {
 			t.Fatalf("connection refused: %v", err)
 		}
@@ -151,7 +157,7 @@ func TestProbeStandbyTimelineWithoutItsUpstream(t *testing.T) {
 	standby := pgtest.Standby(t, primary)
 	probe := func() *snapshot.PGState {
 		t.Helper()
-		st, err := PgxProber{}.Probe(context.Background(), standby.Endpoint, "postgres", pgtest.Password)
+		st, err := PgxProber{}.Probe(context.Background(), standby.Endpoint, login(t, pgtest.Password))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -158,6 +158,16 @@ func TestExampleAlertsFire(t *testing.T) {
   pgtopo_standby_streaming` + west + ` 1x30
   pgtopo_standby_replay_lag_bytes` + west + ` 33554432x30
 `, 10 * time.Minute, []string{"PgtopoStandbyLagAboveMax"}},
+		{"a standby streaming in plaintext", healthy + `
+  pgtopo_cluster_up` + west + ` 1x30
+  pgtopo_standby_streaming` + west + ` 1x30
+  pgtopo_standby_stream_encrypted` + west + ` 0x30
+`, 20 * time.Minute, []string{"PgtopoStandbyStreamPlaintext"}},
+		{"a standby streaming over TLS", healthy + `
+  pgtopo_cluster_up` + west + ` 1x30
+  pgtopo_standby_streaming` + west + ` 1x30
+  pgtopo_standby_stream_encrypted` + west + ` 1x30
+`, 20 * time.Minute, nil},
 		{"a slot losing WAL", healthy + `
   pgtopo_slot_wal_status_info{topology="orders",site="east",cluster="orders-east",slot="xdc_orders_west",wal_status="unreserved"} 1x30
 `, 5 * time.Minute, []string{"PgtopoSlotWALAtRisk"}},

@@ -27,6 +27,7 @@ var (
 	descLagBytes  = prometheus.NewDesc("pgtopo_standby_replay_lag_bytes", "How far the standby's replay is behind the primary's end of WAL.", labelsCluster, nil)
 	descLagSecs   = prometheus.NewDesc("pgtopo_standby_replay_lag_seconds", "Seconds since the last transaction the standby replayed committed, while it has WAL left to replay (0 when caught up).", labelsCluster, nil)
 	descStreaming = prometheus.NewDesc("pgtopo_standby_streaming", "1 when the standby's WAL receiver streams.", labelsCluster, nil)
+	descEncrypted = prometheus.NewDesc("pgtopo_standby_stream_encrypted", "1 when the WAL sender streaming to the standby through its slot on the primary uses TLS (pg_stat_ssl), 0 when it streams in plaintext; absent while nothing streams.", labelsCluster, nil)
 	descSysID     = prometheus.NewDesc("pgtopo_cluster_system_identifier_match", "1 when the cluster's system identifier is the primary's.", labelsCluster, nil)
 	descRevision  = prometheus.NewDesc("pgtopo_cluster_applied_revision_info", "The revision (or digest) recorded as applied on the cluster's object; the value is 1.", append(labelsCluster, "revision"), nil)
 	descSlotBytes = prometheus.NewDesc("pgtopo_slot_retained_wal_bytes", "WAL the physical slot holds on the primary (its end of WAL minus the slot's restart LSN).", append(labelsCluster, "slot"), nil)
@@ -36,7 +37,7 @@ var (
 )
 
 func (c *replicationCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSite, descInfo, descUp, descTimeline, descLagBytes, descLagSecs, descStreaming, descSysID, descRevision, descSlotBytes, descSlotState, descWritable, descMaxLag} {
+	for _, d := range []*prometheus.Desc{descSite, descInfo, descUp, descTimeline, descLagBytes, descLagSecs, descStreaming, descEncrypted, descSysID, descRevision, descSlotBytes, descSlotState, descWritable, descMaxLag} {
 		ch <- d
 	}
 }
@@ -101,6 +102,9 @@ func (c *replicationCollector) observe(d *topology.Desired, snap *snapshot.Snaps
 			gauge(descLagSecs, cs.PG.ReplayDelaySeconds, l...)
 			if primary != nil && primary.PG.SystemID == cs.PG.SystemID {
 				gauge(descLagBytes, float64(snapshot.Lag(primary.PG, cs.PG)), l...)
+			}
+			if sl := snapshot.SlotOf(primary, cs); sl != nil && sl.StreamTLS != "" {
+				gauge(descEncrypted, bool01(sl.StreamTLS != snapshot.StreamPlaintext), l...)
 			}
 			continue
 		}

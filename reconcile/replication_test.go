@@ -24,8 +24,8 @@ func twoSites() (*topology.Desired, *snapshot.Snapshot) {
 		Clusters: []snapshot.ClusterState{
 			{Name: "orders-east", Site: "east", Exists: true, Object: &snapshot.Object{Marks: snapshot.Marks{Revision: "abc123"}},
 				PG: &snapshot.PGState{SystemID: "7", Timeline: 2, CurrentLSN: 0x5001000,
-					Slots: []snapshot.Slot{{Name: "xdc_orders_west", Active: true, WALStatus: "reserved", RetainedBytes: 4096}}}},
-			{Name: "orders-west", Site: "west", Exists: true, Object: &snapshot.Object{Marks: snapshot.Marks{Revision: "abc123"}},
+					Slots: []snapshot.Slot{{Name: "xdc_orders_west", Active: true, WALStatus: "reserved", RetainedBytes: 4096, StreamTLS: "TLSv1.3"}}}},
+			{Name: "orders-west", Site: "west", Exists: true, SlotName: "xdc_orders_west", Object: &snapshot.Object{Marks: snapshot.Marks{Revision: "abc123"}},
 				PG: &snapshot.PGState{InRecovery: true, SystemID: "7", Timeline: 2, ReplayLSN: 0x5000000, ReplayDelaySeconds: 1.5,
 					WalReceiver: &snapshot.WalReceiver{Status: "streaming"}}},
 		}}
@@ -48,6 +48,9 @@ func TestReplicationMetrics(t *testing.T) {
 # HELP pgtopo_standby_replay_lag_bytes How far the standby's replay is behind the primary's end of WAL.
 # TYPE pgtopo_standby_replay_lag_bytes gauge
 pgtopo_standby_replay_lag_bytes{cluster="orders-west",site="west",topology="orders"} 4096
+# HELP pgtopo_standby_stream_encrypted 1 when the WAL sender streaming to the standby through its slot on the primary uses TLS (pg_stat_ssl), 0 when it streams in plaintext; absent while nothing streams.
+# TYPE pgtopo_standby_stream_encrypted gauge
+pgtopo_standby_stream_encrypted{cluster="orders-west",site="west",topology="orders"} 1
 # HELP pgtopo_writable_clusters Clusters of the topology that take writes; more than 1 is split brain.
 # TYPE pgtopo_writable_clusters gauge
 pgtopo_writable_clusters{topology="orders"} 1
@@ -55,7 +58,7 @@ pgtopo_writable_clusters{topology="orders"} 1
 # TYPE pgtopo_slot_wal_status_info gauge
 pgtopo_slot_wal_status_info{cluster="orders-east",site="east",slot="xdc_orders_west",topology="orders",wal_status="reserved"} 1
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "pgtopo_standby_replay_lag_bytes", "pgtopo_writable_clusters", "pgtopo_slot_wal_status_info"); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "pgtopo_standby_replay_lag_bytes", "pgtopo_standby_stream_encrypted", "pgtopo_writable_clusters", "pgtopo_slot_wal_status_info"); err != nil {
 		t.Fatal(err)
 	}
 	// A site gone: its cluster is unreachable and down, no stale numbers.
@@ -93,7 +96,7 @@ func TestMonitoringExamplesReferenceServedMetrics(t *testing.T) {
 		alerts = append(alerts, r.Alert)
 		exprs = append(exprs, r.Expr)
 	}
-	for _, a := range []string{"PgtopoStandbyNotStreaming", "PgtopoStandbyLagAboveMax", "PgtopoSlotWALAtRisk", "PgtopoSplitBrain", "PgtopoSiteUnreachable", "PgtopoLastCycleTooOld", "PgtopoClusterDown", "PgtopoGone"} {
+	for _, a := range []string{"PgtopoStandbyNotStreaming", "PgtopoStandbyLagAboveMax", "PgtopoStandbyStreamPlaintext", "PgtopoSlotWALAtRisk", "PgtopoSplitBrain", "PgtopoSiteUnreachable", "PgtopoLastCycleTooOld", "PgtopoClusterDown", "PgtopoGone"} {
 		if !slices.Contains(alerts, a) {
 			t.Errorf("alert %s missing", a)
 		}

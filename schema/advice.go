@@ -29,6 +29,12 @@ func advise(doc *topology.Document, t *topology.Topology) []Finding {
 			out = append(out, f)
 		}
 	}
+	if tls := t.Spec.Postgres.TLS; tls != nil && tls.Mode == topology.TLSDisable {
+		f := newFinding(doc, topology.Path{}.Child("spec").Child("postgres").Child("tls").Child("mode"), RuleAdvice,
+			"disable: pgtopo signs in to every cluster as its superuser in plaintext, across sites; anyone on the path reads the session and can take it over. Serve TLS and use verify-full (the default)", ByPgtopo)
+		f.Severity = SeverityWarning
+		out = append(out, f)
+	}
 	if c := t.Spec.AcceptDataLoss; c != nil {
 		f := newFinding(doc, topology.Path{}.Child("spec").Child("acceptDataLoss"), RuleAdvice,
 			fmt.Sprintf("consent to lose the writes of %s (system identifier %s, timeline %d) that did not reach %s: it authorises one failover from that timeline and is spent once carried out (pgtopo diff says whether it is); remove it in a follow-up change",

@@ -76,6 +76,19 @@ func relational(doc *topology.Document) []Finding {
 		}
 	}
 
+	postgres, _ := spec["postgres"].(map[string]any)
+	tls, _ := postgres["tls"].(map[string]any)
+	if ca, ok := tls["ca"].(map[string]any); ok {
+		_, cm := ca["configMap"]
+		_, sec := ca["secret"]
+		switch {
+		case cm && sec:
+			add("spec.postgres.tls.ca", "names both a configMap and a secret; keep the one that holds the CA bundle")
+		case !cm && !sec:
+			add("spec.postgres.tls.ca", "names no source; give configMap: {name: …} or secret: {name: …}, or remove ca to verify against the system's roots")
+		}
+	}
+
 	replication, _ := spec["replication"].(map[string]any)
 	serviceType, explicit := replication["serviceType"].(string)
 	if !explicit {

@@ -177,7 +177,27 @@ type Slot struct {
 	// wal_status); RetainedBytes the WAL it holds back.
 	WALStatus     string `json:"walStatus,omitempty"`
 	RetainedBytes int64  `json:"retainedBytes,omitempty"`
+	// StreamTLS is how the WAL sender streaming through the slot is
+	// encrypted (pg_stat_ssl): its TLS version, StreamPlaintext when it is
+	// not, empty when nothing streams through it.
+	StreamTLS string `json:"streamTLS,omitempty"`
 }
+
+// SlotOf is the standby's slot on the primary, nil when not seen.
+func SlotOf(primary, standby *ClusterState) *Slot {
+	if primary == nil || primary.PG == nil || standby.SlotName == "" {
+		return nil
+	}
+	for i := range primary.PG.Slots {
+		if primary.PG.Slots[i].Name == standby.SlotName {
+			return &primary.PG.Slots[i]
+		}
+	}
+	return nil
+}
+
+// StreamPlaintext is a Slot's StreamTLS when its stream is not encrypted.
+const StreamPlaintext = "plaintext"
 
 // ReplicationPeer is a row of pg_stat_replication.
 type ReplicationPeer struct {

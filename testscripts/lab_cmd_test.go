@@ -221,7 +221,12 @@ func tryConnect(dir, site, cluster string) (*pgx.Conn, error) {
 	if svc.Spec.Type == "NodePort" {
 		ep = snapshot.Endpoint{Host: st.Addrs(s).NodeIP().String(), Port: int(svc.Spec.Ports[0].NodePort)}
 	}
-	c, err := live.Connect(ctx, ep, string(sec.Data["username"]), string(sec.Data["password"]), 3*time.Second)
+	bundle, err := os.ReadFile(lab.Paths{Dir: dir}.PostgresCABundle())
+	if err != nil {
+		return nil, err
+	}
+	login := live.Login{User: string(sec.Data["username"]), Password: string(sec.Data["password"]), TLS: live.TLS{CA: bundle, From: "the lab's CA bundle"}}
+	c, err := live.Connect(ctx, ep, login, 3*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cluster, err)
 	}

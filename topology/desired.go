@@ -41,6 +41,8 @@ type Desired struct {
 	DropSlots []string
 	// EmptySites are declared sites that hold no cluster of the file.
 	EmptySites []Site
+	// TLS is how connections check the servers, its mode always set.
+	TLS PostgresTLS
 	// index maps a cluster's name to its position in Clusters.
 	index map[string]int
 }
@@ -159,6 +161,13 @@ func (t *Topology) Desired() (*Desired, error) {
 	for i, c := range t.Spec.Clusters {
 		if c.Name == t.Spec.Primary {
 			d.PrimaryIndex = i
+		}
+	}
+	d.TLS = PostgresTLS{Mode: TLSVerifyFull}
+	if tls := t.Spec.Postgres.TLS; tls != nil {
+		d.TLS.CA = tls.CA
+		if tls.Mode != "" {
+			d.TLS.Mode = tls.Mode
 		}
 	}
 	if d.PrimaryIndex < 0 {

@@ -92,6 +92,69 @@ type Postgres struct {
 	TeamID  string `json:"teamId,omitempty"`
 	// Parameters accepts YAML scalars; the CR wants strings, see Desired.
 	Parameters map[string]any `json:"parameters,omitempty"`
+	// TLS is how pgtopo's connections check the servers; nil is
+	// verify-full against the system's roots (applied in Desired, so files
+	// that leave it out keep their digest).
+	TLS *PostgresTLS `json:"tls,omitempty"`
+}
+
+// TLS modes of pgtopo's connections to PostgreSQL, libpq's sslmode names.
+const (
+	// TLSVerifyFull: encrypted, the server's certificate chains to the CA
+	// and names the endpoint's host (the default).
+	TLSVerifyFull = "verify-full"
+	// TLSVerifyCA: encrypted, the certificate chains to the CA; any name.
+	TLSVerifyCA = "verify-ca"
+	// TLSRequire: encrypted, the certificate unchecked.
+	TLSRequire = "require"
+	// TLSDisable: plaintext, password included. Validate warns about it.
+	TLSDisable = "disable"
+)
+
+// PostgresTLS says how pgtopo's connections check the servers they reach.
+type PostgresTLS struct {
+	// Mode is one of the TLS* modes; empty is TLSVerifyFull.
+	Mode string `json:"mode,omitempty"`
+	// CA is where the CA bundle that verifies the servers comes from;
+	// nil is the system's roots.
+	CA *CASource `json:"ca,omitempty"`
+}
+
+// CASource names a CA bundle in each Kubernetes site, in the namespace of
+// the cluster being reached: a ConfigMap (as trust-manager distributes
+// one) or a Secret (as cert-manager writes ca.crt). Exactly one is set.
+// A Patroni site has no such objects: its bundle comes with its
+// credentials (PGTOPO_PATRONI_PG_CA_FILE, see cli).
+type CASource struct {
+	ConfigMap *KeyRef `json:"configMap,omitempty"`
+	Secret    *KeyRef `json:"secret,omitempty"`
+}
+
+// KeyRef is one key of a ConfigMap or Secret.
+type KeyRef struct {
+	Name string `json:"name"`
+	// Key defaults to DefaultCAKey.
+	Key string `json:"key,omitempty"`
+}
+
+// DefaultCAKey is the key a CA bundle is read from when the file names none.
+const DefaultCAKey = "ca.crt"
+
+// Object is the source as people read it: `ConfigMap pg-ca (key ca.crt)`.
+func (s CASource) Object() (kind, name, key string) {
+	ref := s.ConfigMap
+	kind = "ConfigMap"
+	if ref == nil {
+		ref, kind = s.Secret, "Secret"
+	}
+	if ref == nil {
+		return "", "", ""
+	}
+	key = ref.Key
+	if key == "" {
+		key = DefaultCAKey
+	}
+	return kind, ref.Name, key
 }
 
 // Replication settings of the group.

@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 // MarksKey is the dynamic configuration's key holding pgtopo's marks, as
@@ -34,6 +35,10 @@ const MarksKey = "pgtopo"
 type Credentials struct {
 	PGUser, PGPassword     string
 	RESTUser, RESTPassword string
+	// PGCA is the PEM bundle that verifies the cluster's PostgreSQL
+	// server certificate, and PGCAFrom where it was given; nil when none.
+	PGCA     []byte
+	PGCAFrom string
 }
 
 // Cluster is one Patroni cluster of a site.
@@ -210,6 +215,25 @@ func (s Site) GetSecret(_ context.Context, ns, name string) (*corev1.Secret, err
 		}
 	}
 	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "secrets"}, name)
+}
+
+// PostgresCA answers a cluster's CA bundle from its credentials: a
+// Patroni site has no ConfigMap or Secret for a topology's source to name.
+// With none given, the system's roots verify it unless the topology names
+// a source, which would then be silently ignored: that is refused.
+func (s Site) PostgresCA(_ context.Context, cluster, _ string, src *topology.CASource) ([]byte, string, error) {
+	c, err := s.cluster(cluster)
+	if err != nil {
+		return nil, "", err
+	}
+	if c.Creds.PGCA != nil {
+		return c.Creds.PGCA, c.Creds.PGCAFrom, nil
+	}
+	if src != nil {
+		kind, name, _ := src.Object()
+		return nil, "", fmt.Errorf("no CA bundle for Patroni cluster %s: spec.postgres.tls.ca names %s %s, which a Patroni site does not hold; give the bundle with its credentials (PGTOPO_PATRONI_PG_CA_FILE, or per cluster PGTOPO_PATRONI_<CLUSTER>_PG_CA_FILE)", cluster, kind, name)
+	}
+	return nil, "", nil
 }
 
 // GetLease: a patroni site holds no Lease (the lock lives in the

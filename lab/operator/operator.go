@@ -61,6 +61,9 @@ type cluster struct {
 	routes     atomic.Pointer[routes]
 	deaths     map[int]int
 	registered string // the peer endpoint this standby registered at
+	// serviceHosts are the addresses its Services are reached at, which
+	// its members' certificates name.
+	serviceHosts []string
 }
 
 type memberView struct {
@@ -228,6 +231,14 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 	if err != nil {
 		return svcAddrs, err
 	}
+	c.serviceHosts = c.serviceHosts[:0]
+	for _, a := range svcAddrs {
+		host, _ := splitHostPort(a)
+		c.serviceHosts = append(c.serviceHosts, host)
+	}
+	if err := o.ensureCABundle(ctx, spec.Namespace); err != nil {
+		o.log.Warn("CA bundle ConfigMap", "namespace", spec.Namespace, "err", err)
+	}
 	password, err := o.ensureCredentials(ctx, c)
 	if err != nil {
 		o.setStatus(ctx, cr, StatusCreating, err.Error())
@@ -242,6 +253,7 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 		o.setStatus(ctx, cr, StatusFailed, err.Error())
 		return svcAddrs, err
 	}
+	o.renewCertificates(c)
 	o.observeMembers(ctx, c)
 	// Scale down only once Patroni's role matches the CR: removing the
 	// leader of a primary that is being demoted would fail over inside the
@@ -433,7 +445,7 @@ func (o *Operator) register(ctx context.Context, c *cluster, endpoint, password 
 	if o.cut.Cut() {
 		return fmt.Errorf("site partitioned: peer %s unreachable", peer)
 	}
-	conn, err := connect(ctx, r.PeerHost, r.PeerPort, "postgres", password)
+	conn, err := connect(ctx, o.state.Dir, r.PeerHost, r.PeerPort, "postgres", password)
 	if err != nil {
 		return err
 	}
@@ -462,7 +474,7 @@ func (o *Operator) register(ctx context.Context, c *cluster, endpoint, password 
 // catalogue keeps the primary's own row and returns the slots its standbys
 // need.
 func (o *Operator) catalogue(ctx context.Context, c *cluster, endpoint, password string) ([]string, error) {
-	conn, err := connect(ctx, c.leaderIP, 5432, "postgres", password)
+	conn, err := connect(ctx, o.state.Dir, c.leaderIP, 5432, "postgres", password)
 	if err != nil {
 		return nil, err
 	}
@@ -689,7 +701,11 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 	if err := memberDirs(dir, sock); err != nil {
 		return err
 	}
+	if _, err := ensureServing(o.state.Dir, o.site.Name, dir, o.memberName(c, i), o.servingHosts(c, ip)); err != nil {
+		return fmt.Errorf("member %s: certificate: %w", o.memberName(c, i), err)
+	}
 	mc := memberConfig{
+		TLS:        memberTLS(dir),
 		Scope:      c.spec.Name,
 		Namespace:  o.dcsNamespace(c.spec),
 		Name:       o.memberName(c, i),
@@ -709,6 +725,63 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 		o.log.Info("member started", "member", mc.Name, "ip", ip, "standby", mc.Standby != nil)
 	}
 	return err
+}
+
+// servingHosts are what a member's certificate names: its pod address,
+// the node's (NodePort), its cluster's Service addresses and DNS names.
+func (o *Operator) servingHosts(c *cluster, podIP string) []string {
+	hosts := append([]string{podIP, o.addrs.NodeIP().String()}, c.serviceHosts...)
+	for _, svc := range []string{c.spec.Name, c.spec.Name + "-repl"} {
+		hosts = append(hosts, svc+"."+c.spec.Namespace+".svc", svc+"."+c.spec.Namespace+".svc.cluster.local")
+	}
+	return hosts
+}
+
+// renewCertificates issues running members a new certificate when their
+// cluster's addresses changed (a Service of another type, a new load
+// balancer address), and has PostgreSQL load it, as cert-manager renews
+// a Secret a pod mounts.
+func (o *Operator) renewCertificates(c *cluster) {
+	for i, m := range c.members {
+		if m.ip == "" || !o.memberRunning(c, i) {
+			continue
+		}
+		dir := filepath.Join(c.dir, strconv.Itoa(i))
+		renewed, err := ensureServing(o.state.Dir, o.site.Name, dir, o.memberName(c, i), o.servingHosts(c, m.ip))
+		if err != nil {
+			o.log.Warn("certificate", "member", o.memberName(c, i), "err", err)
+			continue
+		}
+		if renewed {
+			o.log.Info("certificate renewed", "member", o.memberName(c, i))
+			reloadPostgres(filepath.Join(dir, "data"))
+		}
+	}
+}
+
+// ensureCABundle keeps the bundle of the lab's PostgreSQL CAs in a
+// namespace, as trust-manager distributes one: what a topology's
+// spec.postgres.tls.ca names.
+func (o *Operator) ensureCABundle(ctx context.Context, ns string) error {
+	bundle, err := os.ReadFile(lab.Paths{Dir: o.state.Dir}.PostgresCABundle())
+	if err != nil {
+		return err
+	}
+	cms := o.kube.CoreV1().ConfigMaps(ns)
+	cm, err := cms.Get(ctx, lab.PostgresCAConfigMap, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: lab.PostgresCAConfigMap},
+			Data: map[string]string{"ca.crt": string(bundle)}}, metav1.CreateOptions{})
+		return err
+	case err != nil:
+		return err
+	case cm.Data["ca.crt"] != string(bundle):
+		cm.Data = map[string]string{"ca.crt": string(bundle)}
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		return err
+	}
+	return nil
 }
 
 func (o *Operator) removeMember(ctx context.Context, c *cluster, i int) {

@@ -47,6 +47,8 @@ type memberConfig struct {
 	// RESTUser and RESTPassword, when set, guard the REST API's unsafe
 	// endpoints (PATCH /config and the like) with basic auth.
 	RESTUser, RESTPassword string
+	// TLS are the member's certificate, key and peers' CA bundle.
+	TLS tlsFiles
 }
 
 // render writes the Patroni configuration. Passwords sit in this file, as
@@ -75,7 +77,10 @@ func (m memberConfig) render() ([]byte, error) {
 	if user == "" {
 		user = "postgres"
 	}
-	auth := map[string]any{"username": user, "password": m.Password}
+	// Every connection between members and sites verifies the peer's
+	// certificate chain; a name check would need each peer's address in
+	// its certificate, which the address another site hands out is not.
+	auth := map[string]any{"username": user, "password": m.Password, "sslmode": "verify-ca", "sslrootcert": m.TLS.bundle}
 	restapi := map[string]any{"listen": m.IP + ":8008", "connect_address": m.IP + ":8008"}
 	if m.RESTUser != "" {
 		restapi["authentication"] = map[string]any{"username": m.RESTUser, "password": m.RESTPassword}
@@ -98,11 +103,13 @@ func (m memberConfig) render() ([]byte, error) {
 			"bin_dir":         "/usr/lib/postgresql/15/bin",
 			"pgpass":          m.PgPass,
 			"authentication":  map[string]any{"superuser": auth, "replication": auth, "rewind": auth},
-			"parameters":      map[string]any{"unix_socket_directories": m.SocketDir},
+			"parameters": map[string]any{"unix_socket_directories": m.SocketDir,
+				"ssl": "on", "ssl_cert_file": m.TLS.cert, "ssl_key_file": m.TLS.key, "ssl_min_protocol_version": "TLSv1.2"},
+			// TLS or nothing over TCP: no line takes a plaintext session.
 			"pg_hba": []string{
 				"local all all trust",
-				"host all all 127.0.0.0/8 scram-sha-256",
-				"host replication all 127.0.0.0/8 scram-sha-256",
+				"hostssl all all 127.0.0.0/8 scram-sha-256",
+				"hostssl replication all 127.0.0.0/8 scram-sha-256",
 			},
 			"create_replica_methods": []string{"basebackup"},
 			"basebackup":             []any{map[string]any{"checkpoint": "fast"}},

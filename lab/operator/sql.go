@@ -4,10 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 // The group catalogue the real operator keeps on the primary.
@@ -30,16 +36,20 @@ type registration struct {
 	Slot                string
 }
 
-func connect(ctx context.Context, host string, port int, user, password string) (*pgx.Conn, error) {
-	// Explicit settings only, as pgtopo's own connections: libpq's
-	// environment (PGHOST's fallback hosts above all) is not the lab's.
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable", host, port, user))
+// connect opens a session over TLS, verifying the server's chain against
+// the lab's CA bundle (a peer in another site is reached at an address its
+// certificate need not name, as the members' replication does), with
+// explicit settings only, as pgtopo's own connections are made.
+func connect(ctx context.Context, labDir, host string, port int, user, password string) (*pgx.Conn, error) {
+	bundle, err := os.ReadFile(lab.Paths{Dir: labDir}.PostgresCABundle())
 	if err != nil {
 		return nil, err
 	}
-	cfg.Password, cfg.Fallbacks, cfg.TLSConfig, cfg.ValidateConnect = password, nil, nil, nil
-	cfg.ConnectTimeout = 3 * time.Second
-	cfg.RuntimeParams = map[string]string{"application_name": "pglab-operator"}
+	login := live.Login{User: user, Password: password, TLS: live.TLS{Mode: topology.TLSVerifyCA, CA: bundle, From: "the lab's CA bundle"}}
+	cfg, err := live.ConnConfig(snapshot.Endpoint{Host: host, Port: port}, login, 3*time.Second, "pglab-operator")
+	if err != nil {
+		return nil, err
+	}
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", net.JoinHostPort(host, strconv.Itoa(port)), err)

@@ -126,7 +126,12 @@ func (v *VMSite) startMember(i int, ip string) error {
 	if err := memberDirs(dir, sock); err != nil {
 		return err
 	}
+	endpointHost, _, _ := strings.Cut(v.cluster.Endpoint, ":")
+	if _, err := ensureServing(v.state.Dir, v.site.Name, dir, v.memberName(i), []string{ip, endpointHost}); err != nil {
+		return fmt.Errorf("member %s: certificate: %w", v.memberName(i), err)
+	}
 	mc := memberConfig{
+		TLS:   memberTLS(dir),
 		Scope: v.cluster.Name, Namespace: v.state.PatroniDCSNamespace(v.site.Name), Name: v.memberName(i), IP: ip,
 		Etcd: v.state.EtcdEndpoint(), DataDir: filepath.Join(dir, "data"), PgPass: filepath.Join(dir, "pgpass"), SocketDir: sock,
 		User: v.creds[lab.EnvPGUser], Password: v.creds[lab.EnvPGPassword],

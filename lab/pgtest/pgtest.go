@@ -27,20 +27,35 @@ const Bin = "/usr/lib/postgresql/15/bin"
 const Password = "probe-test-secret"
 
 // Server is one PostgreSQL data directory and, when started, its server,
-// with SCRAM authentication on 127.0.0.1.
+// with SCRAM authentication on 127.0.0.1, serving TLS with a certificate
+// for 127.0.0.1 and localhost from the tests' CA (see CA).
 type Server struct {
 	Endpoint snapshot.Endpoint
 	// Admin is the test's own session while the server runs.
 	Admin *pgx.Conn
-	dir   string // owned by the server's user; the data is dir/data
-	cred  *syscall.Credential
-	cmd   *exec.Cmd
+	// Plaintext, set before it starts, runs the server with ssl=off.
+	Plaintext bool
+	dir       string // owned by the server's user; the data is dir/data
+	cred      *syscall.Credential
+	cmd       *exec.Cmd
 }
 
 // Start makes a new primary and starts it on a free port.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return start(t, New(t))
+}
+
+// StartPlaintext makes a new primary that serves no TLS.
+func StartPlaintext(t testing.TB) *Server {
+	t.Helper()
 	s := New(t)
+	s.Plaintext = true
+	return start(t, s)
+}
+
+func start(t testing.TB, s *Server) *Server {
+	t.Helper()
 	pwfile := filepath.Join(s.dir, "pw")
 	if err := os.WriteFile(pwfile, []byte(Password), 0o644); err != nil {
 		t.Fatal(err)
@@ -107,7 +122,11 @@ func (s *Server) Run(t testing.TB, program string, args ...string) {
 // user.
 func (s *Server) WriteFile(t testing.TB, name string, data []byte) {
 	t.Helper()
-	path := filepath.Join(s.Data(), name)
+	s.writeOwned(t, filepath.Join(s.Data(), name), data)
+}
+
+func (s *Server) writeOwned(t testing.TB, path string, data []byte) {
+	t.Helper()
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +152,12 @@ func FreePort(t testing.TB) int {
 // sessions.
 func (s *Server) StartOn(t testing.TB, port int) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(Bin, "postgres"), "-D", s.Data(), "-p", fmt.Sprint(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+s.dir)
+	args := []string{"-D", s.Data(), "-p", fmt.Sprint(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + s.dir}
+	if !s.Plaintext {
+		crt, key := s.serving(t)
+		args = append(args, "-c", "ssl=on", "-c", "ssl_cert_file="+crt, "-c", "ssl_key_file="+key)
+	}
+	cmd := exec.Command(filepath.Join(Bin, "postgres"), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
 	logf, err := os.OpenFile(filepath.Join(s.dir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
