@@ -222,6 +222,43 @@ func (x *stepRun) BootstrapSecret(ctx context.Context, s diff.Step) error {
 	return x.copySecret(ctx, s.Subject, *s.Secret)
 }
 
+// RefreshCredentials copies the primary's admin username and password into
+// the standby's own credentials Secret, leaving the rest of that Secret
+// (its type, labels, owner: the operator's) alone, then waits until the
+// standby's database takes them. The values are never printed.
+func (x *stepRun) RefreshCredentials(ctx context.Context, s diff.Step) error {
+	c := *s.Secret
+	from, err := x.writer(c.From.Site)
+	if err != nil {
+		return err
+	}
+	src, err := from.GetSecret(ctx, c.From.Namespace, c.FromName)
+	if err != nil {
+		return fmt.Errorf("credentials %s/%s: %w", c.From.Namespace, c.FromName, err)
+	}
+	if len(src.Data["username"]) == 0 || len(src.Data["password"]) == 0 {
+		return fmt.Errorf("credentials %s/%s: no username or password", c.From.Namespace, c.FromName)
+	}
+	to, err := x.writer(s.Subject.Site)
+	if err != nil {
+		return err
+	}
+	ns := s.Subject.Namespace
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: c.Name, Namespace: ns},
+		Data: map[string][]byte{"username": src.Data["username"], "password": src.Data["password"]}}
+	if err := to.ApplySecret(ctx, sec); err != nil {
+		return fmt.Errorf("secret %s/%s: %w", ns, c.Name, err)
+	}
+	x.say(PhaseSecret, "secret %s/%s in site %s: username and password of %s", ns, c.Name, s.Subject.Site, c.FromName)
+	return x.wait(ctx, s.Subject.Cluster+" authenticating with its refreshed credentials", func(snap *snapshot.Snapshot) (bool, string) {
+		sb, ok := snap.Cluster(s.Subject.Cluster)
+		if !ok || sb.PG == nil {
+			return false, statusWords(sb)
+		}
+		return true, "database answers"
+	})
+}
+
 // copySecret copies a cluster's admin credentials into subject's namespace
 // as a basic-auth Secret.
 func (x *stepRun) copySecret(ctx context.Context, subject diff.Subject, c diff.SecretCopy) error {

@@ -47,6 +47,9 @@ pending changes exit 0.`,
 			if err := checkFormat(output, "markdown"); err != nil {
 				return err
 			}
+			if out != "" && src.observerSecret != "" {
+				return usagef("--out with --observer-secret: a plan made without the clusters' credentials cannot be applied; make it with an identity that reads them")
+			}
 			ctx := context.Background()
 			if base != "" {
 				return pullRequest(ctx, e, &src, prFlags{base: base, head: head, output: output, live: observeLive, allowRollback: allowRollback, detailed: detailed})
@@ -75,6 +78,7 @@ pending changes exit 0.`,
 		},
 	}
 	src.register(cmd, e)
+	src.registerObserver(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json, yaml or markdown")
 	completeOutput(cmd, formatText, formatJSON, formatYAML, "markdown")
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", true, "exit 4 when changes are pending")

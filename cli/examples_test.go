@@ -426,3 +426,54 @@ func TestDeployExamplesPinTheirVersion(t *testing.T) {
 		}
 	}
 }
+
+// The plan job, which a pull request can change, holds the read-only
+// identity alone and probes as the observer login; the writing kubeconfig
+// reaches only the apply job, through the production environment.
+func TestWorkflowPlanJobHoldsNothingThatWrites(t *testing.T) {
+	b, err := os.ReadFile(workflow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wf struct {
+		Jobs map[string]struct {
+			Environment string `json:"environment"`
+			Steps       []struct {
+				Run string            `json:"run"`
+				Env map[string]string `json:"env"`
+			} `json:"steps"`
+		} `json:"jobs"`
+	}
+	if err := sigsyaml.Unmarshal(b, &wf); err != nil {
+		t.Fatal(err)
+	}
+	secretsOf := func(job string) []string {
+		var out []string
+		for _, s := range wf.Jobs[job].Steps {
+			for _, v := range s.Env {
+				for _, m := range regexp.MustCompile(`secrets\.([A-Z_]+)`).FindAllStringSubmatch(v, -1) {
+					out = append(out, m[1])
+				}
+			}
+			if strings.Contains(s.Run, "secrets.") {
+				t.Errorf("job %s: a secret in a script, not in env: %q", job, s.Run)
+			}
+		}
+		return out
+	}
+	if got := secretsOf("plan"); !slices.Equal(got, []string{"PGTOPO_READONLY_KUBECONFIG"}) {
+		t.Errorf("the plan job holds secrets %v, want the read-only kubeconfig alone", got)
+	}
+	if got := secretsOf("apply"); !slices.Equal(got, []string{"PGTOPO_KUBECONFIG"}) || wf.Jobs["apply"].Environment != "production" {
+		t.Errorf("the apply job holds %v in environment %q: want PGTOPO_KUBECONFIG, an environment secret of production", got, wf.Jobs["apply"].Environment)
+	}
+	var observer bool
+	for _, s := range wf.Jobs["plan"].Steps {
+		if strings.Contains(s.Run, "pgtopo diff") {
+			observer = strings.Contains(s.Run, "--observer-secret pgtopo-observer")
+		}
+	}
+	if !observer {
+		t.Error("the plan job's pgtopo diff must probe as the observer login (--observer-secret pgtopo-observer): the reader may read no other Secret")
+	}
+}

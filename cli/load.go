@@ -36,6 +36,8 @@ type sourceFlags struct {
 	siteTimeout time.Duration
 	siteCache   *kube.Sites
 	patroni     patroniFlags
+	// observerSecret: see registerObserver.
+	observerSecret string
 }
 
 func (f *sourceFlags) register(cmd *cobra.Command, e env) {
@@ -46,6 +48,11 @@ func (f *sourceFlags) register(cmd *cobra.Command, e env) {
 	cmd.Flags().StringVar(&f.path, "path", defaultPath, "with --repo: the topology's path inside the repository")
 	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	cmd.Flags().DurationVar(&f.siteTimeout, "site-timeout", 10*time.Second, "how long to wait for each site")
+}
+
+// registerObserver adds --observer-secret, to a command that only observes.
+func (f *sourceFlags) registerObserver(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.observerSecret, "observer-secret", "", "probe the databases with the login in this Secret (in each cluster's namespace: a role in pg_monitor) and read no other Secret: for an identity that must not hold the superuser's password, such as a pull-request job's (examples/deploy/rbac-readonly.yaml)")
 }
 
 // source opens where the topology comes from: a file, or a repository at
@@ -150,10 +157,11 @@ func (f *sourceFlags) newObserver(d *topology.Desired, keep *live.Conns) (*live.
 			}
 			return flavor.Site{Site: s, Op: op}, nil
 		},
-		Names:       op.Names,
-		Prober:      live.PgxProber{Keep: keep},
-		SiteTimeout: f.siteTimeout,
-		DownFor:     siteDownFor,
+		Names:          op.Names,
+		Prober:         live.PgxProber{Keep: keep},
+		SiteTimeout:    f.siteTimeout,
+		ObserverSecret: f.observerSecret,
+		DownFor:        siteDownFor,
 	}, nil
 }
 

@@ -60,6 +60,9 @@ resumes on the next run).`,
 			if interval <= 0 {
 				return usagef("--interval %v: must be positive", interval)
 			}
+			if src.observerSecret != "" && !observeOnly {
+				return usagef("--observer-secret needs --observe-only: an observer login cannot apply anything")
+			}
 			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { log.Info("signal", "action", msg) })
 			defer stop()
 			source, _, err := src.source(ctx, e)
@@ -128,6 +131,7 @@ resumes on the next run).`,
 		},
 	}
 	src.register(cmd, e)
+	src.registerObserver(cmd)
 	cmd.Flags().DurationVar(&interval, "interval", time.Minute, "time between the end of one cycle and the start of the next")
 	cmd.Flags().DurationVar(&cycleTimeout, "timeout", 30*time.Minute, "give up on one cycle's apply after this long")
 	cmd.Flags().DurationVar(&lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")

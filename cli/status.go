@@ -89,6 +89,7 @@ cluster takes writes but the DR verdict is not ready.`,
 		},
 	}
 	src.register(cmd, e)
+	src.registerObserver(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
 	completeOutput(cmd, formatText, formatJSON, formatYAML)
 	cmd.Flags().DurationVar(&watch, "watch", 0, "look again every D and redraw (e.g. 2s)")

@@ -15,17 +15,21 @@ const (
 	ActionEnsureSlot      Action = "ensure-slot"
 	ActionCheckpoint      Action = "checkpoint"
 	ActionBootstrapSecret Action = "bootstrap-secret"
-	ActionCreateStandby   Action = "create-standby"
-	ActionSwitchover      Action = "switchover"
-	ActionFailover        Action = "failover"
-	ActionRejoin          Action = "rejoin"
-	ActionRepoint         Action = "repoint"
-	ActionUpdate          Action = "update"
-	ActionFillExternalIP  Action = "fill-external-ip"
-	ActionRebuild         Action = "rebuild"
-	ActionDeleteCluster   Action = "delete-cluster"
-	ActionDropSlot        Action = "drop-slot"
-	ActionRecord          Action = "record"
+	// ActionRefreshCredentials copies the primary's admin credentials
+	// into a standby's own credentials Secret, which no longer
+	// authenticate (the primary's password was rotated and replicated).
+	ActionRefreshCredentials Action = "refresh-credentials"
+	ActionCreateStandby      Action = "create-standby"
+	ActionSwitchover         Action = "switchover"
+	ActionFailover           Action = "failover"
+	ActionRejoin             Action = "rejoin"
+	ActionRepoint            Action = "repoint"
+	ActionUpdate             Action = "update"
+	ActionFillExternalIP     Action = "fill-external-ip"
+	ActionRebuild            Action = "rebuild"
+	ActionDeleteCluster      Action = "delete-cluster"
+	ActionDropSlot           Action = "drop-slot"
+	ActionRecord             Action = "record"
 	// Break-glass steps, planned only by pgtopo fence and unfence.
 	ActionFence   Action = "fence"
 	ActionUnfence Action = "unfence"
@@ -51,6 +55,7 @@ type Executor interface {
 	EnsureSlot(ctx context.Context, s Step) error
 	Checkpoint(ctx context.Context, s Step) error
 	BootstrapSecret(ctx context.Context, s Step) error
+	RefreshCredentials(ctx context.Context, s Step) error
 	CreateStandby(ctx context.Context, s Step) error
 	Switchover(ctx context.Context, s Step) error
 	Failover(ctx context.Context, s Step) error
@@ -84,24 +89,25 @@ type Kind struct {
 
 // Catalogue is the step catalogue: one entry per action.
 var Catalogue = map[Action]Kind{
-	ActionLock:            {Rank: 0, Symbol: "*", Bucket: BucketNone, Metric: "lock", Recheck: true, Execute: Executor.Lock},
-	ActionRejoin:          {Rank: 1, Symbol: "!", Bucket: BucketSwitchover, Metric: "rejoin", Execute: Executor.Rejoin},
-	ActionEnsurePrimary:   {Rank: 2, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary", Execute: Executor.EnsurePrimary},
-	ActionEnsureSlot:      {Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-slot", Execute: Executor.EnsureSlot},
-	ActionCheckpoint:      {Rank: 4, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint", Execute: Executor.Checkpoint},
-	ActionBootstrapSecret: {Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret", Execute: Executor.BootstrapSecret},
-	ActionRebuild:         {Rank: 6, Symbol: "-+", Bucket: BucketCreate, Metric: "rebuild", Execute: Executor.Rebuild},
-	ActionCreateStandby:   {Rank: 7, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
-	ActionSwitchover:      {Rank: 8, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
-	ActionFailover:        {Rank: 9, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover", Execute: Executor.Failover},
-	ActionRepoint:         {Rank: 10, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
-	ActionUpdate:          {Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
-	ActionFillExternalIP:  {Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
-	ActionDeleteCluster:   {Rank: 13, Symbol: "-", Bucket: BucketDelete, Metric: "delete-cluster", Execute: Executor.DeleteCluster},
-	ActionDropSlot:        {Rank: 14, Symbol: "-", Bucket: BucketDelete, Metric: "drop-slot", Execute: Executor.DropSlot},
-	ActionRecord:          {Rank: 15, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
-	ActionFence:           {Rank: 16, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
-	ActionUnfence:         {Rank: 17, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
+	ActionLock:               {Rank: 0, Symbol: "*", Bucket: BucketNone, Metric: "lock", Recheck: true, Execute: Executor.Lock},
+	ActionRejoin:             {Rank: 1, Symbol: "!", Bucket: BucketSwitchover, Metric: "rejoin", Execute: Executor.Rejoin},
+	ActionEnsurePrimary:      {Rank: 2, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary", Execute: Executor.EnsurePrimary},
+	ActionEnsureSlot:         {Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-slot", Execute: Executor.EnsureSlot},
+	ActionCheckpoint:         {Rank: 4, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint", Execute: Executor.Checkpoint},
+	ActionBootstrapSecret:    {Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret", Execute: Executor.BootstrapSecret},
+	ActionRefreshCredentials: {Rank: 6, Symbol: "~", Bucket: BucketUpdate, Metric: "refresh-credentials", Execute: Executor.RefreshCredentials},
+	ActionRebuild:            {Rank: 7, Symbol: "-+", Bucket: BucketCreate, Metric: "rebuild", Execute: Executor.Rebuild},
+	ActionCreateStandby:      {Rank: 8, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
+	ActionSwitchover:         {Rank: 9, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
+	ActionFailover:           {Rank: 10, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover", Execute: Executor.Failover},
+	ActionRepoint:            {Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
+	ActionUpdate:             {Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
+	ActionFillExternalIP:     {Rank: 13, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
+	ActionDeleteCluster:      {Rank: 14, Symbol: "-", Bucket: BucketDelete, Metric: "delete-cluster", Execute: Executor.DeleteCluster},
+	ActionDropSlot:           {Rank: 15, Symbol: "-", Bucket: BucketDelete, Metric: "drop-slot", Execute: Executor.DropSlot},
+	ActionRecord:             {Rank: 16, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
+	ActionFence:              {Rank: 17, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
+	ActionUnfence:            {Rank: 18, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
 }
 
 // sortSteps orders steps by action rank, then cluster name.

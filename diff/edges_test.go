@@ -62,9 +62,25 @@ func TestPlannerEdges(t *testing.T) {
 			e := cs(s, "orders-east")
 			e.PG, e.PGError, e.AuthFailed = nil, "password authentication failed", true
 		}, refusals: []string{"credentials Secret postgres.orders-east.credentials.postgresql.acid.zalan.do (east/db) fails to authenticate to orders-east"}},
-		{name: "a standby's credentials fail", edit: func(s *snapshot.Snapshot) {
+		// The primary's password was rotated and its role replicated: the
+		// standby's own Secret is refreshed from the primary's.
+		{name: "a standby's credentials fail where the primary's authenticate", edit: func(s *snapshot.Snapshot) {
 			w := cs(s, "orders-west")
 			w.PG, w.PGError, w.AuthFailed = nil, "password authentication failed", true
+		}, actions: []Action{ActionLock, ActionRefreshCredentials},
+			notes: []string{"cannot read orders-west's database: password authentication failed"}},
+		// With no primary that authenticates, there is nothing to copy.
+		{name: "a standby's credentials fail and the primary's too", edit: func(s *snapshot.Snapshot) {
+			w := cs(s, "orders-west")
+			w.PG, w.PGError, w.AuthFailed = nil, "password authentication failed", true
+			e := cs(s, "orders-east")
+			e.PG, e.PGError, e.AuthFailed = nil, "password authentication failed", true
+		}, refusals: []string{"credentials Secret postgres.orders-east.credentials.postgresql.acid.zalan.do (east/db) fails to authenticate to orders-east"},
+			notes: []string{"credentials Secret postgres.orders-west.credentials.postgresql.acid.zalan.do (west/db) fails to authenticate to orders-west: fix the Secret's password (or the role's); pgtopo copies it to no standby meanwhile"}},
+		{name: "a standby's credentials Secret unread (observer) fails: nothing copied", edit: func(s *snapshot.Snapshot) {
+			w := cs(s, "orders-west")
+			w.PG, w.PGError, w.AuthFailed = nil, "password authentication failed", true
+			w.Credentials.Unread, w.Credentials.Exists = true, false
 		}, notes: []string{"credentials Secret postgres.orders-west.credentials.postgresql.acid.zalan.do (west/db) fails to authenticate to orders-west: fix the Secret's password (or the role's); pgtopo copies it to no standby meanwhile",
 			"cannot read orders-west's database: password authentication failed"}},
 		{name: "a parameter set by hand on a standby is left, with a note", edit: func(s *snapshot.Snapshot) {

@@ -89,6 +89,7 @@ func TestPlans(t *testing.T) {
 		"primary-changed":           {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "switchover orders-east → orders-west"},
 		"standby-missing":           {actions: []Action{ActionLock, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord}},
 		"secret-missing":            {actions: []Action{ActionLock, ActionBootstrapSecret}},
+		"observer-secrets-unread":   {inSync: true, mention: "bootstrap Secret orders-bootstrap not read (observed with an observer login"},
 		"lagging-target":            {refused: true, mention: "switchover to orders-west refused: orders-west lag 48 MiB > maxLagBytes 16 MiB"},
 		"sysid-mismatch":            {refused: true, mention: "orders-west needs a rebuild: system identifier 7702118734059123321 differs from orders-east's (7710640626635289495): not a copy of the primary. pgtopo rebuilds a standby only where allowed"},
 		"sysid-mismatch-switchover": {refused: true, mention: "orders-west system identifier 7702118734059123321 differs from orders-east's (7710640626635289495)"},

@@ -282,7 +282,10 @@ func reasonSuffix(r string) string {
 // checkCredentials refuses when the primary's credentials Secret does not
 // authenticate: a plan would otherwise take it for a cluster still coming
 // up, and copy the bad credentials to the standbys as their bootstrap
-// Secret. Another cluster's failing Secret is a note: it cannot be read.
+// Secret. A standby's that fails where the live primary's authenticates is
+// stale: the primary's password was rotated and its role replicated, so
+// the standby's own Secret is refreshed from the primary's. Otherwise a
+// standby's failing Secret is a note: it cannot be read.
 func (p *planner) checkCredentials() {
 	want := p.d.Primary().Name
 	for _, c := range p.d.Clusters {
@@ -295,10 +298,37 @@ func (p *planner) checkCredentials() {
 			o.Credentials.Name, c.Site.Name, c.Namespace, c.Name)
 		if c.Name == want || o.Exists && !o.Object.Spec.Replication.IsReplica {
 			p.refuse(&subj, "%s", msg)
-		} else {
-			p.note(&subj, "%s", msg)
+			continue
 		}
+		if fromDC, from, ok := p.refreshableFrom(c, o); ok {
+			p.add(Step{Action: ActionRefreshCredentials, Subject: subj,
+				Reason: fmt.Sprintf("its credentials Secret %s fails to authenticate to %s, whose roles are %s's, replicated: %s's password was changed; copy %s (the value is never shown)",
+					o.Credentials.Name, c.Name, from.Name, from.Name, from.Credentials.Name),
+				Secret:  &SecretCopy{From: subjectOf(fromDC), FromName: from.Credentials.Name, Name: o.Credentials.Name, Topology: p.d.Name},
+				Changes: []Change{{Field: "secret " + o.Credentials.Name, Before: "fails to authenticate", After: "username and password of " + from.Credentials.Name}}})
+			continue
+		}
+		p.note(&subj, "%s", msg)
 	}
+}
+
+// refreshableFrom is the live primary whose credentials a standby's stale
+// Secret can be refreshed from: a writable operator cluster (not Patroni,
+// whose credentials pgtopo is given) that authenticates with its own
+// Secret, of which the standby's object says it is a replica.
+func (p *planner) refreshableFrom(c topology.DesiredCluster, o *snapshot.ClusterState) (topology.DesiredCluster, *snapshot.ClusterState, bool) {
+	if c.IsPatroni() || o.Credentials.Unread || !o.Credentials.Exists || o.Object == nil || !o.Object.Spec.Replication.IsReplica {
+		return topology.DesiredCluster{}, nil, false
+	}
+	for i := range p.snap.Clusters {
+		pr := &p.snap.Clusters[i]
+		dc, known := p.d.Cluster(pr.Name)
+		if pr.Name == c.Name || !known || dc.IsPatroni() || !pr.Writable() || pr.AuthFailed || !pr.Credentials.Exists {
+			continue
+		}
+		return dc, pr, true
+	}
+	return topology.DesiredCluster{}, nil, false
 }
 
 // journal finds an unfinished switchover recorded on any cluster.
@@ -558,7 +588,11 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		// be a copy of its credentials: someone else made it.
 		stale := o.BootstrapSecret.Exists && (!primary.Exists ||
 			(primary.Credentials.Exists && o.BootstrapSecret.KeyedDigest != primary.Credentials.KeyedDigest))
-		if !o.BootstrapSecret.Exists || stale {
+		unread := o.BootstrapSecret.Unread || primary.Credentials.Unread
+		if unread {
+			p.note(&subj, "bootstrap Secret %s not read (observed with an observer login, which reads no other Secret): whether it is a current copy of %s is for apply to check", o.BootstrapSecret.Name, primary.Credentials.Name)
+		}
+		if !unread && (!o.BootstrapSecret.Exists || stale) {
 			before := "absent"
 			if o.BootstrapSecret.Exists {
 				before = "present, not a copy of " + primary.Credentials.Name

@@ -292,8 +292,16 @@ func TestDeployRBAC(t *testing.T) {
 	if !strings.Contains(r.stderr, "pgtopo: cannot observe orders-east: context lab-east: get Secret") {
 		t.Fatalf("status as the reader does not say what it could not read:\n%s", r.stderr)
 	}
-	loop := h.startLoopEnv([]string{"KUBECONFIG=" + reader.kubeconfig}, "-f", west, "--observe-only", "--interval", "1h")
-	loop.waitFor(t, time.Minute, "an observe-only cycle", 0, func(r logRecord) bool { return r.Result != "" })
+	// As the observer login (the one Secret the reader may read), the
+	// same identity sees the databases: a real plan, with what it did not
+	// read said, and a DR verdict.
+	observe := []string{"--observer-secret", lab.ObserverSecret}
+	h.expect(reader.run(h, append([]string{"diff", "-f", west}, observe...)...), 0, "No changes",
+		"bootstrap Secret orders-bootstrap not read (observed with an observer login")
+	h.expect(reader.run(h, append([]string{"status", "-f", west}, observe...)...), 0, "DR ready: orders-east")
+	h.expect(reader.run(h, append([]string{"diff", "-f", east, "-o", "markdown"}, observe...)...), 4, "switchover orders-west → orders-east")
+	loop := h.startLoopEnv([]string{"KUBECONFIG=" + reader.kubeconfig}, append([]string{"-f", west, "--observe-only", "--interval", "1h"}, observe...)...)
+	loop.waitFor(t, time.Minute, "an observe-only cycle in sync", 0, func(r logRecord) bool { return r.Result == "in-sync" })
 	_ = loop.cmd.Process.Kill()
 
 	// A cluster the file drops, under deletionPolicy: delete: the writer

@@ -108,8 +108,16 @@ func (h *harness) expect(r run, code int, want ...string) {
 }
 
 func (h *harness) conn(site, cluster string) (*pgx.Conn, error) {
-	host, port := h.lab.Endpoint(h.t, site, "db", cluster)
-	pw := h.lab.Password(h.t, site, "db", cluster)
+	// Errors, not the test's end: callers poll clusters that may be away
+	// (a rebuild deletes the object, its Service and Secret with it).
+	host, port, err := h.lab.EndpointOf(site, "db", cluster)
+	if err != nil {
+		return nil, err
+	}
+	pw, err := h.lab.PasswordOf(site, "db", cluster)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	return pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=require&connect_timeout=3", pw, host, port))
@@ -302,6 +310,10 @@ func TestApplyEndToEnd(t *testing.T) {
 
 	t.Run("TLS to every server, verified; a wrong or missing CA is a refusal", func(t *testing.T) {
 		h.checkTLS(t, east)
+	})
+
+	t.Run("a rotated primary password: the standby's Secret follows, then a switchover", func(t *testing.T) {
+		h.rotatePrimaryPassword(t, east, west)
 	})
 
 	t.Run("a refused plan changes nothing: unreachable site", func(t *testing.T) {

@@ -230,6 +230,9 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	if err := ensurePostgresCAs(p, st.Sites); err != nil {
 		return nil, fmt.Errorf("lab: PostgreSQL CAs: %w", err)
 	}
+	if _, err := ObserverCredentials(cfg.Dir); err != nil { // once, before the operators read it
+		return nil, fmt.Errorf("lab: observer login: %w", err)
+	}
 	picked, err := ports.Free(2 + 2*len(cfg.Sites))
 	if err != nil {
 		return nil, err

@@ -2,6 +2,8 @@ package lab
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -70,4 +72,32 @@ func PostgresCA(dir, site string) (*certs.CA, error) {
 		return nil, fmt.Errorf("PostgreSQL CA of site %s: %w", site, err)
 	}
 	return certs.LoadCA(cert, key)
+}
+
+// ObserverSecret is the Secret (username, password) the lab operator keeps
+// in every namespace it runs a cluster in: a login in pg_monitor, which
+// pgtopo diff --observer-secret probes with.
+const ObserverSecret = "pgtopo-observer"
+
+// Login is a PostgreSQL user and password.
+type Login struct{ User, Password string }
+
+// ObserverCredentials is the lab's observer login, created once with a
+// random password (one for the lab: the role replicates from the primary).
+func ObserverCredentials(dir string) (Login, error) {
+	path := filepath.Join(Paths{dir}.PKI(), "observer-password")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		raw := make([]byte, 16)
+		if _, err := rand.Read(raw); err != nil {
+			return Login{}, err
+		}
+		b = []byte(hex.EncodeToString(raw))
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return Login{}, err
+		}
+	} else if err != nil {
+		return Login{}, err
+	}
+	return Login{User: "pgtopo_observer", Password: string(b)}, nil
 }

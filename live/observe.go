@@ -66,6 +66,13 @@ type Observer struct {
 	Prober  Prober
 	// SiteTimeout bounds each site's observation (default 10s).
 	SiteTimeout time.Duration
+	// ObserverSecret, when set, names the Secret (in each cluster's
+	// namespace) of a login that may only read, such as a role in
+	// pg_monitor: the databases are probed with it, and no other Secret
+	// is read, so an identity that may read that one Secret alone (a
+	// pull-request job's) still observes them. A Patroni site's clusters
+	// are probed with the credentials the run was given.
+	ObserverSecret string
 	// Run runs the sites' observations; nil runs them all at once. A
 	// benchmark passes one that runs them in turn, to compare.
 	Run func(sites []func())
@@ -230,7 +237,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site.Name) })
 	wg.Go(func() { orphans, orphErr = o.orphans(ctx, api, d, site) })
 	for i, c := range clusters {
-		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni(), d.TLS)
+		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni(), d.TLS, o.ObserverSecret)
 	}
 	wg.Wait()
 	if nodesErr != nil {
@@ -298,14 +305,30 @@ type clusterReads struct {
 	tlsErr error
 	// noService: the cluster is reached at the file's endpoint (Patroni).
 	noService bool
+	// observer names the Secret credentialsSecret was read from when the
+	// probe signs in as an observer.
+	observer string
 }
 
 // start reads the cluster's object, both Secrets and the Service, each on
 // its own. A Patroni cluster has no Service: its endpoint is the file's.
-func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string, patroni bool, tls topology.PostgresTLS) {
+func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string, patroni bool, tls topology.PostgresTLS, observer string) {
 	ns := c.Namespace
 	wg.Go(func() { r.obj, r.objErr = api.ReadCluster(ctx, ns, c.Name) })
 	wg.Go(func() { r.tls, r.tlsErr = ReadTLS(ctx, api, tls, c.Name, ns) })
+	if observer != "" && !patroni {
+		r.credentials = snapshot.SecretState{Name: c.Credentials.Name, Unread: true}
+		r.bootstrap = snapshot.SecretState{Name: c.BootstrapSecret.Name, Unread: true}
+		r.observer = observer
+		wg.Go(func() {
+			r.credentialsSecret, r.secretErrs[0] = api.GetSecret(ctx, ns, observer)
+			if r.secretErrs[0] != nil {
+				r.secretErrs[0] = fmt.Errorf("get observer Secret %s/%s: %w", ns, observer, r.secretErrs[0])
+			}
+		})
+		wg.Go(func() { r.svc, r.svcErr = api.GetService(ctx, ns, service) })
+		return
+	}
 	wg.Go(func() {
 		r.credentials, r.credentialsSecret, r.secretErrs[0] = secretState(ctx, api, key, ns, c.Credentials.Name)
 	})
@@ -363,6 +386,10 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 		c.PGError = fmt.Sprintf("credentials Secret %s not found", c.Credentials.Name)
 		return
 	}
+	if r.observer != "" && (len(creds.Data["username"]) == 0 || len(creds.Data["password"]) == 0) {
+		c.Error = fmt.Sprintf("observer Secret %s/%s has no username or password", c.Namespace, r.observer)
+		return
+	}
 	if r.tlsErr != nil {
 		// Without the CA the server cannot prove itself, and pgtopo
 		// signs in to no server that has not: what its database is
@@ -384,6 +411,11 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 	}
 	if err != nil {
 		var auth *AuthError
+		if errors.As(err, &auth) && r.observer != "" {
+			// Not the cluster's credentials that fail: the observer's.
+			c.Error = fmt.Sprintf("observer Secret %s/%s: %v", c.Namespace, r.observer, err)
+			return
+		}
 		c.PGError, c.AuthFailed = err.Error(), errors.As(err, &auth)
 		return
 	}

@@ -96,6 +96,9 @@ type SecretState struct {
 	Exists          bool   `json:"exists"`
 	KeyedDigest     string `json:"keyedDigest,omitempty"`
 	ResourceVersion string `json:"resourceVersion,omitempty"`
+	// Unread: not read at all, as an observer login asks (it holds no
+	// Secret but its own); whether it exists is not known.
+	Unread bool `json:"unread,omitempty"`
 }
 
 // PGState is what PostgreSQL says about itself.

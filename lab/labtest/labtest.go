@@ -166,32 +166,51 @@ func (l *Lab) WaitRunning(t testing.TB, site, ns, name string, timeout time.Dura
 // Password reads a cluster's admin password from its credentials Secret.
 func (l *Lab) Password(t testing.TB, site, ns, cluster string) string {
 	t.Helper()
-	s, err := l.Kube[site].CoreV1().Secrets(ns).Get(context.Background(), operator.CredentialsSecret(cluster), metav1.GetOptions{})
+	pw, err := l.PasswordOf(site, ns, cluster)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(s.Data["password"])
+	return pw
+}
+
+// PasswordOf is Password for a cluster that may be away (rebuilt, say).
+func (l *Lab) PasswordOf(site, ns, cluster string) (string, error) {
+	s, err := l.Kube[site].CoreV1().Secrets(ns).Get(context.Background(), operator.CredentialsSecret(cluster), metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	return string(s.Data["password"]), nil
 }
 
 // Endpoint returns how a peer reaches a cluster's master Service:
 // ClusterIP:5432, node IP:nodePort or load balancer IP:5432.
 func (l *Lab) Endpoint(t testing.TB, site, ns, cluster string) (string, int) {
 	t.Helper()
-	svc, err := l.Kube[site].CoreV1().Services(ns).Get(context.Background(), cluster, metav1.GetOptions{})
+	host, port, err := l.EndpointOf(site, ns, cluster)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return host, port
+}
+
+// EndpointOf is Endpoint for a cluster that may be away (rebuilt, say):
+// its Service missing is an error, not the test's end.
+func (l *Lab) EndpointOf(site, ns, cluster string) (string, int, error) {
+	svc, err := l.Kube[site].CoreV1().Services(ns).Get(context.Background(), cluster, metav1.GetOptions{})
+	if err != nil {
+		return "", 0, err
 	}
 	s, _ := l.Site(site)
 	switch svc.Spec.Type {
 	case corev1.ServiceTypeNodePort:
-		return l.Addrs(s).NodeIP().String(), int(svc.Spec.Ports[0].NodePort)
+		return l.Addrs(s).NodeIP().String(), int(svc.Spec.Ports[0].NodePort), nil
 	case corev1.ServiceTypeLoadBalancer:
 		if len(svc.Status.LoadBalancer.Ingress) == 0 {
-			t.Fatalf("%s: no load balancer ingress yet", cluster)
+			return "", 0, fmt.Errorf("%s: no load balancer ingress yet", cluster)
 		}
-		return svc.Status.LoadBalancer.Ingress[0].IP, 5432
+		return svc.Status.LoadBalancer.Ingress[0].IP, 5432, nil
 	}
-	return svc.Spec.ClusterIP, 5432
+	return svc.Spec.ClusterIP, 5432, nil
 }
 
 // GetJSON fetches url (a Patroni REST endpoint, say) and decodes it.

@@ -17,8 +17,10 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,6 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
 
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/proc"
@@ -238,6 +241,9 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 	}
 	if err := o.ensureCABundle(ctx, spec.Namespace); err != nil {
 		o.log.Warn("CA bundle ConfigMap", "namespace", spec.Namespace, "err", err)
+	}
+	if err := o.ensureObserverSecret(ctx, spec.Namespace); err != nil {
+		o.log.Warn("observer Secret", "namespace", spec.Namespace, "err", err)
 	}
 	password, err := o.ensureCredentials(ctx, c)
 	if err != nil {
@@ -488,6 +494,9 @@ func (o *Operator) catalogue(ctx context.Context, c *cluster, endpoint, password
 		ServiceType: c.spec.Replication.ServiceType, Slot: SlotName(c.spec.Name)}); err != nil {
 		return nil, err
 	}
+	if err := o.ensureObserverRole(ctx, conn); err != nil {
+		o.log.Warn("observer role", "cluster", c.spec.key(), "err", err)
+	}
 	rows, err := listRegistrations(ctx, conn)
 	if err != nil {
 		return nil, err
@@ -687,22 +696,35 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 	dir := filepath.Join(c.dir, strconv.Itoa(i))
 	pidFile := filepath.Join(dir, "patroni.pid")
 	if proc.Alive(proc.ReadPid(pidFile)) {
-		return nil
+		return o.followPassword(c, i, password)
 	}
 	if proc.ReadPid(pidFile) != 0 {
 		c.deaths[i]++
 		o.log.Warn("member died; restarting", "member", o.memberName(c, i), "deaths", c.deaths[i])
 	}
-	ip, err := o.ips.pod(c.spec.key() + "/" + strconv.Itoa(i))
+	mc, err := o.memberConfig(c, i, password)
 	if err != nil {
 		return err
 	}
-	sock := filepath.Join(lab.SocketRoot(o.state.Slot), ip)
-	if err := memberDirs(dir, sock); err != nil {
+	if err := memberDirs(dir, mc.SocketDir); err != nil {
 		return err
 	}
-	if _, err := ensureServing(o.state.Dir, o.site.Name, dir, o.memberName(c, i), o.servingHosts(c, ip)); err != nil {
-		return fmt.Errorf("member %s: certificate: %w", o.memberName(c, i), err)
+	if _, err := ensureServing(o.state.Dir, o.site.Name, dir, mc.Name, o.servingHosts(c, mc.IP)); err != nil {
+		return fmt.Errorf("member %s: certificate: %w", mc.Name, err)
+	}
+	err = startPatroni(mc, dir, o.state.BinDir)
+	if err == nil {
+		o.log.Info("member started", "member", mc.Name, "ip", mc.IP, "standby", mc.Standby != nil)
+	}
+	return err
+}
+
+// memberConfig is member i's Patroni configuration.
+func (o *Operator) memberConfig(c *cluster, i int, password string) (memberConfig, error) {
+	dir := filepath.Join(c.dir, strconv.Itoa(i))
+	ip, err := o.ips.pod(c.spec.key() + "/" + strconv.Itoa(i))
+	if err != nil {
+		return memberConfig{}, err
 	}
 	mc := memberConfig{
 		TLS:        memberTLS(dir),
@@ -713,18 +735,50 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 		Etcd:       o.state.EtcdEndpoint(),
 		DataDir:    filepath.Join(dir, "data"),
 		PgPass:     filepath.Join(dir, "pgpass"),
-		SocketDir:  sock,
+		SocketDir:  filepath.Join(lab.SocketRoot(o.state.Slot), ip),
 		Password:   password,
 		Parameters: c.spec.Parameters,
 	}
 	if r := c.spec.Replication; r.IsReplica {
 		mc.Standby = standbyConfig(r.PeerHost, r.PeerPort, SlotName(c.spec.Name))
 	}
-	err = startPatroni(mc, dir, o.state.BinDir)
-	if err == nil {
-		o.log.Info("member started", "member", mc.Name, "ip", ip, "standby", mc.Standby != nil)
+	return mc, nil
+}
+
+// followPassword gives a running member the password of its cluster's
+// credentials Secret when that changed (a rotation, or pgtopo refreshing a
+// standby's from its primary's), and has Patroni reload it, as Spilo's
+// pods follow their Secret: Patroni's own sessions, its replication and
+// rewind connections sign in with it.
+func (o *Operator) followPassword(c *cluster, i int, password string) error {
+	dir := filepath.Join(c.dir, strconv.Itoa(i))
+	var cur struct {
+		PostgreSQL struct {
+			Authentication struct {
+				Superuser struct {
+					Password string `json:"password"`
+				} `json:"superuser"`
+			} `json:"authentication"`
+		} `json:"postgresql"`
 	}
-	return err
+	b, err := os.ReadFile(filepath.Join(dir, "patroni.yml"))
+	if err != nil || yaml.Unmarshal(b, &cur) != nil || cur.PostgreSQL.Authentication.Superuser.Password == password {
+		return nil
+	}
+	mc, err := o.memberConfig(c, i, password)
+	if err != nil {
+		return err
+	}
+	if _, err := writePatroniConfig(mc, dir); err != nil {
+		return err
+	}
+	if pid := proc.ReadPid(filepath.Join(dir, "patroni.pid")); pid > 0 {
+		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+			return fmt.Errorf("member %s: reload: %w", mc.Name, err)
+		}
+	}
+	o.log.Info("member follows its credentials Secret's new password", "member", mc.Name)
+	return nil
 }
 
 // servingHosts are what a member's certificate names: its pod address,
@@ -758,6 +812,51 @@ func (o *Operator) renewCertificates(c *cluster) {
 		}
 	}
 }
+
+// ensureObserverRole keeps the lab's read-only login on a primary, which
+// its standbys replicate: what a DBA creates once for pgtopo's pull-request
+// plans (pgtopo --observer-secret), as docs say.
+func (o *Operator) ensureObserverRole(ctx context.Context, conn *pgx.Conn) error {
+	creds, err := lab.ObserverCredentials(o.state.Dir)
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, fmt.Sprintf(`DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %[1]s) THEN
+    CREATE ROLE %[2]s LOGIN IN ROLE pg_monitor;
+  END IF;
+END $$;
+ALTER ROLE %[2]s PASSWORD %[3]s;
+GRANT USAGE ON SCHEMA sys_operator TO %[2]s;
+GRANT SELECT ON sys_operator.multi_cluster_info TO %[2]s`,
+		quoteLiteral(creds.User), pgx.Identifier{creds.User}.Sanitize(), quoteLiteral(creds.Password)))
+	return err
+}
+
+// ensureObserverSecret keeps the observer login's Secret in a namespace.
+func (o *Operator) ensureObserverSecret(ctx context.Context, ns string) error {
+	creds, err := lab.ObserverCredentials(o.state.Dir)
+	if err != nil {
+		return err
+	}
+	want := map[string][]byte{"username": []byte(creds.User), "password": []byte(creds.Password)}
+	secrets := o.kube.CoreV1().Secrets(ns)
+	sec, err := secrets.Get(ctx, lab.ObserverSecret, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: lab.ObserverSecret}, Data: want}, metav1.CreateOptions{})
+		return err
+	case err != nil:
+		return err
+	case string(sec.Data["password"]) != creds.Password || string(sec.Data["username"]) != creds.User:
+		sec.Data = want
+		_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+		return err
+	}
+	return nil
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // ensureCABundle keeps the bundle of the lab's PostgreSQL CAs in a
 // namespace, as trust-manager distributes one: what a topology's

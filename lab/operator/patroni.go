@@ -139,21 +139,28 @@ func memberDirs(dirs ...string) error {
 // it holds passwords, as with any Patroni) and starts Patroni on it, under
 // `pglab reap` in binDir: the init a pod or VM gives it (see proc.Reap).
 func startPatroni(mc memberConfig, dir, binDir string) error {
-	cfg, err := mc.render()
+	cfgPath, err := writePatroniConfig(mc, dir)
 	if err != nil {
-		return err
-	}
-	cfgPath := filepath.Join(dir, "patroni.yml")
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
-		return err
-	}
-	if err := chownPostgres(cfgPath); err != nil {
 		return err
 	}
 	_, err = proc.StartReaped(proc.Spec{Name: mc.Name, Path: lab.PatroniBinary, Args: []string{cfgPath}, Dir: dir,
 		LogFile: filepath.Join(dir, "patroni.log"), PidFile: filepath.Join(dir, "patroni.pid"), User: lab.PostgresUser},
 		filepath.Join(binDir, "pglab"))
 	return err
+}
+
+// writePatroniConfig writes a member's patroni.yml (0600, the postgres
+// user's) and returns its path.
+func writePatroniConfig(mc memberConfig, dir string) (string, error) {
+	cfg, err := mc.render()
+	if err != nil {
+		return "", err
+	}
+	cfgPath := filepath.Join(dir, "patroni.yml")
+	if err := writePostgresFile(cfgPath, cfg); err != nil {
+		return "", err
+	}
+	return cfgPath, nil
 }
 
 // standbyConfig is Patroni's standby_cluster section for a peer.
