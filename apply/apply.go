@@ -39,6 +39,10 @@ type SiteWriter interface {
 	// DropPermanentSlot removes a slot from the cluster's own
 	// configuration, so that dropping it is not undone.
 	DropPermanentSlot(ctx context.Context, ns, name, slot string) error
+	// RestartPending has the cluster's servers restarted for settings
+	// pending a restart, where pgtopo asks for it (Patroni); an operator
+	// that restarts them itself makes it a no-op.
+	RestartPending(ctx context.Context, ns, name string) error
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
 	ApplySecret(ctx context.Context, s *corev1.Secret) error
 	DeleteSecret(ctx context.Context, ns, name string) error

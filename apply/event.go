@@ -24,6 +24,7 @@ const (
 	PhaseReached   Phase = "reached"    // a wait is over
 	PhaseLock      Phase = "lock"       // the lock is held, or waited for
 	PhaseSecret    Phase = "secret"     // a bootstrap secret was written
+	PhaseRestart   Phase = "restart"    // a primary's restart for settings begins
 	PhaseWrite     Phase = "write"      // a cluster's object was written
 	PhaseJournal   Phase = "journal"    // a switchover begins: journaled
 	PhaseResume    Phase = "resume"     // an interrupted switchover resumes

@@ -204,6 +204,13 @@ func (s *fakeSite) ApplySecret(_ context.Context, sec *corev1.Secret) error {
 	return nil
 }
 
+func (s *fakeSite) RestartPending(_ context.Context, ns, name string) error {
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	s.w.record("restart pending %s/%s/%s", s.site, ns, name)
+	return nil
+}
+
 func (s *fakeSite) DeleteSecret(_ context.Context, ns, name string) error {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()

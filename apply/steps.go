@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -397,10 +398,89 @@ func (x *stepRun) Update(ctx context.Context, s diff.Step) error {
 		return err
 	}
 	name, want := s.Subject.Cluster, s.Spec.Instances
-	return x.wait(ctx, name+" Running", func(snap *snapshot.Snapshot) (bool, string) {
+	if err := x.wait(ctx, name+" Running", func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return cs.Exists && cs.Object.Ready && cs.Object.Spec.Instances == want, statusWords(cs)
+	}); err != nil {
+		return err
+	}
+	if s.Restart == nil {
+		return nil
+	}
+	return x.Restart(ctx, s)
+}
+
+// Restart has the cluster's servers restarted for the settings its step
+// names and waits until none is pending and, for a standby, it streams
+// from the primary again: only then is the next cluster's restart safe.
+func (x *stepRun) Restart(ctx context.Context, s diff.Step) error {
+	w, err := x.writer(s.Subject.Site)
+	if err != nil {
+		return err
+	}
+	name := s.Subject.Cluster
+	params := strings.Join(s.Restart.Parameters, ", ")
+	// The new values reach the server's configuration first (the
+	// operator's or Patroni's next sync); only then is a restart pending.
+	if err := x.wait(ctx, name+" seeing "+params+" pending a restart, or in effect", func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(name)
+		if cs.PG == nil {
+			return false, statusWords(cs)
+		}
+		return len(cs.PG.PendingRestart) > 0 || x.inEffect(ctx, cs, s), "pending: " + orDash(strings.Join(cs.PG.PendingRestart, ", "))
+	}); err != nil {
+		return err
+	}
+	if err := w.RestartPending(ctx, s.Subject.Namespace, name); err != nil {
+		return fmt.Errorf("restart %s: %w", name, err)
+	}
+	if s.Restart.Primary {
+		x.say(PhaseRestart, "restarting the primary %s for %s: writes are refused until it is back", name, params)
+	}
+	primary := s.Follows
+	return x.wait(ctx, name+" restarted with "+params+" in effect", func(snap *snapshot.Snapshot) (bool, string) {
+		cs, _ := snap.Cluster(name)
+		if cs.PG == nil {
+			return false, statusWords(cs)
+		}
+		if len(cs.PG.PendingRestart) > 0 {
+			return false, "still pending a restart: " + strings.Join(cs.PG.PendingRestart, ", ")
+		}
+		if !x.inEffect(ctx, cs, s) {
+			return false, "not in effect yet"
+		}
+		if cs.PG.InRecovery && primary != "" {
+			pr, _ := snap.Cluster(primary)
+			if !cs.StreamsFrom(pr.Endpoint) {
+				return false, "restarted; wal receiver " + cs.Receiver()
+			}
+		}
+		return true, "restarted"
 	})
+}
+
+// inEffect reports whether the server runs with the values the step's
+// spec asks for, for the settings it restarts for.
+func (x *stepRun) inEffect(ctx context.Context, cs *snapshot.ClusterState, s diff.Step) bool {
+	if s.Spec == nil {
+		return true // a restart for what is pending, whatever it is
+	}
+	ok := true
+	err := x.session(ctx, cs, func(sess Session) error {
+		for _, p := range s.Restart.Parameters {
+			want, set := s.Spec.Parameters[p]
+			if !set {
+				continue
+			}
+			var same bool
+			if err := sess.QueryRow(ctx, "SELECT current_setting($1) = $2 OR setting = $2 FROM pg_settings WHERE name = $1", p, want).Scan(&same); err != nil {
+				return err
+			}
+			ok = ok && same
+		}
+		return nil
+	})
+	return err == nil && ok
 }
 
 // FillExternalIP completes the standby's row in the primary's

@@ -33,6 +33,8 @@ type applyFlags struct {
 	acceptDataLoss string
 	// allowRebuild names standbys that may be rebuilt.
 	allowRebuild []string
+	// allowPrimaryRestart consents to restarting the primary for settings.
+	allowPrimaryRestart bool
 	// output is text (the plan, then a closing line) or json (one
 	// ApplyResult document at the end).
 	output string
@@ -116,6 +118,7 @@ stale plan.`,
 	cmd.Flags().StringVarP(&f.output, "output", "o", "text", "result on stdout: text, or json or yaml (one versioned ApplyResult document: the plan, the steps done with their seconds, how it ended)")
 	completeOutput(cmd, formatText, formatJSON, formatYAML)
 	cmd.Flags().StringSliceVar(&f.allowRebuild, "allow-rebuild", nil, "let pgtopo rebuild standby CLUSTER if it cannot catch up (deleted with its data, created again), whatever the file's rebuild policy; repeat or comma-separate")
+	cmd.Flags().BoolVar(&f.allowPrimaryRestart, "allow-primary-restart", false, "let a settings change restart the primary (a write outage) whatever the file's spec.replication.primaryRestart")
 	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
 	completeClusterFlags(cmd, "accept-data-loss", "allow-rebuild")
 	return cmd
@@ -133,7 +136,7 @@ func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain
 	if err != nil {
 		return err
 	}
-	opt.AcceptDataLoss, opt.AllowRebuild = f.acceptDataLoss, f.allowRebuild
+	opt.AcceptDataLoss, opt.AllowRebuild, opt.AllowPrimaryRestart = f.acceptDataLoss, f.allowRebuild, f.allowPrimaryRestart
 	plan := diff.Compute(in.Desired, snap, opt)
 	if done, err := f.printPlan(e, plan); done || err != nil {
 		return err

@@ -24,6 +24,7 @@ func newDiffCmd(e env) *cobra.Command {
 	var allowRollback, observeLive bool
 	var acceptDataLoss string
 	var allowRebuild []string
+	var allowPrimaryRestart bool
 	detailed := true
 	cmd := &cobra.Command{
 		Use: "diff (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | --repo PATH --base REV [--head REV])",
@@ -61,7 +62,7 @@ pending changes exit 0.`,
 			if err != nil {
 				return err
 			}
-			plan, basis, opt, err := livePlan(ctx, &src, in, allowRollback, acceptDataLoss, allowRebuild)
+			plan, basis, opt, err := livePlan(ctx, &src, in, allowRollback, acceptDataLoss, allowRebuild, allowPrimaryRestart)
 			if err != nil {
 				return err
 			}
@@ -85,6 +86,7 @@ pending changes exit 0.`,
 	cmd.Flags().StringVar(&out, "out", "", "also save the plan, with what it relied on, for pgtopo apply PLAN.json")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "plan a revision older than the one recorded as applied")
 	cmd.Flags().StringSliceVar(&allowRebuild, "allow-rebuild", nil, "plan the rebuild of standby CLUSTER if it cannot catch up, whatever the file's rebuild policy (saved with --out)")
+	cmd.Flags().BoolVar(&allowPrimaryRestart, "allow-primary-restart", false, "plan a restart of the primary (a write outage) for settings that need one, whatever the file's spec.replication.primaryRestart (saved with --out)")
 	cmd.Flags().StringVar(&acceptDataLoss, "accept-data-loss", "", "plan a failover with break-glass consent: the lost primary CLUSTER whose unreplicated writes may be lost (saved with --out)")
 	cmd.Flags().StringVar(&base, "base", "", "pull-request mode: the revision merged into (e.g. origin/main)")
 	cmd.Flags().StringVar(&head, "head", "HEAD", "pull-request mode: the revision being merged")
@@ -95,7 +97,7 @@ pending changes exit 0.`,
 
 // livePlan observes the sites of in and plans; it also returns what the
 // plan relied on and the options, for a saved plan.
-func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool, acceptDataLoss string, allowRebuild []string) (diff.Plan, diff.Basis, diff.Options, error) {
+func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool, acceptDataLoss string, allowRebuild []string, allowPrimaryRestart bool) (diff.Plan, diff.Basis, diff.Options, error) {
 	obs, err := src.observer(in.Desired)
 	if err != nil {
 		return diff.Plan{}, diff.Basis{}, diff.Options{}, err
@@ -105,7 +107,7 @@ func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowR
 	if err != nil {
 		return diff.Plan{}, diff.Basis{}, opt, err
 	}
-	opt.AcceptDataLoss, opt.AllowRebuild = acceptDataLoss, allowRebuild
+	opt.AcceptDataLoss, opt.AllowRebuild, opt.AllowPrimaryRestart = acceptDataLoss, allowRebuild, allowPrimaryRestart
 	return diff.Compute(in.Desired, snap, opt), diff.BasisOf(snap), opt, nil
 }
 
@@ -192,7 +194,7 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 		pr.Intents = diff.Describe(baseIn.Desired, head.Desired)
 	}
 	if f.live {
-		plan, _, _, err := livePlan(ctx, src, head, f.allowRollback, "", nil)
+		plan, _, _, err := livePlan(ctx, src, head, f.allowRollback, "", nil, false)
 		if err != nil {
 			return err
 		}

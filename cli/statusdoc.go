@@ -65,7 +65,10 @@ type StatusCluster struct {
 	Endpoint  string `json:"endpoint,omitempty"`
 	Revision  string `json:"revision,omitempty"`
 	Fenced    bool   `json:"fenced"`
-	Error     string `json:"error,omitempty"`
+	// PendingRestart names the settings the server runs without until it
+	// restarts.
+	PendingRestart []string `json:"pendingRestart,omitempty"`
+	Error          string   `json:"error,omitempty"`
 }
 
 // statusDoc is the status document of a snapshot.
@@ -83,6 +86,9 @@ func statusDoc(d *topology.Desired, snap *snapshot.Snapshot, at string) Status {
 	for i := range snap.Clusters {
 		c := &snap.Clusters[i]
 		sc := StatusCluster{Name: c.Name, Site: c.Site, Namespace: c.Namespace, Role: diff.RoleOf(snap, c), State: clusterState(snap, c), Fenced: c.Fenced(), Error: c.PGError}
+		if c.PG != nil {
+			sc.PendingRestart = c.PG.PendingRestart
+		}
 		if c.Error != "" {
 			sc.Error = c.Error
 		}
@@ -145,6 +151,8 @@ func clusterState(snap *snapshot.Snapshot, c *snapshot.ClusterState) string {
 		return "not streaming"
 	case c.Fenced():
 		return "fenced"
+	case c.PG != nil && len(c.PG.PendingRestart) > 0:
+		return "restart pending"
 	}
 	return c.Object.Status
 }

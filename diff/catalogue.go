@@ -25,11 +25,14 @@ const (
 	ActionRejoin             Action = "rejoin"
 	ActionRepoint            Action = "repoint"
 	ActionUpdate             Action = "update"
-	ActionFillExternalIP     Action = "fill-external-ip"
-	ActionRebuild            Action = "rebuild"
-	ActionDeleteCluster      Action = "delete-cluster"
-	ActionDropSlot           Action = "drop-slot"
-	ActionRecord             Action = "record"
+	// ActionRestart has a cluster's operator (or Patroni) restart its
+	// server for settings pending a restart, and waits until they hold.
+	ActionRestart        Action = "restart"
+	ActionFillExternalIP Action = "fill-external-ip"
+	ActionRebuild        Action = "rebuild"
+	ActionDeleteCluster  Action = "delete-cluster"
+	ActionDropSlot       Action = "drop-slot"
+	ActionRecord         Action = "record"
 	// Break-glass steps, planned only by pgtopo fence and unfence.
 	ActionFence   Action = "fence"
 	ActionUnfence Action = "unfence"
@@ -62,6 +65,7 @@ type Executor interface {
 	Rejoin(ctx context.Context, s Step) error
 	Repoint(ctx context.Context, s Step) error
 	Update(ctx context.Context, s Step) error
+	Restart(ctx context.Context, s Step) error
 	FillExternalIP(ctx context.Context, s Step) error
 	Rebuild(ctx context.Context, s Step) error
 	DeleteCluster(ctx context.Context, s Step) error
@@ -102,20 +106,24 @@ var Catalogue = map[Action]Kind{
 	ActionFailover:           {Rank: 10, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover", Execute: Executor.Failover},
 	ActionRepoint:            {Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
 	ActionUpdate:             {Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
-	ActionFillExternalIP:     {Rank: 13, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
-	ActionDeleteCluster:      {Rank: 14, Symbol: "-", Bucket: BucketDelete, Metric: "delete-cluster", Execute: Executor.DeleteCluster},
-	ActionDropSlot:           {Rank: 15, Symbol: "-", Bucket: BucketDelete, Metric: "drop-slot", Execute: Executor.DropSlot},
-	ActionRecord:             {Rank: 16, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
-	ActionFence:              {Rank: 17, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
-	ActionUnfence:            {Rank: 18, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
+	ActionRestart:            {Rank: 13, Symbol: "~", Bucket: BucketUpdate, Metric: "restart", Execute: Executor.Restart},
+	ActionFillExternalIP:     {Rank: 14, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
+	ActionDeleteCluster:      {Rank: 15, Symbol: "-", Bucket: BucketDelete, Metric: "delete-cluster", Execute: Executor.DeleteCluster},
+	ActionDropSlot:           {Rank: 16, Symbol: "-", Bucket: BucketDelete, Metric: "drop-slot", Execute: Executor.DropSlot},
+	ActionRecord:             {Rank: 17, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
+	ActionFence:              {Rank: 18, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
+	ActionUnfence:            {Rank: 19, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
 }
 
-// sortSteps orders steps by action rank, then cluster name.
+// sortSteps orders steps by action rank, then sequence, then cluster name.
 func sortSteps(steps []Step) {
 	sort.SliceStable(steps, func(i, j int) bool {
 		a, b := steps[i], steps[j]
 		if ra, rb := Catalogue[a.Action].Rank, Catalogue[b.Action].Rank; ra != rb {
 			return ra < rb
+		}
+		if a.Sequence != b.Sequence {
+			return a.Sequence < b.Sequence
 		}
 		return a.Subject.Cluster < b.Subject.Cluster
 	})

@@ -74,6 +74,12 @@ type Step struct {
 	// Locks are the Leases a lock step takes, in order.
 	Locks []Subject `json:"locks,omitempty"`
 	Lease string    `json:"lease,omitempty"`
+	// Restart is the restart an update or restart step waits for.
+	Restart *Restart `json:"restart,omitempty"`
+	// Sequence orders steps of one rank before their clusters' names do:
+	// restarts go standbys first, or the primary first when a standby
+	// minimum is lowered.
+	Sequence int `json:"sequence,omitempty"`
 }
 
 // How an ensure-slot step makes a primary keep a standby's slot.

@@ -25,6 +25,9 @@ type Options struct {
 	// AllowRebuild names standbys that may be rebuilt whatever the file's
 	// policy (pgtopo apply --allow-rebuild CLUSTER).
 	AllowRebuild []string `json:"allowRebuild,omitempty"`
+	// AllowPrimaryRestart consents to restarting the primary for settings
+	// that need it, whatever the file's policy (--allow-primary-restart).
+	AllowPrimaryRestart bool `json:"allowPrimaryRestart,omitempty"`
 }
 
 // Roles as the plan shows them.
@@ -70,6 +73,7 @@ func Compute(d *topology.Desired, snap *snapshot.Snapshot, opt Options) Plan {
 		p.plan.Sites = append(p.plan.Sites, Site{Name: s.Name, Context: s.Context})
 	}
 	p.run()
+	p.planRestarts()
 	sortSteps(p.plan.Steps)
 	if p.plan.Refused() {
 		// A refused plan changes nothing; listing steps would suggest it might.
@@ -841,11 +845,19 @@ func ownedSpec(live *snapshot.Object, want snapshot.Spec) snapshot.Spec {
 	return s
 }
 
-// sameOwnedFields reports whether live has every owned field of want (the
-// fields Spec.Fields lists; a volume size want leaves out is not compared).
+// sameOwnedFields reports whether live has every owned field of want: the
+// fields Spec.Fields lists for want's flavor, a volume size want leaves out
+// not compared. It is that comparison without building both lists
+// (TestSameOwnedFieldsFollowsFields keeps the two one).
 func sameOwnedFields(live, want snapshot.Spec) bool {
 	l, w := live.Replication, want.Replication
-	return live.Flavor == want.Flavor && l.PrimarySlot == w.PrimarySlot && live.Instances == want.Instances && live.TeamID == want.TeamID && live.Version == want.Version &&
+	if live.Flavor != want.Flavor {
+		return false
+	}
+	if want.Flavor == snapshot.FlavorPatroni {
+		return l.PrimarySlot == w.PrimarySlot && l.SamePeer(w)
+	}
+	return live.Instances == want.Instances && live.TeamID == want.TeamID && live.Version == want.Version &&
 		maps.Equal(live.Parameters, want.Parameters) && (want.VolumeSize == "" || live.VolumeSize == want.VolumeSize) &&
 		l.Enabled == w.Enabled && l.ServiceType == w.ServiceType && l.IsReplica == w.IsReplica &&
 		l.BootstrapSecret == w.BootstrapSecret && l.SamePeer(w)

@@ -168,7 +168,7 @@ func TestSavedPlanRoundTrip(t *testing.T) {
 // the plan and no bucket for bookkeeping steps.
 func TestCatalogue(t *testing.T) {
 	order := []Action{ActionLock, ActionRejoin, ActionEnsurePrimary, ActionEnsureSlot, ActionCheckpoint, ActionBootstrapSecret, ActionRefreshCredentials, ActionRebuild, ActionCreateStandby,
-		ActionSwitchover, ActionFailover, ActionRepoint, ActionUpdate, ActionFillExternalIP, ActionDeleteCluster, ActionDropSlot, ActionRecord, ActionFence, ActionUnfence}
+		ActionSwitchover, ActionFailover, ActionRepoint, ActionUpdate, ActionRestart, ActionFillExternalIP, ActionDeleteCluster, ActionDropSlot, ActionRecord, ActionFence, ActionUnfence}
 	if len(Catalogue) != len(order) {
 		t.Fatalf("%d actions in the catalogue, want %d", len(Catalogue), len(order))
 	}

@@ -159,4 +159,9 @@ func TestThreeSitesRepoint(t *testing.T) {
 			t.Logf("concurrent runs: the refused one said: %s", line)
 		}
 	}
+
+	t.Run("settings that need a restart, in the order replay needs", func(t *testing.T) {
+		h.expect(h.pgtopo("apply", "-f", east), 0) // whichever run won, east is the primary again
+		h.settingsThatNeedARestart(t, threeSites)
+	})
 }

@@ -125,6 +125,12 @@ func (s Site) PostgresCA(ctx context.Context, _, ns string, src *topology.CASour
 	return data, from, nil
 }
 
+// RestartPending is the operator's: it restarts the members of a cluster
+// whose settings wait for a restart once it has synced them (Zalando's
+// operator does after a configuration sync, replicas first), and pgtopo
+// waits for that. An operator that never does shows in that wait's end.
+func (s Site) RestartPending(context.Context, string, string) error { return nil }
+
 var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // CheckFlavor says why the site's operator cannot take what pgtopo writes

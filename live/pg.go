@@ -141,7 +141,8 @@ SELECT pg_is_in_recovery(),
        CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()
             THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) ELSE 0 END,
        CASE WHEN NOT pg_is_in_recovery() AND has_function_privilege('pg_ls_waldir()', 'EXECUTE')
-            THEN coalesce((SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'), '') ELSE '' END`
+            THEN coalesce((SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'), '') ELSE '' END,
+       (SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM pg_settings WHERE pending_restart)`
 
 // Probe reads the facts of one server in two round trips: the facts, WAL
 // receiver, slots and replication peers pipelined in one batch, then
@@ -179,7 +180,7 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 	var cur, recv, replay string
 	b := &pgx.Batch{}
 	b.Queue(factsSQL).QueryRow(func(r pgx.Row) error {
-		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit, &s.ReplayDelaySeconds, &s.OldestWAL); err != nil {
+		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit, &s.ReplayDelaySeconds, &s.OldestWAL, &s.PendingRestart); err != nil {
 			return fmt.Errorf("read facts: %w", err)
 		}
 		return nil

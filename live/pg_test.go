@@ -200,3 +200,24 @@ func TestProbeStandbyTimelineWithoutItsUpstream(t *testing.T) {
 		t.Fatalf("standby without its upstream: timeline %d, want 2 (the WAL it holds)", st.Timeline)
 	}
 }
+
+// A setting changed in the configuration that takes effect only at a
+// restart is read as pending, and no longer once the server restarted.
+func TestProbePendingRestart(t *testing.T) {
+	s := pgtest.Start(t)
+	ctx := context.Background()
+	if _, err := s.Admin.Exec(ctx, "ALTER SYSTEM SET max_connections = 60"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Admin.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() bool {
+		st := probePrimary(t, s, PgxProber{})
+		return len(st.PendingRestart) == 1 && st.PendingRestart[0] == "max_connections"
+	}, "max_connections pending a restart")
+	s.Restart(t)
+	if st := probePrimary(t, s, PgxProber{}); len(st.PendingRestart) != 0 {
+		t.Fatalf("pending after the restart: %v", st.PendingRestart)
+	}
+}

@@ -28,6 +28,7 @@ var (
 	descLagSecs   = prometheus.NewDesc("pgtopo_standby_replay_lag_seconds", "Seconds since the last transaction the standby replayed committed, while it has WAL left to replay (0 when caught up).", labelsCluster, nil)
 	descStreaming = prometheus.NewDesc("pgtopo_standby_streaming", "1 when the standby's WAL receiver streams.", labelsCluster, nil)
 	descEncrypted = prometheus.NewDesc("pgtopo_standby_stream_encrypted", "1 when the WAL sender streaming to the standby through its slot on the primary uses TLS (pg_stat_ssl), 0 when it streams in plaintext; absent while nothing streams.", labelsCluster, nil)
+	descPending   = prometheus.NewDesc("pgtopo_cluster_settings_pending_restart", "Settings the cluster's server runs without until it restarts (pg_settings.pending_restart): not converged while above 0.", labelsCluster, nil)
 	descSysID     = prometheus.NewDesc("pgtopo_cluster_system_identifier_match", "1 when the cluster's system identifier is the primary's.", labelsCluster, nil)
 	descRevision  = prometheus.NewDesc("pgtopo_cluster_applied_revision_info", "The revision (or digest) recorded as applied on the cluster's object; the value is 1.", append(labelsCluster, "revision"), nil)
 	descSlotBytes = prometheus.NewDesc("pgtopo_slot_retained_wal_bytes", "WAL the physical slot holds on the primary (its end of WAL minus the slot's restart LSN).", append(labelsCluster, "slot"), nil)
@@ -37,7 +38,7 @@ var (
 )
 
 func (c *replicationCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSite, descInfo, descUp, descTimeline, descLagBytes, descLagSecs, descStreaming, descEncrypted, descSysID, descRevision, descSlotBytes, descSlotState, descWritable, descMaxLag} {
+	for _, d := range []*prometheus.Desc{descSite, descInfo, descUp, descTimeline, descLagBytes, descLagSecs, descStreaming, descEncrypted, descPending, descSysID, descRevision, descSlotBytes, descSlotState, descWritable, descMaxLag} {
 		ch <- d
 	}
 }
@@ -94,6 +95,7 @@ func (c *replicationCollector) observe(d *topology.Desired, snap *snapshot.Snaps
 			continue
 		}
 		gauge(descTimeline, float64(cs.PG.Timeline), l...)
+		gauge(descPending, float64(len(cs.PG.PendingRestart)), l...)
 		if primary != nil {
 			gauge(descSysID, bool01(cs.PG.SystemID == primary.PG.SystemID), l...)
 		}

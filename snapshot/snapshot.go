@@ -130,6 +130,9 @@ type PGState struct {
 	// OldestWAL is a primary's oldest WAL segment file still in pg_wal
 	// ("" on a standby, or where the probe may not list pg_wal).
 	OldestWAL string `json:"oldestWAL,omitempty"`
+	// PendingRestart names the settings changed in the configuration that
+	// take effect only once the server restarts (pg_settings.pending_restart).
+	PendingRestart []string `json:"pendingRestart,omitempty"`
 }
 
 // SegmentNo is the number of the 16 MB WAL segment holding lsn, on any

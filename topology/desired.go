@@ -43,6 +43,8 @@ type Desired struct {
 	EmptySites []Site
 	// TLS is how connections check the servers, its mode always set.
 	TLS PostgresTLS
+	// PrimaryRestart is the file's primary restart policy.
+	PrimaryRestart string
 	// index maps a cluster's name to its position in Clusters.
 	index map[string]int
 }
@@ -163,6 +165,7 @@ func (t *Topology) Desired() (*Desired, error) {
 			d.PrimaryIndex = i
 		}
 	}
+	d.PrimaryRestart = t.Spec.Replication.PrimaryRestart
 	d.TLS = PostgresTLS{Mode: TLSVerifyFull}
 	if tls := t.Spec.Postgres.TLS; tls != nil {
 		d.TLS.CA = tls.CA

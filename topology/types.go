@@ -173,7 +173,16 @@ type Replication struct {
 	// DropSlots names slots on the primary that pgtopo may drop although
 	// it cannot tell whose they are.
 	DropSlots []string `json:"dropSlots,omitempty"`
+	// PrimaryRestart is whether a settings change may restart the primary
+	// (PrimaryRestartNever when empty).
+	PrimaryRestart string `json:"primaryRestart,omitempty"`
 }
+
+// Primary restart policies: a restart of the primary refuses writes.
+const (
+	PrimaryRestartNever = "never" // refused, with what it would cost (the default)
+	PrimaryRestartAllow = "allow"
+)
 
 // Site kinds.
 const (

@@ -90,11 +90,41 @@ func (c *Client) PatchConfig(ctx context.Context, patch map[string]any) error {
 // do sends the request to each member in turn until one answers; an
 // answer with an error status is final (the cluster said no).
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var tried []string
+	for _, m := range c.Members {
+		answered, err := c.doOn(ctx, m, method, path, body, out)
+		if answered || ctx.Err() != nil {
+			return err
+		}
+		tried = append(tried, err.Error())
+	}
+	return fmt.Errorf("%s %s: %w (%s)", method, path, ErrNoMember, strings.Join(tried, "; "))
+}
+
+// RestartPending asks every member to restart its server if a setting
+// waits for a restart (POST /restart with restart_pending), in the order
+// the topology lists them; a member that answers no is an error.
+func (c *Client) RestartPending(ctx context.Context) error {
+	for _, m := range c.Members {
+		answered, err := c.doOn(ctx, m, http.MethodPost, "/restart", map[string]any{"restart_pending": true}, nil)
+		if err != nil && (answered || ctx.Err() != nil) {
+			return err
+		}
+		if err != nil {
+			return fmt.Errorf("POST /restart: %w (%s)", ErrNoMember, err)
+		}
+	}
+	return nil
+}
+
+// doOn sends one request to one member: whether it answered, and the
+// error of the exchange or of its answer.
+func (c *Client) doOn(ctx context.Context, m snapshot.Endpoint, method, path string, body, out any) (bool, error) {
 	var payload []byte
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return false, err
 		}
 		payload = b
 	}
@@ -102,43 +132,37 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if c.TLS {
 		scheme = "https"
 	}
-	var tried []string
-	for _, m := range c.Members {
-		req, err := http.NewRequestWithContext(ctx, method, scheme+"://"+m.String()+path, bytes.NewReader(payload))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		if method != http.MethodGet && c.User != "" {
-			req.SetBasicAuth(c.User, c.Password)
-		}
-		resp, err := c.HTTP.Do(req)
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("%s %s: %w", method, path, ctx.Err())
-			}
-			tried = append(tried, fmt.Sprintf("%s: %s", m, shortNetError(err)))
-			continue
-		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-		resp.Body.Close()
-		if err != nil {
-			tried = append(tried, fmt.Sprintf("%s: %v", m, err))
-			continue
-		}
-		if resp.StatusCode >= 300 {
-			// Patroni's body is short words; never a credential.
-			return fmt.Errorf("%s %s on member %s: HTTP %d: %s", method, path, m, resp.StatusCode, strings.TrimSpace(string(b)))
-		}
-		if out == nil {
-			return nil
-		}
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s on member %s: %w", method, path, m, err)
-		}
-		return nil
+	req, err := http.NewRequestWithContext(ctx, method, scheme+"://"+m.String()+path, bytes.NewReader(payload))
+	if err != nil {
+		return false, err
 	}
-	return fmt.Errorf("%s %s: %w (%s)", method, path, ErrNoMember, strings.Join(tried, "; "))
+	req.Header.Set("Content-Type", "application/json")
+	if method != http.MethodGet && c.User != "" {
+		req.SetBasicAuth(c.User, c.Password)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, fmt.Errorf("%s %s: %w", method, path, ctx.Err())
+		}
+		return false, fmt.Errorf("%s: %s", m, shortNetError(err))
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	resp.Body.Close()
+	if err != nil {
+		return false, fmt.Errorf("%s: %v", m, err)
+	}
+	if resp.StatusCode >= 300 {
+		// Patroni's body is short words; never a credential.
+		return true, fmt.Errorf("%s %s on member %s: HTTP %d: %s", method, path, m, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if out == nil {
+		return true, nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return true, fmt.Errorf("%s %s on member %s: %w", method, path, m, err)
+	}
+	return true, nil
 }
 
 // shortNetError drops the request line Go puts before a network error,

@@ -89,6 +89,7 @@ func TestParse(t *testing.T) {
 type member struct {
 	*httptest.Server
 	patches []string
+	posts   []string
 	auth    []string
 }
 
@@ -97,9 +98,13 @@ func newMember(t *testing.T, status int) *member {
 	m.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		user, pass, _ := r.BasicAuth()
 		m.auth = append(m.auth, user+":"+pass)
-		if r.Method == http.MethodPatch {
+		switch r.Method {
+		case http.MethodPatch:
 			b, _ := io.ReadAll(r.Body)
 			m.patches = append(m.patches, string(b))
+		case http.MethodPost:
+			b, _ := io.ReadAll(r.Body)
+			m.posts = append(m.posts, r.URL.Path+" "+string(b))
 		}
 		w.WriteHeader(status)
 		_, _ = io.WriteString(w, `{"members": [{"name": "a", "role": "leader", "state": "running"}]}`)
@@ -194,5 +199,36 @@ func TestWriteSpecOwnsTheFenceParameter(t *testing.T) {
 	o := Parse(map[string]any{"postgresql": map[string]any{"parameters": map[string]any{"default_transaction_read_only": "on", "work_mem": "4MB"}}}, nil)
 	if got := o.Spec.Parameters; len(got) != 1 || got[snapshot.FenceParameter] != "on" {
 		t.Fatalf("parsed parameters %v: want the fence alone", got)
+	}
+}
+
+// A restart for pending settings goes to every member, each asked to
+// restart only if a setting waits for it; a member that does not answer
+// or refuses is an error, not passed over.
+func TestClientRestartPending(t *testing.T) {
+	a, b := newMember(t, http.StatusOK), newMember(t, http.StatusOK)
+	c := &Client{HTTP: http.DefaultClient, Members: []snapshot.Endpoint{endpointOf(t, a.URL), endpointOf(t, b.URL)}, User: "patroni", Password: "s3cret"}
+	if err := c.RestartPending(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*member{a, b} {
+		if len(m.posts) != 1 || m.posts[0] != `/restart {"restart_pending":true}` {
+			t.Fatalf("a member was sent %q", m.posts)
+		}
+	}
+	refusing := newMember(t, http.StatusServiceUnavailable)
+	c.Members = []snapshot.Endpoint{endpointOf(t, refusing.URL), endpointOf(t, a.URL)}
+	if err := c.RestartPending(context.Background()); err == nil || !strings.Contains(err.Error(), "HTTP 503") || len(a.posts) != 1 {
+		t.Fatalf("a member that refused: %v; the next one asked %d times", err, len(a.posts)-1)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := endpointOf(t, "http://"+l.Addr().String())
+	l.Close()
+	c.Members = []snapshot.Endpoint{gone}
+	if err := c.RestartPending(context.Background()); !errors.Is(err, ErrNoMember) {
+		t.Fatalf("a member that does not answer: %v", err)
 	}
 }

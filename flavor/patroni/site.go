@@ -236,6 +236,16 @@ func (s Site) PostgresCA(_ context.Context, cluster, _ string, src *topology.CAS
 	return nil, "", nil
 }
 
+// RestartPending has Patroni restart each member of the cluster whose
+// server waits for a restart.
+func (s Site) RestartPending(ctx context.Context, _, name string) error {
+	c, err := s.cluster(name)
+	if err != nil {
+		return err
+	}
+	return c.Client.RestartPending(ctx)
+}
+
 // GetLease: a patroni site holds no Lease (the lock lives in the
 // topology's kubernetes sites).
 func (s Site) GetLease(context.Context, string, string) (*coordinationv1.Lease, error) {

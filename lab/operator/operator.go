@@ -279,6 +279,7 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 	if err := o.ensureDynamicConfig(ctx, c, slots); err != nil {
 		o.log.Info("dynamic config pending", "cluster", spec.key(), "err", err)
 	}
+	o.restartPending(ctx, c)
 	status, msg := o.clusterStatus(c)
 	o.setStatus(ctx, cr, status, msg)
 	return svcAddrs, nil
@@ -779,6 +780,34 @@ func (o *Operator) followPassword(c *cluster, i int, password string) error {
 	}
 	o.log.Info("member follows its credentials Secret's new password", "member", mc.Name)
 	return nil
+}
+
+// restartPending restarts the members whose settings wait for a restart,
+// replicas before the leader, as Zalando's operator does after it syncs a
+// cluster's configuration: the order across clusters is pgtopo's.
+func (o *Operator) restartPending(ctx context.Context, c *cluster) {
+	var replicas, leader []string
+	for _, m := range c.members {
+		if m.err != nil || !m.status.PendingRestart || m.status.State != "running" {
+			continue
+		}
+		if m.ip == c.leaderIP {
+			leader = append(leader, m.ip)
+		} else {
+			replicas = append(replicas, m.ip)
+		}
+	}
+	todo := replicas
+	if len(todo) == 0 {
+		todo = leader
+	}
+	for _, ip := range todo {
+		if err := o.patroni.restart(ctx, ip); err != nil {
+			o.log.Info("restart pending", "cluster", c.spec.key(), "member", ip, "err", err)
+			continue
+		}
+		o.log.Info("member restarted for settings pending a restart", "cluster", c.spec.key(), "member", ip)
+	}
 }
 
 // servingHosts are what a member's certificate names: its pod address,

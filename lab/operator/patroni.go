@@ -188,6 +188,7 @@ type memberStatus struct {
 	} `json:"xlog"`
 	ReplicationState string `json:"replication_state"`
 	SystemID         string `json:"database_system_identifier"`
+	PendingRestart   bool   `json:"pending_restart"`
 }
 
 // IsLeader reports whether the member holds its cluster's leader lock.
@@ -213,6 +214,10 @@ func (c patroniClient) config(ctx context.Context, ip string) (map[string]any, e
 	var cfg map[string]any
 	err := c.do(ctx, http.MethodGet, ip, "/config", nil, &cfg)
 	return cfg, err
+}
+
+func (c patroniClient) restart(ctx context.Context, ip string) error {
+	return c.do(ctx, http.MethodPost, ip, "/restart", map[string]any{"restart_pending": true}, nil)
 }
 
 func (c patroniClient) patchConfig(ctx context.Context, ip string, patch map[string]any) error {

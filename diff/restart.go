@@ -1,0 +1,145 @@
+package diff
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// Restart is the restart a step waits for: the settings that take effect
+// only then, and whether it is the primary's, a write outage.
+type Restart struct {
+	Parameters []string `json:"parameters"`
+	Primary    bool     `json:"primary,omitempty"`
+}
+
+// restartParameters are PostgreSQL 15's settings of context postmaster:
+// a changed value takes effect only once the server restarts.
+var restartParameters = map[string]bool{
+	"archive_mode": true, "autovacuum_freeze_max_age": true, "autovacuum_max_workers": true,
+	"autovacuum_multixact_freeze_max_age": true, "bonjour": true, "bonjour_name": true, "cluster_name": true,
+	"data_sync_retry": true, "dynamic_shared_memory_type": true, "hot_standby": true, "huge_pages": true,
+	"huge_page_size": true, "jit_provider": true, "listen_addresses": true, "logging_collector": true,
+	"max_connections": true, "max_files_per_process": true, "max_locks_per_transaction": true,
+	"max_logical_replication_workers": true, "max_pred_locks_per_transaction": true,
+	"max_prepared_transactions": true, "max_replication_slots": true, "max_wal_senders": true,
+	"max_worker_processes": true, "min_dynamic_shared_memory": true, "old_snapshot_threshold": true,
+	"port": true, "shared_buffers": true, "shared_memory_type": true, "shared_preload_libraries": true,
+	"superuser_reserved_connections": true, "track_activity_query_size": true, "track_commit_timestamp": true,
+	"unix_socket_directories": true, "unix_socket_group": true, "unix_socket_permissions": true,
+	"wal_buffers": true, "wal_decode_buffer_size": true, "wal_level": true, "wal_log_hints": true,
+}
+
+// standbyMinimums are the settings a hot standby must run at least as
+// high as its primary: replay of a primary's higher value pauses on a
+// standby that runs a lower one, until it restarts. So a raise restarts
+// the standbys first and a lowering the primary first.
+var standbyMinimums = []string{"max_connections", "max_locks_per_transaction", "max_prepared_transactions", "max_wal_senders", "max_worker_processes"}
+
+const parameterField = "postgresql.parameters."
+
+// restartChanges are the settings among changes that need a restart.
+func restartChanges(changes []Change) []string {
+	var out []string
+	for _, c := range changes {
+		if name, ok := strings.CutPrefix(c.Field, parameterField); ok && restartParameters[name] {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// planRestarts turns the parameter changes that need a restart into
+// ordered, waited-for restarts, and plans one for each cluster whose
+// server already waits for one (pending_restart) with nothing else to
+// write. A restart of the primary refuses writes while it lasts: it needs
+// the file's or the run's consent.
+func (p *planner) planRestarts() {
+	primary := p.d.Primary().Name
+	lowering := false
+	updated := map[string]bool{}
+	for i := range p.plan.Steps {
+		s := &p.plan.Steps[i]
+		if s.Action != ActionUpdate {
+			continue
+		}
+		updated[s.Subject.Cluster] = true
+		params := restartChanges(s.Changes)
+		if o := p.observed(s.Subject.Cluster); o.PG != nil {
+			params = append(params, o.PG.PendingRestart...)
+		}
+		if len(params) == 0 {
+			continue
+		}
+		slices.Sort(params)
+		s.Restart = &Restart{Parameters: slices.Compact(params), Primary: s.Subject.Cluster == primary}
+		if !s.Restart.Primary {
+			s.Follows = primary
+		}
+		if s.Restart.Primary {
+			lowering = lowers(s.Changes)
+		}
+	}
+	for _, c := range p.d.Clusters {
+		o := p.observed(c.Name)
+		if updated[c.Name] || p.down(c.Name) || o.PG == nil || len(o.PG.PendingRestart) == 0 || p.switching != nil || p.failingOver != nil {
+			continue
+		}
+		follows := primary
+		if c.Name == primary {
+			follows = ""
+		}
+		p.add(Step{Action: ActionRestart, Subject: subjectOf(c), Follows: follows,
+			Reason:  fmt.Sprintf("%s runs with settings changed but not in effect until it restarts (pending_restart: %s)", c.Name, strings.Join(o.PG.PendingRestart, ", ")),
+			Restart: &Restart{Parameters: o.PG.PendingRestart, Primary: c.Name == primary}})
+	}
+	for i := range p.plan.Steps {
+		s := &p.plan.Steps[i]
+		if s.Restart == nil {
+			continue
+		}
+		// Standbys before the primary, unless a standby minimum goes down.
+		if s.Restart.Primary == lowering {
+			s.Sequence = 0
+		} else {
+			s.Sequence = 1
+		}
+		if s.Restart.Primary {
+			p.gatePrimaryRestart(s)
+		}
+	}
+}
+
+// lowers reports whether a primary's changes lower a standby minimum.
+func lowers(changes []Change) bool {
+	for _, c := range changes {
+		name, ok := strings.CutPrefix(c.Field, parameterField)
+		if !ok || !slices.Contains(standbyMinimums, name) {
+			continue
+		}
+		before, err1 := strconv.ParseInt(c.Before, 10, 64)
+		after, err2 := strconv.ParseInt(c.After, 10, 64)
+		if err1 == nil && err2 == nil && after < before {
+			return true
+		}
+	}
+	return false
+}
+
+// gatePrimaryRestart refuses a primary's restart without consent, and says
+// what it costs when there is.
+func (p *planner) gatePrimaryRestart(s *Step) {
+	what := fmt.Sprintf("restarting the primary %s for %s refuses writes until it is back (a write outage, usually seconds)", s.Subject.Cluster, strings.Join(s.Restart.Parameters, ", "))
+	switch {
+	case p.opt.AllowPrimaryRestart:
+		s.Reason += "; " + what + " (allowed by --allow-primary-restart)"
+	case p.d.PrimaryRestart == topology.PrimaryRestartAllow:
+		s.Reason += "; " + what + " (allowed by spec.replication.primaryRestart)"
+	default:
+		subj := s.Subject
+		p.refuse(&subj, "%s: allow it with spec.replication.primaryRestart: allow, or once with --allow-primary-restart", what)
+	}
+}

@@ -1,0 +1,103 @@
+package diff
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// Settings that need a restart: a hot standby minimum raised restarts the
+// standbys first, lowered the primary first; the primary's restart needs
+// consent; a server already waiting for a restart is not in sync.
+func TestRestartPlans(t *testing.T) {
+	type step struct {
+		action  Action
+		cluster string
+		primary bool
+	}
+	cases := []struct {
+		name      string
+		file      string // max_connections in the file, "" for none
+		live      string // max_connections on both CRs
+		pending   map[string][]string
+		policy    string
+		allow     bool
+		refusal   string
+		steps     []step
+		inSync    bool
+		mentioned string
+	}{
+		{name: "raised: standbys first, the primary with consent", file: "200", live: "100", allow: true,
+			steps:     []step{{ActionUpdate, "orders-west", false}, {ActionUpdate, "orders-east", true}},
+			mentioned: "restarting the primary orders-east for max_connections refuses writes until it is back (a write outage, usually seconds) (allowed by --allow-primary-restart)"},
+		{name: "lowered: the primary first", file: "50", live: "100", policy: topology.PrimaryRestartAllow,
+			steps:     []step{{ActionUpdate, "orders-east", true}, {ActionUpdate, "orders-west", false}},
+			mentioned: "(allowed by spec.replication.primaryRestart)"},
+		{name: "the primary's restart without consent is refused", file: "200", live: "100",
+			refusal: "restarting the primary orders-east for max_connections refuses writes until it is back (a write outage, usually seconds): allow it with spec.replication.primaryRestart: allow, or once with --allow-primary-restart"},
+		{name: "a setting that needs no restart restarts nothing", file: "100", live: "100", inSync: true},
+		{name: "a standby waiting for a restart is not in sync", file: "100", live: "100",
+			pending: map[string][]string{"orders-west": {"max_connections"}},
+			steps:   []step{{ActionRestart, "orders-west", false}}, mentioned: "pending_restart: max_connections"},
+		{name: "a primary waiting for a restart needs consent", file: "100", live: "100",
+			pending: map[string][]string{"orders-east": {"shared_buffers"}},
+			refusal: "restarting the primary orders-east for shared_buffers"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := loadDesired(t, "testdata/two-sites.yaml")
+			snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
+			d.PrimaryRestart = tc.policy
+			for i := range d.Clusters {
+				d.Clusters[i].Parameters = map[string]string{"max_slot_wal_keep_size": "10GB", "max_connections": tc.file}
+			}
+			for i := range snap.Clusters {
+				c := &snap.Clusters[i]
+				setParameter(c, "max_connections", tc.live, false)
+				if c.PG != nil {
+					c.PG.PendingRestart = tc.pending[c.Name]
+				}
+			}
+			p := Compute(d, snap, Options{AllowPrimaryRestart: tc.allow})
+			var reasons []string
+			for _, r := range p.Refusals {
+				reasons = append(reasons, r.Reason)
+			}
+			if tc.refusal != "" {
+				if len(reasons) != 1 || !strings.Contains(reasons[0], tc.refusal) {
+					t.Fatalf("refusals %q, want one saying %q", reasons, tc.refusal)
+				}
+				return
+			}
+			if len(reasons) > 0 {
+				t.Fatalf("refused: %q", reasons)
+			}
+			if p.InSync() != tc.inSync {
+				t.Fatalf("in sync %v, want %v", p.InSync(), tc.inSync)
+			}
+			var got []step
+			var text []string
+			for _, s := range p.Steps {
+				if s.Action == ActionLock {
+					continue
+				}
+				if s.Restart == nil {
+					t.Fatalf("%s %s restarts nothing", s.Action, s.Subject.Cluster)
+				}
+				got = append(got, step{s.Action, s.Subject.Cluster, s.Restart.Primary})
+				text = append(text, s.Reason)
+				if !s.Restart.Primary && s.Follows != "orders-east" {
+					t.Errorf("%s's restart waits for it to follow %q, want orders-east", s.Subject.Cluster, s.Follows)
+				}
+			}
+			if !slices.Equal(got, tc.steps) {
+				t.Fatalf("steps %v, want %v", got, tc.steps)
+			}
+			if !strings.Contains(strings.Join(text, "\n"), tc.mentioned) {
+				t.Fatalf("reasons %q lack %q", text, tc.mentioned)
+			}
+		})
+	}
+}
