@@ -100,12 +100,7 @@ cluster takes writes but the DR verdict is not ready.`,
 // statusExit is status' exit for a snapshot, the worst first: split
 // brain, an unreachable site, no cluster taking writes, not DR ready.
 func statusExit(e env, d *topology.Desired, snap *snapshot.Snapshot) error {
-	writable := 0
-	for _, c := range snap.Clusters {
-		if c.TakesWrites() {
-			writable++
-		}
-	}
+	writable := len(snap.TakingWrites())
 	if writable > 1 {
 		fmt.Fprintf(e.stderr, "pgtopo: split brain: %d clusters take writes; fence all but one (pgtopo fence CLUSTER)\n", writable)
 		return exitCode(ExitSplitBrain)

@@ -171,12 +171,7 @@ func verdict(d *topology.Desired, snap *snapshot.Snapshot) Verdict {
 			problems = append(problems, fmt.Sprintf("cannot observe %s: %s", c.Name, c.Error))
 		}
 	}
-	var writable []string
-	for _, c := range snap.Clusters {
-		if c.TakesWrites() {
-			writable = append(writable, c.Name)
-		}
-	}
+	writable := snap.TakingWrites()
 	switch {
 	case len(writable) > 1:
 		problems = append(problems, fmt.Sprintf("split brain: %s take writes: fence all but one (pgtopo fence CLUSTER)", strings.Join(writable, " and ")))

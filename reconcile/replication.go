@@ -33,7 +33,7 @@ var (
 	descRevision  = prometheus.NewDesc("pgtopo_cluster_applied_revision_info", "The revision (or digest) recorded as applied on the cluster's object; the value is 1.", append(labelsCluster, "revision"), nil)
 	descSlotBytes = prometheus.NewDesc("pgtopo_slot_retained_wal_bytes", "WAL the physical slot holds on the primary (its end of WAL minus the slot's restart LSN).", append(labelsCluster, "slot"), nil)
 	descSlotState = prometheus.NewDesc("pgtopo_slot_wal_status_info", "The physical slot's wal_status (reserved, extended, unreserved, lost); the value is 1.", append(labelsCluster, "slot", "wal_status"), nil)
-	descWritable  = prometheus.NewDesc("pgtopo_writable_clusters", "Clusters of the topology that take writes; more than 1 is split brain.", []string{"topology"}, nil)
+	descWritable  = prometheus.NewDesc("pgtopo_writable_clusters", "Clusters of the topology whose new sessions can write (out of recovery, not fenced read-only); more than 1 is split brain.", []string{"topology"}, nil)
 	descMaxLag    = prometheus.NewDesc("pgtopo_max_lag_bytes", "The topology's replication.maxLagBytes: a switchover refuses a target further behind.", []string{"topology"}, nil)
 )
 
@@ -68,15 +68,12 @@ func (c *replicationCollector) observe(d *topology.Desired, snap *snapshot.Snaps
 		gauge(descSite, bool01(s.Reachable), t, s.Name)
 	}
 	var primary *snapshot.ClusterState
-	writable := 0
 	for i := range snap.Clusters {
-		if snap.Clusters[i].Writable() {
-			writable++
-			if primary == nil {
-				primary = &snap.Clusters[i]
-			}
+		if snap.Clusters[i].Writable() && primary == nil {
+			primary = &snap.Clusters[i]
 		}
 	}
+	writable := len(snap.TakingWrites())
 	for i := range snap.Clusters {
 		cs := &snap.Clusters[i]
 		l := []string{t, cs.Name, cs.Site}

@@ -51,7 +51,7 @@ pgtopo_standby_replay_lag_bytes{cluster="orders-west",site="west",topology="orde
 # HELP pgtopo_standby_stream_encrypted 1 when the WAL sender streaming to the standby through its slot on the primary uses TLS (pg_stat_ssl), 0 when it streams in plaintext; absent while nothing streams.
 # TYPE pgtopo_standby_stream_encrypted gauge
 pgtopo_standby_stream_encrypted{cluster="orders-west",site="west",topology="orders"} 1
-# HELP pgtopo_writable_clusters Clusters of the topology that take writes; more than 1 is split brain.
+# HELP pgtopo_writable_clusters Clusters of the topology whose new sessions can write (out of recovery, not fenced read-only); more than 1 is split brain.
 # TYPE pgtopo_writable_clusters gauge
 pgtopo_writable_clusters{topology="orders"} 1
 # HELP pgtopo_slot_wal_status_info The physical slot's wal_status (reserved, extended, unreserved, lost); the value is 1.
@@ -60,6 +60,21 @@ pgtopo_slot_wal_status_info{cluster="orders-east",site="east",slot="xdc_orders_w
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "pgtopo_standby_replay_lag_bytes", "pgtopo_standby_stream_encrypted", "pgtopo_writable_clusters", "pgtopo_slot_wal_status_info"); err != nil {
 		t.Fatal(err)
+	}
+	// A returned primary fenced read-only beside the primary is no split
+	// brain, as status says; unfenced, it is.
+	{
+		d, snap := twoSites()
+		snap.Clusters[1].PG = &snapshot.PGState{SystemID: "7", Timeline: 1, ReadOnlyDefault: true}
+		c.observe(d, snap)
+		if err := testutil.CollectAndCompare(c, strings.NewReader("# HELP pgtopo_writable_clusters Clusters of the topology whose new sessions can write (out of recovery, not fenced read-only); more than 1 is split brain.\n# TYPE pgtopo_writable_clusters gauge\npgtopo_writable_clusters{topology=\"orders\"} 1\n"), "pgtopo_writable_clusters"); err != nil {
+			t.Fatalf("fenced: %v", err)
+		}
+		snap.Clusters[1].PG.ReadOnlyDefault = false
+		c.observe(d, snap)
+		if err := testutil.CollectAndCompare(c, strings.NewReader("# HELP pgtopo_writable_clusters Clusters of the topology whose new sessions can write (out of recovery, not fenced read-only); more than 1 is split brain.\n# TYPE pgtopo_writable_clusters gauge\npgtopo_writable_clusters{topology=\"orders\"} 2\n"), "pgtopo_writable_clusters"); err != nil {
+			t.Fatalf("unfenced: %v", err)
+		}
 	}
 	// A site gone: its cluster is unreachable and down, no stale numbers.
 	d, snap := twoSites()

@@ -264,6 +264,20 @@ func (c *ClusterState) Writable() bool { return c.PG != nil && !c.PG.InRecovery 
 // fence on return, or during a switchover).
 func (c *ClusterState) TakesWrites() bool { return c.Writable() && !c.PG.ReadOnlyDefault }
 
+// TakingWrites names the clusters whose new sessions can write: more than
+// one is split brain. status, its exit code and the metrics share this
+// one rule. (The planner counts every cluster out of recovery, fenced or
+// not: a fenced primary is still one it must plan around.)
+func (s *Snapshot) TakingWrites() []string {
+	var out []string
+	for i := range s.Clusters {
+		if s.Clusters[i].TakesWrites() {
+			out = append(out, s.Clusters[i].Name)
+		}
+	}
+	return out
+}
+
 // Fenced reports whether the cluster is fenced by pgtopo fence: marked so,
 // and its new sessions are read-only.
 func (c *ClusterState) Fenced() bool {
