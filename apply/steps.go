@@ -229,16 +229,9 @@ func (x *stepRun) BootstrapSecret(ctx context.Context, s diff.Step) error {
 // standby's database takes them. The values are never printed.
 func (x *stepRun) RefreshCredentials(ctx context.Context, s diff.Step) error {
 	c := *s.Secret
-	from, err := x.writer(c.From.Site)
+	src, err := x.sourceCredentials(ctx, c)
 	if err != nil {
 		return err
-	}
-	src, err := from.GetSecret(ctx, c.From.Namespace, c.FromName)
-	if err != nil {
-		return fmt.Errorf("credentials %s/%s: %w", c.From.Namespace, c.FromName, err)
-	}
-	if len(src.Data["username"]) == 0 || len(src.Data["password"]) == 0 {
-		return fmt.Errorf("credentials %s/%s: no username or password", c.From.Namespace, c.FromName)
 	}
 	to, err := x.writer(s.Subject.Site)
 	if err != nil {
@@ -260,16 +253,29 @@ func (x *stepRun) RefreshCredentials(ctx context.Context, s diff.Step) error {
 	})
 }
 
-// copySecret copies a cluster's admin credentials into subject's namespace
-// as a basic-auth Secret.
-func (x *stepRun) copySecret(ctx context.Context, subject diff.Subject, c diff.SecretCopy) error {
+// sourceCredentials reads the credentials Secret a copy is made from; one
+// without a username or password is copied nowhere.
+func (x *stepRun) sourceCredentials(ctx context.Context, c diff.SecretCopy) (*corev1.Secret, error) {
 	from, err := x.writer(c.From.Site)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	src, err := from.GetSecret(ctx, c.From.Namespace, c.FromName)
 	if err != nil {
-		return fmt.Errorf("credentials %s/%s: %w", c.From.Namespace, c.FromName, err)
+		return nil, fmt.Errorf("credentials %s/%s: %w", c.From.Namespace, c.FromName, err)
+	}
+	if len(src.Data["username"]) == 0 || len(src.Data["password"]) == 0 {
+		return nil, fmt.Errorf("credentials %s/%s: no username or password", c.From.Namespace, c.FromName)
+	}
+	return src, nil
+}
+
+// copySecret copies a cluster's admin credentials into subject's namespace
+// as a basic-auth Secret.
+func (x *stepRun) copySecret(ctx context.Context, subject diff.Subject, c diff.SecretCopy) error {
+	src, err := x.sourceCredentials(ctx, c)
+	if err != nil {
+		return err
 	}
 	to, err := x.writer(subject.Site)
 	if err != nil {

@@ -230,6 +230,35 @@ func TestDeployKustomizationsResolve(t *testing.T) {
 // workflow is the GitHub Actions example.
 const workflow = deployDir + "/github/pgtopo.yaml"
 
+// githubWorkflow is what the workflow tests read of the example.
+type githubWorkflow struct {
+	Concurrency any `json:"concurrency"`
+	Jobs        map[string]struct {
+		Environment string `json:"environment"`
+		Concurrency struct {
+			Group  string `json:"group"`
+			Cancel bool   `json:"cancel-in-progress"`
+		} `json:"concurrency"`
+		Steps []struct {
+			Run string            `json:"run"`
+			Env map[string]string `json:"env"`
+		} `json:"steps"`
+	} `json:"jobs"`
+}
+
+func readWorkflow(t *testing.T) githubWorkflow {
+	t.Helper()
+	b, err := os.ReadFile(workflow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wf githubWorkflow
+	if err := sigsyaml.Unmarshal(b, &wf); err != nil {
+		t.Fatal(err)
+	}
+	return wf
+}
+
 // actionlint finds nothing in the workflow (shellcheck is not run: it is
 // not a Go module; the self-hosted runner's label is declared).
 func TestWorkflowLints(t *testing.T) {
@@ -254,26 +283,7 @@ func TestWorkflowLints(t *testing.T) {
 // run cancels only its own older plan, and an apply is never cancelled.
 // The plan names the pull request's head, not the merge commit.
 func TestWorkflowConcurrencyAndRevisions(t *testing.T) {
-	b, err := os.ReadFile(workflow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wf struct {
-		Concurrency any `json:"concurrency"`
-		Jobs        map[string]struct {
-			Concurrency struct {
-				Group  string `json:"group"`
-				Cancel bool   `json:"cancel-in-progress"`
-			} `json:"concurrency"`
-			Steps []struct {
-				Run string            `json:"run"`
-				Env map[string]string `json:"env"`
-			} `json:"steps"`
-		} `json:"jobs"`
-	}
-	if err := sigsyaml.Unmarshal(b, &wf); err != nil {
-		t.Fatal(err)
-	}
+	wf := readWorkflow(t)
 	if wf.Concurrency != nil {
 		t.Error("a workflow-level concurrency group puts plans and applies in one queue")
 	}
@@ -302,20 +312,7 @@ func TestWorkflowPlanStepExitCodes(t *testing.T) {
 	if _, err := exec.LookPath("bash"); err != nil {
 		t.Fatal("bash is needed to run the workflow's step: install bash")
 	}
-	b, err := os.ReadFile(workflow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wf struct {
-		Jobs map[string]struct {
-			Steps []struct {
-				Run string `json:"run"`
-			} `json:"steps"`
-		} `json:"jobs"`
-	}
-	if err := sigsyaml.Unmarshal(b, &wf); err != nil {
-		t.Fatal(err)
-	}
+	wf := readWorkflow(t)
 	var script string
 	for _, s := range wf.Jobs["plan"].Steps {
 		if strings.Contains(s.Run, "pgtopo diff") {
@@ -431,22 +428,7 @@ func TestDeployExamplesPinTheirVersion(t *testing.T) {
 // identity alone and probes as the observer login; the writing kubeconfig
 // reaches only the apply job, through the production environment.
 func TestWorkflowPlanJobHoldsNothingThatWrites(t *testing.T) {
-	b, err := os.ReadFile(workflow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wf struct {
-		Jobs map[string]struct {
-			Environment string `json:"environment"`
-			Steps       []struct {
-				Run string            `json:"run"`
-				Env map[string]string `json:"env"`
-			} `json:"steps"`
-		} `json:"jobs"`
-	}
-	if err := sigsyaml.Unmarshal(b, &wf); err != nil {
-		t.Fatal(err)
-	}
+	wf := readWorkflow(t)
 	secretsOf := func(job string) []string {
 		var out []string
 		for _, s := range wf.Jobs[job].Steps {

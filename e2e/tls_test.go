@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -43,22 +41,7 @@ func (h *harness) checkTLS(t *testing.T, topologyFile string) {
 	// own address (which its certificate names), PGHOST pointing at a
 	// decoy that must hear nothing.
 	relay := pgtest.StartRelay(t, node, real)
-	decoy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer decoy.Close()
-	var decoyHits atomic.Int32
-	go func() {
-		for {
-			c, err := decoy.Accept()
-			if err != nil {
-				return
-			}
-			decoyHits.Add(1)
-			c.Close()
-		}
-	}()
+	decoy := pgtest.StartDecoy(t)
 	src, err := os.ReadFile(topologyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -69,9 +52,8 @@ func (h *harness) checkTLS(t *testing.T, topologyFile string) {
 	if err := os.WriteFile(relayed, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, decoyPort, _ := net.SplitHostPort(decoy.Addr().String())
 	r := h.pgtopoEnv([]string{"KUBECONFIG=" + lab.Paths{Dir: h.lab.Dir}.Kubeconfig(),
-		"PGHOST=127.0.0.1", "PGPORT=" + decoyPort, "PGSSLMODE=disable", "PGSSLROOTCERT=/nonexistent"}, "status", "-f", relayed)
+		"PGHOST=127.0.0.1", "PGPORT=" + decoy.Port(), "PGSSLMODE=disable", "PGSSLROOTCERT=/nonexistent"}, "status", "-f", relayed)
 	h.expect(r, 0, "orders-east  east  db         primary")
 	sessions := relay.Sessions()
 	if len(sessions) == 0 {
@@ -87,7 +69,7 @@ func (h *harness) checkTLS(t *testing.T, topologyFile string) {
 			}
 		}
 	}
-	if n := decoyHits.Load(); n != 0 {
+	if n := decoy.Hits(); n != 0 {
 		t.Fatalf("%d connection(s) went to PGHOST:PGPORT, which the topology does not name", n)
 	}
 	t.Logf("%d session(s) through the relay, each TLS from its first message; none to PGHOST", len(sessions))

@@ -1,19 +1,15 @@
 package lab
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
-	"time"
+
+	"github.com/pgtopo/pgtopo/lab/certs"
 )
 
 // pki is the lab's certificate authority and the files the apiservers need.
@@ -37,43 +33,11 @@ func (k pki) ensure() error {
 	if err := os.MkdirAll(k.dir, 0o700); err != nil {
 		return err
 	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := certs.NewCA("pglab CA")
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "pglab CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.AddDate(10, 0, 0),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return err
-	}
-	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	srvTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.AddDate(10, 0, 0),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	srvCert, srvKey, err := ca.Issue("kube-apiserver", []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "127.0.0.1"})
 	if err != nil {
 		return err
 	}
@@ -82,29 +46,12 @@ func (k pki) ensure() error {
 		return err
 	}
 	for _, f := range []struct {
-		path, typ string
-		der       []byte
-	}{
-		{k.caCert(), "CERTIFICATE", caDER},
-		{k.serverCert(), "CERTIFICATE", srvDER},
-	} {
-		if err := writePEM(f.path, f.typ, f.der); err != nil {
-			return err
+		path string
+		data []byte
+	}{{k.caCert(), ca.CertPEM}, {k.caKey(), ca.KeyPEM}, {k.serverCert(), srvCert}, {k.serverKey(), srvKey}} {
+		if err := os.WriteFile(f.path, f.data, 0o600); err != nil {
+			return fmt.Errorf("pki: %w", err)
 		}
-	}
-	caKeyDER, err := x509.MarshalECPrivateKey(caKey)
-	if err != nil {
-		return err
-	}
-	srvKeyDER, err := x509.MarshalECPrivateKey(srvKey)
-	if err != nil {
-		return err
-	}
-	if err := writePEM(k.caKey(), "EC PRIVATE KEY", caKeyDER); err != nil {
-		return err
-	}
-	if err := writePEM(k.serverKey(), "EC PRIVATE KEY", srvKeyDER); err != nil {
-		return err
 	}
 	return writePEM(k.serviceAccountKey(), "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey))
 }

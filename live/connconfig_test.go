@@ -5,10 +5,10 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/pgtopo/pgtopo/lab/pgtest"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -17,22 +17,7 @@ import (
 // refused endpoint must not make pgtopo try (and send the password to)
 // that address, as pgx's fallback hosts from the environment would.
 func TestConnectGoesOnlyToTheEndpoint(t *testing.T) {
-	decoy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer decoy.Close()
-	var reached atomic.Int32
-	go func() {
-		for {
-			c, err := decoy.Accept()
-			if err != nil {
-				return
-			}
-			reached.Add(1)
-			c.Close()
-		}
-	}()
+	decoy := pgtest.StartDecoy(t)
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -40,9 +25,8 @@ func TestConnectGoesOnlyToTheEndpoint(t *testing.T) {
 	refusing := closed.Addr().(*net.TCPAddr).Port
 	closed.Close()
 
-	_, decoyPort, _ := net.SplitHostPort(decoy.Addr().String())
 	t.Setenv("PGHOST", "127.0.0.1")
-	t.Setenv("PGPORT", decoyPort)
+	t.Setenv("PGPORT", decoy.Port())
 	t.Setenv("PGSSLMODE", "prefer")
 	t.Setenv("PGOPTIONS", "-c default_transaction_read_only=on")
 	t.Setenv("PGTARGETSESSIONATTRS", "read-write")
@@ -60,7 +44,7 @@ func TestConnectGoesOnlyToTheEndpoint(t *testing.T) {
 		t.Fatal("connected to a refusing endpoint")
 	}
 	time.Sleep(100 * time.Millisecond)
-	if n := reached.Load(); n != 0 {
+	if n := decoy.Hits(); n != 0 {
 		t.Fatalf("%d connection(s) went to PGHOST:PGPORT (%s), not named by the topology", n, decoy.Addr())
 	}
 	cfg, err := ConnConfig(ep, Login{User: "postgres", Password: "s3cret", TLS: TLS{Mode: "disable"}}, time.Second, "pgtopo")

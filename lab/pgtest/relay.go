@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -86,3 +87,39 @@ func (r *Relay) Sessions() [][]byte {
 // SSLRequest is the 8 bytes a PostgreSQL client sends to ask for TLS
 // before anything else: length 8, code 80877103.
 var SSLRequest = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 8), 80877103)
+
+// Decoy is a listener that counts the connections it is offered and
+// closes them: where nothing should connect (libpq's PGHOST, say).
+type Decoy struct {
+	ln   net.Listener
+	hits atomic.Int32
+}
+
+// StartDecoy listens on 127.0.0.1 until the test ends.
+func StartDecoy(t testing.TB) *Decoy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Decoy{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			d.hits.Add(1)
+			c.Close()
+		}
+	}()
+	return d
+}
+
+// Addr is where the decoy listens; Port its port as a string.
+func (d *Decoy) Addr() string { return d.ln.Addr().String() }
+func (d *Decoy) Port() string { _, p, _ := net.SplitHostPort(d.Addr()); return p }
+
+// Hits is how many connections reached it.
+func (d *Decoy) Hits() int { return int(d.hits.Load()) }
