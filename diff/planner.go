@@ -391,9 +391,13 @@ func (p *planner) resumeSwitchover(j snapshot.Journal, on string) {
 		// is safe, and is what the file now asks for.
 		resume = snapshot.PhaseAborting
 		reason = fmt.Sprintf("back out switchover %s → %s (phase %s, the target not promoted): the file names %s as primary again", j.From, j.To, j.Phase, j.From)
-	case want != to.Name:
+	case want != to.Name && j.Phase == snapshot.PhasePromoted:
 		p.refuse(nil, "a switchover %s → %s is unfinished (phase %s, past the point of no return: %s was told to become primary) but the file names %s as primary; apply the file that started it first",
 			j.From, j.To, j.Phase, j.To, want)
+		return
+	case want != to.Name:
+		p.refuse(nil, "a switchover %s → %s is unfinished (phase %s, %s not promoted yet) but the file names %s as primary, neither of its ends; apply the file that started it (or one naming %s, which backs it out) first",
+			j.From, j.To, j.Phase, j.To, want, j.From)
 		return
 	}
 	fo, ot := p.observed(from.Name), p.observed(to.Name)
