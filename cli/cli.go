@@ -55,13 +55,14 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) 
 // env is what commands need from the process, passed in so tests can run
 // commands in-process.
 type env struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
 }
 
 // Main runs pgtopo with the process's arguments and returns the exit code.
 func Main() int {
-	return Run(os.Args[1:], env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
+	return Run(os.Args[1:], env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
 }
 
 // Run runs pgtopo with args.

@@ -3,12 +3,12 @@ package cli
 import (
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/schema"
-	"github.com/pgtopo/pgtopo/topology"
 )
 
 func newValidateCmd(e env) *cobra.Command {
@@ -47,17 +47,37 @@ func runValidate(e env, files []string, output string) error {
 	if err != nil {
 		return err
 	}
+	files, err = expandFiles(files)
+	if err != nil {
+		return err
+	}
 	var all schema.Findings
+	var loaded []schema.Loaded
 	perFile := make([]schema.Findings, len(files))
 	for i, file := range files {
-		data, err := topology.ReadFile(file)
+		data, err := readTopology(e, file)
 		if err != nil {
 			perFile[i] = schema.Findings{{File: file, Severity: schema.SeverityError, Rule: schema.RuleSyntax,
 				Message: readErrorMessage(err), Validators: []string{schema.ByPgtopo}}}
-		} else if _, perFile[i], err = v.Load(file, data); err != nil {
+			all = append(all, perFile[i]...)
+			continue
+		}
+		t, fs, err := v.Load(file, data)
+		if err != nil {
 			return err
 		}
-		all = append(all, perFile[i]...)
+		perFile[i] = fs
+		if t != nil {
+			loaded = append(loaded, schema.Loaded{File: file, Data: data, Topology: t})
+		}
+	}
+	// What files would fight over is said in the later file's findings.
+	for _, f := range schema.Overlaps(loaded) {
+		i := slices.Index(files, f.File)
+		perFile[i] = append(perFile[i], f)
+	}
+	for _, fs := range perFile {
+		all = append(all, fs...)
 	}
 	switch output {
 	case formatJSON, formatYAML:
