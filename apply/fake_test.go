@@ -43,6 +43,8 @@ type world struct {
 	// keepOrphans: a deleted orphan's object stays (an operator that does
 	// not act).
 	keepOrphans bool
+	// settings are the servers' settings in effect, by "cluster/name".
+	settings map[string]string
 }
 
 func newWorld(clusters ...snapshot.ClusterState) *world {
@@ -208,6 +210,9 @@ func (s *fakeSite) RestartPending(_ context.Context, ns, name string) error {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	s.w.record("restart pending %s/%s/%s", s.site, ns, name)
+	if s.w.react != nil {
+		s.w.react(s.w, "restart", name)
+	}
 	return nil
 }
 
@@ -324,6 +329,9 @@ func (s *fakeSession) QueryRow(_ context.Context, sql string, args ...any) Row {
 			return fakeRow{err: err}
 		}
 		return fakeRow{vals: []any{s.w.history[fmt.Sprintf("%s/%v", s.cluster, args[0])]}}
+	}
+	if strings.Contains(sql, "current_setting($1) = $2") {
+		return fakeRow{vals: []any{s.w.settings[s.cluster+"/"+args[0].(string)] == args[1]}}
 	}
 	if strings.Contains(sql, "pg_last_committed_xact") {
 		return fakeRow{vals: []any{"2026-12-02T12:03:40.000Z"}}

@@ -28,6 +28,7 @@ func TestRestartPlans(t *testing.T) {
 		steps     []step
 		inSync    bool
 		mentioned string
+		params    map[string][]string // each step's restart settings, where given
 	}{
 		{name: "raised: standbys first, the primary with consent", file: "200", live: "100", allow: true,
 			steps:     []step{{ActionUpdate, "orders-west", false}, {ActionUpdate, "orders-east", true}},
@@ -41,6 +42,10 @@ func TestRestartPlans(t *testing.T) {
 		{name: "a standby waiting for a restart is not in sync", file: "100", live: "100",
 			pending: map[string][]string{"orders-west": {"max_connections"}},
 			steps:   []step{{ActionRestart, "orders-west", false}}, mentioned: "pending_restart: max_connections"},
+		{name: "a change and what is already pending restart together", file: "200", live: "100", allow: true,
+			pending: map[string][]string{"orders-west": {"shared_buffers"}},
+			steps:   []step{{ActionUpdate, "orders-west", false}, {ActionUpdate, "orders-east", true}}, mentioned: "", params: map[string][]string{
+				"orders-west": {"max_connections", "shared_buffers"}, "orders-east": {"max_connections"}}},
 		{name: "a primary waiting for a restart needs consent", file: "100", live: "100",
 			pending: map[string][]string{"orders-east": {"shared_buffers"}},
 			refusal: "restarting the primary orders-east for shared_buffers"},
@@ -87,6 +92,9 @@ func TestRestartPlans(t *testing.T) {
 					t.Fatalf("%s %s restarts nothing", s.Action, s.Subject.Cluster)
 				}
 				got = append(got, step{s.Action, s.Subject.Cluster, s.Restart.Primary})
+				if want, ok := tc.params[s.Subject.Cluster]; ok && !slices.Equal(s.Restart.Parameters, want) {
+					t.Errorf("%s restarts for %v, want %v", s.Subject.Cluster, s.Restart.Parameters, want)
+				}
 				text = append(text, s.Reason)
 				if !s.Restart.Primary && s.Follows != "orders-east" {
 					t.Errorf("%s's restart waits for it to follow %q, want orders-east", s.Subject.Cluster, s.Follows)
