@@ -452,14 +452,16 @@ func (x *stepRun) Restart(ctx context.Context, s diff.Step) error {
 		if len(cs.PG.PendingRestart) > 0 {
 			return false, "still pending a restart: " + strings.Join(cs.PG.PendingRestart, ", ")
 		}
-		if !x.inEffect(ctx, cs, s) {
-			return false, "not in effect yet"
-		}
+		// Streaming first: it is in the snapshot, while whether the value
+		// is in effect takes a session of its own.
 		if cs.PG.InRecovery && primary != "" {
 			pr, _ := snap.Cluster(primary)
 			if !cs.StreamsFrom(pr.Endpoint) {
 				return false, "restarted; wal receiver " + cs.Receiver()
 			}
+		}
+		if !x.inEffect(ctx, cs, s) {
+			return false, "not in effect yet"
 		}
 		return true, "restarted"
 	})

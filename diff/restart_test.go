@@ -38,7 +38,7 @@ func TestRestartPlans(t *testing.T) {
 			mentioned: "(allowed by spec.replication.primaryRestart)"},
 		{name: "the primary's restart without consent is refused", file: "200", live: "100",
 			refusal: "restarting the primary orders-east for max_connections refuses writes until it is back (a write outage, usually seconds): allow it with spec.replication.primaryRestart: allow, or once with --allow-primary-restart"},
-		{name: "a setting that needs no restart restarts nothing", file: "100", live: "100", inSync: true},
+		{name: "nothing changed, nothing pending: in sync", file: "100", live: "100", inSync: true},
 		{name: "a standby waiting for a restart is not in sync", file: "100", live: "100",
 			pending: map[string][]string{"orders-west": {"max_connections"}},
 			steps:   []step{{ActionRestart, "orders-west", false}}, mentioned: "pending_restart: max_connections"},

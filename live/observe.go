@@ -90,6 +90,38 @@ type Observer struct {
 	// what pgtopo writes, so waits polling every 100 ms do not read the
 	// CRD each time (it is read again after flavorCheckEvery).
 	flavorOK map[string]time.Time
+	// cas remembers CA bundles read, so the waits that observe every
+	// 100 ms do not read each cluster's CA object each time (read again
+	// after flavorCheckEvery).
+	cas map[string]cachedCA
+}
+
+type cachedCA struct {
+	tls TLS
+	at  time.Time
+}
+
+// tlsFor is ReadTLS for one cluster, its bundle read at most once a
+// minute while reads succeed.
+func (o *Observer) tlsFor(ctx context.Context, api SiteAPI, site string, policy topology.PostgresTLS, cluster, ns string) (TLS, error) {
+	key := site + "/" + ns + "/" + cluster
+	o.downMu.Lock()
+	c, ok := o.cas[key]
+	o.downMu.Unlock()
+	if ok && time.Since(c.at) < flavorCheckEvery {
+		return c.tls, nil
+	}
+	t, err := ReadTLS(ctx, api, policy, cluster, ns)
+	if err != nil {
+		return t, err
+	}
+	o.downMu.Lock()
+	defer o.downMu.Unlock()
+	if o.cas == nil {
+		o.cas = map[string]cachedCA{}
+	}
+	o.cas[key] = cachedCA{tls: t, at: time.Now()}
+	return t, nil
 }
 
 // flavorCheckEvery is how long a site's operator check holds.
@@ -237,7 +269,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site.Name) })
 	wg.Go(func() { orphans, orphErr = o.orphans(ctx, api, d, site) })
 	for i, c := range clusters {
-		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni(), d.TLS, o.ObserverSecret)
+		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni(), func() (TLS, error) { return o.tlsFor(ctx, api, site.Name, d.TLS, c.Name, c.Namespace) }, o.ObserverSecret)
 	}
 	wg.Wait()
 	if nodesErr != nil {
@@ -312,10 +344,10 @@ type clusterReads struct {
 
 // start reads the cluster's object, both Secrets and the Service, each on
 // its own. A Patroni cluster has no Service: its endpoint is the file's.
-func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string, patroni bool, tls topology.PostgresTLS, observer string) {
+func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAPI, key []byte, c snapshot.ClusterState, service string, patroni bool, readTLS func() (TLS, error), observer string) {
 	ns := c.Namespace
 	wg.Go(func() { r.obj, r.objErr = api.ReadCluster(ctx, ns, c.Name) })
-	wg.Go(func() { r.tls, r.tlsErr = ReadTLS(ctx, api, tls, c.Name, ns) })
+	wg.Go(func() { r.tls, r.tlsErr = readTLS() })
 	if observer != "" && !patroni {
 		r.credentials = snapshot.SecretState{Name: c.Credentials.Name, Unread: true}
 		r.bootstrap = snapshot.SecretState{Name: c.BootstrapSecret.Name, Unread: true}
@@ -406,7 +438,11 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 	if errors.As(err, &unproven) {
 		// A server that does not prove itself may not be the cluster's:
 		// what it says, or that it says nothing, is no fact to plan on.
+		// The bundle is read afresh next time: it may have been renewed.
 		c.Error = err.Error()
+		o.downMu.Lock()
+		delete(o.cas, site.Name+"/"+c.Namespace+"/"+c.Name)
+		o.downMu.Unlock()
 		return
 	}
 	if err != nil {
