@@ -18,8 +18,7 @@ import (
 // with its consent and fork point on every reachable cluster, promote,
 // wait for the new timeline, record it done. A run killed anywhere resumes
 // from the record; no promotion happens without it.
-func (x *stepRun) Failover(ctx context.Context, s diff.Step) error {
-	f := s.Failover
+func (x *stepRun) Failover(ctx context.Context, _ diff.Subject, f *diff.Failover) error {
 	from, to := f.From.Cluster, f.To.Cluster
 	var rec snapshot.FailoverRecord
 	if f.Resume == "" {
@@ -134,9 +133,8 @@ const rewindBound = 3 * time.Minute
 // Rejoin fences a lost primary that answers again, reports what it wrote
 // after the fork, and makes it a standby of the new primary: by rewind, a
 // rebuild, or (policy manual) leaves it demoted for a DBA.
-func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
-	r := s.Rejoin
-	name, rec := s.Subject.Cluster, r.Record
+func (x *stepRun) Rejoin(ctx context.Context, at diff.Subject, r *diff.Rejoin) error {
+	name, rec := at.Cluster, r.Record
 	o := x.cluster(name)
 	ret := snapshot.Returned{At: time.Now().UTC().Format(time.RFC3339), Rejoin: r.Policy}
 	if own := x.marksOf(name).Failover; own != nil && own.Epoch == rec.Epoch && own.Returned != nil {
@@ -152,15 +150,15 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		}
 		rec.Returned = &ret
 		if r.Secret != nil {
-			if err := x.copySecret(ctx, s.Subject, *r.Secret); err != nil {
+			if err := x.copySecret(ctx, at, *r.Secret); err != nil {
 				return err
 			}
 		}
-		return x.rebuild(ctx, s, rec)
+		return x.rebuild(ctx, at, r, rec)
 	}
 	if o.PG == nil || o.PG.InRecovery && !o.Object.Spec.Replication.IsReplica {
 		var err error
-		if o, err = x.fenceBeforeItAnswers(ctx, s); err != nil {
+		if o, err = x.fenceBeforeItAnswers(ctx, at, r); err != nil {
 			return err
 		}
 	}
@@ -186,11 +184,11 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		}
 	}
 	rec.Returned = &ret
-	if err := x.markReturned(ctx, s.Subject, rec); err != nil {
+	if err := x.markReturned(ctx, at, rec); err != nil {
 		return err
 	}
 	if r.Secret != nil {
-		if err := x.copySecret(ctx, s.Subject, *r.Secret); err != nil {
+		if err := x.copySecret(ctx, at, *r.Secret); err != nil {
 			return err
 		}
 	}
@@ -200,12 +198,12 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 	// would wait for, then take, the new primary's WAL. It needs a
 	// rebuild, which is a step of its own.
 	if r.Policy == topology.RejoinRewind && o.Writable() && o.PG.Timeline != rec.FromTimeline {
-		return x.needsRebuild(ctx, s, rec, fmt.Sprintf("it is on timeline %d, not %d where it was lost (promoted in its own site meanwhile): its history cannot be told apart from %s's by timeline, and Patroni would not rewind it", o.PG.Timeline, rec.FromTimeline, r.Primary.Cluster))
+		return x.needsRebuild(ctx, at, r, rec, fmt.Sprintf("it is on timeline %d, not %d where it was lost (promoted in its own site meanwhile): its history cannot be told apart from %s's by timeline, and Patroni would not rewind it", o.PG.Timeline, rec.FromTimeline, r.Primary.Cluster))
 	}
 	if r.Policy == topology.RejoinRebuild {
-		return x.needsRebuild(ctx, s, rec, "its rejoin policy is rebuild")
+		return x.needsRebuild(ctx, at, r, rec, "its rejoin policy is rebuild")
 	}
-	if err := x.writeSpec(ctx, s.Subject, r.Demoted); err != nil {
+	if err := x.writeSpec(ctx, at, r.Demoted); err != nil {
 		return err
 	}
 	x.emit(Event{Phase: PhaseDemote, Message: fmt.Sprintf("demote: %s isReplica true, peer %s (%s)", name, r.Demoted.Replication.Peer(), r.Primary.Cluster)})
@@ -221,13 +219,13 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 	// only defers the check to the one after streaming.
 	if r.Policy == topology.RejoinRewind {
 		if own, why, err := x.timelineOfItsOwn(ctx, name, r.Primary.Cluster, rec.FromTimeline); err == nil && own {
-			return x.needsRebuild(ctx, s, rec, why)
+			return x.needsRebuild(ctx, at, r, rec, why)
 		}
 	}
 	if r.Policy == "manual" {
 		rec.Returned.Done = true
 		x.say(PhaseSwitched, "%s is fenced and demoted; rejoin policy manual: rewinding or rebuilding it is left to a DBA", name)
-		return x.markReturned(ctx, s.Subject, rec)
+		return x.markReturned(ctx, at, rec)
 	}
 	bounded, cancel := context.WithTimeout(ctx, rewindBound)
 	err := x.waitStreaming(bounded, name, r.Primary.Cluster)
@@ -236,14 +234,14 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 		if ctx.Err() != nil {
 			return err
 		}
-		return x.needsRebuild(ctx, s, rec, fmt.Sprintf("it did not rejoin by pg_rewind within %s (%v)", rewindBound, err))
+		return x.needsRebuild(ctx, at, r, rec, fmt.Sprintf("it did not rejoin by pg_rewind within %s (%v)", rewindBound, err))
 	}
 	own, why, err := x.timelineOfItsOwn(ctx, name, r.Primary.Cluster, rec.FromTimeline)
 	if err != nil {
 		return fmt.Errorf("%s: checking its timeline's history against %s's: %w", name, r.Primary.Cluster, err)
 	}
 	if own {
-		return x.needsRebuild(ctx, s, rec, fmt.Sprintf("%s: it streams, but on top of a history %s never had", why, r.Primary.Cluster))
+		return x.needsRebuild(ctx, at, r, rec, fmt.Sprintf("%s: it streams, but on top of a history %s never had", why, r.Primary.Cluster))
 	}
 	// The fence on return stays in its postgresql.auto.conf unless pg_rewind
 	// replaced that file with the new primary's (a return with nothing past
@@ -256,7 +254,7 @@ func (x *stepRun) Rejoin(ctx context.Context, s diff.Step) error {
 	}
 	rec.Returned.Done = true
 	x.say(PhaseSwitched, "%s rejoined as a standby of %s", name, r.Primary.Cluster)
-	return x.markReturned(ctx, s.Subject, rec)
+	return x.markReturned(ctx, at, rec)
 }
 
 // answerBound is how long a returned primary fenced in its object is
@@ -276,9 +274,9 @@ const answerBound = time.Minute
 // it. It waits until the server is out of recovery (its end of WAL can
 // then be read) and returns the cluster as seen then; one that answers
 // but stays in recovery past the bound is returned as it is.
-func (x *stepRun) fenceBeforeItAnswers(ctx context.Context, s diff.Step) (*snapshot.ClusterState, error) {
-	name := s.Subject.Cluster
-	if err := x.writeSpec(ctx, s.Subject, s.Rejoin.Fenced); err != nil {
+func (x *stepRun) fenceBeforeItAnswers(ctx context.Context, at diff.Subject, r *diff.Rejoin) (*snapshot.ClusterState, error) {
+	name := at.Cluster
+	if err := x.writeSpec(ctx, at, r.Fenced); err != nil {
 		return nil, fmt.Errorf("fence on return: %s is not fenced and its fence could not be written in its object, so it may take writes when it is promoted: %w", name, err)
 	}
 	state := "does not answer yet"
@@ -387,14 +385,14 @@ func (e *NeedsRebuildError) Error() string {
 
 // needsRebuild records why the returned primary needs a rebuild and stops
 // the rejoin there; a Patroni cluster is held fenced with the way back.
-func (x *stepRun) needsRebuild(ctx context.Context, s diff.Step, rec snapshot.FailoverRecord, why string) error {
-	name := s.Subject.Cluster
+func (x *stepRun) needsRebuild(ctx context.Context, at diff.Subject, r *diff.Rejoin, rec snapshot.FailoverRecord, why string) error {
+	name := at.Cluster
 	rec.Returned.NeedsRebuild = why
-	if err := x.markReturned(ctx, s.Subject, rec); err != nil {
+	if err := x.markReturned(ctx, at, rec); err != nil {
 		return err
 	}
-	if s.Rejoin.Demoted.Flavor == snapshot.FlavorPatroni {
-		return rebuildByHand(name, s.Rejoin.Primary.Cluster)
+	if r.Demoted.Flavor == snapshot.FlavorPatroni {
+		return rebuildByHand(name, r.Primary.Cluster)
 	}
 	x.say(PhaseFence, "%s needs a rebuild: %s; the rejoin stops here, fenced", name, why)
 	return &NeedsRebuildError{Cluster: name, Why: why, Diverged: snapshot.HumanBytes(rec.Returned.Diverged)}
@@ -417,15 +415,15 @@ func (x *stepRun) fenceOnly(ctx context.Context, o *snapshot.ClusterState) error
 
 // rebuild removes the lost primary's object (and, with it, its data) and
 // creates it again as a standby from birth.
-func (x *stepRun) rebuild(ctx context.Context, s diff.Step, rec snapshot.FailoverRecord) error {
-	r, name := s.Rejoin, s.Subject.Cluster
+func (x *stepRun) rebuild(ctx context.Context, at diff.Subject, r *diff.Rejoin, rec snapshot.FailoverRecord) error {
+	name := at.Cluster
 	if r.Demoted.Flavor == snapshot.FlavorPatroni {
 		return rebuildByHand(name, r.Primary.Cluster)
 	}
-	if err := x.deleteForRebuild(ctx, s.Subject, true); err != nil {
+	if err := x.deleteForRebuild(ctx, at, true); err != nil {
 		return err
 	}
-	if err := x.writeSpec(ctx, s.Subject, r.Demoted); err != nil {
+	if err := x.writeSpec(ctx, at, r.Demoted); err != nil {
 		return err
 	}
 	x.say(PhaseWrite, "rebuild: %s created as a standby of %s from birth", name, r.Primary.Cluster)
@@ -434,7 +432,7 @@ func (x *stepRun) rebuild(ctx context.Context, s diff.Step, rec snapshot.Failove
 	}
 	rec.Returned.Done = true
 	rec.Returned.Rejoin = "rebuild"
-	return x.markReturned(ctx, s.Subject, rec)
+	return x.markReturned(ctx, at, rec)
 }
 
 // markReturned records the failover, with what was found on return, on

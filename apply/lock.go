@@ -49,8 +49,8 @@ type locks []*lease
 // acquire takes the step's Lease in every site it names, in its order,
 // waiting up to LockTimeout in all while another live holder has one. On
 // failure it releases what it took.
-func (r *Runner) acquire(ctx context.Context, step diff.Step, x *stepRun) (locks, error) {
-	where := step.Locks
+func (r *Runner) acquire(ctx context.Context, step *diff.Lock, x *stepRun) (locks, error) {
+	where := step.Sites
 	if len(where) == 0 || step.Lease == "" {
 		return nil, fmt.Errorf("lock: the plan's lock step names no site or Lease")
 	}

@@ -16,10 +16,11 @@ import (
 func TestLocksEverySiteInOrder(t *testing.T) {
 	w := newWorld()
 	r := &Runner{Holder: "me", LockTimeout: time.Second, Sites: w.Sites}
-	step := diff.Step{Action: diff.ActionLock, Lease: "pgtopo-orders", Locks: []diff.Subject{
+	lock := &diff.Lock{Lease: "pgtopo-orders", Sites: []diff.Subject{
 		{Site: "east", Namespace: "db"}, {Site: "south", Namespace: "ledger"}, {Site: "west", Namespace: "db"}}}
+	step := diff.Step{Action: diff.ActionLock, Payload: lock}
 	x := &stepRun{r: r, step: step}
-	held, err := r.acquire(context.Background(), step, x)
+	held, err := r.acquire(context.Background(), lock, x)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func TestLocksEverySiteInOrder(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "pgtopo-orders", Namespace: "db"},
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &secs, RenewTime: &now},
 	}
-	_, err = r.acquire(context.Background(), step, x)
+	_, err = r.acquire(context.Background(), lock, x)
 	if err == nil || !strings.Contains(err.Error(), "lock db/pgtopo-orders in site west is held by ci-runner-7") {
 		t.Fatalf("error = %v, want the holder named", err)
 	}
@@ -74,15 +75,16 @@ func TestLockTakesOverAGoneHolder(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "pgtopo-orders", Namespace: "db"},
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &secs, RenewTime: &now},
 	}
-	step := diff.Step{Action: diff.ActionLock, Lease: "pgtopo-orders", Locks: []diff.Subject{{Site: "east", Namespace: "db"}}}
+	lock := &diff.Lock{Lease: "pgtopo-orders", Sites: []diff.Subject{{Site: "east", Namespace: "db"}}}
+	step := diff.Step{Action: diff.ActionLock, Payload: lock}
 	r := &Runner{Holder: "me", LockTimeout: 100 * time.Millisecond, Sites: w.Sites, HolderGone: func(h string) bool { return false }}
-	_, err := r.acquire(context.Background(), step, &stepRun{r: r, step: step})
+	_, err := r.acquire(context.Background(), lock, &stepRun{r: r, step: step})
 	var held *LockHeldError
 	if !errors.As(err, &held) || held.Holder != other {
 		t.Fatalf("error %v, want the live holder named", err)
 	}
 	r.HolderGone = func(h string) bool { return h == other }
-	locks, err := r.acquire(context.Background(), step, &stepRun{r: r, step: step})
+	locks, err := r.acquire(context.Background(), lock, &stepRun{r: r, step: step})
 	if err != nil {
 		t.Fatal(err)
 	}

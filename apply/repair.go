@@ -15,8 +15,8 @@ import (
 // birth. The rebuild is recorded on the primary first (the standby's own
 // object goes), so a run killed anywhere goes on from the record; every
 // part is idempotent.
-func (x *stepRun) Rebuild(ctx context.Context, s diff.Step) error {
-	rb, name := s.RebuildStandby, s.Subject.Cluster
+func (x *stepRun) Rebuild(ctx context.Context, at diff.Subject, rb *diff.Rebuild) error {
+	name := at.Cluster
 	primary := x.cluster(rb.Primary)
 	if !primary.Exists || primary.Object == nil {
 		return fmt.Errorf("rebuild %s: the primary %s has no object to record the rebuild on", name, rb.Primary)
@@ -32,17 +32,17 @@ func (x *stepRun) Rebuild(ctx context.Context, s diff.Step) error {
 	if c := x.cluster(name); c.Exists && c.Writable() {
 		return fmt.Errorf("rebuild %s: it takes writes; pgtopo never rebuilds a primary", name)
 	}
-	if err := x.deleteForRebuild(ctx, s.Subject, x.cluster(name).Exists); err != nil {
+	if err := x.deleteForRebuild(ctx, at, x.cluster(name).Exists); err != nil {
 		return err
 	}
 	if err := x.forget(ctx, rb.Primary, name); err != nil {
 		return err
 	}
-	spec, err := x.resolvePeer(s)
+	spec, err := x.resolvePeer(at, rb.Standby)
 	if err != nil {
 		return err
 	}
-	if err := x.writeSpec(ctx, s.Subject, spec); err != nil {
+	if err := x.writeSpec(ctx, at, spec); err != nil {
 		return err
 	}
 	x.say(PhaseWrite, "rebuild: %s created as a standby of %s from birth", name, rb.Primary)
@@ -73,19 +73,19 @@ func (x *stepRun) forget(ctx context.Context, primary, cluster string) error {
 
 // DeleteCluster deletes a cluster the file no longer lists, with its
 // data, then its catalogue row and slot on the primary.
-func (x *stepRun) DeleteCluster(ctx context.Context, s diff.Step) error {
-	name := s.Subject.Cluster
-	w, err := x.writer(s.Subject.Site)
+func (x *stepRun) DeleteCluster(ctx context.Context, at diff.Subject, d *diff.DeleteCluster) error {
+	name := at.Cluster
+	w, err := x.writer(at.Site)
 	if err != nil {
 		return err
 	}
-	if err := w.DeleteCluster(ctx, s.Subject.Namespace, name); err != nil {
-		return fmt.Errorf("delete %s/%s: %w", s.Subject.Namespace, name, err)
+	if err := w.DeleteCluster(ctx, at.Namespace, name); err != nil {
+		return fmt.Errorf("delete %s/%s: %w", at.Namespace, name, err)
 	}
 	x.say(PhaseWrite, "%s deleted with its data", name)
 	if err := x.wait(ctx, name+" gone", func(snap *snapshot.Snapshot) (bool, string) {
 		for _, o := range snap.Orphans {
-			if o.Name == name && o.Site == s.Subject.Site {
+			if o.Name == name && o.Site == at.Site {
 				return false, "its object is still there"
 			}
 		}
@@ -93,7 +93,6 @@ func (x *stepRun) DeleteCluster(ctx context.Context, s diff.Step) error {
 	}); err != nil {
 		return err
 	}
-	d := s.Deletion
 	if d.Primary == "" {
 		return nil
 	}
@@ -103,25 +102,25 @@ func (x *stepRun) DeleteCluster(ctx context.Context, s diff.Step) error {
 	if d.Slot == "" {
 		return nil
 	}
-	return x.dropSlot(ctx, diff.SlotDrop{Primary: d.Primary, Slot: d.Slot, For: name})
+	return x.dropSlot(ctx, diff.DropSlot{Primary: d.Primary, Slot: d.Slot, For: name})
 }
 
 // DropSlot drops a slot on the primary: first what keeps it there (its
 // cluster's catalogue row, or a permanent slot), then the slot itself,
 // only while nothing streams through it.
-func (x *stepRun) DropSlot(ctx context.Context, s diff.Step) error {
-	d := *s.Drop
+func (x *stepRun) DropSlot(ctx context.Context, at diff.Subject, p *diff.DropSlot) error {
+	d := *p
 	if d.CatalogueRow {
 		if err := x.forget(ctx, d.Primary, d.For); err != nil {
 			return err
 		}
 	}
 	if d.PermanentSlot {
-		w, err := x.writer(s.Subject.Site)
+		w, err := x.writer(at.Site)
 		if err != nil {
 			return err
 		}
-		if err := w.DropPermanentSlot(ctx, s.Subject.Namespace, d.Primary, d.Slot); err != nil {
+		if err := w.DropPermanentSlot(ctx, at.Namespace, d.Primary, d.Slot); err != nil {
 			return fmt.Errorf("slot %s on %s: %w", d.Slot, d.Primary, err)
 		}
 	}
@@ -129,7 +128,7 @@ func (x *stepRun) DropSlot(ctx context.Context, s diff.Step) error {
 }
 
 // dropSlot drops an inactive slot by SQL and waits until it is gone.
-func (x *stepRun) dropSlot(ctx context.Context, d diff.SlotDrop) error {
+func (x *stepRun) dropSlot(ctx context.Context, d diff.DropSlot) error {
 	p := x.cluster(d.Primary)
 	// The WHERE makes the drop a no-op on a slot that became active since
 	// the precondition was checked (or is gone already).

@@ -23,8 +23,8 @@ func TestUpdateWaitsForItsRestart(t *testing.T) {
 	}
 	spec := standbySpec.WithPeer(*eastEP)
 	spec.Parameters = map[string]string{"max_connections": "60"}
-	step := diff.Step{Action: diff.ActionUpdate, Subject: subject("west", "orders-west"), Spec: &spec, Follows: "orders-east",
-		Restart: &diff.Restart{Parameters: []string{"max_connections"}}}
+	step := diff.Step{Action: diff.ActionUpdate, Subject: subject("west", "orders-west"), Payload: &diff.Update{Spec: spec,
+		Restart: &diff.Restart{Parameters: []string{"max_connections"}, Follows: "orders-east", Values: map[string]string{"max_connections": "60"}}}}
 
 	w := newRestartWorld()
 	var stopped *snapshot.WalReceiver
@@ -103,7 +103,7 @@ func TestRefreshCredentialsSendsUsernameAndPasswordOnly(t *testing.T) {
 	}
 	r, events := runner(w)
 	step := diff.Step{Action: diff.ActionRefreshCredentials, Subject: subject("west", "orders-west"),
-		Secret: &diff.SecretCopy{From: subject("east", "orders-east"), FromName: "postgres.orders-east.credentials", Name: "postgres.orders-west.credentials", Topology: "orders"}}
+		Payload: &diff.RefreshCredentials{From: subject("east", "orders-east"), FromName: "postgres.orders-east.credentials", Name: "postgres.orders-west.credentials", Topology: "orders"}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}

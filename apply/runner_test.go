@@ -15,12 +15,12 @@ import (
 )
 
 func lockStep() diff.Step {
-	return diff.Step{Action: diff.ActionLock, Subject: diff.Subject{Site: "east", Namespace: "db"}, Lease: "pgtopo-orders",
-		Locks: []diff.Subject{{Site: "east", Namespace: "db"}}}
+	return diff.Step{Action: diff.ActionLock, Subject: diff.Subject{Site: "east", Namespace: "db"},
+		Payload: &diff.Lock{Lease: "pgtopo-orders", Sites: []diff.Subject{{Site: "east", Namespace: "db"}}}}
 }
 
 func recordStep(digest string) diff.Step {
-	return diff.Step{Action: diff.ActionRecord, Subject: subject("east", "orders-east"), Marks: &snapshot.Marks{Digest: digest}}
+	return diff.Step{Action: diff.ActionRecord, Subject: subject("east", "orders-east"), Payload: &diff.Record{Marks: snapshot.Marks{Digest: digest}}}
 }
 
 func planOf(steps ...diff.Step) diff.Plan {

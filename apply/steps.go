@@ -95,11 +95,11 @@ func (x *stepRun) marksOf(name string) snapshot.Marks {
 
 // Lock takes the step's Leases (idempotent: a run holding them already
 // takes nothing).
-func (x *stepRun) Lock(ctx context.Context, s diff.Step) error {
+func (x *stepRun) Lock(ctx context.Context, _ diff.Subject, p *diff.Lock) error {
 	if len(x.r.held) > 0 {
 		return nil
 	}
-	held, err := x.r.acquire(ctx, s, x)
+	held, err := x.r.acquire(ctx, p, x)
 	if err != nil {
 		return err
 	}
@@ -109,11 +109,11 @@ func (x *stepRun) Lock(ctx context.Context, s diff.Step) error {
 
 // EnsurePrimary writes the primary's spec and waits until it is ready and
 // writable.
-func (x *stepRun) EnsurePrimary(ctx context.Context, s diff.Step) error {
-	if err := x.writeSpec(ctx, s.Subject, *s.Spec); err != nil {
+func (x *stepRun) EnsurePrimary(ctx context.Context, at diff.Subject, p *diff.EnsurePrimary) error {
+	if err := x.writeSpec(ctx, at, p.Spec); err != nil {
 		return err
 	}
-	name := s.Subject.Cluster
+	name := at.Cluster
 	return x.wait(ctx, name+" Running and writable", func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return cs.Exists && cs.Object.Ready && cs.Writable(), statusWords(cs)
@@ -124,15 +124,14 @@ func (x *stepRun) EnsurePrimary(ctx context.Context, s diff.Step) error {
 // it does: a Patroni primary's permanent slot, which its leader creates
 // with WAL reserved from then on; or a row in an operator primary's
 // catalogue, which its operator reads to keep the cluster's slot.
-func (x *stepRun) EnsureSlot(ctx context.Context, s diff.Step) error {
-	e := s.Slot
+func (x *stepRun) EnsureSlot(ctx context.Context, at diff.Subject, e *diff.EnsureSlot) error {
 	switch e.Via {
 	case diff.SlotViaPatroni:
-		w, err := x.writer(s.Subject.Site)
+		w, err := x.writer(at.Site)
 		if err != nil {
 			return err
 		}
-		if err := w.EnsurePermanentSlot(ctx, s.Subject.Namespace, e.Primary, e.Slot); err != nil {
+		if err := w.EnsurePermanentSlot(ctx, at.Namespace, e.Primary, e.Slot); err != nil {
 			return fmt.Errorf("slot %s on %s: %w", e.Slot, e.Primary, err)
 		}
 		x.say(PhaseWrite, "permanent slot %s on %s for %s", e.Slot, e.Primary, e.For)
@@ -194,8 +193,8 @@ ON CONFLICT (cluster_name) DO UPDATE SET external_ip = EXCLUDED.external_ip, ext
 )
 
 // Checkpoint runs CHECKPOINT on the subject.
-func (x *stepRun) Checkpoint(ctx context.Context, s diff.Step) error {
-	return x.sql(ctx, x.cluster(s.Subject.Cluster), "CHECKPOINT")
+func (x *stepRun) Checkpoint(ctx context.Context, at diff.Subject, _ *diff.Checkpoint) error {
+	return x.sql(ctx, x.cluster(at.Cluster), "CHECKPOINT")
 }
 
 // sql runs statements on a cluster as its admin user, in one session.
@@ -219,33 +218,33 @@ func (x *stepRun) session(ctx context.Context, c *snapshot.ClusterState, fn func
 // BootstrapSecret copies the primary's admin credentials into the standby's
 // namespace as a basic-auth Secret. The values pass from one API server to
 // the other and are never printed.
-func (x *stepRun) BootstrapSecret(ctx context.Context, s diff.Step) error {
-	return x.copySecret(ctx, s.Subject, *s.Secret)
+func (x *stepRun) BootstrapSecret(ctx context.Context, at diff.Subject, p *diff.BootstrapSecret) error {
+	return x.copySecret(ctx, at, diff.CredentialsCopy(*p))
 }
 
 // RefreshCredentials copies the primary's admin username and password into
 // the standby's own credentials Secret, leaving the rest of that Secret
 // (its type, labels, owner: the operator's) alone, then waits until the
 // standby's database takes them. The values are never printed.
-func (x *stepRun) RefreshCredentials(ctx context.Context, s diff.Step) error {
-	c := *s.Secret
+func (x *stepRun) RefreshCredentials(ctx context.Context, at diff.Subject, p *diff.RefreshCredentials) error {
+	c := diff.CredentialsCopy(*p)
 	src, err := x.sourceCredentials(ctx, c)
 	if err != nil {
 		return err
 	}
-	to, err := x.writer(s.Subject.Site)
+	to, err := x.writer(at.Site)
 	if err != nil {
 		return err
 	}
-	ns := s.Subject.Namespace
+	ns := at.Namespace
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: c.Name, Namespace: ns},
 		Data: map[string][]byte{"username": src.Data["username"], "password": src.Data["password"]}}
 	if err := to.ApplySecret(ctx, sec); err != nil {
 		return fmt.Errorf("secret %s/%s: %w", ns, c.Name, err)
 	}
-	x.say(PhaseSecret, "secret %s/%s in site %s: username and password of %s", ns, c.Name, s.Subject.Site, c.FromName)
-	return x.wait(ctx, s.Subject.Cluster+" authenticating with its refreshed credentials", func(snap *snapshot.Snapshot) (bool, string) {
-		sb, ok := snap.Cluster(s.Subject.Cluster)
+	x.say(PhaseSecret, "secret %s/%s in site %s: username and password of %s", ns, c.Name, at.Site, c.FromName)
+	return x.wait(ctx, at.Cluster+" authenticating with its refreshed credentials", func(snap *snapshot.Snapshot) (bool, string) {
+		sb, ok := snap.Cluster(at.Cluster)
 		if !ok || sb.PG == nil {
 			return false, statusWords(sb)
 		}
@@ -255,7 +254,7 @@ func (x *stepRun) RefreshCredentials(ctx context.Context, s diff.Step) error {
 
 // sourceCredentials reads the credentials Secret a copy is made from; one
 // without a username or password is copied nowhere.
-func (x *stepRun) sourceCredentials(ctx context.Context, c diff.SecretCopy) (*corev1.Secret, error) {
+func (x *stepRun) sourceCredentials(ctx context.Context, c diff.CredentialsCopy) (*corev1.Secret, error) {
 	from, err := x.writer(c.From.Site)
 	if err != nil {
 		return nil, err
@@ -272,7 +271,7 @@ func (x *stepRun) sourceCredentials(ctx context.Context, c diff.SecretCopy) (*co
 
 // copySecret copies a cluster's admin credentials into subject's namespace
 // as a basic-auth Secret.
-func (x *stepRun) copySecret(ctx context.Context, subject diff.Subject, c diff.SecretCopy) error {
+func (x *stepRun) copySecret(ctx context.Context, subject diff.Subject, c diff.CredentialsCopy) error {
 	src, err := x.sourceCredentials(ctx, c)
 	if err != nil {
 		return err
@@ -306,20 +305,20 @@ func (x *stepRun) copySecret(ctx context.Context, subject diff.Subject, c diff.S
 // CreateStandby writes the standby's spec, its peer filled in from the
 // primary's endpoint when the plan could not know it, and waits until it
 // streams from the primary with the same system identifier.
-func (x *stepRun) CreateStandby(ctx context.Context, s diff.Step) error {
-	spec, err := x.resolvePeer(s)
+func (x *stepRun) CreateStandby(ctx context.Context, at diff.Subject, p *diff.CreateStandby) error {
+	spec, err := x.resolvePeer(at, diff.StandbySpec(*p))
 	if err != nil {
 		return err
 	}
-	if err := x.writeSpec(ctx, s.Subject, spec); err != nil {
+	if err := x.writeSpec(ctx, at, spec); err != nil {
 		return err
 	}
-	return x.waitStreaming(ctx, s.Subject.Cluster, s.Follows)
+	return x.waitStreaming(ctx, at.Cluster, p.Follows)
 }
 
-// resolvePeer is the step's spec with a peer the plan left to be known.
-func (x *stepRun) resolvePeer(s diff.Step) (snapshot.Spec, error) {
-	spec := *s.Spec
+// resolvePeer is a standby's spec with a peer the plan left to be known.
+func (x *stepRun) resolvePeer(at diff.Subject, s diff.StandbySpec) (snapshot.Spec, error) {
+	spec := s.Spec
 	if s.PeerOf == "" {
 		return spec, nil
 	}
@@ -327,7 +326,7 @@ func (x *stepRun) resolvePeer(s diff.Step) (snapshot.Spec, error) {
 	if ep == nil {
 		return spec, fmt.Errorf("%s has no endpoint yet", s.PeerOf)
 	}
-	x.say(PhaseWrite, "peer of %s: %s, the endpoint of %s", s.Subject.Cluster, ep, s.PeerOf)
+	x.say(PhaseWrite, "peer of %s: %s, the endpoint of %s", at.Cluster, ep, s.PeerOf)
 	return spec.WithPeer(*ep), nil
 }
 
@@ -387,45 +386,45 @@ func slotNamed(slots []snapshot.Slot, name string) (snapshot.Slot, bool) {
 
 // Repoint writes the standby's spec with its new peer and waits until it
 // streams from the primary, waking its WAL receiver as a switchover does.
-func (x *stepRun) Repoint(ctx context.Context, s diff.Step) error {
-	if p := x.cluster(s.Follows); !p.Writable() {
-		return fmt.Errorf("the primary %s is not writable", s.Follows)
+func (x *stepRun) Repoint(ctx context.Context, at diff.Subject, p *diff.Repoint) error {
+	if primary := x.cluster(p.Follows); !primary.Writable() {
+		return fmt.Errorf("the primary %s is not writable", p.Follows)
 	}
-	if err := x.writeSpec(ctx, s.Subject, *s.Spec); err != nil {
+	if err := x.writeSpec(ctx, at, p.Spec); err != nil {
 		return err
 	}
-	return x.followNewPrimary(ctx, s.Subject.Cluster, s.Follows)
+	return x.followNewPrimary(ctx, at.Cluster, p.Follows)
 }
 
 // Update writes the subject's spec and waits until the operator has it
 // ready with the spec's instances.
-func (x *stepRun) Update(ctx context.Context, s diff.Step) error {
-	if err := x.writeSpec(ctx, s.Subject, *s.Spec); err != nil {
+func (x *stepRun) Update(ctx context.Context, at diff.Subject, p *diff.Update) error {
+	if err := x.writeSpec(ctx, at, p.Spec); err != nil {
 		return err
 	}
-	name, want := s.Subject.Cluster, s.Spec.Instances
+	name, want := at.Cluster, p.Spec.Instances
 	if err := x.wait(ctx, name+" Running", func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return cs.Exists && cs.Object.Ready && cs.Object.Spec.Instances == want, statusWords(cs)
 	}); err != nil {
 		return err
 	}
-	if s.Restart == nil {
+	if p.Restart == nil {
 		return nil
 	}
-	return x.Restart(ctx, s)
+	return x.Restart(ctx, at, p.Restart)
 }
 
 // Restart has the cluster's servers restarted for the settings its step
 // names and waits until none is pending and, for a standby, it streams
 // from the primary again: only then is the next cluster's restart safe.
-func (x *stepRun) Restart(ctx context.Context, s diff.Step) error {
-	w, err := x.writer(s.Subject.Site)
+func (x *stepRun) Restart(ctx context.Context, at diff.Subject, r *diff.Restart) error {
+	w, err := x.writer(at.Site)
 	if err != nil {
 		return err
 	}
-	name := s.Subject.Cluster
-	params := strings.Join(s.Restart.Parameters, ", ")
+	name := at.Cluster
+	params := strings.Join(r.Parameters, ", ")
 	// The new values reach the server's configuration first (the
 	// operator's or Patroni's next sync); only then is a restart pending.
 	if err := x.wait(ctx, name+" seeing "+params+" pending a restart, or in effect", func(snap *snapshot.Snapshot) (bool, string) {
@@ -433,17 +432,17 @@ func (x *stepRun) Restart(ctx context.Context, s diff.Step) error {
 		if cs.PG == nil {
 			return false, statusWords(cs)
 		}
-		return len(cs.PG.PendingRestart) > 0 || x.inEffect(ctx, cs, s), "pending: " + orDash(strings.Join(cs.PG.PendingRestart, ", "))
+		return len(cs.PG.PendingRestart) > 0 || x.inEffect(ctx, cs, r), "pending: " + orDash(strings.Join(cs.PG.PendingRestart, ", "))
 	}); err != nil {
 		return err
 	}
-	if err := w.RestartPending(ctx, s.Subject.Namespace, name); err != nil {
+	if err := w.RestartPending(ctx, at.Namespace, name); err != nil {
 		return fmt.Errorf("restart %s: %w", name, err)
 	}
-	if s.Restart.Primary {
+	if r.Primary {
 		x.say(PhaseRestart, "restarting the primary %s for %s: writes are refused until it is back", name, params)
 	}
-	primary := s.Follows
+	primary := r.Follows
 	return x.wait(ctx, name+" restarted with "+params+" in effect", func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		if cs.PG == nil {
@@ -460,23 +459,23 @@ func (x *stepRun) Restart(ctx context.Context, s diff.Step) error {
 				return false, "restarted; wal receiver " + cs.Receiver()
 			}
 		}
-		if !x.inEffect(ctx, cs, s) {
+		if !x.inEffect(ctx, cs, r) {
 			return false, "not in effect yet"
 		}
 		return true, "restarted"
 	})
 }
 
-// inEffect reports whether the server runs with the values the step's
-// spec asks for, for the settings it restarts for.
-func (x *stepRun) inEffect(ctx context.Context, cs *snapshot.ClusterState, s diff.Step) bool {
-	if s.Spec == nil {
+// inEffect reports whether the server runs with the values the restart
+// brings into effect.
+func (x *stepRun) inEffect(ctx context.Context, cs *snapshot.ClusterState, r *diff.Restart) bool {
+	if len(r.Values) == 0 {
 		return true // a restart for what is pending, whatever it is
 	}
 	ok := true
 	err := x.session(ctx, cs, func(sess Session) error {
-		for _, p := range s.Restart.Parameters {
-			want, set := s.Spec.Parameters[p]
+		for _, p := range r.Parameters {
+			want, set := r.Values[p]
 			if !set {
 				continue
 			}
@@ -493,22 +492,21 @@ func (x *stepRun) inEffect(ctx context.Context, cs *snapshot.ClusterState, s dif
 
 // FillExternalIP completes the standby's row in the primary's
 // multi_cluster_info.
-func (x *stepRun) FillExternalIP(ctx context.Context, s diff.Step) error {
-	e := s.ExternalIP
+func (x *stepRun) FillExternalIP(ctx context.Context, _ diff.Subject, e *diff.FillExternalIP) error {
 	return x.sql(ctx, x.cluster(e.Primary), "UPDATE sys_operator.multi_cluster_info SET external_ip = $1 WHERE cluster_name = $2 AND external_ip = ''",
 		e.Host, e.Cluster)
 }
 
 // Record writes the step's marks, keeping a journal if one is there.
-func (x *stepRun) Record(ctx context.Context, s diff.Step) error {
-	c := x.cluster(s.Subject.Cluster)
+func (x *stepRun) Record(ctx context.Context, at diff.Subject, p *diff.Record) error {
+	c := x.cluster(at.Cluster)
 	if !c.Exists {
 		return fmt.Errorf("%s has no object to record on", c.Name)
 	}
 	// Record owns the digest and revision; the other marks stay.
 	m := x.marksOf(c.Name)
-	m.Digest, m.Revision = s.Marks.Digest, s.Marks.Revision
-	return x.writeMarks(ctx, s.Subject, m)
+	m.Digest, m.Revision = p.Marks.Digest, p.Marks.Revision
+	return x.writeMarks(ctx, at, m)
 }
 
 // wait re-observes until cond holds, reporting every few seconds.

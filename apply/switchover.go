@@ -76,8 +76,7 @@ func (x *stepRun) startOutage(sw *diff.Switchover) {
 // anywhere resumes here from the journal and live state, and promotion
 // never happens unless this run saw the target replay up to the old
 // primary's end of WAL.
-func (x *stepRun) Switchover(ctx context.Context, s diff.Step) error {
-	sw := s.Switchover
+func (x *stepRun) Switchover(ctx context.Context, _ diff.Subject, sw *diff.Switchover) error {
 	from, to := sw.From.Cluster, sw.To.Cluster
 	var j snapshot.Journal
 	phase := sw.Resume
@@ -469,11 +468,12 @@ var unfenceSQL = []string{"ALTER SYSTEM RESET default_transaction_read_only", "S
 // Fence is the break-glass fence (pgtopo fence): record the mark, then make
 // the cluster refuse new writes. The mark comes first so that a run killed
 // between the two leaves a trace.
-func (x *stepRun) Fence(ctx context.Context, s diff.Step) error {
-	c := x.cluster(s.Subject.Cluster)
+func (x *stepRun) Fence(ctx context.Context, at diff.Subject, p *diff.Fence) error {
+	c := x.cluster(at.Cluster)
 	m := x.marksOf(c.Name)
-	m.Fence = s.Fence
-	if err := x.writeMarks(ctx, s.Subject, m); err != nil {
+	mark := p.Mark
+	m.Fence = &mark
+	if err := x.writeMarks(ctx, at, m); err != nil {
 		return err
 	}
 	var ended int
@@ -490,14 +490,14 @@ func (x *stepRun) Fence(ctx context.Context, s diff.Step) error {
 }
 
 // Unfence lifts a break-glass fence, then removes its mark.
-func (x *stepRun) Unfence(ctx context.Context, s diff.Step) error {
-	name := s.Subject.Cluster
+func (x *stepRun) Unfence(ctx context.Context, at diff.Subject, _ *diff.Unfence) error {
+	name := at.Cluster
 	if err := x.unfence(ctx, x.last, name); err != nil {
 		return err
 	}
 	m := x.marksOf(name)
 	m.Fence = nil
-	return x.writeMarks(ctx, s.Subject, m)
+	return x.writeMarks(ctx, at, m)
 }
 
 // unfence removes the fence; ALTER SYSTEM works on a standby too, and the

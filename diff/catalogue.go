@@ -2,6 +2,8 @@ package diff
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"sort"
 )
 
@@ -50,34 +52,35 @@ const (
 	BucketDelete
 )
 
-// Executor runs steps; apply implements it. Catalogue names which method
-// runs which action, so an action cannot exist without its executor.
+// Executor runs steps; apply implements it. Each method takes its
+// action's own payload; Catalogue binds action, payload and method, so an
+// action cannot exist without its executor.
 type Executor interface {
-	Lock(ctx context.Context, s Step) error
-	EnsurePrimary(ctx context.Context, s Step) error
-	EnsureSlot(ctx context.Context, s Step) error
-	Checkpoint(ctx context.Context, s Step) error
-	BootstrapSecret(ctx context.Context, s Step) error
-	RefreshCredentials(ctx context.Context, s Step) error
-	CreateStandby(ctx context.Context, s Step) error
-	Switchover(ctx context.Context, s Step) error
-	Failover(ctx context.Context, s Step) error
-	Rejoin(ctx context.Context, s Step) error
-	Repoint(ctx context.Context, s Step) error
-	Update(ctx context.Context, s Step) error
-	Restart(ctx context.Context, s Step) error
-	FillExternalIP(ctx context.Context, s Step) error
-	Rebuild(ctx context.Context, s Step) error
-	DeleteCluster(ctx context.Context, s Step) error
-	DropSlot(ctx context.Context, s Step) error
-	Record(ctx context.Context, s Step) error
-	Fence(ctx context.Context, s Step) error
-	Unfence(ctx context.Context, s Step) error
+	Lock(ctx context.Context, at Subject, p *Lock) error
+	EnsurePrimary(ctx context.Context, at Subject, p *EnsurePrimary) error
+	EnsureSlot(ctx context.Context, at Subject, p *EnsureSlot) error
+	Checkpoint(ctx context.Context, at Subject, p *Checkpoint) error
+	BootstrapSecret(ctx context.Context, at Subject, p *BootstrapSecret) error
+	RefreshCredentials(ctx context.Context, at Subject, p *RefreshCredentials) error
+	CreateStandby(ctx context.Context, at Subject, p *CreateStandby) error
+	Switchover(ctx context.Context, at Subject, p *Switchover) error
+	Failover(ctx context.Context, at Subject, p *Failover) error
+	Rejoin(ctx context.Context, at Subject, p *Rejoin) error
+	Repoint(ctx context.Context, at Subject, p *Repoint) error
+	Update(ctx context.Context, at Subject, p *Update) error
+	Restart(ctx context.Context, at Subject, p *Restart) error
+	FillExternalIP(ctx context.Context, at Subject, p *FillExternalIP) error
+	Rebuild(ctx context.Context, at Subject, p *Rebuild) error
+	DeleteCluster(ctx context.Context, at Subject, p *DeleteCluster) error
+	DropSlot(ctx context.Context, at Subject, p *DropSlot) error
+	Record(ctx context.Context, at Subject, p *Record) error
+	Fence(ctx context.Context, at Subject, p *Fence) error
+	Unfence(ctx context.Context, at Subject, p *Unfence) error
 }
 
 // Kind is everything pgtopo knows about an action in one place.
 type Kind struct {
-	// Rank orders steps: by rank, then by cluster name.
+	// Rank orders steps: by rank, then by sequence, then by cluster name.
 	Rank int
 	// Symbol marks the step in a text plan.
 	Symbol string
@@ -88,31 +91,61 @@ type Kind struct {
 	// only with the plan unchanged (the lock: another run may have changed
 	// the world while this one waited for it).
 	Recheck bool
-	Execute func(Executor, context.Context, Step) error
+
+	run    func(Executor, context.Context, Step) error
+	decode func(json.RawMessage) (Payload, error)
+}
+
+// Execute runs the step with its payload on e.
+func (k Kind) Execute(e Executor, ctx context.Context, s Step) error { return k.run(e, ctx, s) }
+
+// bind ties an action's kind to its payload type P and its executor.
+func bind[P any, PP interface {
+	*P
+	Payload
+}](k Kind, run func(Executor, context.Context, Subject, PP) error) Kind {
+	k.run = func(e Executor, ctx context.Context, s Step) error {
+		p, ok := s.Payload.(PP)
+		if !ok || p == nil {
+			return fmt.Errorf("payload is %T, not %T", s.Payload, PP(nil))
+		}
+		return run(e, ctx, s.Subject, p)
+	}
+	k.decode = func(raw json.RawMessage) (Payload, error) {
+		p := PP(new(P))
+		if len(raw) == 0 || string(raw) == "null" {
+			return nil, fmt.Errorf("missing (a %T)", p)
+		}
+		if err := strict(raw, p); err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	return k
 }
 
 // Catalogue is the step catalogue: one entry per action.
 var Catalogue = map[Action]Kind{
-	ActionLock:               {Rank: 0, Symbol: "*", Bucket: BucketNone, Metric: "lock", Recheck: true, Execute: Executor.Lock},
-	ActionRejoin:             {Rank: 1, Symbol: "!", Bucket: BucketSwitchover, Metric: "rejoin", Execute: Executor.Rejoin},
-	ActionEnsurePrimary:      {Rank: 2, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary", Execute: Executor.EnsurePrimary},
-	ActionEnsureSlot:         {Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-slot", Execute: Executor.EnsureSlot},
-	ActionCheckpoint:         {Rank: 4, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint", Execute: Executor.Checkpoint},
-	ActionBootstrapSecret:    {Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret", Execute: Executor.BootstrapSecret},
-	ActionRefreshCredentials: {Rank: 6, Symbol: "~", Bucket: BucketUpdate, Metric: "refresh-credentials", Execute: Executor.RefreshCredentials},
-	ActionRebuild:            {Rank: 7, Symbol: "-+", Bucket: BucketCreate, Metric: "rebuild", Execute: Executor.Rebuild},
-	ActionCreateStandby:      {Rank: 8, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby", Execute: Executor.CreateStandby},
-	ActionSwitchover:         {Rank: 9, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover", Execute: Executor.Switchover},
-	ActionFailover:           {Rank: 10, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover", Execute: Executor.Failover},
-	ActionRepoint:            {Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint", Execute: Executor.Repoint},
-	ActionUpdate:             {Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "update", Execute: Executor.Update},
-	ActionRestart:            {Rank: 13, Symbol: "~", Bucket: BucketUpdate, Metric: "restart", Execute: Executor.Restart},
-	ActionFillExternalIP:     {Rank: 14, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip", Execute: Executor.FillExternalIP},
-	ActionDeleteCluster:      {Rank: 15, Symbol: "-", Bucket: BucketDelete, Metric: "delete-cluster", Execute: Executor.DeleteCluster},
-	ActionDropSlot:           {Rank: 16, Symbol: "-", Bucket: BucketDelete, Metric: "drop-slot", Execute: Executor.DropSlot},
-	ActionRecord:             {Rank: 17, Symbol: "~", Bucket: BucketUpdate, Metric: "record", Execute: Executor.Record},
-	ActionFence:              {Rank: 18, Symbol: "!", Bucket: BucketUpdate, Metric: "fence", Execute: Executor.Fence},
-	ActionUnfence:            {Rank: 19, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence", Execute: Executor.Unfence},
+	ActionLock:               bind(Kind{Rank: 0, Symbol: "*", Bucket: BucketNone, Metric: "lock", Recheck: true}, Executor.Lock),
+	ActionRejoin:             bind(Kind{Rank: 1, Symbol: "!", Bucket: BucketSwitchover, Metric: "rejoin"}, Executor.Rejoin),
+	ActionEnsurePrimary:      bind(Kind{Rank: 2, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary"}, Executor.EnsurePrimary),
+	ActionEnsureSlot:         bind(Kind{Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-slot"}, Executor.EnsureSlot),
+	ActionCheckpoint:         bind(Kind{Rank: 4, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint"}, Executor.Checkpoint),
+	ActionBootstrapSecret:    bind(Kind{Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret"}, Executor.BootstrapSecret),
+	ActionRefreshCredentials: bind(Kind{Rank: 6, Symbol: "~", Bucket: BucketUpdate, Metric: "refresh-credentials"}, Executor.RefreshCredentials),
+	ActionRebuild:            bind(Kind{Rank: 7, Symbol: "-+", Bucket: BucketCreate, Metric: "rebuild"}, Executor.Rebuild),
+	ActionCreateStandby:      bind(Kind{Rank: 8, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby"}, Executor.CreateStandby),
+	ActionSwitchover:         bind(Kind{Rank: 9, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover"}, Executor.Switchover),
+	ActionFailover:           bind(Kind{Rank: 10, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover"}, Executor.Failover),
+	ActionRepoint:            bind(Kind{Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint"}, Executor.Repoint),
+	ActionUpdate:             bind(Kind{Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "update"}, Executor.Update),
+	ActionRestart:            bind(Kind{Rank: 13, Symbol: "~", Bucket: BucketUpdate, Metric: "restart"}, Executor.Restart),
+	ActionFillExternalIP:     bind(Kind{Rank: 14, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip"}, Executor.FillExternalIP),
+	ActionDeleteCluster:      bind(Kind{Rank: 15, Symbol: "-", Bucket: BucketDelete, Metric: "delete-cluster"}, Executor.DeleteCluster),
+	ActionDropSlot:           bind(Kind{Rank: 16, Symbol: "-", Bucket: BucketDelete, Metric: "drop-slot"}, Executor.DropSlot),
+	ActionRecord:             bind(Kind{Rank: 17, Symbol: "~", Bucket: BucketUpdate, Metric: "record"}, Executor.Record),
+	ActionFence:              bind(Kind{Rank: 18, Symbol: "!", Bucket: BucketUpdate, Metric: "fence"}, Executor.Fence),
+	ActionUnfence:            bind(Kind{Rank: 19, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence"}, Executor.Unfence),
 }
 
 // sortSteps orders steps by action rank, then sequence, then cluster name.

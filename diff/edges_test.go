@@ -254,11 +254,11 @@ func TestGoingBackDuringASwitchover(t *testing.T) {
 				t.Fatalf("plan %+v", p)
 			}
 			s := p.Steps[i]
-			if s.Switchover.Resume != snapshot.PhaseAborting || !strings.Contains(s.Reason, tc.want) || s.Subject.Cluster != "orders-east" {
+			if pay[*Switchover](s).Resume != snapshot.PhaseAborting || !strings.Contains(s.Reason, tc.want) || s.Subject.Cluster != "orders-east" {
 				t.Fatalf("step %+v", s)
 			}
-			if s.Switchover.Restore.Replication.IsReplica || s.Switchover.Restore.Instances != 2 {
-				t.Fatalf("restore spec %+v", s.Switchover.Restore)
+			if pay[*Switchover](s).Restore.Replication.IsReplica || pay[*Switchover](s).Restore.Instances != 2 {
+				t.Fatalf("restore spec %+v", pay[*Switchover](s).Restore)
 			}
 			if p.Headline() != "topology orders: primary orders-east" && !strings.Contains(p.Headline(), "orders-east") {
 				t.Fatalf("headline %q", p.Headline())
@@ -269,7 +269,7 @@ func TestGoingBackDuringASwitchover(t *testing.T) {
 	west := loadDesired(t, "testdata/two-sites-west.yaml")
 	snap := loadSnapshot(t, "testdata/resume-journal/snapshot.json", west)
 	p := Compute(west, snap, Options{})
-	if i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Action == ActionSwitchover }); i < 0 || p.Steps[i].Switchover.Resume != snapshot.PhaseGated || p.Steps[i].Switchover.MaxWritePauseSeconds != 30 {
+	if i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Action == ActionSwitchover }); i < 0 || pay[*Switchover](p.Steps[i]).Resume != snapshot.PhaseGated || pay[*Switchover](p.Steps[i]).MaxWritePauseSeconds != 30 {
 		t.Fatalf("plan %+v", p.Steps)
 	}
 }

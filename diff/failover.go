@@ -40,7 +40,7 @@ type Rejoin struct {
 	PrimaryEP *snapshot.Endpoint      `json:"primaryEndpoint,omitempty"`
 	Demoted   snapshot.Spec           `json:"demoted"`
 	Policy    string                  `json:"policy"`
-	Secret    *SecretCopy             `json:"secret,omitempty"`
+	Secret    *CredentialsCopy             `json:"secret,omitempty"`
 	// Rebuild: rewinding cannot be trusted (see rejoinStep), rebuild.
 	Rebuild bool `json:"rebuild,omitempty"`
 	// Fenced is the returned cluster's live spec with the fence on return
@@ -155,7 +155,7 @@ func (p *planner) failover(l *lostPrimary) {
 	for i := range changes {
 		changes[i].Field = to.Name + ": " + changes[i].Field
 	}
-	p.add(Step{Action: ActionFailover, Subject: subj, Failover: sw, Changes: changes,
+	p.add(Step{Action: ActionFailover, Subject: subj, Payload: sw, Changes: changes,
 		Reason: fmt.Sprintf("failover: %s (site %s) is lost; promote %s on consent (%s) to lose %s's writes it never received, then repoint the reachable standbys",
 			from.Name, from.Site.Name, to.Name, source, from.Name),
 		Preconditions: []Precondition{
@@ -186,7 +186,7 @@ func (p *planner) resumeFailover(rec snapshot.FailoverRecord) {
 	for i := range changes {
 		changes[i].Field = to.Name + ": " + changes[i].Field
 	}
-	p.add(Step{Action: ActionFailover, Subject: subjectOf(to), Failover: sw, Changes: changes,
+	p.add(Step{Action: ActionFailover, Subject: subjectOf(to), Payload: sw, Changes: changes,
 		Reason:        fmt.Sprintf("resume failover %s → %s (epoch %d): consent recorded on %s; finish promoting %s", rec.From, rec.To, rec.Epoch, rec.Consent, rec.To),
 		Preconditions: []Precondition{{Kind: CondReadable, Cluster: to.Name}}})
 }
@@ -335,7 +335,7 @@ func (p *planner) rejoin() bool {
 		Fenced: fencedSpec(o.Object)}
 	patroni := dc.IsPatroni()
 	if !patroni && (demoted.Replication.BootstrapSecret == "" || !o.BootstrapSecret.Exists) {
-		rj.Secret = &SecretCopy{From: subjectOf(primary), FromName: np.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name}
+		rj.Secret = &CredentialsCopy{From: subjectOf(primary), FromName: np.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name}
 		demoted.Replication.BootstrapSecret = o.BootstrapSecret.Name
 		rj.Demoted = demoted
 	}
@@ -370,7 +370,7 @@ func (p *planner) rejoin() bool {
 		reason += ", demote it to a standby of " + rec.To + "; it rejoins by pg_rewind" + rebuildLater
 	}
 	changes := specChanges(o.Object, demoted, "")
-	p.add(Step{Action: ActionRejoin, Subject: subj, Rejoin: rj, Changes: changes, Reason: reason,
+	p.add(Step{Action: ActionRejoin, Subject: subj, Payload: rj, Changes: changes, Reason: reason,
 		Preconditions: []Precondition{{Kind: CondWritable, Cluster: rec.To}}})
 	return true
 }
@@ -403,7 +403,7 @@ func (p *planner) rejoinRebuild(dc topology.DesiredCluster, rj *Rejoin, own *sna
 		return
 	}
 	rj.Rebuild = true
-	p.add(Step{Action: ActionRejoin, Subject: subj, Rejoin: rj,
+	p.add(Step{Action: ActionRejoin, Subject: subj, Payload: rj,
 		Reason: fmt.Sprintf("rebuild %s, the primary lost in failover epoch %d (%s; consent: %s): delete it with its volumes and data, including %s, and create it again as a standby of %s from birth",
 			dc.Name, rec.Epoch, ret.NeedsRebuild, consent, wrote, rec.To),
 		Changes: []Change{{Field: "object " + dc.Namespace + "/" + dc.Name + " and its volumes", Before: "present (fenced; " + snapshot.HumanBytes(ret.Diverged) + " past the fork)",

@@ -88,16 +88,16 @@ func TestFailoverConsent(t *testing.T) {
 						f = &p.Steps[i]
 					}
 				}
-				if f == nil || f.Failover.From.Cluster != "orders-east" || f.Failover.SystemID == "" || f.Failover.Epoch != 1 {
+				if f == nil || pay[*Failover](*f).From.Cluster != "orders-east" || pay[*Failover](*f).SystemID == "" || pay[*Failover](*f).Epoch != 1 {
 					t.Fatalf("no failover step: %+v", p.Steps)
 				}
 				// apply confirms the loss through PostgreSQL at the address
 				// the target streamed from.
-				if ep := f.Failover.FromEndpoint; ep == nil || ep.String() != "127.100.10.1:31388" {
+				if ep := pay[*Failover](*f).FromEndpoint; ep == nil || ep.String() != "127.100.10.1:31388" {
 					t.Fatalf("the failover does not carry the lost primary's address: %+v", ep)
 				}
 				for _, s := range p.Steps {
-					if s.Subject.Cluster == "orders-east" || s.Action == ActionLock && len(s.Locks) != 1 {
+					if s.Subject.Cluster == "orders-east" || s.Action == ActionLock && len(pay[*Lock](s).Sites) != 1 {
 						t.Fatalf("a step touches the lost site: %+v", s)
 					}
 				}
@@ -157,10 +157,10 @@ func TestRejoinOnReturn(t *testing.T) {
 	t.Run("stale primary back on its timeline: rejoin by rewind, first", func(t *testing.T) {
 		d, snap := returned(t)
 		p := Compute(d, snap, Options{})
-		if p.Refused() || len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin || p.Steps[1].Rejoin.Rebuild {
+		if p.Refused() || len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin || pay[*Rejoin](p.Steps[1]).Rebuild {
 			t.Fatalf("want lock, rejoin (rewind): %+v %+v", p.Steps, p.Refusals)
 		}
-		if got := p.Steps[1].Rejoin.Demoted.Replication; !got.IsReplica || got.PeerHost != "127.100.20.1" {
+		if got := pay[*Rejoin](p.Steps[1]).Demoted.Replication; !got.IsReplica || got.PeerHost != "127.100.20.1" {
 			t.Fatalf("demoted spec %+v", got)
 		}
 	})
@@ -174,7 +174,7 @@ func TestRejoinOnReturn(t *testing.T) {
 		if len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin {
 			t.Fatalf("want lock, rejoin: %+v %+v", p.Steps, p.Refusals)
 		}
-		fenced := p.Steps[1].Rejoin.Fenced
+		fenced := pay[*Rejoin](p.Steps[1]).Fenced
 		want := map[string]string{"max_slot_wal_keep_size": "10GB", FenceParameter: "on"}
 		if !maps.Equal(fenced.Parameters, want) || fenced.Replication.IsReplica {
 			t.Fatalf("fenced spec: parameters %v (want %v, another manager's left to it), replica %v", fenced.Parameters, want, fenced.Replication.IsReplica)
@@ -196,7 +196,7 @@ func TestRejoinOnReturn(t *testing.T) {
 		d, snap := returned(t)
 		cs(snap, "orders-east").PG.Timeline = 2
 		p := Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || p.Steps[1].Rejoin.Rebuild || !strings.Contains(p.Steps[1].Reason, "the next plan shows the rebuild as a step of its own") {
+		if len(p.Steps) != 2 || pay[*Rejoin](p.Steps[1]).Rebuild || !strings.Contains(p.Steps[1].Reason, "the next plan shows the rebuild as a step of its own") {
 			t.Fatalf("want a rejoin that fences and measures, and says a rebuild comes after: %+v", p.Steps)
 		}
 	})
@@ -219,7 +219,7 @@ func TestRejoinOnReturn(t *testing.T) {
 		cs(snap, "orders-east").PG.Timeline = 2
 		needsRebuild(snap)
 		p := Compute(d, snap, Options{AllowRebuild: []string{"orders-east"}})
-		if len(p.Steps) != 2 || !p.Steps[1].Rejoin.Rebuild {
+		if len(p.Steps) != 2 || !pay[*Rejoin](p.Steps[1]).Rebuild {
 			t.Fatalf("want the rebuild step: %+v %+v", p.Steps, p.Refusals)
 		}
 		r := p.Steps[1].Reason
@@ -252,7 +252,7 @@ func TestRejoinOnReturn(t *testing.T) {
 		}
 		cs(snap, "orders-east").PG.Timeline = 2
 		p := Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || p.Steps[1].Rejoin.Rebuild || p.Steps[1].Rejoin.Policy != topology.RejoinManual {
+		if len(p.Steps) != 2 || pay[*Rejoin](p.Steps[1]).Rebuild || pay[*Rejoin](p.Steps[1]).Policy != topology.RejoinManual {
 			t.Fatalf("want a manual rejoin: %+v", p.Steps)
 		}
 	})
@@ -262,12 +262,12 @@ func TestRejoinOnReturn(t *testing.T) {
 			d.Clusters[i].Rejoin = topology.RejoinRebuild
 		}
 		p := Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || p.Steps[1].Rejoin.Rebuild {
+		if len(p.Steps) != 2 || pay[*Rejoin](p.Steps[1]).Rebuild {
 			t.Fatalf("want the fence first: %+v", p.Steps)
 		}
 		needsRebuild(snap)
 		p = Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || !p.Steps[1].Rejoin.Rebuild || !strings.Contains(p.Steps[1].Reason, "consent: the file (rejoin: rebuild)") {
+		if len(p.Steps) != 2 || !pay[*Rejoin](p.Steps[1]).Rebuild || !strings.Contains(p.Steps[1].Reason, "consent: the file (rejoin: rebuild)") {
 			t.Fatalf("want a rebuild: %+v %+v", p.Steps, p.Refusals)
 		}
 	})
@@ -307,11 +307,11 @@ func TestAfterAFailoverDone(t *testing.T) {
 		if s.Subject.Cluster == "orders-east" {
 			t.Fatalf("a step for the lost primary: %+v", s)
 		}
-		if s.Action == ActionRepoint && s.Subject.Cluster == "orders-south" && s.Spec.Replication.PeerHost == "127.100.20.100" {
+		if s.Action == ActionRepoint && s.Subject.Cluster == "orders-south" && pay[*Repoint](s).Spec.Replication.PeerHost == "127.100.20.100" {
 			repointed = true
 		}
-		if s.Action == ActionLock && len(s.Locks) != 2 {
-			t.Fatalf("the lock takes the lost site's Lease: %+v", s.Locks)
+		if s.Action == ActionLock && len(pay[*Lock](s).Sites) != 2 {
+			t.Fatalf("the lock takes the lost site's Lease: %+v", pay[*Lock](s).Sites)
 		}
 	}
 	if !repointed {
@@ -327,7 +327,7 @@ func TestResumeFailoverNeedsItsTarget(t *testing.T) {
 	w.Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverPromoting,
 		SystemID: w.PG.SystemID, FromTimeline: 1}
 	p := Compute(d, snap, Options{})
-	if p.Refused() || len(p.Steps) < 2 || p.Steps[1].Action != ActionFailover || p.Steps[1].Failover.Resume != snapshot.FailoverPromoting {
+	if p.Refused() || len(p.Steps) < 2 || p.Steps[1].Action != ActionFailover || pay[*Failover](p.Steps[1]).Resume != snapshot.FailoverPromoting {
 		t.Fatalf("want the failover resumed: %+v %+v", p.Steps, p.Refusals)
 	}
 	w.Object.Marks.Failover.To = "orders-north"
@@ -364,7 +364,7 @@ func TestRejoinCopiesTheBootstrapSecretAndNotesSpentConsent(t *testing.T) {
 	e.BootstrapSecret.Exists = false
 	d.AcceptDataLoss = &topology.Consent{Cluster: "orders-east", SystemIdentifier: w.PG.SystemID, Timeline: 1}
 	p := Compute(d, snap, Options{})
-	if len(p.Steps) != 2 || p.Steps[1].Rejoin.Secret == nil || p.Steps[1].Rejoin.Secret.FromName != w.Credentials.Name {
+	if len(p.Steps) != 2 || pay[*Rejoin](p.Steps[1]).Secret == nil || pay[*Rejoin](p.Steps[1]).Secret.FromName != w.Credentials.Name {
 		t.Fatalf("want a rejoin that copies west's credentials: %+v", p.Steps)
 	}
 	if len(p.Notes) == 0 || !strings.Contains(p.Notes[0].Message, "spec.acceptDataLoss is spent") {

@@ -42,7 +42,7 @@ func PlanFence(d *topology.Desired, snap *snapshot.Snapshot, cluster string, opt
 		}
 		mark := opt.Mark
 		subj := subjectOf(c)
-		p.add(Step{Action: ActionFence, Subject: subj, Fence: &mark,
+		p.add(Step{Action: ActionFence, Subject: subj, Payload: &Fence{Mark: mark},
 			Reason:        fmt.Sprintf("fence %s: new sessions read-only, open client sessions ended, recorded on its CR", cluster),
 			Changes:       []Change{{Field: "default_transaction_read_only", Before: "off", After: "on"}, {Field: "mark pgtopo.dev/fenced", Before: "", After: mark.By + " at " + mark.At}},
 			Preconditions: []Precondition{{Kind: CondSiteReachable, Site: c.Site.Name}, {Kind: CondWritable, Cluster: cluster}}})
@@ -59,7 +59,7 @@ func PlanUnfence(d *topology.Desired, snap *snapshot.Snapshot, cluster string) P
 	case !o.PG.ReadOnlyDefault && o.Object.Marks.Fence == nil:
 		p.note(nil, "%s is not fenced", cluster)
 	default:
-		p.add(Step{Action: ActionUnfence, Subject: subjectOf(c),
+		p.add(Step{Action: ActionUnfence, Subject: subjectOf(c), Payload: &Unfence{},
 			Reason:        fmt.Sprintf("unfence %s: new sessions may write again; the fence mark is removed", cluster),
 			Changes:       []Change{{Field: "default_transaction_read_only", Before: "on", After: "off"}},
 			Preconditions: []Precondition{{Kind: CondSiteReachable, Site: c.Site.Name}, {Kind: CondReadable, Cluster: cluster}}})

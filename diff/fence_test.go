@@ -65,7 +65,7 @@ func TestPlanFence(t *testing.T) {
 			}
 			if len(tc.steps) > 0 {
 				s := p.Steps[1]
-				if *s.Fence != tc.opt.Mark || s.Subject.Cluster != tc.cluster || !slices.ContainsFunc(s.Preconditions, func(c Precondition) bool { return c.Kind == CondWritable }) {
+				if pay[*Fence](s).Mark != tc.opt.Mark || s.Subject.Cluster != tc.cluster || !slices.ContainsFunc(s.Preconditions, func(c Precondition) bool { return c.Kind == CondWritable }) {
 					t.Fatalf("fence step %+v", s)
 				}
 			}

@@ -57,7 +57,7 @@ func (p *planner) patroniStandby(c topology.DesiredCluster, o, primary *snapshot
 	if len(ch) == 0 {
 		return
 	}
-	step := Step{Action: ActionRepoint, Subject: subj, Spec: &spec, Follows: p.d.Primary().Name, Changes: ch,
+	step := Step{Action: ActionRepoint, Subject: subj, Payload: &Repoint{Spec: spec, Follows: p.d.Primary().Name}, Changes: ch,
 		Reason: fmt.Sprintf("point standby_cluster at the primary %s through slot %s", p.d.Primary().Name, spec.Replication.PrimarySlot)}
 	if p.switching == nil && p.failingOver == nil {
 		step.Preconditions = []Precondition{{Kind: CondWritable, Cluster: p.d.Primary().Name}}
@@ -116,7 +116,7 @@ func (p *planner) slots(livePrimary string) {
 }
 
 func (p *planner) addSlot(primary, forCluster topology.DesiredCluster, slot, via, reason string) {
-	e := &SlotEnsure{Primary: primary.Name, For: forCluster.Name, Slot: slot, Via: via}
+	e := &EnsureSlot{Primary: primary.Name, For: forCluster.Name, Slot: slot, Via: via}
 	field := "permanent slot " + slot
 	if via == SlotViaCatalogue {
 		field = "sys_operator.multi_cluster_info " + forCluster.Name
@@ -126,7 +126,7 @@ func (p *planner) addSlot(primary, forCluster topology.DesiredCluster, slot, via
 			e.Host, e.Port = forCluster.Endpoint.Host, forCluster.Endpoint.Port
 		}
 	}
-	p.add(Step{Action: ActionEnsureSlot, Subject: subjectOf(primary), Slot: e, Reason: reason,
+	p.add(Step{Action: ActionEnsureSlot, Subject: subjectOf(primary), Payload: e, Reason: reason,
 		Changes:       []Change{{Field: field, Before: "absent", After: "present"}},
 		Preconditions: []Precondition{{Kind: CondWritable, Cluster: primary.Name}}})
 }

@@ -97,6 +97,7 @@ func withPrimary(d *topology.Desired, primary string) (*topology.Desired, error)
 // note by a part of its words; strictNotes: no notes unless some are
 // expected (or refusals are).
 func expectPlan(t *testing.T, p Plan, actions []Action, refusals, notes []string, strictNotes bool) {
+	checkPayloads(t, p)
 	t.Helper()
 	if !slices.Equal(actionsOf(p), actions) {
 		t.Fatalf("actions %v, want %v\nrefusals %+v\nnotes %+v", actionsOf(p), actions, p.Refusals, p.Notes)
@@ -146,8 +147,8 @@ func TestMixedPlans(t *testing.T) {
 			edit:    func(s *snapshot.Snapshot) { cs(s, "orders-dc1").Object.PermanentSlots = nil },
 			actions: []Action{ActionLock, ActionEnsureSlot},
 			check: func(t *testing.T, p Plan) {
-				e := p.Steps[1].Slot
-				if *e != (SlotEnsure{Primary: "orders-dc1", For: "orders-east", Slot: "xdc_orders_east", Via: SlotViaPatroni}) ||
+				e := pay[*EnsureSlot](p.Steps[1])
+				if *e != (EnsureSlot{Primary: "orders-dc1", For: "orders-east", Slot: "xdc_orders_east", Via: SlotViaPatroni}) ||
 					p.Steps[1].Preconditions[0] != (Precondition{Kind: CondWritable, Cluster: "orders-dc1"}) {
 					t.Fatalf("%+v %+v", e, p.Steps[1].Preconditions)
 				}
@@ -159,7 +160,7 @@ func TestMixedPlans(t *testing.T) {
 			},
 			actions: []Action{ActionLock, ActionEnsureSlot},
 			check: func(t *testing.T, p Plan) {
-				if e := p.Steps[1].Slot; *e != (SlotEnsure{Primary: "orders-dc1", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
+				if e := pay[*EnsureSlot](p.Steps[1]); *e != (EnsureSlot{Primary: "orders-dc1", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
 					t.Fatalf("%+v", e)
 				}
 			}},
@@ -179,7 +180,7 @@ func TestMixedPlans(t *testing.T) {
 			},
 			actions: []Action{ActionLock, ActionSwitchover, ActionRecord, ActionRecord},
 			check: func(t *testing.T, p Plan) {
-				sw := p.Steps[1].Switchover
+				sw := pay[*Switchover](p.Steps[1])
 				want := snapshot.Spec{Flavor: snapshot.FlavorPatroni, Replication: snapshot.Replication{Enabled: true, IsReplica: true, PeerHost: "127.100.10.1", PeerPort: 31113, PrimarySlot: "xdc_orders_dc1"}}
 				if !sameOwnedFields(sw.Demoted, want) || sw.Demoted.Flavor != snapshot.FlavorPatroni {
 					t.Fatalf("demoted %+v", sw.Demoted)
@@ -198,7 +199,7 @@ func TestMixedPlans(t *testing.T) {
 			},
 			actions: []Action{ActionLock, ActionEnsureSlot},
 			check: func(t *testing.T, p Plan) {
-				if e := p.Steps[1].Slot; *e != (SlotEnsure{Primary: "orders-east", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
+				if e := pay[*EnsureSlot](p.Steps[1]); *e != (EnsureSlot{Primary: "orders-east", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
 					t.Fatalf("%+v", e)
 				}
 			}},
@@ -206,7 +207,7 @@ func TestMixedPlans(t *testing.T) {
 			edit:    func(s *snapshot.Snapshot) { cs(s, "orders-dc1").Object.Spec.Replication.PrimarySlot = "" },
 			actions: []Action{ActionLock, ActionRepoint},
 			check: func(t *testing.T, p Plan) {
-				if s := p.Steps[1].Spec; s.Replication.PrimarySlot != "xdc_orders_dc1" || !s.Replication.PeerIs(*ep(eastEP)) {
+				if s := pay[*Repoint](p.Steps[1]).Spec; s.Replication.PrimarySlot != "xdc_orders_dc1" || !s.Replication.PeerIs(*ep(eastEP)) {
 					t.Fatalf("%+v", s)
 				}
 			}},
@@ -297,8 +298,8 @@ func TestMixedEdges(t *testing.T) {
 	cs(snap, "orders-dc1").Object.Spec.Replication.PrimarySlot = ""
 	p = Compute(d, snap, Options{})
 	for _, s := range p.Steps {
-		if s.Action == ActionRepoint && !s.Spec.Replication.PeerIs(*ep(eastEP)) {
-			t.Fatalf("without the primary's endpoint the peer must stay %s: %+v", eastEP, s.Spec.Replication)
+		if s.Action == ActionRepoint && !pay[*Repoint](s).Spec.Replication.PeerIs(*ep(eastEP)) {
+			t.Fatalf("without the primary's endpoint the peer must stay %s: %+v", eastEP, pay[*Repoint](s).Spec.Replication)
 		}
 	}
 	d, snap = mixedInSync(t, "orders-east")
@@ -307,7 +308,7 @@ func TestMixedEdges(t *testing.T) {
 	pg := cs(snap, "orders-east").PG
 	pg.MultiCluster = pg.MultiCluster[1:]
 	p = Compute(d, snap, Options{})
-	if len(p.Steps) != 2 || p.Steps[1].Slot.Host != "127.100.20.1" || p.Steps[1].Slot.Port != 5432 {
+	if len(p.Steps) != 2 || pay[*EnsureSlot](p.Steps[1]).Host != "127.100.20.1" || pay[*EnsureSlot](p.Steps[1]).Port != 5432 {
 		t.Fatalf("the row of an unobserved Patroni cluster takes the file's endpoint: %+v", p.Steps)
 	}
 }
@@ -337,7 +338,7 @@ func TestPatroniRejoin(t *testing.T) {
 	if len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin {
 		t.Fatalf("want lock, rejoin: %+v %+v", p.Steps, p.Refusals)
 	}
-	rj := p.Steps[1].Rejoin
+	rj := pay[*Rejoin](p.Steps[1])
 	if rj.Secret != nil || rj.Rebuild || rj.Demoted.Flavor != snapshot.FlavorPatroni || !rj.Demoted.Replication.IsReplica {
 		t.Fatalf("rejoin payload %+v", rj)
 	}

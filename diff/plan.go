@@ -5,6 +5,8 @@
 package diff
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -34,53 +36,125 @@ type Change struct {
 }
 
 // Step is one ordered, idempotent unit of work and its payload: exactly
-// what apply writes.
+// what apply writes. Payload's type is the one Catalogue names for Action.
 type Step struct {
 	Action        Action         `json:"action"`
 	Subject       Subject        `json:"subject"`
 	Reason        string         `json:"reason"`
 	Changes       []Change       `json:"changes,omitempty"`
 	Preconditions []Precondition `json:"preconditions,omitempty"`
-
-	// Spec is the owned part of the subject's object that the step writes
-	// (ensure-primary, create-standby, repoint, update).
-	Spec *snapshot.Spec `json:"spec,omitempty"`
-	// PeerOf names the cluster whose endpoint becomes Spec's peer when it
-	// is not known yet (a standby planned with its primary): apply fills
-	// it in from what that cluster's creation produced.
-	PeerOf string `json:"peerOf,omitempty"`
-	// Follows is the primary a standby step waits to stream from.
-	Follows string `json:"follows,omitempty"`
-	// Marks are what a record step writes.
-	Marks *snapshot.Marks `json:"marks,omitempty"`
-	// Secret is what a bootstrap-secret step copies.
-	Secret *SecretCopy `json:"secret,omitempty"`
-	// ExternalIP is the row a fill-external-ip step completes.
-	ExternalIP *ExternalIP `json:"externalIP,omitempty"`
-	// Slot is what an ensure-slot step makes the primary keep.
-	Slot *SlotEnsure `json:"slot,omitempty"`
-	// Rebuild, Deletion and Drop are the payloads of rebuild,
-	// delete-cluster and drop-slot.
-	RebuildStandby *RebuildStandby `json:"rebuildStandby,omitempty"`
-	Deletion       *Deletion       `json:"deletion,omitempty"`
-	Drop           *SlotDrop       `json:"drop,omitempty"`
-	// Switchover is the role swap's payload.
-	Switchover *Switchover `json:"switchover,omitempty"`
-	// Failover is a failover's payload; Rejoin a returned lost primary's.
-	Failover *Failover `json:"failover,omitempty"`
-	Rejoin   *Rejoin   `json:"rejoin,omitempty"`
-	// Fence is the mark a fence step records (nil for unfence).
-	Fence *snapshot.Fence `json:"fence,omitempty"`
-	// Locks are the Leases a lock step takes, in order.
-	Locks []Subject `json:"locks,omitempty"`
-	Lease string    `json:"lease,omitempty"`
-	// Restart is the restart an update or restart step waits for.
-	Restart *Restart `json:"restart,omitempty"`
 	// Sequence orders steps of one rank before their clusters' names do:
 	// restarts go standbys first, or the primary first when a standby
 	// minimum is lowered.
-	Sequence int `json:"sequence,omitempty"`
+	Sequence int     `json:"sequence,omitempty"`
+	Payload  Payload `json:"payload,omitempty"`
 }
+
+// Payload is a step's own data; each action has its type (Catalogue).
+type Payload interface{ payloadOf() Action }
+
+// UnmarshalJSON reads the payload as the type its action takes.
+func (s *Step) UnmarshalJSON(b []byte) error {
+	type bare Step
+	var raw struct {
+		bare
+		Payload json.RawMessage `json:"payload"`
+	}
+	if err := strict(b, &raw); err != nil {
+		return err
+	}
+	*s = Step(raw.bare)
+	kind, ok := Catalogue[s.Action]
+	if !ok {
+		return fmt.Errorf("step %q: no such action", s.Action)
+	}
+	p, err := kind.decode(raw.Payload)
+	if err != nil {
+		return fmt.Errorf("step %s %s: payload: %w (a plan saved before v0.2.0 keeps it elsewhere: save it again with pgtopo diff --out)", s.Action, s.Subject, err)
+	}
+	s.Payload = p
+	return nil
+}
+
+// strict decodes b into v, refusing fields v does not have.
+func strict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// Lock is the lock step's payload: the Lease it takes in every site, in
+// order.
+type Lock struct {
+	Lease string    `json:"lease"`
+	Sites []Subject `json:"sites"`
+}
+
+// EnsurePrimary is the spec an ensure-primary step writes.
+type EnsurePrimary struct {
+	Spec snapshot.Spec `json:"spec"`
+}
+
+// Checkpoint has no payload beyond its subject.
+type Checkpoint struct{}
+
+// StandbySpec is a standby's spec, the primary it streams from, and the
+// cluster whose endpoint becomes its peer when the plan cannot know it
+// yet (a standby planned with its primary: apply fills it in from what
+// that cluster's creation produced).
+type StandbySpec struct {
+	Spec    snapshot.Spec `json:"spec"`
+	Follows string        `json:"follows"`
+	PeerOf  string        `json:"peerOf,omitempty"`
+}
+
+// CreateStandby writes a standby's spec and waits until it streams.
+type CreateStandby StandbySpec
+
+// Repoint writes a standby's spec with a new peer and waits until it
+// streams from it.
+type Repoint StandbySpec
+
+// Update writes a cluster's spec, and restarts it when a changed setting
+// takes effect only then.
+type Update struct {
+	Spec    snapshot.Spec `json:"spec"`
+	Restart *Restart      `json:"restart,omitempty"`
+}
+
+// Record is the marks a record step writes.
+type Record struct {
+	Marks snapshot.Marks `json:"marks"`
+}
+
+// Fence is the mark a fence step records.
+type Fence struct {
+	Mark snapshot.Fence `json:"mark"`
+}
+
+// Unfence has no payload beyond its subject.
+type Unfence struct{}
+
+func (*Lock) payloadOf() Action               { return ActionLock }
+func (*EnsurePrimary) payloadOf() Action      { return ActionEnsurePrimary }
+func (*EnsureSlot) payloadOf() Action         { return ActionEnsureSlot }
+func (*Checkpoint) payloadOf() Action         { return ActionCheckpoint }
+func (*BootstrapSecret) payloadOf() Action    { return ActionBootstrapSecret }
+func (*RefreshCredentials) payloadOf() Action { return ActionRefreshCredentials }
+func (*Rebuild) payloadOf() Action            { return ActionRebuild }
+func (*CreateStandby) payloadOf() Action      { return ActionCreateStandby }
+func (*Switchover) payloadOf() Action         { return ActionSwitchover }
+func (*Failover) payloadOf() Action           { return ActionFailover }
+func (*Rejoin) payloadOf() Action             { return ActionRejoin }
+func (*Repoint) payloadOf() Action            { return ActionRepoint }
+func (*Update) payloadOf() Action             { return ActionUpdate }
+func (*Restart) payloadOf() Action            { return ActionRestart }
+func (*FillExternalIP) payloadOf() Action     { return ActionFillExternalIP }
+func (*DeleteCluster) payloadOf() Action      { return ActionDeleteCluster }
+func (*DropSlot) payloadOf() Action           { return ActionDropSlot }
+func (*Record) payloadOf() Action             { return ActionRecord }
+func (*Fence) payloadOf() Action              { return ActionFence }
+func (*Unfence) payloadOf() Action            { return ActionUnfence }
 
 // How an ensure-slot step makes a primary keep a standby's slot.
 const (
@@ -93,10 +167,10 @@ const (
 	SlotViaCatalogue = "catalogue"
 )
 
-// SlotEnsure is the payload of ensure-slot: the primary keeps Slot for
+// EnsureSlot is the payload of ensure-slot: the primary keeps Slot for
 // the cluster For, so WAL is retained before For's base backup (or, via
 // the catalogue, once the operator's cluster is primary).
-type SlotEnsure struct {
+type EnsureSlot struct {
 	Primary string `json:"primary"`
 	For     string `json:"for"`
 	Slot    string `json:"slot"`
@@ -106,47 +180,54 @@ type SlotEnsure struct {
 	Port int    `json:"port,omitempty"`
 }
 
-// SecretCopy copies a cluster's admin credentials into a standby's
-// namespace as a basic-auth Secret.
-type SecretCopy struct {
+// CredentialsCopy copies a cluster's admin credentials into a standby's
+// namespace.
+type CredentialsCopy struct {
 	From     Subject `json:"from"`
 	FromName string  `json:"fromName"`
 	Name     string  `json:"name"`
 	Topology string  `json:"topology"`
 }
 
-// ExternalIP fills a standby's empty external_ip in the primary's
+// BootstrapSecret copies the primary's credentials into a standby's
+// namespace as the basic-auth Secret it bootstraps with.
+type BootstrapSecret CredentialsCopy
+
+// RefreshCredentials copies the primary's username and password into a
+// standby's own credentials Secret.
+type RefreshCredentials CredentialsCopy
+
+// FillExternalIP fills a standby's empty external_ip in the primary's
 // sys_operator.multi_cluster_info.
-type ExternalIP struct {
+type FillExternalIP struct {
 	Primary string `json:"primary"`
 	Cluster string `json:"cluster"`
 	Host    string `json:"host"`
 }
 
-// RebuildStandby is a rebuild's payload: the standby that cannot catch up,
-// why (the evidence), on whose consent, and the spec it is created again
-// with (its peer the primary's endpoint, filled in from the snapshot when
-// PeerOf says so).
-type RebuildStandby struct {
-	Primary  string `json:"primary"`
-	Evidence string `json:"evidence"`
-	Consent  string `json:"consent"`
+// Rebuild is a rebuild's payload: the standby that cannot catch up, why
+// (the evidence), on whose consent, and the spec it is created again with.
+type Rebuild struct {
+	Standby  StandbySpec `json:"standby"`
+	Primary  string      `json:"primary"`
+	Evidence string      `json:"evidence"`
+	Consent  string      `json:"consent"`
 	// Resume: a rebuild recorded on the primary goes on, consented then.
 	Resume bool `json:"resume,omitempty"`
 }
 
-// Deletion is a delete-cluster step's payload: the cluster removed from
-// the file, and what goes with it on the primary.
-type Deletion struct {
+// DeleteCluster is a delete-cluster step's payload: the cluster removed
+// from the file, and what goes with it on the primary.
+type DeleteCluster struct {
 	Primary string `json:"primary,omitempty"`
 	Slot    string `json:"slot,omitempty"`
 }
 
-// SlotDrop is a drop-slot step's payload: the slot, on which primary, the
+// DropSlot is a drop-slot step's payload: the slot, on which primary, the
 // cluster it was for ("" when pgtopo cannot tell), and how it is kept
 // there (its catalogue row or a permanent slot, removed first so the slot
 // is not made again).
-type SlotDrop struct {
+type DropSlot struct {
 	Primary       string `json:"primary"`
 	Slot          string `json:"slot"`
 	For           string `json:"for,omitempty"`

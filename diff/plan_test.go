@@ -147,6 +147,7 @@ func TestPlans(t *testing.T) {
 			for _, s := range p.Steps {
 				actions = append(actions, s.Action)
 			}
+			checkPayloads(t, p)
 			if strings.Join(actionStrings(actions), ",") != strings.Join(actionStrings(e.actions), ",") {
 				t.Errorf("actions = %v, want %v", actions, e.actions)
 			}

@@ -98,7 +98,7 @@ func (p *planner) lockStep() Step {
 		locks = append(locks, Subject{Site: l.Site.Name, Namespace: l.Namespace})
 		where = append(where, l.Site.Name+"/"+l.Namespace)
 	}
-	return Step{Action: ActionLock, Subject: locks[0], Locks: locks, Lease: p.d.LeaseName(),
+	return Step{Action: ActionLock, Subject: locks[0], Payload: &Lock{Lease: p.d.LeaseName(), Sites: locks},
 		Reason: fmt.Sprintf("hold Lease %s in every site (%s, in this order) so no other run changes this topology meanwhile",
 			p.d.LeaseName(), strings.Join(where, ", "))}
 }
@@ -308,7 +308,7 @@ func (p *planner) checkCredentials() {
 			p.add(Step{Action: ActionRefreshCredentials, Subject: subj,
 				Reason: fmt.Sprintf("its credentials Secret %s fails to authenticate to %s, whose roles are %s's, replicated: %s's password was changed; copy %s (the value is never shown)",
 					o.Credentials.Name, c.Name, from.Name, from.Name, from.Credentials.Name),
-				Secret:  &SecretCopy{From: subjectOf(fromDC), FromName: from.Credentials.Name, Name: o.Credentials.Name, Topology: p.d.Name},
+				Payload: &RefreshCredentials{From: subjectOf(fromDC), FromName: from.Credentials.Name, Name: o.Credentials.Name, Topology: p.d.Name},
 				Changes: []Change{{Field: "secret " + o.Credentials.Name, Before: "fails to authenticate", After: "username and password of " + from.Credentials.Name}}})
 			continue
 		}
@@ -409,7 +409,7 @@ func (p *planner) resumeSwitchover(j snapshot.Journal, on string) {
 		Demoted: p.desiredSpec(from, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(from),
 		MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds(), Resume: resume}
 	p.switching = sw
-	step := Step{Action: ActionSwitchover, Subject: subjectOf(to), Reason: reason, Switchover: sw,
+	step := Step{Action: ActionSwitchover, Subject: subjectOf(to), Reason: reason, Payload: sw,
 		Preconditions: []Precondition{{Kind: CondSiteReachable, Site: from.Site.Name}, {Kind: CondSiteReachable, Site: to.Site.Name}}}
 	if resume == snapshot.PhaseAborting {
 		step.Subject = subjectOf(from)
@@ -465,14 +465,14 @@ func (p *planner) noLivePrimary(want topology.DesiredCluster) {
 	case !o.Exists && !anyExists:
 		p.add(Step{Action: ActionEnsurePrimary, Subject: subjectOf(want),
 			Reason:        "create the primary CR and wait until it is Running and writable",
-			Spec:          &spec,
+			Payload:       &EnsurePrimary{Spec: spec},
 			Changes:       specChanges(nil, spec, ""),
 			Preconditions: []Precondition{{Kind: CondCRAbsent, Cluster: want.Name}}})
 	case o.Exists && !o.Object.Spec.Replication.IsReplica:
 		// Created by an earlier run and still coming up: wait for it.
 		p.add(Step{Action: ActionEnsurePrimary, Subject: subjectOf(want),
 			Reason:        fmt.Sprintf("wait until %s is Running and writable (status %q; %s)", want.Name, o.Object.Status, orNone(o.PGError)),
-			Spec:          &spec,
+			Payload:       &EnsurePrimary{Spec: spec},
 			Changes:       specChanges(o.Object, spec, ""),
 			Preconditions: []Precondition{{Kind: CondCRPresent, Cluster: want.Name}}})
 	case !o.Exists:
@@ -488,7 +488,7 @@ func (p *planner) primaryDrift(want topology.DesiredCluster) {
 	spec := p.desiredSpec(want, nil)
 	if ch := specChanges(obj, spec, ""); len(ch) > 0 {
 		p.add(Step{Action: ActionUpdate, Subject: subjectOf(want), Reason: "the primary's CR differs from the file",
-			Spec: &spec, Changes: ch, Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
+			Payload: &Update{Spec: spec}, Changes: ch, Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
 	}
 	p.versionCheck(want)
 }
@@ -551,7 +551,7 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 	p.add(Step{Action: ActionSwitchover, Subject: subj,
 		Reason:        fmt.Sprintf("switchover: primary %s → %s (demote %s, wait until %s has replayed all of its WAL, then promote)", from, to.Name, from, to.Name),
 		Changes:       p.switchoverChanges(sw),
-		Switchover:    sw,
+		Payload:       sw,
 		Preconditions: pre})
 }
 
@@ -610,7 +610,7 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 			}
 			p.add(Step{Action: ActionBootstrapSecret, Subject: subj,
 				Reason:  fmt.Sprintf("the standby needs the primary's admin credentials to bootstrap (copied from %s)", primary.Credentials.Name),
-				Secret:  &SecretCopy{From: subjectOf(want), FromName: primary.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name},
+				Payload: &BootstrapSecret{From: subjectOf(want), FromName: primary.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name},
 				Changes: []Change{{Field: "secret " + o.BootstrapSecret.Name, Before: before, After: "copy of " + primary.Credentials.Name}}})
 		}
 		if recordedRebuild(c.Name, primary) != nil && p.switching == nil && p.failingOver == nil {
@@ -622,12 +622,13 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		spec := p.desiredSpec(c, primaryEP)
 		if !o.Exists {
 			needCheckpoint = true
-			step := Step{Action: ActionCreateStandby, Subject: subj, Spec: &spec, Follows: want.Name,
+			create := &CreateStandby{Spec: spec, Follows: want.Name}
+			step := Step{Action: ActionCreateStandby, Subject: subj, Payload: create,
 				Reason:        fmt.Sprintf("create %s as a standby of %s from birth and wait until it streams with the same system identifier", c.Name, want.Name),
 				Changes:       specChanges(nil, spec, want.Name),
 				Preconditions: []Precondition{{Kind: CondCRAbsent, Cluster: c.Name}}}
 			if primaryEP == nil {
-				step.PeerOf = want.Name
+				create.PeerOf = want.Name
 			} else {
 				step.Preconditions = append(step.Preconditions, Precondition{Kind: CondWritable, Cluster: want.Name})
 			}
@@ -648,7 +649,7 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		ch := specChanges(o.Object, spec, "")
 		repeer := primaryEP != nil && !o.Object.Spec.Replication.PeerIs(*primaryEP)
 		if repeer {
-			step := Step{Action: ActionRepoint, Subject: subj, Spec: &spec, Follows: want.Name, Changes: ch,
+			step := Step{Action: ActionRepoint, Subject: subj, Payload: &Repoint{Spec: spec, Follows: want.Name}, Changes: ch,
 				Reason: fmt.Sprintf("follow the primary %s", want.Name)}
 			if p.switching != nil {
 				step.Reason = fmt.Sprintf("follow the new primary %s after the switchover", want.Name)
@@ -659,7 +660,7 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 			}
 			p.add(step)
 		} else if len(ch) > 0 {
-			p.add(Step{Action: ActionUpdate, Subject: subj, Reason: "the standby's CR differs from the file", Spec: &spec, Changes: ch})
+			p.add(Step{Action: ActionUpdate, Subject: subj, Reason: "the standby's CR differs from the file", Payload: &Update{Spec: spec}, Changes: ch})
 		}
 		if o.PG != nil && (o.PG.WalReceiver == nil || o.PG.WalReceiver.Status != "streaming") && p.switching == nil && p.failingOver == nil {
 			p.note(&subj, "%s is not streaming (wal receiver: %s)", c.Name, o.Receiver())
@@ -669,7 +670,7 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		}
 	}
 	if needCheckpoint && p.switching == nil && p.failingOver == nil {
-		p.add(Step{Action: ActionCheckpoint, Subject: subjectOf(want),
+		p.add(Step{Action: ActionCheckpoint, Subject: subjectOf(want), Payload: &Checkpoint{},
 			Reason:        "CHECKPOINT on the primary before a standby is created, so its base backup starts from a fresh checkpoint",
 			Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
 	}
@@ -697,7 +698,7 @@ func (p *planner) fillExternalIPs(want topology.DesiredCluster, livePrimary stri
 		}
 		p.add(Step{Action: ActionFillExternalIP, Subject: subjectOf(c),
 			Reason:        fmt.Sprintf("multi_cluster_info on %s lists %s with an empty external_ip", want.Name, c.Name),
-			ExternalIP:    &ExternalIP{Primary: want.Name, Cluster: c.Name, Host: o.Endpoint.Host},
+			Payload:       &FillExternalIP{Primary: want.Name, Cluster: c.Name, Host: o.Endpoint.Host},
 			Changes:       []Change{{Field: "sys_operator.multi_cluster_info.external_ip", Before: "", After: o.Endpoint.Host}},
 			Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
 	}
@@ -725,7 +726,7 @@ func (p *planner) record() {
 			ch = append(ch, Change{Field: MarkRevision, Before: now.Revision, After: want.Revision})
 		}
 		if len(ch) > 0 {
-			p.add(Step{Action: ActionRecord, Subject: subjectOf(c), Reason: "remember what was applied", Marks: &want, Changes: ch})
+			p.add(Step{Action: ActionRecord, Subject: subjectOf(c), Reason: "remember what was applied", Payload: &Record{Marks: want}, Changes: ch})
 		}
 	}
 }

@@ -78,9 +78,9 @@ func (p *planner) rebuild(c topology.DesiredCluster, primary *snapshot.ClusterSt
 		return false
 	}
 	spec := p.desiredSpec(c, primaryEP)
-	step := Step{Action: ActionRebuild, Subject: subj, Spec: &spec, Follows: primary.Name,
-		RebuildStandby: &RebuildStandby{Primary: primary.Name, Evidence: evidence, Consent: consent, Resume: resume != nil},
-		Reason:         fmt.Sprintf("rebuild %s (%s; consent: %s): delete it with its volumes, remove its catalogue row on %s, create it again as a standby from birth and wait until it streams", c.Name, evidence, consent, primary.Name),
+	rebuild := &Rebuild{Standby: StandbySpec{Spec: spec, Follows: primary.Name}, Primary: primary.Name, Evidence: evidence, Consent: consent, Resume: resume != nil}
+	step := Step{Action: ActionRebuild, Subject: subj, Payload: rebuild,
+		Reason: fmt.Sprintf("rebuild %s (%s; consent: %s): delete it with its volumes, remove its catalogue row on %s, create it again as a standby from birth and wait until it streams", c.Name, evidence, consent, primary.Name),
 		Changes: []Change{
 			{Field: "object " + c.Namespace + "/" + c.Name + " and its volumes", Before: "present", After: "deleted, created again as a standby of " + primary.Name},
 			{Field: "sys_operator.multi_cluster_info " + c.Name + " on " + primary.Name, Before: "present", After: "removed (the new standby registers again)"},
@@ -91,7 +91,7 @@ func (p *planner) rebuild(c topology.DesiredCluster, primary *snapshot.ClusterSt
 		step.Changes = nil
 	}
 	if primaryEP == nil {
-		step.PeerOf = primary.Name
+		rebuild.Standby.PeerOf = primary.Name
 	}
 	p.add(step)
 	return true
@@ -114,7 +114,7 @@ func (p *planner) deletions(livePrimary string) {
 			p.refuse(&s, "deletionPolicy delete: %v", err)
 			continue
 		}
-		del := &Deletion{}
+		del := &DeleteCluster{}
 		changes := []Change{{Field: "object " + o.Namespace + "/" + o.Name + " and its volumes", Before: "present", After: "deleted"}}
 		if lp := p.observed(livePrimary); livePrimary != "" && lp.PG != nil {
 			del.Primary = livePrimary
@@ -126,7 +126,7 @@ func (p *planner) deletions(livePrimary string) {
 				changes = append(changes, Change{Field: "slot " + sl.Name + " on " + livePrimary, Before: "present (holds " + snapshot.HumanBytes(sl.RetainedBytes) + ")", After: "dropped"})
 			}
 		}
-		p.add(Step{Action: ActionDeleteCluster, Subject: s, Deletion: del, Changes: changes,
+		p.add(Step{Action: ActionDeleteCluster, Subject: s, Payload: del, Changes: changes,
 			Reason:        fmt.Sprintf("%s is no longer in the file and spec.deletionPolicy is delete", o.Name),
 			Preconditions: []Precondition{{Kind: CondObjectReplica, Cluster: o.Name}}})
 	}
@@ -190,7 +190,7 @@ func (p *planner) slotHygiene(livePrimary string) {
 			continue
 		}
 		held := snapshot.HumanBytes(s.RetainedBytes)
-		drop := SlotDrop{Primary: livePrimary, Slot: s.Name, RetainedBytes: s.RetainedBytes,
+		drop := DropSlot{Primary: livePrimary, Slot: s.Name, RetainedBytes: s.RetainedBytes,
 			PermanentSlot: slices.Contains(o.Object.PermanentSlots, s.Name)}
 		var reason string
 		// An if-chain, not a switch: mutation testing measures its conditions.
@@ -227,7 +227,7 @@ func (p *planner) slotHygiene(livePrimary string) {
 			continue
 		}
 		d := drop
-		p.add(Step{Action: ActionDropSlot, Subject: subj, Drop: &d, Reason: reason,
+		p.add(Step{Action: ActionDropSlot, Subject: subj, Payload: &d, Reason: reason,
 			Changes:       []Change{{Field: "slot " + s.Name, Before: "present (holds " + held + ")", After: "dropped"}},
 			Preconditions: []Precondition{{Kind: CondWritable, Cluster: livePrimary}, {Kind: CondSlotInactive, Cluster: livePrimary, Other: s.Name}}})
 	}

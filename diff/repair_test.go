@@ -40,9 +40,9 @@ func TestRepairPlans(t *testing.T) {
 			actions: []Action{ActionLock, ActionCheckpoint, ActionRebuild},
 			check: func(t *testing.T, p Plan) {
 				s := p.Steps[2]
-				if s.RebuildStandby.Consent != "apply --allow-rebuild orders-west" || s.RebuildStandby.Resume || s.Follows != "orders-east" ||
-					!s.Spec.Replication.IsReplica || s.Spec.Replication.Peer() == "" {
-					t.Fatalf("%+v %+v", s.RebuildStandby, s.Spec)
+				if pay[*Rebuild](s).Consent != "apply --allow-rebuild orders-west" || pay[*Rebuild](s).Resume || pay[*Rebuild](s).Standby.Follows != "orders-east" ||
+					!pay[*Rebuild](s).Standby.Spec.Replication.IsReplica || pay[*Rebuild](s).Standby.Spec.Replication.Peer() == "" {
+					t.Fatalf("%+v", pay[*Rebuild](s))
 				}
 				if !slices.Contains(s.Preconditions, Precondition{Kind: CondNotWritable, Cluster: "orders-west"}) ||
 					!slices.Contains(s.Preconditions, Precondition{Kind: CondWritable, Cluster: "orders-east"}) {
@@ -54,14 +54,14 @@ func TestRepairPlans(t *testing.T) {
 		{name: "a lost slot, the file's policy", edit: lostSlot, policy: func(d *topology.Desired) { d.Clusters[1].RebuildAllowed = true },
 			actions: []Action{ActionLock, ActionCheckpoint, ActionRebuild},
 			check: func(t *testing.T, p Plan) {
-				if c := p.Steps[2].RebuildStandby.Consent; c != "the file (rebuild: allow)" {
+				if c := pay[*Rebuild](p.Steps[2]).Consent; c != "the file (rebuild: allow)" {
 					t.Fatalf("consent %q", c)
 				}
 			}},
 		{name: "another system, allowed", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").PG.SystemID = "1" }, opt: Options{AllowRebuild: []string{"orders-west"}},
 			actions: []Action{ActionLock, ActionCheckpoint, ActionRebuild},
 			check: func(t *testing.T, p Plan) {
-				if ev := p.Steps[2].RebuildStandby.Evidence; !strings.Contains(ev, "system identifier 1 differs from orders-east's") {
+				if ev := pay[*Rebuild](p.Steps[2]).Evidence; !strings.Contains(ev, "system identifier 1 differs from orders-east's") {
 					t.Fatalf("evidence %q", ev)
 				}
 			}},
@@ -80,7 +80,7 @@ func TestRepairPlans(t *testing.T) {
 			cs(s, "orders-east").Object.Marks.Rebuild = &snapshot.RebuildRecord{Cluster: "orders-west", Evidence: "its slot is lost", Consent: "apply --allow-rebuild orders-west", At: "2026-12-03T06:00:00Z"}
 		}, actions: []Action{ActionLock, ActionCheckpoint, ActionRebuild, ActionRecord},
 			check: func(t *testing.T, p Plan) {
-				rb := p.Steps[2].RebuildStandby
+				rb := pay[*Rebuild](p.Steps[2])
 				if !rb.Resume || rb.Consent != "apply --allow-rebuild orders-west" || rb.Evidence != "its slot is lost" {
 					t.Fatalf("%+v", rb)
 				}
@@ -98,7 +98,7 @@ func TestRepairPlans(t *testing.T) {
 		}, policy: func(d *topology.Desired) { d.DropSlots = []string{"backup_tool"} },
 			actions: []Action{ActionLock, ActionDropSlot},
 			check: func(t *testing.T, p Plan) {
-				d := p.Steps[1].Drop
+				d := pay[*DropSlot](p.Steps[1])
 				if d.Slot != "backup_tool" || d.For != "" || d.CatalogueRow || d.RetainedBytes != 1<<20 {
 					t.Fatalf("%+v", d)
 				}
@@ -120,7 +120,7 @@ func TestRepairPlans(t *testing.T) {
 		}, actions: []Action{ActionLock, ActionDropSlot},
 			check: func(t *testing.T, p Plan) {
 				s := p.Steps[1]
-				if d := s.Drop; d.Slot != "xdc_orders_south" || d.For != "orders-south" || !d.CatalogueRow {
+				if d := pay[*DropSlot](s); d.Slot != "xdc_orders_south" || d.For != "orders-south" || !d.CatalogueRow {
 					t.Fatalf("%+v", d)
 				}
 				if !strings.Contains(s.Reason, "was kept for orders-south, which the file no longer lists; inactive, it holds 32 MiB of WAL") {
@@ -146,9 +146,9 @@ func TestRepairPlans(t *testing.T) {
 			actions: []Action{ActionLock, ActionDeleteCluster},
 			check: func(t *testing.T, p Plan) {
 				s := p.Steps[1]
-				if *s.Deletion != (Deletion{Primary: "orders-east", Slot: "xdc_orders_south"}) || len(s.Changes) != 3 ||
+				if *pay[*DeleteCluster](s) != (DeleteCluster{Primary: "orders-east", Slot: "xdc_orders_south"}) || len(s.Changes) != 3 ||
 					s.Preconditions[0] != (Precondition{Kind: CondObjectReplica, Cluster: "orders-south"}) {
-					t.Fatalf("%+v %+v", s.Deletion, s.Changes)
+					t.Fatalf("%+v %+v", pay[*DeleteCluster](s), s.Changes)
 				}
 				if c := p.Count(); c.Delete != 1 || !strings.Contains(p.Summary(), "1 to delete") {
 					t.Fatalf("%+v %s", c, p.Summary())
@@ -231,7 +231,7 @@ func TestRepairEdges(t *testing.T) {
 	cs(snap, "orders-east").Endpoint = nil
 	p := Compute(d, snap, Options{AllowRebuild: []string{"orders-west"}})
 	i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Action == ActionRebuild })
-	if i < 0 || p.Steps[i].PeerOf != "orders-east" || p.Steps[i].Spec.Replication.PeerHost != "" {
+	if i < 0 || pay[*Rebuild](p.Steps[i]).Standby.PeerOf != "orders-east" || pay[*Rebuild](p.Steps[i]).Standby.Spec.Replication.PeerHost != "" {
 		t.Fatalf("rebuild without the primary's endpoint: %+v", p.Steps)
 	}
 	// Deleting a cluster the catalogue does not list: no row to remove.
@@ -241,7 +241,7 @@ func TestRepairEdges(t *testing.T) {
 	snap.Orphans = []snapshot.OrphanCluster{{Name: "orders-south", Site: "west", Namespace: "db", SlotName: "xdc_orders_south",
 		Object: &snapshot.Object{Spec: snapshot.Spec{Replication: snapshot.Replication{IsReplica: true}}}}}
 	p = Compute(d, snap, Options{})
-	if len(p.Steps) != 2 || len(p.Steps[1].Changes) != 1 || p.Steps[1].Deletion.Slot != "" {
+	if len(p.Steps) != 2 || len(p.Steps[1].Changes) != 1 || pay[*DeleteCluster](p.Steps[1]).Slot != "" {
 		t.Fatalf("deletion without a row or slot: %+v", p.Steps)
 	}
 }

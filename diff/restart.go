@@ -14,6 +14,11 @@ import (
 type Restart struct {
 	Parameters []string `json:"parameters"`
 	Primary    bool     `json:"primary,omitempty"`
+	// Follows is the primary a restarted standby streams from again.
+	Follows string `json:"follows,omitempty"`
+	// Values are the settings' values the restart brings into effect;
+	// none for a restart for whatever is pending.
+	Values map[string]string `json:"values,omitempty"`
 }
 
 // restartParameters are PostgreSQL 15's settings of context postmaster:
@@ -63,7 +68,8 @@ func (p *planner) planRestarts() {
 	updated := map[string]bool{}
 	for i := range p.plan.Steps {
 		s := &p.plan.Steps[i]
-		if s.Action != ActionUpdate {
+		up, ok := s.Payload.(*Update)
+		if !ok {
 			continue
 		}
 		updated[s.Subject.Cluster] = true
@@ -75,11 +81,18 @@ func (p *planner) planRestarts() {
 			continue
 		}
 		slices.Sort(params)
-		s.Restart = &Restart{Parameters: slices.Compact(params), Primary: s.Subject.Cluster == primary}
-		if !s.Restart.Primary {
-			s.Follows = primary
+		params = slices.Compact(params)
+		r := &Restart{Parameters: params, Primary: s.Subject.Cluster == primary, Values: map[string]string{}}
+		for _, name := range params {
+			if v, set := up.Spec.Parameters[name]; set {
+				r.Values[name] = v
+			}
 		}
-		if s.Restart.Primary {
+		if !r.Primary {
+			r.Follows = primary
+		}
+		up.Restart = r
+		if r.Primary {
 			lowering = lowers(s.Changes)
 		}
 	}
@@ -92,23 +105,24 @@ func (p *planner) planRestarts() {
 		if c.Name == primary {
 			follows = ""
 		}
-		p.add(Step{Action: ActionRestart, Subject: subjectOf(c), Follows: follows,
+		p.add(Step{Action: ActionRestart, Subject: subjectOf(c),
 			Reason:  fmt.Sprintf("%s runs with settings changed but not in effect until it restarts (pending_restart: %s)", c.Name, strings.Join(o.PG.PendingRestart, ", ")),
-			Restart: &Restart{Parameters: o.PG.PendingRestart, Primary: c.Name == primary}})
+			Payload: &Restart{Parameters: o.PG.PendingRestart, Primary: c.Name == primary, Follows: follows}})
 	}
 	for i := range p.plan.Steps {
 		s := &p.plan.Steps[i]
-		if s.Restart == nil {
+		r := restartOf(*s)
+		if r == nil {
 			continue
 		}
 		// Standbys before the primary, unless a standby minimum goes down.
-		if s.Restart.Primary == lowering {
+		if r.Primary == lowering {
 			s.Sequence = 0
 		} else {
 			s.Sequence = 1
 		}
-		if s.Restart.Primary {
-			p.gatePrimaryRestart(s)
+		if r.Primary {
+			p.gatePrimaryRestart(s, r)
 		}
 	}
 }
@@ -131,8 +145,8 @@ func lowers(changes []Change) bool {
 
 // gatePrimaryRestart refuses a primary's restart without consent, and says
 // what it costs when there is.
-func (p *planner) gatePrimaryRestart(s *Step) {
-	what := fmt.Sprintf("restarting the primary %s for %s refuses writes until it is back (a write outage, usually seconds)", s.Subject.Cluster, strings.Join(s.Restart.Parameters, ", "))
+func (p *planner) gatePrimaryRestart(s *Step, r *Restart) {
+	what := fmt.Sprintf("restarting the primary %s for %s refuses writes until it is back (a write outage, usually seconds)", s.Subject.Cluster, strings.Join(r.Parameters, ", "))
 	switch {
 	case p.opt.AllowPrimaryRestart:
 		s.Reason += "; " + what + " (allowed by --allow-primary-restart)"
@@ -142,4 +156,16 @@ func (p *planner) gatePrimaryRestart(s *Step) {
 		subj := s.Subject
 		p.refuse(&subj, "%s: allow it with spec.replication.primaryRestart: allow, or once with --allow-primary-restart", what)
 	}
+}
+
+// restartOf is the restart a step waits for: a restart step's own, or an
+// update's that changes a setting taking effect only on restart.
+func restartOf(s Step) *Restart {
+	switch p := s.Payload.(type) {
+	case *Restart:
+		return p
+	case *Update:
+		return p.Restart
+	}
+	return nil
 }

@@ -88,16 +88,17 @@ func TestRestartPlans(t *testing.T) {
 				if s.Action == ActionLock {
 					continue
 				}
-				if s.Restart == nil {
+				r := restartOf(s)
+				if r == nil {
 					t.Fatalf("%s %s restarts nothing", s.Action, s.Subject.Cluster)
 				}
-				got = append(got, step{s.Action, s.Subject.Cluster, s.Restart.Primary})
-				if want, ok := tc.params[s.Subject.Cluster]; ok && !slices.Equal(s.Restart.Parameters, want) {
-					t.Errorf("%s restarts for %v, want %v", s.Subject.Cluster, s.Restart.Parameters, want)
+				got = append(got, step{s.Action, s.Subject.Cluster, r.Primary})
+				if want, ok := tc.params[s.Subject.Cluster]; ok && !slices.Equal(r.Parameters, want) {
+					t.Errorf("%s restarts for %v, want %v", s.Subject.Cluster, r.Parameters, want)
 				}
 				text = append(text, s.Reason)
-				if !s.Restart.Primary && s.Follows != "orders-east" {
-					t.Errorf("%s's restart waits for it to follow %q, want orders-east", s.Subject.Cluster, s.Follows)
+				if !r.Primary && r.Follows != "orders-east" {
+					t.Errorf("%s's restart waits for it to follow %q, want orders-east", s.Subject.Cluster, r.Follows)
 				}
 			}
 			if !slices.Equal(got, tc.steps) {

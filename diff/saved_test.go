@@ -86,9 +86,9 @@ func TestStalenessWithoutABasisChange(t *testing.T) {
 	b := BasisOf(snap)
 	now := was
 	now.Steps = slices.Clone(was.Steps)
-	sw := *now.Steps[2].Switchover
+	sw := *pay[*Switchover](now.Steps[2])
 	sw.MaxLagBytes++
-	now.Steps[2].Switchover = &sw
+	now.Steps[2].Payload = &sw
 	if Same(was, now) {
 		t.Fatal("a changed payload is the same plan")
 	}
@@ -174,8 +174,12 @@ func TestCatalogue(t *testing.T) {
 	}
 	for i, a := range order {
 		k := Catalogue[a]
-		if k.Execute == nil || k.Symbol == "" || k.Metric == "" || k.Rank != i {
+		if k.run == nil || k.decode == nil || k.Symbol == "" || k.Metric == "" || k.Rank != i {
 			t.Errorf("%s: %+v", a, k)
+		}
+		// The payload type the catalogue binds is the action's own.
+		if p, err := k.decode([]byte("{}")); err != nil || p.payloadOf() != a {
+			t.Errorf("%s decodes a payload of %T (%v)", a, p, err)
 		}
 	}
 	if !Catalogue[ActionLock].Recheck || Catalogue[ActionRecord].Recheck {
