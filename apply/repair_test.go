@@ -36,8 +36,8 @@ func repairWorld() *world {
 func rebuildStep() diff.Step {
 	spec := standbySpec.WithPeer(*eastEP)
 	return diff.Step{Action: diff.ActionRebuild, Subject: subject("west", "orders-west"),
-		Payload: &diff.Rebuild{Standby: diff.StandbySpec{Spec: spec, Follows: "orders-east"}, Primary: "orders-east", Evidence: "its slot xdc_orders_west on orders-east is lost", Consent: "apply --allow-rebuild orders-west"},
-		Preconditions:  []diff.Precondition{{Kind: diff.CondNotWritable, Cluster: "orders-west"}, {Kind: diff.CondWritable, Cluster: "orders-east"}}}
+		Payload:       &diff.Rebuild{Standby: diff.StandbySpec{Spec: spec, Follows: "orders-east"}, Primary: "orders-east", Evidence: "its slot xdc_orders_west on orders-east is lost", Consent: "apply --allow-rebuild orders-west"},
+		Preconditions: []diff.Precondition{{Kind: diff.CondNotWritable, Cluster: "orders-west"}, {Kind: diff.CondWritable, Cluster: "orders-east"}}}
 }
 
 // A rebuild records itself on the primary, deletes the standby with its

@@ -40,7 +40,7 @@ type Rejoin struct {
 	PrimaryEP *snapshot.Endpoint      `json:"primaryEndpoint,omitempty"`
 	Demoted   snapshot.Spec           `json:"demoted"`
 	Policy    string                  `json:"policy"`
-	Secret    *CredentialsCopy             `json:"secret,omitempty"`
+	Secret    *CredentialsCopy        `json:"secret,omitempty"`
 	// Rebuild: rewinding cannot be trusted (see rejoinStep), rebuild.
 	Rebuild bool `json:"rebuild,omitempty"`
 	// Fenced is the returned cluster's live spec with the fence on return
