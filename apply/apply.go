@@ -15,7 +15,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -92,12 +92,12 @@ type Runner struct {
 	// Replan plans again from a fresh snapshot: after the lock, to find
 	// out whether the world changed while this run waited, and after the
 	// last step, for what only shows once earlier steps are done.
-	Replan func(*snapshot.Snapshot) diff.Plan
+	Replan func(*snapshot.Snapshot) plan.Plan
 	// Changed decides what a changed plan means. It is told the new plan
 	// and why it differs; returning nil runs the new plan (after saying
 	// so), an error stops the run with it. Nil refuses: a saved plan runs
 	// as saved or not at all.
-	Changed func(now diff.Plan, why []string) error
+	Changed func(now plan.Plan, why []string) error
 	// FollowUps is how many follow-up plans may run after the plan's last
 	// step (0: none; a saved plan runs only itself).
 	FollowUps int
@@ -119,16 +119,16 @@ type Runner struct {
 
 // Result says what a run did.
 type Result struct {
-	Plan      diff.Plan       // the plan executed last
+	Plan      plan.Plan       // the pl executed last
 	Completed []CompletedStep // steps done, in order
 	// Remaining is what the live world still needs once the plan and its
 	// follow-ups are done (nil when converged or not known).
-	Remaining *diff.Plan
+	Remaining *plan.Plan
 }
 
 // CompletedStep is a step done and how long it took.
 type CompletedStep struct {
-	diff.Step
+	plan.Step
 	Seconds float64 `json:"seconds"`
 }
 
@@ -136,7 +136,7 @@ type CompletedStep struct {
 var ErrDrained = errors.New("stopped between steps: shutdown requested; the next run resumes from live state")
 
 // RefusedError is a plan with refusals: nothing was changed by it.
-type RefusedError struct{ Plan diff.Plan }
+type RefusedError struct{ Plan plan.Plan }
 
 func (e *RefusedError) Error() string {
 	if len(e.Plan.Refusals) == 0 {
@@ -154,7 +154,7 @@ func IsRefused(err error) bool {
 // StaleError is a saved plan the live world no longer matches.
 type StaleError struct {
 	Why []string
-	Now diff.Plan
+	Now plan.Plan
 }
 
 func (e *StaleError) Error() string {
@@ -171,29 +171,29 @@ func (e *PrimaryMovedError) Error() string {
 }
 
 // Execute runs plan, computed from a snapshot whose basis is basis.
-func (r *Runner) Execute(ctx context.Context, plan diff.Plan, basis diff.Basis) (*Result, error) {
-	return r.execute(ctx, plan, basis, nil)
+func (r *Runner) Execute(ctx context.Context, pl plan.Plan, basis plan.Basis) (*Result, error) {
+	return r.execute(ctx, pl, basis, nil)
 }
 
 // ExecuteFrom runs plan just computed from snap: the first step's
 // preconditions are checked on snap rather than on a new look.
-func (r *Runner) ExecuteFrom(ctx context.Context, plan diff.Plan, snap *snapshot.Snapshot) (*Result, error) {
-	return r.execute(ctx, plan, diff.BasisOf(snap), snap)
+func (r *Runner) ExecuteFrom(ctx context.Context, pl plan.Plan, snap *snapshot.Snapshot) (*Result, error) {
+	return r.execute(ctx, pl, plan.BasisOf(snap), snap)
 }
 
-func (r *Runner) execute(ctx context.Context, plan diff.Plan, basis diff.Basis, seen *snapshot.Snapshot) (*Result, error) {
+func (r *Runner) execute(ctx context.Context, pl plan.Plan, basis plan.Basis, seen *snapshot.Snapshot) (*Result, error) {
 	r.start = time.Now()
-	res := &Result{Plan: plan}
+	res := &Result{Plan: pl}
 	defer func() {
 		r.held.release(context.Background())
 		r.held = nil
 	}()
 	for round := 0; ; round++ {
-		if plan.Refused() {
-			return res, &RefusedError{Plan: plan}
+		if pl.Refused() {
+			return res, &RefusedError{Plan: pl}
 		}
-		next, err := r.run(ctx, plan, basis, seen, res)
-		seen = nil // a follow-up plan's first step looks again
+		next, err := r.run(ctx, pl, basis, seen, res)
+		seen = nil // a follow-up pl's first step looks again
 		if err != nil || next == nil {
 			return res, err
 		}
@@ -206,25 +206,25 @@ func (r *Runner) execute(ctx context.Context, plan diff.Plan, basis diff.Basis, 
 			return res, nil
 		}
 		r.emit(Event{Phase: PhaseReplan, Message: "follow-up plan (what only shows once the earlier steps are done): " + next.Summary()})
-		plan, basis = *next, diff.Basis{}
-		res.Plan = plan
+		pl, basis = *next, plan.Basis{}
+		res.Plan = pl
 	}
 }
 
 // run executes the steps of plan; it returns the plan the world needs
 // afterwards, or nil when it cannot tell (no Replan). fresh, when not nil,
 // is a look just taken, for the first step.
-func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, fresh *snapshot.Snapshot, res *Result) (*diff.Plan, error) {
+func (r *Runner) run(ctx context.Context, pl plan.Plan, basis plan.Basis, fresh *snapshot.Snapshot, res *Result) (*plan.Plan, error) {
 	// The look taken after a step to re-plan is the next step's look too:
 	// nothing ran in between.
-	for i := 0; i < len(plan.Steps); i++ {
-		step := plan.Steps[i]
+	for i := 0; i < len(pl.Steps); i++ {
+		step := pl.Steps[i]
 		if r.draining() {
 			r.emit(Event{Phase: PhaseStopped, Message: fmt.Sprintf("shutdown requested: stopping before %s %s", step.Action, step.Subject)})
 			return nil, ErrDrained
 		}
 		began := time.Now()
-		err := r.runStep(ctx, step, i+1, len(plan.Steps), fresh)
+		err := r.runStep(ctx, step, i+1, len(pl.Steps), fresh)
 		fresh = nil
 		if err != nil {
 			return nil, fmt.Errorf("%s %s: %w", step.Action, step.Subject, err)
@@ -233,7 +233,7 @@ func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, fres
 		if err := r.held.err(); err != nil {
 			return nil, err
 		}
-		if !diff.Catalogue[step.Action].Recheck || r.Replan == nil {
+		if !plan.Catalogue[step.Action].Recheck || r.Replan == nil {
 			continue
 		}
 		snap := r.Observer.Observe(ctx)
@@ -242,7 +242,7 @@ func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, fres
 		// Refused only when this file still asks for another primary than
 		// the one the other run made: one that asks for the same has
 		// nothing left to do.
-		if was, is := plan.PrimaryNow(), now.PrimaryNow(); was != "" && is != "" && was != is && now.PrimaryAfter() != is {
+		if was, is := pl.PrimaryNow(), now.PrimaryNow(); was != "" && is != "" && was != is && now.PrimaryAfter() != is {
 			// A revision from Git that the planner did not refuse is not
 			// older than the one the other run recorded: it goes on.
 			if now.Revision == "" || now.Refused() {
@@ -250,10 +250,10 @@ func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, fres
 			}
 			r.emit(Event{Phase: PhaseReplan, Message: fmt.Sprintf("another run changed the primary from %s to %s while this run waited for the lock; revision %s is not older than the one it applied: going on", was, is, now.Revision)})
 		}
-		if diff.Same(plan, now) {
+		if plan.Same(pl, now) {
 			continue
 		}
-		why := diff.Staleness(plan, basis, now, diff.BasisOf(snap))
+		why := plan.Staleness(pl, basis, now, plan.BasisOf(snap))
 		if r.Changed == nil {
 			return nil, &StaleError{Why: why, Now: now}
 		}
@@ -263,7 +263,7 @@ func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, fres
 		if now.Refused() {
 			return nil, &RefusedError{Plan: now}
 		}
-		res.Plan, plan, basis = now, now, diff.BasisOf(snap)
+		res.Plan, pl, basis = now, now, plan.BasisOf(snap)
 		if now.InSync() {
 			return &now, nil
 		}
@@ -278,7 +278,7 @@ func (r *Runner) run(ctx context.Context, plan diff.Plan, basis diff.Basis, fres
 
 // indexAfter is the index of the last step of the plan with the action
 // just done (the lock, held already), so the loop resumes after it.
-func indexAfter(p diff.Plan, a diff.Action) int {
+func indexAfter(p plan.Plan, a plan.Action) int {
 	last := -1
 	for i, s := range p.Steps {
 		if s.Action == a {
@@ -290,16 +290,16 @@ func indexAfter(p diff.Plan, a diff.Action) int {
 
 // runStep checks the step's preconditions on snap, a look taken since the
 // last step ended (nil: look now), then executes it.
-func (r *Runner) runStep(ctx context.Context, step diff.Step, n, total int, snap *snapshot.Snapshot) error {
+func (r *Runner) runStep(ctx context.Context, step plan.Step, n, total int, snap *snapshot.Snapshot) error {
 	if snap == nil {
 		snap = r.Observer.Observe(ctx)
 	}
-	if err := diff.Check(step, snap); err != nil {
+	if err := plan.Check(step, snap); err != nil {
 		return err
 	}
 	x := &stepRun{r: r, step: step, n: n, total: total, last: snap}
 	x.emit(Event{Phase: PhaseStep, Message: fmt.Sprintf("%s %s: %s", step.Action, step.Subject, step.Reason)})
-	kind, ok := diff.Catalogue[step.Action]
+	kind, ok := plan.Catalogue[step.Action]
 	if !ok {
 		return fmt.Errorf("unknown action %q", step.Action)
 	}

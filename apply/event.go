@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/printable"
 )
 
@@ -50,7 +50,7 @@ type Event struct {
 	// Step counts from 1 in the plan running; 0 for the run's own events.
 	Step    int         `json:"step,omitempty"`
 	Steps   int         `json:"steps,omitempty"`
-	Action  diff.Action `json:"action,omitempty"`
+	Action  plan.Action `json:"action,omitempty"`
 	Subject string      `json:"subject,omitempty"`
 	Phase   Phase       `json:"phase"`
 	Message string      `json:"message"`

@@ -12,7 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -21,8 +21,8 @@ var (
 	westEP = endpoint("127.100.20.1", 32601)
 )
 
-func subject(site, cluster string) diff.Subject {
-	return diff.Subject{Site: site, Namespace: "db", Cluster: cluster}
+func subject(site, cluster string) plan.Subject {
+	return plan.Subject{Site: site, Namespace: "db", Cluster: cluster}
 }
 
 // runner is a Runner over w with fast polls and short waits.
@@ -34,7 +34,7 @@ func runner(w *world) (*Runner, *[]Event) {
 }
 
 // run executes one step through the catalogue, as Execute does.
-func run(t *testing.T, r *Runner, step diff.Step) error {
+func run(t *testing.T, r *Runner, step plan.Step) error {
 	t.Helper()
 	r.start = time.Now()
 	return r.runStep(context.Background(), step, 1, 1, nil)
@@ -77,8 +77,8 @@ func TestEnsurePrimaryWritesThePayloadAndWaits(t *testing.T) {
 	}
 	spec := snapshot.Spec{Topology: "orders", Instances: 2, Version: "15", Replication: snapshot.Replication{Enabled: true}}
 	r, _ := runner(w)
-	step := diff.Step{Action: diff.ActionEnsurePrimary, Subject: subject("east", "orders-east"), Payload: &diff.EnsurePrimary{Spec: spec},
-		Preconditions: []diff.Precondition{{Kind: diff.CondCRAbsent, Cluster: "orders-east"}}}
+	step := plan.Step{Action: plan.ActionEnsurePrimary, Subject: subject("east", "orders-east"), Payload: &plan.EnsurePrimary{Spec: spec},
+		Preconditions: []plan.Precondition{{Kind: plan.CondCRAbsent, Cluster: "orders-east"}}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestEnsurePrimaryTimesOutNamingWhatItWaitedFor(t *testing.T) {
 	w.snap.Clusters = []snapshot.ClusterState{{Name: "orders-east", Site: "east", Namespace: "db"}}
 	spec := snapshot.Spec{Instances: 2}
 	r, _ := runner(w)
-	err := run(t, r, diff.Step{Action: diff.ActionEnsurePrimary, Subject: subject("east", "orders-east"), Payload: &diff.EnsurePrimary{Spec: spec}})
+	err := run(t, r, plan.Step{Action: plan.ActionEnsurePrimary, Subject: subject("east", "orders-east"), Payload: &plan.EnsurePrimary{Spec: spec}})
 	if err == nil || !strings.Contains(err.Error(), "for orders-east Running and writable: status \"\", database: -") {
 		t.Fatalf("error %v, want the wait named", err)
 	}
@@ -111,7 +111,7 @@ func TestCreateStandbyFillsThePeerAndWaitsForStreaming(t *testing.T) {
 	w.snap.Sites = append(w.snap.Sites, snapshot.SiteState{Name: "west", Reachable: true})
 	w.react = operator
 	r, events := runner(w)
-	step := diff.Step{Action: diff.ActionCreateStandby, Subject: subject("west", "orders-west"), Payload: &diff.CreateStandby{Spec: standbySpec, PeerOf: "orders-east", Follows: "orders-east"}}
+	step := plan.Step{Action: plan.ActionCreateStandby, Subject: subject("west", "orders-west"), Payload: &plan.CreateStandby{Spec: standbySpec, PeerOf: "orders-east", Follows: "orders-east"}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestCreateStandbyWaitsForTheSameSystemIdentifier(t *testing.T) {
 	}
 	r, _ := runner(w)
 	spec := standbySpec.WithPeer(*eastEP)
-	err := run(t, r, diff.Step{Action: diff.ActionCreateStandby, Subject: subject("west", "orders-west"), Payload: &diff.CreateStandby{Spec: spec, Follows: "orders-east"}})
+	err := run(t, r, plan.Step{Action: plan.ActionCreateStandby, Subject: subject("west", "orders-west"), Payload: &plan.CreateStandby{Spec: spec, Follows: "orders-east"}})
 	if err == nil || !strings.Contains(err.Error(), "system identifier 7000000000000000001, primary's "+sysID) {
 		t.Fatalf("error %v, want the mismatched system identifier", err)
 	}
@@ -150,7 +150,7 @@ func TestRepointNeedsAWritablePrimary(t *testing.T) {
 	w.react = operator
 	r, _ := runner(w)
 	spec := standbySpec.WithPeer(*westEP)
-	step := diff.Step{Action: diff.ActionRepoint, Subject: subject("south", "orders-south"), Payload: &diff.Repoint{Spec: spec, Follows: "orders-west"}}
+	step := plan.Step{Action: plan.ActionRepoint, Subject: subject("south", "orders-south"), Payload: &plan.Repoint{Spec: spec, Follows: "orders-west"}}
 	if err := run(t, r, step); err == nil || !strings.Contains(err.Error(), "the primary orders-west is not writable") {
 		t.Fatalf("error %v, want the primary not writable", err)
 	}
@@ -194,7 +194,7 @@ func TestRepointWakesTheStandbysReceiver(t *testing.T) {
 	}
 	r, _ := runner(w)
 	spec := standbySpec.WithPeer(*westEP)
-	if err := run(t, r, diff.Step{Action: diff.ActionRepoint, Subject: subject("south", "orders-south"), Payload: &diff.Repoint{Spec: spec, Follows: "orders-west"}}); err != nil {
+	if err := run(t, r, plan.Step{Action: plan.ActionRepoint, Subject: subject("south", "orders-south"), Payload: &plan.Repoint{Spec: spec, Follows: "orders-west"}}); err != nil {
 		t.Fatal(err)
 	}
 	if wakes != 2 {
@@ -207,7 +207,7 @@ func TestUpdateWaitsForTheInstances(t *testing.T) {
 	r, _ := runner(w)
 	spec := w.cluster("orders-east").Object.Spec
 	spec.Instances = 3
-	step := diff.Step{Action: diff.ActionUpdate, Subject: subject("east", "orders-east"), Payload: &diff.Update{Spec: spec}}
+	step := plan.Step{Action: plan.ActionUpdate, Subject: subject("east", "orders-east"), Payload: &plan.Update{Spec: spec}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err) // the fake applies the spec's instances at once
 	}
@@ -222,11 +222,11 @@ func TestUpdateWaitsForTheInstances(t *testing.T) {
 func TestCheckpointAndFillExternalIPRunOnThePrimary(t *testing.T) {
 	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r, _ := runner(w)
-	if err := run(t, r, diff.Step{Action: diff.ActionCheckpoint, Subject: subject("east", "orders-east"), Payload: &diff.Checkpoint{}}); err != nil {
+	if err := run(t, r, plan.Step{Action: plan.ActionCheckpoint, Subject: subject("east", "orders-east"), Payload: &plan.Checkpoint{}}); err != nil {
 		t.Fatal(err)
 	}
-	step := diff.Step{Action: diff.ActionFillExternalIP, Subject: subject("west", "orders-west"),
-		Payload: &diff.FillExternalIP{Primary: "orders-east", Cluster: "orders-west", Host: "127.100.20.100"}}
+	step := plan.Step{Action: plan.ActionFillExternalIP, Subject: subject("west", "orders-west"),
+		Payload: &plan.FillExternalIP{Primary: "orders-east", Cluster: "orders-west", Host: "127.100.20.100"}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
@@ -244,8 +244,8 @@ func TestBootstrapSecretCopiesTheCredentialsOnly(t *testing.T) {
 	// A Secret of another type is in the way: the type cannot change in place.
 	w.secrets["west/db/orders-bootstrap"] = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "orders-bootstrap"}, Type: corev1.SecretTypeOpaque}
 	r, events := runner(w)
-	step := diff.Step{Action: diff.ActionBootstrapSecret, Subject: subject("west", "orders-west"),
-		Payload: &diff.BootstrapSecret{From: subject("east", "orders-east"), FromName: "postgres.orders-east.credentials", Name: "orders-bootstrap", Topology: "orders"}}
+	step := plan.Step{Action: plan.ActionBootstrapSecret, Subject: subject("west", "orders-west"),
+		Payload: &plan.BootstrapSecret{From: subject("east", "orders-east"), FromName: "postgres.orders-east.credentials", Name: "orders-bootstrap", Topology: "orders"}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func TestRecordKeepsTheJournal(t *testing.T) {
 	j := &snapshot.Journal{From: "orders-east", To: "orders-west", Phase: snapshot.PhaseGated}
 	w.cluster("orders-east").Object.Marks = snapshot.Marks{Digest: "old", Journal: j}
 	r, _ := runner(w)
-	step := diff.Step{Action: diff.ActionRecord, Subject: subject("east", "orders-east"), Payload: &diff.Record{Marks: snapshot.Marks{Digest: "d1", Revision: "r1"}}}
+	step := plan.Step{Action: plan.ActionRecord, Subject: subject("east", "orders-east"), Payload: &plan.Record{Marks: snapshot.Marks{Digest: "d1", Revision: "r1"}}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
@@ -293,15 +293,15 @@ func switchoverWorld() *world {
 	return w
 }
 
-func switchoverStep(resume string) diff.Step {
+func switchoverStep(resume string) plan.Step {
 	demoted := standbySpec.WithPeer(*westEP)
 	promoted := snapshot.Spec{Topology: "orders", Instances: 2, Version: "15", TeamID: "ACID", Replication: snapshot.Replication{Enabled: true, ServiceType: "NodePort"}}
-	sw := &diff.Switchover{From: subject("east", "orders-east"), To: subject("west", "orders-west"), FromEndpoint: eastEP, ToEndpoint: westEP,
+	sw := &plan.Switchover{From: subject("east", "orders-east"), To: subject("west", "orders-west"), FromEndpoint: eastEP, ToEndpoint: westEP,
 		Demoted: demoted, Promoted: promoted, MaxLagBytes: 16 << 20, Resume: resume}
 	if resume == "" {
 		sw.SystemID, sw.Timeline = sysID, 1
 	}
-	return diff.Step{Action: diff.ActionSwitchover, Subject: subject("west", "orders-west"), Payload: sw}
+	return plan.Step{Action: plan.ActionSwitchover, Subject: subject("west", "orders-west"), Payload: sw}
 }
 
 // The old primary's WAL receiver is woken once the new primary is
@@ -367,13 +367,13 @@ func TestSwitchoverPhasesInOrder(t *testing.T) {
 		"marks orders-east digest=d0 revision= journal=demoting",
 		"marks orders-west digest=d0 revision= journal=demoting",
 		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
-		"spec orders-east "+specJSON(pay[*diff.Switchover](step).Demoted),
+		"spec orders-east "+specJSON(pay[*plan.Switchover](step).Demoted),
 		"sql orders-east fence-off", "sql orders-east reload",
 		"marks orders-east digest=d0 revision= journal=gated 0/5027AD8",
 		"marks orders-west digest=d0 revision= journal=gated 0/5027AD8",
 		"marks orders-east digest=d0 revision= journal=promoted 0/5027AD8",
 		"marks orders-west digest=d0 revision= journal=promoted 0/5027AD8",
-		"spec orders-west "+specJSON(pay[*diff.Switchover](step).Promoted),
+		"spec orders-west "+specJSON(pay[*plan.Switchover](step).Promoted),
 		"sql orders-west CHECKPOINT",
 		// The old primary's WAL receiver is woken to stream from the new one.
 		"sql orders-east reload",
@@ -663,7 +663,7 @@ func TestSwitchoverBacksOutOfTheGateWithinTheBudget(t *testing.T) {
 	r, _ := runner(w)
 	r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 200*time.Millisecond, 5*time.Second
 	step := switchoverStep("")
-	pay[*diff.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+	pay[*plan.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
 	err := run(t, r, step)
 	var out *BackedOutError
 	if !errors.As(err, &out) || !strings.Contains(err.Error(), "write-outage budget of 0.2s exceeded waiting for gate: orders-west replay >= 0/5030000") {
@@ -675,7 +675,7 @@ func TestSwitchoverBacksOutOfTheGateWithinTheBudget(t *testing.T) {
 	}) {
 		t.Fatalf("the target was promoted: %v", got)
 	}
-	if !slices.Contains(got, "spec orders-east "+specJSON(pay[*diff.Switchover](step).Restore)) {
+	if !slices.Contains(got, "spec orders-east "+specJSON(pay[*plan.Switchover](step).Restore)) {
 		t.Fatalf("the old primary's spec was not restored: %v", got)
 	}
 	if e := w.cluster("orders-east"); !e.Writable() || e.Journal() != nil {
@@ -727,7 +727,7 @@ func TestSwitchoverPromotesOnlyAReadyTarget(t *testing.T) {
 	r, _ := runner(w)
 	r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 10*time.Second, 100*time.Millisecond
 	step := switchoverStep("")
-	pay[*diff.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+	pay[*plan.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
 	err := run(t, r, step)
 	var out *BackedOutError
 	if !errors.As(err, &out) || !strings.Contains(err.Error(), "orders-west ready for promotion") {
@@ -779,7 +779,7 @@ func TestSwitchoverResumesABackOut(t *testing.T) {
 	}
 	r, _ := runner(w)
 	step := switchoverStep(snapshot.PhaseAborting)
-	pay[*diff.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+	pay[*plan.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
@@ -818,7 +818,7 @@ func TestBackOutWaitsOutADemoteInFlight(t *testing.T) {
 	r, _ := runner(w)
 	r.RestoreSettle = 20 * time.Millisecond
 	step := switchoverStep(snapshot.PhaseAborting)
-	pay[*diff.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+	pay[*plan.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
@@ -863,7 +863,7 @@ func TestDrainStopsWaitsButNotTheFence(t *testing.T) {
 	r.Drain = drain
 	spec := w.cluster("orders-east").Object.Spec
 	began := time.Now()
-	err := run(t, r, diff.Step{Action: diff.ActionUpdate, Subject: subject("east", "orders-east"), Payload: &diff.Update{Spec: spec}})
+	err := run(t, r, plan.Step{Action: plan.ActionUpdate, Subject: subject("east", "orders-east"), Payload: &plan.Update{Spec: spec}})
 	if !errors.Is(err, ErrDrained) || time.Since(began) > time.Second {
 		t.Fatalf("error %v after %s, want a prompt drain", err, time.Since(began))
 	}
@@ -895,13 +895,13 @@ func TestFenceAndUnfence(t *testing.T) {
 	w.cluster("orders-west").Object.Marks.Digest = "d0"
 	r, events := runner(w)
 	mark := &snapshot.Fence{By: "dba@host", At: "2026-12-01T12:00:00Z"}
-	if err := run(t, r, diff.Step{Action: diff.ActionFence, Subject: subject("west", "orders-west"), Payload: &diff.Fence{Mark: *mark}}); err != nil {
+	if err := run(t, r, plan.Step{Action: plan.ActionFence, Subject: subject("west", "orders-west"), Payload: &plan.Fence{Mark: *mark}}); err != nil {
 		t.Fatal(err)
 	}
 	if f := w.cluster("orders-west").Object.Marks.Fence; f == nil || *f != *mark {
 		t.Fatalf("mark %+v", f)
 	}
-	if err := run(t, r, diff.Step{Action: diff.ActionUnfence, Subject: subject("west", "orders-west"), Payload: &diff.Unfence{}}); err != nil {
+	if err := run(t, r, plan.Step{Action: plan.ActionUnfence, Subject: subject("west", "orders-west"), Payload: &plan.Unfence{}}); err != nil {
 		t.Fatal(err)
 	}
 	wantWrites(t, w,
@@ -919,7 +919,7 @@ func TestFenceAndUnfence(t *testing.T) {
 	}
 	// A fence that cannot reach the database leaves the mark as a trace.
 	w.fail["sql fence-on"] = errors.New("connection reset")
-	if err := run(t, r, diff.Step{Action: diff.ActionFence, Subject: subject("west", "orders-west"), Payload: &diff.Fence{Mark: *mark}}); err == nil || !strings.Contains(err.Error(), "fence: connection reset") {
+	if err := run(t, r, plan.Step{Action: plan.ActionFence, Subject: subject("west", "orders-west"), Payload: &plan.Fence{Mark: *mark}}); err == nil || !strings.Contains(err.Error(), "fence: connection reset") {
 		t.Fatalf("error %v", err)
 	}
 	if w.cluster("orders-west").Object.Marks.Fence == nil {
@@ -959,8 +959,8 @@ func TestEnsureSlotViaPatroniWaitsForReservedWAL(t *testing.T) {
 		}
 	}
 	r, _ := runner(w)
-	step := diff.Step{Action: diff.ActionEnsureSlot, Subject: diff.Subject{Site: "dc1", Namespace: "orders-dc1", Cluster: "orders-dc1"},
-		Payload: &diff.EnsureSlot{Primary: "orders-dc1", For: "orders-east", Slot: "xdc_orders_east", Via: diff.SlotViaPatroni}}
+	step := plan.Step{Action: plan.ActionEnsureSlot, Subject: plan.Subject{Site: "dc1", Namespace: "orders-dc1", Cluster: "orders-dc1"},
+		Payload: &plan.EnsureSlot{Primary: "orders-dc1", For: "orders-east", Slot: "xdc_orders_east", Via: plan.SlotViaPatroni}}
 	err := run(t, r, step)
 	if err == nil || !strings.Contains(err.Error(), "slot xdc_orders_east on orders-dc1 reserving WAL") {
 		t.Fatalf("a slot reserving no WAL must not pass: %v", err)
@@ -988,13 +988,13 @@ func TestEnsureSlotViaCatalogue(t *testing.T) {
 		}
 	}
 	r, _ := runner(w)
-	step := diff.Step{Action: diff.ActionEnsureSlot, Subject: subject("east", "orders-east"),
-		Payload: &diff.EnsureSlot{Primary: "orders-east", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: diff.SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}}
+	step := plan.Step{Action: plan.ActionEnsureSlot, Subject: subject("east", "orders-east"),
+		Payload: &plan.EnsureSlot{Primary: "orders-east", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: plan.SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
 	wantWrites(t, w, "sql orders-east catalogue-schema", "sql orders-east catalogue-row [orders-dc1 127.100.20.1 5432 xdc_orders_dc1]")
-	pay[*diff.EnsureSlot](step).Via = "guess"
+	pay[*plan.EnsureSlot](step).Via = "guess"
 	if err := run(t, r, step); err == nil || !strings.Contains(err.Error(), `unknown way "guess"`) {
 		t.Fatalf("error %v", err)
 	}
@@ -1026,7 +1026,7 @@ func TestSwitchoverGateEdge(t *testing.T) {
 			r, _ := runner(w)
 			r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 300*time.Millisecond, 5*time.Second
 			step := switchoverStep("")
-			pay[*diff.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+			pay[*plan.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
 			err := run(t, r, step)
 			promoted := slices.ContainsFunc(w.writes(), func(l string) bool { return strings.HasPrefix(l, "spec orders-west") })
 			if promoted != tc.promoted {
@@ -1041,7 +1041,7 @@ func TestSwitchoverGateEdge(t *testing.T) {
 }
 
 // pay is a step's payload as the type its action takes (nil when not).
-func pay[P diff.Payload](s diff.Step) P {
+func pay[P plan.Payload](s plan.Step) P {
 	p, _ := s.Payload.(P)
 	return p
 }

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
@@ -18,7 +18,7 @@ import (
 // with its consent and fork point on every reachable cluster, promote,
 // wait for the new timeline, record it done. A run killed anywhere resumes
 // from the record; no promotion happens without it.
-func (x *stepRun) Failover(ctx context.Context, _ diff.Subject, f *diff.Failover) error {
+func (x *stepRun) Failover(ctx context.Context, _ plan.Subject, f *plan.Failover) error {
 	from, to := f.From.Cluster, f.To.Cluster
 	var rec snapshot.FailoverRecord
 	if f.Resume == "" {
@@ -31,7 +31,7 @@ func (x *stepRun) Failover(ctx context.Context, _ diff.Subject, f *diff.Failover
 				to, t.PG.SystemID, t.PG.Timeline, f.SystemID, f.FromTimeline)
 		}
 		consent := "spec.acceptDataLoss in the file"
-		if f.Consent == diff.ConsentFlag {
+		if f.Consent == plan.ConsentFlag {
 			consent = "--accept-data-loss, run by " + x.r.Holder
 		}
 		rec = snapshot.FailoverRecord{Epoch: f.Epoch, From: from, To: to, Phase: snapshot.FailoverPromoting,
@@ -79,7 +79,7 @@ func (x *stepRun) Failover(ctx context.Context, _ diff.Subject, f *diff.Failover
 
 // confirmLost proves the old primary unreachable through PostgreSQL too:
 // nothing answers at the address the target streamed from.
-func (x *stepRun) confirmLost(ctx context.Context, f *diff.Failover, t *snapshot.ClusterState) error {
+func (x *stepRun) confirmLost(ctx context.Context, f *plan.Failover, t *snapshot.ClusterState) error {
 	site, _ := x.last.Site(f.From.Site)
 	kubeWhy := "site not observed"
 	if site != nil {
@@ -119,7 +119,7 @@ func (x *stepRun) recordFailover(ctx context.Context, rec snapshot.FailoverRecor
 		m := x.marksOf(c.Name)
 		r := rec
 		m.Failover = &r
-		if err := x.writeMarks(ctx, diff.Subject{Site: c.Site, Namespace: c.Namespace, Cluster: c.Name}, m); err != nil {
+		if err := x.writeMarks(ctx, plan.Subject{Site: c.Site, Namespace: c.Namespace, Cluster: c.Name}, m); err != nil {
 			return err
 		}
 	}
@@ -133,7 +133,7 @@ const rewindBound = 3 * time.Minute
 // Rejoin fences a lost primary that answers again, reports what it wrote
 // after the fork, and makes it a standby of the new primary: by rewind, a
 // rebuild, or (policy manual) leaves it demoted for a DBA.
-func (x *stepRun) Rejoin(ctx context.Context, at diff.Subject, r *diff.Rejoin) error {
+func (x *stepRun) Rejoin(ctx context.Context, at plan.Subject, r *plan.Rejoin) error {
 	name, rec := at.Cluster, r.Record
 	o := x.cluster(name)
 	ret := snapshot.Returned{At: time.Now().UTC().Format(time.RFC3339), Rejoin: r.Policy}
@@ -274,7 +274,7 @@ const answerBound = time.Minute
 // it. It waits until the server is out of recovery (its end of WAL can
 // then be read) and returns the cluster as seen then; one that answers
 // but stays in recovery past the bound is returned as it is.
-func (x *stepRun) fenceBeforeItAnswers(ctx context.Context, at diff.Subject, r *diff.Rejoin) (*snapshot.ClusterState, error) {
+func (x *stepRun) fenceBeforeItAnswers(ctx context.Context, at plan.Subject, r *plan.Rejoin) (*snapshot.ClusterState, error) {
 	name := at.Cluster
 	if err := x.writeSpec(ctx, at, r.Fenced); err != nil {
 		return nil, fmt.Errorf("fence on return: %s is not fenced and its fence could not be written in its object, so it may take writes when it is promoted: %w", name, err)
@@ -385,7 +385,7 @@ func (e *NeedsRebuildError) Error() string {
 
 // needsRebuild records why the returned primary needs a rebuild and stops
 // the rejoin there; a Patroni cluster is held fenced with the way back.
-func (x *stepRun) needsRebuild(ctx context.Context, at diff.Subject, r *diff.Rejoin, rec snapshot.FailoverRecord, why string) error {
+func (x *stepRun) needsRebuild(ctx context.Context, at plan.Subject, r *plan.Rejoin, rec snapshot.FailoverRecord, why string) error {
 	name := at.Cluster
 	rec.Returned.NeedsRebuild = why
 	if err := x.markReturned(ctx, at, rec); err != nil {
@@ -415,7 +415,7 @@ func (x *stepRun) fenceOnly(ctx context.Context, o *snapshot.ClusterState) error
 
 // rebuild removes the lost primary's object (and, with it, its data) and
 // creates it again as a standby from birth.
-func (x *stepRun) rebuild(ctx context.Context, at diff.Subject, r *diff.Rejoin, rec snapshot.FailoverRecord) error {
+func (x *stepRun) rebuild(ctx context.Context, at plan.Subject, r *plan.Rejoin, rec snapshot.FailoverRecord) error {
 	name := at.Cluster
 	if r.Demoted.Flavor == snapshot.FlavorPatroni {
 		return rebuildByHand(name, r.Primary.Cluster)
@@ -437,7 +437,7 @@ func (x *stepRun) rebuild(ctx context.Context, at diff.Subject, r *diff.Rejoin, 
 
 // markReturned records the failover, with what was found on return, on
 // the returned cluster's own object: from then on it is known handled.
-func (x *stepRun) markReturned(ctx context.Context, s diff.Subject, rec snapshot.FailoverRecord) error {
+func (x *stepRun) markReturned(ctx context.Context, s plan.Subject, rec snapshot.FailoverRecord) error {
 	x.last = x.r.Observer.Observe(ctx)
 	m := x.marksOf(s.Cluster)
 	m.Failover = &rec

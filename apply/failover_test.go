@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -26,10 +26,10 @@ func lostWorld() *world {
 var promotedSpec = snapshot.Spec{Topology: "orders", Instances: 2, Version: "15", TeamID: "ACID",
 	Replication: snapshot.Replication{Enabled: true, ServiceType: "NodePort"}}
 
-func failoverStep(resume string) diff.Step {
-	return diff.Step{Action: diff.ActionFailover, Subject: subject("west", "orders-west"), Payload: &diff.Failover{
+func failoverStep(resume string) plan.Step {
+	return plan.Step{Action: plan.ActionFailover, Subject: subject("west", "orders-west"), Payload: &plan.Failover{
 		From: subject("east", "orders-east"), To: subject("west", "orders-west"), FromEndpoint: eastEP, ToEndpoint: westEP,
-		Promoted: promotedSpec, SystemID: sysID, FromTimeline: 1, Epoch: 1, Consent: diff.ConsentFile, Resume: resume}}
+		Promoted: promotedSpec, SystemID: sysID, FromTimeline: 1, Epoch: 1, Consent: plan.ConsentFile, Resume: resume}}
 }
 
 func TestFailoverRecordsPromotesAndRecordsDone(t *testing.T) {
@@ -117,8 +117,8 @@ func returnedWorld() (*world, snapshot.FailoverRecord) {
 	return w, rec
 }
 
-func rejoinStep(rec snapshot.FailoverRecord, policy string, rebuild bool) diff.Step {
-	return diff.Step{Action: diff.ActionRejoin, Subject: subject("east", "orders-east"), Payload: &diff.Rejoin{
+func rejoinStep(rec snapshot.FailoverRecord, policy string, rebuild bool) plan.Step {
+	return plan.Step{Action: plan.ActionRejoin, Subject: subject("east", "orders-east"), Payload: &plan.Rejoin{
 		Record: rec, Primary: subject("west", "orders-west"), PrimaryEP: westEP, Demoted: standbySpec.WithPeer(*westEP),
 		Policy: policy, Rebuild: rebuild, Fenced: fencedPrimarySpec}}
 }
@@ -156,7 +156,7 @@ func TestRejoinFencesReportsAndRewinds(t *testing.T) {
 	wantWrites(t, w,
 		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
 		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:1048576:false",
-		"spec orders-east "+specJSON(pay[*diff.Rejoin](step).Demoted),
+		"spec orders-east "+specJSON(pay[*plan.Rejoin](step).Demoted),
 		"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:1048576:true",
 	)
 	var words string
@@ -189,7 +189,7 @@ func TestRejoinRebuildStepRebuildsAsAStandbyFromBirth(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := w.writes()
-	fence, i, j := slices.Index(got, "sql orders-east fence-on"), slices.Index(got, "delete orders-east"), slices.Index(got, "spec orders-east "+specJSON(pay[*diff.Rejoin](step).Demoted))
+	fence, i, j := slices.Index(got, "sql orders-east fence-on"), slices.Index(got, "delete orders-east"), slices.Index(got, "spec orders-east "+specJSON(pay[*plan.Rejoin](step).Demoted))
 	if fence != 0 || i < fence || j < i || !slices.Contains(got, "marks orders-east digest= revision= journal=- failover=1:done returned=rebuild:1048576:true") {
 		t.Fatalf("want fence, delete, create as a standby, recorded done: %v", got)
 	}
@@ -232,7 +232,7 @@ func TestRejoinFencesOnReturnAndLiftsTheFence(t *testing.T) {
 			wantWrites(t, w,
 				"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
 				"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:false",
-				"spec orders-east "+specJSON(pay[*diff.Rejoin](step).Demoted),
+				"spec orders-east "+specJSON(pay[*plan.Rejoin](step).Demoted),
 				"sql orders-east fence-off", "sql orders-east reload",
 				"marks orders-east digest= revision= journal=- failover=1:done returned=rewind:0:true",
 			)
@@ -283,7 +283,7 @@ func TestRejoinStopsForOneThatWasPromotedInItsSite(t *testing.T) {
 	step := rejoinStep(rec, "rewind", false)
 	err := run(t, r, step)
 	wantNeedsRebuild(t, w, err, "it is on timeline 2, not 1 where it was lost")
-	if slices.Contains(w.writes(), "spec orders-east "+specJSON(pay[*diff.Rejoin](step).Demoted)) {
+	if slices.Contains(w.writes(), "spec orders-east "+specJSON(pay[*plan.Rejoin](step).Demoted)) {
 		t.Fatalf("demoted for a rewind: %v", w.writes())
 	}
 }
@@ -325,7 +325,7 @@ func TestRejoinRebuildsOneWhoseTimelineIsItsOwn(t *testing.T) {
 			r, _ := runner(w)
 			step := rejoinStep(rec, "rewind", false)
 			err := run(t, r, step)
-			if !slices.Contains(w.writes(), "spec orders-east "+specJSON(pay[*diff.Rejoin](step).Demoted)) {
+			if !slices.Contains(w.writes(), "spec orders-east "+specJSON(pay[*plan.Rejoin](step).Demoted)) {
 				t.Fatalf("want demoted first: %v", w.writes())
 			}
 			wantNeedsRebuild(t, w, err, tc.want)
@@ -433,7 +433,7 @@ func TestRejoinHoldsAPatroniClusterThatNeedsARebuild(t *testing.T) {
 	w.cluster("orders-east").PG.Timeline = 2 // promoted in its own site
 	r, _ := runner(w)
 	step := rejoinStep(rec, "rewind", false)
-	pay[*diff.Rejoin](step).Demoted.Flavor = snapshot.FlavorPatroni
+	pay[*plan.Rejoin](step).Demoted.Flavor = snapshot.FlavorPatroni
 	err := run(t, r, step)
 	if err == nil || !strings.Contains(err.Error(), "orders-east needs a rebuild and is held fenced, not demoted") ||
 		!strings.Contains(err.Error(), "pgtopo render patroni-bootstrap orders-east") {

@@ -11,7 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 )
 
 // leaseSeconds is how long a holder that stopped renewing keeps the lock;
@@ -49,7 +49,7 @@ type locks []*lease
 // acquire takes the step's Lease in every site it names, in its order,
 // waiting up to LockTimeout in all while another live holder has one. On
 // failure it releases what it took.
-func (r *Runner) acquire(ctx context.Context, step *diff.Lock, x *stepRun) (locks, error) {
+func (r *Runner) acquire(ctx context.Context, step *plan.Lock, x *stepRun) (locks, error) {
 	where := step.Sites
 	if len(where) == 0 || step.Lease == "" {
 		return nil, fmt.Errorf("lock: the plan's lock step names no site or Lease")
@@ -72,7 +72,7 @@ func (r *Runner) acquire(ctx context.Context, step *diff.Lock, x *stepRun) (lock
 	return held, nil
 }
 
-func (r *Runner) acquireOne(ctx context.Context, name string, at diff.Subject, deadline time.Time, x *stepRun) (*lease, error) {
+func (r *Runner) acquireOne(ctx context.Context, name string, at plan.Subject, deadline time.Time, x *stepRun) (*lease, error) {
 	w, err := r.Sites(at.Site)
 	if err != nil {
 		return nil, fmt.Errorf("lock in site %s: %w", at.Site, err)

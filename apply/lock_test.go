@@ -10,15 +10,15 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 )
 
 func TestLocksEverySiteInOrder(t *testing.T) {
 	w := newWorld()
 	r := &Runner{Holder: "me", LockTimeout: time.Second, Sites: w.Sites}
-	lock := &diff.Lock{Lease: "pgtopo-orders", Sites: []diff.Subject{
+	lock := &plan.Lock{Lease: "pgtopo-orders", Sites: []plan.Subject{
 		{Site: "east", Namespace: "db"}, {Site: "south", Namespace: "ledger"}, {Site: "west", Namespace: "db"}}}
-	step := diff.Step{Action: diff.ActionLock, Payload: lock}
+	step := plan.Step{Action: plan.ActionLock, Payload: lock}
 	x := &stepRun{r: r, step: step}
 	held, err := r.acquire(context.Background(), lock, x)
 	if err != nil {
@@ -75,8 +75,8 @@ func TestLockTakesOverAGoneHolder(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "pgtopo-orders", Namespace: "db"},
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &secs, RenewTime: &now},
 	}
-	lock := &diff.Lock{Lease: "pgtopo-orders", Sites: []diff.Subject{{Site: "east", Namespace: "db"}}}
-	step := diff.Step{Action: diff.ActionLock, Payload: lock}
+	lock := &plan.Lock{Lease: "pgtopo-orders", Sites: []plan.Subject{{Site: "east", Namespace: "db"}}}
+	step := plan.Step{Action: plan.ActionLock, Payload: lock}
 	r := &Runner{Holder: "me", LockTimeout: 100 * time.Millisecond, Sites: w.Sites, HolderGone: func(h string) bool { return false }}
 	_, err := r.acquire(context.Background(), lock, &stepRun{r: r, step: step})
 	var held *LockHeldError

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -15,7 +15,7 @@ import (
 // birth. The rebuild is recorded on the primary first (the standby's own
 // object goes), so a run killed anywhere goes on from the record; every
 // part is idempotent.
-func (x *stepRun) Rebuild(ctx context.Context, at diff.Subject, rb *diff.Rebuild) error {
+func (x *stepRun) Rebuild(ctx context.Context, at plan.Subject, rb *plan.Rebuild) error {
 	name := at.Cluster
 	primary := x.cluster(rb.Primary)
 	if !primary.Exists || primary.Object == nil {
@@ -24,7 +24,7 @@ func (x *stepRun) Rebuild(ctx context.Context, at diff.Subject, rb *diff.Rebuild
 	marks := primary.Object.Marks
 	if marks.Rebuild == nil || marks.Rebuild.Cluster != name {
 		marks.Rebuild = &snapshot.RebuildRecord{Cluster: name, Evidence: rb.Evidence, Consent: rb.Consent, At: time.Now().UTC().Format(time.RFC3339)}
-		if err := x.writeMarks(ctx, diff.Subject{Site: primary.Site, Namespace: primary.Namespace, Cluster: primary.Name}, marks); err != nil {
+		if err := x.writeMarks(ctx, plan.Subject{Site: primary.Site, Namespace: primary.Namespace, Cluster: primary.Name}, marks); err != nil {
 			return err
 		}
 		x.say(PhaseJournal, "rebuild of %s recorded on %s (%s)", name, rb.Primary, rb.Evidence)
@@ -53,7 +53,7 @@ func (x *stepRun) Rebuild(ctx context.Context, at diff.Subject, rb *diff.Rebuild
 	marks = x.marksOf(rb.Primary)
 	marks.Rebuild = nil
 	p := x.cluster(rb.Primary)
-	return x.writeMarks(ctx, diff.Subject{Site: p.Site, Namespace: p.Namespace, Cluster: p.Name}, marks)
+	return x.writeMarks(ctx, plan.Subject{Site: p.Site, Namespace: p.Namespace, Cluster: p.Name}, marks)
 }
 
 // forget removes a cluster's row from the primary's catalogue, so its
@@ -73,7 +73,7 @@ func (x *stepRun) forget(ctx context.Context, primary, cluster string) error {
 
 // DeleteCluster deletes a cluster the file no longer lists, with its
 // data, then its catalogue row and slot on the primary.
-func (x *stepRun) DeleteCluster(ctx context.Context, at diff.Subject, d *diff.DeleteCluster) error {
+func (x *stepRun) DeleteCluster(ctx context.Context, at plan.Subject, d *plan.DeleteCluster) error {
 	name := at.Cluster
 	w, err := x.writer(at.Site)
 	if err != nil {
@@ -102,13 +102,13 @@ func (x *stepRun) DeleteCluster(ctx context.Context, at diff.Subject, d *diff.De
 	if d.Slot == "" {
 		return nil
 	}
-	return x.dropSlot(ctx, diff.DropSlot{Primary: d.Primary, Slot: d.Slot, For: name})
+	return x.dropSlot(ctx, plan.DropSlot{Primary: d.Primary, Slot: d.Slot, For: name})
 }
 
 // DropSlot drops a slot on the primary: first what keeps it there (its
 // cluster's catalogue row, or a permanent slot), then the slot itself,
 // only while nothing streams through it.
-func (x *stepRun) DropSlot(ctx context.Context, at diff.Subject, p *diff.DropSlot) error {
+func (x *stepRun) DropSlot(ctx context.Context, at plan.Subject, p *plan.DropSlot) error {
 	d := *p
 	if d.CatalogueRow {
 		if err := x.forget(ctx, d.Primary, d.For); err != nil {
@@ -128,7 +128,7 @@ func (x *stepRun) DropSlot(ctx context.Context, at diff.Subject, p *diff.DropSlo
 }
 
 // dropSlot drops an inactive slot by SQL and waits until it is gone.
-func (x *stepRun) dropSlot(ctx context.Context, d diff.DropSlot) error {
+func (x *stepRun) dropSlot(ctx context.Context, d plan.DropSlot) error {
 	p := x.cluster(d.Primary)
 	// The WHERE makes the drop a no-op on a slot that became active since
 	// the precondition was checked (or is gone already).
@@ -153,7 +153,7 @@ func (x *stepRun) dropSlot(ctx context.Context, d diff.DropSlot) error {
 
 // deleteForRebuild deletes a cluster's object, and with it its data, when
 // it exists, and waits until it is gone.
-func (x *stepRun) deleteForRebuild(ctx context.Context, subj diff.Subject, exists bool) error {
+func (x *stepRun) deleteForRebuild(ctx context.Context, subj plan.Subject, exists bool) error {
 	name := subj.Cluster
 	if exists {
 		w, err := x.writer(subj.Site)

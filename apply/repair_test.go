@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -33,11 +33,11 @@ func repairWorld() *world {
 	return w
 }
 
-func rebuildStep() diff.Step {
+func rebuildStep() plan.Step {
 	spec := standbySpec.WithPeer(*eastEP)
-	return diff.Step{Action: diff.ActionRebuild, Subject: subject("west", "orders-west"),
-		Payload:       &diff.Rebuild{Standby: diff.StandbySpec{Spec: spec, Follows: "orders-east"}, Primary: "orders-east", Evidence: "its slot xdc_orders_west on orders-east is lost", Consent: "apply --allow-rebuild orders-west"},
-		Preconditions: []diff.Precondition{{Kind: diff.CondNotWritable, Cluster: "orders-west"}, {Kind: diff.CondWritable, Cluster: "orders-east"}}}
+	return plan.Step{Action: plan.ActionRebuild, Subject: subject("west", "orders-west"),
+		Payload:       &plan.Rebuild{Standby: plan.StandbySpec{Spec: spec, Follows: "orders-east"}, Primary: "orders-east", Evidence: "its slot xdc_orders_west on orders-east is lost", Consent: "apply --allow-rebuild orders-west"},
+		Preconditions: []plan.Precondition{{Kind: plan.CondNotWritable, Cluster: "orders-west"}, {Kind: plan.CondWritable, Cluster: "orders-east"}}}
 }
 
 // A rebuild records itself on the primary, deletes the standby with its
@@ -53,7 +53,7 @@ func TestRebuildInOrder(t *testing.T) {
 	got := w.writes()
 	order := []string{"marks orders-east digest= revision= journal=- rebuild=orders-west", "delete orders-west",
 		"sql orders-east DELETE FROM sys_operator.multi_cluster_info WHERE cluster_name = $1 [orders-west]",
-		"spec orders-west " + specJSON(pay[*diff.Rebuild](step).Standby.Spec), "marks orders-east digest= revision= journal=-"}
+		"spec orders-west " + specJSON(pay[*plan.Rebuild](step).Standby.Spec), "marks orders-east digest= revision= journal=-"}
 	last := -1
 	for _, want := range order {
 		i := slices.Index(got, want)
@@ -75,7 +75,7 @@ func TestRebuildResumesAfterTheDelete(t *testing.T) {
 	w.cluster("orders-east").Object.Marks.Rebuild = &snapshot.RebuildRecord{Cluster: "orders-west", Evidence: "lost", Consent: "the file (rebuild: allow)"}
 	r, _ := runner(w)
 	step := rebuildStep()
-	pay[*diff.Rebuild](step).Resume = true
+	pay[*plan.Rebuild](step).Resume = true
 	step.Preconditions = step.Preconditions[1:]
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
@@ -102,7 +102,7 @@ func TestRebuildNeverAPrimary(t *testing.T) {
 	step := rebuildStep()
 	step.Preconditions = nil
 	x := &stepRun{r: r, step: step, n: 1, total: 1, last: w.Observe(t.Context())}
-	if err := x.Rebuild(t.Context(), step.Subject, pay[*diff.Rebuild](step)); err == nil || !strings.Contains(err.Error(), "pgtopo never rebuilds a primary") {
+	if err := x.Rebuild(t.Context(), step.Subject, pay[*plan.Rebuild](step)); err == nil || !strings.Contains(err.Error(), "pgtopo never rebuilds a primary") {
 		t.Fatalf("executor: %v", err)
 	}
 	if got := w.writes(); slices.Contains(got, "delete orders-west") {
@@ -126,9 +126,9 @@ func TestDropSlot(t *testing.T) {
 		}
 	}
 	r, _ := runner(w)
-	step := diff.Step{Action: diff.ActionDropSlot, Subject: subject("east", "orders-east"),
-		Payload:       &diff.DropSlot{Primary: "orders-east", Slot: "xdc_orders_south", For: "orders-south", CatalogueRow: true, PermanentSlot: true, RetainedBytes: 96 << 20},
-		Preconditions: []diff.Precondition{{Kind: diff.CondSlotInactive, Cluster: "orders-east", Other: "xdc_orders_south"}}}
+	step := plan.Step{Action: plan.ActionDropSlot, Subject: subject("east", "orders-east"),
+		Payload:       &plan.DropSlot{Primary: "orders-east", Slot: "xdc_orders_south", For: "orders-south", CatalogueRow: true, PermanentSlot: true, RetainedBytes: 96 << 20},
+		Preconditions: []plan.Precondition{{Kind: plan.CondSlotInactive, Cluster: "orders-east", Other: "xdc_orders_south"}}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}
@@ -162,8 +162,8 @@ func TestDeleteCluster(t *testing.T) {
 		}
 		return w
 	}
-	step := diff.Step{Action: diff.ActionDeleteCluster, Subject: subject("west", "orders-south"),
-		Payload: &diff.DeleteCluster{Primary: "orders-east", Slot: "xdc_orders_south"}}
+	step := plan.Step{Action: plan.ActionDeleteCluster, Subject: subject("west", "orders-south"),
+		Payload: &plan.DeleteCluster{Primary: "orders-east", Slot: "xdc_orders_south"}}
 	w := world()
 	r, _ := runner(w)
 	if err := run(t, r, step); err != nil {
@@ -178,7 +178,7 @@ func TestDeleteCluster(t *testing.T) {
 	w = world()
 	r, _ = runner(w)
 	bare := step
-	bare.Payload = &diff.DeleteCluster{}
+	bare.Payload = &plan.DeleteCluster{}
 	if err := run(t, r, bare); err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -23,8 +23,8 @@ func TestUpdateWaitsForItsRestart(t *testing.T) {
 	}
 	spec := standbySpec.WithPeer(*eastEP)
 	spec.Parameters = map[string]string{"max_connections": "60"}
-	step := diff.Step{Action: diff.ActionUpdate, Subject: subject("west", "orders-west"), Payload: &diff.Update{Spec: spec,
-		Restart: &diff.Restart{Parameters: []string{"max_connections"}, Follows: "orders-east", Values: map[string]string{"max_connections": "60"}}}}
+	step := plan.Step{Action: plan.ActionUpdate, Subject: subject("west", "orders-west"), Payload: &plan.Update{Spec: spec,
+		Restart: &plan.Restart{Parameters: []string{"max_connections"}, Follows: "orders-east", Values: map[string]string{"max_connections": "60"}}}}
 
 	w := newRestartWorld()
 	var stopped *snapshot.WalReceiver
@@ -102,8 +102,8 @@ func TestRefreshCredentialsSendsUsernameAndPasswordOnly(t *testing.T) {
 		}
 	}
 	r, events := runner(w)
-	step := diff.Step{Action: diff.ActionRefreshCredentials, Subject: subject("west", "orders-west"),
-		Payload: &diff.RefreshCredentials{From: subject("east", "orders-east"), FromName: "postgres.orders-east.credentials", Name: "postgres.orders-west.credentials", Topology: "orders"}}
+	step := plan.Step{Action: plan.ActionRefreshCredentials, Subject: subject("west", "orders-west"),
+		Payload: &plan.RefreshCredentials{From: subject("east", "orders-east"), FromName: "postgres.orders-east.credentials", Name: "postgres.orders-west.credentials", Topology: "orders"}}
 	if err := run(t, r, step); err != nil {
 		t.Fatal(err)
 	}

@@ -10,36 +10,36 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
-func lockStep() diff.Step {
-	return diff.Step{Action: diff.ActionLock, Subject: diff.Subject{Site: "east", Namespace: "db"},
-		Payload: &diff.Lock{Lease: "pgtopo-orders", Sites: []diff.Subject{{Site: "east", Namespace: "db"}}}}
+func lockStep() plan.Step {
+	return plan.Step{Action: plan.ActionLock, Subject: plan.Subject{Site: "east", Namespace: "db"},
+		Payload: &plan.Lock{Lease: "pgtopo-orders", Sites: []plan.Subject{{Site: "east", Namespace: "db"}}}}
 }
 
-func recordStep(digest string) diff.Step {
-	return diff.Step{Action: diff.ActionRecord, Subject: subject("east", "orders-east"), Payload: &diff.Record{Marks: snapshot.Marks{Digest: digest}}}
+func recordStep(digest string) plan.Step {
+	return plan.Step{Action: plan.ActionRecord, Subject: subject("east", "orders-east"), Payload: &plan.Record{Marks: snapshot.Marks{Digest: digest}}}
 }
 
-func planOf(steps ...diff.Step) diff.Plan {
-	return diff.Plan{Topology: "orders", Digest: "d1", Steps: steps}
+func planOf(steps ...plan.Step) plan.Plan {
+	return plan.Plan{Topology: "orders", Digest: "d1", Steps: steps}
 }
 
 func TestExecuteRunsThePlanAsPrinted(t *testing.T) {
 	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r, events := runner(w)
-	plan := planOf(lockStep(), recordStep("d1"))
+	pl := planOf(lockStep(), recordStep("d1"))
 	replans := 0
-	r.Replan = func(*snapshot.Snapshot) diff.Plan {
+	r.Replan = func(*snapshot.Snapshot) plan.Plan {
 		replans++
 		if replans == 1 {
-			return plan // after the lock: unchanged
+			return pl // after the lock: unchanged
 		}
 		return planOf() // after the last step: in sync
 	}
-	res, err := r.Execute(context.Background(), plan, diff.Basis{})
+	res, err := r.Execute(context.Background(), pl, plan.Basis{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,15 +74,15 @@ func TestExecuteRunsThePlanAsPrinted(t *testing.T) {
 func TestExecuteFromTheLookThePlanCameFrom(t *testing.T) {
 	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r, _ := runner(w)
-	plan := planOf(lockStep(), recordStep("d1"))
-	r.Replan = func(s *snapshot.Snapshot) diff.Plan {
+	pl := planOf(lockStep(), recordStep("d1"))
+	r.Replan = func(s *snapshot.Snapshot) plan.Plan {
 		if s.Clusters[0].Object.Marks.Digest == "d1" {
 			return planOf()
 		}
-		return plan
+		return pl
 	}
 	seen := w.Observe(context.Background())
-	if _, err := r.ExecuteFrom(context.Background(), plan, seen); err != nil {
+	if _, err := r.ExecuteFrom(context.Background(), pl, seen); err != nil {
 		t.Fatal(err)
 	}
 	// The plan's own look, one after the lock, one at the end.
@@ -96,7 +96,7 @@ func TestExecuteFromTheLookThePlanCameFrom(t *testing.T) {
 	seen = w.Observe(context.Background())
 	seen.Sites[0].Reachable = false
 	guarded := lockStep()
-	guarded.Preconditions = []diff.Precondition{{Kind: diff.CondSiteReachable, Site: "east"}}
+	guarded.Preconditions = []plan.Precondition{{Kind: plan.CondSiteReachable, Site: "east"}}
 	if _, err := r.ExecuteFrom(context.Background(), planOf(guarded, recordStep("d1")), seen); err == nil {
 		t.Fatal("the lock was taken although the look the plan came from had its site unreachable")
 	}
@@ -108,11 +108,11 @@ func TestExecuteFromTheLookThePlanCameFrom(t *testing.T) {
 func TestExecuteRefusesAStalePlanAfterTheLock(t *testing.T) {
 	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r, _ := runner(w)
-	plan := planOf(lockStep(), recordStep("d1"))
-	basis := diff.BasisOf(w.Observe(context.Background()))
+	pl := planOf(lockStep(), recordStep("d1"))
+	basis := plan.BasisOf(w.Observe(context.Background()))
 	w.cluster("orders-east").Object.Spec.Instances = 5 // a hand edit meanwhile
-	r.Replan = func(*snapshot.Snapshot) diff.Plan { return planOf(lockStep(), recordStep("d2")) }
-	_, err := r.Execute(context.Background(), plan, basis)
+	r.Replan = func(*snapshot.Snapshot) plan.Plan { return planOf(lockStep(), recordStep("d2")) }
+	_, err := r.Execute(context.Background(), pl, basis)
 	var stale *StaleError
 	if !errors.As(err, &stale) || !strings.Contains(err.Error(), "stale plan: orders-east: resourceVersion  → : numberOfInstances 2 → 5; run diff again") {
 		t.Fatalf("error %v, want a stale plan naming orders-east", err)
@@ -125,29 +125,29 @@ func TestExecuteRunsTheChangedPlanAfterSayingSo(t *testing.T) {
 	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r, _ := runner(w)
 	var told []string
-	r.Changed = func(now diff.Plan, why []string) error { told = why; return nil }
+	r.Changed = func(now plan.Plan, why []string) error { told = why; return nil }
 	changed := planOf(lockStep(), recordStep("d2"))
-	r.Replan = func(*snapshot.Snapshot) diff.Plan {
+	r.Replan = func(*snapshot.Snapshot) plan.Plan {
 		if len(told) == 0 {
 			return changed
 		}
 		return planOf()
 	}
-	res, err := r.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), diff.Basis{})
+	res, err := r.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), plan.Basis{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantWrites(t, w, "lease east/db/pgtopo-orders create", "marks orders-east digest=d2 revision= journal=-")
-	if len(told) == 0 || !diff.Same(res.Plan, changed) {
+	if len(told) == 0 || !plan.Same(res.Plan, changed) {
 		t.Fatalf("told %q; result plan %+v", told, res.Plan)
 	}
 
 	// Changed can stop the run instead.
 	w2 := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r2, _ := runner(w2)
-	r2.Replan = func(*snapshot.Snapshot) diff.Plan { return changed }
-	r2.Changed = func(diff.Plan, []string) error { return errors.New("no") }
-	if _, err := r2.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), diff.Basis{}); err == nil || err.Error() != "no" {
+	r2.Replan = func(*snapshot.Snapshot) plan.Plan { return changed }
+	r2.Changed = func(plan.Plan, []string) error { return errors.New("no") }
+	if _, err := r2.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), plan.Basis{}); err == nil || err.Error() != "no" {
 		t.Fatalf("error %v", err)
 	}
 	wantWrites(t, w2, "lease east/db/pgtopo-orders create")
@@ -155,20 +155,20 @@ func TestExecuteRunsTheChangedPlanAfterSayingSo(t *testing.T) {
 	// A changed plan that is refused stops with the refusal.
 	w3 := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r3, _ := runner(w3)
-	r3.Changed = func(diff.Plan, []string) error { return nil }
-	r3.Replan = func(*snapshot.Snapshot) diff.Plan {
-		return diff.Plan{Refusals: []diff.Refusal{{Reason: "site west unreachable"}}}
+	r3.Changed = func(plan.Plan, []string) error { return nil }
+	r3.Replan = func(*snapshot.Snapshot) plan.Plan {
+		return plan.Plan{Refusals: []plan.Refusal{{Reason: "site west unreachable"}}}
 	}
-	if _, err := r3.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), diff.Basis{}); !IsRefused(err) {
+	if _, err := r3.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), plan.Basis{}); !IsRefused(err) {
 		t.Fatalf("error %v, want a refusal", err)
 	}
 
 	// A changed plan with nothing left converges.
 	w4 := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r4, _ := runner(w4)
-	r4.Changed = func(diff.Plan, []string) error { return nil }
-	r4.Replan = func(*snapshot.Snapshot) diff.Plan { return planOf() }
-	if res, err := r4.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), diff.Basis{}); err != nil || len(res.Completed) != 1 {
+	r4.Changed = func(plan.Plan, []string) error { return nil }
+	r4.Replan = func(*snapshot.Snapshot) plan.Plan { return planOf() }
+	if res, err := r4.Execute(context.Background(), planOf(lockStep(), recordStep("d1")), plan.Basis{}); err != nil || len(res.Completed) != 1 {
 		t.Fatalf("error %v, completed %d", err, len(res.Completed))
 	}
 	wantWrites(t, w4, "lease east/db/pgtopo-orders create")
@@ -179,14 +179,14 @@ func TestExecuteFollowUps(t *testing.T) {
 	r, events := runner(w)
 	r.FollowUps = 1
 	n := 0
-	r.Replan = func(*snapshot.Snapshot) diff.Plan {
+	r.Replan = func(*snapshot.Snapshot) plan.Plan {
 		n++
 		if n == 1 {
-			return planOf(recordStep("d2")) // what only shows once the first plan is done
+			return planOf(recordStep("d2")) // what only shows once the first pl is done
 		}
 		return planOf()
 	}
-	if _, err := r.Execute(context.Background(), planOf(recordStep("d1")), diff.Basis{}); err != nil {
+	if _, err := r.Execute(context.Background(), planOf(recordStep("d1")), plan.Basis{}); err != nil {
 		t.Fatal(err)
 	}
 	wantWrites(t, w, "marks orders-east digest=d1 revision= journal=-", "marks orders-east digest=d2 revision= journal=-")
@@ -197,8 +197,8 @@ func TestExecuteFollowUps(t *testing.T) {
 	// Without follow-ups, what remains is reported, not run.
 	w2 := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r2, _ := runner(w2)
-	r2.Replan = func(*snapshot.Snapshot) diff.Plan { return planOf(recordStep("d2")) }
-	res, err := r2.Execute(context.Background(), planOf(recordStep("d1")), diff.Basis{})
+	r2.Replan = func(*snapshot.Snapshot) plan.Plan { return planOf(recordStep("d2")) }
+	res, err := r2.Execute(context.Background(), planOf(recordStep("d1")), plan.Basis{})
 	if err != nil || res.Remaining == nil || len(res.Remaining.Steps) != 1 {
 		t.Fatalf("error %v, remaining %+v", err, res.Remaining)
 	}
@@ -208,14 +208,14 @@ func TestExecuteFollowUps(t *testing.T) {
 func TestExecuteStopsOnRefusalDrainAndFailure(t *testing.T) {
 	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	r, _ := runner(w)
-	if _, err := r.Execute(context.Background(), diff.Plan{Refusals: []diff.Refusal{{Reason: "split brain"}}}, diff.Basis{}); !IsRefused(err) || err.Error() != "refused: split brain" {
+	if _, err := r.Execute(context.Background(), plan.Plan{Refusals: []plan.Refusal{{Reason: "split brain"}}}, plan.Basis{}); !IsRefused(err) || err.Error() != "refused: split brain" {
 		t.Fatalf("error %v", err)
 	}
 
 	drain := make(chan struct{})
 	close(drain)
 	r.Drain = drain
-	if _, err := r.Execute(context.Background(), planOf(recordStep("d1")), diff.Basis{}); !errors.Is(err, ErrDrained) {
+	if _, err := r.Execute(context.Background(), planOf(recordStep("d1")), plan.Basis{}); !errors.Is(err, ErrDrained) {
 		t.Fatalf("error %v", err)
 	}
 	r.Drain = nil
@@ -223,8 +223,8 @@ func TestExecuteStopsOnRefusalDrainAndFailure(t *testing.T) {
 
 	// A precondition that fails stops the run before that step, naming it.
 	bad := recordStep("d1")
-	bad.Preconditions = []diff.Precondition{{Kind: diff.CondSiteReachable, Site: "west"}}
-	res, err := r.Execute(context.Background(), planOf(recordStep("d0"), bad, recordStep("d2")), diff.Basis{})
+	bad.Preconditions = []plan.Precondition{{Kind: plan.CondSiteReachable, Site: "west"}}
+	res, err := r.Execute(context.Background(), planOf(recordStep("d0"), bad, recordStep("d2")), plan.Basis{})
 	if err == nil || err.Error() != "record orders-east (east/db): precondition site-reachable no longer holds: site west unreachable" {
 		t.Fatalf("error %v", err)
 	}
@@ -233,7 +233,7 @@ func TestExecuteStopsOnRefusalDrainAndFailure(t *testing.T) {
 	}
 	wantWrites(t, w, "marks orders-east digest=d0 revision= journal=-")
 
-	if _, err := r.Execute(context.Background(), planOf(diff.Step{Action: "teleport"}), diff.Basis{}); err == nil || !strings.Contains(err.Error(), `unknown action "teleport"`) {
+	if _, err := r.Execute(context.Background(), planOf(plan.Step{Action: "teleport"}), plan.Basis{}); err == nil || !strings.Contains(err.Error(), `unknown action "teleport"`) {
 		t.Fatalf("error %v", err)
 	}
 	if (&RefusedError{}).Error() != "refused" {
@@ -242,7 +242,7 @@ func TestExecuteStopsOnRefusalDrainAndFailure(t *testing.T) {
 }
 
 func TestProgressRenderers(t *testing.T) {
-	ev := Event{Elapsed: 2.34, Step: 3, Steps: 5, Action: diff.ActionSwitchover, Phase: PhaseFence, Message: "fence: orders-east refuses new writes", LSN: "0/5"}
+	ev := Event{Elapsed: 2.34, Step: 3, Steps: 5, Action: plan.ActionSwitchover, Phase: PhaseFence, Message: "fence: orders-east refuses new writes", LSN: "0/5"}
 	var text bytes.Buffer
 	TextProgress(&text)(ev)
 	TextProgress(&text)(Event{Elapsed: 2.4, Step: 3, Phase: PhaseStep, Message: "switchover orders-west"})
@@ -259,7 +259,7 @@ func TestProgressRenderers(t *testing.T) {
 	lag := int64(42)
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	LogProgress(log)(Event{Step: 1, Steps: 2, Phase: PhaseWaiting, Message: "waiting"})
-	LogProgress(log)(Event{Step: 1, Steps: 2, Action: diff.ActionSwitchover, Phase: PhaseGate, Message: "gate passed", LagBytes: &lag})
+	LogProgress(log)(Event{Step: 1, Steps: 2, Action: plan.ActionSwitchover, Phase: PhaseGate, Message: "gate passed", LagBytes: &lag})
 	if got := logs.String(); strings.Contains(got, "waiting") || !strings.Contains(got, `msg="gate passed" phase=gate`) || !strings.Contains(got, "step=1/2") || !strings.Contains(got, "lagBytes=42") {
 		t.Fatalf("logs %q", got)
 	}
@@ -271,15 +271,15 @@ func TestProgressRenderers(t *testing.T) {
 // do) or a revision from Git that the planner did not refuse (not older
 // than the one applied), which goes on and says so.
 func TestExecuteRefusesWhenAnotherRunMovedThePrimary(t *testing.T) {
-	roles := func(now, after string) []diff.ClusterRoles {
-		var out []diff.ClusterRoles
+	roles := func(now, after string) []plan.ClusterRoles {
+		var out []plan.ClusterRoles
 		for _, c := range []string{"orders-east", "orders-west", "orders-north"} {
-			r := diff.ClusterRoles{Name: c, Now: diff.RoleStandby, After: diff.RoleStandby}
+			r := plan.ClusterRoles{Name: c, Now: plan.RoleStandby, After: plan.RoleStandby}
 			if c == now {
-				r.Now = diff.RolePrimary
+				r.Now = plan.RolePrimary
 			}
 			if c == after {
-				r.After = diff.RolePrimary
+				r.After = plan.RolePrimary
 			}
 			out = append(out, r)
 		}
@@ -296,13 +296,13 @@ func TestExecuteRefusesWhenAnotherRunMovedThePrimary(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 			r, events := runner(w)
-			r.Changed = func(diff.Plan, []string) error { return nil }
+			r.Changed = func(plan.Plan, []string) error { return nil }
 			before := planOf(lockStep(), recordStep("d1"))
 			before.Clusters, before.Revision = roles("orders-east", tc.wants), tc.revision
 			after := planOf(lockStep(), recordStep("d1"))
 			after.Clusters, after.Revision = roles("orders-west", tc.wants), tc.revision
-			r.Replan = func(*snapshot.Snapshot) diff.Plan { return after }
-			_, err := r.Execute(context.Background(), before, diff.Basis{})
+			r.Replan = func(*snapshot.Snapshot) plan.Plan { return after }
+			_, err := r.Execute(context.Background(), before, plan.Basis{})
 			if tc.wantErr != "" {
 				var moved *PrimaryMovedError
 				if !errors.As(err, &moved) || !strings.Contains(err.Error(), tc.wantErr) {

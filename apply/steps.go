@@ -11,15 +11,15 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
-// stepRun executes one step; it implements diff.Executor. Every executor
+// stepRun executes one step; it implements plan.Executor. Every executor
 // reads its step's payload and live state, never the topology.
 type stepRun struct {
 	r        *Runner
-	step     diff.Step
+	step     plan.Step
 	n, total int
 	// last is the snapshot that satisfied the latest wait (or the one the
 	// preconditions were checked on): fresh enough to act on without
@@ -30,7 +30,7 @@ type stepRun struct {
 	outage *outage
 }
 
-var _ diff.Executor = (*stepRun)(nil)
+var _ plan.Executor = (*stepRun)(nil)
 
 func (x *stepRun) emit(e Event) {
 	e.Step, e.Steps, e.Action = x.n, x.total, x.step.Action
@@ -61,7 +61,7 @@ func (x *stepRun) writer(site string) (SiteWriter, error) {
 }
 
 // writeSpec writes a cluster's owned spec.
-func (x *stepRun) writeSpec(ctx context.Context, s diff.Subject, spec snapshot.Spec) error {
+func (x *stepRun) writeSpec(ctx context.Context, s plan.Subject, spec snapshot.Spec) error {
 	w, err := x.writer(s.Site)
 	if err != nil {
 		return err
@@ -74,7 +74,7 @@ func (x *stepRun) writeSpec(ctx context.Context, s diff.Subject, spec snapshot.S
 }
 
 // writeMarks writes a cluster's marks.
-func (x *stepRun) writeMarks(ctx context.Context, s diff.Subject, m snapshot.Marks) error {
+func (x *stepRun) writeMarks(ctx context.Context, s plan.Subject, m snapshot.Marks) error {
 	w, err := x.writer(s.Site)
 	if err != nil {
 		return err
@@ -95,7 +95,7 @@ func (x *stepRun) marksOf(name string) snapshot.Marks {
 
 // Lock takes the step's Leases (idempotent: a run holding them already
 // takes nothing).
-func (x *stepRun) Lock(ctx context.Context, _ diff.Subject, p *diff.Lock) error {
+func (x *stepRun) Lock(ctx context.Context, _ plan.Subject, p *plan.Lock) error {
 	if len(x.r.held) > 0 {
 		return nil
 	}
@@ -109,7 +109,7 @@ func (x *stepRun) Lock(ctx context.Context, _ diff.Subject, p *diff.Lock) error 
 
 // EnsurePrimary writes the primary's spec and waits until it is ready and
 // writable.
-func (x *stepRun) EnsurePrimary(ctx context.Context, at diff.Subject, p *diff.EnsurePrimary) error {
+func (x *stepRun) EnsurePrimary(ctx context.Context, at plan.Subject, p *plan.EnsurePrimary) error {
 	if err := x.writeSpec(ctx, at, p.Spec); err != nil {
 		return err
 	}
@@ -124,9 +124,9 @@ func (x *stepRun) EnsurePrimary(ctx context.Context, at diff.Subject, p *diff.En
 // it does: a Patroni primary's permanent slot, which its leader creates
 // with WAL reserved from then on; or a row in an operator primary's
 // catalogue, which its operator reads to keep the cluster's slot.
-func (x *stepRun) EnsureSlot(ctx context.Context, at diff.Subject, e *diff.EnsureSlot) error {
+func (x *stepRun) EnsureSlot(ctx context.Context, at plan.Subject, e *plan.EnsureSlot) error {
 	switch e.Via {
-	case diff.SlotViaPatroni:
+	case plan.SlotViaPatroni:
 		w, err := x.writer(at.Site)
 		if err != nil {
 			return err
@@ -147,7 +147,7 @@ func (x *stepRun) EnsureSlot(ctx context.Context, at diff.Subject, e *diff.Ensur
 			}
 			return false, "no slot " + e.Slot + " yet"
 		})
-	case diff.SlotViaCatalogue:
+	case plan.SlotViaCatalogue:
 		err := x.session(ctx, x.cluster(e.Primary), func(ss Session) error {
 			if err := ss.Exec(ctx, catalogueSchema); err != nil {
 				return fmt.Errorf("multi_cluster_info: %w", err)
@@ -193,7 +193,7 @@ ON CONFLICT (cluster_name) DO UPDATE SET external_ip = EXCLUDED.external_ip, ext
 )
 
 // Checkpoint runs CHECKPOINT on the subject.
-func (x *stepRun) Checkpoint(ctx context.Context, at diff.Subject, _ *diff.Checkpoint) error {
+func (x *stepRun) Checkpoint(ctx context.Context, at plan.Subject, _ *plan.Checkpoint) error {
 	return x.sql(ctx, x.cluster(at.Cluster), "CHECKPOINT")
 }
 
@@ -218,16 +218,16 @@ func (x *stepRun) session(ctx context.Context, c *snapshot.ClusterState, fn func
 // BootstrapSecret copies the primary's admin credentials into the standby's
 // namespace as a basic-auth Secret. The values pass from one API server to
 // the other and are never printed.
-func (x *stepRun) BootstrapSecret(ctx context.Context, at diff.Subject, p *diff.BootstrapSecret) error {
-	return x.copySecret(ctx, at, diff.CredentialsCopy(*p))
+func (x *stepRun) BootstrapSecret(ctx context.Context, at plan.Subject, p *plan.BootstrapSecret) error {
+	return x.copySecret(ctx, at, plan.CredentialsCopy(*p))
 }
 
 // RefreshCredentials copies the primary's admin username and password into
 // the standby's own credentials Secret, leaving the rest of that Secret
 // (its type, labels, owner: the operator's) alone, then waits until the
 // standby's database takes them. The values are never printed.
-func (x *stepRun) RefreshCredentials(ctx context.Context, at diff.Subject, p *diff.RefreshCredentials) error {
-	c := diff.CredentialsCopy(*p)
+func (x *stepRun) RefreshCredentials(ctx context.Context, at plan.Subject, p *plan.RefreshCredentials) error {
+	c := plan.CredentialsCopy(*p)
 	src, err := x.sourceCredentials(ctx, c)
 	if err != nil {
 		return err
@@ -254,7 +254,7 @@ func (x *stepRun) RefreshCredentials(ctx context.Context, at diff.Subject, p *di
 
 // sourceCredentials reads the credentials Secret a copy is made from; one
 // without a username or password is copied nowhere.
-func (x *stepRun) sourceCredentials(ctx context.Context, c diff.CredentialsCopy) (*corev1.Secret, error) {
+func (x *stepRun) sourceCredentials(ctx context.Context, c plan.CredentialsCopy) (*corev1.Secret, error) {
 	from, err := x.writer(c.From.Site)
 	if err != nil {
 		return nil, err
@@ -271,7 +271,7 @@ func (x *stepRun) sourceCredentials(ctx context.Context, c diff.CredentialsCopy)
 
 // copySecret copies a cluster's admin credentials into subject's namespace
 // as a basic-auth Secret.
-func (x *stepRun) copySecret(ctx context.Context, subject diff.Subject, c diff.CredentialsCopy) error {
+func (x *stepRun) copySecret(ctx context.Context, subject plan.Subject, c plan.CredentialsCopy) error {
 	src, err := x.sourceCredentials(ctx, c)
 	if err != nil {
 		return err
@@ -305,8 +305,8 @@ func (x *stepRun) copySecret(ctx context.Context, subject diff.Subject, c diff.C
 // CreateStandby writes the standby's spec, its peer filled in from the
 // primary's endpoint when the plan could not know it, and waits until it
 // streams from the primary with the same system identifier.
-func (x *stepRun) CreateStandby(ctx context.Context, at diff.Subject, p *diff.CreateStandby) error {
-	spec, err := x.resolvePeer(at, diff.StandbySpec(*p))
+func (x *stepRun) CreateStandby(ctx context.Context, at plan.Subject, p *plan.CreateStandby) error {
+	spec, err := x.resolvePeer(at, plan.StandbySpec(*p))
 	if err != nil {
 		return err
 	}
@@ -317,7 +317,7 @@ func (x *stepRun) CreateStandby(ctx context.Context, at diff.Subject, p *diff.Cr
 }
 
 // resolvePeer is a standby's spec with a peer the plan left to be known.
-func (x *stepRun) resolvePeer(at diff.Subject, s diff.StandbySpec) (snapshot.Spec, error) {
+func (x *stepRun) resolvePeer(at plan.Subject, s plan.StandbySpec) (snapshot.Spec, error) {
 	spec := s.Spec
 	if s.PeerOf == "" {
 		return spec, nil
@@ -386,7 +386,7 @@ func slotNamed(slots []snapshot.Slot, name string) (snapshot.Slot, bool) {
 
 // Repoint writes the standby's spec with its new peer and waits until it
 // streams from the primary, waking its WAL receiver as a switchover does.
-func (x *stepRun) Repoint(ctx context.Context, at diff.Subject, p *diff.Repoint) error {
+func (x *stepRun) Repoint(ctx context.Context, at plan.Subject, p *plan.Repoint) error {
 	if primary := x.cluster(p.Follows); !primary.Writable() {
 		return fmt.Errorf("the primary %s is not writable", p.Follows)
 	}
@@ -398,7 +398,7 @@ func (x *stepRun) Repoint(ctx context.Context, at diff.Subject, p *diff.Repoint)
 
 // Update writes the subject's spec and waits until the operator has it
 // ready with the spec's instances.
-func (x *stepRun) Update(ctx context.Context, at diff.Subject, p *diff.Update) error {
+func (x *stepRun) Update(ctx context.Context, at plan.Subject, p *plan.Update) error {
 	if err := x.writeSpec(ctx, at, p.Spec); err != nil {
 		return err
 	}
@@ -418,7 +418,7 @@ func (x *stepRun) Update(ctx context.Context, at diff.Subject, p *diff.Update) e
 // Restart has the cluster's servers restarted for the settings its step
 // names and waits until none is pending and, for a standby, it streams
 // from the primary again: only then is the next cluster's restart safe.
-func (x *stepRun) Restart(ctx context.Context, at diff.Subject, r *diff.Restart) error {
+func (x *stepRun) Restart(ctx context.Context, at plan.Subject, r *plan.Restart) error {
 	w, err := x.writer(at.Site)
 	if err != nil {
 		return err
@@ -468,7 +468,7 @@ func (x *stepRun) Restart(ctx context.Context, at diff.Subject, r *diff.Restart)
 
 // inEffect reports whether the server runs with the values the restart
 // brings into effect.
-func (x *stepRun) inEffect(ctx context.Context, cs *snapshot.ClusterState, r *diff.Restart) bool {
+func (x *stepRun) inEffect(ctx context.Context, cs *snapshot.ClusterState, r *plan.Restart) bool {
 	if len(r.Values) == 0 {
 		return true // a restart for what is pending, whatever it is
 	}
@@ -492,13 +492,13 @@ func (x *stepRun) inEffect(ctx context.Context, cs *snapshot.ClusterState, r *di
 
 // FillExternalIP completes the standby's row in the primary's
 // multi_cluster_info.
-func (x *stepRun) FillExternalIP(ctx context.Context, _ diff.Subject, e *diff.FillExternalIP) error {
+func (x *stepRun) FillExternalIP(ctx context.Context, _ plan.Subject, e *plan.FillExternalIP) error {
 	return x.sql(ctx, x.cluster(e.Primary), "UPDATE sys_operator.multi_cluster_info SET external_ip = $1 WHERE cluster_name = $2 AND external_ip = ''",
 		e.Host, e.Cluster)
 }
 
 // Record writes the step's marks, keeping a journal if one is there.
-func (x *stepRun) Record(ctx context.Context, at diff.Subject, p *diff.Record) error {
+func (x *stepRun) Record(ctx context.Context, at plan.Subject, p *plan.Record) error {
 	c := x.cluster(at.Cluster)
 	if !c.Exists {
 		return fmt.Errorf("%s has no object to record on", c.Name)

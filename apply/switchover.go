@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -55,7 +55,7 @@ const (
 	maxStall = 15 * time.Second
 )
 
-func (x *stepRun) startOutage(sw *diff.Switchover) {
+func (x *stepRun) startOutage(sw *plan.Switchover) {
 	limit := x.r.MaxWritePause
 	if limit <= 0 {
 		limit = time.Duration(sw.MaxWritePauseSeconds * float64(time.Second))
@@ -76,7 +76,7 @@ func (x *stepRun) startOutage(sw *diff.Switchover) {
 // anywhere resumes here from the journal and live state, and promotion
 // never happens unless this run saw the target replay up to the old
 // primary's end of WAL.
-func (x *stepRun) Switchover(ctx context.Context, _ diff.Subject, sw *diff.Switchover) error {
+func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switchover) error {
 	from, to := sw.From.Cluster, sw.To.Cluster
 	var j snapshot.Journal
 	phase := sw.Resume
@@ -253,7 +253,7 @@ func (x *stepRun) followNewPrimary(ctx context.Context, from, to string) error {
 
 // backOut ends a switchover before the point of no return: journal
 // "aborting", then restore the old primary.
-func (x *stepRun) backOut(ctx context.Context, sw *diff.Switchover, j snapshot.Journal, cause error) error {
+func (x *stepRun) backOut(ctx context.Context, sw *plan.Switchover, j snapshot.Journal, cause error) error {
 	began := x.outage.began
 	x.outage = nil
 	x.emit(Event{Phase: PhaseBackOut, Journal: snapshot.PhaseAborting, Message: fmt.Sprintf("backing out: %v", cause)})
@@ -271,7 +271,7 @@ func (x *stepRun) backOut(ctx context.Context, sw *diff.Switchover, j snapshot.J
 // restore makes the old primary primary again (its spec as before, if it
 // was demoted), lifts the fence and clears the journal. Safe only while the
 // target was never promoted, which the callers ensure.
-func (x *stepRun) restore(ctx context.Context, sw *diff.Switchover) error {
+func (x *stepRun) restore(ctx context.Context, sw *plan.Switchover) error {
 	from := sw.From.Cluster
 	x.last = x.r.Observer.Observe(ctx)
 	if fo := x.cluster(from); !fo.Writable() || fo.Object.Spec.Replication.IsReplica {
@@ -333,7 +333,7 @@ func (x *stepRun) stayWritable(ctx context.Context, name string, d time.Duration
 // connects only to a read-write peer (Patroni adds
 // target_session_attrs=read-write), so WAL the old primary flushed but had
 // not streamed when it was demoted could never reach the target.
-func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *diff.Switchover) (snapshot.LSN, error) {
+func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *plan.Switchover) (snapshot.LSN, error) {
 	from, to := sw.From.Cluster, sw.To.Cluster
 	if fo := x.cluster(from); fo.Writable() {
 		if err := x.fence(ctx, fo, to); err != nil {
@@ -468,7 +468,7 @@ var unfenceSQL = []string{"ALTER SYSTEM RESET default_transaction_read_only", "S
 // Fence is the break-glass fence (pgtopo fence): record the mark, then make
 // the cluster refuse new writes. The mark comes first so that a run killed
 // between the two leaves a trace.
-func (x *stepRun) Fence(ctx context.Context, at diff.Subject, p *diff.Fence) error {
+func (x *stepRun) Fence(ctx context.Context, at plan.Subject, p *plan.Fence) error {
 	c := x.cluster(at.Cluster)
 	m := x.marksOf(c.Name)
 	mark := p.Mark
@@ -490,7 +490,7 @@ func (x *stepRun) Fence(ctx context.Context, at diff.Subject, p *diff.Fence) err
 }
 
 // Unfence lifts a break-glass fence, then removes its mark.
-func (x *stepRun) Unfence(ctx context.Context, at diff.Subject, _ *diff.Unfence) error {
+func (x *stepRun) Unfence(ctx context.Context, at plan.Subject, _ *plan.Unfence) error {
 	name := at.Cluster
 	if err := x.unfence(ctx, x.last, name); err != nil {
 		return err
@@ -563,7 +563,7 @@ func (x *stepRun) waitGate(ctx context.Context, j snapshot.Journal, gate snapsho
 
 // journal writes j (nil clears it) on both clusters, keeping their other
 // marks as last observed.
-func (x *stepRun) journal(ctx context.Context, j *snapshot.Journal, ends ...diff.Subject) error {
+func (x *stepRun) journal(ctx context.Context, j *snapshot.Journal, ends ...plan.Subject) error {
 	for _, s := range ends {
 		c := x.cluster(s.Cluster)
 		if !c.Exists {

@@ -16,10 +16,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/apply"
-	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/reconcile"
+	"github.com/pgtopo/pgtopo/render"
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
@@ -50,16 +52,16 @@ func newApplyCmd(e env) *cobra.Command {
   pgtopo apply --repo https://git.example.com/db/topologies.git --ref main --path orders.yaml
   pgtopo apply -f orders-west.yaml --accept-data-loss orders-east   # failover, break-glass`,
 		Short: "Make the live topology match the file: ordered, idempotent steps and a safe switchover",
-		Long: `Print the plan, take the lock, then execute exactly that plan one step at a
+		Long: `Print the pl, take the lock, then execute exactly that pl one step at a
 time: each step re-checks its preconditions on a fresh look at the sites,
 acts on the step's payload, and waits for its postcondition, with progress
 on stderr (--progress-format json for JSON lines).
 
 With -f or --repo, apply plans once, prints, takes the lock and looks again:
-if the world changed while it waited, it prints the new plan and why, and
-runs that. With PLAN.json (written by diff --out), it runs exactly that plan,
+if the world changed while it waited, it prints the new pl and why, and
+runs that. With PLAN.json (written by diff --out), it runs exactly that pl,
 or refuses, changing nothing, when the live world no longer matches what the
-plan relied on ("stale plan: ...").
+pl relied on ("stale plan: ...").
 
 With --repo, the commit read is recorded on every CR; applying a commit older
 than the one recorded (or from another line of history) is refused unless
@@ -78,7 +80,7 @@ backs it out too.
 When the primary's site is lost, a file naming a standby as primary plans a
 failover, refused without consent to lose the lost primary's writes that the
 standby never received: spec.acceptDataLoss in the file (the reviewed path),
-or --accept-data-loss CLUSTER for a run by hand. The plan says what may be
+or --accept-data-loss CLUSTER for a run by hand. The pl says what may be
 lost. When the lost primary answers again, it is fenced and demoted before
 anything else (docs/disaster-recovery.md).
 
@@ -137,21 +139,21 @@ func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain
 		return err
 	}
 	opt.AcceptDataLoss, opt.AllowRebuild, opt.AllowPrimaryRestart = f.acceptDataLoss, f.allowRebuild, f.allowPrimaryRestart
-	plan := diff.Compute(in.Desired, snap, opt)
-	if done, err := f.printPlan(e, plan); done || err != nil {
+	pl := planner.Compute(in.Desired, snap, opt)
+	if done, err := f.printPlan(e, pl); done || err != nil {
 		return err
 	}
-	r, err := newRunner(e, src, f, in, obs, plan, opt, drain)
+	r, err := newRunner(e, src, f, in, obs, pl, opt, drain)
 	if err != nil {
 		return err
 	}
 	r.FollowUps = 2
-	r.Changed = func(now diff.Plan, why []string) error {
+	r.Changed = func(now plan.Plan, why []string) error {
 		w := f.textOut(e)
 		fmt.Fprintf(w, "\nThe live world changed while this run waited for the lock (%s). The plan now is:\n\n", strings.Join(why, "; "))
-		return now.WriteText(w)
+		return render.Text(w, &now)
 	}
-	res, err := r.ExecuteFrom(ctx, plan, snap)
+	res, err := r.ExecuteFrom(ctx, pl, snap)
 	if err == nil && res.Remaining != nil {
 		err = fmt.Errorf("not converged after the plan and %d follow-up plans (%s); run diff to see what remains", r.FollowUps, res.Remaining.Summary())
 	}
@@ -178,7 +180,7 @@ func applySaved(ctx context.Context, e env, src *sourceFlags, f applyFlags, file
 	if err != nil {
 		return err
 	}
-	saved, err := diff.LoadSaved(file, fh)
+	saved, err := plan.LoadSaved(file, fh)
 	fh.Close()
 	if err != nil {
 		return err
@@ -200,9 +202,9 @@ func applySaved(ctx context.Context, e env, src *sourceFlags, f applyFlags, file
 	}
 	defer closeConns()
 	snap := obs.Observe(ctx, in.Desired)
-	now := diff.Compute(in.Desired, snap, saved.Options)
-	if !diff.Same(saved.Plan, now) {
-		stale := &apply.StaleError{Why: diff.Staleness(saved.Plan, saved.Basis, now, diff.BasisOf(snap)), Now: now}
+	now := planner.Compute(in.Desired, snap, saved.Options)
+	if !plan.Same(saved.Plan, now) {
+		stale := &apply.StaleError{Why: plan.Staleness(saved.Plan, saved.Basis, now, plan.BasisOf(snap)), Now: now}
 		fmt.Fprintf(e.stderr, "pgtopo: %s: %s\n", file, printable.String(stale.Error()))
 		return exitCode(ExitError)
 	}
@@ -223,7 +225,7 @@ func applySaved(ctx context.Context, e env, src *sourceFlags, f applyFlags, file
 // savedSource reads the topology a saved plan carries.
 type savedSource struct {
 	v     *schema.Validator
-	saved *diff.SavedPlan
+	saved *plan.SavedPlan
 	file  string
 }
 
@@ -236,8 +238,8 @@ func (s savedSource) Load(context.Context) (*reconcile.Input, error) {
 	return in, nil
 }
 
-func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *live.Observer, plan diff.Plan, opt diff.Options, drain <-chan struct{}) (*apply.Runner, error) {
-	sites, err := src.flavorSites(in.Desired, plan)
+func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *live.Observer, pl plan.Plan, opt plan.Options, drain <-chan struct{}) (*apply.Runner, error) {
+	sites, err := src.flavorSites(in.Desired, pl)
 	if err != nil {
 		return nil, err
 	}
@@ -252,8 +254,8 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 		Progress:   progress,
 		Holder:     holderIdentity(),
 		HolderGone: holderGone,
-		Replan: func(s *snapshot.Snapshot) diff.Plan {
-			return diff.Compute(in.Desired, s, opt)
+		Replan: func(s *snapshot.Snapshot) plan.Plan {
+			return planner.Compute(in.Desired, s, opt)
 		},
 		LockTimeout:   f.lockTimeout,
 		StepTimeout:   f.stepTimeout,
@@ -273,25 +275,25 @@ func (f applyFlags) textOut(e env) io.Writer {
 
 // printPlan shows the plan before anything runs, and reports whether the
 // run ends there (refused, a dry run, nothing to do).
-func (f applyFlags) printPlan(e env, plan diff.Plan) (bool, error) {
+func (f applyFlags) printPlan(e env, pl plan.Plan) (bool, error) {
 	if structured(f.output) {
 		switch {
-		case plan.Refused():
-			return true, errors.Join(writeApplyResult(e, f.output, ApplyResult{Result: "refused", Plan: plan}), exitCode(ExitError))
+		case pl.Refused():
+			return true, errors.Join(writeApplyResult(e, f.output, ApplyResult{Result: "refused", Plan: pl}), exitCode(ExitError))
 		case f.dryRun:
-			return true, writeApplyResult(e, f.output, ApplyResult{Result: "dry-run", Plan: plan})
-		case plan.InSync():
-			return true, writeApplyResult(e, f.output, ApplyResult{Result: "in-sync", Plan: plan})
+			return true, writeApplyResult(e, f.output, ApplyResult{Result: "dry-run", Plan: pl})
+		case pl.InSync():
+			return true, writeApplyResult(e, f.output, ApplyResult{Result: "in-sync", Plan: pl})
 		}
 		return false, nil
 	}
-	if err := plan.WriteText(e.stdout); err != nil {
+	if err := render.Text(e.stdout, &pl); err != nil {
 		return true, err
 	}
-	if plan.Refused() {
+	if pl.Refused() {
 		return true, exitCode(ExitError)
 	}
-	return f.dryRun || plan.InSync(), nil
+	return f.dryRun || pl.InSync(), nil
 }
 
 // ApplyResult is apply -o json's document (apiVersion pgtopo.dev/v1alpha1,
@@ -303,14 +305,14 @@ type ApplyResult struct {
 	Kind       string                `json:"kind"`
 	Result     string                `json:"result"`
 	Headline   string                `json:"headline"`
-	Plan       diff.Plan             `json:"plan"`
+	Plan       plan.Plan             `json:"plan"`
 	Completed  []apply.CompletedStep `json:"completed"`
 	Error      string                `json:"error,omitempty"`
 	Remaining  string                `json:"remaining,omitempty"`
 }
 
 func writeApplyResult(e env, format string, r ApplyResult) error {
-	r.APIVersion, r.Kind, r.Headline = diff.PlanAPIVersion, "ApplyResult", r.Plan.Headline()
+	r.APIVersion, r.Kind, r.Headline = plan.PlanAPIVersion, "ApplyResult", r.Plan.Headline()
 	if r.Completed == nil {
 		r.Completed = []apply.CompletedStep{}
 	}
@@ -339,7 +341,7 @@ func (f applyFlags) finish(e env, res *apply.Result, err error) error {
 	if err != nil {
 		var refused *apply.RefusedError
 		if errors.As(err, &refused) {
-			_ = refused.Plan.WriteText(e.stdout)
+			_ = render.Text(e.stdout, &refused.Plan)
 		}
 		fmt.Fprintf(e.stdout, "Apply stopped after %d step(s):\n", len(res.Completed))
 		for _, s := range res.Completed {

@@ -5,16 +5,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/pgtopo/pgtopo/printable"
 	"io"
 	"os"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/printable"
+
 	"github.com/spf13/cobra"
 
-	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/gitsource"
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/reconcile"
+	"github.com/pgtopo/pgtopo/render"
 	"github.com/pgtopo/pgtopo/schema"
 )
 
@@ -32,12 +35,12 @@ func newDiffCmd(e env) *cobra.Command {
   pgtopo diff -f orders.yaml -o json --out plan.json
   pgtopo diff --repo . --path orders.yaml --base origin/main -o markdown   # pull-request comment`,
 		Short: "Show what apply would do: a plan of ordered steps, or the refusals that stop it",
-		Long: `Observe every site of the topology and print the plan that would make the
+		Long: `Observe every site of the topology and print the pl that would make the
 live world match the file. Nothing is changed.
 
 Pull-request mode (--base): compare the topology at two revisions of a
 repository, say in words what merging does (a switchover, a new standby, ...),
-then show the live plan for the head revision. -o markdown is ready to post
+then show the live pl for the head revision. -o markdown is ready to post
 as a pull-request comment.
 
 Exit status (--detailed-exitcode, the default): 0 in sync, 4 changes pending,
@@ -62,20 +65,20 @@ pending changes exit 0.`,
 			if err != nil {
 				return err
 			}
-			plan, basis, opt, err := livePlan(ctx, &src, in, allowRollback, acceptDataLoss, allowRebuild, allowPrimaryRestart)
+			pl, basis, opt, err := livePlan(ctx, &src, in, allowRollback, acceptDataLoss, allowRebuild, allowPrimaryRestart)
 			if err != nil {
 				return err
 			}
-			if err := writePlan(e, &plan, output); err != nil {
+			if err := writePlan(e, &pl, output); err != nil {
 				return err
 			}
 			if out != "" {
-				if err := savePlan(out, plan, basis, opt, in); err != nil {
+				if err := savePlan(out, pl, basis, opt, in); err != nil {
 					return err
 				}
 				fmt.Fprintf(e.stderr, "pgtopo: plan saved to %s; run it with: pgtopo apply %s\n", out, out)
 			}
-			return planExit(&plan, !plan.InSync(), detailed)
+			return planExit(&pl, !pl.InSync(), detailed)
 		},
 	}
 	src.register(cmd, e)
@@ -97,28 +100,28 @@ pending changes exit 0.`,
 
 // livePlan observes the sites of in and plans; it also returns what the
 // plan relied on and the options, for a saved plan.
-func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool, acceptDataLoss string, allowRebuild []string, allowPrimaryRestart bool) (diff.Plan, diff.Basis, diff.Options, error) {
+func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowRollback bool, acceptDataLoss string, allowRebuild []string, allowPrimaryRestart bool) (plan.Plan, plan.Basis, plan.Options, error) {
 	obs, err := src.observer(in.Desired)
 	if err != nil {
-		return diff.Plan{}, diff.Basis{}, diff.Options{}, err
+		return plan.Plan{}, plan.Basis{}, plan.Options{}, err
 	}
 	snap := obs.Observe(ctx, in.Desired)
 	opt, err := in.PlanOptions(snap, allowRollback)
 	if err != nil {
-		return diff.Plan{}, diff.Basis{}, opt, err
+		return plan.Plan{}, plan.Basis{}, opt, err
 	}
 	opt.AcceptDataLoss, opt.AllowRebuild, opt.AllowPrimaryRestart = acceptDataLoss, allowRebuild, allowPrimaryRestart
-	return diff.Compute(in.Desired, snap, opt), diff.BasisOf(snap), opt, nil
+	return planner.Compute(in.Desired, snap, opt), plan.BasisOf(snap), opt, nil
 }
 
 // savePlan writes a saved plan to path, for apply PLAN.json; a refused
 // plan is not saved.
-func savePlan(path string, plan diff.Plan, basis diff.Basis, opt diff.Options, in *reconcile.Input) error {
-	if plan.Refused() {
+func savePlan(path string, pl plan.Plan, basis plan.Basis, opt plan.Options, in *reconcile.Input) error {
+	if pl.Refused() {
 		return fmt.Errorf("--out %s: a refused plan is not saved", path)
 	}
 	var b bytes.Buffer
-	if err := diff.Save(&b, plan, basis, opt, in.Source); err != nil {
+	if err := plan.Save(&b, pl, basis, opt, in.Source); err != nil {
 		return err
 	}
 	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
@@ -127,9 +130,9 @@ func savePlan(path string, plan diff.Plan, basis diff.Basis, opt diff.Options, i
 	return nil
 }
 
-func planExit(plan *diff.Plan, changes, detailed bool) error {
+func planExit(pl *plan.Plan, changes, detailed bool) error {
 	switch {
-	case plan != nil && plan.Refused():
+	case pl != nil && pl.Refused():
 		return exitCode(ExitError)
 	case changes && detailed:
 		return exitCode(ExitChanges)
@@ -180,25 +183,25 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 		return err
 	}
 	reportFindings(e, head.Findings)
-	pr := diff.PullRequest{Base: baseCommit.Hash, Head: headCommit.Hash, Path: src.path}
+	pr := render.PullRequest{Base: baseCommit.Hash, Head: headCommit.Hash, Path: src.path}
 	baseIn, err := gs.At(baseCommit)
 	switch {
 	case errors.Is(err, gitsource.ErrNoFile):
-		pr.Intents = diff.Describe(nil, head.Desired)
+		pr.Intents = planner.Describe(nil, head.Desired)
 	case err != nil:
 		// The base is what is deployed; a base that no longer validates
 		// (an older schema) should not block reviewing the head.
 		fmt.Fprintf(e.stderr, "pgtopo: base %s: %v; describing the head alone\n", baseCommit.Short(), err)
-		pr.Intents = diff.Describe(nil, head.Desired)
+		pr.Intents = planner.Describe(nil, head.Desired)
 	default:
-		pr.Intents = diff.Describe(baseIn.Desired, head.Desired)
+		pr.Intents = planner.Describe(baseIn.Desired, head.Desired)
 	}
 	if f.live {
-		plan, _, _, err := livePlan(ctx, src, head, f.allowRollback, "", nil, false)
+		pl, _, _, err := livePlan(ctx, src, head, f.allowRollback, "", nil, false)
 		if err != nil {
 			return err
 		}
-		pr.Plan = &plan
+		pr.Plan = &pl
 	}
 	switch f.output {
 	case formatJSON:
@@ -228,16 +231,16 @@ type loadAt struct {
 
 func (l loadAt) Load(context.Context) (*reconcile.Input, error) { return l.src.At(l.commit) }
 
-func writePlan(e env, p *diff.Plan, output string) error {
+func writePlan(e env, p *plan.Plan, output string) error {
 	switch output {
 	case formatJSON:
-		return p.WriteJSON(e.stdout)
+		return render.JSON(e.stdout, p)
 	case formatYAML:
-		return writeYAMLOf(e.stdout, p.WriteJSON)
+		return writeYAMLOf(e.stdout, func(w io.Writer) error { return render.JSON(w, p) })
 	case "markdown":
-		return p.WriteMarkdown(e.stdout)
+		return render.Markdown(e.stdout, p)
 	}
-	return p.WriteText(e.stdout)
+	return render.Text(e.stdout, p)
 }
 
 // InvalidHead is diff's document for a pull request whose topology does
@@ -259,10 +262,10 @@ func writeInvalidHead(e env, output, path, head string, fs schema.Findings) erro
 			errs++
 		}
 	}
-	headline := fmt.Sprintf("%s at %s does not validate: %d error(s); merging it would apply nothing", path, diff.ShortRevision(head), errs)
+	headline := fmt.Sprintf("%s at %s does not validate: %d error(s); merging it would apply nothing", path, plan.ShortRevision(head), errs)
 	switch output {
 	case formatJSON, formatYAML:
-		return writeDocument(e.stdout, output, InvalidHead{APIVersion: diff.PlanAPIVersion, Kind: "InvalidPullRequest", Headline: headline, Head: head, Path: path, Findings: fs})
+		return writeDocument(e.stdout, output, InvalidHead{APIVersion: plan.PlanAPIVersion, Kind: "InvalidPullRequest", Headline: headline, Head: head, Path: path, Findings: fs})
 	case "markdown":
 		var b strings.Builder
 		fmt.Fprintf(&b, "## pgtopo: %s\n\nFix these before merging:\n\n```text\n", printable.String(headline))

@@ -8,7 +8,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
+	"github.com/pgtopo/pgtopo/render"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -56,26 +58,26 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 				return err
 			}
 			defer closeConns()
-			opt := diff.FenceOptions{Force: force, Mark: snapshot.Fence{By: fenceAuthor(), At: time.Now().UTC().Format(time.RFC3339), Reason: reason}}
-			plan := func(s *snapshot.Snapshot) diff.Plan {
+			opt := planner.FenceOptions{Force: force, Mark: snapshot.Fence{By: fenceAuthor(), At: time.Now().UTC().Format(time.RFC3339), Reason: reason}}
+			pl := func(s *snapshot.Snapshot) plan.Plan {
 				if fence {
-					return diff.PlanFence(in.Desired, s, args[0], opt)
+					return planner.PlanFence(in.Desired, s, args[0], opt)
 				}
-				return diff.PlanUnfence(in.Desired, s, args[0])
+				return planner.PlanUnfence(in.Desired, s, args[0])
 			}
-			p := plan(snap)
+			p := pl(snap)
 			if done, err := f.printPlan(e, p); done || err != nil {
 				return err
 			}
-			r, err := newRunner(e, &src, f, in, obs, p, diff.Options{}, drain)
+			r, err := newRunner(e, &src, f, in, obs, p, plan.Options{}, drain)
 			if err != nil {
 				return err
 			}
-			r.Replan = plan
-			r.Changed = func(now diff.Plan, why []string) error {
+			r.Replan = pl
+			r.Changed = func(now plan.Plan, why []string) error {
 				w := f.textOut(e)
 				fmt.Fprintf(w, "\nThe live world changed while this run waited for the lock; the plan now is:\n\n")
-				return now.WriteText(w)
+				return render.Text(w, &now)
 			}
 			res, err := r.ExecuteFrom(ctx, p, snap)
 			return f.finish(e, res, err)

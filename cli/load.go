@@ -9,11 +9,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/apply"
-	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/gitsource"
 	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/schema"
@@ -171,13 +171,13 @@ const siteDownFor = 20 * time.Second
 
 // flavorSites opens the plan's sites for changes, by site name, through
 // the topology's flavor and the run's shared clients.
-func (f *sourceFlags) flavorSites(d *topology.Desired, plan diff.Plan) (func(string) (apply.SiteWriter, error), error) {
+func (f *sourceFlags) flavorSites(d *topology.Desired, pl plan.Plan) (func(string) (apply.SiteWriter, error), error) {
 	op, err := flavor.Lookup(d.Flavor)
 	if err != nil {
 		return nil, err
 	}
 	contexts := map[string]string{}
-	for _, s := range plan.Sites {
+	for _, s := range pl.Sites {
 		contexts[s.Name] = s.Context
 	}
 	patroniSites := map[string]topology.Site{}

@@ -14,9 +14,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/apply"
-	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/gitsource"
 	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -33,7 +34,7 @@ func newReconcileCmd(e env) *cobra.Command {
   pgtopo reconcile -f orders.yaml --observe-only --listen :8080   # metrics only`,
 		Short: "Loop: pull, plan, and apply whenever the revision or the live world drifted",
 		Long: `Every --interval: fetch the repository (or re-read the file), observe every
-site, plan, and apply when the plan has steps and no refusal. One log line
+site, pl, and apply when the pl has steps and no refusal. One log line
 per cycle on stderr; apply's progress lines at --log-level debug.
 
 /healthz answers 200 while cycles keep ending, 503 when the loop is stuck;
@@ -45,7 +46,7 @@ wal_status, system identifier agreement, applied revision, writable
 clusters). examples/monitoring has alerts and a dashboard over them.
 
 --observe-only observes, plans and reports, and never changes anything (a
-cycle whose plan has steps ends "drift"): to watch a topology that another
+cycle whose pl has steps ends "drift"): to watch a topology that another
 deploy path applies.
 
 SIGTERM or SIGINT: the step under way finishes (a switchover included), then
@@ -77,14 +78,14 @@ resumes on the next run).`,
 			loop := &reconcile.Loop{
 				Source:   source,
 				Observer: obs,
-				Apply: func(ctx context.Context, d *topology.Desired, plan diff.Plan, seen *snapshot.Snapshot, opt diff.Options) (*apply.Result, error) {
+				Apply: func(ctx context.Context, d *topology.Desired, pl plan.Plan, seen *snapshot.Snapshot, opt plan.Options) (*apply.Result, error) {
 					ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
 					defer cancel()
 					o, err := src.newObserver(d, keep)
 					if err != nil {
 						return nil, err
 					}
-					sites, err := src.flavorSites(d, plan)
+					sites, err := src.flavorSites(d, pl)
 					if err != nil {
 						return nil, err
 					}
@@ -98,14 +99,14 @@ resumes on the next run).`,
 						LockTimeout: lockTimeout,
 						StepTimeout: stepTimeout,
 						Drain:       drain,
-						Replan:      func(s *snapshot.Snapshot) diff.Plan { return diff.Compute(d, s, opt) },
+						Replan:      func(s *snapshot.Snapshot) plan.Plan { return planner.Compute(d, s, opt) },
 						FollowUps:   2,
-						Changed: func(now diff.Plan, why []string) error {
+						Changed: func(now plan.Plan, why []string) error {
 							log.Info("replanned", "plan", now.Headline(), "why", strings.Join(why, "; "))
 							return nil
 						},
 					}
-					return r.ExecuteFrom(ctx, plan, seen)
+					return r.ExecuteFrom(ctx, pl, seen)
 				},
 				Interval:      interval,
 				AllowRollback: allowRollback,

@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -179,7 +179,7 @@ func writeStatus(e env, snap, prev *snapshot.Snapshot) {
 		}
 		if c.Exists && c.Object != nil {
 			if m := c.Object.Marks; m.Revision != "" {
-				rev = diff.ShortRevision(m.Revision)
+				rev = plan.ShortRevision(m.Revision)
 			} else if m.Digest != "" {
 				rev = "digest " + m.Digest
 			}

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
@@ -85,7 +85,7 @@ func statusDoc(d *topology.Desired, snap *snapshot.Snapshot, at string) Status {
 	primary := livePrimary(snap)
 	for i := range snap.Clusters {
 		c := &snap.Clusters[i]
-		sc := StatusCluster{Name: c.Name, Site: c.Site, Namespace: c.Namespace, Role: diff.RoleOf(snap, c), State: clusterState(snap, c), Fenced: c.Fenced(), Error: c.PGError}
+		sc := StatusCluster{Name: c.Name, Site: c.Site, Namespace: c.Namespace, Role: planner.RoleOf(snap, c), State: clusterState(snap, c), Fenced: c.Fenced(), Error: c.PGError}
 		if c.PG != nil {
 			sc.PendingRestart = c.PG.PendingRestart
 		}

@@ -18,11 +18,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pgtopo/pgtopo/apply"
-	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/flavor/alauda"
 	"github.com/pgtopo/pgtopo/gitsource/gittest"
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/labtest"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -254,7 +254,7 @@ func TestGitOpsEndToEnd(t *testing.T) {
 	c3 := repo.Commit("orders: back to east", map[string]string{"deploy/topology.yaml": string(topoEast)})
 	repo.Git("push", "-q", "origin", "main")
 	_, _ = l.waitFor(t, 30*time.Second, "switchover start", next, func(r logRecord) bool {
-		return r.Phase == string(apply.PhaseStep) && r.Action == string(diff.ActionSwitchover)
+		return r.Phase == string(apply.PhaseStep) && r.Action == string(plan.ActionSwitchover)
 	})
 	signalled := l.count()
 	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -21,7 +21,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/go-git/go-git/v5/storage/memory"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 )
 
 // Commit is the commit a topology was read from.
@@ -32,7 +32,7 @@ type Commit struct {
 }
 
 // Short is the abbreviated hash people read.
-func (c Commit) Short() string { return diff.ShortRevision(c.Hash) }
+func (c Commit) Short() string { return plan.ShortRevision(c.Hash) }
 
 // Repository is an opened topology repository.
 type Repository struct {

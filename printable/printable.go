@@ -41,3 +41,11 @@ func unsafe(r rune) bool {
 	return r == unicode.ReplacementChar || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) ||
 		unicode.Is(unicode.Zl, r) || unicode.Is(unicode.Zp, r) || r == '\u00a0'
 }
+
+// OrNone is s, or "(none)" when it is empty: a value shown before → after.
+func OrNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}

@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"github.com/pgtopo/pgtopo/apply"
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
@@ -22,7 +23,7 @@ type Observer interface {
 
 // Applier executes the cycle's plan, computed with opt from seen, the
 // cycle's look at the world.
-type Applier func(ctx context.Context, d *topology.Desired, plan diff.Plan, seen *snapshot.Snapshot, opt diff.Options) (*apply.Result, error)
+type Applier func(ctx context.Context, d *topology.Desired, pl plan.Plan, seen *snapshot.Snapshot, opt plan.Options) (*apply.Result, error)
 
 // Outcome names how a cycle ended.
 type Outcome string
@@ -55,7 +56,7 @@ const LostRetry = 3 * time.Second
 type Cycle struct {
 	Outcome  Outcome
 	Revision string
-	Plan     *diff.Plan
+	Plan     *plan.Plan
 	Applied  []apply.CompletedStep
 	Err      error
 	Duration time.Duration
@@ -153,26 +154,26 @@ func (l *Loop) once(ctx context.Context) Cycle {
 	if l.Metrics != nil {
 		l.Metrics.ObserveSnapshot(in.Desired, snap)
 	}
-	plan := diff.Compute(in.Desired, snap, opt)
-	c.Plan = &plan
+	pl := planner.Compute(in.Desired, snap, opt)
+	c.Plan = &pl
 	c.LostAway = lostAway(snap)
 	switch {
-	case plan.Refused() && heldByAnother(snap, time.Now()):
+	case pl.Refused() && heldByAnother(snap, time.Now()):
 		// Another run is at work (its switchover journal may be what the
 		// plan refuses): wait for it rather than report the topology.
 		c.Outcome = OutcomeBusy
 		return c
-	case plan.Refused():
+	case pl.Refused():
 		c.Outcome = OutcomeRefused
 		return c
-	case plan.InSync():
+	case pl.InSync():
 		c.Outcome = OutcomeInSync
 		return c
 	case l.ObserveOnly:
 		c.Outcome = OutcomeDrift
 		return c
 	}
-	res, err := l.Apply(ctx, in.Desired, plan, snap, opt)
+	res, err := l.Apply(ctx, in.Desired, pl, snap, opt)
 	if res != nil {
 		c.Applied = res.Completed
 		c.Plan = &res.Plan
@@ -236,7 +237,7 @@ func heldByAnother(snap *snapshot.Snapshot, now time.Time) bool {
 }
 
 func (l *Loop) logCycle(c Cycle) {
-	attrs := []any{"result", string(c.Outcome), "revision", orDash(diff.ShortRevision(c.Revision)), "duration", c.Duration.Round(time.Millisecond).String()}
+	attrs := []any{"result", string(c.Outcome), "revision", orDash(plan.ShortRevision(c.Revision)), "duration", c.Duration.Round(time.Millisecond).String()}
 	if c.Plan != nil {
 		attrs = append(attrs, "plan", c.Plan.Headline(), "steps", len(c.Applied))
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/pgtopo/pgtopo/apply"
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -67,14 +67,14 @@ func scrape(t *testing.T, m *Metrics) string {
 
 func TestLoopOutcomes(t *testing.T) {
 	rev := strings.Repeat("c", 40)
-	applied := func(_ context.Context, d *topology.Desired, _ diff.Plan, seen *snapshot.Snapshot, opt diff.Options) (*apply.Result, error) {
+	applied := func(_ context.Context, d *topology.Desired, _ plan.Plan, seen *snapshot.Snapshot, opt plan.Options) (*apply.Result, error) {
 		if seen == nil {
 			t.Error("apply got no look at the world: it would look again before its first step")
 		}
 		if opt.Revision != rev {
 			t.Errorf("apply got revision %q, want %q", opt.Revision, rev)
 		}
-		return &apply.Result{Completed: completed(diff.ActionEnsurePrimary, diff.ActionCreateStandby, diff.ActionRecord, diff.ActionRecord)}, nil
+		return &apply.Result{Completed: completed(plan.ActionEnsurePrimary, plan.ActionCreateStandby, plan.ActionRecord, plan.ActionRecord)}, nil
 	}
 	cases := []struct {
 		name    string
@@ -98,13 +98,13 @@ func TestLoopOutcomes(t *testing.T) {
 		{name: "a stale Lease is no one's: refused", source: fakeSource{in: input(t)}, obs: leasedObserver{fakeObserver{false}, time.Now().Add(-time.Hour)},
 			want: OutcomeRefused, metrics: []string{"pgtopo_refusals_total 2"}},
 		{name: "the Lease held past the lock timeout: busy", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
-			apply: func(context.Context, *topology.Desired, diff.Plan, *snapshot.Snapshot, diff.Options) (*apply.Result, error) {
+			apply: func(context.Context, *topology.Desired, plan.Plan, *snapshot.Snapshot, plan.Options) (*apply.Result, error) {
 				return &apply.Result{}, &apply.LockHeldError{Lease: "pgtopo-orders", Namespace: "db", Site: "east", Holder: "ci-7"}
 			},
 			want: OutcomeBusy, metrics: []string{`pgtopo_cycles_total{result="busy"} 1`, "pgtopo_refusals_total 0"}},
 		{name: "drained between steps", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
-			apply: func(context.Context, *topology.Desired, diff.Plan, *snapshot.Snapshot, diff.Options) (*apply.Result, error) {
-				return &apply.Result{Completed: completed(diff.ActionEnsurePrimary)}, apply.ErrDrained
+			apply: func(context.Context, *topology.Desired, plan.Plan, *snapshot.Snapshot, plan.Options) (*apply.Result, error) {
+				return &apply.Result{Completed: completed(plan.ActionEnsurePrimary)}, apply.ErrDrained
 			},
 			want: OutcomeStopped, metrics: []string{`pgtopo_cycles_total{result="stopped"} 1`, `pgtopo_steps_applied_total{action="ensure-primary"} 1`}},
 	}
@@ -158,10 +158,10 @@ func TestRunStopsOnDrain(t *testing.T) {
 	}
 }
 
-func completed(actions ...diff.Action) []apply.CompletedStep {
+func completed(actions ...plan.Action) []apply.CompletedStep {
 	var out []apply.CompletedStep
 	for _, a := range actions {
-		out = append(out, apply.CompletedStep{Step: diff.Step{Action: a}})
+		out = append(out, apply.CompletedStep{Step: plan.Step{Action: a}})
 	}
 	return out
 }

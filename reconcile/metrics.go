@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
@@ -58,7 +58,7 @@ func (m *Metrics) observe(c Cycle, now time.Time) {
 	m.cycles.WithLabelValues(string(c.Outcome)).Inc()
 	m.duration.Observe(c.Duration.Seconds())
 	for _, s := range c.Applied {
-		m.steps.WithLabelValues(diff.Catalogue[s.Action].Metric).Inc()
+		m.steps.WithLabelValues(plan.Catalogue[s.Action].Metric).Inc()
 	}
 	switch c.Outcome {
 	case OutcomeInSync, OutcomeApplied:

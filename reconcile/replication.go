@@ -5,7 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
@@ -77,7 +77,7 @@ func (c *replicationCollector) observe(d *topology.Desired, snap *snapshot.Snaps
 	for i := range snap.Clusters {
 		cs := &snap.Clusters[i]
 		l := []string{t, cs.Name, cs.Site}
-		gauge(descInfo, 1, append(l, diff.RoleOf(snap, cs))...)
+		gauge(descInfo, 1, append(l, planner.RoleOf(snap, cs))...)
 		gauge(descUp, bool01(cs.PG != nil), l...)
 		if cs.Exists && cs.Object != nil {
 			rev := cs.Object.Marks.Revision

@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/pgtopo/pgtopo/diff"
 	"github.com/pgtopo/pgtopo/gitsource"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -24,7 +24,7 @@ type Input struct {
 	// Findings are the validator's warnings (errors make Load fail).
 	Findings schema.Findings
 	// Source is the file as read, for a saved plan.
-	Source diff.Source
+	Source plan.Source
 	// relate orders a recorded revision against Revision; nil for files.
 	relate func(recorded string) (gitsource.Relation, error)
 }
@@ -136,17 +136,17 @@ func validate(v *schema.Validator, name string, data []byte) (*Input, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return &Input{Desired: d, Findings: fs, Source: diff.Source{Name: name, Content: string(data)}}, nil
+	return &Input{Desired: d, Findings: fs, Source: plan.Source{Name: name, Content: string(data)}}, nil
 }
 
 // PlanOptions orders every revision recorded in snap against the input's
 // revision, so the plan can refuse a rollback.
-func (in *Input) PlanOptions(snap *snapshot.Snapshot, allowRollback bool) (diff.Options, error) {
-	opt := diff.Options{Revision: in.Revision, AllowRollback: allowRollback}
+func (in *Input) PlanOptions(snap *snapshot.Snapshot, allowRollback bool) (plan.Options, error) {
+	opt := plan.Options{Revision: in.Revision, AllowRollback: allowRollback}
 	if in.relate == nil {
 		return opt, nil
 	}
-	opt.History = map[string]diff.History{}
+	opt.History = map[string]plan.History{}
 	for _, rec := range snap.RecordedRevisions() {
 		rel, err := in.relate(rec)
 		if err != nil {
@@ -154,13 +154,13 @@ func (in *Input) PlanOptions(snap *snapshot.Snapshot, allowRollback bool) (diff.
 		}
 		switch rel {
 		case gitsource.Forward, gitsource.Same:
-			opt.History[rec] = diff.HistoryForward
+			opt.History[rec] = plan.HistoryForward
 		case gitsource.Rollback:
-			opt.History[rec] = diff.HistoryRollback
+			opt.History[rec] = plan.HistoryRollback
 		case gitsource.Diverged:
-			opt.History[rec] = diff.HistoryDiverged
+			opt.History[rec] = plan.HistoryDiverged
 		default:
-			opt.History[rec] = diff.HistoryUnknown
+			opt.History[rec] = plan.HistoryUnknown
 		}
 	}
 	return opt, nil

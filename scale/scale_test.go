@@ -16,7 +16,8 @@ import (
 	"time"
 
 	"github.com/pgtopo/pgtopo/apply"
-	"github.com/pgtopo/pgtopo/diff"
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -47,15 +48,15 @@ func TestGenerators(t *testing.T) {
 	for _, n := range []int{3, 120} {
 		d := desired(t, n, 0)
 		snap := InSync(d, Name(0))
-		if p := diff.Compute(d, snap, diff.Options{}); !p.InSync() {
+		if p := planner.Compute(d, snap, plan.Options{}); !p.InSync() {
 			t.Fatalf("%d clusters: not in sync: %s %+v", n, p.Summary(), p.Refusals)
 		}
-		p := diff.Compute(desired(t, n, 1), snap, diff.Options{})
-		count := map[diff.Action]int{}
+		p := planner.Compute(desired(t, n, 1), snap, plan.Options{})
+		count := map[plan.Action]int{}
 		for _, s := range p.Steps {
 			count[s.Action]++
 		}
-		if p.Refused() || count[diff.ActionSwitchover] != 1 || count[diff.ActionRepoint] != n-2 {
+		if p.Refused() || count[plan.ActionSwitchover] != 1 || count[plan.ActionRepoint] != n-2 {
 			t.Fatalf("%d clusters, primary moved: %v %+v", n, count, p.Refusals)
 		}
 	}
@@ -75,7 +76,7 @@ func TestReconcileHeapIsFlat(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := &reconcile.Loop{Source: &reconcile.FileSource{Path: path, Validator: v}, Observer: syncObserver{},
-		Apply: func(context.Context, *topology.Desired, diff.Plan, *snapshot.Snapshot, diff.Options) (*apply.Result, error) {
+		Apply: func(context.Context, *topology.Desired, plan.Plan, *snapshot.Snapshot, plan.Options) (*apply.Result, error) {
 			return nil, fmt.Errorf("nothing to apply in sync")
 		}}
 	heap := func() uint64 {
@@ -143,7 +144,7 @@ func BenchmarkScale(b *testing.B) {
 		}
 		fmt.Printf("  time per cluster at 5000 / at 50: %.2f (goal <= 1.5)\n", per[5000]/per[50])
 
-		fmt.Println("planner (diff.Compute, 50 sites):")
+		fmt.Println("planner (planner.Compute, 50 sites):")
 		for _, scenario := range []string{"in sync", "switchover"} {
 			per := map[int]float64{}
 			for _, n := range []int{100, 1000, 10000} {
@@ -152,7 +153,7 @@ func BenchmarkScale(b *testing.B) {
 				if scenario == "switchover" {
 					d = desired(b, n, 1)
 				}
-				t := median(5+20000/n, func() { diff.Compute(d, snap, diff.Options{}) })
+				t := median(5+20000/n, func() { planner.Compute(d, snap, plan.Options{}) })
 				per[n] = t.Seconds() / float64(n)
 				goal := ""
 				if n == 1000 && scenario == "in sync" {

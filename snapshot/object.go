@@ -250,3 +250,32 @@ func (s Spec) Fields() []Field {
 // TopologyLabel marks the objects and Secrets pgtopo makes with their
 // topology's name.
 const TopologyLabel = "pgtopo.dev/topology"
+
+// FieldChange is an owned field whose value differs between two specs.
+type FieldChange struct {
+	Field, Before, After string
+}
+
+// FieldChanges lists the owned fields whose values differ from before to
+// after, in Fields' order (a field only one of them has counts, its
+// value "" in the other).
+func FieldChanges(before, after Spec) []FieldChange {
+	was := map[string]string{}
+	for _, f := range before.Fields() {
+		was[f.Path] = f.Value
+	}
+	var out []FieldChange
+	seen := map[string]bool{}
+	for _, f := range after.Fields() {
+		seen[f.Path] = true
+		if was[f.Path] != f.Value {
+			out = append(out, FieldChange{f.Path, was[f.Path], f.Value})
+		}
+	}
+	for _, f := range before.Fields() {
+		if !seen[f.Path] {
+			out = append(out, FieldChange{f.Path, f.Value, ""})
+		}
+	}
+	return out
+}

@@ -423,3 +423,12 @@ func (c *ClusterState) Journal() *Journal {
 	}
 	return c.Object.Marks.Journal
 }
+
+// PGErrorText is why the cluster's database did not answer, in words for
+// a refusal ("no error reported" when it gave none).
+func (c *ClusterState) PGErrorText() string {
+	if c.PGError == "" {
+		return "no error reported"
+	}
+	return c.PGError
+}

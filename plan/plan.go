@@ -2,7 +2,7 @@
 // pure: no I/O, no clock; the same inputs give the same plan. Each step
 // carries the payload apply executes (docs/architecture.md, "The plan").
 // Renderers are separate from planning.
-package diff
+package plan
 
 import (
 	"bytes"
@@ -50,8 +50,9 @@ type Step struct {
 	Payload  Payload `json:"payload,omitempty"`
 }
 
-// Payload is a step's own data; each action has its type (Catalogue).
-type Payload interface{ payloadOf() Action }
+// Payload is a step's own data; each action has its type (Catalogue),
+// which names its action.
+type Payload interface{ Action() Action }
 
 // UnmarshalJSON reads the payload as the type its action takes.
 func (s *Step) UnmarshalJSON(b []byte) error {
@@ -135,26 +136,26 @@ type Fence struct {
 // Unfence has no payload beyond its subject.
 type Unfence struct{}
 
-func (*Lock) payloadOf() Action               { return ActionLock }
-func (*EnsurePrimary) payloadOf() Action      { return ActionEnsurePrimary }
-func (*EnsureSlot) payloadOf() Action         { return ActionEnsureSlot }
-func (*Checkpoint) payloadOf() Action         { return ActionCheckpoint }
-func (*BootstrapSecret) payloadOf() Action    { return ActionBootstrapSecret }
-func (*RefreshCredentials) payloadOf() Action { return ActionRefreshCredentials }
-func (*Rebuild) payloadOf() Action            { return ActionRebuild }
-func (*CreateStandby) payloadOf() Action      { return ActionCreateStandby }
-func (*Switchover) payloadOf() Action         { return ActionSwitchover }
-func (*Failover) payloadOf() Action           { return ActionFailover }
-func (*Rejoin) payloadOf() Action             { return ActionRejoin }
-func (*Repoint) payloadOf() Action            { return ActionRepoint }
-func (*Update) payloadOf() Action             { return ActionUpdate }
-func (*Restart) payloadOf() Action            { return ActionRestart }
-func (*FillExternalIP) payloadOf() Action     { return ActionFillExternalIP }
-func (*DeleteCluster) payloadOf() Action      { return ActionDeleteCluster }
-func (*DropSlot) payloadOf() Action           { return ActionDropSlot }
-func (*Record) payloadOf() Action             { return ActionRecord }
-func (*Fence) payloadOf() Action              { return ActionFence }
-func (*Unfence) payloadOf() Action            { return ActionUnfence }
+func (*Lock) Action() Action               { return ActionLock }
+func (*EnsurePrimary) Action() Action      { return ActionEnsurePrimary }
+func (*EnsureSlot) Action() Action         { return ActionEnsureSlot }
+func (*Checkpoint) Action() Action         { return ActionCheckpoint }
+func (*BootstrapSecret) Action() Action    { return ActionBootstrapSecret }
+func (*RefreshCredentials) Action() Action { return ActionRefreshCredentials }
+func (*Rebuild) Action() Action            { return ActionRebuild }
+func (*CreateStandby) Action() Action      { return ActionCreateStandby }
+func (*Switchover) Action() Action         { return ActionSwitchover }
+func (*Failover) Action() Action           { return ActionFailover }
+func (*Rejoin) Action() Action             { return ActionRejoin }
+func (*Repoint) Action() Action            { return ActionRepoint }
+func (*Update) Action() Action             { return ActionUpdate }
+func (*Restart) Action() Action            { return ActionRestart }
+func (*FillExternalIP) Action() Action     { return ActionFillExternalIP }
+func (*DeleteCluster) Action() Action      { return ActionDeleteCluster }
+func (*DropSlot) Action() Action           { return ActionDropSlot }
+func (*Record) Action() Action             { return ActionRecord }
+func (*Fence) Action() Action              { return ActionFence }
+func (*Unfence) Action() Action            { return ActionUnfence }
 
 // How an ensure-slot step makes a primary keep a standby's slot.
 const (

@@ -1,4 +1,4 @@
-package diff
+package plan
 
 import (
 	"encoding/json"
@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -105,8 +106,8 @@ func (was ClusterBasis) since(is ClusterBasis) []string {
 		add("exists %v → %v", was.Exists, is.Exists)
 	} else if was.Exists {
 		var fields []string
-		for _, c := range specChanges(&snapshot.Object{Spec: *was.Spec}, *is.Spec, "") {
-			fields = append(fields, fmt.Sprintf("%s %s → %s", c.Field, show(c.Before), show(c.After)))
+		for _, c := range snapshot.FieldChanges(*was.Spec, *is.Spec) {
+			fields = append(fields, fmt.Sprintf("%s %s → %s", c.Field, printable.OrNone(c.Before), printable.OrNone(c.After)))
 		}
 		if !reflect.DeepEqual(was.Marks, is.Marks) {
 			fields = append(fields, "pgtopo's marks (digest, revision or switchover journal) changed")
@@ -125,16 +126,16 @@ func (was ClusterBasis) since(is ClusterBasis) []string {
 		add("timeline %d → %d", was.Timeline, is.Timeline)
 	}
 	if was.Endpoint != is.Endpoint {
-		add("endpoint %s → %s", show(was.Endpoint), show(is.Endpoint))
+		add("endpoint %s → %s", printable.OrNone(was.Endpoint), printable.OrNone(is.Endpoint))
 	}
 	if was.Upstream != is.Upstream {
-		add("streams from %s → %s", show(was.Upstream), show(is.Upstream))
+		add("streams from %s → %s", printable.OrNone(was.Upstream), printable.OrNone(is.Upstream))
 	}
 	if was.Credentials != is.Credentials {
-		add("credentials Secret resourceVersion %s → %s", show(was.Credentials), show(is.Credentials))
+		add("credentials Secret resourceVersion %s → %s", printable.OrNone(was.Credentials), printable.OrNone(is.Credentials))
 	}
 	if was.BootstrapSecret != is.BootstrapSecret {
-		add("bootstrap Secret resourceVersion %s → %s", show(was.BootstrapSecret), show(is.BootstrapSecret))
+		add("bootstrap Secret resourceVersion %s → %s", printable.OrNone(was.BootstrapSecret), printable.OrNone(is.BootstrapSecret))
 	}
 	return out
 }

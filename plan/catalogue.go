@@ -1,4 +1,4 @@
-package diff
+package plan
 
 import (
 	"context"
@@ -148,8 +148,8 @@ var Catalogue = map[Action]Kind{
 	ActionUnfence:            bind(Kind{Rank: 19, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence"}, Executor.Unfence),
 }
 
-// sortSteps orders steps by action rank, then sequence, then cluster name.
-func sortSteps(steps []Step) {
+// SortSteps orders steps by action rank, then sequence, then cluster name.
+func SortSteps(steps []Step) {
 	sort.SliceStable(steps, func(i, j int) bool {
 		a, b := steps[i], steps[j]
 		if ra, rb := Catalogue[a.Action].Rank, Catalogue[b.Action].Rank; ra != rb {

@@ -1,4 +1,6 @@
-package diff
+// Package render says a plan, and what a pull request will do, for people
+// (text, markdown) and for machines (versioned JSON).
+package render
 
 import (
 	"encoding/json"
@@ -6,49 +8,13 @@ import (
 	"io"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/plan"
+
 	"github.com/pgtopo/pgtopo/printable"
 )
 
-// PlanAPIVersion versions the JSON form of a plan.
-const PlanAPIVersion = "pgtopo.dev/v1alpha1"
-
-// Summary is the closing line of a text plan.
-func (p *Plan) Summary() string {
-	if p.InSync() {
-		return "No changes. The live topology matches the file."
-	}
-	c := p.Count()
-	if c.Delete > 0 {
-		return fmt.Sprintf("Plan: %d switchover, %d to create, %d to update, %d to delete, %d refused.", c.Switchovers, c.Create, c.Update, c.Delete, c.Refused)
-	}
-	return fmt.Sprintf("Plan: %d switchover, %d to create, %d to update, %d refused.", c.Switchovers, c.Create, c.Update, c.Refused)
-}
-
-// Headline says in words what applying the plan does to the roles.
-func (p *Plan) Headline() string {
-	var now, after string
-	for _, c := range p.Clusters {
-		if c.Now == RolePrimary {
-			now = c.Name
-		}
-		if c.After == RolePrimary {
-			after = c.Name
-		}
-	}
-	if p.Refused() {
-		return fmt.Sprintf("topology %s: refused", p.Topology)
-	}
-	if after != "" && now == "" {
-		return fmt.Sprintf("topology %s: bring up with primary %s", p.Topology, after)
-	}
-	if after != "" && now != after {
-		return fmt.Sprintf("topology %s: switchover %s → %s", p.Topology, now, after)
-	}
-	return fmt.Sprintf("topology %s: primary %s", p.Topology, now)
-}
-
-// WriteText renders the plan for a terminal.
-func (p *Plan) WriteText(w io.Writer) error {
+// Text renders the plan for a terminal.
+func Text(w io.Writer, p *plan.Plan) error {
 	var b strings.Builder
 	put(&b, "%s\n", p.Headline())
 	if p.Revision != "" {
@@ -59,10 +25,10 @@ func (p *Plan) WriteText(w io.Writer) error {
 		b.WriteString("\n")
 	}
 	for i, s := range p.Steps {
-		put(&b, "  %2d. %-2s %-16s %s\n", i+1, Catalogue[s.Action].Symbol, s.Action, s.Subject)
+		put(&b, "  %2d. %-2s %-16s %s\n", i+1, plan.Catalogue[s.Action].Symbol, s.Action, s.Subject)
 		put(&b, "          %s\n", s.Reason)
 		for _, c := range s.Changes {
-			put(&b, "          %s: %s → %s\n", c.Field, show(c.Before), show(c.After))
+			put(&b, "          %s: %s → %s\n", c.Field, printable.OrNone(c.Before), printable.OrNone(c.After))
 		}
 	}
 	if len(p.Refusals) > 0 {
@@ -86,13 +52,6 @@ func (p *Plan) WriteText(w io.Writer) error {
 	return err
 }
 
-func show(s string) string {
-	if s == "" {
-		return "(none)"
-	}
-	return s
-}
-
 // jsonPlan is the stable, versioned JSON document.
 type jsonPlan struct {
 	APIVersion string `json:"apiVersion"`
@@ -100,18 +59,18 @@ type jsonPlan struct {
 	InSync     bool   `json:"inSync"`
 	Refused    bool   `json:"refused"`
 	Summary    string `json:"summary"`
-	Plan
+	plan.Plan
 }
 
-// WriteJSON renders the plan for machines.
-func (p *Plan) WriteJSON(w io.Writer) error {
+// JSON renders the plan for machines.
+func JSON(w io.Writer, p *plan.Plan) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(jsonPlan{APIVersion: PlanAPIVersion, Kind: "Plan", InSync: p.InSync(), Refused: p.Refused(), Summary: p.Summary(), Plan: *p})
+	return enc.Encode(jsonPlan{APIVersion: plan.PlanAPIVersion, Kind: "Plan", InSync: p.InSync(), Refused: p.Refused(), Summary: p.Summary(), Plan: *p})
 }
 
-// WriteMarkdown renders the plan as a pull-request comment.
-func (p *Plan) WriteMarkdown(w io.Writer) error {
+// Markdown renders the plan as a pull-request comment.
+func Markdown(w io.Writer, p *plan.Plan) error {
 	var b strings.Builder
 	put(&b, "### pgtopo: %s\n\n", p.Headline())
 	put(&b, "| cluster | site | namespace | role now | role after |\n|---|---|---|---|---|\n")

@@ -1,9 +1,11 @@
-package diff
+package planner
 
 import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/snapshot"
 )
@@ -16,13 +18,13 @@ func TestPlanFence(t *testing.T) {
 		edit    func(s *snapshot.Snapshot)
 		cluster string
 		opt     FenceOptions
-		steps   []Action
+		steps   []plan.Action
 		refusal string
 		note    string
 	}{
-		{name: "one of two writable", edit: splitBrain, cluster: "orders-west", opt: mark, steps: []Action{ActionLock, ActionFence}},
+		{name: "one of two writable", edit: splitBrain, cluster: "orders-west", opt: mark, steps: []plan.Action{plan.ActionLock, plan.ActionFence}},
 		{name: "the only writable", cluster: "orders-east", opt: mark, refusal: "orders-east is the only writable cluster: fencing it stops every write to the database; pass --force"},
-		{name: "the only writable, forced", cluster: "orders-east", opt: FenceOptions{Force: true, Mark: mark.Mark}, steps: []Action{ActionLock, ActionFence}},
+		{name: "the only writable, forced", cluster: "orders-east", opt: FenceOptions{Force: true, Mark: mark.Mark}, steps: []plan.Action{plan.ActionLock, plan.ActionFence}},
 		{name: "the other one fenced already counts as not writable", edit: func(s *snapshot.Snapshot) {
 			splitBrain(s)
 			w := cs(s, "orders-west")
@@ -47,7 +49,7 @@ func TestPlanFence(t *testing.T) {
 				tc.edit(snap)
 			}
 			p := PlanFence(d, snap, tc.cluster, tc.opt)
-			var actions []Action
+			var actions []plan.Action
 			for _, s := range p.Steps {
 				actions = append(actions, s.Action)
 			}
@@ -65,7 +67,7 @@ func TestPlanFence(t *testing.T) {
 			}
 			if len(tc.steps) > 0 {
 				s := p.Steps[1]
-				if pay[*Fence](s).Mark != tc.opt.Mark || s.Subject.Cluster != tc.cluster || !slices.ContainsFunc(s.Preconditions, func(c Precondition) bool { return c.Kind == CondWritable }) {
+				if pay[*plan.Fence](s).Mark != tc.opt.Mark || s.Subject.Cluster != tc.cluster || !slices.ContainsFunc(s.Preconditions, func(c plan.Precondition) bool { return c.Kind == plan.CondWritable }) {
 					t.Fatalf("fence step %+v", s)
 				}
 			}
@@ -89,7 +91,7 @@ func TestPlanUnfence(t *testing.T) {
 		_, snap := inSync(t)
 		edit(cs(snap, "orders-east"))
 		p := PlanUnfence(d, snap, "orders-east")
-		if len(p.Steps) != 2 || p.Steps[1].Action != ActionUnfence {
+		if len(p.Steps) != 2 || p.Steps[1].Action != plan.ActionUnfence {
 			t.Errorf("%s: steps %+v", name, p.Steps)
 		}
 	}
@@ -105,10 +107,10 @@ func TestPlanUnfence(t *testing.T) {
 
 // A fenced cluster is said in every plan.
 func TestPlansNoteAFence(t *testing.T) {
-	plan, snap := inSync(t)
+	planOf, snap := inSync(t)
 	e := cs(snap, "orders-east")
 	e.PG.ReadOnlyDefault, e.Object.Marks.Fence = true, &snapshot.Fence{By: "dba@host", At: "2026-12-01T12:00:00Z", Reason: "drill"}
-	p := plan(snap)
+	p := planOf(snap)
 	if len(p.Notes) != 1 || p.Notes[0].Message != "orders-east is fenced (by dba@host at 2026-12-01T12:00:00Z: drill): it refuses new writes until pgtopo unfence orders-east" {
 		t.Fatalf("notes %+v", p.Notes)
 	}
@@ -133,7 +135,7 @@ func TestPlansNoteAnUnmarkedFence(t *testing.T) {
 		{"rejoined by rewind", "orders-west", false, &snapshot.Returned{Rejoin: "rewind", Done: true}, "orders-west starts new sessions read-only (default_transaction_read_only on) with no fence mark: it would refuse writes once primary; a fence left behind or set by hand: pgtopo unfence orders-west lifts it"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			plan, snap := inSync(t)
+			planOf, snap := inSync(t)
 			c := cs(snap, tc.cluster)
 			c.PG.ReadOnlyDefault = true
 			if tc.returned != nil {
@@ -145,7 +147,7 @@ func TestPlansNoteAnUnmarkedFence(t *testing.T) {
 				}
 			}
 			var got []string
-			for _, n := range plan(snap).Notes {
+			for _, n := range planOf(snap).Notes {
 				if strings.Contains(n.Message, "no fence mark") {
 					got = append(got, n.Message)
 				}

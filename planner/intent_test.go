@@ -1,9 +1,12 @@
-package diff
+package planner
 
 import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/render"
 
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/topology"
@@ -51,21 +54,21 @@ func TestDescribe(t *testing.T) {
 		name string
 		head string
 		want []string // texts, in order
-		kind []IntentKind
+		kind []plan.IntentKind
 	}{
 		{name: "no change", head: baseTopology},
 		{name: "switchover", head: edit("primary: orders-east", "primary: orders-west"),
-			want: []string{"switchover: primary orders-east → orders-west (site east → west)"}, kind: []IntentKind{IntentSwitchover}},
+			want: []string{"switchover: primary orders-east → orders-west (site east → west)"}, kind: []plan.IntentKind{plan.IntentSwitchover}},
 		{name: "new standby in a new site", head: edit(
 			"    - {name: west, context: lab-west}\n", "    - {name: west, context: lab-west}\n    - {name: south, context: lab-south}\n",
 			"  primary:", "    - {name: orders-south, site: south, namespace: db, instances: 2, volume: {size: 1Gi}}\n  primary:"),
-			want: []string{"new standby orders-south in site south (namespace db)"}, kind: []IntentKind{IntentNewCluster}},
+			want: []string{"new standby orders-south in site south (namespace db)"}, kind: []plan.IntentKind{plan.IntentNewCluster}},
 		{name: "cluster removed", head: edit("    - {name: orders-west, site: west, namespace: db, instances: 2, volume: {size: 1Gi}}\n", ""),
-			want: []string{"orders-west removed from the file: its CR in site west is left alone (spec.deletionPolicy orphan: pgtopo reports it and deletes nothing)"}, kind: []IntentKind{IntentRemoved}},
+			want: []string{"orders-west removed from the file: its CR in site west is left alone (spec.deletionPolicy orphan: pgtopo reports it and deletes nothing)"}, kind: []plan.IntentKind{plan.IntentRemoved}},
 		{name: "cluster removed under deletionPolicy delete", head: edit("    - {name: orders-west, site: west, namespace: db, instances: 2, volume: {size: 1Gi}}\n", "",
 			"  primary: orders-east", "  deletionPolicy: delete\n  primary: orders-east"),
 			want: []string{"orders-west removed from the file: spec.deletionPolicy is delete, so merging DELETES it: its CR in site west, its volumes and data, its catalogue row and its slot on the primary (a cluster that says it is a primary is refused)"},
-			kind: []IntentKind{IntentRemoved}},
+			kind: []plan.IntentKind{plan.IntentRemoved}},
 		{name: "sizes and parameters", head: edit(
 			"{name: orders-west, site: west, namespace: db, instances: 2, volume: {size: 1Gi}}", "{name: orders-west, site: west, namespace: db, instances: 3, volume: {size: 2Gi}}",
 			"{max_slot_wal_keep_size: 10GB}", "{max_slot_wal_keep_size: 20GB, max_connections: \"200\"}"),
@@ -79,7 +82,7 @@ func TestDescribe(t *testing.T) {
 			}},
 		{name: "context and lag", head: edit("context: lab-west}", "context: prod-west}", "maxLagBytes: 16Mi", "maxLagBytes: 32Mi"),
 			want: []string{"site west: kube context lab-west → prod-west", "maxLagBytes 16 MiB → 32 MiB: the most a switchover target may lag"},
-			kind: []IntentKind{IntentSite, IntentSetting}},
+			kind: []plan.IntentKind{plan.IntentSite, plan.IntentSetting}},
 	}
 	base := desiredFrom(t, baseTopology)
 	for _, c := range cases {
@@ -118,7 +121,7 @@ func TestDescribeNewFile(t *testing.T) {
 func TestPullRequestRenderers(t *testing.T) {
 	base := desiredFrom(t, baseTopology)
 	head := desiredFrom(t, strings.Replace(baseTopology, "primary: orders-east", "primary: orders-west", 1))
-	pr := PullRequest{Base: strings.Repeat("a", 40), Head: strings.Repeat("b", 40), Path: "topology.yaml", Intents: Describe(base, head)}
+	pr := render.PullRequest{Base: strings.Repeat("a", 40), Head: strings.Repeat("b", 40), Path: "topology.yaml", Intents: Describe(base, head)}
 	var text, md, js bytes.Buffer
 	if err := pr.WriteText(&text); err != nil {
 		t.Fatal(err)

@@ -1,9 +1,11 @@
-package diff
+package planner
 
 import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -57,10 +59,10 @@ func (p *planner) patroniStandby(c topology.DesiredCluster, o, primary *snapshot
 	if len(ch) == 0 {
 		return
 	}
-	step := Step{Action: ActionRepoint, Subject: subj, Payload: &Repoint{Spec: spec, Follows: p.d.Primary().Name}, Changes: ch,
+	step := plan.Step{Action: plan.ActionRepoint, Subject: subj, Payload: &plan.Repoint{Spec: spec, Follows: p.d.Primary().Name}, Changes: ch,
 		Reason: fmt.Sprintf("point standby_cluster at the primary %s through slot %s", p.d.Primary().Name, spec.Replication.PrimarySlot)}
 	if p.switching == nil && p.failingOver == nil {
-		step.Preconditions = []Precondition{{Kind: CondWritable, Cluster: p.d.Primary().Name}}
+		step.Preconditions = []plan.Precondition{{Kind: plan.CondWritable, Cluster: p.d.Primary().Name}}
 	}
 	p.add(step)
 }
@@ -102,23 +104,23 @@ func (p *planner) slots(livePrimary string) {
 		co := p.observed(c.Name)
 		switch {
 		case lp.IsPatroni() && !slices.Contains(o.Object.PermanentSlots, co.SlotName):
-			p.addSlot(lp, c, co.SlotName, SlotViaPatroni,
+			p.addSlot(lp, c, co.SlotName, plan.SlotViaPatroni,
 				fmt.Sprintf("keep slot %s for %s on %s (a permanent slot in its dynamic config), so WAL is retained before %s's base backup", co.SlotName, c.Name, lp.Name, c.Name))
 		case !lp.IsPatroni() && c.IsPatroni() && !p.slotHeld(o, c.Name, co.SlotName):
-			p.addSlot(lp, c, co.SlotName, SlotViaCatalogue,
+			p.addSlot(lp, c, co.SlotName, plan.SlotViaCatalogue,
 				fmt.Sprintf("list %s in %s's sys_operator.multi_cluster_info, so its operator keeps slot %s for it", c.Name, lp.Name, co.SlotName))
 		}
 	}
 	if lp.IsPatroni() && anyOperator && !slices.ContainsFunc(o.PG.MultiCluster, func(r snapshot.MultiClusterInfo) bool { return r.Cluster == lp.Name }) {
-		p.addSlot(lp, lp, o.SlotName, SlotViaCatalogue,
+		p.addSlot(lp, lp, o.SlotName, plan.SlotViaCatalogue,
 			fmt.Sprintf("list %s in its own sys_operator.multi_cluster_info, which its operator standbys replicate: once one of them is primary, its operator keeps slot %s for %s", lp.Name, o.SlotName, lp.Name))
 	}
 }
 
 func (p *planner) addSlot(primary, forCluster topology.DesiredCluster, slot, via, reason string) {
-	e := &EnsureSlot{Primary: primary.Name, For: forCluster.Name, Slot: slot, Via: via}
+	e := &plan.EnsureSlot{Primary: primary.Name, For: forCluster.Name, Slot: slot, Via: via}
 	field := "permanent slot " + slot
-	if via == SlotViaCatalogue {
+	if via == plan.SlotViaCatalogue {
 		field = "sys_operator.multi_cluster_info " + forCluster.Name
 		if ep := p.observed(forCluster.Name).Endpoint; ep != nil {
 			e.Host, e.Port = ep.Host, ep.Port
@@ -126,9 +128,9 @@ func (p *planner) addSlot(primary, forCluster topology.DesiredCluster, slot, via
 			e.Host, e.Port = forCluster.Endpoint.Host, forCluster.Endpoint.Port
 		}
 	}
-	p.add(Step{Action: ActionEnsureSlot, Subject: subjectOf(primary), Payload: e, Reason: reason,
-		Changes:       []Change{{Field: field, Before: "absent", After: "present"}},
-		Preconditions: []Precondition{{Kind: CondWritable, Cluster: primary.Name}}})
+	p.add(plan.Step{Action: plan.ActionEnsureSlot, Subject: subjectOf(primary), Payload: e, Reason: reason,
+		Changes:       []plan.Change{{Field: field, Before: "absent", After: "present"}},
+		Preconditions: []plan.Precondition{{Kind: plan.CondWritable, Cluster: primary.Name}}})
 }
 
 // patroniStandbyRefusal says why an existing Patroni cluster cannot be made

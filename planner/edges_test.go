@@ -1,4 +1,4 @@
-package diff
+package planner
 
 import (
 	"bytes"
@@ -7,15 +7,18 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/render"
+
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 // inSync is the in-sync fixture: primary east, standby west streaming.
-func inSync(t *testing.T) (func(*snapshot.Snapshot) Plan, *snapshot.Snapshot) {
+func inSync(t *testing.T) (func(*snapshot.Snapshot) plan.Plan, *snapshot.Snapshot) {
 	t.Helper()
 	d := loadDesired(t, "testdata/two-sites.yaml")
 	snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
-	return func(s *snapshot.Snapshot) Plan { return Compute(d, s, Options{}) }, snap
+	return func(s *snapshot.Snapshot) plan.Plan { return Compute(d, s, plan.Options{}) }, snap
 }
 
 func TestPlannerEdges(t *testing.T) {
@@ -24,7 +27,7 @@ func TestPlannerEdges(t *testing.T) {
 		edit     func(s *snapshot.Snapshot)
 		refusals []string // each in one refusal, and no more refusals
 		notes    []string
-		actions  []Action
+		actions  []plan.Action
 	}{
 		{name: "in sync"},
 		{name: "a site whose operator cannot take clusterReplication", edit: func(s *snapshot.Snapshot) {
@@ -33,7 +36,7 @@ func TestPlannerEdges(t *testing.T) {
 		{name: "another major version live", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Object.Spec.Version = "14" },
 			refusals: []string{"orders-west runs PostgreSQL 14 but the file says 15: major upgrades are not something pgtopo does"}},
 		{name: "no version on the CR is no refusal", edit: func(s *snapshot.Snapshot) { cs(s, "orders-east").Object.Spec.Version = "" },
-			actions: []Action{ActionLock, ActionUpdate}},
+			actions: []plan.Action{plan.ActionLock, plan.ActionUpdate}},
 		{name: "a standby not streaming", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").PG.WalReceiver.Status = "waiting" },
 			notes: []string{"orders-west is not streaming (wal receiver: waiting from 127.100.10.1:31388)"}},
 		{name: "a standby without a receiver", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").PG.WalReceiver = nil },
@@ -43,7 +46,7 @@ func TestPlannerEdges(t *testing.T) {
 			w.PG, w.PGError = nil, "connection refused"
 		}, notes: []string{"cannot read orders-west's database: connection refused"}},
 		{name: "a standby CR edited by hand", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").Object.Spec.Instances = 3 },
-			actions: []Action{ActionLock, ActionUpdate}},
+			actions: []plan.Action{plan.ActionLock, plan.ActionUpdate}},
 		{name: "a hand-edited journal", edit: func(s *snapshot.Snapshot) {
 			cs(s, "orders-west").Object.MarksError = "annotation pgtopo.dev/switchover: invalid character"
 		},
@@ -67,7 +70,7 @@ func TestPlannerEdges(t *testing.T) {
 		{name: "a standby's credentials fail where the primary's authenticate", edit: func(s *snapshot.Snapshot) {
 			w := cs(s, "orders-west")
 			w.PG, w.PGError, w.AuthFailed = nil, "password authentication failed", true
-		}, actions: []Action{ActionLock, ActionRefreshCredentials},
+		}, actions: []plan.Action{plan.ActionLock, plan.ActionRefreshCredentials},
 			notes: []string{"cannot read orders-west's database: password authentication failed"}},
 		// With no primary that authenticates, there is nothing to copy.
 		{name: "a standby's credentials fail and the primary's too", edit: func(s *snapshot.Snapshot) {
@@ -88,19 +91,19 @@ func TestPlannerEdges(t *testing.T) {
 		}, notes: []string{"postgresql.parameters set outside pgtopo (work_mem): left alone; declare them in spec.postgres.parameters for pgtopo to manage them"}},
 		{name: "a parameter pgtopo set that the file no longer declares is removed", edit: func(s *snapshot.Snapshot) {
 			setParameter(cs(s, "orders-west"), "work_mem", "64MB", false)
-		}, actions: []Action{ActionLock, ActionUpdate}},
+		}, actions: []plan.Action{plan.ActionLock, plan.ActionUpdate}},
 		{name: "the primary coming up", edit: func(s *snapshot.Snapshot) {
 			e := cs(s, "orders-east")
 			e.PG, e.PGError, e.Object.Status = nil, "connection refused", "Creating"
-		}, actions: []Action{ActionLock, ActionEnsurePrimary}},
+		}, actions: []plan.Action{plan.ActionLock, plan.ActionEnsurePrimary}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			plan, snap := inSync(t)
+			planOf, snap := inSync(t)
 			if tc.edit != nil {
 				tc.edit(snap)
 			}
-			p := plan(snap)
+			p := planOf(snap)
 			if len(p.Refusals) != len(tc.refusals) {
 				t.Fatalf("refusals %+v, want %q", p.Refusals, tc.refusals)
 			}
@@ -116,7 +119,7 @@ func TestPlannerEdges(t *testing.T) {
 			if !slices.Equal(notes, tc.notes) {
 				t.Errorf("notes %q, want %q", notes, tc.notes)
 			}
-			var actions []Action
+			var actions []plan.Action
 			for _, s := range p.Steps {
 				actions = append(actions, s.Action)
 			}
@@ -134,20 +137,20 @@ func TestSwitchoverToAnAbsentTarget(t *testing.T) {
 	snap := loadSnapshot(t, "testdata/primary-changed/snapshot.json", d)
 	w := cs(snap, "orders-west")
 	w.Exists, w.Object, w.PG = false, nil, nil
-	p := Compute(d, snap, Options{})
+	p := Compute(d, snap, plan.Options{})
 	if len(p.Refusals) != 1 || p.Refusals[0].Reason != "switchover to orders-west refused: orders-west does not exist" {
 		t.Fatalf("refusals %+v", p.Refusals)
 	}
 	snap = loadSnapshot(t, "testdata/primary-changed/snapshot.json", d)
 	cs(snap, "orders-west").PG = nil
-	if p := Compute(d, snap, Options{}); len(p.Refusals) != 1 || !strings.Contains(p.Refusals[0].Reason, "cannot read orders-west's database") {
+	if p := Compute(d, snap, plan.Options{}); len(p.Refusals) != 1 || !strings.Contains(p.Refusals[0].Reason, "cannot read orders-west's database") {
 		t.Fatalf("refusals %+v", p.Refusals)
 	}
 }
 
 func TestSinceASiteGone(t *testing.T) {
 	_, snap := inSync(t)
-	was := BasisOf(snap)
+	was := plan.BasisOf(snap)
 	now := was
 	now.Sites = now.Sites[1:]
 	if got := was.Since(now); len(got) != 1 || got[0] != "site east: reachable true → false" {
@@ -174,16 +177,16 @@ func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk ful
 func TestPullRequestHeadlinesAndErrors(t *testing.T) {
 	head := strings.Repeat("a", 40)
 	cases := []struct {
-		intents []Intent
+		intents []plan.Intent
 		want    string
 	}{
 		{nil, "merging aaaaaaaaaaaa changes nothing in topology.yaml"},
-		{[]Intent{{Kind: IntentChange, Text: "x"}, {Kind: IntentNewCluster, Text: "y"}}, "merging aaaaaaaaaaaa: 2 change(s) to topology.yaml"},
-		{[]Intent{{Kind: IntentChange, Text: "x"}, {Kind: IntentSwitchover, Text: "switchover: primary a → b"}}, "merging aaaaaaaaaaaa: switchover: primary a → b"},
-		{[]Intent{{Kind: IntentNewTopology, Text: "new topology orders"}}, "merging aaaaaaaaaaaa: new topology orders"},
+		{[]plan.Intent{{Kind: plan.IntentChange, Text: "x"}, {Kind: plan.IntentNewCluster, Text: "y"}}, "merging aaaaaaaaaaaa: 2 change(s) to topology.yaml"},
+		{[]plan.Intent{{Kind: plan.IntentChange, Text: "x"}, {Kind: plan.IntentSwitchover, Text: "switchover: primary a → b"}}, "merging aaaaaaaaaaaa: switchover: primary a → b"},
+		{[]plan.Intent{{Kind: plan.IntentNewTopology, Text: "new topology orders"}}, "merging aaaaaaaaaaaa: new topology orders"},
 	}
 	for _, tc := range cases {
-		pr := &PullRequest{Head: head, Path: "topology.yaml", Intents: tc.intents}
+		pr := &render.PullRequest{Head: head, Path: "topology.yaml", Intents: tc.intents}
 		if got := pr.Headline(); got != tc.want {
 			t.Errorf("headline %q, want %q", got, tc.want)
 		}
@@ -242,23 +245,23 @@ func TestGoingBackDuringASwitchover(t *testing.T) {
 			for _, c := range []string{"orders-east", "orders-west"} {
 				cs(snap, c).Object.Marks.Journal.Phase = tc.phase
 			}
-			p := Compute(east, snap, Options{})
+			p := Compute(east, snap, plan.Options{})
 			if !tc.abort {
 				if len(p.Refusals) != 1 || !strings.Contains(p.Refusals[0].Reason, tc.want) {
 					t.Fatalf("refusals %+v", p.Refusals)
 				}
 				return
 			}
-			i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Action == ActionSwitchover })
+			i := slices.IndexFunc(p.Steps, func(s plan.Step) bool { return s.Action == plan.ActionSwitchover })
 			if p.Refused() || i < 0 {
 				t.Fatalf("plan %+v", p)
 			}
 			s := p.Steps[i]
-			if pay[*Switchover](s).Resume != snapshot.PhaseAborting || !strings.Contains(s.Reason, tc.want) || s.Subject.Cluster != "orders-east" {
+			if pay[*plan.Switchover](s).Resume != snapshot.PhaseAborting || !strings.Contains(s.Reason, tc.want) || s.Subject.Cluster != "orders-east" {
 				t.Fatalf("step %+v", s)
 			}
-			if pay[*Switchover](s).Restore.Replication.IsReplica || pay[*Switchover](s).Restore.Instances != 2 {
-				t.Fatalf("restore spec %+v", pay[*Switchover](s).Restore)
+			if pay[*plan.Switchover](s).Restore.Replication.IsReplica || pay[*plan.Switchover](s).Restore.Instances != 2 {
+				t.Fatalf("restore spec %+v", pay[*plan.Switchover](s).Restore)
 			}
 			if p.Headline() != "topology orders: primary orders-east" && !strings.Contains(p.Headline(), "orders-east") {
 				t.Fatalf("headline %q", p.Headline())
@@ -268,8 +271,8 @@ func TestGoingBackDuringASwitchover(t *testing.T) {
 	// The file that started it resumes it, whatever its budget says.
 	west := loadDesired(t, "testdata/two-sites-west.yaml")
 	snap := loadSnapshot(t, "testdata/resume-journal/snapshot.json", west)
-	p := Compute(west, snap, Options{})
-	if i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Action == ActionSwitchover }); i < 0 || pay[*Switchover](p.Steps[i]).Resume != snapshot.PhaseGated || pay[*Switchover](p.Steps[i]).MaxWritePauseSeconds != 30 {
+	p := Compute(west, snap, plan.Options{})
+	if i := slices.IndexFunc(p.Steps, func(s plan.Step) bool { return s.Action == plan.ActionSwitchover }); i < 0 || pay[*plan.Switchover](p.Steps[i]).Resume != snapshot.PhaseGated || pay[*plan.Switchover](p.Steps[i]).MaxWritePauseSeconds != 30 {
 		t.Fatalf("plan %+v", p.Steps)
 	}
 }
@@ -277,15 +280,15 @@ func TestGoingBackDuringASwitchover(t *testing.T) {
 // Whatever a plan carries from the file, a CR or a server is printed with
 // its control characters escaped, in text and markdown alike.
 func TestRenderersEscapeValues(t *testing.T) {
-	p := Plan{Topology: "orders", Steps: []Step{{Action: ActionUpdate, Subject: Subject{Site: "east", Namespace: "db", Cluster: "orders-east"},
+	p := plan.Plan{Topology: "orders", Steps: []plan.Step{{Action: plan.ActionUpdate, Subject: plan.Subject{Site: "east", Namespace: "db", Cluster: "orders-east"},
 		Reason:  "x\n::error file=a::INJECTED",
-		Changes: []Change{{Field: "postgresql.parameters.work_mem", Before: "4MB\narchive_command = 'x'", After: "8MB"}}}},
-		Refusals: []Refusal{}, Notes: []Note{{Message: "note\r\nforged"}}}
+		Changes: []plan.Change{{Field: "postgresql.parameters.work_mem", Before: "4MB\narchive_command = 'x'", After: "8MB"}}}},
+		Refusals: []plan.Refusal{}, Notes: []plan.Note{{Message: "note\r\nforged"}}}
 	for name, render := range map[string]func(*bytes.Buffer) error{
-		"text":     func(b *bytes.Buffer) error { return p.WriteText(b) },
-		"markdown": func(b *bytes.Buffer) error { return p.WriteMarkdown(b) },
+		"text":     func(b *bytes.Buffer) error { return render.Text(b, &p) },
+		"markdown": func(b *bytes.Buffer) error { return render.Markdown(b, &p) },
 		"pr": func(b *bytes.Buffer) error {
-			return (&PullRequest{Head: "h", Path: "t.yaml\n::x", Plan: &p}).WriteText(b)
+			return (&render.PullRequest{Head: "h", Path: "t.yaml\n::x", Plan: &p}).WriteText(b)
 		},
 	} {
 		var b bytes.Buffer
@@ -327,19 +330,19 @@ func TestParametersByOwner(t *testing.T) {
 		name string
 		live *snapshot.Object
 		want snapshot.Spec
-		out  []Change
+		out  []plan.Change
 	}{
 		{"the same", live(nil, map[string]string{"max_slot_wal_keep_size": "10GB"}), want, nil},
 		{"someone else's key, not declared", live([]string{"work_mem"}, map[string]string{"max_slot_wal_keep_size": "10GB", "work_mem": "64MB"}), want, nil},
 		{"pgtopo's key, dropped from the file", live(nil, map[string]string{"max_slot_wal_keep_size": "10GB", "work_mem": "64MB"}), want,
-			[]Change{{Field: "postgresql.parameters.work_mem", Before: "64MB", After: ""}}},
+			[]plan.Change{{Field: "postgresql.parameters.work_mem", Before: "64MB", After: ""}}},
 		{"someone else's key, declared with another value", live([]string{"work_mem"}, map[string]string{"max_slot_wal_keep_size": "10GB", "work_mem": "64MB"}), declaring,
-			[]Change{{Field: "postgresql.parameters.work_mem", Before: "64MB", After: "128MB"}}},
+			[]plan.Change{{Field: "postgresql.parameters.work_mem", Before: "64MB", After: "128MB"}}},
 		{"someone else's key, declared with its value", live([]string{"work_mem"}, map[string]string{"max_slot_wal_keep_size": "10GB", "work_mem": "128MB"}), declaring, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var got []Change
+			var got []plan.Change
 			for _, c := range specChanges(tc.live, tc.want, "") {
 				if strings.HasPrefix(c.Field, "postgresql.parameters.") {
 					got = append(got, c)
@@ -361,7 +364,7 @@ func TestADeniedReadRefuses(t *testing.T) {
 	d := loadDesired(t, "testdata/two-sites-west.yaml")
 	snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
 	snap.Sites[1].ReadErrors = []string{`context lab-west: get Lease db/pgtopo-orders: leases "pgtopo-orders" is forbidden: User "reader" cannot get resource "leases"`}
-	p := Compute(d, snap, Options{})
+	p := Compute(d, snap, plan.Options{})
 	if !p.Refused() || len(p.Steps) != 0 {
 		t.Fatalf("want a refusal and no steps: %+v %+v", p.Steps, p.Refusals)
 	}
@@ -378,12 +381,12 @@ func TestSwitchoverToATargetNotReadySaysItWaits(t *testing.T) {
 	snap := loadSnapshot(t, "testdata/primary-changed/snapshot.json", d)
 	w := cs(snap, "orders-west")
 	w.Object.Ready, w.Object.Status = false, "Creating"
-	p := Compute(d, snap, Options{})
-	if p.Refused() || !slices.ContainsFunc(p.Steps, func(s Step) bool { return s.Action == ActionSwitchover }) {
+	p := Compute(d, snap, plan.Options{})
+	if p.Refused() || !slices.ContainsFunc(p.Steps, func(s plan.Step) bool { return s.Action == plan.ActionSwitchover }) {
 		t.Fatalf("want the switchover planned: %+v %+v", p.Steps, p.Refusals)
 	}
 	want := "orders-west's operator reports it Creating, not ready: the switchover waits until it does (up to the step timeout) before it fences orders-east"
-	if !slices.ContainsFunc(p.Notes, func(n Note) bool { return n.Message == want+", and refuses if it never does" }) {
+	if !slices.ContainsFunc(p.Notes, func(n plan.Note) bool { return n.Message == want+", and refuses if it never does" }) {
 		t.Fatalf("notes %+v lack %q", p.Notes, want)
 	}
 }

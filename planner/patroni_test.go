@@ -1,9 +1,11 @@
-package diff
+package planner
 
 import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -96,7 +98,7 @@ func withPrimary(d *topology.Desired, primary string) (*topology.Desired, error)
 // expectPlan checks a plan's actions exactly, each refusal (in order) and
 // note by a part of its words; strictNotes: no notes unless some are
 // expected (or refusals are).
-func expectPlan(t *testing.T, p Plan, actions []Action, refusals, notes []string, strictNotes bool) {
+func expectPlan(t *testing.T, p plan.Plan, actions []plan.Action, refusals, notes []string, strictNotes bool) {
 	checkPayloads(t, p)
 	t.Helper()
 	if !slices.Equal(actionsOf(p), actions) {
@@ -124,8 +126,8 @@ func expectPlan(t *testing.T, p Plan, actions []Action, refusals, notes []string
 	}
 }
 
-func actionsOf(p Plan) []Action {
-	var out []Action
+func actionsOf(p plan.Plan) []plan.Action {
+	var out []plan.Action
 	for _, s := range p.Steps {
 		out = append(out, s.Action)
 	}
@@ -137,19 +139,19 @@ func TestMixedPlans(t *testing.T) {
 		name     string
 		primary  string
 		edit     func(*snapshot.Snapshot)
-		actions  []Action
+		actions  []plan.Action
 		refusals []string
 		notes    []string
-		check    func(*testing.T, Plan)
+		check    func(*testing.T, plan.Plan)
 	}{
 		{name: "in sync", primary: "orders-dc1"},
 		{name: "the standby's slot missing on the Patroni primary", primary: "orders-dc1",
 			edit:    func(s *snapshot.Snapshot) { cs(s, "orders-dc1").Object.PermanentSlots = nil },
-			actions: []Action{ActionLock, ActionEnsureSlot},
-			check: func(t *testing.T, p Plan) {
-				e := pay[*EnsureSlot](p.Steps[1])
-				if *e != (EnsureSlot{Primary: "orders-dc1", For: "orders-east", Slot: "xdc_orders_east", Via: SlotViaPatroni}) ||
-					p.Steps[1].Preconditions[0] != (Precondition{Kind: CondWritable, Cluster: "orders-dc1"}) {
+			actions: []plan.Action{plan.ActionLock, plan.ActionEnsureSlot},
+			check: func(t *testing.T, p plan.Plan) {
+				e := pay[*plan.EnsureSlot](p.Steps[1])
+				if *e != (plan.EnsureSlot{Primary: "orders-dc1", For: "orders-east", Slot: "xdc_orders_east", Via: plan.SlotViaPatroni}) ||
+					p.Steps[1].Preconditions[0] != (plan.Precondition{Kind: plan.CondWritable, Cluster: "orders-dc1"}) {
 					t.Fatalf("%+v %+v", e, p.Steps[1].Preconditions)
 				}
 			}},
@@ -158,9 +160,9 @@ func TestMixedPlans(t *testing.T) {
 				pg := cs(s, "orders-dc1").PG
 				pg.MultiCluster = pg.MultiCluster[1:]
 			},
-			actions: []Action{ActionLock, ActionEnsureSlot},
-			check: func(t *testing.T, p Plan) {
-				if e := pay[*EnsureSlot](p.Steps[1]); *e != (EnsureSlot{Primary: "orders-dc1", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
+			actions: []plan.Action{plan.ActionLock, plan.ActionEnsureSlot},
+			check: func(t *testing.T, p plan.Plan) {
+				if e := pay[*plan.EnsureSlot](p.Steps[1]); *e != (plan.EnsureSlot{Primary: "orders-dc1", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: plan.SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
 					t.Fatalf("%+v", e)
 				}
 			}},
@@ -171,16 +173,16 @@ func TestMixedPlans(t *testing.T) {
 				dc := cs(s, "orders-dc1")
 				dc.Object.PermanentSlots, dc.PG.Slots, dc.PG.MultiCluster = nil, nil, nil
 			},
-			actions: []Action{ActionLock, ActionEnsureSlot, ActionEnsureSlot, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord}},
+			actions: []plan.Action{plan.ActionLock, plan.ActionEnsureSlot, plan.ActionEnsureSlot, plan.ActionCheckpoint, plan.ActionBootstrapSecret, plan.ActionCreateStandby, plan.ActionRecord}},
 		{name: "switchover out of Patroni: the demoted end is a standby_cluster through its slot", primary: "orders-east",
 			edit: func(s *snapshot.Snapshot) {
 				// the live world of the dc1 file
 				_, live := mixedInSync(t, "orders-dc1")
 				*s = *live
 			},
-			actions: []Action{ActionLock, ActionSwitchover, ActionRecord, ActionRecord},
-			check: func(t *testing.T, p Plan) {
-				sw := pay[*Switchover](p.Steps[1])
+			actions: []plan.Action{plan.ActionLock, plan.ActionSwitchover, plan.ActionRecord, plan.ActionRecord},
+			check: func(t *testing.T, p plan.Plan) {
+				sw := pay[*plan.Switchover](p.Steps[1])
 				want := snapshot.Spec{Flavor: snapshot.FlavorPatroni, Replication: snapshot.Replication{Enabled: true, IsReplica: true, PeerHost: "127.100.10.1", PeerPort: 31113, PrimarySlot: "xdc_orders_dc1"}}
 				if !sameOwnedFields(sw.Demoted, want) || sw.Demoted.Flavor != snapshot.FlavorPatroni {
 					t.Fatalf("demoted %+v", sw.Demoted)
@@ -197,17 +199,17 @@ func TestMixedPlans(t *testing.T) {
 				pg := cs(s, "orders-east").PG
 				pg.MultiCluster = pg.MultiCluster[1:]
 			},
-			actions: []Action{ActionLock, ActionEnsureSlot},
-			check: func(t *testing.T, p Plan) {
-				if e := pay[*EnsureSlot](p.Steps[1]); *e != (EnsureSlot{Primary: "orders-east", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
+			actions: []plan.Action{plan.ActionLock, plan.ActionEnsureSlot},
+			check: func(t *testing.T, p plan.Plan) {
+				if e := pay[*plan.EnsureSlot](p.Steps[1]); *e != (plan.EnsureSlot{Primary: "orders-east", For: "orders-dc1", Slot: "xdc_orders_dc1", Via: plan.SlotViaCatalogue, Host: "127.100.20.1", Port: 5432}) {
 					t.Fatalf("%+v", e)
 				}
 			}},
 		{name: "a Patroni standby pointed elsewhere is repointed through its slot", primary: "orders-east",
 			edit:    func(s *snapshot.Snapshot) { cs(s, "orders-dc1").Object.Spec.Replication.PrimarySlot = "" },
-			actions: []Action{ActionLock, ActionRepoint},
-			check: func(t *testing.T, p Plan) {
-				if s := pay[*Repoint](p.Steps[1]).Spec; s.Replication.PrimarySlot != "xdc_orders_dc1" || !s.Replication.PeerIs(*ep(eastEP)) {
+			actions: []plan.Action{plan.ActionLock, plan.ActionRepoint},
+			check: func(t *testing.T, p plan.Plan) {
+				if s := pay[*plan.Repoint](p.Steps[1]).Spec; s.Replication.PrimarySlot != "xdc_orders_dc1" || !s.Replication.PeerIs(*ep(eastEP)) {
 					t.Fatalf("%+v", s)
 				}
 			}},
@@ -224,7 +226,7 @@ func TestMixedPlans(t *testing.T) {
 				pg := cs(s, "orders-east").PG
 				pg.MultiCluster = pg.MultiCluster[1:]
 			},
-			actions: []Action{ActionLock, ActionEnsureSlot},
+			actions: []plan.Action{plan.ActionLock, plan.ActionEnsureSlot},
 			notes:   []string{"orders-dc1 does not exist yet", "pgtopo render patroni-bootstrap orders-dc1"}},
 		{name: "the pitfall: a standby built without a slot that does not stream", primary: "orders-east",
 			edit: func(s *snapshot.Snapshot) {
@@ -253,7 +255,7 @@ func TestMixedPlans(t *testing.T) {
 			if tc.edit != nil {
 				tc.edit(snap)
 			}
-			p := Compute(d, snap, Options{})
+			p := Compute(d, snap, plan.Options{})
 			expectPlan(t, p, tc.actions, tc.refusals, tc.notes, false)
 			if tc.check != nil {
 				tc.check(t, p)
@@ -289,17 +291,17 @@ func TestDescribeMigration(t *testing.T) {
 func TestMixedEdges(t *testing.T) {
 	d, snap := mixedInSync(t, "orders-east")
 	cs(snap, "orders-dc1").Object.Spec.Replication.PrimarySlot = ""
-	p := Compute(d, snap, Options{})
-	if len(p.Steps) != 2 || !slices.Contains(p.Steps[1].Preconditions, Precondition{Kind: CondWritable, Cluster: "orders-east"}) {
+	p := Compute(d, snap, plan.Options{})
+	if len(p.Steps) != 2 || !slices.Contains(p.Steps[1].Preconditions, plan.Precondition{Kind: plan.CondWritable, Cluster: "orders-east"}) {
 		t.Fatalf("repoint without the primary's writability as a precondition: %+v", p.Steps)
 	}
 	d, snap = mixedInSync(t, "orders-east")
 	cs(snap, "orders-east").Endpoint = nil
 	cs(snap, "orders-dc1").Object.Spec.Replication.PrimarySlot = ""
-	p = Compute(d, snap, Options{})
+	p = Compute(d, snap, plan.Options{})
 	for _, s := range p.Steps {
-		if s.Action == ActionRepoint && !pay[*Repoint](s).Spec.Replication.PeerIs(*ep(eastEP)) {
-			t.Fatalf("without the primary's endpoint the peer must stay %s: %+v", eastEP, pay[*Repoint](s).Spec.Replication)
+		if s.Action == plan.ActionRepoint && !pay[*plan.Repoint](s).Spec.Replication.PeerIs(*ep(eastEP)) {
+			t.Fatalf("without the primary's endpoint the peer must stay %s: %+v", eastEP, pay[*plan.Repoint](s).Spec.Replication)
 		}
 	}
 	d, snap = mixedInSync(t, "orders-east")
@@ -307,8 +309,8 @@ func TestMixedEdges(t *testing.T) {
 	dc.Exists, dc.Object, dc.PG, dc.Endpoint = false, nil, nil, nil
 	pg := cs(snap, "orders-east").PG
 	pg.MultiCluster = pg.MultiCluster[1:]
-	p = Compute(d, snap, Options{})
-	if len(p.Steps) != 2 || pay[*EnsureSlot](p.Steps[1]).Host != "127.100.20.1" || pay[*EnsureSlot](p.Steps[1]).Port != 5432 {
+	p = Compute(d, snap, plan.Options{})
+	if len(p.Steps) != 2 || pay[*plan.EnsureSlot](p.Steps[1]).Host != "127.100.20.1" || pay[*plan.EnsureSlot](p.Steps[1]).Port != 5432 {
 		t.Fatalf("the row of an unobserved Patroni cluster takes the file's endpoint: %+v", p.Steps)
 	}
 }
@@ -318,7 +320,7 @@ func TestMixedEdges(t *testing.T) {
 // cannot do; back on a timeline of its own it is held fenced, and the plan
 // says what a DBA does.
 func TestPatroniRejoin(t *testing.T) {
-	returned := func(t *testing.T, timeline int, needsRebuild string) Plan {
+	returned := func(t *testing.T, timeline int, needsRebuild string) plan.Plan {
 		d, snap := mixedInSync(t, "orders-east")
 		dc, east := cs(snap, "orders-dc1"), cs(snap, "orders-east")
 		// dc1 back from its site's loss: a primary again, east took over.
@@ -332,13 +334,13 @@ func TestPatroniRejoin(t *testing.T) {
 			own.Returned = &snapshot.Returned{Rejoin: "rewind", Diverged: 1 << 20, NeedsRebuild: needsRebuild}
 			dc.Object.Marks.Failover = &own
 		}
-		return Compute(d, snap, Options{AllowRebuild: []string{"orders-dc1"}})
+		return Compute(d, snap, plan.Options{AllowRebuild: []string{"orders-dc1"}})
 	}
 	p := returned(t, 1, "")
-	if len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin {
+	if len(p.Steps) != 2 || p.Steps[1].Action != plan.ActionRejoin {
 		t.Fatalf("want lock, rejoin: %+v %+v", p.Steps, p.Refusals)
 	}
-	rj := pay[*Rejoin](p.Steps[1])
+	rj := pay[*plan.Rejoin](p.Steps[1])
 	if rj.Secret != nil || rj.Rebuild || rj.Demoted.Flavor != snapshot.FlavorPatroni || !rj.Demoted.Replication.IsReplica {
 		t.Fatalf("rejoin payload %+v", rj)
 	}

@@ -1,9 +1,11 @@
-package diff
+package planner
 
 import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/topology"
 )
@@ -13,7 +15,7 @@ import (
 // consent; a server already waiting for a restart is not in sync.
 func TestRestartPlans(t *testing.T) {
 	type step struct {
-		action  Action
+		action  plan.Action
 		cluster string
 		primary bool
 	}
@@ -31,20 +33,20 @@ func TestRestartPlans(t *testing.T) {
 		params    map[string][]string // each step's restart settings, where given
 	}{
 		{name: "raised: standbys first, the primary with consent", file: "200", live: "100", allow: true,
-			steps:     []step{{ActionUpdate, "orders-west", false}, {ActionUpdate, "orders-east", true}},
+			steps:     []step{{plan.ActionUpdate, "orders-west", false}, {plan.ActionUpdate, "orders-east", true}},
 			mentioned: "restarting the primary orders-east for max_connections refuses writes until it is back (a write outage, usually seconds) (allowed by --allow-primary-restart)"},
 		{name: "lowered: the primary first", file: "50", live: "100", policy: topology.PrimaryRestartAllow,
-			steps:     []step{{ActionUpdate, "orders-east", true}, {ActionUpdate, "orders-west", false}},
+			steps:     []step{{plan.ActionUpdate, "orders-east", true}, {plan.ActionUpdate, "orders-west", false}},
 			mentioned: "(allowed by spec.replication.primaryRestart)"},
 		{name: "the primary's restart without consent is refused", file: "200", live: "100",
 			refusal: "restarting the primary orders-east for max_connections refuses writes until it is back (a write outage, usually seconds): allow it with spec.replication.primaryRestart: allow, or once with --allow-primary-restart"},
 		{name: "nothing changed, nothing pending: in sync", file: "100", live: "100", inSync: true},
 		{name: "a standby waiting for a restart is not in sync", file: "100", live: "100",
 			pending: map[string][]string{"orders-west": {"max_connections"}},
-			steps:   []step{{ActionRestart, "orders-west", false}}, mentioned: "pending_restart: max_connections"},
+			steps:   []step{{plan.ActionRestart, "orders-west", false}}, mentioned: "pending_restart: max_connections"},
 		{name: "a change and what is already pending restart together", file: "200", live: "100", allow: true,
 			pending: map[string][]string{"orders-west": {"shared_buffers"}},
-			steps:   []step{{ActionUpdate, "orders-west", false}, {ActionUpdate, "orders-east", true}}, mentioned: "", params: map[string][]string{
+			steps:   []step{{plan.ActionUpdate, "orders-west", false}, {plan.ActionUpdate, "orders-east", true}}, mentioned: "", params: map[string][]string{
 				"orders-west": {"max_connections", "shared_buffers"}, "orders-east": {"max_connections"}}},
 		{name: "a primary waiting for a restart needs consent", file: "100", live: "100",
 			pending: map[string][]string{"orders-east": {"shared_buffers"}},
@@ -65,7 +67,7 @@ func TestRestartPlans(t *testing.T) {
 					c.PG.PendingRestart = tc.pending[c.Name]
 				}
 			}
-			p := Compute(d, snap, Options{AllowPrimaryRestart: tc.allow})
+			p := Compute(d, snap, plan.Options{AllowPrimaryRestart: tc.allow})
 			var reasons []string
 			for _, r := range p.Refusals {
 				reasons = append(reasons, r.Reason)
@@ -85,7 +87,7 @@ func TestRestartPlans(t *testing.T) {
 			var got []step
 			var text []string
 			for _, s := range p.Steps {
-				if s.Action == ActionLock {
+				if s.Action == plan.ActionLock {
 					continue
 				}
 				r := restartOf(s)

@@ -1,9 +1,12 @@
-package diff
+package planner
 
 import (
 	"maps"
 	"strings"
 	"testing"
+
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/render"
 
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -33,38 +36,38 @@ func consentFor(snap *snapshot.Snapshot) *topology.Consent {
 func TestFailoverConsent(t *testing.T) {
 	cases := []struct {
 		name    string
-		edit    func(d *topology.Desired, s *snapshot.Snapshot, o *Options)
+		edit    func(d *topology.Desired, s *snapshot.Snapshot, o *plan.Options)
 		refusal string // "" plans the failover
 	}{
 		{name: "no consent", refusal: "failover to orders-west needs consent to lose orders-east's writes"},
-		{name: "the file consents", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) { d.AcceptDataLoss = consentFor(s) }},
-		{name: "the flag consents", edit: func(_ *topology.Desired, _ *snapshot.Snapshot, o *Options) { o.AcceptDataLoss = "orders-east" }},
-		{name: "the flag names another cluster", edit: func(_ *topology.Desired, _ *snapshot.Snapshot, o *Options) { o.AcceptDataLoss = "orders-west" },
+		{name: "the file consents", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *plan.Options) { d.AcceptDataLoss = consentFor(s) }},
+		{name: "the flag consents", edit: func(_ *topology.Desired, _ *snapshot.Snapshot, o *plan.Options) { o.AcceptDataLoss = "orders-east" }},
+		{name: "the flag names another cluster", edit: func(_ *topology.Desired, _ *snapshot.Snapshot, o *plan.Options) { o.AcceptDataLoss = "orders-west" },
 			refusal: "--accept-data-loss names orders-west, but the lost primary is orders-east"},
-		{name: "consent for another timeline", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) {
+		{name: "consent for another timeline", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *plan.Options) {
 			d.AcceptDataLoss = consentFor(s)
 			d.AcceptDataLoss.Timeline++
 		}, refusal: "spec.acceptDataLoss does not consent to this failover: timeline 2, but orders-west last streamed orders-east's timeline 1"},
-		{name: "consent for another system", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) {
+		{name: "consent for another system", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *plan.Options) {
 			d.AcceptDataLoss = consentFor(s)
 			d.AcceptDataLoss.SystemIdentifier = "1"
 		}, refusal: "system identifier 1, but orders-west's is"},
-		{name: "consent naming another cluster", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) {
+		{name: "consent naming another cluster", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *plan.Options) {
 			d.AcceptDataLoss = consentFor(s)
 			d.AcceptDataLoss.Cluster = "orders-west"
 		}, refusal: "it names orders-west, but the lost primary is orders-east"},
-		{name: "spent consent", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *Options) {
+		{name: "spent consent", edit: func(d *topology.Desired, s *snapshot.Snapshot, _ *plan.Options) {
 			d.AcceptDataLoss = consentFor(s)
 			c := consentFor(s)
 			cs(s, "orders-west").Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west",
 				Phase: snapshot.FailoverDone, SystemID: c.SystemIdentifier, FromTimeline: c.Timeline, At: "2026-12-01T00:00:00Z"}
 		}, refusal: "spec.acceptDataLoss is spent: failover orders-east → orders-west (epoch 1)"},
-		{name: "the lost site answers", edit: func(_ *topology.Desired, s *snapshot.Snapshot, o *Options) {
+		{name: "the lost site answers", edit: func(_ *topology.Desired, s *snapshot.Snapshot, o *plan.Options) {
 			o.AcceptDataLoss = "orders-east"
 			site, _ := s.Site("east")
 			site.Reachable = true
 		}, refusal: "no cluster is writable: orders-west is a standby"},
-		{name: "a reachable primary", edit: func(_ *topology.Desired, s *snapshot.Snapshot, o *Options) {
+		{name: "a reachable primary", edit: func(_ *topology.Desired, s *snapshot.Snapshot, o *plan.Options) {
 			o.AcceptDataLoss = "orders-east"
 			w := cs(s, "orders-west")
 			w.PG.InRecovery = false
@@ -73,7 +76,7 @@ func TestFailoverConsent(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			d, snap := lostEast(t)
-			var opt Options
+			var opt plan.Options
 			if tc.edit != nil {
 				tc.edit(d, snap, &opt)
 			}
@@ -82,22 +85,22 @@ func TestFailoverConsent(t *testing.T) {
 				if p.Refused() {
 					t.Fatalf("refused: %+v", p.Refusals)
 				}
-				var f *Step
+				var f *plan.Step
 				for i := range p.Steps {
-					if p.Steps[i].Action == ActionFailover {
+					if p.Steps[i].Action == plan.ActionFailover {
 						f = &p.Steps[i]
 					}
 				}
-				if f == nil || pay[*Failover](*f).From.Cluster != "orders-east" || pay[*Failover](*f).SystemID == "" || pay[*Failover](*f).Epoch != 1 {
+				if f == nil || pay[*plan.Failover](*f).From.Cluster != "orders-east" || pay[*plan.Failover](*f).SystemID == "" || pay[*plan.Failover](*f).Epoch != 1 {
 					t.Fatalf("no failover step: %+v", p.Steps)
 				}
 				// apply confirms the loss through PostgreSQL at the address
 				// the target streamed from.
-				if ep := pay[*Failover](*f).FromEndpoint; ep == nil || ep.String() != "127.100.10.1:31388" {
+				if ep := pay[*plan.Failover](*f).FromEndpoint; ep == nil || ep.String() != "127.100.10.1:31388" {
 					t.Fatalf("the failover does not carry the lost primary's address: %+v", ep)
 				}
 				for _, s := range p.Steps {
-					if s.Subject.Cluster == "orders-east" || s.Action == ActionLock && len(pay[*Lock](s).Sites) != 1 {
+					if s.Subject.Cluster == "orders-east" || s.Action == plan.ActionLock && len(pay[*plan.Lock](s).Sites) != 1 {
 						t.Fatalf("a step touches the lost site: %+v", s)
 					}
 				}
@@ -120,9 +123,9 @@ func TestFailoverConsent(t *testing.T) {
 // The plan says in words what a failover loses, whether it runs or not.
 func TestFailoverWords(t *testing.T) {
 	d, snap := lostEast(t)
-	p := Compute(d, snap, Options{})
+	p := Compute(d, snap, plan.Options{})
 	var b strings.Builder
-	if err := p.WriteText(&b); err != nil {
+	if err := render.Text(&b, &p); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
@@ -156,11 +159,11 @@ func TestRejoinOnReturn(t *testing.T) {
 	}
 	t.Run("stale primary back on its timeline: rejoin by rewind, first", func(t *testing.T) {
 		d, snap := returned(t)
-		p := Compute(d, snap, Options{})
-		if p.Refused() || len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin || pay[*Rejoin](p.Steps[1]).Rebuild {
+		p := Compute(d, snap, plan.Options{})
+		if p.Refused() || len(p.Steps) != 2 || p.Steps[1].Action != plan.ActionRejoin || pay[*plan.Rejoin](p.Steps[1]).Rebuild {
 			t.Fatalf("want lock, rejoin (rewind): %+v %+v", p.Steps, p.Refusals)
 		}
-		if got := pay[*Rejoin](p.Steps[1]).Demoted.Replication; !got.IsReplica || got.PeerHost != "127.100.20.1" {
+		if got := pay[*plan.Rejoin](p.Steps[1]).Demoted.Replication; !got.IsReplica || got.PeerHost != "127.100.20.1" {
 			t.Fatalf("demoted spec %+v", got)
 		}
 	})
@@ -170,16 +173,16 @@ func TestRejoinOnReturn(t *testing.T) {
 		e.PG, e.PGError = nil, "connection refused"
 		e.Object.Spec.Parameters = map[string]string{"work_mem": "64MB", "max_slot_wal_keep_size": "10GB"}
 		e.Object.ForeignParameters = []string{"work_mem"}
-		p := Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || p.Steps[1].Action != ActionRejoin {
+		p := Compute(d, snap, plan.Options{})
+		if len(p.Steps) != 2 || p.Steps[1].Action != plan.ActionRejoin {
 			t.Fatalf("want lock, rejoin: %+v %+v", p.Steps, p.Refusals)
 		}
-		fenced := pay[*Rejoin](p.Steps[1]).Fenced
-		want := map[string]string{"max_slot_wal_keep_size": "10GB", FenceParameter: "on"}
+		fenced := pay[*plan.Rejoin](p.Steps[1]).Fenced
+		want := map[string]string{"max_slot_wal_keep_size": "10GB", plan.FenceParameter: "on"}
 		if !maps.Equal(fenced.Parameters, want) || fenced.Replication.IsReplica {
 			t.Fatalf("fenced spec: parameters %v (want %v, another manager's left to it), replica %v", fenced.Parameters, want, fenced.Replication.IsReplica)
 		}
-		if _, ok := e.Object.Spec.Parameters[FenceParameter]; ok {
+		if _, ok := e.Object.Spec.Parameters[plan.FenceParameter]; ok {
 			t.Fatal("the fenced spec shares its parameters with the live object")
 		}
 		if r := p.Steps[1].Reason; !strings.Contains(r, "its database does not answer yet: fence it first in its object (default_transaction_read_only on)") {
@@ -195,8 +198,8 @@ func TestRejoinOnReturn(t *testing.T) {
 	t.Run("back on another timeline: fenced and measured first, never rebuilt in the same step", func(t *testing.T) {
 		d, snap := returned(t)
 		cs(snap, "orders-east").PG.Timeline = 2
-		p := Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || pay[*Rejoin](p.Steps[1]).Rebuild || !strings.Contains(p.Steps[1].Reason, "the next plan shows the rebuild as a step of its own") {
+		p := Compute(d, snap, plan.Options{})
+		if len(p.Steps) != 2 || pay[*plan.Rejoin](p.Steps[1]).Rebuild || !strings.Contains(p.Steps[1].Reason, "the next plan shows the rebuild as a step of its own") {
 			t.Fatalf("want a rejoin that fences and measures, and says a rebuild comes after: %+v", p.Steps)
 		}
 	})
@@ -204,7 +207,7 @@ func TestRejoinOnReturn(t *testing.T) {
 		d, snap := returned(t)
 		cs(snap, "orders-east").PG.Timeline = 2
 		needsRebuild(snap)
-		p := Compute(d, snap, Options{})
+		p := Compute(d, snap, plan.Options{})
 		if len(p.Steps) != 0 || !p.Refused() {
 			t.Fatalf("want a refusal: %+v %+v", p.Steps, p.Refusals)
 		}
@@ -218,8 +221,8 @@ func TestRejoinOnReturn(t *testing.T) {
 		d, snap := returned(t)
 		cs(snap, "orders-east").PG.Timeline = 2
 		needsRebuild(snap)
-		p := Compute(d, snap, Options{AllowRebuild: []string{"orders-east"}})
-		if len(p.Steps) != 2 || !pay[*Rejoin](p.Steps[1]).Rebuild {
+		p := Compute(d, snap, plan.Options{AllowRebuild: []string{"orders-east"}})
+		if len(p.Steps) != 2 || !pay[*plan.Rejoin](p.Steps[1]).Rebuild {
 			t.Fatalf("want the rebuild step: %+v %+v", p.Steps, p.Refusals)
 		}
 		r := p.Steps[1].Reason
@@ -238,9 +241,9 @@ func TestRejoinOnReturn(t *testing.T) {
 		rec := *cs(snap, "orders-west").Object.Marks.Failover
 		rec.Returned = &snapshot.Returned{Done: true, Rejoin: "rewind"}
 		e.Object.Marks.Failover = &rec
-		p := Compute(d, snap, Options{})
+		p := Compute(d, snap, plan.Options{})
 		for _, s := range p.Steps {
-			if s.Action == ActionRejoin {
+			if s.Action == plan.ActionRejoin {
 				t.Fatalf("a rejoined cluster rejoins again: %+v", p.Steps)
 			}
 		}
@@ -251,8 +254,8 @@ func TestRejoinOnReturn(t *testing.T) {
 			d.Clusters[i].Rejoin = topology.RejoinManual
 		}
 		cs(snap, "orders-east").PG.Timeline = 2
-		p := Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || pay[*Rejoin](p.Steps[1]).Rebuild || pay[*Rejoin](p.Steps[1]).Policy != topology.RejoinManual {
+		p := Compute(d, snap, plan.Options{})
+		if len(p.Steps) != 2 || pay[*plan.Rejoin](p.Steps[1]).Rebuild || pay[*plan.Rejoin](p.Steps[1]).Policy != topology.RejoinManual {
 			t.Fatalf("want a manual rejoin: %+v", p.Steps)
 		}
 	})
@@ -261,20 +264,20 @@ func TestRejoinOnReturn(t *testing.T) {
 		for i := range d.Clusters {
 			d.Clusters[i].Rejoin = topology.RejoinRebuild
 		}
-		p := Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || pay[*Rejoin](p.Steps[1]).Rebuild {
+		p := Compute(d, snap, plan.Options{})
+		if len(p.Steps) != 2 || pay[*plan.Rejoin](p.Steps[1]).Rebuild {
 			t.Fatalf("want the fence first: %+v", p.Steps)
 		}
 		needsRebuild(snap)
-		p = Compute(d, snap, Options{})
-		if len(p.Steps) != 2 || !pay[*Rejoin](p.Steps[1]).Rebuild || !strings.Contains(p.Steps[1].Reason, "consent: the file (rejoin: rebuild)") {
+		p = Compute(d, snap, plan.Options{})
+		if len(p.Steps) != 2 || !pay[*plan.Rejoin](p.Steps[1]).Rebuild || !strings.Contains(p.Steps[1].Reason, "consent: the file (rejoin: rebuild)") {
 			t.Fatalf("want a rebuild: %+v %+v", p.Steps, p.Refusals)
 		}
 	})
 	t.Run("no failover record: split brain refused", func(t *testing.T) {
 		d, snap := returned(t)
 		cs(snap, "orders-west").Object.Marks.Failover = nil
-		p := Compute(d, snap, Options{})
+		p := Compute(d, snap, plan.Options{})
 		if !p.Refused() || !strings.Contains(p.Refusals[0].Reason, "split brain") {
 			t.Fatalf("want a split-brain refusal: %+v", p.Refusals)
 		}
@@ -291,7 +294,7 @@ func TestAfterAFailoverDone(t *testing.T) {
 	w.Object.Spec.Replication = snapshot.Replication{Enabled: true, ServiceType: "LoadBalancer"}
 	w.Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverDone,
 		SystemID: w.PG.SystemID, FromTimeline: 1, At: "2026-12-02T12:03:12Z"}
-	p := Compute(d, snap, Options{})
+	p := Compute(d, snap, plan.Options{})
 	if p.Refused() {
 		t.Fatalf("refused: %+v", p.Refusals)
 	}
@@ -307,11 +310,11 @@ func TestAfterAFailoverDone(t *testing.T) {
 		if s.Subject.Cluster == "orders-east" {
 			t.Fatalf("a step for the lost primary: %+v", s)
 		}
-		if s.Action == ActionRepoint && s.Subject.Cluster == "orders-south" && pay[*Repoint](s).Spec.Replication.PeerHost == "127.100.20.100" {
+		if s.Action == plan.ActionRepoint && s.Subject.Cluster == "orders-south" && pay[*plan.Repoint](s).Spec.Replication.PeerHost == "127.100.20.100" {
 			repointed = true
 		}
-		if s.Action == ActionLock && len(pay[*Lock](s).Sites) != 2 {
-			t.Fatalf("the lock takes the lost site's Lease: %+v", pay[*Lock](s).Sites)
+		if s.Action == plan.ActionLock && len(pay[*plan.Lock](s).Sites) != 2 {
+			t.Fatalf("the lock takes the lost site's Lease: %+v", pay[*plan.Lock](s).Sites)
 		}
 	}
 	if !repointed {
@@ -326,12 +329,12 @@ func TestResumeFailoverNeedsItsTarget(t *testing.T) {
 	w := cs(snap, "orders-west")
 	w.Object.Marks.Failover = &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverPromoting,
 		SystemID: w.PG.SystemID, FromTimeline: 1}
-	p := Compute(d, snap, Options{})
-	if p.Refused() || len(p.Steps) < 2 || p.Steps[1].Action != ActionFailover || pay[*Failover](p.Steps[1]).Resume != snapshot.FailoverPromoting {
+	p := Compute(d, snap, plan.Options{})
+	if p.Refused() || len(p.Steps) < 2 || p.Steps[1].Action != plan.ActionFailover || pay[*plan.Failover](p.Steps[1]).Resume != snapshot.FailoverPromoting {
 		t.Fatalf("want the failover resumed: %+v %+v", p.Steps, p.Refusals)
 	}
 	w.Object.Marks.Failover.To = "orders-north"
-	p = Compute(d, snap, Options{})
+	p = Compute(d, snap, plan.Options{})
 	if !p.Refused() || !strings.Contains(p.Refusals[0].Reason, "is recorded (epoch 1) but the file does not list both") {
 		t.Fatalf("want a refusal for a record naming a cluster not in the file: %+v", p.Refusals)
 	}
@@ -341,7 +344,7 @@ func TestResumeFailoverNeedsItsTarget(t *testing.T) {
 func TestFailoverRecommendsTheFurthestStandby(t *testing.T) {
 	d, snap := threeSitesEastLost(t)
 	cs(snap, "orders-south").PG.ReplayLSN = cs(snap, "orders-west").PG.ReplayLSN + 4096
-	p := Compute(d, snap, Options{})
+	p := Compute(d, snap, plan.Options{})
 	var notes []string
 	for _, n := range p.Notes {
 		notes = append(notes, n.Message)
@@ -363,8 +366,8 @@ func TestRejoinCopiesTheBootstrapSecretAndNotesSpentConsent(t *testing.T) {
 		SystemID: w.PG.SystemID, FromTimeline: 1, ForkLSN: w.PG.ReplayLSN, At: "2026-12-02T12:03:12Z"}
 	e.BootstrapSecret.Exists = false
 	d.AcceptDataLoss = &topology.Consent{Cluster: "orders-east", SystemIdentifier: w.PG.SystemID, Timeline: 1}
-	p := Compute(d, snap, Options{})
-	if len(p.Steps) != 2 || pay[*Rejoin](p.Steps[1]).Secret == nil || pay[*Rejoin](p.Steps[1]).Secret.FromName != w.Credentials.Name {
+	p := Compute(d, snap, plan.Options{})
+	if len(p.Steps) != 2 || pay[*plan.Rejoin](p.Steps[1]).Secret == nil || pay[*plan.Rejoin](p.Steps[1]).Secret.FromName != w.Credentials.Name {
 		t.Fatalf("want a rejoin that copies west's credentials: %+v", p.Steps)
 	}
 	if len(p.Notes) == 0 || !strings.Contains(p.Notes[0].Message, "spec.acceptDataLoss is spent") {

@@ -1,4 +1,4 @@
-package diff
+package planner
 
 import (
 	"bytes"
@@ -6,15 +6,17 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgtopo/pgtopo/plan"
+
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
-func fixture(t *testing.T, dir string) (Plan, *snapshot.Snapshot, func(*snapshot.Snapshot) Plan) {
+func fixture(t *testing.T, dir string) (plan.Plan, *snapshot.Snapshot, func(*snapshot.Snapshot) plan.Plan) {
 	t.Helper()
 	d := loadDesired(t, "testdata/two-sites-west.yaml")
 	snap := loadSnapshot(t, "testdata/"+dir+"/snapshot.json", d)
-	plan := func(s *snapshot.Snapshot) Plan { return Compute(d, s, Options{}) }
-	return plan(snap), snap, plan
+	planOf := func(s *snapshot.Snapshot) plan.Plan { return Compute(d, s, plan.Options{}) }
+	return planOf(snap), snap, planOf
 }
 
 // TestStaleness edits the live world behind a switchover plan, one fact at
@@ -52,17 +54,17 @@ func TestStaleness(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			was, snap, replan := fixture(t, "primary-changed")
 			setVersions(snap)
-			wasBasis := BasisOf(snap)
-			if again := replan(snap); !Same(was, again) {
+			wasBasis := plan.BasisOf(snap)
+			if again := replan(snap); !plan.Same(was, again) {
 				t.Fatal("the same world plans differently")
 			}
 			tc.edit(snap)
 			now := replan(snap)
-			why := wasBasis.Since(BasisOf(snap))
+			why := wasBasis.Since(plan.BasisOf(snap))
 			if !slices.ContainsFunc(why, func(w string) bool { return strings.Contains(w, tc.want) }) {
 				t.Fatalf("reasons %q, want one with %q", why, tc.want)
 			}
-			if got := Staleness(was, wasBasis, now, BasisOf(snap)); !slices.Equal(got, why) {
+			if got := plan.Staleness(was, wasBasis, now, plan.BasisOf(snap)); !slices.Equal(got, why) {
 				t.Fatalf("Staleness %q, want the basis reasons %q", got, why)
 			}
 		})
@@ -83,30 +85,30 @@ func cs(s *snapshot.Snapshot, name string) *snapshot.ClusterState {
 // A plan that changes while nothing its basis records did names the step.
 func TestStalenessWithoutABasisChange(t *testing.T) {
 	was, snap, _ := fixture(t, "primary-changed")
-	b := BasisOf(snap)
+	b := plan.BasisOf(snap)
 	now := was
 	now.Steps = slices.Clone(was.Steps)
-	sw := *pay[*Switchover](now.Steps[2])
+	sw := *pay[*plan.Switchover](now.Steps[2])
 	sw.MaxLagBytes++
 	now.Steps[2].Payload = &sw
-	if Same(was, now) {
+	if plan.Same(was, now) {
 		t.Fatal("a changed payload is the same plan")
 	}
-	if got := Staleness(was, b, now, b); len(got) != 1 || got[0] != "step 3 switchover orders-west (west/db) changed" {
+	if got := plan.Staleness(was, b, now, b); len(got) != 1 || got[0] != "step 3 switchover orders-west (west/db) changed" {
 		t.Fatalf("%q", got)
 	}
-	if got := Staleness(was, b, Plan{Steps: was.Steps[:2]}, b); got[0] != "step 3 switchover orders-west (west/db) is no longer needed" {
+	if got := plan.Staleness(was, b, plan.Plan{Steps: was.Steps[:2]}, b); got[0] != "step 3 switchover orders-west (west/db) is no longer needed" {
 		t.Fatalf("%q", got)
 	}
-	longer := Plan{Steps: append(slices.Clone(was.Steps), Step{Action: ActionRecord, Subject: Subject{Site: "east", Namespace: "db", Cluster: "orders-east"}})}
-	if got := Staleness(was, b, longer, b); got[0] != "a step was added: record orders-east (east/db)" {
+	longer := plan.Plan{Steps: append(slices.Clone(was.Steps), plan.Step{Action: plan.ActionRecord, Subject: plan.Subject{Site: "east", Namespace: "db", Cluster: "orders-east"}})}
+	if got := plan.Staleness(was, b, longer, b); got[0] != "a step was added: record orders-east (east/db)" {
 		t.Fatalf("%q", got)
 	}
-	refused := Plan{Steps: was.Steps, Refusals: []Refusal{{Reason: "site west unreachable"}}}
-	if got := Staleness(was, b, refused, b); got[0] != "the plan is now refused: site west unreachable" {
+	refused := plan.Plan{Steps: was.Steps, Refusals: []plan.Refusal{{Reason: "site west unreachable"}}}
+	if got := plan.Staleness(was, b, refused, b); got[0] != "the plan is now refused: site west unreachable" {
 		t.Fatalf("%q", got)
 	}
-	if got := Staleness(was, b, was, b); got[0] != "the plan changed" {
+	if got := plan.Staleness(was, b, was, b); got[0] != "the plan changed" {
 		t.Fatalf("%q", got)
 	}
 }
@@ -117,20 +119,20 @@ func TestSame(t *testing.T) {
 	reworded := was
 	reworded.Steps = slices.Clone(was.Steps)
 	reworded.Steps[0].Reason = "other words"
-	reworded.Notes = []Note{{Message: "a note"}}
-	if !Same(was, reworded) {
+	reworded.Notes = []plan.Note{{Message: "a note"}}
+	if !plan.Same(was, reworded) {
 		t.Fatal("reasons and notes made plans differ")
 	}
-	for name, edit := range map[string]func(p *Plan){
-		"refusal":  func(p *Plan) { p.Refusals = []Refusal{{Reason: "no"}} },
-		"digest":   func(p *Plan) { p.Digest = "x" },
-		"revision": func(p *Plan) { p.Revision = "x" },
-		"changes":  func(p *Plan) { p.Steps[1].Changes = nil },
+	for name, edit := range map[string]func(p *plan.Plan){
+		"refusal":  func(p *plan.Plan) { p.Refusals = []plan.Refusal{{Reason: "no"}} },
+		"digest":   func(p *plan.Plan) { p.Digest = "x" },
+		"revision": func(p *plan.Plan) { p.Revision = "x" },
+		"changes":  func(p *plan.Plan) { p.Steps[1].Changes = nil },
 	} {
 		p := was
 		p.Steps = slices.Clone(was.Steps)
 		edit(&p)
-		if Same(was, p) {
+		if plan.Same(was, p) {
 			t.Errorf("%s: plans are the same", name)
 		}
 	}
@@ -139,16 +141,16 @@ func TestSame(t *testing.T) {
 func TestSavedPlanRoundTrip(t *testing.T) {
 	was, snap, _ := fixture(t, "primary-changed")
 	var b bytes.Buffer
-	src := Source{Name: "west.yaml", Content: "apiVersion: pgtopo.dev/v1alpha1\n"}
-	opt := Options{Revision: "abc", History: map[string]History{"def": HistoryForward}}
-	if err := Save(&b, was, BasisOf(snap), opt, src); err != nil {
+	src := plan.Source{Name: "west.yaml", Content: "apiVersion: pgtopo.dev/v1alpha1\n"}
+	opt := plan.Options{Revision: "abc", History: map[string]plan.History{"def": plan.HistoryForward}}
+	if err := plan.Save(&b, was, plan.BasisOf(snap), opt, src); err != nil {
 		t.Fatal(err)
 	}
-	sp, err := LoadSaved("p.json", &b)
+	sp, err := plan.LoadSaved("p.json", &b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !Same(was, sp.Plan) || sp.Source != src || sp.Options.History["def"] != HistoryForward || len(sp.Basis.Since(BasisOf(snap))) != 0 {
+	if !plan.Same(was, sp.Plan) || sp.Source != src || sp.Options.History["def"] != plan.HistoryForward || len(sp.Basis.Since(plan.BasisOf(snap))) != 0 {
 		t.Fatalf("round trip lost something: %+v", sp)
 	}
 	for _, tc := range []struct{ doc, want string }{
@@ -158,44 +160,8 @@ func TestSavedPlanRoundTrip(t *testing.T) {
 		{`not json`, "p.json: not a saved plan"},
 		{`{"kind":"SavedPlan","apiVersion":"pgtopo.dev/v1alpha1","plan":{"refusals":[{"reason":"site west unreachable"}]}}`, "p.json: the saved plan is refused: site west unreachable"},
 	} {
-		if _, err := LoadSaved("p.json", strings.NewReader(tc.doc)); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := plan.LoadSaved("p.json", strings.NewReader(tc.doc)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want %q", tc.doc, err, tc.want)
 		}
-	}
-}
-
-// The catalogue has every action once, with an executor, ranks that order
-// the plan and no bucket for bookkeeping steps.
-func TestCatalogue(t *testing.T) {
-	order := []Action{ActionLock, ActionRejoin, ActionEnsurePrimary, ActionEnsureSlot, ActionCheckpoint, ActionBootstrapSecret, ActionRefreshCredentials, ActionRebuild, ActionCreateStandby,
-		ActionSwitchover, ActionFailover, ActionRepoint, ActionUpdate, ActionRestart, ActionFillExternalIP, ActionDeleteCluster, ActionDropSlot, ActionRecord, ActionFence, ActionUnfence}
-	if len(Catalogue) != len(order) {
-		t.Fatalf("%d actions in the catalogue, want %d", len(Catalogue), len(order))
-	}
-	for i, a := range order {
-		k := Catalogue[a]
-		if k.run == nil || k.decode == nil || k.Symbol == "" || k.Metric == "" || k.Rank != i {
-			t.Errorf("%s: %+v", a, k)
-		}
-		// The payload type the catalogue binds is the action's own.
-		if p, err := k.decode([]byte("{}")); err != nil || p.payloadOf() != a {
-			t.Errorf("%s decodes a payload of %T (%v)", a, p, err)
-		}
-	}
-	if !Catalogue[ActionLock].Recheck || Catalogue[ActionRecord].Recheck {
-		t.Error("only the lock re-checks the plan")
-	}
-	steps := []Step{{Action: ActionRecord, Subject: Subject{Cluster: "b"}}, {Action: ActionRecord, Subject: Subject{Cluster: "a"}}, {Action: ActionSwitchover}, {Action: ActionLock}}
-	sortSteps(steps)
-	var got []string
-	for _, s := range steps {
-		got = append(got, string(s.Action)+":"+s.Subject.Cluster)
-	}
-	if strings.Join(got, " ") != "lock: switchover: record:a record:b" {
-		t.Fatalf("sorted %v", got)
-	}
-	c := (&Plan{Steps: []Step{{Action: ActionLock}, {Action: ActionSwitchover}, {Action: ActionCreateStandby}, {Action: ActionRecord}, {Action: ActionRepoint}}, Refusals: []Refusal{{}}}).Count()
-	if c != (Count{Switchovers: 1, Create: 1, Update: 2, Refused: 1}) {
-		t.Fatalf("count %+v", c)
 	}
 }

@@ -1,4 +1,4 @@
-package diff
+package planner
 
 import (
 	"bytes"
@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/render"
 
 	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -66,10 +69,10 @@ func golden(t *testing.T, file string, got []byte) {
 	}
 	want, err := os.ReadFile(file)
 	if err != nil {
-		t.Fatalf("%v (run go test ./diff -update to create it)", err)
+		t.Fatalf("%v (run go test ./planner -update to create it)", err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs (go test ./diff -update rewrites it):\n--- got\n%s\n--- want\n%s", file, got, want)
+		t.Errorf("%s differs (go test ./planner -update rewrites it):\n--- got\n%s\n--- want\n%s", file, got, want)
 	}
 }
 
@@ -79,16 +82,16 @@ func golden(t *testing.T, file string, got []byte) {
 func TestPlans(t *testing.T) {
 	expect := map[string]struct {
 		inSync, refused bool
-		actions         []Action
+		actions         []plan.Action
 		mention         string
 	}{
-		"fresh-bring-up": {actions: []Action{ActionLock, ActionEnsurePrimary, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord, ActionRecord}},
+		"fresh-bring-up": {actions: []plan.Action{plan.ActionLock, plan.ActionEnsurePrimary, plan.ActionCheckpoint, plan.ActionBootstrapSecret, plan.ActionCreateStandby, plan.ActionRecord, plan.ActionRecord}},
 		"in-sync":        {inSync: true},
-		"fresh-bring-up-stale-secret": {actions: []Action{ActionLock, ActionEnsurePrimary, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord, ActionRecord},
+		"fresh-bring-up-stale-secret": {actions: []plan.Action{plan.ActionLock, plan.ActionEnsurePrimary, plan.ActionCheckpoint, plan.ActionBootstrapSecret, plan.ActionCreateStandby, plan.ActionRecord, plan.ActionRecord},
 			mention: "secret orders-bootstrap: present, not a copy of postgres.orders-east.credentials.postgresql.acid.zalan.do → copy of"},
-		"primary-changed":           {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "switchover orders-east → orders-west"},
-		"standby-missing":           {actions: []Action{ActionLock, ActionCheckpoint, ActionBootstrapSecret, ActionCreateStandby, ActionRecord}},
-		"secret-missing":            {actions: []Action{ActionLock, ActionBootstrapSecret}},
+		"primary-changed":           {actions: []plan.Action{plan.ActionLock, plan.ActionBootstrapSecret, plan.ActionSwitchover}, mention: "switchover orders-east → orders-west"},
+		"standby-missing":           {actions: []plan.Action{plan.ActionLock, plan.ActionCheckpoint, plan.ActionBootstrapSecret, plan.ActionCreateStandby, plan.ActionRecord}},
+		"secret-missing":            {actions: []plan.Action{plan.ActionLock, plan.ActionBootstrapSecret}},
 		"observer-secrets-unread":   {inSync: true, mention: "bootstrap Secret orders-bootstrap not read (observed with an observer login"},
 		"lagging-target":            {refused: true, mention: "switchover to orders-west refused: orders-west lag 48 MiB > maxLagBytes 16 MiB"},
 		"sysid-mismatch":            {refused: true, mention: "orders-west needs a rebuild: system identifier 7702118734059123321 differs from orders-east's (7710640626635289495): not a copy of the primary. pgtopo rebuilds a standby only where allowed"},
@@ -96,14 +99,14 @@ func TestPlans(t *testing.T) {
 		"unreachable-site":          {refused: true, mention: "site west unreachable"},
 		"hand-edited-two-writable":  {refused: true, mention: "live says primary is orders-west, file says orders-east"},
 		"cluster-removed-from-file": {inSync: true, mention: "orders-old (west/db): labelled for topology orders but no longer in the file: left alone"},
-		"drift-and-repoint":         {actions: []Action{ActionLock, ActionRepoint, ActionUpdate}},
+		"drift-and-repoint":         {actions: []plan.Action{plan.ActionLock, plan.ActionRepoint, plan.ActionUpdate}},
 		"target-not-streaming":      {refused: true, mention: "orders-west is not streaming (wal receiver: waiting from 127.100.10.1:31388)"},
-		"resume-journal":            {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover}, mention: "resume switchover orders-east → orders-west from phase gated"},
-		"three-sites-switchover":    {actions: []Action{ActionLock, ActionBootstrapSecret, ActionSwitchover, ActionRepoint}},
-		"lb-empty-external-ip":      {actions: []Action{ActionLock, ActionFillExternalIP, ActionFillExternalIP}},
-		"revision-forward":          {actions: []Action{ActionLock, ActionRecord, ActionRecord}},
+		"resume-journal":            {actions: []plan.Action{plan.ActionLock, plan.ActionBootstrapSecret, plan.ActionSwitchover}, mention: "resume switchover orders-east → orders-west from phase gated"},
+		"three-sites-switchover":    {actions: []plan.Action{plan.ActionLock, plan.ActionBootstrapSecret, plan.ActionSwitchover, plan.ActionRepoint}},
+		"lb-empty-external-ip":      {actions: []plan.Action{plan.ActionLock, plan.ActionFillExternalIP, plan.ActionFillExternalIP}},
+		"revision-forward":          {actions: []plan.Action{plan.ActionLock, plan.ActionRecord, plan.ActionRecord}},
 		"revision-rollback-refused": {refused: true, mention: "orders-east, orders-west last applied revision 2b7e1c09f4d3; revision 5d41402abc4b is older than 2b7e1c09f4d3 (an ancestor of it): applying it rolls back. Pass --allow-rollback"},
-		"revision-rollback-allowed": {actions: []Action{ActionLock, ActionRecord, ActionRecord}, mention: "(allowed by --allow-rollback)"},
+		"revision-rollback-allowed": {actions: []plan.Action{plan.ActionLock, plan.ActionRecord, plan.ActionRecord}, mention: "(allowed by --allow-rollback)"},
 		"revision-unknown-refused":  {refused: true, mention: "which this repository does not have"},
 	}
 	dirs, _ := filepath.Glob("testdata/*/snapshot.json")
@@ -125,8 +128,8 @@ func TestPlans(t *testing.T) {
 			again := Compute(d, snap, opt)
 			var text, js, md, text2 bytes.Buffer
 			for _, w := range []func() error{
-				func() error { return p.WriteText(&text) }, func() error { return p.WriteJSON(&js) },
-				func() error { return p.WriteMarkdown(&md) }, func() error { return again.WriteText(&text2) },
+				func() error { return render.Text(&text, &p) }, func() error { return render.JSON(&js, &p) },
+				func() error { return render.Markdown(&md, &p) }, func() error { return render.Text(&text2, &again) },
 			} {
 				if err := w(); err != nil {
 					t.Fatal(err)
@@ -143,7 +146,7 @@ func TestPlans(t *testing.T) {
 			if p.InSync() != e.inSync || p.Refused() != e.refused {
 				t.Errorf("inSync=%v refused=%v, want %v %v", p.InSync(), p.Refused(), e.inSync, e.refused)
 			}
-			var actions []Action
+			var actions []plan.Action
 			for _, s := range p.Steps {
 				actions = append(actions, s.Action)
 			}
@@ -158,7 +161,7 @@ func TestPlans(t *testing.T) {
 	}
 }
 
-func actionStrings(as []Action) []string {
+func actionStrings(as []plan.Action) []string {
 	var out []string
 	for _, a := range as {
 		out = append(out, string(a))
@@ -167,9 +170,9 @@ func actionStrings(as []Action) []string {
 }
 
 // loadOptions reads the fixture's options.json, if it has one.
-func loadOptions(t *testing.T, dir string) Options {
+func loadOptions(t *testing.T, dir string) plan.Options {
 	t.Helper()
-	var opt Options
+	var opt plan.Options
 	data, err := os.ReadFile(filepath.Join(dir, "options.json"))
 	if errors.Is(err, os.ErrNotExist) {
 		return opt

@@ -1,4 +1,4 @@
-package diff
+package planner
 
 import (
 	"fmt"
@@ -6,20 +6,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/plan"
+
 	"github.com/pgtopo/pgtopo/topology"
 )
-
-// Restart is the restart a step waits for: the settings that take effect
-// only then, and whether it is the primary's, a write outage.
-type Restart struct {
-	Parameters []string `json:"parameters"`
-	Primary    bool     `json:"primary,omitempty"`
-	// Follows is the primary a restarted standby streams from again.
-	Follows string `json:"follows,omitempty"`
-	// Values are the settings' values the restart brings into effect;
-	// none for a restart for whatever is pending.
-	Values map[string]string `json:"values,omitempty"`
-}
 
 // restartParameters are PostgreSQL 15's settings of context postmaster:
 // a changed value takes effect only once the server restarts.
@@ -47,7 +37,7 @@ var standbyMinimums = []string{"max_connections", "max_locks_per_transaction", "
 const parameterField = "postgresql.parameters."
 
 // restartChanges are the settings among changes that need a restart.
-func restartChanges(changes []Change) []string {
+func restartChanges(changes []plan.Change) []string {
 	var out []string
 	for _, c := range changes {
 		if name, ok := strings.CutPrefix(c.Field, parameterField); ok && restartParameters[name] {
@@ -68,7 +58,7 @@ func (p *planner) planRestarts() {
 	updated := map[string]bool{}
 	for i := range p.plan.Steps {
 		s := &p.plan.Steps[i]
-		up, ok := s.Payload.(*Update)
+		up, ok := s.Payload.(*plan.Update)
 		if !ok {
 			continue
 		}
@@ -82,7 +72,7 @@ func (p *planner) planRestarts() {
 		}
 		slices.Sort(params)
 		params = slices.Compact(params)
-		r := &Restart{Parameters: params, Primary: s.Subject.Cluster == primary, Values: map[string]string{}}
+		r := &plan.Restart{Parameters: params, Primary: s.Subject.Cluster == primary, Values: map[string]string{}}
 		for _, name := range params {
 			if v, set := up.Spec.Parameters[name]; set {
 				r.Values[name] = v
@@ -105,9 +95,9 @@ func (p *planner) planRestarts() {
 		if c.Name == primary {
 			follows = ""
 		}
-		p.add(Step{Action: ActionRestart, Subject: subjectOf(c),
+		p.add(plan.Step{Action: plan.ActionRestart, Subject: subjectOf(c),
 			Reason:  fmt.Sprintf("%s runs with settings changed but not in effect until it restarts (pending_restart: %s)", c.Name, strings.Join(o.PG.PendingRestart, ", ")),
-			Payload: &Restart{Parameters: o.PG.PendingRestart, Primary: c.Name == primary, Follows: follows}})
+			Payload: &plan.Restart{Parameters: o.PG.PendingRestart, Primary: c.Name == primary, Follows: follows}})
 	}
 	for i := range p.plan.Steps {
 		s := &p.plan.Steps[i]
@@ -128,7 +118,7 @@ func (p *planner) planRestarts() {
 }
 
 // lowers reports whether a primary's changes lower a standby minimum.
-func lowers(changes []Change) bool {
+func lowers(changes []plan.Change) bool {
 	for _, c := range changes {
 		name, ok := strings.CutPrefix(c.Field, parameterField)
 		if !ok || !slices.Contains(standbyMinimums, name) {
@@ -145,7 +135,7 @@ func lowers(changes []Change) bool {
 
 // gatePrimaryRestart refuses a primary's restart without consent, and says
 // what it costs when there is.
-func (p *planner) gatePrimaryRestart(s *Step, r *Restart) {
+func (p *planner) gatePrimaryRestart(s *plan.Step, r *plan.Restart) {
 	what := fmt.Sprintf("restarting the primary %s for %s refuses writes until it is back (a write outage, usually seconds)", s.Subject.Cluster, strings.Join(r.Parameters, ", "))
 	switch {
 	case p.opt.AllowPrimaryRestart:
@@ -160,11 +150,11 @@ func (p *planner) gatePrimaryRestart(s *Step, r *Restart) {
 
 // restartOf is the restart a step waits for: a restart step's own, or an
 // update's that changes a setting taking effect only on restart.
-func restartOf(s Step) *Restart {
+func restartOf(s plan.Step) *plan.Restart {
 	switch p := s.Payload.(type) {
-	case *Restart:
+	case *plan.Restart:
 		return p
-	case *Update:
+	case *plan.Update:
 		return p.Restart
 	}
 	return nil

@@ -1,4 +1,4 @@
-package diff
+package planner
 
 import (
 	"fmt"
@@ -6,50 +6,22 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/plan"
+
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
-)
-
-// Options carry what the plan records but does not decide on.
-type Options struct {
-	// Revision is the git commit the topology was read from, if any.
-	Revision string `json:"revision,omitempty"`
-	// History relates each revision recorded on a CR to Revision; a
-	// recorded revision missing here counts as HistoryUnknown.
-	History map[string]History `json:"history,omitempty"`
-	// AllowRollback lets a plan move the recorded revision backwards.
-	AllowRollback bool `json:"allowRollback,omitempty"`
-	// AcceptDataLoss is break-glass consent to a failover (pgtopo apply
-	// --accept-data-loss CLUSTER): the lost primary whose writes may go.
-	AcceptDataLoss string `json:"acceptDataLoss,omitempty"`
-	// AllowRebuild names standbys that may be rebuilt whatever the file's
-	// policy (pgtopo apply --allow-rebuild CLUSTER).
-	AllowRebuild []string `json:"allowRebuild,omitempty"`
-	// AllowPrimaryRestart consents to restarting the primary for settings
-	// that need it, whatever the file's policy (--allow-primary-restart).
-	AllowPrimaryRestart bool `json:"allowPrimaryRestart,omitempty"`
-}
-
-// Roles as the plan shows them.
-const (
-	RolePrimary = "primary"
-	RoleStandby = "standby"
-	RoleAbsent  = "absent"
-	RoleUnknown = "unknown"
-	// RoleUnreachable: the cluster's site did not answer.
-	RoleUnreachable = "unreachable"
 )
 
 // planner holds the inputs while a plan is computed.
 type planner struct {
 	d    *topology.Desired
 	snap *snapshot.Snapshot
-	opt  Options
-	plan Plan
+	opt  plan.Options
+	plan plan.Plan
 	// switching is the planned switchover, if any.
-	switching *Switchover
+	switching *plan.Switchover
 	// failingOver is the planned failover, if any.
-	failingOver *Failover
+	failingOver *plan.Failover
 	// lost is the lost primary whose site the plan does without.
 	lost *lostPrimary
 	// Indexes, so that planning is linear in the number of clusters.
@@ -58,9 +30,9 @@ type planner struct {
 }
 
 // Compute plans the steps that make snap match d.
-func Compute(d *topology.Desired, snap *snapshot.Snapshot, opt Options) Plan {
+func Compute(d *topology.Desired, snap *snapshot.Snapshot, opt plan.Options) plan.Plan {
 	p := &planner{d: d, snap: snap, opt: opt,
-		plan:     Plan{Topology: d.Name, Revision: opt.Revision, Digest: d.Digest, Steps: []Step{}, Refusals: []Refusal{}, Notes: []Note{}},
+		plan:     plan.Plan{Topology: d.Name, Revision: opt.Revision, Digest: d.Digest, Steps: []plan.Step{}, Refusals: []plan.Refusal{}, Notes: []plan.Note{}},
 		byName:   make(map[string]*snapshot.ClusterState, len(snap.Clusters)),
 		siteDown: map[string]bool{}}
 	for i := range snap.Clusters {
@@ -70,17 +42,17 @@ func Compute(d *topology.Desired, snap *snapshot.Snapshot, opt Options) Plan {
 		p.siteDown[s.Name] = !s.Reachable
 	}
 	for _, s := range d.Sites() {
-		p.plan.Sites = append(p.plan.Sites, Site{Name: s.Name, Context: s.Context})
+		p.plan.Sites = append(p.plan.Sites, plan.Site{Name: s.Name, Context: s.Context})
 	}
 	p.run()
 	p.planRestarts()
-	sortSteps(p.plan.Steps)
+	plan.SortSteps(p.plan.Steps)
 	if p.plan.Refused() {
 		// A refused plan changes nothing; listing steps would suggest it might.
-		p.plan.Steps = []Step{}
+		p.plan.Steps = []plan.Step{}
 	}
 	if len(p.plan.Steps) > 0 {
-		steps := append(p.plan.Steps, Step{}) // in place when there is room
+		steps := append(p.plan.Steps, plan.Step{}) // in place when there is room
 		copy(steps[1:], steps)
 		steps[0] = p.lockStep()
 		p.plan.Steps = steps
@@ -88,33 +60,33 @@ func Compute(d *topology.Desired, snap *snapshot.Snapshot, opt Options) Plan {
 	return p.plan
 }
 
-func (p *planner) lockStep() Step {
-	var locks []Subject
+func (p *planner) lockStep() plan.Step {
+	var locks []plan.Subject
 	var where []string
 	for _, l := range p.d.LockSites() {
 		if s, ok := p.snap.Site(l.Site.Name); ok && !s.Reachable {
 			continue // a lost primary's site: the failover fences it on return
 		}
-		locks = append(locks, Subject{Site: l.Site.Name, Namespace: l.Namespace})
+		locks = append(locks, plan.Subject{Site: l.Site.Name, Namespace: l.Namespace})
 		where = append(where, l.Site.Name+"/"+l.Namespace)
 	}
-	return Step{Action: ActionLock, Subject: locks[0], Payload: &Lock{Lease: p.d.LeaseName(), Sites: locks},
+	return plan.Step{Action: plan.ActionLock, Subject: locks[0], Payload: &plan.Lock{Lease: p.d.LeaseName(), Sites: locks},
 		Reason: fmt.Sprintf("hold Lease %s in every site (%s, in this order) so no other run changes this topology meanwhile",
 			p.d.LeaseName(), strings.Join(where, ", "))}
 }
 
-func (p *planner) refuse(subj *Subject, format string, args ...any) {
-	p.plan.Refusals = append(p.plan.Refusals, Refusal{Subject: subj, Reason: fmt.Sprintf(format, args...)})
+func (p *planner) refuse(subj *plan.Subject, format string, args ...any) {
+	p.plan.Refusals = append(p.plan.Refusals, plan.Refusal{Subject: subj, Reason: fmt.Sprintf(format, args...)})
 }
 
-func (p *planner) note(subj *Subject, format string, args ...any) {
-	p.plan.Notes = append(p.plan.Notes, Note{Subject: subj, Message: fmt.Sprintf(format, args...)})
+func (p *planner) note(subj *plan.Subject, format string, args ...any) {
+	p.plan.Notes = append(p.plan.Notes, plan.Note{Subject: subj, Message: fmt.Sprintf(format, args...)})
 }
 
-func (p *planner) add(s Step) { p.plan.Steps = append(p.plan.Steps, s) }
+func (p *planner) add(s plan.Step) { p.plan.Steps = append(p.plan.Steps, s) }
 
-func subjectOf(c topology.DesiredCluster) Subject {
-	return Subject{Site: c.Site.Name, Namespace: c.Namespace, Cluster: c.Name}
+func subjectOf(c topology.DesiredCluster) plan.Subject {
+	return plan.Subject{Site: c.Site.Name, Namespace: c.Namespace, Cluster: c.Name}
 }
 
 func (p *planner) observed(name string) *snapshot.ClusterState {
@@ -143,7 +115,7 @@ func (p *planner) run() {
 	d := p.d
 	for _, o := range p.snap.Orphans {
 		if d.DeletionPolicy != topology.DeletionDelete {
-			s := Subject{Site: o.Site, Namespace: o.Namespace, Cluster: o.Name}
+			s := plan.Subject{Site: o.Site, Namespace: o.Namespace, Cluster: o.Name}
 			p.note(&s, "labelled for topology %s but no longer in the file: left alone (spec.deletionPolicy orphan, the default; delete deletes it)", d.Name)
 		}
 	}
@@ -305,11 +277,11 @@ func (p *planner) checkCredentials() {
 			continue
 		}
 		if fromDC, from, ok := p.refreshableFrom(c, o); ok {
-			p.add(Step{Action: ActionRefreshCredentials, Subject: subj,
+			p.add(plan.Step{Action: plan.ActionRefreshCredentials, Subject: subj,
 				Reason: fmt.Sprintf("its credentials Secret %s fails to authenticate to %s, whose roles are %s's, replicated: %s's password was changed; copy %s (the value is never shown)",
 					o.Credentials.Name, c.Name, from.Name, from.Name, from.Credentials.Name),
-				Payload: &RefreshCredentials{From: subjectOf(fromDC), FromName: from.Credentials.Name, Name: o.Credentials.Name, Topology: p.d.Name},
-				Changes: []Change{{Field: "secret " + o.Credentials.Name, Before: "fails to authenticate", After: "username and password of " + from.Credentials.Name}}})
+				Payload: &plan.RefreshCredentials{From: subjectOf(fromDC), FromName: from.Credentials.Name, Name: o.Credentials.Name, Topology: p.d.Name},
+				Changes: []plan.Change{{Field: "secret " + o.Credentials.Name, Before: "fails to authenticate", After: "username and password of " + from.Credentials.Name}}})
 			continue
 		}
 		p.note(&subj, "%s", msg)
@@ -405,12 +377,12 @@ func (p *planner) resumeSwitchover(j snapshot.Journal, on string) {
 		p.refuse(nil, "cannot resume switchover %s → %s: %s or %s has no endpoint", j.From, j.To, from.Name, to.Name)
 		return
 	}
-	sw := &Switchover{From: subjectOf(from), To: subjectOf(to), FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
+	sw := &plan.Switchover{From: subjectOf(from), To: subjectOf(to), FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
 		Demoted: p.desiredSpec(from, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(from),
 		MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds(), Resume: resume}
 	p.switching = sw
-	step := Step{Action: ActionSwitchover, Subject: subjectOf(to), Reason: reason, Payload: sw,
-		Preconditions: []Precondition{{Kind: CondSiteReachable, Site: from.Site.Name}, {Kind: CondSiteReachable, Site: to.Site.Name}}}
+	step := plan.Step{Action: plan.ActionSwitchover, Subject: subjectOf(to), Reason: reason, Payload: sw,
+		Preconditions: []plan.Precondition{{Kind: plan.CondSiteReachable, Site: from.Site.Name}, {Kind: plan.CondSiteReachable, Site: to.Site.Name}}}
 	if resume == snapshot.PhaseAborting {
 		step.Subject = subjectOf(from)
 		step.Changes = specChanges(p.object(from.Name), sw.Restore, "")
@@ -463,18 +435,18 @@ func (p *planner) noLivePrimary(want topology.DesiredCluster) {
 	case !o.Exists && want.IsPatroni():
 		p.refuse(nil, "no cluster is writable and %s, the primary in the file, is a Patroni cluster none of whose members answers (%s): pgtopo does not start VMs; start it, or name another primary", want.Name, patroniMembers(want))
 	case !o.Exists && !anyExists:
-		p.add(Step{Action: ActionEnsurePrimary, Subject: subjectOf(want),
+		p.add(plan.Step{Action: plan.ActionEnsurePrimary, Subject: subjectOf(want),
 			Reason:        "create the primary CR and wait until it is Running and writable",
-			Payload:       &EnsurePrimary{Spec: spec},
+			Payload:       &plan.EnsurePrimary{Spec: spec},
 			Changes:       specChanges(nil, spec, ""),
-			Preconditions: []Precondition{{Kind: CondCRAbsent, Cluster: want.Name}}})
+			Preconditions: []plan.Precondition{{Kind: plan.CondCRAbsent, Cluster: want.Name}}})
 	case o.Exists && !o.Object.Spec.Replication.IsReplica:
 		// Created by an earlier run and still coming up: wait for it.
-		p.add(Step{Action: ActionEnsurePrimary, Subject: subjectOf(want),
-			Reason:        fmt.Sprintf("wait until %s is Running and writable (status %q; %s)", want.Name, o.Object.Status, orNone(o.PGError)),
-			Payload:       &EnsurePrimary{Spec: spec},
+		p.add(plan.Step{Action: plan.ActionEnsurePrimary, Subject: subjectOf(want),
+			Reason:        fmt.Sprintf("wait until %s is Running and writable (status %q; %s)", want.Name, o.Object.Status, o.PGErrorText()),
+			Payload:       &plan.EnsurePrimary{Spec: spec},
 			Changes:       specChanges(o.Object, spec, ""),
-			Preconditions: []Precondition{{Kind: CondCRPresent, Cluster: want.Name}}})
+			Preconditions: []plan.Precondition{{Kind: plan.CondCRPresent, Cluster: want.Name}}})
 	case !o.Exists:
 		p.refuse(nil, "no cluster is writable and %s, the primary in the file, does not exist, while other clusters do: is the primary's site down? This needs a failover, which pgtopo does only when asked", want.Name)
 	default:
@@ -487,8 +459,8 @@ func (p *planner) primaryDrift(want topology.DesiredCluster) {
 	obj := p.object(want.Name)
 	spec := p.desiredSpec(want, nil)
 	if ch := specChanges(obj, spec, ""); len(ch) > 0 {
-		p.add(Step{Action: ActionUpdate, Subject: subjectOf(want), Reason: "the primary's CR differs from the file",
-			Payload: &Update{Spec: spec}, Changes: ch, Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
+		p.add(plan.Step{Action: plan.ActionUpdate, Subject: subjectOf(want), Reason: "the primary's CR differs from the file",
+			Payload: &plan.Update{Spec: spec}, Changes: ch, Preconditions: []plan.Precondition{{Kind: plan.CondWritable, Cluster: want.Name}}})
 	}
 	p.versionCheck(want)
 }
@@ -502,18 +474,18 @@ func (p *planner) versionCheck(c topology.DesiredCluster) {
 
 // switchoverPreconditions is the switchover's preflight: the planner
 // refuses with every one that fails, and apply re-checks them all.
-func switchoverPreconditions(from, to topology.DesiredCluster, maxLag int64) []Precondition {
-	return []Precondition{
-		{Kind: CondSiteReachable, Site: from.Site.Name}, {Kind: CondSiteReachable, Site: to.Site.Name},
-		{Kind: CondCRPresent, Cluster: to.Name},
-		{Kind: CondReadable, Cluster: to.Name}, {Kind: CondReadable, Cluster: from.Name},
-		{Kind: CondOnlyPrimary, Cluster: from.Name},
-		{Kind: CondStandby, Cluster: to.Name, Other: from.Name},
-		{Kind: CondStreamingFrom, Cluster: to.Name, Other: from.Name},
-		{Kind: CondSameSystemID, Cluster: to.Name, Other: from.Name},
-		{Kind: CondSameTimeline, Cluster: to.Name, Other: from.Name},
-		{Kind: CondLagAtMost, Cluster: to.Name, Other: from.Name, Bytes: maxLag},
-		{Kind: CondSameMajor, Cluster: to.Name, Other: from.Name},
+func switchoverPreconditions(from, to topology.DesiredCluster, maxLag int64) []plan.Precondition {
+	return []plan.Precondition{
+		{Kind: plan.CondSiteReachable, Site: from.Site.Name}, {Kind: plan.CondSiteReachable, Site: to.Site.Name},
+		{Kind: plan.CondCRPresent, Cluster: to.Name},
+		{Kind: plan.CondReadable, Cluster: to.Name}, {Kind: plan.CondReadable, Cluster: from.Name},
+		{Kind: plan.CondOnlyPrimary, Cluster: from.Name},
+		{Kind: plan.CondStandby, Cluster: to.Name, Other: from.Name},
+		{Kind: plan.CondStreamingFrom, Cluster: to.Name, Other: from.Name},
+		{Kind: plan.CondSameSystemID, Cluster: to.Name, Other: from.Name},
+		{Kind: plan.CondSameTimeline, Cluster: to.Name, Other: from.Name},
+		{Kind: plan.CondLagAtMost, Cluster: to.Name, Other: from.Name, Bytes: maxLag},
+		{Kind: plan.CondSameMajor, Cluster: to.Name, Other: from.Name},
 	}
 }
 
@@ -532,7 +504,7 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 		if err := c.Holds(p.snap); err != nil {
 			p.refuse(&subj, "switchover to %s refused: %v", to.Name, err)
 			failed = true
-			if c.Kind == CondCRPresent || c.Kind == CondReadable {
+			if c.Kind == plan.CondCRPresent || c.Kind == plan.CondReadable {
 				return // the rest cannot be judged
 			}
 		}
@@ -541,14 +513,14 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 		return
 	}
 	fo, ot := p.observed(from), p.observed(to.Name)
-	sw := &Switchover{From: subjectOf(fromC), To: subj, FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
+	sw := &plan.Switchover{From: subjectOf(fromC), To: subj, FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
 		Demoted: p.desiredSpec(fromC, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(fromC),
 		SystemID: fo.PG.SystemID, Timeline: fo.PG.Timeline, MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds()}
 	p.switching = sw
 	if ot.Object != nil && !ot.Object.Ready {
-		p.note(&subj, "%s's operator reports it %s, not ready: the switchover waits until it does (up to the step timeout) before it fences %s, and refuses if it never does", to.Name, orNone(ot.Object.Status), from)
+		p.note(&subj, "%s's operator reports it %s, not ready: the switchover waits until it does (up to the step timeout) before it fences %s, and refuses if it never does", to.Name, statusWord(ot.Object.Status), from)
 	}
-	p.add(Step{Action: ActionSwitchover, Subject: subj,
+	p.add(plan.Step{Action: plan.ActionSwitchover, Subject: subj,
 		Reason:        fmt.Sprintf("switchover: primary %s → %s (demote %s, wait until %s has replayed all of its WAL, then promote)", from, to.Name, from, to.Name),
 		Changes:       p.switchoverChanges(sw),
 		Payload:       sw,
@@ -556,8 +528,8 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 }
 
 // switchoverChanges shows what the switchover writes on both ends.
-func (p *planner) switchoverChanges(sw *Switchover) []Change {
-	var out []Change
+func (p *planner) switchoverChanges(sw *plan.Switchover) []plan.Change {
+	var out []plan.Change
 	for _, end := range []struct {
 		name string
 		spec snapshot.Spec
@@ -608,10 +580,10 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 					before = fmt.Sprintf("present (resourceVersion %s), not a copy of %s", v, primary.Credentials.Name)
 				}
 			}
-			p.add(Step{Action: ActionBootstrapSecret, Subject: subj,
+			p.add(plan.Step{Action: plan.ActionBootstrapSecret, Subject: subj,
 				Reason:  fmt.Sprintf("the standby needs the primary's admin credentials to bootstrap (copied from %s)", primary.Credentials.Name),
-				Payload: &BootstrapSecret{From: subjectOf(want), FromName: primary.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name},
-				Changes: []Change{{Field: "secret " + o.BootstrapSecret.Name, Before: before, After: "copy of " + primary.Credentials.Name}}})
+				Payload: &plan.BootstrapSecret{From: subjectOf(want), FromName: primary.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name},
+				Changes: []plan.Change{{Field: "secret " + o.BootstrapSecret.Name, Before: before, After: "copy of " + primary.Credentials.Name}}})
 		}
 		if recordedRebuild(c.Name, primary) != nil && p.switching == nil && p.failingOver == nil {
 			// A rebuild killed after the deletion: it goes on, on the
@@ -622,15 +594,15 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		spec := p.desiredSpec(c, primaryEP)
 		if !o.Exists {
 			needCheckpoint = true
-			create := &CreateStandby{Spec: spec, Follows: want.Name}
-			step := Step{Action: ActionCreateStandby, Subject: subj, Payload: create,
+			create := &plan.CreateStandby{Spec: spec, Follows: want.Name}
+			step := plan.Step{Action: plan.ActionCreateStandby, Subject: subj, Payload: create,
 				Reason:        fmt.Sprintf("create %s as a standby of %s from birth and wait until it streams with the same system identifier", c.Name, want.Name),
 				Changes:       specChanges(nil, spec, want.Name),
-				Preconditions: []Precondition{{Kind: CondCRAbsent, Cluster: c.Name}}}
+				Preconditions: []plan.Precondition{{Kind: plan.CondCRAbsent, Cluster: c.Name}}}
 			if primaryEP == nil {
 				create.PeerOf = want.Name
 			} else {
-				step.Preconditions = append(step.Preconditions, Precondition{Kind: CondWritable, Cluster: want.Name})
+				step.Preconditions = append(step.Preconditions, plan.Precondition{Kind: plan.CondWritable, Cluster: want.Name})
 			}
 			p.add(step)
 			continue
@@ -649,18 +621,18 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		ch := specChanges(o.Object, spec, "")
 		repeer := primaryEP != nil && !o.Object.Spec.Replication.PeerIs(*primaryEP)
 		if repeer {
-			step := Step{Action: ActionRepoint, Subject: subj, Payload: &Repoint{Spec: spec, Follows: want.Name}, Changes: ch,
+			step := plan.Step{Action: plan.ActionRepoint, Subject: subj, Payload: &plan.Repoint{Spec: spec, Follows: want.Name}, Changes: ch,
 				Reason: fmt.Sprintf("follow the primary %s", want.Name)}
 			if p.switching != nil {
 				step.Reason = fmt.Sprintf("follow the new primary %s after the switchover", want.Name)
 			} else if p.failingOver != nil {
 				step.Reason = fmt.Sprintf("follow the new primary %s after the failover", want.Name)
 			} else {
-				step.Preconditions = []Precondition{{Kind: CondWritable, Cluster: want.Name}}
+				step.Preconditions = []plan.Precondition{{Kind: plan.CondWritable, Cluster: want.Name}}
 			}
 			p.add(step)
 		} else if len(ch) > 0 {
-			p.add(Step{Action: ActionUpdate, Subject: subj, Reason: "the standby's CR differs from the file", Payload: &Update{Spec: spec}, Changes: ch})
+			p.add(plan.Step{Action: plan.ActionUpdate, Subject: subj, Reason: "the standby's CR differs from the file", Payload: &plan.Update{Spec: spec}, Changes: ch})
 		}
 		if o.PG != nil && (o.PG.WalReceiver == nil || o.PG.WalReceiver.Status != "streaming") && p.switching == nil && p.failingOver == nil {
 			p.note(&subj, "%s is not streaming (wal receiver: %s)", c.Name, o.Receiver())
@@ -670,9 +642,9 @@ func (p *planner) standbys(want topology.DesiredCluster) {
 		}
 	}
 	if needCheckpoint && p.switching == nil && p.failingOver == nil {
-		p.add(Step{Action: ActionCheckpoint, Subject: subjectOf(want), Payload: &Checkpoint{},
+		p.add(plan.Step{Action: plan.ActionCheckpoint, Subject: subjectOf(want), Payload: &plan.Checkpoint{},
 			Reason:        "CHECKPOINT on the primary before a standby is created, so its base backup starts from a fresh checkpoint",
-			Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
+			Preconditions: []plan.Precondition{{Kind: plan.CondWritable, Cluster: want.Name}}})
 	}
 }
 
@@ -696,11 +668,11 @@ func (p *planner) fillExternalIPs(want topology.DesiredCluster, livePrimary stri
 		if o.Service == nil || o.Service.Type != "LoadBalancer" || o.Endpoint == nil {
 			continue
 		}
-		p.add(Step{Action: ActionFillExternalIP, Subject: subjectOf(c),
+		p.add(plan.Step{Action: plan.ActionFillExternalIP, Subject: subjectOf(c),
 			Reason:        fmt.Sprintf("multi_cluster_info on %s lists %s with an empty external_ip", want.Name, c.Name),
-			Payload:       &FillExternalIP{Primary: want.Name, Cluster: c.Name, Host: o.Endpoint.Host},
-			Changes:       []Change{{Field: "sys_operator.multi_cluster_info.external_ip", Before: "", After: o.Endpoint.Host}},
-			Preconditions: []Precondition{{Kind: CondWritable, Cluster: want.Name}}})
+			Payload:       &plan.FillExternalIP{Primary: want.Name, Cluster: c.Name, Host: o.Endpoint.Host},
+			Changes:       []plan.Change{{Field: "sys_operator.multi_cluster_info.external_ip", Before: "", After: o.Endpoint.Host}},
+			Preconditions: []plan.Precondition{{Kind: plan.CondWritable, Cluster: want.Name}}})
 	}
 }
 
@@ -718,47 +690,41 @@ func (p *planner) record() {
 		if p.opt.Revision != "" {
 			want.Revision = p.opt.Revision
 		}
-		var ch []Change
+		var ch []plan.Change
 		if now.Digest != want.Digest {
-			ch = append(ch, Change{Field: MarkDigest, Before: now.Digest, After: want.Digest})
+			ch = append(ch, plan.Change{Field: plan.MarkDigest, Before: now.Digest, After: want.Digest})
 		}
 		if now.Revision != want.Revision {
-			ch = append(ch, Change{Field: MarkRevision, Before: now.Revision, After: want.Revision})
+			ch = append(ch, plan.Change{Field: plan.MarkRevision, Before: now.Revision, After: want.Revision})
 		}
 		if len(ch) > 0 {
-			p.add(Step{Action: ActionRecord, Subject: subjectOf(c), Reason: "remember what was applied", Payload: &Record{Marks: want}, Changes: ch})
+			p.add(plan.Step{Action: plan.ActionRecord, Subject: subjectOf(c), Reason: "remember what was applied", Payload: &plan.Record{Marks: want}, Changes: ch})
 		}
 	}
 }
 
-// Names of the marks as plans show them.
-const (
-	MarkDigest   = "mark pgtopo.dev/digest"
-	MarkRevision = "mark pgtopo.dev/revision"
-)
-
 func (p *planner) roles(afterPrimary string) {
-	p.plan.Clusters = make([]ClusterRoles, 0, len(p.d.Clusters))
+	p.plan.Clusters = make([]plan.ClusterRoles, 0, len(p.d.Clusters))
 	for _, c := range p.d.Clusters {
 		now := roleNow(p.observed(c.Name))
 		if p.down(c.Name) {
-			now = RoleUnreachable
+			now = plan.RoleUnreachable
 		}
 		after := now
 		if !p.plan.Refused() && afterPrimary != "" {
-			after = RoleStandby
+			after = plan.RoleStandby
 			if c.Name == afterPrimary {
-				after = RolePrimary
+				after = plan.RolePrimary
 			}
 		}
-		p.plan.Clusters = append(p.plan.Clusters, ClusterRoles{Name: c.Name, Site: c.Site.Name, Namespace: c.Namespace, Now: now, After: after})
+		p.plan.Clusters = append(p.plan.Clusters, plan.ClusterRoles{Name: c.Name, Site: c.Site.Name, Namespace: c.Namespace, Now: now, After: after})
 	}
 }
 
 // RoleOf is a cluster's role as observed, as plans and metrics name it.
 func RoleOf(snap *snapshot.Snapshot, c *snapshot.ClusterState) string {
 	if snap.SiteDown(c.Name) {
-		return RoleUnreachable
+		return plan.RoleUnreachable
 	}
 	return roleNow(c)
 }
@@ -767,18 +733,18 @@ func RoleOf(snap *snapshot.Snapshot, c *snapshot.ClusterState) string {
 // what its object says, else unknown.
 func roleNow(o *snapshot.ClusterState) string {
 	if !o.Exists && o.Error == "" {
-		return RoleAbsent
+		return plan.RoleAbsent
 	}
 	if o.PG != nil {
 		if o.PG.InRecovery {
-			return RoleStandby
+			return plan.RoleStandby
 		}
-		return RolePrimary
+		return plan.RolePrimary
 	}
 	if o.Exists && o.Object.Spec.Replication.IsReplica {
-		return RoleStandby
+		return plan.RoleStandby
 	}
-	return RoleUnknown
+	return plan.RoleUnknown
 }
 
 // specChanges lists the owned fields whose payload value differs from the
@@ -788,7 +754,7 @@ func roleNow(o *snapshot.ClusterState) string {
 // A parameter pgtopo set and the file no longer declares is a change (to
 // none: the write leaves it out, which removes what pgtopo owned); one that
 // someone else set is not, unless the file declares it too.
-func specChanges(live *snapshot.Object, want snapshot.Spec, peerOf string) []Change {
+func specChanges(live *snapshot.Object, want snapshot.Spec, peerOf string) []plan.Change {
 	var liveSpec snapshot.Spec
 	if live != nil {
 		liveSpec = ownedSpec(live, want)
@@ -804,10 +770,10 @@ func specChanges(live *snapshot.Object, want snapshot.Spec, peerOf string) []Cha
 			before[f.Path] = f.Value
 		}
 	}
-	var out []Change
+	var out []plan.Change
 	for _, k := range slices.Sorted(maps.Keys(liveSpec.Parameters)) {
 		if _, declared := want.Parameters[k]; !declared && want.Flavor != snapshot.FlavorPatroni {
-			out = append(out, Change{Field: "postgresql.parameters." + k, Before: liveSpec.Parameters[k], After: ""})
+			out = append(out, plan.Change{Field: "postgresql.parameters." + k, Before: liveSpec.Parameters[k], After: ""})
 		}
 	}
 	for _, f := range want.Fields() {
@@ -818,7 +784,7 @@ func specChanges(live *snapshot.Object, want snapshot.Spec, peerOf string) []Cha
 			continue // not written: left to whoever set it
 		}
 		if b := before[f.Path]; b != f.Value && !(live == nil && f.Value == "") {
-			out = append(out, Change{Field: f.Path, Before: b, After: f.Value})
+			out = append(out, plan.Change{Field: f.Path, Before: b, After: f.Value})
 		}
 	}
 	return out
@@ -866,4 +832,13 @@ func sameOwnedFields(live, want snapshot.Spec) bool {
 		maps.Equal(live.Parameters, want.Parameters) && (want.VolumeSize == "" || live.VolumeSize == want.VolumeSize) &&
 		l.Enabled == w.Enabled && l.ServiceType == w.ServiceType && l.IsReplica == w.IsReplica &&
 		l.BootstrapSecret == w.BootstrapSecret && l.SamePeer(w)
+}
+
+// statusWord is an operator's status for a sentence ("no status" when it
+// reports none).
+func statusWord(s string) string {
+	if s == "" {
+		return "no status"
+	}
+	return s
 }

@@ -1,7 +1,9 @@
-package diff
+package planner
 
 import (
 	"fmt"
+
+	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -20,7 +22,7 @@ type FenceOptions struct {
 // brain and for a primary about to be given up. Fencing a fenced cluster
 // plans nothing; fencing the only writable cluster is refused unless
 // forced.
-func PlanFence(d *topology.Desired, snap *snapshot.Snapshot, cluster string, opt FenceOptions) Plan {
+func PlanFence(d *topology.Desired, snap *snapshot.Snapshot, cluster string, opt FenceOptions) plan.Plan {
 	p := fencePlan(d, snap, cluster)
 	c, o, ok := p.fenceSubject(cluster, "fence")
 	switch {
@@ -42,16 +44,16 @@ func PlanFence(d *topology.Desired, snap *snapshot.Snapshot, cluster string, opt
 		}
 		mark := opt.Mark
 		subj := subjectOf(c)
-		p.add(Step{Action: ActionFence, Subject: subj, Payload: &Fence{Mark: mark},
+		p.add(plan.Step{Action: plan.ActionFence, Subject: subj, Payload: &plan.Fence{Mark: mark},
 			Reason:        fmt.Sprintf("fence %s: new sessions read-only, open client sessions ended, recorded on its CR", cluster),
-			Changes:       []Change{{Field: "default_transaction_read_only", Before: "off", After: "on"}, {Field: "mark pgtopo.dev/fenced", Before: "", After: mark.By + " at " + mark.At}},
-			Preconditions: []Precondition{{Kind: CondSiteReachable, Site: c.Site.Name}, {Kind: CondWritable, Cluster: cluster}}})
+			Changes:       []plan.Change{{Field: "default_transaction_read_only", Before: "off", After: "on"}, {Field: "mark pgtopo.dev/fenced", Before: "", After: mark.By + " at " + mark.At}},
+			Preconditions: []plan.Precondition{{Kind: plan.CondSiteReachable, Site: c.Site.Name}, {Kind: plan.CondWritable, Cluster: cluster}}})
 	}
 	return p.finish()
 }
 
 // PlanUnfence plans pgtopo unfence CLUSTER: lift a fence and its mark.
-func PlanUnfence(d *topology.Desired, snap *snapshot.Snapshot, cluster string) Plan {
+func PlanUnfence(d *topology.Desired, snap *snapshot.Snapshot, cluster string) plan.Plan {
 	p := fencePlan(d, snap, cluster)
 	c, o, ok := p.fenceSubject(cluster, "unfence")
 	switch {
@@ -59,18 +61,18 @@ func PlanUnfence(d *topology.Desired, snap *snapshot.Snapshot, cluster string) P
 	case !o.PG.ReadOnlyDefault && o.Object.Marks.Fence == nil:
 		p.note(nil, "%s is not fenced", cluster)
 	default:
-		p.add(Step{Action: ActionUnfence, Subject: subjectOf(c), Payload: &Unfence{},
+		p.add(plan.Step{Action: plan.ActionUnfence, Subject: subjectOf(c), Payload: &plan.Unfence{},
 			Reason:        fmt.Sprintf("unfence %s: new sessions may write again; the fence mark is removed", cluster),
-			Changes:       []Change{{Field: "default_transaction_read_only", Before: "on", After: "off"}},
-			Preconditions: []Precondition{{Kind: CondSiteReachable, Site: c.Site.Name}, {Kind: CondReadable, Cluster: cluster}}})
+			Changes:       []plan.Change{{Field: "default_transaction_read_only", Before: "on", After: "off"}},
+			Preconditions: []plan.Precondition{{Kind: plan.CondSiteReachable, Site: c.Site.Name}, {Kind: plan.CondReadable, Cluster: cluster}}})
 	}
 	return p.finish()
 }
 
 func fencePlan(d *topology.Desired, snap *snapshot.Snapshot, cluster string) *planner {
-	p := &planner{d: d, snap: snap, plan: Plan{Topology: d.Name, Digest: d.Digest, Steps: []Step{}, Refusals: []Refusal{}, Notes: []Note{}}}
+	p := &planner{d: d, snap: snap, plan: plan.Plan{Topology: d.Name, Digest: d.Digest, Steps: []plan.Step{}, Refusals: []plan.Refusal{}, Notes: []plan.Note{}}}
 	for _, s := range d.Sites() {
-		p.plan.Sites = append(p.plan.Sites, Site{Name: s.Name, Context: s.Context})
+		p.plan.Sites = append(p.plan.Sites, plan.Site{Name: s.Name, Context: s.Context})
 	}
 	for _, s := range snap.Sites {
 		if c, ok := d.Cluster(cluster); ok && s.Name == c.Site.Name && !s.Reachable {
@@ -94,7 +96,7 @@ func (p *planner) fenceSubject(cluster, verb string) (topology.DesiredCluster, *
 	case !o.Exists:
 		p.refuse(nil, "cannot %s %s: its CR does not exist", verb, cluster)
 	case o.PG == nil:
-		p.refuse(nil, "cannot %s %s: cannot read its database: %s", verb, cluster, orNone(o.PGError))
+		p.refuse(nil, "cannot %s %s: cannot read its database: %s", verb, cluster, o.PGErrorText())
 	default:
 		return c, o, true
 	}
@@ -102,12 +104,12 @@ func (p *planner) fenceSubject(cluster, verb string) (topology.DesiredCluster, *
 }
 
 // finish puts the lock first, as in every plan that changes something.
-func (p *planner) finish() Plan {
+func (p *planner) finish() plan.Plan {
 	if p.plan.Refused() {
-		p.plan.Steps = []Step{}
+		p.plan.Steps = []plan.Step{}
 	}
 	if len(p.plan.Steps) > 0 {
-		p.plan.Steps = append([]Step{p.lockStep()}, p.plan.Steps...)
+		p.plan.Steps = append([]plan.Step{p.lockStep()}, p.plan.Steps...)
 	}
 	p.roles("")
 	return p.plan

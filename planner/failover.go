@@ -1,4 +1,4 @@
-package diff
+package planner
 
 import (
 	"fmt"
@@ -6,53 +6,11 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/plan"
+
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
-
-// Failover is a failover's payload: the lost primary, the target, the
-// consent it runs on and the facts that consent was bound to.
-type Failover struct {
-	From Subject `json:"from"`
-	To   Subject `json:"to"`
-	// FromEndpoint is where the target streamed from (its peer): apply
-	// confirms nothing answers there before it promotes.
-	FromEndpoint *snapshot.Endpoint `json:"fromEndpoint,omitempty"`
-	ToEndpoint   *snapshot.Endpoint `json:"toEndpoint,omitempty"`
-	Promoted     snapshot.Spec      `json:"promoted"`
-	// SystemID and FromTimeline are the lost primary's as the target saw
-	// them; apply refuses if the target's differ when it acts.
-	SystemID     string `json:"systemIdentifier"`
-	FromTimeline int    `json:"fromTimeline"`
-	Epoch        int    `json:"epoch"`
-	// Consent says where consent came from: "file" or "flag".
-	Consent string `json:"consent"`
-	// Resume is "promoting" for a failover whose consent is recorded and
-	// whose target was being promoted when the run that began it ended.
-	Resume string `json:"resume,omitempty"`
-}
-
-// Rejoin is the payload that fences a lost primary on its return and makes
-// it a standby of the primary that took over.
-type Rejoin struct {
-	Record    snapshot.FailoverRecord `json:"record"`
-	Primary   Subject                 `json:"primary"`
-	PrimaryEP *snapshot.Endpoint      `json:"primaryEndpoint,omitempty"`
-	Demoted   snapshot.Spec           `json:"demoted"`
-	Policy    string                  `json:"policy"`
-	Secret    *CredentialsCopy        `json:"secret,omitempty"`
-	// Rebuild: rewinding cannot be trusted (see rejoinStep), rebuild.
-	Rebuild bool `json:"rebuild,omitempty"`
-	// Fenced is the returned cluster's live spec with the fence on return
-	// as a parameter: written while its database does not answer, so that
-	// its operator starts it refusing writes rather than promoted and
-	// writable before the demotion lands.
-	Fenced snapshot.Spec `json:"fenced"`
-}
-
-// FenceParameter is the setting a fence turns on (snapshot's, named here
-// for the planner's readers).
-const FenceParameter = snapshot.FenceParameter
 
 // fencedSpec is a live spec with the fence on return added as a parameter,
 // leaving the parameters another manager set to it.
@@ -65,15 +23,9 @@ func fencedSpec(live *snapshot.Object) snapshot.Spec {
 	if s.Parameters == nil {
 		s.Parameters = map[string]string{}
 	}
-	s.Parameters[FenceParameter] = "on"
+	s.Parameters[plan.FenceParameter] = "on"
 	return s
 }
-
-// ConsentFlag is the source of a break-glass consent.
-const (
-	ConsentFile = "file"
-	ConsentFlag = "flag"
-)
 
 // lostPrimary is a cluster whose site does not answer, which the plan
 // treats as the lost primary.
@@ -145,7 +97,7 @@ func (p *planner) failover(l *lostPrimary) {
 	if !ok {
 		return
 	}
-	sw := &Failover{From: fromSubj, To: subj, ToEndpoint: t.Endpoint, Promoted: p.desiredSpec(to, nil),
+	sw := &plan.Failover{From: fromSubj, To: subj, ToEndpoint: t.Endpoint, Promoted: p.desiredSpec(to, nil),
 		SystemID: c.SystemIdentifier, FromTimeline: c.Timeline, Epoch: p.nextEpoch(), Consent: source}
 	if t.Exists && t.Object.Spec.Replication.PeerHost != "" {
 		sw.FromEndpoint = &snapshot.Endpoint{Host: t.Object.Spec.Replication.PeerHost, Port: t.Object.Spec.Replication.PeerPort}
@@ -155,13 +107,13 @@ func (p *planner) failover(l *lostPrimary) {
 	for i := range changes {
 		changes[i].Field = to.Name + ": " + changes[i].Field
 	}
-	p.add(Step{Action: ActionFailover, Subject: subj, Payload: sw, Changes: changes,
+	p.add(plan.Step{Action: plan.ActionFailover, Subject: subj, Payload: sw, Changes: changes,
 		Reason: fmt.Sprintf("failover: %s (site %s) is lost; promote %s on consent (%s) to lose %s's writes it never received, then repoint the reachable standbys",
 			from.Name, from.Site.Name, to.Name, source, from.Name),
-		Preconditions: []Precondition{
-			{Kind: CondSiteUnreachable, Site: from.Site.Name},
-			{Kind: CondReadable, Cluster: to.Name},
-			{Kind: CondInRecovery, Cluster: to.Name},
+		Preconditions: []plan.Precondition{
+			{Kind: plan.CondSiteUnreachable, Site: from.Site.Name},
+			{Kind: plan.CondReadable, Cluster: to.Name},
+			{Kind: plan.CondInRecovery, Cluster: to.Name},
 		}})
 }
 
@@ -179,16 +131,16 @@ func (p *planner) resumeFailover(rec snapshot.FailoverRecord) {
 		return
 	}
 	t := p.observed(to.Name)
-	sw := &Failover{From: subjectOf(from), To: subjectOf(to), ToEndpoint: t.Endpoint, Promoted: p.desiredSpec(to, nil),
+	sw := &plan.Failover{From: subjectOf(from), To: subjectOf(to), ToEndpoint: t.Endpoint, Promoted: p.desiredSpec(to, nil),
 		SystemID: rec.SystemID, FromTimeline: rec.FromTimeline, Epoch: rec.Epoch, Consent: rec.Consent, Resume: snapshot.FailoverPromoting}
 	p.failingOver = sw
 	changes := specChanges(t.Object, sw.Promoted, "")
 	for i := range changes {
 		changes[i].Field = to.Name + ": " + changes[i].Field
 	}
-	p.add(Step{Action: ActionFailover, Subject: subjectOf(to), Payload: sw, Changes: changes,
+	p.add(plan.Step{Action: plan.ActionFailover, Subject: subjectOf(to), Payload: sw, Changes: changes,
 		Reason:        fmt.Sprintf("resume failover %s → %s (epoch %d): consent recorded on %s; finish promoting %s", rec.From, rec.To, rec.Epoch, rec.Consent, rec.To),
-		Preconditions: []Precondition{{Kind: CondReadable, Cluster: to.Name}}})
+		Preconditions: []plan.Precondition{{Kind: plan.CondReadable, Cluster: to.Name}}})
 }
 
 func (p *planner) nextEpoch() int {
@@ -211,7 +163,7 @@ func (p *planner) consent(from topology.DesiredCluster, t *snapshot.ClusterState
 			p.refuse(nil, "--accept-data-loss names %s, but the lost primary is %s: name the cluster whose writes may be lost", flag, from.Name)
 			return seen, "", false
 		}
-		return seen, ConsentFlag, true
+		return seen, plan.ConsentFlag, true
 	}
 	c := p.d.AcceptDataLoss
 	if c == nil {
@@ -241,7 +193,7 @@ func (p *planner) consent(from topology.DesiredCluster, t *snapshot.ClusterState
 			strings.Join(wrong, "; "), seen.Cluster, seen.SystemIdentifier, seen.Timeline)
 		return seen, "", false
 	}
-	return seen, ConsentFile, true
+	return seen, plan.ConsentFile, true
 }
 
 // failoverWords says, in notes every output format shows, who is lost and
@@ -325,17 +277,17 @@ func (p *planner) rejoin() bool {
 	np := p.observed(rec.To)
 	if !okP || !np.Writable() || np.Endpoint == nil {
 		p.refuse(&subj, "%s, lost in failover epoch %d, answers again and must be fenced, but the primary that took over, %s, is not writable (%s): fence %s by hand (pgtopo fence %s) and look at %s",
-			rec.From, rec.Epoch, rec.To, orNone(np.PGError), rec.From, rec.From, rec.To)
+			rec.From, rec.Epoch, rec.To, np.PGErrorText(), rec.From, rec.From, rec.To)
 		return true
 	}
 	c := dc
 	c.Role, c.Instances = topology.RoleStandby, 1
 	demoted := p.desiredSpec(c, np.Endpoint)
-	rj := &Rejoin{Record: *rec, Primary: subjectOf(primary), PrimaryEP: np.Endpoint, Demoted: demoted, Policy: dc.Rejoin,
+	rj := &plan.Rejoin{Record: *rec, Primary: subjectOf(primary), PrimaryEP: np.Endpoint, Demoted: demoted, Policy: dc.Rejoin,
 		Fenced: fencedSpec(o.Object)}
 	patroni := dc.IsPatroni()
 	if !patroni && (demoted.Replication.BootstrapSecret == "" || !o.BootstrapSecret.Exists) {
-		rj.Secret = &CredentialsCopy{From: subjectOf(primary), FromName: np.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name}
+		rj.Secret = &plan.CredentialsCopy{From: subjectOf(primary), FromName: np.Credentials.Name, Name: o.BootstrapSecret.Name, Topology: p.d.Name}
 		demoted.Replication.BootstrapSecret = o.BootstrapSecret.Name
 		rj.Demoted = demoted
 	}
@@ -355,7 +307,7 @@ func (p *planner) rejoin() bool {
 	}
 	fence := "fence it (read-only, sessions ended)"
 	if o.PG == nil {
-		fence = fmt.Sprintf("its database does not answer yet: fence it first in its object (%s on), so it starts refusing writes, and once it answers by SQL (sessions ended)", FenceParameter)
+		fence = fmt.Sprintf("its database does not answer yet: fence it first in its object (%s on), so it starts refusing writes, and once it answers by SQL (sessions ended)", plan.FenceParameter)
 	}
 	reason := fmt.Sprintf("%s, lost in failover epoch %d, answers again: %s, report what it wrote after the fork at %s", rec.From, rec.Epoch, fence, rec.ForkLSN)
 	rebuildLater := "; if it needs a rebuild (a timeline of its own, a failed rewind), it stops there, still fenced, and the next plan shows the rebuild as a step of its own"
@@ -370,8 +322,8 @@ func (p *planner) rejoin() bool {
 		reason += ", demote it to a standby of " + rec.To + "; it rejoins by pg_rewind" + rebuildLater
 	}
 	changes := specChanges(o.Object, demoted, "")
-	p.add(Step{Action: ActionRejoin, Subject: subj, Payload: rj, Changes: changes, Reason: reason,
-		Preconditions: []Precondition{{Kind: CondWritable, Cluster: rec.To}}})
+	p.add(plan.Step{Action: plan.ActionRejoin, Subject: subj, Payload: rj, Changes: changes, Reason: reason,
+		Preconditions: []plan.Precondition{{Kind: plan.CondWritable, Cluster: rec.To}}})
 	return true
 }
 
@@ -380,7 +332,7 @@ func (p *planner) rejoin() bool {
 // of its own that says what it deletes, under the rebuild policy's
 // consent, or a refusal that says how to give it. A Patroni cluster is
 // never rebuilt by pgtopo: refused with the way back by hand.
-func (p *planner) rejoinRebuild(dc topology.DesiredCluster, rj *Rejoin, own *snapshot.FailoverRecord) {
+func (p *planner) rejoinRebuild(dc topology.DesiredCluster, rj *plan.Rejoin, own *snapshot.FailoverRecord) {
 	subj := subjectOf(dc)
 	ret, rec := own.Returned, rj.Record
 	wrote := fmt.Sprintf("%s written after the fork at %s that %s never received", snapshot.HumanBytes(ret.Diverged), rec.ForkLSN, rec.To)
@@ -403,12 +355,12 @@ func (p *planner) rejoinRebuild(dc topology.DesiredCluster, rj *Rejoin, own *sna
 		return
 	}
 	rj.Rebuild = true
-	p.add(Step{Action: ActionRejoin, Subject: subj, Payload: rj,
+	p.add(plan.Step{Action: plan.ActionRejoin, Subject: subj, Payload: rj,
 		Reason: fmt.Sprintf("rebuild %s, the primary lost in failover epoch %d (%s; consent: %s): delete it with its volumes and data, including %s, and create it again as a standby of %s from birth",
 			dc.Name, rec.Epoch, ret.NeedsRebuild, consent, wrote, rec.To),
-		Changes: []Change{{Field: "object " + dc.Namespace + "/" + dc.Name + " and its volumes", Before: "present (fenced; " + snapshot.HumanBytes(ret.Diverged) + " past the fork)",
+		Changes: []plan.Change{{Field: "object " + dc.Namespace + "/" + dc.Name + " and its volumes", Before: "present (fenced; " + snapshot.HumanBytes(ret.Diverged) + " past the fork)",
 			After: "deleted, created again as a standby of " + rec.To}},
-		Preconditions: []Precondition{{Kind: CondWritable, Cluster: rec.To}}})
+		Preconditions: []plan.Precondition{{Kind: plan.CondWritable, Cluster: rec.To}}})
 }
 
 // lostNote says a lost primary is still away after its failover.

@@ -1,9 +1,11 @@
-package diff
+package planner
 
 import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -26,42 +28,42 @@ func TestRepairPlans(t *testing.T) {
 	cases := []struct {
 		name     string
 		edit     func(*snapshot.Snapshot)
-		opt      Options
+		opt      plan.Options
 		policy   func(*topology.Desired)
-		actions  []Action
+		actions  []plan.Action
 		refusals []string
 		notes    []string
-		check    func(*testing.T, Plan)
+		check    func(*testing.T, plan.Plan)
 	}{
 		{name: "in sync, slots named", edit: named},
 		{name: "a lost slot without a policy: refused with the evidence", edit: lostSlot,
 			refusals: []string{"orders-west needs a rebuild: its slot xdc_orders_west on orders-east is lost (wal_status lost): the WAL it needs was removed. pgtopo rebuilds a standby only where allowed: set rebuild: allow on orders-west"}},
-		{name: "a lost slot, --allow-rebuild", edit: lostSlot, opt: Options{AllowRebuild: []string{"orders-west"}},
-			actions: []Action{ActionLock, ActionCheckpoint, ActionRebuild},
-			check: func(t *testing.T, p Plan) {
+		{name: "a lost slot, --allow-rebuild", edit: lostSlot, opt: plan.Options{AllowRebuild: []string{"orders-west"}},
+			actions: []plan.Action{plan.ActionLock, plan.ActionCheckpoint, plan.ActionRebuild},
+			check: func(t *testing.T, p plan.Plan) {
 				s := p.Steps[2]
-				if pay[*Rebuild](s).Consent != "apply --allow-rebuild orders-west" || pay[*Rebuild](s).Resume || pay[*Rebuild](s).Standby.Follows != "orders-east" ||
-					!pay[*Rebuild](s).Standby.Spec.Replication.IsReplica || pay[*Rebuild](s).Standby.Spec.Replication.Peer() == "" {
-					t.Fatalf("%+v", pay[*Rebuild](s))
+				if pay[*plan.Rebuild](s).Consent != "apply --allow-rebuild orders-west" || pay[*plan.Rebuild](s).Resume || pay[*plan.Rebuild](s).Standby.Follows != "orders-east" ||
+					!pay[*plan.Rebuild](s).Standby.Spec.Replication.IsReplica || pay[*plan.Rebuild](s).Standby.Spec.Replication.Peer() == "" {
+					t.Fatalf("%+v", pay[*plan.Rebuild](s))
 				}
-				if !slices.Contains(s.Preconditions, Precondition{Kind: CondNotWritable, Cluster: "orders-west"}) ||
-					!slices.Contains(s.Preconditions, Precondition{Kind: CondWritable, Cluster: "orders-east"}) {
+				if !slices.Contains(s.Preconditions, plan.Precondition{Kind: plan.CondNotWritable, Cluster: "orders-west"}) ||
+					!slices.Contains(s.Preconditions, plan.Precondition{Kind: plan.CondWritable, Cluster: "orders-east"}) {
 					t.Fatalf("preconditions %+v", s.Preconditions)
 				}
 			}},
-		{name: "the flag for another cluster allows nothing", edit: lostSlot, opt: Options{AllowRebuild: []string{"orders-east"}},
+		{name: "the flag for another cluster allows nothing", edit: lostSlot, opt: plan.Options{AllowRebuild: []string{"orders-east"}},
 			refusals: []string{"orders-west needs a rebuild"}},
 		{name: "a lost slot, the file's policy", edit: lostSlot, policy: func(d *topology.Desired) { d.Clusters[1].RebuildAllowed = true },
-			actions: []Action{ActionLock, ActionCheckpoint, ActionRebuild},
-			check: func(t *testing.T, p Plan) {
-				if c := pay[*Rebuild](p.Steps[2]).Consent; c != "the file (rebuild: allow)" {
+			actions: []plan.Action{plan.ActionLock, plan.ActionCheckpoint, plan.ActionRebuild},
+			check: func(t *testing.T, p plan.Plan) {
+				if c := pay[*plan.Rebuild](p.Steps[2]).Consent; c != "the file (rebuild: allow)" {
 					t.Fatalf("consent %q", c)
 				}
 			}},
-		{name: "another system, allowed", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").PG.SystemID = "1" }, opt: Options{AllowRebuild: []string{"orders-west"}},
-			actions: []Action{ActionLock, ActionCheckpoint, ActionRebuild},
-			check: func(t *testing.T, p Plan) {
-				if ev := pay[*Rebuild](p.Steps[2]).Evidence; !strings.Contains(ev, "system identifier 1 differs from orders-east's") {
+		{name: "another system, allowed", edit: func(s *snapshot.Snapshot) { cs(s, "orders-west").PG.SystemID = "1" }, opt: plan.Options{AllowRebuild: []string{"orders-west"}},
+			actions: []plan.Action{plan.ActionLock, plan.ActionCheckpoint, plan.ActionRebuild},
+			check: func(t *testing.T, p plan.Plan) {
+				if ev := pay[*plan.Rebuild](p.Steps[2]).Evidence; !strings.Contains(ev, "system identifier 1 differs from orders-east's") {
 					t.Fatalf("evidence %q", ev)
 				}
 			}},
@@ -78,9 +80,9 @@ func TestRepairPlans(t *testing.T) {
 			w := cs(s, "orders-west")
 			w.Exists, w.Object, w.PG = false, nil, nil
 			cs(s, "orders-east").Object.Marks.Rebuild = &snapshot.RebuildRecord{Cluster: "orders-west", Evidence: "its slot is lost", Consent: "apply --allow-rebuild orders-west", At: "2026-12-03T06:00:00Z"}
-		}, actions: []Action{ActionLock, ActionCheckpoint, ActionRebuild, ActionRecord},
-			check: func(t *testing.T, p Plan) {
-				rb := pay[*Rebuild](p.Steps[2])
+		}, actions: []plan.Action{plan.ActionLock, plan.ActionCheckpoint, plan.ActionRebuild, plan.ActionRecord},
+			check: func(t *testing.T, p plan.Plan) {
+				rb := pay[*plan.Rebuild](p.Steps[2])
 				if !rb.Resume || rb.Consent != "apply --allow-rebuild orders-west" || rb.Evidence != "its slot is lost" {
 					t.Fatalf("%+v", rb)
 				}
@@ -96,13 +98,13 @@ func TestRepairPlans(t *testing.T) {
 			pg := cs(s, "orders-east").PG
 			pg.Slots = append(pg.Slots, snapshot.Slot{Name: "backup_tool", RestartLSN: 0x4000000, RetainedBytes: 1 << 20})
 		}, policy: func(d *topology.Desired) { d.DropSlots = []string{"backup_tool"} },
-			actions: []Action{ActionLock, ActionDropSlot},
-			check: func(t *testing.T, p Plan) {
-				d := pay[*DropSlot](p.Steps[1])
+			actions: []plan.Action{plan.ActionLock, plan.ActionDropSlot},
+			check: func(t *testing.T, p plan.Plan) {
+				d := pay[*plan.DropSlot](p.Steps[1])
 				if d.Slot != "backup_tool" || d.For != "" || d.CatalogueRow || d.RetainedBytes != 1<<20 {
 					t.Fatalf("%+v", d)
 				}
-				if !slices.Contains(p.Steps[1].Preconditions, Precondition{Kind: CondSlotInactive, Cluster: "orders-east", Other: "backup_tool"}) {
+				if !slices.Contains(p.Steps[1].Preconditions, plan.Precondition{Kind: plan.CondSlotInactive, Cluster: "orders-east", Other: "backup_tool"}) {
 					t.Fatalf("preconditions %+v", p.Steps[1].Preconditions)
 				}
 			}},
@@ -117,10 +119,10 @@ func TestRepairPlans(t *testing.T) {
 			pg := cs(s, "orders-east").PG
 			pg.MultiCluster = append(pg.MultiCluster, snapshot.MultiClusterInfo{Cluster: "orders-south", Slot: "xdc_orders_south"})
 			pg.Slots = append(pg.Slots, snapshot.Slot{Name: "xdc_orders_south", RestartLSN: 0x3000000, WALStatus: "reserved", RetainedBytes: 32 << 20})
-		}, actions: []Action{ActionLock, ActionDropSlot},
-			check: func(t *testing.T, p Plan) {
+		}, actions: []plan.Action{plan.ActionLock, plan.ActionDropSlot},
+			check: func(t *testing.T, p plan.Plan) {
 				s := p.Steps[1]
-				if d := pay[*DropSlot](s); d.Slot != "xdc_orders_south" || d.For != "orders-south" || !d.CatalogueRow {
+				if d := pay[*plan.DropSlot](s); d.Slot != "xdc_orders_south" || d.For != "orders-south" || !d.CatalogueRow {
 					t.Fatalf("%+v", d)
 				}
 				if !strings.Contains(s.Reason, "was kept for orders-south, which the file no longer lists; inactive, it holds 32 MiB of WAL") {
@@ -130,7 +132,7 @@ func TestRepairPlans(t *testing.T) {
 		{name: "a slot of a cluster of the file, inactive with no restart LSN", edit: func(s *snapshot.Snapshot) {
 			named(s)
 			cs(s, "orders-east").PG.Slots[0] = snapshot.Slot{Name: "xdc_orders_west"}
-		}, actions: []Action{ActionLock, ActionDropSlot}},
+		}, actions: []plan.Action{plan.ActionLock, plan.ActionDropSlot}},
 		{name: "slot names unknown: no guessing", edit: func(s *snapshot.Snapshot) {
 			pg := cs(s, "orders-east").PG
 			pg.Slots = append(pg.Slots, snapshot.Slot{Name: "backup_tool", RestartLSN: 0x4000000})
@@ -143,12 +145,12 @@ func TestRepairPlans(t *testing.T) {
 			pg.MultiCluster = append(pg.MultiCluster, snapshot.MultiClusterInfo{Cluster: "orders-south", Slot: "xdc_orders_south"})
 			pg.Slots = append(pg.Slots, snapshot.Slot{Name: "xdc_orders_south", Active: true, RestartLSN: 0x3000000})
 		}, policy: func(d *topology.Desired) { d.DeletionPolicy = topology.DeletionDelete },
-			actions: []Action{ActionLock, ActionDeleteCluster},
-			check: func(t *testing.T, p Plan) {
+			actions: []plan.Action{plan.ActionLock, plan.ActionDeleteCluster},
+			check: func(t *testing.T, p plan.Plan) {
 				s := p.Steps[1]
-				if *pay[*DeleteCluster](s) != (DeleteCluster{Primary: "orders-east", Slot: "xdc_orders_south"}) || len(s.Changes) != 3 ||
-					s.Preconditions[0] != (Precondition{Kind: CondObjectReplica, Cluster: "orders-south"}) {
-					t.Fatalf("%+v %+v", pay[*DeleteCluster](s), s.Changes)
+				if *pay[*plan.DeleteCluster](s) != (plan.DeleteCluster{Primary: "orders-east", Slot: "xdc_orders_south"}) || len(s.Changes) != 3 ||
+					s.Preconditions[0] != (plan.Precondition{Kind: plan.CondObjectReplica, Cluster: "orders-south"}) {
+					t.Fatalf("%+v %+v", pay[*plan.DeleteCluster](s), s.Changes)
 				}
 				if c := p.Count(); c.Delete != 1 || !strings.Contains(p.Summary(), "1 to delete") {
 					t.Fatalf("%+v %s", c, p.Summary())
@@ -186,14 +188,14 @@ func TestRepairGates(t *testing.T) {
 	d := loadDesired(t, "testdata/two-sites.yaml")
 	snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
 	for _, tc := range []struct {
-		cond Precondition
+		cond plan.Precondition
 		want string
 	}{
-		{Precondition{Kind: CondNotWritable, Cluster: "orders-east"}, "orders-east takes writes: pgtopo never rebuilds or deletes a primary"},
-		{Precondition{Kind: CondNotWritable, Cluster: "orders-west"}, ""},
-		{Precondition{Kind: CondSlotInactive, Cluster: "orders-east", Other: "xdc_orders_west"}, "slot xdc_orders_west on orders-east is active"},
-		{Precondition{Kind: CondSlotInactive, Cluster: "orders-east", Other: "backup_tool"}, ""},
-		{Precondition{Kind: CondObjectReplica, Cluster: "orders-south"}, "orders-south is no longer there"},
+		{plan.Precondition{Kind: plan.CondNotWritable, Cluster: "orders-east"}, "orders-east takes writes: pgtopo never rebuilds or deletes a primary"},
+		{plan.Precondition{Kind: plan.CondNotWritable, Cluster: "orders-west"}, ""},
+		{plan.Precondition{Kind: plan.CondSlotInactive, Cluster: "orders-east", Other: "xdc_orders_west"}, "slot xdc_orders_west on orders-east is active"},
+		{plan.Precondition{Kind: plan.CondSlotInactive, Cluster: "orders-east", Other: "backup_tool"}, ""},
+		{plan.Precondition{Kind: plan.CondObjectReplica, Cluster: "orders-south"}, "orders-south is no longer there"},
 	} {
 		err := tc.cond.Holds(snap)
 		if (err == nil) != (tc.want == "") || err != nil && !strings.Contains(err.Error(), tc.want) {
@@ -201,11 +203,11 @@ func TestRepairGates(t *testing.T) {
 		}
 	}
 	snap.Orphans = []snapshot.OrphanCluster{{Name: "orders-south", Object: &snapshot.Object{Spec: snapshot.Spec{Replication: snapshot.Replication{IsReplica: true}}}}}
-	if err := (Precondition{Kind: CondObjectReplica, Cluster: "orders-south"}).Holds(snap); err != nil {
+	if err := (plan.Precondition{Kind: plan.CondObjectReplica, Cluster: "orders-south"}).Holds(snap); err != nil {
 		t.Fatal(err)
 	}
 	snap.Orphans[0].Object = nil
-	if err := (Precondition{Kind: CondObjectReplica, Cluster: "orders-south"}).Holds(snap); err == nil || !strings.Contains(err.Error(), "could not be read") {
+	if err := (plan.Precondition{Kind: plan.CondObjectReplica, Cluster: "orders-south"}).Holds(snap); err == nil || !strings.Contains(err.Error(), "could not be read") {
 		t.Fatal(err)
 	}
 }
@@ -219,7 +221,7 @@ func TestRepairEdges(t *testing.T) {
 	// A slot check on a primary that cannot be read says so.
 	_, snap := load()
 	cs(snap, "orders-east").PG = nil
-	if err := (Precondition{Kind: CondSlotInactive, Cluster: "orders-east", Other: "x"}).Holds(snap); err == nil || !strings.Contains(err.Error(), "cannot read orders-east") {
+	if err := (plan.Precondition{Kind: plan.CondSlotInactive, Cluster: "orders-east", Other: "x"}).Holds(snap); err == nil || !strings.Contains(err.Error(), "cannot read orders-east") {
 		t.Fatalf("unreadable primary: %v", err)
 	}
 	// A rebuild whose primary has no endpoint yet takes it from the
@@ -229,9 +231,9 @@ func TestRepairEdges(t *testing.T) {
 	cs(snap, "orders-east").PG.Slots[0].WALStatus = "lost"
 	cs(snap, "orders-west").PG.WalReceiver = nil
 	cs(snap, "orders-east").Endpoint = nil
-	p := Compute(d, snap, Options{AllowRebuild: []string{"orders-west"}})
-	i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Action == ActionRebuild })
-	if i < 0 || pay[*Rebuild](p.Steps[i]).Standby.PeerOf != "orders-east" || pay[*Rebuild](p.Steps[i]).Standby.Spec.Replication.PeerHost != "" {
+	p := Compute(d, snap, plan.Options{AllowRebuild: []string{"orders-west"}})
+	i := slices.IndexFunc(p.Steps, func(s plan.Step) bool { return s.Action == plan.ActionRebuild })
+	if i < 0 || pay[*plan.Rebuild](p.Steps[i]).Standby.PeerOf != "orders-east" || pay[*plan.Rebuild](p.Steps[i]).Standby.Spec.Replication.PeerHost != "" {
 		t.Fatalf("rebuild without the primary's endpoint: %+v", p.Steps)
 	}
 	// Deleting a cluster the catalogue does not list: no row to remove.
@@ -240,8 +242,8 @@ func TestRepairEdges(t *testing.T) {
 	d.DeletionPolicy = topology.DeletionDelete
 	snap.Orphans = []snapshot.OrphanCluster{{Name: "orders-south", Site: "west", Namespace: "db", SlotName: "xdc_orders_south",
 		Object: &snapshot.Object{Spec: snapshot.Spec{Replication: snapshot.Replication{IsReplica: true}}}}}
-	p = Compute(d, snap, Options{})
-	if len(p.Steps) != 2 || len(p.Steps[1].Changes) != 1 || pay[*DeleteCluster](p.Steps[1]).Slot != "" {
+	p = Compute(d, snap, plan.Options{})
+	if len(p.Steps) != 2 || len(p.Steps[1].Changes) != 1 || pay[*plan.DeleteCluster](p.Steps[1]).Slot != "" {
 		t.Fatalf("deletion without a row or slot: %+v", p.Steps)
 	}
 }

@@ -1,4 +1,4 @@
-package diff
+package plan
 
 import (
 	"fmt"
@@ -106,17 +106,17 @@ func (c Precondition) Holds(snap *snapshot.Snapshot) error {
 		return nil
 	case CondReadable:
 		if cs.PG == nil {
-			return fmt.Errorf("cannot read %s's database: %s", c.Cluster, orNone(cs.PGError))
+			return fmt.Errorf("cannot read %s's database: %s", c.Cluster, cs.PGErrorText())
 		}
 		return nil
 	case CondWritable:
 		if !cs.Writable() {
-			return fmt.Errorf("%s is not writable (%s)", c.Cluster, orNone(cs.PGError))
+			return fmt.Errorf("%s is not writable (%s)", c.Cluster, cs.PGErrorText())
 		}
 		return nil
 	case CondInRecovery:
 		if cs.PG == nil || !cs.PG.InRecovery {
-			return fmt.Errorf("%s is not a standby (%s)", c.Cluster, orNone(cs.PGError))
+			return fmt.Errorf("%s is not a standby (%s)", c.Cluster, cs.PGErrorText())
 		}
 		return nil
 	case CondNotWritable:
@@ -126,7 +126,7 @@ func (c Precondition) Holds(snap *snapshot.Snapshot) error {
 		return nil
 	case CondSlotInactive:
 		if cs.PG == nil {
-			return fmt.Errorf("cannot read %s (%s)", c.Cluster, orNone(cs.PGError))
+			return fmt.Errorf("cannot read %s (%s)", c.Cluster, cs.PGErrorText())
 		}
 		for _, sl := range cs.PG.Slots {
 			if sl.Name == c.Other && sl.Active {
@@ -195,11 +195,4 @@ func orphanIsReplica(snap *snapshot.Snapshot, name string) error {
 		return nil
 	}
 	return fmt.Errorf("%s is no longer there", name)
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "no error reported"
-	}
-	return s
 }

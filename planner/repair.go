@@ -1,9 +1,11 @@
-package diff
+package planner
 
 import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -78,14 +80,14 @@ func (p *planner) rebuild(c topology.DesiredCluster, primary *snapshot.ClusterSt
 		return false
 	}
 	spec := p.desiredSpec(c, primaryEP)
-	rebuild := &Rebuild{Standby: StandbySpec{Spec: spec, Follows: primary.Name}, Primary: primary.Name, Evidence: evidence, Consent: consent, Resume: resume != nil}
-	step := Step{Action: ActionRebuild, Subject: subj, Payload: rebuild,
+	rebuild := &plan.Rebuild{Standby: plan.StandbySpec{Spec: spec, Follows: primary.Name}, Primary: primary.Name, Evidence: evidence, Consent: consent, Resume: resume != nil}
+	step := plan.Step{Action: plan.ActionRebuild, Subject: subj, Payload: rebuild,
 		Reason: fmt.Sprintf("rebuild %s (%s; consent: %s): delete it with its volumes, remove its catalogue row on %s, create it again as a standby from birth and wait until it streams", c.Name, evidence, consent, primary.Name),
-		Changes: []Change{
+		Changes: []plan.Change{
 			{Field: "object " + c.Namespace + "/" + c.Name + " and its volumes", Before: "present", After: "deleted, created again as a standby of " + primary.Name},
 			{Field: "sys_operator.multi_cluster_info " + c.Name + " on " + primary.Name, Before: "present", After: "removed (the new standby registers again)"},
 		},
-		Preconditions: []Precondition{{Kind: CondNotWritable, Cluster: c.Name}, {Kind: CondWritable, Cluster: primary.Name}}}
+		Preconditions: []plan.Precondition{{Kind: plan.CondNotWritable, Cluster: c.Name}, {Kind: plan.CondWritable, Cluster: primary.Name}}}
 	if resume != nil {
 		step.Reason = fmt.Sprintf("resume the rebuild of %s recorded on %s at %s (%s)", c.Name, primary.Name, resume.At, evidence)
 		step.Changes = nil
@@ -101,7 +103,7 @@ func (p *planner) rebuild(c topology.DesiredCluster, primary *snapshot.ClusterSt
 // its deletion policy says so; otherwise they are reported.
 func (p *planner) deletions(livePrimary string) {
 	for _, o := range p.snap.Orphans {
-		s := Subject{Site: o.Site, Namespace: o.Namespace, Cluster: o.Name}
+		s := plan.Subject{Site: o.Site, Namespace: o.Namespace, Cluster: o.Name}
 		if p.d.DeletionPolicy != topology.DeletionDelete {
 			p.note(&s, "labelled for topology %s but no longer in the file: left alone (spec.deletionPolicy is orphan; delete deletes it)", p.d.Name)
 			continue
@@ -110,25 +112,25 @@ func (p *planner) deletions(livePrimary string) {
 			p.note(&s, "%s is to be deleted but its site %s does not answer: left for a later run", o.Name, o.Site)
 			continue
 		}
-		if err := orphanIsReplica(p.snap, o.Name); err != nil {
+		if err := (plan.Precondition{Kind: plan.CondObjectReplica, Cluster: o.Name}).Holds(p.snap); err != nil {
 			p.refuse(&s, "deletionPolicy delete: %v", err)
 			continue
 		}
-		del := &DeleteCluster{}
-		changes := []Change{{Field: "object " + o.Namespace + "/" + o.Name + " and its volumes", Before: "present", After: "deleted"}}
+		del := &plan.DeleteCluster{}
+		changes := []plan.Change{{Field: "object " + o.Namespace + "/" + o.Name + " and its volumes", Before: "present", After: "deleted"}}
 		if lp := p.observed(livePrimary); livePrimary != "" && lp.PG != nil {
 			del.Primary = livePrimary
 			if slices.ContainsFunc(lp.PG.MultiCluster, func(r snapshot.MultiClusterInfo) bool { return r.Cluster == o.Name }) {
-				changes = append(changes, Change{Field: "sys_operator.multi_cluster_info " + o.Name + " on " + livePrimary, Before: "present", After: "removed"})
+				changes = append(changes, plan.Change{Field: "sys_operator.multi_cluster_info " + o.Name + " on " + livePrimary, Before: "present", After: "removed"})
 			}
 			if sl, ok := slotOf(lp, o.SlotName); ok {
 				del.Slot = sl.Name
-				changes = append(changes, Change{Field: "slot " + sl.Name + " on " + livePrimary, Before: "present (holds " + snapshot.HumanBytes(sl.RetainedBytes) + ")", After: "dropped"})
+				changes = append(changes, plan.Change{Field: "slot " + sl.Name + " on " + livePrimary, Before: "present (holds " + snapshot.HumanBytes(sl.RetainedBytes) + ")", After: "dropped"})
 			}
 		}
-		p.add(Step{Action: ActionDeleteCluster, Subject: s, Payload: del, Changes: changes,
+		p.add(plan.Step{Action: plan.ActionDeleteCluster, Subject: s, Payload: del, Changes: changes,
 			Reason:        fmt.Sprintf("%s is no longer in the file and spec.deletionPolicy is delete", o.Name),
-			Preconditions: []Precondition{{Kind: CondObjectReplica, Cluster: o.Name}}})
+			Preconditions: []plan.Precondition{{Kind: plan.CondObjectReplica, Cluster: o.Name}}})
 	}
 }
 
@@ -190,7 +192,7 @@ func (p *planner) slotHygiene(livePrimary string) {
 			continue
 		}
 		held := snapshot.HumanBytes(s.RetainedBytes)
-		drop := DropSlot{Primary: livePrimary, Slot: s.Name, RetainedBytes: s.RetainedBytes,
+		drop := plan.DropSlot{Primary: livePrimary, Slot: s.Name, RetainedBytes: s.RetainedBytes,
 			PermanentSlot: slices.Contains(o.Object.PermanentSlots, s.Name)}
 		var reason string
 		// An if-chain, not a switch: mutation testing measures its conditions.
@@ -227,9 +229,9 @@ func (p *planner) slotHygiene(livePrimary string) {
 			continue
 		}
 		d := drop
-		p.add(Step{Action: ActionDropSlot, Subject: subj, Payload: &d, Reason: reason,
-			Changes:       []Change{{Field: "slot " + s.Name, Before: "present (holds " + held + ")", After: "dropped"}},
-			Preconditions: []Precondition{{Kind: CondWritable, Cluster: livePrimary}, {Kind: CondSlotInactive, Cluster: livePrimary, Other: s.Name}}})
+		p.add(plan.Step{Action: plan.ActionDropSlot, Subject: subj, Payload: &d, Reason: reason,
+			Changes:       []plan.Change{{Field: "slot " + s.Name, Before: "present (holds " + held + ")", After: "dropped"}},
+			Preconditions: []plan.Precondition{{Kind: plan.CondWritable, Cluster: livePrimary}, {Kind: plan.CondSlotInactive, Cluster: livePrimary, Other: s.Name}}})
 	}
 }
 
