@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtopo/pgtopo/health"
 	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -73,7 +74,7 @@ cluster takes writes but the DR verdict is not ready.`,
 						fmt.Fprintf(e.stdout, "%spgtopo status %s, every %s (look %d)\n\n", clearScreen(e), at, watch, n)
 					}
 					writeStatus(e, snap, prev)
-					fmt.Fprintf(e.stdout, "\n%s\n", printable.String(verdict(in.Desired, snap).Message))
+					fmt.Fprintf(e.stdout, "\n%s\n", printable.String(health.DR(in.Desired, snap).Message))
 				}
 				code := statusExit(e, in.Desired, snap)
 				if watch == 0 || (count > 0 && n >= count) {
@@ -121,7 +122,7 @@ func statusExit(e env, d *topology.Desired, snap *snapshot.Snapshot) error {
 	if writable == 0 {
 		return exitCode(ExitNoWriter)
 	}
-	if !verdict(d, snap).Healthy {
+	if !health.DR(d, snap).Healthy {
 		return exitCode(ExitNotReady)
 	}
 	return nil
@@ -262,7 +263,7 @@ func lagTrend(prev, now *snapshot.Snapshot, c *snapshot.ClusterState) string {
 }
 
 func lagOf(snap *snapshot.Snapshot, name string) (int64, bool) {
-	p := livePrimary(snap)
+	p := health.LivePrimary(snap)
 	c, ok := snap.Cluster(name)
 	if p == nil || !ok || c.PG == nil || !c.PG.InRecovery || c.PG.SystemID != p.PG.SystemID {
 		return 0, false

@@ -109,6 +109,7 @@ func TestExampleAlertsFire(t *testing.T) {
   pgtopo_site_reachable{topology="orders",site="east"} 1x30
   pgtopo_site_reachable{topology="orders",site="west"} 1x30
   pgtopo_writable_clusters{topology="orders"} 1x30
+  pgtopo_dr_ready{topology="orders"} 1x30
   pgtopo_max_lag_bytes{topology="orders"} 16777216x30
   pgtopo_cluster_up` + east + ` 1x30
 `
@@ -173,6 +174,10 @@ func TestExampleAlertsFire(t *testing.T) {
 `, 5 * time.Minute, []string{"PgtopoSlotWALAtRisk"}},
 		{"split brain", strings.Replace(healthy, `pgtopo_writable_clusters{topology="orders"} 1x30`, `pgtopo_writable_clusters{topology="orders"} 2x30`, 1),
 			5 * time.Minute, []string{"PgtopoSplitBrain"}},
+		{"not DR ready for 15 minutes", strings.Replace(healthy, `pgtopo_dr_ready{topology="orders"} 1x30`, `pgtopo_dr_ready{topology="orders"} 0x30`, 1),
+			20 * time.Minute, []string{"PgtopoNotDRReady"}},
+		{"not DR ready for less than 15 minutes", strings.Replace(healthy, `pgtopo_dr_ready{topology="orders"} 1x30`, `pgtopo_dr_ready{topology="orders"} 1x10 0x20`, 1),
+			20 * time.Minute, nil},
 		{"no cycle succeeded for 15 minutes", strings.Replace(healthy, "pgtopo_last_success_timestamp_seconds 0+60x30", "pgtopo_last_success_timestamp_seconds 0x30", 1),
 			20 * time.Minute, []string{"PgtopoLastCycleTooOld"}},
 	} {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgtopo/pgtopo/health"
 	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -34,11 +35,12 @@ var (
 	descSlotBytes = prometheus.NewDesc("pgtopo_slot_retained_wal_bytes", "WAL the physical slot holds on the primary (its end of WAL minus the slot's restart LSN).", append(labelsCluster, "slot"), nil)
 	descSlotState = prometheus.NewDesc("pgtopo_slot_wal_status_info", "The physical slot's wal_status (reserved, extended, unreserved, lost); the value is 1.", append(labelsCluster, "slot", "wal_status"), nil)
 	descWritable  = prometheus.NewDesc("pgtopo_writable_clusters", "Clusters of the topology whose new sessions can write (out of recovery, not fenced read-only); more than 1 is split brain.", []string{"topology"}, nil)
+	descDRReady   = prometheus.NewDesc("pgtopo_dr_ready", "1 when the topology is ready for a disaster, as pgtopo status says it: one primary, every site reachable, every standby streaming within maxLagBytes with its slot reserved.", []string{"topology"}, nil)
 	descMaxLag    = prometheus.NewDesc("pgtopo_max_lag_bytes", "The topology's replication.maxLagBytes: a switchover refuses a target further behind.", []string{"topology"}, nil)
 )
 
 func (c *replicationCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSite, descInfo, descUp, descTimeline, descLagBytes, descLagSecs, descStreaming, descEncrypted, descPending, descSysID, descRevision, descSlotBytes, descSlotState, descWritable, descMaxLag} {
+	for _, d := range []*prometheus.Desc{descSite, descInfo, descUp, descTimeline, descLagBytes, descLagSecs, descStreaming, descEncrypted, descPending, descSysID, descRevision, descSlotBytes, descSlotState, descWritable, descDRReady, descMaxLag} {
 		ch <- d
 	}
 }
@@ -115,6 +117,7 @@ func (c *replicationCollector) observe(d *topology.Desired, snap *snapshot.Snaps
 		}
 	}
 	gauge(descWritable, float64(writable), t)
+	gauge(descDRReady, bool01(health.DR(d, snap).Healthy), t)
 	gauge(descMaxLag, float64(d.MaxLagBytes), t)
 	c.mu.Lock()
 	c.series = out

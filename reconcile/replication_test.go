@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
 
+	"github.com/pgtopo/pgtopo/health"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
@@ -60,6 +62,23 @@ pgtopo_slot_wal_status_info{cluster="orders-east",site="east",slot="xdc_orders_w
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "pgtopo_standby_replay_lag_bytes", "pgtopo_standby_stream_encrypted", "pgtopo_writable_clusters", "pgtopo_slot_wal_status_info"); err != nil {
 		t.Fatal(err)
+	}
+	// DR readiness is status' verdict: ready here, not once the standby
+	// stops streaming.
+	{
+		d, snap := twoSites()
+		drReady := func(v int) string {
+			return fmt.Sprintf("# HELP pgtopo_dr_ready %s\n# TYPE pgtopo_dr_ready gauge\npgtopo_dr_ready{topology=\"orders\"} %d\n", "1 when the topology is ready for a disaster, as pgtopo status says it: one primary, every site reachable, every standby streaming within maxLagBytes with its slot reserved.", v)
+		}
+		c.observe(d, snap)
+		if err := testutil.CollectAndCompare(c, strings.NewReader(drReady(1)), "pgtopo_dr_ready"); err != nil {
+			t.Fatalf("ready: %v (%s)", err, health.DR(d, snap).Message)
+		}
+		snap.Clusters[1].PG.WalReceiver = nil
+		c.observe(d, snap)
+		if err := testutil.CollectAndCompare(c, strings.NewReader(drReady(0)), "pgtopo_dr_ready"); err != nil {
+			t.Fatalf("not streaming: %v", err)
+		}
 	}
 	// A returned primary fenced read-only beside the primary is no split
 	// brain, as status says; unfenced, it is.
