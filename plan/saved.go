@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/flavor/owned"
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
@@ -106,7 +107,7 @@ func (was ClusterBasis) since(is ClusterBasis) []string {
 		add("exists %v → %v", was.Exists, is.Exists)
 	} else if was.Exists {
 		var fields []string
-		for _, c := range snapshot.FieldChanges(*was.Spec, *is.Spec) {
+		for _, c := range owned.For(*is.Spec).Changes(*was.Spec, *is.Spec) {
 			fields = append(fields, fmt.Sprintf("%s %s → %s", c.Field, printable.OrNone(c.Before), printable.OrNone(c.After)))
 		}
 		if !reflect.DeepEqual(was.Marks, is.Marks) {

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgtopo/pgtopo/flavor/owned"
 	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -184,7 +185,7 @@ func TestMixedPlans(t *testing.T) {
 			check: func(t *testing.T, p plan.Plan) {
 				sw := pay[*plan.Switchover](p.Steps[1])
 				want := snapshot.Spec{Flavor: snapshot.FlavorPatroni, Replication: snapshot.Replication{Enabled: true, IsReplica: true, PeerHost: "127.100.10.1", PeerPort: 31113, PrimarySlot: "xdc_orders_dc1"}}
-				if !sameOwnedFields(sw.Demoted, want) || sw.Demoted.Flavor != snapshot.FlavorPatroni {
+				if !owned.Patroni.Same(sw.Demoted, want) || sw.Demoted.Flavor != snapshot.FlavorPatroni {
 					t.Fatalf("demoted %+v", sw.Demoted)
 				}
 				if sw.Restore.Flavor != snapshot.FlavorPatroni || sw.Restore.Replication.IsReplica {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/flavor/owned"
 	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -755,32 +756,35 @@ func roleNow(o *snapshot.ClusterState) string {
 // none: the write leaves it out, which removes what pgtopo owned); one that
 // someone else set is not, unless the file declares it too.
 func specChanges(live *snapshot.Object, want snapshot.Spec, peerOf string) []plan.Change {
+	fields := owned.For(want)
 	var liveSpec snapshot.Spec
 	if live != nil {
 		liveSpec = ownedSpec(live, want)
-		if sameOwnedFields(liveSpec, want) {
+		if fields.Same(liveSpec, want) {
 			return nil // the common case, without listing every field twice
 		}
 	}
 	var before map[string]string
 	if live != nil {
-		fields := liveSpec.Fields()
-		before = make(map[string]string, len(fields))
-		for _, f := range fields {
+		shown := fields.Shown(liveSpec)
+		before = make(map[string]string, len(shown))
+		for _, f := range shown {
 			before[f.Path] = f.Value
 		}
 	}
 	var out []plan.Change
 	for _, k := range slices.Sorted(maps.Keys(liveSpec.Parameters)) {
-		if _, declared := want.Parameters[k]; !declared && want.Flavor != snapshot.FlavorPatroni {
-			out = append(out, plan.Change{Field: "postgresql.parameters." + k, Before: liveSpec.Parameters[k], After: ""})
+		if _, declared := want.Parameters[k]; !declared {
+			if field := fields.ParameterField(k); field != "" {
+				out = append(out, plan.Change{Field: field, Before: liveSpec.Parameters[k], After: ""})
+			}
 		}
 	}
-	for _, f := range want.Fields() {
-		if f.Path == "clusterReplication.peer" && f.Value == "" && peerOf != "" && want.Replication.IsReplica {
+	for _, f := range fields.Shown(want) {
+		if f.Value == "" && fields.IsPeer(f.Path) && peerOf != "" && want.Replication.IsReplica {
 			f.Value = "endpoint of " + peerOf + " (known once it exists)"
 		}
-		if f.Path == "volume.size" && f.Value == "" {
+		if f.Value == "" && fields.Omitted(f.Path) {
 			continue // not written: left to whoever set it
 		}
 		if b := before[f.Path]; b != f.Value && !(live == nil && f.Value == "") {
@@ -814,24 +818,6 @@ func ownedSpec(live *snapshot.Object, want snapshot.Spec) snapshot.Spec {
 		}
 	}
 	return s
-}
-
-// sameOwnedFields reports whether live has every owned field of want: the
-// fields Spec.Fields lists for want's flavor, a volume size want leaves out
-// not compared. It is that comparison without building both lists
-// (TestSameOwnedFieldsFollowsFields keeps the two one).
-func sameOwnedFields(live, want snapshot.Spec) bool {
-	l, w := live.Replication, want.Replication
-	if live.Flavor != want.Flavor {
-		return false
-	}
-	if want.Flavor == snapshot.FlavorPatroni {
-		return l.PrimarySlot == w.PrimarySlot && l.SamePeer(w)
-	}
-	return live.Instances == want.Instances && live.TeamID == want.TeamID && live.Version == want.Version &&
-		maps.Equal(live.Parameters, want.Parameters) && (want.VolumeSize == "" || live.VolumeSize == want.VolumeSize) &&
-		l.Enabled == w.Enabled && l.ServiceType == w.ServiceType && l.IsReplica == w.IsReplica &&
-		l.BootstrapSecret == w.BootstrapSecret && l.SamePeer(w)
 }
 
 // statusWord is an operator's status for a sentence ("no status" when it

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/pgtopo/pgtopo/flavor/owned"
 	"github.com/pgtopo/pgtopo/plan"
 
 	"github.com/pgtopo/pgtopo/topology"
@@ -34,13 +35,11 @@ var restartParameters = map[string]bool{
 // the standbys first and a lowering the primary first.
 var standbyMinimums = []string{"max_connections", "max_locks_per_transaction", "max_prepared_transactions", "max_wal_senders", "max_worker_processes"}
 
-const parameterField = "postgresql.parameters."
-
 // restartChanges are the settings among changes that need a restart.
-func restartChanges(changes []plan.Change) []string {
+func restartChanges(fields owned.Set, changes []plan.Change) []string {
 	var out []string
 	for _, c := range changes {
-		if name, ok := strings.CutPrefix(c.Field, parameterField); ok && restartParameters[name] {
+		if name, ok := fields.Parameter(c.Field); ok && restartParameters[name] {
 			out = append(out, name)
 		}
 	}
@@ -63,7 +62,7 @@ func (p *planner) planRestarts() {
 			continue
 		}
 		updated[s.Subject.Cluster] = true
-		params := restartChanges(s.Changes)
+		params := restartChanges(owned.For(up.Spec), s.Changes)
 		if o := p.observed(s.Subject.Cluster); o.PG != nil {
 			params = append(params, o.PG.PendingRestart...)
 		}
@@ -83,7 +82,7 @@ func (p *planner) planRestarts() {
 		}
 		up.Restart = r
 		if r.Primary {
-			lowering = lowers(s.Changes)
+			lowering = lowers(owned.For(up.Spec), s.Changes)
 		}
 	}
 	for _, c := range p.d.Clusters {
@@ -118,9 +117,9 @@ func (p *planner) planRestarts() {
 }
 
 // lowers reports whether a primary's changes lower a standby minimum.
-func lowers(changes []plan.Change) bool {
+func lowers(fields owned.Set, changes []plan.Change) bool {
 	for _, c := range changes {
-		name, ok := strings.CutPrefix(c.Field, parameterField)
+		name, ok := fields.Parameter(c.Field)
 		if !ok || !slices.Contains(standbyMinimums, name) {
 			continue
 		}

@@ -1,11 +1,5 @@
 package snapshot
 
-import (
-	"maps"
-	"slices"
-	"strconv"
-)
-
 // Object is a cluster's object as observed, in flavor-neutral terms: the
 // fields pgtopo owns, pgtopo's own marks on it, and what the operator
 // reports. The flavor reads it from and writes it to the real object.
@@ -218,64 +212,6 @@ const FlavorPatroni = "patroni"
 // dynamic config) it holds from the server's start.
 const FenceParameter = "default_transaction_read_only"
 
-// Fields lists the spec's fields in a fixed order; the plan's field-level
-// changes are computed from these, so what is shown is what is written.
-func (s Spec) Fields() []Field {
-	if s.Flavor == FlavorPatroni {
-		// What PATCH /config writes: standby_cluster or its absence.
-		return []Field{
-			{"standby_cluster.host:port", s.Replication.Peer()},
-			{"standby_cluster.primary_slot_name", s.Replication.PrimarySlot},
-		}
-	}
-	out := []Field{
-		{"numberOfInstances", strconv.Itoa(s.Instances)},
-		{"teamId", s.TeamID},
-		{"postgresql.version", s.Version},
-	}
-	for _, k := range slices.Sorted(maps.Keys(s.Parameters)) {
-		out = append(out, Field{"postgresql.parameters." + k, s.Parameters[k]})
-	}
-	r := s.Replication
-	return append(out,
-		Field{"volume.size", s.VolumeSize},
-		Field{"clusterReplication.enabled", strconv.FormatBool(r.Enabled)},
-		Field{"clusterReplication.replSvcType", r.ServiceType},
-		Field{"clusterReplication.isReplica", strconv.FormatBool(r.IsReplica)},
-		Field{"clusterReplication.bootstrapSecret", r.BootstrapSecret},
-		Field{"clusterReplication.peer", r.Peer()},
-	)
-}
-
 // TopologyLabel marks the objects and Secrets pgtopo makes with their
 // topology's name.
 const TopologyLabel = "pgtopo.dev/topology"
-
-// FieldChange is an owned field whose value differs between two specs.
-type FieldChange struct {
-	Field, Before, After string
-}
-
-// FieldChanges lists the owned fields whose values differ from before to
-// after, in Fields' order (a field only one of them has counts, its
-// value "" in the other).
-func FieldChanges(before, after Spec) []FieldChange {
-	was := map[string]string{}
-	for _, f := range before.Fields() {
-		was[f.Path] = f.Value
-	}
-	var out []FieldChange
-	seen := map[string]bool{}
-	for _, f := range after.Fields() {
-		seen[f.Path] = true
-		if was[f.Path] != f.Value {
-			out = append(out, FieldChange{f.Path, was[f.Path], f.Value})
-		}
-	}
-	for _, f := range before.Fields() {
-		if !seen[f.Path] {
-			out = append(out, FieldChange{f.Path, f.Value, ""})
-		}
-	}
-	return out
-}

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/pgtopo/pgtopo/flavor/owned"
 	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
@@ -103,21 +104,12 @@ func foreignParameters(u *unstructured.Unstructured, params map[string]string) [
 func Parse(u *unstructured.Unstructured) snapshot.Object {
 	o := u.Object
 	var s snapshot.Spec
-	n, _, _ := unstructured.NestedInt64(o, "spec", "numberOfInstances")
-	s.Instances = int(n)
+	for _, f := range owned.Alauda.Stored() {
+		if v, found, _ := unstructured.NestedFieldNoCopy(o, append([]string{"spec"}, f.Path...)...); found {
+			f.Set(&s, v)
+		}
+	}
 	s.Topology = u.GetLabels()[LabelTopology]
-	s.TeamID, _, _ = unstructured.NestedString(o, "spec", "teamId")
-	s.Version, _, _ = unstructured.NestedString(o, "spec", "postgresql", "version")
-	s.Parameters, _, _ = unstructured.NestedStringMap(o, "spec", "postgresql", "parameters")
-	s.VolumeSize, _, _ = unstructured.NestedString(o, "spec", "volume", "size")
-	r := &s.Replication
-	r.Enabled, _, _ = unstructured.NestedBool(o, "spec", "clusterReplication", "enabled")
-	r.IsReplica, _, _ = unstructured.NestedBool(o, "spec", "clusterReplication", "isReplica")
-	r.PeerHost, _, _ = unstructured.NestedString(o, "spec", "clusterReplication", "peerHost")
-	p, _, _ := unstructured.NestedInt64(o, "spec", "clusterReplication", "peerPort")
-	r.PeerPort = int(p)
-	r.ServiceType, _, _ = unstructured.NestedString(o, "spec", "clusterReplication", "replSvcType")
-	r.BootstrapSecret, _, _ = unstructured.NestedString(o, "spec", "clusterReplication", "bootstrapSecret")
 	obj := snapshot.Object{Spec: s, ResourceVersion: u.GetResourceVersion(), ForeignParameters: foreignParameters(u, s.Parameters)}
 	obj.Status, _, _ = unstructured.NestedString(o, "status", "PostgresClusterStatus")
 	obj.Ready = obj.Status == StatusRunning
@@ -165,28 +157,15 @@ func Parse(u *unstructured.Unstructured) snapshot.Object {
 // BuildSpec returns the CR with exactly the fields pgtopo owns set from s,
 // for server-side apply: fields it leaves out stay with their managers.
 func BuildSpec(ns, name string, s snapshot.Spec) *unstructured.Unstructured {
-	pg := map[string]any{"version": s.Version}
-	if len(s.Parameters) > 0 {
-		params := map[string]any{}
-		for k, v := range s.Parameters {
-			params[k] = v
+	// Every owned field is sent, empty or not (the peer and the bootstrap
+	// Secret too): a field a hand edit (the runbook's patch) also set is
+	// only taken over, and so cleared, when pgtopo sends it; left out, it
+	// would stay forever. Only a field marked OmitEmpty is left out empty.
+	spec := map[string]any{}
+	for _, f := range owned.Alauda.Stored() {
+		if v := f.Get(s); v != nil {
+			_ = unstructured.SetNestedField(spec, v, f.Path...)
 		}
-		pg["parameters"] = params
-	}
-	r := s.Replication
-	// The peer and the bootstrap Secret are sent even when empty: a field
-	// a hand edit (the runbook's patch) also set is only taken over, and
-	// so cleared, when pgtopo sends it; left out, it would stay forever.
-	repl := map[string]any{"enabled": r.Enabled, "replSvcType": r.ServiceType, "isReplica": r.IsReplica,
-		"peerHost": r.PeerHost, "peerPort": int64(r.PeerPort), "bootstrapSecret": r.BootstrapSecret}
-	spec := map[string]any{
-		"teamId":             s.TeamID,
-		"numberOfInstances":  int64(s.Instances),
-		"postgresql":         pg,
-		"clusterReplication": repl,
-	}
-	if s.VolumeSize != "" {
-		spec["volume"] = map[string]any{"size": s.VolumeSize}
 	}
 	meta := map[string]any{"name": name, "namespace": ns}
 	if s.Topology != "" {

@@ -1,12 +1,15 @@
 package alauda
 
 import (
+	"maps"
+	"reflect"
 	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	"github.com/pgtopo/pgtopo/flavor/owned"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
@@ -125,5 +128,38 @@ spec:
 	delete(obj["metadata"].(map[string]any), "managedFields")
 	if got := Parse(&unstructured.Unstructured{Object: obj}).ForeignParameters; len(got) != 3 {
 		t.Fatalf("without managedFields, foreign parameters %q, want all three", got)
+	}
+}
+
+// Every owned field of the list is built into the CR and parsed back:
+// changed alone, it comes back changed, and nothing else does.
+func TestOwnedFieldsRoundTrip(t *testing.T) {
+	base := snapshot.Spec{Topology: "orders", Instances: 2, TeamID: "ACID", Version: "15", Parameters: map[string]string{"a": "1"}, VolumeSize: "1Gi",
+		Replication: snapshot.Replication{Enabled: true, IsReplica: true, PeerHost: "10.0.0.1", PeerPort: 5432, ServiceType: "NodePort", BootstrapSecret: "b"}}
+	if got := Parse(BuildSpec("db", "orders-east", base)).Spec; !reflect.DeepEqual(got, base) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, base)
+	}
+	for _, f := range owned.Alauda.Stored() {
+		changed := base
+		changed.Parameters = maps.Clone(base.Parameters)
+		switch v := f.Get(base).(type) {
+		case string:
+			f.Set(&changed, v+"x")
+		case int64:
+			f.Set(&changed, v+1)
+		case bool:
+			f.Set(&changed, !v)
+		case map[string]any:
+			v["b"] = "2"
+			f.Set(&changed, v)
+		default:
+			t.Fatalf("%v: a %T; teach this test to change it", f.Path, v)
+		}
+		if reflect.DeepEqual(changed, base) {
+			t.Fatalf("%v: setting a new value changed nothing", f.Path)
+		}
+		if got := Parse(BuildSpec("db", "orders-east", changed)).Spec; !reflect.DeepEqual(got, changed) {
+			t.Errorf("%v: built and parsed back:\n got %+v\nwant %+v", f.Path, got, changed)
+		}
 	}
 }
