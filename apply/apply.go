@@ -1,8 +1,8 @@
 // Package apply executes a plan exactly as computed: for each step it
 // re-observes, re-checks the step's preconditions, runs the step's executor
-// from the step catalogue on the step's payload, and waits for the step's
+// from plan.Actions on the step's payload, and waits for the step's
 // postcondition, emitting typed progress events. It never decides what to
-// do and never reads the topology; diff does (docs/architecture.md).
+// do and never reads the topology; the planner does (docs/architecture.md).
 package apply
 
 import (
@@ -66,12 +66,36 @@ type Session interface {
 // Row is one result row (an alias, so a driver's row type fits).
 type Row = interface{ Scan(dest ...any) error }
 
+// Catalogue is the operator's list of a primary's standbys in the
+// primary's own database, from which it keeps their slots (the flavor
+// knows its table). Each method runs its statements through exec, a
+// session on the primary.
+type Catalogue interface {
+	Register(ctx context.Context, exec Exec, cluster, host string, port int, slot string) error
+	Forget(ctx context.Context, exec Exec, cluster string) error
+	FillExternalIP(ctx context.Context, exec Exec, cluster, host string) error
+}
+
+// CredentialKeys are the keys of the admin login in a cluster's
+// credentials Secret (the operator's).
+type CredentialKeys interface {
+	CredentialKeys() (user, password string)
+}
+
+// Exec runs one statement (a Session's Exec).
+type Exec = func(ctx context.Context, sql string, args ...any) error
+
 // Runner executes plans.
 type Runner struct {
 	Observer Observer
 	// Sites opens a site for changes, by the site's name in the plan.
 	Sites    func(site string) (SiteWriter, error)
 	Database Database
+	// Catalogue is the operator's standby list, where a plan writes it.
+	Catalogue Catalogue
+	// Keys name the login in a credentials Secret, for the steps that
+	// copy one.
+	Keys CredentialKeys
 	// Progress receives events; nil drops them.
 	Progress func(Event)
 	// Holder identifies this run in the Lease.
@@ -233,7 +257,7 @@ func (r *Runner) run(ctx context.Context, pl plan.Plan, basis plan.Basis, fresh 
 		if err := r.held.err(); err != nil {
 			return nil, err
 		}
-		if !plan.Catalogue[step.Action].Recheck || r.Replan == nil {
+		if !plan.Actions[step.Action].Recheck || r.Replan == nil {
 			continue
 		}
 		snap := r.Observer.Observe(ctx)
@@ -299,7 +323,7 @@ func (r *Runner) runStep(ctx context.Context, step plan.Step, n, total int, snap
 	}
 	x := &stepRun{r: r, step: step, n: n, total: total, last: snap}
 	x.emit(Event{Phase: PhaseStep, Message: fmt.Sprintf("%s %s: %s", step.Action, step.Subject, step.Reason)})
-	kind, ok := plan.Catalogue[step.Action]
+	kind, ok := plan.Actions[step.Action]
 	if !ok {
 		return fmt.Errorf("unknown action %q", step.Action)
 	}

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
@@ -28,12 +29,16 @@ func subject(site, cluster string) plan.Subject {
 // runner is a Runner over w with fast polls and short waits.
 func runner(w *world) (*Runner, *[]Event) {
 	var events []Event
-	return &Runner{Observer: w, Sites: w.Sites, Database: w, Holder: "test", LockTimeout: time.Second,
+	op, err := flavor.Lookup("")
+	if err != nil {
+		panic(err)
+	}
+	return &Runner{Observer: w, Sites: w.Sites, Database: w, Catalogue: op.Catalogue, Keys: op.Names, Holder: "test", LockTimeout: time.Second,
 		StepTimeout: 150 * time.Millisecond, PollEvery: time.Millisecond, PollSwitchover: time.Millisecond,
 		Progress: func(e Event) { events = append(events, e) }}, &events
 }
 
-// run executes one step through the catalogue, as Execute does.
+// run executes one step through plan.Actions, as Execute does.
 func run(t *testing.T, r *Runner, step plan.Step) error {
 	t.Helper()
 	r.start = time.Now()

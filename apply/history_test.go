@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/lab/labtest"
 	"github.com/pgtopo/pgtopo/lab/pgtest"
 	"github.com/pgtopo/pgtopo/live"
@@ -106,7 +107,7 @@ func TestTimelineOfItsOwnOnPostgreSQL(t *testing.T) {
 		{"followed the new primary", follower, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			x := &stepRun{r: &Runner{Database: realDB{live.Admin{Sites: func(string) (live.LoginReader, error) { return passwords{pgtest.CA(t).CertPEM}, nil }}}},
+			x := &stepRun{r: &Runner{Database: realDB{live.Admin{Sites: func(string) (live.LoginReader, error) { return passwords{pgtest.CA(t).CertPEM}, nil }, Keys: alaudaKeys(t)}}},
 				last: &snapshot.Snapshot{Clusters: []snapshot.ClusterState{state("orders-east", tc.returned), state("orders-west", newPrimary)}}}
 			own, why, err := x.timelineOfItsOwn(ctx, "orders-east", "orders-west", 1)
 			if err != nil {
@@ -121,4 +122,14 @@ func TestTimelineOfItsOwnOnPostgreSQL(t *testing.T) {
 			t.Logf("%v: %s", own, why)
 		})
 	}
+}
+
+// alaudaKeys are the alauda flavor's credentials keys.
+func alaudaKeys(t *testing.T) flavor.Names {
+	t.Helper()
+	op, err := flavor.Lookup("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return op.Names
 }

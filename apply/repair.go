@@ -64,7 +64,11 @@ func (x *stepRun) forget(ctx context.Context, primary, cluster string) error {
 	if p.PG == nil || !p.PG.HasMultiClusterTable {
 		return nil
 	}
-	if err := x.sql(ctx, p, "DELETE FROM sys_operator.multi_cluster_info WHERE cluster_name = $1", cluster); err != nil {
+	cat, err := x.catalogue()
+	if err != nil {
+		return err
+	}
+	if err := x.session(ctx, p, func(ss Session) error { return cat.Forget(ctx, ss.Exec, cluster) }); err != nil {
 		return err
 	}
 	x.say(PhaseWrite, "%s removed from %s's multi_cluster_info", cluster, primary)

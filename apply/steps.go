@@ -148,11 +148,12 @@ func (x *stepRun) EnsureSlot(ctx context.Context, at plan.Subject, e *plan.Ensur
 			return false, "no slot " + e.Slot + " yet"
 		})
 	case plan.SlotViaCatalogue:
-		err := x.session(ctx, x.cluster(e.Primary), func(ss Session) error {
-			if err := ss.Exec(ctx, catalogueSchema); err != nil {
-				return fmt.Errorf("multi_cluster_info: %w", err)
-			}
-			return ss.Exec(ctx, catalogueUpsert, e.For, e.Host, e.Port, e.Slot)
+		cat, err := x.catalogue()
+		if err != nil {
+			return err
+		}
+		err = x.session(ctx, x.cluster(e.Primary), func(ss Session) error {
+			return cat.Register(ctx, ss.Exec, e.For, e.Host, e.Port, e.Slot)
 		})
 		if err != nil {
 			return err
@@ -174,23 +175,13 @@ func (x *stepRun) EnsureSlot(ctx context.Context, at plan.Subject, e *plan.Ensur
 	return fmt.Errorf("ensure-slot: unknown way %q", e.Via)
 }
 
-// The operator's catalogue as it keeps it on a primary (the lab operator
-// stands in for it, lab/operator/sql.go): a Patroni cluster has no
-// operator to register it, so pgtopo writes its row.
-const (
-	catalogueSchema = `CREATE SCHEMA IF NOT EXISTS sys_operator;
-CREATE TABLE IF NOT EXISTS sys_operator.multi_cluster_info (
-    cluster_name  text PRIMARY KEY,
-    external_ip   text NOT NULL DEFAULT '',
-    external_port integer NOT NULL DEFAULT 0,
-    repl_svc_type text NOT NULL DEFAULT '',
-    slot_name     text NOT NULL DEFAULT '',
-    updated_at    timestamptz NOT NULL DEFAULT now()
-)`
-	catalogueUpsert = `INSERT INTO sys_operator.multi_cluster_info (cluster_name, external_ip, external_port, slot_name)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (cluster_name) DO UPDATE SET external_ip = EXCLUDED.external_ip, external_port = EXCLUDED.external_port, slot_name = EXCLUDED.slot_name, updated_at = now()`
-)
+// catalogue is the operator's standby list, for a step that writes it.
+func (x *stepRun) catalogue() (Catalogue, error) {
+	if x.r.Catalogue == nil {
+		return nil, fmt.Errorf("the plan writes an operator's catalogue of standbys, and this run was given none (the topology's flavor keeps none)")
+	}
+	return x.r.Catalogue, nil
+}
 
 // Checkpoint runs CHECKPOINT on the subject.
 func (x *stepRun) Checkpoint(ctx context.Context, at plan.Subject, _ *plan.Checkpoint) error {
@@ -228,7 +219,7 @@ func (x *stepRun) BootstrapSecret(ctx context.Context, at plan.Subject, p *plan.
 // standby's database takes them. The values are never printed.
 func (x *stepRun) RefreshCredentials(ctx context.Context, at plan.Subject, p *plan.RefreshCredentials) error {
 	c := plan.CredentialsCopy(*p)
-	src, err := x.sourceCredentials(ctx, c)
+	user, password, err := x.sourceCredentials(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -237,8 +228,9 @@ func (x *stepRun) RefreshCredentials(ctx context.Context, at plan.Subject, p *pl
 		return err
 	}
 	ns := at.Namespace
+	userKey, passwordKey := x.r.Keys.CredentialKeys()
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: c.Name, Namespace: ns},
-		Data: map[string][]byte{"username": src.Data["username"], "password": src.Data["password"]}}
+		Data: map[string][]byte{userKey: user, passwordKey: password}}
 	if err := to.ApplySecret(ctx, sec); err != nil {
 		return fmt.Errorf("secret %s/%s: %w", ns, c.Name, err)
 	}
@@ -252,27 +244,32 @@ func (x *stepRun) RefreshCredentials(ctx context.Context, at plan.Subject, p *pl
 	})
 }
 
-// sourceCredentials reads the credentials Secret a copy is made from; one
-// without a username or password is copied nowhere.
-func (x *stepRun) sourceCredentials(ctx context.Context, c plan.CredentialsCopy) (*corev1.Secret, error) {
+// sourceCredentials reads the login of the credentials Secret a copy is
+// made from; one without a username or password is copied nowhere.
+func (x *stepRun) sourceCredentials(ctx context.Context, c plan.CredentialsCopy) (user, password []byte, err error) {
+	if x.r.Keys == nil {
+		return nil, nil, fmt.Errorf("credentials %s/%s: this run was given no credentials keys to read them by", c.From.Namespace, c.FromName)
+	}
 	from, err := x.writer(c.From.Site)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	src, err := from.GetSecret(ctx, c.From.Namespace, c.FromName)
 	if err != nil {
-		return nil, fmt.Errorf("credentials %s/%s: %w", c.From.Namespace, c.FromName, err)
+		return nil, nil, fmt.Errorf("credentials %s/%s: %w", c.From.Namespace, c.FromName, err)
 	}
-	if len(src.Data["username"]) == 0 || len(src.Data["password"]) == 0 {
-		return nil, fmt.Errorf("credentials %s/%s: no username or password", c.From.Namespace, c.FromName)
+	userKey, passwordKey := x.r.Keys.CredentialKeys()
+	user, password = src.Data[userKey], src.Data[passwordKey]
+	if len(user) == 0 || len(password) == 0 {
+		return nil, nil, fmt.Errorf("credentials %s/%s: no %s or %s", c.From.Namespace, c.FromName, userKey, passwordKey)
 	}
-	return src, nil
+	return user, password, nil
 }
 
 // copySecret copies a cluster's admin credentials into subject's namespace
 // as a basic-auth Secret.
 func (x *stepRun) copySecret(ctx context.Context, subject plan.Subject, c plan.CredentialsCopy) error {
-	src, err := x.sourceCredentials(ctx, c)
+	user, password, err := x.sourceCredentials(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -291,8 +288,8 @@ func (x *stepRun) copySecret(ctx context.Context, subject plan.Subject, c plan.C
 		ObjectMeta: metav1.ObjectMeta{Name: c.Name, Namespace: ns, Labels: map[string]string{snapshot.TopologyLabel: c.Topology}},
 		Type:       corev1.SecretTypeBasicAuth,
 		Data: map[string][]byte{
-			corev1.BasicAuthUsernameKey: src.Data["username"],
-			corev1.BasicAuthPasswordKey: src.Data["password"],
+			corev1.BasicAuthUsernameKey: user,
+			corev1.BasicAuthPasswordKey: password,
 		},
 	}
 	if err := to.ApplySecret(ctx, sec); err != nil {
@@ -493,8 +490,13 @@ func (x *stepRun) inEffect(ctx context.Context, cs *snapshot.ClusterState, r *pl
 // FillExternalIP completes the standby's row in the primary's
 // multi_cluster_info.
 func (x *stepRun) FillExternalIP(ctx context.Context, _ plan.Subject, e *plan.FillExternalIP) error {
-	return x.sql(ctx, x.cluster(e.Primary), "UPDATE sys_operator.multi_cluster_info SET external_ip = $1 WHERE cluster_name = $2 AND external_ip = ''",
-		e.Host, e.Cluster)
+	cat, err := x.catalogue()
+	if err != nil {
+		return err
+	}
+	return x.session(ctx, x.cluster(e.Primary), func(ss Session) error {
+		return cat.FillExternalIP(ctx, ss.Exec, e.Cluster, e.Host)
+	})
 }
 
 // Record writes the step's marks, keeping a journal if one is there.

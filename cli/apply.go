@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/planner"
@@ -243,6 +244,10 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 	if err != nil {
 		return nil, err
 	}
+	op, err := flavor.Lookup(in.Desired.Flavor)
+	if err != nil {
+		return nil, err
+	}
 	progress := apply.TextProgress(e.stderr)
 	if f.progressFormat == "json" {
 		progress = apply.JSONProgress(e.stderr)
@@ -250,7 +255,9 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 	return &apply.Runner{
 		Observer:   boundObserver{obs: obs, d: in.Desired},
 		Sites:      sites,
-		Database:   adminDB{live.Admin{Sites: loginReaders(sites), TLS: in.Desired.TLS}},
+		Database:   adminDB{live.Admin{Sites: loginReaders(sites), TLS: in.Desired.TLS, Keys: op.Names}},
+		Catalogue:  op.Catalogue,
+		Keys:       op.Names,
 		Progress:   progress,
 		Holder:     holderIdentity(),
 		HolderGone: holderGone,

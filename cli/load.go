@@ -158,7 +158,7 @@ func (f *sourceFlags) newObserver(d *topology.Desired, keep *live.Conns) (*live.
 			return flavor.Site{Site: s, Op: op}, nil
 		},
 		Names:          op.Names,
-		Prober:         live.PgxProber{Keep: keep},
+		Prober:         live.PgxProber{Keep: keep, Catalogue: op.Catalogue},
 		SiteTimeout:    f.siteTimeout,
 		ObserverSecret: f.observerSecret,
 		DownFor:        siteDownFor,

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/gitsource"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/plan"
@@ -89,10 +90,16 @@ resumes on the next run).`,
 					if err != nil {
 						return nil, err
 					}
+					op, err := flavor.Lookup(d.Flavor)
+					if err != nil {
+						return nil, err
+					}
 					r := &apply.Runner{
 						Observer:    boundObserver{obs: o, d: d},
 						Sites:       sites,
-						Database:    adminDB{live.Admin{Sites: loginReaders(sites), TLS: d.TLS}},
+						Database:    adminDB{live.Admin{Sites: loginReaders(sites), TLS: d.TLS, Keys: op.Names}},
+						Catalogue:   op.Catalogue,
+						Keys:        op.Names,
 						Progress:    apply.LogProgress(log),
 						Holder:      holder,
 						HolderGone:  holderGone,

@@ -82,7 +82,7 @@ func BenchmarkObserve(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		o := &live.Observer{Prober: distantProber{live.PgxProber{Keep: keep}, rtt}, Names: op.Names, Connect: func(site topology.Site) (live.SiteAPI, error) {
+		o := &live.Observer{Prober: distantProber{live.PgxProber{Keep: keep, Catalogue: op.Catalogue}, rtt}, Names: op.Names, Connect: func(site topology.Site) (live.SiteAPI, error) {
 			c := site.Context
 			s, err := sites.Connect(c)
 			if err != nil {

@@ -38,6 +38,20 @@ type Operator struct {
 	// why an installed one cannot take what pgtopo writes ("" when it can).
 	CRD      string
 	CheckCRD func(*unstructured.Unstructured) string
+	// Catalogue is the operator's list of a primary's standbys in the
+	// primary's own database, from which it keeps their slots.
+	Catalogue Catalogue
+}
+
+// Catalogue is an operator's list of a primary's standbys in the
+// primary's database: live reads it, apply writes it, each through its own
+// interface; SQL runs through exec, a session on the primary.
+type Catalogue interface {
+	PresentSQL() string
+	RowsSQL() string
+	Register(ctx context.Context, exec func(context.Context, string, ...any) error, cluster, host string, port int, slot string) error
+	Forget(ctx context.Context, exec func(context.Context, string, ...any) error, cluster string) error
+	FillExternalIP(ctx context.Context, exec func(context.Context, string, ...any) error, cluster, host string) error
 }
 
 // Names are the operator's names of a cluster's companions.
@@ -47,6 +61,8 @@ type Names struct {
 	service     func(cluster string) string
 	slot        func(cluster string) string
 	port        int
+	// userKey and passwordKey are the credentials Secret's keys.
+	userKey, passwordKey string
 }
 
 // CredentialsSecret names a cluster's admin credentials Secret.
@@ -61,6 +77,9 @@ func (n Names) MasterService(cluster string) string { return n.service(cluster) 
 // SlotName names the physical slot a standby streams through on its primary.
 func (n Names) SlotName(cluster string) string { return n.slot(cluster) }
 
+// CredentialKeys are the keys of the admin login in a credentials Secret.
+func (n Names) CredentialKeys() (user, password string) { return n.userKey, n.passwordKey }
+
 // PostgresPort is the port of the cluster's Services.
 func (n Names) PostgresPort() int { return n.port }
 
@@ -68,8 +87,9 @@ var registry = map[string]*Operator{
 	alauda.Name: {
 		Name: alauda.Name, Resource: alauda.Resource, Parse: alauda.Parse,
 		BuildSpec: alauda.BuildSpec, BuildMarks: alauda.BuildMarks, TopologyLabel: alauda.LabelTopology,
-		Names: Names{credentials: alauda.CredentialsSecret, bootstrap: alauda.BootstrapSecret, service: alauda.MasterService, slot: alauda.SlotName, port: alauda.PostgresPort},
-		CRD:   alauda.CRD, CheckCRD: alauda.CheckCRD,
+		Names: Names{credentials: alauda.CredentialsSecret, bootstrap: alauda.BootstrapSecret, service: alauda.MasterService, slot: alauda.SlotName, port: alauda.PostgresPort,
+			userKey: alauda.CredentialsUserKey, passwordKey: alauda.CredentialsPasswordKey},
+		CRD: alauda.CRD, CheckCRD: alauda.CheckCRD, Catalogue: alauda.Catalogue{},
 	},
 }
 
@@ -206,6 +226,7 @@ type PatroniCredentials = patroni.Credentials
 // credentials answer to the same Secret name everywhere.
 func PatroniSite(d *topology.Desired, site topology.Site, client *http.Client, creds func(cluster string) (PatroniCredentials, error), names Names) (*patroni.Site, error) {
 	s := &patroni.Site{Name: site.Name, Clusters: map[string]patroni.Cluster{}, CredentialsSecret: names.CredentialsSecret}
+	s.UserKey, s.PasswordKey = names.CredentialKeys()
 	for _, c := range d.Clusters {
 		if c.Site.Name != site.Name || c.Patroni == nil {
 			continue

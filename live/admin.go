@@ -18,6 +18,19 @@ type LoginReader interface {
 	CABundles
 }
 
+// CredentialKeys are the keys of the admin login in a cluster's
+// credentials Secret (the operator's).
+type CredentialKeys interface {
+	CredentialKeys() (user, password string)
+}
+
+// LoginFrom reads the admin login a credentials Secret holds; either part
+// is empty when its key is missing.
+func LoginFrom(keys CredentialKeys, sec *corev1.Secret) (user, password string) {
+	u, p := keys.CredentialKeys()
+	return string(sec.Data[u]), string(sec.Data[p])
+}
+
 // Admin opens sessions to a cluster's PostgreSQL as its admin user, with
 // the credentials from the cluster's credentials Secret and the CA of the
 // topology's TLS policy, read at each open and never kept.
@@ -26,6 +39,8 @@ type Admin struct {
 	Sites func(site string) (LoginReader, error)
 	// TLS is the topology's (Desired.TLS).
 	TLS topology.PostgresTLS
+	// Keys are the credentials Secret's keys of the login.
+	Keys CredentialKeys
 }
 
 // Open connects to the cluster's endpoint.
@@ -45,7 +60,8 @@ func (a Admin) Open(ctx context.Context, c *snapshot.ClusterState) (*Session, er
 	if err != nil {
 		return nil, fmt.Errorf("CA bundle: %w", err)
 	}
-	conn, err := Connect(ctx, *c.Endpoint, Login{User: string(sec.Data["username"]), Password: string(sec.Data["password"]), TLS: tls}, 0)
+	user, password := LoginFrom(a.Keys, sec)
+	conn, err := Connect(ctx, *c.Endpoint, Login{User: user, Password: password, TLS: tls}, 0)
 	if err != nil {
 		return nil, err
 	}

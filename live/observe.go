@@ -52,6 +52,7 @@ type Prober interface {
 
 // Names are the operator's names of a cluster's companions (its flavor's).
 type Names interface {
+	CredentialKeys
 	CredentialsSecret(cluster string) string
 	BootstrapSecret(topology string) string
 	MasterService(cluster string) string
@@ -418,7 +419,8 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 		c.PGError = fmt.Sprintf("credentials Secret %s not found", c.Credentials.Name)
 		return
 	}
-	if r.observer != "" && (len(creds.Data["username"]) == 0 || len(creds.Data["password"]) == 0) {
+	user, password := LoginFrom(o.Names, creds)
+	if r.observer != "" && (user == "" || password == "") {
 		c.Error = fmt.Sprintf("observer Secret %s/%s has no username or password", c.Namespace, r.observer)
 		return
 	}
@@ -433,7 +435,7 @@ func (o *Observer) observeCluster(ctx context.Context, d *topology.Desired, site
 		}
 		return
 	}
-	pg, err := o.Prober.Probe(ctx, *c.Endpoint, Login{User: string(creds.Data["username"]), Password: string(creds.Data["password"]), TLS: r.tls})
+	pg, err := o.Prober.Probe(ctx, *c.Endpoint, Login{User: user, Password: password, TLS: r.tls})
 	var unproven *TLSError
 	if errors.As(err, &unproven) {
 		// A server that does not prove itself may not be the cluster's:

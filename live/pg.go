@@ -21,6 +21,16 @@ type PgxProber struct {
 	// Keep, when set, keeps connections between probes; without it each
 	// probe opens and closes its own.
 	Keep *Conns
+	// Catalogue, when set, is read where the server holds it.
+	Catalogue Catalogue
+}
+
+// Catalogue is an operator's list of a primary's standbys in the primary's
+// own database (the flavor knows its table): a query of one boolean, whether
+// the server holds it, and one of its rows as (cluster, external ip, slot).
+type Catalogue interface {
+	PresentSQL() string
+	RowsSQL() string
 }
 
 // Connect opens a connection as pgtopo does everywhere: to the postgres
@@ -132,7 +142,6 @@ SELECT pg_is_in_recovery(),
                                THEN (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$') END)
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        END,
-       to_regclass('sys_operator.multi_cluster_info') IS NOT NULL,
        current_setting('default_transaction_read_only')::bool,
        coalesce(to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ''),
        CASE WHEN NOT pg_is_in_recovery() AND current_setting('track_commit_timestamp')::bool
@@ -145,14 +154,14 @@ SELECT pg_is_in_recovery(),
        (SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM pg_settings WHERE pending_restart)`
 
 // Probe reads the facts of one server in two round trips: the facts, WAL
-// receiver, slots and replication peers pipelined in one batch, then
-// multi_cluster_info where it exists.
+// receiver, slots, replication peers and whether it holds the operator's
+// catalogue pipelined in one batch, then the catalogue where it does.
 func (p PgxProber) Probe(ctx context.Context, ep snapshot.Endpoint, login Login) (*snapshot.PGState, error) {
 	var key connKey
 	if p.Keep != nil {
 		key = connKey{ep: ep, user: login.User, password: sha256.Sum256([]byte(login.Password)), tls: login.TLS.digest()}
 		if kept := p.Keep.take(key); kept != nil {
-			s, err := probe(ctx, kept.conn, ep)
+			s, err := probe(ctx, kept.conn, ep, p.Catalogue)
 			if err == nil && !kept.conn.IsClosed() {
 				p.Keep.put(key, kept)
 				return s, nil
@@ -166,7 +175,7 @@ func (p PgxProber) Probe(ctx context.Context, ep snapshot.Endpoint, login Login)
 	if err != nil {
 		return nil, err
 	}
-	s, err := probe(ctx, c, ep)
+	s, err := probe(ctx, c, ep, p.Catalogue)
 	if err != nil || c.IsClosed() || p.Keep == nil {
 		c.Close(context.Background())
 		return s, err
@@ -175,12 +184,12 @@ func (p PgxProber) Probe(ctx context.Context, ep snapshot.Endpoint, login Login)
 	return s, nil
 }
 
-func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PGState, error) {
+func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint, catalogue Catalogue) (*snapshot.PGState, error) {
 	var s snapshot.PGState
 	var cur, recv, replay string
 	b := &pgx.Batch{}
 	b.Queue(factsSQL).QueryRow(func(r pgx.Row) error {
-		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.HasMultiClusterTable, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit, &s.ReplayDelaySeconds, &s.OldestWAL, &s.PendingRestart); err != nil {
+		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit, &s.ReplayDelaySeconds, &s.OldestWAL, &s.PendingRestart); err != nil {
 			return fmt.Errorf("read facts: %w", err)
 		}
 		return nil
@@ -236,6 +245,14 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 		}
 		return nil
 	})
+	if catalogue != nil {
+		b.Queue(catalogue.PresentSQL()).QueryRow(func(r pgx.Row) error {
+			if err := r.Scan(&s.HasMultiClusterTable); err != nil {
+				return fmt.Errorf("operator catalogue: %w", err)
+			}
+			return nil
+		})
+	}
 	if err := c.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("%s: %w", ep, err)
 	}
@@ -253,18 +270,16 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint) (*snapshot.PG
 		*f.out = v
 	}
 	if s.HasMultiClusterTable {
-		// slot_name through to_jsonb: a catalogue without the column still reads.
-		rows, err := c.Query(ctx, `SELECT cluster_name, coalesce(external_ip, ''), coalesce(to_jsonb(m)->>'slot_name', '')
-FROM sys_operator.multi_cluster_info m ORDER BY cluster_name`)
+		rows, err := c.Query(ctx, catalogue.RowsSQL())
 		if err != nil {
-			return nil, fmt.Errorf("%s: multi_cluster_info: %w", ep, err)
+			return nil, fmt.Errorf("%s: operator catalogue: %w", ep, err)
 		}
 		s.MultiCluster, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (snapshot.MultiClusterInfo, error) {
 			var m snapshot.MultiClusterInfo
 			return m, r.Scan(&m.Cluster, &m.ExternalIP, &m.Slot)
 		})
 		if err != nil {
-			return nil, fmt.Errorf("%s: multi_cluster_info: %w", ep, err)
+			return nil, fmt.Errorf("%s: operator catalogue: %w", ep, err)
 		}
 	}
 	return &s, nil

@@ -3,12 +3,14 @@ package live
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgtopo/pgtopo/flavor/alauda"
 	"github.com/pgtopo/pgtopo/lab/pgtest"
 	"github.com/pgtopo/pgtopo/snapshot"
 )
@@ -219,5 +221,46 @@ func TestProbePendingRestart(t *testing.T) {
 	s.Restart(t)
 	if st := probePrimary(t, s, PgxProber{}); len(st.PendingRestart) != 0 {
 		t.Fatalf("pending after the restart: %v", st.PendingRestart)
+	}
+}
+
+// The operator's catalogue is read where the server holds it, through the
+// flavor's SQL, and only when the prober is given one: rows pgtopo
+// registers, forgets and completes read back as written.
+func TestProbeReadsOperatorCatalogue(t *testing.T) {
+	s := pgtest.Start(t)
+	ctx := context.Background()
+	cat := alauda.Catalogue{}
+	exec := func(ctx context.Context, sql string, args ...any) error {
+		_, err := s.Admin.Exec(ctx, sql, args...)
+		return err
+	}
+	p := PgxProber{Catalogue: cat}
+
+	if st := probePrimary(t, s, p); st.HasMultiClusterTable || st.MultiCluster != nil {
+		t.Fatalf("a server without the table read as holding it: %+v", st.MultiCluster)
+	}
+	for _, c := range []string{"orders-west", "orders-dc1"} {
+		if err := cat.Register(ctx, exec, c, "", 5432, alauda.SlotName(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cat.FillExternalIP(ctx, exec, "orders-west", "10.0.0.7"); err != nil {
+		t.Fatal(err)
+	}
+	// A row that has an address keeps it.
+	if err := cat.FillExternalIP(ctx, exec, "orders-west", "10.0.0.8"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.Forget(ctx, exec, "orders-dc1"); err != nil {
+		t.Fatal(err)
+	}
+	st := probePrimary(t, s, p)
+	want := []snapshot.MultiClusterInfo{{Cluster: "orders-west", ExternalIP: "10.0.0.7", Slot: "xdc_orders_west"}}
+	if !st.HasMultiClusterTable || !slices.Equal(st.MultiCluster, want) {
+		t.Fatalf("catalogue read %v (present %v), want %v", st.MultiCluster, st.HasMultiClusterTable, want)
+	}
+	if st := probePrimary(t, s, PgxProber{}); st.HasMultiClusterTable || st.MultiCluster != nil {
+		t.Fatalf("a prober without a catalogue read one: %+v", st.MultiCluster)
 	}
 }

@@ -36,7 +36,7 @@ type Change struct {
 }
 
 // Step is one ordered, idempotent unit of work and its payload: exactly
-// what apply writes. Payload's type is the one Catalogue names for Action.
+// what apply writes. Payload's type is the one Actions names for Action.
 type Step struct {
 	Action        Action         `json:"action"`
 	Subject       Subject        `json:"subject"`
@@ -50,7 +50,7 @@ type Step struct {
 	Payload  Payload `json:"payload,omitempty"`
 }
 
-// Payload is a step's own data; each action has its type (Catalogue),
+// Payload is a step's own data; each action has its type (Actions),
 // which names its action.
 type Payload interface{ Action() Action }
 
@@ -65,7 +65,7 @@ func (s *Step) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*s = Step(raw.bare)
-	kind, ok := Catalogue[s.Action]
+	kind, ok := Actions[s.Action]
 	if !ok {
 		return fmt.Errorf("step %q: no such action", s.Action)
 	}
@@ -348,7 +348,7 @@ type Count struct {
 func (p *Plan) Count() Count {
 	var c Count
 	for _, s := range p.Steps {
-		switch Catalogue[s.Action].Bucket {
+		switch Actions[s.Action].Bucket {
 		case BucketSwitchover:
 			c.Switchovers++
 		case BucketCreate:

@@ -58,7 +58,7 @@ func (m *Metrics) observe(c Cycle, now time.Time) {
 	m.cycles.WithLabelValues(string(c.Outcome)).Inc()
 	m.duration.Observe(c.Duration.Seconds())
 	for _, s := range c.Applied {
-		m.steps.WithLabelValues(plan.Catalogue[s.Action].Metric).Inc()
+		m.steps.WithLabelValues(plan.Actions[s.Action].Metric).Inc()
 	}
 	switch c.Outcome {
 	case OutcomeInSync, OutcomeApplied:

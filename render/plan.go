@@ -25,7 +25,7 @@ func Text(w io.Writer, p *plan.Plan) error {
 		b.WriteString("\n")
 	}
 	for i, s := range p.Steps {
-		put(&b, "  %2d. %-2s %-16s %s\n", i+1, plan.Catalogue[s.Action].Symbol, s.Action, s.Subject)
+		put(&b, "  %2d. %-2s %-16s %s\n", i+1, plan.Actions[s.Action].Symbol, s.Action, s.Subject)
 		put(&b, "          %s\n", s.Reason)
 		for _, c := range s.Changes {
 			put(&b, "          %s: %s → %s\n", c.Field, printable.OrNone(c.Before), printable.OrNone(c.After))

@@ -52,6 +52,12 @@ func CredentialsSecret(cluster string) string {
 	return "postgres." + cluster + ".credentials.postgresql.acid.zalan.do"
 }
 
+// The keys of a cluster's admin credentials Secret.
+const (
+	CredentialsUserKey     = "username"
+	CredentialsPasswordKey = "password"
+)
+
 // BootstrapSecret names the Secret pgtopo creates in a standby's namespace.
 func BootstrapSecret(topology string) string { return topology + "-bootstrap" }
 

@@ -59,6 +59,8 @@ type Site struct {
 	// admin credentials by (the operator flavor's); GetSecret answers it
 	// from Creds.
 	CredentialsSecret func(cluster string) string
+	// UserKey and PasswordKey are that Secret's keys of the login.
+	UserKey, PasswordKey string
 }
 
 var errNotKube = errors.New("a patroni site has no Kubernetes API")
@@ -209,7 +211,7 @@ func (s Site) ListNodes(ctx context.Context) ([]corev1.Node, error) {
 func (s Site) GetSecret(_ context.Context, ns, name string) (*corev1.Secret, error) {
 	for _, c := range s.Clusters {
 		if s.CredentialsSecret(c.Name) == name && c.Creds.PGPassword != "" {
-			sec := &corev1.Secret{Data: map[string][]byte{"username": []byte(c.Creds.PGUser), "password": []byte(c.Creds.PGPassword)}}
+			sec := &corev1.Secret{Data: map[string][]byte{s.UserKey: []byte(c.Creds.PGUser), s.PasswordKey: []byte(c.Creds.PGPassword)}}
 			sec.Name, sec.Namespace = name, ns
 			return sec, nil
 		}

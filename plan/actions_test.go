@@ -5,25 +5,25 @@ import (
 	"testing"
 )
 
-// The catalogue has every action once, with an executor, ranks that order
+// Actions has every action once, with an executor, ranks that order
 // the plan and no bucket for bookkeeping steps.
-func TestCatalogue(t *testing.T) {
+func TestActions(t *testing.T) {
 	order := []Action{ActionLock, ActionRejoin, ActionEnsurePrimary, ActionEnsureSlot, ActionCheckpoint, ActionBootstrapSecret, ActionRefreshCredentials, ActionRebuild, ActionCreateStandby,
 		ActionSwitchover, ActionFailover, ActionRepoint, ActionUpdate, ActionRestart, ActionFillExternalIP, ActionDeleteCluster, ActionDropSlot, ActionRecord, ActionFence, ActionUnfence}
-	if len(Catalogue) != len(order) {
-		t.Fatalf("%d actions in the catalogue, want %d", len(Catalogue), len(order))
+	if len(Actions) != len(order) {
+		t.Fatalf("%d actions in Actions, want %d", len(Actions), len(order))
 	}
 	for i, a := range order {
-		k := Catalogue[a]
+		k := Actions[a]
 		if k.run == nil || k.decode == nil || k.Symbol == "" || k.Metric == "" || k.Rank != i {
 			t.Errorf("%s: %+v", a, k)
 		}
-		// The payload type the catalogue binds is the action's own.
+		// The payload type Actions binds is the action's own.
 		if p, err := k.decode([]byte("{}")); err != nil || p.Action() != a {
 			t.Errorf("%s decodes a payload of %T (%v)", a, p, err)
 		}
 	}
-	if !Catalogue[ActionLock].Recheck || Catalogue[ActionRecord].Recheck {
+	if !Actions[ActionLock].Recheck || Actions[ActionRecord].Recheck {
 		t.Error("only the lock re-checks the plan")
 	}
 	steps := []Step{{Action: ActionRecord, Subject: Subject{Cluster: "b"}}, {Action: ActionRecord, Subject: Subject{Cluster: "a"}}, {Action: ActionSwitchover}, {Action: ActionLock}}

@@ -10,7 +10,7 @@ import (
 // Action is what a step does.
 type Action string
 
-// Actions; their order, rendering and execution are in Catalogue.
+// Actions; their order, rendering and execution are in Actions.
 const (
 	ActionLock            Action = "lock"
 	ActionEnsurePrimary   Action = "ensure-primary"
@@ -53,7 +53,7 @@ const (
 )
 
 // Executor runs steps; apply implements it. Each method takes its
-// action's own payload; Catalogue binds action, payload and method, so an
+// action's own payload; Actions binds action, payload and method, so an
 // action cannot exist without its executor.
 type Executor interface {
 	Lock(ctx context.Context, at Subject, p *Lock) error
@@ -78,8 +78,8 @@ type Executor interface {
 	Unfence(ctx context.Context, at Subject, p *Unfence) error
 }
 
-// Kind is everything pgtopo knows about an action in one place.
-type Kind struct {
+// ActionInfo is everything pgtopo knows about an action in one place.
+type ActionInfo struct {
 	// Rank orders steps: by rank, then by sequence, then by cluster name.
 	Rank int
 	// Symbol marks the step in a text plan.
@@ -97,13 +97,13 @@ type Kind struct {
 }
 
 // Execute runs the step with its payload on e.
-func (k Kind) Execute(e Executor, ctx context.Context, s Step) error { return k.run(e, ctx, s) }
+func (k ActionInfo) Execute(e Executor, ctx context.Context, s Step) error { return k.run(e, ctx, s) }
 
 // bind ties an action's kind to its payload type P and its executor.
 func bind[P any, PP interface {
 	*P
 	Payload
-}](k Kind, run func(Executor, context.Context, Subject, PP) error) Kind {
+}](k ActionInfo, run func(Executor, context.Context, Subject, PP) error) ActionInfo {
 	k.run = func(e Executor, ctx context.Context, s Step) error {
 		p, ok := s.Payload.(PP)
 		if !ok || p == nil {
@@ -124,35 +124,35 @@ func bind[P any, PP interface {
 	return k
 }
 
-// Catalogue is the step catalogue: one entry per action.
-var Catalogue = map[Action]Kind{
-	ActionLock:               bind(Kind{Rank: 0, Symbol: "*", Bucket: BucketNone, Metric: "lock", Recheck: true}, Executor.Lock),
-	ActionRejoin:             bind(Kind{Rank: 1, Symbol: "!", Bucket: BucketSwitchover, Metric: "rejoin"}, Executor.Rejoin),
-	ActionEnsurePrimary:      bind(Kind{Rank: 2, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary"}, Executor.EnsurePrimary),
-	ActionEnsureSlot:         bind(Kind{Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-slot"}, Executor.EnsureSlot),
-	ActionCheckpoint:         bind(Kind{Rank: 4, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint"}, Executor.Checkpoint),
-	ActionBootstrapSecret:    bind(Kind{Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret"}, Executor.BootstrapSecret),
-	ActionRefreshCredentials: bind(Kind{Rank: 6, Symbol: "~", Bucket: BucketUpdate, Metric: "refresh-credentials"}, Executor.RefreshCredentials),
-	ActionRebuild:            bind(Kind{Rank: 7, Symbol: "-+", Bucket: BucketCreate, Metric: "rebuild"}, Executor.Rebuild),
-	ActionCreateStandby:      bind(Kind{Rank: 8, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby"}, Executor.CreateStandby),
-	ActionSwitchover:         bind(Kind{Rank: 9, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover"}, Executor.Switchover),
-	ActionFailover:           bind(Kind{Rank: 10, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover"}, Executor.Failover),
-	ActionRepoint:            bind(Kind{Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint"}, Executor.Repoint),
-	ActionUpdate:             bind(Kind{Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "update"}, Executor.Update),
-	ActionRestart:            bind(Kind{Rank: 13, Symbol: "~", Bucket: BucketUpdate, Metric: "restart"}, Executor.Restart),
-	ActionFillExternalIP:     bind(Kind{Rank: 14, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip"}, Executor.FillExternalIP),
-	ActionDeleteCluster:      bind(Kind{Rank: 15, Symbol: "-", Bucket: BucketDelete, Metric: "delete-cluster"}, Executor.DeleteCluster),
-	ActionDropSlot:           bind(Kind{Rank: 16, Symbol: "-", Bucket: BucketDelete, Metric: "drop-slot"}, Executor.DropSlot),
-	ActionRecord:             bind(Kind{Rank: 17, Symbol: "~", Bucket: BucketUpdate, Metric: "record"}, Executor.Record),
-	ActionFence:              bind(Kind{Rank: 18, Symbol: "!", Bucket: BucketUpdate, Metric: "fence"}, Executor.Fence),
-	ActionUnfence:            bind(Kind{Rank: 19, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence"}, Executor.Unfence),
+// Actions holds, per action, everything pgtopo knows of it.
+var Actions = map[Action]ActionInfo{
+	ActionLock:               bind(ActionInfo{Rank: 0, Symbol: "*", Bucket: BucketNone, Metric: "lock", Recheck: true}, Executor.Lock),
+	ActionRejoin:             bind(ActionInfo{Rank: 1, Symbol: "!", Bucket: BucketSwitchover, Metric: "rejoin"}, Executor.Rejoin),
+	ActionEnsurePrimary:      bind(ActionInfo{Rank: 2, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-primary"}, Executor.EnsurePrimary),
+	ActionEnsureSlot:         bind(ActionInfo{Rank: 3, Symbol: "+", Bucket: BucketCreate, Metric: "ensure-slot"}, Executor.EnsureSlot),
+	ActionCheckpoint:         bind(ActionInfo{Rank: 4, Symbol: "*", Bucket: BucketNone, Metric: "checkpoint"}, Executor.Checkpoint),
+	ActionBootstrapSecret:    bind(ActionInfo{Rank: 5, Symbol: "+", Bucket: BucketCreate, Metric: "bootstrap-secret"}, Executor.BootstrapSecret),
+	ActionRefreshCredentials: bind(ActionInfo{Rank: 6, Symbol: "~", Bucket: BucketUpdate, Metric: "refresh-credentials"}, Executor.RefreshCredentials),
+	ActionRebuild:            bind(ActionInfo{Rank: 7, Symbol: "-+", Bucket: BucketCreate, Metric: "rebuild"}, Executor.Rebuild),
+	ActionCreateStandby:      bind(ActionInfo{Rank: 8, Symbol: "+", Bucket: BucketCreate, Metric: "create-standby"}, Executor.CreateStandby),
+	ActionSwitchover:         bind(ActionInfo{Rank: 9, Symbol: "<>", Bucket: BucketSwitchover, Metric: "switchover"}, Executor.Switchover),
+	ActionFailover:           bind(ActionInfo{Rank: 10, Symbol: "!>", Bucket: BucketSwitchover, Metric: "failover"}, Executor.Failover),
+	ActionRepoint:            bind(ActionInfo{Rank: 11, Symbol: "~", Bucket: BucketUpdate, Metric: "repoint"}, Executor.Repoint),
+	ActionUpdate:             bind(ActionInfo{Rank: 12, Symbol: "~", Bucket: BucketUpdate, Metric: "update"}, Executor.Update),
+	ActionRestart:            bind(ActionInfo{Rank: 13, Symbol: "~", Bucket: BucketUpdate, Metric: "restart"}, Executor.Restart),
+	ActionFillExternalIP:     bind(ActionInfo{Rank: 14, Symbol: "~", Bucket: BucketUpdate, Metric: "fill-external-ip"}, Executor.FillExternalIP),
+	ActionDeleteCluster:      bind(ActionInfo{Rank: 15, Symbol: "-", Bucket: BucketDelete, Metric: "delete-cluster"}, Executor.DeleteCluster),
+	ActionDropSlot:           bind(ActionInfo{Rank: 16, Symbol: "-", Bucket: BucketDelete, Metric: "drop-slot"}, Executor.DropSlot),
+	ActionRecord:             bind(ActionInfo{Rank: 17, Symbol: "~", Bucket: BucketUpdate, Metric: "record"}, Executor.Record),
+	ActionFence:              bind(ActionInfo{Rank: 18, Symbol: "!", Bucket: BucketUpdate, Metric: "fence"}, Executor.Fence),
+	ActionUnfence:            bind(ActionInfo{Rank: 19, Symbol: "!", Bucket: BucketUpdate, Metric: "unfence"}, Executor.Unfence),
 }
 
 // SortSteps orders steps by action rank, then sequence, then cluster name.
 func SortSteps(steps []Step) {
 	sort.SliceStable(steps, func(i, j int) bool {
 		a, b := steps[i], steps[j]
-		if ra, rb := Catalogue[a.Action].Rank, Catalogue[b.Action].Rank; ra != rb {
+		if ra, rb := Actions[a.Action].Rank, Actions[b.Action].Rank; ra != rb {
 			return ra < rb
 		}
 		if a.Sequence != b.Sequence {
