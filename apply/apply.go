@@ -222,14 +222,14 @@ func (r *Runner) execute(ctx context.Context, pl plan.Plan, basis plan.Basis, se
 			return res, err
 		}
 		if next.InSync() {
-			r.emit(Event{Phase: PhaseConverged, Message: "converged: " + next.Headline()})
+			r.emit(Event{Type: EventConverged, Message: "converged: " + next.Headline()})
 			return res, nil
 		}
 		if round >= r.FollowUps {
 			res.Remaining = next
 			return res, nil
 		}
-		r.emit(Event{Phase: PhaseReplan, Message: "follow-up plan (what only shows once the earlier steps are done): " + next.Summary()})
+		r.emit(Event{Type: EventReplan, Message: "follow-up plan (what only shows once the earlier steps are done): " + next.Summary()})
 		pl, basis = *next, plan.Basis{}
 		res.Plan = pl
 	}
@@ -244,7 +244,7 @@ func (r *Runner) run(ctx context.Context, pl plan.Plan, basis plan.Basis, fresh 
 	for i := 0; i < len(pl.Steps); i++ {
 		step := pl.Steps[i]
 		if r.draining() {
-			r.emit(Event{Phase: PhaseStopped, Message: fmt.Sprintf("shutdown requested: stopping before %s %s", step.Action, step.Subject)})
+			r.emit(Event{Type: EventStopped, Message: fmt.Sprintf("shutdown requested: stopping before %s %s", step.Action, step.Subject)})
 			return nil, ErrDrained
 		}
 		began := time.Now()
@@ -272,7 +272,7 @@ func (r *Runner) run(ctx context.Context, pl plan.Plan, basis plan.Basis, fresh 
 			if now.Revision == "" || now.Refused() {
 				return nil, &PrimaryMovedError{Was: was, Now: is}
 			}
-			r.emit(Event{Phase: PhaseReplan, Message: fmt.Sprintf("another run changed the primary from %s to %s while this run waited for the lock; revision %s is not older than the one it applied: going on", was, is, now.Revision)})
+			r.emit(Event{Type: EventReplan, Message: fmt.Sprintf("another run changed the primary from %s to %s while this run waited for the lock; revision %s is not older than the one it applied: going on", was, is, now.Revision)})
 		}
 		if plan.Same(pl, now) {
 			continue
@@ -322,7 +322,7 @@ func (r *Runner) runStep(ctx context.Context, step plan.Step, n, total int, snap
 		return err
 	}
 	x := &stepRun{r: r, step: step, n: n, total: total, last: snap}
-	x.emit(Event{Phase: PhaseStep, Message: fmt.Sprintf("%s %s: %s", step.Action, step.Subject, step.Reason)})
+	x.emit(Event{Type: EventStep, Message: fmt.Sprintf("%s %s: %s", step.Action, step.Subject, step.Reason)})
 	kind, ok := plan.Actions[step.Action]
 	if !ok {
 		return fmt.Errorf("unknown action %q", step.Action)

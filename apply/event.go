@@ -12,34 +12,34 @@ import (
 	"github.com/pgtopo/pgtopo/printable"
 )
 
-// Phase says what an event reports.
-type Phase string
+// EventType says what an event reports.
+type EventType string
 
-// Phases of events. A step's own events come between its PhaseStep and the
-// next step's; the switchover's phases follow its protocol
+// Types of events. A step's own events come between its EventStep and the
+// next step's; the switchover's events follow its protocol
 // (docs/architecture.md, "Switchover").
 const (
-	PhaseStep      Phase = "step"       // a step begins
-	PhaseWaiting   Phase = "waiting"    // a wait goes on (every few seconds)
-	PhaseReached   Phase = "reached"    // a wait is over
-	PhaseLock      Phase = "lock"       // the lock is held, or waited for
-	PhaseSecret    Phase = "secret"     // a bootstrap secret was written
-	PhaseRestart   Phase = "restart"    // a primary's restart for settings begins
-	PhaseWrite     Phase = "write"      // a cluster's object was written
-	PhaseJournal   Phase = "journal"    // a switchover begins: journaled
-	PhaseResume    Phase = "resume"     // an interrupted switchover resumes
-	PhaseFence     Phase = "fence"      // the old primary refuses new writes
-	PhaseDemote    Phase = "demote"     // the old primary was told to become a standby
-	PhaseUnfence   Phase = "unfence"    // the fence was lifted
-	PhaseGateSet   Phase = "gate-set"   // the gate's LSN is journaled
-	PhaseGate      Phase = "gate"       // the target replayed the gate's LSN
-	PhasePromote   Phase = "promote"    // the target was told to become primary
-	PhaseSwitched  Phase = "switched"   // the switchover is done, journal cleared
-	PhaseBackOut   Phase = "back-out"   // the budget ran out or a wait stalled: backing out
-	PhaseBackedOut Phase = "backed-out" // the old primary takes writes again
-	PhaseReplan    Phase = "replan"     // a new plan replaces the one running
-	PhaseConverged Phase = "converged"  // nothing is left to do
-	PhaseStopped   Phase = "stopped"    // a shutdown stopped the run
+	EventStep      EventType = "step"       // a step begins
+	EventWaiting   EventType = "waiting"    // a wait goes on (every few seconds)
+	EventReached   EventType = "reached"    // a wait is over
+	EventLock      EventType = "lock"       // the lock is held, or waited for
+	EventSecret    EventType = "secret"     // a bootstrap secret was written
+	EventRestart   EventType = "restart"    // a primary's restart for settings begins
+	EventWrite     EventType = "write"      // a cluster's object was written
+	EventJournal   EventType = "journal"    // a switchover begins: journaled
+	EventResume    EventType = "resume"     // an interrupted switchover resumes
+	EventFence     EventType = "fence"      // the old primary refuses new writes
+	EventDemote    EventType = "demote"     // the old primary was told to become a standby
+	EventUnfence   EventType = "unfence"    // the fence was lifted
+	EventGateSet   EventType = "gate-set"   // the gate's LSN is journaled
+	EventGate      EventType = "gate"       // the target replayed the gate's LSN
+	EventPromote   EventType = "promote"    // the target was told to become primary
+	EventSwitched  EventType = "switched"   // the switchover is done, journal cleared
+	EventBackOut   EventType = "back-out"   // the budget ran out or a wait stalled: backing out
+	EventBackedOut EventType = "backed-out" // the old primary takes writes again
+	EventReplan    EventType = "replan"     // a new plan replaces the one running
+	EventConverged EventType = "converged"  // nothing is left to do
+	EventStopped   EventType = "stopped"    // a shutdown stopped the run
 )
 
 // Event is one progress report of a run.
@@ -52,7 +52,7 @@ type Event struct {
 	Steps   int         `json:"steps,omitempty"`
 	Action  plan.Action `json:"action,omitempty"`
 	Subject string      `json:"subject,omitempty"`
-	Phase   Phase       `json:"phase"`
+	Type    EventType   `json:"event"`
 	Message string      `json:"message"`
 	// Journal is the switchover journal's phase the event concerns.
 	Journal string `json:"journal,omitempty"`
@@ -73,10 +73,10 @@ type Event struct {
 func TextProgress(w io.Writer) func(Event) {
 	return func(e Event) {
 		indent := ""
-		if e.Step > 0 && e.Phase != PhaseStep {
+		if e.Step > 0 && e.Type != EventStep {
 			indent = "  "
 		}
-		if e.Phase == PhaseStep && e.Steps > 0 {
+		if e.Type == EventStep && e.Steps > 0 {
 			indent = fmt.Sprintf("step %d/%d: ", e.Step, e.Steps)
 		}
 		fmt.Fprintf(w, "[%6.1fs] %s%s\n", e.Elapsed, indent, printable.String(e.Message))
@@ -94,10 +94,10 @@ func JSONProgress(w io.Writer) func(Event) {
 func LogProgress(log *slog.Logger) func(Event) {
 	return func(e Event) {
 		level := slog.LevelInfo
-		if e.Phase == PhaseWaiting || e.Phase == PhaseReached || e.Phase == PhaseWrite {
+		if e.Type == EventWaiting || e.Type == EventReached || e.Type == EventWrite {
 			level = slog.LevelDebug
 		}
-		attrs := []any{"phase", string(e.Phase), "elapsed", fmt.Sprintf("%.1fs", e.Elapsed)}
+		attrs := []any{"event", string(e.Type), "elapsed", fmt.Sprintf("%.1fs", e.Elapsed)}
 		if e.Step > 0 {
 			attrs = append(attrs, "step", fmt.Sprintf("%d/%d", e.Step, e.Steps), "action", string(e.Action), "subject", e.Subject)
 		}

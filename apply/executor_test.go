@@ -58,11 +58,11 @@ func wantWrites(t *testing.T, w *world, want ...string) {
 	}
 }
 
-func phases(events []Event) []Phase {
-	var out []Phase
+func phases(events []Event) []EventType {
+	var out []EventType
 	for _, e := range events {
-		if e.Phase != PhaseWaiting && e.Phase != PhaseReached && e.Phase != PhaseWrite {
-			out = append(out, e.Phase)
+		if e.Type != EventWaiting && e.Type != EventReached && e.Type != EventWrite {
+			out = append(out, e.Type)
 		}
 	}
 	return out
@@ -385,7 +385,7 @@ func TestSwitchoverPhasesInOrder(t *testing.T) {
 		"marks orders-east digest=d0 revision= journal=-",
 		"marks orders-west digest=d0 revision= journal=-",
 	)
-	want := []Phase{PhaseStep, PhaseJournal, PhaseFence, PhaseDemote, PhaseUnfence, PhaseGateSet, PhaseGate, PhasePromote, PhaseSwitched}
+	want := []EventType{EventStep, EventJournal, EventFence, EventDemote, EventUnfence, EventGateSet, EventGate, EventPromote, EventSwitched}
 	if got := phases(*events); !slices.Equal(got, want) {
 		t.Fatalf("phases %v, want %v", got, want)
 	}
@@ -541,7 +541,7 @@ func TestSwitchoverResumes(t *testing.T) {
 			if slices.ContainsFunc(got, func(l string) bool { return strings.Contains(l, "journal=demoting") }) {
 				t.Fatalf("the resumed run started the switchover over: %v", got)
 			}
-			if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseResume && e.Journal == tc.phase }) {
+			if !slices.ContainsFunc(*events, func(e Event) bool { return e.Type == EventResume && e.Journal == tc.phase }) {
 				t.Fatalf("no resume event at %s", tc.phase)
 			}
 			if c := w.cluster("orders-west"); !c.Writable() || w.cluster("orders-east").Journal() != nil {
@@ -645,11 +645,11 @@ func TestSwitchoverBacksOutOfAStalledFence(t *testing.T) {
 		"marks orders-east digest=d0 revision= journal=-",
 		"marks orders-west digest=d0 revision= journal=-",
 	)
-	if !slices.Contains(phases(*events), PhaseBackedOut) {
+	if !slices.Contains(phases(*events), EventBackedOut) {
 		t.Fatalf("phases %v", phases(*events))
 	}
 	// The fence is lifted once, and said once.
-	if n := len(slices.DeleteFunc(phases(*events), func(p Phase) bool { return p != PhaseUnfence })); n != 1 {
+	if n := len(slices.DeleteFunc(phases(*events), func(p EventType) bool { return p != EventUnfence })); n != 1 {
 		t.Fatalf("%d unfence events, want 1: %v", n, phases(*events))
 	}
 }
@@ -851,7 +851,7 @@ func TestSwitchoverResumesFromTheFurtherJournal(t *testing.T) {
 	if got := w.writes(); len(got) == 0 || !strings.HasPrefix(got[0], "spec orders-west ") {
 		t.Fatalf("writes %v, want the promotion first", got)
 	}
-	if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseResume && e.Journal == snapshot.PhasePromoted }) {
+	if !slices.ContainsFunc(*events, func(e Event) bool { return e.Type == EventResume && e.Journal == snapshot.PhasePromoted }) {
 		t.Fatal("did not resume at promoted")
 	}
 }
@@ -918,7 +918,7 @@ func TestFenceAndUnfence(t *testing.T) {
 		t.Fatalf("marks after unfence %+v", m)
 	}
 	if !slices.ContainsFunc(*events, func(e Event) bool {
-		return e.Phase == PhaseFence && strings.Contains(e.Message, "3 client session(s) ended")
+		return e.Type == EventFence && strings.Contains(e.Message, "3 client session(s) ended")
 	}) {
 		t.Fatal("no fence event counts the sessions ended")
 	}

@@ -40,7 +40,7 @@ func (x *stepRun) Failover(ctx context.Context, _ plan.Subject, f *plan.Failover
 		if err := x.recordFailover(ctx, rec, to); err != nil {
 			return err
 		}
-		x.emit(Event{Phase: PhaseJournal, Journal: rec.Phase, LSN: rec.ForkLSN.String(), Message: fmt.Sprintf(
+		x.emit(Event{Type: EventJournal, Journal: rec.Phase, LSN: rec.ForkLSN.String(), Message: fmt.Sprintf(
 			"failover recorded (epoch %d, consent: %s): %s forks from %s at %s on timeline %d; %s's writes past it are lost to the new primary",
 			rec.Epoch, consent, to, from, rec.ForkLSN, rec.FromTimeline, from)})
 	} else {
@@ -49,7 +49,7 @@ func (x *stepRun) Failover(ctx context.Context, _ plan.Subject, f *plan.Failover
 			return fmt.Errorf("resume failover %s → %s: its record (epoch %d) is gone or names another failover", from, to, f.Epoch)
 		}
 		rec = *cur
-		x.emit(Event{Phase: PhaseResume, Journal: rec.Phase, Message: fmt.Sprintf("resuming failover %s → %s (epoch %d, consent: %s)", from, to, rec.Epoch, rec.Consent)})
+		x.emit(Event{Type: EventResume, Journal: rec.Phase, Message: fmt.Sprintf("resuming failover %s → %s (epoch %d, consent: %s)", from, to, rec.Epoch, rec.Consent)})
 	}
 	if rec.Phase != snapshot.FailoverPromoting && rec.Phase != snapshot.FailoverDone {
 		return fmt.Errorf("promote %s: the failover record is at phase %q: no recorded consent", to, rec.Phase)
@@ -57,7 +57,7 @@ func (x *stepRun) Failover(ctx context.Context, _ plan.Subject, f *plan.Failover
 	if err := x.writeSpec(ctx, f.To, f.Promoted); err != nil {
 		return err
 	}
-	x.emit(Event{Phase: PhasePromote, Journal: rec.Phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to, f.Promoted.Instances)})
+	x.emit(Event{Type: EventPromote, Journal: rec.Phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to, f.Promoted.Instances)})
 	if err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable on a timeline after %d", to, rec.FromTimeline), func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		return cs.Writable() && cs.PG.Timeline > rec.FromTimeline, statusWords(cs)
@@ -73,7 +73,7 @@ func (x *stepRun) Failover(ctx context.Context, _ plan.Subject, f *plan.Failover
 	if err := x.recordFailover(ctx, rec, to); err != nil {
 		return err
 	}
-	x.emit(Event{Phase: PhaseSwitched, Message: fmt.Sprintf("failover %s → %s done: %s writable on timeline %d; %s is fenced and demoted when it answers again", from, to, to, newTL, from)})
+	x.emit(Event{Type: EventSwitched, Message: fmt.Sprintf("failover %s → %s done: %s writable on timeline %d; %s is fenced and demoted when it answers again", from, to, to, newTL, from)})
 	return nil
 }
 
@@ -86,7 +86,7 @@ func (x *stepRun) confirmLost(ctx context.Context, f *plan.Failover, t *snapshot
 		kubeWhy = site.Error
 	}
 	if f.FromEndpoint == nil {
-		x.say(PhaseStep, "confirmed: %s unreachable through Kubernetes (%s); %s has no peer address to try it through PostgreSQL", f.From.Cluster, kubeWhy, f.To.Cluster)
+		x.say(EventStep, "confirmed: %s unreachable through Kubernetes (%s); %s has no peer address to try it through PostgreSQL", f.From.Cluster, kubeWhy, f.To.Cluster)
 		return nil
 	}
 	probe := &snapshot.ClusterState{Name: f.From.Cluster, Site: t.Site, Namespace: t.Namespace, Credentials: t.Credentials, Endpoint: f.FromEndpoint}
@@ -97,7 +97,7 @@ func (x *stepRun) confirmLost(ctx context.Context, f *plan.Failover, t *snapshot
 		_ = sess.Close(context.Background())
 		return fmt.Errorf("%s answers through PostgreSQL at %s: it is not lost; refusing to fail over (fence it with pgtopo fence, or wait for its site)", f.From.Cluster, f.FromEndpoint)
 	}
-	x.say(PhaseStep, "confirmed: %s unreachable through Kubernetes (%s) and through PostgreSQL at %s (%v)", f.From.Cluster, kubeWhy, f.FromEndpoint, err)
+	x.say(EventStep, "confirmed: %s unreachable through Kubernetes (%s) and through PostgreSQL at %s (%v)", f.From.Cluster, kubeWhy, f.FromEndpoint, err)
 	return nil
 }
 
@@ -167,20 +167,20 @@ func (x *stepRun) Rejoin(ctx context.Context, at plan.Subject, r *plan.Rejoin) e
 		if err != nil {
 			return err
 		}
-		x.say(PhaseFence, "fence on return: %s refuses new writes; %d client session(s) ended", name, ended)
+		x.say(EventFence, "fence on return: %s refuses new writes; %d client session(s) ended", name, ended)
 		ret.EndLSN, ret.LastCommit = end, last
 		if end > rec.ForkLSN {
 			ret.Diverged = int64(end - rec.ForkLSN)
 		}
-		x.emit(Event{Phase: PhaseFence, LSN: end.String(), Message: divergenceWords(name, rec, ret)})
+		x.emit(Event{Type: EventFence, LSN: end.String(), Message: divergenceWords(name, rec, ret)})
 	} else if o.PG != nil && !o.PG.ReadOnlyDefault {
 		// Answering in recovery, it may still be promoted by its site's
 		// Patroni before the demotion lands: fenced, it takes no writes
 		// then. Best effort: the timeline checks below still catch it.
 		if err := x.fenceOnly(ctx, o); err != nil {
-			x.say(PhaseFence, "fence on return: %s answers in recovery; fencing it failed (%v): going on to demote it", name, err)
+			x.say(EventFence, "fence on return: %s answers in recovery; fencing it failed (%v): going on to demote it", name, err)
 		} else {
-			x.say(PhaseFence, "fence on return: %s answers in recovery, fenced all the same: a promotion in its own site before the demotion would take no writes", name)
+			x.say(EventFence, "fence on return: %s answers in recovery, fenced all the same: a promotion in its own site before the demotion would take no writes", name)
 		}
 	}
 	rec.Returned = &ret
@@ -206,7 +206,7 @@ func (x *stepRun) Rejoin(ctx context.Context, at plan.Subject, r *plan.Rejoin) e
 	if err := x.writeSpec(ctx, at, r.Demoted); err != nil {
 		return err
 	}
-	x.emit(Event{Phase: PhaseDemote, Message: fmt.Sprintf("demote: %s isReplica true, peer %s (%s)", name, r.Demoted.Replication.Peer(), r.Primary.Cluster)})
+	x.emit(Event{Type: EventDemote, Message: fmt.Sprintf("demote: %s isReplica true, peer %s (%s)", name, r.Demoted.Replication.Peer(), r.Primary.Cluster)})
 	if err := x.wait(ctx, name+" in recovery", func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return cs.PG != nil && cs.PG.InRecovery, statusWords(cs)
@@ -224,7 +224,7 @@ func (x *stepRun) Rejoin(ctx context.Context, at plan.Subject, r *plan.Rejoin) e
 	}
 	if r.Policy == "manual" {
 		rec.Returned.Done = true
-		x.say(PhaseSwitched, "%s is fenced and demoted; rejoin policy manual: rewinding or rebuilding it is left to a DBA", name)
+		x.say(EventSwitched, "%s is fenced and demoted; rejoin policy manual: rewinding or rebuilding it is left to a DBA", name)
 		return x.markReturned(ctx, at, rec)
 	}
 	bounded, cancel := context.WithTimeout(ctx, rewindBound)
@@ -253,7 +253,7 @@ func (x *stepRun) Rejoin(ctx context.Context, at plan.Subject, r *plan.Rejoin) e
 		}
 	}
 	rec.Returned.Done = true
-	x.say(PhaseSwitched, "%s rejoined as a standby of %s", name, r.Primary.Cluster)
+	x.say(EventSwitched, "%s rejoined as a standby of %s", name, r.Primary.Cluster)
 	return x.markReturned(ctx, at, rec)
 }
 
@@ -283,7 +283,7 @@ func (x *stepRun) fenceBeforeItAnswers(ctx context.Context, at plan.Subject, r *
 	if o := x.cluster(name); o.PG != nil {
 		state = "answers in recovery, and its object makes it a primary"
 	}
-	x.emit(Event{Phase: PhaseFence, Message: fmt.Sprintf("fence on return: %s %s; fenced in its object (%s on), which its operator applies before the server starts: it refuses writes once promoted", name, state, snapshot.FenceParameter)})
+	x.emit(Event{Type: EventFence, Message: fmt.Sprintf("fence on return: %s %s; fenced in its object (%s on), which its operator applies before the server starts: it refuses writes once promoted", name, state, snapshot.FenceParameter)})
 	bounded, cancel := context.WithTimeout(ctx, answerBound)
 	defer cancel()
 	err := x.waitEvery(bounded, x.r.pollSwitchover(), name+" answering as a primary", func(snap *snapshot.Snapshot) (bool, string) {
@@ -296,12 +296,12 @@ func (x *stepRun) fenceBeforeItAnswers(ctx context.Context, at plan.Subject, r *
 	o := x.cluster(name)
 	if err == nil {
 		if !o.PG.ReadOnlyDefault {
-			x.say(PhaseFence, "fence on return: %s answers writable: it was started before its operator applied the fence in its object; fencing it by SQL now", name)
+			x.say(EventFence, "fence on return: %s answers writable: it was started before its operator applied the fence in its object; fencing it by SQL now", name)
 		}
 		return o, nil
 	}
 	if o = x.observedNow(ctx, name); o.PG != nil {
-		x.say(PhaseFence, "fence on return: %s answers but stays in recovery %s after its fence was written: what it wrote after the fork is measured only if it is promoted", name, answerBound)
+		x.say(EventFence, "fence on return: %s answers but stays in recovery %s after its fence was written: what it wrote after the fork is measured only if it is promoted", name, answerBound)
 		return o, nil
 	}
 	return nil, fmt.Errorf("fence on return: %s NOT CONFIRMED: it does not answer %s after its fence was written in its object (%w); the fence holds when it starts, and the next run confirms it before anything else", name, answerBound, err)
@@ -394,7 +394,7 @@ func (x *stepRun) needsRebuild(ctx context.Context, at plan.Subject, r *plan.Rej
 	if r.Demoted.Flavor == snapshot.FlavorPatroni {
 		return rebuildByHand(name, r.Primary.Cluster)
 	}
-	x.say(PhaseFence, "%s needs a rebuild: %s; the rejoin stops here, fenced", name, why)
+	x.say(EventFence, "%s needs a rebuild: %s; the rejoin stops here, fenced", name, why)
 	return &NeedsRebuildError{Cluster: name, Why: why, Diverged: snapshot.HumanBytes(rec.Returned.Diverged)}
 }
 
@@ -426,7 +426,7 @@ func (x *stepRun) rebuild(ctx context.Context, at plan.Subject, r *plan.Rejoin, 
 	if err := x.writeSpec(ctx, at, r.Demoted); err != nil {
 		return err
 	}
-	x.say(PhaseWrite, "rebuild: %s created as a standby of %s from birth", name, r.Primary.Cluster)
+	x.say(EventWrite, "rebuild: %s created as a standby of %s from birth", name, r.Primary.Cluster)
 	if err := x.waitStreaming(ctx, name, r.Primary.Cluster); err != nil {
 		return err
 	}

@@ -51,7 +51,7 @@ func TestFailoverRecordsPromotesAndRecordsDone(t *testing.T) {
 	if rec.ForkLSN != 0x5027AD8 || rec.From != "orders-east" || rec.Consent != "spec.acceptDataLoss in the file" {
 		t.Fatalf("record %+v", rec)
 	}
-	want := []Phase{PhaseStep, PhaseStep, PhaseJournal, PhasePromote, PhaseSwitched}
+	want := []EventType{EventStep, EventStep, EventJournal, EventPromote, EventSwitched}
 	if got := phases(*events); !slices.Equal(got, want) {
 		t.Fatalf("phases %v, want %v", got, want)
 	}
@@ -161,7 +161,7 @@ func TestRejoinFencesReportsAndRewinds(t *testing.T) {
 	)
 	var words string
 	for _, e := range *events {
-		if e.Phase == PhaseFence && strings.HasPrefix(e.Message, "divergence:") {
+		if e.Type == EventFence && strings.HasPrefix(e.Message, "divergence:") {
 			words = e.Message
 		}
 	}
@@ -239,7 +239,7 @@ func TestRejoinFencesOnReturnAndLiftsTheFence(t *testing.T) {
 			if w.cluster("orders-east").PG.ReadOnlyDefault {
 				t.Fatal("orders-east still starts sessions read-only")
 			}
-			if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseUnfence }) {
+			if !slices.ContainsFunc(*events, func(e Event) bool { return e.Type == EventUnfence }) {
 				t.Fatal("no event says the fence was lifted")
 			}
 		})
@@ -410,7 +410,7 @@ func TestRejoinFencesInTheObjectBeforeItAnswers(t *testing.T) {
 			}
 			measured := slices.IndexFunc(*events, func(e Event) bool { return strings.HasPrefix(e.Message, "divergence: orders-east wrote") })
 			after := slices.IndexFunc(*events, func(e Event) bool {
-				return strings.Contains(e.Message, "orders-east") && e.Phase == PhaseDemote || e.Phase == PhaseWrite && strings.Contains(e.Message, "deleted")
+				return strings.Contains(e.Message, "orders-east") && e.Type == EventDemote || e.Type == EventWrite && strings.Contains(e.Message, "deleted")
 			})
 			if measured < 0 {
 				t.Fatalf("no divergence reported: %v", *events)

@@ -68,7 +68,7 @@ func (r *Runner) acquire(ctx context.Context, step *plan.Lock, x *stepRun) (lock
 	for _, at := range where {
 		names = append(names, at.Site+"/"+at.Namespace)
 	}
-	x.say(PhaseLock, "lock: holding Lease %s in %s as %s", step.Lease, strings.Join(names, ", "), r.Holder)
+	x.say(EventLock, "lock: holding Lease %s in %s as %s", step.Lease, strings.Join(names, ", "), r.Holder)
 	return held, nil
 }
 
@@ -92,7 +92,7 @@ func (r *Runner) acquireOne(ctx context.Context, name string, at plan.Subject, d
 			return nil, &LockHeldError{Lease: name, Namespace: at.Namespace, Site: at.Site, Holder: holder, Waited: r.LockTimeout}
 		}
 		if !announced {
-			x.say(PhaseLock, "lock: Lease %s/%s in site %s is held by %s; waiting up to %s", at.Namespace, name, at.Site, holder, r.LockTimeout)
+			x.say(EventLock, "lock: Lease %s/%s in site %s is held by %s; waiting up to %s", at.Namespace, name, at.Site, holder, r.LockTimeout)
 			announced = true
 		}
 		select {

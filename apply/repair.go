@@ -27,7 +27,7 @@ func (x *stepRun) Rebuild(ctx context.Context, at plan.Subject, rb *plan.Rebuild
 		if err := x.writeMarks(ctx, plan.Subject{Site: primary.Site, Namespace: primary.Namespace, Cluster: primary.Name}, marks); err != nil {
 			return err
 		}
-		x.say(PhaseJournal, "rebuild of %s recorded on %s (%s)", name, rb.Primary, rb.Evidence)
+		x.say(EventJournal, "rebuild of %s recorded on %s (%s)", name, rb.Primary, rb.Evidence)
 	}
 	if c := x.cluster(name); c.Exists && c.Writable() {
 		return fmt.Errorf("rebuild %s: it takes writes; pgtopo never rebuilds a primary", name)
@@ -45,7 +45,7 @@ func (x *stepRun) Rebuild(ctx context.Context, at plan.Subject, rb *plan.Rebuild
 	if err := x.writeSpec(ctx, at, spec); err != nil {
 		return err
 	}
-	x.say(PhaseWrite, "rebuild: %s created as a standby of %s from birth", name, rb.Primary)
+	x.say(EventWrite, "rebuild: %s created as a standby of %s from birth", name, rb.Primary)
 	if err := x.waitStreaming(ctx, name, rb.Primary); err != nil {
 		return err
 	}
@@ -71,7 +71,7 @@ func (x *stepRun) forget(ctx context.Context, primary, cluster string) error {
 	if err := x.session(ctx, p, func(ss Session) error { return cat.Forget(ctx, ss.Exec, cluster) }); err != nil {
 		return err
 	}
-	x.say(PhaseWrite, "%s removed from %s's multi_cluster_info", cluster, primary)
+	x.say(EventWrite, "%s removed from %s's multi_cluster_info", cluster, primary)
 	return nil
 }
 
@@ -86,7 +86,7 @@ func (x *stepRun) DeleteCluster(ctx context.Context, at plan.Subject, d *plan.De
 	if err := w.DeleteCluster(ctx, at.Namespace, name); err != nil {
 		return fmt.Errorf("delete %s/%s: %w", at.Namespace, name, err)
 	}
-	x.say(PhaseWrite, "%s deleted with its data", name)
+	x.say(EventWrite, "%s deleted with its data", name)
 	if err := x.wait(ctx, name+" gone", func(snap *snapshot.Snapshot) (bool, string) {
 		for _, o := range snap.Orphans {
 			if o.Name == name && o.Site == at.Site {
@@ -139,7 +139,7 @@ func (x *stepRun) dropSlot(ctx context.Context, d plan.DropSlot) error {
 	if err := x.sql(ctx, p, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", d.Slot); err != nil {
 		return fmt.Errorf("drop slot %s: %w", d.Slot, err)
 	}
-	x.say(PhaseWrite, "slot %s dropped on %s (it held %s)", d.Slot, d.Primary, snapshot.HumanBytes(d.RetainedBytes))
+	x.say(EventWrite, "slot %s dropped on %s (it held %s)", d.Slot, d.Primary, snapshot.HumanBytes(d.RetainedBytes))
 	return x.wait(ctx, "slot "+d.Slot+" gone from "+d.Primary, func(snap *snapshot.Snapshot) (bool, string) {
 		c, _ := snap.Cluster(d.Primary)
 		if c.PG == nil {
@@ -167,7 +167,7 @@ func (x *stepRun) deleteForRebuild(ctx context.Context, subj plan.Subject, exist
 		if err := w.DeleteCluster(ctx, subj.Namespace, name); err != nil {
 			return fmt.Errorf("rebuild %s: delete: %w", name, err)
 		}
-		x.say(PhaseWrite, "rebuild: %s deleted with its data", name)
+		x.say(EventWrite, "rebuild: %s deleted with its data", name)
 	}
 	return x.wait(ctx, name+" gone", func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)

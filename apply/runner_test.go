@@ -57,14 +57,14 @@ func TestExecuteRunsThePlanAsPrinted(t *testing.T) {
 	}
 	var steps []int
 	for _, e := range *events {
-		if e.Phase == PhaseStep {
+		if e.Type == EventStep {
 			steps = append(steps, e.Step)
 			if e.Steps != 2 {
 				t.Fatalf("event %+v: steps %d, want 2", e, e.Steps)
 			}
 		}
 	}
-	if !slices.Equal(steps, []int{1, 2}) || (*events)[len(*events)-1].Phase != PhaseConverged {
+	if !slices.Equal(steps, []int{1, 2}) || (*events)[len(*events)-1].Type != EventConverged {
 		t.Fatalf("events %+v", *events)
 	}
 }
@@ -190,7 +190,7 @@ func TestExecuteFollowUps(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantWrites(t, w, "marks orders-east digest=d1 revision= journal=-", "marks orders-east digest=d2 revision= journal=-")
-	if !slices.ContainsFunc(*events, func(e Event) bool { return e.Phase == PhaseReplan }) {
+	if !slices.ContainsFunc(*events, func(e Event) bool { return e.Type == EventReplan }) {
 		t.Fatal("the follow-up plan was not announced")
 	}
 
@@ -242,25 +242,25 @@ func TestExecuteStopsOnRefusalDrainAndFailure(t *testing.T) {
 }
 
 func TestProgressRenderers(t *testing.T) {
-	ev := Event{Elapsed: 2.34, Step: 3, Steps: 5, Action: plan.ActionSwitchover, Phase: PhaseFence, Message: "fence: orders-east refuses new writes", LSN: "0/5"}
+	ev := Event{Elapsed: 2.34, Step: 3, Steps: 5, Action: plan.ActionSwitchover, Type: EventFence, Message: "fence: orders-east refuses new writes", LSN: "0/5"}
 	var text bytes.Buffer
 	TextProgress(&text)(ev)
-	TextProgress(&text)(Event{Elapsed: 2.4, Step: 3, Phase: PhaseStep, Message: "switchover orders-west"})
+	TextProgress(&text)(Event{Elapsed: 2.4, Step: 3, Type: EventStep, Message: "switchover orders-west"})
 	if got := text.String(); got != "[   2.3s]   fence: orders-east refuses new writes\n[   2.4s] switchover orders-west\n" {
 		t.Fatalf("text %q", got)
 	}
 	var js bytes.Buffer
 	JSONProgress(&js)(ev)
 	var back Event
-	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.Phase != PhaseFence || back.LSN != "0/5" || back.Step != 3 {
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.Type != EventFence || back.LSN != "0/5" || back.Step != 3 {
 		t.Fatalf("json %s: %v", js.String(), err)
 	}
 	var logs bytes.Buffer
 	lag := int64(42)
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	LogProgress(log)(Event{Step: 1, Steps: 2, Phase: PhaseWaiting, Message: "waiting"})
-	LogProgress(log)(Event{Step: 1, Steps: 2, Action: plan.ActionSwitchover, Phase: PhaseGate, Message: "gate passed", LagBytes: &lag})
-	if got := logs.String(); strings.Contains(got, "waiting") || !strings.Contains(got, `msg="gate passed" phase=gate`) || !strings.Contains(got, "step=1/2") || !strings.Contains(got, "lagBytes=42") {
+	LogProgress(log)(Event{Step: 1, Steps: 2, Type: EventWaiting, Message: "waiting"})
+	LogProgress(log)(Event{Step: 1, Steps: 2, Action: plan.ActionSwitchover, Type: EventGate, Message: "gate passed", LagBytes: &lag})
+	if got := logs.String(); strings.Contains(got, "waiting") || !strings.Contains(got, `msg="gate passed" event=gate`) || !strings.Contains(got, "step=1/2") || !strings.Contains(got, "lagBytes=42") {
 		t.Fatalf("logs %q", got)
 	}
 }

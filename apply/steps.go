@@ -40,8 +40,8 @@ func (x *stepRun) emit(e Event) {
 	x.r.emit(e)
 }
 
-func (x *stepRun) say(phase Phase, format string, args ...any) {
-	x.emit(Event{Phase: phase, Message: fmt.Sprintf(format, args...)})
+func (x *stepRun) say(phase EventType, format string, args ...any) {
+	x.emit(Event{Type: phase, Message: fmt.Sprintf(format, args...)})
 }
 
 // cluster is a cluster's state in the latest snapshot.
@@ -69,7 +69,7 @@ func (x *stepRun) writeSpec(ctx context.Context, s plan.Subject, spec snapshot.S
 	if err := w.WriteSpec(ctx, s.Namespace, s.Cluster, spec); err != nil {
 		return fmt.Errorf("write %s/%s: %w", s.Namespace, s.Cluster, err)
 	}
-	x.say(PhaseWrite, "wrote %s (%s/%s)", s.Cluster, s.Site, s.Namespace)
+	x.say(EventWrite, "wrote %s (%s/%s)", s.Cluster, s.Site, s.Namespace)
 	return nil
 }
 
@@ -134,7 +134,7 @@ func (x *stepRun) EnsureSlot(ctx context.Context, at plan.Subject, e *plan.Ensur
 		if err := w.EnsurePermanentSlot(ctx, at.Namespace, e.Primary, e.Slot); err != nil {
 			return fmt.Errorf("slot %s on %s: %w", e.Slot, e.Primary, err)
 		}
-		x.say(PhaseWrite, "permanent slot %s on %s for %s", e.Slot, e.Primary, e.For)
+		x.say(EventWrite, "permanent slot %s on %s for %s", e.Slot, e.Primary, e.For)
 		return x.wait(ctx, fmt.Sprintf("slot %s on %s reserving WAL", e.Slot, e.Primary), func(snap *snapshot.Snapshot) (bool, string) {
 			c, _ := snap.Cluster(e.Primary)
 			if c.PG == nil {
@@ -158,7 +158,7 @@ func (x *stepRun) EnsureSlot(ctx context.Context, at plan.Subject, e *plan.Ensur
 		if err != nil {
 			return err
 		}
-		x.say(PhaseWrite, "%s listed in %s's multi_cluster_info (slot %s)", e.For, e.Primary, e.Slot)
+		x.say(EventWrite, "%s listed in %s's multi_cluster_info (slot %s)", e.For, e.Primary, e.Slot)
 		return x.wait(ctx, fmt.Sprintf("%s in %s's multi_cluster_info", e.For, e.Primary), func(snap *snapshot.Snapshot) (bool, string) {
 			c, _ := snap.Cluster(e.Primary)
 			if c.PG == nil {
@@ -234,7 +234,7 @@ func (x *stepRun) RefreshCredentials(ctx context.Context, at plan.Subject, p *pl
 	if err := to.ApplySecret(ctx, sec); err != nil {
 		return fmt.Errorf("secret %s/%s: %w", ns, c.Name, err)
 	}
-	x.say(PhaseSecret, "secret %s/%s in site %s: username and password of %s", ns, c.Name, at.Site, c.FromName)
+	x.say(EventSecret, "secret %s/%s in site %s: username and password of %s", ns, c.Name, at.Site, c.FromName)
 	return x.wait(ctx, at.Cluster+" authenticating with its refreshed credentials", func(snap *snapshot.Snapshot) (bool, string) {
 		sb, ok := snap.Cluster(at.Cluster)
 		if !ok || sb.PG == nil {
@@ -295,7 +295,7 @@ func (x *stepRun) copySecret(ctx context.Context, subject plan.Subject, c plan.C
 	if err := to.ApplySecret(ctx, sec); err != nil {
 		return fmt.Errorf("secret %s/%s: %w", ns, c.Name, err)
 	}
-	x.say(PhaseSecret, "secret %s/%s in site %s: copy of %s", ns, c.Name, subject.Site, c.FromName)
+	x.say(EventSecret, "secret %s/%s in site %s: copy of %s", ns, c.Name, subject.Site, c.FromName)
 	return nil
 }
 
@@ -323,7 +323,7 @@ func (x *stepRun) resolvePeer(at plan.Subject, s plan.StandbySpec) (snapshot.Spe
 	if ep == nil {
 		return spec, fmt.Errorf("%s has no endpoint yet", s.PeerOf)
 	}
-	x.say(PhaseWrite, "peer of %s: %s, the endpoint of %s", at.Cluster, ep, s.PeerOf)
+	x.say(EventWrite, "peer of %s: %s, the endpoint of %s", at.Cluster, ep, s.PeerOf)
 	return spec.WithPeer(*ep), nil
 }
 
@@ -437,7 +437,7 @@ func (x *stepRun) Restart(ctx context.Context, at plan.Subject, r *plan.Restart)
 		return fmt.Errorf("restart %s: %w", name, err)
 	}
 	if r.Primary {
-		x.say(PhaseRestart, "restarting the primary %s for %s: writes are refused until it is back", name, params)
+		x.say(EventRestart, "restarting the primary %s for %s: writes are refused until it is back", name, params)
 	}
 	primary := r.Follows
 	return x.wait(ctx, name+" restarted with "+params+" in effect", func(snap *snapshot.Snapshot) (bool, string) {
@@ -532,11 +532,11 @@ func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what strin
 		}
 		if ok {
 			x.last = snap
-			x.emit(Event{Phase: PhaseReached, Message: fmt.Sprintf("%s after %.1fs (%s)", what, time.Since(began).Seconds(), detail), Waited: time.Since(began).Seconds()})
+			x.emit(Event{Type: EventReached, Message: fmt.Sprintf("%s after %.1fs (%s)", what, time.Since(began).Seconds(), detail), Waited: time.Since(began).Seconds()})
 			return nil
 		}
 		if time.Since(lastReport) > 2*time.Second {
-			x.emit(Event{Phase: PhaseWaiting, Message: fmt.Sprintf("waiting for %s: %s (%.0fs)", what, detail, time.Since(began).Seconds()), Waited: time.Since(began).Seconds()})
+			x.emit(Event{Type: EventWaiting, Message: fmt.Sprintf("waiting for %s: %s (%.0fs)", what, detail, time.Since(began).Seconds()), Waited: time.Since(began).Seconds()})
 			lastReport = time.Now()
 		}
 		if time.Since(began) > timeout {

@@ -81,7 +81,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 	var j snapshot.Journal
 	phase := sw.Resume
 	if phase == snapshot.PhaseAborting {
-		x.emit(Event{Phase: PhaseResume, Journal: phase, Message: fmt.Sprintf("backing out switchover %s → %s: restoring %s as primary", from, to, from)})
+		x.emit(Event{Type: EventResume, Journal: phase, Message: fmt.Sprintf("backing out switchover %s → %s: restoring %s as primary", from, to, from)})
 		return x.restore(ctx, sw)
 	}
 	if phase == "" {
@@ -99,7 +99,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
 			return err
 		}
-		x.emit(Event{Phase: PhaseJournal, Journal: j.Phase, Message: fmt.Sprintf("journal: switchover %s → %s begins (system identifier %s, timeline %d)", from, to, j.SystemID, j.Timeline)})
+		x.emit(Event{Type: EventJournal, Journal: j.Phase, Message: fmt.Sprintf("journal: switchover %s → %s begins (system identifier %s, timeline %d)", from, to, j.SystemID, j.Timeline)})
 		phase = j.Phase
 	} else {
 		cur := x.journalOf(from, to)
@@ -107,7 +107,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 			return fmt.Errorf("resume at phase %s: the journal on %s and %s is gone or names another switchover", phase, from, to)
 		}
 		j, phase = *cur, cur.Phase
-		x.emit(Event{Phase: PhaseResume, Journal: phase, Message: fmt.Sprintf("resuming switchover %s → %s at phase %s", from, to, phase)})
+		x.emit(Event{Type: EventResume, Journal: phase, Message: fmt.Sprintf("resuming switchover %s → %s at phase %s", from, to, phase)})
 	}
 
 	// Writes are refused from the fence (or, resuming, from now) until the
@@ -132,7 +132,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
 			return err
 		}
-		x.emit(Event{Phase: PhaseGateSet, Journal: j.Phase, LSN: j.GateLSN, Message: fmt.Sprintf("journal: gate recorded: %s must replay up to %s", to, gate)})
+		x.emit(Event{Type: EventGateSet, Journal: j.Phase, LSN: j.GateLSN, Message: fmt.Sprintf("journal: gate recorded: %s must replay up to %s", to, gate)})
 		phase, demoted = snapshot.PhaseGated, x.last
 	}
 
@@ -173,7 +173,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 	if err := x.writeSpec(ctx, sw.To, sw.Promoted); err != nil {
 		return err
 	}
-	x.emit(Event{Phase: PhasePromote, Journal: j.Phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to, sw.Promoted.Instances)})
+	x.emit(Event{Type: EventPromote, Journal: j.Phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to, sw.Promoted.Instances)})
 	if err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable on timeline %d", to, j.Timeline+1), func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		return cs.Writable() && cs.PG.Timeline > j.Timeline, statusWords(cs)
@@ -211,7 +211,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 	if refused > 0 {
 		done = fmt.Sprintf("switchover %s → %s done: writes refused for %.1f s, %s writable on timeline %d", from, to, refused, to, newTimeline)
 	}
-	x.emit(Event{Phase: PhaseSwitched, WritesRefused: refused, Message: done + "; journal cleared"})
+	x.emit(Event{Type: EventSwitched, WritesRefused: refused, Message: done + "; journal cleared"})
 	return nil
 }
 
@@ -229,7 +229,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 func (x *stepRun) followNewPrimary(ctx context.Context, from, to string) error {
 	wake := func() {
 		if err := x.sql(ctx, x.cluster(from), wakeReceiverSQL); err != nil {
-			x.say(PhaseWaiting, "could not wake %s's WAL receiver (%v): it retries on its own", from, err)
+			x.say(EventWaiting, "could not wake %s's WAL receiver (%v): it retries on its own", from, err)
 		}
 	}
 	slotKept := func(snap *snapshot.Snapshot) bool {
@@ -256,7 +256,7 @@ func (x *stepRun) followNewPrimary(ctx context.Context, from, to string) error {
 func (x *stepRun) backOut(ctx context.Context, sw *plan.Switchover, j snapshot.Journal, cause error) error {
 	began := x.outage.began
 	x.outage = nil
-	x.emit(Event{Phase: PhaseBackOut, Journal: snapshot.PhaseAborting, Message: fmt.Sprintf("backing out: %v", cause)})
+	x.emit(Event{Type: EventBackOut, Journal: snapshot.PhaseAborting, Message: fmt.Sprintf("backing out: %v", cause)})
 	j.Phase = snapshot.PhaseAborting
 	x.last = x.r.Observer.Observe(ctx)
 	if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
@@ -304,7 +304,7 @@ func (x *stepRun) restore(ctx context.Context, sw *plan.Switchover) error {
 	if err := x.journal(ctx, nil, sw.From, sw.To); err != nil {
 		return err
 	}
-	x.emit(Event{Phase: PhaseBackedOut, Message: fmt.Sprintf("backed out: %s is primary and takes writes; journal cleared", from)})
+	x.emit(Event{Type: EventBackedOut, Message: fmt.Sprintf("backed out: %s is primary and takes writes; journal cleared", from)})
 	return nil
 }
 
@@ -342,7 +342,7 @@ func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *plan.Switc
 			// that, and the gate still holds the promotion.
 			x.last = x.r.Observer.Observe(ctx)
 			if sw.Resume == snapshot.PhaseDemoting && !x.cluster(from).Writable() {
-				x.say(PhaseFence, "fence: %s went away under it (%v): its demotion is under way; the gate decides", from, err)
+				x.say(EventFence, "fence: %s went away under it (%v): its demotion is under way; the gate decides", from, err)
 			} else {
 				// Not demoted: writes must resume at once.
 				_ = x.unfence(context.Background(), x.last, from)
@@ -353,7 +353,7 @@ func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *plan.Switc
 	if err := x.writeSpec(ctx, sw.From, sw.Demoted); err != nil {
 		return 0, err
 	}
-	x.emit(Event{Phase: PhaseDemote, Journal: j.Phase, Message: fmt.Sprintf("demote: %s isReplica true, numberOfInstances %d, peer %s", from, sw.Demoted.Instances, sw.Demoted.Replication.Peer())})
+	x.emit(Event{Type: EventDemote, Journal: j.Phase, Message: fmt.Sprintf("demote: %s isReplica true, numberOfInstances %d, peer %s", from, sw.Demoted.Instances, sw.Demoted.Replication.Peer())})
 	var end snapshot.LSN
 	err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s in recovery, for its end of WAL", from), func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(from)
@@ -414,7 +414,7 @@ func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to strin
 	if err != nil {
 		return err
 	}
-	x.emit(Event{Phase: PhaseFence, Journal: snapshot.PhaseDemoting, LSN: end.String(), Message: fmt.Sprintf("fence: %s refuses new writes; %s must replay up to %s", fo.Name, to, end)})
+	x.emit(Event{Type: EventFence, Journal: snapshot.PhaseDemoting, LSN: end.String(), Message: fmt.Sprintf("fence: %s refuses new writes; %s must replay up to %s", fo.Name, to, end)})
 	return x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s replay >= %s", to, end), func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		if cs.PG == nil {
@@ -485,7 +485,7 @@ func (x *stepRun) Fence(ctx context.Context, at plan.Subject, p *plan.Fence) err
 	if err != nil {
 		return err
 	}
-	x.say(PhaseFence, "fence: %s refuses new writes; %d client session(s) ended", c.Name, ended)
+	x.say(EventFence, "fence: %s refuses new writes; %d client session(s) ended", c.Name, ended)
 	return nil
 }
 
@@ -517,7 +517,7 @@ func (x *stepRun) unfence(ctx context.Context, snap *snapshot.Snapshot, name str
 		return nil
 	})
 	if err == nil {
-		x.say(PhaseUnfence, "unfence: %s no longer refuses writes by default", name)
+		x.say(EventUnfence, "unfence: %s no longer refuses writes by default", name)
 	}
 	return err
 }
@@ -550,14 +550,14 @@ func (x *stepRun) waitGate(ctx context.Context, j snapshot.Journal, gate snapsho
 	}
 	if seen != nil {
 		if ok, detail := cond(seen); ok {
-			x.emit(Event{Phase: PhaseGate, Journal: snapshot.PhaseGated, LSN: gate.String(), Message: fmt.Sprintf("%s (%s)", what, detail)})
+			x.emit(Event{Type: EventGate, Journal: snapshot.PhaseGated, LSN: gate.String(), Message: fmt.Sprintf("%s (%s)", what, detail)})
 			return nil
 		}
 	}
 	if err := x.waitEvery(ctx, x.r.pollSwitchover(), what, cond); err != nil {
 		return err
 	}
-	x.emit(Event{Phase: PhaseGate, Journal: snapshot.PhaseGated, LSN: gate.String(), Message: what + ": passed"})
+	x.emit(Event{Type: EventGate, Journal: snapshot.PhaseGated, LSN: gate.String(), Message: what + ": passed"})
 	return nil
 }
 

@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/apply"
-	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/planner"
@@ -240,35 +239,16 @@ func (s savedSource) Load(context.Context) (*reconcile.Input, error) {
 }
 
 func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *live.Observer, pl plan.Plan, opt plan.Options, drain <-chan struct{}) (*apply.Runner, error) {
-	sites, err := src.flavorSites(in.Desired, pl)
+	r, err := src.runner(in.Desired, obs, pl, opt, drain)
 	if err != nil {
 		return nil, err
 	}
-	op, err := flavor.Lookup(in.Desired.Flavor)
-	if err != nil {
-		return nil, err
-	}
-	progress := apply.TextProgress(e.stderr)
+	r.Progress = apply.TextProgress(e.stderr)
 	if f.progressFormat == "json" {
-		progress = apply.JSONProgress(e.stderr)
+		r.Progress = apply.JSONProgress(e.stderr)
 	}
-	return &apply.Runner{
-		Observer:   boundObserver{obs: obs, d: in.Desired},
-		Sites:      sites,
-		Database:   adminDB{live.Admin{Sites: loginReaders(sites), TLS: in.Desired.TLS, Keys: op.Names}},
-		Catalogue:  op.Catalogue,
-		Keys:       op.Names,
-		Progress:   progress,
-		Holder:     holderIdentity(),
-		HolderGone: holderGone,
-		Replan: func(s *snapshot.Snapshot) plan.Plan {
-			return planner.Compute(in.Desired, s, opt)
-		},
-		LockTimeout:   f.lockTimeout,
-		StepTimeout:   f.stepTimeout,
-		MaxWritePause: f.maxWritePause,
-		Drain:         drain,
-	}, nil
+	r.LockTimeout, r.StepTimeout, r.MaxWritePause = f.lockTimeout, f.stepTimeout, f.maxWritePause
+	return r, nil
 }
 
 // textOut is where words for people go: stdout, or stderr when stdout

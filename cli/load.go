@@ -14,6 +14,7 @@ import (
 	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/schema"
@@ -145,18 +146,8 @@ func (f *sourceFlags) newObserver(d *topology.Desired, keep *live.Conns) (*live.
 	if err != nil {
 		return nil, err
 	}
-	sites := f.sites()
 	return &live.Observer{
-		Connect: func(site topology.Site) (live.SiteAPI, error) {
-			if site.Patroni() {
-				return f.patroniSite(d, site, op.Names)
-			}
-			s, err := sites.Connect(site.Context)
-			if err != nil {
-				return nil, err
-			}
-			return flavor.Site{Site: s, Op: op}, nil
-		},
+		Connect:        func(site topology.Site) (live.SiteAPI, error) { return f.openSite(d, site, op) },
 		Names:          op.Names,
 		Prober:         live.PgxProber{Keep: keep, Catalogue: op.Catalogue},
 		SiteTimeout:    f.siteTimeout,
@@ -169,37 +160,62 @@ func (f *sourceFlags) newObserver(d *topology.Desired, keep *live.Conns) (*live.
 // down without asking again (reconcile observes each cycle afresh).
 const siteDownFor = 20 * time.Second
 
+// openSite opens one site of d, observed and changed the same way: a
+// Patroni site through its members' REST APIs, any other through its
+// kube context and the topology's flavor.
+func (f *sourceFlags) openSite(d *topology.Desired, site topology.Site, op *flavor.Operator) (siteAPI, error) {
+	if site.Patroni() {
+		return f.patroniSite(d, site, op.Names)
+	}
+	s, err := f.sites().Connect(site.Context)
+	if err != nil {
+		return nil, err
+	}
+	return flavor.Site{Site: s, Op: op}, nil
+}
+
 // flavorSites opens the plan's sites for changes, by site name, through
-// the topology's flavor and the run's shared clients.
-func (f *sourceFlags) flavorSites(d *topology.Desired, pl plan.Plan) (func(string) (apply.SiteWriter, error), error) {
+// the topology's flavor and the run's shared clients: a Kubernetes site
+// at the context the plan names, a Patroni site as the file says.
+func (f *sourceFlags) flavorSites(d *topology.Desired, pl plan.Plan, op *flavor.Operator) func(string) (apply.SiteWriter, error) {
+	sites := map[string]topology.Site{}
+	for _, s := range pl.Sites {
+		sites[s.Name] = topology.Site{Name: s.Name, Context: s.Context}
+	}
+	for _, s := range d.Sites() {
+		if s.Patroni() {
+			sites[s.Name] = s
+		}
+	}
+	return func(name string) (apply.SiteWriter, error) {
+		s, ok := sites[name]
+		if !ok {
+			return nil, fmt.Errorf("site %s is not in the plan", name)
+		}
+		return f.openSite(d, s, op)
+	}
+}
+
+// runner assembles the Runner that applies pl to d's sites: its sites,
+// admin sessions, the flavor's catalogue and credentials keys, the lock's
+// holder and the replanning of d; the caller adds progress, timeouts and
+// what a changed plan means.
+func (f *sourceFlags) runner(d *topology.Desired, obs *live.Observer, pl plan.Plan, opt plan.Options, drain <-chan struct{}) (*apply.Runner, error) {
 	op, err := flavor.Lookup(d.Flavor)
 	if err != nil {
 		return nil, err
 	}
-	contexts := map[string]string{}
-	for _, s := range pl.Sites {
-		contexts[s.Name] = s.Context
-	}
-	patroniSites := map[string]topology.Site{}
-	for _, s := range d.Sites() {
-		if s.Patroni() {
-			patroniSites[s.Name] = s
-		}
-	}
-	sites := f.sites()
-	return func(site string) (apply.SiteWriter, error) {
-		if s, ok := patroniSites[site]; ok {
-			return f.patroniSite(d, s, op.Names)
-		}
-		ctx, ok := contexts[site]
-		if !ok {
-			return nil, fmt.Errorf("site %s is not in the plan", site)
-		}
-		s, err := sites.Connect(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return flavor.Site{Site: s, Op: op}, nil
+	sites := f.flavorSites(d, pl, op)
+	return &apply.Runner{
+		Observer:   boundObserver{obs: obs, d: d},
+		Sites:      sites,
+		Database:   adminDB{live.Admin{Sites: loginReaders(sites), TLS: d.TLS, Keys: op.Names}},
+		Catalogue:  op.Catalogue,
+		Keys:       op.Names,
+		Holder:     holderIdentity(),
+		HolderGone: holderGone,
+		Replan:     func(s *snapshot.Snapshot) plan.Plan { return planner.Compute(d, s, opt) },
+		Drain:      drain,
 	}, nil
 }
 

@@ -14,11 +14,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtopo/pgtopo/apply"
-	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/gitsource"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/plan"
-	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
@@ -86,32 +84,17 @@ resumes on the next run).`,
 					if err != nil {
 						return nil, err
 					}
-					sites, err := src.flavorSites(d, pl)
+					r, err := src.runner(d, o, pl, opt, drain)
 					if err != nil {
 						return nil, err
 					}
-					op, err := flavor.Lookup(d.Flavor)
-					if err != nil {
-						return nil, err
-					}
-					r := &apply.Runner{
-						Observer:    boundObserver{obs: o, d: d},
-						Sites:       sites,
-						Database:    adminDB{live.Admin{Sites: loginReaders(sites), TLS: d.TLS, Keys: op.Names}},
-						Catalogue:   op.Catalogue,
-						Keys:        op.Names,
-						Progress:    apply.LogProgress(log),
-						Holder:      holder,
-						HolderGone:  holderGone,
-						LockTimeout: lockTimeout,
-						StepTimeout: stepTimeout,
-						Drain:       drain,
-						Replan:      func(s *snapshot.Snapshot) plan.Plan { return planner.Compute(d, s, opt) },
-						FollowUps:   2,
-						Changed: func(now plan.Plan, why []string) error {
-							log.Info("replanned", "plan", now.Headline(), "why", strings.Join(why, "; "))
-							return nil
-						},
+					r.Progress = apply.LogProgress(log)
+					r.Holder = holder
+					r.LockTimeout, r.StepTimeout = lockTimeout, stepTimeout
+					r.FollowUps = 2
+					r.Changed = func(now plan.Plan, why []string) error {
+						log.Info("replanned", "plan", now.Headline(), "why", strings.Join(why, "; "))
+						return nil
 					}
 					return r.ExecuteFrom(ctx, pl, seen)
 				},

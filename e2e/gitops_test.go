@@ -65,7 +65,7 @@ type logRecord struct {
 	Duration string    `json:"duration"`
 	Address  string    `json:"address"`
 	Step     string    `json:"step"`
-	Phase    string    `json:"phase"`
+	Event    string    `json:"event"`
 	Action   string    `json:"action"`
 	Refusal  string    `json:"refusal"`
 	Error    string    `json:"error"`
@@ -254,7 +254,7 @@ func TestGitOpsEndToEnd(t *testing.T) {
 	c3 := repo.Commit("orders: back to east", map[string]string{"deploy/topology.yaml": string(topoEast)})
 	repo.Git("push", "-q", "origin", "main")
 	_, _ = l.waitFor(t, 30*time.Second, "switchover start", next, func(r logRecord) bool {
-		return r.Phase == string(apply.PhaseStep) && r.Action == string(plan.ActionSwitchover)
+		return r.Event == string(apply.EventStep) && r.Action == string(plan.ActionSwitchover)
 	})
 	signalled := l.count()
 	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -265,9 +265,9 @@ func TestMixedPatroniAndKubernetes(t *testing.T) {
 	slotDone, standbyWrite := -1, -1
 	for i, e := range progress(t, r.stderr) {
 		switch {
-		case e["action"] == "ensure-slot" && strings.Contains(fmt.Sprint(e["message"]), "xdc_orders_east") && e["phase"] == "reached":
+		case e["action"] == "ensure-slot" && strings.Contains(fmt.Sprint(e["message"]), "xdc_orders_east") && e["event"] == "reached":
 			slotDone = i
-		case e["action"] == "create-standby" && e["phase"] == "write" && standbyWrite < 0:
+		case e["action"] == "create-standby" && e["event"] == "write" && standbyWrite < 0:
 			standbyWrite = i
 		}
 	}
@@ -549,20 +549,20 @@ func (m *mixed) journalPhases() (dc1, east string) {
 func (m *mixed) killAndResume(onDC1, onEast string) {
 	t := m.t.(*testing.T)
 	cases := []struct {
-		after       apply.Phase
+		after       apply.EventType
 		phase       string
 		file, rerun string
 		primary     string
 	}{
-		{apply.PhaseDemote, snapshot.PhaseDemoting, onEast, onEast, "orders-east"},
-		{apply.PhaseGateSet, snapshot.PhaseGated, onDC1, onDC1, "orders-dc1"},
-		{apply.PhasePromote, snapshot.PhasePromoted, onEast, onEast, "orders-east"},
-		{apply.PhaseFence, snapshot.PhaseDemoting, onDC1, onDC1, "orders-dc1"},
-		{apply.PhaseDemote, snapshot.PhaseDemoting, onEast, onDC1, "orders-dc1"},
+		{apply.EventDemote, snapshot.PhaseDemoting, onEast, onEast, "orders-east"},
+		{apply.EventGateSet, snapshot.PhaseGated, onDC1, onDC1, "orders-dc1"},
+		{apply.EventPromote, snapshot.PhasePromoted, onEast, onEast, "orders-east"},
+		{apply.EventFence, snapshot.PhaseDemoting, onDC1, onDC1, "orders-dc1"},
+		{apply.EventDemote, snapshot.PhaseDemoting, onEast, onDC1, "orders-dc1"},
 	}
 	for _, tc := range cases {
 		w := m.startWriter()
-		seen, killed := m.killApply(t, func(ev apply.Event) bool { return ev.Phase == tc.after }, "apply", "-f", tc.file, "--patroni-credentials", m.credsF)
+		seen, killed := m.killApply(t, func(ev apply.Event) bool { return ev.Type == tc.after }, "apply", "-f", tc.file, "--patroni-credentials", m.credsF)
 		if !killed {
 			t.Fatalf("apply ended before a %q event:\n%s", tc.after, strings.Join(seen, "\n"))
 		}

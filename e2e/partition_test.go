@@ -24,7 +24,7 @@ import (
 
 // applyKilledAfter runs apply and SIGKILLs it at its first event of phase
 // after (matching message text, when given); it returns the events seen.
-func (h *harness) applyKilledAfter(after apply.Phase, text string, args ...string) []apply.Event {
+func (h *harness) applyKilledAfter(after apply.EventType, text string, args ...string) []apply.Event {
 	h.t.Helper()
 	cmd := exec.Command(h.bin, append([]string{"apply", "--progress-format", "json"}, args...)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
@@ -46,7 +46,7 @@ func (h *harness) applyKilledAfter(after apply.Phase, text string, args ...strin
 			continue
 		}
 		seen = append(seen, ev)
-		if ev.Phase == after && strings.Contains(ev.Message, text) {
+		if ev.Type == after && strings.Contains(ev.Message, text) {
 			_ = cmd.Process.Signal(syscall.SIGKILL)
 			killed = true
 			break
@@ -72,10 +72,10 @@ func (h *harness) failoverPhase(site, cluster string) string {
 }
 
 // eventAt is the time of the first event of phase whose message holds text.
-func eventAt(t *testing.T, stderr string, phase apply.Phase, text string) time.Time {
+func eventAt(t *testing.T, stderr string, phase apply.EventType, text string) time.Time {
 	t.Helper()
 	for _, line := range strings.Split(stderr, "\n") {
-		if ev, ok := parseEvent(line); ok && ev.Phase == phase && strings.Contains(ev.Message, text) {
+		if ev, ok := parseEvent(line); ok && ev.Type == phase && strings.Contains(ev.Message, text) {
 			return ev.Time
 		}
 	}
@@ -155,7 +155,7 @@ func TestPartitionAndKilledFailovers(t *testing.T) {
 
 	// Killed once the consent is recorded: re-run without the flag, the
 	// record is the consent.
-	h.applyKilledAfter(apply.PhaseJournal, "failover recorded", "-f", west, "--accept-data-loss", "orders-east")
+	h.applyKilledAfter(apply.EventJournal, "failover recorded", "-f", west, "--accept-data-loss", "orders-east")
 	if p := h.failoverPhase("west", "orders-west"); p != snapshot.FailoverPromoting {
 		t.Fatalf("killed after the record, the record on orders-west is at %q", p)
 	}
@@ -164,7 +164,7 @@ func TestPartitionAndKilledFailovers(t *testing.T) {
 	if !strings.Contains(r.stderr, "resuming failover orders-east → orders-west (epoch 1") {
 		t.Fatalf("the re-run did not resume from the record:\n%s", r.stderr)
 	}
-	promoted := eventAt(t, r.stderr, apply.PhaseReached, "orders-west writable")
+	promoted := eventAt(t, r.stderr, apply.EventReached, "orders-west writable")
 	t.Logf("failover under partition, killed and resumed: orders-west writable %s after the partition began", promoted.Sub(partitioned).Round(10*time.Millisecond))
 
 	// Two primaries now, on different timelines.
@@ -190,7 +190,7 @@ func TestPartitionAndKilledFailovers(t *testing.T) {
 	close(stop)
 	insideAcked := <-result
 	h.expect(r, 0, "Apply complete")
-	fenced := eventAt(t, r.stderr, apply.PhaseFence, "fence on return")
+	fenced := eventAt(t, r.stderr, apply.EventFence, "fence on return")
 	t.Logf("split-brain window: %s (orders-west writable at %s, orders-east fenced at %s, %s after the partition healed)",
 		fenced.Sub(promoted).Round(10*time.Millisecond), promoted.Format("15:04:05.000"), fenced.Format("15:04:05.000"), fenced.Sub(healed).Round(10*time.Millisecond))
 	if !strings.Contains(r.stderr, "divergence: orders-east wrote") || !strings.Contains(r.stderr, "(its last commit)") || !strings.Contains(r.stderr, "rejoined as a standby of orders-west") {
@@ -230,7 +230,7 @@ func TestPartitionAndKilledFailovers(t *testing.T) {
 	if err := lab.Fail(h.lab.Dir, "west"); err != nil {
 		t.Fatal(err)
 	}
-	h.applyKilledAfter(apply.PhasePromote, "promote", "-f", east, "--accept-data-loss", "orders-west")
+	h.applyKilledAfter(apply.EventPromote, "promote", "-f", east, "--accept-data-loss", "orders-west")
 	r = h.pgtopo("apply", "-f", east, "--progress-format", "json")
 	h.expect(r, 0, "Apply complete")
 	if !strings.Contains(r.stderr, "resuming failover orders-west → orders-east (epoch 2") {

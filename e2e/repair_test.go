@@ -82,7 +82,7 @@ func TestRepairs(t *testing.T) {
 	// With the flag, killed right after the deletion; the re-run goes on
 	// without the flag, from the record on the primary.
 	seen, killed := h.killApply(t, func(ev apply.Event) bool {
-		return ev.Action == "rebuild" && ev.Phase == apply.PhaseWrite && strings.Contains(ev.Message, "deleted with its data")
+		return ev.Action == "rebuild" && ev.Type == apply.EventWrite && strings.Contains(ev.Message, "deleted with its data")
 	}, "apply", "-f", topo, "--allow-rebuild", "orders-west")
 	if !killed {
 		t.Fatalf("apply ended before the deletion:\n%s", strings.Join(seen, "\n"))

@@ -54,7 +54,7 @@ func TestKillAndResume(t *testing.T) {
 	h.createAcked("east", "orders-east")
 
 	cases := []struct {
-		after   apply.Phase
+		after   apply.EventType
 		phase   string
 		file    string
 		primary string
@@ -63,18 +63,18 @@ func TestKillAndResume(t *testing.T) {
 		// to the old primary's file backs the switchover out.
 		rerun string
 	}{
-		{apply.PhaseDemote, snapshot.PhaseDemoting, west, "orders-west", "west", ""},
-		{apply.PhaseGateSet, snapshot.PhaseGated, east, "orders-east", "east", ""},
-		{apply.PhasePromote, snapshot.PhasePromoted, west, "orders-west", "west", ""},
+		{apply.EventDemote, snapshot.PhaseDemoting, west, "orders-west", "west", ""},
+		{apply.EventGateSet, snapshot.PhaseGated, east, "orders-east", "east", ""},
+		{apply.EventPromote, snapshot.PhasePromoted, west, "orders-west", "west", ""},
 		// Fenced (new writes refused) but not yet demoted.
-		{apply.PhaseFence, snapshot.PhaseDemoting, east, "orders-east", "east", ""},
+		{apply.EventFence, snapshot.PhaseDemoting, east, "orders-east", "east", ""},
 		// Killed after the demote patch, then the old file (a reverted PR):
 		// backed out, the old primary primary again.
-		{apply.PhaseDemote, snapshot.PhaseDemoting, west, "orders-east", "east", east},
+		{apply.EventDemote, snapshot.PhaseDemoting, west, "orders-east", "east", east},
 	}
 	for _, tc := range cases {
 		w := h.startWriter()
-		progress, killed := h.killApply(t, func(ev apply.Event) bool { return ev.Phase == tc.after }, "apply", "-f", tc.file)
+		progress, killed := h.killApply(t, func(ev apply.Event) bool { return ev.Type == tc.after }, "apply", "-f", tc.file)
 		if !killed {
 			t.Fatalf("apply ended before a %q event:\n%s", tc.after, strings.Join(progress, "\n"))
 		}
@@ -96,9 +96,9 @@ func TestKillAndResume(t *testing.T) {
 		resumed := slices.ContainsFunc(strings.Split(r.stderr, "\n"), func(line string) bool {
 			ev, ok := parseEvent(line)
 			if tc.rerun != "" {
-				return ok && ev.Phase == apply.PhaseResume && ev.Journal == snapshot.PhaseAborting
+				return ok && ev.Type == apply.EventResume && ev.Journal == snapshot.PhaseAborting
 			}
-			return ok && ev.Phase == apply.PhaseResume && (ev.Journal == a || ev.Journal == b)
+			return ok && ev.Type == apply.EventResume && (ev.Journal == a || ev.Journal == b)
 		})
 		if !resumed {
 			t.Errorf("the re-run did not resume from the journal at phase %s:\n%s", tc.phase, r.stderr)
@@ -152,7 +152,7 @@ func (h *harness) killApply(t testing.TB, match func(apply.Event) bool, args ...
 func parseEvent(line string) (apply.Event, bool) {
 	var ev apply.Event
 	err := json.Unmarshal([]byte(line), &ev)
-	return ev, err == nil && ev.Phase != ""
+	return ev, err == nil && ev.Type != ""
 }
 
 // TestConcurrentApplies starts two switchovers at once: one holds the Lease,

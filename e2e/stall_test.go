@@ -93,7 +93,7 @@ func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
 	took = time.Since(began)
 	time.Sleep(2 * time.Second)
 	w.finish()
-	if r.code != 1 || !strings.Contains(r.stdout+r.stderr, "switchover orders-east → orders-west not begun, nothing fenced") || strings.Contains(r.stderr, `"phase":"fence"`) {
+	if r.code != 1 || !strings.Contains(r.stdout+r.stderr, "switchover orders-east → orders-west not begun, nothing fenced") || strings.Contains(r.stderr, `"event":"fence"`) {
 		t.Fatalf("apply exit %d, want 1 refusing before the fence a target whose Patroni is stopped\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
 	if a, b := h.journalPhase("east", "orders-east"), h.journalPhase("west", "orders-west"); a != "" || b != "" {

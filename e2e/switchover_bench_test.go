@@ -187,14 +187,14 @@ func (p *switchoverPhases) add(b *testing.B, stderr string) {
 	at := map[string]float64{}
 	for _, line := range strings.Split(stderr, "\n") {
 		var e struct {
-			Phase, Message string
+			Event, Message string
 			Elapsed        float64
 		}
 		if json.Unmarshal([]byte(line), &e) != nil {
 			continue
 		}
-		key := e.Phase
-		if e.Phase == "reached" && strings.Contains(e.Message, "writable on timeline") {
+		key := e.Event
+		if e.Event == "reached" && strings.Contains(e.Message, "writable on timeline") {
 			key = "writable"
 		}
 		if _, seen := at[key]; !seen {
