@@ -1050,3 +1050,100 @@ func pay[P plan.Payload](s plan.Step) P {
 	p, _ := s.Payload.(P)
 	return p
 }
+
+// The fence waits while the old primary serves a base backup: its end
+// writes WAL that, after the fence, the target could never receive. Once
+// it ends, the switchover goes on; one that never ends is a refusal before
+// anything is fenced.
+func TestSwitchoverWaitsForABaseBackupBeforeTheFence(t *testing.T) {
+	fenceOn := func(l string) bool { return l == "sql orders-east fence-on" }
+	t.Run("ends", func(t *testing.T) {
+		w := switchoverWorld()
+		w.cluster("orders-east").PG.BaseBackups = 1
+		looks := 0
+		w.onObserve = func(w *world) {
+			if looks++; looks == 3 {
+				w.cluster("orders-east").PG.BaseBackups = 0
+			} else if looks < 3 && slices.ContainsFunc(w.log, fenceOn) { // w.mu is held
+				t.Errorf("fenced while a base backup ran: %v", w.log)
+			}
+		}
+		r, _ := runner(w)
+		r.StepTimeout = 5 * time.Second
+		if err := run(t, r, switchoverStep("")); err != nil {
+			t.Fatal(err)
+		}
+		if looks < 3 {
+			t.Fatalf("switched over after %d looks, before the base backup ended", looks)
+		}
+	})
+	t.Run("never ends", func(t *testing.T) {
+		w := switchoverWorld()
+		w.cluster("orders-east").PG.BaseBackups = 1
+		r, _ := runner(w)
+		err := run(t, r, switchoverStep(""))
+		if err == nil || !strings.Contains(err.Error(), "not begun, nothing fenced") || !strings.Contains(err.Error(), "orders-east serves 1 base backup(s)") {
+			t.Fatalf("error %v", err)
+		}
+		if slices.ContainsFunc(w.writes(), fenceOn) {
+			t.Fatalf("fenced: %v", w.writes())
+		}
+	})
+}
+
+// A gap the target cannot close (the WAL it lacks is only on the demoted
+// primary, now a standby, and the target's receiver does not stream) backs
+// out at once rather than refusing writes until the stall or the budget
+// ends it; a target that still streams, or has received the WAL and only
+// not replayed it, is waited for.
+func TestSwitchoverBacksOutWhenTheGapCannotClose(t *testing.T) {
+	const final = snapshot.LSN(0x5027AD8 + 0x400)
+	for _, tc := range []struct {
+		name       string
+		received   snapshot.LSN
+		streaming  bool
+		wantCannot bool
+	}{
+		{"short and not streaming", final - 0x100, false, true},
+		{"short but streaming", final - 0x100, true, false},
+		{"received, not yet replayed", final, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := switchoverWorld()
+			w.react = func(w *world, what, name string) {
+				operator(w, what, name)
+				if name == "orders-east" && what == "spec" && w.cluster(name).PG.InRecovery {
+					w.cluster(name).PG.ReplayLSN = final
+					west := w.cluster("orders-west").PG
+					west.ReplayLSN, west.ReceiveLSN = final-0x100, tc.received
+					if !tc.streaming {
+						west.WalReceiver.Status = "waiting"
+					}
+				}
+			}
+			r, _ := runner(w)
+			r.StepTimeout, r.MaxWritePause, r.StallAfter = 30*time.Second, 30*time.Second, 2500*time.Millisecond
+			step := switchoverStep("")
+			pay[*plan.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+			began := time.Now()
+			err := run(t, r, step)
+			var out *BackedOutError
+			if !errors.As(err, &out) {
+				t.Fatalf("error %v, want a back-out", err)
+			}
+			cannot := strings.Contains(err.Error(), "cannot pass")
+			if cannot != tc.wantCannot {
+				t.Fatalf("backed out as hopeless %v, want %v: %v", cannot, tc.wantCannot, err)
+			}
+			if cannot && !strings.Contains(err.Error(), "orders-west received up to 0/5027DD8 and does not stream") {
+				t.Fatalf("error %v, want what was received said", err)
+			}
+			if tc.wantCannot && time.Since(began) > 2*time.Second {
+				t.Fatalf("took %s to see the gap cannot close", time.Since(began))
+			}
+			if slices.ContainsFunc(w.writes(), func(l string) bool { return strings.HasPrefix(l, "spec orders-west") }) {
+				t.Fatalf("promoted past the gate: %v", w.writes())
+			}
+		})
+	}
+}

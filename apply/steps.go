@@ -517,6 +517,15 @@ func (x *stepRun) wait(ctx context.Context, what string, cond func(*snapshot.Sna
 }
 
 func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what string, cond func(*snapshot.Snapshot) (bool, string)) error {
+	return x.waitUntil(ctx, every, what, func(snap *snapshot.Snapshot) (bool, string, error) {
+		ok, detail := cond(snap)
+		return ok, detail, nil
+	})
+}
+
+// waitUntil is waitEvery for a condition that can also tell that what it
+// waits for will never come: its error ends the wait at once.
+func (x *stepRun) waitUntil(ctx context.Context, every time.Duration, what string, cond func(*snapshot.Snapshot) (bool, string, error)) error {
 	timeout := x.r.StepTimeout
 	if timeout == 0 {
 		timeout = 5 * time.Minute
@@ -526,7 +535,11 @@ func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what strin
 	lastDetail, changed := "", began
 	for {
 		snap := x.r.Observer.Observe(ctx)
-		ok, detail := cond(snap)
+		ok, detail, err := cond(snap)
+		if err != nil {
+			x.last = snap
+			return err
+		}
 		if detail != lastDetail {
 			lastDetail, changed = detail, time.Now()
 		}

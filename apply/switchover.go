@@ -23,10 +23,15 @@ type outage struct {
 type errOutage struct {
 	what, detail string
 	stalled      bool
-	after        time.Duration
+	// unreachable: what it waits for can never come.
+	unreachable bool
+	after       time.Duration
 }
 
 func (e *errOutage) Error() string {
+	if e.unreachable {
+		return fmt.Sprintf("%s cannot pass: %s", e.what, e.detail)
+	}
 	if e.stalled {
 		return fmt.Sprintf("stalled: %s made no progress for %.1fs (%s)", e.what, e.after.Seconds(), e.detail)
 	}
@@ -87,11 +92,22 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 	if phase == "" {
 		// Begin only on a target its operator reports ready: one still
 		// being created or scaled may never be promotable, and waiting for
-		// it after the fence refuses writes for nothing. Before the fence
-		// nothing is refused yet, so this wait has the step's bound.
-		if err := x.wait(ctx, to+" ready (its operator reports it ready) before the fence", func(snap *snapshot.Snapshot) (bool, string) {
+		// it after the fence refuses writes for nothing. And only while
+		// the old primary serves no base backup (an in-site replica being
+		// built, a backup tool): its end writes WAL (BACKUP_END, a segment
+		// switch) whenever it comes, and coming after the fence, the
+		// demoted primary would hold WAL the target never received and,
+		// streaming only from a read-write peer, never can. Before the
+		// fence nothing is refused yet, so this wait has the step's bound.
+		if err := x.wait(ctx, to+" ready (its operator reports it ready) and no base backup on "+from+" before the fence", func(snap *snapshot.Snapshot) (bool, string) {
 			cs, _ := snap.Cluster(to)
-			return cs.Exists && cs.Object.Ready, statusWords(cs)
+			if !cs.Exists || !cs.Object.Ready {
+				return false, statusWords(cs)
+			}
+			if fo, _ := snap.Cluster(from); fo.PG != nil && fo.PG.BaseBackups > 0 {
+				return false, fmt.Sprintf("%s serves %d base backup(s)", from, fo.PG.BaseBackups)
+			}
+			return true, statusWords(cs)
 		}); err != nil {
 			return fmt.Errorf("switchover %s → %s not begun, nothing fenced: %w", from, to, err)
 		}
@@ -528,37 +544,65 @@ func (x *stepRun) unfence(ctx context.Context, snap *snapshot.Snapshot, name str
 // evidence enough when it already shows the target past it.
 func (x *stepRun) waitGate(ctx context.Context, j snapshot.Journal, gate snapshot.LSN, to string, seen *snapshot.Snapshot) error {
 	what := fmt.Sprintf("gate: %s replay >= %s", to, gate)
-	cond := func(snap *snapshot.Snapshot) (bool, string) {
+	var short time.Time // since when the target lacks WAL it cannot receive
+	cond := func(snap *snapshot.Snapshot) (bool, string, error) {
+		ok, detail := gateHolds(snap, j, gate, to)
+		if ok {
+			short = time.Time{}
+			return true, detail, nil
+		}
+		// The WAL the target lacks is only on the demoted primary, which
+		// is in recovery now; a standby cluster streams only from a
+		// read-write peer, so it can never arrive. Waiting on refuses
+		// writes for nothing: back out now (after a second, for WAL
+		// already received to be replayed).
 		cs, _ := snap.Cluster(to)
-		if cs.PG == nil {
-			return false, statusWords(cs)
+		if cs.PG == nil || cs.PG.ReceiveLSN >= gate || cs.PG.WalReceiver != nil && cs.PG.WalReceiver.Status == "streaming" {
+			short = time.Time{}
+			return false, detail, nil
 		}
-		if !cs.PG.InRecovery {
-			return false, fmt.Sprintf("%s is writable before the gate passed", to)
+		if short.IsZero() {
+			short = time.Now()
 		}
-		// A standby reports the timeline of its last checkpoint until WAL of
-		// a newer one arrives, and a demoted primary sends none, so an older
-		// timeline is expected here; the shared history was proven by the
-		// fence. Only a newer timeline means it forked off.
-		if cs.PG.SystemID != j.SystemID || cs.PG.Timeline > j.Timeline {
-			return false, fmt.Sprintf("system identifier %s timeline %d, journal says %s timeline %d", cs.PG.SystemID, cs.PG.Timeline, j.SystemID, j.Timeline)
+		if time.Since(short) < time.Second {
+			return false, detail, nil
 		}
-		if cs.PG.ReplayLSN < gate {
-			return false, fmt.Sprintf("%s replay %s, %s behind", to, cs.PG.ReplayLSN, snapshot.HumanBytes(int64(gate-cs.PG.ReplayLSN)))
-		}
-		return true, fmt.Sprintf("%s replay %s", to, cs.PG.ReplayLSN)
+		return false, detail, &errOutage{what: what, detail: fmt.Sprintf("%s; %s received up to %s and does not stream: the demoted primary holds WAL written after the fence (a base backup's end, a checkpoint) that %s cannot receive from a standby", detail, to, cs.PG.ReceiveLSN, to), unreachable: true}
 	}
 	if seen != nil {
-		if ok, detail := cond(seen); ok {
+		if ok, detail := gateHolds(seen, j, gate, to); ok {
 			x.emit(Event{Type: EventGate, Journal: snapshot.PhaseGated, LSN: gate.String(), Message: fmt.Sprintf("%s (%s)", what, detail)})
 			return nil
 		}
 	}
-	if err := x.waitEvery(ctx, x.r.pollSwitchover(), what, cond); err != nil {
+	if err := x.waitUntil(ctx, x.r.pollSwitchover(), what, cond); err != nil {
 		return err
 	}
 	x.emit(Event{Type: EventGate, Journal: snapshot.PhaseGated, LSN: gate.String(), Message: what + ": passed"})
 	return nil
+}
+
+// gateHolds says whether the target has replayed up to the gate, as the
+// same system and on no newer timeline.
+func gateHolds(snap *snapshot.Snapshot, j snapshot.Journal, gate snapshot.LSN, to string) (bool, string) {
+	cs, _ := snap.Cluster(to)
+	if cs.PG == nil {
+		return false, statusWords(cs)
+	}
+	if !cs.PG.InRecovery {
+		return false, fmt.Sprintf("%s is writable before the gate passed", to)
+	}
+	// A standby reports the timeline of its last checkpoint until WAL of
+	// a newer one arrives, and a demoted primary sends none, so an older
+	// timeline is expected here; the shared history was proven by the
+	// fence. Only a newer timeline means it forked off.
+	if cs.PG.SystemID != j.SystemID || cs.PG.Timeline > j.Timeline {
+		return false, fmt.Sprintf("system identifier %s timeline %d, journal says %s timeline %d", cs.PG.SystemID, cs.PG.Timeline, j.SystemID, j.Timeline)
+	}
+	if cs.PG.ReplayLSN < gate {
+		return false, fmt.Sprintf("%s replay %s, %s behind", to, cs.PG.ReplayLSN, snapshot.HumanBytes(int64(gate-cs.PG.ReplayLSN)))
+	}
+	return true, fmt.Sprintf("%s replay %s", to, cs.PG.ReplayLSN)
 }
 
 // journal writes j (nil clears it) on both clusters, keeping their other

@@ -143,6 +143,7 @@ SELECT pg_is_in_recovery(),
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        END,
        current_setting('default_transaction_read_only')::bool,
+       (SELECT count(*) FROM pg_stat_progress_basebackup)::int,
        coalesce(to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ''),
        CASE WHEN NOT pg_is_in_recovery() AND current_setting('track_commit_timestamp')::bool
             THEN coalesce(to_char((pg_last_committed_xact()).timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), '')
@@ -189,7 +190,7 @@ func probe(ctx context.Context, c *pgx.Conn, ep snapshot.Endpoint, catalogue Cat
 	var cur, recv, replay string
 	b := &pgx.Batch{}
 	b.Queue(factsSQL).QueryRow(func(r pgx.Row) error {
-		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.ReadOnlyDefault, &s.LastReplayedCommit, &s.LastCommit, &s.ReplayDelaySeconds, &s.OldestWAL, &s.PendingRestart); err != nil {
+		if err := r.Scan(&s.InRecovery, &s.SystemID, &cur, &recv, &replay, &s.ServerVersion, &s.Timeline, &s.ReadOnlyDefault, &s.BaseBackups, &s.LastReplayedCommit, &s.LastCommit, &s.ReplayDelaySeconds, &s.OldestWAL, &s.PendingRestart); err != nil {
 			return fmt.Errorf("read facts: %w", err)
 		}
 		return nil

@@ -117,6 +117,9 @@ type PGState struct {
 	HasMultiClusterTable bool               `json:"hasMultiClusterTable"`
 	// ReadOnlyDefault: new sessions start read-only (a fence).
 	ReadOnlyDefault bool `json:"readOnlyDefault,omitempty"`
+	// BaseBackups counts the base backups the server is serving (a
+	// replica being built, a backup tool): the end of one writes WAL.
+	BaseBackups int `json:"baseBackups,omitempty"`
 	// LastReplayedCommit is when the last transaction a standby replayed
 	// committed (pg_last_xact_replay_timestamp, RFC 3339), "" if none.
 	LastReplayedCommit string `json:"lastReplayedCommit,omitempty"`
