@@ -143,7 +143,7 @@ type Runner struct {
 
 // Result says what a run did.
 type Result struct {
-	Plan      plan.Plan       // the pl executed last
+	Plan      plan.Plan       // the plan executed last
 	Completed []CompletedStep // steps done, in order
 	// Remaining is what the live world still needs once the plan and its
 	// follow-ups are done (nil when converged or not known).

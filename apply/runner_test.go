@@ -182,7 +182,7 @@ func TestExecuteFollowUps(t *testing.T) {
 	r.Replan = func(*snapshot.Snapshot) plan.Plan {
 		n++
 		if n == 1 {
-			return planOf(recordStep("d2")) // what only shows once the first pl is done
+			return planOf(recordStep("d2")) // what only shows once the first plan is done
 		}
 		return planOf()
 	}

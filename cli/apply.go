@@ -52,16 +52,16 @@ func newApplyCmd(e env) *cobra.Command {
   pgtopo apply --repo https://git.example.com/db/topologies.git --ref main --path orders.yaml
   pgtopo apply -f orders-west.yaml --accept-data-loss orders-east   # failover, break-glass`,
 		Short: "Make the live topology match the file: ordered, idempotent steps and a safe switchover",
-		Long: `Print the pl, take the lock, then execute exactly that pl one step at a
+		Long: `Print the plan, take the lock, then execute exactly that plan one step at a
 time: each step re-checks its preconditions on a fresh look at the sites,
 acts on the step's payload, and waits for its postcondition, with progress
 on stderr (--progress-format json for JSON lines).
 
 With -f or --repo, apply plans once, prints, takes the lock and looks again:
-if the world changed while it waited, it prints the new pl and why, and
-runs that. With PLAN.json (written by diff --out), it runs exactly that pl,
+if the world changed while it waited, it prints the new plan and why, and
+runs that. With PLAN.json (written by diff --out), it runs exactly that plan,
 or refuses, changing nothing, when the live world no longer matches what the
-pl relied on ("stale plan: ...").
+plan relied on ("stale plan: ...").
 
 With --repo, the commit read is recorded on every CR; applying a commit older
 than the one recorded (or from another line of history) is refused unless
@@ -80,7 +80,7 @@ backs it out too.
 When the primary's site is lost, a file naming a standby as primary plans a
 failover, refused without consent to lose the lost primary's writes that the
 standby never received: spec.acceptDataLoss in the file (the reviewed path),
-or --accept-data-loss CLUSTER for a run by hand. The pl says what may be
+or --accept-data-loss CLUSTER for a run by hand. The plan says what may be
 lost. When the lost primary answers again, it is fenced and demoted before
 anything else (docs/disaster-recovery.md).
 
@@ -101,12 +101,14 @@ stale plan.`,
 			ctx, cancel := context.WithTimeout(ctx, f.timeout)
 			defer cancel()
 			if len(args) == 1 {
-				if src.file != "" || src.repo != "" {
+				if len(src.files) > 0 || src.repo != "" {
 					return usagef("apply %s: a saved plan carries its topology; give it alone, without -f or --repo", args[0])
 				}
 				return applySaved(ctx, e, &src, f, args[0], drain)
 			}
-			return applyLive(ctx, e, &src, f, drain)
+			return src.eachTopology(e, f.output, func(e env, src *sourceFlags) error {
+				return applyLive(ctx, e, src, f, drain)
+			})
 		},
 	}
 	src.register(cmd, e)

@@ -34,30 +34,36 @@ func clusterArg(c *cobra.Command, args []string, toComplete string) ([]string, c
 	return clusterNames(c, toComplete), cobra.ShellCompDirectiveNoFileComp
 }
 
-// clusterNames are the clusters of the file -f names that start with
-// prefix; none when there is no readable, well-formed file yet (completion
-// never fails a shell).
+// clusterNames are the clusters of the files -f names that start with
+// prefix; none from a file that is not there or not well-formed yet
+// (completion never fails a shell).
 func clusterNames(c *cobra.Command, prefix string) []string {
-	file, _ := c.Flags().GetString("file")
-	if file == "" {
-		return nil
-	}
-	data, err := topology.ReadFile(file)
-	if err != nil {
-		return nil
-	}
-	doc, err := topology.ParseDocument(file, data)
-	if err != nil {
-		return nil
-	}
-	top, err := doc.Decode()
+	args, _ := c.Flags().GetStringArray("file")
+	files, err := expandFiles(args)
 	if err != nil {
 		return nil
 	}
 	var out []string
-	for _, cl := range top.Spec.Clusters {
-		if strings.HasPrefix(cl.Name, prefix) {
-			out = append(out, cl.Name+"\t"+cl.Site+" "+cl.Namespace)
+	for _, file := range files {
+		if file == stdinFile {
+			continue
+		}
+		data, err := topology.ReadFile(file)
+		if err != nil {
+			continue
+		}
+		doc, err := topology.ParseDocument(file, data)
+		if err != nil {
+			continue
+		}
+		top, err := doc.Decode()
+		if err != nil {
+			continue
+		}
+		for _, cl := range top.Spec.Clusters {
+			if strings.HasPrefix(cl.Name, prefix) {
+				out = append(out, cl.Name+"\t"+cl.Site+" "+cl.Namespace)
+			}
 		}
 	}
 	return out

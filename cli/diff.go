@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/pgtopo/pgtopo/printable"
@@ -30,22 +31,24 @@ func newDiffCmd(e env) *cobra.Command {
 	var allowPrimaryRestart bool
 	detailed := true
 	cmd := &cobra.Command{
-		Use: "diff (-f FILE | --repo URL|PATH [--ref REV] [--path FILE] | --repo PATH --base REV [--head REV])",
+		Use: "diff (-f FILE... | --repo URL|PATH [--ref REV] [--path FILE] | --repo PATH --base REV [--head REV])",
 		Example: `  pgtopo diff -f orders.yaml
+  pgtopo diff -f topologies/            # every topology of a directory, each its own plan
   pgtopo diff -f orders.yaml -o json --out plan.json
   pgtopo diff --repo . --path orders.yaml --base origin/main -o markdown   # pull-request comment`,
 		Short: "Show what apply would do: a plan of ordered steps, or the refusals that stop it",
-		Long: `Observe every site of the topology and print the pl that would make the
-live world match the file. Nothing is changed.
+		Long: `Observe every site of the topology and print the plan that would make the
+live world match the file. Nothing is changed. Several -f, or a directory:
+each file is its own topology with its own plan, one after the other.
 
 Pull-request mode (--base): compare the topology at two revisions of a
 repository, say in words what merging does (a switchover, a new standby, ...),
-then show the live pl for the head revision. -o markdown is ready to post
+then show the live plan for the head revision. -o markdown is ready to post
 as a pull-request comment.
 
 Exit status (--detailed-exitcode, the default): 0 in sync, 4 changes pending,
-1 error or refusal, 2 a wrong command line. With --detailed-exitcode=false,
-pending changes exit 0.`,
+1 error or refusal, 2 a wrong command line; over several files, the worst of
+theirs. With --detailed-exitcode=false, pending changes exit 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkFormat(output, "markdown"); err != nil {
@@ -61,24 +64,31 @@ pending changes exit 0.`,
 			if cmd.Flags().Changed("head") {
 				return usagef("--head needs --base: pull-request mode compares two revisions")
 			}
-			in, err := src.load(ctx, e)
-			if err != nil {
-				return err
+			if out != "" && len(src.files) > 0 {
+				if files, err := src.topologyFiles(); err != nil || len(files) > 1 {
+					return usagef("--out saves one topology's plan: give one -f")
+				}
 			}
-			pl, basis, opt, err := livePlan(ctx, &src, in, allowRollback, acceptDataLoss, allowRebuild, allowPrimaryRestart)
-			if err != nil {
-				return err
-			}
-			if err := writePlan(e, &pl, output); err != nil {
-				return err
-			}
-			if out != "" {
-				if err := savePlan(out, pl, basis, opt, in); err != nil {
+			return src.eachTopology(e, output, func(e env, src *sourceFlags) error {
+				in, err := src.load(ctx, e)
+				if err != nil {
 					return err
 				}
-				fmt.Fprintf(e.stderr, "pgtopo: plan saved to %s; run it with: pgtopo apply %s\n", out, out)
-			}
-			return planExit(&pl, !pl.InSync(), detailed)
+				pl, basis, opt, err := livePlan(ctx, src, in, allowRollback, acceptDataLoss, allowRebuild, allowPrimaryRestart)
+				if err != nil {
+					return err
+				}
+				if err := writePlan(e, &pl, output); err != nil {
+					return err
+				}
+				if out != "" {
+					if err := savePlan(out, pl, basis, opt, in); err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stderr, "pgtopo: plan saved to %s; run it with: pgtopo apply %s\n", out, out)
+				}
+				return planExit(&pl, !pl.InSync(), detailed)
+			})
 		},
 	}
 	src.register(cmd, e)
@@ -148,7 +158,7 @@ type prFlags struct {
 // pullRequest describes what merging head into base does to the topology,
 // then plans the head against the live world.
 func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error {
-	if src.repo == "" || src.file != "" {
+	if src.repo == "" || len(src.files) > 0 {
 		return usagef("--base needs --repo (the repository of the pull request, e.g. --repo .) and --path, not -f")
 	}
 	repo, err := src.openRepo(ctx, e)
@@ -159,7 +169,6 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 	if err != nil {
 		return err
 	}
-	gs := reconcile.NewGitSource(repo, f.head, src.path, v)
 	baseCommit, err := repo.Resolve(f.base)
 	if err != nil {
 		return fmt.Errorf("--base: %w", err)
@@ -168,6 +177,10 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 	if err != nil {
 		return fmt.Errorf("--head: %w", err)
 	}
+	if gitsource.IsPattern(src.path) {
+		return pullRequestFleet(ctx, e, src, f, repo, v, baseCommit, headCommit)
+	}
+	gs := reconcile.NewGitSource(repo, f.head, src.path, v)
 	head, err := loadAt{gs, headCommit}.Load(ctx)
 	var invalid *reconcile.InvalidError
 	if errors.As(err, &invalid) {
@@ -221,6 +234,94 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 		changes = !pr.Plan.InSync()
 	}
 	return planExit(pr.Plan, changes, f.detailed)
+}
+
+// pullRequestFleet is pull-request mode over every file --path matches:
+// what merging does per changed file, in one document, each file planned
+// against the live world as alone; the exit status is the worst of theirs.
+func pullRequestFleet(ctx context.Context, e env, src *sourceFlags, f prFlags, repo *gitsource.Repository, v *schema.Validator, baseCommit, headCommit gitsource.Commit) error {
+	headFiles, err := repo.Match(headCommit, src.path)
+	if err != nil {
+		return err
+	}
+	baseFiles, err := repo.Match(baseCommit, src.path)
+	if err != nil {
+		return err
+	}
+	if len(headFiles) == 0 && len(baseFiles) == 0 {
+		return fmt.Errorf("--path %s: no file matches at %s or %s", src.path, baseCommit.Short(), headCommit.Short())
+	}
+	fleet := render.FleetPullRequest{Base: baseCommit.Hash, Head: headCommit.Hash, Pattern: src.path}
+	code := ExitOK
+	for _, path := range slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(headFiles), baseFiles...)))) {
+		if !slices.Contains(headFiles, path) {
+			fleet.Removed = append(fleet.Removed, path)
+			continue
+		}
+		head, err := repo.ReadFile(headCommit, path)
+		if err != nil {
+			return err
+		}
+		if base, err := repo.ReadFile(baseCommit, path); err == nil && bytes.Equal(base, head) {
+			fleet.Unchanged = append(fleet.Unchanged, path)
+			continue
+		}
+		gs := reconcile.NewGitSource(repo, f.head, path, v)
+		headIn, err := gs.At(headCommit)
+		var invalid *reconcile.InvalidError
+		if errors.As(err, &invalid) {
+			reportFindings(e, invalid.Findings)
+			fleet.Invalid = append(fleet.Invalid, path)
+			code = worse(code, ExitError)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		reportFindings(e, headIn.Findings)
+		one := render.FleetFile{PullRequest: render.PullRequest{Base: baseCommit.Hash, Head: headCommit.Hash, Path: path}, Topology: headIn.Desired.Name}
+		baseIn, err := gs.At(baseCommit)
+		switch {
+		case errors.Is(err, gitsource.ErrNoFile):
+			one.Intents = planner.Describe(nil, headIn.Desired)
+		case err != nil:
+			fmt.Fprintf(e.stderr, "pgtopo: %s: base %s: %v; describing the head alone\n", path, baseCommit.Short(), err)
+			one.Intents = planner.Describe(nil, headIn.Desired)
+		default:
+			one.Intents = planner.Describe(baseIn.Desired, headIn.Desired)
+			if bp, hp := baseIn.Desired.Primary(), headIn.Desired.Primary(); bp.Name != hp.Name {
+				one.FromSite, one.ToSite = bp.Site.Name, hp.Site.Name
+			}
+		}
+		changes := len(one.Intents) > 0
+		if f.live {
+			pl, _, _, err := livePlan(ctx, src, headIn, f.allowRollback, "", nil, false)
+			if err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+			one.Plan = &pl
+			changes = !pl.InSync()
+		}
+		code = worse(code, codeOf(planExit(one.Plan, changes, f.detailed)))
+		fleet.Changed = append(fleet.Changed, one)
+	}
+	switch f.output {
+	case formatJSON:
+		err = fleet.WriteJSON(e.stdout)
+	case formatYAML:
+		err = writeYAMLOf(e.stdout, fleet.WriteJSON)
+	case "markdown":
+		err = fleet.WriteMarkdown(e.stdout)
+	default:
+		err = fleet.WriteText(e.stdout)
+	}
+	if err != nil {
+		return err
+	}
+	if code != ExitOK {
+		return exitCode(code)
+	}
+	return nil
 }
 
 // loadAt is a Source fixed at one commit.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -29,6 +31,9 @@ const defaultPath = "topology.yaml"
 // sourceFlags are the flags of every command that reads a topology and the
 // live world.
 type sourceFlags struct {
+	// files are what -f named (files, directories, "-"); file is the one
+	// topology this run works on, once chosen.
+	files       []string
 	file        string
 	repo        string
 	ref         string
@@ -43,7 +48,7 @@ type sourceFlags struct {
 
 func (f *sourceFlags) register(cmd *cobra.Command, e env) {
 	f.patroni.register(cmd, e)
-	cmd.Flags().StringVarP(&f.file, "file", "f", "", "topology file (or read it from git with --repo)")
+	cmd.Flags().StringArrayVarP(&f.files, "file", "f", nil, "topology file, a directory of *.yaml and *.yml, or - for standard input; repeat for several (or read it from git with --repo)")
 	cmd.Flags().StringVar(&f.repo, "repo", "", "git repository holding the topology: a local path (opened in place) or a URL (fetched into memory)")
 	cmd.Flags().StringVar(&f.ref, "ref", "HEAD", "with --repo: branch, tag or commit to read")
 	cmd.Flags().StringVar(&f.path, "path", defaultPath, "with --repo: the topology's path inside the repository")
@@ -63,11 +68,27 @@ func (f *sourceFlags) source(ctx context.Context, e env) (reconcile.Source, *git
 	if err != nil {
 		return nil, nil, err
 	}
+	if f.file == "" && len(f.files) > 0 {
+		files, err := f.topologyFiles()
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(files) > 1 {
+			return nil, nil, usagef("-f names %d topologies (%s): this command takes one", len(files), strings.Join(files, ", "))
+		}
+		f.file = files[0]
+	}
 	switch {
 	case f.repo != "" && f.file != "":
 		return nil, nil, usagef("-f and --repo: give one; with --repo, --path names the file inside the repository")
 	case f.repo == "" && f.file == "":
 		return nil, nil, usagef("which topology? give -f FILE, or --repo URL|PATH [--ref REV] [--path FILE]")
+	case f.file == stdinFile:
+		data, err := readTopology(e, stdinFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		return bytesSource{name: stdinFile, data: data, v: v}, nil, nil
 	case f.file != "":
 		return &reconcile.FileSource{Path: f.file, Validator: v}, nil, nil
 	}
@@ -76,6 +97,30 @@ func (f *sourceFlags) source(ctx context.Context, e env) (reconcile.Source, *git
 		return nil, nil, err
 	}
 	return reconcile.NewGitSource(repo, f.ref, f.path, v), repo, nil
+}
+
+// topologyFiles are the topology files -f names, expanded (a directory is
+// its *.yaml and *.yml, "-" standard input).
+func (f *sourceFlags) topologyFiles() ([]string, error) {
+	files, err := expandFiles(f.files)
+	if err != nil {
+		return nil, err
+	}
+	if len(files) > 1 && slices.Contains(files, stdinFile) {
+		return nil, usagef("-f -: standard input is one topology; give it alone")
+	}
+	return files, nil
+}
+
+// bytesSource is a topology read once (standard input).
+type bytesSource struct {
+	name string
+	data []byte
+	v    *schema.Validator
+}
+
+func (s bytesSource) Load(context.Context) (*reconcile.Input, error) {
+	return reconcile.Validate(s.v, s.name, s.data)
 }
 
 func (f *sourceFlags) openRepo(ctx context.Context, e env) (*gitsource.Repository, error) {

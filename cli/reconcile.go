@@ -33,7 +33,7 @@ func newReconcileCmd(e env) *cobra.Command {
   pgtopo reconcile -f orders.yaml --observe-only --listen :8080   # metrics only`,
 		Short: "Loop: pull, plan, and apply whenever the revision or the live world drifted",
 		Long: `Every --interval: fetch the repository (or re-read the file), observe every
-site, pl, and apply when the pl has steps and no refusal. One log line
+site, plan, and apply when the plan has steps and no refusal. One log line
 per cycle on stderr; apply's progress lines at --log-level debug.
 
 /healthz answers 200 while cycles keep ending, 503 when the loop is stuck;
@@ -45,7 +45,7 @@ wal_status, system identifier agreement, applied revision, writable
 clusters). examples/monitoring has alerts and a dashboard over them.
 
 --observe-only observes, plans and reports, and never changes anything (a
-cycle whose pl has steps ends "drift"): to watch a topology that another
+cycle whose plan has steps ends "drift"): to watch a topology that another
 deploy path applies.
 
 SIGTERM or SIGINT: the step under way finishes (a switchover included), then

@@ -39,7 +39,9 @@ interrupted). With -o json, --watch writes one document per line.
 Exit status (of the last look), for monitoring: 0 healthy (DR ready), 1 error
 or a site unreachable, 3 split brain (more than one cluster takes writes; a
 fenced or read-only one does not count), 5 no cluster takes writes (an outage), 6 one
-cluster takes writes but the DR verdict is not ready.`,
+cluster takes writes but the DR verdict is not ready. Several -f, or a
+directory: each file is its own topology, and the exit status is the worst
+of theirs.`,
 		Example: `  pgtopo status -f orders.yaml
   pgtopo status -f orders.yaml -o json | jq .verdict
   pgtopo status -f orders.yaml --watch 2s`,
@@ -53,40 +55,47 @@ cluster takes writes but the DR verdict is not ready.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			in, err := src.load(ctx, e)
-			if err != nil {
-				return err
+			if watch > 0 && len(src.files) > 0 {
+				if files, err := src.topologyFiles(); err != nil || len(files) > 1 {
+					return usagef("--watch follows one topology: give one -f")
+				}
 			}
-			obs, err := src.observer(in.Desired)
-			if err != nil {
-				return err
-			}
-			var prev *snapshot.Snapshot
-			for n := 1; ; n++ {
-				snap := obs.Observe(ctx, in.Desired)
-				at := time.Now().UTC().Format(time.RFC3339)
-				if structured(output) {
-					if err := writeStatusDoc(e, output, statusDoc(in.Desired, snap, at), watch > 0); err != nil {
-						return err
+			return src.eachTopology(e, output, func(e env, src *sourceFlags) error {
+				in, err := src.load(ctx, e)
+				if err != nil {
+					return err
+				}
+				obs, err := src.observer(in.Desired)
+				if err != nil {
+					return err
+				}
+				var prev *snapshot.Snapshot
+				for n := 1; ; n++ {
+					snap := obs.Observe(ctx, in.Desired)
+					at := time.Now().UTC().Format(time.RFC3339)
+					if structured(output) {
+						if err := writeStatusDoc(e, output, statusDoc(in.Desired, snap, at), watch > 0); err != nil {
+							return err
+						}
+					} else {
+						if watch > 0 {
+							fmt.Fprintf(e.stdout, "%spgtopo status %s, every %s (look %d)\n\n", clearScreen(e), at, watch, n)
+						}
+						writeStatus(e, snap, prev)
+						fmt.Fprintf(e.stdout, "\n%s\n", printable.String(health.DR(in.Desired, snap).Message))
 					}
-				} else {
-					if watch > 0 {
-						fmt.Fprintf(e.stdout, "%spgtopo status %s, every %s (look %d)\n\n", clearScreen(e), at, watch, n)
+					code := statusExit(e, in.Desired, snap)
+					if watch == 0 || (count > 0 && n >= count) {
+						return code
 					}
-					writeStatus(e, snap, prev)
-					fmt.Fprintf(e.stdout, "\n%s\n", printable.String(health.DR(in.Desired, snap).Message))
+					prev = snap
+					select {
+					case <-ctx.Done():
+						return code
+					case <-time.After(watch):
+					}
 				}
-				code := statusExit(e, in.Desired, snap)
-				if watch == 0 || (count > 0 && n >= count) {
-					return code
-				}
-				prev = snap
-				select {
-				case <-ctx.Done():
-					return code
-				case <-time.After(watch):
-				}
-			}
+			})
 		},
 	}
 	src.register(cmd, e)

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -187,6 +188,38 @@ func (r *Repository) ReadFile(c Commit, file string) ([]byte, error) {
 	}
 	return []byte(s), nil
 }
+
+// Match lists the files at commit whose paths match pattern (path.Match:
+// "topologies/*.yaml"), sorted.
+func (r *Repository) Match(c Commit, pattern string) ([]string, error) {
+	pattern = path.Clean(strings.TrimPrefix(pattern, "./"))
+	if _, err := path.Match(pattern, ""); err != nil {
+		return nil, fmt.Errorf("path pattern %q: %w", pattern, err)
+	}
+	commit, err := r.repo.CommitObject(plumbing.NewHash(c.Hash))
+	if err != nil {
+		return nil, fmt.Errorf("%s: commit %s: %w", r.location, c.Short(), err)
+	}
+	files, err := commit.Files()
+	if err != nil {
+		return nil, fmt.Errorf("%s at %s: %w", r.location, c.Short(), err)
+	}
+	var out []string
+	err = files.ForEach(func(f *object.File) error {
+		if ok, _ := path.Match(pattern, f.Name); ok {
+			out = append(out, f.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s at %s: %w", r.location, c.Short(), err)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// IsPattern reports whether a --path is a pattern of several files.
+func IsPattern(p string) bool { return strings.ContainsAny(p, "*?[") }
 
 // Relation is how a recorded revision relates to the one being applied.
 type Relation int

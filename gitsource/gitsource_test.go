@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -300,5 +301,38 @@ func TestRedact(t *testing.T) {
 		if got := gitsource.Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// Match lists a commit's files by pattern, sorted, in that commit only.
+func TestMatch(t *testing.T) {
+	r := gittest.New(t)
+	c1 := r.Commit("two", map[string]string{"topologies/orders.yaml": "a\n", "topologies/billing.yaml": "b\n", "topologies/old/x.yaml": "c\n", "README": "hi\n"})
+	c2 := r.Commit("three", map[string]string{"topologies/audit.yaml": "d\n"})
+	repo, err := gitsource.Open(context.Background(), r.Dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		rev, pattern string
+		want         []string
+	}{
+		{c1, "topologies/*.yaml", []string{"topologies/billing.yaml", "topologies/orders.yaml"}},
+		{c2, "./topologies/*.yaml", []string{"topologies/audit.yaml", "topologies/billing.yaml", "topologies/orders.yaml"}},
+		{c2, "topologies/o*.yaml", []string{"topologies/orders.yaml"}},
+		{c2, "none/*.yaml", nil},
+	} {
+		c, err := repo.Resolve(tc.rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := repo.Match(c, tc.pattern)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("Match(%s, %q) = %v, %v; want %v", tc.rev[:8], tc.pattern, got, err, tc.want)
+		}
+	}
+	c, _ := repo.Resolve(c2)
+	if _, err := repo.Match(c, "topologies/[.yaml"); err == nil || !strings.Contains(err.Error(), `path pattern "topologies/[.yaml"`) {
+		t.Errorf("a malformed pattern: %v", err)
 	}
 }
