@@ -82,6 +82,14 @@ type CredentialKeys interface {
 	CredentialKeys() (user, password string)
 }
 
+// SwitchoverSlots bounds the switchovers running at once per site, across
+// runs side by side (many topologies applied together): a switchover takes
+// a slot in each of its sites before its fence, and gives them back when
+// it ends. Acquire says how long it waited.
+type SwitchoverSlots interface {
+	Acquire(ctx context.Context, sites []string) (release func(), waited time.Duration, err error)
+}
+
 // Exec runs one statement (a Session's Exec).
 type Exec = func(ctx context.Context, sql string, args ...any) error
 
@@ -96,6 +104,8 @@ type Runner struct {
 	// Keys name the login in a credentials Secret, for the steps that
 	// copy one.
 	Keys CredentialKeys
+	// Switchovers, when set, bounds switchovers at once per site.
+	Switchovers SwitchoverSlots
 	// Progress receives events; nil drops them.
 	Progress func(Event)
 	// Holder identifies this run in the Lease.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -1145,5 +1146,43 @@ func TestSwitchoverBacksOutWhenTheGapCannotClose(t *testing.T) {
 				t.Fatalf("promoted past the gate: %v", w.writes())
 			}
 		})
+	}
+}
+
+// slotsFunc is a SwitchoverSlots of a function.
+type slotsFunc func(ctx context.Context, sites []string) (func(), time.Duration, error)
+
+func (f slotsFunc) Acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
+	return f(ctx, sites)
+}
+
+// A switchover takes a slot in both its sites before the fence and gives
+// them back once done; one that gets no slot fences nothing.
+func TestSwitchoverTakesASlotBeforeTheFence(t *testing.T) {
+	w := switchoverWorld()
+	r, _ := runner(w)
+	var order []string
+	r.Switchovers = slotsFunc(func(_ context.Context, sites []string) (func(), time.Duration, error) {
+		order = append(order, fmt.Sprintf("acquire %v after %d writes", sites, len(w.writes())))
+		return func() { order = append(order, "release") }, time.Second, nil
+	})
+	if err := run(t, r, switchoverStep("")); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(order, []string{"acquire [east west] after 0 writes", "release"}) {
+		t.Fatalf("slots %v, want one taken before any write and given back", order)
+	}
+
+	w = switchoverWorld()
+	r, _ = runner(w)
+	r.Switchovers = slotsFunc(func(context.Context, []string) (func(), time.Duration, error) {
+		return nil, 0, context.DeadlineExceeded
+	})
+	err := run(t, r, switchoverStep(""))
+	if err == nil || !strings.Contains(err.Error(), "not begun, nothing fenced: waiting for a switchover slot in sites east and west") {
+		t.Fatalf("error %v", err)
+	}
+	if got := w.writes(); len(got) > 0 {
+		t.Fatalf("wrote %v without a slot", got)
 	}
 }

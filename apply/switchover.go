@@ -89,6 +89,18 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		x.emit(Event{Type: EventResume, Journal: phase, Message: fmt.Sprintf("backing out switchover %s → %s: restoring %s as primary", from, to, from)})
 		return x.restore(ctx, sw)
 	}
+	if phase == "" && x.r.Switchovers != nil {
+		// Taken before the fence, so waiting for a slot refuses no writes;
+		// a resumed switchover is past its fence and takes none.
+		release, waited, err := x.r.Switchovers.Acquire(ctx, []string{sw.From.Site, sw.To.Site})
+		if err != nil {
+			return fmt.Errorf("switchover %s → %s not begun, nothing fenced: waiting for a switchover slot in sites %s and %s: %w", from, to, sw.From.Site, sw.To.Site, err)
+		}
+		defer release()
+		if waited > 0 {
+			x.say(EventLock, "switchover slot taken in sites %s and %s after %.1fs (other switchovers ran there)", sw.From.Site, sw.To.Site, waited.Seconds())
+		}
+	}
 	if phase == "" {
 		// Begin only on a target its operator reports ready: one still
 		// being created or scaled may never be promotable, and waiting for

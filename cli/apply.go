@@ -40,6 +40,10 @@ type applyFlags struct {
 	// output is text (the plan, then a closing line) or json (one
 	// ApplyResult document at the end).
 	output string
+	// parallel is how many topologies run at once; switchoversPerSite
+	// bounds their switchovers at once in one site, through slots.
+	parallel, switchoversPerSite int
+	slots                        *siteSlots
 }
 
 func newApplyCmd(e env) *cobra.Command {
@@ -106,7 +110,11 @@ stale plan.`,
 				}
 				return applySaved(ctx, e, &src, f, args[0], drain)
 			}
-			return src.eachTopology(e, f.output, func(e env, src *sourceFlags) error {
+			if f.parallel < 1 || f.switchoversPerSite < 1 {
+				return usagef("--parallel %d --max-switchovers-per-site %d: both take a positive number", f.parallel, f.switchoversPerSite)
+			}
+			f.slots = newSiteSlots(f.switchoversPerSite)
+			return src.eachTopology(e, f.output, f.parallel, func(e env, src *sourceFlags) error {
 				return applyLive(ctx, e, src, f, drain)
 			})
 		},
@@ -123,6 +131,8 @@ stale plan.`,
 	completeOutput(cmd, formatText, formatJSON, formatYAML)
 	cmd.Flags().StringSliceVar(&f.allowRebuild, "allow-rebuild", nil, "let pgtopo rebuild standby CLUSTER if it cannot catch up (deleted with its data, created again), whatever the file's rebuild policy; repeat or comma-separate")
 	cmd.Flags().BoolVar(&f.allowPrimaryRestart, "allow-primary-restart", false, "let a settings change restart the primary (a write outage) whatever the file's spec.replication.primaryRestart")
+	cmd.Flags().IntVar(&f.parallel, "parallel", 4, "with several topology files, how many run at once (each its own Lease and plan)")
+	cmd.Flags().IntVar(&f.switchoversPerSite, "max-switchovers-per-site", 2, "with several topology files, how many switchovers may run at once in one site (kube context); each keeps its own write budget and back-out")
 	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
 	completeClusterFlags(cmd, "accept-data-loss", "allow-rebuild")
 	return cmd
@@ -250,6 +260,13 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 		r.Progress = apply.JSONProgress(e.stderr)
 	}
 	r.LockTimeout, r.StepTimeout, r.MaxWritePause = f.lockTimeout, f.stepTimeout, f.maxWritePause
+	if f.slots != nil {
+		contexts := map[string]string{}
+		for _, s := range pl.Sites {
+			contexts[s.Name] = s.Context
+		}
+		r.Switchovers = planSlots{slots: f.slots, contexts: contexts}
+	}
 	return r, nil
 }
 

@@ -69,7 +69,7 @@ theirs. With --detailed-exitcode=false, pending changes exit 0.`,
 					return usagef("--out saves one topology's plan: give one -f")
 				}
 			}
-			return src.eachTopology(e, output, func(e env, src *sourceFlags) error {
+			return src.eachTopology(e, output, 1, func(e env, src *sourceFlags) error {
 				in, err := src.load(ctx, e)
 				if err != nil {
 					return err

@@ -2,9 +2,14 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -19,7 +24,11 @@ import (
 // file a heading; json and yaml output is one FleetResult document; the
 // exit code is the worst of the files' (see worse). A wrong command line
 // stops at once.
-func (f *sourceFlags) eachTopology(e env, output string, run func(e env, src *sourceFlags) error) error {
+//
+// parallel > 1 runs up to that many files at once (apply): each file's
+// stdout is kept and printed, in file order, once all are done; its stderr
+// (progress) goes on as it comes, each line led by the file's name.
+func (f *sourceFlags) eachTopology(e env, output string, parallel int, run func(e env, src *sourceFlags) error) error {
 	if f.repo != "" || len(f.files) == 0 {
 		return run(e, f)
 	}
@@ -36,57 +45,46 @@ func (f *sourceFlags) eachTopology(e env, output string, run func(e env, src *so
 		return err
 	}
 	f.sites() // one set of site clients for every file
-	defer func() { f.file = "" }()
+	runs := make([]fileRun, len(files))
+	for i, file := range files {
+		runs[i].file = file
+		runs[i].fights = fights[file]
+	}
+	if parallel > 1 {
+		f.runParallel(e, runs, parallel, run)
+	} else {
+		f.runInTurn(e, output, runs, run)
+	}
 	doc := FleetResult{APIVersion: fleetAPIVersion, Kind: "FleetResult"}
 	code := ExitOK
-	for i, file := range files {
-		var out bytes.Buffer
-		fe := e
-		if structured(output) {
-			fe.stdout = &out
-		} else {
-			if i > 0 {
-				fmt.Fprintln(e.stdout)
-			}
-			if output == "markdown" {
-				fmt.Fprintf(e.stdout, "### `%s`\n\n", printable.String(file))
-			} else {
-				fmt.Fprintf(e.stdout, "=== %s\n", printable.String(file))
-			}
-		}
-		if fs := fights[file]; len(fs) > 0 {
-			// It would fight an earlier file over a cluster or a Lease:
-			// not run, as validate says, and the others go on.
-			reportFindings(e, fs)
-			fmt.Fprintf(e.stderr, "pgtopo: %s: not run: it fights an earlier file (pgtopo validate says the same)\n", printable.String(file))
-			code = worse(code, ExitError)
-			if structured(output) {
-				doc.Items = append(doc.Items, FleetItem{File: file, ExitCode: ExitError, Error: fs[0].String()})
-			}
-			continue
-		}
-		f.file = file // sequential: the flags' clients and credentials are shared
-		err := run(fe, f)
+	for i := range runs {
+		r := &runs[i]
 		var usage usageError
-		if errors.As(err, &usage) {
-			return err
+		if errors.As(r.err, &usage) {
+			return r.err
 		}
-		c := codeOf(err)
-		if err != nil && !isExitCode(err) {
-			// An error the command did not report itself: said here, for
-			// this file, and the others go on.
-			fmt.Fprintf(e.stderr, "pgtopo: %s: %s\n", printable.String(file), printable.String(err.Error()))
+		c := codeOf(r.err)
+		if len(r.fights) > 0 {
+			c = ExitError
 		}
 		code = worse(code, c)
-		if structured(output) {
-			item := FleetItem{File: file, ExitCode: c}
-			if err != nil && !isExitCode(err) {
-				item.Error = err.Error()
+		switch {
+		case structured(output):
+			item := FleetItem{File: r.file, ExitCode: c}
+			switch {
+			case len(r.fights) > 0:
+				item.Error = r.fights[0].String()
+			case r.err != nil && !isExitCode(r.err):
+				item.Error = r.err.Error()
 			}
-			if item.Result, err = asJSON(out.Bytes(), output); err != nil {
-				return fmt.Errorf("%s: %w", file, err)
+			if item.Result, err = asJSON(r.out.Bytes(), output); err != nil {
+				return fmt.Errorf("%s: %w", r.file, err)
 			}
 			doc.Items = append(doc.Items, item)
+		case parallel > 1:
+			// Kept until now: printed in file order.
+			writeHeading(e.stdout, output, r.file, i)
+			_, _ = e.stdout.Write(r.out.Bytes())
 		}
 	}
 	if structured(output) {
@@ -98,6 +96,133 @@ func (f *sourceFlags) eachTopology(e env, output string, run func(e env, src *so
 		return exitCode(code)
 	}
 	return nil
+}
+
+// fileRun is one topology file's run among several.
+type fileRun struct {
+	file   string
+	fights schema.Findings // what it would fight an earlier file over: not run
+	out    bytes.Buffer    // its stdout, where kept
+	err    error
+}
+
+// runInTurn runs the files one after the other, text output as it comes.
+func (f *sourceFlags) runInTurn(e env, output string, runs []fileRun, run func(e env, src *sourceFlags) error) {
+	defer func() { f.file = "" }()
+	for i := range runs {
+		r := &runs[i]
+		fe := e
+		if structured(output) {
+			fe.stdout = &r.out
+		} else {
+			writeHeading(e.stdout, output, r.file, i)
+		}
+		if len(r.fights) > 0 {
+			r.err = refuseFight(e.stderr, r)
+			continue
+		}
+		f.file = r.file // the flags' clients and credentials are shared
+		r.err = run(fe, f)
+		sayError(e.stderr, r)
+		var usage usageError
+		if errors.As(r.err, &usage) {
+			return
+		}
+	}
+}
+
+// runParallel runs up to parallel files at once, each with its own copy of
+// the flags (sharing their clients and credentials).
+func (f *sourceFlags) runParallel(e env, runs []fileRun, parallel int, run func(e env, src *sourceFlags) error) {
+	var mu sync.Mutex // one line at a time on stderr
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i := range runs {
+		r := &runs[i]
+		stderr := &prefixWriter{w: e.stderr, mu: &mu, prefix: printable.String(r.file) + ": "}
+		if len(r.fights) > 0 {
+			r.err = refuseFight(stderr, r)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			one := *f
+			one.file = r.file
+			fe := e
+			fe.stdout, fe.stderr = &r.out, stderr
+			r.err = run(fe, &one)
+			sayError(stderr, r)
+			stderr.flush()
+		}()
+	}
+	wg.Wait()
+}
+
+func writeHeading(w io.Writer, output, file string, i int) {
+	if i > 0 {
+		fmt.Fprintln(w)
+	}
+	if output == "markdown" {
+		fmt.Fprintf(w, "### `%s`\n\n", printable.String(file))
+	} else {
+		fmt.Fprintf(w, "=== %s\n", printable.String(file))
+	}
+}
+
+// refuseFight says why a file that would fight an earlier one is not run.
+func refuseFight(stderr io.Writer, r *fileRun) error {
+	for _, f := range r.fights {
+		fmt.Fprintln(stderr, f.String())
+	}
+	fmt.Fprintf(stderr, "pgtopo: %s: not run: it fights an earlier file (pgtopo validate says the same)\n", printable.String(r.file))
+	return exitCode(ExitError)
+}
+
+// sayError says an error the command did not report itself, for its file.
+func sayError(stderr io.Writer, r *fileRun) {
+	var usage usageError
+	if r.err != nil && !isExitCode(r.err) && !errors.As(r.err, &usage) {
+		fmt.Fprintf(stderr, "pgtopo: %s: %s\n", printable.String(r.file), printable.String(r.err.Error()))
+	}
+}
+
+// prefixWriter writes whole lines, each led by prefix, one writer at a
+// time.
+type prefixWriter struct {
+	w      io.Writer
+	mu     *sync.Mutex
+	prefix string
+	buf    []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.buf = append(p.buf, b...)
+	for {
+		i := bytes.IndexByte(p.buf, '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		p.line(p.buf[:i+1])
+		p.buf = p.buf[i+1:]
+	}
+}
+
+func (p *prefixWriter) line(l []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, _ = io.WriteString(p.w, p.prefix)
+	_, _ = p.w.Write(l)
+}
+
+// flush writes what is left without a newline.
+func (p *prefixWriter) flush() {
+	if len(p.buf) > 0 {
+		p.line(append(p.buf, '\n'))
+		p.buf = nil
+	}
 }
 
 // fleetOverlaps reads the files once and finds, per file, what it would
@@ -194,4 +319,73 @@ func worse(a, b int) int {
 		return b
 	}
 	return a
+}
+
+// siteSlots bounds the switchovers running at once in one kube context (a
+// site's cluster) across the topologies one apply runs side by side.
+type siteSlots struct {
+	per int
+	mu  sync.Mutex
+	sem map[string]chan struct{}
+}
+
+func newSiteSlots(per int) *siteSlots {
+	return &siteSlots{per: per, sem: map[string]chan struct{}{}}
+}
+
+func (s *siteSlots) slot(key string) chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.sem[key]
+	if !ok {
+		c = make(chan struct{}, s.per)
+		s.sem[key] = c
+	}
+	return c
+}
+
+// acquire takes one slot in each key, in sorted order (so two runs
+// waiting for the same keys cannot hold one each), or none when ctx ends.
+func (s *siteSlots) acquire(ctx context.Context, keys []string) (func(), time.Duration, error) {
+	keys = slices.Compact(slices.Sorted(slices.Values(keys)))
+	began := time.Now()
+	var held []chan struct{}
+	release := func() {
+		for _, c := range held {
+			<-c
+		}
+	}
+	for _, k := range keys {
+		c := s.slot(k)
+		select {
+		case c <- struct{}{}:
+			held = append(held, c)
+		case <-ctx.Done():
+			release()
+			return nil, 0, ctx.Err()
+		}
+	}
+	waited := time.Since(began)
+	if waited < time.Millisecond {
+		waited = 0
+	}
+	return release, waited, nil
+}
+
+// planSlots are a plan's view of the shared slots: its sites by the kube
+// context they are (a Patroni site by its name).
+type planSlots struct {
+	slots    *siteSlots
+	contexts map[string]string
+}
+
+func (p planSlots) Acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
+	keys := make([]string, len(sites))
+	for i, s := range sites {
+		keys[i] = "site " + s
+		if c := p.contexts[s]; c != "" {
+			keys[i] = "context " + c
+		}
+	}
+	return p.slots.acquire(ctx, keys)
 }

@@ -41,12 +41,13 @@ type sourceFlags struct {
 	kubeconfig  string
 	siteTimeout time.Duration
 	siteCache   *kube.Sites
-	patroni     patroniFlags
+	patroni     *patroniFlags // shared by copies of the flags
 	// observerSecret: see registerObserver.
 	observerSecret string
 }
 
 func (f *sourceFlags) register(cmd *cobra.Command, e env) {
+	f.patroni = &patroniFlags{}
 	f.patroni.register(cmd, e)
 	cmd.Flags().StringArrayVarP(&f.files, "file", "f", nil, "topology file, a directory of *.yaml and *.yml, or - for standard input; repeat for several (or read it from git with --repo)")
 	cmd.Flags().StringVar(&f.repo, "repo", "", "git repository holding the topology: a local path (opened in place) or a URL (fetched into memory)")

@@ -60,7 +60,7 @@ of theirs.`,
 					return usagef("--watch follows one topology: give one -f")
 				}
 			}
-			return src.eachTopology(e, output, func(e env, src *sourceFlags) error {
+			return src.eachTopology(e, output, 1, func(e env, src *sourceFlags) error {
 				in, err := src.load(ctx, e)
 				if err != nil {
 					return err

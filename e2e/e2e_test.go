@@ -148,8 +148,14 @@ type writer struct {
 }
 
 func (h *harness) startWriter() *writer {
+	return h.startWriterOn("orders")
+}
+
+// startWriterOn writes through topology's pair: NAME-east in site east and
+// NAME-west in site west.
+func (h *harness) startWriterOn(name string) *writer {
 	w := &writer{stop: make(chan struct{})}
-	sites := map[string]string{"orders-east": "east", "orders-west": "west"}
+	sites := map[string]string{name + "-east": "east", name + "-west": "west"}
 	w.done.Add(2)
 	go func() {
 		defer w.done.Done()
@@ -202,8 +208,8 @@ func (h *harness) startWriter() *writer {
 				return
 			case <-time.After(100 * time.Millisecond):
 			}
-			e, _ := h.writable("east", "orders-east")
-			ww, _ := h.writable("west", "orders-west")
+			e, _ := h.writable("east", name+"-east")
+			ww, _ := h.writable("west", name+"-west")
 			w.samples.Add(1)
 			if e && ww {
 				w.bothSeen.Add(1)

@@ -1,0 +1,96 @@
+package cli
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A site's slots bound the switchovers there: a second taker waits until
+// the first gives its slot back; takers of the same sites in opposite
+// orders never hold one each; a taker whose context ends takes nothing.
+func TestSiteSlots(t *testing.T) {
+	s := newSiteSlots(1)
+	ctx := context.Background()
+	release, waited, err := s.acquire(ctx, []string{"east", "west"})
+	if err != nil || waited != 0 {
+		t.Fatalf("first taker: waited %s, %v", waited, err)
+	}
+	got := make(chan time.Duration)
+	go func() {
+		r, w, err := s.acquire(ctx, []string{"west"})
+		if err != nil {
+			t.Error(err)
+		}
+		r()
+		got <- w
+	}()
+	select {
+	case <-got:
+		t.Fatal("a second switchover took west's one slot while the first held it")
+	case <-time.After(50 * time.Millisecond):
+	}
+	release()
+	if w := <-got; w < 50*time.Millisecond {
+		t.Fatalf("waited %s, want the time the first held it", w)
+	}
+
+	// Opposite orders, many times: no deadlock.
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sites := []string{"east", "west"}
+			if i%2 == 1 {
+				sites = []string{"west", "east"}
+			}
+			r, _, err := s.acquire(ctx, sites)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			r()
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("takers in opposite orders deadlocked")
+	}
+
+	// A context that ends: an error, and the slot it had taken is given back.
+	hold, _, _ := s.acquire(ctx, []string{"west"})
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, _, err := s.acquire(short, []string{"east", "west"}); err == nil {
+		t.Fatal("took west while it was held")
+	}
+	hold()
+	r, waited, err := s.acquire(ctx, []string{"east"})
+	if err != nil || waited != 0 {
+		t.Fatalf("east after a cancelled taker: waited %s, %v (its slot was not given back)", waited, err)
+	}
+	r()
+}
+
+// A plan's slots are its sites' kube contexts: two topologies whose sites
+// have other names but the same contexts share them.
+func TestPlanSlotsKeyByContext(t *testing.T) {
+	s := newSiteSlots(1)
+	a := planSlots{slots: s, contexts: map[string]string{"east": "lab-east"}}
+	b := planSlots{slots: s, contexts: map[string]string{"dc1": "lab-east"}}
+	release, _, err := a.Acquire(context.Background(), []string{"east"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, _, err := b.Acquire(ctx, []string{"dc1"}); err == nil {
+		t.Fatal("dc1 (context lab-east) took a slot east (the same context) held")
+	}
+}
