@@ -216,17 +216,7 @@ func pullRequest(ctx context.Context, e env, src *sourceFlags, f prFlags) error 
 		}
 		pr.Plan = &pl
 	}
-	switch f.output {
-	case formatJSON:
-		err = pr.WriteJSON(e.stdout)
-	case formatYAML:
-		err = writeYAMLOf(e.stdout, pr.WriteJSON)
-	case "markdown":
-		err = pr.WriteMarkdown(e.stdout)
-	default:
-		err = pr.WriteText(e.stdout)
-	}
-	if err != nil {
+	if err := writePullRequest(e, f.output, &pr); err != nil {
 		return err
 	}
 	changes := len(pr.Intents) > 0
@@ -305,23 +295,32 @@ func pullRequestFleet(ctx context.Context, e env, src *sourceFlags, f prFlags, r
 		code = worse(code, codeOf(planExit(one.Plan, changes, f.detailed)))
 		fleet.Changed = append(fleet.Changed, one)
 	}
-	switch f.output {
-	case formatJSON:
-		err = fleet.WriteJSON(e.stdout)
-	case formatYAML:
-		err = writeYAMLOf(e.stdout, fleet.WriteJSON)
-	case "markdown":
-		err = fleet.WriteMarkdown(e.stdout)
-	default:
-		err = fleet.WriteText(e.stdout)
-	}
-	if err != nil {
+	if err := writePullRequest(e, f.output, &fleet); err != nil {
 		return err
 	}
 	if code != ExitOK {
 		return exitCode(code)
 	}
 	return nil
+}
+
+// pullRequestDoc is a pull request's words in each output format.
+type pullRequestDoc interface {
+	WriteJSON(io.Writer) error
+	WriteMarkdown(io.Writer) error
+	WriteText(io.Writer) error
+}
+
+func writePullRequest(e env, output string, pr pullRequestDoc) error {
+	switch output {
+	case formatJSON:
+		return pr.WriteJSON(e.stdout)
+	case formatYAML:
+		return writeYAMLOf(e.stdout, pr.WriteJSON)
+	case "markdown":
+		return pr.WriteMarkdown(e.stdout)
+	}
+	return pr.WriteText(e.stdout)
 }
 
 // loadAt is a Source fixed at one commit.

@@ -152,11 +152,16 @@ func (h *harness) startWriter() *writer {
 }
 
 // startWriterOn writes through topology's pair: NAME-east in site east and
-// NAME-west in site west.
-func (h *harness) startWriterOn(name string) *writer {
+// NAME-west in site west, and samples both for being writable at once.
+func (h *harness) startWriterOn(name string) *writer { return h.startWriterWith(name, true) }
+
+// startWriterWith is startWriterOn, without the sampler when sample is
+// false (a benchmark of many topologies, where twenty samplers' sessions
+// would load the machine it measures).
+func (h *harness) startWriterWith(name string, sample bool) *writer {
 	w := &writer{stop: make(chan struct{})}
 	sites := map[string]string{name + "-east": "east", name + "-west": "west"}
-	w.done.Add(2)
+	w.done.Add(1)
 	go func() {
 		defer w.done.Done()
 		var c *pgx.Conn
@@ -200,6 +205,10 @@ func (h *harness) startWriterOn(name string) *writer {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
+	if !sample {
+		return w
+	}
+	w.done.Add(1)
 	go func() {
 		defer w.done.Done()
 		for {
