@@ -10,53 +10,27 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgtopo/pgtopo/internal/fixture"
 	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/render"
 
-	"github.com/pgtopo/pgtopo/schema"
 	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
 
-func loadDesired(t *testing.T, file string) *topology.Desired {
-	t.Helper()
-	v, err := schema.NewValidator()
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	top, fs, err := v.Load(file, data)
-	if err != nil || top == nil {
-		t.Fatalf("%s: %v %v", file, err, fs)
-	}
-	d, err := top.Desired()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+func loadDesired(t *testing.T, file string) *topology.Desired { return fixture.Desired(t, file) }
+
+// cs is the named cluster of s, to edit in place.
+func cs(s *snapshot.Snapshot, name string) *snapshot.ClusterState {
+	c, _ := s.Cluster(name)
+	return c
 }
 
-// loadSnapshot reads a fixture; "@digest@" stands for the topology's digest,
-// so fixtures describe "recorded the current file" without pinning a hash.
+// loadSnapshot reads a fixture (fixture.Snapshot).
 func loadSnapshot(t *testing.T, file string, d *topology.Desired) *snapshot.Snapshot {
-	t.Helper()
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data = bytes.ReplaceAll(data, []byte("@digest@"), []byte(d.Digest))
-	var s snapshot.Snapshot
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
-	return &s
+	return fixture.Snapshot(t, file, d)
 }
 
 func golden(t *testing.T, file string, got []byte) {

@@ -1,4 +1,4 @@
-package planner
+package plan_test
 
 import (
 	"bytes"
@@ -6,16 +6,18 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgtopo/pgtopo/internal/fixture"
 	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
 
 	"github.com/pgtopo/pgtopo/snapshot"
 )
 
-func fixture(t *testing.T, dir string) (plan.Plan, *snapshot.Snapshot, func(*snapshot.Snapshot) plan.Plan) {
+func switchoverFixture(t *testing.T, dir string) (plan.Plan, *snapshot.Snapshot, func(*snapshot.Snapshot) plan.Plan) {
 	t.Helper()
-	d := loadDesired(t, "testdata/two-sites-west.yaml")
-	snap := loadSnapshot(t, "testdata/"+dir+"/snapshot.json", d)
-	planOf := func(s *snapshot.Snapshot) plan.Plan { return Compute(d, s, plan.Options{}) }
+	d := fixture.Desired(t, "../planner/testdata/two-sites-west.yaml")
+	snap := fixture.Snapshot(t, "../planner/testdata/"+dir+"/snapshot.json", d)
+	planOf := func(s *snapshot.Snapshot) plan.Plan { return planner.Compute(d, s, plan.Options{}) }
 	return planOf(snap), snap, planOf
 }
 
@@ -52,7 +54,7 @@ func TestStaleness(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			was, snap, replan := fixture(t, "primary-changed")
+			was, snap, replan := switchoverFixture(t, "primary-changed")
 			setVersions(snap)
 			wasBasis := plan.BasisOf(snap)
 			if again := replan(snap); !plan.Same(was, again) {
@@ -77,6 +79,7 @@ func setVersions(s *snapshot.Snapshot) {
 	w.Object.ResourceVersion, w.Credentials.ResourceVersion = "1234", "10"
 }
 
+// cs is the named cluster of s, to edit in place.
 func cs(s *snapshot.Snapshot, name string) *snapshot.ClusterState {
 	c, _ := s.Cluster(name)
 	return c
@@ -84,11 +87,11 @@ func cs(s *snapshot.Snapshot, name string) *snapshot.ClusterState {
 
 // A plan that changes while nothing its basis records did names the step.
 func TestStalenessWithoutABasisChange(t *testing.T) {
-	was, snap, _ := fixture(t, "primary-changed")
+	was, snap, _ := switchoverFixture(t, "primary-changed")
 	b := plan.BasisOf(snap)
 	now := was
 	now.Steps = slices.Clone(was.Steps)
-	sw := *pay[*plan.Switchover](now.Steps[2])
+	sw := *now.Steps[2].Payload.(*plan.Switchover)
 	sw.MaxLagBytes++
 	now.Steps[2].Payload = &sw
 	if plan.Same(was, now) {
@@ -115,7 +118,7 @@ func TestStalenessWithoutABasisChange(t *testing.T) {
 
 // Same ignores reasons and notes but not refusals, digest or revision.
 func TestSame(t *testing.T) {
-	was, _, _ := fixture(t, "primary-changed")
+	was, _, _ := switchoverFixture(t, "primary-changed")
 	reworded := was
 	reworded.Steps = slices.Clone(was.Steps)
 	reworded.Steps[0].Reason = "other words"
@@ -139,7 +142,7 @@ func TestSame(t *testing.T) {
 }
 
 func TestSavedPlanRoundTrip(t *testing.T) {
-	was, snap, _ := fixture(t, "primary-changed")
+	was, snap, _ := switchoverFixture(t, "primary-changed")
 	var b bytes.Buffer
 	src := plan.Source{Name: "west.yaml", Content: "apiVersion: pgtopo.dev/v1alpha1\n"}
 	opt := plan.Options{Revision: "abc", History: map[string]plan.History{"def": plan.HistoryForward}}
