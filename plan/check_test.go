@@ -15,12 +15,16 @@ func checkWorld(edit func(s *snapshot.Snapshot)) *snapshot.Snapshot {
 		Sites: []snapshot.SiteState{{Name: "east", Reachable: true}, {Name: "west", Reachable: true}},
 		Clusters: []snapshot.ClusterState{
 			{Name: "orders-east", Site: "east", Exists: true, Object: &snapshot.Object{}, Endpoint: east,
-				PG: &snapshot.PGState{SystemID: "77", Timeline: 2, CurrentLSN: 0x5100000, ServerVersion: 150020}},
+				PG: &snapshot.PGState{SystemID: "77", Timeline: 2, CurrentLSN: 0x5100000, ServerVersion: 150020,
+					Slots: []snapshot.Slot{{Name: "xdc_orders_old"}}}},
 			{Name: "orders-west", Site: "west", Exists: true, Object: &snapshot.Object{},
 				PG: &snapshot.PGState{InRecovery: true, SystemID: "77", Timeline: 2, ReplayLSN: 0x5000000, ServerVersion: 150013,
 					WalReceiver: &snapshot.WalReceiver{Status: "streaming", SenderHost: east.Host, SenderPort: east.Port}}},
 			{Name: "orders-south", Site: "west"},
 		},
+		// A cluster the file no longer lists, whose object says standby.
+		Orphans: []snapshot.OrphanCluster{{Name: "orders-old", Site: "west",
+			Object: &snapshot.Object{Spec: snapshot.Spec{Replication: snapshot.Replication{IsReplica: true}}}}},
 	}
 	if edit != nil {
 		edit(s)
@@ -80,6 +84,18 @@ func TestPreconditions(t *testing.T) {
 		{Precondition{Kind: CondSameMajor, Cluster: pair, Other: "orders-gone"}, nil, "orders-gone is not observed"},
 		{Precondition{Kind: CondSameMajor, Cluster: pair, Other: "orders-east"},
 			func(s *snapshot.Snapshot) { east(s).PG = nil }, "cannot read orders-west or orders-east"},
+		{Precondition{Kind: CondInRecovery, Cluster: pair},
+			func(s *snapshot.Snapshot) { west(s).PG.InRecovery = false }, "orders-west is not a standby"},
+		{Precondition{Kind: CondNotWritable, Cluster: pair},
+			func(s *snapshot.Snapshot) { west(s).PG.InRecovery = false }, "orders-west takes writes: pgtopo never rebuilds or deletes a primary"},
+		{Precondition{Kind: CondSlotInactive, Cluster: "orders-east", Other: "xdc_orders_old"},
+			func(s *snapshot.Snapshot) { east(s).PG.Slots[0].Active = true }, "slot xdc_orders_old on orders-east is active"},
+		{Precondition{Kind: CondSlotInactive, Cluster: "orders-east", Other: "xdc_orders_old"},
+			func(s *snapshot.Snapshot) { east(s).PG = nil }, "cannot read orders-east"},
+		{Precondition{Kind: CondObjectReplica, Cluster: "orders-old"},
+			func(s *snapshot.Snapshot) { s.Orphans[0].Object.Spec.Replication.IsReplica = false }, "orders-old's object says it is a primary (isReplica false)"},
+		{Precondition{Kind: CondObjectReplica, Cluster: "orders-old"},
+			func(s *snapshot.Snapshot) { s.Orphans[0].Object = nil }, "orders-old's object could not be read"},
 		{Precondition{Kind: "no-such-kind", Cluster: pair, Other: "orders-east"}, nil, `unknown precondition "no-such-kind"`},
 		{Precondition{Kind: CondWritable, Cluster: "orders-gone"}, nil, "orders-gone is not observed"},
 	}
