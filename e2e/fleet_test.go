@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -100,14 +101,7 @@ func TestEvacuateASite(t *testing.T) {
 		t.Logf("%s: writes refused %.2fs, %d rows acknowledged, none lost", name, windows[name], len(w.acked))
 	}
 	t.Logf("evacuation of east: %.1fs for three topologies, at most %d switchovers at once", wall.Seconds(), most)
-	ordered := slices.Sorted(func(yield func(string) bool) {
-		for n := range spans {
-			if !yield(n) {
-				return
-			}
-		}
-	})
-	for _, n := range ordered {
+	for _, n := range slices.Sorted(maps.Keys(spans)) {
 		t.Logf("  %s: %s → %s", n, spans[n].from.Format("15:04:05.000"), spans[n].to.Format("15:04:05.000"))
 	}
 	h.noSecretsInOutput()
