@@ -261,11 +261,7 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 	}
 	r.LockTimeout, r.StepTimeout, r.MaxWritePause = f.lockTimeout, f.stepTimeout, f.maxWritePause
 	if f.slots != nil {
-		contexts := map[string]string{}
-		for _, s := range pl.Sites {
-			contexts[s.Name] = s.Context
-		}
-		r.Switchovers = planSlots{slots: f.slots, contexts: contexts}
+		r.Switchovers = newPlanSlots(f.slots, pl)
 	}
 	return r, nil
 }

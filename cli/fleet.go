@@ -13,7 +13,9 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/printable"
+	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/schema"
 )
 
@@ -379,6 +381,14 @@ type planSlots struct {
 	contexts map[string]string
 }
 
+func newPlanSlots(slots *siteSlots, pl plan.Plan) planSlots {
+	contexts := map[string]string{}
+	for _, s := range pl.Sites {
+		contexts[s.Name] = s.Context
+	}
+	return planSlots{slots: slots, contexts: contexts}
+}
+
 func (p planSlots) Acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
 	keys := make([]string, len(sites))
 	for i, s := range sites {
@@ -388,4 +398,53 @@ func (p planSlots) Acquire(ctx context.Context, sites []string) (func(), time.Du
 		}
 	}
 	return p.slots.acquire(ctx, keys)
+}
+
+// fleet is what reconcile runs: the topology files of --repo matching
+// --path (a pattern, or one file), or those -f names, listed afresh on
+// every call, a file that would fight an earlier one marked so.
+func (f *sourceFlags) fleet(ctx context.Context, e env) (func(context.Context) ([]reconcile.Member, error), error) {
+	v, err := schema.NewValidator()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case f.repo != "" && len(f.files) > 0:
+		return nil, usagef("-f and --repo: give one; with --repo, --path names the files inside the repository")
+	case f.repo != "":
+		repo, err := f.openRepo(ctx, e)
+		if err != nil {
+			return nil, err
+		}
+		return reconcile.NewGitFleet(repo, f.ref, f.path, v).List, nil
+	case len(f.files) == 0:
+		return nil, usagef("which topologies? give -f FILE|DIR, or --repo URL|PATH [--ref REV] [--path FILE|PATTERN]")
+	}
+	files, err := f.topologyFiles()
+	if err != nil {
+		return nil, err
+	}
+	if len(files) == 1 && files[0] == stdinFile {
+		data, err := readTopology(e, stdinFile)
+		if err != nil {
+			return nil, err
+		}
+		one := []reconcile.Member{{File: stdinFile, Source: bytesSource{name: stdinFile, data: data, v: v}}}
+		return func(context.Context) ([]reconcile.Member, error) { return one, nil }, nil
+	}
+	return func(context.Context) ([]reconcile.Member, error) {
+		files, err := f.topologyFiles()
+		if err != nil {
+			return nil, err
+		}
+		fights, err := fleetOverlaps(e, files)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]reconcile.Member, len(files))
+		for i, file := range files {
+			out[i] = reconcile.Member{File: file, Source: &reconcile.FileSource{Path: file, Validator: v}, Fights: fights[file]}
+		}
+		return out, nil
+	}, nil
 }

@@ -27,9 +27,11 @@ func newReconcileCmd(e env) *cobra.Command {
 	var interval, cycleTimeout, lockTimeout, stepTimeout time.Duration
 	var listen, logFormat, logLevel string
 	var allowRollback, observeOnly bool
+	var parallel, switchoversPerSite int
 	cmd := &cobra.Command{
-		Use: "reconcile (--repo URL|PATH [--ref REV] [--path FILE] | -f FILE) [--interval D]",
+		Use: "reconcile (--repo URL|PATH [--ref REV] [--path FILE|PATTERN] | -f FILE|DIR...) [--interval D]",
 		Example: `  pgtopo reconcile --repo https://git.example.com/db/topologies.git --ref main --path orders.yaml --interval 1m
+  pgtopo reconcile --repo https://git.example.com/db/topologies.git --path 'topologies/*.yaml'   # a fleet
   pgtopo reconcile -f orders.yaml --observe-only --listen :8080   # metrics only`,
 		Short: "Loop: pull, plan, and apply whenever the revision or the live world drifted",
 		Long: `Every --interval: fetch the repository (or re-read the file), observe every
@@ -48,6 +50,14 @@ clusters). examples/monitoring has alerts and a dashboard over them.
 cycle whose plan has steps ends "drift"): to watch a topology that another
 deploy path applies.
 
+A fleet (--path with a pattern, a directory, several -f): each file is its
+own topology with its own loop, Lease and metrics (label topology); the
+files are listed again every --interval. Several replicas may run the same
+fleet: each applies the topologies whose Lease it takes, the others' cycles
+end busy, and a replica that dies has its Leases taken over once they
+expire (15s after its last renewal). --parallel bounds this process's
+applies at once, --max-switchovers-per-site its switchovers in one site.
+
 SIGTERM or SIGINT: the step under way finishes (a switchover included), then
 the loop exits 0; a second signal stops at once (a journaled switchover
 resumes on the next run).`,
@@ -63,49 +73,72 @@ resumes on the next run).`,
 			if src.observerSecret != "" && !observeOnly {
 				return usagef("--observer-secret needs --observe-only: an observer login cannot apply anything")
 			}
+			if parallel < 1 || switchoversPerSite < 1 {
+				return usagef("--parallel %d --max-switchovers-per-site %d: both take a positive number", parallel, switchoversPerSite)
+			}
 			ctx, drain, stop := withShutdown(context.Background(), func(msg string) { log.Info("signal", "action", msg) })
 			defer stop()
-			source, _, err := src.source(ctx, e)
+			list, err := src.fleet(ctx, e)
 			if err != nil {
 				return err
 			}
+			src.sites() // one set of site clients for every topology
 			keep := &live.Conns{}
 			defer keep.Close()
 			obs := flavorObserver{src: &src, keep: keep}
 			holder := holderIdentity()
 			metrics := reconcile.NewMetrics()
-			loop := &reconcile.Loop{
-				Source:   source,
-				Observer: obs,
-				Apply: func(ctx context.Context, d *topology.Desired, pl plan.Plan, seen *snapshot.Snapshot, opt plan.Options) (*apply.Result, error) {
-					ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
-					defer cancel()
-					o, err := src.newObserver(d, keep)
-					if err != nil {
-						return nil, err
+			applying := make(chan struct{}, parallel)
+			slots := newSiteSlots(switchoversPerSite)
+			apply := func(ctx context.Context, d *topology.Desired, pl plan.Plan, seen *snapshot.Snapshot, opt plan.Options) (*apply.Result, error) {
+				select {
+				case applying <- struct{}{}:
+					defer func() { <-applying }()
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+				ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
+				defer cancel()
+				o, err := src.newObserver(d, keep)
+				if err != nil {
+					return nil, err
+				}
+				r, err := src.runner(d, o, pl, opt, drain)
+				if err != nil {
+					return nil, err
+				}
+				r.Progress = apply.LogProgress(log.With("topology", d.Name))
+				r.Holder = holder
+				r.LockTimeout, r.StepTimeout = lockTimeout, stepTimeout
+				r.FollowUps = 2
+				r.Switchovers = newPlanSlots(slots, pl)
+				r.Changed = func(now plan.Plan, why []string) error {
+					log.Info("replanned", "topology", d.Name, "plan", now.Headline(), "why", strings.Join(why, "; "))
+					return nil
+				}
+				return r.ExecuteFrom(ctx, pl, seen)
+			}
+			fleet := &reconcile.Fleet{
+				List: list,
+				NewLoop: func(m reconcile.Member) *reconcile.Loop {
+					return &reconcile.Loop{
+						Name:          m.File,
+						Source:        m.Source,
+						Observer:      obs,
+						Apply:         apply,
+						Interval:      interval,
+						AllowRollback: allowRollback,
+						ObserveOnly:   observeOnly,
+						Log:           log,
+						Metrics:       metrics,
 					}
-					r, err := src.runner(d, o, pl, opt, drain)
-					if err != nil {
-						return nil, err
-					}
-					r.Progress = apply.LogProgress(log)
-					r.Holder = holder
-					r.LockTimeout, r.StepTimeout = lockTimeout, stepTimeout
-					r.FollowUps = 2
-					r.Changed = func(now plan.Plan, why []string) error {
-						log.Info("replanned", "plan", now.Headline(), "why", strings.Join(why, "; "))
-						return nil
-					}
-					return r.ExecuteFrom(ctx, pl, seen)
 				},
-				Interval:      interval,
-				AllowRollback: allowRollback,
-				ObserveOnly:   observeOnly,
-				Log:           log,
-				Metrics:       metrics,
+				Interval: interval,
+				Log:      log,
+				Metrics:  metrics,
 			}
 			if listen != "" {
-				srv, addr, err := serve(listen, loop, metrics, interval+cycleTimeout+time.Minute, log)
+				srv, addr, err := serve(listen, fleet, metrics, interval+cycleTimeout+time.Minute, log)
 				if err != nil {
 					return err
 				}
@@ -117,7 +150,8 @@ resumes on the next run).`,
 				}()
 			}
 			log.Info("starting", "source", describeSource(&src), "interval", interval.String())
-			loop.Run(ctx, drain)
+			fleet.Run(ctx, drain)
+			log.Info("stopped", "reason", "shutdown requested")
 			return nil
 		},
 	}
@@ -132,12 +166,14 @@ resumes on the next run).`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug (apply progress too), info, warn, error")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "apply revisions older than the one recorded as applied")
 	cmd.Flags().BoolVar(&observeOnly, "observe-only", false, "observe and serve metrics, never change anything")
+	cmd.Flags().IntVar(&parallel, "parallel", 4, "with several topologies, how many apply at once (each its own Lease and plan)")
+	cmd.Flags().IntVar(&switchoversPerSite, "max-switchovers-per-site", 2, "with several topologies, how many switchovers this process runs at once in one site")
 	return cmd
 }
 
 func describeSource(f *sourceFlags) string {
-	if f.file != "" {
-		return f.file
+	if f.repo == "" {
+		return strings.Join(f.files, ", ")
 	}
 	return fmt.Sprintf("%s@%s:%s", gitsource.Redact(f.repo), f.ref, f.path)
 }
@@ -171,9 +207,14 @@ func (f flavorObserver) Observe(ctx context.Context, d *topology.Desired) (*snap
 	return o.Observe(ctx, d), nil
 }
 
+// healthReporter says whether a loop keeps cycling.
+type healthReporter interface {
+	Healthy(now time.Time, maxAge time.Duration) (bool, time.Time)
+}
+
 // serve starts the /healthz and /metrics server and returns the address it
 // listens on (useful with port 0).
-func serve(listen string, loop *reconcile.Loop, m *reconcile.Metrics, maxAge time.Duration, log *slog.Logger) (*http.Server, string, error) {
+func serve(listen string, loop healthReporter, m *reconcile.Metrics, maxAge time.Duration, log *slog.Logger) (*http.Server, string, error) {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, "", fmt.Errorf("--listen %s: %w", listen, err)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -60,6 +61,7 @@ func (h *harness) expectPrimary(site, cluster string) {
 type logRecord struct {
 	Time     time.Time `json:"time"`
 	Msg      string    `json:"msg"`
+	Topology string    `json:"topology"`
 	Result   string    `json:"result"`
 	Revision string    `json:"revision"`
 	Duration string    `json:"duration"`
@@ -89,7 +91,27 @@ func (h *harness) startLoop(args ...string) *loop {
 // startLoopEnv starts the loop with env added to the process's.
 func (h *harness) startLoopEnv(env []string, args ...string) *loop {
 	h.t.Helper()
-	cmd := exec.Command(h.bin, append([]string{"reconcile", "--log-format", "json", "--log-level", "debug", "--listen", "127.0.0.1:0"}, args...)...)
+	return h.startLoopUnder(nil, env, args...)
+}
+
+// startLoopOnHost starts the loop in a UTS namespace of its own whose
+// hostname is host, as a replica in another pod: its Leases are then
+// another host's, which a peer waits out rather than judging it gone.
+func (h *harness) startLoopOnHost(host string, args ...string) *loop {
+	h.t.Helper()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		h.t.Fatal("unshare is not installed: apt-get install util-linux")
+	}
+	env := []string{"KUBECONFIG=" + lab.Paths{Dir: h.lab.Dir}.Kubeconfig()}
+	return h.startLoopUnder([]string{"unshare", "--uts", "--", "sh", "-c", `hostname "$0" && exec "$@"`, host}, env, args...)
+}
+
+// startLoopUnder starts pgtopo reconcile as the last arguments of wrapper
+// (none: directly).
+func (h *harness) startLoopUnder(wrapper, env []string, args ...string) *loop {
+	h.t.Helper()
+	argv := append(append(slices.Clone(wrapper), h.bin, "reconcile", "--log-format", "json", "--log-level", "debug", "--listen", "127.0.0.1:0"), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -236,12 +258,12 @@ func TestGitOpsEndToEnd(t *testing.T) {
 	}
 	_, metrics := httpGet(t, "http://"+serving.Address+"/metrics")
 	for _, want := range []string{
-		fmt.Sprintf("pgtopo_last_applied_revision_info{revision=%q} 1", c2),
-		`pgtopo_steps_applied_total{action="switchover"} 1`,
-		`pgtopo_cycles_total{result="applied"} 1`,
-		"pgtopo_in_sync 1",
-		"pgtopo_last_success_timestamp_seconds 1.",
-		"pgtopo_refusals_total 0",
+		fmt.Sprintf("pgtopo_last_applied_revision_info{revision=%q,topology=\"orders\"} 1", c2),
+		`pgtopo_steps_applied_total{action="switchover",topology="orders"} 1`,
+		`pgtopo_cycles_total{result="applied",topology="orders"} 1`,
+		`pgtopo_in_sync{topology="orders"} 1`,
+		`pgtopo_last_success_timestamp_seconds{topology="orders"} 1.`,
+		`pgtopo_refusals_total{topology="orders"} 0`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Fatalf("/metrics lacks %q:\n%s", want, metrics)

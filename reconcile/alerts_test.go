@@ -104,8 +104,8 @@ func TestExampleAlertsFire(t *testing.T) {
 		east    = `{topology="orders",site="east",cluster="orders-east"}`
 		west    = `{topology="orders",site="west",cluster="orders-west"}`
 		healthy = `
-  pgtopo_cycles_total{outcome="in-sync"} 1+1x30
-  pgtopo_last_success_timestamp_seconds 0+60x30
+  pgtopo_cycles_total{topology="orders",result="in-sync"} 1+1x30
+  pgtopo_last_success_timestamp_seconds{topology="orders",instance="a"} 0+60x30
   pgtopo_site_reachable{topology="orders",site="east"} 1x30
   pgtopo_site_reachable{topology="orders",site="west"} 1x30
   pgtopo_writable_clusters{topology="orders"} 1x30
@@ -129,14 +129,14 @@ func TestExampleAlertsFire(t *testing.T) {
 		// pgtopo gone: its last samples at 10m, nothing after. Every other
 		// alert sees no series; this one fires once it has been so for 5m.
 		{"pgtopo gone", `
-  pgtopo_cycles_total{outcome="in-sync"} 1+1x10
-  pgtopo_last_success_timestamp_seconds 0+60x10
+  pgtopo_cycles_total{topology="orders",result="in-sync"} 1+1x10
+  pgtopo_last_success_timestamp_seconds{topology="orders",instance="a"} 0+60x10
   pgtopo_site_reachable{topology="orders",site="west"} 1x10
   pgtopo_cluster_up` + west + ` 1x10
   pgtopo_standby_streaming` + west + ` 1x10
 `, 25 * time.Minute, []string{"PgtopoGone"}},
 		{"pgtopo gone for less than 5m", `
-  pgtopo_cycles_total{outcome="in-sync"} 1+1x10
+  pgtopo_cycles_total{topology="orders",result="in-sync"} 1+1x10
 `, 18 * time.Minute, nil},
 		// A standby's database down while its site answers: its streaming
 		// and lag series are gone, its up series says 0.
@@ -178,8 +178,15 @@ func TestExampleAlertsFire(t *testing.T) {
 			20 * time.Minute, []string{"PgtopoNotDRReady"}},
 		{"not DR ready for less than 15 minutes", strings.Replace(healthy, `pgtopo_dr_ready{topology="orders"} 1x30`, `pgtopo_dr_ready{topology="orders"} 1x10 0x20`, 1),
 			20 * time.Minute, nil},
-		{"no cycle succeeded for 15 minutes", strings.Replace(healthy, "pgtopo_last_success_timestamp_seconds 0+60x30", "pgtopo_last_success_timestamp_seconds 0x30", 1),
+		{"no cycle succeeded for 15 minutes", strings.Replace(healthy, `pgtopo_last_success_timestamp_seconds{topology="orders",instance="a"} 0+60x30`, `pgtopo_last_success_timestamp_seconds{topology="orders",instance="a"} 0x30`, 1),
 			20 * time.Minute, []string{"PgtopoLastCycleTooOld"}},
+		// Several replicas: one applies, the others' cycles end busy and
+		// keep an old success time; the topology is fine.
+		{"one replica of two succeeds", healthy + `
+  pgtopo_last_success_timestamp_seconds{topology="orders",instance="b"} 0x30
+  pgtopo_cluster_up` + west + ` 1x30
+  pgtopo_standby_streaming` + west + ` 1x30
+`, 20 * time.Minute, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := firing(t, all, tc.series, tc.at); !slices.Equal(got, tc.want) {

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -54,6 +55,8 @@ const LostRetry = 3 * time.Second
 
 // Cycle is what one pass did.
 type Cycle struct {
+	// Topology is the topology's name, as its metrics and log lines say it.
+	Topology string
 	Outcome  Outcome
 	Revision string
 	Plan     *plan.Plan
@@ -67,6 +70,9 @@ type Cycle struct {
 
 // Loop repeats cycles every Interval until ctx ends or Drain closes.
 type Loop struct {
+	// Name stands for the topology until its file first reads (the file's
+	// path); after that the topology's own name does.
+	Name          string
 	Source        Source
 	Observer      Observer
 	Apply         Applier
@@ -77,9 +83,13 @@ type Loop struct {
 	ObserveOnly bool
 	Log         *slog.Logger
 	Metrics     *Metrics
+	// Wake starts the next cycle before the interval is up (a new commit).
+	Wake <-chan struct{}
 
 	mu   sync.Mutex
 	last time.Time // when Run started or the last cycle ended, for /healthz
+	// topology is the name the last read of the file gave.
+	topology string
 }
 
 // Run cycles until ctx is done or drain is closed. A drain stops the loop
@@ -113,6 +123,8 @@ func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
 			l.Log.Info("stopped", "reason", context.Cause(ctx).Error())
 			return
 		case <-timer.C:
+		case <-l.Wake:
+			timer.Stop()
 		}
 	}
 }
@@ -128,6 +140,11 @@ func (l *Loop) Once(ctx context.Context) Cycle {
 	c.Duration = time.Since(start)
 	l.mu.Lock()
 	l.last = time.Now()
+	if c.Topology != "" {
+		l.topology = c.Topology
+	} else {
+		c.Topology = cmp.Or(l.topology, l.Name)
+	}
 	l.mu.Unlock()
 	if l.Metrics != nil {
 		l.Metrics.observe(c, time.Now())
@@ -140,7 +157,7 @@ func (l *Loop) once(ctx context.Context) Cycle {
 	if err != nil {
 		return Cycle{Outcome: OutcomeError, Err: err}
 	}
-	c := Cycle{Revision: in.Revision}
+	c := Cycle{Topology: in.Desired.Name, Revision: in.Revision}
 	snap, err := l.Observer.Observe(ctx, in.Desired)
 	if err != nil {
 		c.Outcome, c.Err = OutcomeError, err
@@ -237,7 +254,7 @@ func heldByAnother(snap *snapshot.Snapshot, now time.Time) bool {
 }
 
 func (l *Loop) logCycle(c Cycle) {
-	attrs := []any{"result", string(c.Outcome), "revision", orDash(plan.ShortRevision(c.Revision)), "duration", c.Duration.Round(time.Millisecond).String()}
+	attrs := []any{"topology", c.Topology, "result", string(c.Outcome), "revision", orDash(plan.ShortRevision(c.Revision)), "duration", c.Duration.Round(time.Millisecond).String()}
 	if c.Plan != nil {
 		attrs = append(attrs, "plan", c.Plan.Headline(), "steps", len(c.Applied))
 	}

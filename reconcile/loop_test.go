@@ -85,33 +85,33 @@ func TestLoopOutcomes(t *testing.T) {
 		metrics []string
 	}{
 		{name: "source fails", source: fakeSource{err: errors.New("repo: fetch: connection refused")}, obs: fakeObserver{true},
-			want: OutcomeError, metrics: []string{`pgtopo_cycles_total{result="error"} 1`, "pgtopo_in_sync 0"}},
+			want: OutcomeError, metrics: []string{`pgtopo_cycles_total{result="error",topology="orders.yaml"} 1`, `pgtopo_in_sync{topology="orders.yaml"} 0`}},
 		{name: "site unreachable", source: fakeSource{in: input(t)}, obs: fakeObserver{false},
-			want: OutcomeRefused, metrics: []string{`pgtopo_cycles_total{result="refused"} 1`, "pgtopo_refusals_total 2"}},
+			want: OutcomeRefused, metrics: []string{`pgtopo_cycles_total{result="refused",topology="orders"} 1`, `pgtopo_refusals_total{topology="orders"} 2`}},
 		{name: "bring-up applied", source: fakeSource{in: input(t)}, obs: fakeObserver{true}, apply: applied,
 			want: OutcomeApplied, metrics: []string{
-				`pgtopo_cycles_total{result="applied"} 1`, `pgtopo_steps_applied_total{action="record"} 2`,
-				`pgtopo_steps_applied_total{action="create-standby"} 1`, `pgtopo_last_applied_revision_info{revision="` + rev + `"} 1`,
-				"pgtopo_in_sync 1"}},
+				`pgtopo_cycles_total{result="applied",topology="orders"} 1`, `pgtopo_steps_applied_total{action="record",topology="orders"} 2`,
+				`pgtopo_steps_applied_total{action="create-standby",topology="orders"} 1`, `pgtopo_last_applied_revision_info{revision="` + rev + `",topology="orders"} 1`,
+				`pgtopo_in_sync{topology="orders"} 1`}},
 		{name: "another run's Lease: busy, not refused", source: fakeSource{in: input(t)}, obs: leasedObserver{fakeObserver{false}, time.Now()},
-			want: OutcomeBusy, metrics: []string{`pgtopo_cycles_total{result="busy"} 1`, "pgtopo_refusals_total 0", `pgtopo_cycles_total{result="refused"} 0`}},
+			want: OutcomeBusy, metrics: []string{`pgtopo_cycles_total{result="busy",topology="orders"} 1`, `pgtopo_refusals_total{topology="orders"} 0`, `pgtopo_cycles_total{result="refused",topology="orders"} 0`}},
 		{name: "a stale Lease is no one's: refused", source: fakeSource{in: input(t)}, obs: leasedObserver{fakeObserver{false}, time.Now().Add(-time.Hour)},
-			want: OutcomeRefused, metrics: []string{"pgtopo_refusals_total 2"}},
+			want: OutcomeRefused, metrics: []string{`pgtopo_refusals_total{topology="orders"} 2`}},
 		{name: "the Lease held past the lock timeout: busy", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
 			apply: func(context.Context, *topology.Desired, plan.Plan, *snapshot.Snapshot, plan.Options) (*apply.Result, error) {
 				return &apply.Result{}, &apply.LockHeldError{Lease: "pgtopo-orders", Namespace: "db", Site: "east", Holder: "ci-7"}
 			},
-			want: OutcomeBusy, metrics: []string{`pgtopo_cycles_total{result="busy"} 1`, "pgtopo_refusals_total 0"}},
+			want: OutcomeBusy, metrics: []string{`pgtopo_cycles_total{result="busy",topology="orders"} 1`, `pgtopo_refusals_total{topology="orders"} 0`}},
 		{name: "drained between steps", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
 			apply: func(context.Context, *topology.Desired, plan.Plan, *snapshot.Snapshot, plan.Options) (*apply.Result, error) {
 				return &apply.Result{Completed: completed(plan.ActionEnsurePrimary)}, apply.ErrDrained
 			},
-			want: OutcomeStopped, metrics: []string{`pgtopo_cycles_total{result="stopped"} 1`, `pgtopo_steps_applied_total{action="ensure-primary"} 1`}},
+			want: OutcomeStopped, metrics: []string{`pgtopo_cycles_total{result="stopped",topology="orders"} 1`, `pgtopo_steps_applied_total{action="ensure-primary",topology="orders"} 1`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var logs bytes.Buffer
-			l := &Loop{Source: c.source, Observer: c.obs, Apply: c.apply, Interval: time.Hour,
+			l := &Loop{Name: "orders.yaml", Source: c.source, Observer: c.obs, Apply: c.apply, Interval: time.Hour,
 				Log: slog.New(slog.NewTextHandler(&logs, nil)), Metrics: NewMetrics()}
 			got := l.Once(context.Background())
 			if got.Outcome != c.want {

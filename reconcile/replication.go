@@ -13,10 +13,10 @@ import (
 
 // replicationCollector exposes the replication facts of the last
 // snapshot, per cluster and site: what a team watches to know its DR copy
-// is healthy. It keeps only the last snapshot's numbers.
+// is healthy. It keeps only each topology's last snapshot's numbers.
 type replicationCollector struct {
-	mu     sync.Mutex
-	series []prometheus.Metric
+	mu         sync.Mutex
+	byTopology map[string][]prometheus.Metric
 }
 
 var (
@@ -48,12 +48,20 @@ func (c *replicationCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *replicationCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, m := range c.series {
-		ch <- m
+	for _, series := range c.byTopology {
+		for _, m := range series {
+			ch <- m
+		}
 	}
 }
 
-// observe replaces the series with those of snap.
+func (c *replicationCollector) forget(topology string) {
+	c.mu.Lock()
+	delete(c.byTopology, topology)
+	c.mu.Unlock()
+}
+
+// observe replaces the topology's series with those of snap.
 func (c *replicationCollector) observe(d *topology.Desired, snap *snapshot.Snapshot) {
 	var out []prometheus.Metric
 	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
@@ -120,6 +128,9 @@ func (c *replicationCollector) observe(d *topology.Desired, snap *snapshot.Snaps
 	gauge(descDRReady, bool01(health.DR(d, snap).Healthy), t)
 	gauge(descMaxLag, float64(d.MaxLagBytes), t)
 	c.mu.Lock()
-	c.series = out
+	if c.byTopology == nil {
+		c.byTopology = map[string][]prometheus.Metric{}
+	}
+	c.byTopology[t] = out
 	c.mu.Unlock()
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -117,6 +118,7 @@ pgtopo_cluster_info{cluster="orders-west",role="unreachable",site="west",topolog
 func TestMonitoringExamplesReferenceServedMetrics(t *testing.T) {
 	m := NewMetrics()
 	m.ObserveSnapshot(twoSites())
+	m.observe(Cycle{Topology: "orders", Outcome: OutcomeInSync}, time.Now())
 	families, err := m.registry.Gather()
 	if err != nil {
 		t.Fatal(err)

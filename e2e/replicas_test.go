@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/gitsource/gittest"
+	"github.com/pgtopo/pgtopo/plan"
+)
+
+// fleetSize is how many topologies TestReplicasShareAFleet runs
+// (PGTOPO_E2E_FLEET overrides it).
+func fleetSize(t *testing.T, def int) int {
+	if v := os.Getenv("PGTOPO_E2E_FLEET"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2 {
+			t.Fatalf("PGTOPO_E2E_FLEET=%q: give a number of topologies, 2 or more", v)
+		}
+		return n
+	}
+	return def
+}
+
+// Three reconcile replicas, each on a host of its own, share a fleet in a
+// repository through the topologies' Leases. One commit moves every
+// primary from east to west; the replica that is mid-switchover is killed
+// with SIGKILL; its Lease expires, another replica resumes the switchover,
+// and every topology converges with no acknowledged row lost and no
+// topology applied by two replicas at once.
+func TestReplicasShareAFleet(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, "east", "west")
+	n := fleetSize(t, 10)
+	var names []string
+	for i := range n {
+		names = append(names, fmt.Sprintf("db%02d", i))
+	}
+	east, west := filepath.Join(h.dir, "east"), filepath.Join(h.dir, "west")
+	for _, name := range names {
+		h.fleetFile(east, name, "east")
+		h.fleetFile(west, name, "west")
+	}
+	began := time.Now()
+	h.expect(h.pgtopo("apply", "-f", east, "--parallel", "4"), 0)
+	t.Logf("%d topologies brought up in %.1fs", n, time.Since(began).Seconds())
+
+	repo := gittest.New(t)
+	files := func(dir string) map[string]string {
+		out := map[string]string{}
+		for _, name := range names {
+			data, err := os.ReadFile(filepath.Join(dir, name+".yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out["topologies/"+name+".yaml"] = string(data)
+		}
+		return out
+	}
+	repo.Commit("every primary in east", files(east))
+	url := "file://" + repo.Bare()
+
+	writers := map[string]*writer{}
+	for _, name := range names {
+		h.createAcked("east", name+"-east")
+		writers[name] = h.startWriterWith(name, false)
+	}
+	replicas := map[string]*loop{}
+	for _, host := range []string{"replica-a", "replica-b", "replica-c"} {
+		replicas[host] = h.startLoopOnHost(host, "--repo", url, "--ref", "main", "--path", "topologies/*.yaml",
+			"--interval", "2s", "--lock-timeout", "1s")
+	}
+	for host, l := range replicas {
+		for _, name := range names {
+			l.waitFor(t, 60*time.Second, host+": an in-sync cycle of "+name, 0, func(r logRecord) bool {
+				return r.Msg == "cycle" && r.Topology == name && r.Result == "in-sync"
+			})
+		}
+	}
+
+	repo.Commit("evacuate east", files(west))
+	repo.Git("push", "-q", "origin", "main")
+	pushed := time.Now()
+
+	// Kill the first replica seen inside a switchover's fenced stretch.
+	var victim, victimTopology string
+	deadline := time.Now().Add(60 * time.Second)
+	for victim == "" && time.Now().Before(deadline) {
+		for host, l := range replicas {
+			l.mu.Lock()
+			for _, r := range l.records {
+				if r.Event == string(apply.EventFence) {
+					victim, victimTopology = host, r.Topology
+					break
+				}
+			}
+			l.mu.Unlock()
+			if victim != "" {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if victim == "" {
+		t.Fatalf("no replica fenced a primary within 60s of the push")
+	}
+	if err := replicas[victim].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	<-replicas[victim].done
+	t.Logf("%s killed after fencing %s's primary, %.1fs after the push", victim, victimTopology, killed.Sub(pushed).Seconds())
+
+	// Everything converges: the directory of west files is in sync.
+	var converged time.Duration
+	for {
+		r := h.pgtopo("diff", "-f", west)
+		if r.code == 0 {
+			converged = time.Since(pushed)
+			break
+		}
+		if time.Since(pushed) > 4*time.Minute {
+			t.Fatalf("not converged 4m after the push:\n%s\n%s", r.stdout, r.stderr)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	for _, w := range writers {
+		w.finish()
+	}
+	for _, name := range names {
+		if m := h.missing("west", name+"-west", writers[name].acked); m != 0 {
+			t.Fatalf("%s: %d acknowledged rows missing on %s-west", name, m, name)
+		}
+	}
+
+	// Who applied what: each replica's spans holding a topology's Lease,
+	// from "holding Lease" to the end of that cycle (or the kill).
+	type span struct {
+		host       string
+		from, to   time.Time
+		switchover bool
+		result     string
+	}
+	spans := map[string][]span{}
+	for host, l := range replicas {
+		l.mu.Lock()
+		open := map[string]*span{}
+		for _, r := range l.records {
+			switch {
+			case r.Event == string(apply.EventLock) && strings.Contains(r.Msg, "holding Lease"):
+				open[r.Topology] = &span{host: host, from: r.Time}
+			case r.Event == string(apply.EventStep) && r.Action == string(plan.ActionSwitchover) && open[r.Topology] != nil:
+				open[r.Topology].switchover = true
+			case r.Msg == "cycle" && open[r.Topology] != nil:
+				s := open[r.Topology]
+				s.to, s.result = r.Time, r.Result+r.Refusal+r.Error
+				spans[r.Topology] = append(spans[r.Topology], *s)
+				delete(open, r.Topology)
+			}
+		}
+		for topo, s := range open {
+			if host != victim {
+				l.mu.Unlock()
+				t.Fatalf("%s holds %s's Lease at the end without a cycle line", host, topo)
+			}
+			s.to = killed
+			spans[topo] = append(spans[topo], *s)
+		}
+		l.mu.Unlock()
+	}
+	busy := map[string]int{}
+	for _, name := range names {
+		ss := spans[name]
+		switched := 0
+		for i, a := range ss {
+			if a.switchover {
+				switched++
+				busy[a.host]++
+			}
+			for _, b := range ss[i+1:] {
+				if a.host != b.host && a.from.Before(b.to) && b.from.Before(a.to) {
+					t.Fatalf("%s applied by %s (%s → %s) and %s (%s → %s) at once", name, a.host, a.from.Format(time.StampMilli), a.to.Format(time.StampMilli),
+						b.host, b.from.Format(time.StampMilli), b.to.Format(time.StampMilli))
+				}
+			}
+		}
+		if switched == 0 {
+			t.Fatalf("%s: no replica logged its switchover step: %+v", name, ss)
+		}
+		var held []string
+		for _, s := range ss {
+			held = append(held, fmt.Sprintf("%s %s+%.1fs %s", s.host, s.from.Format("15:04:05.0"), s.to.Sub(s.from).Seconds(), s.result))
+		}
+		t.Logf("%s: %s", name, strings.Join(held, "; "))
+	}
+	// The killed replica's topology was taken over by another replica,
+	// within the Lease's 15s after the kill plus a busy retry.
+	var takeover time.Duration
+	for _, s := range spans[victimTopology] {
+		if s.host != victim && s.from.After(killed) {
+			takeover = s.from.Sub(killed)
+			break
+		}
+	}
+	if takeover == 0 {
+		t.Fatalf("%s: no other replica took it over after %s was killed: %+v", victimTopology, victim, spans[victimTopology])
+	}
+	if takeover > 15*time.Second+5*time.Second+3*time.Second {
+		t.Fatalf("%s taken over %.1fs after the kill: more than the Lease (15s) and a busy retry (5s)", victimTopology, takeover.Seconds())
+	}
+	var shares []string
+	for _, host := range slices.Sorted(maps.Keys(replicas)) {
+		shares = append(shares, fmt.Sprintf("%s %d", host, busy[host]))
+	}
+	t.Logf("converged %.1fs after the push; %s taken over %.1fs after the kill; switchovers by replica: %s",
+		converged.Seconds(), victimTopology, takeover.Seconds(), strings.Join(shares, ", "))
+
+	// A survivor's metrics name each topology.
+	for host, l := range replicas {
+		if host == victim {
+			continue
+		}
+		serving, _ := l.waitFor(t, time.Second, "serving line", 0, func(r logRecord) bool { return r.Msg == "serving" })
+		_, metrics := httpGet(t, "http://"+serving.Address+"/metrics")
+		for _, name := range names {
+			if !strings.Contains(metrics, `pgtopo_cycles_total{result="in-sync",topology="`+name+`"}`) {
+				t.Fatalf("%s's /metrics has no cycles of %s:\n%s", host, name, metrics)
+			}
+		}
+		break
+	}
+	h.noSecretsInOutput()
+}
