@@ -201,6 +201,26 @@ func (s Site) ListClusters(ctx context.Context, ns, topology string) ([]string, 
 	return out, nil
 }
 
+// NamedObject is a cluster object with where it is.
+type NamedObject struct {
+	Namespace, Name string
+	Object          snapshot.Object
+}
+
+// AllClusters reads every cluster object in ns (every namespace when ns is
+// empty), labelled or not: what pgtopo import pairs.
+func (s Site) AllClusters(ctx context.Context, ns string) ([]NamedObject, error) {
+	items, err := s.ListObjects(ctx, s.Op.Resource, ns, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]NamedObject, 0, len(items))
+	for i := range items {
+		out = append(out, NamedObject{Namespace: items[i].GetNamespace(), Name: items[i].GetName(), Object: s.Op.Parse(&items[i])})
+	}
+	return out, nil
+}
+
 // WriteSpec writes the fields pgtopo owns of a cluster's object.
 func (s Site) WriteSpec(ctx context.Context, ns, name string, spec snapshot.Spec) error {
 	return s.ApplyObject(ctx, s.Op.Resource, kube.FieldManager, s.Op.BuildSpec(ns, name, spec))

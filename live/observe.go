@@ -1,6 +1,7 @@
 package live
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -243,7 +244,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		if c.Site.Name == site.Name {
 			clusters = append(clusters, snapshot.ClusterState{Name: c.Name, Site: site.Name, Namespace: c.Namespace, SlotName: o.Names.SlotName(c.Name),
 				Credentials:     snapshot.SecretState{Name: o.Names.CredentialsSecret(c.Name)},
-				BootstrapSecret: snapshot.SecretState{Name: o.Names.BootstrapSecret(d.Name)}})
+				BootstrapSecret: snapshot.SecretState{Name: cmp.Or(d.BootstrapSecret, o.Names.BootstrapSecret(d.Name))}})
 		}
 	}
 	if why, down := o.recentlyDown(site.Name); down {

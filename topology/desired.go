@@ -45,6 +45,9 @@ type Desired struct {
 	TLS PostgresTLS
 	// PrimaryRestart is the file's primary restart policy.
 	PrimaryRestart string
+	// BootstrapSecret names the standbys' bootstrap Secret when the file
+	// does; empty, the flavor's name for the topology's.
+	BootstrapSecret string
 	// index maps a cluster's name to its position in Clusters.
 	index map[string]int
 }
@@ -166,6 +169,7 @@ func (t *Topology) Desired() (*Desired, error) {
 		}
 	}
 	d.PrimaryRestart = t.Spec.Replication.PrimaryRestart
+	d.BootstrapSecret = t.Spec.Replication.BootstrapSecret
 	d.TLS = PostgresTLS{Mode: TLSVerifyFull}
 	if tls := t.Spec.Postgres.TLS; tls != nil {
 		d.TLS.CA = tls.CA

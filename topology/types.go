@@ -176,6 +176,9 @@ type Replication struct {
 	// PrimaryRestart is whether a settings change may restart the primary
 	// (PrimaryRestartNever when empty).
 	PrimaryRestart string `json:"primaryRestart,omitempty"`
+	// BootstrapSecret names the Secret a standby bootstraps with, when not
+	// the default (a Secret made by hand, kept by import).
+	BootstrapSecret string `json:"bootstrapSecret,omitempty"`
 }
 
 // Primary restart policies: a restart of the primary refuses writes.
