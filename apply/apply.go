@@ -24,6 +24,14 @@ type Observer interface {
 	Observe(ctx context.Context) *snapshot.Snapshot
 }
 
+// ClusterObserver is an Observer that can also look at a few clusters
+// alone (their objects and databases), for a wait that polls them: the
+// API requests of a wait then grow with what it waits for, not with the
+// topology.
+type ClusterObserver interface {
+	ObserveClusters(ctx context.Context, names []string) *snapshot.Snapshot
+}
+
 // SiteWriter is what apply needs to change one site: cluster objects in
 // the flavor's terms, Secrets, and the Leases of the lock.
 type SiteWriter interface {

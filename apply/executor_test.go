@@ -1186,3 +1186,51 @@ func TestSwitchoverTakesASlotBeforeTheFence(t *testing.T) {
 		t.Fatalf("wrote %v without a slot", got)
 	}
 }
+
+// focusedWorld is a world whose observer can look at a few clusters alone,
+// counting both kinds of look.
+type focusedWorld struct {
+	*world
+	full, few int
+	names     map[string]bool
+}
+
+func (f *focusedWorld) Observe(ctx context.Context) *snapshot.Snapshot {
+	f.full++
+	return f.world.Observe(ctx)
+}
+
+func (f *focusedWorld) ObserveClusters(ctx context.Context, names []string) *snapshot.Snapshot {
+	f.few++
+	all := f.world.Observe(ctx)
+	part := &snapshot.Snapshot{Topology: all.Topology}
+	for _, c := range all.Clusters {
+		if slices.Contains(names, c.Name) {
+			f.names[c.Name] = true
+			part.Clusters = append(part.Clusters, c)
+		}
+	}
+	return part
+}
+
+// A switchover's waits poll the two clusters it moves, each poll a look at
+// them alone; full looks are few, whatever the number of polls.
+func TestSwitchoverWaitsPollWhatTheyWaitFor(t *testing.T) {
+	w := switchoverWorld()
+	f := &focusedWorld{world: w, names: map[string]bool{}}
+	r, _ := runner(w)
+	r.Observer = f
+	step := switchoverStep("")
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	if c := w.cluster("orders-west"); !c.Writable() || c.PG.Timeline != 2 {
+		t.Fatalf("west not primary on timeline 2: %+v", c.PG)
+	}
+	if f.few == 0 || f.full > 1 {
+		t.Fatalf("%d full looks and %d looks at a few clusters: the waits should poll the few", f.full, f.few)
+	}
+	if len(f.names) != 2 || !f.names["orders-east"] || !f.names["orders-west"] {
+		t.Fatalf("polled %v, want orders-east and orders-west", f.names)
+	}
+}

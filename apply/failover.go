@@ -58,7 +58,7 @@ func (x *stepRun) Failover(ctx context.Context, _ plan.Subject, f *plan.Failover
 		return err
 	}
 	x.emit(Event{Type: EventPromote, Journal: rec.Phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to, f.Promoted.Instances)})
-	if err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable on a timeline after %d", to, rec.FromTimeline), func(snap *snapshot.Snapshot) (bool, string) {
+	if err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable on a timeline after %d", to, rec.FromTimeline), []string{to}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		return cs.Writable() && cs.PG.Timeline > rec.FromTimeline, statusWords(cs)
 	}); err != nil {
@@ -207,7 +207,7 @@ func (x *stepRun) Rejoin(ctx context.Context, at plan.Subject, r *plan.Rejoin) e
 		return err
 	}
 	x.emit(Event{Type: EventDemote, Message: fmt.Sprintf("demote: %s isReplica true, peer %s (%s)", name, r.Demoted.Replication.Peer(), r.Primary.Cluster)})
-	if err := x.wait(ctx, name+" in recovery", func(snap *snapshot.Snapshot) (bool, string) {
+	if err := x.wait(ctx, name+" in recovery", []string{name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return cs.PG != nil && cs.PG.InRecovery, statusWords(cs)
 	}); err != nil {
@@ -286,7 +286,7 @@ func (x *stepRun) fenceBeforeItAnswers(ctx context.Context, at plan.Subject, r *
 	x.emit(Event{Type: EventFence, Message: fmt.Sprintf("fence on return: %s %s; fenced in its object (%s on), which its operator applies before the server starts: it refuses writes once promoted", name, state, snapshot.FenceParameter)})
 	bounded, cancel := context.WithTimeout(ctx, answerBound)
 	defer cancel()
-	err := x.waitEvery(bounded, x.r.pollSwitchover(), name+" answering as a primary", func(snap *snapshot.Snapshot) (bool, string) {
+	err := x.waitEvery(bounded, x.r.pollSwitchover(), name+" answering as a primary", []string{name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return cs.Writable(), statusWords(cs)
 	})

@@ -87,7 +87,7 @@ func (x *stepRun) DeleteCluster(ctx context.Context, at plan.Subject, d *plan.De
 		return fmt.Errorf("delete %s/%s: %w", at.Namespace, name, err)
 	}
 	x.say(EventWrite, "%s deleted with its data", name)
-	if err := x.wait(ctx, name+" gone", func(snap *snapshot.Snapshot) (bool, string) {
+	if err := x.wait(ctx, name+" gone", nil, func(snap *snapshot.Snapshot) (bool, string) { // orphans: a full look
 		for _, o := range snap.Orphans {
 			if o.Name == name && o.Site == at.Site {
 				return false, "its object is still there"
@@ -140,7 +140,7 @@ func (x *stepRun) dropSlot(ctx context.Context, d plan.DropSlot) error {
 		return fmt.Errorf("drop slot %s: %w", d.Slot, err)
 	}
 	x.say(EventWrite, "slot %s dropped on %s (it held %s)", d.Slot, d.Primary, snapshot.HumanBytes(d.RetainedBytes))
-	return x.wait(ctx, "slot "+d.Slot+" gone from "+d.Primary, func(snap *snapshot.Snapshot) (bool, string) {
+	return x.wait(ctx, "slot "+d.Slot+" gone from "+d.Primary, []string{d.Primary}, func(snap *snapshot.Snapshot) (bool, string) {
 		c, _ := snap.Cluster(d.Primary)
 		if c.PG == nil {
 			return false, statusWords(c)
@@ -169,7 +169,7 @@ func (x *stepRun) deleteForRebuild(ctx context.Context, subj plan.Subject, exist
 		}
 		x.say(EventWrite, "rebuild: %s deleted with its data", name)
 	}
-	return x.wait(ctx, name+" gone", func(snap *snapshot.Snapshot) (bool, string) {
+	return x.wait(ctx, name+" gone", []string{name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return !cs.Exists && cs.Error == "", statusWords(cs)
 	})

@@ -114,7 +114,7 @@ func (x *stepRun) EnsurePrimary(ctx context.Context, at plan.Subject, p *plan.En
 		return err
 	}
 	name := at.Cluster
-	return x.wait(ctx, name+" Running and writable", func(snap *snapshot.Snapshot) (bool, string) {
+	return x.wait(ctx, name+" Running and writable", []string{name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return cs.Exists && cs.Object.Ready && cs.Writable(), statusWords(cs)
 	})
@@ -135,7 +135,7 @@ func (x *stepRun) EnsureSlot(ctx context.Context, at plan.Subject, e *plan.Ensur
 			return fmt.Errorf("slot %s on %s: %w", e.Slot, e.Primary, err)
 		}
 		x.say(EventWrite, "permanent slot %s on %s for %s", e.Slot, e.Primary, e.For)
-		return x.wait(ctx, fmt.Sprintf("slot %s on %s reserving WAL", e.Slot, e.Primary), func(snap *snapshot.Snapshot) (bool, string) {
+		return x.wait(ctx, fmt.Sprintf("slot %s on %s reserving WAL", e.Slot, e.Primary), []string{e.Primary}, func(snap *snapshot.Snapshot) (bool, string) {
 			c, _ := snap.Cluster(e.Primary)
 			if c.PG == nil {
 				return false, statusWords(c)
@@ -159,7 +159,7 @@ func (x *stepRun) EnsureSlot(ctx context.Context, at plan.Subject, e *plan.Ensur
 			return err
 		}
 		x.say(EventWrite, "%s listed in %s's multi_cluster_info (slot %s)", e.For, e.Primary, e.Slot)
-		return x.wait(ctx, fmt.Sprintf("%s in %s's multi_cluster_info", e.For, e.Primary), func(snap *snapshot.Snapshot) (bool, string) {
+		return x.wait(ctx, fmt.Sprintf("%s in %s's multi_cluster_info", e.For, e.Primary), []string{e.Primary}, func(snap *snapshot.Snapshot) (bool, string) {
 			c, _ := snap.Cluster(e.Primary)
 			if c.PG == nil {
 				return false, statusWords(c)
@@ -235,7 +235,7 @@ func (x *stepRun) RefreshCredentials(ctx context.Context, at plan.Subject, p *pl
 		return fmt.Errorf("secret %s/%s: %w", ns, c.Name, err)
 	}
 	x.say(EventSecret, "secret %s/%s in site %s: username and password of %s", ns, c.Name, at.Site, c.FromName)
-	return x.wait(ctx, at.Cluster+" authenticating with its refreshed credentials", func(snap *snapshot.Snapshot) (bool, string) {
+	return x.wait(ctx, at.Cluster+" authenticating with its refreshed credentials", []string{at.Cluster}, func(snap *snapshot.Snapshot) (bool, string) {
 		sb, ok := snap.Cluster(at.Cluster)
 		if !ok || sb.PG == nil {
 			return false, statusWords(sb)
@@ -364,7 +364,7 @@ func (x *stepRun) waitStreamingWith(ctx context.Context, standby, primary string
 		}
 		return true, fmt.Sprintf("replay %s, %s behind", sb.PG.ReplayLSN, snapshot.HumanBytes(snapshot.Lag(pr.PG, sb.PG)))
 	}
-	return x.wait(ctx, fmt.Sprintf("%s streaming from %s", standby, primary), func(snap *snapshot.Snapshot) (bool, string) {
+	return x.wait(ctx, fmt.Sprintf("%s streaming from %s", standby, primary), []string{standby, primary}, func(snap *snapshot.Snapshot) (bool, string) {
 		ok, detail := streams(snap)
 		if !ok && onPoll != nil {
 			onPoll(snap)
@@ -400,7 +400,7 @@ func (x *stepRun) Update(ctx context.Context, at plan.Subject, p *plan.Update) e
 		return err
 	}
 	name, want := at.Cluster, p.Spec.Instances
-	if err := x.wait(ctx, name+" Running", func(snap *snapshot.Snapshot) (bool, string) {
+	if err := x.wait(ctx, name+" Running", []string{name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return cs.Exists && cs.Object.Ready && cs.Object.Spec.Instances == want, statusWords(cs)
 	}); err != nil {
@@ -424,7 +424,7 @@ func (x *stepRun) Restart(ctx context.Context, at plan.Subject, r *plan.Restart)
 	params := strings.Join(r.Parameters, ", ")
 	// The new values reach the server's configuration first (the
 	// operator's or Patroni's next sync); only then is a restart pending.
-	if err := x.wait(ctx, name+" seeing "+params+" pending a restart, or in effect", func(snap *snapshot.Snapshot) (bool, string) {
+	if err := x.wait(ctx, name+" seeing "+params+" pending a restart, or in effect", []string{name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		if cs.PG == nil {
 			return false, statusWords(cs)
@@ -440,7 +440,11 @@ func (x *stepRun) Restart(ctx context.Context, at plan.Subject, r *plan.Restart)
 		x.say(EventRestart, "restarting the primary %s for %s: writes are refused until it is back", name, params)
 	}
 	primary := r.Follows
-	return x.wait(ctx, name+" restarted with "+params+" in effect", func(snap *snapshot.Snapshot) (bool, string) {
+	on := []string{name}
+	if primary != "" {
+		on = append(on, primary)
+	}
+	return x.wait(ctx, name+" restarted with "+params+" in effect", on, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		if cs.PG == nil {
 			return false, statusWords(cs)
@@ -511,21 +515,37 @@ func (x *stepRun) Record(ctx context.Context, at plan.Subject, p *plan.Record) e
 	return x.writeMarks(ctx, at, m)
 }
 
-// wait re-observes until cond holds, reporting every few seconds.
-func (x *stepRun) wait(ctx context.Context, what string, cond func(*snapshot.Snapshot) (bool, string)) error {
-	return x.waitEvery(ctx, x.r.pollEvery(), what, cond)
+// wait re-observes until cond holds, reporting every few seconds. A wait
+// names the clusters cond looks at (on): each poll observes those alone,
+// over the step's last full look; nil observes everything each time.
+func (x *stepRun) wait(ctx context.Context, what string, on []string, cond func(*snapshot.Snapshot) (bool, string)) error {
+	return x.waitEvery(ctx, x.r.pollEvery(), what, on, cond)
 }
 
-func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what string, cond func(*snapshot.Snapshot) (bool, string)) error {
-	return x.waitUntil(ctx, every, what, func(snap *snapshot.Snapshot) (bool, string, error) {
+func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what string, on []string, cond func(*snapshot.Snapshot) (bool, string)) error {
+	return x.waitUntil(ctx, every, what, on, func(snap *snapshot.Snapshot) (bool, string, error) {
 		ok, detail := cond(snap)
 		return ok, detail, nil
 	})
 }
 
+// poll is one look for a wait: the named clusters over the last full look
+// when the observer can look at them alone, else a full look.
+func (x *stepRun) poll(ctx context.Context, on []string) *snapshot.Snapshot {
+	few, ok := x.r.Observer.(ClusterObserver)
+	if len(on) == 0 || !ok {
+		return x.r.Observer.Observe(ctx)
+	}
+	if x.last == nil {
+		x.last = x.r.Observer.Observe(ctx)
+		return x.last
+	}
+	return x.last.With(few.ObserveClusters(ctx, on))
+}
+
 // waitUntil is waitEvery for a condition that can also tell that what it
 // waits for will never come: its error ends the wait at once.
-func (x *stepRun) waitUntil(ctx context.Context, every time.Duration, what string, cond func(*snapshot.Snapshot) (bool, string, error)) error {
+func (x *stepRun) waitUntil(ctx context.Context, every time.Duration, what string, on []string, cond func(*snapshot.Snapshot) (bool, string, error)) error {
 	timeout := x.r.StepTimeout
 	if timeout == 0 {
 		timeout = 5 * time.Minute
@@ -534,7 +554,7 @@ func (x *stepRun) waitUntil(ctx context.Context, every time.Duration, what strin
 	var lastReport time.Time
 	lastDetail, changed := "", began
 	for {
-		snap := x.r.Observer.Observe(ctx)
+		snap := x.poll(ctx, on)
 		ok, detail, err := cond(snap)
 		if err != nil {
 			x.last = snap

@@ -111,7 +111,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		// demoted primary would hold WAL the target never received and,
 		// streaming only from a read-write peer, never can. Before the
 		// fence nothing is refused yet, so this wait has the step's bound.
-		if err := x.wait(ctx, to+" ready (its operator reports it ready) and no base backup on "+from+" before the fence", func(snap *snapshot.Snapshot) (bool, string) {
+		if err := x.wait(ctx, to+" ready (its operator reports it ready) and no base backup on "+from+" before the fence", []string{to, from}, func(snap *snapshot.Snapshot) (bool, string) {
 			cs, _ := snap.Cluster(to)
 			if !cs.Exists || !cs.Object.Ready {
 				return false, statusWords(cs)
@@ -175,7 +175,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		// Promote only a target whose operator reports it ready: one whose
 		// Patroni does not answer would be told to become primary and never
 		// act on it, past the point where backing out is safe.
-		if err := x.waitEvery(ctx, x.r.pollSwitchover(), to+" ready for promotion (its operator reports it ready)", func(snap *snapshot.Snapshot) (bool, string) {
+		if err := x.waitEvery(ctx, x.r.pollSwitchover(), to+" ready for promotion (its operator reports it ready)", []string{to}, func(snap *snapshot.Snapshot) (bool, string) {
 			cs, _ := snap.Cluster(to)
 			return cs.Exists && cs.Object.Ready, statusWords(cs)
 		}); err != nil {
@@ -202,7 +202,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		return err
 	}
 	x.emit(Event{Type: EventPromote, Journal: j.Phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to, sw.Promoted.Instances)})
-	if err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable on timeline %d", to, j.Timeline+1), func(snap *snapshot.Snapshot) (bool, string) {
+	if err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable on timeline %d", to, j.Timeline+1), []string{to}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		return cs.Writable() && cs.PG.Timeline > j.Timeline, statusWords(cs)
 	}); err != nil {
@@ -310,7 +310,7 @@ func (x *stepRun) restore(ctx context.Context, sw *plan.Switchover) error {
 		if err := x.writeSpec(ctx, sw.From, sw.Restore); err != nil {
 			return err
 		}
-		if err := x.waitEvery(ctx, x.r.pollSwitchover(), from+" writable again", func(snap *snapshot.Snapshot) (bool, string) {
+		if err := x.waitEvery(ctx, x.r.pollSwitchover(), from+" writable again", []string{from}, func(snap *snapshot.Snapshot) (bool, string) {
 			cs, _ := snap.Cluster(from)
 			return cs.Writable(), statusWords(cs)
 		}); err != nil {
@@ -340,7 +340,7 @@ func (x *stepRun) restore(ctx context.Context, sw *plan.Switchover) error {
 // break, so that an operator's late action on an earlier spec shows.
 func (x *stepRun) stayWritable(ctx context.Context, name string, d time.Duration) error {
 	var since time.Time
-	return x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable for %s without a break (a demote written before the interruption may still be acted on)", name, d), func(snap *snapshot.Snapshot) (bool, string) {
+	return x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable for %s without a break (a demote written before the interruption may still be acted on)", name, d), []string{name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		if !cs.Writable() {
 			since = time.Time{}
@@ -383,7 +383,7 @@ func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *plan.Switc
 	}
 	x.emit(Event{Type: EventDemote, Journal: j.Phase, Message: fmt.Sprintf("demote: %s isReplica true, numberOfInstances %d, peer %s", from, sw.Demoted.Instances, sw.Demoted.Replication.Peer())})
 	var end snapshot.LSN
-	err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s in recovery, for its end of WAL", from), func(snap *snapshot.Snapshot) (bool, string) {
+	err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s in recovery, for its end of WAL", from), []string{from}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(from)
 		if cs.PG == nil || !cs.PG.InRecovery {
 			return false, statusWords(cs)
@@ -443,7 +443,7 @@ func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to strin
 		return err
 	}
 	x.emit(Event{Type: EventFence, Journal: snapshot.PhaseDemoting, LSN: end.String(), Message: fmt.Sprintf("fence: %s refuses new writes; %s must replay up to %s", fo.Name, to, end)})
-	return x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s replay >= %s", to, end), func(snap *snapshot.Snapshot) (bool, string) {
+	return x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s replay >= %s", to, end), []string{to, fo.Name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		if cs.PG == nil {
 			return false, statusWords(cs)
@@ -587,7 +587,7 @@ func (x *stepRun) waitGate(ctx context.Context, j snapshot.Journal, gate snapsho
 			return nil
 		}
 	}
-	if err := x.waitUntil(ctx, x.r.pollSwitchover(), what, cond); err != nil {
+	if err := x.waitUntil(ctx, x.r.pollSwitchover(), what, []string{to}, cond); err != nil {
 		return err
 	}
 	x.emit(Event{Type: EventGate, Journal: snapshot.PhaseGated, LSN: gate.String(), Message: what + ": passed"})

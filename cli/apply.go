@@ -261,7 +261,7 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 	}
 	r.LockTimeout, r.StepTimeout, r.MaxWritePause = f.lockTimeout, f.stepTimeout, f.maxWritePause
 	if f.slots != nil {
-		r.Switchovers = newPlanSlots(f.slots, pl)
+		r.Switchovers = newPlanSlots(f.slots, pl, in.Desired)
 	}
 	return r, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 // eachTopology runs one command's work for every topology -f names: each
@@ -324,80 +325,104 @@ func worse(a, b int) int {
 }
 
 // siteSlots bounds the switchovers running at once in one kube context (a
-// site's cluster) across the topologies one apply runs side by side.
+// site's cluster) across the topologies one process runs side by side.
 type siteSlots struct {
-	per int
-	mu  sync.Mutex
-	sem map[string]chan struct{}
+	per     int
+	mu      sync.Mutex
+	running map[string]int
+	// freed is closed, and replaced, whenever slots are given back.
+	freed chan struct{}
 }
 
 func newSiteSlots(per int) *siteSlots {
-	return &siteSlots{per: per, sem: map[string]chan struct{}{}}
+	return &siteSlots{per: per, running: map[string]int{}, freed: make(chan struct{})}
 }
 
-func (s *siteSlots) slot(key string) chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, ok := s.sem[key]
-	if !ok {
-		c = make(chan struct{}, s.per)
-		s.sem[key] = c
-	}
-	return c
-}
-
-// acquire takes one slot in each key, in sorted order (so two runs
-// waiting for the same keys cannot hold one each), or none when ctx ends.
-func (s *siteSlots) acquire(ctx context.Context, keys []string) (func(), time.Duration, error) {
+// acquire takes one slot in each key at once, or none when ctx ends: a
+// key is free while fewer run there than its bound (limits[key] when set
+// and lower than per), so a file's own bound holds for its switchovers
+// however the others' bounds read. Taking all keys together, no two
+// takers can each hold what the other waits for.
+func (s *siteSlots) acquire(ctx context.Context, keys []string, limits map[string]int) (func(), time.Duration, error) {
 	keys = slices.Compact(slices.Sorted(slices.Values(keys)))
 	began := time.Now()
-	var held []chan struct{}
-	release := func() {
-		for _, c := range held {
-			<-c
+	for {
+		s.mu.Lock()
+		free := true
+		for _, k := range keys {
+			bound := s.per
+			if l := limits[k]; l > 0 && l < bound {
+				bound = l
+			}
+			if s.running[k] >= bound {
+				free = false
+			}
 		}
-	}
-	for _, k := range keys {
-		c := s.slot(k)
+		if free {
+			for _, k := range keys {
+				s.running[k]++
+			}
+			s.mu.Unlock()
+			waited := time.Since(began)
+			if waited < time.Millisecond {
+				waited = 0
+			}
+			return func() { s.release(keys) }, waited, nil
+		}
+		wake := s.freed
+		s.mu.Unlock()
 		select {
-		case c <- struct{}{}:
-			held = append(held, c)
+		case <-wake:
 		case <-ctx.Done():
-			release()
 			return nil, 0, ctx.Err()
 		}
 	}
-	waited := time.Since(began)
-	if waited < time.Millisecond {
-		waited = 0
+}
+
+func (s *siteSlots) release(keys []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range keys {
+		s.running[k]--
 	}
-	return release, waited, nil
+	close(s.freed)
+	s.freed = make(chan struct{})
 }
 
 // planSlots are a plan's view of the shared slots: its sites by the kube
-// context they are (a Patroni site by its name).
+// context they are (a Patroni site by its name), with the file's bounds.
 type planSlots struct {
 	slots    *siteSlots
 	contexts map[string]string
+	limits   map[string]int // by site name: spec.sites[].maxSwitchovers
 }
 
-func newPlanSlots(slots *siteSlots, pl plan.Plan) planSlots {
-	contexts := map[string]string{}
+func newPlanSlots(slots *siteSlots, pl plan.Plan, d *topology.Desired) planSlots {
+	p := planSlots{slots: slots, contexts: map[string]string{}, limits: map[string]int{}}
 	for _, s := range pl.Sites {
-		contexts[s.Name] = s.Context
+		p.contexts[s.Name] = s.Context
 	}
-	return planSlots{slots: slots, contexts: contexts}
+	for _, s := range d.Sites() {
+		if s.MaxSwitchovers > 0 {
+			p.limits[s.Name] = s.MaxSwitchovers
+		}
+	}
+	return p
 }
 
 func (p planSlots) Acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
 	keys := make([]string, len(sites))
+	limits := map[string]int{}
 	for i, s := range sites {
 		keys[i] = "site " + s
 		if c := p.contexts[s]; c != "" {
 			keys[i] = "context " + c
 		}
+		if l := p.limits[s]; l > 0 {
+			limits[keys[i]] = l
+		}
 	}
-	return p.slots.acquire(ctx, keys)
+	return p.slots.acquire(ctx, keys, limits)
 }
 
 // fleet is what reconcile runs: the topology files of --repo matching

@@ -13,13 +13,13 @@ import (
 func TestSiteSlots(t *testing.T) {
 	s := newSiteSlots(1)
 	ctx := context.Background()
-	release, waited, err := s.acquire(ctx, []string{"east", "west"})
+	release, waited, err := s.acquire(ctx, []string{"east", "west"}, nil)
 	if err != nil || waited != 0 {
 		t.Fatalf("first taker: waited %s, %v", waited, err)
 	}
 	got := make(chan time.Duration)
 	go func() {
-		r, w, err := s.acquire(ctx, []string{"west"})
+		r, w, err := s.acquire(ctx, []string{"west"}, nil)
 		if err != nil {
 			t.Error(err)
 		}
@@ -46,7 +46,7 @@ func TestSiteSlots(t *testing.T) {
 			if i%2 == 1 {
 				sites = []string{"west", "east"}
 			}
-			r, _, err := s.acquire(ctx, sites)
+			r, _, err := s.acquire(ctx, sites, nil)
 			if err != nil {
 				t.Error(err)
 				return
@@ -63,14 +63,14 @@ func TestSiteSlots(t *testing.T) {
 	}
 
 	// A context that ends: an error, and the slot it had taken is given back.
-	hold, _, _ := s.acquire(ctx, []string{"west"})
+	hold, _, _ := s.acquire(ctx, []string{"west"}, nil)
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, _, err := s.acquire(short, []string{"east", "west"}); err == nil {
+	if _, _, err := s.acquire(short, []string{"east", "west"}, nil); err == nil {
 		t.Fatal("took west while it was held")
 	}
 	hold()
-	r, waited, err := s.acquire(ctx, []string{"east"})
+	r, waited, err := s.acquire(ctx, []string{"east"}, nil)
 	if err != nil || waited != 0 {
 		t.Fatalf("east after a cancelled taker: waited %s, %v (its slot was not given back)", waited, err)
 	}
@@ -93,4 +93,29 @@ func TestPlanSlotsKeyByContext(t *testing.T) {
 	if _, _, err := b.Acquire(ctx, []string{"dc1"}); err == nil {
 		t.Fatal("dc1 (context lab-east) took a slot east (the same context) held")
 	}
+}
+
+// A file's own bound for a site holds for its switchovers: with the flag at
+// 2 and the file saying 1, its second waits while one runs there, and one
+// without a bound of its own still takes the second slot.
+func TestPlanSlotsHoldTheFilesBound(t *testing.T) {
+	s := newSiteSlots(2)
+	ctx := context.Background()
+	one := planSlots{slots: s, contexts: map[string]string{"east": "lab-east"}, limits: map[string]int{"east": 1}}
+	free := planSlots{slots: s, contexts: map[string]string{"east": "lab-east"}}
+	r1, _, err := one.Acquire(ctx, []string{"east"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, _, err := one.Acquire(short, []string{"east"}); err == nil {
+		t.Fatal("a second switchover of a file bounded to 1 in east took a slot")
+	}
+	r2, _, err := free.Acquire(ctx, []string{"east"})
+	if err != nil {
+		t.Fatalf("a file without a bound of its own: %v (the flag allows 2)", err)
+	}
+	r1()
+	r2()
 }

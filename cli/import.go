@@ -310,4 +310,3 @@ func (f *importFlags) write(e env, pairs []importer.Pair, docs [][]byte) error {
 	}
 	return nil
 }
-

@@ -292,6 +292,11 @@ func (b boundObserver) Observe(ctx context.Context) *snapshot.Snapshot {
 	return b.obs.Observe(ctx, b.d)
 }
 
+// ObserveClusters looks at a few clusters alone, for apply's waits.
+func (b boundObserver) ObserveClusters(ctx context.Context, names []string) *snapshot.Snapshot {
+	return b.obs.ObserveClusters(ctx, b.d, names)
+}
+
 // adminDB opens admin sessions for apply.
 type adminDB struct{ live.Admin }
 

@@ -111,7 +111,7 @@ resumes on the next run).`,
 				r.Holder = holder
 				r.LockTimeout, r.StepTimeout = lockTimeout, stepTimeout
 				r.FollowUps = 2
-				r.Switchovers = newPlanSlots(slots, pl)
+				r.Switchovers = newPlanSlots(slots, pl, d)
 				r.Changed = func(now plan.Plan, why []string) error {
 					log.Info("replanned", "topology", d.Name, "plan", now.Headline(), "why", strings.Join(why, "; "))
 					return nil

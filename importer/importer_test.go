@@ -85,7 +85,11 @@ func TestPairs(t *testing.T) {
 				cluster(east, "plain", "7100", false, "", func(s *snapshot.Spec) { s.Replication.Enabled = false }),
 				cluster(east, "billing-east", "7200", false, "", func(s *snapshot.Spec) { s.Topology = "billing" }),
 				func() Found { f := cluster(east, "odd", "7300", false, ""); f.State.PG.InRecovery = true; return f }(),
-				func() Found { f := cluster(east, "adopted", "7400", false, ""); f.State.Object.Marks.Revision = "c0ffee"; return f }(),
+				func() Found {
+					f := cluster(east, "adopted", "7400", false, "")
+					f.State.Object.Marks.Revision = "c0ffee"
+					return f
+				}(),
 			},
 			skipped: []string{"clusterReplication is not enabled", "already managed by topology billing", "its database is in recovery", "already managed by pgtopo (its object carries a recorded c0ffee)"}},
 		{name: "settings that differ are noted",

@@ -96,6 +96,21 @@ type Observer struct {
 	// 100 ms do not read each cluster's CA object each time (read again
 	// after flavorCheckEvery).
 	cas map[string]cachedCA
+	// nodes are each site's node addresses as the last full look read
+	// them: a wait's polls (ObserveClusters) do not list the nodes.
+	nodes map[string][]string
+	// known are the reads of each cluster (site/namespace/name) a poll
+	// need not repeat while its database answers: its Service and login.
+	known map[string]knownReads
+}
+
+// knownReads are a cluster's Service and credentials as last read, kept
+// only while its database answered with them.
+type knownReads struct {
+	svc               *corev1.Service
+	credentials       snapshot.SecretState
+	credentialsSecret *corev1.Secret
+	bootstrap         snapshot.SecretState
 }
 
 type cachedCA struct {
@@ -189,6 +204,26 @@ func (o *Observer) remember(site string, st snapshot.SiteState) {
 
 // Observe takes a snapshot of every site of the desired state, in parallel.
 func (o *Observer) Observe(ctx context.Context, d *topology.Desired) *snapshot.Snapshot {
+	return o.observe(ctx, d, false)
+}
+
+// ObserveClusters observes only the named clusters of d, for a wait that
+// polls them: each one's object and database, its Service and login read
+// again only when its database did not answer the last time, the node
+// addresses of the last full look; no Lease, orphans or operator check.
+// Its snapshot holds those clusters and their sites alone.
+func (o *Observer) ObserveClusters(ctx context.Context, d *topology.Desired, names []string) *snapshot.Snapshot {
+	only := *d
+	only.Clusters, only.EmptySites = nil, nil
+	for _, c := range d.Clusters {
+		if slices.Contains(names, c.Name) {
+			only.Clusters = append(only.Clusters, c)
+		}
+	}
+	return o.observe(ctx, &only, true)
+}
+
+func (o *Observer) observe(ctx context.Context, d *topology.Desired, focused bool) *snapshot.Snapshot {
 	timeout := o.SiteTimeout
 	if timeout == 0 {
 		timeout = 10 * time.Second
@@ -202,7 +237,7 @@ func (o *Observer) Observe(ctx context.Context, d *topology.Desired) *snapshot.S
 		runs[i] = func() {
 			sctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			snap.Sites[i], perSite[i], orphans[i] = o.observeSite(sctx, d, site)
+			snap.Sites[i], perSite[i], orphans[i] = o.observeSite(sctx, d, site, focused)
 			o.remember(site.Name, snap.Sites[i])
 		}
 	}
@@ -237,7 +272,7 @@ func allAtOnce(fns []func()) {
 // three round trips whatever it holds: every Kubernetes read at once (nodes,
 // the Lease, orphans, and each cluster's CR, Secrets and Service), then the
 // database probes, which need the Service, the nodes and the credentials.
-func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site topology.Site) (snapshot.SiteState, []snapshot.ClusterState, []snapshot.OrphanCluster) {
+func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site topology.Site, focused bool) (snapshot.SiteState, []snapshot.ClusterState, []snapshot.OrphanCluster) {
 	st := snapshot.SiteState{Name: site.Name, Kind: site.Kind, Context: site.Context}
 	var clusters []snapshot.ClusterState
 	for _, c := range d.Clusters {
@@ -266,14 +301,26 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		orphErr  error
 		reads    = make([]clusterReads, len(clusters))
 	)
-	wg.Go(func() { nodes, nodesErr = api.ListNodes(ctx) })
-	wg.Go(func() { lease, leaseErr = o.lease(ctx, api, d, site) })
-	wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site.Name) })
-	wg.Go(func() { orphans, orphErr = o.orphans(ctx, api, d, site) })
+	knownIPs, haveIPs := o.knownNodes(site.Name)
+	if !focused || !haveIPs {
+		wg.Go(func() { nodes, nodesErr = api.ListNodes(ctx) })
+	}
+	if !focused {
+		wg.Go(func() { lease, leaseErr = o.lease(ctx, api, d, site) })
+		wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site.Name) })
+		wg.Go(func() { orphans, orphErr = o.orphans(ctx, api, d, site) })
+	}
 	for i, c := range clusters {
+		if focused {
+			reads[i].known = o.knownOf(site.Name, c.Namespace, c.Name)
+		}
 		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni(), func() (TLS, error) { return o.tlsFor(ctx, api, site.Name, d.TLS, c.Name, c.Namespace) }, o.ObserverSecret)
 	}
 	wg.Wait()
+	if nodesErr == nil && (nodes != nil || !haveIPs) {
+		knownIPs = nodeIPs(nodes)
+		o.rememberNodes(site.Name, knownIPs)
+	}
 	if nodesErr != nil {
 		// The site is named by whoever shows the error (a plan's "site
 		// west unreachable: ..."); the error names the context.
@@ -283,17 +330,63 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		}
 		return st, clusters, nil
 	}
-	st.Reachable, st.NodeIPs, st.Lease = true, nodeIPs(nodes), lease
+	st.Reachable, st.NodeIPs, st.Lease = true, knownIPs, lease
 	for _, err := range []error{leaseErr, orphErr} {
 		if err != nil {
 			st.ReadErrors = append(st.ReadErrors, fmt.Sprintf("context %s: %v", site.Context, err))
 		}
 	}
 	for i := range clusters {
-		wg.Go(func() { o.observeCluster(ctx, d, &st, &clusters[i], &reads[i]) })
+		wg.Go(func() {
+			o.observeCluster(ctx, d, &st, &clusters[i], &reads[i])
+			o.rememberReads(site.Name, &clusters[i], &reads[i])
+		})
 	}
 	wg.Wait()
 	return st, clusters, orphans
+}
+
+func (o *Observer) knownNodes(site string) ([]string, bool) {
+	o.downMu.Lock()
+	defer o.downMu.Unlock()
+	ips, ok := o.nodes[site]
+	return ips, ok
+}
+
+func (o *Observer) rememberNodes(site string, ips []string) {
+	o.downMu.Lock()
+	defer o.downMu.Unlock()
+	if o.nodes == nil {
+		o.nodes = map[string][]string{}
+	}
+	o.nodes[site] = ips
+}
+
+func (o *Observer) knownOf(site, ns, name string) *knownReads {
+	o.downMu.Lock()
+	defer o.downMu.Unlock()
+	k, ok := o.known[site+"/"+ns+"/"+name]
+	if !ok {
+		return nil
+	}
+	return &k
+}
+
+// rememberReads keeps a cluster's Service and login while its database
+// answers with them, and forgets them as soon as it does not (a Service
+// made anew, a password changed): the next poll reads them again.
+func (o *Observer) rememberReads(site string, c *snapshot.ClusterState, r *clusterReads) {
+	key := site + "/" + c.Namespace + "/" + c.Name
+	o.downMu.Lock()
+	defer o.downMu.Unlock()
+	if c.PG == nil || r.svc == nil || r.credentialsSecret == nil || r.observer != "" {
+		delete(o.known, key)
+		return
+	}
+	if o.known == nil {
+		o.known = map[string]knownReads{}
+	}
+	o.known[key] = knownReads{svc: r.svc, credentials: r.credentials, credentialsSecret: r.credentialsSecret, bootstrap: r.bootstrap}
 }
 
 // lease reads the topology's lock in this site, if the site holds one.
@@ -337,6 +430,9 @@ type clusterReads struct {
 	// could not be read.
 	tls    TLS
 	tlsErr error
+	// known are reads a poll takes from the last look instead (nil: read
+	// everything).
+	known *knownReads
 	// noService: the cluster is reached at the file's endpoint (Patroni).
 	noService bool
 	// observer names the Secret credentialsSecret was read from when the
@@ -361,6 +457,11 @@ func (r *clusterReads) start(ctx context.Context, wg *sync.WaitGroup, api SiteAP
 			}
 		})
 		wg.Go(func() { r.svc, r.svcErr = api.GetService(ctx, ns, service) })
+		return
+	}
+	if k := r.known; k != nil {
+		r.credentials, r.credentialsSecret, r.bootstrap, r.svc = k.credentials, k.credentialsSecret, k.bootstrap, k.svc
+		r.noService = patroni
 		return
 	}
 	wg.Go(func() {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -174,7 +175,7 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 			prober := &fakeProber{}
 			o := &Observer{Prober: prober, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return &tc.site, nil }}
 			east := d.Sites()[0]
-			st, clusters, _ := o.observeSite(context.Background(), d, east)
+			st, clusters, _ := o.observeSite(context.Background(), d, east, false)
 			if st.Reachable != tc.reachable || st.Error != tc.siteErr || (st.Lease != nil) != tc.lease {
 				t.Fatalf("site: reachable %v error %q lease %v; want %v %q %v", st.Reachable, st.Error, st.Lease != nil, tc.reachable, tc.siteErr, tc.lease)
 			}
@@ -267,7 +268,7 @@ func TestObserveSiteReadsAtOnce(t *testing.T) {
 	d := desired(t)
 	site := &barrierSite{want: 7, release: make(chan struct{})}
 	o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return site, nil }}
-	st, clusters, _ := o.observeSite(context.Background(), d, d.Sites()[0])
+	st, clusters, _ := o.observeSite(context.Background(), d, d.Sites()[0], false)
 	if !st.Reachable || clusters[0].PG == nil {
 		t.Fatalf("site %+v cluster %+v", st, clusters[0])
 	}
@@ -347,7 +348,7 @@ func TestObserveChecksTheFlavorSparingly(t *testing.T) {
 	site := &fakeSite{checks: new(atomic.Int32)}
 	o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return site, nil }}
 	for range 3 {
-		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0]); st.Unsupported != "" {
+		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0], false); st.Unsupported != "" {
 			t.Fatal(st.Unsupported)
 		}
 	}
@@ -357,11 +358,126 @@ func TestObserveChecksTheFlavorSparingly(t *testing.T) {
 	bad := &fakeSite{unsupported: "no clusterReplication", checks: new(atomic.Int32)}
 	o = &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return bad, nil }}
 	for range 2 {
-		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0]); st.Unsupported != "no clusterReplication" {
+		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0], false); st.Unsupported != "no clusterReplication" {
 			t.Fatalf("unsupported %q", st.Unsupported)
 		}
 	}
 	if n := bad.checks.Load(); n != 2 {
 		t.Fatalf("%d CRD reads in 2 looks at an unsupported site, want 2", n)
+	}
+}
+
+// countingSite counts each kind of API read.
+type countingSite struct {
+	*fakeSite
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (c *countingSite) count(kind string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls[kind]++
+}
+
+func (c *countingSite) take() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.calls
+	c.calls = map[string]int{}
+	return out
+}
+
+func (c *countingSite) ReadCluster(ctx context.Context, ns, name string) (*snapshot.Object, error) {
+	c.count("cr")
+	return c.fakeSite.ReadCluster(ctx, ns, name)
+}
+func (c *countingSite) ListClusters(ctx context.Context, ns, t string) ([]string, error) {
+	c.count("list")
+	return c.fakeSite.ListClusters(ctx, ns, t)
+}
+func (c *countingSite) GetService(ctx context.Context, ns, name string) (*corev1.Service, error) {
+	c.count("service")
+	return c.fakeSite.GetService(ctx, ns, name)
+}
+func (c *countingSite) ListNodes(ctx context.Context) ([]corev1.Node, error) {
+	c.count("nodes")
+	return c.fakeSite.ListNodes(ctx)
+}
+func (c *countingSite) GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error) {
+	c.count("secret")
+	return c.fakeSite.GetSecret(ctx, ns, name)
+}
+func (c *countingSite) GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error) {
+	c.count("lease")
+	return c.fakeSite.GetLease(ctx, ns, name)
+}
+
+// failingProber fails while fail is set.
+type failingProber struct {
+	fakeProber
+	fail atomic.Bool
+}
+
+func (p *failingProber) Probe(ctx context.Context, ep snapshot.Endpoint, login Login) (*snapshot.PGState, error) {
+	if p.fail.Load() {
+		return nil, errors.New("connection refused")
+	}
+	return p.fakeProber.Probe(ctx, ep, login)
+}
+
+// A wait's poll reads the one cluster it waits for: its object, and its
+// Service and login only while its database does not answer; never the
+// nodes, the Lease, the orphans or another cluster.
+func TestObserveClustersReadsWhatItWaitsFor(t *testing.T) {
+	d := desired(t)
+	sites := map[string]*countingSite{}
+	prober := &failingProber{}
+	o := &Observer{Prober: prober, Names: alaudaNames(t), Connect: func(s topology.Site) (SiteAPI, error) {
+		if sites[s.Name] == nil {
+			sites[s.Name] = &countingSite{fakeSite: &fakeSite{}, calls: map[string]int{}}
+		}
+		return sites[s.Name], nil
+	}}
+	full := o.Observe(context.Background(), d)
+	standby := d.Clusters[1]
+	for name, s := range sites {
+		got := s.take()
+		if got["nodes"] != 1 || got["lease"] != 1 || got["cr"] == 0 {
+			t.Fatalf("site %s: a full look read %v", name, got)
+		}
+	}
+	poll := func() (*snapshot.Snapshot, map[string]map[string]int) {
+		snap := o.ObserveClusters(context.Background(), d, []string{standby.Name})
+		out := map[string]map[string]int{}
+		for name, s := range sites {
+			out[name] = s.take()
+		}
+		return snap, out
+	}
+	snap, reads := poll()
+	if len(snap.Clusters) != 1 || snap.Clusters[0].Name != standby.Name || snap.Clusters[0].PG == nil || len(snap.Sites) != 1 {
+		t.Fatalf("a poll's snapshot: %+v", snap)
+	}
+	if got := snap.Sites[0].NodeIPs; len(got) != 1 || got[0] != full.Sites[1].NodeIPs[0] {
+		t.Fatalf("a poll's node addresses %v, want the full look's %v", got, full.Sites[1].NodeIPs)
+	}
+	want := map[string]map[string]int{standby.Site.Name: {"cr": 1}, d.Clusters[0].Site.Name: {}}
+	if fmt.Sprint(reads) != fmt.Sprint(want) {
+		t.Fatalf("a poll read %v, want %v", reads, want)
+	}
+	// Its database away: the next poll reads its Service and login again,
+	// and keeps reading them until it answers.
+	prober.fail.Store(true)
+	poll()
+	for range 2 {
+		if _, reads = poll(); fmt.Sprint(reads[standby.Site.Name]) != fmt.Sprint(map[string]int{"cr": 1, "secret": 2, "service": 1}) {
+			t.Fatalf("a poll after the database did not answer read %v", reads)
+		}
+	}
+	prober.fail.Store(false)
+	poll()
+	if _, reads = poll(); fmt.Sprint(reads[standby.Site.Name]) != fmt.Sprint(map[string]int{"cr": 1}) {
+		t.Fatalf("a poll once it answers again read %v", reads)
 	}
 }

@@ -167,7 +167,56 @@ func BenchmarkScale(b *testing.B) {
 		fmt.Println("reconcile (bin/pgtopo reconcile, 50 clusters in 50 sites, every site refusing connections):")
 		r10, r1000 := reconcileRSS(b, bin, dir)
 		fmt.Printf("  RSS after 10 cycles %d MB, after 1000 cycles %d MB: ratio %.2f (goal <= 1.1)\n", r10>>20, r1000>>20, float64(r1000)/float64(r10))
+
+		fmt.Println("reconcile over a fleet (bin/pgtopo reconcile -f DIR, a loop per topology, 2 clusters in 2 sites each, every site refusing connections):")
+		for _, n := range []int{10, 100} {
+			rss := fleetRSS(b, bin, dir, n)
+			goal := map[int]string{100: "goal <= 300 MB"}[n]
+			fmt.Printf("  %3d topologies: RSS after 5 cycles of each %4d MB  %s\n", n, rss>>20, goal)
+		}
 	}
+}
+
+// fleetRSS runs pgtopo reconcile over a directory of n topologies against
+// sites that refuse connections and reads its resident memory once every
+// topology has cycled five times.
+func fleetRSS(b testing.TB, bin, dir string, n int) int64 {
+	fleet := filepath.Join(dir, fmt.Sprintf("fleet-%d", n))
+	if err := os.MkdirAll(fleet, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		doc := strings.NewReplacer("name: fleet\n", fmt.Sprintf("name: fleet-%03d\n", i), "pg-", fmt.Sprintf("t%03d-", i)).Replace(string(Topology(2, 2, 0)))
+		if err := os.WriteFile(filepath.Join(fleet, fmt.Sprintf("t%03d.yaml", i)), []byte(doc), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cmd := exec.Command(bin, "reconcile", "-f", fleet, "--interval", "10ms", "--listen", "127.0.0.1:0", "--log-format", "json")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+filepath.Join(dir, "kubeconfig"))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(stderr)
+	cycles := map[string]int{}
+	done := 0
+	for sc.Scan() {
+		var rec struct{ Msg, Topology, Error string }
+		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Msg != "cycle" {
+			continue
+		}
+		if cycles[rec.Topology]++; cycles[rec.Topology] == 5 {
+			if done++; done == n {
+				return vmRSS(b, cmd.Process.Pid)
+			}
+		}
+	}
+	b.Fatalf("reconcile ended after %d of %d topologies cycled five times", done, n)
+	return 0
 }
 
 func pgtopoBinary(b testing.TB) string {

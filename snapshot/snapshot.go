@@ -435,3 +435,27 @@ func (c *ClusterState) PGErrorText() string {
 	}
 	return c.PGError
 }
+
+// With is s with the clusters and sites a partial look saw replaced by what
+// it saw: a wait's poll of a few clusters over the step's last full look.
+// A replaced site keeps its Lease and what the partial look did not read.
+func (s *Snapshot) With(part *Snapshot) *Snapshot {
+	out := *s
+	out.Sites = slices.Clone(s.Sites)
+	out.Clusters = slices.Clone(s.Clusters)
+	for _, ps := range part.Sites {
+		for i := range out.Sites {
+			if out.Sites[i].Name == ps.Name {
+				out.Sites[i].Reachable, out.Sites[i].Error, out.Sites[i].NodeIPs = ps.Reachable, ps.Error, ps.NodeIPs
+			}
+		}
+	}
+	for _, pc := range part.Clusters {
+		for i := range out.Clusters {
+			if out.Clusters[i].Name == pc.Name {
+				out.Clusters[i] = pc
+			}
+		}
+	}
+	return &out
+}

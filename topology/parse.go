@@ -291,27 +291,39 @@ func (d *Document) index(n *yamlv3.Node, path Path, depth int) error {
 	return nil
 }
 
-// maxExpanded bounds what aliases may expand a document to: a topology is
-// a few hundred values, an alias bomb billions.
+// maxExpanded bounds what aliases may add to a document, beyond the values
+// written out: a topology's aliases add a few hundred, an alias bomb
+// billions.
 const maxExpanded = 100000
 
-// aliasesBounded refuses a document whose aliases expand it past
-// maxExpanded values, at the alias that crosses the bound.
+// aliasesBounded refuses a document whose aliases expand it by more than
+// maxExpanded values, at the alias that crosses the bound. A large
+// document written out is no bomb: only what aliases add counts.
 func (d *Document) aliasesBounded(root *yamlv3.Node) error {
+	written := 0
+	var count func(n *yamlv3.Node)
+	count = func(n *yamlv3.Node) {
+		written++
+		for _, c := range n.Content {
+			count(c)
+		}
+	}
+	count(root)
+	limit := written + maxExpanded
 	sizes := map[*yamlv3.Node]int{}
 	var size func(n *yamlv3.Node) (int, *yamlv3.Node)
 	size = func(n *yamlv3.Node) (int, *yamlv3.Node) {
 		if s, ok := sizes[n]; ok {
 			return s, nil
 		}
-		sizes[n] = maxExpanded + 1 // an alias to its own ancestor never ends
+		sizes[n] = limit + 1 // an alias to its own ancestor never ends
 		total := 1
 		if n.Kind == yamlv3.AliasNode && n.Alias != nil {
 			s, at := size(n.Alias)
 			if at != nil {
 				return s, at
 			}
-			if total += s; total > maxExpanded {
+			if total += s; total > limit {
 				return total, n
 			}
 		}
@@ -320,7 +332,7 @@ func (d *Document) aliasesBounded(root *yamlv3.Node) error {
 			if at != nil {
 				return s, at
 			}
-			if total += s; total > maxExpanded {
+			if total += s; total > limit {
 				if c.Kind == yamlv3.AliasNode {
 					return total, c
 				}
@@ -332,7 +344,7 @@ func (d *Document) aliasesBounded(root *yamlv3.Node) error {
 	}
 	if _, at := size(root); at != nil {
 		return &SyntaxError{File: d.File, Pos: Pos{at.Line, at.Column},
-			Msg: fmt.Sprintf("not valid YAML: aliases expand this document to more than %d values (an alias bomb?); write the values out", maxExpanded)}
+			Msg: fmt.Sprintf("not valid YAML: aliases expand this document by more than %d values (an alias bomb?); write the values out", maxExpanded)}
 	}
 	return nil
 }

@@ -205,6 +205,9 @@ type Site struct {
 	// their digest.
 	Kind    string `json:"kind,omitempty"`
 	Context string `json:"context,omitempty"`
+	// MaxSwitchovers bounds the switchovers run at once in the site when
+	// several topologies apply side by side (0: the flag's bound).
+	MaxSwitchovers int `json:"maxSwitchovers,omitempty"`
 }
 
 // Patroni reports whether the site is a set of Patroni clusters.

@@ -1,0 +1,101 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/pgtopo/pgtopo/lab"
+)
+
+// BenchmarkAPIRequests counts, from the lab's audit logs, the Kubernetes
+// API requests pgtopo makes as the examples' ServiceAccount (rbac.yaml):
+// one look at 1 topology and at N (diff, the look a reconcile cycle takes
+// of each), one switchover, and the wall time of a reconcile fleet's first
+// cycle over N topologies in sync (--observe-only). Goals (issue 28, stated
+// at 50 topologies; the lab runs PGTOPO_BENCH_API_TOPOLOGIES, default 10):
+// requests for N topologies <= 5x those for 1; one fleet cycle <= 3 s.
+func BenchmarkAPIRequests(b *testing.B) {
+	n := envInt(b, "PGTOPO_BENCH_API_TOPOLOGIES", 10)
+	benchIdle(b)
+	h := newHarness(b, "east", "west")
+	east, west := filepath.Join(h.dir, "east"), filepath.Join(h.dir, "west")
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("t%02d", i)
+		h.fleetFile(east, name, "east")
+		h.fleetFile(west, name, "west")
+	}
+	if r := h.pgtopo("apply", "-f", east, "--parallel", "4"); r.code != 0 {
+		b.Fatalf("bring-up of %d topologies: %s\n%s", n, r.stdout, r.stderr)
+	}
+	id := h.deployIdentity(rbacFile, "pgtopo", "east", "west")
+	requests := func() int {
+		total := 0
+		for _, site := range []string{"east", "west"} {
+			data, err := os.ReadFile(lab.Paths{Dir: h.lab.Dir}.AuditLog(site))
+			if err != nil {
+				b.Fatal(err)
+			}
+			// One event per request (the policy omits RequestReceived).
+			total += bytes.Count(data, []byte(`"username":"`+id.user+`"`))
+		}
+		return total
+	}
+	// An apply as the ServiceAccount first: its requests begin the log,
+	// and the files' revisions are recorded as its.
+	if r := id.run(h, "apply", "-f", east); r.code != 0 {
+		b.Fatalf("apply as the ServiceAccount: %s\n%s", r.stdout, r.stderr)
+	}
+	labSettled(b)
+	b.ResetTimer()
+	var one, many, swap, cycle []float64
+	for round := 0; round < b.N; round++ {
+		before := requests()
+		if r := id.run(h, "diff", "-f", filepath.Join(east, "t00.yaml")); r.code != 0 {
+			b.Fatalf("diff of one topology: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		mid := requests()
+		if r := id.run(h, "diff", "-f", east); r.code != 0 {
+			b.Fatalf("diff of %d topologies: exit %d\n%s\n%s", n, r.code, r.stdout, r.stderr)
+		}
+		after := requests()
+		one, many = append(one, float64(mid-before)), append(many, float64(after-mid))
+
+		for _, dir := range []string{west, east} {
+			before = requests()
+			if r := id.run(h, "apply", "-f", filepath.Join(dir, "t00.yaml")); r.code != 0 {
+				b.Fatalf("switchover: %s\n%s", r.stdout, r.stderr)
+			}
+			swap = append(swap, float64(requests()-before))
+		}
+
+		l := h.startLoopEnv([]string{"KUBECONFIG=" + id.kubeconfig}, "-f", east, "--observe-only", "--interval", "1h")
+		started, next := l.waitFor(b, 30*time.Second, "starting line", 0, func(r logRecord) bool { return r.Msg == "starting" })
+		seen := map[string]bool{}
+		var last time.Time
+		for len(seen) < n {
+			var r logRecord
+			r, next = l.waitFor(b, 60*time.Second, "a cycle of every topology", next, func(r logRecord) bool { return r.Msg == "cycle" })
+			if r.Result != "in-sync" {
+				b.Fatalf("%s: cycle %s (%s%s), want in-sync", r.Topology, r.Result, r.Refusal, r.Error)
+			}
+			seen[r.Topology], last = true, r.Time
+		}
+		_ = l.cmd.Process.Kill()
+		<-l.done
+		cycle = append(cycle, last.Sub(started.Time).Seconds())
+	}
+	b.StopTimer()
+	spread := func(xs []float64) string {
+		return fmt.Sprintf("median %.0f, p95 %.0f over %d", median(xs), percentile(xs, 95), len(xs))
+	}
+	fmt.Printf("API requests (audit log, ServiceAccount of rbac.yaml, 2 sites):\n")
+	fmt.Printf("  one look, 1 topology:   %s\n", spread(one))
+	fmt.Printf("  one look, %d topologies: %s\n", n, spread(many))
+	fmt.Printf("  ratio %d topologies / 1: %.1f (goal at 50: <= 5)\n", n, median(many)/median(one))
+	fmt.Printf("  one switchover (apply):  %s\n", spread(swap))
+	fmt.Printf("  first reconcile cycle over %d topologies in sync: median %.2fs, p95 %.2fs (goal at 50: <= 3 s)\n", n, median(cycle), percentile(cycle, 95))
+}
