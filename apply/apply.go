@@ -155,6 +155,10 @@ type Runner struct {
 	// is done (zero: 5 s).
 	RestoreSettle time.Duration
 
+	// Held is a Lease taken before the run and kept after it (HoldLock):
+	// the plan's lock step takes nothing, and the run releases nothing.
+	Held *HeldLock
+
 	held  locks
 	start time.Time
 }
@@ -274,6 +278,11 @@ func (r *Runner) run(ctx context.Context, pl plan.Plan, basis plan.Basis, fresh 
 		res.Completed = append(res.Completed, CompletedStep{Step: step, Seconds: time.Since(began).Seconds()})
 		if err := r.held.err(); err != nil {
 			return nil, err
+		}
+		if r.Held != nil {
+			if err := r.Held.locks.err(); err != nil {
+				return nil, err
+			}
 		}
 		if !plan.Actions[step.Action].Recheck || r.Replan == nil {
 			continue

@@ -103,6 +103,31 @@ func (r *Runner) acquireOne(ctx context.Context, name string, at plan.Subject, d
 	}
 }
 
+// HeldLock is a topology's Lease held across several runs, such as a
+// drill's two switchovers and the time between them: no other run applies
+// the topology meanwhile (a reconcile loop would undo the first move).
+type HeldLock struct {
+	lease string
+	locks locks
+}
+
+// HoldLock takes the lock step's Leases, as a run's lock step would, and
+// keeps them until Release; runs given it (Runner.Held) take none.
+func (r *Runner) HoldLock(ctx context.Context, step *plan.Lock) (*HeldLock, error) {
+	r.start = time.Now()
+	held, err := r.acquire(ctx, step, &stepRun{r: r})
+	if err != nil {
+		return nil, err
+	}
+	return &HeldLock{lease: step.Lease, locks: held}, nil
+}
+
+// Err is the first Lease lost since it was taken, if any.
+func (h *HeldLock) Err() error { return h.locks.err() }
+
+// Release frees the Leases.
+func (h *HeldLock) Release(ctx context.Context) { h.locks.release(ctx) }
+
 // err is the first lost Lease, if any.
 func (ls locks) err() error {
 	for _, l := range ls {

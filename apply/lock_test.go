@@ -93,3 +93,47 @@ func TestLockTakesOverAGoneHolder(t *testing.T) {
 		t.Fatalf("holder %q", h)
 	}
 }
+
+// A Lease held across runs (a drill): a run given it takes and releases
+// nothing, another holder's run is kept out, and Release frees it.
+func TestHeldLockSpansRuns(t *testing.T) {
+	w := newWorld()
+	lock := &plan.Lock{Lease: "pgtopo-orders", Sites: []plan.Subject{{Site: "east", Namespace: "db"}, {Site: "west", Namespace: "db"}}}
+	step := plan.Step{Action: plan.ActionLock, Payload: lock}
+	drill := &Runner{Holder: "drill", LockTimeout: time.Second, Sites: w.Sites}
+	held, err := drill.HoldLock(context.Background(), lock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := func() string {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if l := w.leases["east/db/pgtopo-orders"]; l != nil && l.Spec.HolderIdentity != nil {
+			return *l.Spec.HolderIdentity
+		}
+		return ""
+	}
+	run := &Runner{Holder: "drill", LockTimeout: time.Second, Sites: w.Sites, Held: held}
+	for range 2 {
+		if err := (&stepRun{r: run, step: step}).Lock(context.Background(), plan.Subject{}, lock); err != nil {
+			t.Fatal(err)
+		}
+		run.held.release(context.Background()) // what a run's end does
+		if h := holder(); h != "drill" {
+			t.Fatalf("after a run given the held lock: holder %q, want drill", h)
+		}
+	}
+	other := &Runner{Holder: "reconcile-1", LockTimeout: 10 * time.Millisecond, Sites: w.Sites}
+	var busy *LockHeldError
+	if err := (&stepRun{r: other, step: step}).Lock(context.Background(), plan.Subject{}, lock); !errors.As(err, &busy) {
+		t.Fatalf("another holder's run during the drill: %v, want the Lease held", err)
+	}
+	wrong := &Runner{Holder: "drill", Sites: w.Sites, Held: held}
+	if err := (&stepRun{r: wrong}).Lock(context.Background(), plan.Subject{}, &plan.Lock{Lease: "pgtopo-billing", Sites: lock.Sites}); err == nil {
+		t.Fatal("a held lock of another Lease was taken for this one")
+	}
+	held.Release(context.Background())
+	if h := holder(); h != "" {
+		t.Fatalf("after Release: holder %q", h)
+	}
+}

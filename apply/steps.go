@@ -99,6 +99,12 @@ func (x *stepRun) Lock(ctx context.Context, _ plan.Subject, p *plan.Lock) error 
 	if len(x.r.held) > 0 {
 		return nil
 	}
+	if h := x.r.Held; h != nil {
+		if h.lease != p.Lease {
+			return fmt.Errorf("lock: this run holds Lease %s, and the plan's lock is %s", h.lease, p.Lease)
+		}
+		return h.locks.err()
+	}
 	held, err := x.r.acquire(ctx, p, x)
 	if err != nil {
 		return err

@@ -109,7 +109,7 @@ Exit codes, the same for every command: 0 done, 1 an error or a refusal,
 	}
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
-	root.AddCommand(newVersionCmd(e), newValidateCmd(e), newDiffCmd(e), newStatusCmd(e), newApplyCmd(e), newReconcileCmd(e), newFenceCmd(e, true), newFenceCmd(e, false), newRenderCmd(e), newImportCmd(e))
+	root.AddCommand(newVersionCmd(e), newValidateCmd(e), newDiffCmd(e), newStatusCmd(e), newApplyCmd(e), newReconcileCmd(e), newFenceCmd(e, true), newFenceCmd(e, false), newRenderCmd(e), newImportCmd(e), newDrillCmd(e))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	for _, c := range root.Commands() {
 		if args := c.Args; args != nil {

@@ -48,20 +48,36 @@ func (a Admin) Open(ctx context.Context, c *snapshot.ClusterState) (*Session, er
 	if c.Endpoint == nil {
 		return nil, fmt.Errorf("no endpoint")
 	}
-	site, err := a.Sites(c.Site)
+	login, err := a.Login(ctx, c)
 	if err != nil {
 		return nil, err
 	}
+	return OpenSession(ctx, *c.Endpoint, login)
+}
+
+// Login reads what signing in to the cluster as its admin takes, for a
+// caller that connects again and again (a drill's heartbeat writer), which
+// keeps it in memory only.
+func (a Admin) Login(ctx context.Context, c *snapshot.ClusterState) (Login, error) {
+	site, err := a.Sites(c.Site)
+	if err != nil {
+		return Login{}, err
+	}
 	sec, err := site.GetSecret(ctx, c.Namespace, c.Credentials.Name)
 	if err != nil {
-		return nil, fmt.Errorf("credentials %s/%s: %w", c.Namespace, c.Credentials.Name, err)
+		return Login{}, fmt.Errorf("credentials %s/%s: %w", c.Namespace, c.Credentials.Name, err)
 	}
 	tls, err := ReadTLS(ctx, site, a.TLS, c.Name, c.Namespace)
 	if err != nil {
-		return nil, fmt.Errorf("CA bundle: %w", err)
+		return Login{}, fmt.Errorf("CA bundle: %w", err)
 	}
 	user, password := LoginFrom(a.Keys, sec)
-	conn, err := Connect(ctx, *c.Endpoint, Login{User: user, Password: password, TLS: tls}, 0)
+	return Login{User: user, Password: password, TLS: tls}, nil
+}
+
+// OpenSession connects to an endpoint with a login.
+func OpenSession(ctx context.Context, ep snapshot.Endpoint, login Login) (*Session, error) {
+	conn, err := Connect(ctx, ep, login, 0)
 	if err != nil {
 		return nil, err
 	}

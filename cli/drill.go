@@ -1,0 +1,260 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/drill"
+	"github.com/pgtopo/pgtopo/flavor"
+	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
+	"github.com/pgtopo/pgtopo/reconcile"
+	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+func newDrillCmd(e env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "drill",
+		Short: "Rehearse disaster recovery on a live topology and report what an application saw",
+		Args:  cobra.NoArgs,
+	}
+	cmd.AddCommand(newDrillSwitchoverCmd(e))
+	return cmd
+}
+
+type drillFlags struct {
+	src            sourceFlags
+	to             string
+	hold           time.Duration
+	output         string
+	progressFormat string
+	lockTimeout    time.Duration
+	stepTimeout    time.Duration
+}
+
+func newDrillSwitchoverCmd(e env) *cobra.Command {
+	f := &drillFlags{}
+	cmd := &cobra.Command{
+		Use:   "switchover -f FILE [--to CLUSTER] [--hold D]",
+		Short: "A switchover round trip: to a standby, hold, and back, with a heartbeat measuring the write gaps",
+		Example: `  pgtopo drill switchover -f orders.yaml --hold 5m -o markdown > drill.md
+  pgtopo drill switchover -f orders.yaml --to orders-west -o json`,
+		Long: `Starts only from a topology in sync whose DR verdict is ready. Holds the
+topology's Lease for the whole drill (a reconcile loop waits), switches over
+to the standby (--to, or the readiest, in another site first) within the
+same write budget and back-outs as any switchover, holds, and switches
+back. Meanwhile it writes a heartbeat row every 100 ms through whichever
+cluster takes writes, in a schema of its own (pgtopo_drill, created and
+dropped by the drill; one left by a killed drill is dropped by the next).
+
+The report: each move's duration and longest write gap, how far the target
+was behind when it began, heartbeats acknowledged and missing afterwards,
+and how long until every standby streamed again. -o markdown for a ticket,
+-o json for machines. Exit 0 when the drill passed, 1 when it was refused,
+backed out or failed (the report says which).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(f.output, "markdown"); err != nil {
+				return err
+			}
+			if f.hold < 0 {
+				return usagef("--hold %s: give a duration of 0 or more", f.hold)
+			}
+			return f.run(cmd.Context(), e)
+		},
+	}
+	f.src.register(cmd, e)
+	cmd.Flags().StringVar(&f.to, "to", "", "the standby to move to (default: the readiest, in another site first)")
+	cmd.Flags().DurationVar(&f.hold, "hold", 30*time.Second, "how long the primary stays moved")
+	cmd.Flags().StringVarP(&f.output, "output", "o", formatText, "report format: text, markdown, json or yaml")
+	cmd.Flags().StringVar(&f.progressFormat, "progress-format", "text", "progress on stderr: text or json")
+	cmd.Flags().DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long to wait for another run's lock")
+	cmd.Flags().DurationVar(&f.stepTimeout, "step-timeout", 5*time.Minute, "how long each step may wait for its postcondition")
+	return cmd
+}
+
+func (f *drillFlags) run(ctx context.Context, e env) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, drain, stop := withShutdown(ctx, func(string) {})
+	defer stop()
+	in, err := f.src.load(ctx, e)
+	if err != nil {
+		return err
+	}
+	v, err := schema.NewValidator()
+	if err != nil {
+		return err
+	}
+	keep := &live.Conns{}
+	defer keep.Close()
+	w := &drillWorld{f: f, e: e, d: in.Desired, keep: keep, drain: drain, logins: map[string]live.Login{}}
+	// The Lease, for the whole drill: a reconcile loop would undo the
+	// first move during the hold.
+	obs, err := f.src.newObserver(in.Desired, keep)
+	if err != nil {
+		return err
+	}
+	snap := obs.Observe(ctx, in.Desired)
+	now := planner.Compute(in.Desired, snap, plan.Options{})
+	if !now.InSync() {
+		return fmt.Errorf("drill refused: %s is not in sync with its file (%s); apply it first", in.Desired.Name, now.Headline())
+	}
+	holder, err := f.src.runner(in.Desired, obs, now, plan.Options{}, drain)
+	if err != nil {
+		return err
+	}
+	holder.LockTimeout = f.lockTimeout
+	var lock plan.Lock
+	lock.Lease = in.Desired.LeaseName()
+	for _, l := range in.Desired.LockSites() {
+		lock.Sites = append(lock.Sites, plan.Subject{Site: l.Site.Name, Namespace: l.Namespace})
+	}
+	held, err := holder.HoldLock(ctx, &lock)
+	if err != nil {
+		return fmt.Errorf("drill: %w", err)
+	}
+	defer held.Release(context.Background())
+	w.held, w.holder = held, holder.Holder
+	d := &drill.Switchover{
+		World:   w,
+		Desired: in.Desired,
+		WithPrimary: func(primary string) (*topology.Desired, error) {
+			return withPrimary(v, in, primary)
+		},
+		To:       f.to,
+		Hold:     f.hold,
+		Progress: func(s string) { fmt.Fprintf(e.stderr, "drill: %s\n", s) },
+	}
+	rep, err := d.Run(ctx)
+	if rep == nil {
+		return err
+	}
+	switch f.output {
+	case "markdown":
+		fmt.Fprint(e.stdout, rep.Markdown())
+	case formatText:
+		fmt.Fprint(e.stdout, rep.Text())
+	default:
+		if werr := writeDocument(e.stdout, f.output, rep); werr != nil {
+			return werr
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(e.stderr, "pgtopo: drill %s: %v\n", rep.Result, err)
+		return exitCode(ExitError)
+	}
+	return nil
+}
+
+// withPrimary is the topology as the file says it with another primary:
+// the same document, spec.primary changed, validated again.
+func withPrimary(v *schema.Validator, in *reconcile.Input, primary string) (*topology.Desired, error) {
+	top, _, err := v.Load(in.Source.Name, []byte(in.Source.Content))
+	if err != nil {
+		return nil, err
+	}
+	if top == nil {
+		return nil, fmt.Errorf("%s: does not validate", in.Source.Name)
+	}
+	top.Spec.Primary = primary
+	return top.Desired()
+}
+
+// drillWorld is what a drill acts through: the sites, apply's runner,
+// and admin sessions whose logins are read once and kept in memory for
+// the drill (its heartbeat reconnects every beat while writes are
+// refused).
+type drillWorld struct {
+	f      *drillFlags
+	e      env
+	d      *topology.Desired // as the file says it: the sites and TLS of every login
+	keep   *live.Conns
+	drain  <-chan struct{}
+	held   *apply.HeldLock
+	holder string
+
+	mu     sync.Mutex
+	logins map[string]live.Login
+}
+
+func (w *drillWorld) Observe(ctx context.Context, d *topology.Desired) *snapshot.Snapshot {
+	obs, err := w.f.src.newObserver(d, w.keep)
+	if err != nil {
+		return &snapshot.Snapshot{Topology: d.Name}
+	}
+	return obs.Observe(ctx, d)
+}
+
+func (w *drillWorld) Apply(ctx context.Context, d *topology.Desired) error {
+	obs, err := w.f.src.newObserver(d, w.keep)
+	if err != nil {
+		return err
+	}
+	snap := obs.Observe(ctx, d)
+	pl := planner.Compute(d, snap, plan.Options{})
+	if pl.Refused() {
+		return &apply.RefusedError{Plan: pl}
+	}
+	r, err := w.f.src.runner(d, obs, pl, plan.Options{}, w.drain)
+	if err != nil {
+		return err
+	}
+	r.Progress = apply.TextProgress(w.e.stderr)
+	if w.f.progressFormat == "json" {
+		r.Progress = apply.JSONProgress(w.e.stderr)
+	}
+	r.Holder, r.Held = w.holder, w.held
+	r.LockTimeout, r.StepTimeout = w.f.lockTimeout, w.f.stepTimeout
+	res, err := r.ExecuteFrom(ctx, pl, snap)
+	if err == nil && res != nil && res.Remaining != nil {
+		return fmt.Errorf("not converged: %s", res.Remaining.Summary())
+	}
+	return err
+}
+
+func (w *drillWorld) Open(ctx context.Context, c *snapshot.ClusterState) (drill.Session, error) {
+	if c.Endpoint == nil {
+		return nil, fmt.Errorf("%s: no endpoint", c.Name)
+	}
+	w.mu.Lock()
+	login, ok := w.logins[c.Name]
+	w.mu.Unlock()
+	if !ok {
+		op, err := flavor.Lookup(w.d.Flavor)
+		if err != nil {
+			return nil, err
+		}
+		sites := w.f.src.flavorSites(w.d, planSitesOf(w.d), op)
+		admin := live.Admin{Sites: loginReaders(sites), TLS: w.d.TLS, Keys: op.Names}
+		if login, err = admin.Login(ctx, c); err != nil {
+			return nil, fmt.Errorf("%s: %w", c.Name, err)
+		}
+		w.mu.Lock()
+		w.logins[c.Name] = login
+		w.mu.Unlock()
+	}
+	s, err := live.OpenSession(ctx, *c.Endpoint, login)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Name, err)
+	}
+	return s, nil
+}
+
+// planSitesOf names d's sites as a plan does, for opening them.
+func planSitesOf(d *topology.Desired) plan.Plan {
+	var pl plan.Plan
+	for _, s := range d.Sites() {
+		pl.Sites = append(pl.Sites, plan.Site{Name: s.Name, Context: s.Context})
+	}
+	return pl
+}

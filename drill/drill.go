@@ -1,0 +1,462 @@
+// Package drill rehearses disaster recovery on a live topology and reports
+// what an application saw: a switchover round trip (to a standby, a hold,
+// and back) within the same budgets and back-outs as any switchover, with
+// a heartbeat written through whichever cluster takes writes, so the
+// report gives the longest write gap each way and the heartbeats
+// acknowledged and missing. Side effects go through the interfaces below;
+// cli wires them to the sites and databases.
+package drill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/health"
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// Schema is the drill's own schema in the primary's database, created
+// and dropped by the drill (a killed drill's is dropped by the next one):
+// never a user schema.
+const Schema = "pgtopo_drill"
+
+var (
+	createSQL = []string{
+		"DROP SCHEMA IF EXISTS " + Schema + " CASCADE",
+		"CREATE SCHEMA " + Schema,
+		"CREATE TABLE " + Schema + ".heartbeat (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())",
+	}
+	dropSQL  = "DROP SCHEMA IF EXISTS " + Schema + " CASCADE"
+	beatSQL  = "INSERT INTO " + Schema + ".heartbeat (id) VALUES ($1)"
+	countSQL = "SELECT count(*) FROM " + Schema + ".heartbeat WHERE id = ANY($1)"
+)
+
+// Session is one database session.
+type Session interface {
+	Exec(ctx context.Context, sql string, args ...any) error
+	QueryRow(ctx context.Context, sql string, args ...any) interface{ Scan(dest ...any) error }
+	Close(ctx context.Context) error
+}
+
+// World is what a drill acts through.
+type World interface {
+	// Observe looks at every site of d.
+	Observe(ctx context.Context, d *topology.Desired) *snapshot.Snapshot
+	// Apply plans d against what it sees and applies it: a switchover
+	// when d's primary is another cluster.
+	Apply(ctx context.Context, d *topology.Desired) error
+	// Open opens an admin session to a cluster, through its endpoint.
+	Open(ctx context.Context, c *snapshot.ClusterState) (Session, error)
+}
+
+// Switchover is a switchover round trip.
+type Switchover struct {
+	World World
+	// Desired is the topology as the file says it; WithPrimary the same
+	// with another primary.
+	Desired     *topology.Desired
+	WithPrimary func(primary string) (*topology.Desired, error)
+	// To is the standby to move to; empty, the DR verdict's readiest.
+	To string
+	// Hold is how long the primary stays moved.
+	Hold time.Duration
+	// Beat is how often the heartbeat writes (default 100 ms).
+	Beat time.Duration
+	// Settle bounds the wait for every standby to stream again (default 2 min).
+	Settle time.Duration
+	// Progress hears what the drill does, as it does it.
+	Progress func(string)
+}
+
+// Report is what a drill measured.
+type Report struct {
+	APIVersion string    `json:"apiVersion"`
+	Kind       string    `json:"kind"`
+	Drill      string    `json:"drill"`
+	Topology   string    `json:"topology"`
+	Started    time.Time `json:"started"`
+	Finished   time.Time `json:"finished"`
+	// Result is "passed", "backed out" (a move backed out: the primary
+	// stayed), or "failed".
+	Result string `json:"result"`
+	Error  string `json:"error,omitempty"`
+	// Ready is the DR verdict the drill started from.
+	Ready string `json:"ready"`
+	Moves []Move `json:"moves"`
+	Hold  string `json:"hold"`
+	// Heartbeats written and acknowledged, and of those, missing from the
+	// primary afterwards.
+	Acknowledged int `json:"acknowledged"`
+	Missing      int `json:"missing"`
+	// StreamingAfter is how long after the last move every standby
+	// streamed again, within maxLagBytes (the DR verdict ready).
+	StreamingAfter float64 `json:"streamingAfterSeconds"`
+}
+
+// Move is one switchover of the drill.
+type Move struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// LagBytes is how far the target was behind when the move began.
+	LagBytes int64 `json:"lagBytes"`
+	// Seconds is how long the move's apply took.
+	Seconds float64 `json:"seconds"`
+	// LongestGap is the longest time between two acknowledged heartbeats
+	// during the move: the write outage an application saw.
+	LongestGap float64 `json:"longestGapSeconds"`
+	Error      string  `json:"error,omitempty"`
+	began, end time.Time
+}
+
+// NotReadyError: the DR verdict is not ready, and a drill would measure a
+// topology already failing.
+type NotReadyError struct{ Verdict string }
+
+func (e *NotReadyError) Error() string {
+	return "drill refused: " + e.Verdict + "; a drill starts only from a ready topology (pgtopo status says why)"
+}
+
+// Target is the standby a drill moves to: the one named, or the ready
+// standby least behind the live primary, in another site first.
+func Target(d *topology.Desired, snap *snapshot.Snapshot, named string) (string, error) {
+	primary := health.LivePrimary(snap)
+	if primary == nil {
+		return "", fmt.Errorf("no one cluster takes writes")
+	}
+	if named != "" {
+		c, ok := snap.Cluster(named)
+		switch {
+		case !ok:
+			return "", fmt.Errorf("--to %s: not a cluster of topology %s", named, d.Name)
+		case named == primary.Name:
+			return "", fmt.Errorf("--to %s: it is the primary already", named)
+		case c.PG == nil || !c.PG.InRecovery:
+			return "", fmt.Errorf("--to %s: not a standby that answers", named)
+		}
+		return named, nil
+	}
+	best, bestLag, bestOther := "", int64(0), false
+	for _, c := range snap.Clusters {
+		if c.Name == primary.Name || c.PG == nil || !c.PG.InRecovery || c.PG.WalReceiver == nil || c.PG.WalReceiver.Status != "streaming" {
+			continue
+		}
+		lag, other := snapshot.Lag(primary.PG, c.PG), c.Site != primary.Site
+		if best == "" || (other && !bestOther) || (other == bestOther && lag < bestLag) {
+			best, bestLag, bestOther = c.Name, lag, other
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("no standby streams from %s", primary.Name)
+	}
+	return best, nil
+}
+
+// Run runs the drill. A report comes back whenever the drill began, with
+// its error too when it did not pass; a drill that could not begin returns
+// only the error.
+func (s *Switchover) Run(ctx context.Context) (*Report, error) {
+	say := func(format string, args ...any) {
+		if s.Progress != nil {
+			s.Progress(fmt.Sprintf(format, args...))
+		}
+	}
+	rep := &Report{APIVersion: "pgtopo.dev/v1alpha1", Kind: "DrillReport", Drill: "switchover", Topology: s.Desired.Name, Started: time.Now(), Hold: s.Hold.String()}
+	snap := s.World.Observe(ctx, s.Desired)
+	verdict := health.DR(s.Desired, snap)
+	if !verdict.Healthy {
+		return nil, &NotReadyError{Verdict: verdict.Message}
+	}
+	rep.Ready = verdict.Message
+	home := health.LivePrimary(snap).Name
+	if home != s.Desired.Primary().Name {
+		return nil, fmt.Errorf("drill refused: %s is primary and the file says %s; apply the file first", home, s.Desired.Primary().Name)
+	}
+	to, err := Target(s.Desired, snap, s.To)
+	if err != nil {
+		return nil, fmt.Errorf("drill refused: %w", err)
+	}
+	away, err := s.WithPrimary(to)
+	if err != nil {
+		return nil, err
+	}
+	endpoints := map[string]snapshot.ClusterState{}
+	for _, c := range snap.Clusters {
+		endpoints[c.Name] = c
+	}
+	// The heartbeat's table, on the primary.
+	primary, _ := snap.Cluster(home)
+	if err := s.exec(ctx, primary, createSQL...); err != nil {
+		return nil, fmt.Errorf("drill: heartbeat table on %s: %w", home, err)
+	}
+	say("heartbeat: %s.heartbeat on %s, a row every %s", Schema, home, s.beat())
+	beats := &heartbeat{world: s.World, clusters: snap.Clusters, every: s.beat()}
+	beatCtx, stopBeats := context.WithCancel(ctx)
+	beatsDone := make(chan struct{})
+	go func() { defer close(beatsDone); beats.run(beatCtx) }()
+	stop := func() { stopBeats(); <-beatsDone }
+
+	finish := func(err error) (*Report, error) {
+		stop()
+		rep.Acknowledged = len(beats.acked())
+		s.account(ctx, rep, beats)
+		rep.Finished = time.Now()
+		if err != nil {
+			rep.Error = err.Error()
+			if rep.Result == "" {
+				rep.Result = "failed"
+			}
+			return rep, err
+		}
+		rep.Result = "passed"
+		return rep, nil
+	}
+	// Let the heartbeat find its primary before the first move.
+	if err := beats.waitFirst(ctx, 10*time.Second); err != nil {
+		return finish(err)
+	}
+	if err := s.move(ctx, rep, away, home, to); err != nil {
+		return finish(err)
+	}
+	say("hold: %s is primary for %s", to, s.Hold)
+	select {
+	case <-time.After(s.Hold):
+	case <-ctx.Done():
+		return finish(ctx.Err())
+	}
+	if err := s.move(ctx, rep, s.Desired, to, home); err != nil {
+		return finish(err)
+	}
+	// Every standby streaming again, within maxLagBytes.
+	began := time.Now()
+	settle := s.Settle
+	if settle == 0 {
+		settle = 2 * time.Minute
+	}
+	for {
+		v := health.DR(s.Desired, s.World.Observe(ctx, s.Desired))
+		if v.Healthy {
+			rep.StreamingAfter = time.Since(rep.Moves[len(rep.Moves)-1].end).Seconds()
+			break
+		}
+		if time.Since(began) > settle {
+			return finish(fmt.Errorf("not DR ready %s after the drill: %s", settle, v.Message))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return finish(nil)
+}
+
+// move applies d (primary to) and measures it.
+func (s *Switchover) move(ctx context.Context, rep *Report, d *topology.Desired, from, to string) error {
+	snap := s.World.Observe(ctx, d)
+	m := Move{From: from, To: to}
+	if p, ok := snap.Cluster(from); ok && p.PG != nil {
+		if t, ok := snap.Cluster(to); ok && t.PG != nil {
+			m.LagBytes = snapshot.Lag(p.PG, t.PG)
+		}
+	}
+	if s.Progress != nil {
+		s.Progress(fmt.Sprintf("move: %s → %s (%s behind)", from, to, snapshot.HumanBytes(m.LagBytes)))
+	}
+	m.began = time.Now()
+	err := s.World.Apply(ctx, d)
+	m.end = time.Now()
+	m.Seconds = m.end.Sub(m.began).Seconds()
+	if err != nil {
+		m.Error = err.Error()
+	}
+	rep.Moves = append(rep.Moves, m)
+	var backedOut *apply.BackedOutError
+	if errors.As(err, &backedOut) {
+		rep.Result = "backed out"
+	}
+	if err != nil {
+		return fmt.Errorf("move %s → %s: %w", from, to, err)
+	}
+	return nil
+}
+
+// account fills the gaps and missing heartbeats, and drops the table.
+func (s *Switchover) account(ctx context.Context, rep *Report, beats *heartbeat) {
+	acked := beats.acked()
+	for i := range rep.Moves {
+		rep.Moves[i].LongestGap = LongestGap(acked, rep.Moves[i].began, rep.Moves[i].end).Seconds()
+	}
+	ctx = context.WithoutCancel(ctx)
+	snap := s.World.Observe(ctx, s.Desired)
+	primary := health.LivePrimary(snap)
+	if primary == nil {
+		rep.Error = joinErr(rep.Error, "no one primary after the drill: the heartbeats were not counted and "+Schema+" was not dropped (the next drill drops it)")
+		return
+	}
+	ids := make([]int64, len(acked))
+	for i, b := range acked {
+		ids[i] = b.id
+	}
+	sess, err := s.World.Open(ctx, primary)
+	if err != nil {
+		rep.Error = joinErr(rep.Error, fmt.Sprintf("heartbeats not counted on %s: %v", primary.Name, err))
+		return
+	}
+	defer func() { _ = sess.Close(ctx) }()
+	var present int64
+	if err := sess.QueryRow(ctx, countSQL, ids).Scan(&present); err != nil {
+		rep.Error = joinErr(rep.Error, fmt.Sprintf("heartbeats not counted on %s: %v", primary.Name, err))
+	} else {
+		rep.Missing = len(ids) - int(present)
+	}
+	if err := sess.Exec(ctx, dropSQL); err != nil {
+		rep.Error = joinErr(rep.Error, fmt.Sprintf("%s not dropped on %s: %v (the next drill drops it)", Schema, primary.Name, err))
+	}
+}
+
+func joinErr(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+func (s *Switchover) exec(ctx context.Context, c *snapshot.ClusterState, sqls ...string) error {
+	sess, err := s.World.Open(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sess.Close(ctx) }()
+	for _, q := range sqls {
+		if err := sess.Exec(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Switchover) beat() time.Duration {
+	if s.Beat > 0 {
+		return s.Beat
+	}
+	return 100 * time.Millisecond
+}
+
+// beat is one acknowledged heartbeat.
+type beat struct {
+	id int64
+	at time.Time
+}
+
+// LongestGap is the longest time between consecutive acknowledged beats
+// that overlaps [from, to]; a stretch from the last beat before to the
+// first after counts whole, and one that has not ended by to counts up to
+// to.
+func LongestGap(acked []beat, from, to time.Time) time.Duration {
+	var longest time.Duration
+	for i := 1; i < len(acked); i++ {
+		a, b := acked[i-1].at, acked[i].at
+		if b.Before(from) || a.After(to) {
+			continue
+		}
+		longest = max(longest, b.Sub(a))
+	}
+	if n := len(acked); n > 0 && acked[n-1].at.Before(to) {
+		longest = max(longest, to.Sub(acked[n-1].at))
+	}
+	return longest
+}
+
+// heartbeat writes a row every beat through whichever cluster takes
+// writes, as an application that reconnects would.
+type heartbeat struct {
+	world    World
+	clusters []snapshot.ClusterState
+	every    time.Duration
+
+	mu   sync.Mutex
+	done []beat
+	next int64
+}
+
+func (h *heartbeat) acked() []beat {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.done)
+}
+
+func (h *heartbeat) waitFirst(ctx context.Context, bound time.Duration) error {
+	deadline := time.Now().Add(bound)
+	for len(h.acked()) == 0 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("heartbeat: no row acknowledged within %s", bound)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (h *heartbeat) run(ctx context.Context) {
+	var sess Session
+	defer func() {
+		if sess != nil {
+			_ = sess.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	tick := time.NewTicker(h.every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if sess == nil {
+			sess = h.connect(ctx)
+			if sess == nil {
+				continue
+			}
+		}
+		h.mu.Lock()
+		h.next++
+		id := h.next
+		h.mu.Unlock()
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := sess.Exec(wctx, beatSQL, id)
+		cancel()
+		if err != nil {
+			_ = sess.Close(context.WithoutCancel(ctx))
+			sess = nil
+			continue
+		}
+		h.mu.Lock()
+		h.done = append(h.done, beat{id: id, at: time.Now()})
+		h.mu.Unlock()
+	}
+}
+
+// connect finds a cluster that takes writes now.
+func (h *heartbeat) connect(ctx context.Context) Session {
+	for i := range h.clusters {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		sess, err := h.world.Open(cctx, &h.clusters[i])
+		if err != nil {
+			cancel()
+			continue
+		}
+		var writable bool
+		err = sess.QueryRow(cctx, "SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'").Scan(&writable)
+		cancel()
+		if err == nil && writable {
+			return sess
+		}
+		_ = sess.Close(context.WithoutCancel(ctx))
+	}
+	return nil
+}

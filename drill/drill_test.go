@@ -1,0 +1,217 @@
+package drill
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
+)
+
+// These are narrow tests of the drill's logic over a fake world; the drill
+// against the lab is e2e.TestDrillSwitchover.
+
+type fakeWorld struct {
+	mu       sync.Mutex
+	primary  string
+	rows     map[int64]bool
+	applyErr error
+	lose     int64 // a beat id the primary forgets (a loss to count)
+	applied  []string
+	notReady bool
+}
+
+func (w *fakeWorld) Observe(_ context.Context, d *topology.Desired) *snapshot.Snapshot {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	snap := &snapshot.Snapshot{Topology: d.Name, Sites: []snapshot.SiteState{{Name: "east", Reachable: true}, {Name: "west", Reachable: true}}}
+	for _, c := range []struct{ name, site string }{{"orders-east", "east"}, {"orders-west", "west"}} {
+		cs := snapshot.ClusterState{Name: c.name, Site: c.site, Namespace: "db", Exists: true, Endpoint: &snapshot.Endpoint{Host: c.site, Port: 5432},
+			PG: &snapshot.PGState{SystemID: "7"}}
+		if c.name != w.primary {
+			cs.PG.InRecovery = true
+			cs.PG.WalReceiver = &snapshot.WalReceiver{Status: "streaming"}
+			if w.notReady {
+				cs.PG.WalReceiver.Status = "stopped"
+			}
+		}
+		snap.Clusters = append(snap.Clusters, cs)
+	}
+	return snap
+}
+
+func (w *fakeWorld) Apply(_ context.Context, d *topology.Desired) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.applied = append(w.applied, d.Primary().Name)
+	if w.applyErr != nil {
+		return w.applyErr
+	}
+	time.Sleep(30 * time.Millisecond) // writes refused meanwhile
+	w.primary = d.Primary().Name
+	return nil
+}
+
+func (w *fakeWorld) Open(_ context.Context, c *snapshot.ClusterState) (Session, error) {
+	return &fakeSession{w: w, cluster: c.Name}, nil
+}
+
+type fakeSession struct {
+	w       *fakeWorld
+	cluster string
+}
+
+func (s *fakeSession) Exec(_ context.Context, sql string, args ...any) error {
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	if s.cluster != s.w.primary {
+		return errors.New("read-only")
+	}
+	if strings.HasPrefix(sql, "INSERT") {
+		if id := args[0].(int64); id != s.w.lose {
+			s.w.rows[id] = true
+		}
+	}
+	return nil
+}
+
+type row struct{ f func(dest ...any) error }
+
+func (r row) Scan(dest ...any) error { return r.f(dest...) }
+
+func (s *fakeSession) QueryRow(_ context.Context, sql string, args ...any) interface{ Scan(dest ...any) error } {
+	return row{func(dest ...any) error {
+		s.w.mu.Lock()
+		defer s.w.mu.Unlock()
+		switch {
+		case strings.Contains(sql, "pg_is_in_recovery"):
+			*dest[0].(*bool) = s.cluster == s.w.primary
+		case strings.Contains(sql, "count(*)"):
+			n := int64(0)
+			for _, id := range args[0].([]int64) {
+				if s.w.rows[id] {
+					n++
+				}
+			}
+			*dest[0].(*int64) = n
+		}
+		return nil
+	}}
+}
+
+func (s *fakeSession) Close(context.Context) error { return nil }
+
+func desired(t *testing.T, primary string) *topology.Desired {
+	t.Helper()
+	d := &topology.Desired{Name: "orders", MaxLagBytes: 16 << 20}
+	for _, c := range []struct{ name, site string }{{"orders-east", "east"}, {"orders-west", "west"}} {
+		d.Clusters = append(d.Clusters, topology.DesiredCluster{Name: c.name, Site: topology.Site{Name: c.site, Context: "lab-" + c.site}, Namespace: "db"})
+	}
+	if primary == "orders-west" {
+		d.PrimaryIndex = 1
+	}
+	return d
+}
+
+func drillOver(t *testing.T, w *fakeWorld) *Switchover {
+	return &Switchover{World: w, Desired: desired(t, "orders-east"), Beat: 5 * time.Millisecond, Hold: 50 * time.Millisecond,
+		WithPrimary: func(p string) (*topology.Desired, error) { return desired(t, p), nil }}
+}
+
+func TestDrillRoundTrip(t *testing.T) {
+	w := &fakeWorld{primary: "orders-east", rows: map[int64]bool{}}
+	rep, err := drillOver(t, w).Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Result != "passed" || len(rep.Moves) != 2 || rep.Moves[0].To != "orders-west" || rep.Moves[1].To != "orders-east" || w.primary != "orders-east" {
+		t.Fatalf("report %+v, primary %s", rep, w.primary)
+	}
+	if rep.Missing != 0 || rep.Acknowledged == 0 {
+		t.Fatalf("%d of %d heartbeats missing", rep.Missing, rep.Acknowledged)
+	}
+	for _, m := range rep.Moves {
+		if m.LongestGap < 0.02 {
+			t.Fatalf("move %s → %s: longest gap %.3fs, want the ~30 ms writes were refused", m.From, m.To, m.LongestGap)
+		}
+	}
+}
+
+// A heartbeat acknowledged and then absent is counted missing.
+func TestDrillCountsAMissingHeartbeat(t *testing.T) {
+	w := &fakeWorld{primary: "orders-east", rows: map[int64]bool{}, lose: 3}
+	rep, err := drillOver(t, w).Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Missing != 1 {
+		t.Fatalf("%d missing, want 1", rep.Missing)
+	}
+}
+
+func TestDrillRefusesATopologyNotReady(t *testing.T) {
+	w := &fakeWorld{primary: "orders-east", rows: map[int64]bool{}, notReady: true}
+	rep, err := drillOver(t, w).Run(context.Background())
+	var nr *NotReadyError
+	if rep != nil || !errors.As(err, &nr) || !strings.Contains(err.Error(), "orders-west is not streaming") {
+		t.Fatalf("report %v, error %v: want a refusal naming the standby", rep, err)
+	}
+	if len(w.applied) != 0 {
+		t.Fatalf("applied %v while refusing", w.applied)
+	}
+}
+
+// A move that backs out ends the drill there: no hold, no move back, and
+// the report says so.
+func TestDrillThatBacksOutSaysSo(t *testing.T) {
+	w := &fakeWorld{primary: "orders-east", rows: map[int64]bool{},
+		applyErr: &apply.BackedOutError{From: "orders-east", To: "orders-west", Cause: errors.New("stalled"), Refused: time.Second}}
+	rep, err := drillOver(t, w).Run(context.Background())
+	if err == nil || rep == nil || rep.Result != "backed out" || len(rep.Moves) != 1 || len(w.applied) != 1 {
+		t.Fatalf("report %+v, error %v, applied %v", rep, err, w.applied)
+	}
+	if !strings.Contains(rep.Text(), "backed out") || !strings.Contains(rep.Markdown(), "— backed out") {
+		t.Fatalf("the report does not say it backed out:\n%s\n%s", rep.Text(), rep.Markdown())
+	}
+}
+
+func TestTarget(t *testing.T) {
+	w := &fakeWorld{primary: "orders-east"}
+	snap := w.Observe(context.Background(), desired(t, "orders-east"))
+	d := desired(t, "orders-east")
+	for _, tc := range []struct{ named, want, err string }{
+		{"", "orders-west", ""},
+		{"orders-west", "orders-west", ""},
+		{"orders-east", "", "it is the primary already"},
+		{"orders-north", "", "not a cluster of topology orders"},
+	} {
+		got, err := Target(d, snap, tc.named)
+		if got != tc.want || (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("Target(%q) = %q, %v; want %q, %q", tc.named, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestLongestGap(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	acked := []beat{{1, at(0)}, {2, at(100)}, {3, at(1900)}, {4, at(2000)}, {5, at(5000)}}
+	for _, tc := range []struct {
+		from, to int
+		want     time.Duration
+	}{
+		{50, 1950, 1800 * time.Millisecond}, // the gap inside the move
+		{2100, 2200, 3 * time.Second},       // a move inside one gap counts it whole
+		{10, 90, 100 * time.Millisecond},
+		{6000, 7000, 2 * time.Second}, // writes never came back: up to the move's end
+	} {
+		if got := LongestGap(acked, at(tc.from), at(tc.to)); got != tc.want {
+			t.Errorf("[%d, %d]: %s, want %s", tc.from, tc.to, got, tc.want)
+		}
+	}
+}
