@@ -2,15 +2,20 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	k8sschema "k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/drill"
 	"github.com/pgtopo/pgtopo/flavor"
+	"github.com/pgtopo/pgtopo/kube"
 	"github.com/pgtopo/pgtopo/live"
 	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/planner"
@@ -139,6 +144,9 @@ func (f *drillFlags) run(ctx context.Context, e env) error {
 	if rep == nil {
 		return err
 	}
+	if rerr := w.record(context.WithoutCancel(ctx), rep); rerr != nil {
+		fmt.Fprintf(e.stderr, "pgtopo: drill: not kept in the sites: %v\n", rerr)
+	}
 	switch f.output {
 	case "markdown":
 		fmt.Fprint(e.stdout, rep.Markdown())
@@ -257,4 +265,46 @@ func planSitesOf(d *topology.Desired) plan.Plan {
 		pl.Sites = append(pl.Sites, plan.Site{Name: s.Name, Context: s.Context})
 	}
 	return pl
+}
+
+var configMapGVR = k8sschema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+
+// record keeps the drill in the ConfigMap beside the topology's Lease in
+// each of its Kubernetes lock sites: the last snapshot.DrillsKept, newest
+// first, which status shows and the metrics export.
+func (w *drillWorld) record(ctx context.Context, rep *drill.Report) error {
+	rec := rep.Record()
+	name := w.d.DrillsConfigMap()
+	for _, l := range w.d.LockSites() {
+		s, err := w.f.src.sites().Connect(l.Site.Context)
+		if err != nil {
+			return fmt.Errorf("site %s: %w", l.Site.Name, err)
+		}
+		var kept []snapshot.DrillRecord
+		cm, err := s.GetConfigMap(ctx, l.Namespace, name)
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return fmt.Errorf("site %s: get ConfigMap %s/%s: %w", l.Site.Name, l.Namespace, name, err)
+		default:
+			if raw := cm.Data[topology.DrillsKey]; raw != "" {
+				_ = json.Unmarshal([]byte(raw), &kept) // unreadable: started anew
+			}
+		}
+		kept = append([]snapshot.DrillRecord{rec}, kept...)
+		kept = kept[:min(len(kept), snapshot.DrillsKept)]
+		data, err := json.Marshal(kept)
+		if err != nil {
+			return err
+		}
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "v1", "kind": "ConfigMap",
+			"metadata": map[string]any{"name": name, "namespace": l.Namespace, "labels": map[string]any{snapshot.TopologyLabel: w.d.Name}},
+			"data":     map[string]any{topology.DrillsKey: string(data)},
+		}}
+		if err := s.ApplyObject(ctx, configMapGVR, kube.FieldManager, u); err != nil {
+			return fmt.Errorf("site %s: ConfigMap %s/%s: %w", l.Site.Name, l.Namespace, name, err)
+		}
+	}
+	return nil
 }

@@ -221,6 +221,14 @@ func writeStatus(e env, snap, prev *snapshot.Snapshot) {
 	if f := snap.LastFailover(); f != nil {
 		fmt.Fprintf(e.stdout, "\n%s\n", printable.String(failoverLine(snap, *f)))
 	}
+	if drills := snap.Drills(); len(drills) > 0 {
+		last := drills[0]
+		fmt.Fprintf(e.stdout, "\nlast drill: %s, finished %s", printable.String(last.Summary), last.Finished)
+		if passed := snap.LastDrillPassed(last.Drill); passed != nil && passed.Started != last.Started {
+			fmt.Fprintf(e.stdout, " (last passed: %s)", passed.Finished)
+		}
+		fmt.Fprintln(e.stdout)
+	}
 	for _, s := range snap.Sites {
 		if !s.Reachable {
 			fmt.Fprintf(e.stderr, "site %s unreachable: %s\n", s.Name, printable.String(s.Error))

@@ -21,6 +21,8 @@ type Status struct {
 	Sites        []StatusSite             `json:"sites"`
 	Clusters     []StatusCluster          `json:"clusters"`
 	LastFailover *snapshot.FailoverRecord `json:"lastFailover,omitempty"`
+	// Drills are the DR drills the sites keep, newest first.
+	Drills []snapshot.DrillRecord `json:"drills,omitempty"`
 }
 
 // StatusSite is a site as observed.
@@ -64,7 +66,7 @@ type StatusCluster struct {
 // statusDoc is the status document of a snapshot.
 func statusDoc(d *topology.Desired, snap *snapshot.Snapshot, at string) Status {
 	st := Status{APIVersion: StatusAPIVersion, Kind: "Status", Topology: d.Name, ObservedAt: at,
-		Verdict: health.DR(d, snap), Sites: []StatusSite{}, Clusters: []StatusCluster{}, LastFailover: snap.LastFailover()}
+		Verdict: health.DR(d, snap), Sites: []StatusSite{}, Clusters: []StatusCluster{}, LastFailover: snap.LastFailover(), Drills: snap.Drills()}
 	for _, s := range snap.Sites {
 		kind := s.Kind
 		if kind == "" {

@@ -3,6 +3,9 @@ package drill
 import (
 	"fmt"
 	"strings"
+	"time"
+
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 // Text is the report as people read it in a terminal.
@@ -50,4 +53,17 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "\n**Error:** %s\n", strings.ReplaceAll(r.Error, "\n", " "))
 	}
 	return b.String()
+}
+
+// Record is the drill as the sites keep it.
+func (r *Report) Record() snapshot.DrillRecord {
+	rec := snapshot.DrillRecord{Drill: r.Drill, Result: r.Result, Started: r.Started.UTC().Format(time.RFC3339),
+		Finished: r.Finished.UTC().Format(time.RFC3339), MissingHeartbeats: r.Missing, Acknowledged: r.Acknowledged}
+	var moves []string
+	for _, m := range r.Moves {
+		rec.RTOSeconds = max(rec.RTOSeconds, m.LongestGap)
+		moves = append(moves, fmt.Sprintf("%s → %s gap %.2fs", m.From, m.To, m.LongestGap))
+	}
+	rec.Summary = fmt.Sprintf("%s %s: %s; %d of %d heartbeats missing", r.Drill, r.Result, strings.Join(moves, ", "), r.Missing, r.Acknowledged)
+	return rec
 }

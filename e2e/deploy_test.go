@@ -240,7 +240,7 @@ func (id identity) exactly(h *harness, file string, deniable func(grant) bool, s
 
 // TestDeployRBAC runs pgtopo on the lab as the ServiceAccounts of
 // examples/deploy: the writing one (rbac.yaml) brings up, switches over,
-// plans and deletes a cluster the file drops (deletionPolicy: delete);
+// drills, plans and deletes a cluster the file drops (deletionPolicy: delete);
 // the read-only one (rbac-readonly.yaml) runs diff, status and
 // reconcile --observe-only, reads no Secret, and is refused for what it
 // could not read in every output format. The kube-apiservers' audit logs
@@ -270,6 +270,9 @@ func TestDeployRBAC(t *testing.T) {
 	h.expect(writer.run(h, "apply", "-f", west), 0, "Apply complete", "switchover orders-east → orders-west")
 	h.expect(writer.run(h, "diff", "-f", west), 0, "No changes")
 	h.expect(writer.run(h, "status", "-f", west), 0, "orders-west")
+	// A drill, kept in the sites: status shows it.
+	h.expect(writer.run(h, "drill", "switchover", "-f", west, "--hold", "0s"), 0, "Drill switchover of orders: passed")
+	h.expect(writer.run(h, "status", "-f", west), 0, "last drill: switchover passed: orders-west → orders-east gap")
 
 	// The read-only identity: what it could not read is a refusal that
 	// names it, never a Secret taken for absent and planned as created.

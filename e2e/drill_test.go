@@ -57,6 +57,8 @@ func TestDrillSwitchover(t *testing.T) {
 	}
 	h.expect(h.pgtopo("diff", "-f", topo), 0)
 	h.expectNoDrillSchema()
+	// Kept in the sites: status shows it.
+	h.expect(h.pgtopo("status", "-f", topo), 0, "last drill: switchover passed: orders-east → orders-west gap")
 
 	// Not in sync with its file: refused, nothing moved.
 	west := h.topology("orders-west")

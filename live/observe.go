@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -36,6 +37,7 @@ type SiteAPI interface {
 	ListNodes(ctx context.Context) ([]corev1.Node, error)
 	GetSecret(ctx context.Context, ns, name string) (*corev1.Secret, error)
 	GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error)
+	GetConfigMap(ctx context.Context, ns, name string) (*corev1.ConfigMap, error)
 	CABundles
 	// CheckFlavor says why the site cannot take what pgtopo writes (its
 	// operator's CRD lacks what the flavor needs), "" when it can.
@@ -297,6 +299,8 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		nodesErr error
 		lease    *snapshot.LeaseInfo
 		leaseErr error
+		drills   []snapshot.DrillRecord
+		drillErr error
 		orphans  []snapshot.OrphanCluster
 		orphErr  error
 		reads    = make([]clusterReads, len(clusters))
@@ -307,6 +311,7 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	}
 	if !focused {
 		wg.Go(func() { lease, leaseErr = o.lease(ctx, api, d, site) })
+		wg.Go(func() { drills, drillErr = o.drills(ctx, api, d, site) })
 		wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site.Name) })
 		wg.Go(func() { orphans, orphErr = o.orphans(ctx, api, d, site) })
 	}
@@ -330,8 +335,8 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 		}
 		return st, clusters, nil
 	}
-	st.Reachable, st.NodeIPs, st.Lease = true, knownIPs, lease
-	for _, err := range []error{leaseErr, orphErr} {
+	st.Reachable, st.NodeIPs, st.Lease, st.Drills = true, knownIPs, lease, drills
+	for _, err := range []error{leaseErr, orphErr, drillErr} {
 		if err != nil {
 			st.ReadErrors = append(st.ReadErrors, fmt.Sprintf("context %s: %v", site.Context, err))
 		}
@@ -410,6 +415,31 @@ func (o *Observer) lease(ctx context.Context, api SiteAPI, d *topology.Desired, 
 			info.Seconds = int(*lease.Spec.LeaseDurationSeconds)
 		}
 		return info, nil
+	}
+	return nil, nil
+}
+
+// drills reads the DR drills the site keeps for the topology, if it is
+// one of its lock sites.
+func (o *Observer) drills(ctx context.Context, api SiteAPI, d *topology.Desired, site topology.Site) ([]snapshot.DrillRecord, error) {
+	for _, l := range d.LockSites() {
+		if l.Site.Name != site.Name {
+			continue
+		}
+		cm, err := api.GetConfigMap(ctx, l.Namespace, d.DrillsConfigMap())
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("get ConfigMap %s/%s: %w", l.Namespace, d.DrillsConfigMap(), err)
+		}
+		var out []snapshot.DrillRecord
+		if raw := cm.Data[topology.DrillsKey]; raw != "" {
+			if err := json.Unmarshal([]byte(raw), &out); err != nil {
+				return nil, fmt.Errorf("ConfigMap %s/%s: %s: %w", l.Namespace, d.DrillsConfigMap(), topology.DrillsKey, err)
+			}
+		}
+		return out, nil
 	}
 	return nil, nil
 }

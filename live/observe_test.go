@@ -481,3 +481,7 @@ func TestObserveClustersReadsWhatItWaitsFor(t *testing.T) {
 		t.Fatalf("a poll once it answers again read %v", reads)
 	}
 }
+
+func (f *fakeSite) GetConfigMap(context.Context, string, string) (*corev1.ConfigMap, error) {
+	return nil, notFound
+}

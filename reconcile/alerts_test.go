@@ -180,6 +180,18 @@ func TestExampleAlertsFire(t *testing.T) {
 			20 * time.Minute, nil},
 		{"no cycle succeeded for 15 minutes", strings.Replace(healthy, `pgtopo_last_success_timestamp_seconds{topology="orders",instance="a"} 0+60x30`, `pgtopo_last_success_timestamp_seconds{topology="orders",instance="a"} 0x30`, 1),
 			20 * time.Minute, []string{"PgtopoLastCycleTooOld"}},
+		// A drill that passed 36 days ago (before the epoch: the test's clock
+		// starts at 0): overdue after the rule's hour; one 10 days ago is not.
+		{"the last passing drill 36 days old", strings.ReplaceAll(healthy, "x30", "x80") + `
+  pgtopo_cluster_up` + west + ` 1x80
+  pgtopo_standby_streaming` + west + ` 1x80
+  pgtopo_drill_last_success_timestamp_seconds{topology="orders",drill="switchover"} -3110400x80
+`, 70 * time.Minute, []string{"PgtopoDrillOverdue"}},
+		{"the last passing drill 10 days old", strings.ReplaceAll(healthy, "x30", "x80") + `
+  pgtopo_cluster_up` + west + ` 1x80
+  pgtopo_standby_streaming` + west + ` 1x80
+  pgtopo_drill_last_success_timestamp_seconds{topology="orders",drill="switchover"} -864000x80
+`, 70 * time.Minute, nil},
 		// Several replicas: one applies, the others' cycles end busy and
 		// keep an old success time; the topology is fine.
 		{"one replica of two succeeds", healthy + `

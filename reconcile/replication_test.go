@@ -117,7 +117,9 @@ pgtopo_cluster_info{cluster="orders-west",role="unreachable",site="west",topolog
 // metrics pgtopo serves.
 func TestMonitoringExamplesReferenceServedMetrics(t *testing.T) {
 	m := NewMetrics()
-	m.ObserveSnapshot(twoSites())
+	d, snap := twoSites()
+	snap.Sites[0].Drills = []snapshot.DrillRecord{{Drill: "switchover", Result: "passed", Started: "2026-12-01T03:00:00Z", Finished: "2026-12-01T03:06:00Z", RTOSeconds: 1.6}}
+	m.ObserveSnapshot(d, snap)
 	m.observe(Cycle{Topology: "orders", Outcome: OutcomeInSync}, time.Now())
 	families, err := m.registry.Gather()
 	if err != nil {
@@ -132,7 +134,7 @@ func TestMonitoringExamplesReferenceServedMetrics(t *testing.T) {
 		alerts = append(alerts, r.Alert)
 		exprs = append(exprs, r.Expr)
 	}
-	for _, a := range []string{"PgtopoStandbyNotStreaming", "PgtopoStandbyLagAboveMax", "PgtopoStandbyStreamPlaintext", "PgtopoSlotWALAtRisk", "PgtopoSplitBrain", "PgtopoSiteUnreachable", "PgtopoLastCycleTooOld", "PgtopoClusterDown", "PgtopoGone"} {
+	for _, a := range []string{"PgtopoStandbyNotStreaming", "PgtopoStandbyLagAboveMax", "PgtopoStandbyStreamPlaintext", "PgtopoSlotWALAtRisk", "PgtopoSplitBrain", "PgtopoSiteUnreachable", "PgtopoLastCycleTooOld", "PgtopoClusterDown", "PgtopoGone", "PgtopoDrillOverdue"} {
 		if !slices.Contains(alerts, a) {
 			t.Errorf("alert %s missing", a)
 		}

@@ -32,6 +32,9 @@ type SiteState struct {
 	Error     string     `json:"error,omitempty"`
 	NodeIPs   []string   `json:"nodeIPs,omitempty"`
 	Lease     *LeaseInfo `json:"lease,omitempty"`
+	// Drills are the DR drills the site keeps for the topology, newest
+	// first.
+	Drills []DrillRecord `json:"drills,omitempty"`
 	// Unsupported says why the site's operator cannot take what pgtopo
 	// writes (its CRD lacks what the flavor needs).
 	Unsupported string `json:"unsupported,omitempty"`

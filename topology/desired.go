@@ -314,3 +314,10 @@ func (d *Desired) LockSites() []LockSite {
 
 // LeaseName is the Lease that locks the topology in every site.
 func (d *Desired) LeaseName() string { return "pgtopo-" + d.Name }
+
+// DrillsConfigMap names the ConfigMap, beside the Lease, that keeps the
+// topology's last DR drills.
+func (d *Desired) DrillsConfigMap() string { return d.LeaseName() + "-drills" }
+
+// DrillsKey is the key of the drills' JSON in that ConfigMap.
+const DrillsKey = "drills.json"

@@ -254,6 +254,12 @@ func (s Site) GetLease(context.Context, string, string) (*coordinationv1.Lease, 
 	return nil, errNotKube
 }
 
+// GetConfigMap: a Patroni site keeps no ConfigMaps (nor a topology's
+// drills: those are in its Kubernetes sites).
+func (s Site) GetConfigMap(context.Context, string, string) (*corev1.ConfigMap, error) {
+	return nil, errNotKube
+}
+
 // WriteSpec writes a cluster's role: standby_cluster pointed at the peer
 // through the payload's slot, or removed, which promotes the standby
 // leader; and the fence on return, the one parameter pgtopo owns in a
