@@ -77,9 +77,10 @@ demo: deps build ## the main job end to end on the built-in lab: bring-up, then 
 	@echo "              bin/pgtopo status -f $(LAB)/topology-west.yaml"
 	@echo "Tear down:    bin/pglab down --dir $(LAB)"
 
-bench: build lab-bin ## benchmarks printed side by side with ratios: scale (validate, planner, reconcile memory), a session's TLS cost, then the lab (3 rounds each)
+bench: build lab-bin ## benchmarks printed side by side with ratios: scale (validate, planner, reconcile memory), a session's TLS cost, then the lab (the switchover 10 rounds, PGTOPO_BENCH_ROUNDS; the others 3)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./scale ./live
-	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 60m ./e2e
+	$(GO) test -run '^$$' -bench 'BenchmarkSwitchover$$' -benchtime 1x -timeout 60m ./e2e
+	$(GO) test -run '^$$' -bench 'Benchmark(Observe|Failover|Evacuate|APIRequests)$$' -benchtime 3x -timeout 90m ./e2e
 
 ENGINE ?= $(shell command -v docker || command -v podman)
 

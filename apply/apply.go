@@ -155,6 +155,9 @@ type Runner struct {
 	// is done (zero: 5 s).
 	RestoreSettle time.Duration
 
+	// FullPolls makes every wait observe every site each poll, as before
+	// waits named what they wait for: a benchmark's baseline.
+	FullPolls bool
 	// Held is a Lease taken before the run and kept after it (HoldLock):
 	// the plan's lock step takes nothing, and the run releases nothing.
 	Held *HeldLock

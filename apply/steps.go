@@ -539,7 +539,7 @@ func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what strin
 // when the observer can look at them alone, else a full look.
 func (x *stepRun) poll(ctx context.Context, on []string) *snapshot.Snapshot {
 	few, ok := x.r.Observer.(ClusterObserver)
-	if len(on) == 0 || !ok {
+	if len(on) == 0 || !ok || x.r.FullPolls {
 		return x.r.Observer.Observe(ctx)
 	}
 	if x.last == nil {

@@ -260,6 +260,9 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 		r.Progress = apply.JSONProgress(e.stderr)
 	}
 	r.LockTimeout, r.StepTimeout, r.MaxWritePause = f.lockTimeout, f.stepTimeout, f.maxWritePause
+	// For make bench: the API requests of waits that observe everything
+	// each poll, side by side with polls of what they wait for.
+	r.FullPolls = e.getenv("PGTOPO_BENCH_FULL_POLLS") != ""
 	if f.slots != nil {
 		r.Switchovers = newPlanSlots(f.slots, pl, in.Desired)
 	}

@@ -49,9 +49,9 @@ func BenchmarkAPIRequests(b *testing.B) {
 	if r := id.run(h, "apply", "-f", east); r.code != 0 {
 		b.Fatalf("apply as the ServiceAccount: %s\n%s", r.stdout, r.stderr)
 	}
-	labSettled(b)
+	labSettled(b, "PGTOPO_BENCH_API_TOPOLOGIES")
 	b.ResetTimer()
-	var one, many, swap, cycle []float64
+	var one, many, swap, swapFull, cycle []float64
 	for round := 0; round < b.N; round++ {
 		before := requests()
 		if r := id.run(h, "diff", "-f", filepath.Join(east, "t00.yaml")); r.code != 0 {
@@ -64,12 +64,24 @@ func BenchmarkAPIRequests(b *testing.B) {
 		after := requests()
 		one, many = append(one, float64(mid-before)), append(many, float64(after-mid))
 
-		for _, dir := range []string{west, east} {
-			before = requests()
-			if r := id.run(h, "apply", "-f", filepath.Join(dir, "t00.yaml")); r.code != 0 {
-				b.Fatalf("switchover: %s\n%s", r.stdout, r.stderr)
+		// A switchover there and back, its waits polling what they wait
+		// for; then the same with every poll a full look.
+		for _, full := range []bool{false, true} {
+			for _, dir := range []string{west, east} {
+				env := []string{"KUBECONFIG=" + id.kubeconfig}
+				if full {
+					env = append(env, "PGTOPO_BENCH_FULL_POLLS=1")
+				}
+				before = requests()
+				if r := h.pgtopoEnv(env, "apply", "-f", filepath.Join(dir, "t00.yaml")); r.code != 0 {
+					b.Fatalf("switchover: %s\n%s", r.stdout, r.stderr)
+				}
+				if full {
+					swapFull = append(swapFull, float64(requests()-before))
+				} else {
+					swap = append(swap, float64(requests()-before))
+				}
 			}
-			swap = append(swap, float64(requests()-before))
 		}
 
 		l := h.startLoopEnv([]string{"KUBECONFIG=" + id.kubeconfig}, "-f", east, "--observe-only", "--interval", "1h")
@@ -96,6 +108,8 @@ func BenchmarkAPIRequests(b *testing.B) {
 	fmt.Printf("  one look, 1 topology:   %s\n", spread(one))
 	fmt.Printf("  one look, %d topologies: %s\n", n, spread(many))
 	fmt.Printf("  ratio %d topologies / 1: %.1f (goal at 50: <= 5)\n", n, median(many)/median(one))
-	fmt.Printf("  one switchover (apply):  %s\n", spread(swap))
+	fmt.Printf("  one switchover (apply), waits polling what they wait for: %s\n", spread(swap))
+	fmt.Printf("  one switchover (apply), every poll a full look:          %s\n", spread(swapFull))
+	fmt.Printf("  ratio full / focused: %.1f\n", median(swapFull)/median(swap))
 	fmt.Printf("  first reconcile cycle over %d topologies in sync: median %.2fs, p95 %.2fs (goal at 50: <= 3 s)\n", n, median(cycle), percentile(cycle, 95))
 }

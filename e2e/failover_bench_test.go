@@ -82,6 +82,7 @@ var mayBeLost = regexp.MustCompile(`committed after (\S+) \(the last commit`)
 // never more), and, under reconcile --interval 1m, the time from the lost
 // site answering again to its old primary fenced (goal: within 10 s).
 func BenchmarkFailover(b *testing.B) {
+	benchIdle(b)
 	h := newHarness(b, "east", "west", "north")
 	file := func(primary string) string {
 		p := filepath.Join(h.dir, primary+".yaml")
@@ -110,6 +111,7 @@ func BenchmarkFailover(b *testing.B) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	labSettled(b, "")
 	b.ResetTimer()
 	var pg, rb, fence time.Duration
 	var lost, stated int64
