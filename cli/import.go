@@ -30,15 +30,19 @@ type importFlags struct {
 	caConfigMap string
 	caSecret    string
 	outDir      string
+	// from is a topology file whose sites (and TLS) import reads.
+	from     string
+	tlsGiven bool
 }
 
 func newImportCmd(e env) *cobra.Command {
 	f := &importFlags{}
 	cmd := &cobra.Command{
-		Use:   "import --context A --context B [--namespace N] [--out-dir DIR]",
+		Use:   "import (--context A --context B | --site NAME=CONTEXT... | -f FILE) [--namespace N] [--out-dir DIR]",
 		Short: "Write topology files for hot-standby pairs that already run (built by hand from the runbook)",
 		Example: `  pgtopo import --site east=prod-east --site west=prod-west --namespace db --ca-configmap postgres-ca --out-dir topologies/
-  pgtopo import --context prod-east --context prod-west > orders.yaml`,
+  pgtopo import --context prod-east --context prod-west > orders.yaml
+  pgtopo import -f topologies/orders.yaml --out-dir topologies/   # the sites and TLS of a file you have`,
 		Long: `Reads every cluster object in the sites (one namespace, or all), probes
 each database, and pairs each standby with the primary of another site whose
 system identifier it shares, its peer naming that primary. Each pair is
@@ -52,7 +56,9 @@ clusters, a peer pgtopo would repoint), the file's NOTE lines and stderr
 say so.
 
 --site NAME=CONTEXT names a site (--context CONTEXT names it after its
-context). The TLS flags are the files' spec.postgres.tls, and the probes'
+context); -f FILE takes the Kubernetes sites of a topology file you have,
+and its spec.postgres.tls unless the TLS flags are given (its Patroni sites
+are left out: import reads operator objects). The TLS flags are the files' spec.postgres.tls, and the probes'
 own: import signs in with each cluster's credentials Secret and sends the
 password only as they say (verify-full by default).
 
@@ -61,6 +67,9 @@ as one YAML stream; with it, one file per topology (NAME.yaml), none
 written if any exists already.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, flag := range []string{"tls-mode", "ca-configmap", "ca-secret"} {
+				f.tlsGiven = f.tlsGiven || cmd.Flags().Changed(flag)
+			}
 			return f.run(cmd.Context(), e)
 		},
 	}
@@ -70,36 +79,69 @@ written if any exists already.`,
 	cmd.Flags().StringVar(&f.tlsMode, "tls-mode", topology.TLSVerifyFull, "how probes check the servers, and the files' spec.postgres.tls.mode: verify-full, verify-ca, require or disable")
 	cmd.Flags().StringVar(&f.caConfigMap, "ca-configmap", "", "the ConfigMap, in each cluster's namespace, whose ca.crt verifies the servers")
 	cmd.Flags().StringVar(&f.caSecret, "ca-secret", "", "the Secret, in each cluster's namespace, whose ca.crt verifies the servers")
+	cmd.Flags().StringVarP(&f.from, "file", "f", "", "take the Kubernetes sites (and TLS) of this topology file")
 	cmd.Flags().StringVar(&f.outDir, "out-dir", "", "write NAME.yaml per topology here (default: one YAML stream on stdout)")
 	cmd.Flags().StringVar(&f.src.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	cmd.Flags().DurationVar(&f.src.siteTimeout, "site-timeout", 10*time.Second, "how long to wait for each site")
 	return cmd
 }
 
-// siteList is the sites the flags name, in order.
-func (f *importFlags) siteList() ([]topology.Site, error) {
+// siteList is the sites the flags name, in order, and a file's TLS when
+// -f names one.
+func (f *importFlags) siteList(e env) ([]topology.Site, *topology.PostgresTLS, error) {
 	var out []topology.Site
+	var fileTLS *topology.PostgresTLS
+	if f.from != "" {
+		v, err := schema.NewValidator()
+		if err != nil {
+			return nil, nil, err
+		}
+		data, err := readTopology(e, f.from)
+		if err != nil {
+			return nil, nil, err
+		}
+		top, fs, err := v.Load(f.from, data)
+		if err != nil {
+			return nil, nil, err
+		}
+		if top == nil {
+			reportFindings(e, fs)
+			return nil, nil, exitCode(ExitError)
+		}
+		for _, s := range top.Spec.Sites {
+			if s.Patroni() {
+				fmt.Fprintf(e.stderr, "skipped: site %s of %s is a Patroni site: import reads operator objects; write its clusters into the file yourself\n", s.Name, f.from)
+				continue
+			}
+			out = append(out, topology.Site{Name: s.Name, Context: s.Context})
+		}
+		d, err := top.Desired()
+		if err != nil {
+			return nil, nil, err
+		}
+		fileTLS = &d.TLS
+	}
 	for _, c := range f.contexts {
 		out = append(out, topology.Site{Name: c, Context: c})
 	}
 	for _, s := range f.sites {
 		name, ctx, ok := strings.Cut(s, "=")
 		if !ok || name == "" || ctx == "" {
-			return nil, usagef("--site %q: give NAME=CONTEXT", s)
+			return nil, nil, usagef("--site %q: give NAME=CONTEXT", s)
 		}
 		out = append(out, topology.Site{Name: name, Context: ctx})
 	}
 	if len(out) < 2 {
-		return nil, usagef("import pairs clusters across sites: give two or more (--context CONTEXT or --site NAME=CONTEXT)")
+		return nil, nil, usagef("import pairs clusters across sites: give two or more (--context CONTEXT, --site NAME=CONTEXT, or -f FILE)")
 	}
 	for i, s := range out {
 		for _, t := range out[:i] {
 			if s.Name == t.Name || s.Context == t.Context {
-				return nil, usagef("site %s (context %s) is given twice", s.Name, s.Context)
+				return nil, nil, usagef("site %s (context %s) is given twice", s.Name, s.Context)
 			}
 		}
 	}
-	return out, nil
+	return out, fileTLS, nil
 }
 
 func (f *importFlags) tls() (*topology.PostgresTLS, error) {
@@ -122,13 +164,16 @@ func (f *importFlags) run(ctx context.Context, e env) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	sites, err := f.siteList()
+	sites, fileTLS, err := f.siteList(e)
 	if err != nil {
 		return err
 	}
 	tls, err := f.tls()
 	if err != nil {
 		return err
+	}
+	if fileTLS != nil && !f.tlsGiven {
+		tls = fileTLS
 	}
 	op, err := flavor.Lookup(topology.DefaultFlavor)
 	if err != nil {

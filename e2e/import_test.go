@@ -118,9 +118,9 @@ func TestImportARunbookPair(t *testing.T) {
 			t.Fatalf("the imported file lacks %q:\n%s", want, data)
 		}
 	}
-	// A second import writes over nothing.
-	r = h.pgtopo("import", "--site", "east=lab-east", "--site", "west=lab-west", "--namespace", "db",
-		"--ca-configmap", lab.PostgresCAConfigMap, "--out-dir", out)
+	// A second import, with the sites and TLS of a file at hand, writes
+	// over nothing.
+	r = h.pgtopo("import", "-f", h.topology("orders-east"), "--namespace", "db", "--out-dir", out)
 	if r.code != 1 || !strings.Contains(r.stderr, "shop.yaml exists already") {
 		t.Fatalf("a second import over the file: exit %d\n%s", r.code, r.stderr)
 	}

@@ -355,6 +355,25 @@ func TestMixedPatroniAndKubernetes(t *testing.T) {
 	}
 	t.Logf("%d rows acknowledged across two switchovers, none lost; never two writable in %d samples", len(acked), w.samples.Load())
 
+	// A drill on the mixed topology: into Kubernetes and back to the VMs,
+	// its heartbeat through whichever takes writes; kept in east's site.
+	r = m.run("drill", "switchover", "-f", onDC1, "--hold", "0s", "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("drill on a mixed topology: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	var rep struct {
+		Result  string
+		Missing int
+		Moves   []struct{ From, To string }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Result != "passed" || rep.Missing != 0 || len(rep.Moves) != 2 || rep.Moves[0].To != "orders-east" || rep.Moves[1].To != "orders-dc1" {
+		t.Fatalf("drill report: %s", r.stdout)
+	}
+	m.expect(m.run("status", "-f", onDC1), 0, "last drill: switchover passed: orders-dc1 → orders-east gap")
+
 	m.killAndResume(onDC1, onEast)
 	m.patroniSiteReturns(onEast)
 	m.noPatroniSecrets()
