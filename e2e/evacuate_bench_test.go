@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pgtopo/pgtopo/apply"
+	"github.com/pgtopo/pgtopo/lab/labtest"
 )
 
 // BenchmarkEvacuate moves every primary of many topologies from east to
@@ -185,4 +187,81 @@ func cpuBusy(b *testing.B, d time.Duration) float64 {
 	before := readMachineTime(b)
 	time.Sleep(d)
 	return readMachineTime(b).since(before).percent() / 100
+}
+
+// reaperInEffect checks the bench's assumption that every PostgreSQL
+// postmaster of the lab is reaped at once when it stops: its parent is the
+// lab's subreaper (pglab reap), not the machine's init, which reaps every
+// two seconds or so and would add that to every demotion measured.
+func reaperInEffect(b *testing.B, h *harness) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		b.Fatalf("reaper not checked: %v", err)
+	}
+	postmasters, reaped := 0, 0
+	var stray []string
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		// A postmaster keeps the command line it was started with (its
+		// data directory in the lab); its children retitle theirs.
+		cmd := procCmdline(pid)
+		if first, _, _ := strings.Cut(cmd, " "); filepath.Base(first) != "postgres" || !strings.Contains(cmd, h.lab.Dir) {
+			continue
+		}
+		parent := procPPid(pid)
+		postmasters++
+		if strings.Contains(procCmdline(parent), " reap ") {
+			reaped++
+		} else {
+			stray = append(stray, fmt.Sprintf("%d (parent %d: %q)", pid, parent, procCmdline(parent)))
+		}
+	}
+	if postmasters == 0 || len(stray) > 0 {
+		b.Fatalf("the lab's reaper is not in effect: %d postmasters, %d under pglab reap; not: %s", postmasters, reaped, strings.Join(stray, ", "))
+	}
+	b.Logf("reaper in effect: %d postmasters, all under pglab reap", postmasters)
+}
+
+// everyMemberStreams checks that each named cluster has at least that
+// many replication connections streaming (its in-site replicas and the
+// standby clusters that follow it).
+func everyMemberStreams(b *testing.B, h *harness, want map[string]int) {
+	for cluster, n := range want {
+		site := strings.TrimPrefix(cluster[strings.LastIndex(cluster, "-"):], "-")
+		var got int
+		labtest.Eventually(b, time.Minute, fmt.Sprintf("%s with %d streaming replication connections", cluster, n), func() error {
+			c, err := h.conn(site, cluster)
+			if err != nil {
+				return err
+			}
+			defer c.Close(context.Background())
+			if err := c.QueryRow(context.Background(), "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").Scan(&got); err != nil {
+				return err
+			}
+			if got < n {
+				return fmt.Errorf("%d streaming", got)
+			}
+			return nil
+		})
+	}
+	b.Logf("every member streams: %v", want)
+}
+
+func procCmdline(pid int) string {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.TrimSpace(strings.ReplaceAll(string(data), "\x00", " "))
+}
+
+func procPPid(pid int) int {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
 }

@@ -193,6 +193,9 @@ func BenchmarkSwitchover(b *testing.B) {
 		b.Fatalf("bring-up: %s %s", r.stdout, r.stderr)
 	}
 	h.createAcked("east", "orders-east")
+	reaperInEffect(b, h)
+	// orders-east's replica and orders-west (a standby runs one member).
+	everyMemberStreams(b, h, map[string]int{"orders-east": 2})
 	labSettled(b, "")
 	rounds := b.N * envInt(b, "PGTOPO_BENCH_ROUNDS", 10)
 	b.ResetTimer()
@@ -200,6 +203,10 @@ func BenchmarkSwitchover(b *testing.B) {
 	var pgLost, rbLost, ptLost int64
 	phases := &switchoverPhases{}
 	for i := 0; i < rounds; i++ {
+		// After Patroni's in-site switchover orders-west follows east's new
+		// leader again on its own: each round starts from every member
+		// streaming, as the first did.
+		everyMemberStreams(b, h, map[string]int{"orders-east": 2})
 		gap, lost, n := h.window(b, "orders-west", "west", func() {
 			r := h.pgtopo("apply", "-f", west, "--progress-format", "json")
 			if r.code != 0 {
