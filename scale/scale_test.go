@@ -191,17 +191,8 @@ func fleetRSS(b testing.TB, bin, dir string, n int) int64 {
 			b.Fatal(err)
 		}
 	}
-	cmd := exec.Command(bin, "reconcile", "-f", fleet, "--interval", "10ms", "--listen", "127.0.0.1:0", "--log-format", "json")
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+filepath.Join(dir, "kubeconfig"))
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(stderr)
+	sc, pid, stop := startReconcile(b, bin, refusingKubeconfig(b, dir, 2), "-f", fleet, "--interval", "10ms")
+	defer stop()
 	cycles := map[string]int{}
 	done := 0
 	for sc.Scan() {
@@ -211,7 +202,7 @@ func fleetRSS(b testing.TB, bin, dir string, n int) int64 {
 		}
 		if cycles[rec.Topology]++; cycles[rec.Topology] == 5 {
 			if done++; done == n {
-				return vmRSS(b, cmd.Process.Pid)
+				return vmRSS(b, pid)
 			}
 		}
 	}
@@ -250,7 +241,30 @@ func reconcileRSS(b testing.TB, bin, dir string) (after10, after1000 int64) {
 	if err := os.WriteFile(path, Topology(50, sites, 0), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	kc := filepath.Join(dir, "kubeconfig")
+	sc, pid, stop := startReconcile(b, bin, refusingKubeconfig(b, dir, sites), "-f", path, "--interval", "1ms")
+	defer stop()
+	cycles := 0
+	for sc.Scan() {
+		var rec struct{ Msg string }
+		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Msg != "cycle" {
+			continue
+		}
+		cycles++
+		switch cycles {
+		case 10:
+			after10 = vmRSS(b, pid)
+		case 1000:
+			return after10, vmRSS(b, pid)
+		}
+	}
+	b.Fatalf("reconcile ended after %d cycles", cycles)
+	return 0, 0
+}
+
+// refusingKubeconfig writes a kubeconfig of contexts ctx-0 … ctx-(sites-1),
+// each a cluster at an address that refuses connections, and returns it.
+func refusingKubeconfig(b testing.TB, dir string, sites int) string {
+	kc := filepath.Join(dir, fmt.Sprintf("kubeconfig-%d", sites))
 	var cfg strings.Builder
 	cfg.WriteString("apiVersion: v1\nkind: Config\nclusters:\n")
 	for s := 0; s < sites; s++ {
@@ -263,8 +277,14 @@ func reconcileRSS(b testing.TB, bin, dir string) (after10, after1000 int64) {
 	if err := os.WriteFile(kc, []byte(cfg.String()), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command(bin, "reconcile", "-f", path, "--interval", "1ms", "--listen", "127.0.0.1:0", "--log-format", "json")
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kc)
+	return kc
+}
+
+// startReconcile starts pgtopo reconcile with a kubeconfig and returns its
+// JSON log lines to scan, its pid, and what stops it.
+func startReconcile(b testing.TB, bin, kubeconfig string, args ...string) (*bufio.Scanner, int, func()) {
+	cmd := exec.Command(bin, append([]string{"reconcile", "--listen", "127.0.0.1:0", "--log-format", "json"}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -272,24 +292,7 @@ func reconcileRSS(b testing.TB, bin, dir string) (after10, after1000 int64) {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(stderr)
-	cycles := 0
-	for sc.Scan() {
-		var rec struct{ Msg string }
-		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Msg != "cycle" {
-			continue
-		}
-		cycles++
-		switch cycles {
-		case 10:
-			after10 = vmRSS(b, cmd.Process.Pid)
-		case 1000:
-			return after10, vmRSS(b, cmd.Process.Pid)
-		}
-	}
-	b.Fatalf("reconcile ended after %d cycles", cycles)
-	return 0, 0
+	return bufio.NewScanner(stderr), cmd.Process.Pid, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
 }
 
 func vmRSS(b testing.TB, pid int) int64 {
