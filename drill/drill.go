@@ -185,10 +185,6 @@ func (s *Switchover) Run(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	endpoints := map[string]snapshot.ClusterState{}
-	for _, c := range snap.Clusters {
-		endpoints[c.Name] = c
-	}
 	// The heartbeat's table, on the primary.
 	primary, _ := snap.Cluster(home)
 	if err := s.exec(ctx, primary, createSQL...); err != nil {

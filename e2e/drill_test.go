@@ -92,7 +92,7 @@ func TestDrillSwitchover(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	if !strings.HasPrefix(seen[len(seen)-1], "drill: hold:") {
+	if len(seen) == 0 || !strings.HasPrefix(seen[len(seen)-1], "drill: hold:") {
 		t.Fatalf("the drill never held:\n%s", strings.Join(seen, "\n"))
 	}
 	h.expectPrimary("west", "orders-west")
