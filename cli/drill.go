@@ -31,13 +31,16 @@ func newDrillCmd(e env) *cobra.Command {
 		Short: "Rehearse disaster recovery on a live topology and report what an application saw",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newDrillSwitchoverCmd(e))
+	cmd.AddCommand(newDrillSwitchoverCmd(e), newDrillFailoverCmd(e))
 	return cmd
 }
 
 type drillFlags struct {
 	src            sourceFlags
 	to             string
+	from           string
+	isolated       bool
+	streamTimeout  time.Duration
 	hold           time.Duration
 	output         string
 	progressFormat string
@@ -86,37 +89,46 @@ backed out or failed (the report says which).`,
 	return cmd
 }
 
-func (f *drillFlags) run(ctx context.Context, e env) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, drain, stop := withShutdown(ctx, func(string) {})
-	defer stop()
+// drillRun is a drill's setup: the topology loaded, its Lease held, the
+// world to act through.
+type drillRun struct {
+	in      *reconcile.Input
+	v       *schema.Validator
+	w       *drillWorld
+	release func()
+}
+
+// prepare loads the topology, refuses one not in sync with its file, and
+// holds its Lease for the whole drill: a reconcile loop would undo a
+// switchover drill's first move during the hold, and two drills must not
+// run at once.
+func (f *drillFlags) prepare(ctx context.Context, e env, drain <-chan struct{}) (*drillRun, error) {
 	in, err := f.src.load(ctx, e)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	v, err := schema.NewValidator()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	keep := &live.Conns{}
-	defer keep.Close()
 	w := &drillWorld{f: f, e: e, d: in.Desired, keep: keep, drain: drain, logins: map[string]live.Login{}}
-	// The Lease, for the whole drill: a reconcile loop would undo the
-	// first move during the hold.
+	fail := func(err error) (*drillRun, error) {
+		keep.Close()
+		return nil, err
+	}
 	obs, err := f.src.newObserver(in.Desired, keep)
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	snap := obs.Observe(ctx, in.Desired)
 	now := planner.Compute(in.Desired, snap, plan.Options{})
 	if !now.InSync() {
-		return fmt.Errorf("drill refused: %s is not in sync with its file (%s); apply it first", in.Desired.Name, now.Headline())
+		return fail(fmt.Errorf("drill refused: %s is not in sync with its file (%s); apply it first", in.Desired.Name, now.Headline()))
 	}
 	holder, err := f.src.runner(in.Desired, obs, now, plan.Options{}, drain)
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	holder.LockTimeout = f.lockTimeout
 	var lock plan.Lock
@@ -126,21 +138,42 @@ func (f *drillFlags) run(ctx context.Context, e env) error {
 	}
 	held, err := holder.HoldLock(ctx, &lock)
 	if err != nil {
-		return fmt.Errorf("drill: %w", err)
+		return fail(fmt.Errorf("drill: %w", err))
 	}
-	defer held.Release(context.Background())
 	w.held, w.holder = held, holder.Holder
+	return &drillRun{in: in, v: v, w: w, release: func() {
+		held.Release(context.Background())
+		keep.Close()
+	}}, nil
+}
+
+func (f *drillFlags) run(ctx context.Context, e env) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, drain, stop := withShutdown(ctx, func(string) {})
+	defer stop()
+	r, err := f.prepare(ctx, e, drain)
+	if err != nil {
+		return err
+	}
+	defer r.release()
 	d := &drill.Switchover{
-		World:   w,
-		Desired: in.Desired,
+		World:   r.w,
+		Desired: r.in.Desired,
 		WithPrimary: func(primary string) (*topology.Desired, error) {
-			return withPrimary(v, in, primary)
+			return withPrimary(r.v, r.in, primary)
 		},
 		To:       f.to,
 		Hold:     f.hold,
 		Progress: func(s string) { fmt.Fprintf(e.stderr, "drill: %s\n", s) },
 	}
 	rep, err := d.Run(ctx)
+	return f.report(ctx, e, r.w, rep, err)
+}
+
+// report keeps a drill's report in the sites and prints it.
+func (f *drillFlags) report(ctx context.Context, e env, w *drillWorld, rep *drill.Report, err error) error {
 	if rep == nil {
 		return err
 	}

@@ -96,7 +96,9 @@ type Report struct {
 	Missing      int `json:"missing"`
 	// StreamingAfter is how long after the last move every standby
 	// streamed again, within maxLagBytes (the DR verdict ready).
-	StreamingAfter float64 `json:"streamingAfterSeconds"`
+	StreamingAfter float64 `json:"streamingAfterSeconds,omitempty"`
+	// Isolation is what an isolated failover drill measured.
+	Isolation *Isolation `json:"isolation,omitempty"`
 }
 
 // Move is one switchover of the drill.
@@ -187,7 +189,7 @@ func (s *Switchover) Run(ctx context.Context) (*Report, error) {
 	}
 	// The heartbeat's table, on the primary.
 	primary, _ := snap.Cluster(home)
-	if err := s.exec(ctx, primary, createSQL...); err != nil {
+	if err := execOn(ctx, s.World, primary, createSQL...); err != nil {
 		return nil, fmt.Errorf("drill: heartbeat table on %s: %w", home, err)
 	}
 	say("heartbeat: %s.heartbeat on %s, a row every %s", Schema, home, s.beat())
@@ -284,32 +286,40 @@ func (s *Switchover) account(ctx context.Context, rep *Report, beats *heartbeat)
 	for i := range rep.Moves {
 		rep.Moves[i].LongestGap = LongestGap(acked, rep.Moves[i].began, rep.Moves[i].end).Seconds()
 	}
-	ctx = context.WithoutCancel(ctx)
-	snap := s.World.Observe(ctx, s.Desired)
-	primary := health.LivePrimary(snap)
+	missing, msg := countAndDrop(context.WithoutCancel(ctx), s.World, s.Desired, acked)
+	rep.Missing = missing
+	if msg != "" {
+		rep.Error = joinErr(rep.Error, msg)
+	}
+}
+
+// countAndDrop counts the acknowledged heartbeats missing from the live
+// primary and drops the drill's schema there; msg says what it could not
+// do.
+func countAndDrop(ctx context.Context, w World, d *topology.Desired, acked []beat) (missing int, msg string) {
+	primary := health.LivePrimary(w.Observe(ctx, d))
 	if primary == nil {
-		rep.Error = joinErr(rep.Error, "no one primary after the drill: the heartbeats were not counted and "+Schema+" was not dropped (the next drill drops it)")
-		return
+		return 0, "no one primary after the drill: the heartbeats were not counted and " + Schema + " was not dropped (the next drill drops it)"
 	}
 	ids := make([]int64, len(acked))
 	for i, b := range acked {
 		ids[i] = b.id
 	}
-	sess, err := s.World.Open(ctx, primary)
+	sess, err := w.Open(ctx, primary)
 	if err != nil {
-		rep.Error = joinErr(rep.Error, fmt.Sprintf("heartbeats not counted on %s: %v", primary.Name, err))
-		return
+		return 0, fmt.Sprintf("heartbeats not counted on %s: %v", primary.Name, err)
 	}
 	defer func() { _ = sess.Close(ctx) }()
 	var present int64
 	if err := sess.QueryRow(ctx, countSQL, ids).Scan(&present); err != nil {
-		rep.Error = joinErr(rep.Error, fmt.Sprintf("heartbeats not counted on %s: %v", primary.Name, err))
+		msg = fmt.Sprintf("heartbeats not counted on %s: %v", primary.Name, err)
 	} else {
-		rep.Missing = len(ids) - int(present)
+		missing = len(ids) - int(present)
 	}
 	if err := sess.Exec(ctx, dropSQL); err != nil {
-		rep.Error = joinErr(rep.Error, fmt.Sprintf("%s not dropped on %s: %v (the next drill drops it)", Schema, primary.Name, err))
+		msg = joinErr(msg, fmt.Sprintf("%s not dropped on %s: %v (the next drill drops it)", Schema, primary.Name, err))
 	}
+	return missing, msg
 }
 
 func joinErr(a, b string) string {
@@ -319,8 +329,9 @@ func joinErr(a, b string) string {
 	return a + "; " + b
 }
 
-func (s *Switchover) exec(ctx context.Context, c *snapshot.ClusterState, sqls ...string) error {
-	sess, err := s.World.Open(ctx, c)
+// execOn runs sqls on a cluster in one session.
+func execOn(ctx context.Context, w World, c *snapshot.ClusterState, sqls ...string) error {
+	sess, err := w.Open(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -405,14 +416,17 @@ func (h *heartbeat) run(ctx context.Context) {
 			_ = sess.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	tick := time.NewTicker(h.every)
-	defer tick.Stop()
+	// A beat every h.every while writes go through; when one fails, the
+	// next try comes sooner, as an application retrying would, so the gap
+	// measured is the outage and not the beat's period.
+	wait := h.every
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-time.After(wait):
 		}
+		wait = retryEvery
 		if sess == nil {
 			sess = h.connect(ctx)
 			if sess == nil {
@@ -434,8 +448,13 @@ func (h *heartbeat) run(ctx context.Context) {
 		h.mu.Lock()
 		h.done = append(h.done, beat{id: id, at: time.Now()})
 		h.mu.Unlock()
+		wait = h.every
 	}
 }
+
+// retryEvery is how soon the heartbeat tries again after a failed write:
+// as often as the benchmarks' writer reconnects, so the two measure alike.
+const retryEvery = 50 * time.Millisecond
 
 // connect finds a cluster that takes writes now.
 func (h *heartbeat) connect(ctx context.Context) Session {

@@ -24,6 +24,9 @@ type fakeWorld struct {
 	lose     int64 // a beat id the primary forgets (a loss to count)
 	applied  []string
 	notReady bool
+	// replication and slots are what the primary's pg_stat_replication
+	// and pg_replication_slots show, as the drill's queries return them.
+	replication, slots string
 }
 
 func (w *fakeWorld) Observe(_ context.Context, d *topology.Desired) *snapshot.Snapshot {
@@ -32,7 +35,7 @@ func (w *fakeWorld) Observe(_ context.Context, d *topology.Desired) *snapshot.Sn
 	snap := &snapshot.Snapshot{Topology: d.Name, Sites: []snapshot.SiteState{{Name: "east", Reachable: true}, {Name: "west", Reachable: true}}}
 	for _, c := range []struct{ name, site string }{{"orders-east", "east"}, {"orders-west", "west"}} {
 		cs := snapshot.ClusterState{Name: c.name, Site: c.site, Namespace: "db", Exists: true, Endpoint: &snapshot.Endpoint{Host: c.site, Port: 5432},
-			PG: &snapshot.PGState{SystemID: "7"}}
+			PG: &snapshot.PGState{SystemID: "7"}, Service: &snapshot.Service{Type: "NodePort", ClusterIP: "10.0.0.1"}}
 		if c.name != w.primary {
 			cs.PG.InRecovery = true
 			cs.PG.WalReceiver = &snapshot.WalReceiver{Status: "streaming"}
@@ -89,6 +92,10 @@ func (s *fakeSession) QueryRow(_ context.Context, sql string, args ...any) inter
 		s.w.mu.Lock()
 		defer s.w.mu.Unlock()
 		switch {
+		case strings.Contains(sql, "pg_stat_replication"):
+			*dest[0].(*string) = s.w.replication
+		case strings.Contains(sql, "pg_replication_slots"):
+			*dest[0].(*string) = s.w.slots
 		case strings.Contains(sql, "pg_is_in_recovery"):
 			*dest[0].(*bool) = s.cluster == s.w.primary
 		case strings.Contains(sql, "count(*)"):

@@ -4,14 +4,23 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pgtopo/pgtopo/drill"
 	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/labtest"
+	"github.com/pgtopo/pgtopo/lab/operator"
 )
 
 // A switchover drill on the lab with an application's writer running: it
@@ -100,7 +109,157 @@ func TestDrillSwitchover(t *testing.T) {
 	r = h.pgtopo("drill", "switchover", "-f", topo, "--hold", "0s", "-o", "markdown")
 	h.expect(r, 0, "## pgtopo drill switchover: orders — passed", "| orders-east → orders-west |", "0 missing")
 	h.expectNoDrillSchema()
+
+	h.isolatedDrills(topo)
 	h.noSecretsInOutput()
+}
+
+// isolatedDrills runs drill failover --isolated on the lab of
+// TestDrillSwitchover, with a writer of its own: a
+// clone of orders-west in west, promoted and checked with the file's
+// checks; production's objects and replication unchanged; then a drill
+// killed once its clone streams, whose clone the next drill removes.
+func (h *harness) isolatedDrills(topo string) {
+	t := h.t
+	src, err := os.ReadFile(topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := filepath.Join(h.dir, "checked.yaml")
+	withChecks := strings.Replace(string(src), "  sites:\n", `  drills:
+    checks:
+      - name: orders-kept
+        sql: SELECT count(*) > 0 FROM acked
+      - name: heartbeat-recent
+        sql: SELECT max(at) > now() - interval '5 minutes' FROM pgtopo_drill.heartbeat
+  sites:
+`, 1)
+	if err := os.WriteFile(checked, []byte(withChecks), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The checks are part of the file: recorded before the drill.
+	h.expect(h.pgtopo("apply", "-f", checked), 0, "Apply complete")
+	w := h.startWriter()
+	// After the switchover drills, members reconnect and the operator
+	// updates statuses for a while: the baseline is taken once they hold
+	// still, as the drill's own is.
+	var versions string
+	labtest.Eventually(t, 90*time.Second, "the topology's objects holding still", func() error {
+		v := h.objectVersions()
+		time.Sleep(2 * time.Second)
+		if again := h.objectVersions(); again != v {
+			return fmt.Errorf("%s → %s", v, again)
+		}
+		versions = v
+		return nil
+	})
+	r := h.pgtopo("drill", "failover", "--isolated", "-f", checked, "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("isolated drill: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	var rep drill.Report
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("report: %v\n%s", err, r.stdout)
+	}
+	iso := rep.Isolation
+	if rep.Result != "passed" || rep.Drill != drill.KindIsolated || iso == nil || iso.From != "orders-west" || iso.Clone != "west/db/orders-west-drill" {
+		t.Fatalf("report: %+v %+v", rep, iso)
+	}
+	if iso.RTO <= 0 || iso.ReplayedAtCut <= 0 || iso.KeptAfterPromotion < iso.ReplayedAtCut || iso.Production != "unchanged" || len(iso.Changes) != 0 {
+		t.Fatalf("isolation: %+v", iso)
+	}
+	if len(iso.Checks) != 2 || !iso.Checks[0].Passed || !iso.Checks[1].Passed {
+		t.Fatalf("checks: %+v", iso.Checks)
+	}
+	if rep.Missing != 0 || rep.Acknowledged < 10 {
+		t.Fatalf("production's heartbeats: %d of %d missing", rep.Missing, rep.Acknowledged)
+	}
+	t.Logf("isolated drill: clone streaming %.1fs after creation, RTO %.2fs, RPO %.2fs (%d heartbeats), checks passed",
+		iso.StreamingAfter, iso.RTO, iso.RPO, iso.LostHeartbeats)
+	// Unchanged, as the test sees it too: the objects' versions, and the
+	// application lost nothing.
+	if after := h.objectVersions(); after != versions {
+		t.Fatalf("production's objects changed: %s → %s", versions, after)
+	}
+	h.expectNoClone()
+	h.expectNoDrillSchema()
+	h.expect(h.pgtopo("diff", "-f", checked), 0)
+	h.expect(h.pgtopo("status", "-f", checked), 0, "last drill: failover-isolated passed: clone of orders-west writable")
+
+	// Killed once the clone streams: the clone is left. The next drill
+	// removes it first, and passes.
+	cmd := exec.Command(h.bin, "drill", "failover", "--isolated", "-f", checked)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var seen []string
+	for sc.Scan() {
+		seen = append(seen, sc.Text())
+		if strings.Contains(sc.Text(), "streams (") {
+			break
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if len(seen) == 0 || !strings.Contains(seen[len(seen)-1], "streams (") {
+		t.Fatalf("the killed drill's clone never streamed:\n%s", strings.Join(seen, "\n"))
+	}
+	if _, err := h.lab.Dyn["west"].Resource(operator.GVR).Namespace("db").Get(context.Background(), "orders-west-drill", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the killed drill left no clone: %v", err)
+	}
+	r = h.pgtopo("drill", "failover", "--isolated", "-f", checked, "-o", "markdown")
+	h.expect(r, 0, "## pgtopo drill failover-isolated: orders — passed", "Removed `west/db/orders-west-drill`, a clone an earlier drill left.", "| production | unchanged |")
+	h.expectNoClone()
+	h.expectNoDrillSchema()
+	w.finish()
+	if n := h.missing("east", "orders-east", w.acked); n != 0 {
+		t.Fatalf("%d of the application's acknowledged rows missing", n)
+	}
+	if w.bothSeen.Load() > 0 {
+		t.Fatalf("both clusters writable in %d samples", w.bothSeen.Load())
+	}
+}
+
+// objectVersions are the resource versions of the topology's objects.
+func (h *harness) objectVersions() string {
+	h.t.Helper()
+	var out []string
+	for site, name := range map[string]string{"east": "orders-east", "west": "orders-west"} {
+		u, err := h.lab.Dyn[site].Resource(operator.GVR).Namespace("db").Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		out = append(out, name+"@"+u.GetResourceVersion())
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
+
+// expectNoClone checks the drill's clone is gone: its object, Service and
+// credentials Secret.
+func (h *harness) expectNoClone() {
+	h.t.Helper()
+	ctx := context.Background()
+	if _, err := h.lab.Dyn["west"].Resource(operator.GVR).Namespace("db").Get(ctx, "orders-west-drill", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		h.t.Fatalf("the clone's object is left: %v", err)
+	}
+	labtest.Eventually(h.t, 30*time.Second, "the clone's Service and Secret gone", func() error {
+		if _, err := h.lab.Kube["west"].CoreV1().Services("db").Get(ctx, "orders-west-drill", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("Service: %v", err)
+		}
+		if _, err := h.lab.Kube["west"].CoreV1().Secrets("db").Get(ctx, operator.CredentialsSecret("orders-west-drill"), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("credentials Secret: %v", err)
+		}
+		return nil
+	})
 }
 
 // expectNoDrillSchema checks the primary holds no schema of a drill's.

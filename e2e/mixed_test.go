@@ -339,6 +339,13 @@ func TestMixedPatroniAndKubernetes(t *testing.T) {
 	})
 	m.expect(m.run("status", "-f", onEast), 0, "orders-dc1", "standby", "orders-east", "primary")
 	m.renderMatchesLiveStandby(onEast, onDC1)
+	// No clone of a standby in a Patroni site: said plainly, with what to
+	// do instead, before anything is touched.
+	r = m.run("drill", "failover", "--isolated", "-f", onEast, "--from", "orders-dc1")
+	if r.code != 1 || !strings.Contains(r.stderr, "orders-dc1 is in Patroni site dc1, where pgtopo cannot create a clone") ||
+		!strings.Contains(r.stderr, "pgtopo drill switchover --to orders-dc1") {
+		t.Fatalf("an isolated drill of a Patroni standby: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
 
 	// And back.
 	m.expect(m.run("apply", "-f", onDC1), 0, "Apply complete", "switchover orders-east → orders-dc1")

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgtopo/pgtopo/drill"
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/labtest"
 	"github.com/pgtopo/pgtopo/lab/proc"
@@ -76,6 +78,10 @@ func TestSwitchoverBacksOutOfAStalledTarget(t *testing.T) {
 	h.signalStartup("orders-west", syscall.SIGCONT)
 	// The file that names orders-east is in sync: nothing was left behind.
 	h.expect(h.pgtopo("diff", "-f", east), 0, "No changes.")
+
+	// A drill that meets the stalled target backs out of its first move
+	// and ends there; its report says so.
+	h.drillBacksOut(east, text)
 
 	// The target's Patroni stopped: its operator no longer reports it
 	// ready, so the switchover does not begin (a target that is not
@@ -165,4 +171,40 @@ func (h *harness) signal(pattern, what string, sig syscall.Signal) int {
 		h.t.Fatalf("signal %s (%d): %v", what, pid, err)
 	}
 	return pid
+}
+
+// drillBacksOut runs a switchover drill (its file with the test's 12 s
+// budget, orders-east primary) while orders-west's replay is stopped: the
+// first move backs out, the drill holds nothing and moves nothing back,
+// its report says "backed out", and orders-east takes writes.
+func (h *harness) drillBacksOut(east, westWithBudget string) {
+	t := h.t
+	eastBudget := filepath.Join(h.dir, "east-budget.yaml")
+	if err := os.WriteFile(eastBudget, []byte(strings.Replace(westWithBudget, "primary: orders-west", "primary: orders-east", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(h.pgtopo("apply", "-f", eastBudget), 0, "Apply complete")
+	startup := h.signalStartup("orders-west", syscall.SIGSTOP)
+	defer func() { _ = syscall.Kill(startup, syscall.SIGCONT) }()
+	r := h.pgtopo("drill", "switchover", "-f", eastBudget, "--hold", "0s", "-o", "json")
+	var rep drill.Report
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("drill exit %d: report: %v\n%s\n%s", r.code, err, r.stdout, r.stderr)
+	}
+	if r.code != 1 || rep.Result != "backed out" || len(rep.Moves) != 1 || !strings.Contains(rep.Moves[0].Error, "backed out: stalled: orders-west replay") {
+		t.Fatalf("drill exit %d, report %+v\n%s", r.code, rep, r.stderr)
+	}
+	if !strings.Contains(rep.Record().Summary, "switchover backed out") {
+		t.Fatalf("record: %+v", rep.Record())
+	}
+	if ok, err := h.writable("east", "orders-east"); !ok {
+		t.Fatalf("orders-east is not writable after the drill backed out: %v", err)
+	}
+	t.Logf("drill backed out: move %.1fs, longest write gap %.2fs, %d heartbeats, %d missing", rep.Moves[0].Seconds, rep.Moves[0].LongestGap, rep.Acknowledged, rep.Missing)
+	if rep.Missing != 0 {
+		t.Fatalf("%d heartbeats missing after the back-out", rep.Missing)
+	}
+	h.signalStartup("orders-west", syscall.SIGCONT)
+	h.expectNoDrillSchema()
+	h.expect(h.pgtopo("apply", "-f", east), 0)
 }

@@ -38,13 +38,14 @@ var (
 	descWritable  = prometheus.NewDesc("pgtopo_writable_clusters", "Clusters of the topology whose new sessions can write (out of recovery, not fenced read-only); more than 1 is split brain.", []string{"topology"}, nil)
 	descDRReady   = prometheus.NewDesc("pgtopo_dr_ready", "1 when the topology is ready for a disaster, as pgtopo status says it: one primary, every site reachable, every standby streaming within maxLagBytes with its slot reserved.", []string{"topology"}, nil)
 	descDrillOK   = prometheus.NewDesc("pgtopo_drill_last_success_timestamp_seconds", "Unix time the topology's last DR drill of a kind that passed finished (kept in the sites by pgtopo drill).", []string{"topology", "drill"}, nil)
-	descDrillRTO  = prometheus.NewDesc("pgtopo_drill_rto_seconds", "The longest write gap an application saw in the topology's last DR drill of a kind.", []string{"topology", "drill"}, nil)
+	descDrillRTO  = prometheus.NewDesc("pgtopo_drill_rto_seconds", "The topology's last DR drill of a kind: the longest write gap an application saw (switchover), or the clone's time to writable (failover-isolated).", []string{"topology", "drill"}, nil)
+	descDrillRPOs = prometheus.NewDesc("pgtopo_drill_rpo_seconds", "The span of acknowledged writes lost in the topology's last DR drill of a kind (an isolated failover's clone lacked them).", []string{"topology", "drill"}, nil)
 	descDrillRPO  = prometheus.NewDesc("pgtopo_drill_missing_heartbeats", "Acknowledged heartbeats missing after the topology's last DR drill of a kind: its data loss, in rows.", []string{"topology", "drill"}, nil)
 	descMaxLag    = prometheus.NewDesc("pgtopo_max_lag_bytes", "The topology's replication.maxLagBytes: a switchover refuses a target further behind.", []string{"topology"}, nil)
 )
 
 func (c *replicationCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSite, descInfo, descUp, descTimeline, descLagBytes, descLagSecs, descStreaming, descEncrypted, descPending, descSysID, descRevision, descSlotBytes, descSlotState, descWritable, descDRReady, descMaxLag, descDrillOK, descDrillRTO, descDrillRPO} {
+	for _, d := range []*prometheus.Desc{descSite, descInfo, descUp, descTimeline, descLagBytes, descLagSecs, descStreaming, descEncrypted, descPending, descSysID, descRevision, descSlotBytes, descSlotState, descWritable, descDRReady, descMaxLag, descDrillOK, descDrillRTO, descDrillRPO, descDrillRPOs} {
 		ch <- d
 	}
 }
@@ -139,6 +140,7 @@ func (c *replicationCollector) observe(d *topology.Desired, snap *snapshot.Snaps
 		seen[dr.Drill] = true
 		gauge(descDrillRTO, dr.RTOSeconds, t, dr.Drill)
 		gauge(descDrillRPO, float64(dr.MissingHeartbeats), t, dr.Drill)
+		gauge(descDrillRPOs, dr.RPOSeconds, t, dr.Drill)
 		if ok := snap.LastDrillPassed(dr.Drill); ok != nil {
 			if at, err := time.Parse(time.RFC3339, ok.Finished); err == nil {
 				gauge(descDrillOK, float64(at.Unix()), t, dr.Drill)

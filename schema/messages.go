@@ -21,6 +21,7 @@ var formats = map[string]string{
 	`^[a-z]([-a-z0-9]{0,50}[a-z0-9])?$`:   "is not a cluster name: start with a lowercase letter, then lowercase letters, digits and '-', end with a letter or digit, at most 52 characters (the operator adds suffixes such as -repl and pod ordinals to it)",
 	`^[a-z0-9_]{1,63}$`:                   "is not a replication slot name: lowercase letters, digits and '_', at most 63 characters",
 	`^[A-Za-z0-9]([-_.A-Za-z0-9]{0,62})$`: "is not a Patroni scope: letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters",
+	`^[^\x00]*\S[^\x00]*$`:                "is not a query: it is blank or holds a NUL byte",
 	`^[^\s\p{Cc}\p{Cf}\p{Z}]+$`:           "is not a usable context name: no spaces, control characters or invisible characters (zero-width or no-break spaces)",
 	`^(([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?))*|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*)$`: "is not a host name or IP address: write the host alone (pg-west.example.net), without scheme, port or path; the port goes in endpoint.port",
 }

@@ -37,6 +37,12 @@ func relational(doc *topology.Document) []Finding {
 		add(fmt.Sprintf("spec.clusters[%d].name", i), fmt.Sprintf("duplicate cluster name %q (first declared at spec.clusters[%d])", v, first))
 	})
 
+	drills, _ := spec["drills"].(map[string]any)
+	checks, _ := drills["checks"].([]any)
+	uniqueRule(checks, "name", func(i, first int, v string) {
+		add(fmt.Sprintf("spec.drills.checks[%d].name", i), fmt.Sprintf("duplicate drill check name %q (first declared at spec.drills.checks[%d])", v, first))
+	})
+
 	declared := set(siteNames)
 	kinds, anyKube := siteKinds(sites, add)
 	if sitesOK && len(sites) > 0 && !anyKube {

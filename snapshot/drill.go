@@ -15,9 +15,12 @@ type DrillRecord struct {
 	RTOSeconds float64 `json:"rtoSeconds"`
 	// MissingHeartbeats is the acknowledged heartbeats lost: the data loss
 	// the drill showed, as rows.
-	MissingHeartbeats int    `json:"missingHeartbeats"`
-	Acknowledged      int    `json:"acknowledgedHeartbeats"`
-	Summary           string `json:"summary"`
+	MissingHeartbeats int `json:"missingHeartbeats"`
+	// RPOSeconds is the span of acknowledged writes lost (an isolated
+	// failover drill's clone lacked them).
+	RPOSeconds   float64 `json:"rpoSeconds,omitempty"`
+	Acknowledged int     `json:"acknowledgedHeartbeats"`
+	Summary      string  `json:"summary"`
 }
 
 // DrillsKept is how many drills the sites keep per topology.

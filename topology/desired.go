@@ -48,6 +48,8 @@ type Desired struct {
 	// BootstrapSecret names the standbys' bootstrap Secret when the file
 	// does; empty, the flavor's name for the topology's.
 	BootstrapSecret string
+	// DrillChecks are what an isolated drill checks on its clone.
+	DrillChecks []DrillCheck
 	// index maps a cluster's name to its position in Clusters.
 	index map[string]int
 }
@@ -170,6 +172,9 @@ func (t *Topology) Desired() (*Desired, error) {
 	}
 	d.PrimaryRestart = t.Spec.Replication.PrimaryRestart
 	d.BootstrapSecret = t.Spec.Replication.BootstrapSecret
+	if t.Spec.Drills != nil {
+		d.DrillChecks = t.Spec.Drills.Checks
+	}
 	d.TLS = PostgresTLS{Mode: TLSVerifyFull}
 	if tls := t.Spec.Postgres.TLS; tls != nil {
 		d.TLS.CA = tls.CA

@@ -55,6 +55,20 @@ type Spec struct {
 	// DeletionPolicy says what happens to a cluster removed from the file:
 	// DeletionOrphan (the default) leaves it, DeletionDelete deletes it.
 	DeletionPolicy string `json:"deletionPolicy,omitempty"`
+	// Drills are what DR drills check (docs/disaster-recovery.md).
+	Drills *Drills `json:"drills,omitempty"`
+}
+
+// Drills are what DR drills check.
+type Drills struct {
+	Checks []DrillCheck `json:"checks,omitempty"`
+}
+
+// DrillCheck is SQL that must return one row whose one column is true,
+// run on an isolated drill's promoted clone.
+type DrillCheck struct {
+	Name string `json:"name"`
+	SQL  string `json:"sql"`
 }
 
 // Deletion policies for clusters removed from the file.

@@ -17,7 +17,7 @@ func TestConfigPatchFollowsTheCR(t *testing.T) {
 	}
 	spec := crSpec{Name: "orders-east", Parameters: map[string]string{"work_mem": "64MB"},
 		Replication: replication{Enabled: true, IsReplica: true, PeerHost: "127.100.20.1", PeerPort: 31000}}
-	patch := configPatch(cur, spec, nil)
+	patch := configPatch(cur, spec, nil, SlotName(spec.Name))
 	got, _ := json.Marshal(patch)
 	want := `{"postgresql":{"parameters":{"default_transaction_read_only":null,"max_connections":"50"}},"standby_cluster":{"create_replica_methods":["basebackup"],"host":"127.100.20.1","port":31000,"primary_slot_name":"xdc_orders_east"}}`
 	if string(got) != want {
@@ -29,7 +29,7 @@ func TestConfigPatchFollowsTheCR(t *testing.T) {
 	if string(merged) != wantMerged {
 		t.Fatalf("merged\n  %s\nwant\n  %s", merged, wantMerged)
 	}
-	if again := configPatch(cur, spec, nil); len(again) != 0 {
+	if again := configPatch(cur, spec, nil, SlotName(spec.Name)); len(again) != 0 {
 		t.Fatalf("a config that matches the CR is patched again: %v", again)
 	}
 }

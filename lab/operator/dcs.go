@@ -18,7 +18,7 @@ import (
 // be promoted by its Patroni and take writes until the operator's first
 // PATCH /config, which needs a running leader. A cluster with no config in
 // etcd yet is left to its bootstrap.
-func syncConfigBeforeStart(ctx context.Context, etcd, key string, spec crSpec) error {
+func syncConfigBeforeStart(ctx context.Context, etcd, key string, spec crSpec, standbySlot string) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	var got struct {
@@ -37,7 +37,7 @@ func syncConfigBeforeStart(ctx context.Context, etcd, key string, spec crSpec) e
 	if err := json.Unmarshal(got.Kvs[0].Value, &cur); err != nil {
 		return fmt.Errorf("etcd %s: %w", key, err)
 	}
-	patch := configPatch(cur, spec, nil)
+	patch := configPatch(cur, spec, nil, standbySlot)
 	if len(patch) == 0 {
 		return nil
 	}

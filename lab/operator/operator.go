@@ -64,6 +64,10 @@ type cluster struct {
 	routes     atomic.Pointer[routes]
 	deaths     map[int]int
 	registered string // the peer endpoint this standby registered at
+	// cascading: born a standby of a peer in recovery (a standby of a
+	// standby, as an isolated drill's clone is). It cannot register in its
+	// primary's catalogue through a standby, so it streams without a slot.
+	cascading bool
 	// serviceHosts are the addresses its Services are reached at, which
 	// its members' certificates name.
 	serviceHosts []string
@@ -226,6 +230,8 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 		if err := os.WriteFile(filepath.Join(c.dir, "uid"), []byte(c.uid), 0o644); err != nil {
 			return nil, err
 		}
+		_, err := os.Stat(filepath.Join(c.dir, "cascading"))
+		c.cascading = err == nil
 		o.clusters[spec.key()] = c
 	}
 	c.spec = spec
@@ -462,7 +468,26 @@ func (o *Operator) register(ctx context.Context, c *cluster, endpoint, password 
 		return err
 	}
 	if inRecovery {
+		// A cluster born against a standby cascades from it. One that
+		// ran before (a demoted primary pointed at a target not yet
+		// promoted) waits to register, keeping its slot name.
+		if c.cascading || !o.hasData(c) {
+			if !c.cascading {
+				o.log.Info("cascading standby: its peer is in recovery; it streams without a slot", "cluster", c.spec.key(), "peer", peer)
+				// Kept on disk: an operator restarted while it runs
+				// must not give it a slot its peer does not have.
+				if err := os.WriteFile(filepath.Join(c.dir, "cascading"), nil, 0o644); err != nil {
+					return err
+				}
+			}
+			c.cascading = true
+			return nil
+		}
 		return fmt.Errorf("peer %s is not writable yet", peer)
+	}
+	if c.cascading {
+		c.cascading = false
+		_ = os.Remove(filepath.Join(c.dir, "cascading"))
 	}
 	reg := registration{Cluster: c.spec.Name, ServiceType: r.ServiceType, Slot: SlotName(c.spec.Name)}
 	host, port := splitHostPort(endpoint)
@@ -522,7 +547,7 @@ func (o *Operator) ensureDynamicConfig(ctx context.Context, c *cluster, slots []
 	if err != nil {
 		return err
 	}
-	patch := configPatch(cur, c.spec, slots)
+	patch := configPatch(cur, c.spec, slots, c.standbySlot())
 	if sc, ok := patch["standby_cluster"]; ok {
 		r := c.spec.Replication
 		o.log.Info("standby_cluster", "cluster", c.spec.key(), "isReplica", sc != nil, "peer", fmt.Sprintf("%s:%d", r.PeerHost, r.PeerPort))
@@ -537,12 +562,12 @@ func (o *Operator) ensureDynamicConfig(ctx context.Context, c *cluster, slots []
 // what the CR asks for: the standby_cluster section, the permanent slots
 // (when slots is known) and the parameters, a parameter the CR no longer
 // sets going back to the lab's base value or away.
-func configPatch(cur map[string]any, spec crSpec, slots []string) map[string]any {
+func configPatch(cur map[string]any, spec crSpec, slots []string, standbySlot string) map[string]any {
 	patch := map[string]any{}
 	r := spec.Replication
 	var wantStandby map[string]any
 	if r.IsReplica {
-		wantStandby = standbyConfig(r.PeerHost, r.PeerPort, SlotName(spec.Name))
+		wantStandby = standbyConfig(r.PeerHost, r.PeerPort, standbySlot)
 	}
 	if !sameJSON(cur["standby_cluster"], wantStandby) {
 		patch["standby_cluster"] = wantStandby
@@ -629,7 +654,7 @@ func sameJSON(a any, b map[string]any) bool {
 func (o *Operator) ensureMembers(ctx context.Context, c *cluster, password string) error {
 	spec := c.spec
 	if !o.anyMemberRunning(c) {
-		if err := syncConfigBeforeStart(ctx, o.state.EtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/config", spec); err != nil {
+		if err := syncConfigBeforeStart(ctx, o.state.EtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/config", spec, c.standbySlot()); err != nil {
 			return fmt.Errorf("members not started: %w", err)
 		}
 	}
@@ -741,9 +766,33 @@ func (o *Operator) memberConfig(c *cluster, i int, password string) (memberConfi
 		Parameters: c.spec.Parameters,
 	}
 	if r := c.spec.Replication; r.IsReplica {
-		mc.Standby = standbyConfig(r.PeerHost, r.PeerPort, SlotName(c.spec.Name))
+		mc.Standby = standbyConfig(r.PeerHost, r.PeerPort, c.standbySlot())
 	}
 	return mc, nil
+}
+
+// standbySlot is the slot a standby streams through on its peer: none
+// when it cascades from a standby.
+func (c *cluster) standbySlot() string {
+	if c.cascading {
+		return ""
+	}
+	return SlotName(c.spec.Name)
+}
+
+// hasData reports whether any member of c has a data directory: a
+// cluster that ran before, as opposed to one being born.
+func (o *Operator) hasData(c *cluster) bool {
+	entries, _ := os.ReadDir(c.dir)
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(c.dir, e.Name(), "data", "PG_VERSION")); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // followPassword gives a running member the password of its cluster's
