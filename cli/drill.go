@@ -148,6 +148,24 @@ func (f *drillFlags) prepare(ctx context.Context, e env, drain <-chan struct{}) 
 }
 
 func (f *drillFlags) run(ctx context.Context, e env) error {
+	return f.drive(ctx, e, func(ctx context.Context, r *drillRun, progress func(string)) (*drill.Report, error) {
+		d := &drill.Switchover{
+			World:   r.w,
+			Desired: r.in.Desired,
+			WithPrimary: func(primary string) (*topology.Desired, error) {
+				return withPrimary(r.v, r.in, primary)
+			},
+			To:       f.to,
+			Hold:     f.hold,
+			Progress: progress,
+		}
+		return d.Run(ctx)
+	})
+}
+
+// drive runs a drill: signals handled, the run prepared and released, its
+// progress on stderr, its report kept and printed.
+func (f *drillFlags) drive(ctx context.Context, e env, run func(context.Context, *drillRun, func(string)) (*drill.Report, error)) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -158,17 +176,7 @@ func (f *drillFlags) run(ctx context.Context, e env) error {
 		return err
 	}
 	defer r.release()
-	d := &drill.Switchover{
-		World:   r.w,
-		Desired: r.in.Desired,
-		WithPrimary: func(primary string) (*topology.Desired, error) {
-			return withPrimary(r.v, r.in, primary)
-		},
-		To:       f.to,
-		Hold:     f.hold,
-		Progress: func(s string) { fmt.Fprintf(e.stderr, "drill: %s\n", s) },
-	}
-	rep, err := d.Run(ctx)
+	rep, err := run(ctx, r, func(s string) { fmt.Fprintf(e.stderr, "drill: %s\n", s) })
 	return f.report(ctx, e, r.w, rep, err)
 }
 

@@ -66,25 +66,10 @@ when it was refused or failed (the report says which).`,
 }
 
 func (f *drillFlags) runIsolated(ctx context.Context, e env) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, drain, stop := withShutdown(ctx, func(string) {})
-	defer stop()
-	r, err := f.prepare(ctx, e, drain)
-	if err != nil {
-		return err
-	}
-	defer r.release()
-	d := &drill.Isolated{
-		World:         r.w,
-		Desired:       r.in.Desired,
-		From:          f.from,
-		StreamTimeout: f.streamTimeout,
-		Progress:      func(s string) { fmt.Fprintf(e.stderr, "drill: %s\n", s) },
-	}
-	rep, err := d.Run(ctx)
-	return f.report(ctx, e, r.w, rep, err)
+	return f.drive(ctx, e, func(ctx context.Context, r *drillRun, progress func(string)) (*drill.Report, error) {
+		d := &drill.Isolated{World: r.w, Desired: r.in.Desired, From: f.from, StreamTimeout: f.streamTimeout, Progress: progress}
+		return d.Run(ctx)
+	})
 }
 
 // flavorSite opens a Kubernetes site of the topology by its name, through
@@ -171,6 +156,13 @@ func (w *drillWorld) CreateClone(ctx context.Context, c drill.Clone, of *snapsho
 	spec := snapshot.Spec{Instances: 1, TeamID: src.TeamID, Version: src.Version, Parameters: src.Parameters, VolumeSize: src.VolumeSize,
 		Replication: snapshot.Replication{Enabled: true, IsReplica: true, ServiceType: "ClusterIP", BootstrapSecret: src.Replication.BootstrapSecret}}
 	spec = spec.WithPeer(snapshot.Endpoint{Host: of.Service.ClusterIP, Port: fs.Op.Names.PostgresPort()})
+	return w.writeClone(ctx, fs, c, spec)
+}
+
+// writeClone writes the clone's spec, labelled as this topology's drill's
+// clone and with no topology label.
+func (w *drillWorld) writeClone(ctx context.Context, fs flavor.Site, c drill.Clone, spec snapshot.Spec) error {
+	spec.Topology = ""
 	u := fs.Op.BuildSpec(c.Namespace, c.Name, spec)
 	u.SetLabels(map[string]string{drill.CloneLabel: w.d.Name})
 	return fs.ApplyObject(ctx, fs.Op.Resource, kube.FieldManager, u)
@@ -191,12 +183,9 @@ func (w *drillWorld) PromoteClone(ctx context.Context, c drill.Clone) error {
 		return fmt.Errorf("%s is gone", c)
 	}
 	spec := o.Spec
-	spec.Topology = ""
 	spec.Replication.IsReplica = false
 	spec.Replication.PeerHost, spec.Replication.PeerPort = "", 0
-	u := fs.Op.BuildSpec(c.Namespace, c.Name, spec)
-	u.SetLabels(map[string]string{drill.CloneLabel: w.d.Name})
-	return fs.ApplyObject(ctx, fs.Op.Resource, kube.FieldManager, u)
+	return w.writeClone(ctx, fs, c, spec)
 }
 
 // DeleteClone deletes the clone's object and waits, at most two minutes,

@@ -80,30 +80,7 @@ func TestDrillSwitchover(t *testing.T) {
 	// Killed during its hold: orders-west is primary and the heartbeat
 	// table is left. Applying the file brings orders-east back; the next
 	// drill drops what the killed one left, and passes.
-	cmd := exec.Command(h.bin, "drill", "switchover", "-f", topo, "--hold", "1m")
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stderr)
-	var seen []string
-	for sc.Scan() {
-		seen = append(seen, sc.Text())
-		if strings.HasPrefix(sc.Text(), "drill: hold:") {
-			break
-		}
-	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
-	if len(seen) == 0 || !strings.HasPrefix(seen[len(seen)-1], "drill: hold:") {
-		t.Fatalf("the drill never held:\n%s", strings.Join(seen, "\n"))
-	}
+	h.killDrillAt("drill: hold:", "the drill never held", "switchover", "-f", topo, "--hold", "1m")
 	h.expectPrimary("west", "orders-west")
 	h.expect(h.pgtopo("apply", "-f", topo), 0, "Apply complete")
 	r = h.pgtopo("drill", "switchover", "-f", topo, "--hold", "0s", "-o", "markdown")
@@ -188,30 +165,7 @@ func (h *harness) isolatedDrills(topo string) {
 
 	// Killed once the clone streams: the clone is left. The next drill
 	// removes it first, and passes.
-	cmd := exec.Command(h.bin, "drill", "failover", "--isolated", "-f", checked)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stderr)
-	var seen []string
-	for sc.Scan() {
-		seen = append(seen, sc.Text())
-		if strings.Contains(sc.Text(), "streams (") {
-			break
-		}
-	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
-	if len(seen) == 0 || !strings.Contains(seen[len(seen)-1], "streams (") {
-		t.Fatalf("the killed drill's clone never streamed:\n%s", strings.Join(seen, "\n"))
-	}
+	h.killDrillAt(" streams (", "the killed drill's clone never streamed", "failover", "--isolated", "-f", checked)
 	if _, err := h.lab.Dyn["west"].Resource(operator.GVR).Namespace("db").Get(context.Background(), "orders-west-drill", metav1.GetOptions{}); err != nil {
 		t.Fatalf("the killed drill left no clone: %v", err)
 	}
@@ -225,6 +179,37 @@ func (h *harness) isolatedDrills(topo string) {
 	}
 	if w.bothSeen.Load() > 0 {
 		t.Fatalf("both clusters writable in %d samples", w.bothSeen.Load())
+	}
+}
+
+// killDrillAt runs pgtopo drill with args and SIGKILLs it as soon as its
+// progress prints a line holding at; never seen, the test fails with
+// never.
+func (h *harness) killDrillAt(at, never string, args ...string) {
+	h.t.Helper()
+	cmd := exec.Command(h.bin, append([]string{"drill"}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+lab.Paths{Dir: h.lab.Dir}.Kubeconfig())
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var seen []string
+	for sc.Scan() {
+		seen = append(seen, sc.Text())
+		if strings.Contains(sc.Text(), at) {
+			break
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		h.t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if len(seen) == 0 || !strings.Contains(seen[len(seen)-1], at) {
+		h.t.Fatalf("%s:\n%s", never, strings.Join(seen, "\n"))
 	}
 }
 
