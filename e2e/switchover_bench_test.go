@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/pgtopo/pgtopo/drill"
 	"github.com/pgtopo/pgtopo/lab/labtest"
 )
 
@@ -247,6 +248,41 @@ func BenchmarkSwitchover(b *testing.B) {
 	fmt.Printf("  ratios of the medians: pgtopo/runbook %.2f (goal <= 1.2; issue 27: <= 0.5), pgtopo/Patroni in-site %.2f (goal <= 1.0; issue 27: <= 0.7); window p95 goal <= 1.0 s; 0 lost\n", ratio, inSite)
 	fmt.Printf("  rounds (s): pgtopo %s; runbook %s; Patroni in-site %s\n", roundsOf(pg), roundsOf(rb), roundsOf(pt))
 	fmt.Printf("  where pgtopo's window goes (mean s): %s\n", phases)
+	h.drillBesideBench(b, east, median(pg))
+}
+
+// drillBesideBench runs PGTOPO_BENCH_DRILLS switchover drills (3) on the
+// bench's lab, with the writer running, and prints their moves' longest
+// write gaps against the bench's pgtopo window measured in the same run
+// (issue 29: within 20%).
+func (h *harness) drillBesideBench(b *testing.B, east string, benchMedian float64) {
+	n := envInt(b, "PGTOPO_BENCH_DRILLS", 3)
+	if n == 0 {
+		return
+	}
+	var gaps []float64
+	var missing, acked int
+	for i := 0; i < n; i++ {
+		everyMemberStreams(b, h, map[string]int{"orders-east": 2})
+		w := h.startWriter()
+		r := h.pgtopo("drill", "switchover", "-f", east, "--hold", "0s", "-o", "json")
+		w.finish()
+		var rep drill.Report
+		if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 0 {
+			b.Fatalf("drill %d: exit %d (%v)\n%s\n%s", i+1, r.code, err, r.stdout, r.stderr)
+		}
+		for _, m := range rep.Moves {
+			gaps = append(gaps, m.LongestGap)
+		}
+		missing, acked = missing+rep.Missing, acked+rep.Acknowledged
+		if lost := h.missing("east", "orders-east", w.acked); lost != 0 {
+			b.Fatalf("drill %d: the writer lost %d acknowledged rows", i+1, lost)
+		}
+	}
+	ratio := median(gaps) / benchMedian
+	fmt.Printf("drill switchover beside it (%d drills, %d moves): longest write gap median %.2fs, p95 %.2fs; %d of %d heartbeats missing; drill/bench median %.2f (issue 29: within 0.8–1.2)\n",
+		n, len(gaps), median(gaps), percentile(gaps, 95), missing, acked, ratio)
+	fmt.Printf("  moves (s): %s\n", roundsOf(gaps))
 }
 
 func roundsOf(xs []float64) string {
