@@ -14,10 +14,8 @@ import (
 	"github.com/pgtopo/pgtopo/topology"
 )
 
-// CloneLabel marks an isolated drill's clone with its topology's name:
-// how the next drill finds one a killed drill left. The clone carries no
-// topology label, so no plan ever counts it as the topology's.
-const CloneLabel = "pgtopo.dev/drill-clone-of"
+// CloneLabel marks an isolated drill's clone (snapshot.DrillCloneLabel).
+const CloneLabel = snapshot.DrillCloneLabel
 
 // Clone is an isolated drill's temporary cluster: a cascading standby of
 // a standby, in that standby's site and namespace.

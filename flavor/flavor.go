@@ -208,7 +208,8 @@ type NamedObject struct {
 }
 
 // AllClusters reads every cluster object in ns (every namespace when ns is
-// empty), labelled or not: what pgtopo import pairs.
+// empty), labelled or not, but for isolated drills' clones: what pgtopo
+// import pairs.
 func (s Site) AllClusters(ctx context.Context, ns string) ([]NamedObject, error) {
 	items, err := s.ListObjects(ctx, s.Op.Resource, ns, "")
 	if err != nil {
@@ -216,6 +217,9 @@ func (s Site) AllClusters(ctx context.Context, ns string) ([]NamedObject, error)
 	}
 	out := make([]NamedObject, 0, len(items))
 	for i := range items {
+		if _, clone := items[i].GetLabels()[snapshot.DrillCloneLabel]; clone {
+			continue // a drill's, gone when it ends
+		}
 		out = append(out, NamedObject{Namespace: items[i].GetNamespace(), Name: items[i].GetName(), Object: s.Op.Parse(&items[i])})
 	}
 	return out, nil

@@ -215,3 +215,8 @@ const FenceParameter = "default_transaction_read_only"
 // TopologyLabel marks the objects and Secrets pgtopo makes with their
 // topology's name.
 const TopologyLabel = "pgtopo.dev/topology"
+
+// DrillCloneLabel marks an isolated drill's clone with its topology's
+// name: how the next drill finds one a killed drill left, and how import
+// leaves it out. A clone carries no TopologyLabel, so no plan counts it.
+const DrillCloneLabel = "pgtopo.dev/drill-clone-of"
