@@ -42,12 +42,16 @@ type sourceFlags struct {
 	siteTimeout time.Duration
 	siteCache   *kube.Sites
 	patroni     *patroniFlags // shared by copies of the flags
+	// shared is the reads the observers of this process share (a fleet's
+	// files, a loop's cycles): made at register, shared by copies.
+	shared *live.Shared
 	// observerSecret: see registerObserver.
 	observerSecret string
 }
 
 func (f *sourceFlags) register(cmd *cobra.Command, e env) {
 	f.patroni = &patroniFlags{}
+	f.shared = &live.Shared{}
 	f.patroni.register(cmd, e)
 	cmd.Flags().StringArrayVarP(&f.files, "file", "f", nil, "topology file, a directory of *.yaml and *.yml, or - for standard input; repeat for several (or read it from git with --repo)")
 	cmd.Flags().StringVar(&f.repo, "repo", "", "git repository holding the topology: a local path (opened in place) or a URL (fetched into memory)")
@@ -199,6 +203,8 @@ func (f *sourceFlags) newObserver(d *topology.Desired, keep *live.Conns) (*live.
 		SiteTimeout:    f.siteTimeout,
 		ObserverSecret: f.observerSecret,
 		DownFor:        siteDownFor,
+		Shared:         f.shared,
+		Flavor:         op.Name,
 	}, nil
 }
 

@@ -2,6 +2,8 @@ package drill
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -111,6 +113,9 @@ type Isolation struct {
 	// as they were before the drill; Changes lists what differs.
 	Production string   `json:"production"`
 	Changes    []string `json:"changes,omitempty"`
+	// StatusOnly lists objects whose resource version moved with nothing
+	// pgtopo owns or marks changed: their operator's status updates.
+	StatusOnly []string `json:"statusOnly,omitempty"`
 	// Removed lists clones earlier drills left, removed before this one.
 	Removed []string `json:"removedLeftovers,omitempty"`
 }
@@ -196,7 +201,7 @@ func (d *Isolated) Run(ctx context.Context) (*Report, error) {
 	}
 	if after, err := d.fingerprint(cleanup, d.World.Observe(cleanup, d.Desired), primary); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("reading production after the drill: %w", err))
-	} else if iso.Changes = compareFingerprints(before, after); len(iso.Changes) > 0 {
+	} else if iso.Changes, iso.StatusOnly = compareFingerprints(before, after); len(iso.Changes) > 0 {
 		iso.Production = "changed"
 		runErr = errors.Join(runErr, fmt.Errorf("production changed during the drill: %s", strings.Join(iso.Changes, "; ")))
 	} else {
@@ -429,10 +434,12 @@ func (d *Isolated) settled(ctx context.Context, primary *snapshot.ClusterState) 
 			why, last = err.Error(), nil
 		case !allReady(snap):
 			why, last = "not every cluster's operator reports it ready", nil
-		case last != nil && len(compareFingerprints(last, fp)) == 0:
-			return fp, nil
 		case last != nil:
-			why = "production changed within " + steady.String() + ": " + strings.Join(compareFingerprints(last, fp), "; ")
+			changed, statusOnly := compareFingerprints(last, fp)
+			if len(changed)+len(statusOnly) == 0 {
+				return fp, nil
+			}
+			why = "production changed within " + steady.String() + ": " + strings.Join(append(changed, statusOnly...), "; ")
 			last = fp
 		default:
 			last = fp
@@ -464,7 +471,7 @@ func (d *Isolated) fingerprint(ctx context.Context, snap *snapshot.Snapshot, pri
 	fp := map[string]string{}
 	for _, c := range snap.Clusters {
 		if c.Object != nil && c.Object.ResourceVersion != "" {
-			fp["object "+c.Site+"/"+c.Namespace+"/"+c.Name] = "resourceVersion " + c.Object.ResourceVersion
+			fp["object "+c.Site+"/"+c.Namespace+"/"+c.Name] = objectPrint(c.Object)
 		}
 	}
 	sess, err := d.World.Open(ctx, primary)
@@ -493,6 +500,24 @@ func (d *Isolated) fingerprint(ctx context.Context, snap *snapshot.Snapshot, pri
 	return fp, nil
 }
 
+// objectPrint is what the drill must leave unchanged of an object: the
+// fields pgtopo owns and its marks, by digest, with the resource version
+// after it. The resource version alone also moves when the operator
+// updates its status (a member restarting somewhere, for a reason of its
+// own), which a drill must not be failed for; compareFingerprints tells
+// the two apart.
+func objectPrint(o *snapshot.Object) string {
+	b, _ := json.Marshal(struct {
+		Spec  snapshot.Spec
+		Marks snapshot.Marks
+	}{o.Spec, o.Marks})
+	sum := sha256.Sum256(b)
+	return fmt.Sprintf("spec and marks %x%s%s", sum[:6], rvSep, o.ResourceVersion)
+}
+
+// rvSep parts an object's print from its resource version.
+const rvSep = " at resourceVersion "
+
 // replicationSQL lists the primary's walsenders by application name with
 // their state, one per line.
 const replicationSQL = "SELECT coalesce(string_agg(application_name || E'\\t' || state || ' ' || sync_state, E'\\n' ORDER BY application_name), '') FROM pg_stat_replication"
@@ -500,14 +525,19 @@ const replicationSQL = "SELECT coalesce(string_agg(application_name || E'\\t' ||
 // slotsSQL lists the primary's replication slots.
 const slotsSQL = "SELECT coalesce(string_agg(slot_name || ' (' || slot_type || ')', E'\\n' ORDER BY slot_name), '') FROM pg_replication_slots"
 
-// compareFingerprints says what differs, in order.
-func compareFingerprints(before, after map[string]string) []string {
+// compareFingerprints says what differs, in order; an object whose
+// resource version alone moved (its operator's status) is in statusOnly.
+func compareFingerprints(before, after map[string]string) (changed, statusOnly []string) {
 	var out []string
 	for _, k := range slices.Sorted(maps.Keys(before)) {
-		switch v, ok := after[k]; {
+		v, ok := after[k]
+		switch {
 		case !ok:
 			out = append(out, k+": gone (was "+before[k]+")")
-		case v != before[k]:
+		case v == before[k]:
+		case sameBeforeRV(v, before[k]):
+			statusOnly = append(statusOnly, k+": resourceVersion "+rvOf(before[k])+" → "+rvOf(v)+", what pgtopo owns and its marks unchanged (its operator's status)")
+		default:
 			out = append(out, k+": "+before[k]+" → "+v)
 		}
 	}
@@ -516,7 +546,17 @@ func compareFingerprints(before, after map[string]string) []string {
 			out = append(out, k+": new ("+after[k]+")")
 		}
 	}
-	return out
+	return out, statusOnly
+}
+
+func sameBeforeRV(a, b string) bool {
+	ia, ib := strings.Index(a, rvSep), strings.Index(b, rvSep)
+	return ia >= 0 && ib >= 0 && a[:ia] == b[:ib]
+}
+
+func rvOf(v string) string {
+	_, rv, _ := strings.Cut(v, rvSep)
+	return rv
 }
 
 func or[T comparable](v, def T) T {

@@ -274,3 +274,34 @@ func TestLostBefore(t *testing.T) {
 		}
 	}
 }
+
+// What fails a drill is a change to what pgtopo owns or marks, to the
+// primary's replication or slots; a resource version that moved alone
+// (the operator's status) is reported, not failed.
+func TestCompareFingerprints(t *testing.T) {
+	obj := func(instances int, journal bool, rv string) string {
+		o := &snapshot.Object{Spec: snapshot.Spec{Instances: instances}, ResourceVersion: rv}
+		if journal {
+			o.Marks.Journal = &snapshot.Journal{From: "a", To: "b"}
+		}
+		return objectPrint(o)
+	}
+	const k = "object east/db/orders-east"
+	for _, tc := range []struct {
+		name          string
+		before, after map[string]string
+		changed, only int
+	}{
+		{"the same", map[string]string{k: obj(2, false, "7")}, map[string]string{k: obj(2, false, "7")}, 0, 0},
+		{"status only", map[string]string{k: obj(2, false, "7")}, map[string]string{k: obj(2, false, "9")}, 0, 1},
+		{"spec changed", map[string]string{k: obj(2, false, "7")}, map[string]string{k: obj(3, false, "9")}, 1, 0},
+		{"a mark written", map[string]string{k: obj(2, false, "7")}, map[string]string{k: obj(2, true, "9")}, 1, 0},
+		{"object gone", map[string]string{k: obj(2, false, "7")}, map[string]string{}, 1, 0},
+		{"a walsender gone", map[string]string{"replication on orders-east to orders-west": "streaming async"}, map[string]string{}, 1, 0},
+	} {
+		changed, only := compareFingerprints(tc.before, tc.after)
+		if len(changed) != tc.changed || len(only) != tc.only {
+			t.Errorf("%s: changed %q, status only %q", tc.name, changed, only)
+		}
+	}
+}

@@ -118,6 +118,9 @@ func (iso *Isolation) text(b *strings.Builder) {
 	for _, ch := range iso.Changes {
 		fmt.Fprintf(b, "    %s\n", ch)
 	}
+	for _, ch := range iso.StatusOnly {
+		fmt.Fprintf(b, "    (status only) %s\n", ch)
+	}
 }
 
 func (iso *Isolation) markdown(b *strings.Builder) {
@@ -142,6 +145,9 @@ func (iso *Isolation) markdown(b *strings.Builder) {
 	}
 	for _, ch := range iso.Changes {
 		fmt.Fprintf(b, "- changed: %s\n", cell(ch))
+	}
+	for _, ch := range iso.StatusOnly {
+		fmt.Fprintf(b, "- status only: %s\n", cell(ch))
 	}
 }
 

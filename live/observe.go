@@ -85,6 +85,11 @@ type Observer struct {
 	// out SiteTimeout again, which a partitioned site would cost on every
 	// look of a run's waits.
 	DownFor time.Duration
+	// Shared, when set, is the reads this observer shares with the others
+	// of its process; Flavor names the topology's flavor, which the
+	// operator check depends on.
+	Shared *Shared
+	Flavor string
 
 	keyOnce sync.Once
 	key     []byte
@@ -121,9 +126,15 @@ type cachedCA struct {
 }
 
 // tlsFor is ReadTLS for one cluster, its bundle read at most once a
-// minute while reads succeed.
-func (o *Observer) tlsFor(ctx context.Context, api SiteAPI, site string, policy topology.PostgresTLS, cluster, ns string) (TLS, error) {
-	key := site + "/" + ns + "/" + cluster
+// minute while reads succeed (once for every cluster of the namespace and
+// topology that share it, when the observer shares reads).
+func (o *Observer) tlsFor(ctx context.Context, api SiteAPI, site topology.Site, policy topology.PostgresTLS, cluster, ns string) (TLS, error) {
+	if key := sharedKey(site, "CA bundle in "+ns+": "+caSourceKey(policy)); o.Shared != nil && key != "" {
+		v, err := o.Shared.read(ctx, key, flavorCheckEvery, func() (any, error) { return ReadTLS(ctx, api, policy, cluster, ns) })
+		t, _ := v.(TLS)
+		return t, err
+	}
+	key := site.Name + "/" + ns + "/" + cluster
 	o.downMu.Lock()
 	c, ok := o.cas[key]
 	o.downMu.Unlock()
@@ -148,7 +159,23 @@ const flavorCheckEvery = time.Minute
 
 // checkFlavor checks a site's operator, at most once a minute while it
 // passes.
-func (o *Observer) checkFlavor(ctx context.Context, api SiteAPI, site string) string {
+func (o *Observer) checkFlavor(ctx context.Context, api SiteAPI, site topology.Site) string {
+	if key := sharedKey(site, "operator check of flavor "+o.Flavor); o.Shared != nil && key != "" {
+		_, err := o.Shared.read(ctx, key, flavorCheckEvery, func() (any, error) {
+			if why := api.CheckFlavor(ctx); why != "" {
+				return nil, errors.New(why)
+			}
+			return nil, nil
+		})
+		if err != nil {
+			return err.Error()
+		}
+		return ""
+	}
+	return o.checkFlavorOwn(ctx, api, site.Name)
+}
+
+func (o *Observer) checkFlavorOwn(ctx context.Context, api SiteAPI, site string) string {
 	o.downMu.Lock()
 	at, ok := o.flavorOK[site]
 	o.downMu.Unlock()
@@ -307,19 +334,19 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	)
 	knownIPs, haveIPs := o.knownNodes(site.Name)
 	if !focused || !haveIPs {
-		wg.Go(func() { nodes, nodesErr = api.ListNodes(ctx) })
+		wg.Go(func() { nodes, nodesErr = o.listNodes(ctx, api, site) })
 	}
 	if !focused {
 		wg.Go(func() { lease, leaseErr = o.lease(ctx, api, d, site) })
 		wg.Go(func() { drills, drillErr = o.drills(ctx, api, d, site) })
-		wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site.Name) })
+		wg.Go(func() { st.Unsupported = o.checkFlavor(ctx, api, site) })
 		wg.Go(func() { orphans, orphErr = o.orphans(ctx, api, d, site) })
 	}
 	for i, c := range clusters {
 		if focused {
 			reads[i].known = o.knownOf(site.Name, c.Namespace, c.Name)
 		}
-		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni(), func() (TLS, error) { return o.tlsFor(ctx, api, site.Name, d.TLS, c.Name, c.Namespace) }, o.ObserverSecret)
+		reads[i].start(ctx, &wg, api, o.digestKey(), c, o.Names.MasterService(c.Name), site.Patroni(), func() (TLS, error) { return o.tlsFor(ctx, api, site, d.TLS, c.Name, c.Namespace) }, o.ObserverSecret)
 	}
 	wg.Wait()
 	if nodesErr == nil && (nodes != nil || !haveIPs) {
