@@ -84,6 +84,50 @@ func TestUpdateWaitsForItsRestart(t *testing.T) {
 	}
 }
 
+// A standby's restart waits until it has replayed what its primary wrote
+// before: a primary just restarted with a lowered max_connections logs the
+// new value in WAL, and a standby restarting with it before replaying that
+// record finds its settings below the primary's and pauses its replay.
+// One byte short of the primary's end of WAL, no restart is asked for.
+func TestStandbyRestartWaitsUntilItReplayedThePrimary(t *testing.T) {
+	const end = snapshot.LSN(0x5000000)
+	for _, tc := range []struct {
+		name     string
+		replayed snapshot.LSN
+		restarts bool
+	}{
+		{"one byte short", end - 1, false},
+		{"at the primary's end of WAL", end, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(primaryState("orders-east", "east", eastEP, end, 1), standbyState("orders-west", "west", westEP, eastEP, tc.replayed, 1))
+			w.settings = map[string]string{"orders-west/max_connections": "60"}
+			w.react = func(w *world, what, cluster string) {
+				c := w.cluster(cluster)
+				switch what {
+				case "spec":
+					c.PG.PendingRestart = []string{"max_connections"}
+				case "restart":
+					c.PG.PendingRestart, w.settings[cluster+"/max_connections"] = nil, "50"
+				}
+			}
+			spec := standbySpec.WithPeer(*eastEP)
+			spec.Parameters = map[string]string{"max_connections": "50"}
+			step := plan.Step{Action: plan.ActionUpdate, Subject: subject("west", "orders-west"), Payload: &plan.Update{Spec: spec,
+				Restart: &plan.Restart{Parameters: []string{"max_connections"}, Follows: "orders-east", Values: map[string]string{"max_connections": "50"}}}}
+			r, _ := runner(w)
+			err := run(t, r, step)
+			asked := slices.Contains(w.writes(), "restart pending west/db/orders-west")
+			if asked != tc.restarts || (err == nil) != tc.restarts {
+				t.Fatalf("restart asked for: %v, error %v", asked, err)
+			}
+			if !tc.restarts && !strings.Contains(err.Error(), "orders-west replaying what orders-east wrote before orders-west's restart") {
+				t.Fatalf("error %v, want the replay waited for named", err)
+			}
+		})
+	}
+}
+
 // A standby's stale credentials are refreshed with the primary's username
 // and password alone (the operator's type, labels and other keys are not
 // sent), never shown, and the step ends once the standby signs in.

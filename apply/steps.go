@@ -439,6 +439,27 @@ func (x *stepRun) Restart(ctx context.Context, at plan.Subject, r *plan.Restart)
 	}); err != nil {
 		return err
 	}
+	// A standby restarts only once it has replayed what its primary wrote
+	// until now: at startup it checks its settings against the primary's
+	// as its last replayed WAL gives them, and a primary restarted just
+	// before with a lowered max_connections has them in a record the
+	// standby may not have yet, whose absence pauses its replay.
+	if primary := r.Follows; primary != "" {
+		var upTo snapshot.LSN
+		if err := x.wait(ctx, name+" replaying what "+primary+" wrote before "+name+"'s restart", []string{name, primary}, func(snap *snapshot.Snapshot) (bool, string) {
+			cs, _ := snap.Cluster(name)
+			pr, _ := snap.Cluster(primary)
+			if upTo == 0 && pr.PG != nil {
+				upTo = pr.PG.EndOfWAL()
+			}
+			if upTo == 0 || cs.PG == nil {
+				return false, statusWords(cs)
+			}
+			return cs.PG.ReplayLSN >= upTo, fmt.Sprintf("replayed %s of %s", cs.PG.ReplayLSN, upTo)
+		}); err != nil {
+			return fmt.Errorf("restart %s: %w", name, err)
+		}
+	}
 	if err := w.RestartPending(ctx, at.Namespace, name); err != nil {
 		return fmt.Errorf("restart %s: %w", name, err)
 	}
