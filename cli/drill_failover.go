@@ -136,12 +136,8 @@ func (w *drillWorld) CreateClone(ctx context.Context, c drill.Clone, of *snapsho
 	if err != nil {
 		return err
 	}
-	if u, err := fs.GetObject(ctx, fs.Op.Resource, c.Namespace, c.Name); err == nil {
-		if u.GetLabels()[drill.CloneLabel] != w.d.Name {
-			return fmt.Errorf("%s exists and is not a clone of a %s drill; rename it or name another standby with --from", c, w.d.Name)
-		}
-	} else if !apierrors.IsNotFound(err) {
-		return fmt.Errorf("get %s: %w", c, err)
+	if err := w.ours(ctx, fs, c); err != nil && !apierrors.IsNotFound(err) {
+		return err
 	}
 	if of.Object == nil {
 		return fmt.Errorf("%s has no object to copy", of.Name)
@@ -166,6 +162,22 @@ func (w *drillWorld) writeClone(ctx context.Context, fs flavor.Site, c drill.Clo
 	u := fs.Op.BuildSpec(c.Namespace, c.Name, spec)
 	u.SetLabels(map[string]string{drill.CloneLabel: w.d.Name})
 	return fs.ApplyObject(ctx, fs.Op.Resource, kube.FieldManager, u)
+}
+
+// ours checks that the object of c's name is this topology's drill's
+// clone: a NotFound error when there is none, a *drill.ForeignObjectError
+// when it is someone else's.
+func (w *drillWorld) ours(ctx context.Context, fs flavor.Site, c drill.Clone) error {
+	u, err := fs.GetObject(ctx, fs.Op.Resource, c.Namespace, c.Name)
+	switch {
+	case apierrors.IsNotFound(err):
+		return err
+	case err != nil:
+		return fmt.Errorf("get %s: %w", c, err)
+	case u.GetLabels()[drill.CloneLabel] != w.d.Name:
+		return &drill.ForeignObjectError{Clone: c.String(), Topology: w.d.Name}
+	}
+	return nil
 }
 
 // PromoteClone clears the clone's standby settings: its operator promotes
@@ -195,8 +207,16 @@ func (w *drillWorld) DeleteClone(ctx context.Context, c drill.Clone) error {
 	if err != nil {
 		return err
 	}
-	if err := fs.DeleteCluster(ctx, c.Namespace, c.Name); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete %s: %w", c, err)
+	// Only an object labelled as this topology's clone is deleted, whoever
+	// asks.
+	switch err := w.ours(ctx, fs, c); {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return err
+	default:
+		if err := fs.DeleteCluster(ctx, c.Namespace, c.Name); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete %s: %w", c, err)
+		}
 	}
 	w.mu.Lock()
 	delete(w.logins, "clone "+c.String())

@@ -182,7 +182,7 @@ func (d *Isolated) Run(ctx context.Context) (*Report, error) {
 	beatsDone := make(chan struct{})
 	go func() { defer close(beatsDone); beats.run(beatCtx) }()
 
-	runErr := d.rehearse(ctx, iso, clone, src, beats, say)
+	asked, runErr := d.rehearse(ctx, iso, clone, src, beats, say)
 
 	// Whatever happened: the clone goes, the heartbeat's table goes, and
 	// production must be as it was.
@@ -190,9 +190,11 @@ func (d *Isolated) Run(ctx context.Context) (*Report, error) {
 	<-beatsDone
 	cleanup := context.WithoutCancel(ctx)
 	rep.Acknowledged = len(beats.acked())
-	say("deleting %s", clone)
-	if err := d.World.DeleteClone(cleanup, clone); err != nil {
-		runErr = errors.Join(runErr, fmt.Errorf("%s not deleted (the next drill removes it): %w", clone, err))
+	if asked {
+		say("deleting %s", clone)
+		if err := d.World.DeleteClone(cleanup, clone); err != nil {
+			runErr = errors.Join(runErr, fmt.Errorf("%s not deleted (the next drill removes it): %w", clone, err))
+		}
 	}
 	missing, msg := countAndDrop(cleanup, d.World, d.Desired, beats.acked())
 	rep.Missing = missing
@@ -232,15 +234,33 @@ const KindIsolated = "failover-isolated"
 
 // rehearse creates the clone, waits for it to stream, cuts it loose,
 // measures it and runs the checks.
-func (d *Isolated) rehearse(ctx context.Context, iso *Isolation, clone Clone, src *snapshot.ClusterState, beats *heartbeat, say func(string, ...any)) error {
+//
+// asked says whether the clone was asked for (and so is to be deleted):
+// not when an object of its name is someone else's.
+func (d *Isolated) rehearse(ctx context.Context, iso *Isolation, clone Clone, src *snapshot.ClusterState, beats *heartbeat, say func(string, ...any)) (asked bool, _ error) {
 	if err := beats.waitFirst(ctx, 10*time.Second); err != nil {
-		return err
+		return false, err
 	}
 	say("creating %s: a standby of %s inside site %s, reachable only there", clone, src.Name, clone.Site)
 	created := time.Now()
 	if err := d.World.CreateClone(ctx, clone, src); err != nil {
-		return fmt.Errorf("creating %s: %w", clone, err)
+		var foreign *ForeignObjectError
+		return !errors.As(err, &foreign), fmt.Errorf("creating %s: %w", clone, err)
 	}
+	return true, d.measure(ctx, iso, clone, src, beats, created, say)
+}
+
+// ForeignObjectError: an object of the clone's name exists and is not a
+// clone of this topology's drill; the drill leaves it alone.
+type ForeignObjectError struct{ Clone, Topology string }
+
+func (e *ForeignObjectError) Error() string {
+	return fmt.Sprintf("%s exists and is not a clone of a %s drill (no label %s=%s): left alone; rename it or name another standby with --from", e.Clone, e.Topology, CloneLabel, e.Topology)
+}
+
+// measure waits for the clone to stream, cuts it loose, measures it and
+// runs the checks.
+func (d *Isolated) measure(ctx context.Context, iso *Isolation, clone Clone, src *snapshot.ClusterState, beats *heartbeat, created time.Time, say func(string, ...any)) error {
 	// Streaming, and caught up: it replayed a heartbeat acknowledged after
 	// it first streamed, so what it holds at the cut is what streaming
 	// brought it, not its base backup.

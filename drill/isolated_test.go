@@ -25,6 +25,7 @@ type fakeClones struct {
 	lag      int64
 	checks   map[string]*bool // a check's SQL → what it returns
 	deleted  []string
+	foreign  bool // an object of the clone's name is someone else's
 	// onPromote runs as the clone is cut loose (production changing
 	// meanwhile, in a test).
 	onPromote func()
@@ -39,6 +40,9 @@ func (w *fakeClones) LeftClones(context.Context) ([]Clone, error) { return w.lef
 func (w *fakeClones) CreateClone(_ context.Context, c Clone, of *snapshot.ClusterState) error {
 	if of.Name != "orders-west" || c.Site != "west" {
 		return errors.New("cloned the wrong standby")
+	}
+	if w.foreign {
+		return &ForeignObjectError{Clone: c.String(), Topology: "orders"}
 	}
 	w.clone = &c
 	return nil
@@ -201,6 +205,21 @@ func TestIsolatedDrillFails(t *testing.T) {
 				t.Fatalf("the clone was not deleted: %v", w.deleted)
 			}
 		})
+	}
+}
+
+// An object of the clone's name that is not this drill's is never
+// deleted: the drill fails, saying so.
+func TestIsolatedDrillLeavesAForeignObjectAlone(t *testing.T) {
+	w := newFakeClones()
+	w.foreign = true
+	rep, err := isolatedOver(t, w).Run(context.Background())
+	var foreign *ForeignObjectError
+	if rep == nil || rep.Result != "failed" || !errors.As(err, &foreign) || !strings.Contains(err.Error(), "left alone") {
+		t.Fatalf("report %+v, error %v", rep, err)
+	}
+	if len(w.deleted) != 0 {
+		t.Fatalf("deleted %v", w.deleted)
 	}
 }
 
