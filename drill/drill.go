@@ -218,6 +218,9 @@ func (s *Switchover) Run(ctx context.Context) (*Report, error) {
 	if err := beats.waitFirst(ctx, 10*time.Second); err != nil {
 		return finish(err)
 	}
+	if err := s.settled(ctx, s.Desired, "before the first move"); err != nil {
+		return finish(err)
+	}
 	if err := s.move(ctx, rep, away, home, to); err != nil {
 		return finish(err)
 	}
@@ -227,27 +230,60 @@ func (s *Switchover) Run(ctx context.Context) (*Report, error) {
 	case <-ctx.Done():
 		return finish(ctx.Err())
 	}
+	// The way back starts as the first move did: from a DR-ready
+	// topology, the old primary streaming within maxLagBytes (it may
+	// still be catching up with the promotion's WAL after a short hold).
+	if err := s.settled(ctx, away, "before moving back"); err != nil {
+		return finish(err)
+	}
 	if err := s.move(ctx, rep, s.Desired, to, home); err != nil {
 		return finish(err)
 	}
 	// Every standby streaming again, within maxLagBytes.
-	began := time.Now()
-	settle := s.Settle
-	if settle == 0 {
-		settle = 2 * time.Minute
+	if err := s.settled(ctx, s.Desired, "after the drill"); err != nil {
+		return finish(err)
 	}
-	for {
-		v := health.DR(s.Desired, s.World.Observe(ctx, s.Desired))
-		if v.Healthy {
-			rep.StreamingAfter = time.Since(rep.Moves[len(rep.Moves)-1].end).Seconds()
-			break
-		}
-		if time.Since(began) > settle {
-			return finish(fmt.Errorf("not DR ready %s after the drill: %s", settle, v.Message))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	rep.StreamingAfter = time.Since(rep.Moves[len(rep.Moves)-1].end).Seconds()
 	return finish(nil)
+}
+
+// settled waits, at most Settle (default 2 min), until d's DR verdict is
+// ready (every standby streaming within maxLagBytes) and every cluster's
+// operator reports it ready: after a promotion the new primary's operator
+// builds its in-site replicas again, and a base backup's end written after
+// the next move's fence is WAL its target can never receive, which backs
+// the move out.
+func (s *Switchover) settled(ctx context.Context, d *topology.Desired, when string) error {
+	began, bound := time.Now(), or(s.Settle, 2*time.Minute)
+	for {
+		snap := s.World.Observe(ctx, d)
+		v := health.DR(d, snap)
+		why := v.Message
+		if v.Healthy {
+			if why = notReady(snap); why == "" {
+				return nil
+			}
+		}
+		if time.Since(began) > bound {
+			return fmt.Errorf("not ready within %s %s: %s", bound, when, why)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// notReady names a cluster whose operator does not report it ready, ""
+// when none.
+func notReady(snap *snapshot.Snapshot) string {
+	for _, c := range snap.Clusters {
+		if c.Object != nil && !c.Object.Ready {
+			return fmt.Sprintf("%s's operator reports it %s, not ready", c.Name, or(c.Object.Status, "not ready"))
+		}
+	}
+	return ""
 }
 
 // move applies d (primary to) and measures it.

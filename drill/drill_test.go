@@ -24,6 +24,14 @@ type fakeWorld struct {
 	lose     int64 // a beat id the primary forgets (a loss to count)
 	applied  []string
 	notReady bool
+	// catchUp: after each move, the new standby is that many looks from
+	// streaming (catching up with the promotion); observed counts down.
+	catchUp, behind int
+	// rebuild: after each move, the new primary's operator reports it
+	// Creating (building its in-site replicas) for that many looks.
+	rebuild, building int
+	// appliedWhileBehind counts moves applied while a standby was behind.
+	appliedWhileBehind int
 	// replication and slots are what the primary's pg_stat_replication
 	// and pg_replication_slots show, as the drill's queries return them.
 	replication, slots string
@@ -39,11 +47,21 @@ func (w *fakeWorld) Observe(_ context.Context, d *topology.Desired) *snapshot.Sn
 		if c.name != w.primary {
 			cs.PG.InRecovery = true
 			cs.PG.WalReceiver = &snapshot.WalReceiver{Status: "streaming"}
-			if w.notReady {
+			if w.notReady || w.behind > 0 {
 				cs.PG.WalReceiver.Status = "stopped"
 			}
 		}
+		cs.Object = &snapshot.Object{Status: "Running", Ready: true}
+		if c.name == w.primary && w.building > 0 {
+			cs.Object.Status, cs.Object.Ready = "Creating", false
+		}
 		snap.Clusters = append(snap.Clusters, cs)
+	}
+	if w.behind > 0 {
+		w.behind--
+	}
+	if w.building > 0 {
+		w.building--
 	}
 	return snap
 }
@@ -55,8 +73,12 @@ func (w *fakeWorld) Apply(_ context.Context, d *topology.Desired) error {
 	if w.applyErr != nil {
 		return w.applyErr
 	}
+	if w.behind > 0 || w.building > 0 {
+		w.appliedWhileBehind++
+	}
 	time.Sleep(30 * time.Millisecond) // writes refused meanwhile
 	w.primary = d.Primary().Name
+	w.behind, w.building = w.catchUp, w.rebuild
 	return nil
 }
 
@@ -145,6 +167,29 @@ func TestDrillRoundTrip(t *testing.T) {
 	for _, m := range rep.Moves {
 		if m.LongestGap < 0.02 {
 			t.Fatalf("move %s → %s: longest gap %.3fs, want the ~30 ms writes were refused", m.From, m.To, m.LongestGap)
+		}
+	}
+}
+
+// With no hold, the way back waits until the old primary streams again
+// (as it catches up with the promotion): a move back at once would be
+// refused for its lag.
+// And until the new primary's operator reports it ready again: one still
+// building its in-site replicas runs base backups, whose end, written
+// after the next fence, would back that move out.
+func TestDrillMovesBackFromAReadyTopology(t *testing.T) {
+	for _, w := range []*fakeWorld{
+		{primary: "orders-east", rows: map[int64]bool{}, catchUp: 3},
+		{primary: "orders-east", rows: map[int64]bool{}, rebuild: 3},
+	} {
+		d := drillOver(t, w)
+		d.Hold = 0
+		rep, err := d.Run(context.Background())
+		if err != nil || rep.Result != "passed" || len(w.applied) != 2 {
+			t.Fatalf("report %+v, error %v, applied %v", rep, err, w.applied)
+		}
+		if w.appliedWhileBehind != 0 {
+			t.Fatalf("%d move(s) applied while a standby was not streaming or the primary not ready", w.appliedWhileBehind)
 		}
 	}
 }
