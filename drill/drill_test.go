@@ -21,9 +21,19 @@ type fakeWorld struct {
 	primary  string
 	rows     map[int64]bool
 	applyErr error
-	lose     int64 // a beat id the primary forgets (a loss to count)
-	applied  []string
-	notReady bool
+	// failMove fails the nth move (1-based) with applyErr.
+	failMove int
+	dropErr  error
+	// neverSettlesAfter: after that move (1-based), the standby never
+	// streams again.
+	neverSettlesAfter int
+	// rv is every object's resource version; instances its spec's, which
+	// onPromote-like hooks change.
+	rv        string
+	instances int
+	lose      int64 // a beat id the primary forgets (a loss to count)
+	applied   []string
+	notReady  bool
 	// catchUp: after each move, the new standby is that many looks from
 	// streaming (catching up with the promotion); observed counts down.
 	catchUp, behind int
@@ -51,7 +61,7 @@ func (w *fakeWorld) Observe(_ context.Context, d *topology.Desired) *snapshot.Sn
 				cs.PG.WalReceiver.Status = "stopped"
 			}
 		}
-		cs.Object = &snapshot.Object{Status: "Running", Ready: true}
+		cs.Object = &snapshot.Object{Status: "Running", Ready: true, ResourceVersion: w.rv, Spec: snapshot.Spec{Instances: w.instances}}
 		if c.name == w.primary && w.building > 0 {
 			cs.Object.Status, cs.Object.Ready = "Creating", false
 		}
@@ -70,7 +80,7 @@ func (w *fakeWorld) Apply(_ context.Context, d *topology.Desired) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.applied = append(w.applied, d.Primary().Name)
-	if w.applyErr != nil {
+	if w.applyErr != nil && (w.failMove == 0 || w.failMove == len(w.applied)) {
 		return w.applyErr
 	}
 	if w.behind > 0 || w.building > 0 {
@@ -79,6 +89,9 @@ func (w *fakeWorld) Apply(_ context.Context, d *topology.Desired) error {
 	time.Sleep(30 * time.Millisecond) // writes refused meanwhile
 	w.primary = d.Primary().Name
 	w.behind, w.building = w.catchUp, w.rebuild
+	if w.neverSettlesAfter == len(w.applied) {
+		w.behind = 1 << 30
+	}
 	return nil
 }
 
@@ -101,6 +114,9 @@ func (s *fakeSession) Exec(_ context.Context, sql string, args ...any) error {
 		if id := args[0].(int64); id != s.w.lose {
 			s.w.rows[id] = true
 		}
+	}
+	if sql == dropSQL && len(s.w.rows) > 0 { // the drill's last drop, not its first
+		return s.w.dropErr
 	}
 	return nil
 }
@@ -232,6 +248,60 @@ func TestDrillThatBacksOutSaysSo(t *testing.T) {
 	}
 }
 
+// A drill whose way back fails, or whose topology does not settle after
+// it, or whose table is not dropped, says so: never "passed".
+func TestDrillFailsOnTheWayBack(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		w    *fakeWorld
+		want string
+	}{
+		{"the move back fails", &fakeWorld{applyErr: errors.New("refused: lag"), failMove: 2}, "move orders-west → orders-east: refused: lag"},
+		{"never DR ready after the first move", &fakeWorld{neverSettlesAfter: 1}, "not ready within 300ms before moving back"},
+		{"never DR ready after the drill", &fakeWorld{neverSettlesAfter: 2}, "not ready within 300ms after the drill"},
+		{"the table not dropped", &fakeWorld{dropErr: errors.New("permission denied")}, "pgtopo_drill not dropped on orders-east: permission denied"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.w.primary, tc.w.rows = "orders-east", map[int64]bool{}
+			d := drillOver(t, tc.w)
+			d.Settle = 300 * time.Millisecond
+			rep, err := d.Run(context.Background())
+			if rep == nil || !strings.Contains(rep.Error, tc.want) {
+				t.Fatalf("report %+v, error %v; want %q", rep, err, tc.want)
+			}
+			if tc.name != "the table not dropped" && (rep.Result != "failed" || err == nil) {
+				t.Fatalf("result %s, error %v", rep.Result, err)
+			}
+		})
+	}
+}
+
+// Target prefers a standby in another site than the primary's, then the
+// one least behind; one that does not stream is never chosen.
+func TestTargetPrefersAnotherSiteThenLeastBehind(t *testing.T) {
+	d := desired(t, "orders-east")
+	st := func(name, site string, replay snapshot.LSN, status string) snapshot.ClusterState {
+		return snapshot.ClusterState{Name: name, Site: site, PG: &snapshot.PGState{InRecovery: true, ReplayLSN: replay, WalReceiver: &snapshot.WalReceiver{Status: status}}}
+	}
+	primary := snapshot.ClusterState{Name: "orders-east", Site: "east", PG: &snapshot.PGState{CurrentLSN: 1000}}
+	for _, tc := range []struct {
+		name     string
+		standbys []snapshot.ClusterState
+		want     string
+	}{
+		{"another site though further behind", []snapshot.ClusterState{st("orders-east2", "east", 1000, "streaming"), st("orders-west", "west", 900, "streaming")}, "orders-west"},
+		{"least behind among other sites", []snapshot.ClusterState{st("orders-west", "west", 500, "streaming"), st("orders-south", "south", 900, "streaming")}, "orders-south"},
+		{"least behind, listed first", []snapshot.ClusterState{st("orders-south", "south", 900, "streaming"), st("orders-west", "west", 500, "streaming")}, "orders-south"},
+		{"not one that does not stream", []snapshot.ClusterState{st("orders-west", "west", 1000, "stopped"), st("orders-east2", "east", 100, "streaming")}, "orders-east2"},
+	} {
+		snap := &snapshot.Snapshot{Clusters: append([]snapshot.ClusterState{primary}, tc.standbys...)}
+		got, err := Target(d, snap, "")
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %q, %v; want %q", tc.name, got, err, tc.want)
+		}
+	}
+}
+
 func TestTarget(t *testing.T) {
 	w := &fakeWorld{primary: "orders-east"}
 	snap := w.Observe(context.Background(), desired(t, "orders-east"))
@@ -265,5 +335,8 @@ func TestLongestGap(t *testing.T) {
 		if got := LongestGap(acked, at(tc.from), at(tc.to)); got != tc.want {
 			t.Errorf("[%d, %d]: %s, want %s", tc.from, tc.to, got, tc.want)
 		}
+	}
+	if got := LongestGap(nil, at(0), at(100)); got != 0 {
+		t.Errorf("no beats: %s, want 0", got)
 	}
 }

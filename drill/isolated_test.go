@@ -156,6 +156,18 @@ func TestIsolatedDrillPasses(t *testing.T) {
 	}
 }
 
+// An object whose resource version moved alone (its operator's status)
+// does not fail the drill; the report lists it.
+func TestIsolatedDrillTakesAStatusUpdateForTheOperators(t *testing.T) {
+	w := newFakeClones()
+	w.rv = "7"
+	w.onPromote = func() { w.mu.Lock(); w.rv = "9"; w.mu.Unlock() }
+	rep, err := isolatedOver(t, w).Run(context.Background())
+	if err != nil || rep.Isolation.Production != "unchanged" || len(rep.Isolation.StatusOnly) != 2 {
+		t.Fatalf("error %v, isolation %+v", err, rep.Isolation)
+	}
+}
+
 // A clone lagging at the cut lacks heartbeats acknowledged before it: the
 // RPO counts them.
 func TestIsolatedDrillMeasuresWhatTheCloneLacks(t *testing.T) {
@@ -188,6 +200,10 @@ func TestIsolatedDrillFails(t *testing.T) {
 		{name: "production's replication changed", setup: func(w *fakeClones) {
 			w.onPromote = func() { w.mu.Lock(); w.replication = "orders-west\tcatchup async"; w.mu.Unlock() }
 		}, want: "production changed during the drill: replication on orders-east to orders-west: streaming async → catchup async"},
+		{name: "an object's spec changed", setup: func(w *fakeClones) {
+			w.rv = "7"
+			w.onPromote = func() { w.mu.Lock(); w.instances, w.rv = 3, "9"; w.mu.Unlock() }
+		}, want: "production changed during the drill: object east/db/orders-east: spec and marks"},
 		{name: "a slot appeared on the primary", setup: func(w *fakeClones) {
 			w.onPromote = func() { w.mu.Lock(); w.slots = "orders_west_drill (physical)"; w.mu.Unlock() }
 		}, want: "slot on orders-east orders_west_drill (physical): new"},
@@ -257,6 +273,16 @@ func TestIsolatedDrillRefuses(t *testing.T) {
 		}()
 		rep, err := d.Run(context.Background())
 		if rep != nil || err == nil || !strings.Contains(err.Error(), "production did not hold still") || w.clone != nil {
+			t.Fatalf("report %v, error %v, clone %v", rep, err, w.clone)
+		}
+	})
+	t.Run("an operator not reporting its cluster ready", func(t *testing.T) {
+		w := newFakeClones()
+		w.building = 1 << 30
+		d := isolatedOver(t, w)
+		d.Settle = 50 * time.Millisecond
+		rep, err := d.Run(context.Background())
+		if rep != nil || err == nil || !strings.Contains(err.Error(), "not every cluster's operator reports it ready") || w.clone != nil {
 			t.Fatalf("report %v, error %v, clone %v", rep, err, w.clone)
 		}
 	})

@@ -143,6 +143,9 @@ func (iso *Isolation) markdown(b *strings.Builder) {
 			fmt.Fprintf(b, "| %s | %s |\n", c.Name, res)
 		}
 	}
+	if len(iso.Changes)+len(iso.StatusOnly) > 0 {
+		b.WriteString("\n")
+	}
 	for _, ch := range iso.Changes {
 		fmt.Fprintf(b, "- changed: %s\n", cell(ch))
 	}

@@ -10,10 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 gremlins=${GREMLINS:-bin/gremlins}
 status=0
-# Goals by package; arguments pick packages (default: all three).
-declare -A goals=([planner]=85 [plan]=80 [apply]=70)
+# Goals by package; arguments pick packages (default: all four).
+declare -A goals=([planner]=85 [plan]=80 [apply]=70 [drill]=70)
 pkgs=("$@")
-[ ${#pkgs[@]} -gt 0 ] || pkgs=(planner plan apply)
+[ ${#pkgs[@]} -gt 0 ] || pkgs=(planner plan apply drill)
 for pkg in "${pkgs[@]}"; do
   goal=${goals[$pkg]:?no goal for package $pkg}
   out=$(mktemp)
