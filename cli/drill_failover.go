@@ -37,10 +37,12 @@ Once the clone streams and has replayed a recent heartbeat, pgtopo cuts it
 loose (the operator promotes it) and measures the RTO, from the cut to the
 clone taking a write, and the RPO, the heartbeats acknowledged before the
 cut that the clone lacks. It then runs the file's spec.drills.checks on the
-clone (SQL that must return true) and deletes the clone. Production's
-objects (their resource versions), its primary's replication and slots are
-compared before and after: any difference fails the drill. A clone left by
-a killed drill is removed by the next one.
+clone (SQL that must return true) and deletes the clone. Production is
+compared before and after: what pgtopo owns and marks on each object, who
+streams from the primary and its slots; any difference fails the drill (a
+resource version moved by the operator's status alone is only reported).
+A clone left by a killed drill is removed by the next one; an object of the
+clone's name that is not a drill's is never touched.
 
 A standby in a Patroni site cannot be cloned (pgtopo has no operator there):
 the drill says so and what to do instead. Exit 0 when the drill passed, 1
