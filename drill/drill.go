@@ -163,11 +163,7 @@ func Target(d *topology.Desired, snap *snapshot.Snapshot, named string) (string,
 // its error too when it did not pass; a drill that could not begin returns
 // only the error.
 func (s *Switchover) Run(ctx context.Context) (*Report, error) {
-	say := func(format string, args ...any) {
-		if s.Progress != nil {
-			s.Progress(fmt.Sprintf(format, args...))
-		}
-	}
+	say := sayer(s.Progress)
 	rep := &Report{APIVersion: "pgtopo.dev/v1alpha1", Kind: "DrillReport", Drill: "switchover", Topology: s.Desired.Name, Started: time.Now(), Hold: s.Hold.String()}
 	snap := s.World.Observe(ctx, s.Desired)
 	verdict := health.DR(s.Desired, snap)
@@ -187,17 +183,12 @@ func (s *Switchover) Run(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The heartbeat's table, on the primary.
+	// Through whichever cluster takes writes, as they move.
 	primary, _ := snap.Cluster(home)
-	if err := execOn(ctx, s.World, primary, createSQL...); err != nil {
-		return nil, fmt.Errorf("drill: heartbeat table on %s: %w", home, err)
+	beats, stop, err := startHeartbeat(ctx, s.World, primary, snap.Clusters, s.Beat, say)
+	if err != nil {
+		return nil, err
 	}
-	say("heartbeat: %s.heartbeat on %s, a row every %s", Schema, home, s.beat())
-	beats := &heartbeat{world: s.World, clusters: snap.Clusters, every: s.beat()}
-	beatCtx, stopBeats := context.WithCancel(ctx)
-	beatsDone := make(chan struct{})
-	go func() { defer close(beatsDone); beats.run(beatCtx) }()
-	stop := func() { stopBeats(); <-beatsDone }
 
 	finish := func(err error) (*Report, error) {
 		stop()
@@ -295,9 +286,7 @@ func (s *Switchover) move(ctx context.Context, rep *Report, d *topology.Desired,
 			m.LagBytes = snapshot.Lag(p.PG, t.PG)
 		}
 	}
-	if s.Progress != nil {
-		s.Progress(fmt.Sprintf("move: %s → %s (%s behind)", from, to, snapshot.HumanBytes(m.LagBytes)))
-	}
+	sayer(s.Progress)("move: %s → %s (%s behind)", from, to, snapshot.HumanBytes(m.LagBytes))
 	m.began = time.Now()
 	err := s.World.Apply(ctx, d)
 	m.end = time.Now()
@@ -380,11 +369,28 @@ func execOn(ctx context.Context, w World, c *snapshot.ClusterState, sqls ...stri
 	return nil
 }
 
-func (s *Switchover) beat() time.Duration {
-	if s.Beat > 0 {
-		return s.Beat
+// sayer formats progress for a listener that may be absent.
+func sayer(progress func(string)) func(string, ...any) {
+	return func(format string, args ...any) {
+		if progress != nil {
+			progress(fmt.Sprintf(format, args...))
+		}
 	}
-	return 100 * time.Millisecond
+}
+
+// startHeartbeat creates the heartbeat's table on primary and writes a
+// beat every period (default 100 ms) through whichever of clusters takes
+// writes, until stop.
+func startHeartbeat(ctx context.Context, w World, primary *snapshot.ClusterState, clusters []snapshot.ClusterState, every time.Duration, say func(string, ...any)) (beats *heartbeat, stop func(), _ error) {
+	if err := execOn(ctx, w, primary, createSQL...); err != nil {
+		return nil, nil, fmt.Errorf("drill: heartbeat table on %s: %w", primary.Name, err)
+	}
+	beats = &heartbeat{world: w, clusters: clusters, every: or(every, 100*time.Millisecond)}
+	say("heartbeat: %s.heartbeat on %s, a row every %s", Schema, primary.Name, beats.every)
+	beatCtx, stopBeats := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); beats.run(beatCtx) }()
+	return beats, func() { stopBeats(); <-done }, nil
 }
 
 // beat is one acknowledged heartbeat.

@@ -124,11 +124,7 @@ type Isolation struct {
 // its error too when it did not pass; a drill that could not begin
 // returns only the error.
 func (d *Isolated) Run(ctx context.Context) (*Report, error) {
-	say := func(format string, args ...any) {
-		if d.Progress != nil {
-			d.Progress(fmt.Sprintf(format, args...))
-		}
-	}
+	say := sayer(d.Progress)
 	rep := &Report{APIVersion: "pgtopo.dev/v1alpha1", Kind: "DrillReport", Drill: KindIsolated, Topology: d.Desired.Name, Started: time.Now()}
 	if err := d.cloneable(d.From); err != nil {
 		return nil, err
@@ -173,21 +169,17 @@ func (d *Isolated) Run(ctx context.Context) (*Report, error) {
 		return nil, fmt.Errorf("drill refused: %w", err)
 	}
 
-	if err := execOn(ctx, d.World, primary, createSQL...); err != nil {
-		return nil, fmt.Errorf("drill: heartbeat table on %s: %w", primary.Name, err)
+	// On the primary alone: production does not move.
+	beats, stopBeats, err := startHeartbeat(ctx, d.World, primary, []snapshot.ClusterState{*primary}, d.Beat, say)
+	if err != nil {
+		return nil, err
 	}
-	say("heartbeat: %s.heartbeat on %s, a row every %s", Schema, primary.Name, or(d.Beat, 100*time.Millisecond))
-	beats := &heartbeat{world: d.World, clusters: []snapshot.ClusterState{*primary}, every: or(d.Beat, 100*time.Millisecond)}
-	beatCtx, stopBeats := context.WithCancel(ctx)
-	beatsDone := make(chan struct{})
-	go func() { defer close(beatsDone); beats.run(beatCtx) }()
 
 	asked, runErr := d.rehearse(ctx, iso, clone, src, beats, say)
 
 	// Whatever happened: the clone goes, the heartbeat's table goes, and
 	// production must be as it was.
 	stopBeats()
-	<-beatsDone
 	cleanup := context.WithoutCancel(ctx)
 	rep.Acknowledged = len(beats.acked())
 	if asked {
@@ -449,11 +441,12 @@ func (d *Isolated) settled(ctx context.Context, primary *snapshot.ClusterState) 
 	for {
 		snap := d.World.Observe(ctx, d.Desired)
 		fp, err := d.fingerprint(ctx, snap, primary)
+		busy := notReady(snap)
 		switch {
 		case err != nil:
 			why, last = err.Error(), nil
-		case !allReady(snap):
-			why, last = "not every cluster's operator reports it ready", nil
+		case busy != "":
+			why, last = "not every cluster's operator reports it ready: "+busy, nil
 		case last != nil:
 			changed, statusOnly := compareFingerprints(last, fp)
 			if len(changed)+len(statusOnly) == 0 {
@@ -473,15 +466,6 @@ func (d *Isolated) settled(ctx context.Context, primary *snapshot.ClusterState) 
 		case <-time.After(steady):
 		}
 	}
-}
-
-func allReady(snap *snapshot.Snapshot) bool {
-	for _, c := range snap.Clusters {
-		if c.Object != nil && !c.Object.Ready {
-			return false
-		}
-	}
-	return true
 }
 
 // fingerprint is what the drill must leave as it found it: the resource
