@@ -165,6 +165,16 @@ func applyLive(ctx context.Context, e env, src *sourceFlags, f applyFlags, drain
 		fmt.Fprintf(w, "\nThe live world changed while this run waited for the lock (%s). The plan now is:\n\n", strings.Join(why, "; "))
 		return render.Text(w, &now)
 	}
+	if ps, ok := r.Switchovers.(planSlots); ok {
+		waited, release, err := ps.TakeAhead(ctx, pl)
+		if err != nil {
+			return fmt.Errorf("topology %s: waiting for a switchover slot, before locking it: %w", pl.Topology, err)
+		}
+		defer release()
+		if waited > 0 && r.Progress != nil {
+			r.Progress(apply.Event{Time: time.Now(), Type: apply.EventLock, Message: fmt.Sprintf("switchover slot taken after %.1fs, before the Lease (other topologies' switchovers ran in its sites)", waited.Seconds())})
+		}
+	}
 	res, err := r.ExecuteFrom(ctx, pl, snap)
 	if err == nil && res.Remaining != nil {
 		err = fmt.Errorf("not converged after the plan and %d follow-up plans (%s); run diff to see what remains", r.FollowUps, res.Remaining.Summary())

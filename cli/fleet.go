@@ -395,10 +395,20 @@ type planSlots struct {
 	slots    *siteSlots
 	contexts map[string]string
 	limits   map[string]int // by site name: spec.sites[].maxSwitchovers
+	// ahead is what TakeAhead holds for the run's switchover.
+	ahead *aheadSlots
+}
+
+// aheadSlots are slots taken before the topology's Lease, handed to the
+// first switchover of their sites.
+type aheadSlots struct {
+	mu      sync.Mutex
+	sites   []string
+	release func()
 }
 
 func newPlanSlots(slots *siteSlots, pl plan.Plan, d *topology.Desired) planSlots {
-	p := planSlots{slots: slots, contexts: map[string]string{}, limits: map[string]int{}}
+	p := planSlots{slots: slots, contexts: map[string]string{}, limits: map[string]int{}, ahead: &aheadSlots{}}
 	for _, s := range pl.Sites {
 		p.contexts[s.Name] = s.Context
 	}
@@ -410,7 +420,62 @@ func newPlanSlots(slots *siteSlots, pl plan.Plan, d *topology.Desired) planSlots
 	return p
 }
 
+// TakeAhead takes, before the run locks its topology, the slots of the
+// switchover pl begins (a resumed one is past its fence and takes none):
+// a run waiting for a slot while holding the Lease keeps the topology from
+// every other replica, which could run it meanwhile. The switchover then
+// takes them without waiting; release gives them back if it never does.
+func (p planSlots) TakeAhead(ctx context.Context, pl plan.Plan) (waited time.Duration, release func(), _ error) {
+	for _, st := range pl.Steps {
+		sw, ok := st.Payload.(*plan.Switchover)
+		if !ok || sw.Resume != "" {
+			continue
+		}
+		sites := []string{sw.From.Site, sw.To.Site}
+		rel, waited, err := p.acquire(ctx, sites)
+		if err != nil {
+			return waited, func() {}, err
+		}
+		p.ahead.mu.Lock()
+		p.ahead.sites, p.ahead.release = sites, rel
+		p.ahead.mu.Unlock()
+		return waited, p.dropAhead, nil
+	}
+	return 0, func() {}, nil
+}
+
+// dropAhead gives back slots taken ahead that no switchover took.
+func (p planSlots) dropAhead() {
+	p.ahead.mu.Lock()
+	rel := p.ahead.release
+	p.ahead.sites, p.ahead.release = nil, nil
+	p.ahead.mu.Unlock()
+	if rel != nil {
+		rel()
+	}
+}
+
+// Acquire hands over the slots taken ahead when they are for these sites;
+// otherwise it gives those back first (a plan changed under the Lease
+// must not hold one pair while waiting for another) and waits.
 func (p planSlots) Acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
+	if p.ahead == nil {
+		return p.acquire(ctx, sites)
+	}
+	p.ahead.mu.Lock()
+	rel, same := p.ahead.release, slices.Equal(p.ahead.sites, sites)
+	p.ahead.sites, p.ahead.release = nil, nil
+	p.ahead.mu.Unlock()
+	if rel != nil && same {
+		return rel, 0, nil
+	}
+	if rel != nil {
+		rel()
+	}
+	return p.acquire(ctx, sites)
+}
+
+func (p planSlots) acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
 	keys := make([]string, len(sites))
 	limits := map[string]int{}
 	for i, s := range sites {

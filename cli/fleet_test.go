@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pgtopo/pgtopo/plan"
 )
 
 // A site's slots bound the switchovers there: a second taker waits until
@@ -118,4 +120,72 @@ func TestPlanSlotsHoldTheFilesBound(t *testing.T) {
 	}
 	r1()
 	r2()
+}
+
+// A run takes its switchover's slots before the topology's Lease, so it
+// never holds the Lease while waiting for a slot; its switchover then
+// takes them without waiting. A plan changed under the Lease to other
+// sites gives the early slots back before waiting for its own.
+func TestPlanSlotsTakenAheadOfTheLease(t *testing.T) {
+	s := newSiteSlots(1)
+	ctx := context.Background()
+	sw := func(from, to string) plan.Plan {
+		return plan.Plan{Steps: []plan.Step{{Action: plan.ActionSwitchover, Payload: &plan.Switchover{
+			From: plan.Subject{Cluster: "a", Site: from}, To: plan.Subject{Cluster: "b", Site: to}}}}}
+	}
+	ps := planSlots{slots: s, ahead: &aheadSlots{}}
+	_, release, err := ps.TakeAhead(ctx, sw("east", "west"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, _, err := s.acquire(short, []string{"site east"}, nil); err == nil {
+		t.Fatal("east's slot was free while taken ahead")
+	}
+	got, waited, err := ps.Acquire(ctx, []string{"east", "west"})
+	if err != nil || waited != 0 {
+		t.Fatalf("the switchover waited %v for slots taken ahead: %v", waited, err)
+	}
+	got()
+	release() // nothing left: the switchover gave them back
+	if r, _, err := s.acquire(ctx, []string{"site east", "site west"}, nil); err != nil {
+		t.Fatal(err)
+	} else {
+		r()
+	}
+
+	// Replanned to other sites: the early pair is given back first.
+	_, release, _ = ps.TakeAhead(ctx, sw("east", "west"))
+	got, _, err = ps.Acquire(ctx, []string{"east", "north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _, err := s.acquire(short, []string{"site west"}, nil); err != nil {
+		t.Fatalf("west still held after the plan moved to north: %v", err)
+	} else {
+		r()
+	}
+	got()
+	release()
+
+	// Taken ahead, never used (another replica ran it): release frees it.
+	_, release, _ = ps.TakeAhead(ctx, sw("east", "west"))
+	release()
+	if r, _, err := s.acquire(short, []string{"site east", "site west"}, nil); err != nil {
+		t.Fatalf("slots taken ahead stayed held: %v", err)
+	} else {
+		r()
+	}
+
+	// A resumed switchover is past its fence: it takes nothing ahead.
+	resumed := sw("east", "west")
+	resumed.Steps[0].Payload.(*plan.Switchover).Resume = "demoting"
+	_, release, _ = ps.TakeAhead(ctx, resumed)
+	defer release()
+	if r, _, err := s.acquire(short, []string{"site east", "site west"}, nil); err != nil {
+		t.Fatalf("a resumed switchover took slots ahead: %v", err)
+	} else {
+		r()
+	}
 }

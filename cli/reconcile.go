@@ -111,10 +111,19 @@ resumes on the next run).`,
 				r.Holder = holder
 				r.LockTimeout, r.StepTimeout = lockTimeout, stepTimeout
 				r.FollowUps = 2
-				r.Switchovers = newPlanSlots(slots, pl, d)
+				ps := newPlanSlots(slots, pl, d)
+				r.Switchovers = ps
 				r.Changed = func(now plan.Plan, why []string) error {
 					log.Info("replanned", "topology", d.Name, "plan", now.Headline(), "why", strings.Join(why, "; "))
 					return nil
+				}
+				waited, release, err := ps.TakeAhead(ctx, pl)
+				if err != nil {
+					return nil, fmt.Errorf("waiting for a switchover slot, before locking the topology: %w", err)
+				}
+				defer release()
+				if waited > 0 {
+					log.Info("switchover slot taken", "topology", d.Name, "waited", waited.Round(time.Millisecond).String())
 				}
 				return r.ExecuteFrom(ctx, pl, seen)
 			}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -266,15 +267,47 @@ func (s *Switchover) settled(ctx context.Context, d *topology.Desired, when stri
 	}
 }
 
-// notReady names a cluster whose operator does not report it ready, ""
-// when none.
+// notReady names a cluster whose operator does not report it ready, or a
+// primary streaming to fewer members than its topology runs; "" when
+// neither. An operator calls a replica ready once its server runs, which
+// is before it streams: a replica that connects later is a change the
+// drill did not make.
 func notReady(snap *snapshot.Snapshot) string {
 	for _, c := range snap.Clusters {
 		if c.Object != nil && !c.Object.Ready {
 			return fmt.Sprintf("%s's operator reports it %s, not ready", c.Name, or(c.Object.Status, "not ready"))
 		}
 	}
-	return ""
+	return fewerSenders(snap)
+}
+
+// fewerSenders says when the primary streams to fewer members than
+// expected: its in-site replicas (an operator's object runs Instances
+// members) and one leader of each other cluster, "" when it does not.
+func fewerSenders(snap *snapshot.Snapshot) string {
+	p := health.LivePrimary(snap)
+	if p == nil || p.PG == nil {
+		return ""
+	}
+	want := 0
+	for _, c := range snap.Clusters {
+		if c.Exists && c.Name != p.Name {
+			want++
+		}
+	}
+	if p.Object != nil && p.Object.Spec.Flavor != snapshot.FlavorPatroni {
+		want += max(p.Object.Spec.Instances-1, 0)
+	}
+	var streaming []string
+	for _, r := range p.PG.Replication {
+		if r.State == "streaming" {
+			streaming = append(streaming, r.ApplicationName)
+		}
+	}
+	if len(streaming) >= want {
+		return ""
+	}
+	return fmt.Sprintf("%s streams to %d of the %d members expected (%s)", p.Name, len(streaming), want, or(strings.Join(streaming, ", "), "none"))
 }
 
 // move applies d (primary to) and measures it.

@@ -3,6 +3,7 @@ package drill
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -34,6 +35,8 @@ type fakeWorld struct {
 	lose      int64 // a beat id the primary forgets (a loss to count)
 	applied   []string
 	notReady  bool
+	// replicaDown: the primary's in-site replicas run but do not stream.
+	replicaDown bool
 	// catchUp: after each move, the new standby is that many looks from
 	// streaming (catching up with the promotion); observed counts down.
 	catchUp, behind int
@@ -67,6 +70,11 @@ func (w *fakeWorld) Observe(_ context.Context, d *topology.Desired) *snapshot.Sn
 		}
 		snap.Clusters = append(snap.Clusters, cs)
 	}
+	for i := range snap.Clusters {
+		if p := &snap.Clusters[i]; p.Name == w.primary {
+			p.PG.Replication = w.senders(snap)
+		}
+	}
 	if w.behind > 0 {
 		w.behind--
 	}
@@ -74,6 +82,29 @@ func (w *fakeWorld) Observe(_ context.Context, d *topology.Desired) *snapshot.Sn
 		w.building--
 	}
 	return snap
+}
+
+// senders is the primary's pg_stat_replication: what w.replication says,
+// or else the standby while it streams (in snap); and instances-1
+// in-site replicas, connected only when not w.replicaDown.
+func (w *fakeWorld) senders(snap *snapshot.Snapshot) []snapshot.ReplicationPeer {
+	var out []snapshot.ReplicationPeer
+	for line := range strings.Lines(w.replication) {
+		name, state, _ := strings.Cut(strings.TrimSpace(line), "\t")
+		state, _, _ = strings.Cut(state, " ")
+		out = append(out, snapshot.ReplicationPeer{ApplicationName: name, State: state})
+	}
+	if w.replication == "" && snap != nil {
+		for _, c := range snap.Clusters {
+			if c.Name != w.primary && c.PG.WalReceiver != nil && c.PG.WalReceiver.Status == "streaming" {
+				out = append(out, snapshot.ReplicationPeer{ApplicationName: c.Name, State: "streaming"})
+			}
+		}
+	}
+	for i := 1; i < w.instances && !w.replicaDown; i++ {
+		out = append(out, snapshot.ReplicationPeer{ApplicationName: fmt.Sprintf("%s-%d", w.primary, i), State: "streaming"})
+	}
+	return out
 }
 
 func (w *fakeWorld) Apply(_ context.Context, d *topology.Desired) error {
@@ -131,7 +162,11 @@ func (s *fakeSession) QueryRow(_ context.Context, sql string, args ...any) inter
 		defer s.w.mu.Unlock()
 		switch {
 		case strings.Contains(sql, "pg_stat_replication"):
-			*dest[0].(*string) = s.w.replication
+			var lines []string
+			for _, r := range s.w.senders(nil) {
+				lines = append(lines, r.ApplicationName+"\t"+r.State+" async")
+			}
+			*dest[0].(*string) = strings.Join(lines, "\n")
 		case strings.Contains(sql, "pg_replication_slots"):
 			*dest[0].(*string) = s.w.slots
 		case strings.Contains(sql, "pg_is_in_recovery"):
@@ -260,6 +295,7 @@ func TestDrillFailsOnTheWayBack(t *testing.T) {
 		{"never DR ready after the first move", &fakeWorld{neverSettlesAfter: 1}, "not ready within 300ms before moving back"},
 		{"never DR ready after the drill", &fakeWorld{neverSettlesAfter: 2}, "not ready within 300ms after the drill"},
 		{"the table not dropped", &fakeWorld{dropErr: errors.New("permission denied")}, "pgtopo_drill not dropped on orders-east: permission denied"},
+		{"an in-site replica never streams", &fakeWorld{instances: 2, replicaDown: true}, "not ready within 300ms before the first move: orders-east streams to 1 of the 2 members expected (orders-west)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.w.primary, tc.w.rows = "orders-east", map[int64]bool{}

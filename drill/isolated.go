@@ -446,7 +446,7 @@ func (d *Isolated) settled(ctx context.Context, primary *snapshot.ClusterState) 
 		case err != nil:
 			why, last = err.Error(), nil
 		case busy != "":
-			why, last = "not every cluster's operator reports it ready: "+busy, nil
+			why, last = busy, nil
 		case last != nil:
 			changed, statusOnly := compareFingerprints(last, fp)
 			if len(changed)+len(statusOnly) == 0 {

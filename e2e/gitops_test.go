@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -59,6 +60,7 @@ func (h *harness) expectPrimary(site, cluster string) {
 // logRecord is one JSON log line of pgtopo reconcile.
 type logRecord struct {
 	Time     time.Time `json:"time"`
+	Level    string    `json:"level"`
 	Msg      string    `json:"msg"`
 	Topology string    `json:"topology"`
 	Result   string    `json:"result"`
@@ -144,8 +146,50 @@ func (h *harness) startLoopUnder(wrapper, env []string, args ...string) *loop {
 		h.mu.Lock()
 		h.output = append(h.output, strings.Join(l.raw, "\n"))
 		h.mu.Unlock()
+		h.keepLog(fmt.Sprintf("reconcile-%d.log", cmd.Process.Pid), l.raw)
 	})
 	return l
+}
+
+// keepLog writes a process's log lines into the lab's directory, which a
+// failed test keeps, or into $PGTOPO_E2E_LOGS when set (to study a
+// passing run).
+func (h *harness) keepLog(name string, lines []string) {
+	dir := os.Getenv("PGTOPO_E2E_LOGS")
+	if dir == "" {
+		if !h.t.Failed() {
+			return
+		}
+		dir = h.lab.Dir
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		h.t.Logf("keeping %s: %v", name, err)
+	}
+}
+
+// story is what the loop said at info level and above since from, one
+// line per record, the last max of them: enough to tell, from a failed
+// test's message alone, what each replica was doing.
+func (l *loop) story(from time.Time, max int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var lines []string
+	for _, r := range l.records {
+		if r.Time.Before(from) || r.Level == "DEBUG" {
+			continue
+		}
+		line := r.Time.Format("15:04:05.000") + " " + r.Topology + " " + r.Msg
+		for _, kv := range [][2]string{{"event", r.Event}, {"step", r.Step}, {"result", r.Result}, {"refusal", r.Refusal}, {"error", r.Error}, {"duration", r.Duration}} {
+			if kv[1] != "" {
+				line += " " + kv[0] + "=" + kv[1]
+			}
+		}
+		lines = append(lines, line)
+	}
+	if len(lines) > max {
+		lines = append([]string{fmt.Sprintf("(%d lines before)", len(lines)-max)}, lines[len(lines)-max:]...)
+	}
+	return strings.Join(lines, "\n")
 }
 
 // waitFor returns the first record after index from that matches.

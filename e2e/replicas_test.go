@@ -128,7 +128,12 @@ func TestReplicasShareAFleet(t *testing.T) {
 			break
 		}
 		if time.Since(pushed) > 4*time.Minute {
-			t.Fatalf("not converged 4m after the push:\n%s\n%s", r.stdout, r.stderr)
+			var told []string
+			for host, l := range replicas {
+				told = append(told, "=== "+host+" since the push:\n"+l.story(pushed, 60))
+			}
+			slices.Sort(told)
+			t.Fatalf("not converged 4m after the push:\n%s\n%s\n%s", r.stdout, r.stderr, strings.Join(told, "\n"))
 		}
 		time.Sleep(2 * time.Second)
 	}
@@ -217,6 +222,19 @@ func TestReplicasShareAFleet(t *testing.T) {
 	}
 	if takeover > 15*time.Second+5*time.Second+10*time.Second {
 		t.Fatalf("%s taken over %.1fs after the kill: more than the Lease (15s), a busy retry (5s) and 10s of observing", victimTopology, takeover.Seconds())
+	}
+	// No replica held a topology's Lease while waiting for a switchover
+	// slot of its own: it waits before locking, leaving the topology to
+	// a replica with a free slot.
+	for host, l := range replicas {
+		l.mu.Lock()
+		for _, r := range l.records {
+			if r.Event == string(apply.EventLock) && strings.HasPrefix(r.Msg, "switchover slot taken in sites") {
+				l.mu.Unlock()
+				t.Fatalf("%s waited for a switchover slot holding %s's Lease: %s", host, r.Topology, r.Msg)
+			}
+		}
+		l.mu.Unlock()
 	}
 	var shares []string
 	for _, host := range slices.Sorted(maps.Keys(replicas)) {
