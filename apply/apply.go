@@ -234,7 +234,10 @@ func (r *Runner) execute(ctx context.Context, pl plan.Plan, basis plan.Basis, se
 	r.start = time.Now()
 	res := &Result{Plan: pl}
 	defer func() {
-		r.held.release(context.Background())
+		if len(r.held) > 0 {
+			r.held.release(context.Background())
+			r.emit(Event{Type: EventLock, Message: fmt.Sprintf("lock: released Lease %s", r.held[0].name)})
+		}
 		r.held = nil
 	}()
 	for round := 0; ; round++ {

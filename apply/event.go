@@ -40,6 +40,7 @@ const (
 	EventReplan    EventType = "replan"     // a new plan replaces the one running
 	EventConverged EventType = "converged"  // nothing is left to do
 	EventStopped   EventType = "stopped"    // a shutdown stopped the run
+	EventNote      EventType = "note"       // something the run does otherwise than it would, and why
 )
 
 // Event is one progress report of a run.

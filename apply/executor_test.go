@@ -16,6 +16,7 @@ import (
 	"github.com/pgtopo/pgtopo/flavor"
 	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/snapshot"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 var (
@@ -1043,6 +1044,125 @@ func TestSwitchoverGateEdge(t *testing.T) {
 				t.Fatalf("error %v, want a back-out", err)
 			}
 		})
+	}
+}
+
+// The gate read at the target: once the old primary is down, a target
+// whose last replayed record is the old primary's shutdown checkpoint,
+// written after the fence, holds all of its WAL; the promotion needs
+// neither the old primary's restart nor its answer. One byte short of the
+// checkpoint's end, a last record that is not one, or one no later than
+// the fence's end of WAL (an earlier shutdown), and the promotion waits
+// for the old primary in recovery, which here never comes: it backs out.
+func TestSwitchoverGateReadAtTheTarget(t *testing.T) {
+	const fenced = snapshot.LSN(0x5027AD8)
+	const final = fenced + 0x78 // its shutdown checkpoint's end
+	for _, tc := range []struct {
+		name                 string
+		replayed, checkpoint snapshot.LSN
+		promoted             bool
+		upFor                int // looks the old primary still runs after the demote
+	}{
+		{"one byte short", final - 1, final, false, 0},
+		{"at the shutdown checkpoint's end", final, final, true, 0},
+		{"a last record that is not a shutdown checkpoint", final, 0, false, 0},
+		{"a shutdown checkpoint no later than the fence", fenced, fenced, false, 0},
+		{"the old primary still running", final, final, true, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := switchoverWorld()
+			promoted := false
+			w.react = func(w *world, what, name string) {
+				operator(w, what, name)
+				switch {
+				case name == "orders-east" && what == "spec" && w.cluster(name).Object.Spec.Replication.IsReplica:
+					// Down, restarting: it answers nothing until the new
+					// primary runs.
+					east := w.cluster(name)
+					if tc.upFor > 0 {
+						east.PG.InRecovery = false // its operator has not acted yet
+					} else {
+						east.PG, east.PGError = nil, "connection refused"
+					}
+					west := w.cluster("orders-west")
+					west.PG.ReplayLSN, west.PG.ReceiveLSN = tc.replayed, tc.replayed
+					w.shutdownEnd = tc.checkpoint
+				case name == "orders-west" && what == "spec" && !w.cluster(name).PG.InRecovery:
+					if w.cluster("orders-east").Writable() {
+						t.Errorf("orders-west promoted while orders-east still ran as a primary")
+					}
+					promoted = true
+					east := w.cluster("orders-east")
+					east.PG = &snapshot.PGState{SystemID: sysID, Timeline: 1, InRecovery: true, ReplayLSN: final, ReadOnlyDefault: true}
+					east.PGError = ""
+					w.follow("orders-east", "orders-west")
+				}
+			}
+			up := tc.upFor
+			w.onObserve = func(w *world) {
+				if east := w.cluster("orders-east"); up > 0 && east.Object.Spec.Replication.IsReplica {
+					if up--; up == 0 {
+						east.PG, east.PGError = nil, "connection refused"
+					}
+				}
+			}
+			r, _ := runner(w)
+			r.StepTimeout, r.MaxWritePause, r.StallAfter = 5*time.Second, 300*time.Millisecond, 5*time.Second
+			step := switchoverStep("")
+			pay[*plan.Switchover](step).FinalLSN = topology.FinalLSNShutdownCheckpoint
+			pay[*plan.Switchover](step).Restore = snapshot.Spec{Topology: "orders", Instances: 2, Replication: snapshot.Replication{Enabled: true}}
+			var events []Event
+			r.Progress = func(e Event) { events = append(events, e) }
+			err := run(t, r, step)
+			if promoted != tc.promoted {
+				t.Fatalf("promoted %v with orders-west at %s and the shutdown checkpoint ending at %s (err %v): %v", promoted, tc.replayed, tc.checkpoint, err, w.writes())
+			}
+			if !tc.promoted {
+				var out *BackedOutError
+				if !errors.As(err, &out) {
+					t.Fatalf("error %v, want a back-out", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			gate := slices.IndexFunc(events, func(e Event) bool { return e.Type == EventGateSet })
+			if gate < 0 || events[gate].LSN != final.String() || !strings.Contains(events[gate].Message, "shutdown checkpoint, read at orders-west") {
+				t.Fatalf("gate event %+v", events)
+			}
+			// The extension was made before the fence, and the fence lifted
+			// once the old primary ran again, after the promotion.
+			log := w.writes()
+			ext, fence := slices.Index(log, "sql orders-east create-extension"), slices.Index(log, "sql orders-east fence-on")
+			lifted, promote := slices.Index(log, "sql orders-east fence-off"), slices.IndexFunc(log, func(l string) bool { return strings.HasPrefix(l, "spec orders-west") })
+			if ext < 0 || ext > fence || lifted < promote {
+				t.Fatalf("extension at %d, fence at %d, promotion at %d, fence lifted at %d: %v", ext, fence, promote, lifted, log)
+			}
+		})
+	}
+}
+
+// pg_walinspect not available (contrib not installed, no right to create
+// it): the switchover says so and reads the end of WAL on the old primary
+// restarted in recovery.
+func TestSwitchoverWithoutWalInspect(t *testing.T) {
+	w := switchoverWorld()
+	w.fail["sql create-extension"] = errors.New(`extension "pg_walinspect" is not available`)
+	r, _ := runner(w)
+	var notes []string
+	r.Progress = func(e Event) {
+		if e.Type == EventNote || e.Type == EventGateSet {
+			notes = append(notes, e.Message)
+		}
+	}
+	step := switchoverStep("")
+	pay[*plan.Switchover](step).FinalLSN = topology.FinalLSNShutdownCheckpoint
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	if len(notes) != 2 || !strings.Contains(notes[0], "pg_walinspect is not available") || !strings.Contains(notes[1], "read in recovery") {
+		t.Fatalf("events %q", notes)
 	}
 }
 

@@ -45,6 +45,11 @@ type world struct {
 	keepOrphans bool
 	// settings are the servers' settings in effect, by "cluster/name".
 	settings map[string]string
+	// walInspect is the schema of pg_walinspect ("" when not created);
+	// shutdownEnd the end of the old primary's shutdown checkpoint, which
+	// pg_walinspect finds at a target that replayed up to it.
+	walInspect  string
+	shutdownEnd snapshot.LSN
 }
 
 func newWorld(clusters ...snapshot.ClusterState) *world {
@@ -276,6 +281,9 @@ func (s *fakeSession) Exec(_ context.Context, sql string, args ...any) error {
 		}
 		return err
 	}
+	if short == "create-extension" {
+		w.walInspect = "pgtopo"
+	}
 	if len(args) > 0 {
 		w.record("sql %s %s %v", s.cluster, short, args)
 	} else {
@@ -309,6 +317,10 @@ func sqlName(sql string) string {
 		return "catalogue-schema"
 	case strings.HasPrefix(sql, "INSERT INTO sys_operator.multi_cluster_info"):
 		return "catalogue-row"
+	case strings.HasPrefix(sql, "CREATE SCHEMA IF NOT EXISTS pgtopo"):
+		return "create-schema"
+	case strings.HasPrefix(sql, "CREATE EXTENSION IF NOT EXISTS pg_walinspect"):
+		return "create-extension"
 	}
 	return sql
 }
@@ -337,6 +349,21 @@ func (s *fakeSession) QueryRow(_ context.Context, sql string, args ...any) Row {
 		return fakeRow{vals: []any{"2026-12-02T12:03:40.000Z"}}
 	}
 	c := s.w.cluster(s.cluster)
+	switch {
+	case sql == walInspectFindSQL && s.w.walInspect == "":
+		return fakeRow{err: errors.New("no rows in result set")}
+	case sql == walInspectFindSQL:
+		return fakeRow{vals: []any{s.w.walInspect}}
+	case strings.Contains(sql, "pg_get_wal_records_info"):
+		s.w.record("sql %s shutdown-checkpoint? %v", s.cluster, args)
+		found := 0
+		if s.w.shutdownEnd != 0 && args[1] == s.w.shutdownEnd.String() {
+			found = 1
+		}
+		return fakeRow{vals: []any{found}}
+	case strings.HasPrefix(sql, "SELECT pg_last_wal_replay_lsn()"):
+		return fakeRow{vals: []any{c.PG.ReplayLSN.String()}}
+	}
 	end, ok := s.w.endOfWAL[s.cluster]
 	if !ok && c.PG != nil {
 		end = c.PG.CurrentLSN

@@ -64,7 +64,9 @@ func TestExecuteRunsThePlanAsPrinted(t *testing.T) {
 			}
 		}
 	}
-	if !slices.Equal(steps, []int{1, 2}) || (*events)[len(*events)-1].Type != EventConverged {
+	// Converged, then the Lease released, said last.
+	n := len(*events)
+	if last := (*events)[n-1]; !slices.Equal(steps, []int{1, 2}) || (*events)[n-2].Type != EventConverged || last.Type != EventLock || last.Message != "lock: released Lease pgtopo-orders" {
 		t.Fatalf("events %+v", *events)
 	}
 }

@@ -84,6 +84,7 @@ func (x *stepRun) startOutage(sw *plan.Switchover) {
 func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switchover) error {
 	from, to := sw.From.Cluster, sw.To.Cluster
 	var j snapshot.Journal
+	var walInspect string // where pg_walinspect is, to read the end of WAL at the target
 	phase := sw.Resume
 	if phase == snapshot.PhaseAborting {
 		x.emit(Event{Type: EventResume, Journal: phase, Message: fmt.Sprintf("backing out switchover %s → %s: restoring %s as primary", from, to, from)})
@@ -123,6 +124,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		}); err != nil {
 			return fmt.Errorf("switchover %s → %s not begun, nothing fenced: %w", from, to, err)
 		}
+		walInspect = x.prepareFinalAtTarget(ctx, sw)
 		j = snapshot.Journal{From: from, To: to, Phase: snapshot.PhaseDemoting, SystemID: sw.SystemID, Timeline: sw.Timeline}
 		if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
 			return err
@@ -152,7 +154,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 
 	var demoted *snapshot.Snapshot // the snapshot that read the end of WAL, in this run
 	if phase == snapshot.PhaseDemoting {
-		gate, err := x.demote(ctx, j, sw)
+		gate, where, err := x.demote(ctx, j, sw, walInspect)
 		if err != nil {
 			return backOut(err)
 		}
@@ -160,7 +162,7 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		if err := x.journal(ctx, &j, sw.From, sw.To); err != nil {
 			return err
 		}
-		x.emit(Event{Type: EventGateSet, Journal: j.Phase, LSN: j.GateLSN, Message: fmt.Sprintf("journal: gate recorded: %s must replay up to %s", to, gate)})
+		x.emit(Event{Type: EventGateSet, Journal: j.Phase, LSN: j.GateLSN, Message: fmt.Sprintf("journal: gate recorded: %s must replay up to %s (%s)", to, gate, where)})
 		phase, demoted = snapshot.PhaseGated, x.last
 	}
 
@@ -229,6 +231,13 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		return err // the journal stays at promoted: the next run resumes here
 	} else if err != nil {
 		return fmt.Errorf("%s does not follow the new primary %s and needs a rebuild (delete its CR and volumes; pgtopo recreates it as a standby): %w", from, to, err)
+	}
+	// An end of WAL read at the target leaves the fence to lift now that
+	// the old primary runs again, as a standby.
+	if fo := x.cluster(from); fo.PG != nil && fo.PG.ReadOnlyDefault {
+		if err := x.unfence(ctx, x.last, from); err != nil {
+			return err
+		}
 	}
 
 	// Done: clear the journal on both.
@@ -355,16 +364,21 @@ func (x *stepRun) stayWritable(ctx context.Context, name string, d time.Duration
 
 // demote fences the old primary, waits until the target has everything it
 // wrote, turns it into a standby of the target, and returns its end of WAL
-// (its replay position once in recovery) for the gate.
+// for the gate, and where it was read: at the target, the end of the old
+// primary's shutdown checkpoint (walInspect names pg_walinspect's schema;
+// see finallsn.go), or on the old primary once in recovery (its replay
+// position), whichever comes first.
 //
 // The fence exists because a standby cluster that streams through a slot
 // connects only to a read-write peer (Patroni adds
 // target_session_attrs=read-write), so WAL the old primary flushed but had
 // not streamed when it was demoted could never reach the target.
-func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *plan.Switchover) (snapshot.LSN, error) {
+func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *plan.Switchover, walInspect string) (snapshot.LSN, string, error) {
 	from, to := sw.From.Cluster, sw.To.Cluster
+	var fenced snapshot.LSN
 	if fo := x.cluster(from); fo.Writable() {
-		if err := x.fence(ctx, fo, to); err != nil {
+		var err error
+		if fenced, err = x.fence(ctx, fo, to); err != nil {
 			// Resuming, the demote written before the interruption may be
 			// taking effect: the server going away under the fence is
 			// that, and the gate still holds the promotion.
@@ -374,17 +388,40 @@ func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *plan.Switc
 			} else {
 				// Not demoted: writes must resume at once.
 				_ = x.unfence(context.Background(), x.last, from)
-				return 0, err
+				return 0, "", err
 			}
 		}
 	}
+	// Opened before the demote: once the old primary is down, each poll
+	// is one query.
+	atTarget := x.openFinalAtTarget(ctx, x.cluster(to), walInspect, fenced)
+	defer func() { atTarget.close() }()
 	if err := x.writeSpec(ctx, sw.From, sw.Demoted); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	x.emit(Event{Type: EventDemote, Journal: j.Phase, Message: fmt.Sprintf("demote: %s isReplica true, numberOfInstances %d, peer %s", from, sw.Demoted.Instances, sw.Demoted.Replication.Peer())})
 	var end snapshot.LSN
-	err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s in recovery, for its end of WAL", from), []string{from}, func(snap *snapshot.Snapshot) (bool, string) {
+	readAtTarget := false
+	what := fmt.Sprintf("%s in recovery, for its end of WAL", from)
+	if atTarget != nil {
+		what = fmt.Sprintf("%s's end of WAL: its shutdown checkpoint replayed by %s, or %s in recovery", from, to, from)
+	}
+	err := x.waitEvery(ctx, x.r.pollSwitchover(), what, []string{from}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(from)
+		if atTarget != nil && !cs.Writable() && (cs.PG == nil || !cs.PG.InRecovery) {
+			lsn, detail, err := atTarget.read(ctx)
+			switch {
+			case err != nil:
+				x.say(EventNote, "final LSN: reading %s's shutdown checkpoint at %s: %v; reading it once %s restarts in recovery", from, to, err, from)
+				atTarget.close()
+				atTarget = nil
+			case lsn != 0:
+				end, readAtTarget = lsn, true
+				return true, detail
+			default:
+				return false, statusWords(cs) + "; " + detail
+			}
+		}
 		if cs.PG == nil || !cs.PG.InRecovery {
 			return false, statusWords(cs)
 		}
@@ -402,15 +439,20 @@ func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *plan.Switc
 		return true, fmt.Sprintf("in recovery, replayed up to %s", end)
 	})
 	if err != nil {
-		return 0, err
+		return 0, "", err
+	}
+	if readAtTarget {
+		// The fence is lifted once the old primary runs again, as a
+		// standby of the new primary.
+		return end, "the old primary's shutdown checkpoint, read at " + to, nil
 	}
 	// Lift the fence now that it is a standby (ALTER SYSTEM works in
 	// recovery): left in place, it would make the cluster read-only the
 	// next time it is primary, even after a switchover abandoned here.
 	if err := x.unfence(ctx, x.last, from); err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	return end, nil
+	return end, "its end of WAL, read in recovery", nil
 }
 
 // Fence statements: new sessions default to read-only, and open sessions
@@ -429,7 +471,7 @@ const endOfWALSQL = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() T
 // fence makes the old primary refuse new writes, in one session that then
 // reads its end of WAL, and waits until the target replayed it while
 // streaming from the old primary (the proof of their shared history).
-func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to string) error {
+func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to string) (snapshot.LSN, error) {
 	var end snapshot.LSN
 	err := x.session(ctx, fo, func(s Session) error {
 		if _, err := fenceNow(ctx, s); err != nil {
@@ -440,10 +482,10 @@ func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to strin
 		return err
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	x.emit(Event{Type: EventFence, Journal: snapshot.PhaseDemoting, LSN: end.String(), Message: fmt.Sprintf("fence: %s refuses new writes; %s must replay up to %s", fo.Name, to, end)})
-	return x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s replay >= %s", to, end), []string{to, fo.Name}, func(snap *snapshot.Snapshot) (bool, string) {
+	return end, x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s replay >= %s", to, end), []string{to, fo.Name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		if cs.PG == nil {
 			return false, statusWords(cs)

@@ -68,6 +68,24 @@ func (h *harness) topology(primary string) string {
 	return path
 }
 
+// topologyWith is topology(primary) with the lab file's maxLagBytes line
+// replaced by lines (a setting added beside it), written as
+// <primary>-<variant>.yaml.
+func (h *harness) topologyWith(primary, variant, lines string) string {
+	data, err := os.ReadFile(h.topology(primary))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "    maxLagBytes: 16Mi\n") {
+		h.t.Fatal("the lab's topology file has no maxLagBytes: 16Mi line to put settings beside")
+	}
+	path := filepath.Join(h.dir, primary+"-"+variant+".yaml")
+	if err := os.WriteFile(path, []byte(strings.Replace(string(data), "    maxLagBytes: 16Mi\n", lines+"\n", 1)), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	return path
+}
+
 func (h *harness) pgtopo(args ...string) run {
 	h.t.Helper()
 	return h.pgtopoEnv([]string{"KUBECONFIG=" + lab.Paths{Dir: h.lab.Dir}.Kubeconfig()}, args...)
@@ -282,9 +300,16 @@ func TestApplyEndToEnd(t *testing.T) {
 
 	h.createAcked("east", "orders-east")
 
-	for i, target := range []struct{ file, primary, site, old, oldSite string }{
-		{west, "orders-west", "west", "orders-east", "east"},
-		{east, "orders-east", "east", "orders-west", "west"},
+	// The old primary's end of WAL read once it restarts in recovery (the
+	// default); then, back, also looked for at the target, from its
+	// shutdown checkpoint (finalLSN: shutdownCheckpoint). Patroni demotes
+	// a leader to a standby leader with an immediate shutdown, which
+	// writes none: the lab's switchover reads it in recovery all the same,
+	// having made pg_walinspect ready without a word.
+	eastAtCheckpoint := h.topologyWith("orders-east", "checkpoint", "    maxLagBytes: 16Mi\n    finalLSN: shutdownCheckpoint")
+	for i, target := range []struct{ file, primary, site, old, oldSite, gate string }{
+		{west, "orders-west", "west", "orders-east", "east", "(its end of WAL, read in recovery)"},
+		{eastAtCheckpoint, "orders-east", "east", "orders-west", "west", "its shutdown checkpoint replayed by orders-east, or orders-west in recovery"},
 	} {
 		w := h.startWriter()
 		time.Sleep(time.Second)
@@ -297,6 +322,9 @@ func TestApplyEndToEnd(t *testing.T) {
 			t.Logf("slow switchover; its progress:\n%s", r.stderr)
 		}
 		h.expect(r, 0, "Apply complete", "switchover")
+		if !strings.Contains(r.stderr, target.gate) || !strings.Contains(r.stderr, "(its end of WAL, read in recovery)") || strings.Contains(r.stderr, "final LSN:") {
+			t.Fatalf("switchover %d: its progress lacks %q or a gate read in recovery, or has a note on the final LSN:\n%s", i+1, target.gate, r.stderr)
+		}
 		t.Logf("switchover %d to %s took %s; %d rows acknowledged; longest gap between commits %d ms; %d samples, both writable in %d",
 			i+1, target.primary, took.Round(100*time.Millisecond), len(w.acked), w.longestMs.Load(), w.samples.Load(), w.bothSeen.Load())
 		if w.bothSeen.Load() != 0 {
@@ -317,6 +345,9 @@ func TestApplyEndToEnd(t *testing.T) {
 			t.Fatalf("old primary not streaming:\n%s", st.stdout)
 		}
 	}
+
+	// Back to the lab's own file: only pgtopo's marks change.
+	h.expect(h.pgtopo("apply", "-f", east), 0, "0 switchover, 0 to create, 2 to update")
 
 	// Every output format, including while changes are pending.
 	h.expect(h.pgtopo("diff", "-f", west, "-o", "json"), 4, `"kind": "Plan"`)

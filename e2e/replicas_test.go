@@ -147,7 +147,8 @@ func TestReplicasShareAFleet(t *testing.T) {
 	}
 
 	// Who applied what: each replica's spans holding a topology's Lease,
-	// from "holding Lease" to the end of that cycle (or the kill).
+	// from "holding Lease" to its release (or the end of that cycle, or
+	// the kill).
 	type span struct {
 		host       string
 		from, to   time.Time
@@ -164,9 +165,14 @@ func TestReplicasShareAFleet(t *testing.T) {
 				open[r.Topology] = &span{host: host, from: r.Time}
 			case r.Event == string(apply.EventStep) && r.Action == string(plan.ActionSwitchover) && open[r.Topology] != nil:
 				open[r.Topology].switchover = true
+			case r.Event == string(apply.EventLock) && strings.HasPrefix(r.Msg, "lock: released Lease") && open[r.Topology] != nil:
+				open[r.Topology].to = r.Time
 			case r.Msg == "cycle" && open[r.Topology] != nil:
 				s := open[r.Topology]
-				s.to, s.result = r.Time, r.Result+r.Refusal+r.Error
+				if s.to.IsZero() {
+					s.to = r.Time
+				}
+				s.result = r.Result + r.Refusal + r.Error
 				spans[r.Topology] = append(spans[r.Topology], *s)
 				delete(open, r.Topology)
 			}

@@ -190,6 +190,9 @@ func BenchmarkSwitchover(b *testing.B) {
 	benchIdle(b)
 	h := newHarness(b, "east", "west")
 	east, west := h.topology("orders-east"), h.topology("orders-west")
+	// The same switchover also looking for the old primary's end of WAL
+	// at the target, in its shutdown checkpoint (issue 27).
+	westAtCheckpoint := h.topologyWith("orders-west", "checkpoint", "    maxLagBytes: 16Mi\n    finalLSN: shutdownCheckpoint")
 	if r := h.pgtopo("apply", "-f", east); r.code != 0 {
 		b.Fatalf("bring-up: %s %s", r.stdout, r.stderr)
 	}
@@ -200,9 +203,10 @@ func BenchmarkSwitchover(b *testing.B) {
 	labSettled(b, "")
 	rounds := b.N * envInt(b, "PGTOPO_BENCH_ROUNDS", 10)
 	b.ResetTimer()
-	var pg, rb, pt []float64
-	var pgLost, rbLost, ptLost int64
-	phases := &switchoverPhases{}
+	var pg, rb, pt, pc []float64
+	var pgLost, rbLost, ptLost, pcLost int64
+	var readAtTarget int
+	phases, phasesAtCheckpoint := &switchoverPhases{}, &switchoverPhases{}
 	for i := 0; i < rounds; i++ {
 		// After Patroni's in-site switchover orders-west follows east's new
 		// leader again on its own: each round starts from every member
@@ -232,6 +236,25 @@ func BenchmarkSwitchover(b *testing.B) {
 		if lost > 0 {
 			fmt.Printf("  Patroni in-site round %d lost %d acknowledged rows; its candidate before the switchover: %s\n", i+1, lost, candidate)
 		}
+		// pgtopo again, also looking for the end of WAL at the target;
+		// then back to east, unmeasured, for the next round.
+		everyMemberStreams(b, h, map[string]int{"orders-east": 2})
+		gap, lost, n = h.window(b, "orders-west", "west", func() {
+			r := h.pgtopo("apply", "-f", westAtCheckpoint, "--progress-format", "json")
+			if r.code != 0 {
+				b.Fatalf("apply (finalLSN: shutdownCheckpoint): %s %s", r.stdout, r.stderr)
+			}
+			phasesAtCheckpoint.add(b, r.stderr)
+			if strings.Contains(r.stderr, "shutdown checkpoint, read at") {
+				readAtTarget++
+			}
+		})
+		pc, pcLost = append(pc, gap.Seconds()), pcLost+lost
+		b.Logf("pgtopo (finalLSN: shutdownCheckpoint): window %s, %d of %d rows lost", gap, lost, n)
+		everyMemberStreams(b, h, map[string]int{"orders-west": 2})
+		if r := h.pgtopo("apply", "-f", east); r.code != 0 {
+			b.Fatalf("back to east: %s %s", r.stdout, r.stderr)
+		}
 	}
 	b.StopTimer()
 	ratio, inSite := median(pg)/median(rb), median(pg)/median(pt)
@@ -245,9 +268,12 @@ func BenchmarkSwitchover(b *testing.B) {
 	}
 	fmt.Printf("switchover write window over %d rounds: pgtopo cross-site %s; runbook script %s; Patroni in-site %s\n",
 		rounds, spread(pg, pgLost), spread(rb, rbLost), spread(pt, ptLost))
+	fmt.Printf("  pgtopo also looking for the end of WAL at the target (finalLSN: shutdownCheckpoint): %s; read there in %d of %d rounds (Patroni demotes to a standby leader with an immediate shutdown, which writes no shutdown checkpoint); its median / the default's %.2f\n",
+		spread(pc, pcLost), readAtTarget, rounds, median(pc)/median(pg))
 	fmt.Printf("  ratios of the medians: pgtopo/runbook %.2f (goal <= 1.2; issue 27: <= 0.5), pgtopo/Patroni in-site %.2f (goal <= 1.0; issue 27: <= 0.7); window p95 goal <= 1.0 s; 0 lost\n", ratio, inSite)
-	fmt.Printf("  rounds (s): pgtopo %s; runbook %s; Patroni in-site %s\n", roundsOf(pg), roundsOf(rb), roundsOf(pt))
+	fmt.Printf("  rounds (s): pgtopo %s; runbook %s; Patroni in-site %s; pgtopo (finalLSN: shutdownCheckpoint) %s\n", roundsOf(pg), roundsOf(rb), roundsOf(pt), roundsOf(pc))
 	fmt.Printf("  where pgtopo's window goes (mean s): %s\n", phases)
+	fmt.Printf("  the same with finalLSN: shutdownCheckpoint (mean s): %s\n", phasesAtCheckpoint)
 	h.drillBesideBench(b, east, median(pg))
 }
 
@@ -302,7 +328,7 @@ type switchoverPhases struct {
 	sum    [4]float64
 }
 
-var phaseNames = [4]string{"fence → demote written", "→ old primary in recovery, end of WAL read", "→ gate passed, promote written", "→ target writable"}
+var phaseNames = [4]string{"fence → demote written", "→ end of WAL read (shutdown checkpoint at the target, or old primary in recovery)", "→ gate passed, promote written", "→ target writable"}
 
 func (p *switchoverPhases) add(b *testing.B, stderr string) {
 	at := map[string]float64{}

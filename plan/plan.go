@@ -262,6 +262,9 @@ type Switchover struct {
 	// Resume is the journaled phase of an interrupted switchover;
 	// "aborting" backs it out.
 	Resume string `json:"resume,omitempty"`
+	// FinalLSN is where the old primary's end of WAL is read (the file's
+	// spec.replication.finalLSN); "" is the default, "restart".
+	FinalLSN string `json:"finalLSN,omitempty"`
 }
 
 // Refusal is a reason the plan cannot be applied. Any refusal stops apply

@@ -380,7 +380,7 @@ func (p *planner) resumeSwitchover(j snapshot.Journal, on string) {
 	}
 	sw := &plan.Switchover{From: subjectOf(from), To: subjectOf(to), FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
 		Demoted: p.desiredSpec(from, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(from),
-		MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds(), Resume: resume}
+		MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds(), Resume: resume, FinalLSN: p.finalLSN()}
 	p.switching = sw
 	step := plan.Step{Action: plan.ActionSwitchover, Subject: subjectOf(to), Reason: reason, Payload: sw,
 		Preconditions: []plan.Precondition{{Kind: plan.CondSiteReachable, Site: from.Site.Name}, {Kind: plan.CondSiteReachable, Site: to.Site.Name}}}
@@ -516,7 +516,7 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 	fo, ot := p.observed(from), p.observed(to.Name)
 	sw := &plan.Switchover{From: subjectOf(fromC), To: subj, FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
 		Demoted: p.desiredSpec(fromC, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(fromC),
-		SystemID: fo.PG.SystemID, Timeline: fo.PG.Timeline, MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds()}
+		SystemID: fo.PG.SystemID, Timeline: fo.PG.Timeline, MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds(), FinalLSN: p.finalLSN()}
 	p.switching = sw
 	if ot.Object != nil && !ot.Object.Ready {
 		p.note(&subj, "%s's operator reports it %s, not ready: the switchover waits until it does (up to the step timeout) before it fences %s, and refuses if it never does", to.Name, statusWord(ot.Object.Status), from)
@@ -827,4 +827,13 @@ func statusWord(s string) string {
 		return "no status"
 	}
 	return s
+}
+
+// finalLSN is a switchover payload's FinalLSN: empty for the default
+// (restart), so plans that use it read as they did before the field.
+func (p *planner) finalLSN() string {
+	if p.d.FinalLSN == topology.FinalLSNRestart {
+		return ""
+	}
+	return p.d.FinalLSN
 }

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -45,6 +46,9 @@ type Desired struct {
 	TLS PostgresTLS
 	// PrimaryRestart is the file's primary restart policy.
 	PrimaryRestart string
+	// FinalLSN is where a switchover reads the old primary's end of WAL,
+	// always set.
+	FinalLSN string
 	// BootstrapSecret names the standbys' bootstrap Secret when the file
 	// does; empty, the flavor's name for the topology's.
 	BootstrapSecret string
@@ -171,6 +175,7 @@ func (t *Topology) Desired() (*Desired, error) {
 		}
 	}
 	d.PrimaryRestart = t.Spec.Replication.PrimaryRestart
+	d.FinalLSN = cmp.Or(t.Spec.Replication.FinalLSN, FinalLSNRestart)
 	d.BootstrapSecret = t.Spec.Replication.BootstrapSecret
 	if t.Spec.Drills != nil {
 		d.DrillChecks = t.Spec.Drills.Checks

@@ -193,7 +193,24 @@ type Replication struct {
 	// BootstrapSecret names the Secret a standby bootstraps with, when not
 	// the default (a Secret made by hand, kept by import).
 	BootstrapSecret string `json:"bootstrapSecret,omitempty"`
+	// FinalLSN is where a switchover reads the old primary's end of WAL
+	// (FinalLSNRestart when empty).
+	FinalLSN string `json:"finalLSN,omitempty"`
 }
+
+// Where a switchover reads the old primary's end of WAL, the LSN its
+// target must replay before it is promoted.
+const (
+	// FinalLSNRestart: from the old primary restarted in recovery. The
+	// default: Patroni demotes a leader to a standby cluster's leader with
+	// an immediate shutdown, which writes no shutdown checkpoint.
+	FinalLSNRestart = "restart"
+	// FinalLSNShutdownCheckpoint: from the old primary's shutdown
+	// checkpoint as the target replays it (pg_walinspect on the target),
+	// or from the old primary restarted in recovery, whichever comes
+	// first: faster with an operator that demotes with a clean shutdown.
+	FinalLSNShutdownCheckpoint = "shutdownCheckpoint"
+)
 
 // Primary restart policies: a restart of the primary refuses writes.
 const (

@@ -205,6 +205,22 @@ func (s *Server) Stop() {
 	s.cmd = nil
 }
 
+// StopImmediate shuts the server down with an immediate shutdown (no
+// shutdown checkpoint, crash recovery at the next start), as Patroni
+// demotes a leader to a standby cluster's leader, and waits for it.
+func (s *Server) StopImmediate() {
+	if s.cmd == nil {
+		return
+	}
+	if s.Admin != nil {
+		s.Admin.Close(context.Background())
+		s.Admin = nil
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGQUIT)
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
 // Restart stops the server and starts it again on the same port.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
