@@ -91,14 +91,36 @@ resumes on the next run).`,
 			applying := make(chan struct{}, parallel)
 			slots := newSiteSlots(switchoversPerSite)
 			apply := func(ctx context.Context, d *topology.Desired, pl plan.Plan, seen *snapshot.Snapshot, opt plan.Options) (*apply.Result, error) {
+				ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
+				defer cancel()
+				// The switchover's slots first, then a seat among the
+				// --parallel applies: a run waiting for a slot takes no
+				// seat, so a resumed switchover (past its fence, writes
+				// refused, no slot needed) never waits behind runs that
+				// wait for slots.
+				// A wait for a slot is short: the loop looks again soon,
+				// and a plan that became a resume (another replica fenced
+				// and died) needs no slot then.
+				ps := newPlanSlots(slots, pl, d)
+				slotCtx, slotCancel := context.WithTimeout(ctx, slotPatience)
+				waited, release, err := ps.TakeAhead(slotCtx, pl)
+				slotCancel()
+				if err != nil && ctx.Err() == nil {
+					return nil, &reconcile.BusyError{Why: fmt.Sprintf("no switchover slot free in its sites within %s (--max-switchovers-per-site %d: other topologies' switchovers run there)", slotPatience, switchoversPerSite)}
+				}
+				if err != nil {
+					return nil, fmt.Errorf("waiting for a switchover slot, before locking the topology: %w", err)
+				}
+				defer release()
+				if waited > 0 {
+					log.Info("switchover slot taken", "topology", d.Name, "waited", waited.Round(time.Millisecond).String())
+				}
 				select {
 				case applying <- struct{}{}:
 					defer func() { <-applying }()
 				case <-ctx.Done():
 					return nil, ctx.Err()
 				}
-				ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
-				defer cancel()
 				o, err := src.newObserver(d, keep)
 				if err != nil {
 					return nil, err
@@ -111,19 +133,10 @@ resumes on the next run).`,
 				r.Holder = holder
 				r.LockTimeout, r.StepTimeout = lockTimeout, stepTimeout
 				r.FollowUps = 2
-				ps := newPlanSlots(slots, pl, d)
 				r.Switchovers = ps
 				r.Changed = func(now plan.Plan, why []string) error {
 					log.Info("replanned", "topology", d.Name, "plan", now.Headline(), "why", strings.Join(why, "; "))
 					return nil
-				}
-				waited, release, err := ps.TakeAhead(ctx, pl)
-				if err != nil {
-					return nil, fmt.Errorf("waiting for a switchover slot, before locking the topology: %w", err)
-				}
-				defer release()
-				if waited > 0 {
-					log.Info("switchover slot taken", "topology", d.Name, "waited", waited.Round(time.Millisecond).String())
 				}
 				return r.ExecuteFrom(ctx, pl, seen)
 			}
@@ -202,10 +215,33 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, usagef("--log-format %q: use text or json", format)
 }
 
+// slotPatience is how long a reconcile cycle waits for a switchover slot
+// before it gives way and the loop looks again.
+const slotPatience = 5 * time.Second
+
 // flavorObserver observes each topology through its own flavor.
 type flavorObserver struct {
 	src  *sourceFlags
 	keep *live.Conns
+}
+
+// SiteAnswers asks a Kubernetes site's API server whether it is ready; a
+// Patroni site is not asked (the loop looks again at its usual pace).
+func (f flavorObserver) SiteAnswers(ctx context.Context, d *topology.Desired, site string) error {
+	for _, s := range d.Sites() {
+		if s.Name != site {
+			continue
+		}
+		if s.Patroni() {
+			return fmt.Errorf("site %s: a Patroni site is not probed", site)
+		}
+		k, err := f.src.sites().Connect(s.Context)
+		if err != nil {
+			return err
+		}
+		return k.Answers(ctx)
+	}
+	return fmt.Errorf("site %s is not in topology %s", site, d.Name)
 }
 
 func (f flavorObserver) Observe(ctx context.Context, d *topology.Desired) (*snapshot.Snapshot, error) {

@@ -334,7 +334,10 @@ func (h *harness) returnUnderTheLoop(westFile string) {
 	if i := strings.Index(log, "rebuild: orders-east deleted"); demoted < 0 || i >= 0 && i < demoted {
 		demoted = i
 	}
+	answered := strings.Index(log, "site answers again")
 	switch {
+	case answered < 0 || fenced >= 0 && fenced < answered:
+		t.Errorf("the loop did not see site east answer again (GET /readyz) before it fenced orders-east:\n%s", log)
 	case fenced < 0:
 		t.Errorf("the loop did not fence orders-east in its object before it answered:\n%s", log)
 	case measured < fenced:

@@ -79,6 +79,12 @@ type Site struct {
 	Dynamic dynamic.Interface
 }
 
+// Answers asks the site's API server whether it is ready (GET /readyz):
+// one small request, to tell a site that is back from one still away.
+func (s *Site) Answers(ctx context.Context) error {
+	return s.Typed.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
+}
+
 // Connect returns the clients of one context.
 func (l Loader) Connect(contextName string) (*Site, error) {
 	cfg, err := l.RESTConfig(contextName)

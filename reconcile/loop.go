@@ -49,9 +49,25 @@ const (
 const busyRetry = 5 * time.Second
 
 // LostRetry is how soon the loop looks again while a failed-over primary's
-// site is away: when it answers, the first cycle fences it, so the time it
-// can take writes is this, not the interval.
+// site is away (and the Observer cannot probe it) or back and not rejoined:
+// when it answers, the first cycle fences it, so the time it can take
+// writes is this, not the interval.
 const LostRetry = 3 * time.Second
+
+// SiteProber is an Observer that can tell cheaply whether a site answers:
+// while a failed-over primary's site is away, the loop asks every
+// lostProbe and starts a cycle, which fences it, the moment it is back.
+type SiteProber interface {
+	SiteAnswers(ctx context.Context, d *topology.Desired, site string) error
+}
+
+// lostProbe is how often a SiteProber is asked about a site away;
+// probeFallback how soon the loop looks again all the same (a probe that
+// fails for another reason than the site being away).
+const (
+	lostProbe     = 500 * time.Millisecond
+	probeFallback = 15 * time.Second
+)
 
 // Cycle is what one pass did.
 type Cycle struct {
@@ -66,7 +82,18 @@ type Cycle struct {
 	// LostAway: a failed-over primary has not returned (or not been
 	// fenced) yet; the loop looks again within LostRetry.
 	LostAway bool
+	// AwaySite is that primary's site while it is unreachable, which a
+	// SiteProber watches meanwhile.
+	AwaySite string
+	desired  *topology.Desired
 }
+
+// BusyError is an Applier's word that it did not begin for now (no
+// switchover slot free in the topology's sites): the loop tries again
+// within busyRetry, from a new look, as when another run holds the Lease.
+type BusyError struct{ Why string }
+
+func (e *BusyError) Error() string { return e.Why }
 
 // Loop repeats cycles every Interval until ctx ends or Drain closes.
 type Loop struct {
@@ -109,22 +136,50 @@ func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
 		if c.Outcome == OutcomeBusy {
 			wait = min(wait, busyRetry)
 		}
-		if c.LostAway {
+		if _, probes := l.Observer.(SiteProber); c.LostAway && (c.AwaySite == "" || !probes) {
 			wait = min(wait, LostRetry)
+		} else if c.LostAway {
+			wait = min(wait, probeFallback)
 		}
-		timer := time.NewTimer(wait)
+		if stop := l.pause(ctx, drain, c, wait); stop != "" {
+			l.Log.Info("stopped", "reason", stop)
+			return
+		}
+	}
+}
+
+// pause waits wait before the next cycle, or less: a new commit, or the
+// site of a failed-over primary answering again (asked every lostProbe
+// when the Observer can). It returns why the loop must stop, "" when not.
+func (l *Loop) pause(ctx context.Context, drain <-chan struct{}, c Cycle, wait time.Duration) string {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	var probe <-chan time.Time
+	prober, ok := l.Observer.(SiteProber)
+	if ok && c.AwaySite != "" && c.desired != nil {
+		t := time.NewTicker(lostProbe)
+		defer t.Stop()
+		probe = t.C
+	}
+	for {
 		select {
 		case <-drain:
-			timer.Stop()
-			l.Log.Info("stopped", "reason", "shutdown requested")
-			return
+			return "shutdown requested"
 		case <-ctx.Done():
-			timer.Stop()
-			l.Log.Info("stopped", "reason", context.Cause(ctx).Error())
-			return
+			return context.Cause(ctx).Error()
 		case <-timer.C:
+			return ""
 		case <-l.Wake:
-			timer.Stop()
+			return ""
+		case <-probe:
+			pctx, cancel := context.WithTimeout(ctx, lostProbe)
+			err := prober.SiteAnswers(pctx, c.desired, c.AwaySite)
+			cancel()
+			if err == nil {
+				l.Log.Info("site answers again", "topology", c.Topology, "site", c.AwaySite)
+				return ""
+			}
+			l.Log.Debug("site still away", "topology", c.Topology, "site", c.AwaySite, "error", err.Error())
 		}
 	}
 }
@@ -173,7 +228,11 @@ func (l *Loop) once(ctx context.Context) Cycle {
 	}
 	pl := planner.Compute(in.Desired, snap, opt)
 	c.Plan = &pl
-	c.LostAway = lostAway(snap)
+	c.LostAway, c.desired = lostAway(snap), in.Desired
+	if rec := snap.LastFailover(); c.LostAway && rec != nil && snap.SiteDown(rec.From) {
+		lost, _ := snap.Cluster(rec.From)
+		c.AwaySite = lost.Site
+	}
 	switch {
 	case pl.Refused() && heldByAnother(snap, time.Now()):
 		// Another run is at work (its switchover journal may be what the
@@ -196,10 +255,11 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		c.Plan = &res.Plan
 	}
 	var held *apply.LockHeldError
+	var busy *BusyError
 	switch {
 	case errors.Is(err, apply.ErrDrained):
 		c.Outcome = OutcomeStopped
-	case errors.As(err, &held):
+	case errors.As(err, &held), errors.As(err, &busy):
 		c.Outcome, c.Err = OutcomeBusy, err
 	case apply.IsRefused(err):
 		var refused *apply.RefusedError
@@ -266,7 +326,11 @@ func (l *Loop) logCycle(c Cycle) {
 		attrs = append(attrs, "error", c.Err.Error())
 		l.Log.Error("cycle", attrs...)
 	case OutcomeBusy:
-		l.Log.Info("cycle", append(attrs, "retry", "another run holds the topology's Lease")...)
+		why := "another run holds the topology's Lease"
+		if busy := (*BusyError)(nil); errors.As(c.Err, &busy) {
+			why = busy.Why
+		}
+		l.Log.Info("cycle", append(attrs, "retry", why)...)
 	default:
 		l.Log.Info("cycle", attrs...)
 	}

@@ -102,6 +102,11 @@ func TestLoopOutcomes(t *testing.T) {
 				return &apply.Result{}, &apply.LockHeldError{Lease: "pgtopo-orders", Namespace: "db", Site: "east", Holder: "ci-7"}
 			},
 			want: OutcomeBusy, metrics: []string{`pgtopo_cycles_total{result="busy",topology="orders"} 1`, `pgtopo_refusals_total{topology="orders"} 0`}},
+		{name: "no switchover slot free: busy", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
+			apply: func(context.Context, *topology.Desired, plan.Plan, *snapshot.Snapshot, plan.Options) (*apply.Result, error) {
+				return nil, &BusyError{Why: "no switchover slot free in its sites within 5s"}
+			},
+			want: OutcomeBusy, metrics: []string{`pgtopo_cycles_total{result="busy",topology="orders"} 1`, `pgtopo_refusals_total{topology="orders"} 0`}},
 		{name: "drained between steps", source: fakeSource{in: input(t)}, obs: fakeObserver{true},
 			apply: func(context.Context, *topology.Desired, plan.Plan, *snapshot.Snapshot, plan.Options) (*apply.Result, error) {
 				return &apply.Result{Completed: completed(plan.ActionEnsurePrimary)}, apply.ErrDrained
@@ -126,6 +131,9 @@ func TestLoopOutcomes(t *testing.T) {
 			l.logCycle(got)
 			if !strings.Contains(logs.String(), "result="+string(c.want)) {
 				t.Errorf("log line lacks the result: %s", logs.String())
+			}
+			if strings.HasPrefix(c.name, "no switchover slot") && !strings.Contains(logs.String(), `retry="no switchover slot free`) {
+				t.Errorf("log line lacks why it retries: %s", logs.String())
 			}
 		})
 	}
@@ -208,5 +216,55 @@ func TestLostAway(t *testing.T) {
 		if got := lostAway(tc.snap); got != tc.want {
 			t.Errorf("%s: lostAway %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// awayObserver shows a failover done and the lost primary's site away; the
+// site answers its SiteAnswers from back on.
+type awayObserver struct {
+	back     time.Time
+	observed chan time.Time
+}
+
+func (o awayObserver) Observe(_ context.Context, d *topology.Desired) (*snapshot.Snapshot, error) {
+	o.observed <- time.Now()
+	rec := &snapshot.FailoverRecord{Epoch: 1, From: "orders-east", To: "orders-west", Phase: snapshot.FailoverDone}
+	return &snapshot.Snapshot{Topology: d.Name,
+		Sites: []snapshot.SiteState{{Name: "east", Error: "site east unreachable"}, {Name: "west", Reachable: true}},
+		Clusters: []snapshot.ClusterState{{Name: "orders-east", Site: "east"},
+			{Name: "orders-west", Site: "west", Exists: true, Object: &snapshot.Object{Marks: snapshot.Marks{Failover: rec}}}}}, nil
+}
+
+func (o awayObserver) SiteAnswers(_ context.Context, _ *topology.Desired, site string) error {
+	if site != "east" {
+		return errors.New("asked about site " + site)
+	}
+	if time.Now().Before(o.back) {
+		return errors.New("connection refused")
+	}
+	return nil
+}
+
+// While a failed-over primary's site is away, a loop whose Observer can
+// probe sites starts its next cycle (the one that fences the returned
+// primary) as soon as the site answers, well before LostRetry.
+func TestLoopLooksAgainWhenTheLostSiteAnswers(t *testing.T) {
+	var logs bytes.Buffer
+	o := awayObserver{back: time.Now().Add(700 * time.Millisecond), observed: make(chan time.Time, 10)}
+	l := &Loop{Source: fakeSource{in: input(t)}, Observer: o, Interval: time.Hour, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go l.Run(ctx, nil)
+	<-o.observed
+	select {
+	case at := <-o.observed:
+		if late := at.Sub(o.back); late > lostProbe+300*time.Millisecond {
+			t.Fatalf("the next cycle came %v after the site answered", late)
+		}
+	case <-time.After(LostRetry - 500*time.Millisecond):
+		t.Fatalf("no cycle within %v of the site answering:\n%s", LostRetry-500*time.Millisecond, logs.String())
+	}
+	if !strings.Contains(logs.String(), "site answers again") {
+		t.Fatalf("log:\n%s", logs.String())
 	}
 }
