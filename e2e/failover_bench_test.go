@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -114,6 +115,7 @@ func BenchmarkFailover(b *testing.B) {
 	labSettled(b, "")
 	b.ResetTimer()
 	var pgs, rbs, fences []float64
+	phases := &failoverPhases{}
 	var lost, stated int64
 	var rounds []string
 	for i := 0; i < b.N; i++ {
@@ -137,12 +139,16 @@ func BenchmarkFailover(b *testing.B) {
 		// to repoint the other standby meanwhile.
 		began := time.Now()
 		applied := make(chan run, 1)
-		go func() { applied <- h.pgtopo("apply", "-f", west, "--accept-data-loss", "orders-east") }()
+		go func() {
+			applied <- h.pgtopo("apply", "-f", west, "--accept-data-loss", "orders-east", "--progress-format", "json")
+		}()
 		writableBy("west", "orders-west", time.Now().Add(time.Minute))
 		took := time.Since(began)
-		if r := <-applied; r.code != 0 {
+		r := <-applied
+		if r.code != 0 {
 			b.Fatalf("failover: %s %s", r.stdout, r.stderr)
 		}
+		phases.add(b, r.stderr, began)
 		gone := h.missing("west", "orders-west", w.ids)
 		lost, stated, pgs = lost+gone, stated+w.after(bound), append(pgs, took.Seconds())
 
@@ -151,7 +157,7 @@ func BenchmarkFailover(b *testing.B) {
 		// own Patroni, needs one, a step of its own after the fence.
 		l := h.startLoop("-f", rebuildAllowed, "--interval", "1m")
 		time.Sleep(2 * time.Second)
-		healed := time.Now()
+		healed, seen := time.Now(), l.count()
 		if err := lab.Heal(ctx, h.lab.Dir, "east"); err != nil {
 			b.Fatal(err)
 		}
@@ -170,8 +176,8 @@ func BenchmarkFailover(b *testing.B) {
 		tf := time.Since(healed)
 		fences = append(fences, tf.Seconds())
 		// The loop's cycle that fenced it ends once it rejoined and is
-		// recorded so.
-		l.waitFor(b, 3*time.Minute, "the rejoin cycle", 0, func(r logRecord) bool { return r.Msg == "cycle" && r.Result == "applied" })
+		// recorded so (a cycle before the heal recorded the loop's file).
+		l.waitFor(b, 3*time.Minute, "the rejoin cycle", seen, func(r logRecord) bool { return r.Msg == "cycle" && r.Result == "applied" })
 		if got, err := h.sender("east", "orders-east"); err != nil || !strings.HasPrefix(got, "streaming") {
 			b.Fatalf("orders-east does not stream after its rejoin: %q %v", got, err)
 		}
@@ -225,6 +231,7 @@ func BenchmarkFailover(b *testing.B) {
 	fmt.Printf("rows acknowledged on the lost primary and missing: %d; stated as possibly lost: %d (goal: missing <= stated)\n", lost, stated)
 	fmt.Printf("lost site answering to its old primary fenced, reconcile --interval 1m: %s (goal <= 10s; issue 27: <= 5s)\n", spread(fences))
 	fmt.Printf("  rounds: %s\n", strings.Join(rounds, "; "))
+	fmt.Printf("  where pgtopo's failover goes (mean s from the process's start): %s\n", phases)
 	if lost > stated {
 		b.Fatalf("%d rows lost, more than the %d stated", lost, stated)
 	}
@@ -240,4 +247,59 @@ func (h *harness) readOnlyDefault(site, cluster string) (bool, error) {
 	var v string
 	err = c.QueryRow(context.Background(), "SHOW default_transaction_read_only").Scan(&v)
 	return v == "on", err
+}
+
+// failoverPhases adds up, over rounds, when pgtopo's failover run reached
+// its marks, from the process's start (its first event is the lock step,
+// after it read the file, observed every site and planned).
+type failoverPhases struct {
+	rounds int
+	sum    [5]float64
+}
+
+var failoverMarks = [5]string{"lock step begins (file read, sites observed, planned)", "failover step begins (Lease held, looked again)", "consent recorded", "promote written", "new primary writable"}
+
+func (p *failoverPhases) add(b *testing.B, stderr string, began time.Time) {
+	at := map[int]float64{}
+	for _, line := range strings.Split(stderr, "\n") {
+		var e struct {
+			Event, Message, Action string
+			Time                   time.Time
+		}
+		if json.Unmarshal([]byte(line), &e) != nil {
+			continue
+		}
+		mark := -1
+		switch {
+		case e.Event == "step" && e.Action == "lock":
+			mark = 0
+		case e.Event == "step" && e.Action == "failover":
+			mark = 1
+		case e.Event == "journal" && strings.HasPrefix(e.Message, "failover recorded"):
+			mark = 2
+		case e.Event == "promote":
+			mark = 3
+		case e.Event == "reached" && strings.Contains(e.Message, "writable on a timeline"):
+			mark = 4
+		}
+		if _, seen := at[mark]; mark >= 0 && !seen {
+			at[mark] = e.Time.Sub(began).Seconds()
+		}
+	}
+	for i := range p.sum {
+		v, ok := at[i]
+		if !ok {
+			b.Fatalf("pgtopo's failover progress has no mark %q:\n%s", failoverMarks[i], stderr)
+		}
+		p.sum[i] += v
+	}
+	p.rounds++
+}
+
+func (p *failoverPhases) String() string {
+	var parts []string
+	for i, name := range failoverMarks {
+		parts = append(parts, fmt.Sprintf("%s %.2f", name, p.sum[i]/float64(max(p.rounds, 1))))
+	}
+	return strings.Join(parts, ", ")
 }
