@@ -192,23 +192,16 @@ func (s *Server) URL(application string) string {
 }
 
 // Stop shuts the server down (fast) and waits for it.
-func (s *Server) Stop() {
-	if s.cmd == nil {
-		return
-	}
-	if s.Admin != nil {
-		s.Admin.Close(context.Background())
-		s.Admin = nil
-	}
-	_ = s.cmd.Process.Signal(os.Interrupt)
-	_ = s.cmd.Wait()
-	s.cmd = nil
-}
+func (s *Server) Stop() { s.stop(os.Interrupt) }
 
 // StopImmediate shuts the server down with an immediate shutdown (no
 // shutdown checkpoint, crash recovery at the next start), as Patroni
 // demotes a leader to a standby cluster's leader, and waits for it.
-func (s *Server) StopImmediate() {
+func (s *Server) StopImmediate() { s.stop(syscall.SIGQUIT) }
+
+// stop sends the postmaster sig (SIGINT: fast shutdown, SIGQUIT:
+// immediate) and waits for it to exit.
+func (s *Server) stop(sig os.Signal) {
 	if s.cmd == nil {
 		return
 	}
@@ -216,7 +209,7 @@ func (s *Server) StopImmediate() {
 		s.Admin.Close(context.Background())
 		s.Admin = nil
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGQUIT)
+	_ = s.cmd.Process.Signal(sig)
 	_ = s.cmd.Wait()
 	s.cmd = nil
 }
