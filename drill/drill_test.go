@@ -376,3 +376,40 @@ func TestLongestGap(t *testing.T) {
 		t.Errorf("no beats: %s, want 0", got)
 	}
 }
+
+// The members a primary must stream to: one leader per other cluster that
+// exists, and its own in-site replicas (an operator's object's instances
+// less one; none counted for a Patroni site's cluster).
+func TestFewerSenders(t *testing.T) {
+	primary := func(instances int, flavor string, streaming ...string) snapshot.ClusterState {
+		c := snapshot.ClusterState{Name: "orders-east", Exists: true, PG: &snapshot.PGState{},
+			Object: &snapshot.Object{Spec: snapshot.Spec{Instances: instances, Flavor: flavor}}}
+		for _, s := range streaming {
+			c.PG.Replication = append(c.PG.Replication, snapshot.ReplicationPeer{ApplicationName: s, State: "streaming"})
+		}
+		return c
+	}
+	standby := func(name string, exists bool) snapshot.ClusterState {
+		return snapshot.ClusterState{Name: name, Exists: exists, PG: &snapshot.PGState{InRecovery: true}}
+	}
+	for _, tc := range []struct {
+		name     string
+		clusters []snapshot.ClusterState
+		want     string
+	}{
+		{"two standbys, one streaming", []snapshot.ClusterState{primary(1, "", "orders-west"), standby("orders-west", true), standby("orders-north", true)},
+			"orders-east streams to 1 of the 2 members expected (orders-west)"},
+		{"two standbys, both streaming", []snapshot.ClusterState{primary(1, "", "orders-west", "orders-north"), standby("orders-west", true), standby("orders-north", true)}, ""},
+		{"a standby not created yet is not waited for", []snapshot.ClusterState{primary(1, "", "orders-west"), standby("orders-west", true), standby("orders-north", false)}, ""},
+		{"an in-site replica not streaming", []snapshot.ClusterState{primary(3, "", "orders-west", "orders-east-1"), standby("orders-west", true)},
+			"orders-east streams to 2 of the 3 members expected (orders-west, orders-east-1)"},
+		{"a Patroni site's primary: its replicas are Patroni's", []snapshot.ClusterState{primary(3, snapshot.FlavorPatroni, "orders-west"), standby("orders-west", true)}, ""},
+		{"none streaming", []snapshot.ClusterState{primary(1, ""), standby("orders-west", true)}, "orders-east streams to 0 of the 1 members expected (none)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := fewerSenders(&snapshot.Snapshot{Clusters: tc.clusters}); got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
