@@ -93,14 +93,12 @@ resumes on the next run).`,
 			apply := func(ctx context.Context, d *topology.Desired, pl plan.Plan, seen *snapshot.Snapshot, opt plan.Options) (*apply.Result, error) {
 				ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
 				defer cancel()
-				// The switchover's slots first, then a seat among the
-				// --parallel applies: a run waiting for a slot takes no
-				// seat, so a resumed switchover (past its fence, writes
-				// refused, no slot needed) never waits behind runs that
-				// wait for slots.
-				// A wait for a slot is short: the loop looks again soon,
-				// and a plan that became a resume (another replica fenced
-				// and died) needs no slot then.
+				// The switchover's slots first, before the Lease and a
+				// seat among the --parallel applies, so a resumed
+				// switchover (past its fence, no slot needed) never waits
+				// behind runs that wait for slots; and for slotPatience
+				// at most: a new look may find the plan became a resume
+				// (another replica fenced and died).
 				ps := newPlanSlots(slots, pl, d)
 				slotCtx, slotCancel := context.WithTimeout(ctx, slotPatience)
 				waited, release, err := ps.TakeAhead(slotCtx, pl)

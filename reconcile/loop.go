@@ -136,12 +136,17 @@ func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
 		if c.Outcome == OutcomeBusy {
 			wait = min(wait, busyRetry)
 		}
-		if _, probes := l.Observer.(SiteProber); c.LostAway && (c.AwaySite == "" || !probes) {
-			wait = min(wait, LostRetry)
-		} else if c.LostAway {
-			wait = min(wait, probeFallback)
+		prober, _ := l.Observer.(SiteProber)
+		if c.AwaySite == "" {
+			prober = nil // nothing to probe: a site back, or no failover
 		}
-		if stop := l.pause(ctx, drain, c, wait); stop != "" {
+		switch {
+		case c.LostAway && prober != nil:
+			wait = min(wait, probeFallback)
+		case c.LostAway:
+			wait = min(wait, LostRetry)
+		}
+		if stop := l.pause(ctx, drain, c, wait, prober); stop != "" {
 			l.Log.Info("stopped", "reason", stop)
 			return
 		}
@@ -150,13 +155,12 @@ func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
 
 // pause waits wait before the next cycle, or less: a new commit, or the
 // site of a failed-over primary answering again (asked every lostProbe
-// when the Observer can). It returns why the loop must stop, "" when not.
-func (l *Loop) pause(ctx context.Context, drain <-chan struct{}, c Cycle, wait time.Duration) string {
+// when prober is set). It returns why the loop must stop, "" when not.
+func (l *Loop) pause(ctx context.Context, drain <-chan struct{}, c Cycle, wait time.Duration, prober SiteProber) string {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	var probe <-chan time.Time
-	prober, ok := l.Observer.(SiteProber)
-	if ok && c.AwaySite != "" && c.desired != nil {
+	if prober != nil {
 		t := time.NewTicker(lostProbe)
 		defer t.Stop()
 		probe = t.C
