@@ -42,7 +42,8 @@ func newImportCmd(e env) *cobra.Command {
 		Short: "Write topology files for hot-standby pairs that already run (built by hand from the runbook)",
 		Example: `  pgtopo import --site east=prod-east --site west=prod-west --namespace db --ca-configmap postgres-ca --out-dir topologies/
   pgtopo import --context prod-east --context prod-west > orders.yaml
-  pgtopo import -f topologies/orders.yaml --out-dir topologies/   # the sites and TLS of a file you have`,
+  pgtopo import -f topologies/orders.yaml --out-dir topologies/   # the sites and TLS of a file you have
+  pgtopo import -f dc1-and-east.yaml --patroni-credentials patroni.env   # Patroni clusters the file names, paired with the Kubernetes sites' clusters`,
 		Long: `Reads every cluster object in the sites (one namespace, or all), probes
 each database, and pairs each standby with the primary of another site whose
 system identifier it shares, its peer naming that primary. Each pair is
@@ -57,8 +58,12 @@ say so.
 
 --site NAME=CONTEXT names a site (--context CONTEXT names it after its
 context); -f FILE takes the Kubernetes sites of a topology file you have,
-and its spec.postgres.tls unless the TLS flags are given (its Patroni sites
-are left out: import reads operator objects). The TLS flags are the files' spec.postgres.tls, and the probes'
+and its spec.postgres.tls unless the TLS flags are given, and the Patroni
+clusters it names: no API lists those, so the file names each (scope,
+members, endpoint) and import reads it through its REST API with the
+credentials of --patroni-credentials or the environment, as apply does; a
+file with the Patroni clusters and the Kubernetes sites alone is enough.
+The TLS flags are the files' spec.postgres.tls, and the probes'
 own: import signs in with each cluster's credentials Secret and sends the
 password only as they say (verify-full by default).
 
@@ -83,65 +88,80 @@ written if any exists already.`,
 	cmd.Flags().StringVar(&f.outDir, "out-dir", "", "write NAME.yaml per topology here (default: one YAML stream on stdout)")
 	cmd.Flags().StringVar(&f.src.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	cmd.Flags().DurationVar(&f.src.siteTimeout, "site-timeout", 10*time.Second, "how long to wait for each site")
+	f.src.patroni = &patroniFlags{}
+	f.src.patroni.register(cmd, e)
 	return cmd
 }
 
-// siteList is the sites the flags name, in order, and a file's TLS when
-// -f names one.
-func (f *importFlags) siteList(e env) ([]topology.Site, *topology.PostgresTLS, error) {
-	var out []topology.Site
-	var fileTLS *topology.PostgresTLS
+// imported is what import reads: the sites the flags name, in order, and
+// a file's TLS and Patroni clusters when -f names one.
+type imported struct {
+	sites   []topology.Site
+	fileTLS *topology.PostgresTLS
+	// patroni are the file's Patroni clusters: no API lists them, so
+	// import reads those the file names.
+	patroni []topology.DesiredCluster
+}
+
+func (f *importFlags) siteList(e env) (imported, error) {
+	var in imported
 	if f.from != "" {
 		v, err := schema.NewValidator()
 		if err != nil {
-			return nil, nil, err
+			return in, err
 		}
 		data, err := readTopology(e, f.from)
 		if err != nil {
-			return nil, nil, err
+			return in, err
 		}
 		top, fs, err := v.Load(f.from, data)
 		if err != nil {
-			return nil, nil, err
+			return in, err
 		}
 		if top == nil {
 			reportFindings(e, fs)
-			return nil, nil, exitCode(ExitError)
-		}
-		for _, s := range top.Spec.Sites {
-			if s.Patroni() {
-				fmt.Fprintf(e.stderr, "skipped: site %s of %s is a Patroni site: import reads operator objects; write its clusters into the file yourself\n", s.Name, f.from)
-				continue
-			}
-			out = append(out, topology.Site{Name: s.Name, Context: s.Context})
+			return in, exitCode(ExitError)
 		}
 		d, err := top.Desired()
 		if err != nil {
-			return nil, nil, err
+			return in, err
 		}
-		fileTLS = &d.TLS
+		in.fileTLS = &d.TLS
+		for _, s := range top.Spec.Sites {
+			if s.Patroni() {
+				in.sites = append(in.sites, s)
+				continue
+			}
+			in.sites = append(in.sites, topology.Site{Name: s.Name, Context: s.Context})
+		}
+		for _, c := range d.Clusters {
+			if c.IsPatroni() {
+				in.patroni = append(in.patroni, topology.DesiredCluster{Name: c.Name, Site: c.Site, Namespace: c.Namespace,
+					Role: topology.RolePrimary, Endpoint: c.Endpoint, Patroni: c.Patroni})
+			}
+		}
 	}
 	for _, c := range f.contexts {
-		out = append(out, topology.Site{Name: c, Context: c})
+		in.sites = append(in.sites, topology.Site{Name: c, Context: c})
 	}
 	for _, s := range f.sites {
 		name, ctx, ok := strings.Cut(s, "=")
 		if !ok || name == "" || ctx == "" {
-			return nil, nil, usagef("--site %q: give NAME=CONTEXT", s)
+			return in, usagef("--site %q: give NAME=CONTEXT", s)
 		}
-		out = append(out, topology.Site{Name: name, Context: ctx})
+		in.sites = append(in.sites, topology.Site{Name: name, Context: ctx})
 	}
-	if len(out) < 2 {
-		return nil, nil, usagef("import pairs clusters across sites: give two or more (--context CONTEXT, --site NAME=CONTEXT, or -f FILE)")
+	if len(in.sites) < 2 {
+		return in, usagef("import pairs clusters across sites: give two or more (--context CONTEXT, --site NAME=CONTEXT, or -f FILE)")
 	}
-	for i, s := range out {
-		for _, t := range out[:i] {
-			if s.Name == t.Name || s.Context == t.Context {
-				return nil, nil, usagef("site %s (context %s) is given twice", s.Name, s.Context)
+	for i, s := range in.sites {
+		for _, t := range in.sites[:i] {
+			if s.Name == t.Name || !s.Patroni() && s.Context == t.Context {
+				return in, usagef("site %s (context %s) is given twice", s.Name, s.Context)
 			}
 		}
 	}
-	return out, fileTLS, nil
+	return in, nil
 }
 
 func (f *importFlags) tls() (*topology.PostgresTLS, error) {
@@ -164,10 +184,11 @@ func (f *importFlags) run(ctx context.Context, e env) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	sites, fileTLS, err := f.siteList(e)
+	in, err := f.siteList(e)
 	if err != nil {
 		return err
 	}
+	sites, fileTLS := in.sites, in.fileTLS
 	tls, err := f.tls()
 	if err != nil {
 		return err
@@ -182,7 +203,11 @@ func (f *importFlags) run(ctx context.Context, e env) error {
 	// Every cluster object of every site, as one provisional topology the
 	// observer probes like any other.
 	probe := &topology.Desired{Name: "pgtopo-import", Flavor: topology.DefaultFlavor, TLS: *tls}
+	probe.Clusters = append(probe.Clusters, in.patroni...)
 	for _, site := range sites {
+		if site.Patroni() {
+			continue
+		}
 		s, err := f.src.sites().Connect(site.Context)
 		if err != nil {
 			return fmt.Errorf("site %s (context %s): %w", site.Name, site.Context, err)
@@ -220,7 +245,17 @@ func (f *importFlags) run(ctx context.Context, e env) error {
 		if c.Error != "" {
 			return fmt.Errorf("%s/%s in site %s: %s", c.Namespace, c.Name, c.Site, c.Error)
 		}
-		found = append(found, importer.Found{Site: site, State: c})
+		fc := importer.Found{Site: site, State: c}
+		for _, dc := range in.patroni {
+			if dc.Name != c.Name || dc.Site.Name != c.Site {
+				continue
+			}
+			if !c.Exists {
+				return fmt.Errorf("cluster %s in Patroni site %s: none of its members' REST APIs answers (%s): import reads it where it runs", c.Name, c.Site, describeMembers(dc.Patroni))
+			}
+			fc.Patroni = dc.Patroni
+		}
+		found = append(found, fc)
 	}
 	res := importer.Pairs(found)
 	for _, why := range res.Skipped {
@@ -248,9 +283,21 @@ func (f *importFlags) run(ctx context.Context, e env) error {
 	return f.write(e, res.Pairs, docs)
 }
 
+func describeMembers(p *topology.PatroniCluster) string {
+	var out []string
+	for _, m := range p.Members {
+		out = append(out, fmt.Sprintf("%s:%d", m.Host, m.Port))
+	}
+	return strings.Join(out, ", ")
+}
+
 func (f *importFlags) where(sites []topology.Site) string {
 	var names []string
 	for _, s := range sites {
+		if s.Patroni() {
+			names = append(names, "Patroni site "+s.Name)
+			continue
+		}
 		names = append(names, s.Context)
 	}
 	ns := "every namespace"
@@ -303,22 +350,29 @@ func (f *importFlags) firstPlan(ctx context.Context, v *schema.Validator, name s
 	return describeFirstPlan(pl), nil
 }
 
-// describeFirstPlan says whether a plan only marks the clusters as pgtopo's.
+// describeFirstPlan says whether a plan only marks the clusters as pgtopo's,
+// or also keeps WAL for a standby (a slot, a catalogue row: no restart).
 func describeFirstPlan(pl plan.Plan) string {
 	if len(pl.Refusals) > 0 {
 		return "refused: " + pl.Refusals[0].Reason
 	}
-	var other []string
+	var slots, other []string
 	for _, s := range pl.Steps {
-		if s.Action != plan.ActionRecord && s.Action != plan.ActionLock {
+		switch s.Action {
+		case plan.ActionRecord, plan.ActionLock:
+		case plan.ActionEnsureSlot:
+			slots = append(slots, fmt.Sprintf("%s %s", s.Action, s.Subject.Cluster))
+		default:
 			other = append(other, fmt.Sprintf("%s %s", s.Action, s.Subject.Cluster))
 		}
 	}
 	switch {
 	case len(pl.Steps) == 0:
 		return "in sync"
-	case len(other) == 0:
+	case len(other) == 0 && len(slots) == 0:
 		return "only pgtopo's marks (record)"
+	case len(other) == 0:
+		return "pgtopo's marks and what keeps WAL for the standbys (" + strings.Join(slots, ", ") + "): nothing restarts"
 	}
 	return "changes " + strings.Join(other, ", ") + " (see the notes)"
 }

@@ -14,6 +14,7 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/pgtopo/pgtopo/snapshot"
@@ -24,11 +25,20 @@ import (
 type Found struct {
 	Site  topology.Site
 	State snapshot.ClusterState
+	// Patroni is a Patroni cluster's scope and members, as the file that
+	// named it says: Patroni clusters are not listed by any API, so a
+	// file names them, and the imported file repeats it.
+	Patroni *topology.PatroniCluster
 }
 
 func (f Found) String() string {
+	if f.isPatroni() {
+		return fmt.Sprintf("Patroni cluster %s in site %s", f.State.Name, f.Site.Name)
+	}
 	return fmt.Sprintf("%s/%s in site %s", f.State.Namespace, f.State.Name, f.Site.Name)
 }
+
+func (f Found) isPatroni() bool { return f.Patroni != nil }
 
 func (f Found) isReplica() bool { return f.State.Object.Spec.Replication.IsReplica }
 
@@ -140,7 +150,6 @@ func follows(s Found, primaries []Found) (int, string) {
 func settle(p Found, ss []Found) (*snapshot.Endpoint, []string) {
 	var notes []string
 	var endpoint *snapshot.Endpoint
-	ps := p.State.Object.Spec
 	for _, s := range ss {
 		spec := s.State.Object.Spec
 		if s.State.PG == nil || p.State.PG == nil {
@@ -149,22 +158,33 @@ func settle(p Found, ss []Found) (*snapshot.Endpoint, []string) {
 		peer := snapshot.Endpoint{Host: spec.Replication.PeerHost, Port: spec.Replication.PeerPort}
 		switch at := p.State.Endpoint; {
 		case at == nil || *at == peer:
-		case at.Port == peer.Port && endpoint == nil:
+		case at.Port == peer.Port && endpoint == nil && !p.isPatroni():
 			endpoint = &peer // the same Service through another address
 		case endpoint == nil || *endpoint != peer:
 			notes = append(notes, fmt.Sprintf("%s streams from %s; pgtopo reaches %s at %s and will point it there", s.State.Name, peer, p.State.Name, at))
 		}
-		if spec.Version != ps.Version {
-			notes = append(notes, fmt.Sprintf("%s runs version %s, %s runs %s: the file says %s", s.State.Name, spec.Version, p.State.Name, ps.Version, ps.Version))
+	}
+	// The file's postgres section is the reference cluster's; the other
+	// operator clusters are compared with it. A Patroni cluster's
+	// settings are its own (pgtopo writes only its role), so they are
+	// neither the file's nor compared.
+	ref, ok := reference(p, ss)
+	for _, s := range append([]Found{p}, ss...) {
+		if !ok || s.isPatroni() || s.State.Name == ref.State.Name {
+			continue
 		}
-		if spec.TeamID != ps.TeamID {
-			notes = append(notes, fmt.Sprintf("%s has teamId %q, %s %q: the file says %q, and pgtopo will set it on %s", s.State.Name, spec.TeamID, p.State.Name, ps.TeamID, ps.TeamID, s.State.Name))
+		spec, rs := s.State.Object.Spec, ref.State.Object.Spec
+		if spec.Version != rs.Version {
+			notes = append(notes, fmt.Sprintf("%s runs version %s, %s runs %s: the file says %s", s.State.Name, spec.Version, ref.State.Name, rs.Version, rs.Version))
 		}
-		if !maps.Equal(spec.Parameters, ps.Parameters) {
-			notes = append(notes, fmt.Sprintf("%s's parameters differ from %s's: the file has %s's, and pgtopo will set them on %s (a restart where a setting needs one)", s.State.Name, p.State.Name, p.State.Name, s.State.Name))
+		if spec.TeamID != rs.TeamID {
+			notes = append(notes, fmt.Sprintf("%s has teamId %q, %s %q: the file says %q, and pgtopo will set it on %s", s.State.Name, spec.TeamID, ref.State.Name, rs.TeamID, rs.TeamID, s.State.Name))
 		}
-		if spec.Replication.ServiceType != ps.Replication.ServiceType {
-			notes = append(notes, fmt.Sprintf("%s's replSvcType is %s, %s's %s: the file says %s", s.State.Name, spec.Replication.ServiceType, p.State.Name, ps.Replication.ServiceType, ps.Replication.ServiceType))
+		if !maps.Equal(spec.Parameters, rs.Parameters) {
+			notes = append(notes, fmt.Sprintf("%s's parameters differ from %s's: the file has %s's, and pgtopo will set them on %s (a restart where a setting needs one)", s.State.Name, ref.State.Name, ref.State.Name, s.State.Name))
+		}
+		if spec.Replication.ServiceType != rs.Replication.ServiceType {
+			notes = append(notes, fmt.Sprintf("%s's replSvcType is %s, %s's %s: the file says %s", s.State.Name, spec.Replication.ServiceType, ref.State.Name, rs.Replication.ServiceType, rs.Replication.ServiceType))
 		}
 	}
 	if bs := bootstrapSecrets(ss); len(bs) > 1 {
@@ -173,9 +193,24 @@ func settle(p Found, ss []Found) (*snapshot.Endpoint, []string) {
 	return endpoint, notes
 }
 
+// reference is the cluster whose object gives the file's postgres
+// section: the primary, or where it is a Patroni cluster the first
+// operator standby; false when every cluster is Patroni's.
+func reference(p Found, ss []Found) (Found, bool) {
+	for _, f := range append([]Found{p}, ss...) {
+		if !f.isPatroni() {
+			return f, true
+		}
+	}
+	return Found{}, false
+}
+
 func bootstrapSecrets(ss []Found) []string {
 	var out []string
 	for _, s := range ss {
+		if s.isPatroni() {
+			continue
+		}
 		if b := s.State.Object.Spec.Replication.BootstrapSecret; b != "" && !slices.Contains(out, b) {
 			out = append(out, b)
 		}
@@ -223,13 +258,22 @@ func orNone(s string) string { return cmp.Or(s, "no error given") }
 func (p Pair) Document(opt Options) []byte {
 	var b strings.Builder
 	q := func(s string) string { out, _ := json.Marshal(s); return string(out) }
-	ps := p.Primary.State.Object.Spec
 	all := append([]Found{p.Primary}, p.Standbys...)
+	var ps snapshot.Spec
+	if ref, ok := reference(p.Primary, p.Standbys); ok {
+		ps = ref.State.Object.Spec
+	} else if pg := p.Primary.State.PG; pg != nil && pg.ServerVersion > 0 {
+		ps.Version = strconv.Itoa(pg.ServerVersion / 10000) // Patroni's alone: its server's major
+	}
 	fmt.Fprintf(&b, "# Imported by pgtopo import from the clusters as they run:\n")
 	for _, f := range all {
 		role := "standby"
 		if f.State.Name == p.Primary.State.Name {
 			role = "primary"
+		}
+		if f.isPatroni() {
+			fmt.Fprintf(&b, "#   %s: %s\n", role, f)
+			continue
 		}
 		fmt.Fprintf(&b, "#   %s: %s (context %s)\n", role, f, f.Site.Context)
 	}
@@ -278,15 +322,38 @@ func (p Pair) Document(opt Options) []byte {
 			continue
 		}
 		seen = append(seen, f.Site.Name)
+		if f.Site.Patroni() {
+			fmt.Fprintf(&b, "    - name: %s\n      kind: %s\n", f.Site.Name, topology.SitePatroni)
+			continue
+		}
 		fmt.Fprintf(&b, "    - name: %s\n      context: %s\n", f.Site.Name, q(f.Site.Context))
 	}
 	b.WriteString("  clusters:\n")
 	for _, f := range all {
+		if f.isPatroni() {
+			fmt.Fprintf(&b, "    - name: %s\n      site: %s\n      patroni:\n        scope: %s\n", f.State.Name, f.Site.Name, q(f.Patroni.Scope))
+			if f.Patroni.TLS {
+				b.WriteString("        tls: true\n")
+			}
+			b.WriteString("        members:\n")
+			for _, m := range f.Patroni.Members {
+				fmt.Fprintf(&b, "          - {host: %s, port: %d}\n", q(m.Host), m.Port)
+			}
+			if e := f.State.Endpoint; e != nil {
+				fmt.Fprintf(&b, "      endpoint: {host: %s, port: %d}\n", q(e.Host), e.Port)
+			}
+			continue
+		}
 		spec := f.State.Object.Spec
 		fmt.Fprintf(&b, "    - name: %s\n      site: %s\n      namespace: %s\n", f.State.Name, f.Site.Name, f.State.Namespace)
 		// A standby runs one instance (the operator's limit); once
-		// promoted it runs what the primary runs now.
-		fmt.Fprintf(&b, "      instances: %d\n", max(ps.Instances, 1))
+		// promoted it runs what the primary runs now (a Patroni
+		// primary's count is its own: then the standby's).
+		instances := ps.Instances
+		if p.Primary.isPatroni() {
+			instances = spec.Instances
+		}
+		fmt.Fprintf(&b, "      instances: %d\n", max(instances, 1))
 		if spec.VolumeSize != "" {
 			fmt.Fprintf(&b, "      volume: {size: %s}\n", q(spec.VolumeSize))
 		}

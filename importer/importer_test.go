@@ -46,6 +46,23 @@ func cluster(site topology.Site, name, sysID string, replica bool, peer string, 
 	return Found{Site: site, State: st}
 }
 
+var dc1 = topology.Site{Name: "dc1", Kind: topology.SitePatroni}
+
+// patroniCluster is a Patroni cluster the file named, observed as the
+// Patroni flavor reads it (its role alone).
+func patroniCluster(name, sysID string, replica bool, peer string) Found {
+	spec := snapshot.Spec{Flavor: snapshot.FlavorPatroni, Replication: snapshot.Replication{Enabled: true, IsReplica: replica}}
+	if replica {
+		host, port, _ := strings.Cut(peer, ":")
+		spec.Replication.PeerHost = host
+		spec.Replication.PeerPort, _ = strconv.Atoi(port)
+	}
+	st := snapshot.ClusterState{Name: name, Site: dc1.Name, Namespace: name, Exists: true, Object: &snapshot.Object{Spec: spec},
+		PG: &snapshot.PGState{SystemID: sysID, InRecovery: replica, ServerVersion: 150004}}
+	members := []topology.Endpoint{{Host: "10.0.9.1", Port: 8008}, {Host: "10.0.9.2", Port: 8008}}
+	return at(Found{Site: dc1, State: st, Patroni: &topology.PatroniCluster{Scope: name, Members: members}}, "10.0.9.10", 5432)
+}
+
 func at(f Found, host string, port int) Found {
 	f.State.Endpoint = &snapshot.Endpoint{Host: host, Port: port}
 	return f
@@ -98,6 +115,20 @@ func TestPairs(t *testing.T) {
 				s.TeamID = "OPS"
 			})},
 			pairs: []string{"orders: orders-east ← orders-west"}, notes: []string{"teamId \"OPS\"", "parameters differ"}},
+		{name: "a Patroni primary the file names, an operator standby of it",
+			found: []Found{patroniCluster("orders-dc1", "7001", false, ""), cluster(west, "orders-west", "7001", true, "10.0.9.10:5432")},
+			pairs: []string{"orders: orders-dc1 ← orders-west"}},
+		{name: "a Patroni primary's settings are its own: not compared",
+			found: []Found{patroniCluster("orders-dc1", "7001", false, ""), cluster(west, "orders-west", "7001", true, "10.0.9.10:5432", func(s *snapshot.Spec) {
+				s.TeamID = "OPS"
+			})},
+			pairs: []string{"orders: orders-dc1 ← orders-west"}},
+		{name: "a Patroni standby of an operator primary",
+			found: []Found{ordersEast, patroniCluster("orders-dc1", "7001", true, "10.0.1.1:31001")},
+			pairs: []string{"orders: orders-east ← orders-dc1"}},
+		{name: "a Patroni standby of another database",
+			found:   []Found{ordersEast, patroniCluster("orders-dc1", "7999", true, "10.0.1.1:31001")},
+			skipped: []string{"Patroni cluster orders-dc1 in site dc1: a standby of db/orders-east in site east by its peer 10.0.1.1:31001, but its system identifier 7999"}},
 		{name: "two pairs, names by common start; a name taken gets a number",
 			found: []Found{ordersEast, ordersWest,
 				at(cluster(east, "orders-a", "7002", false, ""), "10.0.1.1", 31002), cluster(west, "orders-b", "7002", true, "10.0.1.1:31002"),
@@ -145,6 +176,9 @@ func TestDocument(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, found := range map[string][]Found{
+		"patroni-primary": {patroniCluster("orders-dc1", "7001", false, ""), cluster(west, "orders-west", "7001", true, "10.0.9.10:5432")},
+		"patroni-standby": {at(cluster(east, "orders-east", "7001", false, ""), "10.0.1.1", 31001), patroniCluster("orders-dc1", "7001", true, "10.0.1.1:31001"),
+			cluster(west, "orders-west", "7001", true, "10.0.1.1:31001")},
 		"runbook-pair": {at(cluster(east, "orders-east", "7001", false, ""), "10.0.1.1", 31001), cluster(west, "orders-west", "7001", true, "10.0.1.1:31001")},
 		"other-node": {at(cluster(east, "orders-east", "7001", false, ""), "10.0.1.1", 31001), cluster(west, "orders-west", "7001", true, "10.0.1.2:31001",
 			func(s *snapshot.Spec) { s.Parameters = nil })},
@@ -164,8 +198,13 @@ func TestDocument(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d.BootstrapSecret != "standby-bootstrap-secret" || d.Primary().Name != "orders-east" || d.TLS.CA == nil {
+			if d.BootstrapSecret != "standby-bootstrap-secret" || d.Primary().Name != res.Pairs[0].Primary.State.Name || d.TLS.CA == nil || d.Clusters[0].Version != "15" {
 				t.Fatalf("read back: %+v", d)
+			}
+			for _, c := range d.Clusters {
+				if (c.Name == "orders-dc1") != c.IsPatroni() || c.IsPatroni() && (c.Endpoint == nil || len(c.Patroni.Members) != 2) {
+					t.Fatalf("read back %s: %+v", c.Name, c)
+				}
 			}
 			golden := filepath.Join("testdata", name+".yaml")
 			if *update {
