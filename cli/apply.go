@@ -193,7 +193,7 @@ func (f *sourceFlags) loadAndObserve(ctx context.Context, e env) (*reconcile.Inp
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	return in, obs, obs.Observe(ctx, in.Desired), closeConns, nil
+	return in, obs, obs.ObserveListed(ctx, in.Desired), closeConns, nil
 }
 
 // applySaved executes a plan written by diff --out, or refuses it stale.

@@ -115,7 +115,7 @@ func livePlan(ctx context.Context, src *sourceFlags, in *reconcile.Input, allowR
 	if err != nil {
 		return plan.Plan{}, plan.Basis{}, plan.Options{}, err
 	}
-	snap := obs.Observe(ctx, in.Desired)
+	snap := obs.ObserveListed(ctx, in.Desired)
 	opt, err := in.PlanOptions(snap, allowRollback)
 	if err != nil {
 		return plan.Plan{}, plan.Basis{}, opt, err

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/flavor"
@@ -244,8 +246,59 @@ func (f *sourceFlags) flavorSites(d *topology.Desired, pl plan.Plan, op *flavor.
 		if !ok {
 			return nil, fmt.Errorf("site %s is not in the plan", name)
 		}
-		return f.openSite(d, s, op)
+		api, err := f.openSite(d, s, op)
+		if err != nil || s.Patroni() {
+			return api, err
+		}
+		return forgetting{siteAPI: api, forget: func() { f.shared.Forget(s.Context) }}, nil
 	}
+}
+
+// The first looks of a process read a Kubernetes site's objects from
+// shared lists.
+var _ live.NamespaceLister = flavor.Site{}
+
+// forgetting is a site opened for changes whose every write drops the
+// lists the process keeps of it: a look after a write never sees the
+// world from before it.
+type forgetting struct {
+	siteAPI
+	forget func()
+}
+
+func (w forgetting) WriteSpec(ctx context.Context, ns, name string, s snapshot.Spec) error {
+	defer w.forget()
+	return w.siteAPI.WriteSpec(ctx, ns, name, s)
+}
+
+func (w forgetting) WriteMarks(ctx context.Context, ns, name string, m snapshot.Marks) error {
+	defer w.forget()
+	return w.siteAPI.WriteMarks(ctx, ns, name, m)
+}
+
+func (w forgetting) DeleteCluster(ctx context.Context, ns, name string) error {
+	defer w.forget()
+	return w.siteAPI.DeleteCluster(ctx, ns, name)
+}
+
+func (w forgetting) ApplySecret(ctx context.Context, s *corev1.Secret) error {
+	defer w.forget()
+	return w.siteAPI.ApplySecret(ctx, s)
+}
+
+func (w forgetting) DeleteSecret(ctx context.Context, ns, name string) error {
+	defer w.forget()
+	return w.siteAPI.DeleteSecret(ctx, ns, name)
+}
+
+func (w forgetting) CreateLease(ctx context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	defer w.forget()
+	return w.siteAPI.CreateLease(ctx, l)
+}
+
+func (w forgetting) UpdateLease(ctx context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	defer w.forget()
+	return w.siteAPI.UpdateLease(ctx, l)
 }
 
 // runner assembles the Runner that applies pl to d's sites: its sites,

@@ -247,7 +247,7 @@ func (f flavorObserver) Observe(ctx context.Context, d *topology.Desired) (*snap
 	if err != nil {
 		return nil, err
 	}
-	return o.Observe(ctx, d), nil
+	return o.ObserveListed(ctx, d), nil
 }
 
 // healthReporter says whether a loop keeps cycling.

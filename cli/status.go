@@ -71,7 +71,7 @@ of theirs.`,
 				}
 				var prev *snapshot.Snapshot
 				for n := 1; ; n++ {
-					snap := obs.Observe(ctx, in.Desired)
+					snap := obs.ObserveListed(ctx, in.Desired)
 					at := time.Now().UTC().Format(time.RFC3339)
 					if structured(output) {
 						if err := writeStatusDoc(e, output, statusDoc(in.Desired, snap, at), watch > 0); err != nil {

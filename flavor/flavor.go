@@ -201,6 +201,20 @@ func (s Site) ListClusters(ctx context.Context, ns, topology string) ([]string, 
 	return out, nil
 }
 
+// ListClusterObjects reads every cluster object of ns in one list, by
+// name: what a look's reads of single objects are served from.
+func (s Site) ListClusterObjects(ctx context.Context, ns string) (map[string]snapshot.Object, error) {
+	items, err := s.ListObjects(ctx, s.Op.Resource, ns, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]snapshot.Object, len(items))
+	for i := range items {
+		out[items[i].GetName()] = s.Op.Parse(&items[i])
+	}
+	return out, nil
+}
+
 // NamedObject is a cluster object with where it is.
 type NamedObject struct {
 	Namespace, Name string

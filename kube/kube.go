@@ -146,6 +146,42 @@ func (s *Site) GetLease(ctx context.Context, ns, name string) (*coordinationv1.L
 	return s.Typed.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})
 }
 
+// ListServices lists a namespace's Services.
+func (s *Site) ListServices(ctx context.Context, ns string) ([]corev1.Service, error) {
+	l, err := s.Typed.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
+}
+
+// ListSecrets lists a namespace's Secrets.
+func (s *Site) ListSecrets(ctx context.Context, ns string) ([]corev1.Secret, error) {
+	l, err := s.Typed.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
+}
+
+// ListConfigMaps lists a namespace's ConfigMaps.
+func (s *Site) ListConfigMaps(ctx context.Context, ns string) ([]corev1.ConfigMap, error) {
+	l, err := s.Typed.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
+}
+
+// ListLeases lists a namespace's Leases.
+func (s *Site) ListLeases(ctx context.Context, ns string) ([]coordinationv1.Lease, error) {
+	l, err := s.Typed.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
+}
+
 // ApplyObject server-side-applies a custom resource as the given field
 // manager, taking over the fields it sends (from a hand edit, say) and no
 // others; fields the manager owned and the request leaves out are removed.

@@ -233,8 +233,26 @@ func (o *Observer) remember(site string, st snapshot.SiteState) {
 
 // Observe takes a snapshot of every site of the desired state, in parallel.
 func (o *Observer) Observe(ctx context.Context, d *topology.Desired) *snapshot.Snapshot {
-	return o.observe(ctx, d, false)
+	return o.observe(ctx, d, lookFull)
 }
+
+// ObserveListed is Observe for a first look, the one a plan starts from:
+// where the site can list, objects are read from one list per kind and
+// namespace that the first looks of this process's other topologies share
+// for listEvery (with Shared set). Looks after a run's lock or writes use
+// Observe, which reads each object afresh.
+func (o *Observer) ObserveListed(ctx context.Context, d *topology.Desired) *snapshot.Snapshot {
+	return o.observe(ctx, d, lookListed)
+}
+
+// lookKind is what a look reads.
+type lookKind int
+
+const (
+	lookFull    lookKind = iota // every object, each read afresh
+	lookFocused                 // the clusters a wait polls
+	lookListed                  // every object, from shared lists where the site can list
+)
 
 // ObserveClusters observes only the named clusters of d, for a wait that
 // polls them: each one's object and database, its Service and login read
@@ -249,10 +267,10 @@ func (o *Observer) ObserveClusters(ctx context.Context, d *topology.Desired, nam
 			only.Clusters = append(only.Clusters, c)
 		}
 	}
-	return o.observe(ctx, &only, true)
+	return o.observe(ctx, &only, lookFocused)
 }
 
-func (o *Observer) observe(ctx context.Context, d *topology.Desired, focused bool) *snapshot.Snapshot {
+func (o *Observer) observe(ctx context.Context, d *topology.Desired, look lookKind) *snapshot.Snapshot {
 	timeout := o.SiteTimeout
 	if timeout == 0 {
 		timeout = 10 * time.Second
@@ -266,7 +284,7 @@ func (o *Observer) observe(ctx context.Context, d *topology.Desired, focused boo
 		runs[i] = func() {
 			sctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			snap.Sites[i], perSite[i], orphans[i] = o.observeSite(sctx, d, site, focused)
+			snap.Sites[i], perSite[i], orphans[i] = o.observeSite(sctx, d, site, look)
 			o.remember(site.Name, snap.Sites[i])
 		}
 	}
@@ -301,7 +319,8 @@ func allAtOnce(fns []func()) {
 // three round trips whatever it holds: every Kubernetes read at once (nodes,
 // the Lease, orphans, and each cluster's CR, Secrets and Service), then the
 // database probes, which need the Service, the nodes and the credentials.
-func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site topology.Site, focused bool) (snapshot.SiteState, []snapshot.ClusterState, []snapshot.OrphanCluster) {
+func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site topology.Site, look lookKind) (snapshot.SiteState, []snapshot.ClusterState, []snapshot.OrphanCluster) {
+	focused := look == lookFocused
 	st := snapshot.SiteState{Name: site.Name, Kind: site.Kind, Context: site.Context}
 	var clusters []snapshot.ClusterState
 	for _, c := range d.Clusters {
@@ -319,6 +338,9 @@ func (o *Observer) observeSite(ctx context.Context, d *topology.Desired, site to
 	if err != nil {
 		st.Error = err.Error()
 		return st, clusters, nil
+	}
+	if lister, ok := api.(NamespaceLister); ok && look == lookListed && o.Shared != nil && sharedKey(site, "") != "" {
+		api = listedSite{SiteAPI: api, lister: lister, shared: o.Shared, site: site}
 	}
 	var (
 		wg       sync.WaitGroup

@@ -175,7 +175,7 @@ func TestObserveSiteCombinesReads(t *testing.T) {
 			prober := &fakeProber{}
 			o := &Observer{Prober: prober, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return &tc.site, nil }}
 			east := d.Sites()[0]
-			st, clusters, _ := o.observeSite(context.Background(), d, east, false)
+			st, clusters, _ := o.observeSite(context.Background(), d, east, lookFull)
 			if st.Reachable != tc.reachable || st.Error != tc.siteErr || (st.Lease != nil) != tc.lease {
 				t.Fatalf("site: reachable %v error %q lease %v; want %v %q %v", st.Reachable, st.Error, st.Lease != nil, tc.reachable, tc.siteErr, tc.lease)
 			}
@@ -268,7 +268,7 @@ func TestObserveSiteReadsAtOnce(t *testing.T) {
 	d := desired(t)
 	site := &barrierSite{want: 7, release: make(chan struct{})}
 	o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return site, nil }}
-	st, clusters, _ := o.observeSite(context.Background(), d, d.Sites()[0], false)
+	st, clusters, _ := o.observeSite(context.Background(), d, d.Sites()[0], lookFull)
 	if !st.Reachable || clusters[0].PG == nil {
 		t.Fatalf("site %+v cluster %+v", st, clusters[0])
 	}
@@ -348,7 +348,7 @@ func TestObserveChecksTheFlavorSparingly(t *testing.T) {
 	site := &fakeSite{checks: new(atomic.Int32)}
 	o := &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return site, nil }}
 	for range 3 {
-		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0], false); st.Unsupported != "" {
+		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0], lookFull); st.Unsupported != "" {
 			t.Fatal(st.Unsupported)
 		}
 	}
@@ -358,7 +358,7 @@ func TestObserveChecksTheFlavorSparingly(t *testing.T) {
 	bad := &fakeSite{unsupported: "no clusterReplication", checks: new(atomic.Int32)}
 	o = &Observer{Prober: &fakeProber{}, Names: alaudaNames(t), Connect: func(topology.Site) (SiteAPI, error) { return bad, nil }}
 	for range 2 {
-		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0], false); st.Unsupported != "no clusterReplication" {
+		if st, _, _ := o.observeSite(context.Background(), d, d.Sites()[0], lookFull); st.Unsupported != "no clusterReplication" {
 			t.Fatalf("unsupported %q", st.Unsupported)
 		}
 	}

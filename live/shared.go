@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -76,6 +77,23 @@ func (s *Shared) read(ctx context.Context, key string, ttl time.Duration, read f
 		return e.val, e.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// Forget drops every list of the site at kubeContext kept for sharing: this
+// process wrote to it, and no look after that may be served a list from
+// before its write.
+func (s *Shared) Forget(kubeContext string) {
+	if s == nil {
+		return
+	}
+	prefix := sharedKey(topology.Site{Context: kubeContext}, listKeyPrefix)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key := range s.entries {
+		if strings.HasPrefix(key, prefix) {
+			delete(s.entries, key)
+		}
 	}
 }
 

@@ -47,6 +47,7 @@ type Fleet struct {
 	Metrics  *Metrics
 
 	mu      sync.Mutex
+	beat    time.Time // when Run started: the loops' shared beats
 	listed  time.Time // when List last ended, for /healthz
 	members map[string]*fleetMember
 }
@@ -65,6 +66,7 @@ func (f *Fleet) Run(ctx context.Context, drain <-chan struct{}) {
 	f.mu.Lock()
 	f.members = map[string]*fleetMember{}
 	f.listed = time.Now()
+	f.beat = f.listed
 	f.mu.Unlock()
 	defer f.stopAll()
 	for {
@@ -113,6 +115,7 @@ func (f *Fleet) follow(ctx context.Context, drain <-chan struct{}, members []Mem
 		}
 		fm := &fleetMember{loop: f.NewLoop(m), revision: m.Revision, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 		fm.loop.Wake = fm.wake
+		fm.loop.Beat = f.beat
 		f.members[m.File] = fm
 		f.Log.Info("fleet", "topology", m.File, "action", "started")
 		stopped := make(chan struct{})

@@ -112,6 +112,11 @@ type Loop struct {
 	Metrics     *Metrics
 	// Wake starts the next cycle before the interval is up (a new commit).
 	Wake <-chan struct{}
+	// Beat, when set, puts the loop's regular cycles on the beats
+	// Beat + k×Interval that the other loops of its fleet share, so their
+	// first looks come together and share one list per kind and
+	// namespace of each site (live.Observer.ObserveListed).
+	Beat time.Time
 
 	mu   sync.Mutex
 	last time.Time // when Run started or the last cycle ended, for /healthz
@@ -133,6 +138,9 @@ func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
 			return
 		}
 		wait := l.Interval
+		if !l.Beat.IsZero() {
+			wait = untilBeat(time.Now(), l.Beat, l.Interval)
+		}
 		if c.Outcome == OutcomeBusy {
 			wait = min(wait, busyRetry)
 		}
@@ -151,6 +159,24 @@ func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
 			return
 		}
 	}
+}
+
+// untilBeat is how long from now to the first beat (beat + k×interval)
+// at least half an interval away: a loop on beats cycles about every
+// interval, as one off them does.
+func untilBeat(now, beat time.Time, interval time.Duration) time.Duration {
+	if interval <= 0 {
+		return interval
+	}
+	since := now.Sub(beat)
+	next := interval - since%interval
+	if since < 0 {
+		next = -since % interval
+	}
+	if next < interval/2 {
+		next += interval
+	}
+	return next
 }
 
 // pause waits wait before the next cycle, or less: a new commit, or the

@@ -268,3 +268,24 @@ func TestLoopLooksAgainWhenTheLostSiteAnswers(t *testing.T) {
 		t.Fatalf("log:\n%s", logs.String())
 	}
 }
+
+// A loop on its fleet's beats waits for the first beat at least half an
+// interval away: the loops' regular cycles start together.
+func TestUntilBeat(t *testing.T) {
+	beat := time.Date(2026, 12, 7, 6, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		after time.Duration // now - beat
+		want  time.Duration
+	}{
+		{after: 0, want: 10 * time.Second},
+		{after: 1 * time.Second, want: 9 * time.Second},
+		{after: 5 * time.Second, want: 5 * time.Second},
+		{after: 5*time.Second + time.Millisecond, want: 15*time.Second - time.Millisecond}, // the next beat is too near
+		{after: 37 * time.Second, want: 13 * time.Second},
+		{after: -3 * time.Second, want: 13 * time.Second}, // a beat ahead
+	} {
+		if got := untilBeat(beat.Add(tc.after), beat, 10*time.Second); got != tc.want {
+			t.Errorf("%s after the beat: wait %s, want %s", tc.after, got, tc.want)
+		}
+	}
+}
