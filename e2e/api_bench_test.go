@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,7 +62,7 @@ func BenchmarkAPIRequests(b *testing.B) {
 	}
 	labSettled(b, "PGTOPO_BENCH_API_TOPOLOGIES")
 	b.ResetTimer()
-	var one, many, fiftyLook, swap, swapFull, cycle []float64
+	var one, many, fiftyLook, swap, swapFull, cycle, cycleWide []float64
 	for round := 0; round < b.N; round++ {
 		before := requests()
 		if r := id.run(h, "diff", "-f", filepath.Join(east, "t00.yaml")); r.code != 0 {
@@ -98,21 +100,9 @@ func BenchmarkAPIRequests(b *testing.B) {
 			}
 		}
 
-		l := h.startLoopEnv([]string{"KUBECONFIG=" + id.kubeconfig}, "-f", east, "--observe-only", "--interval", "1h")
-		started, next := l.waitFor(b, 30*time.Second, "starting line", 0, func(r logRecord) bool { return r.Msg == "starting" })
-		seen := map[string]bool{}
-		var last time.Time
-		for len(seen) < n {
-			var r logRecord
-			r, next = l.waitFor(b, 60*time.Second, "a cycle of every topology", next, func(r logRecord) bool { return r.Msg == "cycle" })
-			if r.Result != "in-sync" {
-				b.Fatalf("%s: cycle %s (%s%s), want in-sync", r.Topology, r.Result, r.Refusal, r.Error)
-			}
-			seen[r.Topology], last = true, r.Time
-		}
-		_ = l.cmd.Process.Kill()
-		<-l.done
-		cycle = append(cycle, last.Sub(started.Time).Seconds())
+		cycle = append(cycle, firstCycle(b, h, id, east, n, "in-sync"))
+		// Fifty: those not brought up end their cycle in drift.
+		cycleWide = append(cycleWide, firstCycle(b, h, id, fifty, wide, "in-sync", "drift"))
 	}
 	b.StopTimer()
 	spread := func(xs []float64) string {
@@ -126,5 +116,29 @@ func BenchmarkAPIRequests(b *testing.B) {
 	fmt.Printf("  one switchover (apply), waits polling what they wait for: %s\n", spread(swap))
 	fmt.Printf("  one switchover (apply), every poll a full look:          %s\n", spread(swapFull))
 	fmt.Printf("  ratio full / focused: %.1f\n", median(swapFull)/median(swap))
-	fmt.Printf("  first reconcile cycle over %d topologies in sync: median %.2fs, p95 %.2fs (goal at 50: <= 3 s)\n", n, median(cycle), percentile(cycle, 95))
+	fmt.Printf("  first reconcile cycle over %d topologies in sync: median %.2fs, p95 %.2fs\n", n, median(cycle), percentile(cycle, 95))
+	fmt.Printf("  first reconcile cycle over %d topologies (%d running): median %.2fs, p95 %.2fs (goal at 50: <= 3 s)\n", wide, min(n, wide), median(cycleWide), percentile(cycleWide, 95))
+}
+
+// firstCycle runs reconcile --observe-only over dir as id and returns the
+// seconds from its start to the end of the first cycle of each of its n
+// topologies, each ending in one of results.
+func firstCycle(b *testing.B, h *harness, id identity, dir string, n int, results ...string) float64 {
+	l := h.startLoopEnv([]string{"KUBECONFIG=" + id.kubeconfig}, "-f", dir, "--observe-only", "--interval", "1h")
+	defer func() {
+		_ = l.cmd.Process.Kill()
+		<-l.done
+	}()
+	started, next := l.waitFor(b, 30*time.Second, "starting line", 0, func(r logRecord) bool { return r.Msg == "starting" })
+	seen := map[string]bool{}
+	var last time.Time
+	for len(seen) < n {
+		var r logRecord
+		r, next = l.waitFor(b, 60*time.Second, "a cycle of every topology", next, func(r logRecord) bool { return r.Msg == "cycle" })
+		if !slices.Contains(results, r.Result) {
+			b.Fatalf("%s: cycle %s (%s%s), want %s", r.Topology, r.Result, r.Refusal, r.Error, strings.Join(results, " or "))
+		}
+		seen[r.Topology], last = true, r.Time
+	}
+	return last.Sub(started.Time).Seconds()
 }
