@@ -42,6 +42,12 @@ func advise(doc *topology.Document, t *topology.Topology) []Finding {
 		f.Severity = SeverityWarning
 		out = append(out, f)
 	}
+	if f := t.Spec.Failover; f != nil && f.Mode == topology.FailoverAutomatic {
+		w := newFinding(doc, topology.Path{}.Child("spec").Child("failover").Child("mode"), RuleAdvice,
+			"automatic: this version checks the policy, but the agents that vote, fence and fail over by it are not built yet (docs/automatic-failover.md): a failover still needs acceptDataLoss in a reviewed change", ByPgtopo)
+		w.Severity = SeverityWarning
+		out = append(out, w)
+	}
 	return out
 }
 

@@ -17,7 +17,7 @@ var formats = map[string]string{
 	`^[1-9][0-9]*$`:                       `is not a PostgreSQL major version such as "15"`,
 	`^[A-Za-z0-9][-A-Za-z0-9]*$`:          "is not a team id: use letters, digits and '-'",
 	`^[^\s]+$`:                            "must not be empty or contain spaces",
-	`^([1-9][0-9]{0,3}s|[1-9][0-9]?m)$`:   `is not a write pause: seconds or minutes from 1s to 99m, e.g. "30s" or "2m"`,
+	`^([1-9][0-9]{0,3}s|[1-9][0-9]?m)$`:   `is not a duration: seconds or minutes from 1s to 99m, e.g. "30s" or "2m"`,
 	`^[a-z]([-a-z0-9]{0,50}[a-z0-9])?$`:   "is not a cluster name: start with a lowercase letter, then lowercase letters, digits and '-', end with a letter or digit, at most 52 characters (the operator adds suffixes such as -repl and pod ordinals to it)",
 	`^[a-z0-9_]{1,63}$`:                   "is not a replication slot name: lowercase letters, digits and '_', at most 63 characters",
 	`^[A-Za-z0-9]([-_.A-Za-z0-9]{0,62})$`: "is not a Patroni scope: letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters",

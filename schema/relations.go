@@ -2,8 +2,10 @@ package schema
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pgtopo/pgtopo/topology"
 )
@@ -95,6 +97,10 @@ func relational(doc *topology.Document) []Finding {
 		}
 	}
 
+	if failover, ok := spec["failover"].(map[string]any); ok {
+		automaticFailover(failover, kinds, add)
+	}
+
 	replication, _ := spec["replication"].(map[string]any)
 	serviceType, explicit := replication["serviceType"].(string)
 	if !explicit {
@@ -115,6 +121,38 @@ func relational(doc *topology.Document) []Finding {
 		add(path, "serviceType ClusterIP only reaches clusters within one site, but the clusters span several sites; set spec.replication.serviceType to NodePort or LoadBalancer")
 	}
 	return out
+}
+
+// MinFailoverAfter is the shortest spec.failover.after: the primary's own
+// agent fences it after half of it without a majority, and a vote is
+// renewed every 2 s (docs/automatic-failover.md).
+const MinFailoverAfter = 10 * time.Second
+
+// automaticFailover checks what an automatic failover needs: a majority
+// of three or more voting (kubernetes) sites, a stated loss bound, and an
+// after long enough for the primary's agent to fence it first.
+func automaticFailover(failover map[string]any, kinds map[string]string, add func(path, msg string)) {
+	if mode, _ := failover["mode"].(string); mode != "automatic" {
+		return
+	}
+	var voters []string
+	for name, kind := range kinds {
+		if kind == topology.SiteKubernetes {
+			voters = append(voters, name)
+		}
+	}
+	if len(voters) < 3 {
+		slices.Sort(voters)
+		add("spec.failover.mode", fmt.Sprintf("automatic failover needs three or more kubernetes sites to vote, so that a majority can tell a lost site from a partition; the file has %d (%s): add a site, or a witness (a kubernetes site with no cluster, holding only its vote)", len(voters), strings.Join(voters, ", ")))
+	}
+	if _, ok := failover["maxDataLoss"]; !ok {
+		add("spec.failover", "automatic failover needs maxDataLoss, the most WAL it may lose (e.g. maxDataLoss: 1Mi; 0 fails over only a standby that received everything the surviving sites saw)")
+	}
+	if after, ok := failover["after"].(string); ok {
+		if d, err := time.ParseDuration(after); err == nil && d < MinFailoverAfter {
+			add("spec.failover.after", fmt.Sprintf("after %s is shorter than %s: the primary's own agent must fence it (after half of after without a majority) before another site may promote", after, MinFailoverAfter))
+		}
+	}
 }
 
 // addresses finds two clusters that share an endpoint, and a Patroni member

@@ -54,6 +54,8 @@ type Desired struct {
 	BootstrapSecret string
 	// DrillChecks are what an isolated drill checks on its clone.
 	DrillChecks []DrillCheck
+	// Failover is the failover policy, its mode always set.
+	Failover Failover
 	// index maps a cluster's name to its position in Clusters.
 	index map[string]int
 }
@@ -127,6 +129,36 @@ func (d *Desired) Sites() []Site {
 	return out
 }
 
+// Failover is the failover policy with its defaults: who decides, and for
+// an automatic one after how long and losing at most how much.
+type Failover struct {
+	Mode           string
+	After          time.Duration
+	MaxDataLossLSN int64 // bytes of WAL
+}
+
+// Automatic reports whether the agents fail over by themselves.
+func (f Failover) Automatic() bool { return f.Mode == FailoverAutomatic }
+
+func (p *FailoverPolicy) desired() (Failover, error) {
+	f := Failover{Mode: FailoverManual, After: DefaultFailoverAfter}
+	if p == nil {
+		return f, nil
+	}
+	f.Mode = cmp.Or(p.Mode, FailoverManual)
+	if p.After != "" {
+		after, err := time.ParseDuration(p.After)
+		if err != nil {
+			return f, fmt.Errorf("spec.failover.after %q: %w", p.After, err)
+		}
+		f.After = after
+	}
+	if p.MaxDataLoss != nil {
+		f.MaxDataLossLSN = p.MaxDataLoss.Value()
+	}
+	return f, nil
+}
+
 // Standbys returns the desired standbys in file order.
 func (d *Desired) Standbys() []DesiredCluster {
 	out := make([]DesiredCluster, 0, max(len(d.Clusters)-1, 0))
@@ -179,6 +211,9 @@ func (t *Topology) Desired() (*Desired, error) {
 	d.BootstrapSecret = t.Spec.Replication.BootstrapSecret
 	if t.Spec.Drills != nil {
 		d.DrillChecks = t.Spec.Drills.Checks
+	}
+	if d.Failover, err = t.Spec.Failover.desired(); err != nil {
+		return nil, fmt.Errorf("topology %s: %w", t.Metadata.Name, err)
 	}
 	d.TLS = PostgresTLS{Mode: TLSVerifyFull}
 	if tls := t.Spec.Postgres.TLS; tls != nil {

@@ -57,7 +57,27 @@ type Spec struct {
 	DeletionPolicy string `json:"deletionPolicy,omitempty"`
 	// Drills are what DR drills check (docs/disaster-recovery.md).
 	Drills *Drills `json:"drills,omitempty"`
+	// Failover is who decides a failover (docs/automatic-failover.md).
+	Failover *FailoverPolicy `json:"failover,omitempty"`
 }
+
+// FailoverPolicy is spec.failover: manual (reviewed consent) or automatic
+// (the sites' agents, by a majority of votes).
+type FailoverPolicy struct {
+	Mode        string             `json:"mode,omitempty"`
+	After       string             `json:"after,omitempty"`
+	MaxDataLoss *resource.Quantity `json:"maxDataLoss,omitempty"`
+}
+
+// Failover modes.
+const (
+	FailoverManual    = "manual"
+	FailoverAutomatic = "automatic"
+)
+
+// DefaultFailoverAfter is how long the primary's site must be out of a
+// majority's sight before an automatic failover, when the file says not.
+const DefaultFailoverAfter = 60 * time.Second
 
 // Drills are what DR drills check.
 type Drills struct {
