@@ -25,7 +25,7 @@ import (
 func newReconcileCmd(e env) *cobra.Command {
 	var src sourceFlags
 	var interval, cycleTimeout, lockTimeout, stepTimeout time.Duration
-	var listen, logFormat, logLevel string
+	var listen, logFormat, logLevel, site string
 	var allowRollback, observeOnly bool
 	var parallel, switchoversPerSite int
 	cmd := &cobra.Command{
@@ -141,7 +141,7 @@ resumes on the next run).`,
 			fleet := &reconcile.Fleet{
 				List: list,
 				NewLoop: func(m reconcile.Member) *reconcile.Loop {
-					return &reconcile.Loop{
+					l := &reconcile.Loop{
 						Name:          m.File,
 						Source:        m.Source,
 						Observer:      obs,
@@ -152,6 +152,11 @@ resumes on the next run).`,
 						Log:           log,
 						Metrics:       metrics,
 					}
+					if site != "" {
+						k := &reconcile.Keeper{Site: site, Agent: holder, Store: leaseVotes{src: &src}, Log: log}
+						l.Seen, l.Beside = k.Update, k.Run
+					}
+					return l
 				},
 				Interval: interval,
 				Log:      log,
@@ -186,6 +191,7 @@ resumes on the next run).`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug (apply progress too), info, warn, error")
 	cmd.Flags().BoolVar(&allowRollback, "allow-rollback", false, "apply revisions older than the one recorded as applied")
 	cmd.Flags().BoolVar(&observeOnly, "observe-only", false, "observe and serve metrics, never change anything")
+	cmd.Flags().StringVar(&site, "site", "", "the site this reconcile runs in, as its topologies name it: for those whose failover is automatic, it keeps that site's vote (docs/automatic-failover.md)")
 	cmd.Flags().IntVar(&parallel, "parallel", 4, "with several topologies, how many apply at once (each its own Lease and plan)")
 	cmd.Flags().IntVar(&switchoversPerSite, "max-switchovers-per-site", 2, "with several topologies, how many switchovers this process runs at once in one site")
 	return cmd

@@ -27,6 +27,8 @@ import (
 type Timing struct {
 	// Renew is how often an agent renews its vote and reads the others'.
 	Renew time.Duration
+	// Read bounds each read or write of a vote.
+	Read time.Duration
 	// FenceAfter: the primary's agent fences its primary once fewer than
 	// a majority of the voters have seen its vote within FenceAfter.
 	FenceAfter time.Duration
@@ -38,8 +40,17 @@ type Timing struct {
 	Live time.Duration
 }
 
-// DefaultRenew is how often agents renew their votes.
-const DefaultRenew = 2 * time.Second
+// DefaultRenew is how often agents renew their votes. A copy of the
+// primary's stamp reaches its agent again within two renewals and two
+// reads (the other agent reads it, writes its vote, the primary's agent
+// reads that), each read bounded by ReadTimeout: about 3 s, well inside
+// the 5 s of the shortest FenceAfter.
+const DefaultRenew = time.Second
+
+// ReadTimeout bounds each read and write of a vote: a site that does not
+// answer within it counts as not read this renewal (an API server a WAN
+// away answers in tens of milliseconds).
+const ReadTimeout = DefaultRenew / 2
 
 // MaxDrift bounds how far apart two clocks' rates may be (a fraction):
 // ordinary NTP-disciplined clocks drift by parts per million; this allows
@@ -54,7 +65,7 @@ const FenceTime = 2 * time.Second
 // TimingFor derives the agents' timing from after: the primary's agent
 // fences after half of it.
 func TimingFor(after time.Duration) Timing {
-	return Timing{Renew: DefaultRenew, FenceAfter: after / 2, After: after, Live: after / 2}
+	return Timing{Renew: DefaultRenew, Read: ReadTimeout, FenceAfter: after / 2, After: after, Live: after / 2}
 }
 
 // Check says why a timing cannot keep the promise that the primary's agent
@@ -62,10 +73,10 @@ func TimingFor(after time.Duration) Timing {
 // After with clocks that may run slower, and the primary's agent notices
 // at its next renewal and then takes FenceTime.
 func (t Timing) Check() error {
-	needed := time.Duration(float64(t.FenceAfter+t.Renew+FenceTime) / (1 - 2*MaxDrift))
+	needed := time.Duration(float64(t.FenceAfter+t.Renew+t.Read+FenceTime) / (1 - 2*MaxDrift))
 	if t.After < needed {
-		return fmt.Errorf("after %s: the primary's agent fences after %s without a majority, notices within a renewal (%s) and takes up to %s; allowing clocks' rates to differ by %.1f%%, another site may not promote before %s",
-			t.After, t.FenceAfter, t.Renew, FenceTime, 2*MaxDrift*100, needed.Round(time.Millisecond))
+		return fmt.Errorf("after %s: the primary's agent fences after %s without a majority, notices within a renewal and its reads (%s) and takes up to %s; allowing clocks' rates to differ by %.1f%%, another site may not promote before %s",
+			t.After, t.FenceAfter, t.Renew+t.Read, FenceTime, 2*MaxDrift*100, needed.Round(time.Millisecond))
 	}
 	return nil
 }
@@ -84,7 +95,7 @@ type Vote struct {
 	// had not changed when this vote was written.
 	Unseen map[string]Duration `json:"unseen,omitempty"`
 	// Primary is the primary this agent last saw writable, and PrimaryLSN
-	// its flushed LSN then: what the survivors know of its WAL.
+	// its WAL position then (pg_current_wal_lsn): what the survivors know of its WAL.
 	Primary    string       `json:"primary,omitempty"`
 	PrimaryLSN snapshot.LSN `json:"primaryLSN,omitempty"`
 }
@@ -197,7 +208,7 @@ func MayFailOver(t Timing, voters []string, self, lost string, unseenNow map[str
 	return Decision{Why: why}
 }
 
-// LastPrimaryLSN is the furthest flushed LSN of primary that the votes
+// LastPrimaryLSN is the furthest WAL position of primary that the votes
 // report: what the surviving sites know the primary wrote.
 func LastPrimaryLSN(primary string, votes map[string]Vote) (snapshot.LSN, []string) {
 	var best snapshot.LSN
@@ -224,4 +235,50 @@ func Loss(lastSeen, target snapshot.LSN) int64 {
 		return 0
 	}
 	return int64(lastSeen - target)
+}
+
+// Tracker is an agent's memory of the other sites' votes: the stamp it
+// last read of each, and when by its own clock that stamp changed.
+type Tracker struct {
+	started time.Time
+	seen    map[string]time.Time
+	changed map[string]time.Time
+}
+
+// NewTracker starts a tracker at started (the agent's clock): a site not
+// seen yet counts as unseen since then.
+func NewTracker(started time.Time) *Tracker {
+	return &Tracker{started: started, seen: map[string]time.Time{}, changed: map[string]time.Time{}}
+}
+
+// Observe takes the votes read at now (by the agent's clock) and returns,
+// for each of sites, how long its vote's stamp has not changed.
+func (t *Tracker) Observe(now time.Time, sites []string, read map[string]Vote) map[string]time.Duration {
+	unseen := make(map[string]time.Duration, len(sites))
+	for _, s := range sites {
+		if v, ok := read[s]; ok && !v.Renewed.Equal(t.seen[s]) {
+			t.seen[s], t.changed[s] = v.Renewed, now
+		}
+		changed, ok := t.changed[s]
+		if !ok {
+			changed = t.started
+		}
+		unseen[s] = now.Sub(changed)
+	}
+	return unseen
+}
+
+// Vote is the agent's vote of site at now, from what it tracks.
+func (t *Tracker) Vote(site, agent string, now time.Time, unseen map[string]time.Duration) Vote {
+	v := Vote{Site: site, Agent: agent, Renewed: now, Seen: map[string]time.Time{}, Unseen: map[string]Duration{}}
+	for s, d := range unseen {
+		if s == site {
+			continue
+		}
+		if seen, ok := t.seen[s]; ok {
+			v.Seen[s] = seen
+		}
+		v.Unseen[s] = Duration(d)
+	}
+	return v
 }

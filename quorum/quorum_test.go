@@ -108,8 +108,8 @@ func TestTimingCheck(t *testing.T) {
 	}
 	// Fencing after 9 of 10 seconds leaves no room for a renewal and the
 	// fence itself.
-	tight := Timing{Renew: DefaultRenew, FenceAfter: 9 * time.Second, After: 10 * time.Second}
-	if err := tight.Check(); err == nil || !strings.Contains(err.Error(), "another site may not promote before 13.026s") {
+	tight := Timing{Renew: DefaultRenew, Read: ReadTimeout, FenceAfter: 9 * time.Second, After: 10 * time.Second}
+	if err := tight.Check(); err == nil || !strings.Contains(err.Error(), "another site may not promote before 12.525s") {
 		t.Fatalf("a timing that cannot fence first: %v", err)
 	}
 }

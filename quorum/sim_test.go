@@ -19,13 +19,11 @@ import (
 // standby's site is.
 
 type simAgent struct {
-	site   string
-	offset time.Duration // clock reading at real time 0
-	rate   float64       // clock seconds per real second
-	phase  time.Duration // real time of the first renewal
-	// Last seen stamps, and the agent-clock time each last changed.
-	seen    map[string]time.Time
-	changed map[string]time.Time
+	site    string
+	offset  time.Duration // clock reading at real time 0
+	rate    float64       // clock seconds per real second
+	phase   time.Duration // real time of the first renewal
+	tracker *Tracker
 	renewed time.Time // its own vote's last stamp in its store
 }
 
@@ -43,6 +41,8 @@ type simResult struct {
 	fencedAt, failoverAt time.Duration // -1: never
 	why                  string
 	fences               int // how many times the primary was fenced
+	// fencedAfterWarmUp counts the rounds after warmUp that would fence.
+	fencedAfterWarmUp int
 }
 
 // warmUp is when the agents have all been running long enough to have
@@ -55,55 +55,61 @@ func simulate(t Timing, sched schedule, rng *rand.Rand, horizon time.Duration) s
 	store := map[string]Vote{}
 	var agents []*simAgent
 	for _, s := range sites {
-		agents = append(agents, &simAgent{
+		a := &simAgent{
 			site:   s,
 			offset: time.Duration(rng.Int64N(int64(48 * time.Hour))),
 			rate:   1 + (rng.Float64()*2-1)*MaxDrift,
 			phase:  time.Duration(rng.Int64N(int64(t.Renew))),
-			seen:   map[string]time.Time{}, changed: map[string]time.Time{},
-		})
+		}
+		a.tracker = NewTracker(a.clock(0))
+		agents = append(agents, a)
 	}
 	res := simResult{fencedAt: -1, failoverAt: -1}
 	// Each agent renews every Renew of its own clock: in real time,
 	// Renew / rate.
+	// A round reads the votes at its start; a read of a site cut off
+	// takes the whole read timeout, others readLatency; the round then
+	// decides and writes its vote once its reads are done.
+	const readLatency = 20 * time.Millisecond
+	type round struct {
+		at     time.Duration // when the reads are done
+		read   map[string]Vote
+		others []string
+	}
 	next := map[*simAgent]time.Duration{}
+	pending := map[*simAgent]*round{}
 	for _, a := range agents {
 		next[a] = a.phase
 	}
 	for real := time.Duration(0); real < horizon; real += 10 * time.Millisecond {
 		for _, a := range agents {
-			if real < next[a] {
+			if pending[a] == nil && real >= next[a] {
+				next[a] += time.Duration(float64(t.Renew) / a.rate)
+				r := &round{at: real + readLatency, read: map[string]Vote{}}
+				for _, b := range sites {
+					if b == a.site {
+						continue
+					}
+					r.others = append(r.others, b)
+					if !sched(real, a.site, b) {
+						r.at = real + t.Read
+						continue
+					}
+					if v, ok := store[b]; ok {
+						r.read[b] = v
+					}
+				}
+				pending[a] = r
+			}
+			r := pending[a]
+			if r == nil || real < r.at {
 				continue
 			}
-			next[a] += time.Duration(float64(t.Renew) / a.rate)
+			pending[a] = nil
 			now := a.clock(real)
-			read := map[string]Vote{}
-			for _, b := range sites {
-				if b == a.site || !sched(real, a.site, b) {
-					continue
-				}
-				v, ok := store[b]
-				if !ok {
-					continue
-				}
-				read[b] = v
-				if !v.Renewed.Equal(a.seen[b]) {
-					a.seen[b], a.changed[b] = v.Renewed, now
-				}
-			}
-			unseen := map[string]time.Duration{}
-			vote := Vote{Site: a.site, Renewed: now, Seen: map[string]time.Time{}, Unseen: map[string]Duration{}}
-			for _, b := range sites {
-				if b == a.site {
-					continue
-				}
-				changed, ok := a.changed[b]
-				if !ok {
-					changed = a.clock(0) // never seen: unseen since the agent started
-				}
-				unseen[b] = now.Sub(changed)
-				vote.Seen[b], vote.Unseen[b] = a.seen[b], Duration(unseen[b])
-			}
+			read, others := r.read, r.others
+			unseen := a.tracker.Observe(now, others, read)
+			vote := a.tracker.Vote(a.site, a.site+"-agent", now, unseen)
 			if sched(real, a.site, a.site) {
 				store[a.site] = vote
 				a.renewed = now
@@ -113,12 +119,16 @@ func simulate(t Timing, sched schedule, rng *rand.Rand, horizon time.Duration) s
 			// fence once a majority sees it again (while no failover was
 			// decided: after one, the primary stays fenced).
 			case a.site == "east" && res.failoverAt < 0:
-				switch d := MustFence(t, sites, "east", a.renewed, read, now); {
+				d := MustFence(t, sites, "east", a.renewed, read, now)
+				switch {
 				case d.Act && res.fencedAt < 0:
 					res.fencedAt = real + FenceTime
 					res.fences++
 				case !d.Act && real >= warmUp:
 					res.fencedAt = -1
+				}
+				if d.Act && real >= warmUp {
+					res.fencedAfterWarmUp++
 				}
 			case a.site != "east" && res.failoverAt < 0:
 				if d := MayFailOver(t, sites, a.site, "east", unseen, read); d.Act {
@@ -152,11 +162,15 @@ func TestSimulatedPartitions(t *testing.T) {
 		name     string
 		sched    schedule
 		failover bool
+		// fence: the primary's agent fences (after the warm-up); a
+		// partition that leaves it a majority must not.
+		fence bool
 	}{
-		{name: "the primary's site cut off for good", sched: cut(5*time.Second, horizon, "east"), failover: true},
+		{name: "nothing cut", sched: cut(0, 0)},
+		{name: "the primary's site cut off for good", sched: cut(5*time.Second, horizon, "east"), failover: true, fence: true},
 		{name: "the witness cut off", sched: cut(5*time.Second, horizon, "witness")},
 		{name: "the standby's site cut off", sched: cut(5*time.Second, horizon, "west")},
-		{name: "the primary's site cut off for less than after", sched: cut(5*time.Second, 5*time.Second+tm.After-3*time.Second, "east")},
+		{name: "the primary's site cut off for less than after", sched: cut(5*time.Second, 5*time.Second+tm.After-3*time.Second, "east"), fence: true},
 		{name: "east and west cannot reach each other, the witness reaches both", sched: func(real time.Duration, a, b string) bool {
 			return real < 5*time.Second || !(a == "east" && b == "west" || a == "west" && b == "east")
 		}},
@@ -165,11 +179,11 @@ func TestSimulatedPartitions(t *testing.T) {
 		// the others' copies of its stamps age.
 		{name: "nobody reaches east's API, east reaches theirs", sched: func(real time.Duration, a, b string) bool {
 			return real < 5*time.Second || a == b || b != "east"
-		}, failover: true},
+		}, failover: true, fence: true},
 		// East's API itself gone: its agent cannot renew its own vote.
 		{name: "east's API down for its own agent too", sched: func(real time.Duration, a, b string) bool {
 			return real < 5*time.Second || b != "east"
-		}, failover: true},
+		}, failover: true, fence: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for round := range 50 {
@@ -179,6 +193,9 @@ func TestSimulatedPartitions(t *testing.T) {
 				}
 				if (res.failoverAt >= 0) != tc.failover {
 					t.Fatalf("round %d: failover at %s (%s), want a failover: %v", round, res.failoverAt, res.why, tc.failover)
+				}
+				if (res.fencedAfterWarmUp > 0) != tc.fence {
+					t.Fatalf("round %d: %d rounds after the warm-up would fence the primary, want a fence: %v", round, res.fencedAfterWarmUp, tc.fence)
 				}
 				// Cut at 5 s: a failover within after and a few renewals.
 				if tc.failover && res.failoverAt > 5*time.Second+tm.After+3*tm.Renew {

@@ -112,6 +112,11 @@ type Loop struct {
 	Metrics     *Metrics
 	// Wake starts the next cycle before the interval is up (a new commit).
 	Wake <-chan struct{}
+	// Seen, when set, is told each cycle's topology and look (an agent's
+	// vote keeper follows them).
+	Seen func(d *topology.Desired, snap *snapshot.Snapshot)
+	// Beside, when set, runs alongside the loop and is stopped with it.
+	Beside func(ctx context.Context)
 	// Beat, when set, puts the loop's regular cycles on the beats
 	// Beat + k×Interval that the other loops of its fleet share, so their
 	// first looks come together and share one list per kind and
@@ -130,6 +135,11 @@ func (l *Loop) Run(ctx context.Context, drain <-chan struct{}) {
 	l.mu.Lock()
 	l.last = time.Now()
 	l.mu.Unlock()
+	if l.Beside != nil {
+		bctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go l.Beside(bctx)
+	}
 	for {
 		c := l.Once(ctx)
 		l.logCycle(c)
@@ -247,6 +257,9 @@ func (l *Loop) once(ctx context.Context) Cycle {
 	if err != nil {
 		c.Outcome, c.Err = OutcomeError, err
 		return c
+	}
+	if l.Seen != nil {
+		l.Seen(in.Desired, snap)
 	}
 	opt, err := in.PlanOptions(snap, l.AllowRollback)
 	if err != nil {

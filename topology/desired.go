@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -356,6 +357,33 @@ func (d *Desired) LockSites() []LockSite {
 	sort.Slice(out, func(i, j int) bool { return out[i].Site.Name < out[j].Site.Name })
 	return out
 }
+
+// Voters are the sites that vote in an automatic failover: every
+// kubernetes site, witnesses (sites with no cluster) included, by name.
+func (d *Desired) Voters() []string {
+	var out []string
+	for _, s := range d.Sites() {
+		if !s.Patroni() && !slices.Contains(out, s.Name) {
+			out = append(out, s.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// VoteNamespace is where a voting site keeps its vote: beside the
+// topology's Lease, and in a witness in the primary's namespace.
+func (d *Desired) VoteNamespace(site string) string {
+	for _, l := range d.LockSites() {
+		if l.Site.Name == site {
+			return l.Namespace
+		}
+	}
+	return d.Primary().Namespace
+}
+
+// VoteLeaseName is the Lease that holds a site's vote.
+func (d *Desired) VoteLeaseName() string { return d.LeaseName() + "-vote" }
 
 // LeaseName is the Lease that locks the topology in every site.
 func (d *Desired) LeaseName() string { return "pgtopo-" + d.Name }
