@@ -1212,6 +1212,50 @@ func TestSwitchoverWaitsForABaseBackupBeforeTheFence(t *testing.T) {
 	})
 }
 
+// The fence also waits while the old primary's operator builds an
+// instance (not ready): that instance's base backup is still to come. One
+// that never becomes ready is a refusal before anything is fenced.
+func TestSwitchoverWaitsForTheOldPrimaryReady(t *testing.T) {
+	fenceOn := func(l string) bool { return l == "sql orders-east fence-on" }
+	building := func(w *world) {
+		o := w.cluster("orders-east").Object
+		o.Ready, o.Status = false, "Creating"
+	}
+	t.Run("becomes ready", func(t *testing.T) {
+		w := switchoverWorld()
+		building(w)
+		looks := 0
+		w.onObserve = func(w *world) {
+			if looks++; looks == 3 {
+				o := w.cluster("orders-east").Object
+				o.Ready, o.Status = true, "Running"
+			} else if looks < 3 && slices.ContainsFunc(w.log, fenceOn) { // w.mu is held
+				t.Errorf("fenced while the old primary was not ready: %v", w.log)
+			}
+		}
+		r, _ := runner(w)
+		r.StepTimeout = 5 * time.Second
+		if err := run(t, r, switchoverStep("")); err != nil {
+			t.Fatal(err)
+		}
+		if looks < 3 {
+			t.Fatalf("switched over after %d looks, before the old primary was ready", looks)
+		}
+	})
+	t.Run("never ready", func(t *testing.T) {
+		w := switchoverWorld()
+		building(w)
+		r, _ := runner(w)
+		err := run(t, r, switchoverStep(""))
+		if err == nil || !strings.Contains(err.Error(), "not begun, nothing fenced") || !strings.Contains(err.Error(), `orders-east: its operator reports it "Creating", not ready`) {
+			t.Fatalf("error %v", err)
+		}
+		if slices.ContainsFunc(w.writes(), fenceOn) {
+			t.Fatalf("fenced: %v", w.writes())
+		}
+	})
+}
+
 // A gap the target cannot close (the WAL it lacks is only on the demoted
 // primary, now a standby, and the target's receiver does not stream) backs
 // out at once rather than refusing writes until the stall or the budget

@@ -110,14 +110,20 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		// built, a backup tool): its end writes WAL (BACKUP_END, a segment
 		// switch) whenever it comes, and coming after the fence, the
 		// demoted primary would hold WAL the target never received and,
-		// streaming only from a read-write peer, never can. Before the
-		// fence nothing is refused yet, so this wait has the step's bound.
-		if err := x.wait(ctx, to+" ready (its operator reports it ready) and no base backup on "+from+" before the fence", []string{to, from}, func(snap *snapshot.Snapshot) (bool, string) {
+		// streaming only from a read-write peer, never can. An old
+		// primary its operator does not report ready is still building an
+		// instance, whose base backup has not begun yet. Before the fence
+		// nothing is refused yet, so this wait has the step's bound.
+		if err := x.wait(ctx, "both ready (their operators report them ready) and no base backup on "+from+" before the fence", []string{to, from}, func(snap *snapshot.Snapshot) (bool, string) {
 			cs, _ := snap.Cluster(to)
 			if !cs.Exists || !cs.Object.Ready {
-				return false, statusWords(cs)
+				return false, to + ": " + statusWords(cs)
 			}
-			if fo, _ := snap.Cluster(from); fo.PG != nil && fo.PG.BaseBackups > 0 {
+			fo, _ := snap.Cluster(from)
+			if fo.Exists && !fo.Object.Ready {
+				return false, fmt.Sprintf("%s: its operator reports it %q, not ready (an instance it builds takes a base backup from it)", from, fo.Object.Status)
+			}
+			if fo.PG != nil && fo.PG.BaseBackups > 0 {
 				return false, fmt.Sprintf("%s serves %d base backup(s)", from, fo.PG.BaseBackups)
 			}
 			return true, statusWords(cs)

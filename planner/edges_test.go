@@ -390,3 +390,20 @@ func TestSwitchoverToATargetNotReadySaysItWaits(t *testing.T) {
 		t.Fatalf("notes %+v lack %q", p.Notes, want)
 	}
 }
+
+// A switchover from a primary its operator does not report ready (an
+// instance it builds will take a base backup from it) says it waits.
+func TestSwitchoverFromAPrimaryNotReadySaysItWaits(t *testing.T) {
+	d := loadDesired(t, "testdata/two-sites-west.yaml")
+	snap := loadSnapshot(t, "testdata/primary-changed/snapshot.json", d)
+	e := cs(snap, "orders-east")
+	e.Object.Ready, e.Object.Status = false, "Creating"
+	p := Compute(d, snap, plan.Options{})
+	if p.Refused() || !slices.ContainsFunc(p.Steps, func(s plan.Step) bool { return s.Action == plan.ActionSwitchover }) {
+		t.Fatalf("want the switchover planned: %+v %+v", p.Steps, p.Refusals)
+	}
+	want := "orders-east's operator reports it Creating, not ready: an instance it builds takes a base backup from it, so the switchover waits until it is ready"
+	if !slices.ContainsFunc(p.Notes, func(n plan.Note) bool { return strings.HasPrefix(n.Message, want) }) {
+		t.Fatalf("notes %+v lack %q", p.Notes, want)
+	}
+}
