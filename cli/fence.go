@@ -34,7 +34,9 @@ Exit status: 0 fenced (or already), 1 error or refusal.`
 		use, short = "unfence CLUSTER (-f FILE | --repo URL|PATH ...)", "Lift a fence: new sessions may write again, the fence mark is removed"
 		long = `Lift a fence set by pgtopo fence (or left by an interrupted switchover):
 reset default_transaction_read_only, reload, and remove the pgtopo.dev/fenced
-mark. Unfencing a cluster that is not fenced changes nothing.
+mark. Unfencing a cluster that is not fenced changes nothing. Unfencing a
+primary while another cluster takes writes (two writable primaries) is
+refused unless --force is given.
 
 Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 	}
@@ -63,7 +65,7 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 				if fence {
 					return planner.PlanFence(in.Desired, s, args[0], opt)
 				}
-				return planner.PlanUnfence(in.Desired, s, args[0])
+				return planner.PlanUnfence(in.Desired, s, args[0], opt)
 			}
 			p := pl(snap)
 			if done, err := f.printPlan(e, p); done || err != nil {
@@ -94,6 +96,8 @@ Exit status: 0 unfenced (or was not fenced), 1 error or refusal.`
 	if fence {
 		cmd.Flags().BoolVar(&force, "force", false, "fence the only writable cluster, stopping every write")
 		cmd.Flags().StringVar(&reason, "reason", "", "why, recorded with the fence")
+	} else {
+		cmd.Flags().BoolVar(&force, "force", false, "unfence a primary while another cluster takes writes (two writable primaries)")
 	}
 	return cmd
 }

@@ -153,7 +153,10 @@ resumes on the next run).`,
 						Metrics:       metrics,
 					}
 					if site != "" {
-						k := &reconcile.Keeper{Site: site, Agent: holder, Store: leaseVotes{src: &src}, Log: log}
+						fencer := quorumFencer{src: &src, keep: keep, holder: holder, log: log}
+						record, _ := m.Source.(reconcile.Recorder)
+						k := &reconcile.Keeper{Site: site, Agent: holder, Store: leaseVotes{src: &src}, Log: log,
+							Fencer: fencer, FailOver: quorumFailover{quorumFencer: fencer, site: site, record: record}}
 						l.Seen, l.Beside = k.Update, k.Run
 					}
 					return l

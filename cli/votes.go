@@ -4,14 +4,24 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/kube"
+	"github.com/pgtopo/pgtopo/live"
+	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/planner"
 	"github.com/pgtopo/pgtopo/quorum"
+	"github.com/pgtopo/pgtopo/reconcile"
+	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/snapshot"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
@@ -96,4 +106,191 @@ func (l leaseVotes) WriteVote(ctx context.Context, d *topology.Desired, v quorum
 		return fmt.Errorf("site %s: write Lease %s/%s: %w", v.Site, ns, d.VoteLeaseName(), err)
 	}
 	return nil
+}
+
+// quorumFencer is a keeper's Fencer: the fence and unfence of pgtopo fence
+// and unfence, planned and applied the same way.
+type quorumFencer struct {
+	src    *sourceFlags
+	keep   *live.Conns
+	holder string
+	log    *slog.Logger
+}
+
+// FenceAlone fences cluster looking at and writing its site alone, with
+// no lock step: the Lease lives in every site, most of them out of sight.
+func (f quorumFencer) FenceAlone(ctx context.Context, d *topology.Desired, cluster, why string) error {
+	local := d.PrimarySiteOnly()
+	o, err := f.src.newObserver(local, f.keep)
+	if err != nil {
+		return err
+	}
+	mark := snapshot.Fence{By: f.holder, At: time.Now().UTC().Format(time.RFC3339), Reason: why}
+	pl := func(s *snapshot.Snapshot) plan.Plan {
+		p := planner.PlanFence(local, s, cluster, planner.FenceOptions{Force: true, Mark: mark})
+		p.Steps = slices.DeleteFunc(p.Steps, func(s plan.Step) bool { return s.Action == plan.ActionLock })
+		return p
+	}
+	snap := o.Observe(ctx, local)
+	p := pl(snap)
+	if p.Refused() {
+		return &apply.RefusedError{Plan: p}
+	}
+	if len(p.Steps) == 0 {
+		return nil // fenced already
+	}
+	r, err := f.src.runner(local, o, p, plan.Options{}, nil)
+	if err != nil {
+		return err
+	}
+	r.Holder, r.Replan = f.holder, pl
+	r.Progress = apply.LogProgress(f.log.With("topology", d.Name))
+	_, err = r.ExecuteFrom(ctx, p, snap)
+	return err
+}
+
+// Unfence lifts the quorum's fence of cluster, under the topology's Lease
+// in every site, once every site answers; a fence set by anyone else is
+// left alone.
+func (f quorumFencer) Unfence(ctx context.Context, d *topology.Desired, cluster string) error {
+	if d.Primary().Name != cluster {
+		return fmt.Errorf("%s is no longer the file's primary (%s is): its fence stays", cluster, d.Primary().Name)
+	}
+	o, err := f.src.newObserver(d, f.keep)
+	if err != nil {
+		return err
+	}
+	snap := o.Observe(ctx, d)
+	for _, s := range snap.Sites {
+		if !s.Reachable {
+			return fmt.Errorf("site %s does not answer (%s): the fence stays until every site does", s.Name, s.Error)
+		}
+	}
+	c, _ := snap.Cluster(cluster)
+	if !c.Exists || c.Object == nil || c.Object.Marks.Fence == nil {
+		return nil // not fenced (lifted by hand)
+	}
+	if fence := c.Object.Marks.Fence; !strings.HasPrefix(fence.Reason, reconcile.QuorumFence) {
+		return fmt.Errorf("%s is fenced by %s (%s), not by the quorum: left alone", cluster, fence.By, fence.Reason)
+	}
+	pl := func(s *snapshot.Snapshot) plan.Plan {
+		return planner.PlanUnfence(d, s, cluster, planner.FenceOptions{})
+	}
+	p := pl(snap)
+	if p.Refused() {
+		return &apply.RefusedError{Plan: p}
+	}
+	r, err := f.src.runner(d, o, p, plan.Options{}, nil)
+	if err != nil {
+		return err
+	}
+	r.Holder, r.Replan = f.holder, pl
+	r.Progress = apply.LogProgress(f.log.With("topology", d.Name))
+	_, err = r.ExecuteFrom(ctx, p, snap)
+	return err
+}
+
+// failoverLook bounds each site's part of the failover's first look: the
+// primary's site has been out of a majority's sight for after, and waiting
+// the usual site timeout on it would only lengthen the outage.
+const failoverLook = 3 * time.Second
+
+// quorumFailover is a keeper's FailOver: the failover apply runs on consent
+// in the file, with the file's new text (primary and consent) written by
+// the agent from what it measured, then recorded where the loop reads it.
+type quorumFailover struct {
+	quorumFencer
+	site   string
+	record reconcile.Recorder // nil: the source cannot record
+}
+
+func (f quorumFailover) FailOver(ctx context.Context, in *reconcile.Input, choice quorum.Choice, why string) (string, error) {
+	d := in.Desired
+	from := d.Primary()
+	if f.record == nil {
+		return "", fmt.Errorf("topology %s: its source cannot record a change pgtopo makes alone: no automatic failover", d.Name)
+	}
+	if err := f.record.CanRecord(); err != nil {
+		return "", fmt.Errorf("no failover: %w", err)
+	}
+	o, err := f.src.newObserver(d, f.keep)
+	if err != nil {
+		return "", err
+	}
+	o.SiteTimeout = failoverLook
+	snap := o.Observe(ctx, d)
+	if s, ok := snap.Site(from.Site.Name); ok && s.Reachable {
+		return "", fmt.Errorf("site %s answers this agent again: no failover", from.Site.Name)
+	}
+	t, _ := snap.Cluster(choice.Target.Cluster)
+	if t.PG == nil || !t.PG.InRecovery {
+		return "", fmt.Errorf("%s is not a standby this agent can read (%s): no failover", choice.Target.Cluster, orNone(t.PGError))
+	}
+	received := max(t.PG.ReceiveLSN, t.PG.ReplayLSN)
+	loss := quorum.Loss(choice.LastSeen, received)
+	if loss > d.Failover.MaxDataLossLSN {
+		return "", fmt.Errorf("promoting %s loses %d bytes of %s's WAL (it has %s, the survivors saw %s), more than maxDataLoss %d: no failover", t.Name, loss, from.Name, received, choice.LastSeen, d.Failover.MaxDataLossLSN)
+	}
+	consent := topology.Consent{Cluster: from.Name, SystemIdentifier: t.PG.SystemID, Timeline: t.PG.Timeline}
+	content, err := topology.SetPrimary(in.Source.Name, []byte(in.Source.Content), t.Name, consent)
+	if err != nil {
+		return "", err
+	}
+	v, err := schema.NewValidator()
+	if err != nil {
+		return "", err
+	}
+	next, err := reconcile.Validate(v, in.Source.Name, content)
+	if err != nil {
+		return "", fmt.Errorf("the file with primary %s: %w", t.Name, err)
+	}
+	isFailover := func(s plan.Step) bool { return s.Action == plan.ActionFailover }
+	opt := plan.Options{Revision: in.Revision}
+	pl := planner.Compute(next.Desired, snap, opt)
+	if pl.Refused() {
+		return "", &apply.RefusedError{Plan: pl}
+	}
+	if !slices.ContainsFunc(pl.Steps, isFailover) {
+		return "", fmt.Errorf("the plan for primary %s holds no failover (%s): no failover", t.Name, pl.Headline())
+	}
+	r, err := f.src.runner(next.Desired, o, pl, opt, nil)
+	if err != nil {
+		return "", err
+	}
+	r.Holder = f.holder
+	r.Progress = apply.LogProgress(f.log.With("topology", d.Name))
+	r.FollowUps = 1
+	r.Changed = func(now plan.Plan, why []string) error {
+		if !slices.ContainsFunc(now.Steps, isFailover) {
+			return fmt.Errorf("under the Lease the plan holds no failover any more (%s): no failover", strings.Join(why, "; "))
+		}
+		return nil
+	}
+	if _, err := r.ExecuteFrom(ctx, pl, snap); err != nil {
+		return "", err
+	}
+	message := fmt.Sprintf(`%s: automatic failover %s → %s
+
+%s (site %s) was out of sight of a majority of the sites: %s.
+pgtopo's agent in site %s promoted %s.
+
+Loss: %d bytes of WAL: %s had received up to %s; the survivors last saw
+%s at %s (the votes of %s). maxDataLoss allows %d.
+Consent, written below spec.primary: {cluster: %s, systemIdentifier: %q, timeline: %d}.
+`, d.Name, from.Name, t.Name, from.Name, from.Site.Name, why, f.site, t.Name,
+		loss, t.Name, received, from.Name, choice.LastSeen, strings.Join(choice.SeenBy, ", "), d.Failover.MaxDataLossLSN,
+		consent.Cluster, consent.SystemIdentifier, consent.Timeline)
+	where, err := f.record.Record(ctx, content, message)
+	if err != nil {
+		return "", fmt.Errorf("failed over to %s, but the record was not written (%w): set primary: %s and acceptDataLoss: {cluster: %s, systemIdentifier: %q, timeline: %d} in %s by hand",
+			t.Name, err, t.Name, consent.Cluster, consent.SystemIdentifier, consent.Timeline, in.Source.Name)
+	}
+	return where, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no error"
+	}
+	return s
 }

@@ -12,19 +12,24 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pgtopo/pgtopo/gitsource/gittest"
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/labtest"
 	"github.com/pgtopo/pgtopo/quorum"
 )
 
 // The agents of an automatic-failover topology, one reconcile per site
-// (north a witness), keep their sites' votes in Leases on the lab's API
-// servers and decide from them: all in sight, nothing to do; the witness
-// cut off, still a majority; the primary's site cut off, its agent would
-// fence the primary before the others may fail over. The lab's partition
-// stands in for the network (an agent here runs outside its site, so a
-// partitioned site's agent loses its own API too, as one whose API
-// server is gone). This version decides and logs; it does not act.
+// (north a witness) following one repository, keep their sites' votes in
+// Leases on the lab's API servers and act on them: all in sight, nothing
+// to do; the witness cut off, still a majority; the two other sites cut
+// off, the primary's agent fences it (writes stop) and lifts its fence
+// once they are back; the primary's site cut off, its agent must fence
+// before the others may fail over, and west's agent fails over within
+// maxDataLoss and commits the new primary and its consent to the
+// repository; healed, the old primary is fenced and rejoins. The lab's
+// partition stands in for the network (an agent here runs outside its
+// site, so a partitioned site's agent loses its own API and database too,
+// as one whose site is gone, and cannot fence).
 func TestQuorumVotes(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, "east", "west", "north")
@@ -37,18 +42,19 @@ func TestQuorumVotes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(file, []byte(strings.Replace(string(data), "  clusters:\n", "    - name: north\n      context: lab-north\n  clusters:\n", 1)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r := h.pgtopo("apply", "-f", file)
+	repo := gittest.New(t)
+	repo.Commit("orders: automatic failover", map[string]string{"orders.yaml": strings.Replace(string(data), "  clusters:\n", "    - name: north\n      context: lab-north\n  clusters:\n", 1)})
+	bare := repo.Bare()
+	source := []string{"--repo", "file://" + bare, "--ref", "main", "--path", "orders.yaml"}
+	r := h.pgtopo(append([]string{"apply"}, source...)...)
 	h.expect(r, 0, "Apply complete")
 	if !strings.Contains(r.stderr, "spec.failover.mode: warning: automatic") {
-		t.Fatalf("apply does not warn that automatic failover does not act yet:\n%s", r.stderr)
+		t.Fatalf("apply does not warn that automatic failover is new:\n%s", r.stderr)
 	}
 
 	agents := map[string]*loop{}
 	for _, site := range []string{"east", "west", "north"} {
-		agents[site] = h.startLoop("-f", file, "--site", site, "--interval", "5s")
+		agents[site] = h.startLoop(append(source, "--site", site, "--interval", "5s")...)
 	}
 	said := func(site string, from int, within time.Duration, what string, match func(logRecord) bool) (logRecord, int) {
 		t.Helper()
@@ -58,7 +64,7 @@ func TestQuorumVotes(t *testing.T) {
 		return func(r logRecord) bool { return strings.HasPrefix(r.Msg, prefix) }
 	}
 	_, east := said("east", 0, time.Minute, "every site sees east", quorumLine("quorum: primary's site: 3 of 3 sites saw east"))
-	_, west := said("west", 0, time.Minute, "no failover", quorumLine("quorum: 0 of 3 sites have not seen east"))
+	said("west", 0, time.Minute, "no failover", quorumLine("quorum: 0 of 3 sites have not seen east"))
 
 	// Each vote, read by the test from its site: the others' stamps, and
 	// the primary's LSN.
@@ -90,9 +96,10 @@ func TestQuorumVotes(t *testing.T) {
 	for _, site := range []string{"east", "west"} {
 		agents[site].mu.Lock()
 		for _, r := range agents[site].records {
-			// (An agent's first rounds, before the others' votes are
-			// read, would fence: a started agent has no majority yet.)
-			if r.Time.After(northCut) && strings.HasPrefix(r.Msg, "quorum: would fence") || strings.HasPrefix(r.Msg, "quorum: a failover may start") {
+			if strings.HasPrefix(r.Msg, "quorum: starting") {
+				continue
+			}
+			if r.Time.After(northCut) && r.Level == "WARN" && strings.HasPrefix(r.Msg, "quorum:") {
 				agents[site].mu.Unlock()
 				t.Fatalf("the witness cut off, %s's agent: %s", site, r.Msg)
 			}
@@ -104,26 +111,115 @@ func TestQuorumVotes(t *testing.T) {
 	}
 	_, east = said("east", east, 30*time.Second, "every site again", quorumLine("quorum: primary's site: 3 of 3 sites saw east"))
 
-	// The primary's site cut off: east's agent would fence within after/2
-	// (and a renewal); west's may fail over only after after, later.
+	notFenced := func() error {
+		on, err := h.readOnlyDefault("east", "orders-east")
+		if err == nil && on {
+			err = fmt.Errorf("orders-east is read-only by default")
+		}
+		return err
+	}
+
+	// West and north cut off: east alone is a minority. Its agent fences
+	// orders-east (an application's writes end) before west or north may
+	// fail over, and lifts the fence once they are back.
+	h.createAcked("east", "orders-east")
+	stop := make(chan struct{})
+	acked := make(chan []int64, 1)
+	go func() { acked <- h.writeUntilError("east", "orders-east", stop) }()
+	time.Sleep(time.Second)
+	for _, site := range []string{"west", "north"} {
+		if err := lab.Partition(h.lab.Dir, site); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := time.Now()
+	fenced, _ := said("east", east, 30*time.Second, "fenced", quorumLine("quorum: fenced the primary"))
+	var wrote []int64
+	select {
+	case wrote = <-acked:
+	case <-time.After(10 * time.Second):
+		close(stop)
+		t.Fatalf("orders-east still takes writes 10 s after its agent fenced it")
+	}
+	ended := time.Now()
+	timing := quorum.TimingFor(10 * time.Second)
+	if bound := timing.FenceAfter + timing.Renew + timing.Read + quorum.FenceTime; fenced.Time.Sub(cut) > bound+2*time.Second {
+		t.Fatalf("fenced %.1fs after the cut; the promise is %s (and the lab's partition settling)", fenced.Time.Sub(cut).Seconds(), bound)
+	}
+	if on, err := h.readOnlyDefault("east", "orders-east"); err != nil || !on {
+		t.Fatalf("orders-east after the quorum's fence: read-only by default %v (%v)", on, err)
+	}
+	t.Logf("west and north cut off: orders-east fenced %.1fs after the cut (writer stopped by %.1fs, %d rows acknowledged)", fenced.Time.Sub(cut).Seconds(), ended.Sub(cut).Seconds(), len(wrote))
+	for _, site := range []string{"west", "north"} {
+		if err := lab.Heal(ctx, h.lab.Dir, site); err != nil {
+			t.Fatal(err)
+		}
+	}
+	said("east", east, time.Minute, "fence lifted", quorumLine("quorum: fence lifted"))
+	labtest.Eventually(t, 10*time.Second, "orders-east not fenced", notFenced)
+	if n := h.missing("east", "orders-east", wrote); n != 0 {
+		t.Fatalf("%d acknowledged rows missing", n)
+	}
+	h.expect(h.pgtopo(append([]string{"diff"}, source...)...), 0, "No changes")
+	_, west := said("west", 0, 30*time.Second, "no failover after the heal", quorumLine("quorum: 0 of 3 sites have not seen east"))
+	_, east = said("east", 0, 30*time.Second, "every site", quorumLine("quorum: primary's site: 3 of 3 sites saw east"))
+
+	// The primary's site cut off, with an application writing to it:
+	// east's agent must fence within after/2 (and a renewal) and tries
+	// (here it cannot: it runs outside east); west's agent fails over
+	// after after, once the attempt is over, and commits the record.
+	stop = make(chan struct{})
+	go func() { acked <- h.writeUntilError("east", "orders-east", stop) }()
+	time.Sleep(time.Second)
 	if err := lab.Partition(h.lab.Dir, "east"); err != nil {
 		t.Fatal(err)
 	}
-	cut := time.Now()
-	fence, _ := said("east", east, 30*time.Second, "would fence", quorumLine("quorum: would fence the primary"))
-	failover, _ := said("west", west, 40*time.Second, "a failover may start", quorumLine("quorum: a failover may start"))
-	if !fence.Time.Add(quorum.FenceTime).Before(failover.Time) {
-		t.Fatalf("east's agent would fence at %s, west may fail over at %s: the fence must take effect first", fence.Time.Format(time.StampMilli), failover.Time.Format(time.StampMilli))
+	cut = time.Now()
+	fence, _ := said("east", east, 30*time.Second, "must fence", quorumLine("quorum: must fence the primary and could not"))
+	start, _ := said("west", west, 40*time.Second, "failing over", quorumLine("quorum: failing over to orders-west"))
+	done, _ := said("west", west, time.Minute, "failed over", quorumLine("quorum: failed over: orders-west is primary"))
+	if !fence.Time.Before(start.Time) {
+		t.Fatalf("east's agent tried to fence until %s, west began its failover at %s: the fence must come first", fence.Time.Format(time.StampMilli), start.Time.Format(time.StampMilli))
 	}
-	if !strings.Contains(failover.Msg, "nothing done") {
-		t.Fatalf("west's agent: %s", failover.Msg)
+	t.Logf("east cut off: its agent's fence attempt ended %.1fs after the cut; west's failover began %.1fs and ended %.1fs after it: %s",
+		fence.Time.Sub(cut).Seconds(), start.Time.Sub(cut).Seconds(), done.Time.Sub(cut).Seconds(), done.Msg)
+	if ok, err := h.writable("west", "orders-west"); !ok {
+		t.Fatalf("orders-west after the failover: writable %v (%v)", ok, err)
 	}
-	t.Logf("east cut off: its agent would fence %.1fs after the cut, west may fail over %.1fs after it", fence.Time.Sub(cut).Seconds(), failover.Time.Sub(cut).Seconds())
+	close(stop)
+	wrote = <-acked
+
+	// The record: main's head is the agent's commit, the file names the
+	// new primary and the consent, and says the loss within maxDataLoss.
+	git := func(args ...string) string { return repo.Git(append([]string{"--git-dir", bare}, args...)...) }
+	msg := git("log", "-1", "--format=%B", "main")
+	if !strings.HasPrefix(msg, "orders: automatic failover orders-east → orders-west") || !strings.Contains(done.Msg, "committed ") {
+		t.Fatalf("main's head: %s\n(agent: %s)", msg, done.Msg)
+	}
+	recorded := git("show", "main:orders.yaml")
+	if !strings.Contains(recorded, "primary: orders-west\n  acceptDataLoss: {cluster: orders-east, systemIdentifier: ") {
+		t.Fatalf("the recorded file:\n%s", recorded)
+	}
+	var loss, allowed int64
+	if _, err := fmt.Sscanf(msg[strings.Index(msg, "Loss: "):], "Loss: %d bytes", &loss); err != nil {
+		t.Fatalf("the commit states no loss: %v\n%s", err, msg)
+	}
+	if _, err := fmt.Sscanf(msg[strings.Index(msg, "maxDataLoss allows "):], "maxDataLoss allows %d", &allowed); err != nil || loss > allowed || allowed != 1<<20 {
+		t.Fatalf("loss %d, allowed %d (%v)", loss, allowed, err)
+	}
+	t.Logf("the commit states a loss of %d bytes; %d of %d rows acknowledged by orders-east are not on orders-west", loss, h.missing("west", "orders-west", wrote), len(wrote))
+
+	// Healed: the old primary is fenced on return and rejoins under the
+	// agents' loops, which follow the new commit.
 	if err := lab.Heal(ctx, h.lab.Dir, "east"); err != nil {
 		t.Fatal(err)
 	}
-	said("east", 0, 30*time.Second, "every site after the heal", func(r logRecord) bool {
-		return r.Time.After(failover.Time) && strings.HasPrefix(r.Msg, "quorum: primary's site: 3 of 3 sites saw east")
+	labtest.Eventually(t, 4*time.Minute, "the topology in sync with the recorded file", func() error {
+		if r := h.pgtopo(append([]string{"diff"}, source...)...); r.code != 0 {
+			return fmt.Errorf("diff exit %d: %s%s", r.code, r.stdout, r.stderr)
+		}
+		return nil
 	})
-	h.expect(h.pgtopo("diff", "-f", file), 0, "No changes")
+	h.expectPrimary("west", "orders-west")
+	h.noSecretsInOutput()
 }

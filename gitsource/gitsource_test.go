@@ -336,3 +336,65 @@ func TestMatch(t *testing.T) {
 		t.Errorf("a malformed pattern: %v", err)
 	}
 }
+
+// A commit pgtopo writes lands on the followed branch as a child of its
+// head, changing the one file; a branch whose push is refused (a hook
+// stands in for a protected branch) gets the commit on the fallback
+// branch, said; a local repository is never written.
+func TestCommitFile(t *testing.T) {
+	h := makeHistory(t)
+	bare := h.repo.Bare()
+	ctx := context.Background()
+	repo, err := gitsource.Open(ctx, "file://"+bare, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	by := gitsource.Author{Name: "pgtopo", Email: "pgtopo@example.com"}
+	w, err := repo.CommitFile(ctx, "main", "deploy/topology.yaml", []byte("primary: north\n"), "failover: east → north\n\nwhy", by, "pgtopo/failover")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Branch != "main" || w.Refused != "" || w.Commit.Subject != "failover: east → north" {
+		t.Fatalf("written %+v", w)
+	}
+	git := func(args ...string) string { return h.repo.Git(append([]string{"--git-dir", bare}, args...)...) }
+	if got := git("rev-parse", "main"); got != w.Commit.Hash {
+		t.Fatalf("main is %s, the commit %s", got, w.Commit.Hash)
+	}
+	if got := git("rev-parse", "main~1"); got != h.c3 {
+		t.Fatalf("parent %s, want %s", got, h.c3)
+	}
+	if got := git("show", "main:deploy/topology.yaml"); got != "primary: north" {
+		t.Fatalf("file %q", got)
+	}
+	if got := git("diff", "--name-only", h.c3, "main"); got != "deploy/topology.yaml" {
+		t.Fatalf("changed %q", got)
+	}
+
+	// main refuses pushes: the commit goes to the fallback branch.
+	hook := filepath.Join(bare, "hooks", "pre-receive")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\nwhile read old new ref; do [ \"$ref\" = refs/heads/main ] && { echo 'main is protected' >&2; exit 1; }; done\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w, err = repo.CommitFile(ctx, "main", "deploy/topology.yaml", []byte("primary: south\n"), "failover: north → south", by, "pgtopo/failover")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Branch != "pgtopo/failover" || w.Refused == "" {
+		t.Fatalf("written %+v", w)
+	}
+	if got := git("show", "pgtopo/failover:deploy/topology.yaml"); got != "primary: south" || git("rev-parse", "pgtopo/failover~1") != git("rev-parse", "main") {
+		t.Fatalf("fallback branch: file %q", got)
+	}
+
+	if _, err := repo.CommitFile(ctx, "main", "deploy/none.yaml", []byte("x"), "m", by, ""); !errors.Is(err, gitsource.ErrNoFile) {
+		t.Fatalf("a file not in the tree: %v", err)
+	}
+	local, err := gitsource.Open(ctx, h.repo.Dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := local.CommitFile(ctx, "main", "deploy/topology.yaml", []byte("x"), "m", by, ""); err == nil || !strings.Contains(err.Error(), "never written") {
+		t.Fatalf("a local repository: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package planner
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/pgtopo/pgtopo/plan"
 
@@ -53,13 +54,23 @@ func PlanFence(d *topology.Desired, snap *snapshot.Snapshot, cluster string, opt
 }
 
 // PlanUnfence plans pgtopo unfence CLUSTER: lift a fence and its mark.
-func PlanUnfence(d *topology.Desired, snap *snapshot.Snapshot, cluster string) plan.Plan {
+// Lifting it while another cluster takes writes would make two writable
+// primaries, and is refused unless forced.
+func PlanUnfence(d *topology.Desired, snap *snapshot.Snapshot, cluster string, opt FenceOptions) plan.Plan {
 	p := fencePlan(d, snap, cluster)
 	c, o, ok := p.fenceSubject(cluster, "unfence")
+	var writable []string
+	for _, x := range snap.Clusters {
+		if x.Name != cluster && x.Writable() && !x.Fenced() {
+			writable = append(writable, x.Name)
+		}
+	}
 	switch {
 	case !ok:
 	case !o.PG.ReadOnlyDefault && o.Object.Marks.Fence == nil:
 		p.note(nil, "%s is not fenced", cluster)
+	case len(writable) > 0 && !o.PG.InRecovery && !opt.Force:
+		p.refuse(nil, "%s takes writes: unfencing %s would make two writable primaries; fence or demote %s first, or pass --force if that is what you want", strings.Join(writable, ", "), cluster, strings.Join(writable, ", "))
 	default:
 		p.add(plan.Step{Action: plan.ActionUnfence, Subject: subjectOf(c), Payload: &plan.Unfence{},
 			Reason:        fmt.Sprintf("unfence %s: new sessions may write again; the fence mark is removed", cluster),

@@ -78,7 +78,7 @@ func TestPlanFence(t *testing.T) {
 func TestPlanUnfence(t *testing.T) {
 	d := loadDesired(t, "testdata/two-sites.yaml")
 	_, snap := inSync(t)
-	if p := PlanUnfence(d, snap, "orders-east"); !p.InSync() || p.Notes[0].Message != "orders-east is not fenced" {
+	if p := PlanUnfence(d, snap, "orders-east", FenceOptions{}); !p.InSync() || p.Notes[0].Message != "orders-east is not fenced" {
 		t.Fatalf("plan %+v", p)
 	}
 	for name, edit := range map[string]func(c *snapshot.ClusterState){
@@ -90,18 +90,36 @@ func TestPlanUnfence(t *testing.T) {
 	} {
 		_, snap := inSync(t)
 		edit(cs(snap, "orders-east"))
-		p := PlanUnfence(d, snap, "orders-east")
+		p := PlanUnfence(d, snap, "orders-east", FenceOptions{})
 		if len(p.Steps) != 2 || p.Steps[1].Action != plan.ActionUnfence {
 			t.Errorf("%s: steps %+v", name, p.Steps)
 		}
 	}
 	_, snap = inSync(t)
 	cs(snap, "orders-east").PG = nil
-	if p := PlanUnfence(d, snap, "orders-east"); !p.Refused() {
+	if p := PlanUnfence(d, snap, "orders-east", FenceOptions{}); !p.Refused() {
 		t.Fatal("unfencing an unreadable cluster is not refused")
 	}
-	if p := PlanUnfence(d, snap, "orders-north"); !p.Refused() {
+	if p := PlanUnfence(d, snap, "orders-north", FenceOptions{}); !p.Refused() {
 		t.Fatal("unfencing a cluster not in the file is not refused")
+	}
+
+	// Another cluster takes writes: two writable primaries, refused
+	// unless forced; a fenced standby is unfenced whatever the others do.
+	_, snap = inSync(t)
+	e := cs(snap, "orders-east")
+	e.PG.ReadOnlyDefault, e.Object.Marks.Fence = true, &snapshot.Fence{By: "x"}
+	cs(snap, "orders-west").PG.InRecovery = false
+	p := PlanUnfence(d, snap, "orders-east", FenceOptions{})
+	if len(p.Refusals) != 1 || !strings.Contains(p.Refusals[0].Reason, "orders-west takes writes: unfencing orders-east would make two writable primaries") {
+		t.Fatalf("unfence beside a writable cluster: %+v", p)
+	}
+	if p := PlanUnfence(d, snap, "orders-east", FenceOptions{Force: true}); len(p.Steps) != 2 {
+		t.Fatalf("forced: %+v", p)
+	}
+	e.PG.InRecovery = true
+	if p := PlanUnfence(d, snap, "orders-east", FenceOptions{}); len(p.Steps) != 2 {
+		t.Fatalf("a fenced standby: %+v", p)
 	}
 }
 

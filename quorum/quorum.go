@@ -243,12 +243,13 @@ type Tracker struct {
 	started time.Time
 	seen    map[string]time.Time
 	changed map[string]time.Time
+	last    map[string]Vote
 }
 
 // NewTracker starts a tracker at started (the agent's clock): a site not
 // seen yet counts as unseen since then.
 func NewTracker(started time.Time) *Tracker {
-	return &Tracker{started: started, seen: map[string]time.Time{}, changed: map[string]time.Time{}}
+	return &Tracker{started: started, seen: map[string]time.Time{}, changed: map[string]time.Time{}, last: map[string]Vote{}}
 }
 
 // Observe takes the votes read at now (by the agent's clock) and returns,
@@ -257,7 +258,7 @@ func (t *Tracker) Observe(now time.Time, sites []string, read map[string]Vote) m
 	unseen := make(map[string]time.Duration, len(sites))
 	for _, s := range sites {
 		if v, ok := read[s]; ok && !v.Renewed.Equal(t.seen[s]) {
-			t.seen[s], t.changed[s] = v.Renewed, now
+			t.seen[s], t.changed[s], t.last[s] = v.Renewed, now, v
 		}
 		changed, ok := t.changed[s]
 		if !ok {
@@ -267,6 +268,13 @@ func (t *Tracker) Observe(now time.Time, sites []string, read map[string]Vote) m
 	}
 	return unseen
 }
+
+// Latest is the last vote read of each site. A vote not read this round
+// is still what that site last said: a site that copied the primary's
+// stamp saw the primary then, read now or not, and a read that fails for
+// a moment must not fence a primary the majority sees (the decisions age
+// these votes by the stamps and durations they carry).
+func (t *Tracker) Latest() map[string]Vote { return maps.Clone(t.last) }
 
 // Vote is the agent's vote of site at now, from what it tracks.
 func (t *Tracker) Vote(site, agent string, now time.Time, unseen map[string]time.Duration) Vote {
@@ -281,4 +289,49 @@ func (t *Tracker) Vote(site, agent string, now time.Time, unseen map[string]time
 		v.Unseen[s] = Duration(d)
 	}
 	return v
+}
+
+// Candidate is a standby a failover could promote, as a look saw it.
+type Candidate struct {
+	Cluster string
+	Site    string
+	// Received is how far its WAL is received and flushed: what a
+	// promotion replays.
+	Received snapshot.LSN
+}
+
+// Choice is a failover's target and what it loses of what the survivors
+// saw the primary write.
+type Choice struct {
+	Target   Candidate
+	LastSeen snapshot.LSN // the furthest primary LSN the votes report
+	SeenBy   []string     // the sites whose votes report it
+	Loss     int64        // bytes of WAL
+}
+
+// Choose picks the standby with the most WAL (the first in candidates'
+// order on a tie) and bounds what promoting it loses by the furthest LSN
+// of primary that the votes report. It refuses when no vote reports one
+// (the loss could not be bounded) or the loss exceeds maxLoss.
+func Choose(primary string, candidates []Candidate, votes map[string]Vote, maxLoss int64) (Choice, error) {
+	if len(candidates) == 0 {
+		return Choice{}, fmt.Errorf("no standby of %s answers: nothing to promote", primary)
+	}
+	best := candidates[0]
+	for _, c := range candidates[1:] {
+		if c.Received > best.Received {
+			best = c
+		}
+	}
+	last, by := LastPrimaryLSN(primary, votes)
+	ch := Choice{Target: best, LastSeen: last, SeenBy: by}
+	if last == 0 {
+		return ch, fmt.Errorf("no surviving site's vote reports %s's WAL position: what a failover loses cannot be bounded", primary)
+	}
+	ch.Loss = Loss(last, best.Received)
+	if ch.Loss > maxLoss {
+		return ch, fmt.Errorf("promoting %s loses %d bytes of %s's WAL (it has %s, the survivors saw %s at %s), more than maxDataLoss %d",
+			best.Cluster, ch.Loss, primary, best.Received, primary, last, maxLoss)
+	}
+	return ch, nil
 }

@@ -150,3 +150,45 @@ func TestVoteJSON(t *testing.T) {
 		t.Fatalf("read back %s as %+v", b, back)
 	}
 }
+
+// The failover's target is the standby with the most WAL; its loss is
+// bounded by the furthest primary LSN a vote reports, and refused above
+// maxDataLoss (one byte over refuses, at it passes) or when no vote
+// reports one.
+func TestChoose(t *testing.T) {
+	votes := map[string]Vote{
+		"west":  {Site: "west", Primary: "orders-east", PrimaryLSN: 0x3000400},
+		"north": {Site: "north", Primary: "orders-east", PrimaryLSN: 0x3000500},
+		"south": {Site: "south", Primary: "orders-old", PrimaryLSN: 0x9000000},
+	}
+	cands := []Candidate{{Cluster: "orders-west", Site: "west", Received: 0x3000100}, {Cluster: "orders-south", Site: "south", Received: 0x3000300}}
+	for _, tc := range []struct {
+		name    string
+		max     int64
+		votes   map[string]Vote
+		cands   []Candidate
+		target  string
+		loss    int64
+		refusal string
+	}{
+		{"at the bound", 0x200, votes, cands, "orders-south", 0x200, ""},
+		{"one byte over", 0x1FF, votes, cands, "orders-south", 0x200, "more than maxDataLoss 511"},
+		{"the target has more than was seen", 0, map[string]Vote{"west": votes["west"]}, []Candidate{{Cluster: "orders-west", Received: 0x3000500}}, "orders-west", 0, ""},
+		{"no vote reports the primary's LSN", 1 << 20, map[string]Vote{"south": votes["south"]}, cands, "orders-south", 0, "cannot be bounded"},
+		{"no standby", 1 << 20, votes, nil, "", 0, "nothing to promote"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ch, err := Choose("orders-east", tc.cands, tc.votes, tc.max)
+			if tc.refusal != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.refusal) {
+					t.Fatalf("error %v, want %q", err, tc.refusal)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if ch.Target.Cluster != tc.target || ch.Loss != tc.loss {
+				t.Fatalf("choice %+v, want %s losing %d", ch, tc.target, tc.loss)
+			}
+		})
+	}
+}

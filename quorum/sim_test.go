@@ -119,7 +119,7 @@ func simulate(t Timing, sched schedule, rng *rand.Rand, horizon time.Duration) s
 			// fence once a majority sees it again (while no failover was
 			// decided: after one, the primary stays fenced).
 			case a.site == "east" && res.failoverAt < 0:
-				d := MustFence(t, sites, "east", a.renewed, read, now)
+				d := MustFence(t, sites, "east", a.renewed, a.tracker.Latest(), now)
 				switch {
 				case d.Act && res.fencedAt < 0:
 					res.fencedAt = real + FenceTime
@@ -131,7 +131,7 @@ func simulate(t Timing, sched schedule, rng *rand.Rand, horizon time.Duration) s
 					res.fencedAfterWarmUp++
 				}
 			case a.site != "east" && res.failoverAt < 0:
-				if d := MayFailOver(t, sites, a.site, "east", unseen, read); d.Act {
+				if d := MayFailOver(t, sites, a.site, "east", unseen, a.tracker.Latest()); d.Act {
 					res.failoverAt, res.why = real, a.site+": "+d.Why
 				}
 			}
@@ -169,6 +169,8 @@ func TestSimulatedPartitions(t *testing.T) {
 		{name: "nothing cut", sched: cut(0, 0)},
 		{name: "the primary's site cut off for good", sched: cut(5*time.Second, horizon, "east"), failover: true, fence: true},
 		{name: "the witness cut off", sched: cut(5*time.Second, horizon, "witness")},
+		// A blip: the primary's reads of the others fail for a second.
+		{name: "the primary's site cut off for a second", sched: cut(5*time.Second, 6*time.Second, "east")},
 		{name: "the standby's site cut off", sched: cut(5*time.Second, horizon, "west")},
 		{name: "the primary's site cut off for less than after", sched: cut(5*time.Second, 5*time.Second+tm.After-3*time.Second, "east"), fence: true},
 		{name: "east and west cannot reach each other, the witness reaches both", sched: func(real time.Duration, a, b string) bool {

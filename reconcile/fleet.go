@@ -280,3 +280,20 @@ func (m *gitMember) Load(context.Context) (*Input, error) {
 	}
 	return in, nil
 }
+
+// CanRecord says whether the fleet's repository and ref take a commit.
+func (m *gitMember) CanRecord() error {
+	g := m.fleet
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return (&GitSource{Repo: g.Repo, Ref: g.Ref, Path: m.path}).CanRecord()
+}
+
+// Record commits the file's new text to the fleet's branch, holding the
+// fleet's lock: a List refreshing the repository meanwhile would race it.
+func (m *gitMember) Record(ctx context.Context, content []byte, message string) (string, error) {
+	g := m.fleet
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return (&GitSource{Repo: g.Repo, Ref: g.Ref, Path: m.path}).Record(ctx, content, message)
+}

@@ -114,7 +114,7 @@ type Loop struct {
 	Wake <-chan struct{}
 	// Seen, when set, is told each cycle's topology and look (an agent's
 	// vote keeper follows them).
-	Seen func(d *topology.Desired, snap *snapshot.Snapshot)
+	Seen func(in *Input, snap *snapshot.Snapshot)
 	// Beside, when set, runs alongside the loop and is stopped with it.
 	Beside func(ctx context.Context)
 	// Beat, when set, puts the loop's regular cycles on the beats
@@ -259,7 +259,7 @@ func (l *Loop) once(ctx context.Context) Cycle {
 		return c
 	}
 	if l.Seen != nil {
-		l.Seen(in.Desired, snap)
+		l.Seen(in, snap)
 	}
 	opt, err := in.PlanOptions(snap, l.AllowRollback)
 	if err != nil {

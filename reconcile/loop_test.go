@@ -249,7 +249,7 @@ func (o awayObserver) SiteAnswers(_ context.Context, _ *topology.Desired, site s
 // probe sites starts its next cycle (the one that fences the returned
 // primary) as soon as the site answers, well before LostRetry.
 func TestLoopLooksAgainWhenTheLostSiteAnswers(t *testing.T) {
-	var logs bytes.Buffer
+	var logs syncBuffer // the loop writes while the test reads
 	o := awayObserver{back: time.Now().Add(700 * time.Millisecond), observed: make(chan time.Time, 10)}
 	l := &Loop{Source: fakeSource{in: input(t)}, Observer: o, Interval: time.Hour, Log: slog.New(slog.NewTextHandler(&logs, nil))}
 	ctx, cancel := context.WithCancel(context.Background())

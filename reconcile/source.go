@@ -6,6 +6,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path"
+	"strings"
+	"time"
 
 	"github.com/pgtopo/pgtopo/gitsource"
 	"github.com/pgtopo/pgtopo/plan"
@@ -164,4 +168,79 @@ func (in *Input) PlanOptions(snap *snapshot.Snapshot, allowRollback bool) (plan.
 		}
 	}
 	return opt, nil
+}
+
+// Recorder writes a topology's new text where its Source reads it: the
+// record of a change pgtopo made alone (an automatic failover), so the
+// next cycle does not undo it and a person reviews it.
+type Recorder interface {
+	// CanRecord says why a record could not be written, before the change.
+	CanRecord() error
+	// Record writes content with message and says where it went.
+	Record(ctx context.Context, content []byte, message string) (string, error)
+}
+
+// CanRecord checks the file can be opened for writing.
+func (s *FileSource) CanRecord() error {
+	f, err := os.OpenFile(s.Path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("%s cannot be written, so a change pgtopo made alone could not be recorded in it: %w", s.Path, err)
+	}
+	return f.Close()
+}
+
+// Record rewrites the file: written beside it, then renamed over it.
+func (s *FileSource) Record(_ context.Context, content []byte, _ string) (string, error) {
+	tmp := s.Path + ".pgtopo-new"
+	if err := os.WriteFile(tmp, content, 0o644); err != nil {
+		return "", fmt.Errorf("%s: %w", s.Path, err)
+	}
+	if err := os.Rename(tmp, s.Path); err != nil {
+		_ = os.Remove(tmp)
+		return "", fmt.Errorf("%s: %w", s.Path, err)
+	}
+	return "written to " + s.Path, nil
+}
+
+// recordAuthor signs the commits pgtopo writes.
+var recordAuthor = gitsource.Author{Name: "pgtopo", Email: "pgtopo@localhost"}
+
+// CanRecord checks the repository is one pgtopo writes (a remote) and the
+// followed ref a branch.
+func (s *GitSource) CanRecord() error {
+	if err := s.Repo.Writable(); err != nil {
+		return err
+	}
+	_, err := s.branch()
+	return err
+}
+
+// Record commits content to the followed branch, or, when the remote
+// refuses that push, to a branch of its own, and says which.
+func (s *GitSource) Record(ctx context.Context, content []byte, message string) (string, error) {
+	branch, err := s.branch()
+	if err != nil {
+		return "", err
+	}
+	fallback := "pgtopo/" + strings.TrimSuffix(path.Base(s.Path), path.Ext(s.Path)) + "-" + time.Now().UTC().Format("20060102-150405")
+	w, err := s.Repo.CommitFile(ctx, branch, s.Path, content, message, recordAuthor, fallback)
+	if err != nil {
+		return "", err
+	}
+	if w.Refused != "" {
+		return fmt.Sprintf("%s refused the commit (%s): pushed %s to branch %s of %s instead: merge it into %s", branch, w.Refused, w.Commit.Short(), w.Branch, s.Repo.Location(), branch), nil
+	}
+	return fmt.Sprintf("committed %s to %s of %s", w.Commit.Short(), branch, s.Repo.Location()), nil
+}
+
+// branch is the branch the source follows: its ref, or the remote's
+// default branch when none was given.
+func (s *GitSource) branch() (string, error) {
+	if s.Ref != "" {
+		if !s.Repo.IsBranch(s.Ref) {
+			return "", fmt.Errorf("%s: --ref %s is not a branch: a change pgtopo made alone could not be committed to it", s.Repo.Location(), s.Ref)
+		}
+		return s.Ref, nil
+	}
+	return s.Repo.DefaultBranch()
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,29 +22,79 @@ type VoteStore interface {
 	WriteVote(ctx context.Context, d *topology.Desired, v quorum.Vote) error
 }
 
+// Fencer fences the primary from its own site, and lifts that fence.
+type Fencer interface {
+	// FenceAlone makes cluster refuse new writes and ends its client
+	// sessions, recording why on its object. It reads and writes the
+	// primary's site alone and takes no Lease: the other sites are out of
+	// sight, and a fence only takes writes away.
+	FenceAlone(ctx context.Context, d *topology.Desired, cluster, why string) error
+	// Unfence lifts the quorum's fence of cluster, as pgtopo unfence does:
+	// under the topology's Lease, with every site answering, cluster still
+	// the file's primary and no other cluster writable.
+	Unfence(ctx context.Context, d *topology.Desired, cluster string) error
+}
+
+// FailOver carries out a failover the quorum decided.
+type FailOver interface {
+	// FailOver promotes choice's target with consent to lose what it
+	// lacks of what the survivors saw, once it has checked again that the
+	// primary's site is out of its sight and the loss within maxDataLoss,
+	// under the topology's Lease; then it records the new primary and the
+	// consent in the file the loop follows, and says where.
+	FailOver(ctx context.Context, in *Input, choice quorum.Choice, why string) (string, error)
+}
+
+// QuorumFence begins the reason a keeper records with its fence; a fence
+// whose reason begins otherwise was set by someone else, and the keeper
+// never lifts it.
+const QuorumFence = "quorum:"
+
+// unfenceTimeout bounds the lifting of a fence: a full look, the Lease in
+// every site, the unfence and its mark.
+const unfenceTimeout = time.Minute
+
 // Keeper is the agent of one site for a topology whose failover is
 // automatic: every renewal it reads the other voting sites' votes, writes
 // its own with the primary's LSN it last saw, and decides as package
 // quorum does: in the primary's site whether the primary must be fenced,
-// elsewhere whether the others may fail over. This version decides and
-// says so; it acts on neither decision yet.
+// elsewhere whether the others may fail over. In the primary's site it
+// fences the primary (with Fencer; nil only decides) and lifts that fence
+// once a majority sees the site again; the failover it only decides, and
+// says so.
 type Keeper struct {
-	Site  string // the site this agent runs in
-	Agent string // its identity
-	Store VoteStore
-	Log   *slog.Logger
+	Site     string // the site this agent runs in
+	Agent    string // its identity
+	Store    VoteStore
+	Fencer   Fencer
+	FailOver FailOver
+	Log      *slog.Logger
 	// Now is the agent's clock (time.Now when nil).
 	Now func() time.Time
 
-	mu       sync.Mutex
-	desired  *topology.Desired
-	primary  string // the primary it last saw writable, and its LSN
-	lsn      snapshot.LSN
-	tracker  *quorum.Tracker
-	renewed  time.Time
-	lastGist string
-	lastAt   time.Time
+	mu         sync.Mutex
+	input      *Input
+	desired    *topology.Desired
+	primary    string // the primary it last saw writable, and its LSN
+	lsn        snapshot.LSN
+	candidates []quorum.Candidate // standbys as the last look saw them
+	failing    bool               // a failover runs
+	failedAt   time.Time          // when its last failover attempt failed
+	failedOver bool               // a failover of this agent's succeeded,
+	failedFor  string             // for the topology of this digest
+	marked     bool               // the loop's last look saw the file's primary under a quorum fence
+	fenced     bool               // this keeper fenced the primary and has not lifted it
+	unfencing  bool
+	tracker    *quorum.Tracker
+	started    time.Time // by the agent's clock, its first round
+	renewed    time.Time
+	lastGist   string
+	lastAt     time.Time
 }
+
+// retryFailover is how long a keeper waits after a failed failover before
+// it tries again (each attempt takes the Lease and looks at every site).
+const retryFailover = 10 * time.Second
 
 // sayAgain is how often a keeper repeats a decision that has not changed.
 const sayAgain = 10 * time.Second
@@ -58,20 +109,43 @@ type Round struct {
 	Wrote bool
 	// Fence is the primary's agent's decision; Failover the others'.
 	Fence, Failover *quorum.Decision
+	// Fenced says the primary's agent fenced the primary this round;
+	// FenceError why it could not.
+	Fenced     bool
+	FenceError error
+	// Starting says the primary's agent would fence but has run for less
+	// than FenceAfter: the others have not copied its stamps yet.
+	Starting bool
+	// Choice is the failover's target and loss, once one may start;
+	// Refused why it may not go ahead; Started that this agent began it.
+	Choice  *quorum.Choice
+	Refused error
+	Started bool
 }
 
 // Update gives the keeper the topology and what the loop's last cycle saw.
-func (k *Keeper) Update(d *topology.Desired, snap *snapshot.Snapshot) {
+func (k *Keeper) Update(in *Input, snap *snapshot.Snapshot) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.desired = d
+	d := in.Desired
+	k.input, k.desired = in, d
 	if snap == nil {
 		return
 	}
+	k.candidates = nil
 	for _, c := range snap.Clusters {
-		if c.PG != nil && !c.PG.InRecovery && c.Error == "" {
-			k.primary, k.lsn = c.Name, c.PG.CurrentLSN
+		if c.PG == nil || c.Error != "" {
+			continue
 		}
+		if !c.PG.InRecovery {
+			k.primary, k.lsn = c.Name, c.PG.CurrentLSN
+			continue
+		}
+		k.candidates = append(k.candidates, quorum.Candidate{Cluster: c.Name, Site: c.Site, Received: max(c.PG.ReceiveLSN, c.PG.ReplayLSN)})
+	}
+	if c, ok := snap.Cluster(d.Primary().Name); ok && c.Exists && c.Object != nil {
+		f := c.Object.Marks.Fence
+		k.marked = f != nil && strings.HasPrefix(f.Reason, QuorumFence)
 	}
 }
 
@@ -114,7 +188,8 @@ func (k *Keeper) Round(ctx context.Context) (Round, bool) {
 	}
 	timing := quorum.TimingFor(d.Failover.After)
 	if k.tracker == nil {
-		k.tracker = quorum.NewTracker(k.now())
+		k.started = k.now()
+		k.tracker = quorum.NewTracker(k.started)
 	}
 	r := Round{Read: map[string]quorum.Vote{}, Unread: map[string]string{}}
 	var others []string
@@ -155,13 +230,111 @@ func (k *Keeper) Round(ctx context.Context) (Round, bool) {
 	cancel()
 	primarySite := d.Primary().Site.Name
 	if primarySite == k.Site {
-		fence := quorum.MustFence(timing, voters, k.Site, k.renewed, r.Read, k.now())
+		fence := quorum.MustFence(timing, voters, k.Site, k.renewed, k.tracker.Latest(), k.now())
 		r.Fence = &fence
+		k.act(ctx, d, &r, timing.FenceAfter)
 	} else {
-		fo := quorum.MayFailOver(timing, voters, k.Site, primarySite, unseen, r.Read)
+		fo := quorum.MayFailOver(timing, voters, k.Site, primarySite, unseen, k.tracker.Latest())
 		r.Failover = &fo
+		k.failOver(ctx, d, &r)
 	}
 	return r, true
+}
+
+// act carries out the primary's agent's decision: it fences the primary
+// within quorum.FenceTime once the decision says so (again each round
+// until it is done), and lifts its own fence, in the background, once a
+// majority sees the site again. A fence the keeper did not set (no quorum
+// mark) is never lifted.
+func (k *Keeper) act(ctx context.Context, d *topology.Desired, r *Round, grace time.Duration) {
+	if k.Fencer == nil {
+		return
+	}
+	primary := d.Primary().Name
+	k.mu.Lock()
+	fenced, marked, unfencing := k.fenced, k.marked, k.unfencing
+	k.mu.Unlock()
+	switch {
+	case r.Fence.Act && !fenced && k.now().Sub(k.started) < grace:
+		// A starting agent has no majority yet: the others have not
+		// copied its stamps. It fences FenceAfter after its start
+		// if they still have not.
+		r.Starting = true
+	case r.Fence.Act && !fenced:
+		fctx, cancel := context.WithTimeout(ctx, quorum.FenceTime)
+		err := k.Fencer.FenceAlone(fctx, d, primary, QuorumFence+" "+r.Fence.Why)
+		cancel()
+		if err != nil {
+			r.FenceError = err
+			return
+		}
+		k.mu.Lock()
+		k.fenced, k.marked = true, true
+		k.mu.Unlock()
+		r.Fenced = true
+	case !r.Fence.Act && (fenced || marked) && !unfencing:
+		k.mu.Lock()
+		k.unfencing = true
+		k.mu.Unlock()
+		go func() {
+			uctx, cancel := context.WithTimeout(ctx, unfenceTimeout)
+			err := k.Fencer.Unfence(uctx, d, primary)
+			cancel()
+			k.mu.Lock()
+			k.unfencing = false
+			if err == nil {
+				k.fenced, k.marked = false, false
+			}
+			k.mu.Unlock()
+			if err != nil {
+				k.Log.Warn("quorum: the quorum's fence is not lifted: "+err.Error(), "topology", d.Name, "site", k.Site, "cluster", primary)
+				return
+			}
+			k.Log.Info("quorum: fence lifted: a majority sees "+k.Site+" again", "topology", d.Name, "site", k.Site, "cluster", primary)
+		}()
+	}
+}
+
+// failOver starts the failover a round decided, from the agent of the
+// target's site alone (the standby with the most WAL; a witness never
+// acts), once per topology revision, in the background: renewals go on.
+func (k *Keeper) failOver(ctx context.Context, d *topology.Desired, r *Round) {
+	if !r.Failover.Act {
+		return
+	}
+	k.mu.Lock()
+	in, cands, done := k.input, k.candidates, k.failedOver && k.failedFor == d.Digest
+	busy := k.failing || time.Since(k.failedAt) < retryFailover
+	k.mu.Unlock()
+	votes := k.tracker.Latest()
+	votes[k.Site] = r.Vote
+	choice, err := quorum.Choose(d.Primary().Name, cands, votes, d.Failover.MaxDataLossLSN)
+	r.Choice, r.Refused = &choice, err
+	if err != nil || k.FailOver == nil || choice.Target.Site != k.Site || busy || done {
+		return
+	}
+	k.mu.Lock()
+	k.failing = true
+	k.mu.Unlock()
+	r.Started = true
+	why := r.Failover.Why
+	go func() {
+		where, err := k.FailOver.FailOver(ctx, in, choice, why)
+		k.mu.Lock()
+		k.failing = false
+		if err == nil {
+			k.failedOver, k.failedFor = true, d.Digest
+		} else {
+			k.failedAt = time.Now()
+		}
+		k.mu.Unlock()
+		attrs := []any{"topology", d.Name, "site", k.Site, "from", d.Primary().Name, "to", choice.Target.Cluster}
+		if err != nil {
+			k.Log.Error("quorum: the failover did not happen: "+err.Error(), attrs...)
+			return
+		}
+		k.Log.Warn(fmt.Sprintf("quorum: failed over: %s is primary, losing %d bytes of what the survivors saw; %s", choice.Target.Cluster, choice.Loss, where), attrs...)
+	}()
 }
 
 // say logs a round's decision when it changes.
@@ -171,21 +344,38 @@ func (k *Keeper) say(r Round) {
 	switch {
 	case r.Fence != nil:
 		line, act = "quorum: primary's site: "+r.Fence.Why, r.Fence.Act
-		if act {
-			line = "quorum: would fence the primary: " + r.Fence.Why
+		switch {
+		case !act:
+		case r.Starting:
+			line = "quorum: starting, no majority yet: " + r.Fence.Why
+		case r.Fenced:
+			line = "quorum: fenced the primary: " + r.Fence.Why
+		case r.FenceError != nil:
+			line = "quorum: must fence the primary and could not: " + r.FenceError.Error() + ": " + r.Fence.Why
+		case k.Fencer == nil:
+			line = "quorum: would fence the primary: " + r.Fence.Why + " (nothing done: this agent decides only)"
+		default:
+			line = "quorum: the primary stays fenced: " + r.Fence.Why
 		}
 	case r.Failover != nil:
 		line, act = "quorum: "+r.Failover.Why, r.Failover.Act
-		if act {
-			line = "quorum: a failover may start: " + r.Failover.Why
+		switch {
+		case !act:
+		case r.Refused != nil:
+			line = "quorum: a failover may start and is refused: " + r.Refused.Error() + " (" + r.Failover.Why + ")"
+		case r.Started:
+			line = fmt.Sprintf("quorum: failing over to %s: %s; it loses %d bytes of the %s the survivors saw (maxDataLoss allows it)", r.Choice.Target.Cluster, r.Failover.Why, r.Choice.Loss, r.Choice.LastSeen)
+		case k.FailOver == nil:
+			line = "quorum: a failover may start: " + r.Failover.Why + " (nothing done: this agent decides only)"
+		case r.Choice.Target.Site != k.Site:
+			line = "quorum: a failover may start: " + r.Failover.Why + "; " + r.Choice.Target.Site + "'s agent promotes " + r.Choice.Target.Cluster
+		default:
+			line = "quorum: a failover may start: " + r.Failover.Why + "; this agent's failover runs or ran"
 		}
-	}
-	if act {
-		line += " (automatic failover acts in a later version: nothing done)"
 	}
 	// A changed decision at once; the same one again every
 	// sayAgain (its words hold durations, which change every round).
-	gist := fmt.Sprint(act, r.Wrote, len(r.Read))
+	gist := fmt.Sprint(act, r.Wrote, len(r.Read), r.Fenced, r.FenceError != nil, r.Starting, r.Refused != nil, r.Started)
 	if gist == k.lastGist && time.Since(k.lastAt) < sayAgain {
 		return
 	}

@@ -78,7 +78,7 @@ func TestKeepers(t *testing.T) {
 	}}
 	for _, site := range d.Voters() {
 		keepers[site] = &Keeper{Site: site, Agent: site + "-agent", Store: store, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now}
-		keepers[site].Update(d, snap)
+		keepers[site].Update(&Input{Desired: d}, snap)
 	}
 	round := func() map[string]Round {
 		out := map[string]Round{}
@@ -124,13 +124,237 @@ func TestKeepers(t *testing.T) {
 	manual := *d
 	manual.Failover.Mode = topology.FailoverManual
 	k := &Keeper{Site: "east", Store: store, Now: now}
-	k.Update(&manual, nil)
+	k.Update(&Input{Desired: &manual}, nil)
 	if _, ok := k.Round(context.Background()); ok {
 		t.Fatal("a manual topology's keeper kept a vote")
 	}
 	k = &Keeper{Site: "elsewhere", Store: store, Now: now}
-	k.Update(d, nil)
+	k.Update(&Input{Desired: d}, nil)
 	if _, ok := k.Round(context.Background()); ok {
 		t.Fatal("a site that does not vote kept a vote")
+	}
+}
+
+// memFencer records what a keeper asks of its Fencer; fail makes the next
+// fence fail.
+type memFencer struct {
+	mu       sync.Mutex
+	fences   []string // the reasons given
+	unfences int
+	fail     bool
+}
+
+func (m *memFencer) FenceAlone(_ context.Context, _ *topology.Desired, cluster, why string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail {
+		m.fail = false
+		return errors.New("connect orders-east: timeout")
+	}
+	m.fences = append(m.fences, cluster+": "+why)
+	return nil
+}
+
+func (m *memFencer) Unfence(context.Context, *topology.Desired, string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.unfences++
+	return nil
+}
+
+func (m *memFencer) counts() (int, int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.fences), m.unfences
+}
+
+// The primary's keeper fences once when the majority is lost (again after
+// a failed attempt, never twice), lifts its fence once the majority sees
+// its site again, and never lifts a fence someone else set; the other
+// sites' keepers never fence.
+func TestKeeperFencesAndLifts(t *testing.T) {
+	d := automatic(t)
+	store := &memVotes{votes: map[string]quorum.Vote{}, cut: map[string]bool{}}
+	clock := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
+	now := func() time.Time { return clock }
+	fencers := map[string]*memFencer{}
+	keepers := map[string]*Keeper{}
+	for _, site := range d.Voters() {
+		fencers[site] = &memFencer{}
+		keepers[site] = &Keeper{Site: site, Agent: site + "-agent", Store: store, Fencer: fencers[site], Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now}
+		keepers[site].Update(&Input{Desired: d}, nil)
+	}
+	rounds := func(n int) (last Round) {
+		for range n {
+			for _, site := range d.Voters() {
+				r, _ := keepers[site].Round(context.Background())
+				if site == "east" {
+					last = r
+				}
+			}
+			clock = clock.Add(quorum.DefaultRenew)
+		}
+		return last
+	}
+	unfencesSettle := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for _, u := fencers["east"].counts(); u != want; _, u = fencers["east"].counts() {
+			if time.Now().After(deadline) {
+				t.Fatalf("unfences %d, want %d", u, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	rounds(3)
+	if f, u := fencers["east"].counts(); f != 0 || u != 0 {
+		t.Fatalf("with a majority: %d fences, %d unfences", f, u)
+	}
+
+	// West and north cut off: east's keeper alone, it fences after
+	// FenceAfter; a failed attempt is tried again the next round.
+	store.cut["west"], store.cut["north"] = true, true
+	fencers["east"].fail = true
+	var failed, fenced bool
+	for range 10 {
+		r := rounds(1)
+		failed = failed || r.FenceError != nil
+		fenced = fenced || r.Fenced
+	}
+	f, _ := fencers["east"].counts()
+	if !failed || !fenced || f != 1 {
+		t.Fatalf("east alone: failed %v, fenced %v, %d fences", failed, fenced, f)
+	}
+	if why := fencers["east"].fences[0]; !strings.HasPrefix(why, "orders-east: "+QuorumFence+" only 1 of 3 sites saw east") {
+		t.Fatalf("fence reason %q", why)
+	}
+	for _, site := range []string{"west", "north"} {
+		if f, _ := fencers[site].counts(); f != 0 {
+			t.Fatalf("%s's keeper fenced", site)
+		}
+	}
+
+	// Healed: the majority sees east again, its keeper lifts its fence.
+	store.cut["west"], store.cut["north"] = false, false
+	rounds(3)
+	unfencesSettle(1)
+	rounds(3)
+	if f, u := fencers["east"].counts(); f != 1 || u != 1 {
+		t.Fatalf("healed: %d fences, %d unfences", f, u)
+	}
+
+	// A fence set by hand (no quorum mark): the keeper leaves it.
+	snap := &snapshot.Snapshot{Clusters: []snapshot.ClusterState{{Name: "orders-east", Exists: true,
+		Object: &snapshot.Object{Marks: snapshot.Marks{Fence: &snapshot.Fence{By: "dba", Reason: "split brain"}}}}}}
+	keepers["east"].Update(&Input{Desired: d}, snap)
+	rounds(3)
+	time.Sleep(50 * time.Millisecond)
+	if _, u := fencers["east"].counts(); u != 1 {
+		t.Fatalf("a fence set by hand lifted: %d unfences", u)
+	}
+	// One the quorum set, seen by a restarted keeper's loop: lifted.
+	snap.Clusters[0].Object.Marks.Fence.Reason = QuorumFence + " only 1 of 3"
+	keepers["east"].Update(&Input{Desired: d}, snap)
+	rounds(1)
+	unfencesSettle(2)
+
+	// A keeper starting cut off: no fence while the others could not have
+	// copied its stamps yet (FenceAfter), then the fence.
+	alone := &memFencer{}
+	k := &Keeper{Site: "east", Agent: "east-agent-2", Store: store, Fencer: alone, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now}
+	k.Update(&Input{Desired: d}, nil)
+	store.cut["west"], store.cut["north"] = true, true
+	start := clock
+	var fencedAt time.Duration
+	for range 10 {
+		r, _ := k.Round(context.Background())
+		if f, _ := alone.counts(); f > 0 && fencedAt == 0 {
+			fencedAt = clock.Sub(start)
+		} else if f == 0 && !r.Starting && r.Fence.Act {
+			t.Fatalf("a starting keeper would fence and does not say it is starting: %+v", r)
+		}
+		clock = clock.Add(quorum.DefaultRenew)
+	}
+	if after := quorum.TimingFor(d.Failover.After).FenceAfter; fencedAt < after || fencedAt > after+quorum.DefaultRenew {
+		t.Fatalf("a keeper starting cut off fenced %s after its start, want %s", fencedAt, after)
+	}
+}
+
+// memFailOver records the failovers a keeper starts.
+type memFailOver struct {
+	mu     sync.Mutex
+	chosen []quorum.Choice
+}
+
+func (m *memFailOver) FailOver(_ context.Context, _ *Input, c quorum.Choice, _ string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.chosen = append(m.chosen, c)
+	return "recorded", nil
+}
+
+func (m *memFailOver) count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.chosen)
+}
+
+// East cut off: the agent of the standby's site (west) starts the failover
+// once, to its standby, with the loss bounded by the LSN the votes carry;
+// the witness's agent never does; a loss above maxDataLoss is refused and
+// starts nothing.
+func TestKeeperFailsOver(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		maxLoss int64
+		want    int
+	}{
+		{"within maxDataLoss", 0x100, 1},
+		{"one byte short of the loss", 0xFF, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := automatic(t)
+			d.Failover.MaxDataLossLSN = tc.maxLoss
+			store := &memVotes{votes: map[string]quorum.Vote{}, cut: map[string]bool{}}
+			clock := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
+			now := func() time.Time { return clock }
+			snap := &snapshot.Snapshot{Clusters: []snapshot.ClusterState{
+				{Name: "orders-east", Site: "east", PG: &snapshot.PGState{CurrentLSN: 0x3000100}},
+				{Name: "orders-west", Site: "west", PG: &snapshot.PGState{InRecovery: true, ReceiveLSN: 0x3000000, ReplayLSN: 0x3000000}},
+			}}
+			keepers, failovers := map[string]*Keeper{}, map[string]*memFailOver{}
+			for _, site := range d.Voters() {
+				failovers[site] = &memFailOver{}
+				keepers[site] = &Keeper{Site: site, Agent: site + "-agent", Store: store, FailOver: failovers[site], Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now}
+				keepers[site].Update(&Input{Desired: d}, snap)
+			}
+			var refused error
+			for i := range 25 {
+				if i == 3 {
+					store.cut["east"] = true
+				}
+				for _, site := range d.Voters() {
+					r, _ := keepers[site].Round(context.Background())
+					if r.Refused != nil {
+						refused = r.Refused
+					}
+				}
+				clock = clock.Add(quorum.DefaultRenew)
+			}
+			time.Sleep(50 * time.Millisecond)
+			if got := failovers["west"].count(); got != tc.want {
+				t.Fatalf("west's agent started %d failovers, want %d (refused: %v)", got, tc.want, refused)
+			}
+			if failovers["north"].count() != 0 || failovers["east"].count() != 0 {
+				t.Fatal("the witness's or the primary's agent started a failover")
+			}
+			if tc.want == 1 {
+				if c := failovers["west"].chosen[0]; c.Target.Cluster != "orders-west" || c.Loss != 0x100 || c.LastSeen != 0x3000100 {
+					t.Fatalf("choice %+v", c)
+				}
+			} else if refused == nil || !strings.Contains(refused.Error(), "more than maxDataLoss 255") {
+				t.Fatalf("refusal %v", refused)
+			}
+		})
 	}
 }

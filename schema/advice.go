@@ -44,7 +44,7 @@ func advise(doc *topology.Document, t *topology.Topology) []Finding {
 	}
 	if f := t.Spec.Failover; f != nil && f.Mode == topology.FailoverAutomatic {
 		w := newFinding(doc, topology.Path{}.Child("spec").Child("failover").Child("mode"), RuleAdvice,
-			"automatic: this version checks the policy, but the agents that vote, fence and fail over by it are not built yet (docs/automatic-failover.md): a failover still needs acceptDataLoss in a reviewed change", ByPgtopo)
+			"automatic: the agents (reconcile --site, one per site) fence a primary cut off from the majority and fail over by themselves, committing the new primary to the repository; new in this version, and proved on the lab's userland partitions only, not yet on real network partitions (docs/automatic-failover.md)", ByPgtopo)
 		w.Severity = SeverityWarning
 		out = append(out, w)
 	}

@@ -394,3 +394,24 @@ func (d *Desired) DrillsConfigMap() string { return d.LeaseName() + "-drills" }
 
 // DrillsKey is the key of the drills' JSON in that ConfigMap.
 const DrillsKey = "drills.json"
+
+// PrimarySiteOnly is d narrowed to the primary's site: its clusters there
+// and nothing of the other sites. It is what an agent acting alone in that
+// site (the quorum's self-fence) observes and changes, so that sites out of
+// its sight cost it no wait.
+func (d *Desired) PrimarySiteOnly() *Desired {
+	n := *d
+	site := d.Primary().Site.Name
+	n.Clusters, n.EmptySites, n.index = nil, nil, map[string]int{}
+	for _, c := range d.Clusters {
+		if c.Site.Name != site {
+			continue
+		}
+		if c.Name == d.Primary().Name {
+			n.PrimaryIndex = len(n.Clusters)
+		}
+		n.index[c.Name] = len(n.Clusters)
+		n.Clusters = append(n.Clusters, c)
+	}
+	return &n
+}
