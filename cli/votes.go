@@ -208,7 +208,7 @@ func (f quorumFailover) FailOver(ctx context.Context, in *reconcile.Input, choic
 	d := in.Desired
 	from := d.Primary()
 	if f.record == nil {
-		return "", fmt.Errorf("topology %s: its source cannot record a change pgtopo makes alone: no automatic failover", d.Name)
+		return "", fmt.Errorf("topology %s: no automatic failover from a plain file: the agents record a failover as a commit, so follow the topology from a repository (--repo URL)", d.Name)
 	}
 	if err := f.record.CanRecord(); err != nil {
 		return "", fmt.Errorf("no failover: %w", err)
@@ -244,8 +244,29 @@ func (f quorumFailover) FailOver(ctx context.Context, in *reconcile.Input, choic
 	if err != nil {
 		return "", fmt.Errorf("the file with primary %s: %w", t.Name, err)
 	}
+	message := fmt.Sprintf(`%s: automatic failover %s → %s
+
+%s (site %s) was out of sight of a majority of the sites: %s.
+pgtopo's agent in site %s promoted %s.
+
+Loss: %d bytes of WAL: %s had received up to %s; the survivors last saw
+%s at %s (the votes of %s). maxDataLoss allows %d.
+Consent, written below spec.primary: {cluster: %s, systemIdentifier: %q, timeline: %d}.
+`, d.Name, from.Name, t.Name, from.Name, from.Site.Name, why, f.site, t.Name,
+		loss, t.Name, received, from.Name, choice.LastSeen, strings.Join(choice.SeenBy, ", "), d.Failover.MaxDataLossLSN,
+		consent.Cluster, consent.SystemIdentifier, consent.Timeline)
+	// The record's commit first, unpublished: the failover records its
+	// revision on the clusters, so a loop still reading the older commit
+	// sees a rollback and refuses rather than switch back.
+	prepared, err := f.record.Prepare(ctx, content, message)
+	if err != nil {
+		return "", fmt.Errorf("no failover: its record cannot be made: %w", err)
+	}
 	isFailover := func(s plan.Step) bool { return s.Action == plan.ActionFailover }
-	opt := plan.Options{Revision: in.Revision}
+	opt, err := prepared.PlanOptions(snap)
+	if err != nil {
+		return "", err
+	}
 	pl := planner.Compute(next.Desired, snap, opt)
 	if pl.Refused() {
 		return "", &apply.RefusedError{Plan: pl}
@@ -269,23 +290,12 @@ func (f quorumFailover) FailOver(ctx context.Context, in *reconcile.Input, choic
 	if _, err := r.ExecuteFrom(ctx, pl, snap); err != nil {
 		return "", err
 	}
-	message := fmt.Sprintf(`%s: automatic failover %s → %s
-
-%s (site %s) was out of sight of a majority of the sites: %s.
-pgtopo's agent in site %s promoted %s.
-
-Loss: %d bytes of WAL: %s had received up to %s; the survivors last saw
-%s at %s (the votes of %s). maxDataLoss allows %d.
-Consent, written below spec.primary: {cluster: %s, systemIdentifier: %q, timeline: %d}.
-`, d.Name, from.Name, t.Name, from.Name, from.Site.Name, why, f.site, t.Name,
-		loss, t.Name, received, from.Name, choice.LastSeen, strings.Join(choice.SeenBy, ", "), d.Failover.MaxDataLossLSN,
-		consent.Cluster, consent.SystemIdentifier, consent.Timeline)
-	where, err := f.record.Record(ctx, content, message)
+	where, err := f.record.Publish(ctx, prepared)
 	if err != nil {
-		return "", fmt.Errorf("failed over to %s, but the record was not written (%w): set primary: %s and acceptDataLoss: {cluster: %s, systemIdentifier: %q, timeline: %d} in %s by hand",
-			t.Name, err, t.Name, consent.Cluster, consent.SystemIdentifier, consent.Timeline, in.Source.Name)
+		return "", fmt.Errorf("failed over to %s, losing %d bytes of what the survivors saw, but its record, commit %s, was not pushed (%w): the clusters carry its revision, unknown to the loops, so they refuse: commit %s with primary: %s and acceptDataLoss: {cluster: %s, systemIdentifier: %q, timeline: %d}, and apply it once with --allow-rollback",
+			t.Name, loss, plan.ShortRevision(prepared.Revision), err, in.Source.Name, t.Name, consent.Cluster, consent.SystemIdentifier, consent.Timeline)
 	}
-	return where, nil
+	return fmt.Sprintf("it lost %d bytes of the %s the survivors saw (maxDataLoss %d); %s", loss, choice.LastSeen, d.Failover.MaxDataLossLSN, where), nil
 }
 
 func orNone(s string) string {

@@ -42,6 +42,12 @@ type harness struct {
 }
 
 func newHarness(t testing.TB, sites ...string) *harness {
+	return newHarnessConfig(t, lab.Config{Sites: sites})
+}
+
+// newHarnessConfig is newHarness on a lab as cfg says (network
+// namespaces, Patroni sites).
+func newHarnessConfig(t testing.TB, cfg lab.Config) *harness {
 	root, err := labtest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +56,7 @@ func newHarness(t testing.TB, sites ...string) *harness {
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("%s missing: run make build", bin)
 	}
-	h := &harness{t: t, lab: labtest.Start(t, sites...), bin: bin, dir: t.TempDir()}
+	h := &harness{t: t, lab: labtest.StartConfig(t, cfg), bin: bin, dir: t.TempDir()}
 	return h
 }
 

@@ -26,13 +26,13 @@ import (
 // once they are back; the primary's site cut off, its agent must fence
 // before the others may fail over, and west's agent fails over within
 // maxDataLoss and commits the new primary and its consent to the
-// repository; healed, the old primary is fenced and rejoins. The lab's
-// partition stands in for the network (an agent here runs outside its
-// site, so a partitioned site's agent loses its own API and database too,
-// as one whose site is gone, and cannot fence).
+// repository; healed, the old primary is fenced and rejoins. Each site
+// lives in a network namespace and each agent inside its site: a
+// partition takes the site's link down, both ways, and a cut-off agent
+// still reaches its own site's API and database.
 func TestQuorumVotes(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, "east", "west", "north")
+	h := newHarnessConfig(t, lab.Config{Sites: []string{"east", "west", "north"}, Netns: true})
 	ctx := context.Background()
 	if _, err := h.lab.Kube["north"].CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "db"}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
 		t.Fatal(err)
@@ -52,9 +52,15 @@ func TestQuorumVotes(t *testing.T) {
 		t.Fatalf("apply does not warn that automatic failover is new:\n%s", r.stderr)
 	}
 
+	st, err := lab.Load(h.lab.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	agents := map[string]*loop{}
 	for _, site := range []string{"east", "west", "north"} {
-		agents[site] = h.startLoop(append(source, "--site", site, "--interval", "5s")...)
+		s, _ := st.Site(site)
+		env := []string{"KUBECONFIG=" + lab.Paths{Dir: h.lab.Dir}.Kubeconfig()}
+		agents[site] = h.startLoopUnder(st.SiteWrapper(s), env, append(source, "--site", site, "--interval", "5s")...)
 	}
 	said := func(site string, from int, within time.Duration, what string, match func(logRecord) bool) (logRecord, int) {
 		t.Helper()
@@ -155,19 +161,19 @@ func TestQuorumVotes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	said("east", east, time.Minute, "fence lifted", quorumLine("quorum: fence lifted"))
+	_, east = said("east", east, time.Minute, "fence lifted", quorumLine("quorum: fence lifted"))
 	labtest.Eventually(t, 10*time.Second, "orders-east not fenced", notFenced)
 	if n := h.missing("east", "orders-east", wrote); n != 0 {
 		t.Fatalf("%d acknowledged rows missing", n)
 	}
 	h.expect(h.pgtopo(append([]string{"diff"}, source...)...), 0, "No changes")
 	_, west := said("west", 0, 30*time.Second, "no failover after the heal", quorumLine("quorum: 0 of 3 sites have not seen east"))
-	_, east = said("east", 0, 30*time.Second, "every site", quorumLine("quorum: primary's site: 3 of 3 sites saw east"))
+	_, east = said("east", east, 30*time.Second, "every site", quorumLine("quorum: primary's site: 3 of 3 sites saw east"))
 
-	// The primary's site cut off, with an application writing to it:
-	// east's agent must fence within after/2 (and a renewal) and tries
-	// (here it cannot: it runs outside east); west's agent fails over
-	// after after, once the attempt is over, and commits the record.
+	// The primary's site cut off, with an application outside writing to
+	// it: east's agent, inside, fences its primary within after/2 (and a
+	// renewal); west's agent fails over after after, once the fence is
+	// done, and commits the record.
 	stop = make(chan struct{})
 	go func() { acked <- h.writeUntilError("east", "orders-east", stop) }()
 	time.Sleep(time.Second)
@@ -175,13 +181,13 @@ func TestQuorumVotes(t *testing.T) {
 		t.Fatal(err)
 	}
 	cut = time.Now()
-	fence, _ := said("east", east, 30*time.Second, "must fence", quorumLine("quorum: must fence the primary and could not"))
+	fence, _ := said("east", east, 30*time.Second, "fenced", quorumLine("quorum: fenced the primary"))
 	start, _ := said("west", west, 40*time.Second, "failing over", quorumLine("quorum: failing over to orders-west"))
 	done, _ := said("west", west, time.Minute, "failed over", quorumLine("quorum: failed over: orders-west is primary"))
 	if !fence.Time.Before(start.Time) {
-		t.Fatalf("east's agent tried to fence until %s, west began its failover at %s: the fence must come first", fence.Time.Format(time.StampMilli), start.Time.Format(time.StampMilli))
+		t.Fatalf("east's agent fenced its primary at %s, west began its failover at %s: the fence must come first", fence.Time.Format(time.StampMilli), start.Time.Format(time.StampMilli))
 	}
-	t.Logf("east cut off: its agent's fence attempt ended %.1fs after the cut; west's failover began %.1fs and ended %.1fs after it: %s",
+	t.Logf("east cut off: its agent fenced orders-east %.1fs after the cut; west's failover began %.1fs and ended %.1fs after it: %s",
 		fence.Time.Sub(cut).Seconds(), start.Time.Sub(cut).Seconds(), done.Time.Sub(cut).Seconds(), done.Msg)
 	if ok, err := h.writable("west", "orders-west"); !ok {
 		t.Fatalf("orders-west after the failover: writable %v (%v)", ok, err)
@@ -196,6 +202,9 @@ func TestQuorumVotes(t *testing.T) {
 	if !strings.HasPrefix(msg, "orders: automatic failover orders-east → orders-west") || !strings.Contains(done.Msg, "committed ") {
 		t.Fatalf("main's head: %s\n(agent: %s)", msg, done.Msg)
 	}
+	if rev, head := h.recorded("west", "orders-west"), git("rev-parse", "main"); rev != head {
+		t.Fatalf("orders-west records revision %s, main's head is %s: the failover must record its commit", rev, head)
+	}
 	recorded := git("show", "main:orders.yaml")
 	if !strings.Contains(recorded, "primary: orders-west\n  acceptDataLoss: {cluster: orders-east, systemIdentifier: ") {
 		t.Fatalf("the recorded file:\n%s", recorded)
@@ -206,6 +215,9 @@ func TestQuorumVotes(t *testing.T) {
 	}
 	if _, err := fmt.Sscanf(msg[strings.Index(msg, "maxDataLoss allows "):], "maxDataLoss allows %d", &allowed); err != nil || loss > allowed || allowed != 1<<20 {
 		t.Fatalf("loss %d, allowed %d (%v)", loss, allowed, err)
+	}
+	if !strings.Contains(done.Msg, fmt.Sprintf("it lost %d bytes of ", loss)) {
+		t.Fatalf("the agent's log and the commit differ on the loss (%d bytes in the commit): %s", loss, done.Msg)
 	}
 	t.Logf("the commit states a loss of %d bytes; %d of %d rows acknowledged by orders-east are not on orders-west", loss, h.missing("west", "orders-west", wrote), len(wrote))
 

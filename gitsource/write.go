@@ -30,6 +30,14 @@ type Written struct {
 	Refused string
 }
 
+// Prepared is a commit written into the repository's object store on top
+// of a branch's head, not pushed yet: its hash can be recorded before
+// anyone else sees it.
+type Prepared struct {
+	Commit Commit
+	hash   plumbing.Hash
+}
+
 // CommitFile writes content to file as a new commit on top of branch's
 // head, fetched afresh, and pushes it to branch; when the remote refuses
 // that push (a protected branch, or one that moved meanwhile) it pushes
@@ -37,53 +45,68 @@ type Written struct {
 // written: a local repository is opened in place, and its work tree is
 // someone's.
 func (r *Repository) CommitFile(ctx context.Context, branch, file string, content []byte, message string, by Author, fallback string) (Written, error) {
-	if err := r.Writable(); err != nil {
+	p, err := r.PrepareCommit(ctx, branch, file, content, message, by)
+	if err != nil {
 		return Written{}, err
 	}
+	return r.Push(ctx, p, branch, fallback)
+}
+
+// PrepareCommit makes the commit CommitFile pushes, and pushes nothing.
+func (r *Repository) PrepareCommit(ctx context.Context, branch, file string, content []byte, message string, by Author) (Prepared, error) {
+	if err := r.Writable(); err != nil {
+		return Prepared{}, err
+	}
 	if err := r.Refresh(ctx); err != nil {
-		return Written{}, err
+		return Prepared{}, err
 	}
 	head, err := r.repo.Reference(plumbing.NewBranchReferenceName(branch), true)
 	if err != nil {
-		return Written{}, fmt.Errorf("%s: branch %q: %w", r.location, branch, err)
+		return Prepared{}, fmt.Errorf("%s: branch %q: %w", r.location, branch, err)
 	}
 	parent, err := r.repo.CommitObject(head.Hash())
 	if err != nil {
-		return Written{}, fmt.Errorf("%s: commit %s: %w", r.location, head.Hash(), err)
+		return Prepared{}, fmt.Errorf("%s: commit %s: %w", r.location, head.Hash(), err)
 	}
 	blob, err := r.store(plumbing.BlobObject, content)
 	if err != nil {
-		return Written{}, err
+		return Prepared{}, err
 	}
 	clean := path.Clean(strings.TrimPrefix(file, "./"))
 	tree, err := r.replaceIn(parent.TreeHash, strings.Split(clean, "/"), blob)
 	if err != nil {
-		return Written{}, fmt.Errorf("%s: %s: %w", r.location, clean, err)
+		return Prepared{}, fmt.Errorf("%s: %s: %w", r.location, clean, err)
 	}
 	sig := object.Signature{Name: by.Name, Email: by.Email, When: time.Now()}
 	c := &object.Commit{Author: sig, Committer: sig, Message: message, TreeHash: tree, ParentHashes: []plumbing.Hash{parent.Hash}}
 	obj := r.repo.Storer.NewEncodedObject()
 	if err := c.Encode(obj); err != nil {
-		return Written{}, err
+		return Prepared{}, err
 	}
 	hash, err := r.repo.Storer.SetEncodedObject(obj)
 	if err != nil {
-		return Written{}, err
+		return Prepared{}, err
 	}
 	written, err := r.repo.CommitObject(hash)
 	if err != nil {
-		return Written{}, err
+		return Prepared{}, err
 	}
-	w := Written{Commit: commitOf(written), Branch: branch}
-	if err := r.push(ctx, hash, branch); err == nil {
+	return Prepared{Commit: commitOf(written), hash: hash}, nil
+}
+
+// Push pushes a prepared commit to branch, never forced; when the remote
+// refuses it there, to fallback, saying why.
+func (r *Repository) Push(ctx context.Context, p Prepared, branch, fallback string) (Written, error) {
+	w := Written{Commit: p.Commit, Branch: branch}
+	err := r.push(ctx, p.hash, branch)
+	if err == nil {
 		return w, nil
-	} else if fallback == "" {
-		return w, err
-	} else {
-		w.Refused = err.Error()
 	}
-	w.Branch = fallback
-	if err := r.push(ctx, hash, fallback); err != nil {
+	if fallback == "" {
+		return w, err
+	}
+	w.Refused, w.Branch = err.Error(), fallback
+	if err := r.push(ctx, p.hash, fallback); err != nil {
 		return w, fmt.Errorf("%s (and %s: %s)", err, branch, w.Refused)
 	}
 	return w, nil

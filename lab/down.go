@@ -55,6 +55,9 @@ func Down(dir string) error {
 		return fmt.Errorf("lab %s: processes still running after down: %v", dir, left)
 	}
 	if st, err := Load(dir); err == nil {
+		if st.Netns {
+			tearDownNetwork(st)
+		}
 		releaseSlot(st)
 		_ = os.RemoveAll(SocketRoot(st.Slot))
 	}

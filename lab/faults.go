@@ -37,6 +37,9 @@ const (
 type Fault struct {
 	Kind  string    `json:"kind"`
 	Since time.Time `json:"since"`
+	// Link says a partition is the site's network link taken down (a lab
+	// with namespaces), not the userland cut of its entry points.
+	Link bool `json:"link,omitempty"`
 }
 
 // FaultFile is where a site's fault is recorded.
@@ -183,6 +186,12 @@ func Partition(dir, site string) error {
 	case FaultPartitioned:
 		return nil
 	}
+	if st.Netns && !s.Patroni {
+		if err := writeFault(st.Dir, s.Name, Fault{Kind: FaultPartitioned, Since: time.Now().UTC(), Link: true}); err != nil {
+			return err
+		}
+		return cutLink(st, s)
+	}
 	if err := writeFault(st.Dir, s.Name, Fault{Kind: FaultPartitioned, Since: time.Now().UTC()}); err != nil {
 		return err
 	}
@@ -214,6 +223,11 @@ func HealAfter(ctx context.Context, dir, site string, workloadsAfter time.Durati
 	}
 	f := ReadFault(st.Dir, s.Name)
 	if f.Kind != FaultFailed {
+		if f.Link {
+			if err := healLink(st, s); err != nil {
+				return err
+			}
+		}
 		if err := writeFault(st.Dir, s.Name, Fault{}); err != nil {
 			return err
 		}
@@ -266,7 +280,8 @@ type Cutoff struct {
 // WatchCutoff follows a site's fault file until ctx ends.
 func WatchCutoff(ctx context.Context, dir, site string) *Cutoff {
 	c := &Cutoff{}
-	c.cut.Store(ReadFault(dir, site).Kind == FaultPartitioned)
+	cutNow := func() bool { f := ReadFault(dir, site); return f.Kind == FaultPartitioned && !f.Link }
+	c.cut.Store(cutNow())
 	go func() {
 		t := time.NewTicker(CutoffPoll)
 		defer t.Stop()
@@ -275,7 +290,7 @@ func WatchCutoff(ctx context.Context, dir, site string) *Cutoff {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				c.cut.Store(ReadFault(dir, site).Kind == FaultPartitioned)
+				c.cut.Store(cutNow())
 			}
 		}
 	}()
@@ -338,7 +353,7 @@ func ServeGateway(ctx context.Context, dir, site string) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", s.APIServerPort))
+	ln, err := net.Listen("tcp", st.GatewayAddr(s))
 	if err != nil {
 		return fmt.Errorf("site %s gateway: %w", s.Name, err)
 	}

@@ -63,6 +63,9 @@ type Config struct {
 	PatroniStandbyOf map[string]string
 	// Namespaces created in every site (default: db).
 	Namespaces []string
+	// Netns puts every Kubernetes site in a network namespace of its own
+	// (root only; no Patroni sites): a partition cuts its link, both ways.
+	Netns bool
 	// BinDir holds kube-apiserver and pglab (default: the repository's bin/).
 	BinDir string
 	// Progress receives one line per stage; nil discards.
@@ -78,6 +81,8 @@ type State struct {
 	BinDir         string      `json:"binDir"`
 	Sites          []SiteState `json:"sites"`
 	Started        time.Time   `json:"started"`
+	// Netns: each Kubernetes site lives in a network namespace (netns.go).
+	Netns bool `json:"netns,omitempty"`
 }
 
 // SiteState is one site of a running lab.
@@ -99,10 +104,32 @@ type SiteState struct {
 }
 
 // Addrs returns the site's address block.
-func (s State) Addrs(site SiteState) SiteAddrs { return SiteAddrs{Slot: s.Slot, Index: site.Index} }
+func (s State) Addrs(site SiteState) SiteAddrs {
+	return SiteAddrs{Slot: s.Slot, Index: site.Index, Routed: s.Netns}
+}
 
 // EtcdEndpoint is host:port of the shared etcd.
 func (s State) EtcdEndpoint() string { return fmt.Sprintf("127.0.0.1:%d", s.EtcdClientPort) }
+
+// SiteEtcdEndpoint is the etcd a Kubernetes site's apiserver and operator
+// use, as seen from inside the site: its own in a lab with namespaces,
+// the shared one otherwise.
+func (s State) SiteEtcdEndpoint() string {
+	if s.Netns {
+		return fmt.Sprintf("127.0.0.1:%d", siteEtcdPort)
+	}
+	return s.EtcdEndpoint()
+}
+
+// GatewayAddr is where a site's apiserver gateway listens: the node's
+// address in a lab with namespaces (routed to from outside), loopback
+// otherwise.
+func (s State) GatewayAddr(site SiteState) string {
+	if s.Netns {
+		return fmt.Sprintf("%s:%d", s.Addrs(site).NodeIP(), site.APIServerPort)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", site.APIServerPort)
+}
 
 // Site returns the named site.
 func (s State) Site(name string) (SiteState, bool) {
@@ -187,6 +214,14 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 	if err := Preflight(cfg.BinDir); err != nil {
 		return nil, err
 	}
+	if cfg.Netns {
+		if err := netnsPreflight(); err != nil {
+			return nil, err
+		}
+		if len(cfg.PatroniSites) > 0 {
+			return nil, fmt.Errorf("lab: network namespaces are for Kubernetes sites only; leave out the Patroni sites (%s)", strings.Join(cfg.PatroniSites, ", "))
+		}
+	}
 	p := Paths{cfg.Dir}
 	if old, err := Load(cfg.Dir); err == nil && proc.Alive(proc.ReadPid(p.Pid("etcd"))) {
 		return nil, fmt.Errorf("lab %s is already up (slot %d); run pglab down --dir %s first", cfg.Dir, old.Slot, cfg.Dir)
@@ -204,7 +239,7 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 		return nil, err
 	}
 	started := time.Now()
-	st = &State{Dir: cfg.Dir, Slot: slot, BinDir: cfg.BinDir, Started: started}
+	st = &State{Dir: cfg.Dir, Slot: slot, BinDir: cfg.BinDir, Started: started, Netns: cfg.Netns}
 	defer func() {
 		if err != nil {
 			_ = Down(cfg.Dir)
@@ -245,8 +280,17 @@ func Up(ctx context.Context, cfg Config) (st *State, err error) {
 		return nil, err
 	}
 	k := pki{dir: p.PKI()}
-	if err := k.ensure(); err != nil {
+	var nodes []string
+	for _, s := range st.KubeSites() {
+		nodes = append(nodes, st.Addrs(s).NodeIP().String())
+	}
+	if err := k.ensure(nodes); err != nil {
 		return nil, err
+	}
+	if st.Netns {
+		if err := setUpNetwork(st); err != nil {
+			return nil, err
+		}
 	}
 	token, err := adminToken(p)
 	if err != nil {
@@ -308,8 +352,20 @@ func startSite(ctx context.Context, st *State, site SiteState, k pki, caPEM []by
 	if site.Patroni {
 		return startPatroniSite(ctx, st, site, progress)
 	}
-	fmt.Fprintf(progress, "lab: site %s: kube-apiserver on 127.0.0.1:%d (gateway), services in %s, node %s\n",
-		site.Name, site.APIServerPort, addrs.ServiceCIDR(), addrs.NodeIP())
+	fmt.Fprintf(progress, "lab: site %s: kube-apiserver on %s (gateway), services in %s, node %s\n",
+		site.Name, st.GatewayAddr(site), addrs.ServiceCIDR(), addrs.NodeIP())
+	if st.Netns {
+		if err := setUpSite(st, site); err != nil {
+			return err
+		}
+		if err := startSiteEtcd(st, site); err != nil {
+			return err
+		}
+		url := fmt.Sprintf("http://%s:%d/health", addrs.NodeIP(), siteEtcdPort)
+		if err := waitHTTP(ctx, url, nil, "", 30*time.Second); err != nil {
+			return fmt.Errorf("site %s: etcd: %w (log: %s)", site.Name, err, p.Log("etcd-"+site.Name))
+		}
+	}
 	if err := startAPIServer(ctx, st, site, k, caPEM, token); err != nil {
 		return err
 	}
@@ -342,7 +398,7 @@ func startAPIServer(ctx context.Context, st *State, site SiteState, k pki, caPEM
 	p := Paths{st.Dir}
 	addrs := st.Addrs(site)
 	args := []string{
-		"--etcd-servers=http://" + st.EtcdEndpoint(),
+		"--etcd-servers=http://" + st.SiteEtcdEndpoint(),
 		fmt.Sprintf("--etcd-prefix=/pglab-%d/%s", st.Slot, site.Name),
 		"--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", site.APIServerInternalPort),
@@ -367,33 +423,42 @@ func startAPIServer(ctx context.Context, st *State, site SiteState, k pki, caPEM
 		"--audit-log-format=json",
 	}
 	name := "apiserver-" + site.Name
-	if _, err := proc.Start(proc.Spec{Name: name, Path: filepath.Join(st.BinDir, "kube-apiserver"), Args: args,
-		LogFile: p.Log(name), PidFile: p.Pid(name)}); err != nil {
+	path, args := st.InSite(site, filepath.Join(st.BinDir, "kube-apiserver"), args...)
+	if _, err := startProc(name, path, args, p.Log(name), p.Pid(name), nil); err != nil {
 		return err
 	}
-	url := fmt.Sprintf("https://127.0.0.1:%d/readyz", site.APIServerInternalPort)
-	if err := waitHTTP(ctx, url, caPEM, token, 90*time.Second); err != nil {
-		return fmt.Errorf("site %s: kube-apiserver: %w (log: %s)", site.Name, err, p.Log(name))
+	// In a namespace the internal port is the site's alone: the gateway
+	// is waited for instead, for as long.
+	gatewayWait := 90 * time.Second
+	if !st.Netns {
+		url := fmt.Sprintf("https://127.0.0.1:%d/readyz", site.APIServerInternalPort)
+		if err := waitHTTP(ctx, url, caPEM, token, 90*time.Second); err != nil {
+			return fmt.Errorf("site %s: kube-apiserver: %w (log: %s)", site.Name, err, p.Log(name))
+		}
+		gatewayWait = 30 * time.Second
 	}
 	gw := "gateway-" + site.Name
-	if _, err := proc.Start(proc.Spec{Name: gw, Path: filepath.Join(st.BinDir, "pglab"),
-		Args:    []string{"gateway", "--dir", st.Dir, "--site", site.Name},
-		LogFile: p.Log(gw), PidFile: p.Pid(gw)}); err != nil {
+	path, args = st.InSite(site, filepath.Join(st.BinDir, "pglab"), "gateway", "--dir", st.Dir, "--site", site.Name)
+	if _, err := startProc(gw, path, args, p.Log(gw), p.Pid(gw), nil); err != nil {
 		return err
 	}
-	url = fmt.Sprintf("https://127.0.0.1:%d/readyz", site.APIServerPort)
-	if err := waitHTTP(ctx, url, caPEM, token, 30*time.Second); err != nil {
-		return fmt.Errorf("site %s: gateway: %w (log: %s)", site.Name, err, p.Log(gw))
+	url := fmt.Sprintf("https://%s/readyz", st.GatewayAddr(site))
+	if err := waitHTTP(ctx, url, caPEM, token, gatewayWait); err != nil {
+		return fmt.Errorf("site %s: gateway: %w (logs: %s, %s)", site.Name, err, p.Log(gw), p.Log(name))
 	}
 	return nil
+}
+
+// startProc starts a lab process, detached, with its log and pid file.
+func startProc(name, path string, args []string, log, pid string, env []string) (int, error) {
+	return proc.Start(proc.Spec{Name: name, Path: path, Args: args, LogFile: log, PidFile: pid, Env: env})
 }
 
 func startOperator(st *State, site SiteState) error {
 	p := Paths{st.Dir}
 	opName := "operator-" + site.Name
-	_, err := proc.Start(proc.Spec{Name: opName, Path: filepath.Join(st.BinDir, "pglab"),
-		Args:    []string{"operator", "--dir", st.Dir, "--site", site.Name},
-		LogFile: p.Log(opName), PidFile: p.Pid(opName)})
+	path, args := st.InSite(site, filepath.Join(st.BinDir, "pglab"), "operator", "--dir", st.Dir, "--site", site.Name)
+	_, err := startProc(opName, path, args, p.Log(opName), p.Pid(opName), nil)
 	return err
 }
 
@@ -484,7 +549,7 @@ func adminToken(p Paths) (string, error) {
 func writeKubeconfig(st *State, caPEM []byte, token string) error {
 	cfg := clientcmdapi.NewConfig()
 	for _, s := range st.KubeSites() {
-		cfg.Clusters[s.Context] = &clientcmdapi.Cluster{Server: fmt.Sprintf("https://127.0.0.1:%d", s.APIServerPort), CertificateAuthorityData: caPEM}
+		cfg.Clusters[s.Context] = &clientcmdapi.Cluster{Server: "https://" + st.GatewayAddr(s), CertificateAuthorityData: caPEM}
 		cfg.AuthInfos[s.Context] = &clientcmdapi.AuthInfo{Token: token}
 		cfg.Contexts[s.Context] = &clientcmdapi.Context{Cluster: s.Context, AuthInfo: s.Context, Namespace: "db"}
 	}
@@ -508,7 +573,8 @@ func RESTConfig(dir, site string) (*rest.Config, error) {
 
 // InternalRESTConfig reaches a site's apiserver from inside the site,
 // past its gateway: what the site's own operator uses, so that a partition
-// cuts off only the outside.
+// cuts off only the outside. In a lab with namespaces only a process in
+// the site's namespace reaches it (OutsideRESTConfig is for the others).
 func InternalRESTConfig(dir, site string) (*rest.Config, error) {
 	cfg, err := RESTConfig(dir, site)
 	if err != nil {
@@ -654,4 +720,18 @@ func reachableByPostgres(dir string) error {
 			return nil
 		}
 	}
+}
+
+// OutsideRESTConfig is how a lab's own tools outside the sites reach one:
+// past the gateway on a lab without namespaces (a partition cuts only
+// pgtopo off), through it with them (nothing outside reaches a cut site).
+func OutsideRESTConfig(dir, site string) (*rest.Config, error) {
+	st, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if st.Netns {
+		return RESTConfig(dir, site)
+	}
+	return InternalRESTConfig(dir, site)
 }

@@ -22,9 +22,19 @@ const (
 	MaxSites = 9
 )
 
-// Site addresses of one site of one lab.
+// Site addresses of one site of one lab. Routed addresses (a lab with
+// network namespaces) take 10.(100+s) in place of 127.(100+s): loopback
+// addresses never leave a namespace.
 type SiteAddrs struct {
 	Slot, Index int
+	Routed      bool
+}
+
+func (a SiteAddrs) octet1() byte {
+	if a.Routed {
+		return 10
+	}
+	return 127
 }
 
 func (a SiteAddrs) octet2() byte { return byte(100 + a.Slot) }
@@ -32,7 +42,7 @@ func (a SiteAddrs) block() byte  { return byte(10*a.Index + 10) }
 
 // NodeIP is the site's one Node's InternalIP.
 func (a SiteAddrs) NodeIP() netip.Addr {
-	return netip.AddrFrom4([4]byte{127, a.octet2(), a.block(), 1})
+	return netip.AddrFrom4([4]byte{a.octet1(), a.octet2(), a.block(), 1})
 }
 
 // LoadBalancerIP is the n-th (0-based) address of the site's pool.
@@ -40,7 +50,7 @@ func (a SiteAddrs) LoadBalancerIP(n int) (netip.Addr, error) {
 	if n < 0 || n >= 100 {
 		return netip.Addr{}, fmt.Errorf("load balancer pool of site %d exhausted", a.Index)
 	}
-	return netip.AddrFrom4([4]byte{127, a.octet2(), a.block(), byte(100 + n)}), nil
+	return netip.AddrFrom4([4]byte{a.octet1(), a.octet2(), a.block(), byte(100 + n)}), nil
 }
 
 // PodIP is the n-th (0-based) pod address of the site.
@@ -48,12 +58,12 @@ func (a SiteAddrs) PodIP(n int) (netip.Addr, error) {
 	if n < 0 || n >= 254 {
 		return netip.Addr{}, fmt.Errorf("pod addresses of site %d exhausted", a.Index)
 	}
-	return netip.AddrFrom4([4]byte{127, a.octet2(), a.block() + 1, byte(1 + n)}), nil
+	return netip.AddrFrom4([4]byte{a.octet1(), a.octet2(), a.block() + 1, byte(1 + n)}), nil
 }
 
 // ServiceCIDR is the site's --service-cluster-ip-range.
 func (a SiteAddrs) ServiceCIDR() netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{127, a.octet2(), a.block() + 2, 0}), 24)
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{a.octet1(), a.octet2(), a.block() + 2, 0}), 24)
 }
 
 // Paths inside a lab directory.

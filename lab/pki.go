@@ -24,9 +24,10 @@ func (k pki) serverKey() string         { return filepath.Join(k.dir, "apiserver
 func (k pki) serviceAccountKey() string { return filepath.Join(k.dir, "sa.key") }
 
 // ensure creates the CA, one serving certificate for 127.0.0.1 (every
-// apiserver listens there on its own port) and the service-account signing
-// key, unless they exist.
-func (k pki) ensure() error {
+// apiserver listens there on its own port) and addrs (the nodes' addresses
+// where the gateways listen, in a lab with namespaces) and the
+// service-account signing key, unless they exist.
+func (k pki) ensure(addrs []string) error {
 	if _, err := os.Stat(k.serviceAccountKey()); err == nil {
 		return nil
 	}
@@ -37,7 +38,7 @@ func (k pki) ensure() error {
 	if err != nil {
 		return err
 	}
-	srvCert, srvKey, err := ca.Issue("kube-apiserver", []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "127.0.0.1"})
+	srvCert, srvKey, err := ca.Issue("kube-apiserver", append([]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "127.0.0.1"}, addrs...))
 	if err != nil {
 		return err
 	}

@@ -68,8 +68,9 @@ func PrintStatus(ctx context.Context, w io.Writer, dir string) error {
 			continue
 		}
 		// The lab's own view, past the gateway: a partitioned site's
-		// clusters still show.
-		cfg, err := InternalRESTConfig(st.Dir, s.Name)
+		// clusters still show (not in a lab with namespaces: nothing
+		// outside reaches a cut site).
+		cfg, err := OutsideRESTConfig(st.Dir, s.Name)
 		if err != nil {
 			return err
 		}

@@ -286,14 +286,35 @@ func (m *gitMember) CanRecord() error {
 	g := m.fleet
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return (&GitSource{Repo: g.Repo, Ref: g.Ref, Path: m.path}).CanRecord()
+	return m.source().CanRecord()
 }
 
-// Record commits the file's new text to the fleet's branch, holding the
-// fleet's lock: a List refreshing the repository meanwhile would race it.
-func (m *gitMember) Record(ctx context.Context, content []byte, message string) (string, error) {
+// Prepare and Publish hold the fleet's lock: a List refreshing the
+// repository meanwhile would race them.
+func (m *gitMember) Prepare(ctx context.Context, content []byte, message string) (Prepared, error) {
 	g := m.fleet
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return (&GitSource{Repo: g.Repo, Ref: g.Ref, Path: m.path}).Record(ctx, content, message)
+	p, err := m.source().Prepare(ctx, content, message)
+	if err != nil {
+		return p, err
+	}
+	unlocked := p.relate
+	p.relate = func(recorded string) (gitsource.Relation, error) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return unlocked(recorded)
+	}
+	return p, nil
+}
+
+func (m *gitMember) Publish(ctx context.Context, p Prepared) (string, error) {
+	g := m.fleet
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return m.source().Publish(ctx, p)
+}
+
+func (m *gitMember) source() *GitSource {
+	return &GitSource{Repo: m.fleet.Repo, Ref: m.fleet.Ref, Path: m.path, Validator: m.fleet.Validator}
 }

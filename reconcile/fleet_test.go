@@ -12,7 +12,9 @@ import (
 
 	"github.com/pgtopo/pgtopo/gitsource"
 	"github.com/pgtopo/pgtopo/gitsource/gittest"
+	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/schema"
+	"github.com/pgtopo/pgtopo/snapshot"
 )
 
 // countingSource counts its loads; each load is one cycle of its loop.
@@ -225,4 +227,78 @@ func TestFleetWakesALoopOnANewCommit(t *testing.T) {
 	rev = "c2"
 	mu.Unlock()
 	waitFor(t, "a cycle for the new commit", func() bool { return src.count() == 2 })
+}
+
+// A fleet member records a new text as a commit: prepared on the branch's
+// head (a revision recorded on a cluster at its parent orders forward
+// against it), published to the branch, where the next List finds it. A
+// local repository takes no record.
+func TestGitMemberRecords(t *testing.T) {
+	repo := gittest.New(t)
+	example, err := os.ReadFile("../examples/topologies/lab-two-sites.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := repo.Commit("orders", map[string]string{"orders.yaml": string(example)})
+	bare := repo.Bare()
+	ctx := context.Background()
+	v, err := schema.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := gitsource.Open(ctx, "file://"+bare, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGitFleet(r, "main", "orders.yaml", v)
+	ms, err := g.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, ok := ms[0].Source.(Recorder)
+	if !ok {
+		t.Fatalf("%T records nothing", ms[0].Source)
+	}
+	if err := rec.CanRecord(); err != nil {
+		t.Fatal(err)
+	}
+	moved := strings.Replace(string(example), "primary: orders-east", "primary: orders-west", 1)
+	p, err := rec.Prepare(ctx, []byte(moved), "orders: automatic failover")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := &snapshot.Snapshot{Clusters: []snapshot.ClusterState{{Name: "orders-west", Exists: true, Object: &snapshot.Object{Marks: snapshot.Marks{Revision: first}}}}}
+	opt, err := p.PlanOptions(snap)
+	if err != nil || opt.Revision != p.Revision || opt.History[first] != plan.HistoryForward {
+		t.Fatalf("options %+v (%v): the parent's revision must order forward", opt, err)
+	}
+	if got := repo.Git("--git-dir", bare, "rev-parse", "main"); got != first {
+		t.Fatalf("prepared, and main moved to %s", got)
+	}
+	where, err := rec.Publish(ctx, p)
+	if err != nil || !strings.Contains(where, "committed ") {
+		t.Fatalf("publish: %q %v", where, err)
+	}
+	if got := repo.Git("--git-dir", bare, "rev-parse", "main"); got != p.Revision {
+		t.Fatalf("main is %s, the record %s", got, p.Revision)
+	}
+	ms, err = g.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in, err := ms[0].Source.Load(ctx); err != nil || in.Desired.Primary().Name != "orders-west" || in.Revision != p.Revision {
+		t.Fatalf("after the record: %v", err)
+	}
+
+	local, err := gitsource.Open(ctx, repo.Dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lms, err := NewGitFleet(local, "main", "orders.yaml", v).List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lms[0].Source.(Recorder).CanRecord(); err == nil || !strings.Contains(err.Error(), "never written") {
+		t.Fatalf("a local repository: %v", err)
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path"
 	"strings"
 	"time"
@@ -146,13 +145,23 @@ func validate(v *schema.Validator, name string, data []byte) (*Input, error) {
 // PlanOptions orders every revision recorded in snap against the input's
 // revision, so the plan can refuse a rollback.
 func (in *Input) PlanOptions(snap *snapshot.Snapshot, allowRollback bool) (plan.Options, error) {
-	opt := plan.Options{Revision: in.Revision, AllowRollback: allowRollback}
-	if in.relate == nil {
+	return planOptions(snap, in.Revision, allowRollback, in.relate)
+}
+
+// PlanOptions orders every revision recorded in snap against the prepared
+// commit's, as Input.PlanOptions does for a commit read.
+func (p Prepared) PlanOptions(snap *snapshot.Snapshot) (plan.Options, error) {
+	return planOptions(snap, p.Revision, false, p.relate)
+}
+
+func planOptions(snap *snapshot.Snapshot, revision string, allowRollback bool, relate func(string) (gitsource.Relation, error)) (plan.Options, error) {
+	opt := plan.Options{Revision: revision, AllowRollback: allowRollback}
+	if relate == nil {
 		return opt, nil
 	}
 	opt.History = map[string]plan.History{}
 	for _, rec := range snap.RecordedRevisions() {
-		rel, err := in.relate(rec)
+		rel, err := relate(rec)
 		if err != nil {
 			return opt, err
 		}
@@ -170,36 +179,27 @@ func (in *Input) PlanOptions(snap *snapshot.Snapshot, allowRollback bool) (plan.
 	return opt, nil
 }
 
-// Recorder writes a topology's new text where its Source reads it: the
-// record of a change pgtopo made alone (an automatic failover), so the
-// next cycle does not undo it and a person reviews it.
+// Recorder writes a topology's new text as a commit of the repository
+// its Source reads: the record of a change pgtopo made alone (an automatic
+// failover), so the next cycle does not undo it and a person reviews it.
+// The commit is prepared before the change, so that the change records
+// its revision on the clusters: a loop that still reads the older commit
+// then sees a rollback and refuses, even before the commit is published.
 type Recorder interface {
 	// CanRecord says why a record could not be written, before the change.
 	CanRecord() error
-	// Record writes content with message and says where it went.
-	Record(ctx context.Context, content []byte, message string) (string, error)
+	// Prepare makes the commit of content with message, not published.
+	Prepare(ctx context.Context, content []byte, message string) (Prepared, error)
+	// Publish pushes a prepared commit and says where it went.
+	Publish(ctx context.Context, p Prepared) (string, error)
 }
 
-// CanRecord checks the file can be opened for writing.
-func (s *FileSource) CanRecord() error {
-	f, err := os.OpenFile(s.Path, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("%s cannot be written, so a change pgtopo made alone could not be recorded in it: %w", s.Path, err)
-	}
-	return f.Close()
-}
-
-// Record rewrites the file: written beside it, then renamed over it.
-func (s *FileSource) Record(_ context.Context, content []byte, _ string) (string, error) {
-	tmp := s.Path + ".pgtopo-new"
-	if err := os.WriteFile(tmp, content, 0o644); err != nil {
-		return "", fmt.Errorf("%s: %w", s.Path, err)
-	}
-	if err := os.Rename(tmp, s.Path); err != nil {
-		_ = os.Remove(tmp)
-		return "", fmt.Errorf("%s: %w", s.Path, err)
-	}
-	return "written to " + s.Path, nil
+// Prepared is a record's commit, made and not published yet.
+type Prepared struct {
+	Revision string
+	commit   gitsource.Prepared
+	branch   string
+	relate   func(recorded string) (gitsource.Relation, error)
 }
 
 // recordAuthor signs the commits pgtopo writes.
@@ -215,22 +215,33 @@ func (s *GitSource) CanRecord() error {
 	return err
 }
 
-// Record commits content to the followed branch, or, when the remote
-// refuses that push, to a branch of its own, and says which.
-func (s *GitSource) Record(ctx context.Context, content []byte, message string) (string, error) {
+// Prepare commits content on top of the followed branch's head, fetched
+// afresh, without pushing.
+func (s *GitSource) Prepare(ctx context.Context, content []byte, message string) (Prepared, error) {
 	branch, err := s.branch()
 	if err != nil {
-		return "", err
+		return Prepared{}, err
 	}
+	c, err := s.Repo.PrepareCommit(ctx, branch, s.Path, content, message, recordAuthor)
+	if err != nil {
+		return Prepared{}, err
+	}
+	return Prepared{Revision: c.Commit.Hash, commit: c, branch: branch,
+		relate: func(recorded string) (gitsource.Relation, error) { return s.Repo.Relate(recorded, c.Commit.Hash) }}, nil
+}
+
+// Publish pushes the prepared commit to the followed branch, or, when the
+// remote refuses it there, to a branch of its own, and says which.
+func (s *GitSource) Publish(ctx context.Context, p Prepared) (string, error) {
 	fallback := "pgtopo/" + strings.TrimSuffix(path.Base(s.Path), path.Ext(s.Path)) + "-" + time.Now().UTC().Format("20060102-150405")
-	w, err := s.Repo.CommitFile(ctx, branch, s.Path, content, message, recordAuthor, fallback)
+	w, err := s.Repo.Push(ctx, p.commit, p.branch, fallback)
 	if err != nil {
 		return "", err
 	}
 	if w.Refused != "" {
-		return fmt.Sprintf("%s refused the commit (%s): pushed %s to branch %s of %s instead: merge it into %s", branch, w.Refused, w.Commit.Short(), w.Branch, s.Repo.Location(), branch), nil
+		return fmt.Sprintf("%s refused the commit (%s): pushed %s to branch %s of %s instead: merge it into %s", p.branch, w.Refused, w.Commit.Short(), w.Branch, s.Repo.Location(), p.branch), nil
 	}
-	return fmt.Sprintf("committed %s to %s of %s", w.Commit.Short(), branch, s.Repo.Location()), nil
+	return fmt.Sprintf("committed %s to %s of %s", w.Commit.Short(), p.branch, s.Repo.Location()), nil
 }
 
 // branch is the branch the source follows: its ref, or the remote's

@@ -41,7 +41,8 @@ type FailOver interface {
 	// lacks of what the survivors saw, once it has checked again that the
 	// primary's site is out of its sight and the loss within maxDataLoss,
 	// under the topology's Lease; then it records the new primary and the
-	// consent in the file the loop follows, and says where.
+	// consent in the file the loop follows, and says what it lost and
+	// where the record went.
 	FailOver(ctx context.Context, in *Input, choice quorum.Choice, why string) (string, error)
 }
 
@@ -333,7 +334,7 @@ func (k *Keeper) failOver(ctx context.Context, d *topology.Desired, r *Round) {
 			k.Log.Error("quorum: the failover did not happen: "+err.Error(), attrs...)
 			return
 		}
-		k.Log.Warn(fmt.Sprintf("quorum: failed over: %s is primary, losing %d bytes of what the survivors saw; %s", choice.Target.Cluster, choice.Loss, where), attrs...)
+		k.Log.Warn(fmt.Sprintf("quorum: failed over: %s is primary; %s", choice.Target.Cluster, where), attrs...)
 	}()
 }
 
@@ -364,7 +365,7 @@ func (k *Keeper) say(r Round) {
 		case r.Refused != nil:
 			line = "quorum: a failover may start and is refused: " + r.Refused.Error() + " (" + r.Failover.Why + ")"
 		case r.Started:
-			line = fmt.Sprintf("quorum: failing over to %s: %s; it loses %d bytes of the %s the survivors saw (maxDataLoss allows it)", r.Choice.Target.Cluster, r.Failover.Why, r.Choice.Loss, r.Choice.LastSeen)
+			line = fmt.Sprintf("quorum: failing over to %s: %s; by the last cycle's look it loses %d bytes of the %s the survivors saw (maxDataLoss allows it; measured again before the promotion)", r.Choice.Target.Cluster, r.Failover.Why, r.Choice.Loss, r.Choice.LastSeen)
 		case k.FailOver == nil:
 			line = "quorum: a failover may start: " + r.Failover.Why + " (nothing done: this agent decides only)"
 		case r.Choice.Target.Site != k.Site:

@@ -32,12 +32,13 @@ func main() {
 	root.PersistentFlags().StringVar(&dir, "dir", ".lab", "lab directory")
 
 	var sites, patroniSites, patroniStandby, namespaces string
+	var netns bool
 	up := &cobra.Command{Use: "up", Short: "Start etcd, one kube-apiserver and lab operator per site",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			st, err := lab.Up(ctx, lab.Config{Dir: dir, Sites: split(sites), PatroniSites: split(patroniSites), PatroniStandbyOf: pairs(patroniStandby), Namespaces: split(namespaces),
-				BinDir: binDir(), Progress: os.Stderr})
+				Netns: netns, BinDir: binDir(), Progress: os.Stderr})
 			if err != nil {
 				return err
 			}
@@ -62,6 +63,7 @@ func main() {
 	up.Flags().StringVar(&patroniSites, "patroni-sites", "", "comma-separated sites of Patroni outside Kubernetes (as on VMs): one Patroni cluster orders-SITE each, credentials in DIR/patroni.env")
 	up.Flags().StringVar(&patroniStandby, "patroni-standby", "", "SITE=OTHER: start Patroni site SITE's cluster as a standby of OTHER's endpoint with no slot, as by hand (the multi-DC bootstrap pitfall, for drills)")
 	up.Flags().StringVar(&namespaces, "namespaces", "db", "namespaces to create in every site")
+	up.Flags().BoolVar(&netns, "netns", false, "put every site in a network namespace of its own (root): pglab partition cuts its link, both ways; processes of a site run with ip netns exec pglabSLOT-INDEX")
 
 	down := &cobra.Command{Use: "down", Short: "Stop every process of the lab",
 		RunE: func(*cobra.Command, []string) error {
@@ -127,7 +129,11 @@ func main() {
 			if err := lab.Partition(dir, args[0]); err != nil {
 				return err
 			}
-			fmt.Printf("site %s partitioned: it runs, but its apiserver and database addresses no longer answer from outside; pglab heal --dir %s %s ends it\n", args[0], dir, args[0])
+			how := "its apiserver and database addresses no longer answer from outside"
+			if st, err := lab.Load(dir); err == nil && st.Netns {
+				how = "its network link is down: nothing passes either way"
+			}
+			fmt.Printf("site %s partitioned: it runs, but %s; pglab heal --dir %s %s ends it\n", args[0], how, dir, args[0])
 			return nil
 		}}
 	var workloadsAfter time.Duration

@@ -102,7 +102,7 @@ func StartConfig(t testing.TB, cfg lab.Config) *Lab {
 	})
 	l := &Lab{State: st, Kube: map[string]kubernetes.Interface{}, Dyn: map[string]dynamic.Interface{}}
 	for _, s := range sites {
-		cfg, err := lab.InternalRESTConfig(dir, s)
+		cfg, err := lab.OutsideRESTConfig(dir, s)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -654,7 +654,7 @@ func sameJSON(a any, b map[string]any) bool {
 func (o *Operator) ensureMembers(ctx context.Context, c *cluster, password string) error {
 	spec := c.spec
 	if !o.anyMemberRunning(c) {
-		if err := syncConfigBeforeStart(ctx, o.state.EtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/config", spec, c.standbySlot()); err != nil {
+		if err := syncConfigBeforeStart(ctx, o.state.SiteEtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/config", spec, c.standbySlot()); err != nil {
 			return fmt.Errorf("members not started: %w", err)
 		}
 	}
@@ -758,12 +758,13 @@ func (o *Operator) memberConfig(c *cluster, i int, password string) (memberConfi
 		Namespace:  o.dcsNamespace(c.spec),
 		Name:       o.memberName(c, i),
 		IP:         ip,
-		Etcd:       o.state.EtcdEndpoint(),
+		Etcd:       o.state.SiteEtcdEndpoint(),
 		DataDir:    filepath.Join(dir, "data"),
 		PgPass:     filepath.Join(dir, "pgpass"),
 		SocketDir:  filepath.Join(lab.SocketRoot(o.state.Slot), ip),
 		Password:   password,
 		Parameters: c.spec.Parameters,
+		Routed:     o.state.RoutedBlock(),
 	}
 	if r := c.spec.Replication; r.IsReplica {
 		mc.Standby = standbyConfig(r.PeerHost, r.PeerPort, c.standbySlot())
@@ -1114,7 +1115,7 @@ func (o *Operator) teardown(ctx context.Context, c *cluster) {
 		}
 	}
 	_ = os.RemoveAll(c.dir)
-	if err := lab.DeleteEtcdPrefix(ctx, o.state.EtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/"); err != nil {
+	if err := lab.DeleteEtcdPrefix(ctx, o.state.SiteEtcdEndpoint(), o.dcsNamespace(spec)+spec.Name+"/"); err != nil {
 		o.log.Warn("dcs", "cluster", spec.key(), "err", err)
 	}
 	for _, name := range []string{spec.Name, spec.Name + "-repl"} {

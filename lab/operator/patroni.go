@@ -49,6 +49,23 @@ type memberConfig struct {
 	RESTUser, RESTPassword string
 	// TLS are the member's certificate, key and peers' CA bundle.
 	TLS tlsFiles
+	// Routed is the lab's routed block (a lab with network namespaces),
+	// whose addresses connect too; "" for loopback alone.
+	Routed string
+}
+
+// hba is the member's pg_hba: TLS and a password over TCP from the lab's
+// addresses, nothing in plain text.
+func (m memberConfig) hba() []string {
+	nets := []string{"127.0.0.0/8"}
+	if m.Routed != "" {
+		nets = append(nets, m.Routed)
+	}
+	out := []string{"local all all trust"}
+	for _, n := range nets {
+		out = append(out, "hostssl all all "+n+" scram-sha-256", "hostssl replication all "+n+" scram-sha-256")
+	}
+	return out
 }
 
 // render writes the Patroni configuration. Passwords sit in this file, as
@@ -106,11 +123,7 @@ func (m memberConfig) render() ([]byte, error) {
 			"parameters": map[string]any{"unix_socket_directories": m.SocketDir,
 				"ssl": "on", "ssl_cert_file": m.TLS.cert, "ssl_key_file": m.TLS.key, "ssl_min_protocol_version": "TLSv1.2"},
 			// TLS or nothing over TCP: no line takes a plaintext session.
-			"pg_hba": []string{
-				"local all all trust",
-				"hostssl all all 127.0.0.0/8 scram-sha-256",
-				"hostssl replication all 127.0.0.0/8 scram-sha-256",
-			},
+			"pg_hba": m.hba(),
 			"create_replica_methods": []string{"basebackup"},
 			"basebackup":             []any{map[string]any{"checkpoint": "fast"}},
 		},
