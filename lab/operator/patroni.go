@@ -123,7 +123,7 @@ func (m memberConfig) render() ([]byte, error) {
 			"parameters": map[string]any{"unix_socket_directories": m.SocketDir,
 				"ssl": "on", "ssl_cert_file": m.TLS.cert, "ssl_key_file": m.TLS.key, "ssl_min_protocol_version": "TLSv1.2"},
 			// TLS or nothing over TCP: no line takes a plaintext session.
-			"pg_hba": m.hba(),
+			"pg_hba":                 m.hba(),
 			"create_replica_methods": []string{"basebackup"},
 			"basebackup":             []any{map[string]any{"checkpoint": "fast"}},
 		},
