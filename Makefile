@@ -11,7 +11,7 @@ FUZZTIME ?= 60s
 
 APT_PACKAGES := git etcd-server patroni postgresql-15
 
-.PHONY: help build test lint deps apt-deps lab-bin fuzz demo bench mutate image release clean
+.PHONY: help build test soak lint deps apt-deps lab-bin fuzz demo bench mutate image release clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -22,6 +22,10 @@ build: ## build bin/pgtopo and bin/pglab
 
 test: build lab-bin ## run every test (unit, agreement, testscripts, the lab end to end)
 	$(GO) test -count=1 -timeout 30m ./...
+
+SOAK ?= 30m
+soak: build lab-bin ## the nemesis for SOAK (default 30m; root): faults at random on a lab of network namespaces, automatic failover checked (PGTOPO_NEMESIS_SEED repeats a run)
+	PGTOPO_NEMESIS=$(SOAK) $(GO) test -count=1 -v -timeout 2h -run '^TestNemesis$$' ./e2e
 
 lint: bin/staticcheck ## gofmt check, go vet, staticcheck, no binary or file over 1 MiB tracked
 	scripts/check-tree.sh

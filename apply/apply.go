@@ -150,6 +150,10 @@ type Runner struct {
 	// Poll intervals; zero means the defaults (300 ms, 100 ms during a
 	// switchover, when writes are refused).
 	PollEvery, PollSwitchover time.Duration
+	// ReadyPatience is how long a switchover waits before its fence for
+	// the old primary's operator to report it ready (zero:
+	// DefaultReadyPatience).
+	ReadyPatience time.Duration
 	// RestoreSettle is how long a backed-out primary whose demote was
 	// written but not yet acted on must stay writable before the back-out
 	// is done (zero: 5 s).

@@ -1242,7 +1242,7 @@ func TestSwitchoverWaitsForTheOldPrimaryReady(t *testing.T) {
 			t.Fatalf("switched over after %d looks, before the old primary was ready", looks)
 		}
 	})
-	t.Run("never ready", func(t *testing.T) {
+	t.Run("never ready: refused within the step's bound", func(t *testing.T) {
 		w := switchoverWorld()
 		building(w)
 		r, _ := runner(w)
@@ -1252,6 +1252,15 @@ func TestSwitchoverWaitsForTheOldPrimaryReady(t *testing.T) {
 		}
 		if slices.ContainsFunc(w.writes(), fenceOn) {
 			t.Fatalf("fenced: %v", w.writes())
+		}
+	})
+	t.Run("never ready: after the patience, the switchover goes on", func(t *testing.T) {
+		w := switchoverWorld()
+		building(w)
+		r, _ := runner(w)
+		r.StepTimeout, r.ReadyPatience = 5*time.Second, 300*time.Millisecond
+		if err := run(t, r, switchoverStep("")); err != nil {
+			t.Fatal(err)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -111,17 +112,21 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		// switch) whenever it comes, and coming after the fence, the
 		// demoted primary would hold WAL the target never received and,
 		// streaming only from a read-write peer, never can. An old
-		// primary its operator does not report ready is still building an
-		// instance, whose base backup has not begun yet. Before the fence
-		// nothing is refused yet, so this wait has the step's bound.
-		if err := x.wait(ctx, "both ready (their operators report them ready) and no base backup on "+from+" before the fence", []string{to, from}, func(snap *snapshot.Snapshot) (bool, string) {
+		// primary its operator does not report ready may still be
+		// building an instance whose base backup has not begun yet: it is
+		// given oldPrimaryReadyPatience to become ready, and no more (an
+		// instance that never comes up is no reason to keep the primary
+		// where it is). Before the fence nothing is refused yet, so this
+		// wait has the step's bound.
+		began, patience := time.Now(), cmp.Or(x.r.ReadyPatience, DefaultReadyPatience)
+		if err := x.wait(ctx, to+" ready (its operator reports it ready) and no base backup on "+from+" before the fence", []string{to, from}, func(snap *snapshot.Snapshot) (bool, string) {
 			cs, _ := snap.Cluster(to)
 			if !cs.Exists || !cs.Object.Ready {
 				return false, to + ": " + statusWords(cs)
 			}
 			fo, _ := snap.Cluster(from)
-			if fo.Exists && !fo.Object.Ready {
-				return false, fmt.Sprintf("%s: its operator reports it %q, not ready (an instance it builds takes a base backup from it)", from, fo.Object.Status)
+			if fo.Exists && !fo.Object.Ready && time.Since(began) < patience {
+				return false, fmt.Sprintf("%s: its operator reports it %q, not ready (an instance it builds would take a base backup from it; waited for up to %s)", from, fo.Object.Status, patience)
 			}
 			if fo.PG != nil && fo.PG.BaseBackups > 0 {
 				return false, fmt.Sprintf("%s serves %d base backup(s)", from, fo.PG.BaseBackups)
@@ -506,6 +511,10 @@ func (x *stepRun) fence(ctx context.Context, fo *snapshot.ClusterState, to strin
 		return true, fmt.Sprintf("%s replay %s, streaming from %s", to, cs.PG.ReplayLSN, fo.Name)
 	})
 }
+
+// DefaultReadyPatience is how long a switchover waits, before its fence,
+// for the old primary's operator to report it ready.
+const DefaultReadyPatience = 20 * time.Second
 
 // fenceNow makes new sessions read-only and ends the client sessions but
 // Patroni's, in sess; it returns how many it ended.

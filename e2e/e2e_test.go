@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -163,6 +164,8 @@ func (h *harness) writable(site, cluster string) (bool, error) {
 // being writable at once.
 type writer struct {
 	acked     []int64
+	mu        sync.Mutex  // guards at, read while the writer runs
+	at        []time.Time // when each of acked was acknowledged
 	bothSeen  atomic.Int64
 	samples   atomic.Int64
 	stop      chan struct{}
@@ -221,6 +224,9 @@ func (h *harness) startWriterWith(name string, sample bool) *writer {
 				continue
 			}
 			w.acked = append(w.acked, id)
+			w.mu.Lock()
+			w.at = append(w.at, time.Now())
+			w.mu.Unlock()
 			if gap := time.Since(last).Milliseconds(); gap > w.longestMs.Load() {
 				w.longestMs.Store(gap)
 				w.gapFrom.Store(last.UnixNano())
@@ -253,6 +259,20 @@ func (h *harness) startWriterWith(name string, sample bool) *writer {
 }
 
 func (w *writer) finish() { close(w.stop); w.done.Wait() }
+
+// firstAfter is when the first write after from was acknowledged (zero if
+// none yet).
+func (w *writer) firstAfter(from time.Time) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(w.at, from, func(at, from time.Time) int { return at.Compare(from) })
+	for ; i < len(w.at); i++ {
+		if w.at[i].After(from) {
+			return w.at[i]
+		}
+	}
+	return time.Time{}
+}
 
 // createAcked makes the writer's table on the current primary.
 func (h *harness) createAcked(site, cluster string) {

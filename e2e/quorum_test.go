@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,36 +33,9 @@ import (
 // still reaches its own site's API and database.
 func TestQuorumVotes(t *testing.T) {
 	t.Parallel()
-	h := newHarnessConfig(t, lab.Config{Sites: []string{"east", "west", "north"}, Netns: true})
+	a := startAutomatic(t)
+	h, agents, source, repo, bare := a.h, a.agents, a.source, a.repo, a.bare
 	ctx := context.Background()
-	if _, err := h.lab.Kube["north"].CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "db"}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
-		t.Fatal(err)
-	}
-	file := h.topologyWith("orders-east", "automatic", "    maxLagBytes: 16Mi\n  failover: {mode: automatic, after: 10s, maxDataLoss: 1Mi}")
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo := gittest.New(t)
-	repo.Commit("orders: automatic failover", map[string]string{"orders.yaml": strings.Replace(string(data), "  clusters:\n", "    - name: north\n      context: lab-north\n  clusters:\n", 1)})
-	bare := repo.Bare()
-	source := []string{"--repo", "file://" + bare, "--ref", "main", "--path", "orders.yaml"}
-	r := h.pgtopo(append([]string{"apply"}, source...)...)
-	h.expect(r, 0, "Apply complete")
-	if !strings.Contains(r.stderr, "spec.failover.mode: warning: automatic") {
-		t.Fatalf("apply does not warn that automatic failover is new:\n%s", r.stderr)
-	}
-
-	st, err := lab.Load(h.lab.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agents := map[string]*loop{}
-	for _, site := range []string{"east", "west", "north"} {
-		s, _ := st.Site(site)
-		env := []string{"KUBECONFIG=" + lab.Paths{Dir: h.lab.Dir}.Kubeconfig()}
-		agents[site] = h.startLoopUnder(st.SiteWrapper(s), env, append(source, "--site", site, "--interval", "5s")...)
-	}
 	said := func(site string, from int, within time.Duration, what string, match func(logRecord) bool) (logRecord, int) {
 		t.Helper()
 		return agents[site].waitFor(t, within, site+"'s agent: "+what, from, match)
@@ -74,22 +48,7 @@ func TestQuorumVotes(t *testing.T) {
 
 	// Each vote, read by the test from its site: the others' stamps, and
 	// the primary's LSN.
-	for _, site := range []string{"east", "west", "north"} {
-		labtest.Eventually(t, 20*time.Second, site+"'s vote seeing both other sites", func() error {
-			lease, err := h.lab.Kube[site].CoordinationV1().Leases("db").Get(ctx, "pgtopo-orders-vote", metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			var v quorum.Vote
-			if err := json.Unmarshal([]byte(lease.Annotations["pgtopo.dev/vote"]), &v); err != nil {
-				return err
-			}
-			if v.Site != site || len(v.Seen) != 2 || v.Primary != "orders-east" || v.PrimaryLSN == 0 {
-				return fmt.Errorf("vote %+v", v)
-			}
-			return nil
-		})
-	}
+	a.votesReady()
 
 	// The witness cut off: east still has a majority (east, west), and
 	// west does not see the primary's site lost.
@@ -234,4 +193,88 @@ func TestQuorumVotes(t *testing.T) {
 	})
 	h.expectPrimary("west", "orders-west")
 	h.noSecretsInOutput()
+}
+
+// automatic is a netns lab of three sites (north a witness) running an
+// automatic-failover topology from a Git repository, applied, with an
+// agent inside each site.
+type automatic struct {
+	h      *harness
+	st     *lab.State
+	agents map[string]*loop
+	source []string // the pgtopo flags that name the repository's file
+	repo   *gittest.Repo
+	bare   string
+}
+
+func startAutomatic(t *testing.T) *automatic {
+	h := newHarnessConfig(t, lab.Config{Sites: []string{"east", "west", "north"}, Netns: true})
+	ctx := context.Background()
+	if _, err := h.lab.Kube["north"].CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "db"}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+		t.Fatal(err)
+	}
+	file := h.topologyWith("orders-east", "automatic", "    maxLagBytes: 16Mi\n  failover: {mode: automatic, after: 10s, maxDataLoss: 1Mi}")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &automatic{h: h, agents: map[string]*loop{}, repo: gittest.New(t)}
+	a.repo.Commit("orders: east is primary; failover automatic", map[string]string{"orders.yaml": strings.Replace(string(data), "  clusters:\n", "    - name: north\n      context: lab-north\n  clusters:\n", 1)})
+	a.bare = a.repo.Bare()
+	a.source = []string{"--repo", "file://" + a.bare, "--ref", "main", "--path", "orders.yaml"}
+	r := h.pgtopo(append([]string{"apply"}, a.source...)...)
+	h.expect(r, 0, "Apply complete")
+	if !strings.Contains(r.stderr, "spec.failover.mode: warning: automatic") {
+		t.Fatalf("apply does not warn that automatic failover is new:\n%s", r.stderr)
+	}
+	if a.st, err = lab.Load(h.lab.Dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, site := range []string{"east", "west", "north"} {
+		a.startAgent(site)
+	}
+	return a
+}
+
+// startAgent starts (again) the agent of a site, inside it.
+func (a *automatic) startAgent(site string) {
+	s, _ := a.st.Site(site)
+	env := []string{"KUBECONFIG=" + lab.Paths{Dir: a.h.lab.Dir}.Kubeconfig()}
+	a.agents[site] = a.h.startLoopUnder(a.st.SiteWrapper(s), env, append(slices.Clone(a.source), "--site", site, "--interval", "5s")...)
+}
+
+// primary is the primary the repository's main names now.
+func (a *automatic) primary() string {
+	for _, l := range strings.Split(a.repo.Git("--git-dir", a.bare, "show", "main:orders.yaml"), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "primary: "); ok {
+			return strings.Fields(v)[0]
+		}
+	}
+	a.h.t.Fatal("main's orders.yaml names no primary")
+	return ""
+}
+
+// votesReady waits until every site's vote, read from its site, is fresh
+// (renewed in the last 5 s: its agent runs), has seen both other sites
+// and carries the primary's LSN: the agents have a majority and what a
+// failover would lose is bounded.
+func (a *automatic) votesReady() {
+	t := a.h.t
+	primary := a.primary()
+	for _, site := range []string{"east", "west", "north"} {
+		labtest.Eventually(t, time.Minute, site+"'s vote seeing both other sites and "+primary+"'s LSN", func() error {
+			lease, err := a.h.lab.Kube[site].CoordinationV1().Leases("db").Get(context.Background(), "pgtopo-orders-vote", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			var v quorum.Vote
+			if err := json.Unmarshal([]byte(lease.Annotations["pgtopo.dev/vote"]), &v); err != nil {
+				return err
+			}
+			if v.Site != site || len(v.Seen) != 2 || v.Primary != primary || v.PrimaryLSN == 0 || time.Since(v.Renewed) > 5*time.Second {
+				return fmt.Errorf("vote %+v", v)
+			}
+			return nil
+		})
+	}
 }

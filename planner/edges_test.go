@@ -402,7 +402,7 @@ func TestSwitchoverFromAPrimaryNotReadySaysItWaits(t *testing.T) {
 	if p.Refused() || !slices.ContainsFunc(p.Steps, func(s plan.Step) bool { return s.Action == plan.ActionSwitchover }) {
 		t.Fatalf("want the switchover planned: %+v %+v", p.Steps, p.Refusals)
 	}
-	want := "orders-east's operator reports it Creating, not ready: an instance it builds takes a base backup from it, so the switchover waits until it is ready"
+	want := "orders-east's operator reports it Creating, not ready: an instance it builds would take a base backup from it, so the switchover waits up to 20s"
 	if !slices.ContainsFunc(p.Notes, func(n plan.Note) bool { return strings.HasPrefix(n.Message, want) }) {
 		t.Fatalf("notes %+v lack %q", p.Notes, want)
 	}

@@ -522,7 +522,7 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 		p.note(&subj, "%s's operator reports it %s, not ready: the switchover waits until it does (up to the step timeout) before it fences %s, and refuses if it never does", to.Name, statusWord(ot.Object.Status), from)
 	}
 	if fo.Object != nil && !fo.Object.Ready {
-		p.note(&subj, "%s's operator reports it %s, not ready: an instance it builds takes a base backup from it, so the switchover waits until it is ready (up to the step timeout) before it fences %s, and refuses if it never is", from, statusWord(fo.Object.Status), from)
+		p.note(&subj, "%s's operator reports it %s, not ready: an instance it builds would take a base backup from it, so the switchover waits up to 20s for it to be ready before it fences %s", from, statusWord(fo.Object.Status), from)
 	}
 	p.add(plan.Step{Action: plan.ActionSwitchover, Subject: subj,
 		Reason:        fmt.Sprintf("switchover: primary %s → %s (demote %s, wait until %s has replayed all of its WAL, then promote)", from, to.Name, from, to.Name),

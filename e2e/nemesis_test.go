@@ -1,0 +1,262 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtopo/pgtopo/lab"
+	"github.com/pgtopo/pgtopo/lab/labtest"
+	"github.com/pgtopo/pgtopo/lab/proc"
+)
+
+// nemesisFor is how long the nemesis runs: PGTOPO_NEMESIS (a duration;
+// make soak sets 30m), 2 minutes by default; a run meets every kind of
+// fault once whatever its length.
+func nemesisFor(t *testing.T) time.Duration {
+	v := os.Getenv("PGTOPO_NEMESIS")
+	if v == "" {
+		return 2 * time.Minute
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("PGTOPO_NEMESIS=%q: %v (a duration such as 30m)", v, err)
+	}
+	return d
+}
+
+// faultRecord is one fault the nemesis injected and what followed it.
+type faultRecord struct {
+	kind      string
+	site      string
+	at        time.Duration // since the nemesis began
+	failovers int           // failover commits while it lasted and settled
+	rto       time.Duration // a failover's: cut to the application's first write after it
+	settled   time.Duration
+}
+
+// The nemesis, in the spirit of Jepsen: an automatic-failover topology on
+// a lab whose sites live in network namespaces, an agent inside each site,
+// an application writing from outside through whichever cluster takes
+// writes, and a sampler inside each data site asking its cluster whether
+// it takes writes. For PGTOPO_NEMESIS the nemesis picks faults at random,
+// one at a time, each healed and the topology settled before the next:
+// the primary's site isolated, the witness isolated, the standby's site
+// isolated, the primary's site flapping, an agent killed -9 (and started
+// again), the primary's PostgreSQL killed -9, the standby's replay
+// stalled. The checker then fails on: a failover for anything but the
+// primary's site lost (at most one for a flap), the primary's site lost
+// without a failover, rows acknowledged and lost with no loss stated, and
+// any moment two clusters took writes; and it prints the report.
+func TestNemesis(t *testing.T) {
+	t.Parallel()
+	run := nemesisFor(t)
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("PGTOPO_NEMESIS_SEED"); v != "" {
+		var err error
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("PGTOPO_NEMESIS_SEED=%q: %v", v, err)
+		}
+	}
+	t.Logf("nemesis: %s, seed %d (PGTOPO_NEMESIS_SEED=%d repeats the choices)", run, seed, seed)
+	rng := rand.New(rand.NewPCG(seed, seed>>1))
+
+	a := startAutomatic(t)
+	h := a.h
+	h.createAcked("east", "orders-east")
+	cfgs := map[string]*pgx.ConnConfig{}
+	for _, site := range []string{"east", "west"} {
+		cluster := "orders-" + site
+		host, port, err := h.lab.EndpointOf(site, "db", cluster)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pw, err := h.lab.PasswordOf(site, "db", cluster)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=require&connect_timeout=2", pw, host, port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := a.st.Site(site)
+		cfg.DialFunc = dialInside(lab.NetnsName(a.st.Slot, s.Index))
+		cfgs[cluster] = cfg
+	}
+	a.votesReady()
+	sampler := startSiteSampler(cfgs)
+	w := h.startWriterWith("orders", false)
+
+	failovers := func() int {
+		return strings.Count(a.repo.Git("--git-dir", a.bare, "log", "--format=%s", "main"), "automatic failover")
+	}
+	siteOf := func(cluster string) string { return strings.TrimPrefix(cluster, "orders-") }
+	other := func(site string) string {
+		if site == "east" {
+			return "west"
+		}
+		return "east"
+	}
+	cut := func(site string) {
+		if err := lab.Partition(h.lab.Dir, site); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heal := func(site string) {
+		if err := lab.Heal(t.Context(), h.lab.Dir, site); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle := func(what string) time.Duration {
+		began := time.Now()
+		labtest.Eventually(t, 4*time.Minute, "the topology settled after "+what, func() error {
+			if r := h.pgtopo(append([]string{"diff"}, a.source...)...); r.code != 0 {
+				return fmt.Errorf("diff exit %d: %s%s", r.code, r.stdout, r.stderr)
+			}
+			return nil
+		})
+		a.votesReady()
+		return time.Since(began)
+	}
+
+	kinds := []string{"isolate-primary", "isolate-witness", "isolate-standby", "flap-primary", "kill-agent", "kill-postgres", "stall-replay"}
+	var records []faultRecord
+	began := time.Now()
+	// Every kind once, in a random order, then random picks for as long
+	// as the run lasts: a short run still meets each fault.
+	tour := slices.Clone(kinds)
+	rng.Shuffle(len(tour), func(i, j int) { tour[i], tour[j] = tour[j], tour[i] })
+	for len(tour) > 0 || time.Since(began) < run {
+		kind := kinds[rng.IntN(len(kinds))]
+		if len(tour) > 0 {
+			kind, tour = tour[0], tour[1:]
+		}
+		primary := a.primary()
+		rec := faultRecord{kind: kind, at: time.Since(began)}
+		before := failovers()
+		var cutAt time.Time
+		switch kind {
+		case "isolate-primary":
+			rec.site = siteOf(primary)
+			cutAt = time.Now()
+			cut(rec.site)
+			labtest.Eventually(t, 60*time.Second, "a failover away from "+primary, func() error {
+				if failovers() == before {
+					return fmt.Errorf("no failover commit yet")
+				}
+				return nil
+			})
+			time.Sleep(2 * time.Second)
+			heal(rec.site)
+		case "isolate-witness", "isolate-standby":
+			rec.site = "north"
+			if kind == "isolate-standby" {
+				rec.site = other(siteOf(primary))
+			}
+			cut(rec.site)
+			time.Sleep(15 * time.Second)
+			heal(rec.site)
+		case "flap-primary":
+			rec.site = siteOf(primary)
+			for range 4 {
+				cut(rec.site)
+				time.Sleep(3 * time.Second)
+				heal(rec.site)
+				time.Sleep(3 * time.Second)
+			}
+		case "kill-agent":
+			rec.site = []string{"east", "west", "north"}[rng.IntN(3)]
+			old := a.agents[rec.site]
+			_ = old.cmd.Process.Signal(syscall.SIGKILL)
+			time.Sleep(2 * time.Second)
+			a.startAgent(rec.site)
+		case "kill-postgres":
+			rec.site = siteOf(primary)
+			files, _ := filepath.Glob(filepath.Join(h.lab.Dir, "sites", rec.site, "clusters", "db", primary, "*", "data", "postmaster.pid"))
+			if len(files) == 0 {
+				t.Fatalf("no postmaster.pid of %s", primary)
+			}
+			b, err := os.ReadFile(files[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+			if !proc.Alive(pid) {
+				t.Fatalf("%s's postmaster %d does not run", primary, pid)
+			}
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		case "stall-replay":
+			standby := "orders-" + other(siteOf(primary))
+			rec.site = siteOf(standby)
+			pid := h.signalStartup(standby, syscall.SIGSTOP)
+			time.Sleep(15 * time.Second)
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+		rec.settled = settle(kind + " of " + rec.site)
+		rec.failovers = failovers() - before
+		if !cutAt.IsZero() {
+			if at := w.firstAfter(cutAt); !at.IsZero() {
+				rec.rto = at.Sub(cutAt)
+			}
+		}
+		t.Logf("nemesis: %5.0fs %-16s %-5s failovers %d, rto %5.1fs, settled in %.0fs", rec.at.Seconds(), rec.kind, rec.site, rec.failovers, rec.rto.Seconds(), rec.settled.Seconds())
+		records = append(records, rec)
+	}
+	w.finish()
+	ticks, both, bothAt := sampler.finish()
+
+	// The checker.
+	final := a.primary()
+	lost := h.missing(siteOf(final), final, w.acked)
+	stated := int64(0)
+	for _, m := range regexp.MustCompile(`Loss: (\d+) bytes`).FindAllStringSubmatch(a.repo.Git("--git-dir", a.bare, "log", "--format=%B", "main"), -1) {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		stated += n
+	}
+	var report strings.Builder
+	counts := map[string]int{}
+	var rtos []float64
+	for _, r := range records {
+		counts[r.kind]++
+		if r.rto > 0 {
+			rtos = append(rtos, r.rto.Seconds())
+		}
+	}
+	fmt.Fprintf(&report, "nemesis report: %s, seed %d, %d faults:", time.Since(began).Round(time.Second), seed, len(records))
+	for _, k := range kinds {
+		fmt.Fprintf(&report, " %s %d;", k, counts[k])
+	}
+	slices.Sort(rtos)
+	fmt.Fprintf(&report, "\n  failovers %d; RTO (cut to the application's next write) %v s", failovers(), rtos)
+	fmt.Fprintf(&report, "\n  rows acknowledged %d, lost %d; loss stated by the failovers' commits %d bytes (bound: maxDataLoss 1 MiB each)", len(w.acked), lost, stated)
+	fmt.Fprintf(&report, "\n  in-site samples %d, with two clusters taking writes %d (bound 0)", ticks, both)
+	t.Log(report.String())
+
+	for _, r := range records {
+		switch {
+		case r.kind == "isolate-primary" && r.failovers != 1:
+			t.Errorf("the primary's site isolated at %.0fs: %d failovers, want 1", r.at.Seconds(), r.failovers)
+		case r.kind == "flap-primary" && r.failovers > 1:
+			t.Errorf("the primary's site flapping at %.0fs: %d failovers, at most 1", r.at.Seconds(), r.failovers)
+		case r.kind != "isolate-primary" && r.kind != "flap-primary" && r.failovers != 0:
+			t.Errorf("%s of %s at %.0fs: %d failovers, want none", r.kind, r.site, r.at.Seconds(), r.failovers)
+		}
+	}
+	if lost > 0 && stated == 0 {
+		t.Errorf("%d acknowledged rows lost, and no failover stated a loss", lost)
+	}
+	if both > 0 {
+		t.Errorf("two clusters took writes at once in %d samples, first at %s", both, bothAt[0].Format(time.StampMilli))
+	}
+	h.noSecretsInOutput()
+}
