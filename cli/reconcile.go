@@ -155,7 +155,7 @@ resumes on the next run).`,
 					if site != "" {
 						fencer := quorumFencer{src: &src, keep: keep, holder: holder, log: log}
 						record, _ := m.Source.(reconcile.Recorder)
-						k := &reconcile.Keeper{Site: site, Agent: holder, Store: leaseVotes{src: &src}, Log: log,
+						k := &reconcile.Keeper{Site: site, Agent: holder, Store: leaseVotes{src: &src}, Log: log, Probe: &primaryProbe{src: &src, keep: keep},
 							Fencer: fencer, FailOver: quorumFailover{quorumFencer: fencer, site: site, record: record}}
 						l.Seen, l.Beside = k.Update, k.Run
 					}

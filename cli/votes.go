@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -139,11 +140,16 @@ func (f quorumFencer) FenceAlone(ctx context.Context, d *topology.Desired, clust
 	if len(p.Steps) == 0 {
 		return nil // fenced already
 	}
-	r, err := f.src.runner(local, o, p, plan.Options{}, nil)
+	return f.execute(ctx, local, o, p, snap, pl)
+}
+
+// execute runs a fence or unfence plan as pgtopo fence and unfence do.
+func (f quorumFencer) execute(ctx context.Context, d *topology.Desired, o *live.Observer, p plan.Plan, snap *snapshot.Snapshot, replan func(*snapshot.Snapshot) plan.Plan) error {
+	r, err := f.src.runner(d, o, p, plan.Options{}, nil)
 	if err != nil {
 		return err
 	}
-	r.Holder, r.Replan = f.holder, pl
+	r.Holder, r.Replan = f.holder, replan
 	r.Progress = apply.LogProgress(f.log.With("topology", d.Name))
 	_, err = r.ExecuteFrom(ctx, p, snap)
 	return err
@@ -180,14 +186,7 @@ func (f quorumFencer) Unfence(ctx context.Context, d *topology.Desired, cluster 
 	if p.Refused() {
 		return &apply.RefusedError{Plan: p}
 	}
-	r, err := f.src.runner(d, o, p, plan.Options{}, nil)
-	if err != nil {
-		return err
-	}
-	r.Holder, r.Replan = f.holder, pl
-	r.Progress = apply.LogProgress(f.log.With("topology", d.Name))
-	_, err = r.ExecuteFrom(ctx, p, snap)
-	return err
+	return f.execute(ctx, d, o, p, snap, pl)
 }
 
 // failoverLook bounds each site's part of the failover's first look: the
@@ -303,4 +302,36 @@ func orNone(s string) string {
 		return "no error"
 	}
 	return s
+}
+
+// primaryProbe is a keeper's PrimaryProbe: a focused look at the file's
+// primary, on one observer kept across renewals (a focused look keeps its
+// reads of the Service and the login while the database answers).
+type primaryProbe struct {
+	src  *sourceFlags
+	keep *live.Conns
+
+	mu     sync.Mutex
+	obs    *live.Observer
+	digest string
+}
+
+func (p *primaryProbe) PrimaryLSN(ctx context.Context, d *topology.Desired) (snapshot.LSN, error) {
+	p.mu.Lock()
+	if p.obs == nil || p.digest != d.Digest {
+		o, err := p.src.newObserver(d, p.keep)
+		if err != nil {
+			p.mu.Unlock()
+			return 0, err
+		}
+		p.obs, p.digest = o, d.Digest
+	}
+	o := p.obs
+	p.mu.Unlock()
+	name := d.Primary().Name
+	c, _ := o.ObserveClusters(ctx, d, []string{name}).Cluster(name)
+	if c.PG == nil || c.PG.InRecovery {
+		return 0, fmt.Errorf("%s is not a primary this agent reads (%s)", name, orNone(c.PGError))
+	}
+	return c.PG.CurrentLSN, nil
 }

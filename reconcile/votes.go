@@ -46,6 +46,13 @@ type FailOver interface {
 	FailOver(ctx context.Context, in *Input, choice quorum.Choice, why string) (string, error)
 }
 
+// PrimaryProbe reads the primary's WAL position now: a keeper asks it
+// every renewal, so that its vote carries what the primary wrote a
+// second ago rather than at the loop's last cycle.
+type PrimaryProbe interface {
+	PrimaryLSN(ctx context.Context, d *topology.Desired) (snapshot.LSN, error)
+}
+
 // QuorumFence begins the reason a keeper records with its fence; a fence
 // whose reason begins otherwise was set by someone else, and the keeper
 // never lifts it.
@@ -67,6 +74,7 @@ type Keeper struct {
 	Site     string // the site this agent runs in
 	Agent    string // its identity
 	Store    VoteStore
+	Probe    PrimaryProbe // nil: the vote carries the LSN of the loop's last look
 	Fencer   Fencer
 	FailOver FailOver
 	Log      *slog.Logger
@@ -139,7 +147,10 @@ func (k *Keeper) Update(in *Input, snap *snapshot.Snapshot) {
 			continue
 		}
 		if !c.PG.InRecovery {
-			k.primary, k.lsn = c.Name, c.PG.CurrentLSN
+			// A probe in a renewal may have read further than this look.
+			if c.Name != k.primary || c.PG.CurrentLSN > k.lsn {
+				k.primary, k.lsn = c.Name, c.PG.CurrentLSN
+			}
 			continue
 		}
 		k.candidates = append(k.candidates, quorum.Candidate{Cluster: c.Name, Site: c.Site, Received: max(c.PG.ReceiveLSN, c.PG.ReplayLSN)})
@@ -214,6 +225,18 @@ func (k *Keeper) Round(ctx context.Context) (Round, bool) {
 				r.Unread[site] = "no vote yet"
 			default:
 				r.Read[site] = *v
+			}
+		})
+	}
+	if k.Probe != nil {
+		wg.Go(func() {
+			pctx, cancel := context.WithTimeout(ctx, timing.Read)
+			defer cancel()
+			if got, err := k.Probe.PrimaryLSN(pctx, d); err == nil && got > 0 {
+				k.mu.Lock()
+				k.primary, k.lsn = d.Primary().Name, got
+				k.mu.Unlock()
+				primary, lsn = d.Primary().Name, got
 			}
 		})
 	}

@@ -358,3 +358,32 @@ func TestKeeperFailsOver(t *testing.T) {
 		})
 	}
 }
+
+// probeAt is a PrimaryProbe that reads lsn, or fails when it is zero.
+type probeAt struct{ lsn snapshot.LSN }
+
+func (p probeAt) PrimaryLSN(context.Context, *topology.Desired) (snapshot.LSN, error) {
+	if p.lsn == 0 {
+		return 0, errors.New("connect: timeout")
+	}
+	return p.lsn, nil
+}
+
+// With a probe, a vote carries the primary's LSN read in the renewal, not
+// the loop's last look; a failed probe keeps the last LSN it had.
+func TestKeeperProbesThePrimary(t *testing.T) {
+	d := automatic(t)
+	store := &memVotes{votes: map[string]quorum.Vote{}, cut: map[string]bool{}}
+	snap := &snapshot.Snapshot{Clusters: []snapshot.ClusterState{{Name: "orders-east", PG: &snapshot.PGState{CurrentLSN: 0x3000100}}}}
+	k := &Keeper{Site: "west", Agent: "west-agent", Store: store, Probe: probeAt{0x3000900}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	k.Update(&Input{Desired: d}, snap)
+	k.Round(context.Background())
+	if v := store.votes["west"]; v.Primary != "orders-east" || v.PrimaryLSN != 0x3000900 {
+		t.Fatalf("vote %+v, want the probe's LSN", v)
+	}
+	k.Probe = probeAt{}
+	k.Round(context.Background())
+	if v := store.votes["west"]; v.PrimaryLSN != 0x3000900 {
+		t.Fatalf("after a failed probe, vote %+v", v)
+	}
+}
