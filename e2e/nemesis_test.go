@@ -41,6 +41,7 @@ type faultRecord struct {
 	site      string
 	at        time.Duration // since the nemesis began
 	failovers int           // failover commits while it lasted and settled
+	refused   string        // an agent's refusal to fail over, when the loss was above maxDataLoss
 	rto       time.Duration // a failover's: cut to the application's first write after it
 	settled   time.Duration
 }
@@ -147,14 +148,21 @@ func TestNemesis(t *testing.T) {
 		var cutAt time.Time
 		switch kind {
 		case "isolate-primary":
+			// A failover, or, when the standby was further behind than
+			// maxDataLoss at the cut (just back from a fault of its own,
+			// the application writing fast), the agents' refusal: both are
+			// right, nothing else is.
 			rec.site = siteOf(primary)
 			cutAt = time.Now()
 			cut(rec.site)
-			labtest.Eventually(t, 60*time.Second, "a failover away from "+primary, func() error {
-				if failovers() == before {
-					return fmt.Errorf("no failover commit yet")
+			labtest.Eventually(t, 60*time.Second, "a failover away from "+primary+", or its refusal for the loss", func() error {
+				if failovers() != before {
+					return nil
 				}
-				return nil
+				if rec.refused = a.refusedForLoss(cutAt); rec.refused != "" {
+					return nil
+				}
+				return fmt.Errorf("no failover commit, and no agent refused for the loss")
 			})
 			time.Sleep(2 * time.Second)
 			heal(rec.site)
@@ -209,7 +217,7 @@ func TestNemesis(t *testing.T) {
 				rec.rto = at.Sub(cutAt)
 			}
 		}
-		t.Logf("nemesis: %5.0fs %-16s %-5s failovers %d, rto %5.1fs, settled in %.0fs", rec.at.Seconds(), rec.kind, rec.site, rec.failovers, rec.rto.Seconds(), rec.settled.Seconds())
+		t.Logf("nemesis: %5.0fs %-16s %-5s failovers %d, rto %5.1fs, settled in %.0fs%s", rec.at.Seconds(), rec.kind, rec.site, rec.failovers, rec.rto.Seconds(), rec.settled.Seconds(), orEmpty(" (refused: ", rec.refused, ")"))
 		records = append(records, rec)
 	}
 	w.finish()
@@ -226,8 +234,12 @@ func TestNemesis(t *testing.T) {
 	var report strings.Builder
 	counts := map[string]int{}
 	var rtos []float64
+	refusals := 0
 	for _, r := range records {
 		counts[r.kind]++
+		if r.refused != "" {
+			refusals++
+		}
 		if r.rto > 0 {
 			rtos = append(rtos, r.rto.Seconds())
 		}
@@ -237,15 +249,17 @@ func TestNemesis(t *testing.T) {
 		fmt.Fprintf(&report, " %s %d;", k, counts[k])
 	}
 	slices.Sort(rtos)
-	fmt.Fprintf(&report, "\n  failovers %d; RTO (cut to the application's next write) %v s", failovers(), rtos)
+	fmt.Fprintf(&report, "\n  failovers %d, refused for a loss above maxDataLoss %d; RTO (cut to the application's next write) %v s", failovers(), refusals, rtos)
 	fmt.Fprintf(&report, "\n  rows acknowledged %d, lost %d; loss stated by the failovers' commits %d bytes (bound: maxDataLoss 1 MiB each)", len(w.acked), lost, stated)
 	fmt.Fprintf(&report, "\n  in-site samples %d, with two clusters taking writes %d (bound 0)", ticks, both)
 	t.Log(report.String())
 
 	for _, r := range records {
 		switch {
-		case r.kind == "isolate-primary" && r.failovers != 1:
-			t.Errorf("the primary's site isolated at %.0fs: %d failovers, want 1", r.at.Seconds(), r.failovers)
+		case r.kind == "isolate-primary" && r.failovers != 1 && r.refused == "":
+			t.Errorf("the primary's site isolated at %.0fs: %d failovers, want 1 (or a refusal for the loss)", r.at.Seconds(), r.failovers)
+		case r.kind == "isolate-primary" && r.failovers > 1:
+			t.Errorf("the primary's site isolated at %.0fs: %d failovers", r.at.Seconds(), r.failovers)
 		case r.kind == "flap-primary" && r.failovers > 1:
 			t.Errorf("the primary's site flapping at %.0fs: %d failovers, at most 1", r.at.Seconds(), r.failovers)
 		case r.kind != "isolate-primary" && r.kind != "flap-primary" && r.failovers != 0:
@@ -259,4 +273,27 @@ func TestNemesis(t *testing.T) {
 		t.Errorf("two clusters took writes at once in %d samples, first at %s", both, bothAt[0].Format(time.StampMilli))
 	}
 	h.noSecretsInOutput()
+}
+
+// refusedForLoss is an agent's refusal, since since, to fail over because
+// the loss would exceed maxDataLoss ("" when none said so).
+func (a *automatic) refusedForLoss(since time.Time) string {
+	for _, l := range a.agents {
+		l.mu.Lock()
+		for _, r := range l.records {
+			if r.Time.After(since) && strings.Contains(r.Msg, "is refused:") && strings.Contains(r.Msg, "more than maxDataLoss") {
+				l.mu.Unlock()
+				return r.Msg
+			}
+		}
+		l.mu.Unlock()
+	}
+	return ""
+}
+
+func orEmpty(before, s, after string) string {
+	if s == "" {
+		return ""
+	}
+	return before + s + after
 }
