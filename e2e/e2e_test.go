@@ -303,6 +303,25 @@ func (h *harness) missing(site, cluster string, acked []int64) int64 {
 	return n
 }
 
+// missingIDs lists the acknowledged ids absent on a cluster.
+func (h *harness) missingIDs(site, cluster string, acked []int64) []int64 {
+	h.t.Helper()
+	c, err := h.conn(site, cluster)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	rows, err := c.Query(context.Background(), "SELECT a.id FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM acked WHERE acked.id = a.id)", acked)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ids
+}
+
 func TestApplyEndToEnd(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, "east", "west")

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/pgtopo/pgtopo/lab"
 	"github.com/pgtopo/pgtopo/lab/labtest"
 	"github.com/pgtopo/pgtopo/lab/proc"
+	"github.com/pgtopo/pgtopo/quorum"
 )
 
 // nemesisFor is how long the nemesis runs: PGTOPO_NEMESIS (a duration;
@@ -40,6 +42,7 @@ type faultRecord struct {
 	kind      string
 	site      string
 	at        time.Duration // since the nemesis began
+	cutAt     time.Time     // when the primary's site was cut (isolate-primary)
 	failovers int           // failover commits while it lasted and settled
 	refused   string        // an agent's refusal to fail over, when the loss was above maxDataLoss
 	rto       time.Duration // a failover's: cut to the application's first write after it
@@ -75,7 +78,7 @@ func TestNemesis(t *testing.T) {
 	a := startAutomatic(t)
 	h := a.h
 	h.createAcked("east", "orders-east")
-	cfgs := map[string]*pgx.ConnConfig{}
+	cfgs, fromOutside := map[string]*pgx.ConnConfig{}, map[string]*pgx.ConnConfig{}
 	for _, site := range []string{"east", "west"} {
 		cluster := "orders-" + site
 		host, port, err := h.lab.EndpointOf(site, "db", cluster)
@@ -90,13 +93,14 @@ func TestNemesis(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		fromOutside[cluster] = cfg.Copy()
 		s, _ := a.st.Site(site)
 		cfg.DialFunc = dialInside(lab.NetnsName(a.st.Slot, s.Index))
 		cfgs[cluster] = cfg
 	}
 	a.votesReady()
 	sampler := startSiteSampler(cfgs)
-	w := h.startWriterWith("orders", false)
+	w := startOutsideWriter(h, fromOutside)
 
 	failovers := func() int {
 		return strings.Count(a.repo.Git("--git-dir", a.bare, "log", "--format=%s", "main"), "automatic failover")
@@ -131,6 +135,11 @@ func TestNemesis(t *testing.T) {
 	}
 
 	kinds := []string{"isolate-primary", "isolate-witness", "isolate-standby", "flap-primary", "kill-agent", "kill-postgres", "stall-replay"}
+	if os.Getenv("PGTOPO_NEMESIS_PATRONI") != "" {
+		// Not in make test's tour yet: the lab operator's restart of a
+		// killed Patroni is proved by the soak first.
+		kinds = append(kinds, "kill-patroni")
+	}
 	var records []faultRecord
 	began := time.Now()
 	// Every kind once, in a random order, then random picks for as long
@@ -203,6 +212,9 @@ func TestNemesis(t *testing.T) {
 				t.Fatalf("%s's postmaster %d does not run", primary, pid)
 			}
 			_ = syscall.Kill(pid, syscall.SIGKILL)
+		case "kill-patroni":
+			rec.site = siteOf(primary)
+			h.signalPatroni(primary, syscall.SIGKILL)
 		case "stall-replay":
 			standby := "orders-" + other(siteOf(primary))
 			rec.site = siteOf(standby)
@@ -210,6 +222,7 @@ func TestNemesis(t *testing.T) {
 			time.Sleep(15 * time.Second)
 			_ = syscall.Kill(pid, syscall.SIGCONT)
 		}
+		rec.cutAt = cutAt
 		rec.settled = settle(kind + " of " + rec.site)
 		rec.failovers = failovers() - before
 		if !cutAt.IsZero() {
@@ -225,7 +238,34 @@ func TestNemesis(t *testing.T) {
 
 	// The checker.
 	final := a.primary()
-	lost := h.missing(siteOf(final), final, w.acked)
+	lostIDs := h.missingIDs(siteOf(final), final, w.acked)
+	lost := len(lostIDs)
+	// A row the primary acknowledged after the survivors last read its
+	// WAL position (a renewal and a read before the cut, at most) is
+	// beyond what a failover can state (docs/automatic-failover.md: only
+	// synchronous replication closes that window); any other lost row
+	// must be covered by a stated loss.
+	ackedAt := map[int64]time.Time{}
+	w.mu.Lock()
+	for i, id := range w.acked {
+		ackedAt[id] = w.at[i]
+	}
+	w.mu.Unlock()
+	unseenWindow := quorum.DefaultRenew + quorum.ReadTimeout
+	var inWindow, outside int
+	for _, id := range lostIDs {
+		at, within := ackedAt[id], false
+		for _, r := range records {
+			if r.failovers > 0 && !r.cutAt.IsZero() && at.After(r.cutAt.Add(-unseenWindow)) && at.Before(r.cutAt.Add(time.Second)) {
+				within = true
+			}
+		}
+		if within {
+			inWindow++
+		} else {
+			outside++
+		}
+	}
 	stated := int64(0)
 	for _, m := range regexp.MustCompile(`Loss: (\d+) bytes`).FindAllStringSubmatch(a.repo.Git("--git-dir", a.bare, "log", "--format=%B", "main"), -1) {
 		n, _ := strconv.ParseInt(m[1], 10, 64)
@@ -250,7 +290,7 @@ func TestNemesis(t *testing.T) {
 	}
 	slices.Sort(rtos)
 	fmt.Fprintf(&report, "\n  failovers %d, refused for a loss above maxDataLoss %d; RTO (cut to the application's next write) %v s", failovers(), refusals, rtos)
-	fmt.Fprintf(&report, "\n  rows acknowledged %d, lost %d; loss stated by the failovers' commits %d bytes (bound: maxDataLoss 1 MiB each)", len(w.acked), lost, stated)
+	fmt.Fprintf(&report, "\n  rows acknowledged %d, lost %d (%d acknowledged in the %s before a cut that the survivors could not see, %d earlier); loss stated by the failovers' commits %d bytes (bound: maxDataLoss 1 MiB each)", len(w.acked), lost, inWindow, unseenWindow, outside, stated)
 	fmt.Fprintf(&report, "\n  in-site samples %d, with two clusters taking writes %d (bound 0)", ticks, both)
 	t.Log(report.String())
 
@@ -266,8 +306,8 @@ func TestNemesis(t *testing.T) {
 			t.Errorf("%s of %s at %.0fs: %d failovers, want none", r.kind, r.site, r.at.Seconds(), r.failovers)
 		}
 	}
-	if lost > 0 && stated == 0 {
-		t.Errorf("%d acknowledged rows lost, and no failover stated a loss", lost)
+	if outside > 0 && stated == 0 {
+		t.Errorf("%d acknowledged rows lost that the survivors could have seen, and no failover stated a loss", outside)
 	}
 	if both > 0 {
 		t.Errorf("two clusters took writes at once in %d samples, first at %s", both, bothAt[0].Format(time.StampMilli))
@@ -296,4 +336,71 @@ func orEmpty(before, s, after string) string {
 		return ""
 	}
 	return before + s + after
+}
+
+// startOutsideWriter is the application: outside every site, it commits a
+// row every few milliseconds through whichever cluster takes writes,
+// reached as cfgs say (no API read on the way: a cut site's API would
+// hold it), recording each acknowledged id and when.
+func startOutsideWriter(h *harness, cfgs map[string]*pgx.ConnConfig) *writer {
+	w := &writer{stop: make(chan struct{})}
+	w.done.Add(1)
+	go func() {
+		defer w.done.Done()
+		var c *pgx.Conn
+		drop := func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			c.Close(ctx)
+			cancel()
+			c = nil
+		}
+		for {
+			select {
+			case <-w.stop:
+				if c != nil {
+					drop()
+				}
+				return
+			default:
+			}
+			if c == nil {
+				for _, cfg := range cfgs {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					cand, err := pgx.ConnectConfig(ctx, cfg)
+					var ok bool
+					if err == nil {
+						err = cand.QueryRow(ctx, "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'").Scan(&ok)
+					}
+					cancel()
+					if err == nil && ok {
+						c = cand
+						break
+					}
+					if cand != nil {
+						cctx, ccancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+						cand.Close(cctx)
+						ccancel()
+					}
+				}
+				if c == nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+			}
+			id := h.nextID.Add(1)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := c.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id)
+			cancel()
+			if err != nil {
+				drop()
+				continue
+			}
+			w.mu.Lock()
+			w.acked = append(w.acked, id)
+			w.at = append(w.at, time.Now())
+			w.mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return w
 }
