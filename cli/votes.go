@@ -225,10 +225,12 @@ func (f quorumFailover) FailOver(ctx context.Context, in *reconcile.Input, choic
 	if t.PG == nil || !t.PG.InRecovery {
 		return "", fmt.Errorf("%s is not a standby this agent can read (%s): no failover", choice.Target.Cluster, orNone(t.PGError))
 	}
+	// The loss gate, on what the target has received now (the keeper
+	// chose it from the loop's last look).
 	received := max(t.PG.ReceiveLSN, t.PG.ReplayLSN)
-	loss := quorum.Loss(choice.LastSeen, received)
-	if loss > d.Failover.MaxDataLossLSN {
-		return "", fmt.Errorf("promoting %s loses %d bytes of %s's WAL (it has %s, the survivors saw %s), more than maxDataLoss %d: no failover", t.Name, loss, from.Name, received, choice.LastSeen, d.Failover.MaxDataLossLSN)
+	loss, err := quorum.Within(choice.LastSeen, quorum.Candidate{Cluster: t.Name, Received: received}, from.Name, d.Failover.MaxDataLossLSN)
+	if err != nil {
+		return "", fmt.Errorf("%w: no failover", err)
 	}
 	consent := topology.Consent{Cluster: from.Name, SystemIdentifier: t.PG.SystemID, Timeline: t.PG.Timeline}
 	content, err := topology.SetPrimary(in.Source.Name, []byte(in.Source.Content), t.Name, consent)

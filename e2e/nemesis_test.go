@@ -321,7 +321,7 @@ func (a *automatic) refusedForLoss(since time.Time) string {
 	for _, l := range a.agents {
 		l.mu.Lock()
 		for _, r := range l.records {
-			if r.Time.After(since) && strings.Contains(r.Msg, "is refused:") && strings.Contains(r.Msg, "more than maxDataLoss") {
+			if r.Time.After(since) && strings.Contains(r.Msg, "more than maxDataLoss") {
 				l.mu.Unlock()
 				return r.Msg
 			}

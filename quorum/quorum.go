@@ -328,10 +328,18 @@ func Choose(primary string, candidates []Candidate, votes map[string]Vote, maxLo
 	if last == 0 {
 		return ch, fmt.Errorf("no surviving site's vote reports %s's WAL position: what a failover loses cannot be bounded", primary)
 	}
-	ch.Loss = Loss(last, best.Received)
-	if ch.Loss > maxLoss {
-		return ch, fmt.Errorf("promoting %s loses %d bytes of %s's WAL (it has %s, the survivors saw %s at %s), more than maxDataLoss %d",
-			best.Cluster, ch.Loss, primary, best.Received, primary, last, maxLoss)
+	var err error
+	ch.Loss, err = Within(last, best, primary, maxLoss)
+	return ch, err
+}
+
+// Within is what promoting target loses of what the survivors saw primary
+// write (up to lastSeen), refused above maxLoss.
+func Within(lastSeen snapshot.LSN, target Candidate, primary string, maxLoss int64) (int64, error) {
+	loss := Loss(lastSeen, target.Received)
+	if loss > maxLoss {
+		return loss, fmt.Errorf("promoting %s loses %d bytes of %s's WAL (it has %s, the survivors saw %s at %s), more than maxDataLoss %d",
+			target.Cluster, loss, primary, target.Received, primary, lastSeen, maxLoss)
 	}
-	return ch, nil
+	return loss, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -332,7 +333,10 @@ func (k *Keeper) failOver(ctx context.Context, d *topology.Desired, r *Round) {
 	k.mu.Unlock()
 	votes := k.tracker.Latest()
 	votes[k.Site] = r.Vote
-	choice, err := quorum.Choose(d.Primary().Name, cands, votes, d.Failover.MaxDataLossLSN)
+	// The target and the loss by the loop's last look, which may be a
+	// cycle old: the loss is gated again on a fresh look by FailOver;
+	// here only a failover that could not be bounded at all is refused.
+	choice, err := quorum.Choose(d.Primary().Name, cands, votes, math.MaxInt64)
 	r.Choice, r.Refused = &choice, err
 	if err != nil || k.FailOver == nil || choice.Target.Site != k.Site || busy || done {
 		return
@@ -388,7 +392,7 @@ func (k *Keeper) say(r Round) {
 		case r.Refused != nil:
 			line = "quorum: a failover may start and is refused: " + r.Refused.Error() + " (" + r.Failover.Why + ")"
 		case r.Started:
-			line = fmt.Sprintf("quorum: failing over to %s: %s; by the last cycle's look it loses %d bytes of the %s the survivors saw (maxDataLoss allows it; measured again before the promotion)", r.Choice.Target.Cluster, r.Failover.Why, r.Choice.Loss, r.Choice.LastSeen)
+			line = fmt.Sprintf("quorum: failing over to %s: %s; by the last cycle's look it loses %d bytes of the %s the survivors saw (measured again, and gated by maxDataLoss, before the promotion)", r.Choice.Target.Cluster, r.Failover.Why, r.Choice.Loss, r.Choice.LastSeen)
 		case k.FailOver == nil:
 			line = "quorum: a failover may start: " + r.Failover.Why + " (nothing done: this agent decides only)"
 		case r.Choice.Target.Site != k.Site:

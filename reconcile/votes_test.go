@@ -300,26 +300,28 @@ func (m *memFailOver) count() int {
 }
 
 // East cut off: the agent of the standby's site (west) starts the failover
-// once, to its standby, with the loss bounded by the LSN the votes carry;
-// the witness's agent never does; a loss above maxDataLoss is refused and
-// starts nothing.
+// once, to its standby, with the loss bounded by the LSN the votes carry
+// (gated again, fresh, by FailOver: see quorum.Within); the witness's agent
+// never does; with no LSN in any vote the loss cannot be bounded and
+// nothing starts.
 func TestKeeperFailsOver(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		maxLoss int64
+		lsn     snapshot.LSN
 		want    int
+		refusal string
 	}{
-		{"within maxDataLoss", 0x100, 1},
-		{"one byte short of the loss", 0xFF, 0},
+		{"the primary's LSN in the votes", 0x3000100, 1, ""},
+		{"no LSN in any vote", 0, 0, "cannot be bounded"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := automatic(t)
-			d.Failover.MaxDataLossLSN = tc.maxLoss
+			d.Failover.MaxDataLossLSN = 0x100
 			store := &memVotes{votes: map[string]quorum.Vote{}, cut: map[string]bool{}}
 			clock := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
 			now := func() time.Time { return clock }
 			snap := &snapshot.Snapshot{Clusters: []snapshot.ClusterState{
-				{Name: "orders-east", Site: "east", PG: &snapshot.PGState{CurrentLSN: 0x3000100}},
+				{Name: "orders-east", Site: "east", PG: &snapshot.PGState{CurrentLSN: tc.lsn}},
 				{Name: "orders-west", Site: "west", PG: &snapshot.PGState{InRecovery: true, ReceiveLSN: 0x3000000, ReplayLSN: 0x3000000}},
 			}}
 			keepers, failovers := map[string]*Keeper{}, map[string]*memFailOver{}
@@ -352,7 +354,7 @@ func TestKeeperFailsOver(t *testing.T) {
 				if c := failovers["west"].chosen[0]; c.Target.Cluster != "orders-west" || c.Loss != 0x100 || c.LastSeen != 0x3000100 {
 					t.Fatalf("choice %+v", c)
 				}
-			} else if refused == nil || !strings.Contains(refused.Error(), "more than maxDataLoss 255") {
+			} else if refused == nil || !strings.Contains(refused.Error(), tc.refusal) {
 				t.Fatalf("refusal %v", refused)
 			}
 		})
