@@ -159,12 +159,15 @@ func tearDownSite(slot, index int) {
 	_ = ipCmd("", "netns", "del", NetnsName(slot, index))
 }
 
-// tearDownNetwork removes every site's namespace and the unreachable route.
+// tearDownNetwork removes every site's namespace. The unreachable route
+// for the lab's block stays: a client still holding the lab's kubeconfig
+// or addresses then fails here rather than sending its traffic (a token,
+// a password) out of the host by the default route. The next lab of the
+// slot replaces it.
 func tearDownNetwork(st *State) {
 	for _, s := range st.KubeSites() {
 		tearDownSite(st.Slot, s.Index)
 	}
-	_ = ipCmd("", "route", "del", "unreachable", labBlock(st.Slot))
 }
 
 // InSite wraps a command so that it runs inside the site's namespace (a

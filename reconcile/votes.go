@@ -142,19 +142,32 @@ func (k *Keeper) Update(in *Input, snap *snapshot.Snapshot) {
 	if snap == nil {
 		return
 	}
-	k.candidates = nil
+	// A standby this look could not read stays a candidate as last read:
+	// the candidates only pick the target, which the failover reads again
+	// before anything (a look during a partition may miss it).
+	known := map[string]quorum.Candidate{}
+	for _, c := range k.candidates {
+		known[c.Cluster] = c
+	}
 	for _, c := range snap.Clusters {
 		if c.PG == nil || c.Error != "" {
 			continue
 		}
 		if !c.PG.InRecovery {
+			delete(known, c.Name)
 			// A probe in a renewal may have read further than this look.
 			if c.Name != k.primary || c.PG.CurrentLSN > k.lsn {
 				k.primary, k.lsn = c.Name, c.PG.CurrentLSN
 			}
 			continue
 		}
-		k.candidates = append(k.candidates, quorum.Candidate{Cluster: c.Name, Site: c.Site, Received: max(c.PG.ReceiveLSN, c.PG.ReplayLSN)})
+		known[c.Name] = quorum.Candidate{Cluster: c.Name, Site: c.Site, Received: max(c.PG.ReceiveLSN, c.PG.ReplayLSN)}
+	}
+	k.candidates = k.candidates[:0]
+	for _, c := range d.Clusters {
+		if cand, ok := known[c.Name]; ok {
+			k.candidates = append(k.candidates, cand)
+		}
 	}
 	if c, ok := snap.Cluster(d.Primary().Name); ok && c.Exists && c.Object != nil {
 		f := c.Object.Marks.Fence

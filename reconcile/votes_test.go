@@ -389,3 +389,23 @@ func TestKeeperProbesThePrimary(t *testing.T) {
 		t.Fatalf("after a failed probe, vote %+v", v)
 	}
 }
+
+// A look that cannot read a standby (a partition's) keeps it a candidate
+// as last read; one that finds it writable drops it.
+func TestKeeperKeepsCandidates(t *testing.T) {
+	d := automatic(t)
+	k := &Keeper{Site: "west"}
+	read := &snapshot.Snapshot{Clusters: []snapshot.ClusterState{
+		{Name: "orders-east", Site: "east", PG: &snapshot.PGState{CurrentLSN: 0x3000100}},
+		{Name: "orders-west", Site: "west", PG: &snapshot.PGState{InRecovery: true, ReceiveLSN: 0x3000000}},
+	}}
+	k.Update(&Input{Desired: d}, read)
+	k.Update(&Input{Desired: d}, &snapshot.Snapshot{Clusters: []snapshot.ClusterState{{Name: "orders-east"}, {Name: "orders-west", PGError: "timeout"}}})
+	if len(k.candidates) != 1 || k.candidates[0].Cluster != "orders-west" || k.candidates[0].Received != 0x3000000 {
+		t.Fatalf("candidates after a look that read nothing: %+v", k.candidates)
+	}
+	k.Update(&Input{Desired: d}, &snapshot.Snapshot{Clusters: []snapshot.ClusterState{{Name: "orders-west", Site: "west", PG: &snapshot.PGState{CurrentLSN: 0x4000000}}}})
+	if len(k.candidates) != 0 || k.primary != "orders-west" {
+		t.Fatalf("a standby found writable stays a candidate: %+v (primary %s)", k.candidates, k.primary)
+	}
+}
