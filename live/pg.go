@@ -128,6 +128,10 @@ func redact(err error, secret string) string {
 // with no receiver (its upstream lost), the newest timeline of the WAL
 // segments it holds. Its last restartpoint's timeline alone can be one or
 // more switchovers old: restartpoints come every checkpoint_timeout.
+//
+// A recovery target changed on a primary is not pending: the server reads
+// it only when it next starts in recovery, and a restart would not apply
+// it (Patroni restarted beside a running primary rewrites them).
 const factsSQL = `
 SELECT pg_is_in_recovery(),
        (SELECT system_identifier::text FROM pg_control_system()),
@@ -152,7 +156,8 @@ SELECT pg_is_in_recovery(),
             THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) ELSE 0 END,
        CASE WHEN NOT pg_is_in_recovery() AND has_function_privilege('pg_ls_waldir()', 'EXECUTE')
             THEN coalesce((SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'), '') ELSE '' END,
-       (SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM pg_settings WHERE pending_restart)`
+       (SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM pg_settings
+         WHERE pending_restart AND (pg_is_in_recovery() OR name NOT LIKE 'recovery\_target%'))`
 
 // Probe reads the facts of one server in two round trips: the facts, WAL
 // receiver, slots, replication peers and whether it holds the operator's

@@ -208,16 +208,28 @@ func TestProbeStandbyTimelineWithoutItsUpstream(t *testing.T) {
 func TestProbePendingRestart(t *testing.T) {
 	s := pgtest.Start(t)
 	ctx := context.Background()
-	if _, err := s.Admin.Exec(ctx, "ALTER SYSTEM SET max_connections = 60"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Admin.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
-		t.Fatal(err)
+	// Patroni restarted beside a running primary writes recovery targets
+	// into its configuration: a primary reads them only when it next
+	// starts in recovery, so they are not pending on it (they would plan
+	// a restart of the primary for nothing).
+	for _, sql := range []string{"ALTER SYSTEM SET max_connections = 60", "ALTER SYSTEM SET recovery_target_lsn = '0/1000000'", "ALTER SYSTEM SET recovery_target_timeline = 'current'", "SELECT pg_reload_conf()"} {
+		if _, err := s.Admin.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
 	}
 	eventually(t, func() bool {
 		st := probePrimary(t, s, PgxProber{})
 		return len(st.PendingRestart) == 1 && st.PendingRestart[0] == "max_connections"
-	}, "max_connections pending a restart")
+	}, "max_connections pending a restart, and no recovery target")
+	var raw int
+	if err := s.Admin.QueryRow(ctx, "SELECT count(*) FROM pg_settings WHERE pending_restart AND name LIKE 'recovery_target%'").Scan(&raw); err != nil || raw != 2 {
+		t.Fatalf("the server itself should flag the two recovery targets as pending (the case the probe leaves out): %d, %v", raw, err)
+	}
+	for _, sql := range []string{"ALTER SYSTEM RESET recovery_target_lsn", "ALTER SYSTEM RESET recovery_target_timeline"} {
+		if _, err := s.Admin.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
 	s.Restart(t)
 	if st := probePrimary(t, s, PgxProber{}); len(st.PendingRestart) != 0 {
 		t.Fatalf("pending after the restart: %v", st.PendingRestart)
