@@ -188,53 +188,15 @@ func (h *harness) startWriterOn(name string) *writer { return h.startWriterWith(
 func (h *harness) startWriterWith(name string, sample bool) *writer {
 	w := &writer{stop: make(chan struct{})}
 	sites := map[string]string{name + "-east": "east", name + "-west": "west"}
-	w.done.Add(1)
-	go func() {
-		defer w.done.Done()
-		var c *pgx.Conn
-		last := time.Now()
-		for {
-			select {
-			case <-w.stop:
-				if c != nil {
-					c.Close(context.Background())
-				}
-				return
-			default:
+	w.start(h, func() *pgx.Conn {
+		for name, site := range sites {
+			if ok, _ := h.writable(site, name); ok {
+				c, _ := h.conn(site, name)
+				return c
 			}
-			if c == nil {
-				for name, site := range sites {
-					if ok, _ := h.writable(site, name); ok {
-						c, _ = h.conn(site, name)
-						break
-					}
-				}
-				if c == nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-			}
-			id := h.nextID.Add(1)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, err := c.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id)
-			cancel()
-			if err != nil {
-				c.Close(context.Background())
-				c = nil
-				continue
-			}
-			w.acked = append(w.acked, id)
-			w.mu.Lock()
-			w.at = append(w.at, time.Now())
-			w.mu.Unlock()
-			if gap := time.Since(last).Milliseconds(); gap > w.longestMs.Load() {
-				w.longestMs.Store(gap)
-				w.gapFrom.Store(last.UnixNano())
-			}
-			last = time.Now()
-			time.Sleep(5 * time.Millisecond)
 		}
-	}()
+		return nil
+	})
 	if !sample {
 		return w
 	}
@@ -258,7 +220,69 @@ func (h *harness) startWriterWith(name string, sample bool) *writer {
 	return w
 }
 
+// start writes ids, one at a time, through the session connect returns
+// (nil when no cluster takes writes now), and records each acknowledged
+// one with its time and the longest gap between two.
+func (w *writer) start(h *harness, connect func() *pgx.Conn) {
+	w.done.Add(1)
+	go func() {
+		defer w.done.Done()
+		var c *pgx.Conn
+		drop := func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			c.Close(ctx)
+			cancel()
+			c = nil
+		}
+		last := time.Now()
+		for {
+			select {
+			case <-w.stop:
+				if c != nil {
+					drop()
+				}
+				return
+			default:
+			}
+			if c == nil {
+				if c = connect(); c == nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+			}
+			id := h.nextID.Add(1)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := c.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id)
+			cancel()
+			if err != nil {
+				drop()
+				continue
+			}
+			w.mu.Lock()
+			w.acked = append(w.acked, id)
+			w.at = append(w.at, time.Now())
+			w.mu.Unlock()
+			if gap := time.Since(last).Milliseconds(); gap > w.longestMs.Load() {
+				w.longestMs.Store(gap)
+				w.gapFrom.Store(last.UnixNano())
+			}
+			last = time.Now()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+}
+
 func (w *writer) finish() { close(w.stop); w.done.Wait() }
+
+// ackedCount is how many writes were acknowledged so far.
+func (w *writer) ackedCount() int { return len(w.ackedSoFar()) }
+
+// ackedSoFar are the ids acknowledged so far, while the writer runs.
+func (w *writer) ackedSoFar() []int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.acked)
+}
 
 // firstAfter is when the first write after from was acknowledged (zero if
 // none yet).
@@ -371,17 +395,18 @@ func TestApplyEndToEnd(t *testing.T) {
 			t.Fatalf("switchover %d: its progress lacks %q or a gate read in recovery, or has a note on the final LSN:\n%s", i+1, target.gate, r.stderr)
 		}
 		t.Logf("switchover %d to %s took %s; %d rows acknowledged; longest gap between commits %d ms; %d samples, both writable in %d",
-			i+1, target.primary, took.Round(100*time.Millisecond), len(w.acked), w.longestMs.Load(), w.samples.Load(), w.bothSeen.Load())
+			i+1, target.primary, took.Round(100*time.Millisecond), w.ackedCount(), w.longestMs.Load(), w.samples.Load(), w.bothSeen.Load())
 		if w.bothSeen.Load() != 0 {
 			t.Fatalf("two clusters were writable at once in %d samples", w.bothSeen.Load())
 		}
 		if ok, err := h.writable(target.site, target.primary); !ok {
 			t.Fatalf("%s not writable after the switchover: %v", target.primary, err)
 		}
-		if missing := h.missing(target.site, target.primary, w.acked); missing != 0 {
+		acked := w.ackedSoFar()
+		if missing := h.missing(target.site, target.primary, acked); missing != 0 {
 			t.Fatalf("%d acknowledged rows missing on %s", missing, target.primary)
 		}
-		if len(w.acked) == 0 {
+		if len(acked) == 0 {
 			t.Fatalf("the writer committed nothing")
 		}
 		h.expect(h.pgtopo("diff", "-f", target.file), 0, "No changes.")

@@ -45,6 +45,7 @@ type faultRecord struct {
 	cutAt     time.Time     // when the primary's site was cut (isolate-primary)
 	failovers int           // failover commits while it lasted and settled
 	refused   string        // an agent's refusal to fail over, when the loss was above maxDataLoss
+	rebuilt   string        // a returned primary rebuilt on consent: it wrote on a timeline of its own
 	rto       time.Duration // a failover's: cut to the application's first write after it
 	settled   time.Duration
 }
@@ -56,7 +57,8 @@ type faultRecord struct {
 // it takes writes. For PGTOPO_NEMESIS the nemesis picks faults at random,
 // one at a time, each healed and the topology settled before the next:
 // the primary's site isolated, the witness isolated, the standby's site
-// isolated, the primary's site flapping, an agent killed -9 (and started
+// isolated, the primary's site flapping, the path between the data sites
+// cut (the witness reaching both), an agent killed -9 (and started
 // again), the primary's PostgreSQL killed -9, the standby's replay
 // stalled. The checker then fails on: a failover for anything but the
 // primary's site lost (at most one for a flap), the primary's site lost
@@ -122,19 +124,38 @@ func TestNemesis(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	settle := func(what string) time.Duration {
+	// settle waits until diff finds nothing to do and the standby streams
+	// again: a fault is injected only on a settled topology, so that a
+	// later fault never lands before the standby has caught up with the
+	// last one (its receiver retries every 5 s). A returned primary that
+	// needs a rebuild, which deletes writes of its own, waits for a
+	// person's consent: the test gives it, as a DBA would, and says so.
+	settle := func(rec *faultRecord) time.Duration {
 		began := time.Now()
-		labtest.Eventually(t, 4*time.Minute, "the topology settled after "+what, func() error {
-			if r := h.pgtopo(append([]string{"diff"}, a.source...)...); r.code != 0 {
+		labtest.Eventually(t, 4*time.Minute, "the topology settled after "+rec.kind+" of "+rec.site, func() error {
+			r := h.pgtopo(append([]string{"diff"}, a.source...)...)
+			if r.code != 0 {
+				if m := needsRebuild.FindStringSubmatch(r.stdout); m != nil && rec.rebuilt == "" {
+					if rec.kind != "isolate-primary" && rec.kind != "flap-primary" {
+						t.Fatalf("%s of %s: a returned primary needs a rebuild after a fault that cannot fail over:\n%s", rec.kind, rec.site, r.stdout)
+					}
+					t.Logf("nemesis: %s needs a rebuild with a person's consent (%s); consenting: apply --allow-rebuild %s", m[1], m[2], m[1])
+					ar := h.pgtopo(append([]string{"apply", "--allow-rebuild", m[1]}, a.source...)...)
+					if ar.code != 0 {
+						return fmt.Errorf("apply --allow-rebuild %s: exit %d: %s%s", m[1], ar.code, ar.stdout, ar.stderr)
+					}
+					rec.rebuilt = m[1]
+				}
 				return fmt.Errorf("diff exit %d: %s%s", r.code, r.stdout, r.stderr)
 			}
-			return nil
+			standby := "orders-" + other(siteOf(a.primary()))
+			return streams(t.Context(), cfgs[standby])
 		})
 		a.votesReady()
 		return time.Since(began)
 	}
 
-	kinds := []string{"isolate-primary", "isolate-witness", "isolate-standby", "flap-primary", "kill-agent", "kill-postgres", "stall-replay"}
+	kinds := []string{"isolate-primary", "isolate-witness", "isolate-standby", "flap-primary", "cut-data-link", "kill-agent", "kill-postgres", "stall-replay"}
 	if os.Getenv("PGTOPO_NEMESIS_PATRONI") != "" {
 		// Not in make test's tour yet: the lab operator's restart of a
 		// killed Patroni is proved by the soak first.
@@ -191,6 +212,18 @@ func TestNemesis(t *testing.T) {
 				heal(rec.site)
 				time.Sleep(3 * time.Second)
 			}
+		case "cut-data-link":
+			// Only the path between the data sites fails; the witness
+			// reaches both, so the primary keeps its majority.
+			rec.site = "east-west"
+			if err := lab.CutBetween(h.lab.Dir, "east", "west"); err != nil {
+				t.Fatal(err)
+			}
+			a.expectCutBetween("east", "west", "north")
+			time.Sleep(15 * time.Second)
+			if err := lab.HealBetween(h.lab.Dir, "east", "west"); err != nil {
+				t.Fatal(err)
+			}
 		case "kill-agent":
 			rec.site = []string{"east", "west", "north"}[rng.IntN(3)]
 			old := a.agents[rec.site]
@@ -223,14 +256,14 @@ func TestNemesis(t *testing.T) {
 			_ = syscall.Kill(pid, syscall.SIGCONT)
 		}
 		rec.cutAt = cutAt
-		rec.settled = settle(kind + " of " + rec.site)
+		rec.settled = settle(&rec)
 		rec.failovers = failovers() - before
 		if !cutAt.IsZero() {
 			if at := w.firstAfter(cutAt); !at.IsZero() {
 				rec.rto = at.Sub(cutAt)
 			}
 		}
-		t.Logf("nemesis: %5.0fs %-16s %-5s failovers %d, rto %5.1fs, settled in %.0fs%s", rec.at.Seconds(), rec.kind, rec.site, rec.failovers, rec.rto.Seconds(), rec.settled.Seconds(), orEmpty(" (refused: ", rec.refused, ")"))
+		t.Logf("nemesis: %5.0fs %-16s %-5s failovers %d, rto %5.1fs, settled in %.0fs%s%s", rec.at.Seconds(), rec.kind, rec.site, rec.failovers, rec.rto.Seconds(), rec.settled.Seconds(), orEmpty(" (refused: ", rec.refused, ")"), orEmpty(" (rebuilt on consent: ", rec.rebuilt, ")"))
 		records = append(records, rec)
 	}
 	w.finish()
@@ -274,11 +307,14 @@ func TestNemesis(t *testing.T) {
 	var report strings.Builder
 	counts := map[string]int{}
 	var rtos []float64
-	refusals := 0
+	refusals, rebuilds := 0, 0
 	for _, r := range records {
 		counts[r.kind]++
 		if r.refused != "" {
 			refusals++
+		}
+		if r.rebuilt != "" {
+			rebuilds++
 		}
 		if r.rto > 0 {
 			rtos = append(rtos, r.rto.Seconds())
@@ -289,7 +325,7 @@ func TestNemesis(t *testing.T) {
 		fmt.Fprintf(&report, " %s %d;", k, counts[k])
 	}
 	slices.Sort(rtos)
-	fmt.Fprintf(&report, "\n  failovers %d, refused for a loss above maxDataLoss %d; RTO (cut to the application's next write) %v s", failovers(), refusals, rtos)
+	fmt.Fprintf(&report, "\n  failovers %d, refused for a loss above maxDataLoss %d; returned primaries rebuilt on consent %d; RTO (cut to the application's next write) %v s", failovers(), refusals, rebuilds, rtos)
 	fmt.Fprintf(&report, "\n  rows acknowledged %d, lost %d (%d acknowledged in the %s before a cut that the survivors could not see, %d earlier); loss stated by the failovers' commits %d bytes (bound: maxDataLoss 1 MiB each)", len(w.acked), lost, inWindow, unseenWindow, outside, stated)
 	fmt.Fprintf(&report, "\n  in-site samples %d, with two clusters taking writes %d (bound 0)", ticks, both)
 	t.Log(report.String())
@@ -313,6 +349,54 @@ func TestNemesis(t *testing.T) {
 		t.Errorf("two clusters took writes at once in %d samples, first at %s", both, bothAt[0].Format(time.StampMilli))
 	}
 	h.noSecretsInOutput()
+}
+
+// expectCutBetween checks, from inside site a, that b's API does not
+// answer and the third site's does: the cut is the one asked for.
+func (a *automatic) expectCutBetween(site, cut, third string) {
+	t := a.h.t
+	s, _ := a.st.Site(site)
+	dial := dialInside(lab.NetnsName(a.st.Slot, s.Index))
+	try := func(to string) error {
+		ts, _ := a.st.Site(to)
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		c, err := dial(ctx, "tcp", a.st.GatewayAddr(ts))
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := try(cut); err == nil {
+		t.Fatalf("cut between %s and %s: %s still reaches %s's API", site, cut, site, cut)
+	}
+	if err := try(third); err != nil {
+		t.Fatalf("cut between %s and %s: %s no longer reaches %s's API: %v", site, cut, site, third, err)
+	}
+}
+
+// needsRebuild finds, in diff's output, a returned primary whose rebuild
+// waits for consent, and why it needs one.
+var needsRebuild = regexp.MustCompile(`! (\S+) needs a rebuild \((.*?)\); it stays fenced`)
+
+// streams reports whether the standby behind cfg streams from its upstream
+// now, asked from inside its site.
+func streams(ctx context.Context, cfg *pgx.ConnConfig) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cfg.Host, err)
+	}
+	defer c.Close(context.Background())
+	var status string
+	if err := c.QueryRow(ctx, "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'no WAL receiver')").Scan(&status); err != nil {
+		return fmt.Errorf("%s: %w", cfg.Host, err)
+	}
+	if status != "streaming" {
+		return fmt.Errorf("the standby at %s does not stream yet: %s", cfg.Host, status)
+	}
+	return nil
 }
 
 // refusedForLoss is an agent's refusal, since since, to fail over because
@@ -344,63 +428,25 @@ func orEmpty(before, s, after string) string {
 // hold it), recording each acknowledged id and when.
 func startOutsideWriter(h *harness, cfgs map[string]*pgx.ConnConfig) *writer {
 	w := &writer{stop: make(chan struct{})}
-	w.done.Add(1)
-	go func() {
-		defer w.done.Done()
-		var c *pgx.Conn
-		drop := func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-			c.Close(ctx)
+	w.start(h, func() *pgx.Conn {
+		for _, cfg := range cfgs {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			c, err := pgx.ConnectConfig(ctx, cfg)
+			var ok bool
+			if err == nil {
+				err = c.QueryRow(ctx, "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'").Scan(&ok)
+			}
 			cancel()
-			c = nil
+			if err == nil && ok {
+				return c
+			}
+			if c != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+				c.Close(ctx)
+				cancel()
+			}
 		}
-		for {
-			select {
-			case <-w.stop:
-				if c != nil {
-					drop()
-				}
-				return
-			default:
-			}
-			if c == nil {
-				for _, cfg := range cfgs {
-					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-					cand, err := pgx.ConnectConfig(ctx, cfg)
-					var ok bool
-					if err == nil {
-						err = cand.QueryRow(ctx, "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'").Scan(&ok)
-					}
-					cancel()
-					if err == nil && ok {
-						c = cand
-						break
-					}
-					if cand != nil {
-						cctx, ccancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-						cand.Close(cctx)
-						ccancel()
-					}
-				}
-				if c == nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-			}
-			id := h.nextID.Add(1)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, err := c.Exec(ctx, "INSERT INTO acked (id) VALUES ($1)", id)
-			cancel()
-			if err != nil {
-				drop()
-				continue
-			}
-			w.mu.Lock()
-			w.acked = append(w.acked, id)
-			w.at = append(w.at, time.Now())
-			w.mu.Unlock()
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
+		return nil
+	})
 	return w
 }

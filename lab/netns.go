@@ -207,3 +207,42 @@ func startSiteEtcd(st *State, site SiteState) error {
 	_, err := startProc(name, path, args, p.Log(name), p.Pid(name), []string{"ETCD_LOG_LEVEL=warn"})
 	return err
 }
+
+// CutBetween cuts the path between two sites of a lab with namespaces,
+// both ways, leaving each reachable from every other site and from the
+// host: inside each, the other's blocks are routed to nowhere. The
+// partition a witness sees across, where only the link between the data
+// sites fails. HealBetween ends it; both are idempotent.
+func CutBetween(dir, a, b string) error {
+	return routeBetween(dir, a, b, "replace")
+}
+
+// HealBetween ends a cut between two sites (CutBetween).
+func HealBetween(dir, a, b string) error {
+	return routeBetween(dir, a, b, "del")
+}
+
+func routeBetween(dir, a, b, verb string) error {
+	st, err := Load(dir)
+	if err != nil {
+		return err
+	}
+	if !st.Netns {
+		return fmt.Errorf("lab %s: a cut between two sites needs a lab with namespaces (pglab up --netns)", dir)
+	}
+	sa, okA := st.Site(a)
+	sb, okB := st.Site(b)
+	if !okA || !okB || a == b {
+		return fmt.Errorf("lab %s: a cut between two sites needs two of its sites, not %q and %q", dir, a, b)
+	}
+	for _, pair := range [][2]SiteState{{sa, sb}, {sb, sa}} {
+		from, to := pair[0], pair[1]
+		for _, block := range siteBlocks(st.Addrs(to)) {
+			err := ipCmd(NetnsName(st.Slot, from.Index), "route", verb, "unreachable", block)
+			if err != nil && !(verb == "del" && strings.Contains(err.Error(), "No such process")) {
+				return fmt.Errorf("site %s: the route to %s: %w", from.Name, to.Name, err)
+			}
+		}
+	}
+	return nil
+}
