@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -472,7 +473,7 @@ func divergenceWords(name string, rec snapshot.FailoverRecord, ret snapshot.Retu
 	if ret.Diverged == 0 {
 		return fmt.Sprintf("divergence: none: %s's end of WAL %s is not past the fork at %s", name, ret.EndLSN, rec.ForkLSN)
 	}
-	span := fmt.Sprintf("commits after %s (the last one %s replayed)", orDash(rec.LastReplayedCommit), rec.To)
+	span := fmt.Sprintf("commits after %s (the last one %s replayed)", cmp.Or(rec.LastReplayedCommit, "-"), rec.To)
 	if ret.LastCommit != "" {
 		span += " up to " + ret.LastCommit + " (its last commit)"
 	} else {

@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -435,7 +436,7 @@ func (x *stepRun) Restart(ctx context.Context, at plan.Subject, r *plan.Restart)
 		if cs.PG == nil {
 			return false, statusWords(cs)
 		}
-		return len(cs.PG.PendingRestart) > 0 || x.inEffect(ctx, cs, r), "pending: " + orDash(strings.Join(cs.PG.PendingRestart, ", "))
+		return len(cs.PG.PendingRestart) > 0 || x.inEffect(ctx, cs, r), "pending: " + cmp.Or(strings.Join(cs.PG.PendingRestart, ", "), "-")
 	}); err != nil {
 		return err
 	}
@@ -652,16 +653,9 @@ func statusWords(c *snapshot.ClusterState) string {
 	case c == nil || !c.Exists:
 		return "no CR yet"
 	case c.PG == nil:
-		return fmt.Sprintf("status %q, database: %s", c.Object.Status, orDash(c.PGError))
+		return fmt.Sprintf("status %q, database: %s", c.Object.Status, cmp.Or(c.PGError, "-"))
 	case c.PG.InRecovery:
 		return fmt.Sprintf("status %q, in recovery", c.Object.Status)
 	}
 	return fmt.Sprintf("status %q, writable, timeline %d", c.Object.Status, c.PG.Timeline)
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

@@ -591,7 +591,7 @@ func (x *stepRun) Unfence(ctx context.Context, at plan.Subject, _ *plan.Unfence)
 func (x *stepRun) unfence(ctx context.Context, snap *snapshot.Snapshot, name string) error {
 	o, ok := snap.Cluster(name)
 	if !ok || o.PG == nil {
-		return fmt.Errorf("unfence %s: cannot connect: %s", name, orDash(o.PGError))
+		return fmt.Errorf("unfence %s: cannot connect: %s", name, cmp.Or(o.PGError, "-"))
 	}
 	err := x.session(ctx, o, func(s Session) error {
 		for _, stmt := range unfenceSQL {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -79,7 +80,7 @@ pgtopo apply first; it creates the slot.`,
 			p, _ := snap.Cluster(primary.Name)
 			me, _ := snap.Cluster(c.Name)
 			if p.Endpoint == nil || p.PG == nil {
-				return fmt.Errorf("%s: cannot read the primary %s (%s); the section names its endpoint", c.Name, primary.Name, orDash(p.PGError))
+				return fmt.Errorf("%s: cannot read the primary %s (%s); the section names its endpoint", c.Name, primary.Name, cmp.Or(p.PGError, "-"))
 			}
 			if !slices.ContainsFunc(p.PG.Slots, func(s snapshot.Slot) bool { return s.Name == me.SlotName && s.RestartLSN != 0 }) {
 				return fmt.Errorf("%s: the primary %s keeps no slot %s reserving WAL yet: run pgtopo apply first, so the WAL the base backup needs is retained from its start", c.Name, primary.Name, me.SlotName)
@@ -118,11 +119,4 @@ pgtopo apply first; it creates the slot.`,
 		return clusterArg(c, args[1:], toComplete)
 	}
 	return cmd
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -223,7 +224,7 @@ func (f quorumFailover) FailOver(ctx context.Context, in *reconcile.Input, choic
 	}
 	t, _ := snap.Cluster(choice.Target.Cluster)
 	if t.PG == nil || !t.PG.InRecovery {
-		return "", fmt.Errorf("%s is not a standby this agent can read (%s): no failover", choice.Target.Cluster, orNone(t.PGError))
+		return "", fmt.Errorf("%s is not a standby this agent can read (%s): no failover", choice.Target.Cluster, cmp.Or(t.PGError, "no error"))
 	}
 	// The loss gate, on what the target has received now (the keeper
 	// chose it from the loop's last look).
@@ -299,13 +300,6 @@ Consent, written below spec.primary: {cluster: %s, systemIdentifier: %q, timelin
 	return fmt.Sprintf("it lost %d bytes of the %s the survivors saw (maxDataLoss %d); %s", loss, choice.LastSeen, d.Failover.MaxDataLossLSN, where), nil
 }
 
-func orNone(s string) string {
-	if s == "" {
-		return "no error"
-	}
-	return s
-}
-
 // primaryProbe is a keeper's PrimaryProbe: a focused look at the file's
 // primary, on one observer kept across renewals (a focused look keeps its
 // reads of the Service and the login while the database answers).
@@ -333,7 +327,7 @@ func (p *primaryProbe) PrimaryLSN(ctx context.Context, d *topology.Desired) (sna
 	name := d.Primary().Name
 	c, _ := o.ObserveClusters(ctx, d, []string{name}).Cluster(name)
 	if c.PG == nil || c.PG.InRecovery {
-		return 0, fmt.Errorf("%s is not a primary this agent reads (%s)", name, orNone(c.PGError))
+		return 0, fmt.Errorf("%s is not a primary this agent reads (%s)", name, cmp.Or(c.PGError, "no error"))
 	}
 	return c.PG.CurrentLSN, nil
 }

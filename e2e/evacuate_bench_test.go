@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -176,7 +177,7 @@ func labSettled(b *testing.B, sizeVar string) {
 	for deadline := time.Now().Add(2 * time.Minute); ; {
 		busy := cpuBusy(b, 5*time.Second)
 		if busy <= 0.6 {
-			b.Logf("the idle lab keeps the machine %.0f%% busy (after %s)", busy*100, orNone(strings.Join(seen, ", ")))
+			b.Logf("the idle lab keeps the machine %.0f%% busy (after %s)", busy*100, cmp.Or(strings.Join(seen, ", "), "no wait"))
 			return
 		}
 		seen = append(seen, fmt.Sprintf("%.0f%%", busy*100))
@@ -188,13 +189,6 @@ func labSettled(b *testing.B, sizeVar string) {
 			b.Fatalf("the idle lab keeps the machine over 60%% busy for two minutes (%s): its servers and Patronis, or something else running, leave no room to measure; stop what else runs%s", strings.Join(seen, ", "), smaller)
 		}
 	}
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "no wait"
-	}
-	return s
 }
 
 // cpuBusy is the share of the machine's CPU time not idle over d.

@@ -3,6 +3,7 @@
 package health
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 
@@ -48,7 +49,7 @@ func DR(d *topology.Desired, snap *snapshot.Snapshot) Verdict {
 		}
 		if c.PG == nil || !c.PG.InRecovery || snap.SiteDown(c.Name) {
 			if c.Exists && c.PG == nil && !snap.SiteDown(c.Name) {
-				problems = append(problems, fmt.Sprintf("%s's database does not answer: %s", c.Name, orNone(c.PGError)))
+				problems = append(problems, fmt.Sprintf("%s's database does not answer: %s", c.Name, cmp.Or(c.PGError, "unknown")))
 			}
 			continue
 		}
@@ -70,7 +71,7 @@ func DR(d *topology.Desired, snap *snapshot.Snapshot) Verdict {
 		}
 		slot, stream := "no slot seen", "streaming"
 		if sl := snapshot.SlotOf(primary, c); sl != nil {
-			slot = "slot " + orNone(sl.WALStatus)
+			slot = "slot " + cmp.Or(sl.WALStatus, "unknown")
 			switch sl.StreamTLS {
 			case snapshot.StreamPlaintext:
 				stream = "streaming in PLAINTEXT (its replication connection does not use TLS)"
@@ -106,11 +107,4 @@ func LivePrimary(snap *snapshot.Snapshot) *snapshot.ClusterState {
 		}
 	}
 	return p
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
 }

@@ -357,7 +357,7 @@ func heldByAnother(snap *snapshot.Snapshot, now time.Time) bool {
 }
 
 func (l *Loop) logCycle(c Cycle) {
-	attrs := []any{"topology", c.Topology, "result", string(c.Outcome), "revision", orDash(plan.ShortRevision(c.Revision)), "duration", c.Duration.Round(time.Millisecond).String()}
+	attrs := []any{"topology", c.Topology, "result", string(c.Outcome), "revision", cmp.Or(plan.ShortRevision(c.Revision), "-"), "duration", c.Duration.Round(time.Millisecond).String()}
 	if c.Plan != nil {
 		attrs = append(attrs, "plan", c.Plan.Headline(), "steps", len(c.Applied))
 	}
@@ -385,11 +385,4 @@ func (l *Loop) Healthy(now time.Time, maxAge time.Duration) (bool, time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return !l.last.IsZero() && now.Sub(l.last) <= maxAge, l.last
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
