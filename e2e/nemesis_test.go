@@ -232,10 +232,7 @@ func TestNemesis(t *testing.T) {
 			a.startAgent(rec.site)
 		case "kill-postgres":
 			rec.site = siteOf(primary)
-			files, _ := filepath.Glob(filepath.Join(h.lab.Dir, "sites", rec.site, "clusters", "db", primary, "*", "data", "postmaster.pid"))
-			if len(files) == 0 {
-				t.Fatalf("no postmaster.pid of %s", primary)
-			}
+			files := []string{filepath.Join(a.leaderDir(rec.site, primary), "data", "postmaster.pid")}
 			b, err := os.ReadFile(files[0])
 			if err != nil {
 				t.Fatal(err)
@@ -245,9 +242,37 @@ func TestNemesis(t *testing.T) {
 				t.Fatalf("%s's postmaster %d does not run", primary, pid)
 			}
 			_ = syscall.Kill(pid, syscall.SIGKILL)
+			// The fault lasts until its Patroni starts it again: a diff
+			// before then may still find the dying server's sessions.
+			labtest.Eventually(t, time.Minute, primary+"'s PostgreSQL started again by its Patroni", func() error {
+				b, err := os.ReadFile(files[0])
+				if err != nil {
+					return err
+				}
+				again, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+				if again == pid || !proc.Alive(again) {
+					return fmt.Errorf("its postmaster.pid names %d, which does not run", again)
+				}
+				return nil
+			})
 		case "kill-patroni":
+			// Its PostgreSQL runs on without it; the fault lasts until the
+			// lab operator starts Patroni again, and past its leader key's
+			// ttl, when the member in the site may have taken the lead.
 			rec.site = siteOf(primary)
-			h.signalPatroni(primary, syscall.SIGKILL)
+			pidFile := filepath.Join(a.leaderDir(rec.site, primary), "patroni.pid")
+			killed := proc.ReadPid(pidFile)
+			if !proc.Alive(killed) {
+				t.Fatalf("%s's leader's Patroni (%s) does not run", primary, pidFile)
+			}
+			_ = syscall.Kill(killed, syscall.SIGKILL)
+			labtest.Eventually(t, time.Minute, primary+"'s Patroni started again by its operator", func() error {
+				if pid := proc.ReadPid(pidFile); pid == killed || !proc.Alive(pid) {
+					return fmt.Errorf("its pid file names %d, which does not run", pid)
+				}
+				return nil
+			})
+			time.Sleep(patroniTTL)
 		case "stall-replay":
 			standby := "orders-" + other(siteOf(primary))
 			rec.site = siteOf(standby)
@@ -350,6 +375,30 @@ func TestNemesis(t *testing.T) {
 	}
 	h.noSecretsInOutput()
 }
+
+// leaderDir is the directory of the member that leads cluster in site:
+// the one whose server runs without standby.signal (after a fault of its
+// own the lead may have moved from the first member).
+func (a *automatic) leaderDir(site, cluster string) string {
+	t := a.h.t
+	pids, _ := filepath.Glob(filepath.Join(a.h.lab.Dir, "sites", site, "clusters", "db", cluster, "*", "data", "postmaster.pid"))
+	var leaders []string
+	for _, f := range pids {
+		data := filepath.Dir(f)
+		if _, err := os.Stat(filepath.Join(data, "standby.signal")); err != nil {
+			leaders = append(leaders, filepath.Dir(data))
+		}
+	}
+	if len(leaders) != 1 {
+		t.Fatalf("%s: %d running members without standby.signal (%v), want its one leader", cluster, len(leaders), leaders)
+	}
+	return leaders[0]
+}
+
+// patroniTTL is the lab's Patroni leader key ttl (lab/operator: 10 s)
+// and a loop (2 s) on top: the time a member takes the lead in its site
+// when its leader's Patroni is gone.
+const patroniTTL = 12 * time.Second
 
 // expectCutBetween checks, from inside site a, that b's API does not
 // answer and the third site's does: the cut is the one asked for.

@@ -4,12 +4,14 @@
 package kube
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,7 +34,18 @@ type Loader struct {
 	// Kubeconfig is an explicit file (the --kubeconfig flag); empty follows
 	// KUBECONFIG and the default location.
 	Kubeconfig string
+	// RequestTimeout bounds each API request; 0 is DefaultRequestTimeout.
+	RequestTimeout time.Duration
 }
+
+// DefaultRequestTimeout bounds each API request. A request on a
+// connection whose peer was cut off mid-way gets no answer and no error:
+// unbounded, it waits for HTTP/2's health check (45 s in client-go), and a
+// Lease taken in another site meanwhile stays held (the nemesis found an
+// agent's lock step holding one site's Lease for a minute while it waited
+// on a site cut off, and the failover it blocked). No request pgtopo makes
+// (a read, a write, a list of one namespace) needs longer; none is a watch.
+const DefaultRequestTimeout = 10 * time.Second
 
 // RESTConfig returns the client configuration of one context.
 func (l Loader) RESTConfig(contextName string) (*rest.Config, error) {
@@ -92,6 +105,7 @@ func (l Loader) Connect(contextName string) (*Site, error) {
 		return nil, err
 	}
 	cfg.QPS, cfg.Burst = 50, 100
+	cfg.Timeout = cmp.Or(l.RequestTimeout, DefaultRequestTimeout)
 	typed, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("context %s: %w", contextName, err)
