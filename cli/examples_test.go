@@ -125,6 +125,7 @@ func TestDeployExamplesCommandLines(t *testing.T) {
 		"../examples/deploy/flux/pgtopo/job.yaml":      1,
 		"../examples/deploy/github/pgtopo.yaml":        2,
 		"../examples/deploy/reconcile-deployment.yaml": 1,
+		"../examples/deploy/agent-deployment.yaml":     1,
 		"../examples/deploy/drill-cronjob.yaml":        2,
 	}
 	for f, n := range want {

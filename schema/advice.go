@@ -44,7 +44,7 @@ func advise(doc *topology.Document, t *topology.Topology) []Finding {
 	}
 	if f := t.Spec.Failover; f != nil && f.Mode == topology.FailoverAutomatic {
 		w := newFinding(doc, topology.Path{}.Child("spec").Child("failover").Child("mode"), RuleAdvice,
-			"automatic: the agents (reconcile --site, one per site) fence a primary cut off from the majority and fail over by themselves, committing the new primary to the repository; new in this version, and proved on the lab's userland partitions only, not yet on real network partitions (docs/automatic-failover.md)", ByPgtopo)
+			"automatic: the agents (reconcile --site, one per site) fence a primary cut off from the majority and fail over by themselves, committing the new primary to the repository; new in this version: proved on the lab's network partitions (sites in network namespaces) and by a nemesis, not yet by wide use (docs/automatic-failover.md)", ByPgtopo)
 		w.Severity = SeverityWarning
 		out = append(out, w)
 	}
