@@ -125,6 +125,10 @@ type Runner struct {
 	LockTimeout time.Duration
 	// StepTimeout bounds each step's wait for its postcondition.
 	StepTimeout time.Duration
+	// SiteAwayBound, when set, replaces how long a step's wait goes on
+	// while the site of a cluster it waits on does not answer
+	// (DefaultSiteAwayBound).
+	SiteAwayBound time.Duration
 	// MaxWritePause, when set, replaces the plan's write-outage budget of
 	// a switchover.
 	MaxWritePause time.Duration

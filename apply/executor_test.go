@@ -112,6 +112,41 @@ func TestEnsurePrimaryTimesOutNamingWhatItWaitedFor(t *testing.T) {
 	}
 }
 
+// A wait on a cluster whose site stops answering gives up after
+// SiteAwayBound, naming the site, rather than holding the run (and the
+// topology's Lease) for the step's whole bound; a site that answers again
+// before the bound resets it.
+func TestWaitGivesUpOnASiteAway(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		blips  bool // the site answers every other poll
+		wantIn string
+	}{
+		{name: "away", wantIn: "site east has not answered for 50ms (i/o timeout): this run stops here"},
+		{name: "blipping", blips: true, wantIn: "for orders-east Running and writable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld()
+			w.snap.Sites = []snapshot.SiteState{{Name: "east", Reachable: false, Error: "i/o timeout"}}
+			w.snap.Clusters = []snapshot.ClusterState{{Name: "orders-east", Site: "east", Namespace: "db"}}
+			r, _ := runner(w)
+			r.StepTimeout, r.SiteAwayBound, r.PollEvery = 500*time.Millisecond, 50*time.Millisecond, 10*time.Millisecond
+			began := time.Now()
+			if tc.blips {
+				// Away and back in turns of 20 ms, each shorter than the bound.
+				w.onObserve = func(w *world) { w.snap.Sites[0].Reachable = time.Since(began)/(20*time.Millisecond)%2 == 1 }
+			}
+			err := run(t, r, plan.Step{Action: plan.ActionEnsurePrimary, Subject: subject("east", "orders-east"), Payload: &plan.EnsurePrimary{Spec: snapshot.Spec{Instances: 1}}})
+			if err == nil || !strings.Contains(err.Error(), tc.wantIn) {
+				t.Fatalf("error %v, want %q", err, tc.wantIn)
+			}
+			if took := time.Since(began); !tc.blips && took > 400*time.Millisecond {
+				t.Fatalf("gave up after %s: the site's bound is 50ms", took)
+			}
+		})
+	}
+}
+
 func TestCreateStandbyFillsThePeerAndWaitsForStreaming(t *testing.T) {
 	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	w.snap.Clusters = append(w.snap.Clusters, snapshot.ClusterState{Name: "orders-west", Site: "west", Namespace: "db", Endpoint: westEP})

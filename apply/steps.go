@@ -546,8 +546,55 @@ func (x *stepRun) Record(ctx context.Context, at plan.Subject, p *plan.Record) e
 // wait re-observes until cond holds, reporting every few seconds. A wait
 // names the clusters cond looks at (on): each poll observes those alone,
 // over the step's last full look; nil observes everything each time.
+//
+// It gives up once the site of a cluster it waits on has not answered for
+// SiteAwayBound: what it waits for cannot be seen to come, and the run
+// holds the topology's Lease meanwhile, which an automatic failover away
+// from that very site needs (the soak found a loop's wait for a primary's
+// readiness holding it for minutes after the primary's site was cut off).
+// The switchover's own waits (the gate, the fenced stretch) have their
+// bounds and back-outs and do not come through here.
 func (x *stepRun) wait(ctx context.Context, what string, on []string, cond func(*snapshot.Snapshot) (bool, string)) error {
-	return x.waitEvery(ctx, x.r.pollEvery(), what, on, cond)
+	away := map[string]time.Time{}
+	return x.waitUntil(ctx, x.r.pollEvery(), what, on, func(snap *snapshot.Snapshot) (bool, string, error) {
+		ok, detail := cond(snap)
+		if ok {
+			return true, detail, nil
+		}
+		return false, detail, x.r.siteAway(snap, on, away)
+	})
+}
+
+// DefaultSiteAwayBound is how long a step's wait goes on while a site it
+// waits on does not answer: longer than a blip of the network, shorter
+// than the shortest automatic failover's after plus its margin.
+const DefaultSiteAwayBound = 15 * time.Second
+
+// siteAway returns an error once the site of one of the clusters named
+// has not answered for SiteAwayBound; away keeps since when each has not.
+func (r *Runner) siteAway(snap *snapshot.Snapshot, clusters []string, away map[string]time.Time) error {
+	bound := cmp.Or(r.SiteAwayBound, DefaultSiteAwayBound)
+	for _, name := range clusters {
+		cs, ok := snap.Cluster(name)
+		if !ok {
+			continue
+		}
+		site, ok := snap.Site(cs.Site)
+		if !ok || site.Reachable {
+			delete(away, cs.Site)
+			continue
+		}
+		since, seen := away[cs.Site]
+		if !seen {
+			away[cs.Site] = time.Now()
+			continue
+		}
+		if time.Since(since) >= bound {
+			return fmt.Errorf("site %s has not answered for %s (%s): this run stops here and frees the topology's Lease; the next run looks again",
+				cs.Site, bound, cmp.Or(site.Error, "unreachable"))
+		}
+	}
+	return nil
 }
 
 func (x *stepRun) waitEvery(ctx context.Context, every time.Duration, what string, on []string, cond func(*snapshot.Snapshot) (bool, string)) error {

@@ -151,10 +151,11 @@ func main() {
 
 	heal.Flags().DurationVar(&workloadsAfter, "workloads-after", 0, "a failed Kubernetes site: start its operator and members this long after its API server answers, as kubelets restarting pods would")
 	var pidFile string
+	var pod bool
 	reap := &cobra.Command{Use: "reap -- COMMAND [ARG...]", Short: "Run a command as its init would: reap its orphans at once (the lab starts Patroni so)", Hidden: true,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			code, err := proc.Reap(pidFile, args[0], args[1:])
+			code, err := proc.Reap(pidFile, args[0], args[1:], pod)
 			if err != nil {
 				return err
 			}
@@ -162,6 +163,7 @@ func main() {
 			return nil
 		}}
 	reap.Flags().StringVar(&pidFile, "pid-file", "", "write the command's pid here")
+	reap.Flags().BoolVar(&pod, "pod", false, "end what the command left running when it ends, as a pod does (a VM's Patroni unit leaves it)")
 
 	root.AddCommand(up, down, status, op, vm, gateway, fail, partition, heal, reap)
 	if err := root.Execute(); err != nil {

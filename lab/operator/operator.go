@@ -738,7 +738,7 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 	if _, err := ensureServing(o.state.Dir, o.site.Name, dir, mc.Name, o.servingHosts(c, mc.IP)); err != nil {
 		return fmt.Errorf("member %s: certificate: %w", mc.Name, err)
 	}
-	err = startPatroni(mc, dir, o.state.BinDir)
+	err = startPatroni(mc, dir, o.state.BinDir, true)
 	if err == nil {
 		o.log.Info("member started", "member", mc.Name, "ip", mc.IP, "standby", mc.Standby != nil)
 	}

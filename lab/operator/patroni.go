@@ -150,15 +150,16 @@ func memberDirs(dirs ...string) error {
 
 // startPatroni writes a member's patroni.yml (0600, the postgres user's:
 // it holds passwords, as with any Patroni) and starts Patroni on it, under
-// `pglab reap` in binDir: the init a pod or VM gives it (see proc.Reap).
-func startPatroni(mc memberConfig, dir, binDir string) error {
+// `pglab reap` in binDir: the init a pod or VM gives it (see proc.Reap);
+// a pod's postmaster ends with its Patroni, a VM's does not.
+func startPatroni(mc memberConfig, dir, binDir string, pod bool) error {
 	cfgPath, err := writePatroniConfig(mc, dir)
 	if err != nil {
 		return err
 	}
 	_, err = proc.StartReaped(proc.Spec{Name: mc.Name, Path: lab.PatroniBinary, Args: []string{cfgPath}, Dir: dir,
 		LogFile: filepath.Join(dir, "patroni.log"), PidFile: filepath.Join(dir, "patroni.pid"), User: lab.PostgresUser},
-		filepath.Join(binDir, "pglab"))
+		filepath.Join(binDir, "pglab"), pod)
 	return err
 }
 

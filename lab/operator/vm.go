@@ -157,7 +157,7 @@ func (v *VMSite) startMember(i int, ip string) error {
 		p, _ := strconv.Atoi(port)
 		mc.Standby = standbyConfig(host, p, "")
 	}
-	err := startPatroni(mc, dir, v.state.BinDir)
+	err := startPatroni(mc, dir, v.state.BinDir, false)
 	if err == nil {
 		v.log.Info("member started", "member", mc.Name, "ip", ip)
 	}

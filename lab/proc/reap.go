@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,7 +18,9 @@ import (
 
 // Reap runs path as its init would: a child subreaper that forwards
 // termination signals to it and reaps every process orphaned under it, at
-// once. It returns path's exit code once path and all its orphans are gone.
+// once. For a pod, when path ends what it left running is killed, as a
+// pod's processes end with its main one. It returns path's exit code once path
+// and all its orphans are gone.
 //
 // Patroni starts PostgreSQL detached, so the postmaster is an orphan, and
 // a demotion waits for it to be reaped. In a pod dumb-init or tini reaps
@@ -26,7 +30,7 @@ import (
 //
 // pidFile receives path's pid (not this process's), so that killing the
 // pid in it kills Patroni, as on a real node.
-func Reap(pidFile, path string, args []string) (int, error) {
+func Reap(pidFile, path string, args []string, pod bool) (int, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return 0, fmt.Errorf("reap: become a child subreaper: %w", err)
 	}
@@ -67,8 +71,49 @@ func Reap(pidFile, path string, args []string) (int, error) {
 			if ws.Signaled() {
 				code = 128 + int(ws.Signal())
 			}
+			// A pod ends with its main process: what it left running (the
+			// postmaster Patroni started) is killed with it, as the
+			// container runtime does. Left running, a primary whose Patroni
+			// died would take writes while its site's other member took
+			// the lead (found by the soak's kill -9 of Patroni). On a VM,
+			// Patroni's systemd unit (KillMode=process) leaves it running.
+			if pod {
+				killOrphans()
+			}
 		}
 	}
+}
+
+// killOrphans sends SIGKILL to every process whose parent is this one.
+func killOrphans() {
+	me := os.Getpid()
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, err := parentPid(pid); err == nil && ppid == me {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// parentPid reads a process's parent from /proc.
+func parentPid(pid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("/proc/%d/stat: too short", pid)
+	}
+	return strconv.Atoi(f[1])
 }
 
 // writePidFile replaces pidFile in one step, so no reader sees it empty.
@@ -85,7 +130,7 @@ func writePidFile(pidFile string, pid int) error {
 
 // StartReaped starts s under `reaper reap` (see Reap) and waits until the
 // pid file names s's own process. The pid file is the reaper's to write.
-func StartReaped(s Spec, reaper string) (int, error) {
+func StartReaped(s Spec, reaper string, pod bool) (int, error) {
 	pidFile := s.PidFile
 	if pidFile == "" {
 		return 0, fmt.Errorf("%s: a reaped process needs a pid file", s.Name)
@@ -95,7 +140,7 @@ func StartReaped(s Spec, reaper string) (int, error) {
 	}
 	wrapped := s
 	wrapped.Path = reaper
-	wrapped.Args = append([]string{"reap", "--pid-file", pidFile, "--", s.Path}, s.Args...)
+	wrapped.Args = append([]string{"reap", "--pid-file", pidFile, "--pod=" + strconv.FormatBool(pod), "--", s.Path}, s.Args...)
 	wrapped.PidFile = ""
 	if _, err := Start(wrapped); err != nil {
 		return 0, err
