@@ -63,7 +63,8 @@ type cluster struct {
 	// routes is what the proxies read, from their own goroutines.
 	routes     atomic.Pointer[routes]
 	deaths     map[int]int
-	registered string // the peer endpoint this standby registered at
+	ran        map[int]bool // members this operator process saw running
+	registered string       // the peer endpoint this standby registered at
 	// cascading: born a standby of a peer in recovery (a standby of a
 	// standby, as an isolated drill's clone is). It cannot register in its
 	// primary's catalogue through a standby, so it streams without a slot.
@@ -215,7 +216,7 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 		c = nil
 	}
 	if c == nil {
-		c = &cluster{uid: string(cr.GetUID()), members: map[int]memberView{}, deaths: map[int]int{},
+		c = &cluster{uid: string(cr.GetUID()), members: map[int]memberView{}, deaths: map[int]int{}, ran: map[int]bool{},
 			dir: o.clusterDir(spec.Namespace, spec.Name)}
 		// What is on disk under this name belongs to this CR only if it
 		// says so: a CR deleted and created again while this operator was
@@ -659,7 +660,13 @@ func (o *Operator) ensureMembers(ctx context.Context, c *cluster, password strin
 		}
 	}
 	for i := 0; i < spec.Instances; i++ {
-		if i > 0 && !o.memberRunning(c, i) && c.members[i-1].status.State != "running" {
+		// A member is first started once the one before it runs, as a
+		// StatefulSet creates its pods in order; one this operator saw run
+		// is started again at once, as a kubelet restarts a dead container in
+		// its pod whatever the others do (the soak killed a leader's
+		// Patroni while the member before it could not catch up: left
+		// for that one, the cluster had no leader for good).
+		if i > 0 && !c.ran[i] && !o.memberRunning(c, i) && c.members[i-1].status.State != "running" {
 			return nil // the next pass starts it, once member i-1 runs
 		}
 		if err := o.ensureMember(c, i, password); err != nil {
@@ -722,6 +729,7 @@ func (o *Operator) ensureMember(c *cluster, i int, password string) error {
 	dir := filepath.Join(c.dir, strconv.Itoa(i))
 	pidFile := filepath.Join(dir, "patroni.pid")
 	if proc.Alive(proc.ReadPid(pidFile)) {
+		c.ran[i] = true
 		return o.followPassword(c, i, password)
 	}
 	if proc.ReadPid(pidFile) != 0 {
