@@ -290,13 +290,8 @@ func (r *Runner) run(ctx context.Context, pl plan.Plan, basis plan.Basis, fresh 
 			return nil, fmt.Errorf("%s %s: %w", step.Action, step.Subject, err)
 		}
 		res.Completed = append(res.Completed, CompletedStep{Step: step, Seconds: time.Since(began).Seconds()})
-		if err := r.held.err(); err != nil {
+		if err := r.lockLost(); err != nil {
 			return nil, err
-		}
-		if r.Held != nil {
-			if err := r.Held.locks.err(); err != nil {
-				return nil, err
-			}
 		}
 		if !plan.Actions[step.Action].Recheck || r.Replan == nil {
 			continue

@@ -147,6 +147,64 @@ func TestWaitGivesUpOnASiteAway(t *testing.T) {
 	}
 }
 
+// A wait ends once the run has lost its lock (an agent's failover took the
+// Lease of the sites it reaches), not at the step's timeout: the run that
+// waits on must not hold the topology from the one that acts.
+func TestWaitEndsWhenTheLockIsLost(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		lost   error
+		wantIn string
+	}{
+		{name: "lost", lost: errors.New("lock db/pgtopo-orders was taken by vm-2"), wantIn: "lock db/pgtopo-orders was taken by vm-2 (while waiting for orders-east Running and writable"},
+		{name: "held", wantIn: "waited 400ms for orders-east Running and writable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld()
+			w.snap.Clusters = []snapshot.ClusterState{{Name: "orders-east", Site: "east", Namespace: "db"}}
+			r, _ := runner(w)
+			r.StepTimeout, r.PollEvery = 400*time.Millisecond, 10*time.Millisecond
+			done := make(chan struct{})
+			close(done)
+			r.held = locks{&lease{name: "pgtopo-orders", ns: "db", stop: make(chan struct{}), done: done, lost: tc.lost}}
+			began := time.Now()
+			err := run(t, r, plan.Step{Action: plan.ActionEnsurePrimary, Subject: subject("east", "orders-east"), Payload: &plan.EnsurePrimary{Spec: snapshot.Spec{Instances: 1}}})
+			if err == nil || !strings.Contains(err.Error(), tc.wantIn) {
+				t.Fatalf("error %v, want %q", err, tc.wantIn)
+			}
+			if took := time.Since(began); tc.lost != nil && took > 200*time.Millisecond {
+				t.Fatalf("gave up after %s: the lock was lost before the wait began", took)
+			}
+		})
+	}
+}
+
+// An existing primary's wait ends when it takes writes, with a member
+// still not running (status Creating); a new one's waits for Running too.
+func TestEnsurePrimaryOfAnExistingClusterWaitsForWritesOnly(t *testing.T) {
+	for _, tc := range []struct {
+		existing bool
+		wantErr  string
+	}{
+		{existing: true},
+		{existing: false, wantErr: "waited 150ms for orders-east Running and writable"},
+	} {
+		t.Run(fmt.Sprintf("existing=%v", tc.existing), func(t *testing.T) {
+			c := primaryState("orders-east", "east", eastEP, 0x5000000, 1)
+			c.Object.Ready, c.Object.Status = false, "Creating"
+			w := newWorld(c)
+			r, _ := runner(w)
+			err := run(t, r, plan.Step{Action: plan.ActionEnsurePrimary, Subject: subject("east", "orders-east"), Payload: &plan.EnsurePrimary{Spec: c.Object.Spec, Existing: tc.existing}})
+			if tc.wantErr == "" && err != nil {
+				t.Fatalf("error %v, want none: the primary takes writes", err)
+			}
+			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("error %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
 func TestCreateStandbyFillsThePeerAndWaitsForStreaming(t *testing.T) {
 	w := newWorld(primaryState("orders-east", "east", eastEP, 0x5000000, 1))
 	w.snap.Clusters = append(w.snap.Clusters, snapshot.ClusterState{Name: "orders-west", Site: "west", Namespace: "db", Endpoint: westEP})

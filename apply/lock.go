@@ -128,6 +128,18 @@ func (h *HeldLock) Err() error { return h.locks.err() }
 // Release frees the Leases.
 func (h *HeldLock) Release(ctx context.Context) { h.locks.release(ctx) }
 
+// lockLost is the first Lease this run (or the lock it was given) lost
+// since it was taken, if any: another run may act on the topology now.
+func (r *Runner) lockLost() error {
+	if err := r.held.err(); err != nil {
+		return err
+	}
+	if r.Held != nil {
+		return r.Held.locks.err()
+	}
+	return nil
+}
+
 // err is the first lost Lease, if any.
 func (ls locks) err() error {
 	for _, l := range ls {

@@ -121,6 +121,12 @@ func (x *stepRun) EnsurePrimary(ctx context.Context, at plan.Subject, p *plan.En
 		return err
 	}
 	name := at.Cluster
+	if p.Existing {
+		return x.wait(ctx, name+" writable", []string{name}, func(snap *snapshot.Snapshot) (bool, string) {
+			cs, _ := snap.Cluster(name)
+			return cs.Exists && cs.Writable(), statusWords(cs)
+		})
+	}
 	return x.wait(ctx, name+" Running and writable", []string{name}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(name)
 		return cs.Exists && cs.Object.Ready && cs.Writable(), statusWords(cs)
@@ -655,6 +661,15 @@ func (x *stepRun) waitUntil(ctx context.Context, every time.Duration, what strin
 		// back (promoted or backed out) and the journal resumable.
 		if x.outage == nil && x.r.draining() {
 			return fmt.Errorf("%w (while waiting for %s: %s)", ErrDrained, what, detail)
+		}
+		// A run that lost its lock stops waiting: another run (an
+		// agent's failover, which takes the Lease of the sites it
+		// reaches) may be changing the topology. While writes are
+		// refused the wait ends as above, by the budget.
+		if x.outage == nil {
+			if err := x.r.lockLost(); err != nil {
+				return fmt.Errorf("%w (while waiting for %s: %s)", err, what, detail)
+			}
 		}
 		if o := x.outage; o != nil {
 			if time.Since(o.began) > o.limit {

@@ -166,6 +166,7 @@ type writer struct {
 	acked     []int64
 	mu        sync.Mutex  // guards at, read while the writer runs
 	at        []time.Time // when each of acked was acknowledged
+	by        []string    // which server (host:port) acknowledged each of acked
 	bothSeen  atomic.Int64
 	samples   atomic.Int64
 	stop      chan struct{}
@@ -261,6 +262,7 @@ func (w *writer) start(h *harness, connect func() *pgx.Conn) {
 			w.mu.Lock()
 			w.acked = append(w.acked, id)
 			w.at = append(w.at, time.Now())
+			w.by = append(w.by, fmt.Sprintf("%s:%d", c.Config().Host, c.Config().Port))
 			w.mu.Unlock()
 			if gap := time.Since(last).Milliseconds(); gap > w.longestMs.Load() {
 				w.longestMs.Store(gap)
@@ -284,14 +286,23 @@ func (w *writer) ackedSoFar() []int64 {
 	return slices.Clone(w.acked)
 }
 
-// firstAfter is when the first write after from was acknowledged (zero if
-// none yet).
-func (w *writer) firstAfter(from time.Time) time.Time {
+// firstElsewhereAfter is when the first write after from was acknowledged
+// by another server than the last one to acknowledge a write before from
+// (zero if none yet): a failover's recovery, not the old primary finishing
+// a write it had in flight at from.
+func (w *writer) firstElsewhereAfter(from time.Time) time.Time {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	i, _ := slices.BinarySearchFunc(w.at, from, func(at, from time.Time) int { return at.Compare(from) })
+	for i < len(w.at) && !w.at[i].After(from) {
+		i++
+	}
+	var before string
+	if i > 0 {
+		before = w.by[i-1]
+	}
 	for ; i < len(w.at); i++ {
-		if w.at[i].After(from) {
+		if w.by[i] != before {
 			return w.at[i]
 		}
 	}

@@ -94,6 +94,12 @@ type Lock struct {
 // EnsurePrimary is the spec an ensure-primary step writes.
 type EnsurePrimary struct {
 	Spec snapshot.Spec `json:"spec"`
+	// Existing: the CR exists and its primary is coming back (restarted,
+	// or created by an earlier run); the wait is for it to take writes,
+	// not for every member to be ready: an in-site replica Patroni cannot
+	// repair by itself (a timeline it cannot rewind) must not hold the
+	// topology's lock until the step's timeout.
+	Existing bool `json:"existing,omitempty"`
 }
 
 // Checkpoint has no payload beyond its subject.

@@ -130,6 +130,26 @@ func TestPlannerEdges(t *testing.T) {
 	}
 }
 
+// A primary coming back (its CR there) is waited for until it takes
+// writes, not until every member is ready; a new one is created and waited
+// for until it is ready too.
+func TestEnsurePrimaryOfAnExistingClusterWaitsForWrites(t *testing.T) {
+	planOf, snap := inSync(t)
+	e := cs(snap, "orders-east")
+	e.PG, e.PGError, e.Object.Status = nil, "connection refused", "Creating"
+	p := planOf(snap)
+	i := slices.IndexFunc(p.Steps, func(s plan.Step) bool { return s.Action == plan.ActionEnsurePrimary })
+	if i < 0 {
+		t.Fatalf("no ensure-primary step: %+v", p.Steps)
+	}
+	if ep := p.Steps[i].Payload.(*plan.EnsurePrimary); !ep.Existing {
+		t.Errorf("ensure-primary of an existing CR: Existing false, want true (%s)", p.Steps[i].Reason)
+	}
+	if want := "wait until orders-east takes writes"; !strings.Contains(p.Steps[i].Reason, want) {
+		t.Errorf("reason %q, want %q", p.Steps[i].Reason, want)
+	}
+}
+
 // A switchover whose target does not exist is refused once: the rest of
 // the preflight cannot be judged.
 func TestSwitchoverToAnAbsentTarget(t *testing.T) {

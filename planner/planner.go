@@ -444,8 +444,8 @@ func (p *planner) noLivePrimary(want topology.DesiredCluster) {
 	case o.Exists && !o.Object.Spec.Replication.IsReplica:
 		// Created by an earlier run and still coming up: wait for it.
 		p.add(plan.Step{Action: plan.ActionEnsurePrimary, Subject: subjectOf(want),
-			Reason:        fmt.Sprintf("wait until %s is Running and writable (status %q; %s)", want.Name, o.Object.Status, o.PGErrorText()),
-			Payload:       &plan.EnsurePrimary{Spec: spec},
+			Reason:        fmt.Sprintf("wait until %s takes writes (status %q; %s)", want.Name, o.Object.Status, o.PGErrorText()),
+			Payload:       &plan.EnsurePrimary{Spec: spec, Existing: true},
 			Changes:       specChanges(o.Object, spec, ""),
 			Preconditions: []plan.Precondition{{Kind: plan.CondCRPresent, Cluster: want.Name}}})
 	case !o.Exists:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Mutation testing of the planner and the executor: gremlins mutates each
+# Mutation testing of the planner, the executor, the drills and the
+# automatic failover's quorum and agents: gremlins mutates each
 # package's code one change at a time and runs its tests. The score is
 # killed / all mutants: a mutant no test covers counts as surviving (gremlins'
 # own "efficacy" leaves those out), one whose tests time out counts as killed,
@@ -10,10 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 gremlins=${GREMLINS:-bin/gremlins}
 status=0
-# Goals by package; arguments pick packages (default: all four).
-declare -A goals=([planner]=85 [plan]=80 [apply]=70 [drill]=70)
+# Goals by package; arguments pick packages (default: all).
+declare -A goals=([planner]=85 [plan]=80 [apply]=70 [drill]=70 [quorum]=80 [reconcile]=70)
 pkgs=("$@")
-[ ${#pkgs[@]} -gt 0 ] || pkgs=(planner plan apply drill)
+[ ${#pkgs[@]} -gt 0 ] || pkgs=(planner plan apply drill quorum reconcile)
 for pkg in "${pkgs[@]}"; do
   goal=${goals[$pkg]:?no goal for package $pkg}
   out=$(mktemp)
