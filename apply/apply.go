@@ -116,7 +116,9 @@ type Runner struct {
 	Switchovers SwitchoverSlots
 	// Progress receives events; nil drops them.
 	Progress func(Event)
-	// Holder identifies this run in the Lease.
+	// Holder identifies the process (an agent, a CLI run); the Lease
+	// names each run apart (lockHolder), so that two runs of one process
+	// exclude each other.
 	Holder string
 	// HolderGone, when set, says whether another holder is known to be
 	// gone (a process of this host that no longer runs): its Lease is taken
@@ -170,8 +172,9 @@ type Runner struct {
 	// the plan's lock step takes nothing, and the run releases nothing.
 	Held *HeldLock
 
-	held  locks
-	start time.Time
+	held   locks
+	start  time.Time
+	lockAs string // this run's name in the Leases it takes (lockHolder)
 }
 
 // Result says what a run did.

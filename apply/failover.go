@@ -3,6 +3,7 @@ package apply
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -230,9 +231,13 @@ func (x *stepRun) Rejoin(ctx context.Context, at plan.Subject, r *plan.Rejoin) e
 	}
 	bounded, cancel := context.WithTimeout(ctx, rewindBound)
 	err := x.waitStreaming(bounded, name, r.Primary.Cluster)
+	ranOut := errors.Is(err, errWaitedOut) || errors.Is(bounded.Err(), context.DeadlineExceeded)
 	cancel()
 	if err != nil {
-		if ctx.Err() != nil {
+		// Only a wait that ran out says the rewind failed: one stopped
+		// from outside (the run's lock lost, a site away) says nothing
+		// of it, and the next run's rejoin waits again.
+		if ctx.Err() != nil || !ranOut {
 			return err
 		}
 		return x.needsRebuild(ctx, at, r, rec, fmt.Sprintf("it did not rejoin by pg_rewind within %s (%v)", rewindBound, err))

@@ -256,6 +256,25 @@ func TestRejoinStopsWhenTheRewindDoesNotBringItBack(t *testing.T) {
 	wantNeedsRebuild(t, w, err, "it did not rejoin by pg_rewind within 3m0s")
 }
 
+// A rejoin whose wait for streaming is stopped from outside (the run lost
+// its lock to another run) has learnt nothing of the rewind: it returns
+// that error and records no rebuild; the next run's rejoin waits again.
+func TestRejoinStoppedFromOutsideNeedsNoRebuild(t *testing.T) {
+	w, rec := returnedWorld()
+	r, _ := runner(w)
+	done := make(chan struct{})
+	close(done)
+	r.held = locks{&lease{name: "pgtopo-orders", ns: "db", stop: make(chan struct{}), done: done, lost: errors.New("lock db/pgtopo-orders was taken by vm-2")}}
+	err := run(t, r, rejoinStep(rec, "rewind", false))
+	var needs *NeedsRebuildError
+	if err == nil || errors.As(err, &needs) || !strings.Contains(err.Error(), "was taken by vm-2") {
+		t.Fatalf("error %v, want the lost lock, not a rebuild", err)
+	}
+	if f := w.cluster("orders-east").Object.Marks.Failover; f == nil || f.Returned == nil || f.Returned.NeedsRebuild != "" || f.Returned.Done {
+		t.Fatalf("marks %+v: want the return recorded, neither done nor needing a rebuild", f)
+	}
+}
+
 // wantNeedsRebuild checks a rejoin stopped for a rebuild: the error says
 // why and what the rebuild deletes, the returned cluster's marks record it,
 // and nothing was deleted.

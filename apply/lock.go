@@ -2,6 +2,8 @@ package apply
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"sync"
@@ -68,7 +70,7 @@ func (r *Runner) acquire(ctx context.Context, step *plan.Lock, x *stepRun) (lock
 	for _, at := range where {
 		names = append(names, at.Site+"/"+at.Namespace)
 	}
-	x.say(EventLock, "lock: holding Lease %s in %s as %s", step.Lease, strings.Join(names, ", "), r.Holder)
+	x.say(EventLock, "lock: holding Lease %s in %s as %s", step.Lease, strings.Join(names, ", "), r.lockHolder())
 	return held, nil
 }
 
@@ -79,12 +81,12 @@ func (r *Runner) acquireOne(ctx context.Context, name string, at plan.Subject, d
 	}
 	announced := false
 	for {
-		holder, err := tryLock(ctx, w, at.Namespace, name, r.Holder, r.HolderGone)
+		holder, err := tryLock(ctx, w, at.Namespace, name, r.lockHolder(), r.HolderGone)
 		if err != nil {
 			return nil, fmt.Errorf("lock %s/%s in site %s: %w", at.Namespace, name, at.Site, err)
 		}
 		if holder == "" {
-			l := &lease{w: w, ns: at.Namespace, name: name, holder: r.Holder, stop: make(chan struct{}), done: make(chan struct{})}
+			l := &lease{w: w, ns: at.Namespace, name: name, holder: r.lockHolder(), stop: make(chan struct{}), done: make(chan struct{})}
 			go l.renew()
 			return l, nil
 		}
@@ -127,6 +129,21 @@ func (h *HeldLock) Err() error { return h.locks.err() }
 
 // Release frees the Leases.
 func (h *HeldLock) Release(ctx context.Context) { h.locks.release(ctx) }
+
+// lockHolder is this run's name in a Lease: its Holder and a tag of its
+// own. Runs of one process used to share the Holder, so a second run (an
+// agent's fence lift beside its loop's rejoin) took the Lease the first
+// held as its own, and its release freed it under the first: the soak saw
+// another site's agent start the same rejoin then. HolderGone still reads
+// the process from the Holder before the tag.
+func (r *Runner) lockHolder() string {
+	if r.lockAs == "" {
+		b := make([]byte, 3)
+		_, _ = rand.Read(b)
+		r.lockAs = r.Holder + "/" + hex.EncodeToString(b)
+	}
+	return r.lockAs
+}
 
 // lockLost is the first Lease this run (or the lock it was given) lost
 // since it was taken, if any: another run may act on the topology now.

@@ -37,8 +37,8 @@ func TestLocksEverySiteInOrder(t *testing.T) {
 	}
 	keys := []string{"east/db/pgtopo-orders", "south/ledger/pgtopo-orders", "west/db/pgtopo-orders"}
 	for _, k := range keys {
-		if h := holder(k); h != "me" {
-			t.Fatalf("%s: holder %q, want me", k, h)
+		if h := holder(k); !strings.HasPrefix(h, "me/") {
+			t.Fatalf("%s: holder %q, want me/<run>", k, h)
 		}
 	}
 	held.release(context.Background())
@@ -89,7 +89,7 @@ func TestLockTakesOverAGoneHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer locks.release(context.Background())
-	if h := *w.leases["east/db/pgtopo-orders"].Spec.HolderIdentity; h != "me" {
+	if h := *w.leases["east/db/pgtopo-orders"].Spec.HolderIdentity; !strings.HasPrefix(h, "me/") {
 		t.Fatalf("holder %q", h)
 	}
 }
@@ -119,8 +119,8 @@ func TestHeldLockSpansRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 		run.held.release(context.Background()) // what a run's end does
-		if h := holder(); h != "drill" {
-			t.Fatalf("after a run given the held lock: holder %q, want drill", h)
+		if h := holder(); !strings.HasPrefix(h, "drill/") {
+			t.Fatalf("after a run given the held lock: holder %q, want drill/<run>", h)
 		}
 	}
 	other := &Runner{Holder: "reconcile-1", LockTimeout: 10 * time.Millisecond, Sites: w.Sites}
@@ -135,5 +135,33 @@ func TestHeldLockSpansRuns(t *testing.T) {
 	held.Release(context.Background())
 	if h := holder(); h != "" {
 		t.Fatalf("after Release: holder %q", h)
+	}
+}
+
+// Two runs of one process (an agent's loop and its quorum's fence lift)
+// share its Holder but not the Lease: the second waits for the first, and
+// cannot release what the first holds.
+func TestRunsOfOneProcessExcludeEachOther(t *testing.T) {
+	w := newWorld()
+	lock := &plan.Lock{Lease: "pgtopo-orders", Sites: []plan.Subject{{Site: "east", Namespace: "db"}}}
+	step := plan.Step{Action: plan.ActionLock, Payload: lock}
+	gone := func(string) bool { return false }
+	first := &Runner{Holder: "agent-1", LockTimeout: time.Second, Sites: w.Sites, HolderGone: gone}
+	held, err := first.acquire(context.Background(), lock, &stepRun{r: first, step: step})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.release(context.Background())
+	second := &Runner{Holder: "agent-1", LockTimeout: 50 * time.Millisecond, Sites: w.Sites, HolderGone: gone}
+	_, err = second.acquire(context.Background(), lock, &stepRun{r: second, step: step})
+	var busy *LockHeldError
+	if !errors.As(err, &busy) || busy.Holder != first.lockHolder() {
+		t.Fatalf("a second run of the same process: %v, want the Lease held by the first (%s)", err, first.lockHolder())
+	}
+	w.mu.Lock()
+	h := *w.leases["east/db/pgtopo-orders"].Spec.HolderIdentity
+	w.mu.Unlock()
+	if h != first.lockHolder() {
+		t.Fatalf("holder %q after the second run gave up, want the first's %q", h, first.lockHolder())
 	}
 }

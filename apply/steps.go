@@ -3,6 +3,7 @@ package apply
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -571,6 +572,11 @@ func (x *stepRun) wait(ctx context.Context, what string, on []string, cond func(
 	})
 }
 
+// errWaitedOut is a wait that ran to its bound with its condition unmet,
+// as opposed to one stopped from outside (a lost lock, a site away, a
+// shutdown): only the first says something about what was waited for.
+var errWaitedOut = errors.New("waited")
+
 // DefaultSiteAwayBound is how long a step's wait goes on while a site it
 // waits on does not answer: longer than a blip of the network, shorter
 // than the shortest automatic failover's after plus its margin.
@@ -654,7 +660,7 @@ func (x *stepRun) waitUntil(ctx context.Context, every time.Duration, what strin
 			lastReport = time.Now()
 		}
 		if time.Since(began) > timeout {
-			return fmt.Errorf("waited %s for %s: %s", timeout, what, detail)
+			return fmt.Errorf("%w %s for %s: %s", errWaitedOut, timeout, what, detail)
 		}
 		// A shutdown stops a wait at once, but not while writes are
 		// refused: that stretch ends, bounded by the budget, with writes

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -54,14 +56,42 @@ type siteSampler struct {
 	bothAt   []time.Time
 	stop     chan struct{}
 	done     sync.WaitGroup
-	clusters map[string]*pgx.ConnConfig // cluster → how to reach it from its site
+	clusters *addressBook // cluster → how to reach it from its site
 	conns    map[string]*pgx.Conn
 }
 
-// startSiteSampler samples the clusters, each reached as cfgs say (their
-// DialFunc set to dial inside their sites).
-func startSiteSampler(cfgs map[string]*pgx.ConnConfig) *siteSampler {
-	s := &siteSampler{stop: make(chan struct{}), clusters: cfgs, conns: map[string]*pgx.Conn{}}
+// addressBook says how to reach each of a fixed set of clusters, and can
+// be told anew while readers use it: a rebuilt cluster's Service comes
+// back on another node port, and a sampler or writer still dialling the
+// old one would be blind to it.
+type addressBook struct {
+	names []string
+	cfgs  map[string]*atomic.Pointer[pgx.ConnConfig]
+}
+
+func newAddressBook(cfgs map[string]*pgx.ConnConfig) *addressBook {
+	b := &addressBook{cfgs: map[string]*atomic.Pointer[pgx.ConnConfig]{}}
+	for name, cfg := range cfgs {
+		b.names = append(b.names, name)
+		b.cfgs[name] = &atomic.Pointer[pgx.ConnConfig]{}
+		b.cfgs[name].Store(cfg)
+	}
+	slices.Sort(b.names)
+	return b
+}
+
+func (b *addressBook) get(name string) *pgx.ConnConfig { return b.cfgs[name].Load() }
+
+// set replaces how to reach name; it reports whether that changed.
+func (b *addressBook) set(name string, cfg *pgx.ConnConfig) bool {
+	old := b.cfgs[name].Swap(cfg)
+	return old.Host != cfg.Host || old.Port != cfg.Port
+}
+
+// startSiteSampler samples the clusters, each reached as the book says
+// (their DialFunc set to dial inside their sites).
+func startSiteSampler(book *addressBook) *siteSampler {
+	s := &siteSampler{stop: make(chan struct{}), clusters: book, conns: map[string]*pgx.Conn{}}
 	s.done.Add(1)
 	go func() {
 		defer s.done.Done()
@@ -77,7 +107,7 @@ func startSiteSampler(cfgs map[string]*pgx.ConnConfig) *siteSampler {
 			case <-t.C:
 			}
 			writable := 0
-			for name := range s.clusters {
+			for _, name := range s.clusters.names {
 				if s.writable(name) {
 					writable++
 				}
@@ -97,10 +127,15 @@ func startSiteSampler(cfgs map[string]*pgx.ConnConfig) *siteSampler {
 func (s *siteSampler) writable(name string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
+	cfg := s.clusters.get(name)
 	c := s.conns[name]
+	if c != nil && (c.Config().Host != cfg.Host || c.Config().Port != cfg.Port) {
+		c.Close(ctx)
+		c = nil
+	}
 	if c == nil {
 		var err error
-		if c, err = pgx.ConnectConfig(ctx, s.clusters[name]); err != nil {
+		if c, err = pgx.ConnectConfig(ctx, cfg); err != nil {
 			return false
 		}
 		s.conns[name] = c

@@ -59,8 +59,8 @@ type faultRecord struct {
 // the primary's site isolated, the witness isolated, the standby's site
 // isolated, the primary's site flapping, the path between the data sites
 // cut (the witness reaching both), an agent killed -9 (and started
-// again), the primary's PostgreSQL killed -9, the standby's replay
-// stalled. The checker then fails on: a failover for anything but the
+// again), the primary's PostgreSQL killed -9, its leader's Patroni killed
+// -9, the standby's replay stalled. The checker then fails on: a failover for anything but the
 // primary's site lost (at most one for a flap), the primary's site lost
 // without a failover, rows acknowledged and lost with no loss stated, and
 // any moment two clusters took writes; and it prints the report.
@@ -80,29 +80,52 @@ func TestNemesis(t *testing.T) {
 	a := startAutomatic(t)
 	h := a.h
 	h.createAcked("east", "orders-east")
-	cfgs, fromOutside := map[string]*pgx.ConnConfig{}, map[string]*pgx.ConnConfig{}
-	for _, site := range []string{"east", "west"} {
-		cluster := "orders-" + site
+	// How to reach each cluster from inside its site and from outside,
+	// read again at each settle: a rebuilt cluster's Service has another
+	// node port.
+	reach := func(cluster string) (inside, outside *pgx.ConnConfig, err error) {
+		site := strings.TrimPrefix(cluster, "orders-")
 		host, port, err := h.lab.EndpointOf(site, "db", cluster)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		pw, err := h.lab.PasswordOf(site, "db", cluster)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=require&connect_timeout=2", pw, host, port))
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
-		fromOutside[cluster] = cfg.Copy()
+		outside = cfg.Copy()
 		s, _ := a.st.Site(site)
 		cfg.DialFunc = dialInside(lab.NetnsName(a.st.Slot, s.Index))
-		cfgs[cluster] = cfg
+		return cfg, outside, nil
+	}
+	cfgs, fromOutside := map[string]*pgx.ConnConfig{}, map[string]*pgx.ConnConfig{}
+	for _, cluster := range []string{"orders-east", "orders-west"} {
+		var err error
+		if cfgs[cluster], fromOutside[cluster], err = reach(cluster); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inside, fromAfar := newAddressBook(cfgs), newAddressBook(fromOutside)
+	readdress := func() error {
+		for _, cluster := range inside.names {
+			in, out, err := reach(cluster)
+			if err != nil {
+				return fmt.Errorf("reading how to reach %s: %w", cluster, err)
+			}
+			if inside.set(cluster, in) {
+				t.Logf("nemesis: %s is now at %s:%d", cluster, in.Host, in.Port)
+			}
+			fromAfar.set(cluster, out)
+		}
+		return nil
 	}
 	a.votesReady()
-	sampler := startSiteSampler(cfgs)
-	w := startOutsideWriter(h, fromOutside)
+	sampler := startSiteSampler(inside)
+	w := startOutsideWriter(h, fromAfar)
 
 	failovers := func() int {
 		return strings.Count(a.repo.Git("--git-dir", a.bare, "log", "--format=%s", "main"), "automatic failover")
@@ -148,19 +171,17 @@ func TestNemesis(t *testing.T) {
 				}
 				return fmt.Errorf("diff exit %d: %s%s", r.code, r.stdout, r.stderr)
 			}
+			if err := readdress(); err != nil {
+				return err
+			}
 			standby := "orders-" + other(siteOf(a.primary()))
-			return streams(t.Context(), cfgs[standby])
+			return streams(t.Context(), inside.get(standby))
 		})
 		a.votesReady()
 		return time.Since(began)
 	}
 
-	kinds := []string{"isolate-primary", "isolate-witness", "isolate-standby", "flap-primary", "cut-data-link", "kill-agent", "kill-postgres", "stall-replay"}
-	if os.Getenv("PGTOPO_NEMESIS_PATRONI") != "" {
-		// Not in make test's tour yet: the lab operator's restart of a
-		// killed Patroni is proved by the soak first.
-		kinds = append(kinds, "kill-patroni")
-	}
+	kinds := []string{"isolate-primary", "isolate-witness", "isolate-standby", "flap-primary", "cut-data-link", "kill-agent", "kill-postgres", "kill-patroni", "stall-replay"}
 	var records []faultRecord
 	began := time.Now()
 	// Every kind once, in a random order, then random picks for as long
@@ -473,12 +494,13 @@ func orEmpty(before, s, after string) string {
 
 // startOutsideWriter is the application: outside every site, it commits a
 // row every few milliseconds through whichever cluster takes writes,
-// reached as cfgs say (no API read on the way: a cut site's API would
+// reached as the book says (no API read on the way: a cut site's API would
 // hold it), recording each acknowledged id and when.
-func startOutsideWriter(h *harness, cfgs map[string]*pgx.ConnConfig) *writer {
+func startOutsideWriter(h *harness, book *addressBook) *writer {
 	w := &writer{stop: make(chan struct{})}
 	w.start(h, func() *pgx.Conn {
-		for _, cfg := range cfgs {
+		for _, name := range book.names {
+			cfg := book.get(name)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			c, err := pgx.ConnectConfig(ctx, cfg)
 			var ok bool
