@@ -109,8 +109,21 @@ func TestTimingCheck(t *testing.T) {
 	// Fencing after 9 of 10 seconds leaves no room for a renewal and the
 	// fence itself.
 	tight := Timing{Renew: DefaultRenew, Read: ReadTimeout, FenceAfter: 9 * time.Second, After: 10 * time.Second}
-	if err := tight.Check(); err == nil || !strings.Contains(err.Error(), "another site may not promote before 12.525s") {
-		t.Fatalf("a timing that cannot fence first: %v", err)
+	want := "after 10s: the primary's agent fences after 9s without a majority, notices within a renewal and its reads (1.5s) and takes up to 2s; allowing clocks' rates to differ by 0.2%, another site may not promote before 12.525s"
+	if err := tight.Check(); err == nil || err.Error() != want {
+		t.Fatalf("a timing that cannot fence first: %v, want %q", err, want)
+	}
+	// The edge: an after of exactly what the promise needs is enough, a
+	// nanosecond less is not.
+	edge := Timing{Renew: DefaultRenew, Read: ReadTimeout, FenceAfter: 5 * time.Second}
+	promise := 8500 * time.Millisecond // FenceAfter + Renew + Read + FenceTime
+	edge.After = time.Duration(float64(promise) / (1 - 2*MaxDrift))
+	if err := edge.Check(); err != nil {
+		t.Fatalf("after %s, exactly what is needed: %v", edge.After, err)
+	}
+	edge.After--
+	if err := edge.Check(); err == nil {
+		t.Fatalf("after %s, a nanosecond short: no error", edge.After)
 	}
 }
 
@@ -176,6 +189,7 @@ func TestChoose(t *testing.T) {
 		{"the target has more than was seen", 0, map[string]Vote{"west": votes["west"]}, []Candidate{{Cluster: "orders-west", Received: 0x3000500}}, "orders-west", 0, ""},
 		{"no vote reports the primary's LSN", 1 << 20, map[string]Vote{"south": votes["south"]}, cands, "orders-south", 0, "cannot be bounded"},
 		{"no standby", 1 << 20, votes, nil, "", 0, "nothing to promote"},
+		{"a tie: the first candidate", 0, votes, []Candidate{{Cluster: "orders-west", Received: 0x3000500}, {Cluster: "orders-south", Received: 0x3000500}}, "orders-west", 0, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ch, err := Choose("orders-east", tc.cands, tc.votes, tc.max)

@@ -371,6 +371,46 @@ func (p probeAt) PrimaryLSN(context.Context, *topology.Desired) (snapshot.LSN, e
 	return p.lsn, nil
 }
 
+// probeZero answers without an error but with no position (a server that
+// is not a primary any more reports none).
+type probeZero struct{}
+
+func (probeZero) PrimaryLSN(context.Context, *topology.Desired) (snapshot.LSN, error) { return 0, nil }
+
+// The primary's LSN the keeper remembers, which bounds a failover's loss,
+// never goes back for the same primary: a look or a probe that reads less
+// (an older look, a probe that read nothing) keeps the furthest; a new
+// primary starts its own.
+func TestKeeperNeverLowersThePrimaryLSN(t *testing.T) {
+	d := automatic(t)
+	look := func(name string, lsn snapshot.LSN) *snapshot.Snapshot {
+		return &snapshot.Snapshot{Clusters: []snapshot.ClusterState{{Name: name, PG: &snapshot.PGState{CurrentLSN: lsn}}}}
+	}
+	k := &Keeper{Site: "west"}
+	for _, step := range []struct {
+		look    *snapshot.Snapshot
+		primary string
+		lsn     snapshot.LSN
+	}{
+		{look("orders-east", 0x3000900), "orders-east", 0x3000900},
+		{look("orders-east", 0x3000100), "orders-east", 0x3000900},
+		{look("orders-east", 0x3000a00), "orders-east", 0x3000a00},
+		{look("orders-west", 0x100), "orders-west", 0x100},
+	} {
+		k.Update(&Input{Desired: d}, step.look)
+		if k.primary != step.primary || k.lsn != step.lsn {
+			t.Fatalf("after a look at %s: remembers %s at %s, want %s at %s", step.look.Clusters[0].Name, k.primary, k.lsn, step.primary, step.lsn)
+		}
+	}
+	store := &memVotes{votes: map[string]quorum.Vote{}, cut: map[string]bool{}}
+	k2 := &Keeper{Site: "west", Agent: "west-agent", Store: store, Probe: probeZero{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	k2.Update(&Input{Desired: d}, look("orders-east", 0x3000900))
+	k2.Round(context.Background())
+	if v := store.votes["west"]; v.PrimaryLSN != 0x3000900 {
+		t.Fatalf("after a probe that read no position, vote %+v, want 0/3000900 kept", v)
+	}
+}
+
 // With a probe, a vote carries the primary's LSN read in the renewal, not
 // the loop's last look; a failed probe keeps the last LSN it had.
 func TestKeeperProbesThePrimary(t *testing.T) {
