@@ -121,11 +121,11 @@ type quorumFencer struct {
 
 // FenceAlone fences cluster looking at and writing its site alone, with
 // no lock step: the Lease lives in every site, most of them out of sight.
-func (f quorumFencer) FenceAlone(ctx context.Context, d *topology.Desired, cluster, why string) error {
+func (f quorumFencer) FenceAlone(ctx context.Context, d *topology.Desired, cluster, why string) (bool, error) {
 	local := d.PrimarySiteOnly()
 	o, err := f.src.newObserver(local, f.keep)
 	if err != nil {
-		return err
+		return false, err
 	}
 	mark := snapshot.Fence{By: f.holder, At: time.Now().UTC().Format(time.RFC3339), Reason: why}
 	pl := func(s *snapshot.Snapshot) plan.Plan {
@@ -136,12 +136,12 @@ func (f quorumFencer) FenceAlone(ctx context.Context, d *topology.Desired, clust
 	snap := o.Observe(ctx, local)
 	p := pl(snap)
 	if p.Refused() {
-		return &apply.RefusedError{Plan: p}
+		return false, &apply.RefusedError{Plan: p}
 	}
 	if len(p.Steps) == 0 {
-		return nil // fenced already
+		return false, nil // fenced already
 	}
-	return f.execute(ctx, local, o, p, snap, pl)
+	return true, f.execute(ctx, local, o, p, snap, pl)
 }
 
 // execute runs a fence or unfence plan as pgtopo fence and unfence do.

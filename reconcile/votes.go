@@ -26,10 +26,11 @@ type VoteStore interface {
 // Fencer fences the primary from its own site, and lifts that fence.
 type Fencer interface {
 	// FenceAlone makes cluster refuse new writes and ends its client
-	// sessions, recording why on its object. It reads and writes the
+	// sessions, recording why on its object, and says whether it had to
+	// (false: it found cluster fenced already). It reads and writes the
 	// primary's site alone and takes no Lease: the other sites are out of
 	// sight, and a fence only takes writes away.
-	FenceAlone(ctx context.Context, d *topology.Desired, cluster, why string) error
+	FenceAlone(ctx context.Context, d *topology.Desired, cluster, why string) (bool, error)
 	// Unfence lifts the quorum's fence of cluster, as pgtopo unfence does:
 	// under the topology's Lease, with every site answering, cluster still
 	// the file's primary and no other cluster writable.
@@ -293,14 +294,19 @@ func (k *Keeper) act(ctx context.Context, d *topology.Desired, r *Round, grace t
 	fenced, marked, unfencing := k.fenced, k.marked, k.unfencing
 	k.mu.Unlock()
 	switch {
-	case r.Fence.Act && !fenced && k.now().Sub(k.started) < grace:
+	case r.Fence.Act && k.now().Sub(k.started) < grace:
 		// A starting agent has no majority yet: the others have not
 		// copied its stamps. It fences FenceAfter after its start
 		// if they still have not.
 		r.Starting = true
-	case r.Fence.Act && !fenced:
+	case r.Fence.Act:
+		// Every round while the majority is lost, not once: the fence is
+		// read again where it lives, the primary's database. The soak
+		// found a keeper that remembered fencing a primary in an earlier
+		// life (since rejoined, unfenced and promoted again) and so left
+		// it writable when its site was cut off anew.
 		fctx, cancel := context.WithTimeout(ctx, quorum.FenceTime)
-		err := k.Fencer.FenceAlone(fctx, d, primary, QuorumFence+" "+r.Fence.Why)
+		applied, err := k.Fencer.FenceAlone(fctx, d, primary, QuorumFence+" "+r.Fence.Why)
 		cancel()
 		if err != nil {
 			r.FenceError = err
@@ -309,7 +315,7 @@ func (k *Keeper) act(ctx context.Context, d *topology.Desired, r *Round, grace t
 		k.mu.Lock()
 		k.fenced, k.marked = true, true
 		k.mu.Unlock()
-		r.Fenced = true
+		r.Fenced = applied
 	case !r.Fence.Act && (fenced || marked) && !unfencing:
 		k.mu.Lock()
 		k.unfencing = true

@@ -135,31 +135,45 @@ func TestKeepers(t *testing.T) {
 	}
 }
 
-// memFencer records what a keeper asks of its Fencer; fail makes the next
-// fence fail.
+// memFencer records what a keeper asks of its Fencer, as a primary that
+// is fenced or not; fail makes the next fence fail.
 type memFencer struct {
 	mu       sync.Mutex
-	fences   []string // the reasons given
+	fences   []string // the reasons given, one per fence applied
 	unfences int
 	fail     bool
+	isFenced bool
 }
 
-func (m *memFencer) FenceAlone(_ context.Context, _ *topology.Desired, cluster, why string) error {
+func (m *memFencer) FenceAlone(_ context.Context, _ *topology.Desired, cluster, why string) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.fail {
 		m.fail = false
-		return errors.New("connect orders-east: timeout")
+		return false, errors.New("connect orders-east: timeout")
 	}
+	if m.isFenced {
+		return false, nil
+	}
+	m.isFenced = true
 	m.fences = append(m.fences, cluster+": "+why)
-	return nil
+	return true, nil
 }
 
 func (m *memFencer) Unfence(context.Context, *topology.Desired, string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.unfences++
+	m.isFenced = false
 	return nil
+}
+
+// liftedElsewhere is the primary's fence lifted by another run (a rejoin
+// that unfenced it, a person).
+func (m *memFencer) liftedElsewhere() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.isFenced = false
 }
 
 func (m *memFencer) counts() (int, int) {
@@ -168,8 +182,8 @@ func (m *memFencer) counts() (int, int) {
 	return len(m.fences), m.unfences
 }
 
-// The primary's keeper fences once when the majority is lost (again after
-// a failed attempt, never twice), lifts its fence once the majority sees
+// The primary's keeper fences when the majority is lost (again after a
+// failed attempt, or after another run lifted it; never twice), lifts its fence once the majority sees
 // its site again, and never lifts a fence someone else set; the other
 // sites' keepers never fence.
 func TestKeeperFencesAndLifts(t *testing.T) {
@@ -234,12 +248,25 @@ func TestKeeperFencesAndLifts(t *testing.T) {
 		}
 	}
 
+	// Fenced already, it is not fenced twice; lifted by another run while
+	// the majority is still lost (the soak: a primary the keeper fenced
+	// in an earlier life, since rejoined, unfenced and promoted again), it
+	// is fenced again at the next round, not remembered as fenced.
+	rounds(2)
+	if f, _ := fencers["east"].counts(); f != 1 {
+		t.Fatalf("fenced already: %d fences, want 1", f)
+	}
+	fencers["east"].liftedElsewhere()
+	if r := rounds(1); !r.Fenced {
+		t.Fatalf("the fence lifted elsewhere, still cut off: round %+v, want it fenced again", r)
+	}
+
 	// Healed: the majority sees east again, its keeper lifts its fence.
 	store.cut["west"], store.cut["north"] = false, false
 	rounds(3)
 	unfencesSettle(1)
 	rounds(3)
-	if f, u := fencers["east"].counts(); f != 1 || u != 1 {
+	if f, u := fencers["east"].counts(); f != 2 || u != 1 {
 		t.Fatalf("healed: %d fences, %d unfences", f, u)
 	}
 
