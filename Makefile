@@ -25,7 +25,7 @@ test: build lab-bin ## run every test (unit, agreement, testscripts, the lab end
 
 SOAK ?= 30m
 soak: build lab-bin ## the nemesis for SOAK (default 30m; root): faults at random on a lab of network namespaces, automatic failover checked (PGTOPO_NEMESIS_SEED repeats a run)
-	PGTOPO_NEMESIS=$(SOAK) $(GO) test -count=1 -v -timeout 2h -run '^TestNemesis$$' ./e2e
+	PGTOPO_NEMESIS=$(SOAK) PGTOPO_NEMESIS_PATRONI=1 $(GO) test -count=1 -v -timeout 2h -run '^TestNemesis$$' ./e2e
 
 lint: bin/staticcheck ## gofmt check, go vet, staticcheck, no binary or file over 1 MiB tracked
 	scripts/check-tree.sh
