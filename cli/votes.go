@@ -141,7 +141,10 @@ func (f quorumFencer) FenceAlone(ctx context.Context, d *topology.Desired, clust
 	if len(p.Steps) == 0 {
 		return false, nil // fenced already
 	}
-	return true, f.execute(ctx, local, o, p, snap, pl)
+	if err := f.execute(ctx, local, o, p, snap, pl); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // execute runs a fence or unfence plan as pgtopo fence and unfence do.
