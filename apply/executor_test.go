@@ -411,10 +411,14 @@ func switchoverStep(resume string) plan.Step {
 func TestSwitchoverWakesTheOldPrimarysReceiver(t *testing.T) {
 	w := switchoverWorld()
 	w.cluster("orders-east").SlotName = "xdc_orders_east"
-	promoted, wakes := false, 0
+	promoted, unfencing, wakes := false, false, 0
 	w.react = func(w *world, what, name string) {
 		operator(w, what, name)
 		switch {
+		case what == "sql fence-off" && name == "orders-east":
+			unfencing = true // its reload lifts the fence; it is no wake
+		case what == "sql reload" && name == "orders-east" && unfencing:
+			unfencing = false
 		case what == "spec" && name == "orders-west" && !w.cluster("orders-west").PG.InRecovery:
 			promoted = true
 			// A receiver that says "streaming" before its sender took it:
@@ -468,7 +472,6 @@ func TestSwitchoverPhasesInOrder(t *testing.T) {
 		"marks orders-west digest=d0 revision= journal=demoting",
 		"sql orders-east fence-on", "sql orders-east reload", "sql orders-east terminate",
 		"spec orders-east "+specJSON(pay[*plan.Switchover](step).Demoted),
-		"sql orders-east fence-off", "sql orders-east reload",
 		"marks orders-east digest=d0 revision= journal=gated 0/5027AD8",
 		"marks orders-west digest=d0 revision= journal=gated 0/5027AD8",
 		"marks orders-east digest=d0 revision= journal=promoted 0/5027AD8",
@@ -477,10 +480,12 @@ func TestSwitchoverPhasesInOrder(t *testing.T) {
 		"sql orders-west CHECKPOINT",
 		// The old primary's WAL receiver is woken to stream from the new one.
 		"sql orders-east reload",
+		// Its fence is lifted once it streams, outside the write window.
+		"sql orders-east fence-off", "sql orders-east reload",
 		"marks orders-east digest=d0 revision= journal=-",
 		"marks orders-west digest=d0 revision= journal=-",
 	)
-	want := []EventType{EventStep, EventJournal, EventFence, EventDemote, EventUnfence, EventGateSet, EventGate, EventPromote, EventSwitched}
+	want := []EventType{EventStep, EventJournal, EventFence, EventDemote, EventGateSet, EventGate, EventPromote, EventUnfence, EventSwitched}
 	if got := phases(*events); !slices.Equal(got, want) {
 		t.Fatalf("phases %v, want %v", got, want)
 	}
@@ -497,6 +502,33 @@ func TestSwitchoverPhasesInOrder(t *testing.T) {
 	TextProgress(&b)((*events)[0])
 	if !strings.Contains(b.String(), "] step 1/1: ") {
 		t.Fatalf("step line %q lacks the step counter", b.String())
+	}
+}
+
+// A promotion that the plan gives the role alone writes it first and the
+// whole spec once the target takes writes, before the checkpoint.
+func TestSwitchoverPromotesFirstThenGrows(t *testing.T) {
+	w := switchoverWorld()
+	r, _ := runner(w)
+	step := switchoverStep("")
+	sw := pay[*plan.Switchover](step)
+	first := sw.Promoted
+	first.Instances = 1
+	sw.PromoteFirst = &first
+	if err := run(t, r, step); err != nil {
+		t.Fatal(err)
+	}
+	got := w.writes()
+	at := func(line string) int {
+		i := slices.Index(got, line)
+		if i < 0 {
+			t.Fatalf("no %q in writes:\n  %s", line, strings.Join(got, "\n  "))
+		}
+		return i
+	}
+	promote, grow := at("spec orders-west "+specJSON(first)), at("spec orders-west "+specJSON(sw.Promoted))
+	if gate, checkpoint := at("marks orders-west digest=d0 revision= journal=promoted 0/5027AD8"), at("sql orders-west CHECKPOINT"); !(gate < promote && promote < grow && grow < checkpoint) {
+		t.Fatalf("writes out of order (journal promoted, role alone, whole spec, checkpoint):\n  %s", strings.Join(got, "\n  "))
 	}
 }
 

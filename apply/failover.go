@@ -56,10 +56,9 @@ func (x *stepRun) Failover(ctx context.Context, _ plan.Subject, f *plan.Failover
 	if rec.Phase != snapshot.FailoverPromoting && rec.Phase != snapshot.FailoverDone {
 		return fmt.Errorf("promote %s: the failover record is at phase %q: no recorded consent", to, rec.Phase)
 	}
-	if err := x.writeSpec(ctx, f.To, f.Promoted); err != nil {
+	if err := x.promote(ctx, f.To, f.Promoted, f.PromoteFirst, rec.Phase); err != nil {
 		return err
 	}
-	x.emit(Event{Type: EventPromote, Journal: rec.Phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to, f.Promoted.Instances)})
 	if err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable on a timeline after %d", to, rec.FromTimeline), []string{to}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		return cs.Writable() && cs.PG.Timeline > rec.FromTimeline, statusWords(cs)
@@ -67,6 +66,9 @@ func (x *stepRun) Failover(ctx context.Context, _ plan.Subject, f *plan.Failover
 		return err
 	}
 	newTL := x.cluster(to).PG.Timeline
+	if err := x.growPromoted(ctx, f.To, f.Promoted, f.PromoteFirst); err != nil {
+		return err
+	}
 	// WAL on the new timeline at once, so followers see it.
 	if err := x.sql(ctx, x.cluster(to), "CHECKPOINT"); err != nil {
 		return err

@@ -713,7 +713,7 @@ func (r *Runner) pollSwitchover() time.Duration {
 	if r.PollSwitchover > 0 {
 		return r.PollSwitchover
 	}
-	return 100 * time.Millisecond
+	return 40 * time.Millisecond
 }
 
 func statusWords(c *snapshot.ClusterState) string {

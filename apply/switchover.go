@@ -211,10 +211,9 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 	// reconcile, a stopped Patroni that resumes), so making the old primary
 	// primary again could make two. The budget still bounds the wait, but
 	// ends it with the journal kept and what to do, never with a back-out.
-	if err := x.writeSpec(ctx, sw.To, sw.Promoted); err != nil {
+	if err := x.promote(ctx, sw.To, sw.Promoted, sw.PromoteFirst, j.Phase); err != nil {
 		return err
 	}
-	x.emit(Event{Type: EventPromote, Journal: j.Phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to, sw.Promoted.Instances)})
 	if err := x.waitEvery(ctx, x.r.pollSwitchover(), fmt.Sprintf("%s writable on timeline %d", to, j.Timeline+1), []string{to}, func(snap *snapshot.Snapshot) (bool, string) {
 		cs, _ := snap.Cluster(to)
 		return cs.Writable() && cs.PG.Timeline > j.Timeline, statusWords(cs)
@@ -232,6 +231,9 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 	}
 	newTimeline := x.cluster(to).PG.Timeline
 	x.outage = nil
+	if err := x.growPromoted(ctx, sw.To, sw.Promoted, sw.PromoteFirst); err != nil {
+		return err
+	}
 	// A checkpoint writes WAL on the new timeline, so followers see the
 	// timeline at once; without writes they report the old one for as long
 	// as checkpoint_timeout.
@@ -243,8 +245,9 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 	} else if err != nil {
 		return fmt.Errorf("%s does not follow the new primary %s and needs a rebuild (delete its CR and volumes; pgtopo recreates it as a standby): %w", from, to, err)
 	}
-	// An end of WAL read at the target leaves the fence to lift now that
-	// the old primary runs again, as a standby.
+	// Lift the fence now that the old primary runs as a standby (ALTER
+	// SYSTEM works in recovery): left in place, it would make the cluster
+	// read-only the next time it is primary.
 	if fo := x.cluster(from); fo.PG != nil && fo.PG.ReadOnlyDefault {
 		if err := x.unfence(ctx, x.last, from); err != nil {
 			return err
@@ -260,6 +263,33 @@ func (x *stepRun) Switchover(ctx context.Context, _ plan.Subject, sw *plan.Switc
 		done = fmt.Sprintf("switchover %s → %s done: writes refused for %.1f s, %s writable on timeline %d", from, to, refused, to, newTimeline)
 	}
 	x.emit(Event{Type: EventSwitched, WritesRefused: refused, Message: done + "; journal cleared"})
+	return nil
+}
+
+// promote writes the target's spec as primary: first when the plan has
+// one (the role alone, no new instance to wait for), else promoted.
+func (x *stepRun) promote(ctx context.Context, to plan.Subject, promoted snapshot.Spec, first *snapshot.Spec, phase string) error {
+	spec := promoted
+	if first != nil {
+		spec = *first
+	}
+	if err := x.writeSpec(ctx, to, spec); err != nil {
+		return err
+	}
+	x.emit(Event{Type: EventPromote, Journal: phase, Message: fmt.Sprintf("promote: %s isReplica false, numberOfInstances %d", to.Cluster, spec.Instances)})
+	return nil
+}
+
+// growPromoted writes the new primary's whole spec once it takes writes,
+// when its promotion wrote the role alone.
+func (x *stepRun) growPromoted(ctx context.Context, to plan.Subject, promoted snapshot.Spec, first *snapshot.Spec) error {
+	if first == nil {
+		return nil
+	}
+	if err := x.writeSpec(ctx, to, promoted); err != nil {
+		return err
+	}
+	x.say(EventWrite, "%s takes writes: numberOfInstances %d → %d", to.Cluster, first.Instances, promoted.Instances)
 	return nil
 }
 
@@ -452,16 +482,11 @@ func (x *stepRun) demote(ctx context.Context, j snapshot.Journal, sw *plan.Switc
 	if err != nil {
 		return 0, "", err
 	}
+	// The fence is lifted once the old primary streams from the new one:
+	// not here, inside the write window. A run that ends before that
+	// leaves a journal whose resume, or back-out, lifts it.
 	if readAtTarget {
-		// The fence is lifted once the old primary runs again, as a
-		// standby of the new primary.
 		return end, "the old primary's shutdown checkpoint, read at " + to, nil
-	}
-	// Lift the fence now that it is a standby (ALTER SYSTEM works in
-	// recovery): left in place, it would make the cluster read-only the
-	// next time it is primary, even after a switchover abandoned here.
-	if err := x.unfence(ctx, x.last, from); err != nil {
-		return 0, "", err
 	}
 	return end, "its end of WAL, read in recovery", nil
 }

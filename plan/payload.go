@@ -14,6 +14,8 @@ type Failover struct {
 	FromEndpoint *snapshot.Endpoint `json:"fromEndpoint,omitempty"`
 	ToEndpoint   *snapshot.Endpoint `json:"toEndpoint,omitempty"`
 	Promoted     snapshot.Spec      `json:"promoted"`
+	// PromoteFirst is as for a Switchover.
+	PromoteFirst *snapshot.Spec `json:"promoteFirst,omitempty"`
 	// SystemID and FromTimeline are the lost primary's as the target saw
 	// them; apply refuses if the target's differ when it acts.
 	SystemID     string `json:"systemIdentifier"`

@@ -256,6 +256,10 @@ type Switchover struct {
 	Demoted  snapshot.Spec `json:"demoted"`
 	Promoted snapshot.Spec `json:"promoted"`
 	Restore  snapshot.Spec `json:"restore"`
+	// PromoteFirst, when set, is what promotion writes: Promoted with the
+	// instances the target runs as a standby, so that the promotion waits
+	// for no new instance; Promoted follows once the target takes writes.
+	PromoteFirst *snapshot.Spec `json:"promoteFirst,omitempty"`
 	// SystemID and Timeline are the old primary's: the gate compares the
 	// target's against them. Zero when resuming (the journal has them).
 	SystemID    string `json:"systemIdentifier,omitempty"`

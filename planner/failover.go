@@ -102,6 +102,7 @@ func (p *planner) failover(l *lostPrimary) {
 	if t.Exists && t.Object.Spec.Replication.PeerHost != "" {
 		sw.FromEndpoint = &snapshot.Endpoint{Host: t.Object.Spec.Replication.PeerHost, Port: t.Object.Spec.Replication.PeerPort}
 	}
+	sw.PromoteFirst = p.promoteFirst(to, sw.Promoted)
 	p.failingOver = sw
 	changes := specChanges(t.Object, sw.Promoted, "")
 	for i := range changes {
@@ -133,6 +134,7 @@ func (p *planner) resumeFailover(rec snapshot.FailoverRecord) {
 	t := p.observed(to.Name)
 	sw := &plan.Failover{From: subjectOf(from), To: subjectOf(to), ToEndpoint: t.Endpoint, Promoted: p.desiredSpec(to, nil),
 		SystemID: rec.SystemID, FromTimeline: rec.FromTimeline, Epoch: rec.Epoch, Consent: rec.Consent, Resume: snapshot.FailoverPromoting}
+	sw.PromoteFirst = p.promoteFirst(to, sw.Promoted)
 	p.failingOver = sw
 	changes := specChanges(t.Object, sw.Promoted, "")
 	for i := range changes {

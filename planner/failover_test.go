@@ -2,6 +2,7 @@ package planner
 
 import (
 	"maps"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -385,4 +386,61 @@ func threeSitesEastLost(t *testing.T) (*topology.Desired, *snapshot.Snapshot) {
 	site.Reachable, site.Error = false, "context lab-east: connection refused"
 	*cs(snap, "orders-east") = snapshot.ClusterState{Name: "orders-east", Site: "east", Namespace: "db"}
 	return d, snap
+}
+
+// A promotion writes the role alone when the primary's spec would also add
+// instances: the operator need build none inside the write window. The
+// whole spec follows once the target takes writes.
+func TestPromoteFirstAddsNoInstance(t *testing.T) {
+	cases := []struct {
+		name      string
+		standbyOf int // the target's instances as observed
+		want      int // PromoteFirst's instances; 0: none (Promoted at once)
+	}{
+		{name: "a standby of one instance promoted to two", standbyOf: 1, want: 1},
+		{name: "a target scaled already (a resumed promotion)", standbyOf: 2, want: 0},
+		{name: "a target running more than the file asks", standbyOf: 3, want: 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, kind := range []string{"switchover", "failover"} {
+				var p plan.Plan
+				if kind == "switchover" {
+					d := loadDesired(t, "testdata/two-sites-west.yaml")
+					snap := loadSnapshot(t, "testdata/in-sync/snapshot.json", d)
+					cs(snap, "orders-west").Object.Spec.Instances = tc.standbyOf
+					p = Compute(d, snap, plan.Options{})
+				} else {
+					d, snap := lostEast(t)
+					cs(snap, "orders-west").Object.Spec.Instances = tc.standbyOf
+					p = Compute(d, snap, plan.Options{AcceptDataLoss: "orders-east"})
+				}
+				var promoted snapshot.Spec
+				var first *snapshot.Spec
+				for _, s := range p.Steps {
+					switch pl := s.Payload.(type) {
+					case *plan.Switchover:
+						promoted, first = pl.Promoted, pl.PromoteFirst
+					case *plan.Failover:
+						promoted, first = pl.Promoted, pl.PromoteFirst
+					}
+				}
+				if promoted.Instances != 2 || promoted.Replication.IsReplica {
+					t.Fatalf("%s: promoted %+v, want the file's primary of 2 instances (plan %+v)", kind, promoted, p.Steps)
+				}
+				switch {
+				case tc.want == 0 && first != nil:
+					t.Fatalf("%s: promotes first with %+v, want Promoted at once", kind, *first)
+				case tc.want != 0 && first == nil:
+					t.Fatalf("%s: no first promotion, want %d instance(s)", kind, tc.want)
+				case tc.want != 0:
+					want := promoted
+					want.Instances = tc.want
+					if !reflect.DeepEqual(*first, want) {
+						t.Fatalf("%s: promotes first with %+v, want %+v: the role alone", kind, *first, want)
+					}
+				}
+			}
+		})
+	}
 }

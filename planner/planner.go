@@ -348,6 +348,26 @@ func (p *planner) desiredSpec(c topology.DesiredCluster, primaryEP *snapshot.End
 	return s
 }
 
+// promoteFirst is the spec a promotion writes when Promoted would also add
+// instances: Promoted with the count the target runs now. An operator
+// builds new instances before, or beside, acting on the role, and the
+// promotion, inside the write window, need not wait for them; they are
+// added once the target takes writes. Nil when Promoted adds none (a
+// resumed promotion whose target was scaled already, a Patroni cluster).
+func (p *planner) promoteFirst(to topology.DesiredCluster, promoted snapshot.Spec) *snapshot.Spec {
+	t := p.observed(to.Name)
+	if to.IsPatroni() || !t.Exists || t.Object == nil {
+		return nil
+	}
+	now := t.Object.Spec.Instances
+	if now <= 0 || now >= promoted.Instances {
+		return nil
+	}
+	first := promoted
+	first.Instances = now
+	return &first
+}
+
 func (p *planner) resumeSwitchover(j snapshot.Journal, on string) {
 	to, okTo := p.d.Cluster(j.To)
 	from, okFrom := p.d.Cluster(j.From)
@@ -381,6 +401,7 @@ func (p *planner) resumeSwitchover(j snapshot.Journal, on string) {
 	sw := &plan.Switchover{From: subjectOf(from), To: subjectOf(to), FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
 		Demoted: p.desiredSpec(from, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(from),
 		MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds(), Resume: resume, FinalLSN: p.finalLSN()}
+	sw.PromoteFirst = p.promoteFirst(to, sw.Promoted)
 	p.switching = sw
 	step := plan.Step{Action: plan.ActionSwitchover, Subject: subjectOf(to), Reason: reason, Payload: sw,
 		Preconditions: []plan.Precondition{{Kind: plan.CondSiteReachable, Site: from.Site.Name}, {Kind: plan.CondSiteReachable, Site: to.Site.Name}}}
@@ -517,6 +538,7 @@ func (p *planner) switchover(from string, to topology.DesiredCluster) {
 	sw := &plan.Switchover{From: subjectOf(fromC), To: subj, FromEndpoint: fo.Endpoint, ToEndpoint: ot.Endpoint,
 		Demoted: p.desiredSpec(fromC, ot.Endpoint), Promoted: p.desiredSpec(to, nil), Restore: p.restoreSpec(fromC),
 		SystemID: fo.PG.SystemID, Timeline: fo.PG.Timeline, MaxLagBytes: p.d.MaxLagBytes, MaxWritePauseSeconds: p.d.MaxWritePause.Seconds(), FinalLSN: p.finalLSN()}
+	sw.PromoteFirst = p.promoteFirst(to, sw.Promoted)
 	p.switching = sw
 	if ot.Object != nil && !ot.Object.Ready {
 		p.note(&subj, "%s's operator reports it %s, not ready: the switchover waits until it does (up to the step timeout) before it fences %s, and refuses if it never does", to.Name, statusWord(ot.Object.Status), from)

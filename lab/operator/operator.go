@@ -549,9 +549,10 @@ func (o *Operator) ensureDynamicConfig(ctx context.Context, c *cluster, slots []
 		return err
 	}
 	patch := configPatch(cur, c.spec, slots, c.standbySlot())
-	if sc, ok := patch["standby_cluster"]; ok {
+	if _, ok := patch["standby_cluster"]; ok {
+		// From the spec: the patch holds a typed nil map to remove it.
 		r := c.spec.Replication
-		o.log.Info("standby_cluster", "cluster", c.spec.key(), "isReplica", sc != nil, "peer", fmt.Sprintf("%s:%d", r.PeerHost, r.PeerPort))
+		o.log.Info("standby_cluster", "cluster", c.spec.key(), "isReplica", r.IsReplica, "peer", fmt.Sprintf("%s:%d", r.PeerHost, r.PeerPort))
 	}
 	if len(patch) == 0 {
 		return nil
