@@ -35,7 +35,7 @@ func (e *LockHeldError) Error() string {
 
 // lease is a held pgtopo lock, renewed in the background until released.
 type lease struct {
-	w      SiteWriter
+	w      LeaseStore
 	ns     string
 	name   string
 	holder string
@@ -177,7 +177,7 @@ func (ls locks) release(ctx context.Context) {
 // tryLock takes the Lease if it is free or expired and returns "", or
 // returns the live holder. Updates carry the resourceVersion, so two runs
 // racing for an expired Lease cannot both win.
-func tryLock(ctx context.Context, w SiteWriter, ns, name, me string, gone func(holder string) bool) (string, error) {
+func tryLock(ctx context.Context, w LeaseStore, ns, name, me string, gone func(holder string) bool) (string, error) {
 	now := metav1.NewMicroTime(time.Now())
 	secs := int32(leaseSeconds)
 	l, err := w.GetLease(ctx, ns, name)

@@ -274,7 +274,7 @@ func newRunner(e env, src *sourceFlags, f applyFlags, in *reconcile.Input, obs *
 	// each poll, side by side with polls of what they wait for.
 	r.FullPolls = e.getenv("PGTOPO_BENCH_FULL_POLLS") != ""
 	if f.slots != nil {
-		r.Switchovers = newPlanSlots(f.slots, pl, in.Desired)
+		r.Switchovers = newPlanSlots(f.slots, pl, in.Desired, leasesOf(r.Sites, r.Holder))
 	}
 	return r, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/plan"
 	"github.com/pgtopo/pgtopo/printable"
 	"github.com/pgtopo/pgtopo/reconcile"
@@ -397,6 +398,31 @@ type planSlots struct {
 	limits   map[string]int // by site name: spec.sites[].maxSwitchovers
 	// ahead is what TakeAhead holds for the run's switchover.
 	ahead *aheadSlots
+	// leases, when set, are the sites' slot Leases, shared with other
+	// processes (reconcile replicas, an apply beside them): a Kubernetes
+	// site's slot is taken there too, in the namespace of the
+	// switchover's cluster in that site (namespaces).
+	leases     *slotLeases
+	namespaces map[string]string
+}
+
+// slotLeaseRetry is how often a switchover whose sites' slot Leases are
+// all held by other processes looks again.
+const slotLeaseRetry = 500 * time.Millisecond
+
+// leasesOf are the slot Leases of a runner's sites, taken as its holder.
+func leasesOf(sites func(string) (apply.SiteWriter, error), holder string) *slotLeases {
+	return &slotLeases{store: func(s string) (apply.LeaseStore, error) { return sites(s) }, holder: holder, gone: holderGone, retry: slotLeaseRetry}
+}
+
+// slotLeases are where, and as whom, a process takes slot Leases.
+type slotLeases struct {
+	store  func(site string) (apply.LeaseStore, error)
+	holder string
+	gone   func(holder string) bool
+	// retry is how often a process whose sites' Leases are all held
+	// looks again.
+	retry time.Duration
 }
 
 // aheadSlots are slots taken before the topology's Lease, handed to the
@@ -407,10 +433,16 @@ type aheadSlots struct {
 	release func()
 }
 
-func newPlanSlots(slots *siteSlots, pl plan.Plan, d *topology.Desired) planSlots {
-	p := planSlots{slots: slots, contexts: map[string]string{}, limits: map[string]int{}, ahead: &aheadSlots{}}
+func newPlanSlots(slots *siteSlots, pl plan.Plan, d *topology.Desired, leases *slotLeases) planSlots {
+	p := planSlots{slots: slots, contexts: map[string]string{}, limits: map[string]int{}, ahead: &aheadSlots{},
+		leases: leases, namespaces: map[string]string{}}
 	for _, s := range pl.Sites {
 		p.contexts[s.Name] = s.Context
+	}
+	for _, st := range pl.Steps {
+		if sw, ok := st.Payload.(*plan.Switchover); ok {
+			p.namespaces[sw.From.Site], p.namespaces[sw.To.Site] = sw.From.Namespace, sw.To.Namespace
+		}
 	}
 	for _, s := range d.Sites() {
 		if s.MaxSwitchovers > 0 {
@@ -487,7 +519,58 @@ func (p planSlots) acquire(ctx context.Context, sites []string) (func(), time.Du
 			limits[keys[i]] = l
 		}
 	}
-	return p.slots.acquire(ctx, keys, limits)
+	began := time.Now()
+	for {
+		release, _, err := p.slots.acquire(ctx, keys, limits)
+		if err != nil || p.leases == nil {
+			return release, since(began), err
+		}
+		shared, busy, err := p.takeLeases(ctx, sites)
+		if err != nil {
+			release()
+			return nil, 0, err
+		}
+		if busy == "" {
+			return func() { shared(); release() }, since(began), nil
+		}
+		// Held by other processes: this one's slot is given back while
+		// it waits, so its own other runs are not held up.
+		release()
+		select {
+		case <-ctx.Done():
+			return nil, 0, fmt.Errorf("%s: %w", busy, ctx.Err())
+		case <-time.After(p.leases.retry):
+		}
+	}
+}
+
+// takeLeases takes a slot Lease in each Kubernetes site of the
+// switchover, bounded as the in-memory slots are.
+func (p planSlots) takeLeases(ctx context.Context, sites []string) (func(), string, error) {
+	var at []apply.SlotSite
+	for _, s := range sites {
+		ns := p.namespaces[s]
+		if p.contexts[s] == "" || ns == "" {
+			continue // a Patroni site keeps no Leases
+		}
+		store, err := p.leases.store(s)
+		if err != nil {
+			return nil, "", fmt.Errorf("switchover slot in site %s: %w", s, err)
+		}
+		bound := p.slots.per
+		if l := p.limits[s]; l > 0 && l < bound {
+			bound = l
+		}
+		at = append(at, apply.SlotSite{Name: s, Namespace: ns, Bound: bound, Scan: p.slots.per, Store: store})
+	}
+	return apply.TakeSlotLeases(ctx, at, p.leases.holder, p.leases.gone)
+}
+
+func since(t time.Time) time.Duration {
+	if d := time.Since(t); d >= time.Millisecond {
+		return d
+	}
+	return 0
 }
 
 // fleet is what reconcile runs: the topology files of --repo matching

@@ -2,11 +2,21 @@ package cli
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/topology"
 )
 
 // A site's slots bound the switchovers there: a second taker waits until
@@ -187,5 +197,104 @@ func TestPlanSlotsTakenAheadOfTheLease(t *testing.T) {
 		t.Fatalf("a resumed switchover took slots ahead: %v", err)
 	} else {
 		r()
+	}
+}
+
+// memLeases is a site's Leases in memory, with the API server's
+// compare-and-swap on resourceVersion.
+type memLeases struct {
+	mu     sync.Mutex
+	leases map[string]coordinationv1.Lease
+	rv     int
+}
+
+func (m *memLeases) GetLease(_ context.Context, ns, name string) (*coordinationv1.Lease, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, ok := m.leases[ns+"/"+name]
+	if !ok {
+		return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "leases"}, name)
+	}
+	return l.DeepCopy(), nil
+}
+
+func (m *memLeases) CreateLease(_ context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.leases[l.Namespace+"/"+l.Name]; ok {
+		return nil, apierrors.NewAlreadyExists(schema.GroupResource{Resource: "leases"}, l.Name)
+	}
+	m.rv++
+	c := *l.DeepCopy()
+	c.ResourceVersion = strconv.Itoa(m.rv)
+	m.leases[l.Namespace+"/"+l.Name] = c
+	return c.DeepCopy(), nil
+}
+
+func (m *memLeases) UpdateLease(_ context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cur, ok := m.leases[l.Namespace+"/"+l.Name]; !ok || cur.ResourceVersion != l.ResourceVersion {
+		return nil, apierrors.NewConflict(schema.GroupResource{Resource: "leases"}, l.Name, errors.New("stale resourceVersion"))
+	}
+	m.rv++
+	c := *l.DeepCopy()
+	c.ResourceVersion = strconv.Itoa(m.rv)
+	m.leases[l.Namespace+"/"+l.Name] = c
+	return c.DeepCopy(), nil
+}
+
+// Two processes (reconcile replicas), each with its own slots in memory,
+// share a site's bound through its slot Leases: with a bound of 1 the
+// second waits, says who holds the slot, and takes it once it is given
+// back. A Patroni site (no context) keeps no Leases.
+func TestPlanSlotsSharedByProcesses(t *testing.T) {
+	stores := map[string]*memLeases{"east": {leases: map[string]coordinationv1.Lease{}}, "west": {leases: map[string]coordinationv1.Lease{}}}
+	pl := plan.Plan{
+		Sites: []plan.Site{{Name: "east", Context: "lab-east"}, {Name: "west", Context: "lab-west"}, {Name: "dc1"}},
+		Steps: []plan.Step{{Action: plan.ActionSwitchover, Payload: &plan.Switchover{
+			From: plan.Subject{Cluster: "a-east", Site: "east", Namespace: "db"}, To: plan.Subject{Cluster: "a-west", Site: "west", Namespace: "db"}}}},
+	}
+	replica := func(name string) planSlots {
+		return newPlanSlots(newSiteSlots(1), pl, &topology.Desired{}, &slotLeases{
+			store: func(site string) (apply.LeaseStore, error) {
+				if s, ok := stores[site]; ok {
+					return s, nil
+				}
+				return nil, fmt.Errorf("site %s keeps no Leases", site)
+			},
+			holder: name, retry: 5 * time.Millisecond})
+	}
+	a, b := replica("replica-a"), replica("replica-b")
+	ctx := context.Background()
+	releaseA, _, err := a.Acquire(ctx, []string{"east", "west", "dc1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, _, err := b.Acquire(short, []string{"east", "west"}); err == nil || !strings.Contains(err.Error(), "site east: 1 of 1 switchover slots held (replica-a/slot-") {
+		t.Fatalf("the second replica: %v, want it to wait for east's slot, naming its holder", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		release, waited, err := b.Acquire(ctx, []string{"east", "west"})
+		if err == nil {
+			release()
+			if waited == 0 {
+				err = errors.New("took the slot without waiting")
+			}
+		}
+		got <- err
+	}()
+	time.Sleep(30 * time.Millisecond)
+	releaseA()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second replica never took the slot the first gave back")
 	}
 }

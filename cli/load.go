@@ -301,6 +301,16 @@ func (w forgetting) UpdateLease(ctx context.Context, l *coordinationv1.Lease) (*
 	return w.siteAPI.UpdateLease(ctx, l)
 }
 
+// slotLeases are the switchover slot Leases of d's sites in pl, taken as
+// holder.
+func (f *sourceFlags) slotLeases(d *topology.Desired, pl plan.Plan, holder string) (*slotLeases, error) {
+	op, err := flavor.Lookup(d.Flavor)
+	if err != nil {
+		return nil, err
+	}
+	return leasesOf(f.flavorSites(d, pl, op), holder), nil
+}
+
 // runner assembles the Runner that applies pl to d's sites: its sites,
 // admin sessions, the flavor's catalogue and credentials keys, the lock's
 // holder and the replanning of d; the caller adds progress, timeouts and

@@ -99,12 +99,21 @@ resumes on the next run).`,
 				// behind runs that wait for slots; and for slotPatience
 				// at most: a new look may find the plan became a resume
 				// (another replica fenced and died).
-				ps := newPlanSlots(slots, pl, d)
+				leases, err := src.slotLeases(d, pl, holder)
+				if err != nil {
+					return nil, err
+				}
+				ps := newPlanSlots(slots, pl, d, leases)
 				slotCtx, slotCancel := context.WithTimeout(ctx, slotPatience)
 				waited, release, err := ps.TakeAhead(slotCtx, pl)
 				slotCancel()
 				if err != nil && ctx.Err() == nil {
-					return nil, &reconcile.BusyError{Why: fmt.Sprintf("no switchover slot free in its sites within %s (--max-switchovers-per-site %d: other topologies' switchovers run there)", slotPatience, switchoversPerSite)}
+					// Who holds them, when other processes do.
+					held := strings.TrimSuffix(err.Error(), context.DeadlineExceeded.Error())
+					if held = strings.TrimSuffix(held, ": "); held != "" {
+						held = "; " + held
+					}
+					return nil, &reconcile.BusyError{Why: fmt.Sprintf("no switchover slot free in its sites within %s (--max-switchovers-per-site %d: other topologies' switchovers run there%s)", slotPatience, switchoversPerSite, held)}
 				}
 				if err != nil {
 					return nil, fmt.Errorf("waiting for a switchover slot, before locking the topology: %w", err)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/gitsource/gittest"
@@ -89,6 +92,12 @@ func TestReplicasShareAFleet(t *testing.T) {
 	repo.Commit("evacuate east", files(west))
 	repo.Git("push", "-q", "origin", "main")
 	pushed := time.Now()
+	// --max-switchovers-per-site 1 holds across the replicas (their slot
+	// Leases in east/db and west/db), not per replica: at most one
+	// switchover journal in east at a time; two once the killed
+	// replica's switchover is resumed, which takes no slot, while the
+	// dead replica's slot Lease has not expired yet.
+	inFlight := h.sampleJournals(t, "east", "db")
 
 	// Kill the first replica seen inside a switchover's fenced stretch.
 	var victim, victimTopology string
@@ -150,6 +159,11 @@ func TestReplicasShareAFleet(t *testing.T) {
 				lastWords(replicas, names, pushed), strings.Join(told, "\n"), r.stderr, r.stdout)
 		}
 		time.Sleep(2 * time.Second)
+	}
+	most, when := inFlight.stop()
+	t.Logf("switchovers at once in east, across the three replicas: at most %d (%s)", most, when)
+	if most < 1 || most > 2 {
+		t.Fatalf("%d switchover journals at once in east (%s), want 1, or 2 while a killed replica's switchover resumes: the per-site bound of 1 is not shared by the replicas", most, when)
 	}
 	for _, w := range writers {
 		w.finish()
@@ -310,4 +324,49 @@ func lastWords(replicas map[string]*loop, names []string, from time.Time) string
 		out = append(out, fmt.Sprintf("%s: %s %s %s %s%s%s", name, s.r.Time.Format("15:04:05.000"), s.host, s.r.Msg, s.r.Result, s.r.Refusal, s.r.Error))
 	}
 	return strings.Join(out, "\n")
+}
+
+// journalSampler counts, every 100 ms, the clusters of one site's
+// namespace whose object carries a switchover journal.
+type journalSampler struct {
+	quit chan struct{}
+	done chan struct{}
+	most int
+	when string
+}
+
+func (h *harness) sampleJournals(t *testing.T, site, ns string) *journalSampler {
+	s := &journalSampler{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for {
+			select {
+			case <-s.quit:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			list, err := h.lab.Dyn[site].Resource(postgresqlGVR).Namespace(ns).List(context.Background(), metav1.ListOptions{})
+			if err != nil {
+				continue
+			}
+			var journaled []string
+			for _, o := range list.Items {
+				if o.GetAnnotations()["pgtopo.dev/switchover"] != "" {
+					journaled = append(journaled, o.GetName())
+				}
+			}
+			if len(journaled) > s.most {
+				s.most, s.when = len(journaled), time.Now().Format("15:04:05.0")+": "+strings.Join(journaled, ", ")
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the sampling and returns the most journals seen at once, and
+// when and which.
+func (s *journalSampler) stop() (int, string) {
+	close(s.quit)
+	<-s.done
+	return s.most, s.when
 }
