@@ -132,7 +132,7 @@ stale plan.`,
 	cmd.Flags().StringSliceVar(&f.allowRebuild, "allow-rebuild", nil, "let pgtopo rebuild standby CLUSTER if it cannot catch up (deleted with its data, created again), whatever the file's rebuild policy; repeat or comma-separate")
 	cmd.Flags().BoolVar(&f.allowPrimaryRestart, "allow-primary-restart", false, "let a settings change restart the primary (a write outage) whatever the file's spec.replication.primaryRestart")
 	cmd.Flags().IntVar(&f.parallel, "parallel", 4, "with several topology files, how many run at once (each its own Lease and plan)")
-	cmd.Flags().IntVar(&f.switchoversPerSite, "max-switchovers-per-site", 2, "with several topology files, how many switchovers may run at once in one site (kube context); each keeps its own write budget and back-out")
+	cmd.Flags().IntVar(&f.switchoversPerSite, "max-switchovers-per-site", 2, "with several topology files, how many switchovers may run at once in one site (kube context), shared with other processes through the site's slot Leases; each keeps its own write budget and back-out")
 	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
 	completeClusterFlags(cmd, "accept-data-loss", "allow-rebuild")
 	return cmd

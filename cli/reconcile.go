@@ -56,7 +56,9 @@ files are listed again every --interval. Several replicas may run the same
 fleet: each applies the topologies whose Lease it takes, the others' cycles
 end busy, and a replica that dies has its Leases taken over once they
 expire (15s after its last renewal). --parallel bounds this process's
-applies at once, --max-switchovers-per-site its switchovers in one site.
+applies at once; --max-switchovers-per-site the switchovers at once in one
+site, shared with the other replicas through the site's slot Leases
+(pgtopo.switchover-slot-N, in the namespace of the switchover's cluster).
 
 SIGTERM or SIGINT: the step under way finishes (a switchover included), then
 the loop exits 0; a second signal stops at once (a journaled switchover
@@ -205,7 +207,7 @@ resumes on the next run).`,
 	cmd.Flags().BoolVar(&observeOnly, "observe-only", false, "observe and serve metrics, never change anything")
 	cmd.Flags().StringVar(&site, "site", "", "the site this reconcile runs in, as its topologies name it: for those whose failover is automatic, it keeps that site's vote (docs/automatic-failover.md)")
 	cmd.Flags().IntVar(&parallel, "parallel", 4, "with several topologies, how many apply at once (each its own Lease and plan)")
-	cmd.Flags().IntVar(&switchoversPerSite, "max-switchovers-per-site", 2, "with several topologies, how many switchovers this process runs at once in one site")
+	cmd.Flags().IntVar(&switchoversPerSite, "max-switchovers-per-site", 2, "with several topologies, how many switchovers run at once in one site, shared with other replicas through the site's slot Leases")
 	return cmd
 }
 
