@@ -650,7 +650,8 @@ func TestSwitchoverResumes(t *testing.T) {
 				j.GateLSN = "0/5027AD8"
 			}
 			if tc.demoted {
-				east.PG.InRecovery, east.PG.ReplayLSN = true, 0x5027AD8
+				// Fenced still: the fence is lifted only once it follows.
+				east.PG.InRecovery, east.PG.ReplayLSN, east.PG.ReadOnlyDefault = true, 0x5027AD8, true
 				east.Object.Spec = standbySpec.WithPeer(*westEP)
 			}
 			for _, c := range []string{"orders-east", "orders-west"} {
@@ -673,6 +674,9 @@ func TestSwitchoverResumes(t *testing.T) {
 			}
 			if c := w.cluster("orders-west"); !c.Writable() || w.cluster("orders-east").Journal() != nil {
 				t.Fatalf("not converged: west writable %v, east journal %+v", c.Writable(), w.cluster("orders-east").Journal())
+			}
+			if w.cluster("orders-east").PG.ReadOnlyDefault {
+				t.Fatalf("resumed at %s, the old primary is left fenced: %v", tc.phase, got)
 			}
 		})
 	}
@@ -810,8 +814,9 @@ func TestSwitchoverBacksOutOfTheGateWithinTheBudget(t *testing.T) {
 	if !slices.Contains(got, "spec orders-east "+specJSON(pay[*plan.Switchover](step).Restore)) {
 		t.Fatalf("the old primary's spec was not restored: %v", got)
 	}
-	if e := w.cluster("orders-east"); !e.Writable() || e.Journal() != nil {
-		t.Fatalf("east writable %v, journal %+v", e.Writable(), e.Journal())
+	// Its fence, in place since the end of WAL was read, is lifted.
+	if e := w.cluster("orders-east"); !e.TakesWrites() || e.Journal() != nil {
+		t.Fatalf("east writable %v, fenced %v, journal %+v", e.Writable(), e.PG.ReadOnlyDefault, e.Journal())
 	}
 }
 

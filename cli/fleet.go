@@ -364,11 +364,7 @@ func (s *siteSlots) acquire(ctx context.Context, keys []string, limits map[strin
 				s.running[k]++
 			}
 			s.mu.Unlock()
-			waited := time.Since(began)
-			if waited < time.Millisecond {
-				waited = 0
-			}
-			return func() { s.release(keys) }, waited, nil
+			return func() { s.release(keys) }, since(began), nil
 		}
 		wake := s.freed
 		s.mu.Unlock()
@@ -566,6 +562,7 @@ func (p planSlots) takeLeases(ctx context.Context, sites []string) (func(), stri
 	return apply.TakeSlotLeases(ctx, at, p.leases.holder, p.leases.gone)
 }
 
+// since is how long ago t was, 0 under a millisecond: no wait to speak of.
 func since(t time.Time) time.Duration {
 	if d := time.Since(t); d >= time.Millisecond {
 		return d
