@@ -173,6 +173,7 @@ type writer struct {
 	done      sync.WaitGroup
 	longestMs atomic.Int64
 	gapFrom   atomic.Int64 // unix nanoseconds of the last commit before the longest gap
+	closers   []func()     // run by finish, once the writer stopped
 }
 
 func (h *harness) startWriter() *writer {
@@ -188,30 +189,35 @@ func (h *harness) startWriterOn(name string) *writer { return h.startWriterWith(
 // would load the machine it measures).
 func (h *harness) startWriterWith(name string, sample bool) *writer {
 	w := &writer{stop: make(chan struct{})}
-	sites := map[string]string{name + "-east": "east", name + "-west": "west"}
+	dsns := &clientDSNs{h: h}
+	east, west := dsns.probe("east", name+"-east"), dsns.probe("west", name+"-west")
+	candidates := []*probe{east, west}
 	w.start(h, func() *pgx.Conn {
-		for name, site := range sites {
-			if ok, _ := h.writable(site, name); ok {
-				c, _ := h.conn(site, name)
-				return c
+		for _, p := range candidates {
+			if ok, _ := p.ask(takesWritesSQL); ok {
+				return p.take()
 			}
 		}
 		return nil
 	})
+	w.closers = append(w.closers, east.close, west.close)
 	if !sample {
 		return w
 	}
+	sampleEast, sampleWest := dsns.probe("east", name+"-east"), dsns.probe("west", name+"-west")
 	w.done.Add(1)
 	go func() {
 		defer w.done.Done()
+		defer sampleEast.close()
+		defer sampleWest.close()
 		for {
 			select {
 			case <-w.stop:
 				return
 			case <-time.After(100 * time.Millisecond):
 			}
-			e, _ := h.writable("east", name+"-east")
-			ww, _ := h.writable("west", name+"-west")
+			e, _ := sampleEast.ask(outOfRecoverySQL)
+			ww, _ := sampleWest.ask(outOfRecoverySQL)
 			w.samples.Add(1)
 			if e && ww {
 				w.bothSeen.Add(1)
@@ -219,6 +225,111 @@ func (h *harness) startWriterWith(name string, sample bool) *writer {
 		}
 	}()
 	return w
+}
+
+const outOfRecoverySQL = "SELECT NOT pg_is_in_recovery()"
+
+// clientDSNs are the connection strings of a writer and its sampler, kept
+// as an application keeps its own: looked up in the lab once, and again
+// (at most once a second) after a connect with one fails, for a rotated
+// password or a Service made anew. Looked up on every retry, they put
+// API reads and TLS handshakes inside the very window a benchmark
+// measures, most of all under a switchover's fence.
+type clientDSNs struct {
+	h  *harness
+	mu sync.Mutex
+	m  map[string]clientDSN
+}
+
+type clientDSN struct {
+	dsn    string
+	looked time.Time
+}
+
+func (d *clientDSNs) connect(site, cluster string) (*pgx.Conn, error) {
+	key := site + "/" + cluster
+	d.mu.Lock()
+	e, ok := d.m[key]
+	d.mu.Unlock()
+	if !ok {
+		host, port, err := d.h.lab.EndpointOf(site, "db", cluster)
+		if err != nil {
+			return nil, err
+		}
+		pw, err := d.h.lab.PasswordOf(site, "db", cluster)
+		if err != nil {
+			return nil, err
+		}
+		e = clientDSN{dsn: fmt.Sprintf("postgres://postgres:%s@%s:%d/postgres?sslmode=require&connect_timeout=3", pw, host, port), looked: time.Now()}
+		d.mu.Lock()
+		if d.m == nil {
+			d.m = map[string]clientDSN{}
+		}
+		d.m[key] = e
+		d.mu.Unlock()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.dsn)
+	if err != nil && time.Since(e.looked) > time.Second {
+		d.mu.Lock()
+		delete(d.m, key)
+		d.mu.Unlock()
+	}
+	return c, err
+}
+
+// probe holds one session to a cluster, as a client's pool would, and asks
+// it yes-or-no questions: a poll costs a query, not a handshake. A session
+// that fails is dropped; one that says no is kept at most a second, so a
+// Service that moved to another server is followed.
+type probe struct {
+	dsns          *clientDSNs
+	site, cluster string
+	c             *pgx.Conn
+	opened        time.Time
+}
+
+func (d *clientDSNs) probe(site, cluster string) *probe {
+	return &probe{dsns: d, site: site, cluster: cluster}
+}
+
+func (p *probe) ask(query string) (bool, error) {
+	if p.c == nil {
+		c, err := p.dsns.connect(p.site, p.cluster)
+		if err != nil {
+			return false, err
+		}
+		p.c, p.opened = c, time.Now()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var yes bool
+	if err := p.c.QueryRow(ctx, query).Scan(&yes); err != nil {
+		p.close()
+		return false, err
+	}
+	if !yes && time.Since(p.opened) > time.Second {
+		p.close()
+	}
+	return yes, nil
+}
+
+// take hands the session over; the next ask opens another.
+func (p *probe) take() *pgx.Conn {
+	c := p.c
+	p.c = nil
+	return c
+}
+
+func (p *probe) close() {
+	if p.c == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	p.c.Close(ctx)
+	cancel()
+	p.c = nil
 }
 
 // start writes ids, one at a time, through the session connect returns
@@ -247,7 +358,7 @@ func (w *writer) start(h *harness, connect func() *pgx.Conn) {
 			}
 			if c == nil {
 				if c = connect(); c == nil {
-					time.Sleep(50 * time.Millisecond)
+					time.Sleep(10 * time.Millisecond)
 					continue
 				}
 			}
@@ -274,7 +385,13 @@ func (w *writer) start(h *harness, connect func() *pgx.Conn) {
 	}()
 }
 
-func (w *writer) finish() { close(w.stop); w.done.Wait() }
+func (w *writer) finish() {
+	close(w.stop)
+	w.done.Wait()
+	for _, c := range w.closers {
+		c()
+	}
+}
 
 // ackedCount is how many writes were acknowledged so far.
 func (w *writer) ackedCount() int { return len(w.ackedSoFar()) }
