@@ -641,6 +641,7 @@ func (x *stepRun) waitUntil(ctx context.Context, every time.Duration, what strin
 	var lastReport time.Time
 	lastDetail, changed := "", began
 	for {
+		polled := time.Now()
 		snap := x.poll(ctx, on)
 		ok, detail, err := cond(snap)
 		if err != nil {
@@ -685,10 +686,12 @@ func (x *stepRun) waitUntil(ctx context.Context, every time.Duration, what strin
 				return &errOutage{what: what, detail: detail, stalled: true, after: time.Since(changed)}
 			}
 		}
+		// Polls start every interval, not an interval after the last
+		// ended, but a slow look still leaves the servers a pause.
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(every):
+		case <-time.After(max(every-time.Since(polled), every/4)):
 		}
 	}
 }

@@ -257,17 +257,26 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 		o.setStatus(ctx, cr, StatusCreating, err.Error())
 		return svcAddrs, err
 	}
-	if spec.Replication.Enabled && spec.Replication.IsReplica {
-		if err := o.register(ctx, c, endpoint, password); err != nil {
-			o.log.Info("standby registration pending", "cluster", spec.key(), "err", err)
-		}
-	}
 	if err := o.ensureMembers(ctx, c, password); err != nil {
 		o.setStatus(ctx, cr, StatusFailed, err.Error())
 		return svcAddrs, err
 	}
 	o.renewCertificates(c)
 	o.observeMembers(ctx, c)
+	// A role flip goes to Patroni before anything that connects to a
+	// database: the standby's registration at its peer and the catalogue
+	// read on a new primary need the very databases the flip makes ready,
+	// and before it they only fail, inside the switchover's write window.
+	if c.rolePending() {
+		if err := o.ensureDynamicConfig(ctx, c, nil); err != nil {
+			o.log.Info("role flip pending", "cluster", spec.key(), "err", err)
+		}
+	}
+	if spec.Replication.Enabled && spec.Replication.IsReplica {
+		if err := o.register(ctx, c, endpoint, password); err != nil {
+			o.log.Info("standby registration pending", "cluster", spec.key(), "err", err)
+		}
+	}
 	// Scale down only once Patroni's role matches the CR: removing the
 	// leader of a primary that is being demoted would fail over inside the
 	// old cluster and promote a member on a new timeline.
@@ -1022,6 +1031,17 @@ func (o *Operator) observeMembers(ctx context.Context, c *cluster) {
 		routeLeader = c.leaderIP
 	}
 	c.routes.Store(&routes{leader: routeLeader, replicas: c.replicaIPs})
+}
+
+// rolePending says the leader runs in the other role than the CR asks:
+// isReplica flipped, and Patroni not yet told.
+func (c *cluster) rolePending() bool {
+	for _, m := range c.members {
+		if m.err == nil && m.ip == c.leaderIP && c.leaderIP != "" {
+			return (m.status.Role == "standby_leader") != c.spec.Replication.IsReplica
+		}
+	}
+	return false
 }
 
 func (o *Operator) clusterStatus(c *cluster) (string, string) {
