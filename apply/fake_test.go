@@ -95,7 +95,19 @@ func (w *world) Observe(context.Context) *snapshot.Snapshot {
 func (w *world) writes() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]string(nil), w.log...)
+	out := append([]string(nil), w.log...)
+	// A journal phase is written on both ends at once: the two writes of
+	// one phase, next to each other, are listed by cluster name.
+	sameWrite := func(a, b string) bool {
+		fa, fb := strings.Fields(a), strings.Fields(b)
+		return len(fa) > 2 && len(fb) > 2 && fa[0] == "marks" && fb[0] == "marks" && slices.Equal(fa[2:], fb[2:])
+	}
+	for i := 0; i+1 < len(out); i++ {
+		if sameWrite(out[i], out[i+1]) && out[i] > out[i+1] {
+			out[i], out[i+1] = out[i+1], out[i]
+		}
+	}
+	return out
 }
 
 // Sites opens every site of the world.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/pgtopo/pgtopo/plan"
@@ -701,19 +702,28 @@ func gateHolds(snap *snapshot.Snapshot, j snapshot.Journal, gate snapshot.LSN, t
 
 // journal writes j (nil clears it) on both clusters, keeping their other
 // marks as last observed.
+//
+// The ends are written at once (two sites' round trips inside the write
+// window cost one): a phase is written only once the one before is on
+// both, so a run killed between leaves them at most one phase apart
+// whichever write landed, and journalOf resumes from the further.
 func (x *stepRun) journal(ctx context.Context, j *snapshot.Journal, ends ...plan.Subject) error {
-	for _, s := range ends {
+	marks := make([]snapshot.Marks, len(ends))
+	for i, s := range ends {
 		c := x.cluster(s.Cluster)
 		if !c.Exists {
 			return fmt.Errorf("%s has no object to journal on", s.Cluster)
 		}
-		m := x.marksOf(s.Cluster)
-		m.Journal = j
-		if err := x.writeMarks(ctx, s, m); err != nil {
-			return err
-		}
+		marks[i] = x.marksOf(s.Cluster)
+		marks[i].Journal = j
 	}
-	return nil
+	errs := make([]error, len(ends))
+	var wg sync.WaitGroup
+	for i, s := range ends {
+		wg.Go(func() { errs[i] = x.writeMarks(ctx, s, marks[i]) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // journalOf is the journal on either end, as last observed. A run killed
