@@ -461,6 +461,15 @@ type heartbeat struct {
 	mu   sync.Mutex
 	done []beat
 	next int64
+
+	// probes hold a session per cluster between tries, as a pool would:
+	// asking one costs a query, not a TLS handshake.
+	probes []probe
+}
+
+type probe struct {
+	sess   Session
+	opened time.Time
 }
 
 func (h *heartbeat) acked() []beat {
@@ -489,6 +498,11 @@ func (h *heartbeat) run(ctx context.Context) {
 	defer func() {
 		if sess != nil {
 			_ = sess.Close(context.WithoutCancel(ctx))
+		}
+		for _, p := range h.probes {
+			if p.sess != nil {
+				_ = p.sess.Close(context.WithoutCancel(ctx))
+			}
 		}
 	}()
 	// A beat every h.every while writes go through; when one fails, the
@@ -528,25 +542,39 @@ func (h *heartbeat) run(ctx context.Context) {
 }
 
 // retryEvery is how soon the heartbeat tries again after a failed write:
-// as often as the benchmarks' writer reconnects, so the two measure alike.
-const retryEvery = 50 * time.Millisecond
+// as often as the benchmarks' writer does, so the two measure alike.
+const retryEvery = 10 * time.Millisecond
 
-// connect finds a cluster that takes writes now.
+// connect finds a cluster that takes writes now, asking each through the
+// session it holds there (opened when it has none). A session that says
+// no is kept up to a second, so a Service that moved is followed.
 func (h *heartbeat) connect(ctx context.Context) Session {
+	if h.probes == nil {
+		h.probes = make([]probe, len(h.clusters))
+	}
 	for i := range h.clusters {
+		p := &h.probes[i]
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		sess, err := h.world.Open(cctx, &h.clusters[i])
-		if err != nil {
-			cancel()
-			continue
+		if p.sess == nil {
+			sess, err := h.world.Open(cctx, &h.clusters[i])
+			if err != nil {
+				cancel()
+				continue
+			}
+			p.sess, p.opened = sess, time.Now()
 		}
 		var writable bool
-		err = sess.QueryRow(cctx, "SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'").Scan(&writable)
+		err := p.sess.QueryRow(cctx, "SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'").Scan(&writable)
 		cancel()
 		if err == nil && writable {
+			sess := p.sess
+			p.sess = nil
 			return sess
 		}
-		_ = sess.Close(context.WithoutCancel(ctx))
+		if err != nil || time.Since(p.opened) > time.Second {
+			_ = p.sess.Close(context.WithoutCancel(ctx))
+			p.sess = nil
+		}
 	}
 	return nil
 }

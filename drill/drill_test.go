@@ -245,9 +245,11 @@ func TestDrillMovesBackFromAReadyTopology(t *testing.T) {
 	}
 }
 
-// A heartbeat acknowledged and then absent is counted missing.
+// A heartbeat acknowledged and then absent is counted missing: the first,
+// which the drill waits for before its first move (a later one may fall
+// in a move's refused writes, and not be acknowledged at all).
 func TestDrillCountsAMissingHeartbeat(t *testing.T) {
-	w := &fakeWorld{primary: "orders-east", rows: map[int64]bool{}, lose: 3}
+	w := &fakeWorld{primary: "orders-east", rows: map[int64]bool{}, lose: 1}
 	rep, err := drillOver(t, w).Run(context.Background())
 	if err != nil {
 		t.Fatal(err)
