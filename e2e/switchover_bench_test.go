@@ -354,10 +354,15 @@ func (p *switchoverPhases) add(b *testing.B, stderr string) {
 			b.Fatalf("pgtopo's progress has no %s event:\n%s", m, stderr)
 		}
 	}
+	round := make([]string, len(p.sum))
 	for i := range p.sum {
-		p.sum[i] += at[marks[i+1]] - at[marks[i]]
+		d := at[marks[i+1]] - at[marks[i]]
+		p.sum[i] += d
+		round[i] = fmt.Sprintf("%.2f", d)
 	}
 	p.rounds++
+	// Each round's own, so an outlier says where its time went.
+	b.Logf("pgtopo's phases this round (s): %s", strings.Join(round, " / "))
 }
 
 func (p *switchoverPhases) String() string {
