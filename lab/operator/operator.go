@@ -257,6 +257,19 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 		o.setStatus(ctx, cr, StatusCreating, err.Error())
 		return svcAddrs, err
 	}
+	register := func() {
+		if err := o.register(ctx, c, endpoint, password); err != nil {
+			o.log.Info("standby registration pending", "cluster", spec.key(), "err", err)
+		}
+	}
+	// A standby with no data yet registers before its members are made:
+	// that is where it learns it cascades (its peer in recovery), which
+	// decides the slot it streams through.
+	standby := spec.Replication.Enabled && spec.Replication.IsReplica
+	registerFirst := standby && !o.hasData(c)
+	if registerFirst {
+		register()
+	}
 	if err := o.ensureMembers(ctx, c, password); err != nil {
 		o.setStatus(ctx, cr, StatusFailed, err.Error())
 		return svcAddrs, err
@@ -272,10 +285,8 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 			o.log.Info("role flip pending", "cluster", spec.key(), "err", err)
 		}
 	}
-	if spec.Replication.Enabled && spec.Replication.IsReplica {
-		if err := o.register(ctx, c, endpoint, password); err != nil {
-			o.log.Info("standby registration pending", "cluster", spec.key(), "err", err)
-		}
+	if standby && !registerFirst {
+		register()
 	}
 	// Scale down only once Patroni's role matches the CR: removing the
 	// leader of a primary that is being demoted would fail over inside the
