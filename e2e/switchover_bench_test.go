@@ -273,6 +273,7 @@ func BenchmarkSwitchover(b *testing.B) {
 	fmt.Printf("  ratios of the medians: pgtopo/runbook %.2f (goal <= 1.2; issue 27: <= 0.5), pgtopo/Patroni in-site %.2f (goal <= 1.0; issue 27: <= 0.7); window p95 goal <= 1.0 s; 0 lost\n", ratio, inSite)
 	fmt.Printf("  rounds (s): pgtopo %s; runbook %s; Patroni in-site %s; pgtopo (finalLSN: shutdownCheckpoint) %s\n", roundsOf(pg), roundsOf(rb), roundsOf(pt), roundsOf(pc))
 	fmt.Printf("  where pgtopo's window goes (mean s): %s\n", phases)
+	fmt.Printf("  the same, each round (s): %s\n", phases.Each())
 	fmt.Printf("  the same with finalLSN: shutdownCheckpoint (mean s): %s\n", phasesAtCheckpoint)
 	h.drillBesideBench(b, east, median(pg))
 }
@@ -326,6 +327,7 @@ func roundsOf(xs []float64) string {
 type switchoverPhases struct {
 	rounds int
 	sum    [4]float64
+	each   []string // each round's, "a/b/c/d"
 }
 
 var phaseNames = [4]string{"fence → demote written", "→ end of WAL read (shutdown checkpoint at the target, or old primary in recovery)", "→ gate passed, promote written", "→ target writable"}
@@ -361,9 +363,11 @@ func (p *switchoverPhases) add(b *testing.B, stderr string) {
 		round[i] = fmt.Sprintf("%.2f", d)
 	}
 	p.rounds++
-	// Each round's own, so an outlier says where its time went.
-	b.Logf("pgtopo's phases this round (s): %s", strings.Join(round, " / "))
+	p.each = append(p.each, strings.Join(round, "/"))
 }
+
+// Each is every round's phases, so an outlier says where its time went.
+func (p *switchoverPhases) Each() string { return strings.Join(p.each, "; ") }
 
 func (p *switchoverPhases) String() string {
 	var parts []string
