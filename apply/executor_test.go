@@ -460,6 +460,25 @@ func TestSwitchoverWantsTheOldPrimaryOnTheNewTimeline(t *testing.T) {
 	}
 }
 
+// A journal write that fails on either end stops the switchover before
+// its fence: the journal is what a resume and a back-out read.
+func TestSwitchoverStopsWhenAJournalWriteFails(t *testing.T) {
+	for _, end := range []string{"orders-east", "orders-west"} {
+		w := switchoverWorld()
+		w.fail["marks "+end] = errors.New("etcdserver: request timed out")
+		r, _ := runner(w)
+		err := run(t, r, switchoverStep(""))
+		if err == nil || !strings.Contains(err.Error(), "request timed out") {
+			t.Fatalf("journal on %s failing: error %v, want the write's", end, err)
+		}
+		for _, wr := range w.writes() {
+			if strings.HasPrefix(wr, "sql") || strings.HasPrefix(wr, "spec") {
+				t.Fatalf("journal on %s failing: %q written after it", end, wr)
+			}
+		}
+	}
+}
+
 func TestSwitchoverPhasesInOrder(t *testing.T) {
 	w := switchoverWorld()
 	r, events := runner(w)
