@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -400,6 +401,11 @@ type planSlots struct {
 	// switchover's cluster in that site (namespaces).
 	leases     *slotLeases
 	namespaces map[string]string
+	// busyUnderLease: a switchover whose slots were not taken ahead (the
+	// plan changed under the Lease) does not wait for them holding the
+	// topology's Lease, which keeps every other replica from it; it
+	// reports the topology busy, nothing fenced, and the loop tries again.
+	busyUnderLease bool
 }
 
 // slotLeaseRetry is how often a switchover whose sites' slot Leases are
@@ -500,10 +506,41 @@ func (p planSlots) Acquire(ctx context.Context, sites []string) (func(), time.Du
 	if rel != nil {
 		rel()
 	}
+	if p.busyUnderLease {
+		return p.tryAcquire(ctx, sites)
+	}
 	return p.acquire(ctx, sites)
 }
 
-func (p planSlots) acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
+// tryAcquire takes the slots if they are free now, or reports the
+// topology busy.
+func (p planSlots) tryAcquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
+	now, cancel := context.WithCancel(ctx)
+	cancel() // the in-memory slots are looked at once, never waited for
+	keys, limits := p.keys(sites)
+	release, _, err := p.slots.acquire(now, keys, limits)
+	if err != nil {
+		return nil, 0, &reconcile.BusyError{Why: fmt.Sprintf("no switchover slot free in sites %s now, and it is not waited for under the topology's Lease: other switchovers of this process run there", strings.Join(sites, ", "))}
+	}
+	if p.leases == nil {
+		return release, 0, nil
+	}
+	shared, busy, err := p.takeLeases(ctx, sites)
+	if err != nil || busy != "" {
+		release()
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if busy != "" {
+		return nil, 0, &reconcile.BusyError{Why: fmt.Sprintf("no switchover slot free now, and it is not waited for under the topology's Lease: %s", busy)}
+	}
+	return func() { shared(); release() }, 0, nil
+}
+
+// keys are the in-memory slots of sites (a Kubernetes site by its
+// context, so two files naming it differently share it) and their bounds.
+func (p planSlots) keys(sites []string) ([]string, map[string]int) {
 	keys := make([]string, len(sites))
 	limits := map[string]int{}
 	for i, s := range sites {
@@ -515,6 +552,11 @@ func (p planSlots) acquire(ctx context.Context, sites []string) (func(), time.Du
 			limits[keys[i]] = l
 		}
 	}
+	return keys, limits
+}
+
+func (p planSlots) acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
+	keys, limits := p.keys(sites)
 	began := time.Now()
 	for {
 		release, _, err := p.slots.acquire(ctx, keys, limits)

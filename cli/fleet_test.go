@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgtopo/pgtopo/apply"
 	"github.com/pgtopo/pgtopo/plan"
+	"github.com/pgtopo/pgtopo/reconcile"
 	"github.com/pgtopo/pgtopo/topology"
 )
 
@@ -297,4 +298,62 @@ func TestPlanSlotsSharedByProcesses(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the second replica never took the slot the first gave back")
 	}
+}
+
+// Under a reconcile's Lease a switchover whose slots were not taken
+// ahead (its plan changed after locking) does not wait for them: with
+// the slot held by another replica's Lease, or by another run of its
+// own process, it reports the topology busy at once and holds nothing;
+// with the slot free it takes it.
+func TestPlanSlotsDoNotWaitUnderTheLease(t *testing.T) {
+	stores := map[string]*memLeases{"east": {leases: map[string]coordinationv1.Lease{}}, "west": {leases: map[string]coordinationv1.Lease{}}}
+	pl := plan.Plan{
+		Sites: []plan.Site{{Name: "east", Context: "lab-east"}, {Name: "west", Context: "lab-west"}},
+		Steps: []plan.Step{{Action: plan.ActionSwitchover, Payload: &plan.Switchover{
+			From: plan.Subject{Cluster: "a-east", Site: "east", Namespace: "db"}, To: plan.Subject{Cluster: "a-west", Site: "west", Namespace: "db"}}}},
+	}
+	replica := func(name string, slots *siteSlots) planSlots {
+		p := newPlanSlots(slots, pl, &topology.Desired{}, &slotLeases{
+			store:  func(site string) (apply.LeaseStore, error) { return stores[site], nil },
+			holder: name, retry: 5 * time.Millisecond})
+		p.busyUnderLease = true
+		return p
+	}
+	ctx := context.Background()
+	sites := []string{"east", "west"}
+	shared := newSiteSlots(1)
+	a, b, sameProcess := replica("replica-a", newSiteSlots(1)), replica("replica-b", shared), replica("replica-b", shared)
+
+	releaseA, _, err := a.Acquire(ctx, sites)
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	bounded, cancel := context.WithTimeout(ctx, 3*time.Second) // a wait fails, not hangs
+	defer cancel()
+	_, _, err = b.Acquire(bounded, sites)
+	var busy *reconcile.BusyError
+	if !errors.As(err, &busy) || !strings.Contains(err.Error(), "replica-a/slot-") {
+		t.Fatalf("replica-b with replica-a holding the slot's Lease: %v, want the topology busy, naming the holder", err)
+	}
+	if waited := time.Since(began); waited > time.Second {
+		t.Fatalf("replica-b waited %s for a slot under the Lease", waited)
+	}
+	releaseA()
+
+	releaseB, waited, err := b.Acquire(ctx, sites)
+	if err != nil || waited != 0 {
+		t.Fatalf("replica-b with the slot free: waited %s, %v", waited, err)
+	}
+	// replica-b gave nothing back after its busy try: had it kept the
+	// in-memory slot, or a Lease, this would be its own second.
+	if _, _, err := sameProcess.Acquire(ctx, sites); !errors.As(err, &busy) {
+		t.Fatalf("a second run of replica-b's process while its first holds the slot: %v, want busy", err)
+	}
+	releaseB()
+	releaseC, _, err := sameProcess.Acquire(ctx, sites)
+	if err != nil {
+		t.Fatalf("the slots given back, a second run: %v", err)
+	}
+	releaseC()
 }

@@ -106,6 +106,7 @@ resumes on the next run).`,
 					return nil, err
 				}
 				ps := newPlanSlots(slots, pl, d, leases)
+				ps.busyUnderLease = true
 				slotCtx, slotCancel := context.WithTimeout(ctx, slotPatience)
 				waited, release, err := ps.TakeAhead(slotCtx, pl)
 				slotCancel()
