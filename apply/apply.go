@@ -246,8 +246,10 @@ func (r *Runner) execute(ctx context.Context, pl plan.Plan, basis plan.Basis, se
 	res := &Result{Plan: pl}
 	defer func() {
 		if len(r.held) > 0 {
+			// Said before the release, so no other run's "holding"
+			// line can come before this run's last.
+			r.emit(Event{Type: EventLock, Message: fmt.Sprintf("lock: releasing Lease %s", r.held[0].name)})
 			r.held.release(context.Background())
-			r.emit(Event{Type: EventLock, Message: fmt.Sprintf("lock: released Lease %s", r.held[0].name)})
 		}
 		r.held = nil
 	}()

@@ -66,7 +66,7 @@ func TestExecuteRunsThePlanAsPrinted(t *testing.T) {
 	}
 	// Converged, then the Lease released, said last.
 	n := len(*events)
-	if last := (*events)[n-1]; !slices.Equal(steps, []int{1, 2}) || (*events)[n-2].Type != EventConverged || last.Type != EventLock || last.Message != "lock: released Lease pgtopo-orders" {
+	if last := (*events)[n-1]; !slices.Equal(steps, []int{1, 2}) || (*events)[n-2].Type != EventConverged || last.Type != EventLock || last.Message != "lock: releasing Lease pgtopo-orders" {
 		t.Fatalf("events %+v", *events)
 	}
 }

@@ -193,7 +193,7 @@ func TestReplicasShareAFleet(t *testing.T) {
 				open[r.Topology] = &span{host: host, from: r.Time}
 			case r.Event == string(apply.EventStep) && r.Action == string(plan.ActionSwitchover) && open[r.Topology] != nil:
 				open[r.Topology].switchover = true
-			case r.Event == string(apply.EventLock) && strings.HasPrefix(r.Msg, "lock: released Lease") && open[r.Topology] != nil:
+			case r.Event == string(apply.EventLock) && strings.HasPrefix(r.Msg, "lock: releasing Lease") && open[r.Topology] != nil:
 				open[r.Topology].to = r.Time
 			case r.Msg == "cycle" && open[r.Topology] != nil:
 				s := open[r.Topology]
