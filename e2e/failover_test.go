@@ -38,9 +38,18 @@ spec:
 // writeUntilError commits rows on one cluster until a commit fails or
 // stop closes, and returns the acknowledged ids in commit order.
 func (h *harness) writeUntilError(site, cluster string, stop <-chan struct{}) []int64 {
-	c, err := h.conn(site, cluster)
+	// The first session is given a loaded machine's patience: a connect
+	// that times out once is no sign of the cluster refusing writes.
+	var c *pgx.Conn
+	var err error
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if c, err = h.conn(site, cluster); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if err != nil {
-		h.t.Error(err)
+		h.t.Errorf("writer on %s: no session within 15s: %v", cluster, err)
 		return nil
 	}
 	defer c.Close(context.Background())

@@ -47,6 +47,7 @@ type Operator struct {
 	patroni  patroniClient
 	proxies  *proxies
 	clusters map[string]*cluster
+	objects  *objects
 	ips      *ipAllocator
 	// cut says whether the site is partitioned (pglab partition).
 	cut *lab.Cutoff
@@ -72,7 +73,25 @@ type cluster struct {
 	// serviceHosts are the addresses its Services are reached at, which
 	// its members' certificates name.
 	serviceHosts []string
+	// session is held to the leader of a primary between passes, for the
+	// catalogue; catalogued says what the catalogue last took from this
+	// operator (see catalogue).
+	session    *pgx.Conn
+	sessionTo  string
+	catalogued catalogued
 }
+
+// catalogued is the leader and endpoint a primary's own registration and
+// the observer role were last written for, and when.
+type catalogued struct {
+	leader, endpoint string
+	at               time.Time
+}
+
+// cataloguedFor is how long a written registration and observer role are
+// taken as still there: written every pass, each primary's operator
+// committed a catalog change (and hashed a password) every second.
+const cataloguedFor = time.Minute
 
 type memberView struct {
 	ip     string
@@ -104,7 +123,7 @@ func New(dir, site string, log *slog.Logger) (*Operator, error) {
 	}
 	return &Operator{
 		state: st, site: s, addrs: st.Addrs(s), kube: kc, dyn: dc, log: log,
-		patroni: newPatroniClient(), proxies: newProxies(log), clusters: map[string]*cluster{},
+		patroni: newPatroniClient(), proxies: newProxies(log), clusters: map[string]*cluster{}, objects: &objects{kube: kc},
 		ips: &ipAllocator{path: filepath.Join(lab.Paths{Dir: dir}.Site(site), "ips.json"), addrs: st.Addrs(s)},
 	}, nil
 }
@@ -117,12 +136,19 @@ func (o *Operator) Run(ctx context.Context) error {
 	o.cut = lab.WatchCutoff(ctx, o.state.Dir, o.site.Name)
 	o.proxies.cut = o.cut
 	o.log.Info("operator started", "site", o.site.Name, "node", o.addrs.NodeIP())
+	o.objects = startObjects(ctx, o.kube)
 	changed := make(chan struct{}, 1)
 	go o.watchSpecs(ctx, changed)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
+		began := time.Now()
 		o.pass(ctx)
+		// A slow pass delays every cluster's next change (a switchover's
+		// demotion waits behind it): said, for the logs a failure keeps.
+		if took := time.Since(began); took > 3*time.Second {
+			o.log.Info("slow pass", "took", took.Round(time.Millisecond).String(), "clusters", len(o.clusters))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -299,9 +325,16 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 	}
 	var slots []string // nil: unknown, leave Patroni's slots alone
 	if spec.Replication.Enabled && !spec.Replication.IsReplica && c.leaderIP != "" {
-		if slots, err = o.catalogue(ctx, c, endpoint, password); err != nil {
+		// Bounded: a held session to a server that stopped answering
+		// must not stall the pass for every other cluster.
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		slots, err = o.catalogue(cctx, c, endpoint, password)
+		cancel()
+		if err != nil {
 			o.log.Info("catalogue pending", "cluster", spec.key(), "err", err)
 		}
+	} else {
+		o.dropSession(c) // a standby now, or no leader: nothing to keep
 	}
 	if err := o.ensureDynamicConfig(ctx, c, slots); err != nil {
 		o.log.Info("dynamic config pending", "cluster", spec.key(), "err", err)
@@ -330,7 +363,12 @@ func (o *Operator) ensureServices(ctx context.Context, c *cluster) ([]string, st
 			name += "-repl"
 		}
 		svcType := corev1.ServiceType(spec.Replication.ServiceType)
-		svc, err := o.kube.CoreV1().Services(spec.Namespace).Get(ctx, name, metav1.GetOptions{})
+		svc, err := o.objects.service(ctx, spec.Namespace, name)
+		if err == nil && (svc.Spec.Type != svcType || svcType == corev1.ServiceTypeLoadBalancer && len(svc.Status.LoadBalancer.Ingress) == 0) {
+			// To be written: from the API server, not a cache that may
+			// not hold this operator's last write yet.
+			svc, err = o.kube.CoreV1().Services(spec.Namespace).Get(ctx, name, metav1.GetOptions{})
+		}
 		if apierrors.IsNotFound(err) {
 			svc, err = o.kube.CoreV1().Services(spec.Namespace).Create(ctx, &corev1.Service{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"cluster-name": spec.Name, "spilo-role": role, "application": "spilo"}},
@@ -429,7 +467,7 @@ func (c *cluster) replicaAddr() string {
 func (o *Operator) ensureCredentials(ctx context.Context, c *cluster) (string, error) {
 	spec := c.spec
 	name := CredentialsSecret(spec.Name)
-	sec, err := o.kube.CoreV1().Secrets(spec.Namespace).Get(ctx, name, metav1.GetOptions{})
+	sec, err := o.objects.secret(ctx, spec.Namespace, name)
 	if err == nil {
 		return string(sec.Data["password"]), nil
 	}
@@ -441,7 +479,7 @@ func (o *Operator) ensureCredentials(ctx context.Context, c *cluster) (string, e
 		if spec.Replication.BootstrapSecret == "" {
 			return "", fmt.Errorf("standby needs clusterReplication.bootstrapSecret")
 		}
-		bs, err := o.kube.CoreV1().Secrets(spec.Namespace).Get(ctx, spec.Replication.BootstrapSecret, metav1.GetOptions{})
+		bs, err := o.objects.secret(ctx, spec.Namespace, spec.Replication.BootstrapSecret)
 		if err != nil {
 			return "", fmt.Errorf("bootstrap secret %s: %w", spec.Replication.BootstrapSecret, err)
 		}
@@ -527,25 +565,31 @@ func (o *Operator) register(ctx context.Context, c *cluster, endpoint, password 
 // catalogue keeps the primary's own row and returns the slots its standbys
 // need.
 func (o *Operator) catalogue(ctx context.Context, c *cluster, endpoint, password string) ([]string, error) {
-	conn, err := connect(ctx, o.state.Dir, c.leaderIP, 5432, "postgres", password)
+	conn, err := o.leaderSession(ctx, c, password)
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close(ctx)
 	var inRecovery bool
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil || inRecovery {
+		o.dropSession(c)
 		return nil, fmt.Errorf("leader not writable yet")
 	}
-	host, port := splitHostPort(endpoint)
-	if err := upsertRegistration(ctx, conn, registration{Cluster: c.spec.Name, ExternalIP: host, ExternalPort: port,
-		ServiceType: c.spec.Replication.ServiceType, Slot: SlotName(c.spec.Name)}); err != nil {
-		return nil, err
-	}
-	if err := o.ensureObserverRole(ctx, conn); err != nil {
-		o.log.Warn("observer role", "cluster", c.spec.key(), "err", err)
+	if w := c.catalogued; w.leader != c.leaderIP || w.endpoint != endpoint || time.Since(w.at) > cataloguedFor {
+		host, port := splitHostPort(endpoint)
+		if err := upsertRegistration(ctx, conn, registration{Cluster: c.spec.Name, ExternalIP: host, ExternalPort: port,
+			ServiceType: c.spec.Replication.ServiceType, Slot: SlotName(c.spec.Name)}); err != nil {
+			o.dropSession(c)
+			return nil, err
+		}
+		if err := o.ensureObserverRole(ctx, conn); err != nil {
+			o.log.Warn("observer role", "cluster", c.spec.key(), "err", err)
+		} else {
+			c.catalogued = catalogued{leader: c.leaderIP, endpoint: endpoint, at: time.Now()}
+		}
 	}
 	rows, err := listRegistrations(ctx, conn)
 	if err != nil {
+		o.dropSession(c)
 		return nil, err
 	}
 	slots := []string{}
@@ -555,6 +599,31 @@ func (o *Operator) catalogue(ctx context.Context, c *cluster, endpoint, password
 		}
 	}
 	return slots, nil
+}
+
+// leaderSession is the session held to the cluster's leader, made anew
+// when the leader moved or the last use failed.
+func (o *Operator) leaderSession(ctx context.Context, c *cluster, password string) (*pgx.Conn, error) {
+	if c.session != nil && (c.sessionTo != c.leaderIP || c.session.IsClosed()) {
+		o.dropSession(c)
+	}
+	if c.session == nil {
+		conn, err := connect(ctx, o.state.Dir, c.leaderIP, 5432, "postgres", password)
+		if err != nil {
+			return nil, err
+		}
+		c.session, c.sessionTo = conn, c.leaderIP
+	}
+	return c.session, nil
+}
+
+func (o *Operator) dropSession(c *cluster) {
+	if c.session != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = c.session.Close(ctx)
+		cancel()
+		c.session, c.sessionTo = nil, ""
+	}
 }
 
 // ensureDynamicConfig makes Patroni's dynamic configuration follow the CR:
@@ -949,7 +1018,7 @@ func (o *Operator) ensureObserverSecret(ctx context.Context, ns string) error {
 	}
 	want := map[string][]byte{"username": []byte(creds.User), "password": []byte(creds.Password)}
 	secrets := o.kube.CoreV1().Secrets(ns)
-	sec, err := secrets.Get(ctx, lab.ObserverSecret, metav1.GetOptions{})
+	sec, err := o.objects.secret(ctx, ns, lab.ObserverSecret)
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: lab.ObserverSecret}, Data: want}, metav1.CreateOptions{})
@@ -975,7 +1044,7 @@ func (o *Operator) ensureCABundle(ctx context.Context, ns string) error {
 		return err
 	}
 	cms := o.kube.CoreV1().ConfigMaps(ns)
-	cm, err := cms.Get(ctx, lab.PostgresCAConfigMap, metav1.GetOptions{})
+	cm, err := o.objects.configMap(ctx, ns, lab.PostgresCAConfigMap)
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: lab.PostgresCAConfigMap},
@@ -1088,7 +1157,7 @@ func (o *Operator) ensurePods(ctx context.Context, c *cluster) error {
 		}
 		name := o.memberName(c, i)
 		pods := o.kube.CoreV1().Pods(c.spec.Namespace)
-		pod, err := pods.Get(ctx, name, metav1.GetOptions{})
+		pod, err := o.objects.pod(ctx, c.spec.Namespace, name)
 		if apierrors.IsNotFound(err) {
 			pod, err = pods.Create(ctx, &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"application": "spilo", "cluster-name": c.spec.Name, "spilo-role": role}},
@@ -1101,6 +1170,21 @@ func (o *Operator) ensurePods(ctx context.Context, c *cluster) error {
 			errs = append(errs, fmt.Errorf("pod %s: %w", name, err))
 			continue
 		}
+		ready := corev1.ConditionFalse
+		if m.err == nil && m.status.State == "running" {
+			ready = corev1.ConditionTrue
+		}
+		stale := func(pod *corev1.Pod) bool {
+			return pod.Status.PodIP != m.ip || pod.Status.Phase != corev1.PodRunning || len(pod.Status.Conditions) == 0 || pod.Status.Conditions[0].Status != ready
+		}
+		if pod.Labels["spilo-role"] != role || stale(pod) {
+			// To be written: from the API server, not a cache that may
+			// not hold this operator's last write yet.
+			if pod, err = pods.Get(ctx, name, metav1.GetOptions{}); err != nil {
+				errs = append(errs, fmt.Errorf("pod %s: %w", name, err))
+				continue
+			}
+		}
 		if pod.Labels["spilo-role"] != role {
 			pod.Labels["spilo-role"] = role
 			if pod, err = pods.Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
@@ -1108,11 +1192,7 @@ func (o *Operator) ensurePods(ctx context.Context, c *cluster) error {
 				continue
 			}
 		}
-		ready := corev1.ConditionFalse
-		if m.err == nil && m.status.State == "running" {
-			ready = corev1.ConditionTrue
-		}
-		if pod.Status.PodIP != m.ip || pod.Status.Phase != corev1.PodRunning || len(pod.Status.Conditions) == 0 || pod.Status.Conditions[0].Status != ready {
+		if stale(pod) {
 			pod.Status.Phase = corev1.PodRunning
 			pod.Status.PodIP = m.ip
 			pod.Status.PodIPs = []corev1.PodIP{{IP: m.ip}}
@@ -1148,6 +1228,7 @@ func (o *Operator) setStatus(ctx context.Context, cr *unstructured.Unstructured,
 func (o *Operator) teardown(ctx context.Context, c *cluster) {
 	spec := c.spec
 	o.log.Info("cluster deleted; tearing down", "cluster", spec.key())
+	o.dropSession(c)
 	entries, _ := os.ReadDir(c.dir)
 	for _, e := range entries {
 		if i, err := strconv.Atoi(e.Name()); err == nil {
