@@ -43,6 +43,7 @@ type applyFlags struct {
 	// parallel is how many topologies run at once; switchoversPerSite
 	// bounds their switchovers at once in one site, through slots.
 	parallel, switchoversPerSite int
+	slotNamespace                string
 	slots                        *siteSlots
 }
 
@@ -114,6 +115,7 @@ stale plan.`,
 				return usagef("--parallel %d --max-switchovers-per-site %d: both take a positive number", f.parallel, f.switchoversPerSite)
 			}
 			f.slots = newSiteSlots(f.switchoversPerSite)
+			f.slots.leaseNamespace = f.slotNamespace
 			return src.eachTopology(e, f.output, f.parallel, func(e env, src *sourceFlags) error {
 				return applyLive(ctx, e, src, f, drain)
 			})
@@ -133,6 +135,7 @@ stale plan.`,
 	cmd.Flags().BoolVar(&f.allowPrimaryRestart, "allow-primary-restart", false, "let a settings change restart the primary (a write outage) whatever the file's spec.replication.primaryRestart")
 	cmd.Flags().IntVar(&f.parallel, "parallel", 4, "with several topology files, how many run at once (each its own Lease and plan)")
 	cmd.Flags().IntVar(&f.switchoversPerSite, "max-switchovers-per-site", 2, "with several topology files, how many switchovers may run at once in one site (kube context), shared with other processes through the site's slot Leases; each keeps its own write budget and back-out")
+	cmd.Flags().StringVar(&f.slotNamespace, "slot-namespace", "", slotNamespaceUsage)
 	cmd.Flags().DurationVar(&f.maxWritePause, "max-write-pause", 0, "how long a switchover may refuse writes before it backs out (default: the file's spec.replication.maxWritePause, 30s)")
 	completeClusterFlags(cmd, "accept-data-loss", "allow-rebuild")
 	return cmd

@@ -329,7 +329,12 @@ func worse(a, b int) int {
 // siteSlots bounds the switchovers running at once in one kube context (a
 // site's cluster) across the topologies one process runs side by side.
 type siteSlots struct {
-	per     int
+	per int
+	// leaseNamespace, when set, is where every site's slot Leases are
+	// taken (--slot-namespace); otherwise in the namespace of the
+	// switchover's cluster there, so a site's topologies in several
+	// namespaces share its bound only within a process.
+	leaseNamespace string
 	mu      sync.Mutex
 	running map[string]int
 	// freed is closed, and replaced, whenever slots are given back.
@@ -407,6 +412,8 @@ type planSlots struct {
 	// reports the topology busy, nothing fenced, and the loop tries again.
 	busyUnderLease bool
 }
+
+const slotNamespaceUsage = "the namespace of each site's switchover slot Leases (default: the namespace of the switchover's cluster there); give one when a site's topologies span namespaces, so that --max-switchovers-per-site holds across them and across processes (pgtopo needs Lease rights there)"
 
 // slotLeaseRetry is how often a switchover whose sites' slot Leases are
 // all held by other processes looks again.
@@ -590,6 +597,9 @@ func (p planSlots) takeLeases(ctx context.Context, sites []string) (func(), stri
 		ns := p.namespaces[s]
 		if p.contexts[s] == "" || ns == "" {
 			continue // a Patroni site keeps no Leases
+		}
+		if p.slots.leaseNamespace != "" {
+			ns = p.slots.leaseNamespace
 		}
 		store, err := p.leases.store(s)
 		if err != nil {

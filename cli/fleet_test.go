@@ -357,3 +357,55 @@ func TestPlanSlotsDoNotWaitUnderTheLease(t *testing.T) {
 	}
 	releaseC()
 }
+
+// Two processes' topologies in one site but different namespaces share
+// the site's bound across the processes only through one slot namespace
+// (--slot-namespace): by default each takes its slot Lease in its own
+// cluster's namespace, and both go.
+func TestPlanSlotsOneNamespaceForASite(t *testing.T) {
+	for _, tc := range []struct {
+		name, slotNamespace string
+		secondWaits         bool
+	}{
+		{name: "each in its cluster's namespace", secondWaits: false},
+		{name: "--slot-namespace pgtopo", slotNamespace: "pgtopo", secondWaits: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stores := map[string]*memLeases{"east": {leases: map[string]coordinationv1.Lease{}}, "west": {leases: map[string]coordinationv1.Lease{}}}
+			inNamespace := func(ns string) plan.Plan {
+				return plan.Plan{
+					Sites: []plan.Site{{Name: "east", Context: "lab-east"}, {Name: "west", Context: "lab-west"}},
+					Steps: []plan.Step{{Action: plan.ActionSwitchover, Payload: &plan.Switchover{
+						From: plan.Subject{Cluster: ns + "-east", Site: "east", Namespace: ns}, To: plan.Subject{Cluster: ns + "-west", Site: "west", Namespace: ns}}}},
+				}
+			}
+			replica := func(name, ns string) planSlots {
+				slots := newSiteSlots(1)
+				slots.leaseNamespace = tc.slotNamespace
+				return newPlanSlots(slots, inNamespace(ns), &topology.Desired{}, &slotLeases{
+					store:  func(site string) (apply.LeaseStore, error) { return stores[site], nil },
+					holder: name, retry: 5 * time.Millisecond})
+			}
+			ctx := context.Background()
+			release, _, err := replica("replica-a", "billing").Acquire(ctx, []string{"east", "west"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer release()
+			short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			defer cancel()
+			releaseB, _, err := replica("replica-b", "orders").Acquire(short, []string{"east", "west"})
+			if waited := err != nil; waited != tc.secondWaits {
+				t.Fatalf("replica-b's switchover in namespace orders while replica-a's in billing holds east's slot: waited %v (%v), want %v", waited, err, tc.secondWaits)
+			}
+			if err == nil {
+				releaseB()
+			}
+			if tc.slotNamespace != "" {
+				if _, err := stores["east"].GetLease(ctx, tc.slotNamespace, "pgtopo.switchover-slot-0"); err != nil {
+					t.Fatalf("east's slot Lease not in %s: %v", tc.slotNamespace, err)
+				}
+			}
+		})
+	}
+}

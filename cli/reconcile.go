@@ -25,7 +25,7 @@ import (
 func newReconcileCmd(e env) *cobra.Command {
 	var src sourceFlags
 	var interval, cycleTimeout, lockTimeout, stepTimeout time.Duration
-	var listen, logFormat, logLevel, site string
+	var listen, logFormat, logLevel, site, slotNamespace string
 	var allowRollback, observeOnly bool
 	var parallel, switchoversPerSite int
 	cmd := &cobra.Command{
@@ -92,6 +92,7 @@ resumes on the next run).`,
 			metrics := reconcile.NewMetrics()
 			applying := make(chan struct{}, parallel)
 			slots := newSiteSlots(switchoversPerSite)
+			slots.leaseNamespace = slotNamespace
 			apply := func(ctx context.Context, d *topology.Desired, pl plan.Plan, seen *snapshot.Snapshot, opt plan.Options) (*apply.Result, error) {
 				ctx, cancel := context.WithTimeout(ctx, cycleTimeout)
 				defer cancel()
@@ -209,6 +210,7 @@ resumes on the next run).`,
 	cmd.Flags().StringVar(&site, "site", "", "the site this reconcile runs in, as its topologies name it: for those whose failover is automatic, it keeps that site's vote (docs/automatic-failover.md)")
 	cmd.Flags().IntVar(&parallel, "parallel", 4, "with several topologies, how many apply at once (each its own Lease and plan)")
 	cmd.Flags().IntVar(&switchoversPerSite, "max-switchovers-per-site", 2, "with several topologies, how many switchovers run at once in one site, shared with other replicas through the site's slot Leases")
+	cmd.Flags().StringVar(&slotNamespace, "slot-namespace", "", slotNamespaceUsage)
 	return cmd
 }
 
