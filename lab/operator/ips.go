@@ -3,6 +3,7 @@ package operator
 import (
 	"encoding/json"
 	"os"
+	"sync"
 
 	"github.com/pgtopo/pgtopo/lab"
 )
@@ -10,6 +11,7 @@ import (
 // ipAllocator hands out the site's pod and load balancer addresses and
 // remembers them on disk, so an operator restart keeps every address.
 type ipAllocator struct {
+	mu    sync.Mutex // a pass's workers allocate side by side
 	path  string
 	addrs lab.SiteAddrs
 	m     map[string]string // owner → address
@@ -45,6 +47,8 @@ func (a *ipAllocator) loadBalancer(owner string) (string, error) {
 }
 
 func (a *ipAllocator) release(owner string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.load()
 	delete(a.m, "pod:"+owner)
 	delete(a.m, "lb:"+owner)
@@ -52,6 +56,8 @@ func (a *ipAllocator) release(owner string) {
 }
 
 func (a *ipAllocator) allocate(owner string, nth func(int) (string, error)) (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.load()
 	if ip, ok := a.m[owner]; ok {
 		return ip, nil

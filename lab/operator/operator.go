@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -47,7 +48,9 @@ type Operator struct {
 	patroni  patroniClient
 	proxies  *proxies
 	clusters map[string]*cluster
-	objects  *objects
+	// clustersMu guards clusters while a pass's workers run.
+	clustersMu sync.Mutex
+	objects    *objects
 	ips      *ipAllocator
 	// cut says whether the site is partitioned (pglab partition).
 	cut *lab.Cutoff
@@ -137,6 +140,10 @@ func (o *Operator) Run(ctx context.Context) error {
 	o.proxies.cut = o.cut
 	o.log.Info("operator started", "site", o.site.Name, "node", o.addrs.NodeIP())
 	o.objects = startObjects(ctx, o.kube)
+	// Made here, once, before a pass's workers could each make their own.
+	if _, err := lab.ObserverCredentials(o.state.Dir); err != nil {
+		o.log.Warn("observer credentials", "err", err)
+	}
 	changed := make(chan struct{}, 1)
 	go o.watchSpecs(ctx, changed)
 	tick := time.NewTicker(time.Second)
@@ -190,6 +197,10 @@ func (o *Operator) watchSpecs(ctx context.Context, changed chan<- struct{}) {
 	}
 }
 
+// passWorkers is how many clusters a pass reconciles at once (the
+// Zalando operator's default workers).
+const passWorkers = 8
+
 func (o *Operator) pass(ctx context.Context) {
 	list, err := o.dyn.Resource(GVR).Namespace("").List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -197,19 +208,38 @@ func (o *Operator) pass(ctx context.Context) {
 		return
 	}
 	seen := map[string]bool{}
-	wantProxies := map[string]bool{}
 	for i := range list.Items {
-		cr := &list.Items[i]
-		key := cr.GetNamespace() + "/" + cr.GetName()
-		seen[key] = true
-		addrs, err := o.reconcile(ctx, cr)
-		for _, a := range addrs {
-			wantProxies[a] = true
-		}
-		if err != nil {
-			o.log.Warn("reconcile", "cluster", key, "err", err)
-		}
+		seen[list.Items[i].GetNamespace()+"/"+list.Items[i].GetName()] = true
 	}
+	// Clusters are reconciled side by side, as the real operator's
+	// workers do: one after the other, a switchover's role flip waited
+	// behind every other cluster's pass (registrations at peers not
+	// writable yet, the catalogue), and five flips at once behind each
+	// other.
+	var mu sync.Mutex
+	wantProxies := map[string]bool{}
+	work := make(chan *unstructured.Unstructured)
+	var wg sync.WaitGroup
+	for range min(passWorkers, len(list.Items)) {
+		wg.Go(func() {
+			for cr := range work {
+				addrs, err := o.reconcile(ctx, cr)
+				mu.Lock()
+				for _, a := range addrs {
+					wantProxies[a] = true
+				}
+				mu.Unlock()
+				if err != nil {
+					o.log.Warn("reconcile", "cluster", cr.GetNamespace()+"/"+cr.GetName(), "err", err)
+				}
+			}
+		})
+	}
+	for i := range list.Items {
+		work <- &list.Items[i]
+	}
+	close(work)
+	wg.Wait()
 	for key, c := range o.clusters {
 		if !seen[key] {
 			o.teardown(ctx, c)
@@ -235,7 +265,9 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 		o.setStatus(ctx, cr, StatusFailed, err.Error())
 		return nil, err
 	}
+	o.clustersMu.Lock()
 	c := o.clusters[spec.key()]
+	o.clustersMu.Unlock()
 	if c != nil && c.uid != string(cr.GetUID()) {
 		// Deleted and created again between two passes: a new cluster.
 		o.teardown(ctx, c)
@@ -259,7 +291,9 @@ func (o *Operator) reconcile(ctx context.Context, cr *unstructured.Unstructured)
 		}
 		_, err := os.Stat(filepath.Join(c.dir, "cascading"))
 		c.cascading = err == nil
+		o.clustersMu.Lock()
 		o.clusters[spec.key()] = c
+		o.clustersMu.Unlock()
 	}
 	c.spec = spec
 
@@ -1022,6 +1056,9 @@ func (o *Operator) ensureObserverSecret(ctx context.Context, ns string) error {
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: lab.ObserverSecret}, Data: want}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil // another worker's cluster in this namespace made it
+		}
 		return err
 	case err != nil:
 		return err
@@ -1049,6 +1086,9 @@ func (o *Operator) ensureCABundle(ctx context.Context, ns string) error {
 	case apierrors.IsNotFound(err):
 		_, err = cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: lab.PostgresCAConfigMap},
 			Data: map[string]string{"ca.crt": string(bundle)}}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil // another worker's cluster in this namespace made it
+		}
 		return err
 	case err != nil:
 		return err
