@@ -335,8 +335,8 @@ type siteSlots struct {
 	// switchover's cluster there, so a site's topologies in several
 	// namespaces share its bound only within a process.
 	leaseNamespace string
-	mu      sync.Mutex
-	running map[string]int
+	mu             sync.Mutex
+	running        map[string]int
 	// freed is closed, and replaced, whenever slots are given back.
 	freed chan struct{}
 }

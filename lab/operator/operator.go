@@ -51,7 +51,7 @@ type Operator struct {
 	// clustersMu guards clusters while a pass's workers run.
 	clustersMu sync.Mutex
 	objects    *objects
-	ips      *ipAllocator
+	ips        *ipAllocator
 	// cut says whether the site is partitioned (pglab partition).
 	cut *lab.Cutoff
 }
