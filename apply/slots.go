@@ -61,14 +61,33 @@ func TakeSlotLeases(ctx context.Context, sites []SlotSite, holder string, gone f
 }
 
 // takeSlot takes the lowest free slot of a site while fewer than its bound
-// are held, or returns their live holders.
+// are held, or returns their live holders. A slot another taker wrote
+// between this one's look and its write sends it to look again at once:
+// several switchovers starting together (a site evacuated) all race for
+// slot 0, and each loser waiting out a retry before it looked again
+// started them half a second apart.
 func takeSlot(ctx context.Context, s SlotSite, me string, gone func(string) bool) (*lease, []string, error) {
 	var holders []string
+	// Each lost race means another slot held, so more looks than slots
+	// find none free.
+	for range max(s.Scan, s.Bound) + 1 {
+		l, seen, raced, err := takeFreeSlot(ctx, s, me, gone)
+		if err != nil || l != nil || !raced {
+			return l, seen, err
+		}
+		holders = seen
+	}
+	return nil, holders, nil
+}
+
+// takeFreeSlot looks at every slot once and takes the lowest free one;
+// raced says another taker wrote it first.
+func takeFreeSlot(ctx context.Context, s SlotSite, me string, gone func(string) bool) (_ *lease, holders []string, raced bool, _ error) {
 	free := -1
 	for i := 0; i < max(s.Scan, s.Bound); i++ {
 		l, err := s.Store.GetLease(ctx, s.Namespace, slotLeaseName(i))
 		if err != nil && !apierrors.IsNotFound(err) {
-			return nil, nil, err
+			return nil, nil, false, err
 		}
 		if err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" && !expired(l) &&
 			(gone == nil || !gone(*l.Spec.HolderIdentity)) {
@@ -80,19 +99,19 @@ func takeSlot(ctx context.Context, s SlotSite, me string, gone func(string) bool
 		}
 	}
 	if free < 0 || len(holders) >= s.Bound {
-		return nil, holders, nil
+		return nil, holders, false, nil
 	}
 	name := slotLeaseName(free)
 	who, err := tryLock(ctx, s.Store, s.Namespace, name, me, gone)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	if who != "" { // taken between the look and the write
-		return nil, append(holders, who), nil
+		return nil, append(holders, who), true, nil
 	}
 	l := &lease{w: s.Store, ns: s.Namespace, name: name, holder: me, stop: make(chan struct{}), done: make(chan struct{})}
 	go l.renew()
-	return l, nil, nil
+	return l, nil, false, nil
 }
 
 func slotLeaseName(i int) string { return fmt.Sprintf("%s%d", slotLeasePrefix, i) }

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
 // slotSites are east and west of one fake world, each with bound slots.
@@ -119,4 +121,46 @@ func TestSlotLeasesWhoHolds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// staleLook is a site's Leases as a taker that lost a race sees them: its
+// first look at slot 0 finds it free though another holds it.
+type staleLook struct {
+	LeaseStore
+	looked bool
+}
+
+func (s *staleLook) GetLease(ctx context.Context, ns, name string) (*coordinationv1.Lease, error) {
+	if name == slotLeaseName(0) && !s.looked {
+		s.looked = true
+		return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "leases"}, name)
+	}
+	return s.LeaseStore.GetLease(ctx, ns, name)
+}
+
+// A taker whose write loses slot 0 to another (switchovers of a site
+// evacuated start together) looks again at once and takes slot 1, rather
+// than reporting the site busy and waiting out a retry; with the bound
+// reached it still reports busy.
+func TestSlotLeasesLookAgainAfterALostRace(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld()
+	first, busy, err := TakeSlotLeases(ctx, slotSites(w, 2, 2)[:1], "replica-a", nil)
+	if err != nil || busy != "" {
+		t.Fatalf("replica-a: busy %q, error %v", busy, err)
+	}
+	defer first()
+	late := []SlotSite{{Name: "east", Namespace: "db", Bound: 2, Scan: 2, Store: &staleLook{LeaseStore: &fakeSite{w: w, site: "east"}}}}
+	release, busy, err := TakeSlotLeases(ctx, late, "replica-b", nil)
+	if err != nil || busy != "" {
+		t.Fatalf("replica-b after losing slot 0: busy %q, error %v, want slot 1 at once", busy, err)
+	}
+	if n := heldSlots(w, "east"); n != 2 {
+		t.Fatalf("east: %d slots held, want 2", n)
+	}
+	full := []SlotSite{{Name: "east", Namespace: "db", Bound: 2, Scan: 2, Store: &staleLook{LeaseStore: &fakeSite{w: w, site: "east"}}}}
+	if r, busy, err := TakeSlotLeases(ctx, full, "replica-c", nil); err != nil || r != nil || !strings.Contains(busy, "2 of 2 switchover slots held") {
+		t.Fatalf("replica-c with both held: busy %q, error %v, want east full", busy, err)
+	}
+	release()
 }
