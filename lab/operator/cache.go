@@ -57,37 +57,39 @@ func (o *objects) ready() bool {
 // Each getter returns a copy the caller may change.
 
 func (o *objects) service(ctx context.Context, ns, name string) (*corev1.Service, error) {
-	if o.ready() {
-		if s, err := o.services.Services(ns).Get(name); err == nil {
-			return s.DeepCopy(), nil
-		}
-	}
-	return o.kube.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+	return readThrough(o.ready(), func() (*corev1.Service, error) { return o.services.Services(ns).Get(name) },
+		func() (*corev1.Service, error) {
+			return o.kube.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		})
 }
 
 func (o *objects) secret(ctx context.Context, ns, name string) (*corev1.Secret, error) {
-	if o.ready() {
-		if s, err := o.secrets.Secrets(ns).Get(name); err == nil {
-			return s.DeepCopy(), nil
-		}
-	}
-	return o.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	return readThrough(o.ready(), func() (*corev1.Secret, error) { return o.secrets.Secrets(ns).Get(name) },
+		func() (*corev1.Secret, error) { return o.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}) })
 }
 
 func (o *objects) configMap(ctx context.Context, ns, name string) (*corev1.ConfigMap, error) {
-	if o.ready() {
-		if c, err := o.configMaps.ConfigMaps(ns).Get(name); err == nil {
-			return c.DeepCopy(), nil
-		}
-	}
-	return o.kube.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	return readThrough(o.ready(), func() (*corev1.ConfigMap, error) { return o.configMaps.ConfigMaps(ns).Get(name) },
+		func() (*corev1.ConfigMap, error) {
+			return o.kube.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+		})
 }
 
 func (o *objects) pod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
-	if o.ready() {
-		if p, err := o.pods.Pods(ns).Get(name); err == nil {
-			return p.DeepCopy(), nil
+	return readThrough(o.ready(), func() (*corev1.Pod, error) { return o.pods.Pods(ns).Get(name) },
+		func() (*corev1.Pod, error) { return o.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}) })
+}
+
+// readThrough is a copy of the cached object when the cache is ready and
+// holds it, else what the API server says (absence included).
+func readThrough[T any, P interface {
+	*T
+	DeepCopy() *T
+}](ready bool, cached, live func() (P, error)) (P, error) {
+	if ready {
+		if obj, err := cached(); err == nil {
+			return obj.DeepCopy(), nil
 		}
 	}
-	return o.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	return live()
 }
