@@ -473,7 +473,7 @@ func (p planSlots) TakeAhead(ctx context.Context, pl plan.Plan) (waited time.Dur
 			continue
 		}
 		sites := []string{sw.From.Site, sw.To.Site}
-		rel, waited, err := p.acquire(ctx, sites)
+		rel, waited, err := p.acquire(ctx, sites, true)
 		if err != nil {
 			return waited, func() {}, err
 		}
@@ -498,10 +498,11 @@ func (p planSlots) dropAhead() {
 
 // Acquire hands over the slots taken ahead when they are for these sites;
 // otherwise it gives those back first (a plan changed under the Lease
-// must not hold one pair while waiting for another) and waits.
+// must not hold one pair while waiting for another) and waits, or under
+// a reconcile's Lease (busyUnderLease) takes them only if free now.
 func (p planSlots) Acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
 	if p.ahead == nil {
-		return p.acquire(ctx, sites)
+		return p.acquire(ctx, sites, !p.busyUnderLease)
 	}
 	p.ahead.mu.Lock()
 	rel, same := p.ahead.release, slices.Equal(p.ahead.sites, sites)
@@ -513,36 +514,7 @@ func (p planSlots) Acquire(ctx context.Context, sites []string) (func(), time.Du
 	if rel != nil {
 		rel()
 	}
-	if p.busyUnderLease {
-		return p.tryAcquire(ctx, sites)
-	}
-	return p.acquire(ctx, sites)
-}
-
-// tryAcquire takes the slots if they are free now, or reports the
-// topology busy.
-func (p planSlots) tryAcquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
-	now, cancel := context.WithCancel(ctx)
-	cancel() // the in-memory slots are looked at once, never waited for
-	keys, limits := p.keys(sites)
-	release, _, err := p.slots.acquire(now, keys, limits)
-	if err != nil {
-		return nil, 0, &reconcile.BusyError{Why: fmt.Sprintf("no switchover slot free in sites %s now, and it is not waited for under the topology's Lease: other switchovers of this process run there", strings.Join(sites, ", "))}
-	}
-	if p.leases == nil {
-		return release, 0, nil
-	}
-	shared, busy, err := p.takeLeases(ctx, sites)
-	if err != nil || busy != "" {
-		release()
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	if busy != "" {
-		return nil, 0, &reconcile.BusyError{Why: fmt.Sprintf("no switchover slot free now, and it is not waited for under the topology's Lease: %s", busy)}
-	}
-	return func() { shared(); release() }, 0, nil
+	return p.acquire(ctx, sites, !p.busyUnderLease)
 }
 
 // keys are the in-memory slots of sites (a Kubernetes site by its
@@ -562,11 +534,23 @@ func (p planSlots) keys(sites []string) ([]string, map[string]int) {
 	return keys, limits
 }
 
-func (p planSlots) acquire(ctx context.Context, sites []string) (func(), time.Duration, error) {
+// acquire takes the slots in memory and, shared with other processes, as
+// the sites' slot Leases; it waits for them, or with wait false reports
+// the topology busy when they are not free now.
+func (p planSlots) acquire(ctx context.Context, sites []string, wait bool) (func(), time.Duration, error) {
 	keys, limits := p.keys(sites)
+	memCtx := ctx
+	if !wait {
+		now, cancel := context.WithCancel(ctx)
+		cancel() // the in-memory slots are looked at once
+		memCtx = now
+	}
 	began := time.Now()
 	for {
-		release, _, err := p.slots.acquire(ctx, keys, limits)
+		release, _, err := p.slots.acquire(memCtx, keys, limits)
+		if err != nil && !wait && ctx.Err() == nil {
+			return nil, 0, &reconcile.BusyError{Why: fmt.Sprintf("no switchover slot free in sites %s now, and it is not waited for under the topology's Lease: other switchovers of this process run there", strings.Join(sites, ", "))}
+		}
 		if err != nil || p.leases == nil {
 			return release, since(began), err
 		}
@@ -581,6 +565,9 @@ func (p planSlots) acquire(ctx context.Context, sites []string) (func(), time.Du
 		// Held by other processes: this one's slot is given back while
 		// it waits, so its own other runs are not held up.
 		release()
+		if !wait {
+			return nil, 0, &reconcile.BusyError{Why: fmt.Sprintf("no switchover slot free now, and it is not waited for under the topology's Lease: %s", busy)}
+		}
 		select {
 		case <-ctx.Done():
 			return nil, 0, fmt.Errorf("%s: %w", busy, ctx.Err())
